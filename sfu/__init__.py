@@ -1,0 +1,1 @@
+"""Consilium selective forwarding unit (built on aiortc; see issue 4)."""
