@@ -1,1 +1,3 @@
-"""Consilium signalling: identity, policy, rooms, lobby, revocation, audit and the REST/WebSocket API."""
+"""Consilium signalling: identity, policy, rooms, lobby, revocation, audit, REST and WebSocket."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1006 @@
+"""The tamper-evident, append-only audit log.
+
+Every security-relevant event (a join, a refusal, an admission, a revocation, a configuration
+load) becomes one JSON line in ``<data-dir>/audit/audit-NNNNNN.jsonl``. Each entry carries the
+SHA-256 of the entry before it, so editing, removing or reordering an entry breaks the chain.
+Every ``checkpoint_every`` entries, and at close, the entry count and head hash are signed with
+an Ed25519 key into ``checkpoints.jsonl``, so cutting off the tail or rewriting the whole chain
+is caught as well. Verifying needs only the public key.
+
+What the log cannot show by itself: someone with write access who removes the newest entries
+*and* the checkpoints that vouch for them. Copying checkpoint heads off the machine (syslog,
+SIEM) closes that gap.
+
+Entries hold identifiers (sub, room, jti, reason), never tokens or names: `AuditLog.append`
+refuses such field names, and string values that look like a JWT. There is no way to delete an
+entry through this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from signaling.errors import ConfigError, IntegrityError
+
+GENESIS_HASH = "0" * 64
+"""The `prev` of the first entry, and the head of an empty log."""
+OUTCOMES = frozenset({"allow", "deny", "info"})
+"""What an entry says happened: a request allowed, a request denied, or a plain event."""
+FORBIDDEN_FIELDS = frozenset(
+    {
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "authorization",
+        "cookie",
+        "password",
+        "name",
+        "display_name",
+        "patient_name",
+    }
+)
+"""Field names `AuditLog.append` refuses (compared case-insensitively): secrets and names."""
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+LOCK_FILE = ".lock"
+PRIVATE_KEY_FILE = "audit-ed25519.pem"
+PUBLIC_KEY_FILE = "audit-ed25519.pub.pem"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+"""A segment file is closed and the next one started once it would grow past this size."""
+MAX_ENTRY_BYTES = 64 * 1024
+"""An entry holds identifiers, not documents; the bound also keeps reading the tail cheap."""
+
+_SEGMENT_NAME = re.compile(r"audit-(\d{6,})\.jsonl")
+_ENTRY_KEYS = frozenset(
+    {"seq", "ts", "action", "outcome", "sub", "room", "reason", "fields", "prev", "hash"}
+)
+_CHECKPOINT_KEYS = frozenset({"count", "head", "ts", "sig"})
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+# A JWT's header (and usually its payload) is base64url of '{"...', which always begins "eyJ".
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*")
+# Log files are readable by the service's group so an auditor can verify without write access.
+_FILE_MODE = 0o640
+_DIRECTORY_MODE = 0o750
+_TAIL_BLOCK = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    seq: int
+    """0-based position in the chain."""
+    ts: str
+    """UTC time, ISO-8601 with milliseconds and 'Z'."""
+    action: str
+    """What happened: "join", "join_refused", "admit", "revoke", "config_loaded", ..."""
+    outcome: str
+    """"allow", "deny" or "info" (see `OUTCOMES`)."""
+    sub: str | None
+    """Subject the event concerns, if any."""
+    room: str | None
+    """Room the event concerns, if any."""
+    reason: str | None
+    """Why (a refusal's reason code, a revocation's cause), if any."""
+    fields: dict[str, Any]
+    """Other identifiers: jti, role, dept, node, ip, participant id..."""
+    prev: str
+    """Hex SHA-256 of the previous entry (its `hash`); `GENESIS_HASH` for the first."""
+    hash: str
+    """Hex SHA-256 of this entry's canonical JSON without the "hash" key."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the JSON object written on its line."""
+        return {
+            "action": self.action,
+            "fields": self.fields,
+            "hash": self.hash,
+            "outcome": self.outcome,
+            "prev": self.prev,
+            "reason": self.reason,
+            "room": self.room,
+            "seq": self.seq,
+            "sub": self.sub,
+            "ts": self.ts,
+        }
+
+    @property
+    def time(self) -> datetime:
+        """`ts` as an aware UTC datetime."""
+        return datetime.fromisoformat(self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement: at `ts` the log held `count` entries and its head was `head`."""
+
+    count: int
+    """Number of entries the checkpoint vouches for (entries 0 .. count-1)."""
+    head: str
+    """Hash of entry count-1 (`GENESIS_HASH` when count is 0)."""
+    ts: str
+    """UTC time of signing, same format as `AuditEntry.ts`."""
+    sig: str
+    """Base64 Ed25519 signature over the canonical JSON of {count, head, ts}."""
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of `verify_log`."""
+
+    ok: bool
+    """True if every entry and checkpoint checked out."""
+    entries: int
+    """Entries that checked out before the first problem (all of them when ok)."""
+    checkpoints: int
+    """Checkpoints whose signature checked out before the first problem."""
+    first_bad: str | None
+    """Where the first problem is and what it is, e.g.
+    "audit-000001.jsonl line 17 (seq 16): hash mismatch (entry edited)"; None when ok."""
+    detail: str
+    """One-line summary for a person."""
+    unsigned: int = 0
+    """Entries after the last checkpoint: chained but not yet signed (crash, or still open)."""
+
+
+class AuditLog:
+    """The writer: appends chained entries, signs checkpoints, and holds the directory's lock.
+
+    Opening an existing log reads only the last line of the last segment and the last
+    checkpoint to resume the chain. A line left half-written by a crash is cut off and the
+    cut recorded in an ``audit_recovered`` entry (its length and SHA-256), so the chain stays
+    verifiable and the repair stays visible.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        signing_key: Ed25519PrivateKey,
+        *,
+        checkpoint_every: int = 1000,
+        fsync: bool = False,
+        max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """Open (or create) the log in `directory` and take its lock.
+
+        `fsync=True` syncs every entry to disk; by default only checkpoints, rotation and
+        close sync. `clock` returns aware datetimes (tests pass a fixed one).
+        Raises `ConfigError` if another writer holds the lock or the existing log's tail does
+        not agree with its last signed checkpoint.
+        """
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
+        if max_segment_bytes < 1:
+            raise ValueError("max_segment_bytes must be positive")
+        self._directory = Path(directory)
+        self._key = signing_key
+        self._checkpoint_every = checkpoint_every
+        self._fsync = fsync
+        self._max_segment_bytes = max_segment_bytes
+        self._clock: Callable[[], datetime] = clock or _utc_now
+        self._mutex = threading.Lock()
+        self._closed = False
+        self._count = 0
+        self._head = GENESIS_HASH
+        self._checkpointed = 0
+        self._segment_number = 1
+        self._segment_size = 0
+        self._segment_fd = -1
+        self._checkpoint_fd = -1
+
+        self._directory.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
+        self._lock_fd = _acquire_lock(self._directory / LOCK_FILE)
+        try:
+            recoveries = self._resume()
+        except BaseException:
+            self._release_files()
+            raise
+        for note in recoveries:
+            self.append("audit_recovered", "info", **note)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding the segments, checkpoints and lock."""
+        return self._directory
+
+    @property
+    def head(self) -> str:
+        """Hash of the newest entry (`GENESIS_HASH` for an empty log)."""
+        with self._mutex:
+            return self._head
+
+    @property
+    def count(self) -> int:
+        """Number of entries in the log."""
+        with self._mutex:
+            return self._count
+
+    def append(
+        self,
+        action: str,
+        outcome: str = "info",
+        *,
+        sub: str | None = None,
+        room: str | None = None,
+        reason: str | None = None,
+        **fields: Any,
+    ) -> AuditEntry:
+        """Append one entry and return it. Thread-safe; written and flushed before returning.
+
+        `fields` are further identifiers (jti, role, dept, node, ip, participant id) with
+        JSON values. Raises `ValueError` for a field named like a secret or a name (see
+        `FORBIDDEN_FIELDS`), a value that looks like a JWT, or an unknown outcome; `TypeError`
+        for a value JSON cannot carry unchanged.
+        """
+        # Called on every join: keep this to two json.dumps, one sha256 and one write(2).
+        _check_entry(action, outcome, sub, room, reason, fields)
+        with self._mutex:
+            if self._closed:
+                raise ValueError("audit log is closed")
+            body: dict[str, Any] = {
+                "action": action,
+                "fields": fields,
+                "outcome": outcome,
+                "prev": self._head,
+                "reason": reason,
+                "room": room,
+                "seq": self._count,
+                "sub": sub,
+                "ts": _format_timestamp(self._clock()),
+            }
+            digest = hashlib.sha256(_canonical(body).encode()).hexdigest()
+            body["hash"] = digest
+            line = (_canonical(body) + "\n").encode()
+            if len(line) > MAX_ENTRY_BYTES:
+                raise ValueError(f"audit entry is {len(line)} bytes, over {MAX_ENTRY_BYTES}")
+            if self._segment_size and self._segment_size + len(line) > self._max_segment_bytes:
+                self._rotate()
+            self._write_entry_line(line)
+            self._segment_size += len(line)
+            self._count += 1
+            self._head = digest
+            if self._count - self._checkpointed >= self._checkpoint_every:
+                self._checkpoint_locked()
+            return AuditEntry(
+                seq=body["seq"],
+                ts=body["ts"],
+                action=action,
+                outcome=outcome,
+                sub=sub,
+                room=room,
+                reason=reason,
+                fields=fields,
+                prev=body["prev"],
+                hash=digest,
+            )
+
+    def checkpoint(self) -> None:
+        """Sign the current count and head into ``checkpoints.jsonl`` and sync both to disk."""
+        with self._mutex:
+            if self._closed:
+                raise ValueError("audit log is closed")
+            self._checkpoint_locked()
+
+    def close(self) -> None:
+        """Sign a final checkpoint if anything is unsigned, then release the lock. Idempotent."""
+        with self._mutex:
+            if self._closed:
+                return
+            try:
+                if self._count != self._checkpointed:
+                    self._checkpoint_locked()
+            finally:
+                self._closed = True
+                self._release_files()
+
+    def _resume(self) -> list[dict[str, Any]]:
+        """Set up the chain state from the files on disk; return crash repairs to record."""
+        checkpoints_path = self._directory / CHECKPOINTS_FILE
+        segments = _segment_paths(self._directory)
+        if not segments and not checkpoints_path.exists():
+            # A new log. The genesis checkpoint comes first, so that on disk a segment without
+            # checkpoints is never legitimate and its absence is evidence of removal.
+            self._checkpoint_fd = _open_for_append(checkpoints_path)
+            self._checkpoint_locked()
+            self._segment_fd = _open_for_append(self._segment_path(1))
+            _fsync_directory(self._directory)
+            return []
+        if not checkpoints_path.exists():
+            raise ConfigError(
+                f"audit log {self._directory} has segments but no {CHECKPOINTS_FILE}; it may "
+                "have been tampered with. Keep the directory as evidence and start a new log "
+                "elsewhere, or restore the file."
+            )
+
+        recoveries: list[dict[str, Any]] = []
+        cut = _cut_partial_tail(checkpoints_path)
+        if cut is not None:
+            recoveries.append(_recovery_note(checkpoints_path, *cut))
+        last_line, _, _ = _tail(checkpoints_path)
+        if last_line is None:
+            raise ConfigError(f"{checkpoints_path} is empty; run the audit verifier")
+        try:
+            last = _decode_checkpoint(last_line, self._key.public_key())
+        except _Malformed as exc:
+            raise ConfigError(
+                f"last checkpoint in {checkpoints_path} is unusable ({exc}); was the audit key "
+                "replaced? Run the audit verifier."
+            ) from None
+
+        if segments:
+            self._segment_number = segments[-1][0]
+        for _, path in reversed(segments):
+            cut = _cut_partial_tail(path)
+            if cut is not None:
+                recoveries.append(_recovery_note(path, *cut))
+            raw, _, _ = _tail(path)
+            if raw is None:
+                continue  # an empty segment: created by rotation just before a crash
+            try:
+                entry = _decode_entry(raw)
+            except _Malformed as exc:
+                raise ConfigError(
+                    f"last entry of {path} is unusable ({exc}); run the audit verifier"
+                ) from None
+            if _entry_hash(entry) != entry.hash:
+                raise ConfigError(f"last entry of {path} fails its hash; run the audit verifier")
+            self._count = entry.seq + 1
+            self._head = entry.hash
+            break
+
+        if last.count > self._count:
+            raise ConfigError(
+                f"audit log {self._directory} is truncated: its last checkpoint says "
+                f"{last.count} entries, found {self._count}. Run the audit verifier."
+            )
+        if last.count == self._count and last.head != self._head:
+            raise ConfigError(
+                f"audit log {self._directory} does not match its last checkpoint; "
+                "run the audit verifier"
+            )
+        self._checkpointed = last.count
+        self._checkpoint_fd = _open_for_append(checkpoints_path)
+        segment_path = self._segment_path(self._segment_number)
+        self._segment_fd = _open_for_append(segment_path)
+        self._segment_size = os.fstat(self._segment_fd).st_size
+        return recoveries
+
+    def _segment_path(self, number: int) -> Path:
+        return self._directory / _segment_name(number)
+
+    def _write_entry_line(self, line: bytes) -> None:
+        try:
+            _write_all(self._segment_fd, line)
+            if self._fsync:
+                os.fsync(self._segment_fd)
+        except OSError:
+            # A half-written line (disk full) would corrupt every later entry: cut it off, so
+            # the log on disk stays exactly the entries we counted.
+            os.ftruncate(self._segment_fd, self._segment_size)
+            raise
+
+    def _rotate(self) -> None:
+        # A finished segment is complete on disk before its successor exists.
+        os.fsync(self._segment_fd)
+        os.close(self._segment_fd)
+        self._segment_fd = -1
+        self._segment_number += 1
+        self._segment_fd = _open_for_append(self._segment_path(self._segment_number))
+        _fsync_directory(self._directory)
+        self._segment_size = 0
+
+    def _checkpoint_locked(self) -> None:
+        if self._segment_fd >= 0:
+            # Entries must be on disk before a signature vouches for them.
+            os.fsync(self._segment_fd)
+        statement = {
+            "count": self._count,
+            "head": self._head,
+            "ts": _format_timestamp(self._clock()),
+        }
+        signature = self._key.sign(_canonical(statement).encode())
+        statement["sig"] = base64.b64encode(signature).decode("ascii")
+        _write_all(self._checkpoint_fd, (_canonical(statement) + "\n").encode())
+        os.fsync(self._checkpoint_fd)
+        self._checkpointed = self._count
+
+    def _release_files(self) -> None:
+        for fd in (self._segment_fd, self._checkpoint_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._segment_fd = self._checkpoint_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+
+
+def generate_audit_key(keys_dir: Path) -> Ed25519PrivateKey:
+    """Create the audit signing key pair in `keys_dir`, or load it if it exists.
+
+    Writes ``audit-ed25519.pem`` (PKCS#8, mode 0600) and ``audit-ed25519.pub.pem`` (mode
+    0644); the public key is what auditors need to verify. Raises `ConfigError` if the files
+    exist but are unusable or do not belong together.
+    """
+    keys_dir = Path(keys_dir)
+    private_path = keys_dir / PRIVATE_KEY_FILE
+    public_path = keys_dir / PUBLIC_KEY_FILE
+    if private_path.exists():
+        key = _load_private_key(private_path)
+    else:
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        if not _create_file(private_path, pem, 0o600):
+            key = _load_private_key(private_path)  # another process created it first
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not _create_file(public_path, public_pem, 0o644):
+        existing = load_public_key(public_path)
+        if existing.public_bytes_raw() != key.public_key().public_bytes_raw():
+            raise ConfigError(f"{public_path} does not belong to the key in {private_path}")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Load an Ed25519 public key (PEM); raises `ConfigError` if missing or of another kind."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load audit public key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def verify_log(directory: Path, public_key: Ed25519PublicKey) -> VerifyReport:
+    """Check the whole log in `directory`: chain, checkpoint signatures, and length.
+
+    Fails on any edited, removed, reordered, duplicated or truncated entry, a garbage or
+    partial line, a missing segment file, and a checkpoint that is forged, signed by another
+    key, or out of order. `first_bad` names the first problem by file, line and sequence
+    number. Never raises for what it finds in the files.
+    """
+    directory = Path(directory)
+    checkpoints_path = directory / CHECKPOINTS_FILE
+    segments = _segment_paths(directory)
+    if not segments and not checkpoints_path.exists():
+        where = f"{directory}: no audit log (no segments, no {CHECKPOINTS_FILE})"
+        return VerifyReport(False, 0, 0, where, f"verification failed: {where}")
+
+    checkpoints, problem = _read_checkpoints(checkpoints_path, public_key)
+    signed_heads = {cp.count - 1: (cp, lineno) for lineno, cp in checkpoints if cp.count > 0}
+    expected_seq = 0
+    prev = GENESIS_HASH
+    entry_problem: str | None = None
+    last_place = f"{_segment_name(1)} line 0"
+    for index, (number, path) in enumerate(segments, start=1):
+        if number != index:
+            entry_problem = (
+                f"{_segment_name(index)} (expected seq {expected_seq}): segment file missing"
+            )
+            break
+        checked = _verify_segment(path, expected_seq, prev, signed_heads)
+        expected_seq += checked.entries
+        prev = checked.head
+        last_place = f"{path.name} line {checked.lines}"
+        if checked.problem is not None:
+            entry_problem = checked.problem
+            break
+
+    if entry_problem is not None:
+        problem = entry_problem
+    elif problem is None:
+        if not checkpoints:
+            problem = (
+                f"{CHECKPOINTS_FILE}: no checkpoints: {expected_seq} entries are covered by "
+                "no signature"
+            )
+        elif checkpoints[-1][1].count > expected_seq:
+            problem = (
+                f"{last_place} (seq {expected_seq}): log truncated: checkpoint says "
+                f"{checkpoints[-1][1].count} entries, found {expected_seq}"
+            )
+    if problem is not None:
+        return VerifyReport(
+            ok=False,
+            entries=expected_seq,
+            checkpoints=len(checkpoints),
+            first_bad=problem,
+            detail=f"verification failed after {expected_seq} good entries: {problem}",
+        )
+    unsigned = expected_seq - checkpoints[-1][1].count
+    detail = (
+        f"intact: {expected_seq} entries in {len(segments)} segment file(s), "
+        f"{len(checkpoints)} signed checkpoint(s)"
+    )
+    if unsigned:
+        detail += (
+            f"; {unsigned} entries after the last checkpoint are chained but not yet signed "
+            "(log still open, or not closed cleanly)"
+        )
+    return VerifyReport(True, expected_seq, len(checkpoints), None, detail, unsigned)
+
+
+def iter_entries(
+    directory: Path,
+    *,
+    sub: str | None = None,
+    room: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[AuditEntry]:
+    """Yield entries in log order that match every filter given.
+
+    The time range is `since` <= ts < `until`; naive datetimes are taken as UTC. Reading is
+    not verifying (use `verify_log`): the chain is not checked, but a line that is not a
+    well-formed entry raises `IntegrityError`. A partial last line, an append in flight, is
+    skipped.
+    """
+    start = _as_utc(since) if since is not None else None
+    end = _as_utc(until) if until is not None else None
+    segments = _segment_paths(Path(directory))
+    for index, (_, path) in enumerate(segments, start=1):
+        with path.open("rb") as file:
+            for lineno, raw in enumerate(file, start=1):
+                if not raw.endswith(b"\n"):
+                    if index == len(segments):
+                        return
+                    raise IntegrityError(f"{path.name} line {lineno}: partial line")
+                try:
+                    entry = _decode_entry(raw[:-1])
+                except _Malformed as exc:
+                    raise IntegrityError(f"{path.name} line {lineno}: {exc}") from None
+                if sub is not None and entry.sub != sub:
+                    continue
+                if room is not None and entry.room != room:
+                    continue
+                if action is not None and entry.action != action:
+                    continue
+                if start is not None or end is not None:
+                    moment = entry.time
+                    if (start is not None and moment < start) or (
+                        end is not None and moment >= end
+                    ):
+                        continue
+                yield entry
+
+
+class _Malformed(Exception):
+    """A line that is not a well-formed entry or checkpoint; the message says why."""
+
+
+def _canonical(value: Any) -> str:
+    """The one JSON form that is hashed, signed and written."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _segment_name(number: int) -> str:
+    return f"audit-{number:06d}.jsonl"
+
+
+def _segment_paths(directory: Path) -> list[tuple[int, Path]]:
+    """The segment files in `directory`, by number."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = _SEGMENT_NAME.fullmatch(name)
+        # Only the exact spelling we write counts, so "audit-0000001.jsonl" can't pose as 1.
+        if match and _segment_name(int(match.group(1))) == name:
+            found.append((int(match.group(1)), directory / name))
+    return sorted(found)
+
+
+def _check_entry(
+    action: str,
+    outcome: str,
+    sub: str | None,
+    room: str | None,
+    reason: str | None,
+    fields: dict[str, Any],
+) -> None:
+    """Refuse what must never reach the log, before anything is written."""
+    if not isinstance(action, str) or not action:
+        raise ValueError("audit action must be a non-empty string")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"audit outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+    for label, text in (("sub", sub), ("room", room), ("reason", reason)):
+        if text is not None:
+            if not isinstance(text, str):
+                raise TypeError(f"audit {label} must be a string or None")
+            _check_text(text, label)
+    for key, value in fields.items():
+        _check_field_name(key, key)
+        _check_value(value, key)
+
+
+def _check_field_name(key: str, where: str) -> None:
+    if key.lower() in FORBIDDEN_FIELDS:
+        raise ValueError(f"audit field {where!r} is refused: tokens and names are never logged")
+
+
+def _check_text(text: str, where: str) -> None:
+    if "eyJ" in text and _JWT_LIKE.search(text):
+        raise ValueError(f"audit value {where!r} looks like a JWT; tokens are never logged")
+
+
+def _check_value(value: Any, where: str) -> None:
+    """Accept only values that survive a JSON round trip unchanged, so hashes re-verify."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"audit field {where!r} is not a finite number")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_value(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"audit field {where!r} has a non-string key {key!r}")
+            _check_field_name(key, f"{where}.{key}")
+            _check_value(item, f"{where}.{key}")
+    else:
+        raise TypeError(f"audit field {where!r} has type {type(value).__name__}, not JSON")
+
+
+def _entry_hash(entry: AuditEntry) -> str:
+    body = entry.to_json()
+    del body["hash"]
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+def _decode_entry(raw: bytes) -> AuditEntry:
+    """Parse one line (without its newline) into an entry; checks form, not the chain."""
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        raise _Malformed("not JSON (garbage line)") from None
+    if not isinstance(obj, dict) or obj.keys() != _ENTRY_KEYS:
+        raise _Malformed("not an audit entry (wrong keys)")
+    seq, ts, fields = obj["seq"], obj["ts"], obj["fields"]
+    if type(seq) is not int or seq < 0:
+        raise _Malformed("seq is not a non-negative integer")
+    if not isinstance(ts, str) or not _TIMESTAMP.fullmatch(ts):
+        raise _Malformed("ts is not a UTC timestamp")
+    if not isinstance(obj["action"], str) or obj["outcome"] not in OUTCOMES:
+        raise _Malformed("action or outcome malformed")
+    if any(
+        obj[key] is not None and not isinstance(obj[key], str) for key in ("sub", "room", "reason")
+    ):
+        raise _Malformed("sub, room or reason is not a string")
+    if not isinstance(fields, dict):
+        raise _Malformed("fields is not an object")
+    for key in ("prev", "hash"):
+        if not isinstance(obj[key], str) or not _HEX_DIGEST.fullmatch(obj[key]):
+            raise _Malformed(f"{key} is not a hex SHA-256")
+    try:
+        canonical = _canonical(obj)
+    except ValueError:  # NaN or infinity
+        raise _Malformed("not in canonical form (entry edited)") from None
+    # Any byte changed without changing the parsed value (spacing, escapes, key order)
+    # still counts as an edit.
+    if canonical != text:
+        raise _Malformed("not in canonical form (entry edited)")
+    return AuditEntry(
+        seq=seq,
+        ts=ts,
+        action=obj["action"],
+        outcome=obj["outcome"],
+        sub=obj["sub"],
+        room=obj["room"],
+        reason=obj["reason"],
+        fields=fields,
+        prev=obj["prev"],
+        hash=obj["hash"],
+    )
+
+
+def _decode_checkpoint(raw: bytes, public_key: Ed25519PublicKey) -> Checkpoint:
+    """Parse one checkpoint line and check its signature."""
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text)
+    except ValueError:
+        raise _Malformed("not JSON (garbage line)") from None
+    if not isinstance(obj, dict) or obj.keys() != _CHECKPOINT_KEYS:
+        raise _Malformed("not a checkpoint (wrong keys)")
+    count, head, ts, sig = obj["count"], obj["head"], obj["ts"], obj["sig"]
+    if type(count) is not int or count < 0:
+        raise _Malformed("count is not a non-negative integer")
+    if not isinstance(head, str) or not _HEX_DIGEST.fullmatch(head):
+        raise _Malformed("head is not a hex SHA-256")
+    if not isinstance(ts, str) or not _TIMESTAMP.fullmatch(ts) or not isinstance(sig, str):
+        raise _Malformed("ts or sig malformed")
+    if _canonical(obj) != text:
+        raise _Malformed("not in canonical form (checkpoint edited)")
+    try:
+        signature = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Malformed("signature is not base64") from None
+    # Base64 has spare bits in its last character; only the one spelling we write is accepted.
+    if base64.b64encode(signature).decode("ascii") != sig:
+        raise _Malformed("signature is not in canonical base64 (checkpoint edited)")
+    statement = _canonical({"count": count, "head": head, "ts": ts}).encode()
+    try:
+        public_key.verify(signature, statement)
+    except InvalidSignature:
+        raise _Malformed("signature does not verify (forged, edited, or another key)") from None
+    return Checkpoint(count=count, head=head, ts=ts, sig=sig)
+
+
+def _read_checkpoints(
+    path: Path, public_key: Ed25519PublicKey
+) -> tuple[list[tuple[int, Checkpoint]], str | None]:
+    """The valid checkpoints (with line numbers) up to the first problem, and that problem."""
+    checkpoints: list[tuple[int, Checkpoint]] = []
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return checkpoints, None
+    with file:
+        for lineno, raw in enumerate(file, start=1):
+            where = f"{CHECKPOINTS_FILE} line {lineno}"
+            if not raw.endswith(b"\n"):
+                return checkpoints, f"{where}: partial last line (no newline)"
+            try:
+                checkpoint = _decode_checkpoint(raw[:-1], public_key)
+            except _Malformed as exc:
+                return checkpoints, f"{where}: {exc}"
+            if not checkpoints:
+                if checkpoint.count != 0 or checkpoint.head != GENESIS_HASH:
+                    return checkpoints, (
+                        f"{where}: first checkpoint is not the genesis (count 0); "
+                        "earlier checkpoints removed"
+                    )
+            else:
+                before = checkpoints[-1][1]
+                if checkpoint.count < before.count:
+                    return checkpoints, f"{where}: count goes backwards (checkpoints reordered)"
+                if checkpoint.count == before.count and checkpoint.head != before.head:
+                    return checkpoints, f"{where}: contradicts the checkpoint before it"
+            checkpoints.append((lineno, checkpoint))
+    return checkpoints, None
+
+
+class _SegmentCheck(NamedTuple):
+    """What checking one segment found."""
+
+    problem: str | None
+    entries: int
+    """Entries that checked out before the problem."""
+    head: str
+    """Hash of the last entry that checked out."""
+    lines: int
+    """Line number of the last entry that checked out."""
+
+
+def _verify_segment(
+    path: Path,
+    first_seq: int,
+    prev: str,
+    signed_heads: dict[int, tuple[Checkpoint, int]],
+) -> _SegmentCheck:
+    """Check one segment's entries against the chain so far."""
+    expected_seq = first_seq
+    lineno = 0
+    with path.open("rb") as file:
+        for raw in file:
+            lineno += 1
+            place = f"{path.name} line {lineno}"
+            problem: str | None = None
+            if not raw.endswith(b"\n"):
+                problem = f"{place} (expected seq {expected_seq}): partial last line (no newline)"
+            else:
+                try:
+                    entry = _decode_entry(raw[:-1])
+                except _Malformed as exc:
+                    problem = f"{place} (expected seq {expected_seq}): {exc}"
+                else:
+                    problem = _chain_problem(entry, expected_seq, prev, signed_heads)
+                    if problem is not None:
+                        problem = f"{place} (seq {entry.seq}): {problem}"
+            if problem is not None:
+                return _SegmentCheck(problem, expected_seq - first_seq, prev, lineno - 1)
+            expected_seq += 1
+            prev = entry.hash
+    return _SegmentCheck(None, expected_seq - first_seq, prev, lineno)
+
+
+def _chain_problem(
+    entry: AuditEntry,
+    expected_seq: int,
+    prev: str,
+    signed_heads: dict[int, tuple[Checkpoint, int]],
+) -> str | None:
+    if _entry_hash(entry) != entry.hash:
+        return "hash mismatch (entry edited)"
+    if entry.seq > expected_seq:
+        return f"expected seq {expected_seq}: entries removed or reordered"
+    if entry.seq < expected_seq:
+        return f"expected seq {expected_seq}: entry duplicated or reordered"
+    if entry.prev != prev:
+        return "prev does not match the entry before it (entries removed, reordered or rewritten)"
+    signed = signed_heads.get(entry.seq)
+    if signed is not None and signed[0].head != entry.hash:
+        return (
+            f"differs from the signed checkpoint at {CHECKPOINTS_FILE} line {signed[1]} "
+            "(chain rewritten)"
+        )
+    return None
+
+
+def _tail(path: Path) -> tuple[bytes | None, int, int]:
+    """Read backwards from the end: (last complete line without its newline, or None;
+    offset where complete lines end; file size)."""
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        buffer = b""
+        position = size
+        while position > 0:
+            step = min(_TAIL_BLOCK, position)
+            position -= step
+            file.seek(position)
+            buffer = file.read(step) + buffer
+            last_newline = buffer.rfind(b"\n")
+            if last_newline < 0:
+                continue
+            line_start = buffer.rfind(b"\n", 0, last_newline) + 1
+            if line_start > 0 or position == 0:
+                return buffer[line_start:last_newline], position + last_newline + 1, size
+        return None, 0, size
+
+
+def _cut_partial_tail(path: Path) -> tuple[int, str] | None:
+    """Cut bytes after the last newline (a write interrupted by a crash).
+
+    Returns (bytes cut, their SHA-256) for the record, or None if the file ends cleanly.
+    """
+    _, end, size = _tail(path)
+    if end == size:
+        return None
+    with path.open("r+b") as file:
+        file.seek(end)
+        cut = file.read()
+        file.truncate(end)
+        file.flush()
+        os.fsync(file.fileno())
+    return len(cut), hashlib.sha256(cut).hexdigest()
+
+
+def _recovery_note(path: Path, length: int, digest: str) -> dict[str, Any]:
+    return {
+        "reason": "partial_line_discarded",
+        "file": path.name,
+        "discarded_bytes": length,
+        "discarded_sha256": digest,
+    }
+
+
+def _acquire_lock(path: Path) -> int:
+    """Take the exclusive lock that keeps a second process from writing the same log."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        # flock, not lockf: it is held per open file, so a second AuditLog in the same
+        # process is refused too, and the kernel drops it if the process dies.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"audit log {path.parent} is already open for writing (pid {holder}); "
+            "only one process may write an audit log"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _open_for_append(path: Path) -> int:
+    # A raw descriptor with O_APPEND: one write(2) per entry, no Python buffer to flush.
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a newly created file's name durable, not only its contents."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_file(path: Path, content: bytes, mode: int) -> bool:
+    """Write `content` to a new file `path` with exactly `mode`; False if it already exists.
+
+    Written to a temporary name first and linked into place, so a crash never leaves a
+    half-written key under the real name.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # whatever the umask says
+        _write_all(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+    _fsync_directory(path.parent)
+    return True
+
+
+def _load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot load audit signing key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 private key")
+    return key

@@ -1,0 +1,283 @@
+"""The signalling protocol: every WebSocket message, declared once.
+
+Each message is a msgspec Struct tagged by its `type` field. The same declarations validate what
+clients send, encode what the server sends, and generate `docs/protocol.md` (a test checks that
+the document matches). Close codes live in `CLOSE_CODES`, next to the messages they end.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+_ROOM_ID = re.compile(ROOM_ID_PATTERN)
+
+
+def valid_room_id(room_id: str) -> bool:
+    """True for 1-64 letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-')."""
+    return _ROOM_ID.match(room_id) is not None
+
+
+CLOSE_CODES: dict[int, str] = {
+    1000: "normal: the client left (`leave`)",
+    1001: "going away: the server is shutting down; reconnect to another node or later",
+    4400: "bad message: not JSON, not a known message, a binary frame, or larger than the bound",
+    4401: "not authenticated: first message was not `join`, or the token is invalid, expired "
+    "or revoked (also sent to live connections when their token or identity is revoked)",
+    4403: "not allowed: the policy refuses the join, the room is locked, the chair denied "
+    "entry from the lobby, or the chair removed the participant",
+    4408: "timed out: no `join` within the join timeout, no message within the keepalive "
+    "timeout, or too slow to read what the server sends",
+    4409: "replaced: a newer connection of the same identity joined the same room",
+    4429: "rate-limited: too many messages per second, room full, or too many rooms",
+    4500: "server error: an unexpected failure; the client may retry",
+}
+"""Every close code the server sends, with when it sends it."""
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Base of every message; `type` names it."""
+
+
+# -- client to server -------------------------------------------------------------------------
+
+
+class Join(Message, tag="join"):
+    """First message on every connection: who I am (a signed token) and which room."""
+
+    token: str
+    room: str
+
+
+class Ping(Message, tag="ping"):
+    """Keepalive; the server answers `pong` with the same id. Send one every 15 s."""
+
+    id: int | None = None
+
+
+class Leave(Message, tag="leave"):
+    """Leave the room (or the lobby); the server closes with 1000."""
+
+
+class Admit(Message, tag="admit"):
+    """Chair: let a participant in from the lobby (`admit` permission)."""
+
+    participant_id: str
+
+
+class Deny(Message, tag="deny"):
+    """Chair: refuse a participant waiting in the lobby; they are closed with 4403."""
+
+    participant_id: str
+    reason: str = ""
+
+
+class Mute(Message, tag="mute"):
+    """Chair: mute a participant's audio or video (`mute_others`); the SFU stops forwarding it."""
+
+    participant_id: str
+    kind: Literal["audio", "video", "both"] = "audio"
+
+
+class Remove(Message, tag="remove"):
+    """Chair: remove a participant from the room (`remove_participant`); closed with 4403."""
+
+    participant_id: str
+    reason: str = ""
+
+
+class SetMedia(Message, tag="set_media"):
+    """Tell the room my own microphone/camera state (anyone may unmute themselves)."""
+
+    audio_muted: bool | None = None
+    video_muted: bool | None = None
+
+
+class UpdateRoom(Message, tag="update_room"):
+    """Chair: turn the lobby on or off, lock or unlock the room (`admit` permission)."""
+
+    lobby: bool | None = None
+    locked: bool | None = None
+
+
+class Offer(Message, tag="offer"):
+    """SDP offer for the participant's media session with the SFU (either direction)."""
+
+    sdp: str
+
+
+class Answer(Message, tag="answer"):
+    """SDP answer to an `offer` (either direction)."""
+
+    sdp: str
+
+
+class Candidate(Message, tag="candidate"):
+    """Trickle ICE candidate (either direction); an empty `candidate` ends gathering."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+ClientMessage = (
+    Join
+    | Ping
+    | Leave
+    | Admit
+    | Deny
+    | Mute
+    | Remove
+    | SetMedia
+    | UpdateRoom
+    | Offer
+    | Answer
+    | Candidate
+)
+"""Everything a client may send."""
+
+
+# -- server to client -------------------------------------------------------------------------
+
+
+class ParticipantInfo(msgspec.Struct, omit_defaults=True):
+    """A participant as others see them."""
+
+    participant_id: str
+    sub: str
+    name: str
+    role: str
+    depts: list[str]
+    org: str = ""
+    audio_muted: bool = False
+    video_muted: bool = False
+    waiting: bool = False
+
+
+class RoomState(msgspec.Struct, omit_defaults=True):
+    """The room's settings as participants see them."""
+
+    room_id: str
+    departments: list[str]
+    lobby: bool = False
+    locked: bool = False
+    title: str = ""
+    recording: bool = False
+
+
+class Joined(Message, tag="joined"):
+    """Answer to a successful join (or to admission from the lobby)."""
+
+    participant_id: str
+    you: ParticipantInfo
+    permissions: list[str]
+    room: RoomState
+    participants: list[ParticipantInfo]
+    lobby: list[ParticipantInfo] = msgspec.field(default_factory=list)
+    ice_servers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class Lobby(Message, tag="lobby"):
+    """You are waiting: the room has a lobby (`lobby_enabled`) or is not open yet
+    (`room_not_open`); you will get `joined` when admitted or when the room opens."""
+
+    room: str
+    reason: Literal["lobby_enabled", "room_not_open"]
+    participant_id: str
+
+
+class Knock(Message, tag="knock"):
+    """To those who may admit: someone is waiting in the lobby."""
+
+    participant: ParticipantInfo
+
+
+class LobbyLeft(Message, tag="lobby_left"):
+    """To those who may admit: someone left the lobby (admitted, denied or gone)."""
+
+    participant_id: str
+    outcome: Literal["admitted", "denied", "left"]
+
+
+class ParticipantJoined(Message, tag="participant_joined"):
+    """Someone joined the room."""
+
+    participant: ParticipantInfo
+
+
+class ParticipantLeft(Message, tag="participant_left"):
+    """Someone left the room: `left`, `removed`, `revoked`, `replaced`, `timed_out`..."""
+
+    participant_id: str
+    reason: str = "left"
+
+
+class ParticipantUpdated(Message, tag="participant_updated"):
+    """A participant's state changed (muted, unmuted)."""
+
+    participant: ParticipantInfo
+    by: str = ""
+
+
+class RoomUpdated(Message, tag="room_updated"):
+    """The room's settings changed (lobby, lock)."""
+
+    room: RoomState
+
+
+class Pong(Message, tag="pong"):
+    """Answer to `ping`."""
+
+    id: int | None = None
+    server_time: float = 0.0
+
+
+class Error(Message, tag="error"):
+    """A recoverable bad request: the connection stays open."""
+
+    code: str
+    message: str
+    request: str = ""
+
+
+ServerMessage = (
+    Joined
+    | Lobby
+    | Knock
+    | LobbyLeft
+    | ParticipantJoined
+    | ParticipantLeft
+    | ParticipantUpdated
+    | RoomUpdated
+    | Pong
+    | Error
+    | Offer
+    | Answer
+    | Candidate
+)
+"""Everything the server may send."""
+
+
+client_decoder = msgspec.json.Decoder(ClientMessage)
+"""Validates one client message (raises msgspec.ValidationError / DecodeError)."""
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: Message) -> str:
+    """One server message as JSON text."""
+    return _encoder.encode(message).decode()
+
+
+def client_schema() -> dict[str, Any]:
+    """JSON Schema of the client messages."""
+    return msgspec.json.schema(ClientMessage)
+
+
+def server_schema() -> dict[str, Any]:
+    """JSON Schema of the server messages."""
+    return msgspec.json.schema(ServerMessage)

@@ -1,0 +1,635 @@
+"""The aiohttp application: health, REST API, the signalling WebSocket and the web client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from . import __version__
+from . import protocol as p
+from .audit import AuditLog, generate_audit_key, iter_entries
+from .connection import Connection, ConsiliumWebSocket
+from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from .errors import (
+    AuthenticationError,
+    BadMessage,
+    ConfigError,
+    Conflict,
+    ConsiliumError,
+    NotFound,
+    PayloadTooLarge,
+    PolicyDenied,
+    RateLimited,
+    ServerError,
+    TimedOut,
+)
+from .identity import Identity
+from .policy import Policy
+from .ratelimit import TokenBucket, WindowCounter
+from .rooms import Rooms, room_scope, room_state
+from .settings import Settings
+from .state import Revocation, RoomRecord, StateStore, open_store
+from .tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
+
+log = logging.getLogger("consilium.server")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(self), display-capture=(self), "
+    "geolocation=(), payment=(), usb=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@dataclass
+class Node:
+    """Everything one running node holds; stored in the app under `NODE`."""
+
+    settings: Settings
+    store: StateStore
+    policy: Policy
+    verifier: TokenVerifier
+    audit: AuditLog
+    rooms: Rooms
+    dev_idp: DevelopmentIdP | None
+    join_attempts: WindowCounter
+    pending: int = 0
+    ready: bool = False
+
+
+NODE = web.AppKey("node", Node)
+
+
+def _key_source(settings: Settings) -> KeySource:
+    if settings.jwks:
+        if settings.jwks.startswith(("https://", "http://")):
+            return JwksUrl(settings.jwks, refetch_interval_s=settings.jwks_refetch_interval_s)
+        return JwksFile(Path(settings.jwks))
+    assert settings.oidc_issuer is not None
+    return OidcDiscovery(settings.oidc_issuer, refetch_interval_s=settings.jwks_refetch_interval_s)
+
+
+def build_node(settings: Settings) -> Node:
+    """Load keys, policy and state for one node (nothing listens yet)."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    audit_key = generate_audit_key(data_dir / "keys")
+    audit = AuditLog(
+        data_dir / "audit",
+        audit_key,
+        checkpoint_every=settings.audit_checkpoint_every,
+        fsync=settings.audit_fsync,
+    )
+    policy = Policy.load(settings.policy_file)
+    dev_idp: DevelopmentIdP | None = None
+    if settings.dev_mode:
+        dev_idp = DevelopmentIdP.load_or_create(data_dir)
+        source: KeySource = JwksFile(dev_idp.jwks_path)
+        issuer = settings.jwt_issuer or DEV_ISSUER
+        audience = settings.jwt_audience or DEV_AUDIENCE
+    else:
+        source = _key_source(settings)
+        issuer = settings.jwt_issuer or settings.oidc_issuer or ""
+        audience = settings.jwt_audience or "consilium"
+        if not issuer:
+            raise ConfigError("CONSILIUM_JWT_ISSUER is required with CONSILIUM_JWKS")
+
+    def on_key_refresh(reason: str, n_keys: int) -> None:
+        audit.append("token_key_refresh", "info", reason=reason, keys=n_keys)
+
+    verifier = TokenVerifier(
+        source,
+        issuer=issuer,
+        audience=audience,
+        leeway_s=settings.jwt_leeway_s,
+        on_key_refresh=on_key_refresh,
+    )
+    store = open_store(settings.redis, data_dir, settings.node_id)
+    rooms = Rooms(settings, store, policy, verifier, audit)
+    return Node(
+        settings=settings,
+        store=store,
+        policy=policy,
+        verifier=verifier,
+        audit=audit,
+        rooms=rooms,
+        dev_idp=dev_idp,
+        join_attempts=WindowCounter(settings.join_attempts_per_ip_per_min, 60.0),
+    )
+
+
+# -- middleware -------------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_and_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map every error to a JSON body (API) and add security headers to every response."""
+    try:
+        response = await handler(request)
+    except ConsiliumError as exc:
+        response = web.json_response(exc.to_json(), status=exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "bad_request"
+        )
+        response = web.json_response(
+            {"error": code, "message": exc.reason}, status=exc.status, headers=exc.headers
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        response = web.json_response(ServerError("internal error").to_json(), status=500)
+    if not response.prepared:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _peer(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def _authenticate(request: web.Request, action: str | None) -> Identity:
+    """The identity behind `Authorization: Bearer <token>`, allowed to do `action`."""
+    node = request.app[NODE]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        node.audit.append(
+            "api_refused", "deny", reason="no_bearer_token", path=request.path, ip=_peer(request)
+        )
+        raise AuthenticationError("an Authorization: Bearer token is required", reason="missing")
+    try:
+        identity = await node.verifier.verify(token.strip())
+    except AuthenticationError as exc:
+        node.audit.append(
+            "api_refused",
+            "deny",
+            reason=str(exc.details.get("reason", "invalid_token")),
+            path=request.path,
+            ip=_peer(request),
+        )
+        raise
+    revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
+    if revoked is not None:
+        node.audit.append(
+            "api_refused",
+            "deny",
+            sub=identity.sub,
+            reason=f"revoked_{revoked.kind}",
+            path=request.path,
+        )
+        raise AuthenticationError("this token or identity has been revoked", reason="revoked")
+    if action is not None:
+        decision = node.policy.decide(identity, action)
+        if not decision:
+            node.audit.append(
+                "api_refused",
+                "deny",
+                sub=identity.sub,
+                reason=decision.reason,
+                requested=action,
+                path=request.path,
+            )
+            raise PolicyDenied(decision.reason)
+    return identity
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and (
+        request.content_length > request.app[NODE].settings.max_request_bytes
+    ):
+        raise PayloadTooLarge("request body too large")
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("request body too large") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadMessage("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadMessage("request body must be a JSON object")
+    return body
+
+
+# -- REST -------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the node is ready to serve, 503 otherwise."""
+    node = request.app[NODE]
+    status = 200 if node.ready else 503
+    return web.json_response(
+        {
+            "status": "ok" if node.ready else "starting",
+            "node": node.settings.node_id,
+            "version": __version__,
+        },
+        status=status,
+    )
+
+
+async def api_info(request: web.Request) -> web.Response:
+    """Public facts a client needs before it has a token."""
+    node = request.app[NODE]
+    return web.json_response(
+        {
+            "version": __version__,
+            "dev_mode": node.settings.dev_mode,
+            "max_message_bytes": node.settings.max_message_bytes,
+        }
+    )
+
+
+class ScheduleRoom(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/rooms`."""
+
+    room_id: str | None = None
+    departments: list[str] = msgspec.field(default_factory=list)
+    lobby: bool = True
+    title: str = ""
+    grants: list[str] = msgspec.field(default_factory=list)
+    starts_at: float | None = None
+
+
+async def create_room(request: web.Request) -> web.Response:
+    """Schedule a room (a chair, or anyone the policy lets open rooms)."""
+    node = request.app[NODE]
+    identity = await _authenticate(request, None)
+    if not node.policy.may_open_room(identity):
+        node.audit.append("api_refused", "deny", sub=identity.sub, reason="may_not_schedule_rooms")
+        raise PolicyDenied("your role may not schedule rooms")
+    try:
+        body = msgspec.convert(await _json_body(request), ScheduleRoom)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"invalid room: {exc}") from None
+    room_id = body.room_id or secrets.token_urlsafe(9)
+    if not p.valid_room_id(room_id):
+        raise BadMessage("room_id must be 1-64 letters, digits, '.', '_' or '-'")
+    for grant in body.grants:
+        if not grant.startswith(("sub:", "dept:", "org:")):
+            raise BadMessage("grants are 'sub:<id>', 'dept:<name>' or 'org:<name>'")
+    if len(body.title) > 200 or len(body.departments) > 32 or len(body.grants) > 256:
+        raise BadMessage("room title, departments or grants over their bounds")
+    if await node.store.count_rooms() >= node.settings.max_rooms_per_node:
+        raise RateLimited("too many rooms")
+    room = RoomRecord(
+        room_id=room_id,
+        departments=body.departments or list(identity.depts),
+        lobby=body.lobby,
+        title=body.title,
+        grants=body.grants,
+        scheduled_by=identity.sub,
+        created_at=time.time(),
+        starts_at=body.starts_at,
+    )
+    if not await node.store.create_room(room):
+        raise Conflict("a room with that id exists")
+    node.audit.append(
+        "room_scheduled",
+        "allow",
+        sub=identity.sub,
+        room=room_id,
+        departments=room.departments,
+        lobby=room.lobby,
+    )
+    return web.json_response(msgspec.to_builtins(room_state(room)), status=201)
+
+
+async def get_room(request: web.Request) -> web.Response:
+    """A room's settings and who is in it, for someone whose token grants the room."""
+    node = request.app[NODE]
+    identity = await _authenticate(request, None)
+    room_id = request.match_info["room"]
+    room = await node.store.get_room(room_id)
+    decision = node.policy.decide(identity, "join_room", room_scope(room, room_id))
+    if not decision:
+        raise PolicyDenied(decision.reason)
+    if room is None:
+        raise NotFound("no such room")
+    participants = await node.store.list_participants(room_id)
+    return web.json_response(
+        {
+            "room": msgspec.to_builtins(room_state(room)),
+            "opened": room.opened,
+            "participants": len(participants),
+            "lobby": len(await node.store.list_lobby(room_id)),
+        }
+    )
+
+
+class RevocationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/revocations`: exactly one of `jti` or `sub`."""
+
+    jti: str | None = None
+    sub: str | None = None
+    reason: str = ""
+    expires_at: float | None = None
+
+
+async def create_revocation(request: web.Request) -> web.Response:
+    """Revoke one token (`jti`) or a whole identity (`sub`) on every node, at once."""
+    node = request.app[NODE]
+    identity = await _authenticate(request, "revoke")
+    try:
+        body = msgspec.convert(await _json_body(request), RevocationRequest)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"invalid revocation: {exc}") from None
+    if (body.jti is None) == (body.sub is None):
+        raise BadMessage("give exactly one of 'jti' or 'sub'")
+    value = body.jti if body.jti is not None else body.sub
+    assert value is not None
+    if not value or len(value) > 256 or len(body.reason) > 500:
+        raise BadMessage("jti/sub must be 1-256 characters, reason at most 500")
+    revocation = Revocation(
+        kind="jti" if body.jti is not None else "sub",
+        value=value,
+        reason=body.reason,
+        by=identity.sub,
+        at=time.time(),
+        expires_at=body.expires_at,
+    )
+    await node.rooms.revoke(revocation)
+    return web.json_response(revocation.to_dict(), status=201)
+
+
+async def list_revocations(request: web.Request) -> web.Response:
+    """Every revocation in force."""
+    node = request.app[NODE]
+    await _authenticate(request, "revoke")
+    return web.json_response([r.to_dict() for r in await node.store.list_revocations()])
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadMessage(f"{name} must be an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        raise BadMessage(f"{name} must include a time zone (e.g. 'Z')")
+    return parsed
+
+
+async def read_audit(request: web.Request) -> web.Response:
+    """Audit entries, filtered (auditor only); the read itself is audited."""
+    node = request.app[NODE]
+    identity = await _authenticate(request, "read_audit")
+    q = request.query
+    try:
+        limit = min(int(q.get("limit", "1000")), 10_000)
+    except ValueError:
+        raise BadMessage("limit must be an integer") from None
+    since = _parse_time(q.get("since"), "since")
+    until = _parse_time(q.get("until"), "until")
+    node.audit.append("audit_read", "allow", sub=identity.sub, filters=dict(q))
+    entries = []
+    for entry in iter_entries(
+        node.settings.data_dir / "audit",
+        sub=q.get("sub"),
+        room=q.get("room"),
+        action=q.get("action"),
+        since=since,
+        until=until,
+    ):
+        entries.append(msgspec.to_builtins(entry))
+        if len(entries) >= limit:
+            break
+    return web.json_response({"entries": entries})
+
+
+async def api_not_found(request: web.Request) -> web.Response:
+    """Unknown API paths get a JSON 404, not an HTML page."""
+    raise NotFound(f"no such API endpoint: {request.method} {request.path}")
+
+
+# -- WebSocket --------------------------------------------------------------------------------
+
+
+def _origin_allowed(request: web.Request, settings: Settings) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        # Non-browser clients (bots, the CLI) send no Origin; a browser always does, which is
+        # what cross-site WebSocket hijacking needs.
+        return True
+    allowed = set(settings.allowed_origins) or {settings.own_origin}
+    if not settings.allowed_origins:
+        allowed.add(f"{request.scheme}://{request.host}")
+    return origin.rstrip("/") in allowed
+
+
+async def signalling(request: web.Request) -> web.StreamResponse:
+    """`GET /ws`: the signalling WebSocket (see docs/protocol.md)."""
+    node = request.app[NODE]
+    settings = node.settings
+    peer = _peer(request)
+    if not _origin_allowed(request, settings):
+        node.audit.append(
+            "join_refused",
+            "deny",
+            reason="origin_not_allowed",
+            origin=request.headers.get("Origin", "")[:200],
+            ip=peer,
+        )
+        raise PolicyDenied("this origin may not open a signalling connection")
+    if not node.join_attempts.allow(peer, time.monotonic()):
+        node.audit.append("join_refused", "deny", reason="join_rate_limited", ip=peer)
+        raise RateLimited("too many join attempts from this address; wait a minute")
+    if node.pending >= settings.max_pending_connections:
+        raise RateLimited("too many connections are joining; try again shortly")
+
+    ws = ConsiliumWebSocket(max_msg_size=settings.max_message_bytes, compress=False)
+    await ws.prepare(request)
+    conn = Connection(
+        ws,
+        peer,
+        TokenBucket(settings.messages_per_s, settings.message_burst),
+        settings.max_outbound_queue,
+    )
+    reason = "left"
+    node.pending += 1
+    try:
+        joined = await _first_message(node, conn)
+    finally:
+        node.pending -= 1
+    if not joined:
+        return ws
+    try:
+        reason = await _message_loop(node, conn)
+    except asyncio.CancelledError:
+        reason = "server shutting down"
+        raise
+    except Exception:
+        log.exception("signalling connection failed")
+        reason = "server_error"
+        await conn.close(4500, "server error")
+    finally:
+        await node.rooms.disconnect(conn, reason)
+    return ws
+
+
+async def _first_message(node: Node, conn: Connection) -> bool:
+    """Wait for `join`; False when the connection was closed instead."""
+    try:
+        msg = await conn.ws.receive(timeout=node.settings.join_timeout_s)
+    except TimeoutError:
+        node.audit.append("join_refused", "deny", reason="join_timeout", ip=conn.peer)
+        await conn.close(TimedOut.close_code, "no join in time")
+        return False
+    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return False
+    join: p.Message | None = None
+    if msg.type is WSMsgType.TEXT:
+        try:
+            join = p.client_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            join = None
+    if not isinstance(join, p.Join):
+        node.audit.append("join_refused", "deny", reason="first_message_not_join", ip=conn.peer)
+        await conn.close(AuthenticationError.close_code, "first message must be join")
+        return False
+    try:
+        await node.rooms.join(conn, join)
+    except ConsiliumError as exc:
+        await node.rooms.disconnect(conn, "refused")
+        await conn.close(exc.close_code, exc.message)
+        return False
+    return True
+
+
+async def _message_loop(node: Node, conn: Connection) -> str:
+    """Read messages until the connection ends; returns why it ended."""
+    settings = node.settings
+    ws = conn.ws
+    decode = p.client_decoder.decode
+    while True:
+        try:
+            msg = await ws.receive(timeout=settings.keepalive_timeout_s)
+        except TimeoutError:
+            await conn.close(TimedOut.close_code, "keepalive missed")
+            return "timed_out"
+        if msg.type is WSMsgType.TEXT:
+            if not conn.bucket.allow(time.monotonic()):
+                node.audit.append(
+                    "rate_limited",
+                    "deny",
+                    sub=_sub(conn),
+                    room=conn.room_id,
+                    reason="messages_per_second",
+                )
+                await conn.close(RateLimited.close_code, "too many messages")
+                return "rate_limited"
+            try:
+                message = decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await conn.close(BadMessage.close_code, _short(f"bad message: {exc}"))
+                return "bad_message"
+            await node.rooms.handle(conn, message)
+            if conn.closing:
+                return "left"
+        elif msg.type is WSMsgType.BINARY:
+            await conn.close(BadMessage.close_code, "binary frames are not part of the protocol")
+            return "bad_message"
+        else:
+            return "left"
+
+
+def _sub(conn: Connection) -> str | None:
+    return conn.identity.sub if conn.identity else None
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# -- static web client ------------------------------------------------------------------------
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """A file of the web client (`/` is `index.html`); nothing outside `web/` is reachable."""
+    relative = request.match_info.get("path", "") or "index.html"
+    root = WEB_DIR.resolve()
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound("no such page")
+    return web.FileResponse(target)
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    node = app[NODE]
+    await node.store.start()
+    purged = await node.store.purge_node(node.settings.node_id)
+    node.audit.append(
+        "config_loaded",
+        "info",
+        node=node.settings.node_id,
+        dev_mode=node.settings.dev_mode,
+        policy_sha256=hashlib.sha256(node.policy.describe().encode()).hexdigest(),
+        settings_sha256=hashlib.sha256(
+            json.dumps(node.settings.summary(), sort_keys=True, default=str).encode()
+        ).hexdigest(),
+        stale_entries_purged=purged,
+    )
+    node.ready = True
+    yield
+    node.ready = False
+    with contextlib.suppress(Exception):
+        await node.rooms.close_all()
+    with contextlib.suppress(Exception):
+        await node.store.purge_node(node.settings.node_id)
+    await node.store.close()
+    node.audit.append("server_stopped", "info", node=node.settings.node_id)
+    node.audit.close()
+
+
+def create_app(settings: Settings, node: Node | None = None) -> web.Application:
+    """The whole HTTP surface of one node."""
+    node = node or build_node(settings)
+    app = web.Application(
+        middlewares=[errors_and_headers], client_max_size=settings.max_request_bytes
+    )
+    app[NODE] = node
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", signalling)
+    app.router.add_get("/api/info", api_info)
+    app.router.add_post("/api/rooms", create_room)
+    app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_post("/api/revocations", create_revocation)
+    app.router.add_get("/api/revocations", list_revocations)
+    app.router.add_get("/api/audit", read_audit)
+    app.router.add_route("*", "/api/{tail:.*}", api_not_found)
+    app.router.add_get("/{path:.*}", static_file)
+    return app

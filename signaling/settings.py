@@ -1,0 +1,268 @@
+"""Every setting and bound of a Consilium node, in one object.
+
+Precedence: command-line flags, then `CONSILIUM_*` environment variables, then an optional TOML
+file (`--config` / `CONSILIUM_CONFIG`), then the defaults below. Each field's docstring is what
+`docs/operations.md` shows hospital IT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CONSILIUM_"
+
+
+@dataclass(slots=True)
+class Settings:
+    """One node's settings. Every bound the server enforces lives here."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on. Plain HTTP is allowed only on a loopback address."""
+    port: int = 8443
+    """TCP port for HTTPS (or loopback HTTP) and the signalling WebSocket."""
+    data_dir: Path = Path("./consilium-data")
+    """Folder for the audit log, keys, revocations and (later) recordings."""
+    redis: str | None = None
+    """Redis URL (`redis://host:6379/0`); shared state for several nodes. None: in memory."""
+    tls_cert: Path | None = None
+    """PEM certificate chain for HTTPS."""
+    tls_key: Path | None = None
+    """PEM private key for HTTPS."""
+    public_url: str | None = None
+    """The URL users open (e.g. `https://mdt.hospital.local`); default derived from host/port."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Browser origins allowed to open `/ws`; empty means only the server's own origin."""
+    node_id: str = ""
+    """Stable name of this node in a cluster; default `<hostname>:<port>`."""
+
+    jwks: str | None = None
+    """Trusted signing keys: a JWKS file path or an https URL. None with no OIDC issuer: dev IdP."""
+    oidc_issuer: str | None = None
+    """OIDC issuer URL; its discovery document names the JWKS. Used when `jwks` is not set."""
+    jwt_issuer: str | None = None
+    """Required `iss` claim (default: the OIDC issuer, or the development IdP's)."""
+    jwt_audience: str | None = None
+    """Required `aud` claim (default `consilium`)."""
+    jwt_leeway_s: int = 30
+    """Clock skew tolerated on exp/nbf/iat, at most 60 s."""
+    jwks_refetch_interval_s: float = 30.0
+    """Least time between two JWKS fetches triggered by an unknown `kid`."""
+
+    policy_file: Path | None = None
+    """Role × action policy table (TOML); default: the packaged `signaling/policy.toml`."""
+
+    max_message_bytes: int = 64 * 1024
+    """Largest WebSocket message accepted; larger ones close the connection (4400)."""
+    messages_per_s: float = 20.0
+    """Sustained WebSocket messages per second per connection (4429 beyond the burst)."""
+    message_burst: int = 60
+    """Messages a connection may send at once before the rate applies."""
+    max_participants_per_room: int = 24
+    """Joined participants per room (the lobby does not count)."""
+    max_lobby_per_room: int = 50
+    """People waiting in one room's lobby."""
+    max_rooms_per_node: int = 200
+    """Rooms this node will create (scheduled or opened)."""
+    join_attempts_per_ip_per_min: int = 60
+    """WebSocket join attempts from one client address per minute (HTTP 429 beyond it)."""
+    max_pending_connections: int = 1000
+    """Connections that have not yet sent `join`, across the node."""
+    join_timeout_s: float = 10.0
+    """Time a new connection has to send `join` (4408 after)."""
+    keepalive_timeout_s: float = 45.0
+    """Silence allowed from a client before it is dropped (4408); clients ping every 15 s."""
+    max_outbound_queue: int = 512
+    """Messages queued for a slow client before it is dropped (4408)."""
+    max_request_bytes: int = 64 * 1024
+    """Largest REST request body."""
+
+    audit_checkpoint_every: int = 1000
+    """Audit entries between two signed checkpoints (one is also written at shutdown)."""
+    audit_fsync: bool = False
+    """fsync the audit log after every entry (slower; checkpoints are always fsynced)."""
+
+    log_level: str = "info"
+    """debug, info, warning or error. Logs are JSON lines on stderr and never hold a token."""
+
+    @property
+    def dev_mode(self) -> bool:
+        """True when no identity provider is configured: the development IdP signs tokens."""
+        return self.jwks is None and self.oidc_issuer is None
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks HTTPS."""
+        return self.tls_cert is not None
+
+    @property
+    def own_origin(self) -> str:
+        """The origin browsers see for this server."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work or would be unsafe; raises ConfigError."""
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port out of range: {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if not self.tls and not is_loopback(self.host):
+            raise ConfigError(
+                f"plain HTTP is allowed only on a loopback address, not {self.host!r}: "
+                "give --tls-cert and --tls-key"
+            )
+        if not 0 <= self.jwt_leeway_s <= 60:
+            raise ConfigError("jwt_leeway_s must be between 0 and 60 seconds")
+        for name in (
+            "max_message_bytes",
+            "max_participants_per_room",
+            "max_rooms_per_node",
+            "join_attempts_per_ip_per_min",
+            "max_pending_connections",
+            "message_burst",
+            "max_outbound_queue",
+            "max_request_bytes",
+            "audit_checkpoint_every",
+            "max_lobby_per_room",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in ("messages_per_s", "join_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"unknown log_level {self.log_level!r}")
+        if self.redis is not None and not self.redis.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+
+    def summary(self) -> dict[str, Any]:
+        """Settings as plain JSON values, for the audit log's `config_loaded` entry."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis" and value:
+                value = _redact_url(value)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and for `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _redact_url(url: str) -> str:
+    # A Redis URL may carry a password; the audit log and logs get it without.
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type."""
+    text = str(kind)
+    try:
+        if raw is None:
+            return None
+        if "list" in text:
+            if isinstance(raw, str):
+                return [item.strip() for item in raw.split(",") if item.strip()]
+            return [str(item) for item in raw]
+        if "Path" in text:
+            return Path(str(raw))
+        if "bool" in text:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if "int" in text and "float" not in text:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if "float" in text:
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot use {raw!r} ({exc})") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build the settings from flags, then environment, then a TOML file, then defaults.
+
+    `flags` holds only the options the user actually gave (None values are ignored).
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    hints = get_type_hints(Settings)
+    names = {f.name for f in fields(Settings)}
+
+    config_path = config_file or (
+        Path(env["CONSILIUM_CONFIG"]) if "CONSILIUM_CONFIG" in env else None
+    )
+    file_values: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
+        section = raw.get("consilium", raw)
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"config file {config_path}: unknown setting {key!r}")
+            file_values[name] = _coerce(name, hints[name], value)
+
+    values: dict[str, Any] = dict(file_values)
+    for name in names:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env and env[env_name] != "":
+            values[name] = _coerce(name, hints[name], env[env_name])
+    for name, value in flags.items():
+        if name not in names:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, hints[name], value)
+
+    settings = Settings(**values)
+    if not settings.node_id:
+        settings.node_id = f"{socket.gethostname()}:{settings.port}"
+    settings.validate()
+    return settings
+
+
+def settings_fields() -> list[dataclasses.Field[Any]]:
+    """The fields of Settings, for documentation."""
+    return list(fields(Settings))

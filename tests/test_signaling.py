@@ -1,0 +1,432 @@
+"""The signalling WebSocket end to end, against a real in-process node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+from signaling.audit import iter_entries
+from tests.fixtures.servers import (
+    RunningNode,
+    close_code,
+    eventually,
+    next_message,
+    node_settings,
+    running_node,
+)
+
+
+def audit_actions(node: RunningNode, **filters: str) -> list[tuple[str, str | None]]:
+    """(action, reason) of every audit entry matching the filters."""
+    return [(e.action, e.reason) for e in iter_entries(node.data_dir / "audit", **filters)]
+
+
+async def test_chair_opens_room_and_specialist_joins(dev_node: RunningNode) -> None:
+    chair, joined = await dev_node.join("dr-chair", "chair")
+    assert joined["type"] == "joined"
+    assert "admit" in joined["permissions"] and "mute_others" in joined["permissions"]
+    assert joined["room"]["room_id"] == "mdt-1"
+
+    _spec, joined2 = await dev_node.join("dr-heart", "specialist")
+    assert joined2["type"] == "joined"
+    assert {p["sub"] for p in joined2["participants"]} == {"dr-chair", "dr-heart"}
+    assert "admit" not in joined2["permissions"]
+    seen = await next_message(chair, "participant_joined")
+    assert seen["participant"]["sub"] == "dr-heart"
+    assert ("join", None) in audit_actions(dev_node, sub="dr-heart")
+
+
+async def test_first_message_must_be_join(dev_node: RunningNode) -> None:
+    ws = await dev_node.connect()
+    await ws.send_json({"type": "ping"})
+    assert await close_code(ws) == 4401
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x00\x01binary", "not json", json.dumps({"type": "nonsense"}), json.dumps([1, 2])],
+)
+async def test_garbage_first_message_is_unauthenticated(
+    dev_node: RunningNode, payload: bytes | str
+) -> None:
+    ws = await dev_node.connect()
+    if isinstance(payload, bytes):
+        await ws.send_bytes(payload)
+    else:
+        await ws.send_str(payload)
+    assert await close_code(ws) == 4401
+
+
+async def test_invalid_token_is_refused_and_audited(dev_node: RunningNode) -> None:
+    ws = await dev_node.connect()
+    await ws.send_json({"type": "join", "token": "eyJhbGciOiJub25lIn0.e30.", "room": "mdt-1"})
+    assert await close_code(ws) == 4401
+    refusals = [a for a in audit_actions(dev_node, action="join_refused")]
+    assert refusals and refusals[-1][1]
+
+
+async def test_expired_token_is_refused(dev_node: RunningNode) -> None:
+    ws = await dev_node.connect()
+    token = dev_node.token("dr-late", "specialist", ttl_s=-120)
+    await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+    assert await close_code(ws) == 4401
+
+
+async def test_room_not_granted_is_not_allowed(dev_node: RunningNode) -> None:
+    ws = await dev_node.connect()
+    token = dev_node.token("dr-x", "chair", rooms=["other-room"])
+    await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+    assert await close_code(ws) == 4403
+    assert any(r and "room_not_granted" in r for _, r in audit_actions(dev_node, sub="dr-x"))
+
+
+@pytest.mark.parametrize("role", ["archivist", "admin", "auditor"])
+async def test_non_clinical_roles_never_join_a_live_room(dev_node: RunningNode, role: str) -> None:
+    await dev_node.join("dr-chair", "chair")
+    other = await dev_node.connect()
+    await other.send_json(
+        {"type": "join", "token": dev_node.token(f"u-{role}", role), "room": "mdt-1"}
+    )
+    assert await close_code(other) == 4403
+    reasons = [r for _, r in audit_actions(dev_node, sub=f"u-{role}")]
+    assert any(r and "separation_of_duties" in r for r in reasons)
+
+
+async def test_clinical_role_without_mfa_is_refused(dev_node: RunningNode) -> None:
+    ws = await dev_node.connect()
+    token = dev_node.token("dr-nomfa", "chair", amr=["pwd"])
+    await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+    assert await close_code(ws) == 4403
+    assert any(r and "mfa" in r for _, r in audit_actions(dev_node, sub="dr-nomfa"))
+
+
+async def test_other_department_needs_a_grant(dev_node: RunningNode) -> None:
+    await dev_node.join("dr-chair", "chair")
+    _, answer = await dev_node.join("dr-onc", "specialist", depts=["oncology"])
+    assert answer == {"type": "closed", "code": 4403}
+    granted = dev_node.node
+    assert granted is not None
+    room = await granted.store.get_room("mdt-1")
+    assert room is not None
+    room.grants = ["sub:dr-onc"]
+    await granted.store.save_room(room)
+    _, answer = await dev_node.join("dr-onc", "specialist", depts=["oncology"])
+    assert answer["type"] == "joined"
+
+
+async def test_foreign_origin_is_refused_at_upgrade(dev_node: RunningNode) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await dev_node.connect(headers={"Origin": "https://evil.example"})
+    assert info.value.status == 403
+    ws = await dev_node.connect(headers={"Origin": dev_node.url})
+    await ws.send_json({"type": "ping"})
+    assert await close_code(ws) == 4401
+
+
+async def test_oversized_message_closes_with_bad_message(dev_node: RunningNode) -> None:
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    await ws.send_str("x" * (2 * 1024 * 1024))
+    assert await close_code(ws) == 4400
+    # The node keeps serving everyone else.
+    _, answer = await dev_node.join("dr-next", "chair", room="mdt-2")
+    assert answer["type"] == "joined"
+
+
+@pytest.mark.parametrize(
+    "payload", ["{not json", json.dumps({"type": "teleport"}), json.dumps({"type": "mute"})]
+)
+async def test_bad_message_after_join_closes_4400(dev_node: RunningNode, payload: str) -> None:
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    await ws.send_str(payload)
+    assert await close_code(ws) == 4400
+
+
+async def test_binary_frame_after_join_closes_4400(dev_node: RunningNode) -> None:
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    await ws.send_bytes(b"\x01\x02")
+    assert await close_code(ws) == 4400
+
+
+async def test_ping_pong(dev_node: RunningNode) -> None:
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    await ws.send_json({"type": "ping", "id": 7})
+    pong = await next_message(ws, "pong")
+    assert pong["id"] == 7 and abs(pong["server_time"] - time.time()) < 5
+
+
+async def test_message_flood_is_rate_limited(dev_node: RunningNode) -> None:
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    for i in range(500):
+        await ws.send_json({"type": "ping", "id": i})
+    assert await close_code(ws) == 4429
+    assert ("rate_limited", "messages_per_second") in audit_actions(dev_node, sub="dr-chair")
+
+
+async def test_second_connection_replaces_the_first(dev_node: RunningNode) -> None:
+    first, _ = await dev_node.join("dr-chair", "chair")
+    _second, answer = await dev_node.join("dr-chair", "chair")
+    assert answer["type"] == "joined"
+    assert await close_code(first) == 4409
+    assert [p["sub"] for p in answer["participants"]] == ["dr-chair"]
+
+
+async def test_lobby_knock_admit_and_deny(dev_node: RunningNode) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    await chair.send_json({"type": "update_room", "lobby": True})
+    assert (await next_message(chair, "room_updated"))["room"]["lobby"] is True
+
+    guest, waiting = await dev_node.join("dr-heart", "specialist")
+    assert waiting["type"] == "lobby" and waiting["reason"] == "lobby_enabled"
+    knock = await next_message(chair, "knock")
+    assert knock["participant"]["sub"] == "dr-heart"
+    # Waiting people cannot act in the room.
+    await guest.send_json({"type": "set_media", "audio_muted": True})
+    assert (await next_message(guest, "error"))["code"] == "not_admitted"
+
+    await chair.send_json(
+        {"type": "admit", "participant_id": knock["participant"]["participant_id"]}
+    )
+    admitted = await next_message(guest, "joined")
+    assert admitted["participant_id"] == knock["participant"]["participant_id"]
+
+    other, waiting2 = await dev_node.join("dr-lung", "specialist")
+    assert waiting2["type"] == "lobby"
+    knock2 = await next_message(chair, "knock")
+    await chair.send_json(
+        {"type": "deny", "participant_id": knock2["participant"]["participant_id"]}
+    )
+    assert await close_code(other) == 4403
+    assert ("admit", None) in audit_actions(dev_node, sub="dr-heart")
+    assert any(a == "deny" for a, _ in audit_actions(dev_node, sub="dr-lung"))
+
+
+async def test_early_arrival_waits_until_the_chair_opens_the_room(dev_node: RunningNode) -> None:
+    early, waiting = await dev_node.join("dr-early", "specialist")
+    assert waiting == {
+        "type": "lobby",
+        "room": "mdt-1",
+        "reason": "room_not_open",
+        "participant_id": waiting["participant_id"],
+    }
+    await dev_node.join("dr-chair", "chair")
+    joined = await next_message(early, "joined")
+    assert joined["room"]["room_id"] == "mdt-1"
+
+
+async def test_scheduled_room_with_lobby(dev_node: RunningNode) -> None:
+    http = await dev_node.session()
+    chair_token = dev_node.token("dr-chair", "chair")
+    r = await http.post(
+        dev_node.url + "/api/rooms",
+        json={"room_id": "mdt-1", "departments": ["cardiology", "oncology"], "lobby": True},
+        headers={"Authorization": f"Bearer {chair_token}"},
+    )
+    assert r.status == 201, await r.text()
+    _, waiting = await dev_node.join("dr-onc", "specialist", depts=["oncology"])
+    assert waiting["reason"] == "room_not_open"
+    _chair, joined = await dev_node.join("dr-chair", "chair")
+    assert [w["sub"] for w in joined["lobby"]] == ["dr-onc"]
+
+
+async def test_trainee_cannot_mute_others(dev_node: RunningNode) -> None:
+    await dev_node.join("dr-chair", "chair")
+    trainee, _ = await dev_node.join("t-1", "trainee")
+    _spec, joined = await dev_node.join("dr-heart", "specialist")
+    await trainee.send_json({"type": "mute", "participant_id": joined["participant_id"]})
+    error = await next_message(trainee, "error")
+    assert error["code"] == "not_allowed" and error["request"] == "mute"
+    assert ("mute_others", "role_forbidden: trainee may not mute_others") in audit_actions(
+        dev_node, sub="t-1"
+    )
+
+
+async def test_chair_mutes_and_removes(dev_node: RunningNode) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    spec, joined = await dev_node.join("dr-heart", "specialist")
+    pid = joined["participant_id"]
+    await chair.send_json({"type": "mute", "participant_id": pid, "kind": "audio"})
+    update = await next_message(spec, "participant_updated")
+    assert update["participant"]["audio_muted"] is True
+    await chair.send_json({"type": "remove", "participant_id": pid, "reason": "disruptive"})
+    assert await close_code(spec) == 4403
+    left = await next_message(chair, "participant_left")
+    assert left == {"type": "participant_left", "participant_id": pid, "reason": "removed"}
+    actions = audit_actions(dev_node, sub="dr-heart")
+    assert ("mute", None) in actions and ("remove", "disruptive") in actions
+
+
+async def test_join_timeout_closes_4408(tmp_path) -> None:
+    settings = node_settings(tmp_path / "d", join_timeout_s=0.3)
+    async with running_node(settings) as node:
+        ws = await node.connect()
+        assert await close_code(ws, timeout=3) == 4408
+
+
+async def test_missed_keepalive_closes_4408(tmp_path) -> None:
+    settings = node_settings(tmp_path / "d", keepalive_timeout_s=0.3)
+    async with running_node(settings) as node:
+        ws, _ = await node.join("dr-chair", "chair")
+        assert await close_code(ws, timeout=3) == 4408
+
+
+async def test_room_capacity_bound(tmp_path) -> None:
+    settings = node_settings(tmp_path / "d", max_participants_per_room=2)
+    async with running_node(settings) as node:
+        await node.join("dr-chair", "chair")
+        await node.join("dr-a", "specialist")
+        ws, _ = await node.join("dr-b", "specialist")
+        assert await close_code(ws) == 4429
+        _, other_room = await node.join("dr-c", "chair", room="mdt-2")
+        assert other_room["type"] == "joined"
+
+
+async def test_join_attempts_per_ip_are_bounded(tmp_path) -> None:
+    settings = node_settings(tmp_path / "d", join_attempts_per_ip_per_min=3)
+    async with running_node(settings) as node:
+        for _ in range(3):
+            await node.connect()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await node.connect()
+        assert info.value.status == 429
+
+
+async def test_many_silent_connections_do_not_stop_others(tmp_path) -> None:
+    settings = node_settings(
+        tmp_path / "d",
+        join_timeout_s=1.0,
+        join_attempts_per_ip_per_min=10_000,
+        max_pending_connections=1000,
+    )
+    async with running_node(settings) as node:
+        silent = await asyncio.gather(*(node.connect() for _ in range(500)))
+        _, answer = await node.join("dr-chair", "chair")
+        assert answer["type"] == "joined"
+        codes = await asyncio.gather(*(close_code(ws, timeout=10) for ws in silent))
+        assert set(codes) == {4408}
+
+
+async def test_revocation_closes_live_connections(dev_node: RunningNode) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    spec, _ = await dev_node.join("dr-heart", "specialist")
+    http = await dev_node.session()
+    admin = dev_node.token("it-admin", "admin", rooms=[], depts=["it"])
+    started = time.monotonic()
+    r = await http.post(
+        dev_node.url + "/api/revocations",
+        json={"sub": "dr-heart", "reason": "lost laptop"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status == 201, await r.text()
+    assert await close_code(spec, timeout=2) == 4401
+    assert time.monotonic() - started < 2
+    # Refused from then on.
+    again, _ = await dev_node.join("dr-heart", "specialist")
+    assert await close_code(again) == 4401
+    assert ("revoke", "lost laptop") in audit_actions(dev_node, sub="dr-heart")
+    left = await next_message(chair, "participant_left")
+    assert left["reason"] == "revoked"
+
+
+async def test_revoke_one_token_by_jti(dev_node: RunningNode) -> None:
+    import jwt
+
+    token = dev_node.token("dr-heart", "chair")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    ws = await dev_node.connect()
+    await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+    await next_message(ws, "joined")
+    http = await dev_node.session()
+    admin = dev_node.token("it-admin", "admin", rooms=[], depts=["it"])
+    r = await http.post(
+        dev_node.url + "/api/revocations",
+        json={"jti": jti},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status == 201
+    assert await close_code(ws, timeout=2) == 4401
+    # A fresh token of the same person still works.
+    _, answer = await dev_node.join("dr-heart", "chair")
+    assert answer["type"] == "joined"
+
+
+async def test_chair_cannot_revoke(dev_node: RunningNode) -> None:
+    http = await dev_node.session()
+    r = await http.post(
+        dev_node.url + "/api/revocations",
+        json={"sub": "x"},
+        headers={"Authorization": f"Bearer {dev_node.token('dr-chair', 'chair')}"},
+    )
+    assert r.status == 403
+    body = await r.json()
+    assert body["error"] == "not_allowed" and body["message"]
+
+
+async def test_api_errors_are_json(dev_node: RunningNode) -> None:
+    http = await dev_node.session()
+    r = await http.get(dev_node.url + "/api/nothing-here")
+    assert r.status == 404 and (await r.json())["error"] == "not_found"
+    r = await http.post(dev_node.url + "/api/revocations", json={"sub": "x"})
+    assert r.status == 401 and (await r.json())["error"] == "not_authenticated"
+    admin = dev_node.token("it-admin", "admin", rooms=[], depts=["it"])
+    r = await http.post(
+        dev_node.url + "/api/revocations",
+        data="{nope",
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status == 400 and (await r.json())["error"] == "bad_message"
+    r = await http.post(
+        dev_node.url + "/api/revocations",
+        json={"sub": "a", "jti": "b"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert r.status == 400
+
+
+async def test_only_auditor_reads_audit_over_api(dev_node: RunningNode) -> None:
+    await dev_node.join("dr-chair", "chair")
+    http = await dev_node.session()
+    for role in ("admin", "chair", "archivist"):
+        token = dev_node.token(f"u-{role}", role, rooms=[], depts=["it"])
+        r = await http.get(
+            dev_node.url + "/api/audit", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status == 403, role
+    auditor = dev_node.token("u-aud", "auditor", rooms=[], depts=["compliance"])
+    r = await http.get(
+        dev_node.url + "/api/audit?action=join", headers={"Authorization": f"Bearer {auditor}"}
+    )
+    assert r.status == 200
+    entries = (await r.json())["entries"]
+    assert entries and all(e["action"] == "join" for e in entries)
+    assert all("token" not in json.dumps(e).lower() for e in entries)
+
+
+async def test_security_headers_on_pages(dev_node: RunningNode) -> None:
+    http = await dev_node.session()
+    r = await http.get(dev_node.url + "/")
+    assert r.status == 200
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    r = await http.get(dev_node.url + "/../pyproject.toml")
+    assert r.status == 404
+    r = await http.get(dev_node.url + "/healthz")
+    assert (await r.json())["status"] == "ok"
+
+
+async def test_leaving_empties_and_closes_an_adhoc_room(dev_node: RunningNode) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    await chair.send_json({"type": "leave"})
+    assert await close_code(chair) == 1000
+    assert dev_node.node is not None
+    store = dev_node.node.store
+    await eventually(lambda: _room_gone(store))
+
+
+async def _room_gone(store) -> bool:  # type: ignore[no-untyped-def]
+    return await store.get_room("mdt-1") is None
