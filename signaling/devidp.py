@@ -114,7 +114,10 @@ class DevelopmentIdP:
         if mode & 0o077:
             log.warning("development IdP key %s had mode %o; tightening to 0600", key_path, mode)
             os.chmod(key_path, 0o600)
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{key_path} is not an unencrypted PEM private key") from error
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ConfigError(f"{key_path} is not an Ed25519 private key")
         return key

@@ -368,7 +368,7 @@ class JwksFile:
 SessionFactory = Callable[[], aiohttp.ClientSession]
 """Makes the aiohttp session for one fetch; the source closes it afterwards."""
 
-_FETCH_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError)
+_FETCH_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError, RecursionError)
 
 
 def _check_fetch_url(url: str, what: str) -> None:
@@ -557,6 +557,9 @@ class TokenVerifier:
         leeway_s: int = 30,
         on_key_refresh: Callable[[str, int], None] | None = None,
     ) -> None:
+        """`on_key_refresh(reason, n_keys)` is called whenever the trusted key set changes
+        (reason initial_load, unknown_kid or key_set_changed; n_keys counts usable
+        key-and-algorithm pairs), so the server can audit it. `leeway_s` may be 0..60."""
         if not issuer or not audience:
             raise ConfigError("token issuer and audience must be configured")
         if not 0 <= leeway_s <= MAX_LEEWAY_S:
@@ -574,8 +577,11 @@ class TokenVerifier:
     async def verify(self, token: str) -> Identity:
         """The identity the token carries.
 
-        Raises AuthenticationError (details["reason"] is a short code for the audit log) for any
-        fault of the token; ServerError if no trusted keys can be obtained.
+        Raises AuthenticationError for any fault of the token, its message fit for the client and
+        `details["reason"]` a code for the audit log: too_large, malformed, algorithm_not_allowed,
+        unknown_key, ambiguous_key, bad_signature, missing_claim (with `claim`), invalid_claim
+        (with `claim`), expired, not_yet_valid, issued_in_future, wrong_issuer, wrong_audience.
+        Raises ServerError if no trusted keys can be obtained at all.
         """
         header = read_header(token)
         key = await self._key_for(header)
