@@ -152,10 +152,14 @@ class Rooms:
         if room.locked and not self.policy.bypasses_lobby(identity):
             self._refuse(identity, msg.room, conn, "room_locked")
             raise PolicyDenied("the room is locked")
-        if room.lobby and not self.policy.bypasses_lobby(identity):
+        if room.lobby and not self._skips_lobby(identity, room):
             await self._wait(conn, room, "lobby_enabled")
             return
         await self._enter(conn, room, admitted_by=None)
+
+    def _skips_lobby(self, identity: Identity, room: RoomRecord) -> bool:
+        """Chairs skip the lobby; so does anyone already admitted to this room."""
+        return identity.sub in room.admitted or self.policy.bypasses_lobby(identity)
 
     def _refuse(self, identity: Identity, room_id: str, conn: Connection, reason: str) -> None:
         self.audit.append(
@@ -368,6 +372,10 @@ class Rooms:
             chair.send(p.encode(p.Error("not_found", "nobody with that id is waiting", "admit")))
             return
         assert chair.identity is not None
+        room = await self.store.get_room(chair.room_id)
+        if room is not None and record.sub not in room.admitted:
+            room.admitted.append(record.sub)
+            await self.store.save_room(room)
         self.audit.append(
             "admit",
             "allow",
@@ -428,6 +436,10 @@ class Rooms:
             chair.send(p.encode(p.Error("not_found", "no such participant", "remove")))
             return
         assert chair.identity is not None
+        room = await self.store.get_room(chair.room_id)
+        if room is not None and record.sub in room.admitted:
+            room.admitted.remove(record.sub)
+            await self.store.save_room(room)
         self.audit.append(
             "remove",
             "allow",
@@ -623,7 +635,7 @@ class Rooms:
                 self._refuse(identity, room_id, conn, decision.reason)
                 await self._drop(conn, PolicyDenied.close_code, "not allowed to join this room")
                 continue
-            if room.lobby and not self.policy.bypasses_lobby(identity):
+            if room.lobby and not self._skips_lobby(identity, room):
                 conn.waiting_reason = "lobby_enabled"
                 conn.send(p.encode(p.Lobby(room_id, "lobby_enabled", conn.participant_id)))
                 await self._broadcast(

@@ -94,6 +94,9 @@ class RoomRecord:
     """Creation time, seconds since the epoch."""
     starts_at: float | None = None
     """Scheduled start, seconds since the epoch, if any."""
+    admitted: list[str] = field(default_factory=list)
+    """`sub`s a chair admitted from the lobby: they rejoin (after a network blip, or from a
+    second device) without waiting again, until removed or the room closes."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -1,0 +1,161 @@
+"""The `consilium` command as a user runs it: real `consilium serve` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from signaling.devidp import DevelopmentIdP
+from tests.fixtures.servers import REPO, close_code, free_port, next_message
+
+SUBCOMMANDS = [
+    ["serve"], ["token"], ["audit"], ["audit", "verify"], ["audit", "show"], ["keys"],
+    ["keys", "list"], ["keys", "export-audit-public"], ["revoke"], ["policy"], ["policy", "show"],
+]  # fmt: skip
+
+
+def consilium(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "signaling.cli", *args],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(args: list[str]) -> None:
+    result = consilium(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: consilium" in result.stdout
+
+
+def test_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:
+    result = consilium("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert "loopback" in result.stderr
+
+
+def test_unknown_role_token_is_refused(tmp_path: Path) -> None:
+    result = consilium("token", "--data-dir", str(tmp_path), "--sub", "x", "--role", "wizard")
+    assert result.returncode == 2 and "unknown role" in result.stderr
+
+
+async def test_fresh_serve_runs_in_development_mode_and_token_joins(serve_process: Any) -> None:
+    serve = serve_process()
+    out = serve.output()
+    assert "DEVELOPMENT MODE" in out and "consilium token" in out
+    assert f"Open {serve.url}/" in out
+    token = consilium(
+        "token", "--data-dir", str(serve.data_dir), "--sub", "dr-li", "--role", "chair",
+        "--dept", "cardiology", "--room", "mdt-1",
+    ).stdout.strip()  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(serve.url.replace("http", "ws") + "/ws")
+        await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+        joined = await next_message(ws, "joined")
+        assert joined["you"]["sub"] == "dr-li"
+        await ws.close()
+    assert token not in serve.output(), "a token reached the server's log"
+
+
+async def test_audit_verify_after_shutdown_then_tamper(serve_process: Any) -> None:
+    serve = serve_process()
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    async with aiohttp.ClientSession() as http:
+        for i in range(3):
+            ws = await http.ws_connect(serve.url.replace("http", "ws") + "/ws")
+            token = idp.mint(sub=f"dr-{i}", role="chair", depts=["cardiology"], rooms=["mdt-1"])
+            await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+            await next_message(ws, "joined")
+            await ws.close()
+        ws = await http.ws_connect(serve.url.replace("http", "ws") + "/ws")
+        await ws.send_json({"type": "join", "token": "garbage", "room": "mdt-1"})
+        assert await close_code(ws) == 4401
+    assert serve.stop() == 0
+
+    data = str(serve.data_dir)
+    ok = consilium("audit", "verify", "--data-dir", data)
+    assert ok.returncode == 0, ok.stderr
+    shown = consilium("audit", "show", "--data-dir", data, "--sub", "dr-1", "--json")
+    entries = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert entries and {e["sub"] for e in entries} == {"dr-1"}
+    refused = consilium("audit", "show", "--data-dir", data, "--action", "join_refused")
+    assert "malformed" in refused.stdout or "invalid" in refused.stdout
+
+    segment = sorted((serve.data_dir / "audit").glob("audit-*.jsonl"))[0]
+    lines = segment.read_text().splitlines()
+    victim = next(i for i, line in enumerate(lines) if '"sub":"dr-1"' in line)
+    lines[victim] = lines[victim].replace('"sub":"dr-1"', '"sub":"dr-9"')
+    segment.write_text("\n".join(lines) + "\n")
+    bad = consilium("audit", "verify", "--data-dir", data)
+    assert bad.returncode == 1
+    assert f"line {victim + 1}" in bad.stderr
+
+
+def test_keys_list_and_export(serve_process: Any) -> None:
+    serve = serve_process()
+    listed = consilium("keys", "list", "--data-dir", str(serve.data_dir))
+    assert "audit-signing" in listed.stdout and "SHA256:" in listed.stdout
+    assert "dev-idp-signing" in listed.stdout
+    exported = consilium("keys", "export-audit-public", "--data-dir", str(serve.data_dir))
+    assert exported.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    assert "PRIVATE" not in exported.stdout
+
+
+async def test_revoke_command_closes_the_connection(serve_process: Any) -> None:
+    serve = serve_process()
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(serve.url.replace("http", "ws") + "/ws")
+        token = idp.mint(sub="dr-lost", role="chair", depts=["cardiology"], rooms=["mdt-1"])
+        await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+        await next_message(ws, "joined")
+        admin = idp.mint(sub="it-1", role="admin", depts=["it"])
+        started = time.monotonic()
+        result = consilium(
+            "revoke", "--server", serve.url, "--sub", "dr-lost", "--reason", "stolen laptop",
+            "--token", admin,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert await close_code(ws, timeout=2) == 4401
+        assert time.monotonic() - started < 3
+        denied = consilium("revoke", "--server", serve.url, "--sub", "x", "--token", token)
+        assert denied.returncode == 1 and "401" in denied.stderr
+
+
+async def test_revocations_survive_a_restart(serve_process: Any, tmp_path: Path) -> None:
+    data = tmp_path / "persist"
+    port = free_port()
+    serve = serve_process(data_dir=data, port=port)
+    idp = DevelopmentIdP.load_or_create(data)
+    admin = idp.mint(sub="it-1", role="admin", depts=["it"])
+    result = consilium("revoke", "--server", serve.url, "--sub", "dr-gone", "--token", admin)
+    assert result.returncode == 0, result.stderr
+    serve.stop()
+    serve = serve_process(data_dir=data, port=free_port())
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(serve.url.replace("http", "ws") + "/ws")
+        token = idp.mint(sub="dr-gone", role="chair", depts=["cardiology"], rooms=["mdt-1"])
+        await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+        assert await close_code(ws) == 4401
+
+
+def test_settings_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "consilium.toml"
+    config.write_text("[consilium]\nport = 9001\nmax_participants_per_room = 7\n")
+    env = {"PATH": "/usr/bin:/bin", "CONSILIUM_PORT": "9002"}
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "from pathlib import Path; from signaling.settings import load_settings;"
+         f"s = load_settings({{}}, config_file=Path({str(config)!r}));"
+         "print(s.port, s.max_participants_per_room)"],
+        capture_output=True, text=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert result.stdout.split() == ["9002", "7"], result.stderr

@@ -1,0 +1,85 @@
+"""Two `consilium serve` processes sharing one real redis-server behave as one service."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from tests.fixtures.servers import close_code, next_message
+
+
+async def _join(
+    http: aiohttp.ClientSession, url: str, token: str, room: str = "mdt-1"
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    ws = await http.ws_connect(url.replace("http", "ws") + "/ws")
+    await ws.send_json({"type": "join", "token": token, "room": room})
+    return ws, await next_message(ws)
+
+
+async def test_two_nodes_share_rooms_lobby_and_revocations(
+    serve_process: Any, redis_url: str, tmp_path: Path
+) -> None:
+    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a")
+    idp = DevelopmentIdP.load_or_create(a.data_dir)
+    b = serve_process(
+        "--redis", redis_url, data_dir=tmp_path / "b",
+        env={"CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
+             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
+    )  # fmt: skip
+
+    def token(sub: str, role: str, **kw: Any) -> str:
+        kw.setdefault("depts", ["cardiology"])
+        kw.setdefault("rooms", ["mdt-1"])
+        return idp.mint(sub=sub, role=role, **kw)
+
+    async with aiohttp.ClientSession() as http:
+        chair, joined = await _join(http, a.url, token("dr-chair", "chair"))
+        assert joined["type"] == "joined"
+
+        spec, joined_b = await _join(http, b.url, token("dr-heart", "specialist"))
+        assert joined_b["type"] == "joined"
+        assert {p["sub"] for p in joined_b["participants"]} == {"dr-chair", "dr-heart"}
+        seen = await next_message(chair, "participant_joined")
+        assert seen["participant"]["sub"] == "dr-heart"
+
+        # Lobby across nodes: the chair on A admits someone waiting on B.
+        await chair.send_json({"type": "update_room", "lobby": True})
+        await next_message(chair, "room_updated")
+        guest, waiting = await _join(http, b.url, token("dr-lung", "specialist"))
+        assert waiting["type"] == "lobby"
+        knock = await next_message(chair, "knock")
+        await chair.send_json(
+            {"type": "admit", "participant_id": knock["participant"]["participant_id"]}
+        )
+        assert (await next_message(guest, "joined"))["you"]["sub"] == "dr-lung"
+
+        # A second connection of the same identity on the other node replaces the first.
+        _, again = await _join(http, a.url, token("dr-lung", "specialist"))
+        assert again["type"] == "joined"
+        assert await close_code(guest) == 4409
+
+        # Revocation on A drops the connection held by B within 2 s.
+        admin = idp.mint(sub="it-1", role="admin", depts=["it"])
+        started = time.monotonic()
+        r = await http.post(
+            a.url + "/api/revocations", json={"sub": "dr-heart", "reason": "test"},
+            headers={"Authorization": f"Bearer {admin}"},
+        )  # fmt: skip
+        assert r.status == 201
+        assert await close_code(spec, timeout=2) == 4401
+        assert time.monotonic() - started < 2
+        refused, answer = await _join_or_close(http, b.url, token("dr-heart", "specialist"))
+        assert answer == 4401
+        await refused.close()
+
+
+async def _join_or_close(
+    http: aiohttp.ClientSession, url: str, token: str
+) -> tuple[aiohttp.ClientWebSocketResponse, int | None]:
+    ws = await http.ws_connect(url.replace("http", "ws") + "/ws")
+    await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
+    return ws, await close_code(ws)

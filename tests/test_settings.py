@@ -1,0 +1,70 @@
+"""Settings: flags over environment over file over defaults, and every bound validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from signaling.errors import ConfigError
+from signaling.settings import Settings, load_settings
+
+
+def test_defaults_are_safe_for_a_fresh_machine() -> None:
+    s = load_settings({}, env={})
+    assert (s.host, s.port, s.data_dir) == ("127.0.0.1", 8443, Path("./consilium-data"))
+    assert s.dev_mode and s.redis is None and s.max_message_bytes == 64 * 1024
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[consilium]\nport = 9001\nmessages_per_s = 5.5\nlog_level = 'warning'\n")
+    env = {"CONSILIUM_PORT": "9002", "CONSILIUM_MESSAGES_PER_S": "7"}
+    s = load_settings({"port": 9003}, env=env, config_file=config)
+    assert (s.port, s.messages_per_s, s.log_level) == (9003, 7.0, "warning")
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("allowed_origins = ['https://mdt.hospital.local']\n")
+    s = load_settings({}, env={"CONSILIUM_CONFIG": str(config)})
+    assert s.allowed_origins == ["https://mdt.hospital.local"]
+
+
+def test_list_from_environment_is_comma_separated() -> None:
+    s = load_settings({}, env={"CONSILIUM_ALLOWED_ORIGINS": "https://a, https://b"})
+    assert s.allowed_origins == ["https://a", "https://b"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"host": "10.0.0.5"}, "loopback"),
+        ({"jwt_leeway_s": 120}, "jwt_leeway_s"),
+        ({"port": 70000}, "port"),
+        ({"max_message_bytes": 0}, "max_message_bytes"),
+        ({"tls_cert": "/x.pem"}, "together"),
+        ({"redis": "http://x"}, "redis"),
+        ({"port": "eighty"}, "port"),
+    ],
+)
+def test_bad_settings_are_refused(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(flags, env={})
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[consilium]\nmax_partcipants = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings({}, env={}, config_file=config)
+
+
+def test_tls_allows_any_address(tmp_path: Path) -> None:
+    s = load_settings({"host": "0.0.0.0", "tls_cert": "c.pem", "tls_key": "k.pem"}, env={})
+    assert s.tls and s.own_origin == "https://0.0.0.0:8443"
+
+
+def test_summary_hides_redis_password() -> None:
+    s = Settings(redis="redis://user:secret@db:6379/0")
+    assert "secret" not in str(s.summary())
