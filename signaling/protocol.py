@@ -77,7 +77,8 @@ class Deny(Message, tag="deny"):
 
 
 class Mute(Message, tag="mute"):
-    """Chair: mute a participant's audio or video (`mute_others`); the SFU stops forwarding it."""
+    """Chair: mute a participant's audio or video (`mute_others`). Everyone sees the new state;
+    the SFU (issue 4) stops forwarding the muted track."""
 
     participant_id: str
     kind: Literal["audio", "video", "both"] = "audio"
@@ -105,7 +106,8 @@ class UpdateRoom(Message, tag="update_room"):
 
 
 class Offer(Message, tag="offer"):
-    """SDP offer for the participant's media session with the SFU (either direction)."""
+    """SDP offer for the participant's media session with the SFU (either direction). Until
+    the SFU is part of the node (issue 4) the server answers `error` `media_unavailable`."""
 
     sdp: str
 
