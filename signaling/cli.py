@@ -20,6 +20,10 @@ from .errors import ConfigError
 DEFAULT_DATA_DIR = "./consilium-data"
 
 
+class UsageError(Exception):
+    """A command-line value that cannot be used; printed, exit status 2."""
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("CONSILIUM_DATA_DIR") or DEFAULT_DATA_DIR)
 
@@ -149,7 +153,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     )
     try:
         public_key = load_public_key(key_path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ConfigError) as exc:
         print(f"error: cannot load the audit public key {key_path}: {exc}", file=sys.stderr)
         return 2
     report = verify_log(data_dir / "audit", public_key)
@@ -164,9 +168,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def _time(value: str | None) -> datetime | None:
     if value is None:
         return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"not an ISO-8601 time: {value!r}") from None
     if parsed.tzinfo is None:
-        raise argparse.ArgumentTypeError("times need a zone, e.g. 2026-11-25T10:00:00Z")
+        raise UsageError("times need a zone, e.g. 2026-11-25T10:00:00Z")
     return parsed
 
 
@@ -388,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

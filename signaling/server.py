@@ -411,7 +411,8 @@ async def read_audit(request: web.Request) -> web.Response:
         raise BadMessage("limit must be an integer") from None
     since = _parse_time(q.get("since"), "since")
     until = _parse_time(q.get("until"), "until")
-    node.audit.append("audit_read", "allow", sub=identity.sub, filters=dict(q))
+    filters = {k: q[k][:200] for k in ("sub", "room", "action", "since", "until") if k in q}
+    node.audit.append("audit_read", "allow", sub=identity.sub, filters=filters)
     entries = []
     for entry in iter_entries(
         node.settings.data_dir / "audit",
@@ -535,32 +536,43 @@ async def _message_loop(node: Node, conn: Connection) -> str:
         try:
             msg = await ws.receive(timeout=settings.keepalive_timeout_s)
         except TimeoutError:
+            _audit_close(node, conn, "timed_out", "keepalive_missed")
             await conn.close(TimedOut.close_code, "keepalive missed")
             return "timed_out"
         if msg.type is WSMsgType.TEXT:
+            # Hot path, per client message: watched by bench/signaling.py.
             if not conn.bucket.allow(time.monotonic()):
-                node.audit.append(
-                    "rate_limited",
-                    "deny",
-                    sub=_sub(conn),
-                    room=conn.room_id,
-                    reason="messages_per_second",
-                )
+                _audit_close(node, conn, "rate_limited", "messages_per_second")
                 await conn.close(RateLimited.close_code, "too many messages")
                 return "rate_limited"
             try:
                 message = decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                _audit_close(node, conn, "bad_message", _short(str(exc)))
                 await conn.close(BadMessage.close_code, _short(f"bad message: {exc}"))
                 return "bad_message"
             await node.rooms.handle(conn, message)
             if conn.closing:
                 return "left"
         elif msg.type is WSMsgType.BINARY:
+            _audit_close(node, conn, "bad_message", "binary_frame")
             await conn.close(BadMessage.close_code, "binary frames are not part of the protocol")
+            return "bad_message"
+        elif msg.type is WSMsgType.ERROR:
+            # aiohttp refused the frame (over max_message_bytes, or not valid WebSocket).
+            too_large = getattr(msg.data, "code", None) == 1009  # RFC 6455: message too big
+            _audit_close(
+                node, conn, "bad_message", "message_too_large" if too_large else "protocol_error"
+            )
             return "bad_message"
         else:
             return "left"
+
+
+def _audit_close(node: Node, conn: Connection, action: str, reason: str) -> None:
+    node.audit.append(
+        action, "deny", sub=_sub(conn), room=conn.room_id or None, reason=reason, ip=conn.peer
+    )
 
 
 def _sub(conn: Connection) -> str | None:

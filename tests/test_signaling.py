@@ -131,6 +131,7 @@ async def test_oversized_message_closes_with_bad_message(dev_node: RunningNode) 
     ws, _ = await dev_node.join("dr-chair", "chair")
     await ws.send_str("x" * (2 * 1024 * 1024))
     assert await close_code(ws) == 4400
+    assert ("bad_message", "message_too_large") in audit_actions(dev_node, sub="dr-chair")
     # The node keeps serving everyone else.
     _, answer = await dev_node.join("dr-next", "chair", room="mdt-2")
     assert answer["type"] == "joined"
@@ -149,6 +150,7 @@ async def test_binary_frame_after_join_closes_4400(dev_node: RunningNode) -> Non
     ws, _ = await dev_node.join("dr-chair", "chair")
     await ws.send_bytes(b"\x01\x02")
     assert await close_code(ws) == 4400
+    assert ("bad_message", "binary_frame") in audit_actions(dev_node, sub="dr-chair")
 
 
 async def test_ping_pong(dev_node: RunningNode) -> None:
