@@ -524,6 +524,13 @@ async def _first_message(node: Node, conn: Connection) -> bool:
         await node.rooms.disconnect(conn, "refused")
         await conn.close(exc.close_code, exc.message)
         return False
+    except Exception:
+        # E.g. the shared state (Redis) is unreachable: this client may retry; others go on.
+        log.exception("join failed")
+        with contextlib.suppress(Exception):
+            await node.rooms.disconnect(conn, "server_error")
+        await conn.close(ServerError.close_code, "server error, try again")
+        return False
     return True
 
 

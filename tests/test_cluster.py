@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +13,13 @@ from typing import Any
 import aiohttp
 
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
-from tests.fixtures.servers import close_code, next_message
+from tests.fixtures.servers import (
+    close_code,
+    free_port,
+    next_message,
+    node_settings,
+    running_node,
+)
 
 
 async def _join(
@@ -83,3 +93,43 @@ async def _join_or_close(
     ws = await http.ws_connect(url.replace("http", "ws") + "/ws")
     await ws.send_json({"type": "join", "token": token, "room": "mdt-1"})
     return ws, await close_code(ws)
+
+
+async def test_redis_outage_refuses_joins_with_4500_then_recovers(tmp_path: Path) -> None:
+    executable = shutil.which("redis-server")
+    assert executable, "redis-server is installed by scripts/test"
+    port = free_port()
+    args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return proc
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    redis_proc = start()
+    settings = node_settings(tmp_path / "d", redis=f"redis://127.0.0.1:{port}/0")
+    try:
+        async with running_node(settings) as node:
+            _, answer = await node.join("dr-chair", "chair", room="before")
+            assert answer["type"] == "joined"
+            redis_proc.terminate()
+            redis_proc.wait()
+            _, answer = await node.join("dr-two", "chair", room="during")
+            assert answer == {"type": "closed", "code": 4500}
+            redis_proc = start()
+            for _ in range(50):
+                _, answer = await node.join("dr-three", "chair", room="after")
+                if answer["type"] == "joined":
+                    break
+                await asyncio.sleep(0.2)
+            assert answer["type"] == "joined"
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait()
