@@ -54,6 +54,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(flags, config_file=args.config)
     logs.configure(settings.log_level)
+    ssl_context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ssl_context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the TLS certificate/key: {exc}") from None
     node = build_node(settings)
     app = create_app(settings, node)
 
@@ -61,11 +69,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await app[NODE].rooms.close_all()
 
     app.on_shutdown.append(on_shutdown)
-    ssl_context = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        ssl_context.load_cert_chain(settings.tls_cert, settings.tls_key)
 
     url = settings.own_origin + "/"
     print(f"Consilium {__version__} serving on {url}", flush=True)

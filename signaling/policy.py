@@ -303,7 +303,7 @@ class Policy:
         return allowed
 
     def may_open_room(self, identity: Identity) -> bool:
-        """Whether arriving in a room that does not exist yet creates it (else: no such room)."""
+        """Whether arriving opens the room (creating it if unscheduled); others wait for it."""
         return identity.role in self._opens_rooms and self.decide(identity, "join_room").allowed
 
     def bypasses_lobby(self, identity: Identity) -> bool:

@@ -32,8 +32,9 @@ CLOSE_CODES: dict[int, str] = {
     "entry from the lobby, or the chair removed the participant",
     4408: "timed out: no `join` within the join timeout, no message within the keepalive "
     "timeout, or too slow to read what the server sends",
+    4404: "not found: the room was closed while the connection was joining",
     4409: "replaced: a newer connection of the same identity joined the same room",
-    4429: "rate-limited: too many messages per second, room full, or too many rooms",
+    4429: "rate-limited: too many messages per second, room or lobby full, or too many rooms",
     4500: "server error: an unexpected failure; the client may retry",
 }
 """Every close code the server sends, with when it sends it."""

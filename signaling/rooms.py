@@ -27,9 +27,10 @@ from .errors import (
     Replaced,
 )
 from .identity import Identity
+from .logs import scrub
 from .policy import Policy, RoomScope
 from .settings import Settings
-from .state import ParticipantRecord, Revocation, RoomRecord, StateStore
+from .state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
 from .tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
@@ -403,7 +404,8 @@ class Rooms:
             sub=record.sub,
             room=chair.room_id,
             by=chair.identity.sub,
-            reason=reason[:200] or "denied_by_chair",
+            # The chair's free text may name a patient: the audit keeps a code, not the text.
+            reason="denied_by_chair",
         )
         await self._broadcast(chair.room_id, p.LobbyLeft(participant_id, "denied"), to="admitters")
         await self._close_remote(chair.room_id, participant_id, 4403, "denied")
@@ -446,7 +448,7 @@ class Rooms:
             sub=record.sub,
             room=chair.room_id,
             by=chair.identity.sub,
-            reason=reason[:200] or "removed_by_chair",
+            reason="removed_by_chair",
         )
         await self._broadcast(chair.room_id, p.ParticipantLeft(participant_id, "removed"))
         await self._close_remote(chair.room_id, participant_id, 4403, "removed")
@@ -529,20 +531,33 @@ class Rooms:
     # -- revocation ----------------------------------------------------------------------------
 
     async def revoke(self, revocation: Revocation) -> None:
-        """Record a revocation and drop the live connections it covers, on every node."""
+        """Record a revocation; every node (this one too) drops the connections it covers."""
         await self.store.revoke(revocation)
         self.audit.append(
             "revoke",
             "allow",
             sub=revocation.value if revocation.kind == "sub" else None,
             by=revocation.by,
-            reason=revocation.reason[:200],
+            reason=scrub(revocation.reason)[:200] or None,
             kind=revocation.kind,
             jti=revocation.value if revocation.kind == "jti" else None,
         )
-        await self.store.publish(
-            {"k": "revoked", "kind": revocation.kind, "value": revocation.value}
-        )
+
+    async def sweep_revoked(self) -> int:
+        """Drop every local connection whose token or identity is revoked; how many were.
+
+        Events drop connections at once; this periodic sweep covers a node that missed an
+        event (a Redis reconnect), so no revoked connection outlives a sweep interval.
+        """
+        dropped = 0
+        for conn in list(self.connections.values()):
+            identity = conn.identity
+            if identity is None:
+                continue
+            if await self.store.is_revoked(jti=identity.jti, sub=identity.sub) is not None:
+                await self._drop(conn, 4401, "revoked")
+                dropped += 1
+        return dropped
 
     # -- events from any node ------------------------------------------------------------------
 
@@ -579,13 +594,12 @@ class Rooms:
                 conn = self.connections.get(event["pid"])
                 if conn is not None and conn.state is ConnectionState.WAITING:
                     await self._admitted(conn, str(event["by"]))
-            elif kind == "revoked":
-                field = "jti" if event["kind"] == "jti" else "sub"
+            elif event.get("type") == REVOKED_EVENT:
+                revocation = event["revocation"]
+                field = "jti" if revocation["kind"] == "jti" else "sub"
                 for conn in list(self.connections.values()):
-                    if (
-                        conn.identity is not None
-                        and getattr(conn.identity, field) == event["value"]
-                    ):
+                    identity = conn.identity
+                    if identity is not None and getattr(identity, field) == revocation["value"]:
                         await self._drop(conn, 4401, "revoked")
             elif kind == "room_opened":
                 await self._room_opened(str(event["room"]))

@@ -37,7 +37,8 @@ from .errors import (
     TimedOut,
 )
 from .identity import Identity
-from .policy import Policy
+from .logs import scrub
+from .policy import Policy, RoomScope
 from .ratelimit import TokenBucket, WindowCounter
 from .rooms import Rooms, room_scope, room_state
 from .settings import Settings
@@ -73,6 +74,7 @@ class Node:
     verifier: TokenVerifier
     audit: AuditLog
     rooms: Rooms
+    key_source: KeySource
     dev_idp: DevelopmentIdP | None
     join_attempts: WindowCounter
     pending: int = 0
@@ -107,8 +109,8 @@ def build_node(settings: Settings) -> Node:
     if settings.dev_mode:
         dev_idp = DevelopmentIdP.load_or_create(data_dir)
         source: KeySource = JwksFile(dev_idp.jwks_path)
-        issuer = settings.jwt_issuer or DEV_ISSUER
-        audience = settings.jwt_audience or DEV_AUDIENCE
+        # Development tokens always carry the development IdP's issuer and audience.
+        issuer, audience = DEV_ISSUER, DEV_AUDIENCE
     else:
         source = _key_source(settings)
         issuer = settings.jwt_issuer or settings.oidc_issuer or ""
@@ -135,6 +137,7 @@ def build_node(settings: Settings) -> Node:
         verifier=verifier,
         audit=audit,
         rooms=rooms,
+        key_source=source,
         dev_idp=dev_idp,
         join_attempts=WindowCounter(settings.join_attempts_per_ip_per_min, 60.0),
     )
@@ -185,7 +188,11 @@ async def _authenticate(request: web.Request, action: str | None) -> Identity:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         node.audit.append(
-            "api_refused", "deny", reason="no_bearer_token", path=request.path, ip=_peer(request)
+            "api_refused",
+            "deny",
+            reason="no_bearer_token",
+            path=scrub(request.path)[:200],
+            ip=_peer(request),
         )
         raise AuthenticationError("an Authorization: Bearer token is required", reason="missing")
     try:
@@ -195,7 +202,7 @@ async def _authenticate(request: web.Request, action: str | None) -> Identity:
             "api_refused",
             "deny",
             reason=str(exc.details.get("reason", "invalid_token")),
-            path=request.path,
+            path=scrub(request.path)[:200],
             ip=_peer(request),
         )
         raise
@@ -206,7 +213,7 @@ async def _authenticate(request: web.Request, action: str | None) -> Identity:
             "deny",
             sub=identity.sub,
             reason=f"revoked_{revoked.kind}",
-            path=request.path,
+            path=scrub(request.path)[:200],
         )
         raise AuthenticationError("this token or identity has been revoked", reason="revoked")
     if action is not None:
@@ -218,7 +225,7 @@ async def _authenticate(request: web.Request, action: str | None) -> Identity:
                 sub=identity.sub,
                 reason=decision.reason,
                 requested=action,
-                path=request.path,
+                path=scrub(request.path)[:200],
             )
             raise PolicyDenied(decision.reason)
     return identity
@@ -294,13 +301,14 @@ async def create_room(request: web.Request) -> web.Response:
     room_id = body.room_id or secrets.token_urlsafe(9)
     if not p.valid_room_id(room_id):
         raise BadMessage("room_id must be 1-64 letters, digits, '.', '_' or '-'")
-    for grant in body.grants:
-        if not grant.startswith(("sub:", "dept:", "org:")):
-            raise BadMessage("grants are 'sub:<id>', 'dept:<name>' or 'org:<name>'")
+    try:
+        RoomScope(room_id=room_id, departments=tuple(body.departments), grants=tuple(body.grants))
+    except ValueError as exc:
+        raise BadMessage(f"grants are 'sub:<id>', 'dept:<name>' or 'org:<name>': {exc}") from None
     if len(body.title) > 200 or len(body.departments) > 32 or len(body.grants) > 256:
         raise BadMessage("room title, departments or grants over their bounds")
-    if await node.store.count_rooms() >= node.settings.max_rooms_per_node:
-        raise RateLimited("too many rooms")
+    if await node.store.count_rooms() >= node.settings.max_scheduled_rooms:
+        raise RateLimited("too many rooms are scheduled")
     room = RoomRecord(
         room_id=room_id,
         departments=body.departments or list(identity.depts),
@@ -411,7 +419,7 @@ async def read_audit(request: web.Request) -> web.Response:
         raise BadMessage("limit must be an integer") from None
     since = _parse_time(q.get("since"), "since")
     until = _parse_time(q.get("until"), "until")
-    filters = {k: q[k][:200] for k in ("sub", "room", "action", "since", "until") if k in q}
+    filters = {k: scrub(q[k])[:200] for k in ("sub", "room", "action", "since", "until") if k in q}
     node.audit.append("audit_read", "allow", sub=identity.sub, filters=filters)
     entries = []
     for entry in iter_entries(
@@ -458,7 +466,7 @@ async def signalling(request: web.Request) -> web.StreamResponse:
             "join_refused",
             "deny",
             reason="origin_not_allowed",
-            origin=request.headers.get("Origin", "")[:200],
+            origin=scrub(request.headers.get("Origin", ""))[:200],
             ip=peer,
         )
         raise PolicyDenied("this origin may not open a signalling connection")
@@ -555,7 +563,7 @@ async def _message_loop(node: Node, conn: Connection) -> str:
             try:
                 message = decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                _audit_close(node, conn, "bad_message", _short(str(exc)))
+                _audit_close(node, conn, "bad_message", scrub(_short(str(exc))))
                 await conn.close(BadMessage.close_code, _short(f"bad message: {exc}"))
                 return "bad_message"
             await node.rooms.handle(conn, message)
@@ -606,8 +614,33 @@ async def static_file(request: web.Request) -> web.FileResponse:
 # -- the app ----------------------------------------------------------------------------------
 
 
+async def _load_trusted_keys(node: Node) -> None:
+    """Load the IdP's keys at start, so a wrong JWKS path fails the start, not every join."""
+    try:
+        keys = await node.key_source.keys()
+    except Exception as exc:
+        if isinstance(node.key_source, JwksFile):
+            raise ConfigError(f"cannot load the trusted keys: {exc}") from None
+        # A remote IdP may be down for a moment: start, say so, and retry at the first join.
+        log.error("identity provider keys not reachable yet; joins fail until they are: %s", exc)
+        return
+    if not keys:
+        raise ConfigError("the JWKS holds no usable signing key (RS256, PS256, ES256, EdDSA)")
+
+
+async def _sweep_revocations(node: Node) -> None:
+    """Re-check live connections against the revocation list, for events a node missed."""
+    while True:
+        await asyncio.sleep(node.settings.revocation_sweep_s)
+        try:
+            await node.rooms.sweep_revoked()
+        except Exception:
+            log.exception("revocation sweep failed")
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
+    await _load_trusted_keys(node)
     await node.store.start()
     purged = await node.store.purge_node(node.settings.node_id)
     node.audit.append(
@@ -621,16 +654,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ).hexdigest(),
         stale_entries_purged=purged,
     )
+    sweeper = asyncio.get_running_loop().create_task(_sweep_revocations(node))
     node.ready = True
     yield
     node.ready = False
-    with contextlib.suppress(Exception):
-        await node.rooms.close_all()
-    with contextlib.suppress(Exception):
-        await node.store.purge_node(node.settings.node_id)
-    await node.store.close()
-    node.audit.append("server_stopped", "info", node=node.settings.node_id)
-    node.audit.close()
+    sweeper.cancel()
+    try:
+        with contextlib.suppress(Exception):
+            await node.rooms.close_all()
+        with contextlib.suppress(Exception):
+            await node.store.purge_node(node.settings.node_id)
+        with contextlib.suppress(Exception):
+            await node.store.close()
+    finally:
+        # Whatever failed above, the audit log gets its final signed checkpoint.
+        node.audit.append("server_stopped", "info", node=node.settings.node_id)
+        node.audit.close()
 
 
 def create_app(settings: Settings, node: Node | None = None) -> web.Application:

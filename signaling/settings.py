@@ -72,7 +72,11 @@ class Settings:
     max_lobby_per_room: int = 50
     """People waiting in one room's lobby."""
     max_rooms_per_node: int = 200
-    """Rooms this node will create (scheduled or opened)."""
+    """Rooms with live connections on this node (4429 for a join that would add one more)."""
+    max_scheduled_rooms: int = 10_000
+    """Rooms scheduled or open across the whole service (`POST /api/rooms` answers 429 beyond)."""
+    revocation_sweep_s: float = 1.0
+    """How often each node re-checks its live connections against the revocation list."""
     join_attempts_per_ip_per_min: int = 60
     """WebSocket join attempts from one client address per minute (HTTP 429 beyond it)."""
     max_pending_connections: int = 1000
@@ -139,10 +143,17 @@ class Settings:
             "max_request_bytes",
             "audit_checkpoint_every",
             "max_lobby_per_room",
+            "max_scheduled_rooms",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        for name in ("messages_per_s", "join_timeout_s", "keepalive_timeout_s"):
+        for name in (
+            "messages_per_s",
+            "join_timeout_s",
+            "keepalive_timeout_s",
+            "revocation_sweep_s",
+            "jwks_refetch_interval_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -240,6 +251,9 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
         section = raw.get("consilium", raw)
+        if "consilium" in raw and len(raw) > 1:
+            others = ", ".join(sorted(k for k in raw if k != "consilium"))
+            raise ConfigError(f"config file {config_path}: settings outside [consilium]: {others}")
         for key, value in section.items():
             name = key.replace("-", "_")
             if name not in names:

@@ -258,7 +258,8 @@ async def test_chair_mutes_and_removes(dev_node: RunningNode) -> None:
     left = await next_message(chair, "participant_left")
     assert left == {"type": "participant_left", "participant_id": pid, "reason": "removed"}
     actions = audit_actions(dev_node, sub="dr-heart")
-    assert ("mute", None) in actions and ("remove", "disruptive") in actions
+    assert ("mute", None) in actions and ("remove", "removed_by_chair") in actions
+    assert "disruptive" not in (dev_node.data_dir / "audit" / "audit-000001.jsonl").read_text()
 
 
 async def test_join_timeout_closes_4408(tmp_path) -> None:
@@ -432,3 +433,20 @@ async def test_leaving_empties_and_closes_an_adhoc_room(dev_node: RunningNode) -
 
 async def _room_gone(store) -> bool:  # type: ignore[no-untyped-def]
     return await store.get_room("mdt-1") is None
+
+
+async def test_sweep_drops_a_revoked_connection_whose_event_was_missed(
+    dev_node: RunningNode,
+) -> None:
+    from signaling.state import Revocation
+
+    ws, _ = await dev_node.join("dr-chair", "chair")
+    assert dev_node.node is not None
+    store = dev_node.node.store
+    # As if the event never reached this node (e.g. during a Redis reconnect): the revocation
+    # is in the node's copy of the list, but no event is delivered.
+    store._revocations.add(
+        Revocation(kind="sub", value="dr-chair", reason="t", by="it", at=time.time(),
+                   expires_at=None)
+    )  # fmt: skip
+    assert await close_code(ws, timeout=3) == 4401
