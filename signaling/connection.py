@@ -75,14 +75,17 @@ class Connection:
         self.participant_id: str = ""
         self.permissions: frozenset[str] = frozenset()
         self.waiting_reason: str = ""
-        self.outbox: deque[str] = deque()
+        # Created at the first message: most participants idle with nothing queued.
+        self.outbox: deque[str] | None = None
         self.writer: asyncio.Task[Any] | None = None
 
     def send(self, text: str) -> None:
         """Queue one message; a client that cannot keep up is dropped (4408)."""
         if self.closing:
             return
-        if len(self.outbox) >= self.max_outbox:
+        if self.outbox is None:
+            self.outbox = deque()
+        elif len(self.outbox) >= self.max_outbox:
             log.warning("slow client dropped", extra={"participant": self.participant_id})
             self.close_soon(4408, "too slow to receive")
             return
@@ -91,14 +94,18 @@ class Connection:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        outbox = self.outbox
+        assert outbox is not None
         try:
-            while self.outbox:
-                await self.ws.send_str(self.outbox.popleft())
+            while outbox:
+                await self.ws.send_str(outbox.popleft())
         except (ConnectionError, RuntimeError):
             # The peer went away; the receive loop notices and cleans up.
-            self.outbox.clear()
+            outbox.clear()
         finally:
             self.writer = None
+            if not outbox:
+                self.outbox = None
 
     async def close(self, code: int, reason: str) -> None:
         """Send what is queued, then close with `code`; safe to call twice or from any task."""
