@@ -13,6 +13,13 @@ previous one finished) and measures connect + `join` -> `joined`. Phase 2 fills 
 and reads the server's resident memory before and after. Every participant is a chair granted
 its room, so it goes straight in without a lobby; rooms hold `--per-room` participants.
 
+The same two phases, with the same client code, participant count and rate, are then run against
+a baseline: a bare aiohttp WebSocket server (an inline script in its own process) that answers the
+first text message with one text message and then only reads. That is the floor any aiohttp-based
+signalling server pays; `baseline_kib_per_participant`, `baseline_join_latency_p95_ms` and
+`overhead_kib_per_participant` (ours minus the baseline) put our numbers next to it. The two
+servers run one after the other, never at once. `--no-baseline` skips it (those keys are null).
+
 It measures; it does not judge. The aims (2,000 idle participants on one process under 50 KiB
 each, p95 join latency under 50 ms at 100 joins/s) are for the reader to compare against.
 """
@@ -57,6 +64,13 @@ if str(REPO) not in sys.path:
 JOIN_TIMEOUT_S = 30.0
 """How long one join may take before it counts as failed."""
 
+BASELINE_KEYS = (
+    "baseline_kib_per_participant",
+    "baseline_join_latency_p95_ms",
+    "overhead_kib_per_participant",
+)
+"""Keys always in the line; null under `--no-baseline`."""
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -74,6 +88,8 @@ class BenchConfig:
     """Joins in flight at once in the capacity phase."""
     settle_seconds: float = 2.0
     """Wait after the last join before reading the server's memory."""
+    baseline: bool = True
+    """Also measure the bare aiohttp baseline server."""
 
 
 @dataclass
@@ -101,6 +117,35 @@ class JoinFailed(Exception):
     """The server answered a join with something other than `joined`."""
 
 
+@dataclass
+class Measurement:
+    """What both phases measured against one server; `crowd` is still joined."""
+
+    latencies: list[float]
+    """Connect + first answer, in seconds, of the latency phase's successful joins."""
+    joined: int
+    """Joins that succeeded in the capacity phase."""
+    seconds: float
+    """Length of the capacity phase."""
+    idle: int
+    """Participants still open after the settle wait."""
+    rss_before: int
+    """Server VmRSS (KiB) after the warm-up, before the first measured join."""
+    rss_after: int
+    """Server VmRSS (KiB) after the settle wait."""
+    crowd: Crowd
+
+    @property
+    def kib_per_participant(self) -> float:
+        """Server memory growth per idle participant."""
+        return round((self.rss_after - self.rss_before) / max(self.idle, 1), 2)
+
+    @property
+    def joins_per_s(self) -> float | None:
+        """Capacity-phase throughput."""
+        return round(self.joined / self.seconds, 1) if self.seconds > 0 else None
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -121,34 +166,19 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class ServeProcess:
-    """A `consilium serve` subprocess with bounds opened wide enough for the run."""
+class ServerProcess:
+    """A server subprocess on a free loopback port, its output in a log file."""
 
-    def __init__(self, data_dir: Path, config: BenchConfig) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir.parent / "serve.log"
-        rooms = -(-config.participants // config.per_room)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
-        env.update(
-            {
-                "CONSILIUM_JOIN_ATTEMPTS_PER_IP_PER_MIN": "1000000",
-                "CONSILIUM_MAX_PENDING_CONNECTIONS": "1000000",
-                "CONSILIUM_MAX_ROOMS_PER_NODE": str(rooms + 16),
-                "CONSILIUM_MAX_PARTICIPANTS_PER_ROOM": str(max(config.per_room, 24)),
-                "CONSILIUM_LOG_LEVEL": "warning",
-                # Idle participants send nothing, pings included: keep them for the whole run.
-                "CONSILIUM_KEEPALIVE_TIMEOUT_S": "3600",
-                "CONSILIUM_JOIN_TIMEOUT_S": str(JOIN_TIMEOUT_S),
-            }
-        )
+    name = "server"
+    port: int
+    url: str
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
+        self.log_path = log_path
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
-                 "--data-dir", str(data_dir)],
-                stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-            )  # fmt: skip
+                argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd
+            )
 
     @property
     def ws_url(self) -> str:
@@ -168,11 +198,11 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"consilium serve exited early:\n{self.output()}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
             if self.healthy():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"consilium serve did not become ready:\n{self.output()}")
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
 
     def rss_kib(self) -> int:
         """The server's resident memory (VmRSS), in KiB."""
@@ -199,6 +229,81 @@ class ServeProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+class ServeProcess(ServerProcess):
+    """A `consilium serve` subprocess with bounds opened wide enough for the run."""
+
+    name = "consilium serve"
+
+    def __init__(self, data_dir: Path, config: BenchConfig) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        rooms = -(-config.participants // config.per_room)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
+        env.update(
+            {
+                "CONSILIUM_JOIN_ATTEMPTS_PER_IP_PER_MIN": "1000000",
+                "CONSILIUM_MAX_PENDING_CONNECTIONS": "1000000",
+                "CONSILIUM_MAX_ROOMS_PER_NODE": str(rooms + 16),
+                "CONSILIUM_MAX_PARTICIPANTS_PER_ROOM": str(max(config.per_room, 24)),
+                "CONSILIUM_LOG_LEVEL": "warning",
+                # Idle participants send nothing, pings included: keep them for the whole run.
+                "CONSILIUM_KEEPALIVE_TIMEOUT_S": "3600",
+                "CONSILIUM_JOIN_TIMEOUT_S": str(JOIN_TIMEOUT_S),
+            }
+        )
+        super().__init__(
+            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(data_dir)],
+            env, REPO, data_dir.parent / "serve.log",
+        )  # fmt: skip
+
+
+BASELINE_SERVER = """
+import sys
+from aiohttp import WSMsgType, web
+
+async def ws(request):
+    sock = web.WebSocketResponse()
+    await sock.prepare(request)
+    async for msg in sock:
+        if msg.type is WSMsgType.TEXT:
+            await sock.send_str('{"type": "joined"}')
+            break
+    async for msg in sock:
+        pass
+    return sock
+
+async def healthz(request):
+    return web.Response(text="ok")
+
+app = web.Application()
+app.add_routes([web.get("/ws", ws), web.get("/healthz", healthz)])
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+            shutdown_timeout=5.0)
+"""
+"""The baseline: a bare aiohttp WebSocket server. It answers the first text message with one
+text message (`joined`, so the bench's own join code reads it as a successful join) and then
+only reads until the client leaves. `/healthz` is there only for `wait_ready`."""
+
+
+class BaselineProcess(ServerProcess):
+    """The bare aiohttp baseline server (`BASELINE_SERVER`), run with `python -c`."""
+
+    name = "baseline aiohttp server"
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # cwd is an empty folder: `python -c` puts it first on sys.path.
+        cwd = workdir / "baseline"
+        cwd.mkdir(exist_ok=True)
+        super().__init__(
+            [sys.executable, "-c", BASELINE_SERVER, str(self.port)],
+            dict(os.environ), cwd, workdir / "baseline.log",
+        )  # fmt: skip
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -267,7 +372,7 @@ async def join_recorded(
 
 async def latency_phase(
     session: aiohttp.ClientSession,
-    server: ServeProcess,
+    server: ServerProcess,
     tokens: list[tuple[str, str]],
     rate: float,
     crowd: Crowd,
@@ -286,7 +391,7 @@ async def latency_phase(
 
 async def capacity_phase(
     session: aiohttp.ClientSession,
-    server: ServeProcess,
+    server: ServerProcess,
     tokens: list[tuple[str, str]],
     concurrency: int,
     crowd: Crowd,
@@ -306,16 +411,22 @@ async def capacity_phase(
     return joined, time.perf_counter() - start
 
 
+def warm_up_tokens(idp: DevelopmentIdP, per_room: int) -> list[tuple[str, str]]:
+    """Tokens that fill one warm-up room."""
+    room = "bench-warm-up"
+    return [
+        (idp.mint(sub=f"warm-{i}", role="chair", depts=["cardiology"], rooms=[room]), room)
+        for i in range(per_room)
+    ]
+
+
 async def warm_up(
-    session: aiohttp.ClientSession, server: ServeProcess, idp: DevelopmentIdP, per_room: int
+    session: aiohttp.ClientSession, server: ServerProcess, tokens: list[tuple[str, str]]
 ) -> None:
     """Join and leave one room, so lazy imports and first-use caches are not counted."""
     crowd = Crowd()
-    for i in range(per_room):
-        token = idp.mint(
-            sub=f"warm-{i}", role="chair", depts=["cardiology"], rooms=["bench-warm-up"]
-        )
-        await join_recorded(session, server.ws_url, token, "bench-warm-up", crowd)
+    for token, room in tokens:
+        await join_recorded(session, server.ws_url, token, room, crowd)
     await close_all(crowd)
     await asyncio.sleep(0.5)
 
@@ -350,56 +461,89 @@ def _percentile_ms(values: list[float], q: int) -> float | None:
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 2)
 
 
-async def run(config: BenchConfig, server: ServeProcess) -> dict[str, Any]:
-    """Both phases against a ready server; the result line as a dict."""
-    from signaling.devidp import DevelopmentIdP
-
-    idp = DevelopmentIdP.load_or_create(server.data_dir)
+async def measure(
+    session: aiohttp.ClientSession,
+    server: ServerProcess,
+    config: BenchConfig,
+    tokens: list[tuple[str, str]],
+    warm_tokens: list[tuple[str, str]],
+) -> Measurement:
+    """Warm up, then both phases against a ready server; the participants are left joined."""
     # At most half the participants, so the capacity phase always has joins to time.
     latency_count = min(config.participants // 2, round(config.rate * config.latency_seconds))
-    # Minted up front so token signing is not part of the measured join time.
-    tokens = [
-        (mint(idp, i, room_of(i, config)), room_of(i, config)) for i in range(config.participants)
-    ]
     crowd = Crowd()
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await warm_up(session, server, idp, config.per_room)
-        rss_before = server.rss_kib()
+    await warm_up(session, server, warm_tokens)
+    rss_before = server.rss_kib()
 
-        latencies = await latency_phase(session, server, tokens[:latency_count], config.rate, crowd)
-        joined, seconds = await capacity_phase(
-            session, server, tokens[latency_count:], config.concurrency, crowd
-        )
-        await asyncio.sleep(config.settle_seconds)
-        rss_after = server.rss_kib()
+    latencies = await latency_phase(session, server, tokens[:latency_count], config.rate, crowd)
+    joined, seconds = await capacity_phase(
+        session, server, tokens[latency_count:], config.concurrency, crowd
+    )
+    await asyncio.sleep(config.settle_seconds)
+    rss_after = server.rss_kib()
+    idle = sum(p.open for p in crowd.participants)
+    return Measurement(latencies, joined, seconds, idle, rss_before, rss_after, crowd)
 
-        idle = sum(p.open for p in crowd.participants)
+
+async def run(
+    config: BenchConfig,
+    server: ServeProcess,
+    idp: DevelopmentIdP,
+    tokens: list[tuple[str, str]],
+    warm_tokens: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """Both phases against a ready `consilium serve`; the result line as a dict."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        m = await measure(session, server, config, tokens, warm_tokens)
         n_rooms = -(-config.participants // config.per_room)
         sample = sorted({f"bench-{i}" for i in (0, n_rooms // 2, n_rooms - 1)})
         counts = await room_counts(session, server, idp, sample)
         healthy = server.healthy()
-        await close_all(crowd)
+        await close_all(m.crowd)
 
+    latencies = m.latencies
     return {
-        "joins_per_s": round(joined / seconds, 1) if seconds > 0 else None,
+        "joins_per_s": m.joins_per_s,
         "join_latency_p95_ms": _percentile_ms(latencies, 95),
-        "idle_participants": idle,
-        "kib_per_participant": round((rss_after - rss_before) / max(idle, 1), 2),
+        "idle_participants": m.idle,
+        "kib_per_participant": m.kib_per_participant,
         "join_latency_p50_ms": _percentile_ms(latencies, 50),
         "join_latency_max_ms": round(max(latencies) * 1000, 2) if latencies else None,
         "latency_joins": len(latencies),
         "latency_rate_per_s": config.rate,
-        "capacity_joins": joined,
-        "capacity_seconds": round(seconds, 2),
-        "failed_joins": sum(crowd.failures.values()),
-        "failures": dict(crowd.failures),
+        "capacity_joins": m.joined,
+        "capacity_seconds": round(m.seconds, 2),
+        "failed_joins": sum(m.crowd.failures.values()),
+        "failures": dict(m.crowd.failures),
         "participants_target": config.participants,
         "participants_per_room": config.per_room,
-        "server_rss_mib_before": round(rss_before / 1024, 1),
-        "server_rss_mib_after": round(rss_after / 1024, 1),
+        "server_rss_mib_before": round(m.rss_before / 1024, 1),
+        "server_rss_mib_after": round(m.rss_after / 1024, 1),
         "server_room_participants": counts,
         "server_healthy": healthy,
+    }
+
+
+async def run_baseline(
+    config: BenchConfig,
+    server: BaselineProcess,
+    tokens: list[tuple[str, str]],
+    warm_tokens: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The same phases, client code, tokens and rate against the bare aiohttp baseline."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        m = await measure(session, server, config, tokens, warm_tokens)
+        await close_all(m.crowd)
+    return {
+        "baseline_kib_per_participant": m.kib_per_participant,
+        "baseline_join_latency_p95_ms": _percentile_ms(m.latencies, 95),
+        "baseline_join_latency_p50_ms": _percentile_ms(m.latencies, 50),
+        "baseline_joins_per_s": m.joins_per_s,
+        "baseline_idle_participants": m.idle,
+        "baseline_failed_joins": sum(m.crowd.failures.values()),
+        "baseline_failures": dict(m.crowd.failures),
+        "baseline_rss_mib_before": round(m.rss_before / 1024, 1),
+        "baseline_rss_mib_after": round(m.rss_after / 1024, 1),
     }
 
 
@@ -418,6 +562,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     parser.add_argument(
         "--quick", action="store_true", help="CI smoke run: 200 participants, 2 s of latency"
     )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the bare aiohttp baseline server"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.participants, args.latency_seconds = 200, 2.0
@@ -429,26 +576,56 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         latency_seconds=args.latency_seconds,
         per_room=args.per_room,
         concurrency=args.concurrency,
+        baseline=not args.no_baseline,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print its JSON line."""
+    """Run the benchmark (ours, then the baseline) and print its JSON line."""
+    from signaling.devidp import DevelopmentIdP
+
     config = parse_args(argv)
     fd_limit = raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="consilium-bench-"))
     started = time.monotonic()
-    server = ServeProcess(workdir / "data", config)
     try:
-        server.wait_ready()
-        result = asyncio.run(run(config, server))
-    except BaseException:
-        print(server.output(), file=sys.stderr)
-        raise
+        server = ServeProcess(workdir / "data", config)
+        try:
+            server.wait_ready()
+            idp = DevelopmentIdP.load_or_create(server.data_dir)
+            # Minted up front so token signing is not part of the measured join time; the
+            # baseline is sent the very same messages.
+            tokens = [
+                (mint(idp, i, room_of(i, config)), room_of(i, config))
+                for i in range(config.participants)
+            ]
+            warm_tokens = warm_up_tokens(idp, config.per_room)
+            result = asyncio.run(run(config, server, idp, tokens, warm_tokens))
+        except BaseException:
+            print(server.output(), file=sys.stderr)
+            raise
+        finally:
+            shutdown_s = server.stop()
+        result["server_shutdown_s"] = round(shutdown_s, 2)
+
+        if config.baseline:
+            baseline = BaselineProcess(workdir)
+            try:
+                baseline.wait_ready()
+                result.update(asyncio.run(run_baseline(config, baseline, tokens, warm_tokens)))
+            except BaseException:
+                print(baseline.output(), file=sys.stderr)
+                raise
+            finally:
+                baseline.stop()
+            result["overhead_kib_per_participant"] = round(
+                result["kib_per_participant"] - result["baseline_kib_per_participant"], 2
+            )
+        else:
+            for key in BASELINE_KEYS:
+                result[key] = None
     finally:
-        shutdown_s = server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    result["server_shutdown_s"] = round(shutdown_s, 2)
     result["fd_limit"] = fd_limit
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result), flush=True)

@@ -107,22 +107,27 @@ class UpdateRoom(Message, tag="update_room"):
 
 
 class Offer(Message, tag="offer"):
-    """SDP offer for the participant's media session with the SFU (either direction). Until
-    the SFU is part of the node (issue 4) the server answers `error` `media_unavailable`."""
+    """SDP offer. Each participant has two media sessions with the SFU: `publish` (the client
+    offers its camera, microphone and data channels) and `subscribe` (the SFU offers everyone
+    else's media, and offers again whenever that changes)."""
 
     sdp: str
+    pc: Literal["publish", "subscribe"] = "publish"
 
 
 class Answer(Message, tag="answer"):
-    """SDP answer to an `offer` (either direction)."""
+    """SDP answer to an `offer` on the same `pc`."""
 
     sdp: str
+    pc: Literal["publish", "subscribe"] = "publish"
 
 
 class Candidate(Message, tag="candidate"):
-    """Trickle ICE candidate (either direction); an empty `candidate` ends gathering."""
+    """Trickle ICE candidate for one `pc` (client to server; the server's candidates are in its
+    SDP). An empty `candidate` ends the client's gathering."""
 
     candidate: str
+    pc: Literal["publish", "subscribe"] = "publish"
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
 
