@@ -1,3 +1,3 @@
 """Shared fixtures: a real redis-server, in-process nodes and real `consilium serve` processes."""
 
-pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.servers"]
+pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.servers", "tests.fixtures.media"]

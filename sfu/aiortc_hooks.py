@@ -1,0 +1,213 @@
+"""Every place the SFU reaches into aiortc's internals, in one module (checked at each upgrade).
+
+aiortc gives us ICE, DTLS, SRTP, SCTP and SDP. Its media pipeline (receiver → jitter buffer →
+decoder thread → track → encoder → sender) is what forwarding bypasses:
+
+- a publisher's DTLS transport hands each decrypted RTP/RTCP datagram to `_handle_rtp_data` /
+  `_handle_rtcp_data`; `hook_transport` replaces both on that transport instance, so packets go
+  to the forwarder as bytes, unparsed, and no jitter buffer or decoder ever sees them;
+- `RTCRtpReceiver.receive` would start a decoder thread; `bypass_receiver` starts the receiver
+  without it (registration with the transport and the RTCP task stay aiortc's);
+- `RTCRtpSender.send` would start an RTP loop that pulls frames from a track and encodes them,
+  and an RTCP loop that reports its own (empty) counters; `bypass_sender` parks both loops, keeps
+  what `stop()` waits for, and reports the negotiated send parameters to the forwarder;
+- `send_rtp` SRTP-protects and sends one datagram on the nominated ICE pair synchronously,
+  skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
+- `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec.
+
+aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
+per hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aioice.ice import StunProtocol
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
+
+log = logging.getLogger("consilium.sfu.hooks")
+
+RtpHandler = Callable[[bytes, int], None]
+"""Called with each decrypted RTP packet and its arrival time (ms)."""
+RtcpHandler = Callable[[bytes], None]
+"""Called with each decrypted RTCP compound packet."""
+
+
+def hook_transport(
+    dtls: RTCDtlsTransport, on_rtp: RtpHandler | None, on_rtcp: RtcpHandler | None
+) -> None:
+    """Route a DTLS transport's decrypted RTP and RTCP to the forwarder, as bytes.
+
+    The handlers must not raise: an exception here would end aiortc's receive loop silently.
+    """
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        # Hot path, per received packet: watched by bench/forwarding.py.
+        if on_rtp is not None:
+            try:
+                on_rtp(data, arrival_time_ms)
+            except Exception:
+                log.exception("RTP handler failed; packet dropped")
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        if on_rtcp is not None:
+            try:
+                on_rtcp(data)
+            except Exception:
+                log.exception("RTCP handler failed; packet dropped")
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+def bypass_receiver(
+    receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
+) -> None:
+    """Start this receiver without its decoder thread; tell `on_parameters` what was negotiated."""
+
+    async def receive(parameters: RTCRtpReceiveParameters) -> None:
+        if receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
+            return
+        codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        for codec in parameters.codecs:
+            codecs[codec.payloadType] = codec
+        transport: RTCDtlsTransport = receiver._RTCRtpReceiver__transport  # type: ignore[attr-defined]
+        transport._register_rtp_receiver(receiver, parameters)
+        receiver._RTCRtpReceiver__rtcp_task = asyncio.ensure_future(  # type: ignore[attr-defined]
+            receiver._run_rtcp()
+        )
+        receiver._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
+        on_parameters(parameters)
+
+    receiver.receive = receive  # type: ignore[method-assign]
+
+
+async def _parked(started: asyncio.Event, exited: asyncio.Event) -> None:
+    started.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        exited.set()
+
+
+def bypass_sender(
+    sender: RTCRtpSender, on_parameters: Callable[[RTCRtpSendParameters], None]
+) -> None:
+    """Make this sender a shell for forwarded packets: no track, no encoder, no own reports."""
+    names = {
+        "rtp_started": "_RTCRtpSender__rtp_started",
+        "rtp_exited": "_RTCRtpSender__rtp_exited",
+        "rtcp_started": "_RTCRtpSender__rtcp_started",
+        "rtcp_exited": "_RTCRtpSender__rtcp_exited",
+    }
+    events = {key: getattr(sender, name) for key, name in names.items()}
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        await _parked(events["rtp_started"], events["rtp_exited"])
+
+    async def run_rtcp() -> None:
+        await _parked(events["rtcp_started"], events["rtcp_exited"])
+
+    original_send = sender.send
+
+    async def send(parameters: RTCRtpSendParameters) -> None:
+        first = not sender._RTCRtpSender__started  # type: ignore[attr-defined]
+        await original_send(parameters)
+        if first:
+            on_parameters(parameters)
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+    sender.send = send  # type: ignore[method-assign]
+
+
+def restrict_codecs(transceiver: RTCRtpTransceiver, mime_type: str) -> bool:
+    """Keep only `mime_type` (and its RTX) among the transceiver's negotiated codecs.
+
+    Called between setRemoteDescription and createAnswer (aiortc negotiates codecs in
+    setRemoteDescription, before preferences could apply). False if the codec was not offered.
+    """
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    kept = [c for c in codecs if c.mimeType.lower() == mime_type.lower()]
+    if not kept:
+        return False
+    primary = kept[0]
+    kept = [primary] + [
+        c
+        for c in codecs
+        if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == primary.payloadType
+    ]
+    transceiver._codecs = kept
+    return True
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs aiortc negotiated for this transceiver."""
+    return list(transceiver._codecs)
+
+
+def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """SRTP-protect and send one RTP packet now; False when the transport cannot send."""
+    # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
+    if dtls._state is not State.CONNECTED:
+        return False
+    protected = dtls._tx_srtp.protect(data)
+    return _sendto(dtls, protected)
+
+
+def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    """SRTCP-protect and send one RTCP compound packet now."""
+    if dtls._state is not State.CONNECTED:
+        return False
+    return _sendto(dtls, dtls._tx_srtp.protect_rtcp(data))
+
+
+def _sendto(dtls: RTCDtlsTransport, data: bytes) -> bool:
+    connection = dtls.transport._connection
+    pair = connection._nominated.get(1)
+    if pair is None:
+        return False
+    protocol = pair.protocol
+    if isinstance(protocol, StunProtocol):
+        protocol.transport.sendto(data, pair.remote_addr)
+        return True
+    # A relayed (TURN) pair sends through its allocation, which is a coroutine.
+    _spawn(protocol.send_data(data, pair.remote_addr))
+    return True
+
+
+_tasks: set[asyncio.Future[Any]] = set()
+
+
+def _spawn(coro: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def transport_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:
+    """The DTLS transport a transceiver uses (one per peer connection with BUNDLE)."""
+    return transceiver.receiver.transport
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The SSRCs aiortc chose for a sender: media and RTX."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
+    """Set the `msid` a sender announces (browsers sync audio and video of one stream)."""
+    sender._stream_id = stream_id
+    sender._track_id = track_id

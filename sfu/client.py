@@ -1,0 +1,165 @@
+"""A participant's side of the media sessions, on aiortc: what `consilium bot` and the tests use.
+
+It speaks the signalling protocol's media messages as plain dicts (`offer`, `answer`,
+`candidate`, `tracks`) through a `send` callable, so it runs over a real WebSocket (the bot) or
+wired straight to a `MediaServer` (SFU tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceServer
+
+log = logging.getLogger("consilium.sfu.client")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class ReceivedTrack:
+    """What arrived on one subscribe transceiver."""
+
+    kind: str
+    mid: str
+    frames: int = 0
+    """Frames (video) or audio frames decoded."""
+    width: int = 0
+    samples: int = 0
+    participant_id: str = ""
+
+
+@dataclass
+class ClientStats:
+    """What a client received."""
+
+    tracks: dict[str, ReceivedTrack] = field(default_factory=dict)
+    data: list[dict[str, Any]] = field(default_factory=list)
+
+    def frames(self, kind: str) -> int:
+        """Frames decoded over all tracks of a kind."""
+        return sum(t.frames for t in self.tracks.values() if t.kind == kind)
+
+
+class MediaClient:
+    """Publishes local tracks to the SFU and receives everyone else's."""
+
+    def __init__(
+        self,
+        send: Send,
+        tracks: list[MediaStreamTrack] | None = None,
+        *,
+        ice_servers: list[RTCIceServer] | None = None,
+        data_channels: bool = True,
+        decode: bool = True,
+    ) -> None:
+        self.send = send
+        self.local_tracks = tracks or []
+        config = RTCConfiguration(
+            iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+        )
+        self.publish_pc = RTCPeerConnection(config)
+        self.subscribe_pc = RTCPeerConnection(config)
+        self.decode = decode
+        self.stats = ClientStats()
+        self.channels: dict[str, RTCDataChannel] = {}
+        self.mid_owner: dict[str, str] = {}
+        self._answer: asyncio.Future[str] | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+        self.data_channels = data_channels
+        self.subscribe_pc.on("track", self._on_track)
+
+    async def publish(self, timeout: float = 10.0) -> None:
+        """Offer the local tracks (and data channels) and apply the SFU's answer."""
+        for track in self.local_tracks:
+            self.publish_pc.addTransceiver(track, direction="sendonly")
+        # Data channels after the transceivers: aiortc (1.16) with max-bundle drops the shared
+        # transport when the SCTP association was created before any transceiver.
+        if self.data_channels:
+            self.channels["consilium-reliable"] = self.publish_pc.createDataChannel(
+                "consilium-reliable"
+            )
+            self.channels["consilium-lossy"] = self.publish_pc.createDataChannel(
+                "consilium-lossy", ordered=False, maxRetransmits=0
+            )
+            for channel in self.channels.values():
+                channel.on("message", self._on_data)
+        offer = await self.publish_pc.createOffer()
+        await self.publish_pc.setLocalDescription(offer)
+        self._answer = asyncio.get_running_loop().create_future()
+        await self.send(
+            {"type": "offer", "pc": "publish", "sdp": self.publish_pc.localDescription.sdp}
+        )
+        sdp = await asyncio.wait_for(self._answer, timeout)
+        await self.publish_pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        """A media message from the server."""
+        kind = message.get("type")
+        if kind == "answer" and message.get("pc") == "publish":
+            if self._answer is not None and not self._answer.done():
+                self._answer.set_result(message["sdp"])
+        elif kind == "offer" and message.get("pc") == "subscribe":
+            await self.subscribe_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=message["sdp"], type="offer")
+            )
+            answer = await self.subscribe_pc.createAnswer()
+            await self.subscribe_pc.setLocalDescription(answer)
+            await self.send(
+                {"type": "answer", "pc": "subscribe", "sdp": self.subscribe_pc.localDescription.sdp}
+            )
+        elif kind == "tracks":
+            self.mid_owner = {t["mid"]: t["participant_id"] for t in message["tracks"]}
+            for mid, received in self.stats.tracks.items():
+                received.participant_id = self.mid_owner.get(mid, "")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(
+            (t for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track), None
+        )
+        mid = transceiver.mid if transceiver is not None and transceiver.mid else str(id(track))
+        received = ReceivedTrack(kind=track.kind, mid=mid,
+                                 participant_id=self.mid_owner.get(mid, ""))  # fmt: skip
+        self.stats.tracks[mid] = received
+        if self.decode:
+            self._consumers.append(asyncio.ensure_future(self._consume(track, received)))
+
+    async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                received.frames += 1
+                width = getattr(frame, "width", 0)
+                if width:
+                    received.width = width
+                received.samples += getattr(frame, "samples", 0)
+
+    def _on_data(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            with contextlib.suppress(ValueError):
+                self.stats.data.append(json.loads(message))
+
+    def send_data(self, label: str, text: str) -> None:
+        """Send a message on a data channel (relayed by the SFU to the others)."""
+        self.channels[label].send(text)
+
+    async def close(self) -> None:
+        """Close both sessions."""
+        for task in self._consumers:
+            task.cancel()
+        for pc in (self.publish_pc, self.subscribe_pc):
+            await pc.close()

@@ -1,0 +1,393 @@
+"""The forwarding path: one published track's packets, rewritten and sent to each subscriber.
+
+`PublishedTrack` is one stream arriving from a publisher; `OutboundSlot` is one sendonly
+transceiver on a subscriber's session, fed by at most one published track at a time (a slot is
+reused when its publisher leaves, so sequence numbers and timestamps continue across the switch).
+Nothing here decodes or encodes: packets stay bytes, only their headers change.
+
+Sans-IO: sending goes through the `send_rtp` / `send_rtcp` callables each slot and track are given.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    pack_remb_fci,
+)
+
+from .keyframes import KeyframeRequests, keyframe_start
+from .rtp import (
+    ExtensionIds,
+    RtpHeader,
+    abs_send_time_now,
+    extension_block,
+    parse_header,
+    rewrite,
+    wrap_rtx,
+)
+from .sinks import MediaSink, TrackInfo
+
+HISTORY_SIZE = 1024
+"""Packets kept per track to answer NACKs (about 1 s of 1 Mbps video)."""
+_SEQ_AT = struct.Struct("!H")
+SendFn = Callable[[bytes], bool]
+
+
+class RetransmissionBuffer:
+    """The last `HISTORY_SIZE` packets of a track, by sequence number."""
+
+    __slots__ = ("_packets",)
+
+    def __init__(self) -> None:
+        self._packets: list[bytes | None] = [None] * HISTORY_SIZE
+
+    def put(self, sequence: int, packet: bytes) -> None:
+        """Keep a packet (overwrites the one HISTORY_SIZE sequence numbers older)."""
+        self._packets[sequence % HISTORY_SIZE] = packet
+
+    def get(self, sequence: int) -> bytes | None:
+        """The packet with this sequence number, if still kept."""
+        packet = self._packets[sequence % HISTORY_SIZE]
+        if packet is not None and _SEQ_AT.unpack_from(packet, 2)[0] == sequence:
+            return packet
+        return None
+
+
+@dataclass(slots=True)
+class OutboundSlot:
+    """One sendonly transceiver of a subscriber, and the rewrite state of what it carries."""
+
+    subscriber_id: str
+    """The participant who receives this slot."""
+    kind: str
+    """`audio` or `video`."""
+    send_rtp: SendFn
+    """Protect and send one RTP packet to the subscriber."""
+    send_rtcp: SendFn
+    """Protect and send one RTCP packet to the subscriber."""
+    mid: bytes = b""
+    """The transceiver's media id, written into the MID header extension."""
+    ssrc: int = 0
+    rtx_ssrc: int = 0
+    payload_type: int = 0
+    rtx_payload_type: int | None = None
+    ext_ids: ExtensionIds = field(default_factory=ExtensionIds)
+    ready: bool = False
+    """Negotiated and connected: packets may be sent."""
+    source: PublishedTrack | None = None
+    """The published track this slot carries now, if any."""
+    started: bool = False
+    """Sending has begun for the current source (video starts on a keyframe)."""
+    seq_offset: int = 0
+    ts_offset: int = 0
+    last_seq: int | None = None
+    last_ts: int = 0
+    last_sent_at: float = 0.0
+    rtx_seq: int = field(default_factory=lambda: random.randint(0, 0x7FFF))
+    packets: int = 0
+    octets: int = 0
+    remb_bps: int = 0
+    """The subscriber's latest receiver-estimated maximum bitrate for this slot."""
+    fraction_lost: int = 0
+    """From the subscriber's latest receiver report (out of 256)."""
+
+    def begin(self, header: RtpHeader, clock_rate: int) -> None:
+        """Start (or switch to) a source at this packet: continue our numbering without a jump
+        a subscriber would take for loss, and leave a gap in time as long as the pause was."""
+        if self.last_seq is None:
+            first_seq = random.randint(0, 0x7FFF)
+            first_ts = random.randint(0, 0xFFFFFFFF)
+        else:
+            first_seq = (self.last_seq + 1) & 0xFFFF
+            elapsed = max(time.monotonic() - self.last_sent_at, 0.02)
+            first_ts = (self.last_ts + int(elapsed * clock_rate)) & 0xFFFFFFFF
+        self.seq_offset = (first_seq - header.sequence) & 0xFFFF
+        self.ts_offset = (first_ts - header.timestamp) & 0xFFFFFFFF
+        self.started = True
+
+    def assign(self, track: PublishedTrack | None) -> None:
+        """Carry another published track from its next keyframe (or nothing)."""
+        if self.source is track:
+            return
+        if self.source is not None:
+            self.source.detach(self)
+        self.source = track
+        self.started = False
+        self.remb_bps = 0
+        if track is not None:
+            track.attach(self)
+
+    def rewritten(self, data: bytes, header: RtpHeader, ext: bytes) -> bytes:
+        """This slot's copy of a source packet."""
+        return rewrite(
+            data,
+            header,
+            payload_type=self.payload_type,
+            sequence=(header.sequence + self.seq_offset) & 0xFFFF,
+            timestamp=(header.timestamp + self.ts_offset) & 0xFFFFFFFF,
+            ssrc=self.ssrc,
+            extensions=ext,
+        )
+
+    def retransmit(self, out_sequences: list[int]) -> list[int]:
+        """Answer a NACK from the track's history; returns the source sequence numbers missed."""
+        track = self.source
+        if track is None or not self.started:
+            return []
+        missed: list[int] = []
+        for out_seq in out_sequences:
+            in_seq = (out_seq - self.seq_offset) & 0xFFFF
+            data = track.history.get(in_seq)
+            if data is None:
+                missed.append(in_seq)
+                continue
+            header = parse_header(data)
+            packet = self.rewritten(data, header, track.extensions_for(self, header))
+            if self.rtx_payload_type is not None and self.rtx_ssrc:
+                packet = wrap_rtx(
+                    packet, ssrc=self.rtx_ssrc, payload_type=self.rtx_payload_type,
+                    sequence=self.rtx_seq,
+                )  # fmt: skip
+                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            track.retransmitted += 1
+            self.send_rtp(packet)
+        return missed
+
+    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        """Forward the publisher's clock mapping, in this slot's timestamp space (lip sync)."""
+        if not (self.ready and self.started):
+            return
+        report = RtcpSrPacket(
+            ssrc=self.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=(rtp_timestamp + self.ts_offset) & 0xFFFFFFFF,
+                packet_count=self.packets & 0xFFFFFFFF,
+                octet_count=self.octets & 0xFFFFFFFF,
+            ),
+        )
+        self.send_rtcp(bytes(report))
+
+
+class PublishedTrack:
+    """One stream a participant publishes, and the slots it is forwarded to."""
+
+    def __init__(
+        self,
+        info: TrackInfo,
+        *,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        rtx_payload_type: int | None,
+        ext_ids: ExtensionIds,
+        rtcp_ssrc: int,
+        send_rtcp: SendFn,
+        sinks: list[MediaSink],
+    ) -> None:
+        self.info = info
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_payload_type = rtx_payload_type
+        self.ext_ids = ext_ids
+        self.rtcp_ssrc = rtcp_ssrc
+        self.send_to_publisher = send_rtcp
+        self.sinks = sinks
+        self.slots: list[OutboundSlot] = []
+        self.history = RetransmissionBuffer()
+        self.keyframes = KeyframeRequests()
+        self.muted = False
+        self.video = info.kind == "video"
+        self.codec_name = info.codec.split("/")[-1]
+        # Receive statistics, for our receiver reports to the publisher.
+        self.received = 0
+        self.forwarded = 0
+        self.retransmitted = 0
+        self.base_seq: int | None = None
+        self.max_seq = 0
+        self.cycles = 0
+        self.last_sr_ntp = 0
+        self.last_sr_at = 0.0
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._nacked: dict[int, float] = {}
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def forward(self, data: bytes, header: RtpHeader, arrival_ms: int) -> None:
+        """Send one packet to every slot carrying this track (and hand it to the sinks)."""
+        # Hot path, per received packet: watched by bench/forwarding.py.
+        self.history.put(header.sequence, data)
+        self._count(header.sequence)
+        for sink in self.sinks:
+            sink.on_rtp(self.info, data, arrival_ms)
+        if self.muted or not self.slots:
+            return
+        keyframe: bool | None = None
+        ast = abs_send_time_now()
+        audio_level = (
+            header.extensions.get(self.ext_ids.audio_level)
+            if self.ext_ids.audio_level is not None
+            else None
+        )
+        now = 0.0
+        for slot in self.slots:
+            if not slot.ready:
+                continue
+            if not slot.started:
+                if self.video:
+                    if keyframe is None:
+                        keyframe = keyframe_start(
+                            self.codec_name, data[header.payload_start : header.payload_end]
+                        )
+                        if keyframe:
+                            self.keyframes.keyframe_seen()
+                    if not keyframe:
+                        continue
+                slot.begin(header, self.info.clock_rate)
+            ext = extension_block(slot.ext_ids, slot.mid, ast, audio_level)
+            packet = slot.rewritten(data, header, ext)
+            if slot.send_rtp(packet):
+                slot.packets += 1
+                slot.octets += header.payload_end - header.payload_start
+                slot.last_seq = (header.sequence + slot.seq_offset) & 0xFFFF
+                slot.last_ts = (header.timestamp + slot.ts_offset) & 0xFFFFFFFF
+                if not now:
+                    now = time.monotonic()
+                slot.last_sent_at = now
+                self.forwarded += 1
+
+    def extensions_for(self, slot: OutboundSlot, header: RtpHeader) -> bytes:
+        """The header extensions of `slot`'s copy of a packet (used for retransmissions)."""
+        level = (
+            header.extensions.get(self.ext_ids.audio_level)
+            if self.ext_ids.audio_level is not None
+            else None
+        )
+        return extension_block(slot.ext_ids, slot.mid, abs_send_time_now(), level)
+
+    def _count(self, seq: int) -> None:
+        self.received += 1
+        if self.base_seq is None:
+            self.base_seq = seq
+            self.max_seq = seq
+        elif ((seq - self.max_seq) & 0xFFFF) < 0x8000:
+            if seq < self.max_seq:
+                self.cycles += 1 << 16
+            self.max_seq = seq
+
+    # -- slots ---------------------------------------------------------------------------------
+
+    def attach(self, slot: OutboundSlot) -> None:
+        """Start forwarding to a slot (from the next keyframe, for video)."""
+        if slot not in self.slots:
+            self.slots.append(slot)
+        if self.video:
+            self.request_keyframe(time.monotonic())
+
+    def detach(self, slot: OutboundSlot) -> None:
+        """Stop forwarding to a slot."""
+        if slot in self.slots:
+            self.slots.remove(slot)
+
+    def set_muted(self, muted: bool) -> None:
+        """Stop (or resume) forwarding; a resumed video asks for a keyframe."""
+        if self.muted and not muted and self.video:
+            for slot in self.slots:
+                slot.started = False
+            self.request_keyframe(time.monotonic())
+        self.muted = muted
+
+    # -- RTCP towards the publisher ------------------------------------------------------------
+
+    def request_keyframe(self, now: float) -> None:
+        """Ask the publisher for a keyframe, at most once per interval (deferred otherwise)."""
+        if self.video and self.keyframes.request(now):
+            self._send_pli()
+
+    def tick(self, now: float) -> None:
+        """Periodic work: deferred keyframe requests."""
+        if self.keyframes.due(now):
+            self._send_pli()
+
+    def _send_pli(self) -> None:
+        packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
+        self.send_to_publisher(bytes(packet))
+
+    def nack_upstream(self, sequences: list[int], now: float) -> None:
+        """Ask the publisher for packets a subscriber lost and our history lacks (once each
+        per 100 ms, so many subscribers missing one packet cause one request)."""
+        fresh = [s for s in sequences if now - self._nacked.get(s, -1.0) > 0.1]
+        if not fresh:
+            return
+        for s in fresh:
+            self._nacked[s] = now
+        if len(self._nacked) > 4 * HISTORY_SIZE:
+            self._nacked = {s: t for s, t in self._nacked.items() if now - t < 1.0}
+        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
+        packet.lost = sorted(fresh)
+        self.send_to_publisher(bytes(packet))
+
+    def on_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
+        """The publisher's SR: remember it for our RR, forward it to every slot."""
+        self.last_sr_ntp = ntp
+        self.last_sr_at = time.time()
+        for slot in self.slots:
+            slot.sender_report(ntp, rtp_timestamp)
+
+    def receiver_report(self) -> RtcpReceiverInfo | None:
+        """Our reception of this track, for an RR to the publisher (RFC 3550 A.3)."""
+        if self.base_seq is None:
+            return None
+        extended_max = self.cycles + self.max_seq
+        expected = extended_max - self.base_seq + 1
+        lost = max(expected - self.received, 0)
+        expected_interval = expected - self._expected_prior
+        received_interval = self.received - self._received_prior
+        self._expected_prior, self._received_prior = expected, self.received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min((lost_interval << 8) // expected_interval, 255)
+        lsr = (self.last_sr_ntp >> 16) & 0xFFFFFFFF
+        dlsr = int((time.time() - self.last_sr_at) * 65536) if self.last_sr_at else 0
+        return RtcpReceiverInfo(
+            ssrc=self.ssrc, fraction_lost=fraction, packets_lost=min(lost, 0x7FFFFF),
+            highest_sequence=extended_max & 0xFFFFFFFF, jitter=0, lsr=lsr,
+            dlsr=dlsr & 0xFFFFFFFF,
+        )  # fmt: skip
+
+    def bitrate_hint(self) -> int | None:
+        """What the publisher should aim for, from its subscribers' REMB estimates.
+
+        The median, not the minimum: one subscriber on a poor link must not drag everyone's
+        picture down (it gets loss and keyframes instead). Clamped to a sane range.
+        """
+        estimates = sorted(s.remb_bps for s in self.slots if s.remb_bps > 0)
+        if not estimates:
+            return None
+        median = estimates[len(estimates) // 2]
+        return max(150_000, min(median, 4_000_000))
+
+
+def receiver_report_packet(rtcp_ssrc: int, reports: list[RtcpReceiverInfo]) -> bytes:
+    """An RR compound packet."""
+    return bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+
+
+def remb_packet(rtcp_ssrc: int, bitrate: int, ssrcs: list[int]) -> bytes:
+    """A REMB (receiver-estimated maximum bitrate) feedback packet towards a publisher."""
+    packet = RtcpPsfbPacket(fmt=15, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
+    return bytes(packet)

@@ -1,0 +1,231 @@
+"""The SFU of one node: its media rooms, and who in each receives what.
+
+`MediaServer` is what signalling talks to (it never imports signalling: it is handed each
+participant's permissions at join and a `notify` callback to send them messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from .forwarder import PublishedTrack
+from .ice import IceSettings, install, server_ice_servers, uninstall
+from .session import MediaError, ParticipantMedia, bundle_configuration
+from .sinks import MediaSink
+
+log = logging.getLogger("consilium.sfu")
+
+Notify = Callable[[str, dict[str, Any]], None]
+"""Sends one message (a dict with `type`) to a participant, by participant id."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """The SFU's settings (signalling builds them from its own settings object)."""
+
+    video_codecs: tuple[str, ...] = ("VP8", "H264")
+    """Video codecs in order of preference; a room uses the first its first publisher offers."""
+    ice: IceSettings = field(default_factory=IceSettings)
+    """Host addresses, UDP port range, STUN/TURN."""
+    max_data_message: int = 16 * 1024
+    """Largest data-channel message relayed (characters)."""
+    max_sdp_bytes: int = 64 * 1024
+    """Largest SDP accepted from a client."""
+
+
+class MediaRoom:
+    """One room's media: its participants, their published tracks, the room's codecs."""
+
+    def __init__(self, server: MediaServer, room_id: str) -> None:
+        self.server = server
+        self.room_id = room_id
+        self.participants: dict[str, ParticipantMedia] = {}
+        self.video_codec: str | None = None
+        self.audio_codec = "opus"
+        self.sinks: list[MediaSink] = []
+        self.max_data_message = server.settings.max_data_message
+
+    def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
+        """The codec this room uses for `kind` if the publisher offers it (else None).
+
+        The room's video codec is fixed by its first video publisher, from the preference
+        list, so every subscriber receives the same codec and can decode it.
+        """
+        names = {c.mimeType.split("/")[-1].lower() for c in offered}
+        if kind == "audio":
+            return f"audio/{self.audio_codec}" if self.audio_codec in names else None
+        if self.video_codec is None:
+            for name in self.server.settings.video_codecs:
+                if name.lower() in names:
+                    self.video_codec = name
+                    break
+        if self.video_codec is not None and self.video_codec.lower() in names:
+            return f"video/{self.video_codec}"
+        return None
+
+    def codec_capability(self, kind: str) -> list[RTCRtpCodecCapability]:
+        """Codec preferences for a subscribe transceiver: the room's codec and its RTX."""
+        name = self.audio_codec if kind == "audio" else (self.video_codec or "VP8")
+        caps = RTCRtpSender.getCapabilities(kind).codecs
+        chosen = [c for c in caps if c.mimeType.split("/")[-1].lower() == name.lower()]
+        chosen += [c for c in caps if c.mimeType.lower().endswith("/rtx")]
+        return chosen
+
+    def track_published(self, track: PublishedTrack) -> None:
+        """A new track: everyone else in the room receives it."""
+        for sink in self.sinks:
+            sink.on_track(track.info)
+        for participant in self.participants.values():
+            if participant.participant_id != track.info.participant_id:
+                participant.subscribe(track)
+
+    def track_ended(self, track: PublishedTrack) -> None:
+        """A track is gone: the slots carrying it go idle."""
+        for participant in self.participants.values():
+            participant.unsubscribe(track)
+        for sink in self.sinks:
+            sink.on_track_ended(track.info)
+
+    def relay_data(self, sender: str, label: str, message: str) -> None:
+        """A data-channel message: to every other participant, on the same label."""
+        for sink in self.sinks:
+            sink.on_data(self.room_id, sender, label, message)
+        for participant in self.participants.values():
+            if participant.participant_id != sender:
+                participant.send_data(label, sender, message)
+
+    def tracks(self) -> list[PublishedTrack]:
+        """Every published track in the room."""
+        return [t for p in self.participants.values() for t in p.tracks.values()]
+
+    async def remove(self, participant_id: str) -> None:
+        """Drop a participant's media (left, removed, revoked, or their session failed)."""
+        await self.server.leave(participant_id)
+
+
+class MediaServer:
+    """The node's SFU: media rooms and every participant's sessions."""
+
+    def __init__(self, settings: MediaSettings, notify: Notify) -> None:
+        self.settings = settings
+        self.notify = notify
+        self.rooms: dict[str, MediaRoom] = {}
+        self.participants: dict[str, ParticipantMedia] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        install(settings.ice)
+
+    async def start(self) -> None:
+        """Start the periodic RTCP work."""
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def close(self) -> None:
+        """End every session."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for participant_id in list(self.participants):
+            await self.leave(participant_id)
+        uninstall()
+
+    def room(self, room_id: str) -> MediaRoom:
+        """The media room, created on first use."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = MediaRoom(self, room_id)
+        return room
+
+    async def join(
+        self,
+        room_id: str,
+        participant_id: str,
+        permissions: frozenset[str],
+        *,
+        audio_muted: bool = False,
+        video_muted: bool = False,
+        user: str = "",
+    ) -> None:
+        """A participant entered the room: they start receiving everyone's tracks."""
+        room = self.room(room_id)
+        configuration = bundle_configuration(server_ice_servers(self.settings.ice, user))
+        media = ParticipantMedia(
+            room, participant_id, permissions,
+            lambda message: self.notify(participant_id, message), configuration,
+        )  # fmt: skip
+        media.muted = {"audio": audio_muted, "video": video_muted}
+        room.participants[participant_id] = media
+        self.participants[participant_id] = media
+        for track in room.tracks():
+            if track.info.participant_id != participant_id:
+                media.subscribe(track)
+
+    async def leave(self, participant_id: str) -> None:
+        """A participant left: close their sessions, stop forwarding their tracks."""
+        media = self.participants.pop(participant_id, None)
+        if media is None:
+            return
+        room = media.room
+        room.participants.pop(participant_id, None)
+        await media.close()
+        if not room.participants:
+            self.rooms.pop(room.room_id, None)
+
+    def _media(self, participant_id: str) -> ParticipantMedia:
+        media = self.participants.get(participant_id)
+        if media is None:
+            raise MediaError("no media session: join the room first")
+        return media
+
+    async def offer(self, participant_id: str, which: str, sdp: str) -> str:
+        """A client's offer (only `publish` is client-offered); returns the answer."""
+        if which != "publish":
+            raise MediaError("only the publish session is offered by the client")
+        self._check_sdp(sdp)
+        return await self._media(participant_id).publish_offer(sdp)
+
+    async def answer(self, participant_id: str, which: str, sdp: str) -> None:
+        """A client's answer (only `subscribe` is SFU-offered)."""
+        if which != "subscribe":
+            raise MediaError("only the subscribe session is answered by the client")
+        self._check_sdp(sdp)
+        await self._media(participant_id).subscribe_answer(sdp)
+
+    async def candidate(
+        self, participant_id: str, which: str, candidate: str, sdp_mid: str | None,
+        sdp_mline_index: int | None,
+    ) -> None:  # fmt: skip
+        """A trickled ICE candidate from a client."""
+        await self._media(participant_id).add_candidate(which, candidate, sdp_mid, sdp_mline_index)
+
+    def set_muted(self, participant_id: str, kind: str, muted: bool) -> None:
+        """Stop or resume forwarding a participant's audio or video (within this call)."""
+        media = self.participants.get(participant_id)
+        if media is not None:
+            media.set_muted(kind, muted)
+
+    def _check_sdp(self, sdp: str) -> None:
+        if len(sdp.encode()) > self.settings.max_sdp_bytes:
+            raise MediaError("SDP larger than the bound")
+        if not sdp.startswith("v=0"):
+            raise MediaError("not an SDP description")
+
+    async def _tick(self) -> None:
+        count = 0
+        while True:
+            await asyncio.sleep(0.2)
+            count += 1
+            now = time.monotonic()
+            for media in list(self.participants.values()):
+                try:
+                    media.tick(now, report=count % 5 == 0)
+                except Exception:
+                    log.exception("RTCP tick failed", extra={"participant": media.participant_id})

@@ -1,0 +1,204 @@
+"""RTP packets as bytes: read the few fields forwarding needs, and write a subscriber's copy.
+
+Plain functions over bytes (no parse into objects and back), because they run for every
+forwarded packet. `bench/forwarding.py` watches them.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+_HEADER = struct.Struct("!BBHII")
+_U16 = struct.Struct("!H")
+_NTP_EPOCH_OFFSET = 2_208_988_800
+_ONE_BYTE_PROFILE = 0xBEDE
+
+# Header-extension URIs the SFU understands (the ones aiortc negotiates).
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+
+
+@dataclass(slots=True)
+class RtpHeader:
+    """What forwarding needs to know of one RTP packet."""
+
+    payload_type: int
+    """7-bit payload type."""
+    marker: bool
+    """Marker bit (last packet of a video frame)."""
+    sequence: int
+    """16-bit sequence number."""
+    timestamp: int
+    """32-bit media timestamp."""
+    ssrc: int
+    """Synchronisation source."""
+    payload_start: int
+    """Offset of the payload (after CSRCs and header extensions)."""
+    payload_end: int
+    """End of the payload (before padding)."""
+    extensions: dict[int, bytes]
+    """Header-extension elements by id (one-byte or two-byte form)."""
+
+
+def parse_header(data: bytes) -> RtpHeader:
+    """Read an RTP header; ValueError for anything that is not a well-formed RTP packet."""
+    size = len(data)
+    if size < 12:
+        raise ValueError("RTP packet shorter than its fixed header")
+    b0, b1, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
+    if b0 >> 6 != 2:
+        raise ValueError("not RTP version 2")
+    pos = 12 + 4 * (b0 & 0x0F)
+    extensions: dict[int, bytes] = {}
+    if b0 & 0x10:
+        if pos + 4 > size:
+            raise ValueError("truncated header extension")
+        profile, words = struct.unpack_from("!HH", data, pos)
+        pos += 4
+        end = pos + 4 * words
+        if end > size:
+            raise ValueError("truncated header extension")
+        if profile == _ONE_BYTE_PROFILE:
+            _one_byte_elements(data, pos, end, extensions)
+        elif profile >> 4 == 0x100:
+            _two_byte_elements(data, pos, end, extensions)
+        pos = end
+    payload_end = size
+    if b0 & 0x20:
+        padding = data[-1]
+        if padding == 0 or pos + padding > size:
+            raise ValueError("bad padding")
+        payload_end -= padding
+    if pos > payload_end:
+        raise ValueError("header longer than packet")
+    return RtpHeader(b1 & 0x7F, bool(b1 & 0x80), sequence, timestamp, ssrc, pos, payload_end,
+                     extensions)  # fmt: skip
+
+
+def _one_byte_elements(data: bytes, pos: int, end: int, out: dict[int, bytes]) -> None:
+    while pos < end:
+        byte = data[pos]
+        if byte == 0:  # padding
+            pos += 1
+            continue
+        ext_id, length = byte >> 4, (byte & 0x0F) + 1
+        if ext_id == 15:
+            return
+        pos += 1
+        if pos + length > end:
+            raise ValueError("truncated header extension element")
+        out[ext_id] = data[pos : pos + length]
+        pos += length
+
+
+def _two_byte_elements(data: bytes, pos: int, end: int, out: dict[int, bytes]) -> None:
+    while pos + 1 < end:
+        ext_id = data[pos]
+        if ext_id == 0:
+            pos += 1
+            continue
+        length = data[pos + 1]
+        pos += 2
+        if pos + length > end:
+            raise ValueError("truncated header extension element")
+        out[ext_id] = data[pos : pos + length]
+        pos += length
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTCP and RTP share a port (RFC 5761): RTCP packet types 192-223 sit where RTP's PT is."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def abs_send_time_now() -> bytes:
+    """abs-send-time value for now: 24 bits, 6.18 fixed-point seconds of the NTP clock."""
+    ntp = time.time() + _NTP_EPOCH_OFFSET
+    value = int(ntp * (1 << 18)) & 0xFFFFFF
+    return value.to_bytes(3, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionIds:
+    """Header-extension ids negotiated on one media session (None: not negotiated)."""
+
+    mid: int | None = None
+    abs_send_time: int | None = None
+    audio_level: int | None = None
+
+    @classmethod
+    def from_uris(cls, uris: dict[str, int]) -> ExtensionIds:
+        """From `uri -> id` as negotiated in SDP."""
+        return cls(uris.get(MID_URI), uris.get(ABS_SEND_TIME_URI), uris.get(AUDIO_LEVEL_URI))
+
+
+def extension_block(
+    ids: ExtensionIds, mid: bytes, abs_send_time: bytes | None, audio_level: bytes | None
+) -> bytes:
+    """A one-byte-form header-extension block (with its 4-byte header), padded to 32 bits."""
+    body = b""
+    if ids.mid is not None and mid:
+        body += bytes([ids.mid << 4 | (len(mid) - 1)]) + mid
+    if ids.abs_send_time is not None and abs_send_time is not None:
+        body += bytes([ids.abs_send_time << 4 | 2]) + abs_send_time
+    if ids.audio_level is not None and audio_level is not None:
+        body += bytes([ids.audio_level << 4]) + audio_level[:1]
+    if not body:
+        return b""
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!HH", _ONE_BYTE_PROFILE, len(body) // 4) + body
+
+
+def rewrite(
+    data: bytes,
+    header: RtpHeader,
+    *,
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    extensions: bytes,
+) -> bytes:
+    """A subscriber's copy: new PT/sequence/timestamp/SSRC and header extensions, same payload.
+
+    CSRCs are dropped (an SFU forwards one source per stream) and padding is kept.
+    """
+    b0 = 0x80 | (data[0] & 0x20) | (0x10 if extensions else 0)
+    b1 = (data[1] & 0x80) | payload_type
+    return (
+        _HEADER.pack(b0, b1, sequence, timestamp, ssrc) + extensions + data[header.payload_start :]
+    )
+
+
+def unwrap_rtx(data: bytes, header: RtpHeader, *, ssrc: int, payload_type: int) -> bytes:
+    """The original packet inside an RTX retransmission (RFC 4588): its sequence number is the
+    first two payload bytes; payload type and SSRC are those of the media stream."""
+    start = header.payload_start
+    if header.payload_end - start < 2:
+        raise ValueError("RTX packet without an original sequence number")
+    (original_sequence,) = _U16.unpack_from(data, start)
+    prefix = bytearray(data[:start])
+    prefix[1] = (data[1] & 0x80) | payload_type
+    _U16.pack_into(prefix, 2, original_sequence)
+    struct.pack_into("!I", prefix, 8, ssrc)
+    return bytes(prefix) + data[start + 2 :]
+
+
+def wrap_rtx(packet: bytes, *, ssrc: int, payload_type: int, sequence: int) -> bytes:
+    """An RTX retransmission (RFC 4588) of a packet built by `rewrite` (no CSRCs)."""
+    header = parse_header(packet)
+    start = header.payload_start
+    b1 = (packet[1] & 0x80) | payload_type
+    return (
+        _HEADER.pack(packet[0], b1, sequence, header.timestamp, ssrc)
+        + packet[12:start]
+        + _U16.pack(header.sequence)
+        + packet[start:]
+    )
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """True when 16-bit sequence number `a` comes after `b` (RFC 1982 serial arithmetic)."""
+    return a != b and ((a - b) & 0xFFFF) < 0x8000
