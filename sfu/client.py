@@ -110,10 +110,10 @@ class MediaClient:
     async def handle(self, message: dict[str, Any]) -> None:
         """A media message from the server."""
         kind = message.get("type")
-        if kind == "answer" and message.get("pc") == "publish":
+        if kind == "answer" and message.get("pc", "publish") == "publish":
             if self._answer is not None and not self._answer.done():
                 self._answer.set_result(message["sdp"])
-        elif kind == "offer" and message.get("pc") == "subscribe":
+        elif kind == "offer" and message.get("pc", "publish") == "subscribe":
             await self.subscribe_pc.setRemoteDescription(
                 RTCSessionDescription(sdp=message["sdp"], type="offer")
             )

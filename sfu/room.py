@@ -215,8 +215,8 @@ class MediaServer:
     def _check_sdp(self, sdp: str) -> None:
         if len(sdp.encode()) > self.settings.max_sdp_bytes:
             raise MediaError("SDP larger than the bound")
-        if not sdp.startswith("v=0"):
-            raise MediaError("not an SDP description")
+        if not sdp.startswith("v=0") or "\nm=" not in sdp:
+            raise MediaError("not an SDP description with media sections")
 
     async def _tick(self) -> None:
         count = 0

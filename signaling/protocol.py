@@ -244,6 +244,22 @@ class Pong(Message, tag="pong"):
     server_time: float = 0.0
 
 
+class TrackInfo(msgspec.Struct):
+    """Which participant's media one subscribe transceiver carries."""
+
+    mid: str
+    participant_id: str
+    kind: Literal["audio", "video"]
+    track_id: str
+
+
+class Tracks(Message, tag="tracks"):
+    """The subscribe session's transceivers and whose media each carries now (sent after
+    every change; a transceiver missing from the list is idle)."""
+
+    tracks: list[TrackInfo]
+
+
 class Error(Message, tag="error"):
     """A recoverable bad request: the connection stays open."""
 
@@ -262,6 +278,7 @@ ServerMessage = (
     | ParticipantUpdated
     | RoomUpdated
     | Pong
+    | Tracks
     | Error
     | Offer
     | Answer

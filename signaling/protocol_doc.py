@@ -139,7 +139,7 @@ def render() -> str:
     out += _section("Messages a client sends", p.ClientMessage)
     out += _section("Messages the server sends", p.ServerMessage)
     out += ["## Shared objects", ""]
-    out += _shared(p.ParticipantInfo) + _shared(p.RoomState)
+    out += _shared(p.ParticipantInfo) + _shared(p.RoomState) + _shared(p.TrackInfo)
     return "\n".join(out).rstrip() + "\n"
 
 

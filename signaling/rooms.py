@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sfu.room import MediaServer
+from sfu.session import MediaError
+
 from . import protocol as p
 from .audit import AuditLog
 from .connection import Connection, ConnectionState
@@ -91,6 +94,7 @@ class Rooms:
         verifier: TokenVerifier,
         audit: AuditLog,
         *,
+        media: MediaServer | None = None,
         ice_servers: Callable[[Identity], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
@@ -98,6 +102,8 @@ class Rooms:
         self.policy = policy
         self.verifier = verifier
         self.audit = audit
+        self.media = media
+        """The node's SFU (None: signalling only)."""
         self.ice_servers = ice_servers or (lambda identity: [])
         self.connections: dict[str, Connection] = {}
         """This node's connections by participant id (joined and waiting)."""
@@ -301,6 +307,15 @@ class Rooms:
         await self._broadcast(
             room.room_id, p.ParticipantJoined(participant_info(record)), exclude=conn.participant_id
         )
+        if self.media is not None:
+            await self.media.join(
+                room.room_id,
+                conn.participant_id,
+                conn.permissions,
+                audio_muted=record.audio_muted,
+                video_muted=record.video_muted,
+                user=identity.sub,
+            )
         self.audit.append(
             "join",
             "allow",
@@ -360,12 +375,43 @@ class Rooms:
         elif isinstance(msg, p.UpdateRoom):
             await self._update_room(conn, msg)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
-            # Media sessions arrive with the SFU (issue 4); until then say so plainly.
-            conn.send(
-                p.encode(
-                    p.Error("media_unavailable", "this node has no media server yet", _type_of(msg))
+            await self._media_message(conn, msg)
+
+    async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
+        """SDP and ICE for the participant's sessions with this node's SFU."""
+        request = _type_of(msg)
+        if self.media is None:
+            conn.send(p.encode(p.Error("media_unavailable", "this node has no SFU", request)))
+            return
+        try:
+            if isinstance(msg, p.Offer):
+                sdp = await self.media.offer(conn.participant_id, msg.pc, msg.sdp)
+                conn.send(p.encode(p.Answer(sdp=sdp, pc=msg.pc)))
+            elif isinstance(msg, p.Answer):
+                await self.media.answer(conn.participant_id, msg.pc, msg.sdp)
+            else:
+                await self.media.candidate(
+                    conn.participant_id, msg.pc, msg.candidate, msg.sdp_mid, msg.sdp_mline_index
                 )
-            )
+        except MediaError as exc:
+            conn.send(p.encode(p.Error("bad_media_request", _short(str(exc)), request)))
+
+    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
+        """The SFU has something for a participant of this node: send it as a protocol message."""
+        conn = self.connections.get(participant_id)
+        if conn is None or conn.state is not ConnectionState.JOINED:
+            return
+        kind = message.get("type")
+        out: p.Message
+        if kind == "offer":
+            out = p.Offer(sdp=message["sdp"], pc=message["pc"])
+        elif kind == "tracks":
+            out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
+        elif kind == "error":
+            out = p.Error(message["code"], message["message"], message.get("request", ""))
+        else:
+            return
+        conn.send(p.encode(out))
 
     async def _admit(self, chair: Connection, participant_id: str) -> None:
         record = await self.store.remove_from_lobby(chair.room_id, participant_id)
@@ -462,6 +508,9 @@ class Rooms:
         if msg.video_muted is not None:
             record.video_muted = msg.video_muted
         await self.store.update_participant(conn.room_id, record)
+        if self.media is not None:
+            self.media.set_muted(conn.participant_id, "audio", record.audio_muted)
+            self.media.set_muted(conn.participant_id, "video", record.video_muted)
         await self._broadcast(conn.room_id, p.ParticipantUpdated(participant_info(record)))
 
     async def _update_room(self, chair: Connection, msg: p.UpdateRoom) -> None:
@@ -505,7 +554,12 @@ class Rooms:
                 await self._broadcast(
                     conn.room_id, p.LobbyLeft(conn.participant_id, "left"), to="admitters"
                 )
-        elif await self.store.remove_participant(conn.room_id, conn.participant_id) is not None:
+        else:
+            if self.media is not None:
+                await self.media.leave(conn.participant_id)
+            if await self.store.remove_participant(conn.room_id, conn.participant_id) is None:
+                await self._close_room_if_done(conn.room_id)
+                return
             await self._broadcast(conn.room_id, p.ParticipantLeft(conn.participant_id, reason))
             self.audit.append(
                 "leave",
@@ -601,6 +655,12 @@ class Rooms:
                     identity = conn.identity
                     if identity is not None and getattr(identity, field) == revocation["value"]:
                         await self._drop(conn, 4401, "revoked")
+            elif kind == "mute":
+                # The muted participant's node stops forwarding (within this event's delivery).
+                if self.media is not None and event["pid"] in self.connections:
+                    kinds = ("audio", "video") if event["kind"] == "both" else (event["kind"],)
+                    for media_kind in kinds:
+                        self.media.set_muted(event["pid"], media_kind, True)
             elif kind == "room_opened":
                 await self._room_opened(str(event["room"]))
         except Exception:
@@ -670,6 +730,10 @@ class Rooms:
         """Close every local connection (at shutdown) and forget them in the shared state."""
         for conn in list(self.connections.values()):
             await self._drop(conn, code, reason)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _type_of(msg: p.Message) -> str:

@@ -18,6 +18,9 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from sfu.ice import IceSettings, client_ice_servers
+from sfu.room import MediaServer, MediaSettings
+
 from . import __version__
 from . import protocol as p
 from .audit import AuditLog, generate_audit_key, iter_entries
@@ -93,6 +96,22 @@ def _key_source(settings: Settings) -> KeySource:
     return OidcDiscovery(settings.oidc_issuer, refetch_interval_s=settings.jwks_refetch_interval_s)
 
 
+def ice_settings(settings: Settings) -> IceSettings:
+    """The SFU's ICE settings from the node's settings (ConfigError when unusable)."""
+    try:
+        return IceSettings(
+            host_addresses=tuple(settings.ice_host_addresses),
+            port_min=settings.ice_port_min,
+            port_max=settings.ice_port_max,
+            stun_urls=tuple(settings.stun_urls),
+            turn_urls=tuple(settings.turn_urls),
+            turn_secret=settings.turn_secret,
+            turn_ttl_s=settings.turn_ttl_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"ICE settings: {exc}") from None
+
+
 def build_node(settings: Settings) -> Node:
     """Load keys, policy and state for one node (nothing listens yet)."""
     data_dir = settings.data_dir
@@ -129,7 +148,20 @@ def build_node(settings: Settings) -> Node:
         on_key_refresh=on_key_refresh,
     )
     store = open_store(settings.redis, data_dir, settings.node_id)
-    rooms = Rooms(settings, store, policy, verifier, audit)
+    ice = ice_settings(settings)
+    rooms = Rooms(
+        settings,
+        store,
+        policy,
+        verifier,
+        audit,
+        ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
+    )
+    if settings.media:
+        rooms.media = MediaServer(
+            MediaSettings(video_codecs=tuple(settings.video_codecs), ice=ice),
+            rooms.media_notify,
+        )
     return Node(
         settings=settings,
         store=store,
@@ -642,6 +674,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
     await _load_trusted_keys(node)
     await node.store.start()
+    if node.rooms.media is not None:
+        await node.rooms.media.start()
     purged = await node.store.purge_node(node.settings.node_id)
     node.audit.append(
         "config_loaded",
@@ -662,6 +696,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         with contextlib.suppress(Exception):
             await node.rooms.close_all()
+        if node.rooms.media is not None:
+            with contextlib.suppress(Exception):
+                await node.rooms.media.close()
         with contextlib.suppress(Exception):
             await node.store.purge_node(node.settings.node_id)
         with contextlib.suppress(Exception):

@@ -90,6 +90,25 @@ class Settings:
     max_request_bytes: int = 64 * 1024
     """Largest REST request body."""
 
+    media: bool = True
+    """Run the SFU in this node (audio/video and data channels); off: signalling only."""
+    video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264"])
+    """Video codecs in order of preference; a room uses the first its first publisher offers."""
+    ice_host_addresses: list[str] = field(default_factory=list)
+    """Addresses the SFU gathers ICE host candidates on; empty: every non-loopback interface."""
+    ice_port_min: int = 0
+    """Lowest UDP port for media (0 with ice_port_max 0: any free port)."""
+    ice_port_max: int = 0
+    """Highest UDP port for media."""
+    stun_urls: list[str] = field(default_factory=list)
+    """STUN servers handed to clients (and the SFU), e.g. `stun:stun.hospital.local:3478`."""
+    turn_urls: list[str] = field(default_factory=list)
+    """TURN servers handed to clients, e.g. `turn:turn.hospital.local:3478?transport=udp`."""
+    turn_secret: str | None = None
+    """coturn `use-auth-secret` shared secret; clients get time-limited TURN credentials."""
+    turn_ttl_s: int = 86400
+    """Lifetime of the TURN credentials handed out."""
+
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
@@ -144,6 +163,7 @@ class Settings:
             "audit_checkpoint_every",
             "max_lobby_per_room",
             "max_scheduled_rooms",
+            "turn_ttl_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -170,6 +190,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis" and value:
                 value = _redact_url(value)
+            if f.name == "turn_secret" and value:
+                value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 

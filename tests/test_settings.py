@@ -65,6 +65,7 @@ def test_tls_allows_any_address(tmp_path: Path) -> None:
     assert s.tls and s.own_origin == "https://0.0.0.0:8443"
 
 
-def test_summary_hides_redis_password() -> None:
-    s = Settings(redis="redis://user:secret@db:6379/0")
-    assert "secret" not in str(s.summary())
+def test_summary_hides_redis_password_and_turn_secret() -> None:
+    s = Settings(redis="redis://user:hunter2@db:6379/0", turn_secret="sesame")
+    summary = str(s.summary())
+    assert "hunter2" not in summary and "sesame" not in summary
