@@ -211,3 +211,42 @@ def set_stream_id(sender: RTCRtpSender, stream_id: str, track_id: str) -> None:
     """Set the `msid` a sender announces (browsers sync audio and video of one stream)."""
     sender._stream_id = stream_id
     sender._track_id = track_id
+
+
+class CodecGuard:
+    """Counts every encoder and decoder aiortc creates in this process.
+
+    An SFU node must never create one on the live path (it forwards encoded media): the count is
+    exported as a metric that stays at 0, and tests assert it while a room runs.
+    """
+
+    def __init__(self) -> None:
+        self.encoders = 0
+        self.decoders = 0
+        self._installed = False
+
+    def install(self) -> None:
+        """Wrap the factories aiortc's sender and receiver modules call (idempotent)."""
+        if self._installed:
+            return
+        import aiortc.rtcrtpreceiver as receiver_module
+        import aiortc.rtcrtpsender as sender_module
+
+        original_encoder = sender_module.get_encoder
+        original_decoder = receiver_module.get_decoder
+
+        def get_encoder(codec: Any) -> Any:
+            self.encoders += 1
+            return original_encoder(codec)
+
+        def get_decoder(codec: Any) -> Any:
+            self.decoders += 1
+            return original_decoder(codec)
+
+        sender_module.get_encoder = get_encoder
+        receiver_module.get_decoder = get_decoder
+        self._installed = True
+
+
+codec_guard = CodecGuard()
+"""The process's codec counter (installed by the MediaServer)."""

@@ -17,6 +17,7 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
+from .aiortc_hooks import codec_guard
 from .forwarder import PublishedTrack
 from .ice import IceSettings, install, server_ice_servers, uninstall
 from .session import MediaError, ParticipantMedia, bundle_configuration
@@ -121,7 +122,9 @@ class MediaServer:
         self.rooms: dict[str, MediaRoom] = {}
         self.participants: dict[str, ParticipantMedia] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0}
         install(settings.ice)
+        codec_guard.install()
 
     async def start(self) -> None:
         """Start the periodic RTCP work."""
@@ -173,6 +176,10 @@ class MediaServer:
         media = self.participants.pop(participant_id, None)
         if media is None:
             return
+        for track in media.tracks.values():
+            self._ended["forwarded"] += track.forwarded
+            self._ended["received"] += track.received
+            self._ended["retransmitted"] += track.retransmitted
         room = media.room
         room.participants.pop(participant_id, None)
         await media.close()
@@ -211,6 +218,22 @@ class MediaServer:
         media = self.participants.get(participant_id)
         if media is not None:
             media.set_muted(kind, muted)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the node's metrics (totals since start)."""
+        tracks = [t for m in self.participants.values() for t in m.tracks.values()]
+        return {
+            "rooms": len(self.rooms),
+            "participants": len(self.participants),
+            "published_tracks": len(tracks),
+            "received_packets": self._ended["received"] + sum(t.received for t in tracks),
+            "forwarded_packets": self._ended["forwarded"] + sum(t.forwarded for t in tracks),
+            "retransmitted_packets": self._ended["retransmitted"]
+            + sum(t.retransmitted for t in tracks),
+            "dropped_packets": sum(m.dropped for m in self.participants.values()),
+            "codec_encoders_created": codec_guard.encoders,
+            "codec_decoders_created": codec_guard.decoders,
+        }
 
     def _check_sdp(self, sdp: str) -> None:
         if len(sdp.encode()) > self.settings.max_sdp_bytes:

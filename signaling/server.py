@@ -44,7 +44,7 @@ from .logs import scrub
 from .policy import Policy, RoomScope
 from .ratelimit import TokenBucket, WindowCounter
 from .rooms import Rooms, room_scope, room_state
-from .settings import Settings
+from .settings import Settings, is_loopback
 from .state import Revocation, RoomRecord, StateStore, open_store
 from .tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
 
@@ -468,6 +468,28 @@ async def read_audit(request: web.Request) -> web.Response:
     return web.json_response({"entries": entries})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text metrics: from loopback, or with `Authorization: Bearer <metrics_token>`."""
+    node = request.app[NODE]
+    token = node.settings.metrics_token
+    given = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    local = is_loopback(request.remote or "")
+    if not (local or (token and secrets.compare_digest(given.encode(), token.encode()))):
+        raise PolicyDenied("metrics are served to loopback or with the metrics token")
+    values: dict[str, float] = {
+        "consilium_ready": 1.0 if node.ready else 0.0,
+        "consilium_connections": float(len(node.rooms.connections)),
+        "consilium_rooms_on_node": float(len(node.rooms.by_room)),
+        "consilium_pending_connections": float(node.pending),
+        "consilium_audit_entries": float(node.audit.count),
+    }
+    if node.rooms.media is not None:
+        for name, value in node.rooms.media.stats().items():
+            values[f"consilium_sfu_{name}"] = float(value)
+    lines = [f"{name} {value:g}" for name, value in sorted(values.items())]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 async def api_not_found(request: web.Request) -> web.Response:
     """Unknown API paths get a JSON 404, not an HTML page."""
     raise NotFound(f"no such API endpoint: {request.method} {request.path}")
@@ -720,6 +742,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ws", signalling)
     app.router.add_get("/api/info", api_info)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/rooms", create_room)
     app.router.add_get("/api/rooms/{room}", get_room)
     app.router.add_post("/api/revocations", create_revocation)

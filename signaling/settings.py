@@ -114,6 +114,9 @@ class Settings:
     audit_fsync: bool = False
     """fsync the audit log after every entry (slower; checkpoints are always fsynced)."""
 
+    metrics_token: str | None = None
+    """Bearer token for `GET /metrics` from other hosts (loopback needs none)."""
+
     log_level: str = "info"
     """debug, info, warning or error. Logs are JSON lines on stderr and never hold a token."""
 
@@ -190,7 +193,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis" and value:
                 value = _redact_url(value)
-            if f.name == "turn_secret" and value:
+            if f.name in ("turn_secret", "metrics_token") and value:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out

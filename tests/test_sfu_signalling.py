@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,39 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from sfu.client import MediaClient
+from signaling.devidp import DevelopmentIdP
+from tests.fixtures.media import Participant, join_over_ws
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
-
-
-class Participant:
-    """A participant joined over the WebSocket, with its media client."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, joined: dict[str, Any]) -> None:
-        self.ws = ws
-        self.joined = joined
-        self.messages: list[dict[str, Any]] = []
-        self.client = MediaClient(self._send, [AudioStreamTrack(), VideoStreamTrack()])
-        self.reader = asyncio.ensure_future(self._read())
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.ws.send_json(message)
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            data = json.loads(msg.data)
-            self.messages.append(data)
-            if data["type"] in ("offer", "answer", "tracks"):
-                await self.client.handle(data)
-
-    async def close(self) -> None:
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
-        await self.client.close()
 
 
 @pytest.fixture
@@ -106,3 +76,35 @@ async def test_bad_sdp_is_a_recoverable_error(media_node: RunningNode) -> None:
     await ws.send_json({"type": "ping", "id": 1})
     while reply["type"] != "pong":
         reply = json.loads((await ws.receive(timeout=5)).data)
+
+
+async def test_four_party_room_runs_without_any_codec_on_the_server(
+    serve_process: Any, tmp_path: Path, loopback_ice: None
+) -> None:
+    """The SFU forwards encoded media: while a 4-party room runs, the server process creates
+    no encoder and no decoder (its codec factories are counted and exported as metrics)."""
+    serve = serve_process(env={"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"})
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    async with aiohttp.ClientSession() as http:
+        people = []
+        try:
+            for i in range(4):
+                token = idp.mint(sub=f"dr-{i}", role="chair", depts=["cardiology"], rooms=["mdt"])
+                people.append(await join_over_ws(http, serve.url, token, "mdt"))
+
+            def everyone_sees_everyone() -> bool:
+                return all(
+                    sum(1 for t in p.client.stats.tracks.values()
+                        if t.kind == "video" and t.frames > 5) == 3
+                    for p in people
+                )  # fmt: skip
+
+            await eventually(everyone_sees_everyone, timeout=40)
+            async with http.get(serve.url + "/metrics") as r:
+                metrics = dict(line.split(" ") for line in (await r.text()).splitlines())
+        finally:
+            for p in people:
+                await p.close()
+    assert float(metrics["consilium_sfu_forwarded_packets"]) > 100
+    assert float(metrics["consilium_sfu_codec_encoders_created"]) == 0
+    assert float(metrics["consilium_sfu_codec_decoders_created"]) == 0
