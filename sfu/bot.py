@@ -18,7 +18,7 @@ folder and returns something with `DevelopmentIdP.mint`'s signature, that is
 
 This module imports only the standard library at load time: `consilium` builds every
 subcommand's parser at each start, and aiortc, PyAV and aiohttp together take a third of a second
-to import. They are imported when a bot runs (`_media_modules`).
+to import. They are imported inside the functions that run a bot.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import ssl
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import aiohttp
-    from aiortc import MediaStreamTrack
+    from aiortc import MediaStreamTrack, RTCPeerConnection
 
     from .client import MediaClient
 
@@ -161,8 +161,7 @@ class BotReport:
     def summary(self) -> str:
         """One line for a person to read."""
         if not self.ok:
-            code = f" (close code {self.close_code})" if self.close_code is not None else ""
-            return f"{self.bot}: FAILED: {self.error}{code}"
+            return f"{self.bot}: FAILED: {self.error}"
         rtt = f", ping {statistics.mean(self.ping_rtt_ms):.1f} ms" if self.ping_rtt_ms else ""
         jitter = max((t.jitter_ms for t in self.tracks), default=0.0)
         return (
@@ -223,7 +222,7 @@ class Bot:
     async def run(
         self, seconds: float | None = None, stop: asyncio.Event | None = None
     ) -> BotReport:
-        """Join, stay `seconds` (or until `stop` is set, or a failure), leave; the report."""
+        """Join, stay until `seconds` after the start (or `stop`, or a failure), leave; report."""
         import aiohttp
 
         done = self._done = asyncio.Event()
@@ -260,7 +259,7 @@ class Bot:
 
     # -- signalling --------------------------------------------------------------------------
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.append(task)
         return task
@@ -292,6 +291,8 @@ class Bot:
         while True:
             message = await ws.receive()
             if message.type == aiohttp.WSMsgType.TEXT:
+                # Handled one at a time, in order: a subscribe offer is answered before the next
+                # one is applied, as the SFU expects.
                 try:
                     await self._dispatch(json.loads(message.data))
                 except BotFailure as exc:
@@ -390,7 +391,6 @@ class Bot:
     def _media_client(self, ice_servers: list[dict[str, Any]]) -> MediaClient:
         from aiortc import RTCIceServer
 
-        from . import aiortc_hooks
         from .client import MediaClient
         from .testsource import ReplayAudioTrack, ReplayVideoTrack
 
@@ -403,16 +403,18 @@ class Bot:
         client = MediaClient(
             self._send, self._local_tracks, ice_servers=servers, decode=self.settings.decode
         )
-        if not self.settings.decode:
-            # MediaClient(decode=False) only stops reading the tracks: aiortc would still decode
-            # every frame in its receiver thread and queue it. Started without that thread, the
-            # receivers still count packets, send reports and ask for retransmissions.
-            def skip_decoder(_track: MediaStreamTrack) -> None:
-                for transceiver in client.subscribe_pc.getTransceivers():
-                    aiortc_hooks.bypass_receiver(transceiver.receiver, lambda _params: None)
-
-            client.subscribe_pc.on("track", skip_decoder)
+        for which, pc in (("publish", client.publish_pc), ("subscribe", client.subscribe_pc)):
+            pc.on("connectionstatechange", self._watch(which, pc))
         return client
+
+    def _watch(self, which: str, pc: RTCPeerConnection) -> Callable[[], None]:
+        """A connection-state handler that ends the run when a media session fails."""
+
+        def on_state() -> None:
+            if pc.connectionState == "failed" and not self._leaving:
+                self._fail(f"the {which} media session failed (ICE or DTLS)")
+
+        return on_state
 
     async def _publish(self, client: MediaClient) -> None:
         try:

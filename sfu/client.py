@@ -25,6 +25,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceServer
 
+from .aiortc_hooks import bypass_receiver
+
 log = logging.getLogger("consilium.sfu.client")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -128,6 +130,13 @@ class MediaClient:
                 received.participant_id = self.mid_owner.get(mid, "")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if not self.decode:
+            # Not reading the track is not enough: aiortc's receiver would still decode every
+            # frame in its thread and queue it. Started without that thread, the receiver still
+            # counts packets (getStats), sends reports and asks for retransmissions.
+            for candidate in self.subscribe_pc.getTransceivers():
+                if not candidate.receiver._RTCRtpReceiver__started:  # type: ignore[attr-defined]
+                    bypass_receiver(candidate.receiver, lambda _params: None)
         transceiver = next(
             (t for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track), None
         )

@@ -14,7 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sfu.bot import add_bot_parser
+
 from . import __version__
+from .devidp import DevelopmentIdP
 from .errors import ConfigError
 
 DEFAULT_DATA_DIR = "./consilium-data"
@@ -388,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     pshow = policy_sub.add_parser("show", help="validate and print a policy table")
     pshow.add_argument("--file", help="TOML policy file (default: the packaged one)")
     pshow.set_defaults(func=cmd_policy_show)
+
+    # The bot mints development tokens through this callable: sfu never imports signaling.
+    add_bot_parser(sub, mint=DevelopmentIdP.load_or_create)
     return parser
 
 

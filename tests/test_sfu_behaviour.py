@@ -1,0 +1,149 @@
+"""SFU behaviour with real aiortc peers: keyframes, data channels, leaving, churn, bad peers."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from typing import Any
+
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
+
+from sfu import aiortc_hooks as hooks
+from sfu.client import MediaClient
+from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
+from tests.fixtures.media import MediaHarness
+from tests.fixtures.servers import eventually
+
+
+def _count_plis(client: MediaClient) -> list[float]:
+    """Times at which the publisher's session received a PLI from the SFU."""
+    dtls = client.publish_pc.getTransceivers()[0].receiver.transport
+    original = dtls._handle_rtcp_data
+    seen: list[float] = []
+
+    async def counting(data: bytes) -> None:
+        for packet in RtcpPacket.parse(data):
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI:
+                seen.append(time.monotonic())
+        await original(data)
+
+    dtls._handle_rtcp_data = counting
+    return seen
+
+
+async def test_ten_subscribers_joining_at_once_cause_one_keyframe_request(
+    media: MediaHarness,
+) -> None:
+    publisher = await media.join("pub", [ReplayVideoTrack()])
+    plis = _count_plis(publisher)
+    await asyncio.sleep(1.0)
+    plis.clear()
+    subscribers = await asyncio.gather(*(media.join(f"s{i}", [], decode=False) for i in range(10)))
+    await eventually(
+        lambda: all(any(t.kind == "video" for t in s.stats.tracks.values()) for s in subscribers),
+        timeout=30,
+    )
+    track = next(iter(media.server.participants["pub"].tracks.values()))
+    await eventually(lambda: all(slot.started for slot in track.slots), timeout=20)
+    assert 1 <= len(plis) <= 3, f"{len(plis)} keyframe requests for 10 subscribers"
+
+
+async def test_data_channel_messages_are_relayed_by_label(media: MediaHarness) -> None:
+    a = await media.join("a", [ReplayAudioTrack()])
+    b = await media.join("b", [ReplayAudioTrack()])
+    c = await media.join("c", [])
+    await eventually(lambda: all(ch.readyState == "open" for ch in a.channels.values()), 10)
+    await eventually(lambda: all(ch.readyState == "open" for ch in b.channels.values()), 10)
+    await eventually(lambda: all(ch.readyState == "open" for ch in c.channels.values()), 10)
+    a.send_data("consilium-reliable", "hello from a")
+    await eventually(lambda: b.stats.data and c.stats.data, timeout=10)
+    assert b.stats.data == [{"from": "a", "data": "hello from a"}]
+    assert c.stats.data == b.stats.data and a.stats.data == []
+
+
+async def test_leaving_frees_the_slot_for_the_next_publisher(media: MediaHarness) -> None:
+    viewer = await media.join("viewer", [], decode=False)
+    await media.join("first", [ReplayAudioTrack()])
+    await eventually(lambda: viewer.mid_owner and "first" in viewer.mid_owner.values(), 20)
+    slots_before = len(media.server.participants["viewer"].slots)
+    await media.leave("first")
+    await eventually(lambda: not viewer.mid_owner, timeout=10)
+    await media.join("second", [ReplayAudioTrack()])
+    await eventually(lambda: "second" in viewer.mid_owner.values(), timeout=20)
+    assert len(media.server.participants["viewer"].slots) == slots_before == 1
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_churn_leaves_nothing_behind(media: MediaHarness) -> None:
+    viewer = await media.join("viewer", [], decode=False)
+    await media.join("warmup", [ReplayAudioTrack(), ReplayVideoTrack()])
+    await eventually(lambda: "warmup" in viewer.mid_owner.values(), timeout=20)
+    await asyncio.sleep(1.0)
+    await media.leave("warmup")
+    await asyncio.sleep(0.5)
+    gc.collect()
+    fds, tasks = _open_fds(), len(asyncio.all_tasks())
+    seconds = float(os.environ.get("CONSILIUM_SOAK_SECONDS", "8"))
+    deadline = time.monotonic() + seconds
+    cycle = 0
+    while time.monotonic() < deadline:
+        name = f"p{cycle}"
+        await media.join(name, [ReplayAudioTrack(), ReplayVideoTrack()])
+        await eventually(lambda n=name: n in viewer.mid_owner.values(), timeout=20)
+        await media.leave(name)
+        cycle += 1
+    await asyncio.sleep(1.0)
+    gc.collect()
+    server = media.server
+    assert set(server.participants) == {"viewer"}
+    assert len(server.participants["viewer"].slots) == 2, "slots are reused, not added"
+    assert _open_fds() <= fds + 2, "sockets or transports left behind"
+    leftover = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
+    assert len(leftover) <= tasks + 3, f"tasks left behind: {sorted(leftover)}"
+    assert cycle >= 2
+
+
+async def test_garbage_rtp_and_rtcp_floods_affect_nobody_else(media: MediaHarness) -> None:
+    await media.join("good", [ReplayAudioTrack()])
+    viewer = await media.join("viewer", [], decode=False)
+    bad = await media.join("bad", [ReplayAudioTrack()])
+    dtls = bad.publish_pc.getTransceivers()[0].sender.transport
+    await eventually(lambda: dtls.state == "connected", timeout=20)
+    for i in range(500):
+        # Garbage behind a valid SRTP envelope: wrong version, unknown SSRCs, truncated headers.
+        hooks.send_rtp(dtls, bytes([0x80, 0x60]) + os.urandom(10 + i % 50))
+        hooks.send_rtp(dtls, bytes([0x80, 0x7F]) + i.to_bytes(2, "big") + os.urandom(40))
+    pli = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=2))
+    sub_dtls = viewer.subscribe_pc.getTransceivers()[0].receiver.transport
+    for _ in range(2000):
+        hooks.send_rtcp(sub_dtls, pli)
+    counter: dict[str, Any] = {"before": 0}
+
+    def good_track_packets() -> int:
+        track = next(iter(media.server.participants["good"].tracks.values()))
+        return track.forwarded
+
+    counter["before"] = good_track_packets()
+    await asyncio.sleep(1.0)
+    assert good_track_packets() > counter["before"] + 20, "others' media kept flowing"
+    assert media.server.participants["bad"].dropped >= 500
+    assert not [e for e in media.errors if e[0] != "bad"]
+
+
+async def test_oversized_or_foreign_sdp_is_refused(media: MediaHarness) -> None:
+    import pytest
+
+    from sfu.session import MediaError
+
+    await media.server.join("mdt-1", "x", frozenset({"publish_audio"}))
+    with pytest.raises(MediaError):
+        await media.server.offer("x", "publish", "v=0\r\n" + "a=x\r\n" * 30000 + "m=audio")
+    with pytest.raises(MediaError):
+        await media.server.offer("x", "subscribe", "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
+    with pytest.raises(MediaError):
+        await media.server.answer("x", "subscribe", "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
