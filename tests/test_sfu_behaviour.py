@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, unpack_remb_fci
 
 from sfu import aiortc_hooks as hooks
 from sfu.client import MediaClient
@@ -147,3 +147,43 @@ async def test_oversized_or_foreign_sdp_is_refused(media: MediaHarness) -> None:
         await media.server.offer("x", "subscribe", "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
     with pytest.raises(MediaError):
         await media.server.answer("x", "subscribe", "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
+
+
+async def test_subscriber_estimates_reach_the_publisher_as_remb(media: MediaHarness) -> None:
+    publisher = await media.join("pub", [ReplayVideoTrack()])
+    dtls = publisher.publish_pc.getTransceivers()[0].receiver.transport
+    original = dtls._handle_rtcp_data
+    rembs: list[int] = []
+
+    async def counting(data: bytes) -> None:
+        for packet in RtcpPacket.parse(data):
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == 15:
+                rembs.append(unpack_remb_fci(packet.fci)[0])
+        await original(data)
+
+    dtls._handle_rtcp_data = counting
+    await media.join("viewer", [], decode=False)
+    await eventually(lambda: rembs, timeout=20)
+    assert 150_000 <= rembs[-1] <= 4_000_000
+
+
+async def test_participant_whose_network_dies_is_dropped_after_ice_timeout(
+    media: MediaHarness, monkeypatch: Any
+) -> None:
+    import aioice.ice
+
+    # RFC 7675 consent freshness: 6 missed checks. Checks every 0.2 s instead of 5 s here.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    await media.join("stays", [ReplayAudioTrack()])
+    gone = await media.join("gone", [ReplayAudioTrack()])
+    await eventually(lambda: gone.publish_pc.connectionState == "connected", timeout=20)
+    await eventually(lambda: "gone" in media.server.participants, timeout=5)
+    # The network dies: the client's sockets vanish without a word (no DTLS close, no BYE).
+    for pc in (gone.publish_pc, gone.subscribe_pc):
+        for transceiver in pc.getTransceivers():
+            for protocol in transceiver.receiver.transport.transport._connection._protocols:
+                protocol.transport.close()
+    await eventually(lambda: "gone" not in media.server.participants, timeout=10)
+    assert "stays" in media.server.participants
+    assert ("gone", "media_failed") in {(p, e["code"]) for p, e in media.errors}
+    media.clients.pop("gone")

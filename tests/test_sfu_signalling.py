@@ -108,3 +108,23 @@ async def test_four_party_room_runs_without_any_codec_on_the_server(
     assert float(metrics["consilium_sfu_forwarded_packets"]) > 100
     assert float(metrics["consilium_sfu_codec_encoders_created"]) == 0
     assert float(metrics["consilium_sfu_codec_decoders_created"]) == 0
+
+
+async def test_removed_participant_media_stops_within_a_second(media_node: RunningNode) -> None:
+    chair = await _join(media_node, "dr-chair")
+    spec = await _join(media_node, "dr-spec", "specialist")
+    try:
+        await eventually(lambda: chair.client.stats.frames("audio") > 5, timeout=20)
+        await chair.ws.send_json(
+            {"type": "remove", "participant_id": spec.joined["participant_id"]}
+        )
+        assert media_node.node is not None and media_node.node.rooms.media is not None
+        sfu = media_node.node.rooms.media
+        await eventually(lambda: spec.joined["participant_id"] not in sfu.participants, 1.0)
+        await asyncio.sleep(0.3)
+        before = chair.client.stats.frames("audio")
+        await asyncio.sleep(1.0)
+        assert chair.client.stats.frames("audio") == before
+    finally:
+        await chair.close()
+        await spec.close()
