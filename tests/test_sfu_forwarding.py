@@ -18,3 +18,21 @@ async def test_two_participants_see_and_hear_each_other(media: MediaHarness) -> 
     widths = {t.width for t in b.stats.tracks.values() if t.kind == "video"}
     assert widths == {640}
     assert not media.errors
+
+
+async def test_h264_room_forwards_h264(loopback_ice: None) -> None:
+    from sfu.ice import IceSettings
+    from sfu.room import MediaSettings
+    from tests.fixtures.media import MediaHarness as Harness
+
+    media = Harness(MediaSettings(video_codecs=("H264",),
+                                  ice=IceSettings(host_addresses=("127.0.0.1",))))  # fmt: skip
+    await media.server.start()
+    try:
+        await media.join("a", [VideoStreamTrack()])
+        b = await media.join("b", [])
+        await eventually(lambda: b.stats.frames("video") > 5, timeout=30)
+        track = next(iter(media.server.participants["a"].tracks.values()))
+        assert track.info.codec.upper() == "VIDEO/H264"
+    finally:
+        await media.close()
