@@ -10,6 +10,7 @@ transceivers, so it renegotiates only when it needs more of them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -289,8 +290,8 @@ class ParticipantMedia:
         slot = OutboundSlot(
             subscriber_id=self.participant_id,
             kind=kind,
-            send_rtp=lambda data: hooks.send_rtp(dtls, data),
-            send_rtcp=lambda data: hooks.send_rtcp(dtls, data),
+            send_rtp=functools.partial(hooks.send_rtp, dtls),
+            send_rtcp=functools.partial(hooks.send_rtcp, dtls),
         )
         hooks.bypass_sender(
             transceiver.sender,
