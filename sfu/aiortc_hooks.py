@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pylibsrtp
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
@@ -48,11 +50,35 @@ def hook_transport(
 ) -> None:
     """Route a DTLS transport's decrypted RTP and RTCP to the forwarder, as bytes.
 
-    The handlers must not raise: an exception here would end aiortc's receive loop silently.
+    Two hooks: the ICE connection's `data_received` handles SRTP/SRTCP synchronously, in the
+    socket's callback, once DTLS is up (no asyncio.Queue hand-off, no coroutine per packet);
+    aiortc's own `_handle_rtp_data` / `_handle_rtcp_data` are replaced too, for whatever still
+    takes aiortc's path. The handlers must not raise: an exception inside aiortc's receive loop
+    would end it silently, so both hooks log and drop instead.
     """
+    connection = dtls.transport._connection
+    original_data_received = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        # Hot path, per received packet: watched by bench/forwarding.py.
+        if data and 127 < data[0] < 192 and dtls._state is State.CONNECTED:
+            session = dtls._rx_srtp
+            try:
+                if 191 < data[1] < 224:
+                    if on_rtcp is not None:
+                        on_rtcp(session.unprotect_rtcp(data))
+                elif on_rtp is not None:
+                    on_rtp(session.unprotect(data), time.monotonic_ns() // 1_000_000)
+            except pylibsrtp.Error:
+                pass  # not ours, replayed or tampered: SRTP refuses it
+            except Exception:
+                log.exception("media handler failed; packet dropped")
+            return
+        original_data_received(data, component)
+
+    connection.data_received = data_received  # type: ignore[method-assign]
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-        # Hot path, per received packet: watched by bench/forwarding.py.
         if on_rtp is not None:
             try:
                 on_rtp(data, arrival_time_ms)
@@ -158,13 +184,32 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
     return list(transceiver._codecs)
 
 
+def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
+    """A function that SRTP-protects and sends one RTP packet on `dtls` now (False when it
+    cannot send). The ICE route is looked up once per nominated pair, not per packet."""
+    nominated = dtls.transport._connection._nominated
+    route: list[Any] = [None, None, None, None]  # pair, protect, sendto, remote address
+
+    def send(data: bytes) -> bool:
+        # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
+        if dtls._state is not State.CONNECTED:
+            return False
+        pair = nominated.get(1)
+        if pair is not route[0]:
+            if pair is None:
+                return False
+            route[:] = [pair, dtls._tx_srtp.protect, *_route(pair)]
+        route[2](route[1](data), route[3])
+        return True
+
+    return send
+
+
 def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
     """SRTP-protect and send one RTP packet now; False when the transport cannot send."""
-    # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
     if dtls._state is not State.CONNECTED:
         return False
-    protected = dtls._tx_srtp.protect(data)
-    return _sendto(dtls, protected)
+    return _sendto(dtls, dtls._tx_srtp.protect(data))
 
 
 def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
@@ -174,17 +219,21 @@ def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
     return _sendto(dtls, dtls._tx_srtp.protect_rtcp(data))
 
 
+def _route(pair: Any) -> tuple[Callable[[bytes, Any], Any], Any]:
+    """How to send on a nominated pair: the datagram transport's sendto, or (TURN) a task."""
+    protocol = pair.protocol
+    address = pair.remote_addr
+    if isinstance(protocol, StunProtocol):
+        return protocol.transport.sendto, address
+    return (lambda data, addr: _spawn(protocol.send_data(data, addr))), address
+
+
 def _sendto(dtls: RTCDtlsTransport, data: bytes) -> bool:
-    connection = dtls.transport._connection
-    pair = connection._nominated.get(1)
+    pair = dtls.transport._connection._nominated.get(1)
     if pair is None:
         return False
-    protocol = pair.protocol
-    if isinstance(protocol, StunProtocol):
-        protocol.transport.sendto(data, pair.remote_addr)
-        return True
-    # A relayed (TURN) pair sends through its allocation, which is a coroutine.
-    _spawn(protocol.send_data(data, pair.remote_addr))
+    sendto, address = _route(pair)
+    sendto(data, address)
     return True
 
 

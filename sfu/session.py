@@ -290,7 +290,7 @@ class ParticipantMedia:
         slot = OutboundSlot(
             subscriber_id=self.participant_id,
             kind=kind,
-            send_rtp=functools.partial(hooks.send_rtp, dtls),
+            send_rtp=hooks.rtp_sender(dtls),
             send_rtcp=functools.partial(hooks.send_rtcp, dtls),
         )
         hooks.bypass_sender(

@@ -87,7 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "  Not for patient data. Set CONSILIUM_JWKS (or CONSILIUM_OIDC_ISSUER) and "
             "CONSILIUM_JWT_ISSUER to use the hospital identity provider.\n"
             "  Mint a token:  consilium token --data-dir "
-            f"{settings.data_dir} --sub dr-li --role chair --dept cardiology --room mdt-1",
+            f"{settings.data_dir} --sub dr-li --role chair --dept cardiology --room mdt-1\n"
+            "  Media test page (two tabs see each other): add --link "
+            f"{settings.own_origin} to that command and open the link it prints.",
             flush=True,
         )
     print(f"Open {url}", flush=True)
@@ -140,7 +142,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         if not rooms:
             print("error: --link needs --room", file=sys.stderr)
             return 2
-        print(f"{args.link.rstrip('/')}/join/{rooms[0]}#token={token}")
+        # The built-in media test page until the web client's /join/<room> page exists.
+        print(f"{args.link.rstrip('/')}/test.html#token={token}&room={rooms[0]}")
     else:
         print(token)
     return 0
@@ -345,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--amr", action="append", help="authentication methods (default pwd,otp)")
     token.add_argument("--no-mfa", action="store_true", help="leave out the second factor")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    token.add_argument("--link", metavar="URL", help="print a join link on this server instead")
+    token.add_argument(
+        "--link", metavar="URL", help="print a link to the media test page on this server instead"
+    )
     token.set_defaults(func=cmd_token)
 
     audit = sub.add_parser("audit", help="verify or read the tamper-evident audit log")

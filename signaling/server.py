@@ -486,7 +486,12 @@ async def metrics(request: web.Request) -> web.Response:
     if node.rooms.media is not None:
         for name, value in node.rooms.media.stats().items():
             values[f"consilium_sfu_{name}"] = float(value)
-    lines = [f"{name} {value:g}" for name, value in sorted(values.items())]
+    # Counters are integers: printed whole, never in exponent form (Prometheus reads both, but
+    # "1.23457e+06" would lose precision).
+    lines = [
+        f"{name} {int(value) if value.is_integer() else value}"
+        for name, value in sorted(values.items())
+    ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 

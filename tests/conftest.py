@@ -1,3 +1,8 @@
 """Shared fixtures: a real redis-server, in-process nodes and real `consilium serve` processes."""
 
-pytest_plugins = ["tests.fixtures.redis_server", "tests.fixtures.servers", "tests.fixtures.media"]
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.servers",
+    "tests.fixtures.media",
+    "tests.fixtures.browser",
+]

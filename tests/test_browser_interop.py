@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     # Types only: importing the module here would register it before pytest can rewrite it.
     from tests.fixtures.browser import BrowserTab, OpenTab
 
-pytest_plugins = ["tests.fixtures.browser"]
 
 ROOM = "interop"
 SCREENSHOTS = REPO / "test-output" / "browser"
