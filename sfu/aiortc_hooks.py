@@ -36,6 +36,8 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+from pylibsrtp._binding import ffi as _ffi
+from pylibsrtp._binding import lib as _lib
 
 log = logging.getLogger("consilium.sfu.hooks")
 
@@ -198,11 +200,37 @@ def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         if pair is not route[0]:
             if pair is None:
                 return False
-            route[:] = [pair, dtls._tx_srtp.protect, *_route(pair)]
+            route[:] = [pair, srtp_protector(dtls._tx_srtp), *_route(pair)]
         route[2](route[1](data), route[3])
         return True
 
     return send
+
+
+def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """`session.protect` without pylibsrtp's per-call allocation (same libsrtp call, same
+    buffer; measured at about a third of the wrapper's cost per packet)."""
+    # Hold the session's own cdata (not just the raw pointer): it frees libsrtp's context when
+    # garbage-collected, so the closure must keep it alive.
+    srtp = session._srtp
+    cdata = session._cdata
+    buffer = session._buffer
+    limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+    length = _ffi.new("int *")
+    protect = _lib.srtp_protect
+
+    def protect_packet(data: bytes) -> bytes:
+        size = len(data)
+        if size > limit:
+            raise ValueError("packet is too long")
+        length[0] = size
+        buffer[0:size] = data
+        status = protect(srtp[0], cdata, length)
+        if status:
+            raise pylibsrtp.Error(f"srtp_protect failed: {status}")
+        return buffer[0 : length[0]]
+
+    return protect_packet
 
 
 def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
