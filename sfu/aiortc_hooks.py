@@ -79,6 +79,9 @@ def hook_transport(
         original_data_received(data, component)
 
     connection.data_received = data_received  # type: ignore[method-assign]
+    # The socket callback hands SRTP straight here, before aioice tries to parse it as STUN.
+    connection._consilium_media = data_received  # type: ignore[attr-defined]
+    _install_datagram_shortcut()
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         if on_rtp is not None:
@@ -96,6 +99,27 @@ def hook_transport(
 
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+_stun_datagram_received = StunProtocol.datagram_received
+
+
+def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
+    # Hot path, per received datagram: watched by bench/forwarding.py. SRTP/SRTCP (first byte
+    # 128-191) can never be STUN (first two bits zero), so skip aioice's failed STUN parse.
+    if data and 127 < data[0] < 192:  # type: ignore[operator]
+        media = getattr(self.receiver, "_consilium_media", None)
+        if media is not None:
+            media(data, 1)
+            return
+    _stun_datagram_received(self, data, addr)
+
+
+def _install_datagram_shortcut() -> None:
+    """Route SRTP datagrams of hooked connections past the STUN parser (process-wide, once;
+    connections that are not hooked take aioice's path unchanged)."""
+    if StunProtocol.datagram_received is not _datagram_received:
+        StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
 
 def bypass_receiver(
