@@ -557,6 +557,22 @@ def verify_log(directory: Path, public_key: Ed25519PublicKey) -> VerifyReport:
     return VerifyReport(True, expected_seq, len(checkpoints), None, detail, unsigned)
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO-8601 time with a zone (`2026-11-25T10:00:00Z`) for the entry filters.
+
+    ValueError says what is wrong; the CLI and the REST API each turn it into their own error.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError("a time needs a zone, e.g. 2026-11-25T10:00:00Z")
+    return parsed
+
+
 def iter_entries(
     directory: Path,
     *,

@@ -175,15 +175,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
+    from .audit import parse_time
+
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"not an ISO-8601 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise UsageError("times need a zone, e.g. 2026-11-25T10:00:00Z")
-    return parsed
+        return parse_time(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from sfu.room import MediaServer, MediaSettings
 
 from . import __version__
 from . import protocol as p
-from .audit import AuditLog, generate_audit_key, iter_entries
+from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
 from .connection import Connection, ConsiliumWebSocket
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from .errors import (
@@ -429,15 +429,10 @@ async def list_revocations(request: web.Request) -> web.Response:
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadMessage(f"{name} must be an ISO-8601 time") from None
-    if parsed.tzinfo is None:
-        raise BadMessage(f"{name} must include a time zone (e.g. 'Z')")
-    return parsed
+        return parse_time(value)
+    except ValueError as exc:
+        raise BadMessage(f"{name}: {exc}") from None
 
 
 async def read_audit(request: web.Request) -> web.Response:
