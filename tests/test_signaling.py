@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -450,3 +451,20 @@ async def test_sweep_drops_a_revoked_connection_whose_event_was_missed(
                    expires_at=None)
     )  # fmt: skip
     assert await close_code(ws, timeout=3) == 4401
+
+
+async def test_joined_hands_out_stun_and_time_limited_turn_credentials(tmp_path: Path) -> None:
+    settings = node_settings(
+        tmp_path / "d",
+        stun_urls=["stun:turn.hospital.test:3478"],
+        turn_urls=["turn:turn.hospital.test:3478?transport=udp"],
+        turn_secret="coturn-secret",
+    )
+    async with running_node(settings) as node:
+        _, joined = await node.join("dr-chair", "chair")
+    servers = joined["ice_servers"]
+    assert {"urls": ["stun:turn.hospital.test:3478"]} in servers
+    turn = next(s for s in servers if "username" in s)
+    expiry, _, user = turn["username"].partition(":")
+    assert user == "dr-chair" and int(expiry) > time.time() + 3600
+    assert turn["credential"] and turn["credential"] != "coturn-secret"
