@@ -276,7 +276,25 @@ def _route(pair: Any) -> tuple[Callable[[bytes, Any], Any], Any]:
     protocol = pair.protocol
     address = pair.remote_addr
     if isinstance(protocol, StunProtocol):
-        return protocol.transport.sendto, address
+        transport = protocol.transport
+        sock = getattr(transport, "_sock", None)
+        if sock is None:
+            return transport.sendto, address
+
+        def sendto(data: bytes, addr: Any) -> None:
+            # The socket itself while the kernel takes the datagram (skipping asyncio's checks);
+            # asyncio's transport, which buffers, when it would block or has a backlog.
+            if transport._buffer:  # type: ignore[attr-defined]
+                transport.sendto(data, addr)
+                return
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                transport.sendto(data, addr)
+            except OSError:
+                pass  # e.g. ICMP unreachable: like asyncio's transport, drop this datagram
+
+        return sendto, address
     return (lambda data, addr: _spawn(protocol.send_data(data, addr))), address
 
 
