@@ -52,6 +52,7 @@ class Connection:
         "closing",
         "identity",
         "max_outbox",
+        "media_node",
         "outbox",
         "participant_id",
         "peer",
@@ -75,6 +76,8 @@ class Connection:
         self.participant_id: str = ""
         self.permissions: frozenset[str] = frozenset()
         self.waiting_reason: str = ""
+        self.media_node: str = ""
+        """The node hosting this participant's media (empty: no media)."""
         # Created at the first message: most participants idle with nothing queued.
         self.outbox: deque[str] | None = None
         self.writer: asyncio.Task[Any] | None = None

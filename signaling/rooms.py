@@ -8,6 +8,7 @@ as an event through `StateStore.publish`, and every node (this one included) app
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -37,6 +38,10 @@ from .state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, Sta
 from .tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
+
+MEDIA_CLAIM_TTL_S = 30.0
+"""How long a node's claim on a room's media lasts unless refreshed (a dead node's rooms
+move to the next node that needs them after this)."""
 
 # Actions a client message needs, checked against the permissions computed at join.
 _MESSAGE_ACTIONS: dict[type[p.Message], str] = {
@@ -104,6 +109,8 @@ class Rooms:
         self.audit = audit
         self.media = media
         """The node's SFU (None: signalling only)."""
+        self.media_guests: dict[str, str] = {}
+        """Participants whose media this node hosts for another node: id → their node."""
         self.ice_servers = ice_servers or (lambda identity: [])
         self.connections: dict[str, Connection] = {}
         """This node's connections by participant id (joined and waiting)."""
@@ -308,13 +315,19 @@ class Rooms:
             room.room_id, p.ParticipantJoined(participant_info(record)), exclude=conn.participant_id
         )
         if self.media is not None:
-            await self.media.join(
-                room.room_id,
-                conn.participant_id,
-                conn.permissions,
-                audio_muted=record.audio_muted,
-                video_muted=record.video_muted,
-                user=identity.sub,
+            conn.media_node = await self.store.claim_media_node(
+                room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
+            )
+            await self._media_call(
+                conn,
+                {
+                    "op": "join",
+                    "room": room.room_id,
+                    "permissions": sorted(conn.permissions),
+                    "audio_muted": record.audio_muted,
+                    "video_muted": record.video_muted,
+                    "user": identity.sub,
+                },
             )
         self.audit.append(
             "join",
@@ -378,26 +391,83 @@ class Rooms:
             await self._media_message(conn, msg)
 
     async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
-        """SDP and ICE for the participant's sessions with this node's SFU."""
-        request = _type_of(msg)
-        if self.media is None:
+        """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
+        if self.media is None or not conn.media_node:
+            request = _type_of(msg)
             conn.send(p.encode(p.Error("media_unavailable", "this node has no SFU", request)))
             return
+        if isinstance(msg, p.Candidate):
+            await self._media_call(conn, {"op": "candidate", "pc": msg.pc,
+                                          "candidate": msg.candidate, "sdp_mid": msg.sdp_mid,
+                                          "sdp_mline_index": msg.sdp_mline_index})  # fmt: skip
+        else:
+            await self._media_call(conn, {"op": _type_of(msg), "pc": msg.pc, "sdp": msg.sdp})
+
+    async def _media_call(self, conn: Connection, op: dict[str, Any]) -> None:
+        """Run a media operation on the node hosting the room's media: here, or over an event.
+
+        A room's media lives on one node (the first to claim it); a participant whose signalling
+        connection is on another node has its SDP and ICE relayed there, and connects its media
+        straight to that node (its ICE candidates are in that node's SDP).
+        """
+        op = {**op, "pid": conn.participant_id, "origin": self.store.node_id}
+        if conn.media_node == self.store.node_id:
+            await self._media_op(op)
+        else:
+            await self.store.publish({"k": "media", "node": conn.media_node, **op})
+
+    async def _media_op(self, op: dict[str, Any]) -> None:
+        """Carry out a media operation on this node's SFU (for a local or a remote participant)."""
+        media = self.media
+        if media is None:
+            return
+        pid, kind = op["pid"], op["op"]
         try:
-            if isinstance(msg, p.Offer):
-                sdp = await self.media.offer(conn.participant_id, msg.pc, msg.sdp)
-                conn.send(p.encode(p.Answer(sdp=sdp, pc=msg.pc)))
-            elif isinstance(msg, p.Answer):
-                await self.media.answer(conn.participant_id, msg.pc, msg.sdp)
-            else:
-                await self.media.candidate(
-                    conn.participant_id, msg.pc, msg.candidate, msg.sdp_mid, msg.sdp_mline_index
+            if kind == "join":
+                if op["origin"] != self.store.node_id:
+                    self.media_guests[pid] = op["origin"]
+                await media.join(
+                    op["room"], pid, frozenset(op["permissions"]),
+                    audio_muted=op["audio_muted"], video_muted=op["video_muted"], user=op["user"],
+                )  # fmt: skip
+            elif kind == "leave":
+                self.media_guests.pop(pid, None)
+                participant = media.participants.get(pid)
+                await media.leave(pid)
+                if participant is not None and participant.room.room_id not in media.rooms:
+                    await self.store.release_media_node(
+                        participant.room.room_id, self.store.node_id
+                    )
+            elif kind == "offer":
+                sdp = await media.offer(pid, op["pc"], op["sdp"])
+                self.media_notify(pid, {"type": "answer", "pc": op["pc"], "sdp": sdp})
+            elif kind == "answer":
+                await media.answer(pid, op["pc"], op["sdp"])
+            elif kind == "candidate":
+                await media.candidate(
+                    pid, op["pc"], op["candidate"], op["sdp_mid"], op["sdp_mline_index"]
                 )
+            elif kind == "mute":
+                media.set_muted(pid, op["kind"], op["muted"])
         except MediaError as exc:
-            conn.send(p.encode(p.Error("bad_media_request", _short(str(exc)), request)))
+            self.media_notify(pid, {"type": "error", "code": "bad_media_request",
+                                    "message": _short(str(exc)), "request": kind})  # fmt: skip
 
     def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
-        """The SFU has something for a participant of this node: send it as a protocol message."""
+        """The SFU has something for a participant: send it (through its node if elsewhere)."""
+        origin = self.media_guests.get(participant_id)
+        if origin is not None:
+            task = asyncio.get_running_loop().create_task(
+                self.store.publish(
+                    {"k": "media_out", "node": origin, "pid": participant_id, "msg": message}
+                )
+            )
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+            return
+        self._deliver_media(participant_id, message)
+
+    def _deliver_media(self, participant_id: str, message: dict[str, Any]) -> None:
         conn = self.connections.get(participant_id)
         if conn is None or conn.state is not ConnectionState.JOINED:
             return
@@ -405,6 +475,8 @@ class Rooms:
         out: p.Message
         if kind == "offer":
             out = p.Offer(sdp=message["sdp"], pc=message["pc"])
+        elif kind == "answer":
+            out = p.Answer(sdp=message["sdp"], pc=message["pc"])
         elif kind == "tracks":
             out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
         elif kind == "error":
@@ -412,6 +484,12 @@ class Rooms:
         else:
             return
         conn.send(p.encode(out))
+
+    async def refresh_media_claims(self) -> None:
+        """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
+        if self.media is not None:
+            for room_id in list(self.media.rooms):
+                await self.store.claim_media_node(room_id, self.store.node_id, MEDIA_CLAIM_TTL_S)
 
     async def _admit(self, chair: Connection, participant_id: str) -> None:
         record = await self.store.remove_from_lobby(chair.room_id, participant_id)
@@ -508,9 +586,11 @@ class Rooms:
         if msg.video_muted is not None:
             record.video_muted = msg.video_muted
         await self.store.update_participant(conn.room_id, record)
-        if self.media is not None:
-            self.media.set_muted(conn.participant_id, "audio", record.audio_muted)
-            self.media.set_muted(conn.participant_id, "video", record.video_muted)
+        if self.media is not None and conn.media_node:
+            await self._media_call(conn, {"op": "mute", "kind": "audio",
+                                          "muted": record.audio_muted})  # fmt: skip
+            await self._media_call(conn, {"op": "mute", "kind": "video",
+                                          "muted": record.video_muted})  # fmt: skip
         await self._broadcast(conn.room_id, p.ParticipantUpdated(participant_info(record)))
 
     async def _update_room(self, chair: Connection, msg: p.UpdateRoom) -> None:
@@ -555,8 +635,8 @@ class Rooms:
                     conn.room_id, p.LobbyLeft(conn.participant_id, "left"), to="admitters"
                 )
         else:
-            if self.media is not None:
-                await self.media.leave(conn.participant_id)
+            if self.media is not None and conn.media_node:
+                await self._media_call(conn, {"op": "leave"})
             if await self.store.remove_participant(conn.room_id, conn.participant_id) is None:
                 await self._close_room_if_done(conn.room_id)
                 return
@@ -657,10 +737,14 @@ class Rooms:
                         await self._drop(conn, 4401, "revoked")
             elif kind == "mute":
                 # The muted participant's node stops forwarding (within this event's delivery).
-                if self.media is not None and event["pid"] in self.connections:
+                if self.media is not None and event["pid"] in self.media.participants:
                     kinds = ("audio", "video") if event["kind"] == "both" else (event["kind"],)
                     for media_kind in kinds:
                         self.media.set_muted(event["pid"], media_kind, True)
+            elif kind == "media" and event["node"] == self.store.node_id:
+                await self._media_op(event)
+            elif kind == "media_out" and event["node"] == self.store.node_id:
+                self._deliver_media(event["pid"], event["msg"])
             elif kind == "room_opened":
                 await self._room_opened(str(event["room"]))
         except Exception:
@@ -730,6 +814,9 @@ class Rooms:
         """Close every local connection (at shutdown) and forget them in the shared state."""
         for conn in list(self.connections.values()):
             await self._drop(conn, code, reason)
+
+
+_pending: set[asyncio.Task[Any]] = set()
 
 
 def _short(text: str) -> str:

@@ -683,13 +683,18 @@ async def _load_trusted_keys(node: Node) -> None:
 
 
 async def _sweep_revocations(node: Node) -> None:
-    """Re-check live connections against the revocation list, for events a node missed."""
+    """Re-check live connections against the revocation list, for events a node missed; keep
+    this node's claims on the rooms whose media it hosts."""
+    last_claim = 0.0
     while True:
         await asyncio.sleep(node.settings.revocation_sweep_s)
         try:
             await node.rooms.sweep_revoked()
+            if time.monotonic() - last_claim > 10.0:
+                last_claim = time.monotonic()
+                await node.rooms.refresh_media_claims()
         except Exception:
-            log.exception("revocation sweep failed")
+            log.exception("periodic sweep failed")
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

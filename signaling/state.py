@@ -377,6 +377,18 @@ class StateStore(abc.ABC):
         before `close`.
         """
 
+    # which node hosts a room's media
+
+    @abc.abstractmethod
+    async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
+        """The node that hosts the room's media: `node_id` if nobody holds the room (or the
+        holder's claim expired) — the claim is then `node_id`'s for `ttl_s` — else the holder.
+        The holder calls it again to keep its claim."""
+
+    @abc.abstractmethod
+    async def release_media_node(self, room_id: str, node_id: str) -> None:
+        """Give up the claim on a room's media (only if `node_id` holds it)."""
+
     # events between nodes
 
     @abc.abstractmethod
@@ -520,6 +532,7 @@ class MemoryStore(StateStore):
         self._rooms: dict[str, RoomRecord] = {}
         self._participants: dict[str, dict[str, ParticipantRecord]] = {}
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
+        self._media_nodes: dict[str, tuple[str, float]] = {}
         self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -630,6 +643,19 @@ class MemoryStore(StateStore):
                 removed += len(held)
         return removed
 
+    async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
+        now = time.monotonic()
+        holder = self._media_nodes.get(room_id)
+        if holder is None or holder[1] < now or holder[0] == node_id:
+            self._media_nodes[room_id] = (node_id, now + ttl_s)
+            return node_id
+        return holder[0]
+
+    async def release_media_node(self, room_id: str, node_id: str) -> None:
+        holder = self._media_nodes.get(room_id)
+        if holder is not None and holder[0] == node_id:
+            del self._media_nodes[room_id]
+
     async def publish(self, event: dict[str, Any]) -> None:
         # The JSON round trip gives handlers their own copy and refuses what Redis would refuse.
         self._receive(json.loads(json.dumps(event)))
@@ -708,6 +734,25 @@ def _decode_participants(entries: Mapping[str, str]) -> list[ParticipantRecord]:
     return sorted(records, key=lambda p: (p.joined_at, p.participant_id))
 
 
+# A claim: take the key if free or already ours (refreshing its expiry); else name the holder.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return holder
+"""
+
+# Release a claim only if we hold it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisStore(StateStore):
     """State in Redis, shared by every node pointed at the same server and prefix.
 
@@ -738,6 +783,8 @@ class RedisStore(StateStore):
         self._pop_field = self._redis.register_script(_POP_FIELD)
         self._replace_field = self._redis.register_script(_REPLACE_FIELD)
         self._delete_if_unchanged = self._redis.register_script(_DELETE_IF_UNCHANGED)
+        self._claim_media = self._redis.register_script(_CLAIM)
+        self._delete_if_holder = self._redis.register_script(_RELEASE)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -937,6 +984,20 @@ class RedisStore(StateStore):
 
     def _entry_keys(self, room_id: str) -> tuple[str, str]:
         return self._participants_key(room_id), self._lobby_key(room_id)
+
+    # media nodes
+
+    async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
+        holder = await self._claim_media(
+            keys=[self._media_node_key(room_id)], args=[node_id, int(ttl_s * 1000)]
+        )
+        return str(holder)
+
+    async def release_media_node(self, room_id: str, node_id: str) -> None:
+        await self._delete_if_holder(keys=[self._media_node_key(room_id)], args=[node_id])
+
+    def _media_node_key(self, room_id: str) -> str:
+        return f"{self._room_key(room_id)}:media-node"
 
     # events
 

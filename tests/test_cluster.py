@@ -13,8 +13,10 @@ from typing import Any
 import aiohttp
 
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from tests.fixtures.media import join_over_ws
 from tests.fixtures.servers import (
     close_code,
+    eventually,
     free_port,
     next_message,
     node_settings,
@@ -133,3 +135,45 @@ async def test_redis_outage_refuses_joins_with_4500_then_recovers(tmp_path: Path
     finally:
         redis_proc.terminate()
         redis_proc.wait()
+
+
+async def test_media_of_a_room_spanning_two_nodes_flows_through_one_sfu(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None
+) -> None:
+    """Participants of one room whose signalling lands on different nodes exchange media: the
+    room's media lives on the first node that claimed it; the other node relays SDP/ICE."""
+    ice = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
+    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=ice)
+    idp = DevelopmentIdP.load_or_create(a.data_dir)
+    b = serve_process(
+        "--redis", redis_url, data_dir=tmp_path / "b",
+        env={**ice, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
+             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
+    )  # fmt: skip
+
+    def token(sub: str) -> str:
+        return idp.mint(sub=sub, role="chair", depts=["cardiology"], rooms=["span"])
+
+    async with aiohttp.ClientSession() as http:
+        first = await join_over_ws(http, a.url, token("dr-a"), "span")
+        second = await join_over_ws(http, b.url, token("dr-b"), "span")
+        try:
+            await eventually(
+                lambda: (
+                    first.client.stats.frames("video") > 5
+                    and second.client.stats.frames("video") > 5
+                ),
+                timeout=30,
+            )
+            metrics_a = await _metrics(http, a.url)
+            metrics_b = await _metrics(http, b.url)
+            assert metrics_a["consilium_sfu_participants"] == 2
+            assert metrics_b["consilium_sfu_participants"] == 0
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with http.get(url + "/metrics") as r:
+        return {k: float(v) for k, v in (line.split(" ") for line in (await r.text()).splitlines())}

@@ -515,3 +515,17 @@ def test_records_ignore_fields_from_a_newer_version() -> None:
     assert ParticipantRecord.from_dict({**p.to_dict(), "hand_raised": True}) == p
     with pytest.raises(ValueError):
         Revocation.from_dict({**revocation("sub", "x").to_dict(), "kind": "role"})
+
+
+async def test_one_node_claims_a_rooms_media_until_it_releases_or_expires(
+    store: StateStore,
+) -> None:
+    assert await store.claim_media_node("r", "node-a", 30) == "node-a"
+    assert await store.claim_media_node("r", "node-b", 30) == "node-a"
+    assert await store.claim_media_node("r", "node-a", 30) == "node-a", "refresh by the holder"
+    await store.release_media_node("r", "node-b")
+    assert await store.claim_media_node("r", "node-b", 30) == "node-a", "only the holder releases"
+    await store.release_media_node("r", "node-a")
+    assert await store.claim_media_node("r", "node-b", 0.2) == "node-b"
+    await asyncio.sleep(0.4)
+    assert await store.claim_media_node("r", "node-c", 30) == "node-c", "an expired claim is free"
