@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,12 +192,15 @@ class MediaServer:
             raise MediaError("no media session: join the room first")
         return media
 
-    async def offer(self, participant_id: str, which: str, sdp: str) -> str:
-        """A client's offer (only `publish` is client-offered); returns the answer."""
+    async def offer(
+        self, participant_id: str, which: str, sdp: str, *, screen: Sequence[str] = ()
+    ) -> str:
+        """A client's offer (only `publish` is client-offered); returns the answer. `screen`
+        names the media ids that carry a screen share."""
         if which != "publish":
             raise MediaError("only the publish session is offered by the client")
         self._check_sdp(sdp)
-        return await self._media(participant_id).publish_offer(sdp)
+        return await self._media(participant_id).publish_offer(sdp, screen=screen)
 
     async def answer(self, participant_id: str, which: str, sdp: str) -> None:
         """A client's answer (only `subscribe` is SFU-offered)."""

@@ -14,7 +14,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiortc import (
@@ -53,6 +53,21 @@ log = logging.getLogger("consilium.sfu.session")
 Notify = Callable[[dict[str, Any]], None]
 """Sends one signalling message (a dict with `type`) to this participant."""
 
+PERMISSION_OF_SOURCE = {
+    "microphone": "publish_audio",
+    "camera": "publish_video",
+    "screen": "share_screen",
+}
+"""The policy action each kind of published media needs."""
+
+
+def source_of(kind: str, screen: bool) -> str:
+    """What a published track is: microphone, camera or screen share."""
+    if kind == "audio":
+        return "microphone"
+    return "screen" if screen else "camera"
+
+
 DATA_LABELS = {"consilium-reliable": True, "consilium-lossy": False}
 """Data-channel labels the SFU relays, and whether each is reliable and ordered."""
 
@@ -90,6 +105,7 @@ class ParticipantMedia:
         self.closed = False
         self._configured_mids: set[str] = set()
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
+        self._screen_mids: set[str] = set()
         """Each slot's transceiver on the subscribe session, by id(slot)."""
         self._negotiating = False
         self._renegotiate = False
@@ -101,8 +117,10 @@ class ParticipantMedia:
 
     # -- publish session (the client offers) ---------------------------------------------------
 
-    async def publish_offer(self, sdp: str) -> str:
-        """Apply the client's publish offer; returns the SFU's answer."""
+    async def publish_offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
+        """Apply the client's publish offer; returns the SFU's answer. Video on the media ids in
+        `screen` is a screen share (`share_screen`), other video the camera (`publish_video`)."""
+        self._screen_mids.update(screen)
         pc = self.publish_pc
         if pc is None:
             pc = self.publish_pc = RTCPeerConnection(self.configuration)
@@ -134,12 +152,13 @@ class ParticipantMedia:
 
     def _configure_inbound(self, transceiver: RTCRtpTransceiver) -> None:
         kind = transceiver.kind
-        permission = "publish_audio" if kind == "audio" else "publish_video"
+        source = source_of(kind, str(transceiver.mid) in self._screen_mids)
+        permission = PERMISSION_OF_SOURCE[source]
         codec = self.room.choose_codec(kind, hooks.negotiated_codecs(transceiver))
         if permission not in self.permissions or codec is None:
             transceiver.direction = "inactive"
             reason = "not_allowed" if codec else "codec_unsupported"
-            self._error(reason, f"{kind} cannot be published here ({reason})", "offer")
+            self._error(reason, f"{source} cannot be published here ({reason})", "offer")
             return
         hooks.restrict_codecs(transceiver, codec)
         transceiver.direction = "recvonly"
@@ -173,6 +192,7 @@ class ParticipantMedia:
             codec=codec.mimeType,
             clock_rate=codec.clockRate,
             payload_type=codec.payloadType or 0,
+            source=source_of(transceiver.kind, mid in self._screen_mids),
         )
         dtls = hooks.transport_of(transceiver)
         track = PublishedTrack(
@@ -380,7 +400,8 @@ class ParticipantMedia:
                 continue
             info = slot.source.info
             tracks.append({"mid": transceiver.mid, "participant_id": info.participant_id,
-                           "kind": info.kind, "track_id": info.track_id})  # fmt: skip
+                           "kind": info.kind, "track_id": info.track_id,
+                           "source": info.source})  # fmt: skip
         self.notify({"type": "tracks", "tracks": tracks})
 
     def _on_subscriber_rtcp(self, data: bytes) -> None:

@@ -29,6 +29,8 @@ class TrackInfo:
     """RTP clock rate of the codec."""
     payload_type: int
     """Payload type of the packets as handed to the sink."""
+    source: str = "camera"
+    """`microphone`, `camera` or `screen`."""
 
 
 class MediaSink(Protocol):

@@ -113,6 +113,9 @@ class Offer(Message, tag="offer"):
 
     sdp: str
     pc: Literal["publish", "subscribe"] = "publish"
+    screen: list[str] = msgspec.field(default_factory=list)
+    """Media ids (`a=mid`) of the publish offer that carry a screen share (needs the
+    `share_screen` permission; other video is the camera, `publish_video`)."""
 
 
 class Answer(Message, tag="answer"):
@@ -251,6 +254,7 @@ class TrackInfo(msgspec.Struct):
     participant_id: str
     kind: Literal["audio", "video"]
     track_id: str
+    source: Literal["microphone", "camera", "screen"] = "camera"
 
 
 class Tracks(Message, tag="tracks"):

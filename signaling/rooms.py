@@ -401,7 +401,10 @@ class Rooms:
                                           "candidate": msg.candidate, "sdp_mid": msg.sdp_mid,
                                           "sdp_mline_index": msg.sdp_mline_index})  # fmt: skip
         else:
-            await self._media_call(conn, {"op": _type_of(msg), "pc": msg.pc, "sdp": msg.sdp})
+            op: dict[str, Any] = {"op": _type_of(msg), "pc": msg.pc, "sdp": msg.sdp}
+            if isinstance(msg, p.Offer):
+                op["screen"] = msg.screen[:8]
+            await self._media_call(conn, op)
 
     async def _media_call(self, conn: Connection, op: dict[str, Any]) -> None:
         """Run a media operation on the node hosting the room's media: here, or over an event.
@@ -439,7 +442,7 @@ class Rooms:
                         participant.room.room_id, self.store.node_id
                     )
             elif kind == "offer":
-                sdp = await media.offer(pid, op["pc"], op["sdp"])
+                sdp = await media.offer(pid, op["pc"], op["sdp"], screen=op.get("screen", ()))
                 self.media_notify(pid, {"type": "answer", "pc": op["pc"], "sdp": sdp})
             elif kind == "answer":
                 await media.answer(pid, op["pc"], op["sdp"])

@@ -187,3 +187,28 @@ async def test_participant_whose_network_dies_is_dropped_after_ice_timeout(
     assert "stays" in media.server.participants
     assert ("gone", "media_failed") in {(p, e["code"]) for p, e in media.errors}
     media.clients.pop("gone")
+
+
+async def test_screen_share_needs_share_screen_and_is_labelled(media: MediaHarness) -> None:
+    viewer = await media.join("viewer", [], decode=False)
+
+    async def publish_screen(participant_id: str, permissions: frozenset[str]) -> MediaClient:
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "offer":
+                sdp = await media.server.offer(participant_id, "publish", message["sdp"],
+                                               screen=["0"])  # fmt: skip
+                await client.handle({"type": "answer", "pc": "publish", "sdp": sdp})
+
+        client = MediaClient(send, [ReplayVideoTrack()])
+        media.clients[participant_id] = client
+        await media.server.join("mdt-1", participant_id, permissions)
+        await client.publish()
+        return client
+
+    await publish_screen("trainee", frozenset({"publish_video"}))
+    assert ("trainee", "not_allowed") in {(p, e["code"]) for p, e in media.errors}
+    await publish_screen("radiologist", frozenset({"publish_video", "share_screen"}))
+    await eventually(lambda: "radiologist" in viewer.mid_owner.values(), timeout=20)
+    track = next(iter(media.server.participants["radiologist"].tracks.values()))
+    assert track.info.source == "screen"
+    assert not media.server.participants["trainee"].tracks
