@@ -74,24 +74,23 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from process import ServerProcess, free_port, percentile_ms
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
 # bench/signaling.py shares its name with the package: run as `python bench/forwarding.py`, this
-# folder comes first on sys.path and `import signaling` would find that file.
+# folder comes first on sys.path and `import signaling` would find that file. (`process`, from
+# this folder, is imported above, before it goes.)
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -119,8 +118,6 @@ JOIN_TIMEOUT_S = 20.0
 """How long one join (or one publish) may take."""
 SENT_GENERATION = 8192
 """Video send stamps kept per publisher generation (two generations: about two minutes)."""
-CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-"""The unit of utime and stime in /proc/<pid>/stat."""
 
 
 @dataclass(frozen=True)
@@ -476,86 +473,15 @@ class RelayPeer(BenchPeer):
 # -- the servers ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """A server subprocess on a free loopback port, its output in a log file."""
-
-    name = "server"
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        with open(log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO
-            )
-
-    @property
-    def pid(self) -> int:
-        """The server's process id (the process measured)."""
-        return self.proc.pid
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until GET /healthz answers 200; RuntimeError if the process dies or stalls."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
-
-    def cpu_s(self) -> tuple[float, float]:
-        """(utime, stime) of the process, all its threads, in seconds (10 ms resolution)."""
-        return process_cpu_s(self.pid)
-
-    def rss_kib(self) -> int:
-        """Resident memory (VmRSS), in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        """SIGTERM, wait, SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def output(self) -> str:
-        """The end of what the server printed."""
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+class MediaServerProcess(ServerProcess):
+    """A server this bench measures: it also counts the RTP packets it sent."""
 
     async def sent_packets(self, http: aiohttp.ClientSession) -> float:
         """RTP packets the server has sent its subscribers so far."""
         raise NotImplementedError
 
 
-def process_cpu_s(pid: int) -> tuple[float, float]:
-    """(utime, stime) from /proc/<pid>/stat (fields 14 and 15), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) * CLOCK_TICK_S, int(fields[12]) * CLOCK_TICK_S
-
-
-class ServeProcess(ServerProcess):
+class ServeProcess(MediaServerProcess):
     """`consilium serve`, gathering on loopback, with join bounds opened for the run."""
 
     name = "consilium serve"
@@ -578,13 +504,8 @@ class ServeProcess(ServerProcess):
         super().__init__(
             [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
              "--data-dir", str(self.data_dir)],
-            env, workdir / "serve.log", port,
+            env, REPO, workdir / "serve.log", port,
         )  # fmt: skip
-
-    @property
-    def ws_url(self) -> str:
-        """The signalling WebSocket URL."""
-        return self.url.replace("http", "ws", 1) + "/ws"
 
     async def metrics(self, http: aiohttp.ClientSession) -> dict[str, float]:
         """GET /metrics (served to loopback without a token)."""
@@ -597,7 +518,7 @@ class ServeProcess(ServerProcess):
         return (await self.metrics(http))["consilium_sfu_forwarded_packets"]
 
 
-class RelayProcess(ServerProcess):
+class RelayProcess(MediaServerProcess):
     """The MediaRelay baseline: this file, run with `--baseline-server PORT`."""
 
     name = "MediaRelay baseline server"
@@ -606,7 +527,7 @@ class RelayProcess(ServerProcess):
         port = free_port()
         super().__init__(
             [sys.executable, str(Path(__file__).resolve()), "--baseline-server", str(port)],
-            dict(os.environ), workdir / "baseline.log", port,
+            dict(os.environ), REPO, workdir / "baseline.log", port,
         )  # fmt: skip
 
     async def sent_packets(self, http: aiohttp.ClientSession) -> float:
@@ -785,21 +706,13 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _percentile_ms(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0] * 1000, 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 2)
-
-
 def _client_cpu_s() -> float:
     times = os.times()
     return times.user + times.system
 
 
 async def counts(
-    http: aiohttp.ClientSession, server: ServerProcess, peers: list[BenchPeer]
+    http: aiohttp.ClientSession, server: MediaServerProcess, peers: list[BenchPeer]
 ) -> Counts:
     """Read every counter now: the clients' first, together, then the server's."""
     audience = {p.participant_id: _audience(p, peers) for p in peers if p.published is not None}
@@ -835,7 +748,7 @@ def _audience(publisher: BenchPeer, peers: list[BenchPeer]) -> int:
 
 async def measure(
     http: aiohttp.ClientSession,
-    server: ServerProcess,
+    server: MediaServerProcess,
     peers: list[BenchPeer],
     seconds: float,
     warm_up_timeout: float,
@@ -975,7 +888,7 @@ def result_line(
         "frame_ratio": None,
         "fwd_pkts_per_s": _round(ours.server_packets / ours.seconds, 1),
         "cpu_s_per_s": _round(ours.server_cpu_s / ours.seconds, 3),
-        "latency_p95_ms": _percentile_ms(ours.latencies, 95),
+        "latency_p95_ms": percentile_ms(ours.latencies, 95),
         "loss": _round(ours.loss, 4),
         "baseline_loss": None,
         "client_cpu_s_per_s": _round(ours.client_cpu_s / ours.seconds, 3),
@@ -988,7 +901,7 @@ def result_line(
         "forwarded_frames": ours.video_frames,
         "fwd_frames_per_s": _round(ours.video_frames / ours.seconds, 1),
         "frame_loss": _round(ours.frame_loss, 4),
-        "latency_p50_ms": _percentile_ms(ours.latencies, 50),
+        "latency_p50_ms": percentile_ms(ours.latencies, 50),
         "latency_samples": len(ours.latencies),
         "server_kernel_share": _round(_ratio(ours.server_system_s, ours.server_cpu_s), 3),
         "server_rss_mib": round(ours.server_rss_kib / 1024, 1),

@@ -33,14 +33,9 @@ import json
 import os
 import resource
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from process import ServerProcess, free_port, percentile_ms
 
 if TYPE_CHECKING:
     from signaling.devidp import DevelopmentIdP
@@ -56,7 +52,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
 # This file shares its name with the package it measures: run as `python bench/signaling.py`,
-# its own folder comes first on sys.path and `import signaling` would find this file.
+# its own folder comes first on sys.path and `import signaling` would find this file. (`process`,
+# from that folder, is imported above, before it goes.)
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -149,13 +146,6 @@ class Measurement:
 # -- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def raise_fd_limit() -> int:
     """Raise this process's open-file limit to the hard limit (the server inherits it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -166,71 +156,6 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class ServerProcess:
-    """A server subprocess on a free loopback port, its output in a log file."""
-
-    name = "server"
-    port: int
-    url: str
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd
-            )
-
-    @property
-    def ws_url(self) -> str:
-        """The signalling WebSocket URL."""
-        return self.url.replace("http", "ws", 1) + "/ws"
-
-    def healthy(self) -> bool:
-        """True when GET /healthz answers 200."""
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until /healthz answers 200; RuntimeError if the process dies or stalls."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
-            if self.healthy():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()}")
-
-    def rss_kib(self) -> int:
-        """The server's resident memory (VmRSS), in KiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS in /proc/<pid>/status")
-
-    def stop(self) -> float:
-        """SIGTERM, wait, SIGKILL if it hangs; returns the seconds the shutdown took."""
-        start = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return time.monotonic() - start
-
-    def output(self) -> str:
-        """What the server printed."""
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-
 class ServeProcess(ServerProcess):
     """A `consilium serve` subprocess with bounds opened wide enough for the run."""
 
@@ -238,8 +163,7 @@ class ServeProcess(ServerProcess):
 
     def __init__(self, data_dir: Path, config: BenchConfig) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
         rooms = -(-config.participants // config.per_room)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
         env.update(
@@ -255,9 +179,9 @@ class ServeProcess(ServerProcess):
             }
         )
         super().__init__(
-            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
              "--data-dir", str(data_dir)],
-            env, REPO, data_dir.parent / "serve.log",
+            env, REPO, data_dir.parent / "serve.log", port,
         )  # fmt: skip
 
 
@@ -295,14 +219,13 @@ class BaselineProcess(ServerProcess):
     name = "baseline aiohttp server"
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
         # cwd is an empty folder: `python -c` puts it first on sys.path.
         cwd = workdir / "baseline"
         cwd.mkdir(exist_ok=True)
         super().__init__(
-            [sys.executable, "-c", BASELINE_SERVER, str(self.port)],
-            dict(os.environ), cwd, workdir / "baseline.log",
+            [sys.executable, "-c", BASELINE_SERVER, str(port)],
+            dict(os.environ), cwd, workdir / "baseline.log", port,
         )  # fmt: skip
 
 
@@ -453,14 +376,6 @@ async def room_counts(
     return counts
 
 
-def _percentile_ms(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0] * 1000, 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 2)
-
-
 async def measure(
     session: aiohttp.ClientSession,
     server: ServerProcess,
@@ -504,10 +419,10 @@ async def run(
     latencies = m.latencies
     return {
         "joins_per_s": m.joins_per_s,
-        "join_latency_p95_ms": _percentile_ms(latencies, 95),
+        "join_latency_p95_ms": percentile_ms(latencies, 95),
         "idle_participants": m.idle,
         "kib_per_participant": m.kib_per_participant,
-        "join_latency_p50_ms": _percentile_ms(latencies, 50),
+        "join_latency_p50_ms": percentile_ms(latencies, 50),
         "join_latency_max_ms": round(max(latencies) * 1000, 2) if latencies else None,
         "latency_joins": len(latencies),
         "latency_rate_per_s": config.rate,
@@ -536,8 +451,8 @@ async def run_baseline(
         await close_all(m.crowd)
     return {
         "baseline_kib_per_participant": m.kib_per_participant,
-        "baseline_join_latency_p95_ms": _percentile_ms(m.latencies, 95),
-        "baseline_join_latency_p50_ms": _percentile_ms(m.latencies, 50),
+        "baseline_join_latency_p95_ms": percentile_ms(m.latencies, 95),
+        "baseline_join_latency_p50_ms": percentile_ms(m.latencies, 50),
         "baseline_joins_per_s": m.joins_per_s,
         "baseline_idle_participants": m.idle,
         "baseline_failed_joins": sum(m.crowd.failures.values()),
