@@ -105,8 +105,9 @@ class ParticipantMedia:
         self.closed = False
         self._configured_mids: set[str] = set()
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
-        self._screen_mids: set[str] = set()
         """Each slot's transceiver on the subscribe session, by id(slot)."""
+        self._screen_mids: set[str] = set()
+        """Publish media ids the client declared as screen shares."""
         self._negotiating = False
         self._renegotiate = False
         self._negotiation_task: asyncio.Task[None] | None = None
