@@ -26,6 +26,7 @@ from . import protocol as p
 from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
 from .connection import Connection, ConsiliumWebSocket
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from .devpage import add_dev_routes
 from .errors import (
     AuthenticationError,
     BadMessage,
@@ -753,6 +754,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_post("/api/revocations", create_revocation)
     app.router.add_get("/api/revocations", list_revocations)
     app.router.add_get("/api/audit", read_audit)
+    add_dev_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
     app.router.add_get("/{path:.*}", static_file)
     return app
