@@ -89,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "  Mint a token:  consilium token --data-dir "
             f"{settings.data_dir} --sub dr-li --role chair --dept cardiology --room mdt-1\n"
             "  Media test page (two tabs see each other): add --link "
-            f"{settings.own_origin} to that command and open the link it prints.",
+            f"{settings.own_origin} to that command and open the link it prints.\n"
+            f"  Or open {url}dev in a browser on this machine to mint links for any role.",
             flush=True,
         )
     print(f"Open {url}", flush=True)
