@@ -139,7 +139,11 @@ def bypass_receiver(
             receiver._run_rtcp()
         )
         receiver._RTCRtpReceiver__started = True  # type: ignore[attr-defined]
-        on_parameters(parameters)
+        try:
+            on_parameters(parameters)
+        except Exception:
+            # Raised inside aiortc's connect task it would vanish: say it.
+            log.exception("configuring a received track failed")
 
     receiver.receive = receive  # type: ignore[method-assign]
 
@@ -178,7 +182,10 @@ def bypass_sender(
         first = not sender._RTCRtpSender__started  # type: ignore[attr-defined]
         await original_send(parameters)
         if first:
-            on_parameters(parameters)
+            try:
+                on_parameters(parameters)
+            except Exception:
+                log.exception("configuring a sent track failed")
 
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
     sender._run_rtcp = run_rtcp  # type: ignore[method-assign]

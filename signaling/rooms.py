@@ -298,6 +298,22 @@ class Rooms:
             lobby = [
                 participant_info(w, waiting=True) for w in await self.store.list_lobby(room.room_id)
             ]
+        # Media first: the client may offer as soon as it reads `joined`.
+        if self.media is not None:
+            conn.media_node = await self.store.claim_media_node(
+                room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
+            )
+            await self._media_call(
+                conn,
+                {
+                    "op": "join",
+                    "room": room.room_id,
+                    "permissions": sorted(conn.permissions),
+                    "audio_muted": record.audio_muted,
+                    "video_muted": record.video_muted,
+                    "user": identity.sub,
+                },
+            )
         conn.send(
             p.encode(
                 p.Joined(
@@ -314,21 +330,6 @@ class Rooms:
         await self._broadcast(
             room.room_id, p.ParticipantJoined(participant_info(record)), exclude=conn.participant_id
         )
-        if self.media is not None:
-            conn.media_node = await self.store.claim_media_node(
-                room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
-            )
-            await self._media_call(
-                conn,
-                {
-                    "op": "join",
-                    "room": room.room_id,
-                    "permissions": sorted(conn.permissions),
-                    "audio_muted": record.audio_muted,
-                    "video_muted": record.video_muted,
-                    "user": identity.sub,
-                },
-            )
         self.audit.append(
             "join",
             "allow",

@@ -666,6 +666,11 @@ async def static_file(request: web.Request) -> web.FileResponse:
     return web.FileResponse(target)
 
 
+async def join_page(request: web.Request) -> web.FileResponse:
+    """A join link, `/join/<room>#token=...`: the web client (the token stays in the fragment)."""
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
 # -- the app ----------------------------------------------------------------------------------
 
 
@@ -756,5 +761,6 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_get("/api/audit", read_audit)
     add_dev_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
+    app.router.add_get("/join/{room}", join_page)
     app.router.add_get("/{path:.*}", static_file)
     return app

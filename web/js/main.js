@@ -1,0 +1,116 @@
+// The router: reads the join link, shows one screen at a time, and wires the modules together.
+// Reached as /join/<room>#token=<JWT>: the token stays in the fragment (never in a request line,
+// a server log or a Referer) and leaves the address bar as soon as it is read.
+
+import { Call } from "./call.js";
+import { initChair, renderChair } from "./chair.js";
+import { endingKind, initEnded, renderEnded } from "./ended.js";
+import { clearGrid, renderGrid } from "./grid.js";
+import { preferredLanguage, setLanguage, t } from "./i18n.js";
+import { localMedia, renderJoin, showJoin } from "./join.js";
+import { initLobby, renderLobby } from "./lobby.js";
+import { decodeClaims } from "./protocol.js";
+import { initRoom, renderRoom } from "./room.js";
+import { changed, onChange, snapshot, state } from "./state.js";
+
+const SCREENS = ["home", "join", "lobby", "room", "ended"];
+const languageSelect = document.getElementById("language-select");
+const roomTitle = document.getElementById("room-title");
+const connectionStatus = document.getElementById("connection-status");
+
+let call = null;
+let shownScreen = null;
+
+function render(s) {
+  for (const name of SCREENS) {
+    document.getElementById(`screen-${name}`).hidden = s.screen !== name;
+  }
+  roomTitle.textContent = s.room?.title || s.roomId || "";
+  languageSelect.value = s.lang;
+  if (s.screen === "join") renderJoin();
+  if (s.screen === "lobby") renderLobby(s);
+  if (s.screen === "room") {
+    renderRoom(s);
+    renderChair(s);
+    renderGrid(s, localMedia.stream, call?.remoteTracks() ?? new Map());
+  } else {
+    clearGrid();
+  }
+  if (s.screen === "ended") renderEnded(s);
+  connectionStatus.textContent = "";
+  if (shownScreen !== s.screen) {
+    shownScreen = s.screen;
+    // Move keyboard and screen-reader focus to the new screen's heading.
+    const heading = document.querySelector(`#screen-${s.screen} h1`);
+    heading?.setAttribute("tabindex", "-1");
+    heading?.focus({ preventScroll: true });
+  }
+}
+
+async function showHome() {
+  state.screen = "home";
+  changed();
+  const status = document.getElementById("home-status");
+  status.textContent = t("home.checking");
+  try {
+    const info = await fetch("/api/info").then((r) => r.json());
+    status.textContent = t("home.ready", { version: info.version });
+    document.getElementById("home-dev").hidden = !info.dev_mode;
+  } catch {
+    status.textContent = t("home.unreachable");
+  }
+}
+
+/** The room and token from `/join/<room>#token=<JWT>`; the fragment is removed at once. */
+function readJoinLink() {
+  const match = location.pathname.match(/^\/join\/([^/]+)\/?$/);
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (location.hash) history.replaceState(null, "", location.pathname);
+  return {
+    roomId: match ? decodeURIComponent(match[1]) : null,
+    token: fragment.get("token"),
+  };
+}
+
+async function start() {
+  const { roomId, token } = readJoinLink();
+  onChange(render);
+  state.lang = await setLanguage(preferredLanguage());
+  languageSelect.addEventListener("change", async () => {
+    state.lang = await setLanguage(languageSelect.value, true);
+    changed();
+  });
+  if (!roomId) return showHome();
+  state.roomId = roomId;
+  if (!token) {
+    state.ended = { code: "no_token", reason: "" };
+    state.screen = "ended";
+    changed();
+    return;
+  }
+  state.claims = decodeClaims(token);
+  call = new Call(token, roomId);
+  initLobby(call);
+  initRoom(call);
+  initChair(call);
+  initEnded(() => {
+    state.ended = null;
+    state.notice = "";
+    call.leaving = false;
+    call.connect();
+  });
+  await showJoin(() => call.connect());
+}
+
+/** The test hook: automation reads state and statistics without `eval` (the CSP forbids it). */
+window.consilium = {
+  state: snapshot,
+  stats: () => call?.stats() ?? { inbound: [] },
+  ending: () => (state.ended ? endingKind(state.ended.code, state.ended.reason) : null),
+  dropConnection: () => call?.dropConnection(),
+};
+
+start().catch((err) => {
+  state.errors.push(String(err));
+  console.error(err);
+});

@@ -1,0 +1,60 @@
+// The one place for client state. Modules read `state` and call `changed()` after writing it;
+// renderers registered with `onChange` redraw from it.
+
+/** Everything the client knows; `snapshot()` is what automation reads. */
+export const state = {
+  screen: "home", // home | join | lobby | room | ended
+  lang: "en",
+  roomId: null,
+  claims: {}, // the token's claims, decoded without verification: display only
+  participantId: null,
+  permissions: [],
+  room: null, // RoomState
+  participants: new Map(), // participant id → ParticipantInfo (others and me)
+  lobby: new Map(), // participant id → ParticipantInfo waiting (chairs only)
+  tracks: [], // the last `tracks` message
+  lobbyReason: null, // connecting | reconnecting | lobby_enabled | room_not_open
+  media: { audioMuted: false, videoMuted: false, sharing: false },
+  connection: { signalling: "closed", publish: "new", subscribe: "new" },
+  speaking: new Set(), // participant ids whose audio level is above the threshold
+  quality: new Map(), // participant id → "good" | "poor"
+  ended: null, // {kind, code, reason}
+  reconnects: 0,
+  notice: "", // i18n key of the last notice shown in the room
+  errors: [],
+  received: {}, // message type → how many arrived (diagnostics for automation)
+};
+
+const renderers = [];
+
+/** Register a function to call after every change. */
+export function onChange(render) {
+  renderers.push(render);
+}
+
+let scheduled = false;
+
+/** Note that state changed: renderers run once, on the next animation frame or soon after. */
+export function changed() {
+  if (scheduled) return;
+  scheduled = true;
+  // A timer too: animation frames stop in background tabs, the page must still follow.
+  const run = () => {
+    if (!scheduled) return;
+    scheduled = false;
+    for (const render of renderers) render(state);
+  };
+  requestAnimationFrame(run);
+  setTimeout(run, 100);
+}
+
+/** A plain-JSON copy of the state for automation (window.consilium.state()). */
+export function snapshot() {
+  return {
+    ...state,
+    participants: [...state.participants.values()],
+    lobby: [...state.lobby.values()],
+    speaking: [...state.speaking],
+    quality: Object.fromEntries(state.quality),
+  };
+}
