@@ -439,9 +439,13 @@ class Rooms:
                 participant = media.participants.get(pid)
                 await media.leave(pid)
                 if participant is not None and participant.room.room_id not in media.rooms:
-                    await self.store.release_media_node(
-                        participant.room.room_id, self.store.node_id
-                    )
+                    try:
+                        await self.store.release_media_node(
+                            participant.room.room_id, self.store.node_id
+                        )
+                    except Exception:
+                        # Best effort: an unreleased claim lapses by itself (MEDIA_CLAIM_TTL_S).
+                        log.warning("could not release the media claim", exc_info=True)
             elif kind == "offer":
                 sdp = await media.offer(pid, op["pc"], op["sdp"], screen=op.get("screen", ()))
                 self.media_notify(pid, {"type": "answer", "pc": op["pc"], "sdp": sdp})

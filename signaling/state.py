@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from signaling.errors import IntegrityError, NotFound
 
@@ -777,6 +781,10 @@ class RedisStore(StateStore):
             socket_timeout=10,
             socket_keepalive=True,
             health_check_interval=15,
+            # A pooled connection Redis closed (restart, failover) is retried on a fresh one
+            # instead of failing the request that happened to pick it.
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._create_room = self._redis.register_script(_CREATE_ROOM)
         self._add_bounded = self._redis.register_script(_ADD_BOUNDED)
