@@ -25,7 +25,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.rtcconfiguration import RTCBundlePolicy
-from aiortc.rtcrtpparameters import RTCRtpReceiveParameters, RTCRtpSendParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpReceiveParameters,
+    RTCRtpSendParameters,
+)
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -66,6 +70,21 @@ def source_of(kind: str, screen: bool) -> str:
     if kind == "audio":
         return "microphone"
     return "screen" if screen else "camera"
+
+
+def media_and_rtx(
+    codecs: Sequence[RTCRtpCodecParameters],
+) -> tuple[RTCRtpCodecParameters, RTCRtpCodecParameters | None] | None:
+    """The negotiated media codec and its RTX codec (if any); None without a media codec."""
+    media = [c for c in codecs if not c.mimeType.lower().endswith("/rtx")]
+    if not media:
+        return None
+    rtx = next(
+        (c for c in codecs if c.mimeType.lower().endswith("/rtx")
+         and c.parameters.get("apt") == media[0].payloadType),
+        None,
+    )  # fmt: skip
+    return media[0], rtx
 
 
 DATA_LABELS = {"consilium-reliable": True, "consilium-lossy": False}
@@ -172,15 +191,10 @@ class ParticipantMedia:
     def _on_receive_parameters(
         self, transceiver: RTCRtpTransceiver, mid: str, params: RTCRtpReceiveParameters
     ) -> None:
-        media = [c for c in params.codecs if not c.mimeType.lower().endswith("/rtx")]
-        if not media:
+        negotiated = media_and_rtx(params.codecs)
+        if negotiated is None:
             return
-        codec = media[0]
-        rtx = next(
-            (c for c in params.codecs if c.mimeType.lower().endswith("/rtx")
-             and c.parameters.get("apt") == codec.payloadType),
-            None,
-        )  # fmt: skip
+        codec, rtx = negotiated
         ssrc = params.encodings[0].ssrc if params.encodings else 0
         rtx_ssrc = (
             params.encodings[0].rtx.ssrc if params.encodings and params.encodings[0].rtx else None
@@ -331,17 +345,13 @@ class ParticipantMedia:
     def _on_send_parameters(
         self, slot: OutboundSlot, transceiver: RTCRtpTransceiver, params: RTCRtpSendParameters
     ) -> None:
-        media = [c for c in params.codecs if not c.mimeType.lower().endswith("/rtx")]
-        if not media:
+        negotiated = media_and_rtx(params.codecs)
+        if negotiated is None:
             return
-        rtx = next(
-            (c for c in params.codecs if c.mimeType.lower().endswith("/rtx")
-             and c.parameters.get("apt") == media[0].payloadType),
-            None,
-        )  # fmt: skip
+        codec, rtx = negotiated
         ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
         slot.ssrc, slot.rtx_ssrc = ssrc, rtx_ssrc
-        slot.payload_type = media[0].payloadType or 0
+        slot.payload_type = codec.payloadType or 0
         slot.rtx_payload_type = rtx.payloadType if rtx else None
         slot.ext_ids = ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions})
         slot.mid = str(transceiver.mid).encode()

@@ -175,6 +175,17 @@ class Rooms:
         """Chairs skip the lobby; so does anyone already admitted to this room."""
         return identity.sub in room.admitted or self.policy.bypasses_lobby(identity)
 
+    async def _set_admitted(self, room_id: str, sub: str, admitted: bool) -> None:
+        """Remember (or forget) that a chair let `sub` into this room, for rejoins."""
+        room = await self.store.get_room(room_id)
+        if room is None or (sub in room.admitted) == admitted:
+            return
+        if admitted:
+            room.admitted.append(sub)
+        else:
+            room.admitted.remove(sub)
+        await self.store.save_room(room)
+
     def _refuse(self, identity: Identity, room_id: str, conn: Connection, reason: str) -> None:
         self.audit.append(
             "join_refused",
@@ -505,10 +516,7 @@ class Rooms:
             chair.send(p.encode(p.Error("not_found", "nobody with that id is waiting", "admit")))
             return
         assert chair.identity is not None
-        room = await self.store.get_room(chair.room_id)
-        if room is not None and record.sub not in room.admitted:
-            room.admitted.append(record.sub)
-            await self.store.save_room(room)
+        await self._set_admitted(chair.room_id, record.sub, True)
         self.audit.append(
             "admit",
             "allow",
@@ -570,10 +578,7 @@ class Rooms:
             chair.send(p.encode(p.Error("not_found", "no such participant", "remove")))
             return
         assert chair.identity is not None
-        room = await self.store.get_room(chair.room_id)
-        if room is not None and record.sub in room.admitted:
-            room.admitted.remove(record.sub)
-            await self.store.save_room(room)
+        await self._set_admitted(chair.room_id, record.sub, False)
         self.audit.append(
             "remove",
             "allow",
