@@ -7,9 +7,6 @@ import { CLOSE, SignallingConnection } from "./protocol.js";
 import { changed, state } from "./state.js";
 
 const MAX_RECONNECTS = 5;
-// Admitted from the lobby, publishing at once sometimes leaves the published tracks unstarted
-// on the SFU (a server-side race not yet found; see the issue notes): wait a moment.
-const ADMITTED_PUBLISH_DELAY_MS = 1000;
 const RECONNECT_DELAY_MS = [500, 1000, 2000, 4000, 8000];
 // Closes after which trying again makes sense; the others are final (refusals, replaced, left).
 const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]);
@@ -114,7 +111,6 @@ export class Call {
   }
 
   async joined(msg) {
-    const admitted = state.screen === "lobby" && state.lobbyReason !== "connecting";
     state.participantId = msg.participant_id;
     state.permissions = msg.permissions;
     state.room = roomState(msg.room);
@@ -135,7 +131,9 @@ export class Call {
     }
     this.media = new MediaSessions(this.signalling, msg.ice_servers ?? [], () => changed());
     localMedia.onTrackReplaced = (kind, track) => this.media?.replaceTrack(kind, track);
-    if (admitted) await new Promise((resolve) => setTimeout(resolve, ADMITTED_PUBLISH_DELAY_MS));
+    // Join may be pressed (and the chair may admit) before the camera and microphone are open:
+    // publish what the devices give, not an offer without them.
+    await localMedia.ready;
     await this.media.publish(localMedia.stream);
     if (this.screenTrack) await this.media.startScreen(this.screenTrack);
   }
