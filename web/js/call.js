@@ -1,9 +1,9 @@
 // One visit to a room: the signalling connection, the media sessions, the room events, and
 // rejoining by itself after a network blip (the server lets an admitted person skip the lobby).
 
-import { localMedia } from "./join.js";
+import { localMedia } from "./devices.js";
 import { MediaSessions } from "./media.js";
-import { CLOSE, SignallingConnection } from "./protocol.js";
+import { CLOSE, OBJECTS, SignallingConnection, withDefaults } from "./protocol.js";
 import { changed, state } from "./state.js";
 
 const MAX_RECONNECTS = 5;
@@ -13,12 +13,12 @@ const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]
 
 /** A ParticipantInfo with its defaults filled (the server leaves default fields out). */
 function person(info) {
-  return { org: "", depts: [], audio_muted: false, video_muted: false, waiting: false, ...info };
+  return withDefaults(OBJECTS.ParticipantInfo, info);
 }
 
 /** A RoomState with its defaults filled. */
 function roomState(info) {
-  return { departments: [], lobby: false, locked: false, title: "", recording: false, ...info };
+  return withDefaults(OBJECTS.RoomState, info);
 }
 
 export class Call {
@@ -91,14 +91,13 @@ export class Call {
         state.room = roomState(msg.room);
         break;
       case "tracks":
-        state.tracks = msg.tracks;
+        state.tracks = msg.tracks.map((track) => withDefaults(OBJECTS.TrackInfo, track));
         break;
       case "offer":
         if (msg.pc === "subscribe") await this.media?.onOffer(msg.sdp);
         break;
       case "answer":
-        // The server leaves `pc` out when it is "publish".
-        if ((msg.pc ?? "publish") === "publish") await this.media?.onAnswer(msg.sdp);
+        if (msg.pc === "publish") await this.media?.onAnswer(msg.sdp);
         break;
       case "error":
         state.notice = "room.refused";
@@ -116,7 +115,7 @@ export class Call {
     state.room = roomState(msg.room);
     state.participants = new Map(msg.participants.map((p) => [p.participant_id, person(p)]));
     state.participants.set(msg.participant_id, person(msg.you));
-    state.lobby = new Map((msg.lobby ?? []).map((p) => [p.participant_id, person(p)]));
+    state.lobby = new Map(msg.lobby.map((p) => [p.participant_id, person(p)]));
     state.tracks = [];
     state.screen = "room";
     state.lobbyReason = null;
@@ -129,7 +128,7 @@ export class Call {
         videoMuted: state.media.videoMuted,
       });
     }
-    this.media = new MediaSessions(this.signalling, msg.ice_servers ?? [], () => changed());
+    this.media = new MediaSessions(this.signalling, msg.ice_servers, () => changed());
     localMedia.onTrackReplaced = (kind, track) => this.media?.replaceTrack(kind, track);
     // Join may be pressed (and the chair may admit) before the camera and microphone are open:
     // publish what the devices give, not an offer without them.
@@ -201,22 +200,6 @@ export class Call {
     state.media.sharing = false;
     changed();
     await this.media?.stopScreen();
-  }
-
-  admit(pid) {
-    this.signalling.admit(pid);
-  }
-  deny(pid) {
-    this.signalling.deny(pid);
-  }
-  mute(pid) {
-    this.signalling.mute(pid, "audio");
-  }
-  remove(pid) {
-    this.signalling.remove(pid);
-  }
-  setLocked(locked) {
-    this.signalling.updateRoom({ locked });
   }
 
   leave() {

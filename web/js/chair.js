@@ -1,6 +1,6 @@
 // The chair's controls: admit or deny people waiting in the lobby, mute or remove participants,
 // lock the room. Each is shown only if the permission is in `joined.permissions`; the server
-// refuses them anyway.
+// refuses them anyway (an `error`, shown as a notice).
 
 import { t } from "./i18n.js";
 
@@ -10,11 +10,37 @@ const lobbyEmpty = document.getElementById("lobby-empty");
 const lockButton = document.getElementById("lock-button");
 
 let call = null;
+let locked = false;
 
 /** Wire the chair's buttons to the call. */
 export function initChair(theCall) {
   call = theCall;
-  lockButton.addEventListener("click", () => call.setLocked(!call.lockedNow));
+  lockButton.addEventListener("click", () => setLocked(!locked));
+}
+
+/** Let someone in from the lobby. */
+export function admit(participantId) {
+  call.signalling.admit(participantId);
+}
+
+/** Refuse someone waiting in the lobby. */
+export function deny(participantId) {
+  call.signalling.deny(participantId);
+}
+
+/** Mute a participant's microphone. */
+export function mute(participantId) {
+  call.signalling.mute(participantId, "audio");
+}
+
+/** Remove a participant from the room. */
+export function remove(participantId) {
+  call.signalling.remove(participantId);
+}
+
+/** Lock the room (nobody else may join, not even through the lobby) or unlock it. */
+export function setLocked(lock) {
+  call.signalling.updateRoom({ locked: lock });
 }
 
 function button(text, className, onClick) {
@@ -31,17 +57,12 @@ export function chairButtons(state, person) {
   const buttons = [];
   if (person.participant_id === state.participantId) return buttons;
   const name = person.name || person.sub;
+  const pid = person.participant_id;
   if (state.permissions.includes("mute_others") && !person.audio_muted) {
-    buttons.push(
-      button(t("chair.mute", { name }), "chair-mute", () => call.mute(person.participant_id)),
-    );
+    buttons.push(button(t("chair.mute", { name }), "chair-mute", () => mute(pid)));
   }
   if (state.permissions.includes("remove_participant")) {
-    buttons.push(
-      button(t("chair.remove", { name }), "chair-remove danger", () =>
-        call.remove(person.participant_id),
-      ),
-    );
+    buttons.push(button(t("chair.remove", { name }), "chair-remove danger", () => remove(pid)));
   }
   return buttons;
 }
@@ -51,23 +72,21 @@ export function renderChair(state) {
   const mayAdmit = state.permissions.includes("admit");
   panel.hidden = !mayAdmit;
   if (!mayAdmit) return;
-  const locked = Boolean(state.room?.locked);
-  call.lockedNow = locked;
+  locked = Boolean(state.room?.locked);
   lockButton.textContent = t(locked ? "chair.unlock" : "chair.lock");
-  lockButton.setAttribute("aria-pressed", String(locked));
   const rows = [];
   for (const person of state.lobby.values()) {
     const li = document.createElement("li");
     li.dataset.participantId = person.participant_id;
     const name = person.name || person.sub;
     const label = document.createElement("span");
+    label.className = "person";
     label.textContent = t("chair.knock", { name });
+    const pid = person.participant_id;
     li.append(
       label,
-      button(t("chair.admit", { name }), "chair-admit primary", () =>
-        call.admit(person.participant_id),
-      ),
-      button(t("chair.deny", { name }), "chair-deny", () => call.deny(person.participant_id)),
+      button(t("chair.admit", { name }), "chair-admit primary", () => admit(pid)),
+      button(t("chair.deny", { name }), "chair-deny", () => deny(pid)),
     );
     rows.push(li);
   }

@@ -1,11 +1,53 @@
-// The video grid: one tile per participant (and per screen share), 1–12 tiles laid out by CSS
-// from `data-count`. Each tile: video, name, role and department, microphone state, speaking
-// indicator and connection quality.
+// The video grid: one tile per participant (and per screen share). The tiles are laid out in as
+// many columns as makes them largest in the space the room leaves (1–12 participants and their
+// shares, in any window shape). Each tile: video, or a placeholder with the person's initials
+// when there is no picture; name, role and department; microphone state, speaking indicator and
+// connection quality.
 
 import { roleName, t } from "./i18n.js";
 
+const ASPECT = 16 / 9; // tiles keep the camera's shape
+const GAP_PX = 8; // matches `gap` of .grid in app.css
+
 const grid = document.getElementById("grid");
-const tiles = new Map(); // tile key → {figure, video, name, details, mic, quality}
+const stage = grid.parentElement;
+const tiles = new Map(); // tile key → {figure, video, placeholder, name, details, mic, quality}
+
+/** The number of columns that gives `count` tiles of `aspect` the largest size in `width`×`height`,
+ * and that size. */
+export function bestLayout(count, width, height, gap = GAP_PX, aspect = ASPECT) {
+  let best = { columns: 1, tileWidth: 0, tileHeight: 0 };
+  for (let columns = 1; columns <= Math.max(1, count); columns++) {
+    const rows = Math.ceil(count / columns);
+    let tileWidth = (width - gap * (columns - 1)) / columns;
+    let tileHeight = tileWidth / aspect;
+    const fitHeight = (height - gap * (rows - 1)) / rows;
+    if (tileHeight > fitHeight) {
+      tileHeight = fitHeight;
+      tileWidth = tileHeight * aspect;
+    }
+    if (tileWidth > best.tileWidth) best = { columns, tileWidth, tileHeight };
+  }
+  return best;
+}
+
+function layout() {
+  const { width, height } = stage.getBoundingClientRect();
+  const { columns, tileWidth } = bestLayout(tiles.size, width, height);
+  // CSSOM, not a style attribute: the CSP allows no inline style.
+  grid.style.setProperty("--columns", String(columns));
+  grid.style.setProperty("--tile-width", `${Math.max(0, Math.floor(tileWidth))}px`);
+}
+
+new ResizeObserver(layout).observe(stage);
+
+function initials(name) {
+  const words = name.split(/\s+/).filter(Boolean);
+  // Names in Chinese are written without spaces: their first character is enough.
+  return words.length > 1
+    ? words[0][0] + words[words.length - 1][0]
+    : [...name].slice(0, 2).join("");
+}
 
 function makeTile(key) {
   const figure = document.createElement("figure");
@@ -14,6 +56,14 @@ function makeTile(key) {
   const video = document.createElement("video");
   video.autoplay = true;
   video.playsInline = true;
+  const placeholder = document.createElement("div");
+  placeholder.className = "tile-placeholder";
+  const avatar = document.createElement("span");
+  avatar.className = "tile-avatar";
+  avatar.setAttribute("aria-hidden", "true");
+  const reason = document.createElement("span");
+  reason.className = "tile-reason";
+  placeholder.append(avatar, reason);
   const caption = document.createElement("figcaption");
   caption.id = `tile-${key}`;
   video.setAttribute("aria-labelledby", caption.id);
@@ -26,11 +76,21 @@ function makeTile(key) {
   const quality = document.createElement("span");
   quality.className = "tile-quality";
   caption.append(name, details, mic, quality);
-  figure.append(video, caption);
+  figure.append(video, placeholder, caption);
   grid.append(figure);
-  const tile = { figure, video, name, details, mic, quality };
+  const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality };
+  tile.noCamera = false; // camera off, or no video track
   tiles.set(key, tile);
+  // The first frame (or none any more) changes the picture without a change of state.
+  for (const event of ["resize", "emptied"]) video.addEventListener(event, () => picture(tile));
   return tile;
+}
+
+/** The video, or the placeholder when there is no picture: camera off, or no frame yet. */
+function picture(tile) {
+  const none = tile.noCamera || tile.video.videoWidth === 0 || !tile.video.srcObject;
+  tile.figure.classList.toggle("no-picture", none);
+  tile.placeholder.hidden = !none;
 }
 
 function show(video, tracks, muted) {
@@ -64,40 +124,46 @@ export function renderGrid(state, localStream, remote) {
     const tile = tiles.get(key) ?? makeTile(key);
     const pid = person.participant_id;
     const mine = pid === state.participantId;
-    if (mine) {
-      show(tile.video, localStream?.getVideoTracks() ?? [], true);
-    } else {
-      show(tile.video, remote.get(pid)?.[source] ?? [], false);
-    }
+    const tracks = mine
+      ? (localStream?.getVideoTracks() ?? [])
+      : (remote.get(pid)?.[source] ?? []).filter((track) => track.kind === "video");
+    const audio = mine ? [] : (remote.get(pid)?.camera ?? []).filter((tr) => tr.kind === "audio");
+    show(tile.video, source === "camera" ? [...tracks, ...audio] : tracks, mine);
     const { figure } = tile;
     figure.dataset.participantId = pid;
     figure.dataset.source = source;
     figure.dataset.audioMuted = String(person.audio_muted);
     figure.dataset.videoMuted = String(person.video_muted);
-    figure.classList.toggle("speaking", source === "camera" && state.speaking.has(pid) === true);
-    figure.classList.toggle("camera-off", source === "camera" && Boolean(person.video_muted));
+    const cameraOff = source === "camera" && Boolean(person.video_muted);
+    tile.noCamera = cameraOff || tracks.length === 0;
+    picture(tile);
+    const speaking = state.speaking.has(pid) && !person.audio_muted;
+    figure.classList.toggle("speaking", source === "camera" && speaking);
     const name = person.name || person.sub;
+    tile.avatar.textContent = initials(name);
+    tile.reason.textContent = cameraOff ? t("tile.camera_off") : t("tile.no_video");
     tile.name.textContent =
       source === "screen" ? t("room.screen_of", { name }) : mine ? t("room.you", { name }) : name;
     tile.details.textContent = [roleName(person.role), (person.depts ?? []).join(", ")]
       .filter(Boolean)
       .join(" · ");
     const micText = person.audio_muted ? t("tile.mic_muted") : t("tile.mic_on");
-    const speaking = state.speaking.has(pid) && !person.audio_muted;
     tile.mic.textContent = speaking ? t("tile.speaking") : micText;
     tile.mic.classList.toggle("muted", Boolean(person.audio_muted));
+    tile.mic.classList.toggle("on", !person.audio_muted && !speaking);
     tile.mic.hidden = source === "screen";
-    const quality = mine ? null : state.quality.get(pid);
+    const quality = state.quality.get(pid);
     tile.quality.hidden = !quality || source === "screen";
     tile.quality.textContent = quality ? t(`tile.quality_${quality}`) : "";
-    tile.quality.classList.toggle("poor", quality === "poor");
+    tile.quality.dataset.quality = quality ?? "";
   }
-  grid.dataset.count = String(Math.min(tiles.size, 12));
+  grid.dataset.count = String(tiles.size);
   // Keep tiles in the wanted order (me first).
   wanted.forEach(({ key }, i) => {
     const figure = tiles.get(key).figure;
     if (grid.children[i] !== figure) grid.insertBefore(figure, grid.children[i] ?? null);
   });
+  layout();
 }
 
 /** Drop every tile (leaving the room). */

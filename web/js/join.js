@@ -1,14 +1,7 @@
 // The pre-join screen: camera preview, device pickers, microphone level, and who the link says
 // I am. The camera and microphone themselves belong to devices.js for the rest of the visit.
 
-import {
-  addMeter,
-  addPickers,
-  localMedia,
-  onLocalMediaChange,
-  openDevices,
-  resumeAudio,
-} from "./devices.js";
+import { addMeter, addPickers, localMedia, onLocalMediaChange, openDevices } from "./devices.js";
 import { roleName, t } from "./i18n.js";
 import { changed, state } from "./state.js";
 
@@ -31,7 +24,6 @@ export async function showJoin(onJoin) {
   changed();
   joinButton.addEventListener("click", () => {
     joinButton.disabled = true;
-    resumeAudio();
     onJoin();
   });
   addPickers(

@@ -4,10 +4,11 @@
 
 import { Call } from "./call.js";
 import { initChair, renderChair } from "./chair.js";
+import { localMedia, translatePickers } from "./devices.js";
 import { endingKind, initEnded, renderEnded } from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
-import { localMedia, renderJoin, showJoin } from "./join.js";
+import { renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
@@ -78,6 +79,7 @@ async function start() {
   state.lang = await setLanguage(preferredLanguage());
   languageSelect.addEventListener("change", async () => {
     state.lang = await setLanguage(languageSelect.value, true);
+    await translatePickers();
     changed();
   });
   if (!roomId) return showHome();

@@ -1,13 +1,18 @@
 // The two media sessions with the SFU (docs/protocol.md, `offer`): `publish` carries my camera,
 // microphone and screen share; `subscribe` carries everyone else's, offered by the SFU.
 
+import { LossWindow, rateConnection } from "./quality.js";
 import { changed, state } from "./state.js";
 
 const DATA_CHANNELS = {
   "consilium-reliable": {},
   "consilium-lossy": { ordered: false, maxRetransmits: 0 },
 };
-const SPEAKING_LEVEL = 0.02; // inbound-rtp audioLevel (0..1) above which a tile shows speaking
+// A tile shows speaking while the mean audio level (0..1) over a statistics interval is above
+// this, and for a moment after: the level comes from totalAudioEnergy, not the instantaneous
+// audioLevel, which a poll can sample between two syllables every time.
+const SPEAKING_LEVEL = 0.03;
+const SPEAKING_HOLD_MS = 1000;
 const STATS_INTERVAL_MS = 500;
 
 /** Publish and subscribe sessions for one signalling connection. */
@@ -20,7 +25,13 @@ export class MediaSessions {
     this.subscribePc = null;
     this.screenTransceiver = null;
     this.lastStats = new Map();
-    this.statsTimer = setInterval(() => this.pollStats(), STATS_INTERVAL_MS);
+    this.loss = new Map(); // participant id → LossWindow of their inbound packets
+    this.spoke = new Map(); // participant id → when their audio was last above SPEAKING_LEVEL
+    this.closed = false;
+    this.statsTimer = setInterval(() => {
+      // A session closed meanwhile has no statistics to read: nothing to report then.
+      this.pollStats().catch((err) => this.closed || state.errors.push(`stats: ${err}`));
+    }, STATS_INTERVAL_MS);
   }
 
   peerConnection(which) {
@@ -101,9 +112,8 @@ export class MediaSessions {
       const transceiver = this.subscribePc?.getTransceivers().find((t) => t.mid === mid);
       if (!transceiver) continue;
       if (!byParticipant.has(pid)) byParticipant.set(pid, { camera: [], screen: [] });
-      byParticipant.get(pid)[source === "screen" ? "screen" : "camera"].push(
-        transceiver.receiver.track,
-      );
+      const sources = byParticipant.get(pid);
+      sources[source === "screen" ? "screen" : "camera"].push(transceiver.receiver.track);
     }
     return byParticipant;
   }
@@ -127,34 +137,77 @@ export class MediaSessions {
         frameWidth: s.frameWidth ?? 0,
         totalSamplesReceived: s.totalSamplesReceived ?? 0,
         audioLevel: s.audioLevel ?? 0,
+        totalAudioEnergy: s.totalAudioEnergy ?? 0,
+        totalSamplesDuration: s.totalSamplesDuration ?? 0,
         jitter: s.jitter ?? 0,
       });
     });
     return { inbound };
   }
 
-  /** Speaking indicator and connection quality from the subscribe session's statistics. */
+  /** The round-trip time of a session's selected ICE candidate pair, in ms (or null). */
+  static roundTripMs(report) {
+    let rtt = null;
+    report.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) {
+        const pair = report.get(s.selectedCandidatePairId);
+        if (pair?.currentRoundTripTime !== undefined) rtt = pair.currentRoundTripTime * 1000;
+      }
+    });
+    return rtt;
+  }
+
+  /** My own connection as the SFU sees it: loss it reports on what I send, and my round trip. */
+  async publishQuality() {
+    if (!this.publishPc) return null;
+    const report = await this.publishPc.getStats();
+    let loss = null;
+    report.forEach((s) => {
+      if (s.type === "remote-inbound-rtp" && s.fractionLost !== undefined) {
+        loss = Math.max(loss ?? 0, s.fractionLost);
+      }
+    });
+    return rateConnection({ loss, rttMs: MediaSessions.roundTripMs(report) });
+  }
+
+  /** Speaking indicator and connection quality from the sessions' statistics. */
   async pollStats() {
     const { inbound } = await this.stats();
+    const rttMs = this.subscribePc
+      ? MediaSessions.roundTripMs(await this.subscribePc.getStats())
+      : null;
+    const now = performance.now();
     const speaking = new Set(state.speaking.has(state.participantId) ? [state.participantId] : []);
-    const quality = new Map();
+    const packets = new Map(); // participant id → {received, lost} over their tracks
     for (const s of inbound) {
       if (!s.participantId) continue;
       const before = this.lastStats.get(s.mid);
       this.lastStats.set(s.mid, s);
-      if (s.kind === "audio") {
-        const flowing = before && s.totalSamplesReceived > before.totalSamplesReceived;
-        if (flowing && s.audioLevel > SPEAKING_LEVEL) speaking.add(s.participantId);
-      }
-      if (before && s.packetsReceived > before.packetsReceived) {
-        const lost = s.packetsLost - before.packetsLost;
-        const got = s.packetsReceived - before.packetsReceived;
-        const poor = lost / (lost + got) > 0.05 || s.jitter > 0.1;
-        if (poor || !quality.has(s.participantId)) {
-          quality.set(s.participantId, poor ? "poor" : "good");
+      if (s.kind === "audio" && before) {
+        const duration = s.totalSamplesDuration - before.totalSamplesDuration;
+        const energy = s.totalAudioEnergy - before.totalAudioEnergy;
+        if (duration > 0 && Math.sqrt(energy / duration) > SPEAKING_LEVEL) {
+          this.spoke.set(s.participantId, now);
         }
       }
+      if (now - (this.spoke.get(s.participantId) ?? -Infinity) < SPEAKING_HOLD_MS) {
+        speaking.add(s.participantId);
+      }
+      const sum = packets.get(s.participantId) ?? { received: 0, lost: 0 };
+      sum.received += s.packetsReceived;
+      sum.lost += s.packetsLost;
+      packets.set(s.participantId, sum);
     }
+    const quality = new Map();
+    for (const [pid, { received, lost }] of packets) {
+      if (!this.loss.has(pid)) this.loss.set(pid, new LossWindow());
+      const window = this.loss.get(pid);
+      window.add(received, lost);
+      const rating = rateConnection({ loss: window.fraction(), rttMs });
+      if (rating) quality.set(pid, rating);
+    }
+    const mine = await this.publishQuality();
+    if (mine && state.participantId) quality.set(state.participantId, mine);
     const same =
       speaking.size === state.speaking.size && [...speaking].every((p) => state.speaking.has(p));
     const sameQuality =
@@ -167,6 +220,7 @@ export class MediaSessions {
   }
 
   close() {
+    this.closed = true;
     clearInterval(this.statsTimer);
     this.publishPc?.close();
     this.subscribePc?.close();

@@ -1,9 +1,11 @@
 // The wire protocol (docs/protocol.md): one WebSocket to /ws, JSON messages named by `type`.
 // The only module that builds or sends messages; the rest of the client calls these functions.
+// The declarations below mirror the server's (signaling/protocol.py, msgspec Structs);
+// tests/test_web_protocol.py checks that they match, field for field and default for default.
 
 const PING_INTERVAL_MS = 15_000; // docs/protocol.md: one ping every 15 s
 
-/** Close codes (docs/protocol.md, "Close codes"). */
+/** Close codes (docs/protocol.md, "Close codes"; 1006 is the browser's own: no close frame). */
 export const CLOSE = {
   normal: 1000,
   goingAway: 1001,
@@ -17,6 +19,106 @@ export const CLOSE = {
   rateLimited: 4429,
   serverError: 4500,
 };
+
+/** A field with no default: the sender must give it. */
+export const REQUIRED = "<required>";
+
+/** What the client sends: each message's fields and their defaults. */
+export const CLIENT_MESSAGES = {
+  join: { token: REQUIRED, room: REQUIRED },
+  ping: { id: null },
+  leave: {},
+  admit: { participant_id: REQUIRED },
+  deny: { participant_id: REQUIRED, reason: "" },
+  mute: { participant_id: REQUIRED, kind: "audio" },
+  remove: { participant_id: REQUIRED, reason: "" },
+  set_media: { audio_muted: null, video_muted: null },
+  update_room: { lobby: null, locked: null },
+  offer: { sdp: REQUIRED, pc: "publish", screen: [] },
+  answer: { sdp: REQUIRED, pc: "publish" },
+  candidate: { candidate: REQUIRED, pc: "publish", sdp_mid: null, sdp_mline_index: null },
+};
+
+/** What the server sends; it leaves out every field that has its default. */
+export const SERVER_MESSAGES = {
+  joined: {
+    participant_id: REQUIRED,
+    you: REQUIRED,
+    permissions: REQUIRED,
+    room: REQUIRED,
+    participants: REQUIRED,
+    lobby: [],
+    ice_servers: [],
+  },
+  lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
+  knock: { participant: REQUIRED },
+  lobby_left: { participant_id: REQUIRED, outcome: REQUIRED },
+  participant_joined: { participant: REQUIRED },
+  participant_left: { participant_id: REQUIRED, reason: "left" },
+  participant_updated: { participant: REQUIRED, by: "" },
+  room_updated: { room: REQUIRED },
+  pong: { id: null, server_time: 0 },
+  tracks: { tracks: REQUIRED },
+  error: { code: REQUIRED, message: REQUIRED, request: "" },
+  offer: CLIENT_MESSAGES.offer,
+  answer: CLIENT_MESSAGES.answer,
+  candidate: CLIENT_MESSAGES.candidate,
+};
+
+/** The objects inside messages (ParticipantInfo in `joined`, `knock`...). */
+export const OBJECTS = {
+  ParticipantInfo: {
+    participant_id: REQUIRED,
+    sub: REQUIRED,
+    name: REQUIRED,
+    role: REQUIRED,
+    depts: REQUIRED,
+    org: "",
+    audio_muted: false,
+    video_muted: false,
+    waiting: false,
+  },
+  RoomState: {
+    room_id: REQUIRED,
+    departments: REQUIRED,
+    lobby: false,
+    locked: false,
+    title: "",
+    recording: false,
+  },
+  TrackInfo: {
+    mid: REQUIRED,
+    participant_id: REQUIRED,
+    kind: REQUIRED,
+    track_id: REQUIRED,
+    source: "camera",
+  },
+};
+
+/** `value` with the defaults of `declaration` filled in where it leaves a field out. */
+export function withDefaults(declaration, value) {
+  const filled = {};
+  for (const [field, fallback] of Object.entries(declaration)) {
+    if (field in value) filled[field] = value[field];
+    else if (fallback !== REQUIRED) filled[field] = structuredClone(fallback);
+  }
+  return { ...value, ...filled };
+}
+
+/** A client message as sent: only declared fields, every required one present. */
+export function clientMessage(type, fields = {}) {
+  const declaration = CLIENT_MESSAGES[type];
+  if (!declaration) throw new Error(`not a client message: ${type}`);
+  for (const field of Object.keys(fields)) {
+    if (!(field in declaration)) throw new Error(`${type} has no field ${field}`);
+  }
+  for (const [field, fallback] of Object.entries(declaration)) {
+    if (fallback === REQUIRED && fields[field] === undefined) {
+      throw new Error(`${type} needs ${field}`);
+    }
+  }
+  return { type, ...fields };
+}
 
 /** One signalling connection: `join` first, pings while open, messages to `onMessage`. */
 export class SignallingConnection {
@@ -34,14 +136,19 @@ export class SignallingConnection {
     const ws = new WebSocket(`${scheme}://${location.host}/ws`);
     this.ws = ws;
     ws.addEventListener("open", () => {
-      this.send({ type: "join", token, room });
+      this.send("join", { token, room });
       this.pingTimer = setInterval(
-        () => this.send({ type: "ping", id: ++this.pingId }),
+        () => this.send("ping", { id: ++this.pingId }),
         PING_INTERVAL_MS,
       );
       this.onOpen?.();
     });
-    ws.addEventListener("message", (event) => this.onMessage(JSON.parse(event.data)));
+    ws.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      const declaration = SERVER_MESSAGES[message.type];
+      // A message type this client does not know (a newer server) is passed on unfilled.
+      this.onMessage(declaration ? withDefaults(declaration, message) : message);
+    });
     ws.addEventListener("close", (event) => {
       clearInterval(this.pingTimer);
       if (this.ws === ws) this.onClose(event.code, event.reason);
@@ -56,41 +163,42 @@ export class SignallingConnection {
     ws?.close();
   }
 
-  send(message) {
+  /** Send one message (dropped when the socket is not open: the close handler takes over). */
+  send(type, fields = {}) {
+    const message = clientMessage(type, fields);
     if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
   }
 
   leave() {
-    this.send({ type: "leave" });
+    this.send("leave");
   }
   admit(participantId) {
-    this.send({ type: "admit", participant_id: participantId });
+    this.send("admit", { participant_id: participantId });
   }
   deny(participantId) {
-    this.send({ type: "deny", participant_id: participantId });
+    this.send("deny", { participant_id: participantId });
   }
   mute(participantId, kind = "audio") {
-    this.send({ type: "mute", participant_id: participantId, kind });
+    this.send("mute", { participant_id: participantId, kind });
   }
   remove(participantId) {
-    this.send({ type: "remove", participant_id: participantId });
+    this.send("remove", { participant_id: participantId });
   }
   setMedia({ audioMuted = null, videoMuted = null }) {
-    this.send({ type: "set_media", audio_muted: audioMuted, video_muted: videoMuted });
+    this.send("set_media", { audio_muted: audioMuted, video_muted: videoMuted });
   }
   updateRoom({ lobby = null, locked = null }) {
-    this.send({ type: "update_room", lobby, locked });
+    this.send("update_room", { lobby, locked });
   }
   offer(pc, sdp, screen = []) {
-    this.send({ type: "offer", pc, sdp, screen });
+    this.send("offer", { pc, sdp, screen });
   }
   answer(pc, sdp) {
-    this.send({ type: "answer", pc, sdp });
+    this.send("answer", { pc, sdp });
   }
   candidate(pc, candidate) {
     // A null candidate ends gathering: sent as an empty `candidate`.
-    this.send({
-      type: "candidate",
+    this.send("candidate", {
       pc,
       candidate: candidate?.candidate ?? "",
       sdp_mid: candidate?.sdpMid ?? null,

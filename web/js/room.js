@@ -1,7 +1,8 @@
-// In the room: my microphone, camera and screen-share controls, leave, the participant list and
-// notices. The grid (grid.js) and the chair's controls (chair.js) draw the rest.
+// In the room: my microphone, camera and screen-share controls, leave, the participant list, my
+// device pickers and notices. The grid (grid.js) and the chair's controls (chair.js) draw the rest.
 
 import { chairButtons, replaceRows } from "./chair.js";
+import { addMeter, addPickers } from "./devices.js";
 import { roleName, t } from "./i18n.js";
 
 const micButton = document.getElementById("mic-button");
@@ -10,6 +11,7 @@ const screenButton = document.getElementById("screen-button");
 const leaveButton = document.getElementById("leave-button");
 const participantList = document.getElementById("participant-list");
 const notice = document.getElementById("room-notice");
+const knockNotice = document.getElementById("knock-notice");
 
 /** Wire the controls to the call. */
 export function initRoom(call) {
@@ -17,18 +19,26 @@ export function initRoom(call) {
   cameraButton.addEventListener("click", () => call.toggleCamera());
   screenButton.addEventListener("click", () => call.toggleScreen());
   leaveButton.addEventListener("click", () => call.leave());
-  screenButton.hidden = !navigator.mediaDevices?.getDisplayMedia;
+  addPickers(
+    document.getElementById("room-camera-select"),
+    document.getElementById("room-microphone-select"),
+  );
+  addMeter(document.getElementById("room-mic-meter"));
 }
 
-/** Buttons, participant list and notice from the state. */
+/** A control's words say what pressing it does; `data-off` marks a device I turned off. */
+function control(button, off, key) {
+  button.textContent = t(key);
+  button.dataset.off = String(off);
+}
+
+/** Buttons, participant list and notices from the state. */
 export function renderRoom(state) {
   const { audioMuted, videoMuted, sharing } = state.media;
-  micButton.textContent = t(audioMuted ? "room.unmute_mic" : "room.mute_mic");
-  micButton.setAttribute("aria-pressed", String(audioMuted));
-  cameraButton.textContent = t(videoMuted ? "room.start_camera" : "room.stop_camera");
-  cameraButton.setAttribute("aria-pressed", String(videoMuted));
-  screenButton.textContent = t(sharing ? "room.stop_share" : "room.share_screen");
-  screenButton.setAttribute("aria-pressed", String(sharing));
+  control(micButton, audioMuted, audioMuted ? "room.unmute_mic" : "room.mute_mic");
+  control(cameraButton, videoMuted, videoMuted ? "room.start_camera" : "room.stop_camera");
+  control(screenButton, false, sharing ? "room.stop_share" : "room.share_screen");
+  screenButton.classList.toggle("active", sharing);
   screenButton.hidden =
     !navigator.mediaDevices?.getDisplayMedia || !state.permissions.includes("share_screen");
 
@@ -41,10 +51,16 @@ export function renderRoom(state) {
     label.className = "person";
     const who = person.participant_id === state.participantId ? t("room.you", { name }) : name;
     const mic = person.audio_muted ? t("tile.mic_muted") : t("tile.mic_on");
-    label.textContent = `${who} · ${roleName(person.role)} · ${mic}`;
+    const camera = person.video_muted ? ` · ${t("tile.camera_off")}` : "";
+    label.textContent = `${who} · ${roleName(person.role)} · ${mic}${camera}`;
     li.append(label, ...chairButtons(state, person));
     rows.push(li);
   }
   replaceRows(participantList, rows);
-  notice.textContent = state.notice ? t(state.notice) : "";
+  const shown = state.notice || (state.room?.locked ? "room.locked_notice" : "");
+  notice.textContent = shown ? t(shown) : "";
+  const waiting = [...state.lobby.values()].map((p) => p.name || p.sub);
+  knockNotice.textContent = waiting.length
+    ? t("chair.knock", { name: waiting[waiting.length - 1] })
+    : "";
 }

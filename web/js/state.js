@@ -17,7 +17,7 @@ export const state = {
   media: { audioMuted: false, videoMuted: false, sharing: false },
   connection: { signalling: "closed", publish: "new", subscribe: "new" },
   speaking: new Set(), // participant ids whose audio level is above the threshold
-  quality: new Map(), // participant id → "good" | "poor"
+  quality: new Map(), // participant id → "good" | "fair" | "poor" (quality.js)
   ended: null, // {kind, code, reason}
   reconnects: 0,
   notice: "", // i18n key of the last notice shown in the room
