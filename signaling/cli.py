@@ -306,6 +306,47 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- watermark --------------------------------------------------------------------------------
+
+
+def cmd_watermark_identify(args: argparse.Namespace) -> int:
+    """Name the viewer, room and time hidden in a served image; exit 1 if it carries no mark."""
+    from .deidentify import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
+    from .watermark import identify, load_watermark_key
+
+    key = load_watermark_key(_data_dir(args))  # never created here: a new key finds nothing
+    try:
+        with open(args.file, "rb") as image:
+            data = image.read(DEFAULT_LIMITS.max_bytes + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc}") from None
+    if len(data) > DEFAULT_LIMITS.max_bytes:
+        raise UsageError(f"{args.file} is larger than any image Consilium serves")
+    try:
+        mark = identify(data, key)
+    except (UnsupportedImage, ImageTooLarge) as exc:
+        raise UsageError(f"{args.file}: {exc.message}") from None
+    if mark is None:
+        if args.json:
+            print(json.dumps({"found": False}))
+        else:
+            print(f"no watermark found in {args.file} (under this server's key)", file=sys.stderr)
+        return 1
+    found = {
+        "found": True,
+        "viewer": mark.viewer,
+        "room": mark.room,
+        "time": mark.time.isoformat().replace("+00:00", "Z"),
+        "truncated": mark.truncated,
+    }
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+    else:
+        cut = " (cut short)" if mark.truncated else ""
+        print(f"viewer: {mark.viewer}{cut}\nroom:   {mark.room}\ntime:   {found['time']}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -394,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     pshow = policy_sub.add_parser("show", help="validate and print a policy table")
     pshow.add_argument("--file", help="TOML policy file (default: the packaged one)")
     pshow.set_defaults(func=cmd_policy_show)
+
+    mark = sub.add_parser("watermark", help="find out whom a leaked image was shown to")
+    mark_sub = mark.add_subparsers(dest="watermark_command", required=True, metavar="ACTION")
+    midentify = mark_sub.add_parser(
+        "identify", help="print the viewer, room and time hidden in a served image"
+    )
+    midentify.add_argument("file", type=Path, help="the PNG or JPEG image")
+    midentify.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
+    midentify.add_argument("--json", action="store_true", help="print one JSON object")
+    midentify.set_defaults(func=cmd_watermark_identify)
 
     # The bot mints development tokens through this callable: sfu never imports signaling.
     add_bot_parser(sub, mint=DevelopmentIdP.load_or_create)

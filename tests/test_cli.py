@@ -18,7 +18,7 @@ from tests.fixtures.servers import REPO, close_code, free_port, next_message
 SUBCOMMANDS = [
     ["serve"], ["token"], ["audit"], ["audit", "verify"], ["audit", "show"], ["keys"],
     ["keys", "list"], ["keys", "export-audit-public"], ["revoke"], ["policy"], ["policy", "show"],
-    ["bot"],
+    ["bot"], ["watermark"], ["watermark", "identify"],
 ]  # fmt: skip
 
 
