@@ -192,6 +192,12 @@ def bypass_sender(
     sender.send = send  # type: ignore[method-assign]
 
 
+def remote_sends(transceiver: RTCRtpTransceiver) -> bool:
+    """Whether the remote side's latest offer sends media on this transceiver (its direction was
+    sendonly or sendrecv, not inactive or recvonly)."""
+    return transceiver._offerDirection in ("recvonly", "sendrecv")
+
+
 def restrict_codecs(transceiver: RTCRtpTransceiver, mime_type: str) -> bool:
     """Keep only `mime_type` (and its RTX) among the transceiver's negotiated codecs.
 

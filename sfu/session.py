@@ -125,6 +125,8 @@ class ParticipantMedia:
         self._configured_mids: set[str] = set()
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
         """Each slot's transceiver on the subscribe session, by id(slot)."""
+        self._receive_params: dict[str, RTCRtpReceiveParameters] = {}
+        """What was negotiated for each publish media id (to publish it again after a pause)."""
         self._screen_mids: set[str] = set()
         """Publish media ids the client declared as screen shares."""
         self._negotiating = False
@@ -151,7 +153,10 @@ class ParticipantMedia:
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable publish offer: {exc}") from None
         for transceiver in pc.getTransceivers():
-            if transceiver.mid is None or transceiver.mid in self._configured_mids:
+            if transceiver.mid is None:
+                continue
+            if transceiver.mid in self._configured_mids:
+                self._follow_direction(transceiver)
                 continue
             self._configured_mids.add(transceiver.mid)
             self._configure_inbound(transceiver)
@@ -188,9 +193,32 @@ class ParticipantMedia:
             lambda params: self._on_receive_parameters(transceiver, mid, params),
         )
 
+    def _follow_direction(self, transceiver: RTCRtpTransceiver) -> None:
+        """A renegotiated publish transceiver: a stopped screen share (or any track the client
+        stops sending) is unpublished for everyone; sending again publishes it again."""
+        mid = str(transceiver.mid)
+        sending = hooks.remote_sends(transceiver)
+        track = self.tracks.get(mid)
+        if track is not None and not sending:
+            self._unpublish(mid)
+        elif track is None and sending and mid in self._receive_params:
+            self._on_receive_parameters(transceiver, mid, self._receive_params[mid])
+
+    def _unpublish(self, mid: str) -> None:
+        track = self.tracks.pop(mid, None)
+        if track is None:
+            return
+        for ssrc, (known, _) in list(self.inbound.items()):
+            if known is track:
+                del self.inbound[ssrc]
+        self.room.track_ended(track)
+
     def _on_receive_parameters(
         self, transceiver: RTCRtpTransceiver, mid: str, params: RTCRtpReceiveParameters
     ) -> None:
+        self._receive_params[mid] = params
+        if not hooks.remote_sends(transceiver):
+            return  # offered inactive: published when the client starts sending
         negotiated = media_and_rtx(params.codecs)
         if negotiated is None:
             return

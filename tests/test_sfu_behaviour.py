@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from aiortc import RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, unpack_remb_fci
 
 from sfu import aiortc_hooks as hooks
@@ -212,3 +213,43 @@ async def test_screen_share_needs_share_screen_and_is_labelled(media: MediaHarne
     track = next(iter(media.server.participants["radiologist"].tracks.values()))
     assert track.info.source == "screen"
     assert not media.server.participants["trainee"].tracks
+
+
+async def test_a_stopped_screen_share_is_unpublished_and_can_start_again(
+    media: MediaHarness,
+) -> None:
+    viewer = await media.join("viewer", [], decode=False)
+    permissions = frozenset({"publish_video", "share_screen"})
+
+    async def offer(client: MediaClient) -> None:
+        await client.publish_pc.setLocalDescription(await client.publish_pc.createOffer())
+        local = client.publish_pc.localDescription.sdp
+        sdp = await media.server.offer("radiologist", "publish", local, screen=["0"])
+        await client.publish_pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "offer":
+            sdp = await media.server.offer("radiologist", "publish", message["sdp"], screen=["0"])
+            await sharer.handle({"type": "answer", "pc": "publish", "sdp": sdp})
+
+    sharer = MediaClient(send, [ReplayVideoTrack()])
+    media.clients["radiologist"] = sharer
+    await media.server.join("mdt-1", "radiologist", permissions)
+    await sharer.publish()
+    await eventually(lambda: "radiologist" in viewer.mid_owner.values(), timeout=20)
+
+    # Stop sharing: the client's screen transceiver goes inactive and it offers again.
+    sharer.publish_pc.getTransceivers()[0].direction = "inactive"
+    await offer(sharer)
+    await eventually(lambda: "radiologist" not in viewer.mid_owner.values(), timeout=5)
+    assert not media.server.participants["radiologist"].tracks
+    assert not media.server.rooms["mdt-1"].tracks()
+
+    # Share again: published again, and the viewer receives it on its idle slot.
+    sharer.publish_pc.getTransceivers()[0].direction = "sendonly"
+    await offer(sharer)
+    await eventually(lambda: "radiologist" in viewer.mid_owner.values(), timeout=10)
+    track = next(iter(media.server.participants["radiologist"].tracks.values()))
+    assert track.info.source == "screen"
+    before = track.forwarded
+    await eventually(lambda: track.forwarded > before + 20, timeout=10)

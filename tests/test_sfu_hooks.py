@@ -31,6 +31,8 @@ def test_internals_we_rely_on_still_exist() -> None:
     for name in ("_tx_srtp", "_rx_srtp", "_state"):
         assert name in inspect.getsource(RTCDtlsTransport)
     assert {"_srtp", "_cdata", "_buffer"} <= set(vars(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)))
+    # remote_sends reads the direction aiortc keeps from the remote offer (reversed: ours).
+    assert "_offerDirection = direction" in inspect.getsource(RTCPeerConnection)
 
 
 def test_srtp_protector_matches_pylibsrtp() -> None:
