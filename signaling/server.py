@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from recorder.roomkeys import RoomKeys, open_keyring
 from sfu.ice import IceSettings, client_ice_servers
 from sfu.room import MediaServer, MediaSettings
 
@@ -81,6 +82,8 @@ class Node:
     key_source: KeySource
     dev_idp: DevelopmentIdP | None
     join_attempts: WindowCounter
+    room_keys: RoomKeys
+    """Each room's data key (shared images, the annotation log), wrapped in the keyring."""
     pending: int = 0
     ready: bool = False
 
@@ -173,6 +176,7 @@ def build_node(settings: Settings) -> Node:
         key_source=source,
         dev_idp=dev_idp,
         join_attempts=WindowCounter(settings.join_attempts_per_ip_per_min, 60.0),
+        room_keys=RoomKeys(open_keyring(data_dir, settings.kek_file)),
     )
 
 

@@ -109,6 +109,10 @@ class Settings:
     turn_ttl_s: int = 86400
     """Lifetime of the TURN credentials handed out."""
 
+    kek_file: Path | None = None
+    """Key-encryption key file wrapping every data key (rooms, recordings); unset:
+    `<data_dir>/keys/kek.json`, generated on first start. Keep it off the data volume."""
+
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
