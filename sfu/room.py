@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiortc import RTCRtpSender
@@ -41,6 +42,24 @@ class MediaSettings:
     """Largest data-channel message relayed (characters)."""
     max_sdp_bytes: int = 64 * 1024
     """Largest SDP accepted from a client."""
+    data_dir: Path | None = None
+    """Where each room's annotation and chat log is kept (`<data_dir>/rooms/<room>/`); None:
+    nothing is persisted (tests of forwarding alone)."""
+    room_key: Callable[[str], bytes] | None = None
+    """The room's data key (encrypts its annotation log at rest), from the node's keyring."""
+    image_info: Callable[[str, str], ImageRef | None] | None = None
+    """Looks up a shared image of a room (`room_id, image_id`): annotations refer to it."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What the SFU needs to know of a shared image to check and measure annotations on it."""
+
+    frames: int
+    """Frames of the image (1 for a photo or a single-frame DICOM)."""
+    pixel_spacing_mm: tuple[float, float] | None
+    """Row and column spacing in mm (DICOM PixelSpacing), for length measurements; None when
+    the image has no calibrated spacing."""
 
 
 class MediaRoom:

@@ -161,9 +161,15 @@ def build_node(settings: Settings) -> Node:
         audit,
         ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
     )
+    room_keys = RoomKeys(open_keyring(data_dir, settings.kek_file))
     if settings.media:
         rooms.media = MediaServer(
-            MediaSettings(video_codecs=tuple(settings.video_codecs), ice=ice),
+            MediaSettings(
+                video_codecs=tuple(settings.video_codecs),
+                ice=ice,
+                data_dir=data_dir,
+                room_key=room_keys.key_for,
+            ),
             rooms.media_notify,
         )
     return Node(
@@ -176,7 +182,7 @@ def build_node(settings: Settings) -> Node:
         key_source=source,
         dev_idp=dev_idp,
         join_attempts=WindowCounter(settings.join_attempts_per_ip_per_min, 60.0),
-        room_keys=RoomKeys(open_keyring(data_dir, settings.kek_file)),
+        room_keys=room_keys,
     )
 
 
