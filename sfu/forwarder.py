@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class OutboundSlot:
     payload_type: int = 0
     rtx_payload_type: int | None = None
     ext_ids: ExtensionIds = field(default_factory=ExtensionIds)
+    ext_key: str = ""
+    """`ext_ids` and `mid` as one string (its hash is cached): slots with the same key share a
+    header-extension block per packet."""
     ready: bool = False
     """Negotiated and connected: packets may be sent."""
     source: PublishedTrack | None = None
@@ -104,6 +108,14 @@ class OutboundSlot:
     """The subscriber's latest receiver-estimated maximum bitrate for this slot."""
     fraction_lost: int = 0
     """From the subscriber's latest receiver report (out of 256)."""
+
+    def set_extensions(self, ext_ids: ExtensionIds, mid: bytes) -> None:
+        """The header-extension ids negotiated for this slot, and its media id."""
+        self.ext_ids = ext_ids
+        self.mid = mid
+        self.ext_key = sys.intern(
+            f"{ext_ids.mid},{ext_ids.abs_send_time},{ext_ids.audio_level}:{mid.hex()}"
+        )
 
     def begin(self, header: RtpHeader, clock_rate: int) -> None:
         """Start (or switch to) a source at this packet: continue our numbering without a jump
@@ -252,7 +264,7 @@ class PublishedTrack:
         pack = _RTP_HEADER.pack
         join = b"".join
         # Slots with the same negotiated ids and MID share one extension block per packet.
-        blocks: dict[tuple[ExtensionIds, bytes], bytes] = {}
+        blocks: dict[str, bytes] = {}
         for slot in self.slots:
             if not slot.ready:
                 continue
@@ -267,7 +279,7 @@ class PublishedTrack:
                     if not keyframe:
                         continue
                 slot.begin(header, self.info.clock_rate)
-            key = (slot.ext_ids, slot.mid)
+            key = slot.ext_key
             ext = blocks.get(key)
             if ext is None:
                 ext = blocks[key] = extension_block(slot.ext_ids, slot.mid, ast, audio_level)

@@ -381,8 +381,10 @@ class ParticipantMedia:
         slot.ssrc, slot.rtx_ssrc = ssrc, rtx_ssrc
         slot.payload_type = codec.payloadType or 0
         slot.rtx_payload_type = rtx.payloadType if rtx else None
-        slot.ext_ids = ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions})
-        slot.mid = str(transceiver.mid).encode()
+        slot.set_extensions(
+            ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions}),
+            str(transceiver.mid).encode(),
+        )
         self.slot_by_ssrc[ssrc] = slot
         self.slot_by_ssrc[rtx_ssrc] = slot
         slot.ready = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import ssl
@@ -32,6 +33,20 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 # -- serve ------------------------------------------------------------------------------------
+
+
+GC_GEN0_THRESHOLD = 50_000
+"""Container allocations between two young-generation collections (CPython's default: 700)."""
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often in a long-running server: the startup objects (modules,
+    policy, keys) move to the permanent generation and young collections run every 50,000
+    allocations instead of 700. Measured with bench/forwarding.py: at default settings about a
+    tenth of the SFU's CPU went to the collector while forwarding, nearly none after."""
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -67,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot use the TLS certificate/key: {exc}") from None
     node = build_node(settings)
     app = create_app(settings, node)
+    _tune_gc()
 
     async def on_shutdown(app: web.Application) -> None:
         await app[NODE].rooms.close_all()
