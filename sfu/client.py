@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,9 @@ class ClientStats:
 
     tracks: dict[str, ReceivedTrack] = field(default_factory=dict)
     data: list[dict[str, Any]] = field(default_factory=list)
+    """Every data-channel message received (parsed JSON), both labels, in arrival order."""
+    by_label: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The same, per data-channel label."""
 
     def frames(self, kind: str) -> int:
         """Frames decoded over all tracks of a kind."""
@@ -83,6 +87,8 @@ class MediaClient:
         self._answer: asyncio.Future[str] | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self.data_channels = data_channels
+        self.data_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        """Called with (label, message) for each data-channel message, as it arrives."""
         self.subscribe_pc.on("track", self._on_track)
 
     async def publish(self, timeout: float = 10.0) -> None:
@@ -98,8 +104,8 @@ class MediaClient:
             self.channels["consilium-lossy"] = self.publish_pc.createDataChannel(
                 "consilium-lossy", ordered=False, maxRetransmits=0
             )
-            for channel in self.channels.values():
-                channel.on("message", self._on_data)
+            for label, channel in self.channels.items():
+                channel.on("message", functools.partial(self._on_data, label))
         offer = await self.publish_pc.createOffer()
         await self.publish_pc.setLocalDescription(offer)
         self._answer = asyncio.get_running_loop().create_future()
@@ -157,14 +163,39 @@ class MediaClient:
                     received.width = width
                 received.samples += getattr(frame, "samples", 0)
 
-    def _on_data(self, message: str | bytes) -> None:
+    def _on_data(self, label: str, message: str | bytes) -> None:
         if isinstance(message, str):
             with contextlib.suppress(ValueError):
-                self.stats.data.append(json.loads(message))
+                parsed = json.loads(message)
+                self.stats.data.append(parsed)
+                self.stats.by_label.setdefault(label, []).append(parsed)
+                for listener in self.data_listeners:
+                    listener(label, parsed)
 
     def send_data(self, label: str, text: str) -> None:
-        """Send a message on a data channel (relayed by the SFU to the others)."""
+        """Send a message on a data channel (to the SFU: annotations, chat, pointer)."""
         self.channels[label].send(text)
+
+    def send_json(self, label: str, message: dict[str, Any]) -> None:
+        """Send one JSON object on a data channel."""
+        self.send_data(label, json.dumps(message, separators=(",", ":")))
+
+    def received(self, label: str = "consilium-reliable") -> list[dict[str, Any]]:
+        """The messages received on one data channel, in arrival order."""
+        return self.stats.by_label.get(label, [])
+
+    async def channels_open(self, timeout: float = 10.0) -> None:
+        """Wait until every data channel is open."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not all(c.readyState == "open" for c in self.channels.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("data channels did not open")
+            await asyncio.sleep(0.02)
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Open the data channels and ask for the annotation snapshot (`sync`)."""
+        await self.channels_open(timeout)
+        self.send_json("consilium-reliable", {"type": "sync", "since": -1})
 
     async def close(self) -> None:
         """Close both sessions."""

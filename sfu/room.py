@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,18 @@ from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from .aiortc_hooks import codec_guard
+from .annotations import (
+    FSYNC_INTERVAL_S,
+    LOSSY,
+    RELIABLE,
+    AnnotationError,
+    AnnotationLog,
+    Delivery,
+    LogError,
+    RoomAnnotations,
+    error_text,
+    log_path,
+)
 from .forwarder import PublishedTrack
 from .ice import IceSettings, install, server_ice_servers, uninstall
 from .session import MediaError, ParticipantMedia, bundle_configuration
@@ -38,8 +50,6 @@ class MediaSettings:
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
     ice: IceSettings = field(default_factory=IceSettings)
     """Host addresses, UDP port range, STUN/TURN."""
-    max_data_message: int = 16 * 1024
-    """Largest data-channel message relayed (characters)."""
     max_sdp_bytes: int = 64 * 1024
     """Largest SDP accepted from a client."""
     data_dir: Path | None = None
@@ -48,7 +58,27 @@ class MediaSettings:
     room_key: Callable[[str], bytes] | None = None
     """The room's data key (encrypts its annotation log at rest), from the node's keyring."""
     image_info: Callable[[str, str], ImageRef | None] | None = None
-    """Looks up a shared image of a room (`room_id, image_id`): annotations refer to it."""
+    """Looks up a shared image of a room (`room_id, image_id`): annotations refer to it. None:
+    no image store, every image id is unknown (`unknown_image`)."""
+    annotation_max_bytes: int = 32 * 1024
+    """Largest message on the reliable data channel (an op, a chat message), in UTF-8 bytes;
+    larger ones are refused with `too_large`."""
+    annotation_max_points: int = 2000
+    """Most points in one freehand stroke."""
+    annotation_max_text_chars: int = 1000
+    """Longest text of a text shape."""
+    annotation_ops_per_s: float = 50.0
+    """Messages (ops, chat, receipts, syncs) per second per participant on the reliable channel, on
+    average (a token bucket); more are refused with `rate_limited`."""
+    annotation_burst: int = 100
+    """How many of those may come at once (the bucket's size)."""
+    annotation_max_shapes_per_image: int = 1000
+    """Most shapes on one shared image (all frames); more are refused with `too_many_shapes`."""
+    chat_max_chars: int = 4000
+    """Longest chat message."""
+    pointer_per_s: float = 30.0
+    """Pointer positions per second per participant relayed on the lossy channel; extra ones
+    are dropped silently."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +102,8 @@ class MediaRoom:
         self.video_codec: str | None = None
         self.audio_codec = "opus"
         self.sinks: list[MediaSink] = []
-        self.max_data_message = server.settings.max_data_message
+        self.annotations: RoomAnnotations | None = None
+        self._fsync: asyncio.TimerHandle | None = None
 
     def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
         """The codec this room uses for `kind` if the publisher offers it (else None).
@@ -115,13 +146,62 @@ class MediaRoom:
         for sink in self.sinks:
             sink.on_track_ended(track.info)
 
-    def relay_data(self, sender: str, label: str, message: str) -> None:
-        """A data-channel message: to every other participant, on the same label."""
+    def relay_data(self, sender: ParticipantMedia, label: str, message: str) -> None:
+        """A data-channel message. Reliable: to the room's annotations (checked, stamped,
+        logged), then each delivery to its recipients and each stamped event to the sinks.
+        Lossy: a pointer position, rate-limited and relayed to the others, never stored."""
+        annotations = self.annotations
+        if annotations is None:
+            return
+        if label == LOSSY:
+            try:
+                relayed = annotations.pointer(sender.participant_id, sender.permissions, message)
+            except AnnotationError as exc:
+                sender.send_data(RELIABLE, error_text(exc.code, str(exc)))
+                return
+            if relayed is not None:
+                for participant in self.participants.values():
+                    if participant is not sender:
+                        participant.send_data(LOSSY, relayed)
+            return
+        for delivery in annotations.handle(sender.participant_id, sender.permissions, message):
+            self.deliver(delivery, sender)
+        log_file = annotations.log
+        if log_file is not None and log_file.dirty and self._fsync is None:
+            self._fsync = asyncio.get_running_loop().call_later(FSYNC_INTERVAL_S, self._sync_log)
+
+    def deliver(self, delivery: Delivery, sender: ParticipantMedia) -> None:
+        """Send one delivery of the annotations on the recipients' reliable channels. Stamped
+        events go only to participants that asked for their snapshot (`sync`): the snapshot
+        covers whatever came before, so nobody sees a gap or a duplicate."""
+        if delivery.kind != "event":
+            if delivery.kind == "snapshot":
+                sender.synced = True
+            sender.send_data(RELIABLE, delivery.text)
+            return
         for sink in self.sinks:
-            sink.on_data(self.room_id, sender, label, message)
-        for participant in self.participants.values():
-            if participant.participant_id != sender:
-                participant.send_data(label, sender, message)
+            sink.on_data(self.room_id, delivery.author, RELIABLE, delivery.text)
+        recipients = delivery.recipients
+        if recipients is None:
+            targets: Iterable[ParticipantMedia] = self.participants.values()
+        else:
+            targets = (p for p in map(self.participants.get, recipients) if p is not None)
+        for participant in targets:
+            if participant.synced:
+                participant.send_data(RELIABLE, delivery.text)
+
+    def _sync_log(self) -> None:
+        self._fsync = None
+        if self.annotations is not None and self.annotations.log is not None:
+            self.annotations.log.sync()
+
+    def close_annotations(self) -> None:
+        """The room's media ends (emptied): fsync and close its log."""
+        if self._fsync is not None:
+            self._fsync.cancel()
+            self._fsync = None
+        if self.annotations is not None:
+            self.annotations.close()
 
     def tracks(self) -> list[PublishedTrack]:
         """Every published track in the room."""
@@ -163,8 +243,26 @@ class MediaServer:
         """The media room, created on first use."""
         room = self.rooms.get(room_id)
         if room is None:
-            room = self.rooms[room_id] = MediaRoom(self, room_id)
+            room = MediaRoom(self, room_id)
+            room.annotations = self._annotations(room_id)
+            self.rooms[room_id] = room
         return room
+
+    def _annotations(self, room_id: str) -> RoomAnnotations:
+        """A room's annotations, rebuilt from its log when it has one (a restart, or the room
+        emptied and entered again)."""
+        settings = self.settings
+        log_file = None
+        if settings.data_dir is not None and settings.room_key is not None:
+            try:
+                path = log_path(settings.data_dir, room_id)
+                log_file = AnnotationLog(path, room_id, settings.room_key(room_id))
+            except (OSError, ValueError, LogError) as exc:
+                log.exception("annotation log unusable", extra={"room": room_id})
+                raise MediaError(f"the room's annotation log cannot be opened: {exc}") from None
+        elif settings.data_dir is not None:
+            log.warning("no room key: annotations kept in memory only", extra={"room": room_id})
+        return RoomAnnotations(room_id, settings, settings.image_info, log_file)
 
     async def join(
         self,
@@ -202,8 +300,11 @@ class MediaServer:
         room = media.room
         room.participants.pop(participant_id, None)
         await media.close()
-        if not room.participants:
+        if room.annotations is not None:
+            room.annotations.forget(participant_id)
+        if not room.participants and self.rooms.get(room.room_id) is room:
             self.rooms.pop(room.room_id, None)
+            room.close_annotations()
 
     def _media(self, participant_id: str) -> ParticipantMedia:
         media = self.participants.get(participant_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_hooks as hooks
+from .annotations import LOSSY, RELIABLE, error_text
 from .forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet
 from .rtp import ExtensionIds, parse_header, unwrap_rtx
 from .sinks import TrackInfo
@@ -87,8 +87,9 @@ def media_and_rtx(
     return media[0], rtx
 
 
-DATA_LABELS = {"consilium-reliable": True, "consilium-lossy": False}
-"""Data-channel labels the SFU relays, and whether each is reliable and ordered."""
+DATA_LABELS = {RELIABLE: True, LOSSY: False}
+"""Data-channel labels the SFU serves, and whether each is reliable and ordered: annotations
+and chat on the reliable one (`sfu.annotations`), pointer positions on the lossy one."""
 
 
 class MediaError(Exception):
@@ -122,6 +123,8 @@ class ParticipantMedia:
         self.channels: dict[str, RTCDataChannel] = {}
         self.muted: dict[str, bool] = {"audio": False, "video": False}
         self.closed = False
+        self.synced = False
+        """Asked for its annotation snapshot (`sync`): stamped events are sent from then on."""
         self._configured_mids: set[str] = set()
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
         """Each slot's transceiver on the subscribe session, by id(slot)."""
@@ -536,19 +539,22 @@ class ParticipantMedia:
             channel.close()
             return
         self.channels[channel.label] = channel
+        if DATA_LABELS[channel.label]:
+            self.synced = False  # a new reliable channel: events again after its `sync`
 
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
-            if isinstance(message, bytes) or len(message) > self.room.max_data_message:
-                self.dropped += 1
+            # Hot path, per annotation op: watched by bench/annotations.py.
+            if isinstance(message, bytes):
+                self.send_data(RELIABLE, error_text("bad_message", "messages are JSON text"))
                 return
-            self.room.relay_data(self.participant_id, channel.label, message)
+            self.room.relay_data(self, channel.label, message)
 
-    def send_data(self, label: str, from_participant: str, message: str) -> None:
-        """Deliver a relayed data-channel message to this participant."""
+    def send_data(self, label: str, message: str) -> None:
+        """Send one message (JSON text) on this participant's data channel `label`, if open."""
         channel = self.channels.get(label)
         if channel is not None and channel.readyState == "open":
-            channel.send(json.dumps({"from": from_participant, "data": message}))
+            channel.send(message)
 
     def _on_state(self, pc: RTCPeerConnection, which: str) -> None:
         if pc.connectionState == "failed" and not self.closed:

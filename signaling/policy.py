@@ -38,6 +38,7 @@ ACTIONS: tuple[str, ...] = (
     "share_screen",
     "share_image",
     "annotate",
+    "moderate_annotations",
     "admit",
     "mute_others",
     "remove_participant",

@@ -264,6 +264,25 @@ class Tracks(Message, tag="tracks"):
     tracks: list[TrackInfo]
 
 
+class ImageShared(Message, tag="image_shared"):
+    """Someone shared an image into the room (`POST /api/rooms/{room}/images`): the same fields
+    as that request's answer. Fetch its frames with `GET /api/rooms/{room}/images/{image_id}`."""
+
+    image_id: str
+    kind: Literal["dicom", "png", "jpeg"]
+    frames: int
+    width: int
+    height: int
+    shared_by: str
+    """Participant id of whoever shared it."""
+    title: str
+    """Modality and series description (after de-identification), or "Image" for a photo."""
+    pixel_spacing_mm: list[float] | None = None
+    """[row_mm, column_mm] for measurements, or null when the image has no calibrated spacing."""
+    burned_in_confirmed: bool = False
+    """The DICOM declares identifiers burned into its pixels and the uploader confirmed."""
+
+
 class Error(Message, tag="error"):
     """A recoverable bad request: the connection stays open."""
 
@@ -283,6 +302,7 @@ ServerMessage = (
     | RoomUpdated
     | Pong
     | Tracks
+    | ImageShared
     | Error
     | Offer
     | Answer

@@ -7,10 +7,13 @@ document can never drift from what the server validates.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from typing import Any
 
 import msgspec
+
+from sfu import annotations as a
 
 from . import protocol as p
 
@@ -85,7 +88,11 @@ the same policy, and answers errors as JSON: `{"error": code, "message": text}` 
 
 def _type_text(annotation: Any) -> str:
     text = inspect.formatannotation(annotation) if not isinstance(annotation, str) else annotation
-    return text.replace("signaling.protocol.", "").replace("typing.", "").replace("|", "\\|")
+    text = re.sub(r"Annotated\[(\w+), msgspec\.Meta\((.*?)\)\]", r"\1 (\2)", text)
+    for prefix in ("signaling.protocol.", "sfu.annotations.", "typing.", "msgspec."):
+        text = text.replace(prefix, "")
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text).replace(" | UnsetType", "")
+    return text.replace("|", "\\|")
 
 
 def _fields(cls: type[msgspec.Struct]) -> list[str]:
@@ -101,6 +108,8 @@ def _fields(cls: type[msgspec.Struct]) -> list[str]:
 
 
 def _default(f: msgspec.structs.FieldInfo) -> str:
+    if f.default is msgspec.UNSET:
+        return "absent"
     if f.default is not msgspec.NODEFAULT:
         return msgspec.json.encode(f.default).decode()
     if f.default_factory is not msgspec.NODEFAULT:
@@ -108,17 +117,17 @@ def _default(f: msgspec.structs.FieldInfo) -> str:
     return ""
 
 
-def _section(title: str, union: Any) -> list[str]:
-    out = [f"## {title}", ""]
+def _section(title: str, union: Any, level: int = 2) -> list[str]:
+    out = [f"{'#' * level} {title}", ""]
     for cls in union.__args__:
         tag = cls.__struct_config__.tag
         doc = inspect.cleandoc(cls.__doc__ or "").replace("\n", " ")
-        out += [f"### `{tag}`", "", doc, ""]
+        out += [f"{'#' * (level + 1)} `{tag}`", "", doc, ""]
         rows = _fields(cls)
         if rows:
             out += ["| field | type | required |", "|---|---|---|", *rows, ""]
         else:
-            out += ["No fields besides `type`.", ""]
+            out += [f"No fields besides `{cls.__struct_config__.tag_field}`.", ""]
     return out
 
 
@@ -128,6 +137,49 @@ def _shared(cls: type[msgspec.Struct]) -> list[str]:
         f"### {cls.__name__}", "", doc, "", "| field | type | required |", "|---|---|---|",
         *_fields(cls), "",
     ]  # fmt: skip
+
+
+DATA_CHANNELS = """\
+## Data channels: annotations, chat, pointer
+
+Declared in `sfu/annotations.py`. The client opens two data channels on its `publish` session:
+`consilium-reliable` (ordered, reliable) and `consilium-lossy` (unordered, no retransmissions).
+Every message is one JSON object (text), UTF-8; unknown fields are ignored, so an `author`, `seq`
+or `time` a client puts in a message has no effect: the SFU stamps them from the connection.
+Coordinates are image pixels (x: column, y: row) of frame `frame` of the shared image `image_id`.
+
+The SFU is the room's single ordering authority: it checks each message (schema, bounds,
+permission), stamps the room's next sequence number, the author and the server time, appends the
+event to the room's encrypted log and sends it on. A client sends `sync` when its reliable
+channel opens (and after a reconnect) and gets a `snapshot` (the state after `seq`), then every
+event from `seq + 1`, with no gap and no duplicate; it applies events in `seq` order. A private
+chat (and its receipts) goes only to those it concerns, so others see the sequence jump.
+
+Bounds (`MediaSettings`): message size `annotation_max_bytes` (32 KiB, `too_large`), points per
+freehand stroke `annotation_max_points` (2000, `too_large`), messages per second per
+participant `annotation_ops_per_s` / `annotation_burst` (50/s, burst 100, `rate_limited`), shapes
+per image `annotation_max_shapes_per_image` (1000, `too_many_shapes`), text of a text shape
+`annotation_max_text_chars` (1000), chat message `chat_max_chars` (4000), pointer positions
+`pointer_per_s` (30/s, dropped silently). A refused message gets an `error` to its sender only;
+nothing is stored or sent to anyone else.
+
+Permissions: `annotate` to send ops and pointer positions; `moderate_annotations` (the chair) to
+edit or delete others' shapes (a shape's author may always); anyone in the room may chat. Only a
+chat message's recipient (anyone but its author, for a room-wide message) sets its own receipt,
+`delivered` then `read` (`read` implies `delivered`; a receipt never goes back).
+"""
+
+
+def _data_channels() -> list[str]:
+    out = [DATA_CHANNELS]
+    out += _section("Client to SFU on `consilium-reliable`", a.ClientMessage, level=3)
+    out += _section("Operations (`op` of an `op` message)", a.Op, level=3)
+    out += _section("SFU to client on `consilium-reliable`", a.ServerMessage, level=3)
+    out += ["### `consilium-lossy`", ""]
+    out += _shared(a.PointerMessage) + _shared(a.RelayedPointer)
+    out += ["### Shared objects of the data channels", ""]
+    out += _shared(a.Shape) + _shared(a.StampedShape)
+    return out
 
 
 def render() -> str:
@@ -140,6 +192,7 @@ def render() -> str:
     out += _section("Messages the server sends", p.ServerMessage)
     out += ["## Shared objects", ""]
     out += _shared(p.ParticipantInfo) + _shared(p.RoomState) + _shared(p.TrackInfo)
+    out += _data_channels()
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -706,6 +706,18 @@ class Rooms:
                 dropped += 1
         return dropped
 
+    # -- what the REST API asks of a room -------------------------------------------------------
+
+    async def current_participant(self, room_id: str, sub: str) -> ParticipantRecord | None:
+        """The participant of `room_id` with this `sub` who is in the room now (joined, not
+        waiting in the lobby), on any node; None otherwise."""
+        return await self.store.find_participant_by_sub(room_id, sub)
+
+    async def announce(self, room_id: str, message: p.Message) -> None:
+        """Send a server message to everyone joined in the room, on every node (what a REST
+        request changed in the room, e.g. `image_shared`)."""
+        await self._broadcast(room_id, message)
+
     # -- events from any node ------------------------------------------------------------------
 
     async def _broadcast(

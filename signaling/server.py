@@ -11,12 +11,12 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from recorder.roomkeys import RoomKeys, open_keyring
 from sfu.ice import IceSettings, client_ice_servers
@@ -26,6 +26,7 @@ from . import __version__
 from . import protocol as p
 from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
 from .connection import Connection, ConsiliumWebSocket
+from .deidentify import ImageLimits, ImageTooLarge
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from .devpage import add_dev_routes
 from .errors import (
@@ -42,13 +43,15 @@ from .errors import (
     TimedOut,
 )
 from .identity import Identity
+from .images import ImageStore, SharedImage
 from .logs import scrub
 from .policy import Policy, RoomScope
 from .ratelimit import TokenBucket, WindowCounter
 from .rooms import Rooms, room_scope, room_state
 from .settings import Settings, is_loopback
-from .state import Revocation, RoomRecord, StateStore, open_store
+from .state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
 from .tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
+from .watermark import Mark, load_or_create_watermark_key, watermark
 
 log = logging.getLogger("consilium.server")
 
@@ -84,7 +87,15 @@ class Node:
     join_attempts: WindowCounter
     room_keys: RoomKeys
     """Each room's data key (shared images, the annotation log), wrapped in the keyring."""
+    images: ImageStore
+    """Each room's shared images, de-identified and encrypted at rest."""
+    watermark_key: bytes
+    """Key of the invisible mark every served image carries."""
+    image_slots: asyncio.Semaphore
+    """Bounds the image work (de-identify, render, watermark) running at once."""
     pending: int = 0
+    image_queue: int = 0
+    """Image requests waiting for or holding a slot."""
     ready: bool = False
 
 
@@ -162,6 +173,12 @@ def build_node(settings: Settings) -> Node:
         ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
     )
     room_keys = RoomKeys(open_keyring(data_dir, settings.kek_file))
+    images = ImageStore(
+        data_dir,
+        room_keys.key_for,
+        max_images_per_room=settings.max_images_per_room,
+        limits=ImageLimits(max_bytes=settings.max_image_bytes),
+    )
     if settings.media:
         rooms.media = MediaServer(
             MediaSettings(
@@ -169,6 +186,7 @@ def build_node(settings: Settings) -> Node:
                 ice=ice,
                 data_dir=data_dir,
                 room_key=room_keys.key_for,
+                image_info=images.lookup,
             ),
             rooms.media_notify,
         )
@@ -183,6 +201,9 @@ def build_node(settings: Settings) -> Node:
         dev_idp=dev_idp,
         join_attempts=WindowCounter(settings.join_attempts_per_ip_per_min, 60.0),
         room_keys=room_keys,
+        images=images,
+        watermark_key=load_or_create_watermark_key(data_dir),
+        image_slots=asyncio.Semaphore(settings.image_workers),
     )
 
 
@@ -501,6 +522,220 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
+# -- shared images ----------------------------------------------------------------------------
+
+IMAGE_SWEEP_S = 3600.0
+"""How often each node deletes the shared images older than `image_retention_days`."""
+_IMAGE_QUEUE_PER_WORKER = 8
+_UPLOAD_PARTS = 8
+_UPLOAD_FIELD_BYTES = 64
+# Room for the multipart boundaries and part headers around the file itself.
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+async def _room_participant(
+    request: web.Request, action: str | None
+) -> tuple[Identity, str, ParticipantRecord]:
+    """The caller, the room and the caller's participant record: only a current (joined, not
+    waiting) participant of the room gets through, and only if allowed `action` there."""
+    node = request.app[NODE]
+    identity = await _authenticate(request, None)
+    room_id = request.match_info["room"]
+    if not p.valid_room_id(room_id):
+        raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
+    participant = await node.rooms.current_participant(room_id, identity.sub)
+    if participant is None:
+        node.audit.append(
+            "api_refused",
+            "deny",
+            sub=identity.sub,
+            room=room_id,
+            reason="not_a_participant",
+            path=scrub(request.path)[:200],
+        )
+        raise PolicyDenied("only the room's current participants may do this")
+    if action is not None:
+        room = await node.store.get_room(room_id)
+        decision = node.policy.decide(identity, action, room_scope(room, room_id))
+        if not decision:
+            node.audit.append(
+                "api_refused",
+                "deny",
+                sub=identity.sub,
+                room=room_id,
+                reason=decision.reason,
+                requested=action,
+                path=scrub(request.path)[:200],
+            )
+            raise PolicyDenied(decision.reason)
+    return identity, room_id, participant
+
+
+async def _image_work(node: Node, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run CPU-heavy image work in a thread, at most `image_workers` at once, so the event
+    loop (signalling) stays responsive; a bounded number of requests may wait (429 beyond)."""
+    if node.image_queue >= node.settings.image_workers * _IMAGE_QUEUE_PER_WORKER:
+        raise RateLimited("the server is busy with other images; try again shortly")
+    node.image_queue += 1
+    try:
+        async with node.image_slots:
+            return await asyncio.to_thread(work, *args, **kwargs)
+    finally:
+        node.image_queue -= 1
+
+
+async def _read_upload(request: web.Request, max_bytes: int) -> tuple[bytes, bool]:
+    """The `file` and `confirm_burned_in` fields of a multipart upload, streamed with a bound."""
+    if request.content_type != "multipart/form-data":
+        raise BadMessage("send the image as multipart/form-data with a `file` field")
+    if request.content_length is not None and (
+        request.content_length > max_bytes + _MULTIPART_OVERHEAD
+    ):
+        raise ImageTooLarge("the image file is too large", limit=max_bytes)
+    data: bytes | None = None
+    confirm = False
+    try:
+        reader = await request.multipart()
+        for _ in range(_UPLOAD_PARTS + 1):
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise BadMessage("nested multipart bodies are not accepted")
+            is_file = part.name == "file"
+            limit = max_bytes if is_file else _UPLOAD_FIELD_BYTES
+            buffer = bytearray()
+            while chunk := await part.read_chunk(256 * 1024):
+                buffer += chunk
+                if len(buffer) > limit:
+                    if is_file:
+                        raise ImageTooLarge("the image file is too large", limit=max_bytes)
+                    raise BadMessage(f"form field {scrub(part.name or '')[:40]!r} is too long")
+            if is_file:
+                if data is not None:
+                    raise BadMessage("send one `file` per upload")
+                data = bytes(buffer)
+            elif part.name == "confirm_burned_in":
+                confirm = buffer.decode("utf-8", "replace").strip().lower() == "true"
+        else:
+            raise BadMessage("too many form fields")
+    except ValueError as exc:  # aiohttp's multipart parser: a malformed body
+        raise BadMessage(f"malformed multipart body: {_short(str(exc))}") from None
+    if not data:
+        raise BadMessage("the upload has no `file` field (or it is empty)")
+    return data, confirm
+
+
+async def share_image(request: web.Request) -> web.Response:
+    """`POST /api/rooms/{room}/images`: share an image into the room (`share_image`)."""
+    node = request.app[NODE]
+    identity, room_id, participant = await _room_participant(request, "share_image")
+    try:
+        data, confirm = await _read_upload(request, node.settings.max_image_bytes)
+        record: SharedImage = await _image_work(
+            node,
+            node.images.share,
+            room_id,
+            data,
+            shared_by_participant=participant.participant_id,
+            confirm_burned_in=confirm,
+        )
+    except ConsiliumError as exc:
+        node.audit.append(
+            "image_share_refused",
+            "deny",
+            sub=identity.sub,
+            room=room_id,
+            reason=exc.code,
+            participant=participant.participant_id,
+        )
+        raise
+    node.audit.append(
+        "image_shared",
+        "allow",
+        sub=identity.sub,
+        room=room_id,
+        participant=participant.participant_id,
+        image=record.image_id,
+        kind=record.kind,
+        frames=record.frames,
+        removed_tags=record.removed_tags,
+        burned_in_confirmed=record.burned_in_confirmed,
+    )
+    await node.rooms.announce(room_id, record.announcement())
+    return web.json_response(record.to_wire(), status=201)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
+    node = request.app[NODE]
+    _identity, room_id, _participant = await _room_participant(request, None)
+    images = await asyncio.to_thread(node.images.list, room_id)  # the first call reads disk
+    return web.json_response({"images": [image.to_wire() for image in images]})
+
+
+def _served_frame(
+    images: ImageStore, key: bytes, room_id: str, image_id: str, index: int, mark: Mark
+) -> tuple[bytes, str]:
+    data, media_type = images.frame(room_id, image_id, index)
+    return watermark(data, mark, key), media_type
+
+
+async def get_image(request: web.Request) -> web.Response:
+    """`GET /api/rooms/{room}/images/{image_id}?frame=N[&purpose=export]`: one frame,
+    watermarked for this viewer (participants); every fetch is audited."""
+    node = request.app[NODE]
+    identity, room_id, participant = await _room_participant(request, None)
+    image_id = request.match_info["image_id"]
+    try:
+        index = int(request.query.get("frame", "0"))
+    except ValueError:
+        raise BadMessage("frame must be an integer") from None
+    purpose = request.query.get("purpose", "view")
+    if purpose not in ("view", "export"):
+        raise BadMessage("purpose must be view or export")
+    mark = Mark(viewer=identity.sub, room=room_id, time=datetime.now(UTC).replace(microsecond=0))
+    body, media_type = await _image_work(
+        node, _served_frame, node.images, node.watermark_key, room_id, image_id, index, mark
+    )
+    node.audit.append(
+        "image_exported" if purpose == "export" else "image_viewed",
+        "allow",
+        sub=identity.sub,
+        room=room_id,
+        participant=participant.participant_id,
+        image=image_id,
+        frame=index,
+    )
+    return web.Response(body=body, content_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+async def delete_expired_images(node: Node) -> dict[str, list[str]]:
+    """Delete the shared images older than `image_retention_days` (audited per room)."""
+    cutoff = time.time() - node.settings.image_retention_days * 86400.0
+    deleted: dict[str, list[str]] = await asyncio.to_thread(node.images.delete_expired, cutoff)
+    for room_id, image_ids in deleted.items():
+        node.audit.append(
+            "images_deleted",
+            "info",
+            room=room_id,
+            reason="retention",
+            images=image_ids,
+            count=len(image_ids),
+        )
+    return deleted
+
+
+async def _sweep_images(node: Node) -> None:
+    """Apply the shared images' retention at start, then every `IMAGE_SWEEP_S`."""
+    while True:
+        try:
+            await delete_expired_images(node)
+        except Exception:
+            log.exception("shared image retention sweep failed")
+        await asyncio.sleep(IMAGE_SWEEP_S)
+
+
 async def api_not_found(request: web.Request) -> web.Response:
     """Unknown API paths get a JSON 404, not an HTML page."""
     raise NotFound(f"no such API endpoint: {request.method} {request.path}")
@@ -732,10 +967,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stale_entries_purged=purged,
     )
     sweeper = asyncio.get_running_loop().create_task(_sweep_revocations(node))
+    image_sweeper = asyncio.get_running_loop().create_task(_sweep_images(node))
     node.ready = True
     yield
     node.ready = False
     sweeper.cancel()
+    image_sweeper.cancel()
     try:
         with contextlib.suppress(Exception):
             await node.rooms.close_all()
@@ -766,6 +1003,9 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/rooms", create_room)
     app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_post("/api/rooms/{room}/images", share_image)
+    app.router.add_get("/api/rooms/{room}/images", list_images)
+    app.router.add_get("/api/rooms/{room}/images/{image_id}", get_image)
     app.router.add_post("/api/revocations", create_revocation)
     app.router.add_get("/api/revocations", list_revocations)
     app.router.add_get("/api/audit", read_audit)

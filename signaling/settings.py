@@ -113,6 +113,15 @@ class Settings:
     """Key-encryption key file wrapping every data key (rooms, recordings); unset:
     `<data_dir>/keys/kek.json`, generated on first start. Keep it off the data volume."""
 
+    max_image_bytes: int = 64 * 1024 * 1024
+    """Largest shared image upload (DICOM, PNG or JPEG file), in bytes (HTTP 413 beyond)."""
+    max_images_per_room: int = 100
+    """Shared images one room may hold (HTTP 429 beyond)."""
+    image_workers: int = 2
+    """Shared-image uploads and watermarked fetches processed at once (the rest wait)."""
+    image_retention_days: float = 30.0
+    """Days a shared image is kept after it was shared; then it is deleted (audited)."""
+
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
@@ -171,6 +180,9 @@ class Settings:
             "max_lobby_per_room",
             "max_scheduled_rooms",
             "turn_ttl_s",
+            "max_image_bytes",
+            "max_images_per_room",
+            "image_workers",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -180,6 +192,7 @@ class Settings:
             "keepalive_timeout_s",
             "revocation_sweep_s",
             "jwks_refetch_interval_s",
+            "image_retention_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

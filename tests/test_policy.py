@@ -26,6 +26,7 @@ LIVE = (
     "share_screen",
     "share_image",
     "annotate",
+    "moderate_annotations",
     "admit",
     "mute_others",
     "remove_participant",

@@ -52,16 +52,25 @@ async def test_ten_subscribers_joining_at_once_cause_one_keyframe_request(
 
 
 async def test_data_channel_messages_are_relayed_by_label(media: MediaHarness) -> None:
-    a = await media.join("a", [ReplayAudioTrack()])
+    annotate = frozenset({"publish_audio", "annotate"})
+    a = await media.join("a", [ReplayAudioTrack()], permissions=annotate)
     b = await media.join("b", [ReplayAudioTrack()])
     c = await media.join("c", [])
-    await eventually(lambda: all(ch.readyState == "open" for ch in a.channels.values()), 10)
-    await eventually(lambda: all(ch.readyState == "open" for ch in b.channels.values()), 10)
-    await eventually(lambda: all(ch.readyState == "open" for ch in c.channels.values()), 10)
-    a.send_data("consilium-reliable", "hello from a")
-    await eventually(lambda: b.stats.data and c.stats.data, timeout=10)
-    assert b.stats.data == [{"from": "a", "data": "hello from a"}]
-    assert c.stats.data == b.stats.data and a.stats.data == []
+    for client in (a, b, c):
+        await client.sync()
+    await eventually(lambda: all(x.received() for x in (a, b, c)), timeout=10)
+    a.send_json("consilium-reliable", {"type": "chat", "client_id": "m1", "text": "hello"})
+    await eventually(lambda: all(len(x.received()) == 2 for x in (a, b, c)), timeout=10)
+    events = [x.received()[1] for x in (a, b, c)]
+    assert events[0] == events[1] == events[2]
+    assert events[0]["type"] == "event" and events[0]["author"] == "a"
+    assert events[0]["text"] == "hello" and events[0]["seq"] == 1
+    pointer = {"type": "pointer", "image_id": "ct", "frame": 0, "x": 1.0, "y": 2.0}
+    a.send_json("consilium-lossy", pointer)
+    await eventually(lambda: b.received("consilium-lossy") and c.received("consilium-lossy"), 10)
+    assert b.received("consilium-lossy") == [{**pointer, "from": "a"}]
+    assert c.received("consilium-lossy") == b.received("consilium-lossy")
+    assert a.received("consilium-lossy") == []
 
 
 async def test_leaving_frees_the_slot_for_the_next_publisher(media: MediaHarness) -> None:

@@ -1,0 +1,703 @@
+"""Shared annotations and chat of a room: the ordering authority, sans-IO.
+
+The SFU hosts a room's media on one node, so it is the one place that orders what is drawn and
+said in the room. A client sends an operation (`op`, `chat`, `receipt`, `sync`) as JSON text on
+its reliable data channel; `RoomAnnotations.handle` checks it (schema, bounds, permission), stamps
+the room's next sequence number, the author (from the connection, never from the message) and the
+server time, appends the stamped event to the room's log, applies it to the state and returns who
+receives what. Clients apply events in sequence order on top of a `snapshot`, so they all converge.
+Pointer positions (`consilium-lossy`) are rate-limited and relayed, never stored.
+
+`AnnotationLog` keeps each room's events on disk, append-only, each record sealed on its own with
+AES-256-GCM under the room's data key: no annotation or chat text touches disk in the clear.
+
+Nothing here touches the event loop or a socket: `sfu.session` moves the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from .room import ImageRef, MediaSettings
+
+log = logging.getLogger("consilium.sfu.annotations")
+
+RELIABLE = "consilium-reliable"
+LOSSY = "consilium-lossy"
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+ImageId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Frame = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Color = Annotated[str, msgspec.Meta(pattern="^#[0-9a-fA-F]{6}$")]
+Layer = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Point = tuple[float, float]
+ShapeType = Literal["arrow", "line", "ellipse", "rectangle", "freehand", "text", "measure"]
+
+MAX_COORDINATE = 1e6
+"""Largest absolute coordinate accepted (pixels); also rules out infinities."""
+
+TWO_POINT_SHAPES = frozenset({"arrow", "line", "ellipse", "rectangle", "measure"})
+
+
+# -- client → SFU on consilium-reliable --------------------------------------------------------
+
+
+class Shape(msgspec.Struct, frozen=True):
+    """A shape as its author draws it. Coordinates are image pixels (x: column, y: row)."""
+
+    id: Id
+    type: ShapeType
+    points: list[Point]
+    text: str = ""
+    color: Color = "#ff0000"
+    layer: Layer = "default"
+
+
+class AddOp(msgspec.Struct, frozen=True, tag_field="kind", tag="add"):
+    """Add a shape (its `id` is the author's choice, unique per author)."""
+
+    shape: Shape
+
+
+class EditOp(msgspec.Struct, frozen=True, tag_field="kind", tag="edit", omit_defaults=True):
+    """Change a shape: new points (a move), text or colour. The author's own shapes, or any with
+    `moderate_annotations`. As stamped, a measurement's edit carries its new `length_mm`."""
+
+    shape_id: Id
+    points: list[Point] | None = None
+    text: str | None = None
+    color: Color | None = None
+    length_mm: float | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class DeleteOp(msgspec.Struct, frozen=True, tag_field="kind", tag="delete"):
+    """Delete a shape: its author, or anyone with `moderate_annotations` (the chair)."""
+
+    shape_id: Id
+
+
+class ClearOwnOp(msgspec.Struct, frozen=True, tag_field="kind", tag="clear_own"):
+    """Delete all of the sender's shapes on the envelope's image and frame."""
+
+
+class StampedShape(msgspec.Struct, frozen=True):
+    """A shape as the SFU keeps it: the shape, where it is drawn, who drew it, and the sequence
+    number of its last change. Measurements carry `length_mm` (null without pixel spacing)."""
+
+    id: str
+    type: str
+    points: list[Point]
+    text: str
+    color: str
+    layer: str
+    image_id: str
+    frame: int
+    author: str
+    seq: int
+    length_mm: float | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class StampedAdd(msgspec.Struct, frozen=True, tag_field="kind", tag="add"):
+    """An `add` as stamped: the shape with its author, place and sequence number."""
+
+    shape: StampedShape
+
+
+Op = AddOp | EditOp | DeleteOp | ClearOwnOp
+StampedOp = StampedAdd | EditOp | DeleteOp | ClearOwnOp
+
+
+class OpMessage(msgspec.Struct, frozen=True, tag_field="type", tag="op"):
+    """An annotation operation on frame `frame` of shared image `image_id`; needs `annotate`.
+    Any `author`, `seq` or `time` in it is ignored: the SFU stamps them."""
+
+    image_id: ImageId
+    frame: Frame
+    op: Op
+    client_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+
+class ChatMessage(msgspec.Struct, frozen=True, tag_field="type", tag="chat"):
+    """A chat message to the room (`to` empty) or to the named participants."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+    to: list[Id] = []
+    client_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+
+class ReceiptMessage(msgspec.Struct, frozen=True, tag_field="type", tag="receipt"):
+    """A recipient's own delivered/read receipt for the chat message stamped `seq`."""
+
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    state: Literal["delivered", "read"]
+
+
+class SyncMessage(msgspec.Struct, frozen=True, tag_field="type", tag="sync"):
+    """Ask for a snapshot (when the channel opens, and after a reconnect, `since: -1`); live
+    events follow it from the snapshot's `seq + 1`."""
+
+    since: int = -1
+
+
+ClientMessage = OpMessage | ChatMessage | ReceiptMessage | SyncMessage
+
+
+# -- SFU → client on consilium-reliable ----------------------------------------------------------
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", tag="event"):
+    """One stamped event of the room, in sequence order. `kind` `op`: `image_id`, `frame`, `op`
+    (as stamped); `chat`: `text`, `to` (sent only to its author and recipients, or everyone);
+    `receipt`: `ref` (the chat's seq) and `state` (sent to the chat's author and the receipt's).
+    In a snapshot, a chat message also carries the `receipts` its reader may see."""
+
+    seq: int
+    time: str
+    author: str
+    client_id: str
+    kind: Literal["op", "chat", "receipt"]
+    image_id: str | msgspec.UnsetType = msgspec.UNSET
+    frame: int | msgspec.UnsetType = msgspec.UNSET
+    op: StampedOp | msgspec.UnsetType = msgspec.UNSET
+    text: str | msgspec.UnsetType = msgspec.UNSET
+    to: list[str] | msgspec.UnsetType = msgspec.UNSET
+    ref: int | msgspec.UnsetType = msgspec.UNSET
+    state: str | msgspec.UnsetType = msgspec.UNSET
+    receipts: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Snapshot(msgspec.Struct, frozen=True, tag_field="type", tag="snapshot"):
+    """The room's state after sequence number `seq`: every shape, and the chat messages this
+    participant may see (with their receipts). Live events follow from `seq + 1`."""
+
+    seq: int
+    shapes: list[StampedShape]
+    chat: list[Event]
+
+
+class ErrorMessage(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
+    """A refused message, to its sender only (nothing was stored or sent to anyone else).
+    Codes: `bad_message`, `not_allowed`, `too_large`, `rate_limited`, `too_many_shapes`,
+    `unknown_shape`, `unknown_image`."""
+
+    code: str
+    message: str
+    client_id: str | None = None
+
+
+ServerMessage = Snapshot | Event | ErrorMessage
+
+
+# -- consilium-lossy -------------------------------------------------------------------------------
+
+
+class PointerMessage(msgspec.Struct, frozen=True, tag_field="type", tag="pointer"):
+    """A pointer (laser) position; at most `pointer_per_s` per participant, extra ones dropped
+    silently; relayed to the others, never stored. Needs `annotate`."""
+
+    image_id: ImageId
+    frame: Frame
+    x: float
+    y: float
+
+
+class RelayedPointer(msgspec.Struct, frozen=True, tag_field="type", tag="pointer"):
+    """A pointer position relayed to the other participants."""
+
+    image_id: str
+    frame: int
+    x: float
+    y: float
+    from_: str = msgspec.field(name="from")
+
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_pointer_decoder = msgspec.json.Decoder(PointerMessage)
+_event_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+class AnnotationError(Exception):
+    """A message refused; `code` is its wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LogError(Exception):
+    """An annotation log that cannot be read back (not a torn last record): names the seq."""
+
+
+Recipients = tuple[str, ...] | None
+"""Participant ids a message goes to; None: every participant in the room."""
+
+
+class Delivery(NamedTuple):
+    """One message (JSON text) for the reliable channel, and who receives it."""
+
+    recipients: Recipients
+    text: str
+    kind: Literal["event", "snapshot", "error"]
+    """A stamped `event` goes to synced participants only (the others get it in their
+    snapshot); a `snapshot` or an `error` to its requester, synced or not."""
+    author: str
+    """Who caused it (the sender, from the connection)."""
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """`rate` per second on average, `burst` at once."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def take(self, now: float) -> bool:
+        """One token if there is one."""
+        if self.tokens < 0:
+            self.tokens, self.stamp = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class ChatRecord:
+    """A chat message and each recipient's receipt (`delivered` or `read`)."""
+
+    event: Event
+    receipts: dict[str, str] = field(default_factory=dict)
+
+    def visible_to(self, participant_id: str) -> bool:
+        """Room-wide, or its author, or one of its recipients."""
+        to = self.event.to
+        return not to or participant_id == self.event.author or participant_id in to
+
+
+def utc_now() -> str:
+    """Server time, ISO-8601 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def measure_length_mm(points: list[Point], spacing: tuple[float, float] | None) -> float | None:
+    """Length of a two-point measurement in mm; spacing is (row mm, column mm)."""
+    if spacing is None or len(points) != 2:
+        return None
+    (x0, y0), (x1, y1) = points
+    return round(math.hypot((x1 - x0) * spacing[1], (y1 - y0) * spacing[0]), 3)
+
+
+class RoomAnnotations:
+    """A room's annotations and chat: validates, stamps, applies, says who receives what."""
+
+    def __init__(
+        self,
+        room_id: str,
+        settings: MediaSettings,
+        image_info: Callable[[str, str], ImageRef | None] | None = None,
+        log_file: AnnotationLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.room_id = room_id
+        self.settings = settings
+        self.image_info = image_info
+        self.log = log_file
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.seq = 0
+        """The last stamped sequence number."""
+        self.shapes: dict[tuple[str, int, str], StampedShape] = {}
+        """Shapes by (image, frame, shape id), in the order they were added."""
+        self.shapes_per_image: dict[str, int] = {}
+        self.chat: dict[int, ChatRecord] = {}
+        """Chat messages by their seq."""
+        self._buckets: dict[str, TokenBucket] = {}
+        self._pointer_buckets: dict[str, TokenBucket] = {}
+        if log_file is not None:
+            for event in log_file.replay():
+                self.apply(event)
+
+    # -- the reliable channel -----------------------------------------------------------------
+
+    def handle(self, sender: str, permissions: frozenset[str], raw: str) -> list[Delivery]:
+        """One message from `sender`'s reliable channel: the deliveries it causes, in order.
+        Hot path, per annotation op: watched by bench/annotations.py."""
+        client_id: str | None = None
+        try:
+            if len(raw) > self.settings.annotation_max_bytes or (
+                len(raw.encode()) > self.settings.annotation_max_bytes
+            ):
+                raise AnnotationError("too_large", "message larger than the bound")
+            try:
+                message = _client_decoder.decode(raw)
+            except msgspec.DecodeError as exc:
+                client_id = _loose_client_id(raw)
+                raise AnnotationError("bad_message", str(exc)) from None
+            if not isinstance(message, ReceiptMessage | SyncMessage):
+                client_id = message.client_id
+            bucket = self._buckets.get(sender)
+            if bucket is None:
+                bucket = self._buckets[sender] = TokenBucket(
+                    self.settings.annotation_ops_per_s, self.settings.annotation_burst
+                )
+            if not bucket.take(self.clock()):
+                raise AnnotationError("rate_limited", "too many messages per second")
+            if isinstance(message, SyncMessage):
+                snapshot = _encoder.encode(self.snapshot(sender)).decode()
+                return [Delivery((sender,), snapshot, "snapshot", sender)]
+            if isinstance(message, OpMessage):
+                event = self._stamp_op(sender, permissions, message)
+            elif isinstance(message, ChatMessage):
+                event = self._stamp_chat(sender, message)
+            else:
+                stamped = self._stamp_receipt(sender, message)
+                if stamped is None:
+                    return []  # nothing new: the receipt was already at that state
+                event = stamped
+        except AnnotationError as exc:
+            error = ErrorMessage(code=exc.code, message=str(exc), client_id=client_id)
+            return [Delivery((sender,), _encoder.encode(error).decode(), "error", sender)]
+        text = _encoder.encode(event).decode()
+        if self.log is not None:
+            self.log.append(event.seq, text.encode())
+        self.apply(event)
+        return [Delivery(self.recipients(event), text, "event", sender)]
+
+    def recipients(self, event: Event) -> Recipients:
+        """Who receives a stamped event: everyone for ops and room-wide chat; a private chat's
+        author and recipients; a receipt's author and the chat's author."""
+        if event.kind == "op":
+            return None
+        if event.kind == "chat":
+            to = event.to if isinstance(event.to, list) else []
+            return None if not to else tuple(dict.fromkeys([event.author, *to]))
+        assert isinstance(event.ref, int)
+        chat_author = self.chat[event.ref].event.author
+        return tuple(dict.fromkeys([chat_author, event.author]))
+
+    def _stamp(self, sender: str, client_id: str, kind: Any, **fields: Any) -> Event:
+        return Event(seq=self.seq + 1, time=self.wall_clock(), author=sender,
+                     client_id=client_id, kind=kind, **fields)  # fmt: skip
+
+    def _stamp_op(self, sender: str, permissions: frozenset[str], message: OpMessage) -> Event:
+        if "annotate" not in permissions:
+            raise AnnotationError("not_allowed", "annotating needs the annotate permission")
+        op = message.op
+        where = (message.image_id, message.frame)
+        stamped: StampedOp
+        if isinstance(op, AddOp):
+            image = self._image(message.image_id, message.frame)
+            shape = op.shape
+            self._check_shape(shape.type, shape.points, shape.text)
+            if (*where, shape.id) in self.shapes:
+                raise AnnotationError("bad_message", f"shape {shape.id!r} exists already")
+            if self.shapes_per_image.get(message.image_id, 0) >= (
+                self.settings.annotation_max_shapes_per_image
+            ):
+                raise AnnotationError("too_many_shapes", "this image has as many shapes as allowed")
+            length: float | msgspec.UnsetType | None = msgspec.UNSET
+            if shape.type == "measure":
+                length = measure_length_mm(shape.points, image.pixel_spacing_mm)
+            stamped = StampedAdd(StampedShape(
+                id=shape.id, type=shape.type, points=shape.points, text=shape.text,
+                color=shape.color, layer=shape.layer, image_id=message.image_id,
+                frame=message.frame, author=sender, seq=self.seq + 1, length_mm=length,
+            ))  # fmt: skip
+        elif isinstance(op, EditOp | DeleteOp):
+            current = self.shapes.get((*where, op.shape_id))
+            if current is None:
+                raise AnnotationError("unknown_shape", f"no shape {op.shape_id!r} there")
+            if current.author != sender and "moderate_annotations" not in permissions:
+                raise AnnotationError("not_allowed", "only its author or the chair may change it")
+            stamped = op
+            if isinstance(op, EditOp):
+                if op.points is None and op.text is None and op.color is None:
+                    raise AnnotationError("bad_message", "an edit changes points, text or colour")
+                if op.text is not None and current.type != "text":
+                    raise AnnotationError("bad_message", "only a text shape has text")
+                points = op.points if op.points is not None else current.points
+                self._check_shape(current.type, points, op.text or "")
+                if current.type == "measure" and op.points is not None:
+                    spacing = self._image(message.image_id, message.frame).pixel_spacing_mm
+                    stamped = msgspec.structs.replace(
+                        op, length_mm=measure_length_mm(points, spacing)
+                    )
+        else:
+            stamped = op
+        return self._stamp(sender, message.client_id, "op", image_id=message.image_id,
+                           frame=message.frame, op=stamped)  # fmt: skip
+
+    def _image(self, image_id: str, frame: int) -> ImageRef:
+        image = self.image_info(self.room_id, image_id) if self.image_info is not None else None
+        if image is None or frame >= image.frames:
+            raise AnnotationError("unknown_image", f"no frame {frame} of image {image_id!r} here")
+        return image
+
+    def _check_shape(self, kind: str, points: list[Point], text: str) -> None:
+        count = len(points)
+        if kind in TWO_POINT_SHAPES and count != 2:
+            raise AnnotationError("bad_message", f"a {kind} has exactly 2 points")
+        if kind == "text" and count != 1:
+            raise AnnotationError("bad_message", "a text has exactly 1 point")
+        if kind == "freehand":
+            if count < 2:
+                raise AnnotationError("bad_message", "a freehand stroke has at least 2 points")
+            if count > self.settings.annotation_max_points:
+                raise AnnotationError("too_large", "more points than a stroke may have")
+        if kind != "text" and text:
+            raise AnnotationError("bad_message", "only a text shape has text")
+        if len(text) > self.settings.annotation_max_text_chars:
+            raise AnnotationError("too_large", "text longer than the bound")
+        for x, y in points:
+            if not (abs(x) <= MAX_COORDINATE and abs(y) <= MAX_COORDINATE):
+                raise AnnotationError("bad_message", "coordinates must be finite image pixels")
+
+    def _stamp_chat(self, sender: str, message: ChatMessage) -> Event:
+        if len(message.text) > self.settings.chat_max_chars:
+            raise AnnotationError("too_large", "chat message longer than the bound")
+        to = list(dict.fromkeys(message.to))
+        return self._stamp(sender, message.client_id, "chat", text=message.text, to=to)
+
+    def _stamp_receipt(self, sender: str, message: ReceiptMessage) -> Event | None:
+        record = self.chat.get(message.seq)
+        if record is None:
+            raise AnnotationError("bad_message", f"no chat message {message.seq}")
+        if sender == record.event.author or not record.visible_to(sender):
+            raise AnnotationError("not_allowed", "only a recipient sets its own receipt")
+        current = record.receipts.get(sender)
+        if current == message.state or current == "read":
+            return None  # monotonic: read implies delivered, and nothing goes back
+        return self._stamp(sender, "", "receipt", ref=message.seq, state=message.state)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        """Apply a stamped event to the state (live, or replayed from the log)."""
+        self.seq = event.seq
+        if event.kind == "chat":
+            self.chat[event.seq] = ChatRecord(event)
+            return
+        if event.kind == "receipt":
+            assert isinstance(event.ref, int) and isinstance(event.state, str)
+            record = self.chat.get(event.ref)
+            if record is not None:
+                record.receipts[event.author] = event.state
+            return
+        assert isinstance(event.image_id, str) and isinstance(event.frame, int)
+        op = event.op
+        if isinstance(op, StampedAdd):
+            self.shapes[(event.image_id, event.frame, op.shape.id)] = op.shape
+            self.shapes_per_image[event.image_id] = self.shapes_per_image.get(event.image_id, 0) + 1
+        elif isinstance(op, DeleteOp):
+            self._remove((event.image_id, event.frame, op.shape_id))
+        elif isinstance(op, ClearOwnOp):
+            for key, shape in list(self.shapes.items()):
+                if key[:2] == (event.image_id, event.frame) and shape.author == event.author:
+                    self._remove(key)
+        elif isinstance(op, EditOp):
+            key = (event.image_id, event.frame, op.shape_id)
+            shape = self.shapes[key]
+            changes: dict[str, Any] = {"seq": event.seq}
+            if op.points is not None:
+                changes["points"] = op.points
+            if op.text is not None:
+                changes["text"] = op.text
+            if op.color is not None:
+                changes["color"] = op.color
+            if op.length_mm is not msgspec.UNSET:
+                changes["length_mm"] = op.length_mm
+            self.shapes[key] = msgspec.structs.replace(shape, **changes)
+
+    def _remove(self, key: tuple[str, int, str]) -> None:
+        if self.shapes.pop(key, None) is not None:
+            self.shapes_per_image[key[0]] -= 1
+
+    def snapshot(self, participant_id: str) -> Snapshot:
+        """The state after `self.seq` as `participant_id` may see it: every shape, and the chat
+        messages addressed to them (with all receipts if theirs, else their own receipt)."""
+        chat = []
+        for record in self.chat.values():
+            if not record.visible_to(participant_id):
+                continue
+            receipts = record.receipts
+            if participant_id != record.event.author:
+                own = receipts.get(participant_id)
+                receipts = {participant_id: own} if own else {}
+            chat.append(msgspec.structs.replace(record.event, receipts=dict(receipts)))
+        return Snapshot(seq=self.seq, shapes=list(self.shapes.values()), chat=chat)
+
+    # -- the lossy channel --------------------------------------------------------------------
+
+    def pointer(self, sender: str, permissions: frozenset[str], raw: str) -> str | None:
+        """A pointer position from `sender`: the text to relay to the others, or None when it is
+        dropped (over `pointer_per_s`, or no `annotate`). A malformed one raises
+        `AnnotationError`."""
+        if len(raw) > 512:
+            raise AnnotationError("too_large", "pointer message larger than the bound")
+        try:
+            message = _pointer_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise AnnotationError("bad_message", str(exc)) from None
+        if not (abs(message.x) <= MAX_COORDINATE and abs(message.y) <= MAX_COORDINATE):
+            raise AnnotationError("bad_message", "coordinates must be finite image pixels")
+        if "annotate" not in permissions:
+            return None
+        bucket = self._pointer_buckets.get(sender)
+        if bucket is None:
+            rate = self.settings.pointer_per_s
+            bucket = self._pointer_buckets[sender] = TokenBucket(rate, max(1.0, rate / 10))
+        if not bucket.take(self.clock()):
+            return None
+        relayed = RelayedPointer(image_id=message.image_id, frame=message.frame, x=message.x,
+                                 y=message.y, from_=sender)  # fmt: skip
+        return _encoder.encode(relayed).decode()
+
+    def forget(self, participant_id: str) -> None:
+        """A participant left: drop their rate-limit state."""
+        self._buckets.pop(participant_id, None)
+        self._pointer_buckets.pop(participant_id, None)
+
+    def close(self) -> None:
+        """Sync and close the log."""
+        if self.log is not None:
+            self.log.close()
+
+
+def error_text(code: str, message: str, client_id: str | None = None) -> str:
+    """An `error` message as JSON text."""
+    return _encoder.encode(ErrorMessage(code=code, message=message, client_id=client_id)).decode()
+
+
+def _loose_client_id(raw: str) -> str | None:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    client_id = value.get("client_id") if isinstance(value, dict) else None
+    return client_id if isinstance(client_id, str) and len(client_id) <= 64 else None
+
+
+# -- the log on disk ---------------------------------------------------------------------------
+
+LENGTH_BYTES = 4
+NONCE_BYTES = 12
+FSYNC_INTERVAL_S = 0.1
+"""Each record is flushed to the OS at once (a crashed process loses nothing), but fsynced at most
+every 100 ms (and on close): an fsync per op would cap a room at a few hundred ops/s on ordinary
+disks, and a power cut then loses at most the last ~100 ms of drawing."""
+
+
+def log_path(data_dir: Path, room_id: str) -> Path:
+    """Where a room's annotation log lives."""
+    if not room_id or "/" in room_id or "\\" in room_id or room_id in (".", ".."):
+        raise ValueError(f"room id {room_id!r} cannot name a folder")
+    return data_dir / "rooms" / room_id / "annotations.log"
+
+
+class AnnotationLog:
+    """A room's append-only event log, each record AES-256-GCM-sealed on its own.
+
+    Record: 4-byte big-endian length, then a 12-byte nonce (4 random bytes + the 8-byte seq) and
+    the ciphertext of the stamped event's JSON, with the room id and the seq as associated data
+    (a record cannot be moved to another room or position unnoticed).
+    """
+
+    def __init__(
+        self, path: Path, room_id: str, key: bytes, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.room_id = room_id
+        self._aead = AESGCM(key)
+        self._clock = clock
+        self._last_fsync = 0.0
+        self.dirty = False
+        """Records flushed but not yet fsynced."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._valid_end = 0
+        self._events = list(self._read())
+        self._file = open(path, "r+b" if path.exists() else "w+b")
+        if self._valid_end < self._file.seek(0, os.SEEK_END):
+            self._file.truncate(self._valid_end)  # the torn record goes: appends follow good ones
+        self._file.seek(self._valid_end)
+
+    def _aad(self, seq: int) -> bytes:
+        return self.room_id.encode() + b"\0" + seq.to_bytes(8, "big")
+
+    def _read(self) -> Iterator[Event]:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        pos, expected = 0, 1
+        while pos < len(data):
+            if pos + LENGTH_BYTES > len(data):
+                break
+            length = int.from_bytes(data[pos : pos + LENGTH_BYTES], "big")
+            end = pos + LENGTH_BYTES + length
+            if end > len(data):
+                break
+            record = data[pos + LENGTH_BYTES : end]
+            if length < NONCE_BYTES + 16:
+                raise LogError(f"{self.path}: record {expected} is malformed")
+            seq = int.from_bytes(record[4:NONCE_BYTES], "big")
+            if seq != expected:
+                raise LogError(f"{self.path}: record {expected} carries seq {seq}")
+            try:
+                plain = self._aead.decrypt(record[:NONCE_BYTES], record[NONCE_BYTES:],
+                                           self._aad(seq))  # fmt: skip
+                event = _event_decoder.decode(plain)
+            except (InvalidTag, msgspec.DecodeError):
+                raise LogError(f"{self.path}: record {seq} fails authentication") from None
+            yield event
+            pos, expected = end, expected + 1
+            self._valid_end = pos
+        if pos < len(data):
+            log.warning("annotation log ends with a torn record; ignored",
+                        extra={"path": str(self.path), "seq": expected})  # fmt: skip
+
+    def replay(self) -> list[Event]:
+        """Every event read back when the log was opened, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def append(self, seq: int, plaintext: bytes) -> None:
+        """Seal and write one record; flushed at once, fsynced at most every 100 ms."""
+        nonce = secrets.token_bytes(4) + seq.to_bytes(8, "big")
+        sealed = nonce + self._aead.encrypt(nonce, plaintext, self._aad(seq))
+        self._file.write(len(sealed).to_bytes(LENGTH_BYTES, "big") + sealed)
+        self._file.flush()
+        self.dirty = True
+        if self._clock() - self._last_fsync >= FSYNC_INTERVAL_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written (called by `append`, by the room's timer, and at close)."""
+        if self.dirty and not self._file.closed:
+            os.fsync(self._file.fileno())
+            self.dirty = False
+            self._last_fsync = self._clock()
+
+    def close(self) -> None:
+        """fsync and close."""
+        if not self._file.closed:
+            self.sync()
+            self._file.close()

@@ -1,0 +1,402 @@
+"""Shared images of a room: de-identified, rendered, encrypted at rest, listed and read back.
+
+An upload becomes a `SharedImage` in `ImageStore.share`: `signaling.deidentify` removes what
+identifies the patient, every frame is rendered for the browser (a lossless PNG, or the cleaned
+JPEG of a photo), and each frame and a small metadata record are written encrypted under the
+room's data key (`recorder.roomkeys`), in the segment cipher's container (`recorder.segments`):
+
+    <data_dir>/rooms/<room_id>/images/<image_id>/meta.seg          the SharedImage, as JSON
+    <data_dir>/rooms/<room_id>/images/<image_id>/frame-000000.seg  frame 0, and so on
+
+Each object's cipher context names the room, the image and the frame, so an object copied to
+another room, image or position fails to decrypt. Plaintext is only ever in memory: an image is
+written in a hidden folder and renamed into place once complete, so a crash never leaves half
+an image listed. Everything here is synchronous file I/O and CPU work: the server runs it off
+the event loop. Watermarking per viewer happens when a frame is served, not here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from recorder.segments import decrypt_segment, open_segment_writer, segment_context
+from sfu.room import ImageRef
+
+from .deidentify import DEFAULT_LIMITS, DeidentifiedImage, FrameNotFound, ImageLimits, deidentify
+from .errors import IntegrityError, NotFound, RateLimited
+from .protocol import ImageShared, valid_room_id
+
+log = logging.getLogger("consilium.images")
+
+IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+"""What an image id looks like (ids are `secrets.token_urlsafe(16)`): never a path."""
+META_FILE = "meta.seg"
+"""The encrypted metadata record in an image's folder."""
+TITLE_LIMIT = 200
+"""Characters of an image's title."""
+_PARTIAL_PREFIX = ".partial-"
+_CONTEXT_TRACK_META = "image-meta"
+_CONTEXT_TRACK_FRAME = "image-frame"
+_UID_SECRET_LABEL = b"consilium-dicom-uid-secret\x00"
+
+
+class UnknownImage(NotFound):
+    """No such image in this room (or never shared, or deleted by retention)."""
+
+    code = "unknown_image"
+
+
+class TooManyImages(RateLimited):
+    """The room already holds as many shared images as it may."""
+
+    code = "too_many_images"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedImage:
+    """One shared image of a room: what participants see of it, and what the store keeps."""
+
+    image_id: str
+    """Random id (URL-safe), unique per room."""
+    kind: Literal["dicom", "png", "jpeg"]
+    """What was uploaded, by content."""
+    frames: int
+    """Addressable frames (1 for photos and single-frame DICOM)."""
+    width: int
+    """Columns in pixels."""
+    height: int
+    """Rows in pixels."""
+    pixel_spacing_mm: tuple[float, float] | None
+    """Row and column spacing in mm for measurements; None when the image has none."""
+    shared_by: str
+    """Participant id of whoever shared it."""
+    title: str
+    """Modality and series description left after de-identification, or "Image"."""
+    burned_in_confirmed: bool
+    """The DICOM declared burned-in identifiers and the uploader confirmed sharing it."""
+    media_type: str
+    """MIME type of each stored frame: `image/png` or `image/jpeg`."""
+    shared_at: float
+    """When it was shared, seconds since the epoch (sharing order, retention)."""
+    removed_tags: int
+    """How many attributes or metadata items de-identification removed or replaced."""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object of the REST API (`201` body, list entries)."""
+        return {
+            "image_id": self.image_id,
+            "kind": self.kind,
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "shared_by": self.shared_by,
+            "title": self.title,
+            "burned_in_confirmed": self.burned_in_confirmed,
+        }
+
+    def announcement(self) -> ImageShared:
+        """The `image_shared` message every participant of the room receives."""
+        return ImageShared(
+            image_id=self.image_id,
+            kind=self.kind,
+            frames=self.frames,
+            width=self.width,
+            height=self.height,
+            pixel_spacing_mm=list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            shared_by=self.shared_by,
+            title=self.title,
+            burned_in_confirmed=self.burned_in_confirmed,
+        )
+
+    def encode(self) -> bytes:
+        """The metadata record as stored (JSON, encrypted by the store)."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SharedImage:
+        """The record `encode` wrote."""
+        raw = json.loads(data)
+        spacing = raw.get("pixel_spacing_mm")
+        raw["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
+        return cls(**raw)
+
+
+def room_uid_secret(room_key: bytes, room_id: str) -> bytes:
+    """The secret that replaces DICOM UIDs in one room: the same UID maps alike within the
+    room (two slices of a series stay one series), differently in any other room."""
+    return hmac.new(room_key, _UID_SECRET_LABEL + room_id.encode(), hashlib.sha256).digest()
+
+
+def image_title(image: DeidentifiedImage) -> str:
+    """A title for people: the modality and series description of a de-identified DICOM (what
+    de-identification left of them), "Image" for a photo. Never a patient identifier."""
+    if image.dataset is None:
+        return "Image"
+    parts = [
+        " ".join(str(image.dataset.get(keyword, "") or "").split())
+        for keyword in ("Modality", "SeriesDescription")
+    ]
+    title = " ".join(part for part in parts if part)
+    return title[:TITLE_LIMIT] or "DICOM image"
+
+
+def _context(room_id: str, image_id: str, track: str, index: int) -> bytes:
+    return segment_context(f"room-image:{room_id}:{image_id}", track, index)
+
+
+def _frame_file(index: int) -> str:
+    return f"frame-{index:06d}.seg"
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+class ImageStore:
+    """Each room's shared images under `<data_dir>/rooms/`, encrypted with the room's key.
+
+    Thread-safe: uploads run in worker threads while the event loop lists and reads. The
+    metadata of a room is read from disk once and then kept in memory.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        room_key: Callable[[str], bytes],
+        *,
+        max_images_per_room: int = 100,
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.root = Path(data_dir) / "rooms"
+        self.room_key = room_key
+        """The room's 32-byte data key (`RoomKeys.key_for`)."""
+        self.max_images_per_room = max_images_per_room
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._rooms: dict[str, builtins.list[SharedImage]] = {}
+        self._pending: dict[str, int] = {}
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def images_dir(self, room_id: str) -> Path:
+        """The folder of a room's images (`UnknownImage` for an id that is not a room id)."""
+        if not valid_room_id(room_id):
+            raise UnknownImage("no such room")
+        return self.root / room_id / "images"
+
+    def _image_dir(self, room_id: str, image_id: str) -> Path:
+        if not IMAGE_ID_PATTERN.match(image_id):
+            raise UnknownImage("no such image in this room")
+        return self.images_dir(room_id) / image_id
+
+    # -- sharing -------------------------------------------------------------------------------
+
+    def share(
+        self,
+        room_id: str,
+        data: bytes,
+        *,
+        shared_by_participant: str,
+        uid_secret: bytes | None = None,
+        confirm_burned_in: bool = False,
+    ) -> SharedImage:
+        """De-identify, render, encrypt and store an uploaded image; the stored record.
+
+        `uid_secret` replaces DICOM UIDs (default: derived from the room's data key, see
+        `room_uid_secret`). Raises what `deidentify` raises (`UnsupportedImage`,
+        `ImageTooLarge`, `BurnedInAnnotation`) and `TooManyImages`.
+        """
+        images_dir = self.images_dir(room_id)
+        self._reserve(room_id)
+        partial: Path | None = None
+        try:
+            key = self.room_key(room_id)
+            image = deidentify(
+                data,
+                uid_secret=uid_secret or room_uid_secret(key, room_id),
+                confirm_burned_in=confirm_burned_in,
+                limits=self.limits,
+            )
+            image_id = secrets.token_urlsafe(16)
+            images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
+            partial.mkdir(mode=0o700)
+            for index in image.frames:
+                self._write(
+                    partial / _frame_file(index),
+                    image.render_frame(index),
+                    key,
+                    _context(room_id, image_id, _CONTEXT_TRACK_FRAME, index),
+                )
+            spacing = image.pixel_spacing
+            record = SharedImage(
+                image_id=image_id,
+                kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
+                frames=image.frame_count,
+                width=image.columns,
+                height=image.rows,
+                pixel_spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
+                shared_by=shared_by_participant,
+                title=image_title(image),
+                burned_in_confirmed=image.burned_in_confirmed,
+                media_type=image.media_type,
+                shared_at=time.time(),
+                removed_tags=len(image.removed),
+            )
+            self._write(
+                partial / META_FILE,
+                record.encode(),
+                key,
+                _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
+            )
+            os.replace(partial, images_dir / image_id)
+            partial = None
+            with self._lock:
+                self._load(room_id).append(record)
+            return record
+        finally:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            with self._lock:
+                self._pending[room_id] -= 1
+                if not self._pending[room_id]:
+                    del self._pending[room_id]
+
+    def _reserve(self, room_id: str) -> None:
+        """Count an upload in flight against the room's bound (so parallel ones cannot pass it)."""
+        with self._lock:
+            held = len(self._load(room_id)) + self._pending.get(room_id, 0)
+            if held >= self.max_images_per_room:
+                raise TooManyImages(
+                    "this room holds as many shared images as it may",
+                    limit=self.max_images_per_room,
+                )
+            self._pending[room_id] = self._pending.get(room_id, 0) + 1
+
+    @staticmethod
+    def _write(path: Path, plaintext: bytes, key: bytes, context: bytes) -> None:
+        with open(path, "xb", opener=_private_opener) as sink:
+            with open_segment_writer(sink, key, context) as writer:
+                writer.write(plaintext)
+            sink.flush()
+            os.fsync(sink.fileno())
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def list(self, room_id: str) -> builtins.list[SharedImage]:
+        """The room's images in sharing order."""
+        self.images_dir(room_id)
+        with self._lock:
+            return list(self._load(room_id))
+
+    def info(self, room_id: str, image_id: str) -> SharedImage:
+        """One image's record; `UnknownImage` if the room has no such image."""
+        self._image_dir(room_id, image_id)
+        with self._lock:
+            for record in self._load(room_id):
+                if record.image_id == image_id:
+                    return record
+        raise UnknownImage("no such image in this room")
+
+    def frame(self, room_id: str, image_id: str, index: int) -> tuple[bytes, str]:
+        """Frame `index` of an image, decrypted, and its media type (not yet watermarked)."""
+        record = self.info(room_id, image_id)
+        if not 0 <= index < record.frames:
+            raise FrameNotFound(f"frame {index} does not exist", frames=record.frames)
+        path = self._image_dir(room_id, image_id) / _frame_file(index)
+        try:
+            ciphertext = path.read_bytes()
+        except FileNotFoundError:
+            raise UnknownImage("no such image in this room") from None
+        context = _context(room_id, image_id, _CONTEXT_TRACK_FRAME, index)
+        return decrypt_segment(ciphertext, self.room_key(room_id), context), record.media_type
+
+    def lookup(self, room_id: str, image_id: str) -> ImageRef | None:
+        """What the SFU needs of an image to check and measure annotations; None if unknown."""
+        try:
+            record = self.info(room_id, image_id)
+        except NotFound:
+            return None
+        return ImageRef(frames=record.frames, pixel_spacing_mm=record.pixel_spacing_mm)
+
+    def _load(self, room_id: str) -> builtins.list[SharedImage]:
+        """The room's records, read from disk on first use (call with the lock held)."""
+        records = self._rooms.get(room_id)
+        if records is not None:
+            return records
+        records = []
+        images_dir = self.root / room_id / "images"
+        if images_dir.is_dir():
+            key = self.room_key(room_id)
+            for folder in images_dir.iterdir():
+                if folder.name.startswith(_PARTIAL_PREFIX):
+                    # Left by a crash mid-upload: never listed, cleared now.
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+                if not IMAGE_ID_PATTERN.match(folder.name):
+                    continue
+                context = _context(room_id, folder.name, _CONTEXT_TRACK_META, 0)
+                try:
+                    meta = decrypt_segment((folder / META_FILE).read_bytes(), key, context)
+                    records.append(SharedImage.decode(meta))
+                except (OSError, IntegrityError, ValueError, TypeError, KeyError) as exc:
+                    # One damaged image must not hide the room's others; it stays on disk.
+                    log.error("shared image %s/%s unreadable: %s", room_id, folder.name, exc)
+            records.sort(key=lambda r: (r.shared_at, r.image_id))
+        self._rooms[room_id] = records
+        return records
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def delete_room(self, room_id: str) -> builtins.list[str]:
+        """Delete every image of the room (its data is being removed); the ids deleted.
+
+        Only the images go: the room's data key and its other data are left alone.
+        """
+        images_dir = self.images_dir(room_id)
+        with self._lock:
+            deleted = [r.image_id for r in self._load(room_id)]
+            shutil.rmtree(images_dir, ignore_errors=True)
+            self._rooms.pop(room_id, None)
+        with contextlib.suppress(OSError):
+            images_dir.parent.rmdir()  # the room's folder, if nothing else is in it
+        return deleted
+
+    def delete_expired(self, older_than: float) -> dict[str, builtins.list[str]]:
+        """Delete every image shared before `older_than` (epoch seconds), in every room; the
+        ids deleted, by room."""
+        deleted: dict[str, builtins.list[str]] = {}
+        if not self.root.is_dir():
+            return deleted
+        for room_dir in sorted(self.root.iterdir()):
+            room_id = room_dir.name
+            if not valid_room_id(room_id) or not (room_dir / "images").is_dir():
+                continue
+            with self._lock:
+                records = self._load(room_id)
+                expired = [r for r in records if r.shared_at < older_than]
+                for record in expired:
+                    shutil.rmtree(room_dir / "images" / record.image_id, ignore_errors=True)
+                    records.remove(record)
+            if expired:
+                deleted[room_id] = [r.image_id for r in expired]
+            if not records:
+                with contextlib.suppress(OSError):
+                    (room_dir / "images").rmdir()
+        return deleted
