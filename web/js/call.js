@@ -2,6 +2,7 @@
 // rejoining by itself after a network blip (the server lets an admitted person skip the lobby).
 
 import { localMedia } from "./devices.js";
+import { imageShared, loadImages } from "./images.js";
 import { MediaSessions } from "./media.js";
 import { CLOSE, OBJECTS, SignallingConnection, withDefaults } from "./protocol.js";
 import { changed, state } from "./state.js";
@@ -99,6 +100,9 @@ export class Call {
       case "answer":
         if (msg.pc === "publish") await this.media?.onAnswer(msg.sdp);
         break;
+      case "image_shared":
+        imageShared(msg);
+        break;
       case "error":
         state.notice = "room.refused";
         this.fail(`server refused ${msg.request || "a request"}: ${msg.code}: ${msg.message}`);
@@ -121,6 +125,8 @@ export class Call {
     state.lobbyReason = null;
     state.reconnects = 0;
     changed();
+    // Images shared before I joined, or while I was away.
+    loadImages().catch((err) => this.fail(`images: ${err}`));
     // A rejoin keeps my own mute choices: tell the room again.
     if (state.media.audioMuted || state.media.videoMuted) {
       this.signalling.setMedia({

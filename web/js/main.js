@@ -2,12 +2,15 @@
 // Reached as /join/<room>#token=<JWT>: the token stays in the fragment (never in a request line,
 // a server log or a Referer) and leaves the address bar as soon as it is read.
 
+import { initAnnotate, renderAnnotate } from "./annotate.js";
 import { Call } from "./call.js";
 import { initChair, renderChair } from "./chair.js";
+import { initChat, renderChat } from "./chat.js";
 import { localMedia, translatePickers } from "./devices.js";
 import { endingKind, initEnded, renderEnded } from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
+import { initImages, renderImages } from "./images.js";
 import { renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { decodeClaims } from "./protocol.js";
@@ -33,6 +36,9 @@ function render(s) {
   if (s.screen === "room") {
     renderRoom(s);
     renderChair(s);
+    renderImages(s);
+    renderAnnotate(s);
+    renderChat(s);
     renderGrid(s, localMedia.stream, call?.remoteTracks() ?? new Map());
   } else {
     clearGrid();
@@ -95,6 +101,9 @@ async function start() {
   initLobby(call);
   initRoom(call);
   initChair(call);
+  initImages(call);
+  initAnnotate();
+  initChat();
   initEnded(() => {
     state.ended = null;
     state.notice = "";

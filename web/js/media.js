@@ -1,13 +1,10 @@
 // The two media sessions with the SFU (docs/protocol.md, `offer`): `publish` carries my camera,
 // microphone and screen share; `subscribe` carries everyone else's, offered by the SFU.
 
+import { DATA_CHANNELS, dataChannels } from "./protocol.js";
 import { LossWindow, rateConnection } from "./quality.js";
 import { changed, state } from "./state.js";
 
-const DATA_CHANNELS = {
-  "consilium-reliable": {},
-  "consilium-lossy": { ordered: false, maxRetransmits: 0 },
-};
 // A tile shows speaking while the mean audio level (0..1) over a statistics interval is above
 // this, and for a moment after: the level comes from totalAudioEnergy, not the instantaneous
 // audioLevel, which a poll can sample between two syllables every time.
@@ -52,8 +49,10 @@ export class MediaSessions {
     for (const track of stream?.getTracks() ?? []) {
       this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     }
+    // Annotations, chat and pointers (protocol.js `dataChannels`; it asks for a snapshot with
+    // `sync` as soon as the ordered channel opens).
     for (const [label, options] of Object.entries(DATA_CHANNELS)) {
-      this.publishPc.createDataChannel(label, options);
+      dataChannels.attach(this.publishPc.createDataChannel(label, options));
     }
     await this.offerPublish();
   }

@@ -1,4 +1,5 @@
-// The wire protocol (docs/protocol.md): one WebSocket to /ws, JSON messages named by `type`.
+// The wire protocol (docs/protocol.md): one WebSocket to /ws, JSON messages named by `type`,
+// and the SFU's two data channels (annotations, chat, pointers), JSON messages named the same way.
 // The only module that builds or sends messages; the rest of the client calls these functions.
 // The declarations below mirror the server's (signaling/protocol.py, msgspec Structs);
 // tests/test_web_protocol.py checks that they match, field for field and default for default.
@@ -60,6 +61,17 @@ export const SERVER_MESSAGES = {
   pong: { id: null, server_time: 0 },
   tracks: { tracks: REQUIRED },
   error: { code: REQUIRED, message: REQUIRED, request: "" },
+  image_shared: {
+    image_id: REQUIRED,
+    kind: REQUIRED,
+    frames: REQUIRED,
+    width: REQUIRED,
+    height: REQUIRED,
+    pixel_spacing_mm: null,
+    shared_by: REQUIRED,
+    title: REQUIRED,
+    burned_in_confirmed: false,
+  },
   offer: CLIENT_MESSAGES.offer,
   answer: CLIENT_MESSAGES.answer,
   candidate: CLIENT_MESSAGES.candidate,
@@ -206,6 +218,95 @@ export class SignallingConnection {
     });
   }
 }
+
+// -- the data channels (docs/protocol.md, "Annotations and chat"): one JSON object per message --
+
+/** The two data channels of the publish session, and how each is opened. */
+export const DATA_CHANNELS = {
+  "consilium-reliable": {},
+  "consilium-lossy": { ordered: false, maxRetransmits: 0 },
+};
+
+/** What the client sends on the data channels: each message's fields and their defaults. */
+export const DATA_MESSAGES = {
+  op: { client_id: REQUIRED, image_id: REQUIRED, frame: 0, op: REQUIRED },
+  chat: { client_id: REQUIRED, text: REQUIRED, to: [] },
+  receipt: { seq: REQUIRED, state: REQUIRED },
+  sync: { since: -1 },
+  pointer: { image_id: REQUIRED, frame: 0, x: REQUIRED, y: REQUIRED },
+};
+
+/** On which channel each data message goes: everything ordered, except the pointer. */
+const LOSSY = new Set(["pointer"]);
+
+/** The data channels to the SFU: `sync` when the ordered one opens, messages to handlers by type.
+ * Channels of an earlier connection are replaced by the next connection's. */
+export class DataChannels {
+  constructor() {
+    this.channels = new Map(); // label → RTCDataChannel
+    this.handlers = new Map(); // message type → [handler]
+    this.outbox = []; // ordered messages sent while the channel was not open
+  }
+
+  /** Subscribe to one message type from the SFU ("snapshot", "event", "error", "pointer"). */
+  on(type, handler) {
+    if (!this.handlers.has(type)) this.handlers.set(type, []);
+    this.handlers.get(type).push(handler);
+  }
+
+  emit(type, value) {
+    for (const handler of this.handlers.get(type) ?? []) handler(value);
+  }
+
+  /** Take over a channel just created; the ordered one asks for a snapshot as it opens. */
+  attach(channel) {
+    this.channels.set(channel.label, channel);
+    channel.addEventListener("message", (event) => {
+      if (this.channels.get(channel.label) !== channel) return;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (message && typeof message.type === "string") this.emit(message.type, message);
+    });
+    if (channel.label !== "consilium-reliable") return;
+    channel.addEventListener("open", () => {
+      if (this.channels.get(channel.label) !== channel) return;
+      this.emit("open", channel);
+      channel.send(JSON.stringify(dataMessage("sync", { since: -1 })));
+      for (const text of this.outbox.splice(0)) channel.send(text);
+    });
+  }
+
+  /** Send one message; a pointer is dropped when its channel is not open, the rest wait. */
+  send(type, fields) {
+    const text = JSON.stringify(dataMessage(type, fields));
+    const label = LOSSY.has(type) ? "consilium-lossy" : "consilium-reliable";
+    const channel = this.channels.get(label);
+    if (channel?.readyState === "open") channel.send(text);
+    else if (!LOSSY.has(type)) this.outbox.push(text);
+  }
+}
+
+/** A data-channel message as sent: only declared fields, every required one present. */
+export function dataMessage(type, fields = {}) {
+  const declaration = DATA_MESSAGES[type];
+  if (!declaration) throw new Error(`not a data message: ${type}`);
+  for (const field of Object.keys(fields)) {
+    if (!(field in declaration)) throw new Error(`${type} has no field ${field}`);
+  }
+  for (const [field, fallback] of Object.entries(declaration)) {
+    if (fallback === REQUIRED && fields[field] === undefined) {
+      throw new Error(`${type} needs ${field}`);
+    }
+  }
+  return { type, ...fields };
+}
+
+/** The one set of data channels of this page. */
+export const dataChannels = new DataChannels();
 
 /** The claims of a JWT, decoded WITHOUT verification: for display only (the server verifies). */
 export function decodeClaims(token) {

@@ -23,6 +23,16 @@ export const state = {
   notice: "", // i18n key of the last notice shown in the room
   errors: [],
   received: {}, // message type → how many arrived (diagnostics for automation)
+  images: [], // shared images in sharing order (the `image_shared` fields), images.js
+  viewer: null, // {imageId, frame, scale, x, y}: my own view of one image (nobody else's)
+  annotations: {
+    seq: -1, // the last sequence number applied (snapshot or event)
+    shapes: new Map(), // shape id → stamped shape (as the SFU ordered them)
+    pending: [], // my operations sent and not yet stamped: {client_id, image_id, frame, op}
+    synced: false, // a snapshot arrived on this connection
+  },
+  chat: [], // messages in sequence order: {seq, time, author, client_id, text, to, receipts}
+  pointers: new Map(), // participant id → {image_id, frame, x, y, at}: their laser pointer
 };
 
 const renderers = [];
@@ -56,5 +66,10 @@ export function snapshot() {
     lobby: [...state.lobby.values()],
     speaking: [...state.speaking],
     quality: Object.fromEntries(state.quality),
+    annotations: {
+      ...state.annotations,
+      shapes: [...state.annotations.shapes.values()],
+    },
+    pointers: Object.fromEntries(state.pointers),
   };
 }
