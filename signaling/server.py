@@ -726,13 +726,38 @@ async def delete_expired_images(node: Node) -> dict[str, list[str]]:
     return deleted
 
 
+def _expired_annotation_logs(node: Node, cutoff: float) -> list[Path]:
+    """Annotation logs whose last entry is older than `cutoff`, of rooms not in session here."""
+    live = set(node.rooms.media.rooms) if node.rooms.media is not None else set()
+    expired = []
+    for path in sorted((node.settings.data_dir / "rooms").glob("*/annotations.log")):
+        room_id = path.parent.name
+        if room_id not in live and path.stat().st_mtime < cutoff:
+            expired.append(path)
+    return expired
+
+
+async def delete_expired_annotations(node: Node) -> list[str]:
+    """Delete the rooms' annotation and chat logs older than `annotation_retention_days`
+    (audited per room): the records are encrypted under the room key, so the file goes."""
+    cutoff = time.time() - node.settings.annotation_retention_days * 86400.0
+    deleted = []
+    for path in await asyncio.to_thread(_expired_annotation_logs, node, cutoff):
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        deleted.append(path.parent.name)
+        node.audit.append("annotations_deleted", "info", room=path.parent.name, reason="retention")
+    return deleted
+
+
 async def _sweep_images(node: Node) -> None:
-    """Apply the shared images' retention at start, then every `IMAGE_SWEEP_S`."""
+    """Apply the retention of shared images and annotation logs at start, then every
+    `IMAGE_SWEEP_S`."""
     while True:
         try:
             await delete_expired_images(node)
+            await delete_expired_annotations(node)
         except Exception:
-            log.exception("shared image retention sweep failed")
+            log.exception("retention sweep of shared images and annotations failed")
         await asyncio.sleep(IMAGE_SWEEP_S)
 
 

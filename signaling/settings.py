@@ -121,6 +121,9 @@ class Settings:
     """Shared-image uploads and watermarked fetches processed at once (the rest wait)."""
     image_retention_days: float = 30.0
     """Days a shared image is kept after it was shared; then it is deleted (audited)."""
+    annotation_retention_days: float = 30.0
+    """Days a room's annotation and chat log is kept after its last entry; then it is deleted
+    (audited). A room in session keeps its log."""
 
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
@@ -193,6 +196,7 @@ class Settings:
             "revocation_sweep_s",
             "jwks_refetch_interval_s",
             "image_retention_days",
+            "annotation_retention_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sfu.room import ImageRef
 from signaling.audit import AuditEntry, iter_entries
 from signaling.deidentify import BurnedInAnnotation, UnsupportedImage
 from signaling.images import ImageStore, TooManyImages, room_uid_secret
-from signaling.server import build_node, delete_expired_images
+from signaling.server import build_node, delete_expired_annotations, delete_expired_images
 from signaling.watermark import identify, load_or_create_watermark_key
 from tests.fixtures.servers import (
     RunningNode,
@@ -509,3 +510,22 @@ def test_the_sfu_looks_up_shared_images(tmp_path: Path) -> None:
     assert lookup("mdt-1", record.image_id) == ImageRef(1, record.pixel_spacing_mm)
     assert lookup("mdt-1", "nope-nope-nope-nope") is None
     node.audit.close()
+
+
+async def test_retention_deletes_old_annotation_logs_but_not_a_live_room(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "data", annotation_retention_days=1.0)
+    async with running_node(settings) as node:
+        assert node.node is not None and node.node.rooms.media is not None
+        rooms = node.data_dir / "rooms"
+        old, recent, live = (rooms / name / "annotations.log" for name in ("old", "new", "live"))
+        for path in (old, recent, live):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"sealed records")
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(old, (two_days_ago, two_days_ago))
+        os.utime(live, (two_days_ago, two_days_ago))
+        node.node.rooms.media.room("live")  # in session on this node
+        assert await delete_expired_annotations(node.node) == ["old"]
+        assert not old.exists() and recent.exists() and live.exists()
+        (deleted,) = audit(node, "annotations_deleted")
+        assert deleted.room == "old" and deleted.reason == "retention"
