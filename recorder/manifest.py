@@ -1,0 +1,304 @@
+"""The recording's manifest: what was recorded, where each segment is, and a signature over it all.
+
+One JSON document per recording, `<recording dir>/manifest.json`, rewritten atomically (temp file,
+fsync, rename, directory fsync) each time a segment closes, so after a crash it lists exactly the
+segments that are complete on disk. It names the tracks, the ordered segments of every stream
+(with the SHA-256 of each ciphertext file, its size, first/last arrival time and record count),
+the case markers and the consent records, and is signed with the node's Ed25519 audit key over
+its canonical JSON (sorted keys, no spaces), so editing any field is detected by `verify`.
+
+On disk, per recording:
+
+    <recording id>/manifest.json
+    <recording id>/<stream>/<segment number, 6 digits>.seg
+
+where a stream is `track-<n>` (one per recorded track, in the order they appeared) or `events`
+(data-channel and meeting events). Each segment is the segment cipher's container
+(`recorder/segments.py`) under `segment_context(recording id, stream context, number)`; its
+plaintext is a sequence of records `arrival ms (u32, big-endian) || length (u32) || bytes`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from signaling.errors import IntegrityError
+
+from .segments import segment_context
+
+MANIFEST_NAME = "manifest.json"
+"""The manifest's file name in a recording's directory."""
+MANIFEST_FORMAT = "consilium-recording/1"
+"""Names the layout and record format; a reader refuses any other."""
+EVENTS_STREAM = "events"
+"""The stream of data-channel (annotation, chat) and meeting events."""
+SEGMENT_SUFFIX = ".seg"
+"""Ends every segment file's name."""
+
+RecordingStatus = Literal["recording", "complete", "interrupted"]
+"""`recording` while the sink runs (or after a crash, until recovery), `complete` after a clean
+stop, `interrupted` when recovery closed it after a crash."""
+
+RECORD_HEADER = struct.Struct(">II")
+"""Before each record: its arrival time (ms since the recording started) and its length."""
+
+_RECORDING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_recording_id(recording_id: str) -> str:
+    """Refuse an id that is not usable as a directory name (the caller's bug, not data)."""
+    if not _RECORDING_ID.fullmatch(recording_id):
+        raise ValueError(f"not a usable recording id: {recording_id!r}")
+    return recording_id
+
+
+def segment_file_name(number: int) -> str:
+    """The file name of segment `number` of a stream."""
+    return f"{number:06d}{SEGMENT_SUFFIX}"
+
+
+def stream_context(recording_id: str, track_id: str | None, number: int) -> bytes:
+    """The segment cipher's context of one segment: recording id, the track id (None: the events
+    stream) and the segment's number, so a segment moved to another recording, track or
+    position fails its commitment check."""
+    name = EVENTS_STREAM if track_id is None else f"track:{track_id}"
+    return segment_context(recording_id, name, number)
+
+
+def encode_record(arrival_ms: int, payload: bytes) -> bytes:
+    """One record as stored: header and bytes."""
+    return RECORD_HEADER.pack(arrival_ms, len(payload)) + payload
+
+
+def iter_records(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The records (arrival ms, bytes) of a segment's plaintext, given in any pieces.
+
+    Raises `IntegrityError` if the plaintext does not end on a record boundary (which an
+    authenticated segment never does, unless it was written by something else).
+    """
+    pending = b""
+    size = RECORD_HEADER.size
+    for chunk in chunks:
+        data = pending + chunk if pending else chunk
+        pos = 0
+        end = len(data)
+        while end - pos >= size:
+            arrival, length = RECORD_HEADER.unpack_from(data, pos)
+            if end - pos - size < length:
+                break
+            yield arrival, data[pos + size : pos + size + length]
+            pos += size + length
+        pending = data[pos:]
+    if pending:
+        raise IntegrityError(f"segment ends inside a record ({len(pending)} bytes left over)")
+
+
+@dataclass
+class TrackEntry:
+    """One recorded track."""
+
+    stream: str
+    """Its stream (directory) in the recording: `track-<n>`."""
+    track_id: str
+    """The SFU's track id (participant id + media id)."""
+    participant_id: str
+    """Who published it."""
+    kind: str
+    """`audio` or `video`."""
+    codec: str
+    """MIME type, e.g. `video/VP8`."""
+    clock_rate: int
+    """RTP clock rate of the codec."""
+    payload_type: int
+    """Payload type of the stored packets."""
+    source: str
+    """`microphone`, `camera` or `screen`."""
+
+
+@dataclass
+class SegmentEntry:
+    """One closed segment of a stream."""
+
+    number: int
+    """Its position in the stream, from 0 (bound into its cipher context)."""
+    sha256: str
+    """Hex SHA-256 of the ciphertext file."""
+    size: int
+    """Bytes of the ciphertext file."""
+    first_ms: int
+    """Arrival time of its first record, ms since the recording started."""
+    last_ms: int
+    """Arrival time of its last record."""
+    records: int
+    """Records (RTP packets or events) in it."""
+    final: bool = False
+    """The stream's last segment (set at a clean stop, or by crash recovery)."""
+
+
+@dataclass
+class CaseMarker:
+    """A case of the MDT agenda: it starts a new segment in every stream."""
+
+    label: str
+    """What the chair called it ("case 3")."""
+    at_ms: int
+    """When it was marked, ms since the recording started."""
+
+
+@dataclass
+class RecordingManifest:
+    """Everything that says what a recording holds; signed as a whole."""
+
+    recording_id: str
+    """The recording's id (its directory name and its keyring entry)."""
+    room_id: str
+    """The room it was recorded in."""
+    started: str
+    """UTC start time, ISO 8601."""
+    status: RecordingStatus = "recording"
+    """See `RecordingStatus`."""
+    ended: str | None = None
+    """UTC end time (clean stop), or the last manifest write before a crash; None while on."""
+    updated: str | None = None
+    """UTC time of this manifest's last write."""
+    tracks: list[TrackEntry] = field(default_factory=list)
+    """The recorded tracks, in the order they appeared."""
+    streams: dict[str, list[SegmentEntry]] = field(default_factory=dict)
+    """Each stream's closed segments, in order."""
+    cases: list[CaseMarker] = field(default_factory=list)
+    """Case markers, in order."""
+    consent: list[dict[str, Any]] = field(default_factory=list)
+    """Consent records (filled by the consent step, issue 7 part 1)."""
+    dropped_records: int = 0
+    """Records the sink had to drop (its writer fell behind); 0 in a healthy recording."""
+    notes: list[str] = field(default_factory=list)
+    """What crash recovery did, in words."""
+    format: str = MANIFEST_FORMAT
+    """See `MANIFEST_FORMAT`."""
+
+    def track(self, track_id: str) -> TrackEntry | None:
+        """The entry of a recorded track, by the SFU's track id."""
+        return next((t for t in self.tracks if t.track_id == track_id), None)
+
+    def track_of_stream(self, stream: str) -> str | None:
+        """The track id recorded in `stream` (None for the events stream)."""
+        entry = next((t for t in self.tracks if t.stream == stream), None)
+        if entry is None:
+            if stream == EVENTS_STREAM:
+                return None
+            raise IntegrityError(f"manifest lists stream {stream!r} but no track for it")
+        return entry.track_id
+
+    def body(self) -> dict[str, Any]:
+        """The signed content, as JSON values."""
+        return asdict(self)
+
+    def canonical(self) -> bytes:
+        """What is signed: canonical JSON of `body`."""
+        return _canonical(self.body())
+
+    def to_json(self, signing_key: Ed25519PrivateKey) -> bytes:
+        """The signed manifest file's bytes."""
+        public = signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        document = self.body()
+        document["signature"] = {
+            "alg": "Ed25519",
+            "public_key": base64.b64encode(public).decode(),
+            "value": base64.b64encode(signing_key.sign(self.canonical())).decode(),
+        }
+        return json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> tuple[RecordingManifest, bytes]:
+        """Parse a manifest file: the manifest and its signature (not checked here)."""
+        try:
+            document = json.loads(raw)
+            signature = base64.b64decode(document.pop("signature")["value"], validate=True)
+            if document.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {document.get('format')!r}")
+            manifest = cls(
+                **{
+                    **document,
+                    "tracks": [TrackEntry(**t) for t in document["tracks"]],
+                    "streams": {
+                        name: [SegmentEntry(**s) for s in segments]
+                        for name, segments in document["streams"].items()
+                    },
+                    "cases": [CaseMarker(**c) for c in document["cases"]],
+                }
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise IntegrityError(f"manifest is malformed: {error}") from None
+        return manifest, signature
+
+    def check_signature(self, signature: bytes, public_key: Ed25519PublicKey) -> None:
+        """Raise `IntegrityError` unless `signature` is the key's signature of this manifest."""
+        try:
+            public_key.verify(signature, self.canonical())
+        except InvalidSignature:
+            raise IntegrityError(
+                "manifest signature is not valid: the manifest was edited, or signed by another key"
+            ) from None
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def read_manifest(directory: Path) -> tuple[RecordingManifest, bytes, bytes]:
+    """A recording's manifest, its signature and the file's raw bytes (for its hash)."""
+    try:
+        raw = (directory / MANIFEST_NAME).read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"recording {directory.name}: no {MANIFEST_NAME}") from None
+    manifest, signature = RecordingManifest.from_json(raw)
+    return manifest, signature, raw
+
+
+def load_manifest(directory: Path, public_key: Ed25519PublicKey) -> RecordingManifest:
+    """A recording's manifest, after checking its signature."""
+    manifest, signature, _ = read_manifest(directory)
+    manifest.check_signature(signature, public_key)
+    return manifest
+
+
+def write_manifest(
+    directory: Path, manifest: RecordingManifest, signing_key: Ed25519PrivateKey
+) -> str:
+    """Sign and write the manifest atomically; returns the SHA-256 (hex) of the file written."""
+    data = manifest.to_json(signing_key)
+    path = directory / MANIFEST_NAME
+    temp = directory / f".{MANIFEST_NAME}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fsync_directory(directory)
+    return hashlib.sha256(data).hexdigest()
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

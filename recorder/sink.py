@@ -1,0 +1,524 @@
+"""The recording sink: the SFU's forwarded packets into encrypted segments, without transcoding.
+
+`RecordingSink` implements `sfu.sinks.MediaSink`. On the forwarding path it only appends each
+packet, as received, to its track's in-memory buffer (a record: arrival ms, length, RTP bytes)
+and every 64 KiB hands the buffer to one background writer thread through a bounded queue; the
+writer encrypts it into the stream's open segment (the segment cipher encrypts as it writes, so
+plaintext never reaches a file) and, when the sink says so, closes the segment: final chunk,
+fsync, manifest rewritten. If the writer falls behind past the queue's bound, buffers are dropped
+and counted (`dropped_records`), never waited for: the forwarder must not block.
+
+Segments close together in every stream every `segment_seconds` (and at each case marker, so a
+case is whole segments), and one stream's alone when it reaches `segment_bytes` or its track
+ends. A crash therefore loses at most each stream's unfinished segment; `recover_interrupted`
+closes such a recording as `interrupted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .manifest import (
+    EVENTS_STREAM,
+    RECORD_HEADER,
+    CaseMarker,
+    RecordingManifest,
+    SegmentEntry,
+    TrackEntry,
+    check_recording_id,
+    fsync_directory,
+    segment_file_name,
+    stream_context,
+    write_manifest,
+)
+from .segments import ChunkedEncryptor, open_segment_writer
+
+log = logging.getLogger("consilium.recorder")
+
+HANDOFF_BYTES = 64 * 1024
+"""A track's buffer goes to the writer thread when it holds this much (about 50 video packets)."""
+
+
+class RecordedTrack(Protocol):
+    """What the sink reads of the SFU's `sfu.sinks.TrackInfo` (the recorder does not import
+    the SFU)."""
+
+    @property
+    def track_id(self) -> str:
+        """Stable id of the track within the room."""
+
+    @property
+    def participant_id(self) -> str:
+        """Who publishes it."""
+
+    @property
+    def kind(self) -> str:
+        """`audio` or `video`."""
+
+    @property
+    def codec(self) -> str:
+        """MIME type."""
+
+    @property
+    def clock_rate(self) -> int:
+        """RTP clock rate."""
+
+    @property
+    def payload_type(self) -> int:
+        """Payload type of the packets."""
+
+    @property
+    def source(self) -> str:
+        """`microphone`, `camera` or `screen`."""
+
+
+class AuditCallback(Protocol):
+    """Where the recorder reports what it did: `AuditLog.append` fits. Called from the writer
+    thread, so it must be thread-safe (`AuditLog.append` is)."""
+
+    def __call__(self, action: str, outcome: str = "info", /, **fields: Any) -> object:
+        """Record one event."""
+
+
+def utc_now() -> str:
+    """The current UTC time as the manifest writes it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """How a recording is cut into segments and how much the writer may lag."""
+
+    segment_seconds: float = 10.0
+    """Every stream's open segment closes this often: what a crash may cost."""
+    segment_bytes: int = 8 * 1024 * 1024
+    """A stream's segment closes early at this much plaintext."""
+    max_queued_bytes: int = 32 * 1024 * 1024
+    """Buffers waiting for the writer beyond this are dropped (counted), not waited for."""
+
+
+class _Stream:
+    """One stream's records not yet handed to the writer (forwarding-path state)."""
+
+    __slots__ = ("buffer", "first_ms", "last_ms", "name", "pending", "segment_bytes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.buffer = bytearray()
+        self.pending = 0
+        """Records in `buffer`."""
+        self.first_ms = 0
+        self.last_ms = 0
+        self.segment_bytes = 0
+        """Plaintext bytes of the open segment so far (0: no open segment)."""
+
+
+@dataclass
+class _Data:
+    stream: str
+    payload: bytes
+    records: int
+    first_ms: int
+    last_ms: int
+
+
+@dataclass
+class _Close:
+    streams: list[str]
+    case: CaseMarker | None = None
+
+
+@dataclass
+class _Track:
+    entry: TrackEntry
+
+
+class _Stop:
+    pass
+
+
+_Item = _Data | _Close | _Track | _Stop
+
+
+class _HashingFile:
+    """A segment file being written: counts and hashes the ciphertext on its way to disk."""
+
+    __slots__ = ("file", "hash", "size")
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+
+@dataclass
+class _OpenSegment:
+    number: int
+    path: Path
+    out: _HashingFile
+    encryptor: ChunkedEncryptor
+    records: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+
+
+class RecordingSink:
+    """Records one room into `<recordings_dir>/<recording_id>/` (see `recorder/manifest.py`).
+
+    Call `start()`, attach it to the room's `sinks`, then `stop()` (which waits for the writer's
+    last fsync; from asyncio, run it in a thread if that wait matters). All methods but the
+    writer thread's own are called from one thread, the SFU's event loop.
+    """
+
+    def __init__(
+        self,
+        recordings_dir: Path,
+        recording_id: str,
+        room_id: str,
+        data_key: bytes,
+        signing_key: Ed25519PrivateKey,
+        *,
+        audit: AuditCallback | None = None,
+        settings: RecordingSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.recording_id = check_recording_id(recording_id)
+        self.room_id = room_id
+        self.directory = recordings_dir / recording_id
+        self.settings = settings or RecordingSettings()
+        self.dropped_records = 0
+        """Records dropped because the writer fell behind (read by the writer, for the manifest)."""
+        self.faults = 0
+        """Packets or events the sink itself failed on (a bug; only the first is logged)."""
+        self.failure: BaseException | None = None
+        """Why the writer stopped, if it failed (a full disk); the sink then records nothing."""
+        self._data_key = data_key
+        self._signing_key = signing_key
+        self._audit = audit
+        self._clock = clock
+        self._t0 = 0.0
+        self._segment_ms = int(self.settings.segment_seconds * 1000)
+        self._next_boundary = self._segment_ms
+        self._streams: dict[str, _Stream] = {}
+        """By track id (and `EVENTS_STREAM` for events)."""
+        self._track_count = 0
+        self._running = False
+        self._stop_sent = False
+        self._queue: deque[_Item] = deque()
+        self._queued_bytes = 0
+        self._wake = threading.Condition(threading.Lock())
+        self._manifest = RecordingManifest(recording_id, room_id, started=utc_now())
+        self._open: dict[str, _OpenSegment] = {}
+        self._thread = threading.Thread(
+            target=self._write_loop, name=f"recorder-{recording_id}", daemon=True
+        )
+        self.last_manifest_sha256 = ""
+        """SHA-256 of the manifest file as last written."""
+
+    # --- the event loop's side -------------------------------------------------------------
+
+    def start(self) -> str:
+        """Create the recording's directory and first manifest, start the writer; returns the
+        manifest's SHA-256 (also sent to the audit callback)."""
+        self.directory.mkdir(parents=True, exist_ok=False, mode=0o700)
+        fsync_directory(self.directory.parent)
+        self._manifest.started = utc_now()
+        self._streams[EVENTS_STREAM] = _Stream(EVENTS_STREAM)
+        self._manifest.streams[EVENTS_STREAM] = []
+        self.last_manifest_sha256 = self._write_manifest()
+        self._t0 = self._clock()
+        self._running = True
+        self._thread.start()
+        self._report("recording_started", manifest_sha256=self.last_manifest_sha256)
+        return self.last_manifest_sha256
+
+    def now_ms(self) -> int:
+        """Milliseconds since the recording started: the timeline of every record."""
+        return round((self._clock() - self._t0) * 1000)
+
+    def on_track(self, track: RecordedTrack) -> None:
+        """A track appears: it gets its own stream (`track-<n>`)."""
+        if not self._running or track.track_id in self._streams:
+            return
+        name = f"track-{self._track_count}"
+        self._track_count += 1
+        self._streams[track.track_id] = _Stream(name)
+        entry = TrackEntry(
+            stream=name,
+            track_id=track.track_id,
+            participant_id=track.participant_id,
+            kind=track.kind,
+            codec=track.codec,
+            clock_rate=track.clock_rate,
+            payload_type=track.payload_type,
+            source=track.source,
+        )
+        self._put_control(_Track(entry))
+        self.meeting_event("track_started", track_id=track.track_id, stream=name)
+
+    def on_rtp(self, track: RecordedTrack, packet: bytes, arrival_ms: int) -> None:
+        """Buffer one packet as received (hot path: watched by `bench/recording.py`
+        `record_cpu_s_per_s`). Never blocks, never raises. The record's time is the sink's own
+        clock (ms since start), one timeline for every track and event; `arrival_ms` (the
+        transport's clock) is not used."""
+        if not self._running:
+            return
+        try:
+            stream = self._streams.get(track.track_id)
+            if stream is None:
+                self.on_track(track)  # published before the recording started
+                stream = self._streams[track.track_id]
+            now = round((self._clock() - self._t0) * 1000)
+            if now >= self._next_boundary:
+                self._boundary(now)
+            self._append(stream, now, packet)
+        except Exception:  # a recorder bug must never break forwarding
+            self._fault("packet")
+
+    def on_track_ended(self, track: RecordedTrack) -> None:
+        """The track is gone: its open segment closes now (so it is safe on disk)."""
+        stream = self._streams.get(track.track_id)
+        if stream is None or not self._running:
+            return
+        self.meeting_event("track_ended", track_id=track.track_id, stream=stream.name)
+        self._close([stream])
+
+    def on_data(self, room_id: str, participant_id: str, label: str, message: str) -> None:
+        """A stamped data-channel event (annotation op, chat): into the events stream."""
+        self._event(
+            {"type": "data", "participant": participant_id, "label": label, "message": message}
+        )
+
+    def meeting_event(self, event: str, **fields: Any) -> None:
+        """A meeting event (someone joined, left, recording notice shown...) on the timeline."""
+        self._event({"type": "meeting", "event": event, **fields})
+
+    def mark_case(self, label: str) -> int:
+        """Start case `label`: every open segment closes, so the case begins whole segments.
+        Returns its time (ms since start); the manifest's new hash goes to the audit callback."""
+        if not self._running:
+            raise RuntimeError(f"recording {self.recording_id} is not running")
+        now = self.now_ms()
+        marker = CaseMarker(label=label, at_ms=now)
+        self._close(list(self._streams.values()), case=marker)
+        self._next_boundary = now + self._segment_ms
+        self.meeting_event("case_marked", label=label)
+        return now
+
+    def stop(self, timeout: float | None = 30.0) -> RecordingManifest:
+        """Close every segment, mark the recording complete, wait for the writer.
+
+        If the writer failed (`failure`), the manifest on disk stays `recording` with the
+        segments completed before the failure; recovery closes it as `interrupted`."""
+        if self._thread.ident is None:
+            return self._manifest  # never started
+        if self._running:
+            self.meeting_event("recording_stopped")
+            self._close(list(self._streams.values()))
+            self._running = False
+        if not self._stop_sent:  # also after a writer failure, so the thread ends
+            self._stop_sent = True
+            self._put_control(_Stop())
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"recording {self.recording_id}: writer did not finish")
+        return self._manifest
+
+    @property
+    def manifest(self) -> RecordingManifest:
+        """The manifest as the writer last wrote it (read it after `stop`)."""
+        return self._manifest
+
+    def _event(self, body: dict[str, Any]) -> None:
+        try:
+            if not self._running:
+                return
+            now = self.now_ms()
+            if now >= self._next_boundary:
+                self._boundary(now)
+            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            self._append(self._streams[EVENTS_STREAM], now, payload)
+        except Exception:
+            self._fault("event")
+
+    def _fault(self, what: str) -> None:
+        # Logged once, counted always: a bug hit per packet must not flood the log.
+        self.faults += 1
+        if self.faults == 1:
+            log.exception("recording %s: %s not recorded", self.recording_id, what)
+
+    def _append(self, stream: _Stream, now: int, payload: bytes) -> None:
+        if stream.pending == 0:
+            stream.first_ms = now
+        stream.buffer += RECORD_HEADER.pack(now, len(payload))
+        stream.buffer += payload
+        stream.pending += 1
+        stream.last_ms = now
+        stream.segment_bytes += RECORD_HEADER.size + len(payload)
+        if stream.segment_bytes >= self.settings.segment_bytes:
+            self._close([stream])
+        elif len(stream.buffer) >= HANDOFF_BYTES:
+            self._hand_off(stream)
+
+    def _hand_off(self, stream: _Stream) -> None:
+        if not stream.pending:
+            return
+        item = _Data(
+            stream.name, bytes(stream.buffer), stream.pending, stream.first_ms, stream.last_ms
+        )
+        stream.buffer.clear()
+        records, stream.pending = stream.pending, 0
+        if self._queued_bytes + len(item.payload) > self.settings.max_queued_bytes:
+            self.dropped_records += records
+            return
+        with self._wake:
+            self._queued_bytes += len(item.payload)
+            self._queue.append(item)
+            self._wake.notify()
+
+    def _close(self, streams: list[_Stream], case: CaseMarker | None = None) -> None:
+        names = []
+        for stream in streams:
+            self._hand_off(stream)
+            if stream.segment_bytes:
+                names.append(stream.name)
+                stream.segment_bytes = 0
+        if names or case is not None:
+            self._put_control(_Close(names, case))
+
+    def _boundary(self, now: int) -> None:
+        # Every stream closes at the same instants: a crash costs each at most one period.
+        self._next_boundary = now - (now % self._segment_ms) + self._segment_ms
+        self._close(list(self._streams.values()))
+
+    def _put_control(self, item: _Item) -> None:
+        with self._wake:
+            self._queue.append(item)
+            self._wake.notify()
+
+    def _report(self, action: str, outcome: str = "info", **fields: Any) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(action, outcome, room=self.room_id, recording=self.recording_id, **fields)
+        except Exception:
+            log.exception("recording %s: audit callback failed", self.recording_id)
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                item = self._queue.popleft()
+                if isinstance(item, _Data):
+                    self._queued_bytes -= len(item.payload)
+            if self.failure is not None:
+                if isinstance(item, _Stop):
+                    return
+                continue
+            try:
+                if self._handle(item):
+                    return
+            except Exception as error:  # a full disk, a removed directory
+                self.failure = error
+                self._running = False
+                log.exception("recording %s: writer failed", self.recording_id)
+                self._report("recording_failed", "error", reason=str(error)[:200])
+
+    def _handle(self, item: _Item) -> bool:
+        if isinstance(item, _Data):
+            segment = self._open.get(item.stream) or self._open_segment(item.stream)
+            if not segment.records:
+                segment.first_ms = item.first_ms
+            segment.encryptor.write(item.payload)
+            segment.records += item.records
+            segment.last_ms = item.last_ms
+        elif isinstance(item, _Track):
+            self._manifest.tracks.append(item.entry)
+            self._manifest.streams[item.entry.stream] = []
+            (self.directory / item.entry.stream).mkdir(mode=0o700)
+            self.last_manifest_sha256 = self._write_manifest()
+        elif isinstance(item, _Close):
+            for name in item.streams:
+                self._close_segment(name)
+            if item.case is not None:
+                self._manifest.cases.append(item.case)
+            self.last_manifest_sha256 = self._write_manifest()
+            if item.case is not None:
+                # The label may name a patient: the audit log gets only its position and time.
+                self._report(
+                    "recording_case_marked",
+                    case=len(self._manifest.cases),
+                    at_ms=item.case.at_ms,
+                    manifest_sha256=self.last_manifest_sha256,
+                )
+        else:
+            for name in list(self._open):
+                self._close_segment(name)
+            for segments in self._manifest.streams.values():
+                if segments:
+                    segments[-1].final = True
+            self._manifest.status = "complete"
+            self._manifest.ended = utc_now()
+            self.last_manifest_sha256 = self._write_manifest()
+            self._report("recording_stopped", manifest_sha256=self.last_manifest_sha256)
+            return True
+        return False
+
+    def _open_segment(self, stream: str) -> _OpenSegment:
+        number = len(self._manifest.streams[stream])
+        directory = self.directory / stream
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / segment_file_name(number)
+        out = _HashingFile(open(path, "xb"))  # closed in _close_segment
+        track_id = self._manifest.track_of_stream(stream)
+        context = stream_context(self.recording_id, track_id, number)
+        segment = _OpenSegment(number, path, out, open_segment_writer(out, self._data_key, context))
+        self._open[stream] = segment
+        return segment
+
+    def _close_segment(self, stream: str) -> None:
+        segment = self._open.pop(stream, None)
+        if segment is None:
+            return
+        segment.encryptor.close()
+        file = segment.out.file
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        fsync_directory(segment.path.parent)
+        self._manifest.streams[stream].append(
+            SegmentEntry(
+                number=segment.number,
+                sha256=segment.out.hash.hexdigest(),
+                size=segment.out.size,
+                first_ms=segment.first_ms,
+                last_ms=segment.last_ms,
+                records=segment.records,
+            )
+        )
+
+    def _write_manifest(self) -> str:
+        self._manifest.dropped_records = self.dropped_records
+        self._manifest.updated = utc_now()
+        return write_manifest(self.directory, self._manifest, self._signing_key)
