@@ -163,7 +163,10 @@ class Event(msgspec.Struct, frozen=True, tag_field="type", tag="event"):
     """One stamped event of the room, in sequence order. `kind` `op`: `image_id`, `frame`, `op`
     (as stamped); `chat`: `text`, `to` (sent only to its author and recipients, or everyone);
     `receipt`: `ref` (the chat's seq) and `state` (sent to the chat's author and the receipt's).
-    In a snapshot, a chat message also carries the `receipts` its reader may see."""
+    In a snapshot, a chat message also carries the `receipts` its reader may see.
+    `author_user` and `to_users` name the people (token subjects) behind the participant ids,
+    so that someone who reconnects (a new participant id) still owns their shapes and still
+    sees, and acknowledges, the private messages sent to them."""
 
     seq: int
     time: str
@@ -178,6 +181,8 @@ class Event(msgspec.Struct, frozen=True, tag_field="type", tag="event"):
     ref: int | msgspec.UnsetType = msgspec.UNSET
     state: str | msgspec.UnsetType = msgspec.UNSET
     receipts: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    author_user: str | msgspec.UnsetType = msgspec.UNSET
+    to_users: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Snapshot(msgspec.Struct, frozen=True, tag_field="type", tag="snapshot"):
@@ -287,11 +292,6 @@ class ChatRecord:
     event: Event
     receipts: dict[str, str] = field(default_factory=dict)
 
-    def visible_to(self, participant_id: str) -> bool:
-        """Room-wide, or its author, or one of its recipients."""
-        to = self.event.to
-        return not to or participant_id == self.event.author or participant_id in to
-
 
 def utc_now() -> str:
     """Server time, ISO-8601 UTC with milliseconds."""
@@ -331,11 +331,36 @@ class RoomAnnotations:
         self.shapes_per_image: dict[str, int] = {}
         self.chat: dict[int, ChatRecord] = {}
         """Chat messages by their seq."""
+        self.users: dict[str, str] = {}
+        """The person (token subject) behind each participant id, old connections included."""
         self._buckets: dict[str, TokenBucket] = {}
         self._pointer_buckets: dict[str, TokenBucket] = {}
         if log_file is not None:
             for event in log_file.replay():
                 self.apply(event)
+
+    # -- people -------------------------------------------------------------------------------
+
+    def identify(self, participant_id: str, user: str) -> None:
+        """`participant_id` is `user` (the token's subject): called when they join."""
+        self.users[participant_id] = user
+
+    def same_person(self, a: str, b: str) -> bool:
+        """Whether two participant ids are one person (the same connection, or a reconnect)."""
+        user = self.users.get(a)
+        return a == b or (user is not None and user == self.users.get(b))
+
+    def visible_to(self, record: ChatRecord, participant_id: str) -> bool:
+        """Room-wide chat, or its author, or one of its recipients (by person)."""
+        to = record.event.to
+        if not to or self.same_person(participant_id, record.event.author):
+            return True
+        return any(self.same_person(participant_id, r) for r in to)
+
+    def _everyone_who_is(self, participant_ids: list[str]) -> list[str]:
+        """These participant ids and every other id of the same people (their reconnects)."""
+        users = {self.users[p] for p in participant_ids if p in self.users}
+        return [*participant_ids, *(p for p, u in self.users.items() if u in users)]
 
     # -- the reliable channel -----------------------------------------------------------------
 
@@ -390,12 +415,17 @@ class RoomAnnotations:
             return None
         if event.kind == "chat":
             to = event.to if isinstance(event.to, list) else []
-            return None if not to else tuple(dict.fromkeys([event.author, *to]))
+            return (
+                None if not to else tuple(dict.fromkeys(self._everyone_who_is([event.author, *to])))
+            )
         assert isinstance(event.ref, int)
         chat_author = self.chat[event.ref].event.author
-        return tuple(dict.fromkeys([chat_author, event.author]))
+        return tuple(dict.fromkeys(self._everyone_who_is([chat_author, event.author])))
 
     def _stamp(self, sender: str, client_id: str, kind: Any, **fields: Any) -> Event:
+        user = self.users.get(sender)
+        if user is not None:
+            fields["author_user"] = user
         return Event(seq=self.seq + 1, time=self.wall_clock(), author=sender,
                      client_id=client_id, kind=kind, **fields)  # fmt: skip
 
@@ -427,7 +457,9 @@ class RoomAnnotations:
             current = self.shapes.get((*where, op.shape_id))
             if current is None:
                 raise AnnotationError("unknown_shape", f"no shape {op.shape_id!r} there")
-            if current.author != sender and "moderate_annotations" not in permissions:
+            if not self.same_person(current.author, sender) and (
+                "moderate_annotations" not in permissions
+            ):
                 raise AnnotationError("not_allowed", "only its author or the chair may change it")
             stamped = op
             if isinstance(op, EditOp):
@@ -476,24 +508,38 @@ class RoomAnnotations:
         if len(message.text) > self.settings.chat_max_chars:
             raise AnnotationError("too_large", "chat message longer than the bound")
         to = list(dict.fromkeys(message.to))
-        return self._stamp(sender, message.client_id, "chat", text=message.text, to=to)
+        fields: dict[str, Any] = {"text": message.text, "to": to}
+        if to and all(r in self.users for r in to):
+            fields["to_users"] = [self.users[r] for r in to]
+        return self._stamp(sender, message.client_id, "chat", **fields)
 
     def _stamp_receipt(self, sender: str, message: ReceiptMessage) -> Event | None:
         record = self.chat.get(message.seq)
         if record is None:
             raise AnnotationError("bad_message", f"no chat message {message.seq}")
-        if sender == record.event.author or not record.visible_to(sender):
+        if self.same_person(sender, record.event.author) or not self.visible_to(record, sender):
             raise AnnotationError("not_allowed", "only a recipient sets its own receipt")
-        current = record.receipts.get(sender)
+        current = self._receipt_of(record, sender)
         if current == message.state or current == "read":
             return None  # monotonic: read implies delivered, and nothing goes back
         return self._stamp(sender, "", "receipt", ref=message.seq, state=message.state)
 
     # -- state ----------------------------------------------------------------------------------
 
+    def _receipt_of(self, record: ChatRecord, participant_id: str) -> str | None:
+        """This person's receipt of a chat message (from any of their connections)."""
+        states = [s for p, s in record.receipts.items() if self.same_person(p, participant_id)]
+        return "read" if "read" in states else (states[0] if states else None)
+
     def apply(self, event: Event) -> None:
         """Apply a stamped event to the state (live, or replayed from the log)."""
         self.seq = event.seq
+        # Who was who, so that a restarted room still knows its people's older connections.
+        if isinstance(event.author_user, str):
+            self.users.setdefault(event.author, event.author_user)
+        if isinstance(event.to_users, list) and isinstance(event.to, list):
+            for participant_id, user in zip(event.to, event.to_users, strict=False):
+                self.users.setdefault(participant_id, user)
         if event.kind == "chat":
             self.chat[event.seq] = ChatRecord(event)
             return
@@ -512,7 +558,9 @@ class RoomAnnotations:
             self._remove((event.image_id, event.frame, op.shape_id))
         elif isinstance(op, ClearOwnOp):
             for key, shape in list(self.shapes.items()):
-                if key[:2] == (event.image_id, event.frame) and shape.author == event.author:
+                if key[:2] == (event.image_id, event.frame) and self.same_person(
+                    shape.author, event.author
+                ):
                     self._remove(key)
         elif isinstance(op, EditOp):
             key = (event.image_id, event.frame, op.shape_id)
@@ -537,11 +585,11 @@ class RoomAnnotations:
         messages addressed to them (with all receipts if theirs, else their own receipt)."""
         chat = []
         for record in self.chat.values():
-            if not record.visible_to(participant_id):
+            if not self.visible_to(record, participant_id):
                 continue
             receipts = record.receipts
-            if participant_id != record.event.author:
-                own = receipts.get(participant_id)
+            if not self.same_person(participant_id, record.event.author):
+                own = self._receipt_of(record, participant_id)
                 receipts = {participant_id: own} if own else {}
             chat.append(msgspec.structs.replace(record.event, receipts=dict(receipts)))
         return Snapshot(seq=self.seq, shapes=list(self.shapes.values()), chat=chat)

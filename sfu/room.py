@@ -282,6 +282,8 @@ class MediaServer:
             lambda message: self.notify(participant_id, message), configuration,
         )  # fmt: skip
         media.muted = {"audio": audio_muted, "video": video_muted}
+        if room.annotations is not None and user:
+            room.annotations.identify(participant_id, user)
         room.participants[participant_id] = media
         self.participants[participant_id] = media
         for track in room.tracks():

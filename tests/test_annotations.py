@@ -668,3 +668,42 @@ def test_records_are_flushed_at_once_and_fsynced_at_most_every_100_ms(
     annotations.handle("rad", RADIOLOGIST, add("s21"))
     annotations.close()
     assert len(syncs) == 3, "closing fsyncs what is left"
+
+
+# -- one person across connections -----------------------------------------------------------------
+
+
+def test_a_reconnected_participant_still_owns_their_shapes() -> None:
+    annotations = room()
+    annotations.identify("rad-1", "dr-rad")
+    annotations.handle("rad-1", RADIOLOGIST, add("mine"))
+    annotations.identify("rad-2", "dr-rad")  # the same person after a network blip
+    annotations.identify("other", "dr-other")
+    edit = op({"kind": "edit", "shape_id": "mine", "color": "#0000ff"}, client_id="c2")
+    assert error_code(annotations.handle("other", RADIOLOGIST, edit), "other") == "not_allowed"
+    _, event = only(annotations.handle("rad-2", RADIOLOGIST, edit))
+    assert event["author"] == "rad-2" and event["author_user"] == "dr-rad"
+    only(annotations.handle("rad-2", RADIOLOGIST, op({"kind": "clear_own"}, client_id="c3")))
+    assert annotations.shapes == {}
+
+
+def test_a_private_message_follows_its_recipient_across_a_reconnect(tmp_path: Path) -> None:
+    path = log_path(tmp_path, "mdt-1")
+    annotations = room(log_file=AnnotationLog(path, "mdt-1", KEY))
+    annotations.identify("rad", "dr-rad")
+    annotations.identify("surgeon-1", "dr-surgeon")
+    annotations.handle("rad", RADIOLOGIST, chat("consent pending", ["surgeon-1"]))
+    annotations.identify("surgeon-2", "dr-surgeon")
+    assert [c.text for c in annotations.snapshot("surgeon-2").chat] == ["consent pending"]
+    delivery, _ = only(annotations.handle("surgeon-2", RADIOLOGIST, receipt(1, "read")))
+    assert set(delivery.recipients or ()) >= {"rad", "surgeon-2"}
+    assert annotations.snapshot("rad").chat[0].receipts == {"surgeon-2": "read"}
+    # Someone else is still refused, and a restarted room still knows who was who.
+    annotations.identify("nurse", "dr-nurse")
+    assert annotations.snapshot("nurse").chat == []
+    assert annotations.log is not None
+    annotations.log.close()
+    again = room(log_file=AnnotationLog(path, "mdt-1", KEY))
+    again.identify("surgeon-3", "dr-surgeon")
+    assert [c.text for c in again.snapshot("surgeon-3").chat] == ["consent pending"]
+    assert again.snapshot("surgeon-3").chat[0].receipts == {"surgeon-3": "read"}
