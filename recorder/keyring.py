@@ -146,7 +146,7 @@ class KeyFileKEK(KeyEncryptionKey):
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return cls(key, key_id)
 
     @classmethod
@@ -422,7 +422,7 @@ class Keyring:
             _write_atomically(tombstone, json.dumps(marker).encode("utf-8") + b"\n")
         for leftover in leftovers:
             _overwrite_and_unlink(leftover)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -438,7 +438,8 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -467,7 +468,7 @@ def _write_atomically(path: Path, data: bytes, *, replace: bool = True) -> None:
     finally:
         if not replace:
             temp.unlink()
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def _overwrite_and_unlink(path: Path) -> None:

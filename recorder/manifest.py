@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from signaling.errors import IntegrityError
 
+from .keyring import fsync_directory
 from .segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
@@ -293,12 +294,3 @@ def write_manifest(
     os.replace(temp, path)
     fsync_directory(directory)
     return hashlib.sha256(data).hexdigest()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -39,7 +39,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -220,15 +220,7 @@ class _SequentialReader:
             return piece
         assert self._file is not None
         target = self._buffer[:n]
-        got = 0
-        # A pipe or socket may return less than asked before its end: read until full or EOF,
-        # so a short piece always means the end (which is how the final chunk is recognised).
-        while got < n:
-            count = self._file.readinto(target[got:])
-            if not count:
-                break
-            got += count
-        return target[:got]
+        return target[: _read_full(self._file, target)]
 
     def rest_in_memory(self) -> memoryview | None:
         """All remaining bytes, if the source is bytes (then consumed); None for a file."""
@@ -262,13 +254,20 @@ class _RandomReader:
         assert self._file is not None
         self._file.seek(offset)
         target = self._buffer[:n]
-        got = 0
-        while got < n:
-            count = self._file.readinto(target[got:])
-            if not count:
-                break
-            got += count
-        return target[:got]
+        return target[: _read_full(self._file, target)]
+
+
+def _read_full(file: Any, target: memoryview) -> int:
+    """Fill `target` from `file`; fewer bytes only at its end. A pipe or socket may return
+    less than asked before its end, so a short read alone never means the end (which is how
+    the final chunk is recognised)."""
+    got = 0
+    while got < len(target):
+        count = file.readinto(target[got:])
+        if not count:
+            break
+        got += count
+    return got
 
 
 def _find_sealed_prefix(aead: AEAD, nonce: bytes, block: memoryview, tag_size: int) -> int | None:
