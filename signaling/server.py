@@ -10,7 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ class Node:
     image_queue: int = 0
     """Image requests waiting for or holding a slot."""
     ready: bool = False
+    retention_swept: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the retention sweep that runs at start has finished."""
 
 
 NODE = web.AppKey("node", Node)
@@ -743,7 +745,10 @@ async def delete_expired_annotations(node: Node) -> list[str]:
     cutoff = time.time() - node.settings.annotation_retention_days * 86400.0
     deleted = []
     for path in await asyncio.to_thread(_expired_annotation_logs, node, cutoff):
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        try:
+            await asyncio.to_thread(path.unlink)
+        except FileNotFoundError:  # a concurrent sweep took it (and audited it)
+            continue
         deleted.append(path.parent.name)
         node.audit.append("annotations_deleted", "info", room=path.parent.name, reason="retention")
     return deleted
@@ -758,6 +763,7 @@ async def _sweep_images(node: Node) -> None:
             await delete_expired_annotations(node)
         except Exception:
             log.exception("retention sweep of shared images and annotations failed")
+        node.retention_swept.set()
         await asyncio.sleep(IMAGE_SWEEP_S)
 
 

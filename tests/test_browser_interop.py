@@ -98,14 +98,24 @@ async def test_two_browsers_see_hear_and_message_each_other_through_the_sfu(
             assert await figures.first.get_attribute("data-participant-id") == sender_of[sub]
             assert sender_of[sub] in await figures.first.locator("figcaption").inner_text()
 
-        # The reliable data channel is relayed, marked with the sender.
+        # A chat message on the reliable data channel comes back stamped with its sender.
         open_channels = "window.consiliumTest.state.channels['consilium-reliable'] === 'open'"
-        await ana.until(open_channels)
-        await ben.until(open_channels)
-        await ana.page.evaluate("window.consiliumTest.sendData('consilium-reliable', 'hello ben')")
-        await ben.until("window.consiliumTest.state.received.some((m) => m.data === 'hello ben')")
-        relayed = {"label": "consilium-reliable", "from": ids["dr-ana"], "data": "hello ben"}
-        assert relayed in (await _state(ben))["received"]
+        snapshot = "window.consiliumTest.state.received.some((m) => m.message.type === 'snapshot')"
+        for tab in (ana, ben):
+            await tab.until(open_channels)
+            await tab.until(snapshot)
+        chat = json.dumps({"type": "chat", "text": "hello ben"})
+        await ana.page.evaluate(
+            f"window.consiliumTest.sendData('consilium-reliable', {json.dumps(chat)})"
+        )
+        await ben.until(
+            "window.consiliumTest.state.received.some((m) => m.message.text === 'hello ben')"
+        )
+        (event,) = [
+            m["message"] for m in (await _state(ben))["received"] if m["message"].get("text")
+        ]
+        assert event["type"] == "event" and event["kind"] == "chat"
+        assert event["author"] == ids["dr-ana"] and event["seq"] >= 1
 
         for sub, tab in tabs.items():
             state = await _state(tab)

@@ -478,9 +478,10 @@ async def test_images_are_served_after_a_restart(tmp_path: Path) -> None:
 async def test_retention_deletes_expired_images(tmp_path: Path) -> None:
     settings = node_settings(tmp_path / "data", media=False, image_retention_days=1e-9)
     async with running_node(settings) as node:
+        assert node.node is not None
+        await node.node.retention_swept.wait()  # the sweep at start must not race this one
         await meeting(node)
         _, body = await upload(node, "dr-heart", jpeg_photo())
-        assert node.node is not None
         assert await delete_expired_images(node.node) == {"mdt-1": [body["image_id"]]}
         assert (await fetch(node, "dr-heart", body["image_id"])).status == 404
         assert not (node.data_dir / "rooms" / "mdt-1" / "images").exists()
@@ -516,6 +517,7 @@ async def test_retention_deletes_old_annotation_logs_but_not_a_live_room(tmp_pat
     settings = node_settings(tmp_path / "data", annotation_retention_days=1.0)
     async with running_node(settings) as node:
         assert node.node is not None and node.node.rooms.media is not None
+        await node.node.retention_swept.wait()  # the sweep at start must not race this one
         rooms = node.data_dir / "rooms"
         old, recent, live = (rooms / name / "annotations.log" for name in ("old", "new", "live"))
         for path in (old, recent, live):

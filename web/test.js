@@ -16,7 +16,7 @@ const state = {
   tracks: [], // the last `tracks` message: which participant each subscribe mid carries
   connection: { publish: "new", subscribe: "new" },
   channels: {}, // data-channel label → readyState
-  received: [], // relayed data-channel messages: {label, from, data}
+  received: [], // data-channel messages from the SFU: {label, message} (message parsed JSON)
   errors: [],
 };
 
@@ -85,9 +85,12 @@ async function publish() {
     for (const event of ["open", "close"]) {
       channel.addEventListener(event, () => (state.channels[label] = channel.readyState));
     }
+    if (label === "consilium-reliable") {
+      // The room's stamped events (chat, annotations) follow the snapshot this asks for.
+      channel.addEventListener("open", () => channel.send(JSON.stringify({ type: "sync" })));
+    }
     channel.addEventListener("message", (event) => {
-      const { from, data } = JSON.parse(event.data);
-      state.received.push({ label, from, data });
+      state.received.push({ label, message: JSON.parse(event.data) });
     });
     channels.set(label, channel);
   }
