@@ -160,6 +160,49 @@ class CaseMarker:
 
 
 @dataclass
+class RecordedParticipant:
+    """Someone who was in the room while it was recorded (recorded or not: see `consent`)."""
+
+    participant_id: str
+    """Their connection's participant id (tracks and events name it)."""
+    sub: str
+    """Their identity (the token subject)."""
+    name: str
+    """Display name as the token stated it."""
+    role: str
+    """Their role in the meeting."""
+    depts: list[str]
+    """Their departments."""
+    org: str = ""
+    """Their institution."""
+    joined_ms: int = 0
+    """When they were first present, ms since the recording started."""
+
+
+@dataclass
+class ConsentRecord:
+    """One participant's answer to the recording notice."""
+
+    participant_id: str
+    """Whose answer it is."""
+    sub: str
+    """Their identity."""
+    decision: Literal["granted", "declined"]
+    """Whether they agreed to be recorded."""
+    method: Literal["client", "verbal"]
+    """`client`: they answered the notice themselves; `verbal`: the chair recorded their spoken
+    consent for them."""
+    at: str
+    """UTC time of the answer, ISO 8601."""
+    at_ms: int
+    """The same, ms since the recording started (0 when given before it started)."""
+    notice_version: str
+    """Version of the notice text they were shown (or read aloud)."""
+    recorded_by: str = ""
+    """For a verbal consent: the participant id of the chair who recorded it."""
+
+
+@dataclass
 class RecordingManifest:
     """Everything that says what a recording holds; signed as a whole."""
 
@@ -181,8 +224,13 @@ class RecordingManifest:
     """Each stream's closed segments, in order."""
     cases: list[CaseMarker] = field(default_factory=list)
     """Case markers, in order."""
-    consent: list[dict[str, Any]] = field(default_factory=list)
-    """Consent records (filled by the consent step, issue 7 part 1)."""
+    participants: list[RecordedParticipant] = field(default_factory=list)
+    """Everyone present while it was recorded, in the order they appeared."""
+    consent: list[ConsentRecord] = field(default_factory=list)
+    """Every consent answer, in order (a later answer of the same participant replaces an
+    earlier one from its time on)."""
+    recording_class: str = "mdt"
+    """The retention class (settings say how long each class is kept)."""
     dropped_records: int = 0
     """Records the sink had to drop (its writer fell behind); 0 in a healthy recording."""
     notes: list[str] = field(default_factory=list)
@@ -239,6 +287,10 @@ class RecordingManifest:
                         for name, segments in document["streams"].items()
                     },
                     "cases": [CaseMarker(**c) for c in document["cases"]],
+                    "participants": [
+                        RecordedParticipant(**p) for p in document.get("participants", [])
+                    ],
+                    "consent": [ConsentRecord(**c) for c in document.get("consent", [])],
                 }
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:

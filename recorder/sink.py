@@ -35,6 +35,8 @@ from .manifest import (
     EVENTS_STREAM,
     RECORD_HEADER,
     CaseMarker,
+    ConsentRecord,
+    RecordedParticipant,
     RecordingManifest,
     SegmentEntry,
     TrackEntry,
@@ -146,11 +148,18 @@ class _Track:
     entry: TrackEntry
 
 
+@dataclass
+class _Meta:
+    """A participant or a consent answer for the manifest."""
+
+    entry: RecordedParticipant | ConsentRecord
+
+
 class _Stop:
     pass
 
 
-_Item = _Data | _Close | _Track | _Stop
+_Item = _Data | _Close | _Track | _Meta | _Stop
 
 
 class _HashingFile:
@@ -199,6 +208,8 @@ class RecordingSink:
         audit: AuditCallback | None = None,
         settings: RecordingSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recording_class: str = "mdt",
+        record_everyone: bool = False,
     ) -> None:
         self.recording_id = check_recording_id(recording_id)
         self.room_id = room_id
@@ -220,13 +231,21 @@ class RecordingSink:
         self._streams: dict[str, _Stream] = {}
         """By track id (and `EVENTS_STREAM` for events)."""
         self._track_count = 0
+        self._owners: dict[str, str] = {}
+        """Participant id of each recorded track, by track id."""
+        self._recorded: set[str] = set()
+        """Participants whose media is recorded (they consented); others' packets are dropped."""
         self._running = False
         self._stop_sent = False
         self._queue: deque[_Item] = deque()
         self._queued_bytes = 0
         self._wake = threading.Condition(threading.Lock())
-        self._manifest = RecordingManifest(recording_id, room_id, started=utc_now())
+        self._manifest = RecordingManifest(
+            recording_id, room_id, started=utc_now(), recording_class=recording_class
+        )
         self._open: dict[str, _OpenSegment] = {}
+        self._record_everyone = record_everyone
+        """Record every participant's media without a consent step (tests and tools only)."""
         self._thread = threading.Thread(
             target=self._write_loop, name=f"recorder-{recording_id}", daemon=True
         )
@@ -258,9 +277,12 @@ class RecordingSink:
         """A track appears: it gets its own stream (`track-<n>`)."""
         if not self._running or track.track_id in self._streams:
             return
+        if not self._record_everyone and track.participant_id not in self._recorded:
+            return
         name = f"track-{self._track_count}"
         self._track_count += 1
         self._streams[track.track_id] = _Stream(name)
+        self._owners[track.track_id] = track.participant_id
         entry = TrackEntry(
             stream=name,
             track_id=track.track_id,
@@ -284,8 +306,12 @@ class RecordingSink:
         try:
             stream = self._streams.get(track.track_id)
             if stream is None:
+                if not self._record_everyone and track.participant_id not in self._recorded:
+                    return  # no consent (yet): their media is left out
                 self.on_track(track)  # published before the recording started
                 stream = self._streams[track.track_id]
+            elif track.participant_id not in self._recorded and not self._record_everyone:
+                return  # consent withdrawn
             now = round((self._clock() - self._t0) * 1000)
             if now >= self._next_boundary:
                 self._boundary(now)
@@ -310,6 +336,39 @@ class RecordingSink:
     def meeting_event(self, event: str, **fields: Any) -> None:
         """A meeting event (someone joined, left, recording notice shown...) on the timeline."""
         self._event({"type": "meeting", "event": event, **fields})
+
+    def add_participant(self, participant: RecordedParticipant) -> None:
+        """Someone is present (listed in the manifest whether or not they are recorded)."""
+        if not self._running:
+            return
+        self._put_control(_Meta(participant))
+        self.meeting_event("participant_present", participant=participant.participant_id)
+
+    def record_consent(self, consent: ConsentRecord) -> None:
+        """Store a consent answer; from now on their media is recorded (granted) or left out
+        (declined). A decliner's open segments close, so what is on disk stops there."""
+        if not self._running:
+            return
+        self._put_control(_Meta(consent))
+        self.meeting_event(
+            "consent", participant=consent.participant_id, decision=consent.decision,
+            method=consent.method,
+        )  # fmt: skip
+        if consent.decision == "granted":
+            self._recorded.add(consent.participant_id)
+            return
+        self._recorded.discard(consent.participant_id)
+        mine = [
+            self._streams[track_id]
+            for track_id, owner in self._owners.items()
+            if owner == consent.participant_id
+        ]
+        if mine:
+            self._close(mine)
+
+    def is_recorded(self, participant_id: str) -> bool:
+        """Whether this participant's media goes into the recording now."""
+        return self._record_everyone or participant_id in self._recorded
 
     def mark_case(self, label: str) -> int:
         """Start case `label`: every open segment closes, so the case begins whole segments.
@@ -457,6 +516,14 @@ class RecordingSink:
             self._manifest.tracks.append(item.entry)
             self._manifest.streams[item.entry.stream] = []
             (self.directory / item.entry.stream).mkdir(mode=0o700)
+            self.last_manifest_sha256 = self._write_manifest()
+        elif isinstance(item, _Meta):
+            if isinstance(item.entry, RecordedParticipant):
+                known = {p.participant_id for p in self._manifest.participants}
+                if item.entry.participant_id not in known:
+                    self._manifest.participants.append(item.entry)
+            else:
+                self._manifest.consent.append(item.entry)
             self.last_manifest_sha256 = self._write_manifest()
         elif isinstance(item, _Close):
             for name in item.streams:

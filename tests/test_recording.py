@@ -101,7 +101,7 @@ def record(
     audit = AuditRecorder()
     sink = RecordingSink(
         recordings_dir, recording_id, "mdt-1", DATA_KEY, key,
-        audit=audit, settings=settings, clock=clock,
+        audit=audit, settings=settings, clock=clock, record_everyone=True,
     )  # fmt: skip
     media_sink: MediaSink = sink
     sink.start()
@@ -263,7 +263,9 @@ def test_segment_bytes_closes_a_large_segment_early(tmp_path: Path) -> None:
 
 
 def test_sink_ignores_packets_after_stop_and_never_raises(tmp_path: Path) -> None:
-    sink = RecordingSink(tmp_path, "rec-2", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate())
+    sink = RecordingSink(
+        tmp_path, "rec-2", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate(), record_everyone=True
+    )
     sink.start()
     sink.on_rtp(VIDEO, rtp_packet(1, 0, 1), 0)  # a track published before the recording
     sink.on_rtp(VIDEO, None, 0)  # type: ignore[arg-type]  # a bug upstream: logged, not raised
@@ -281,7 +283,13 @@ def test_a_failing_writer_stops_recording_without_disturbing_the_forwarder(
 ) -> None:
     audit = AuditRecorder()
     sink = RecordingSink(
-        tmp_path, "rec-4", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate(), audit=audit
+        tmp_path,
+        "rec-4",
+        "mdt-1",
+        DATA_KEY,
+        Ed25519PrivateKey.generate(),
+        audit=audit,
+        record_everyone=True,
     )
     sink.start()
     (tmp_path / "rec-4" / "track-0").write_bytes(b"")  # the stream's directory cannot be made
@@ -294,7 +302,9 @@ def test_a_failing_writer_stops_recording_without_disturbing_the_forwarder(
 
 
 def test_on_rtp_cost_per_call_is_printed(tmp_path: Path) -> None:
-    sink = RecordingSink(tmp_path, "rec-3", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate())
+    sink = RecordingSink(
+        tmp_path, "rec-3", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate(), record_everyone=True
+    )
     sink.start()
     packets = [rtp_packet(i, i * 3000, 5, 1100) for i in range(20_000)]
     started = time.perf_counter()
@@ -400,7 +410,7 @@ CRASHING_RECORDER = textwrap.dedent(
     key = load_pem_private_key(Path(sys.argv[2]).read_bytes(), None)
     clock = FakeClock()
     sink = RecordingSink(directory, "rec-crash", "mdt-1", DATA_KEY, key, clock=clock,
-                         settings=RecordingSettings(segment_seconds=1.0))
+                         settings=RecordingSettings(segment_seconds=1.0), record_everyone=True)
     sink.start()
     sink.on_track(VIDEO)
     # 100 packets a second of the fake clock: segments 0-2 close, then 80 packets of segment 3
@@ -476,7 +486,7 @@ def test_sigkill_mid_recording_loses_at_most_the_unfinished_segment(tmp_path: Pa
 
 def test_recovery_leaves_a_manifest_that_does_not_verify_as_found(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
-    sink = RecordingSink(tmp_path, "rec-5", "mdt-1", DATA_KEY, key)
+    sink = RecordingSink(tmp_path, "rec-5", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
     sink.stop()
     path = tmp_path / "rec-5" / MANIFEST_NAME
@@ -488,3 +498,50 @@ def test_recovery_leaves_a_manifest_that_does_not_verify_as_found(tmp_path: Path
     assert recover_interrupted(tmp_path, key, audit) == []
     assert path.read_bytes() == before
     assert [(a, o) for a, o, _ in audit.calls] == [("recording_recovered", "error")]
+
+
+def test_only_consenting_participants_media_is_recorded(tmp_path: Path) -> None:
+    from recorder.manifest import ConsentRecord, RecordedParticipant
+
+    clock = FakeClock()
+    key = Ed25519PrivateKey.generate()
+    sink = RecordingSink(tmp_path, "rec-consent", "mdt-1", DATA_KEY, key, clock=clock)
+    sink.start()
+    bob_video = TrackInfo("mdt-1", "bob", "bob:0", "video", "video/VP8", 90000, 96, "camera")
+    for pid in ("alice", "bob"):
+        sink.add_participant(RecordedParticipant(pid, f"dr-{pid}", pid, "specialist", ["onc"]))
+
+    def consent(pid: str, decision: str) -> None:
+        sink.record_consent(
+            ConsentRecord(pid, f"dr-{pid}", decision, "client", "t", sink.now_ms(), "v1")  # type: ignore[arg-type]
+        )
+
+    def feed(first: int) -> None:
+        for seq in range(first, first + 50):
+            clock.now += 0.02
+            sink.on_rtp(VIDEO, rtp_packet(seq, seq * 3000, 1), 0)
+            sink.on_rtp(bob_video, rtp_packet(seq, seq * 3000, 2), 0)
+
+    feed(0)  # nobody has consented yet: nothing of theirs is stored
+    consent("alice", "granted")
+    consent("bob", "declined")
+    feed(50)  # alice only
+    consent("alice", "declined")
+    feed(100)  # alice withdrew: nothing more
+    consent("bob", "granted")
+    feed(150)  # bob only, from now on
+    manifest = sink.stop()
+
+    report = verify_recording(tmp_path / "rec-consent", DATA_KEY, key.public_key())
+    assert report.ok, report.problems
+    by_track = {t.track_id: t for t in manifest.tracks}
+    assert set(by_track) == {"alice:0", "bob:0"}
+    for track_id, expected in (("alice:0", range(50, 100)), ("bob:0", range(150, 200))):
+        packets = list(iter_packets(tmp_path / "rec-consent", DATA_KEY, track_id))
+        assert [struct.unpack_from("!H", p.data, 2)[0] for p in packets] == list(expected)
+    assert [(c.participant_id, c.decision) for c in manifest.consent] == [
+        ("alice", "granted"), ("bob", "declined"), ("alice", "declined"), ("bob", "granted"),
+    ]  # fmt: skip
+    assert [p.sub for p in manifest.participants] == ["dr-alice", "dr-bob"]
+    on_disk = read_manifest(tmp_path / "rec-consent")[0]
+    assert on_disk.consent == manifest.consent and on_disk.participants == manifest.participants

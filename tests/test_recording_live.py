@@ -22,7 +22,7 @@ async def test_a_live_room_is_recorded_packet_for_packet(
     media: MediaHarness, tmp_path: Path
 ) -> None:
     key = Ed25519PrivateKey.generate()
-    sink = RecordingSink(tmp_path, "live-1", "mdt-1", DATA_KEY, key)
+    sink = RecordingSink(tmp_path, "live-1", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
     media.server.room("mdt-1").sinks.append(sink)
     await media.join("a", [ReplayAudioTrack(), ReplayVideoTrack()])
