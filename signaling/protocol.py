@@ -8,7 +8,7 @@ the document matches). Close codes live in `CLOSE_CODES`, next to the messages t
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -135,6 +135,52 @@ class Candidate(Message, tag="candidate"):
     sdp_mline_index: int | None = None
 
 
+CaseLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+"""What the chair calls a case of the agenda ("case 3"). Prefer agenda numbers to patient names:
+labels are kept with the recording (its manifest) for as long as it is."""
+
+
+class RequestConsent(Message, tag="request_consent"):
+    """Ask everyone present to agree to be recorded (needs `start_recording`). Each client shows
+    the recording notice and answers with `consent`."""
+
+
+class Consent(Message, tag="consent"):
+    """Your own answer to the recording notice (any joined participant, any time; a new
+    answer replaces the old one from now on: declining while recording stops recording you)."""
+
+    decision: Literal["granted", "declined"]
+    notice_version: str = ""
+    """The notice text version the client showed (the server's, from `consent_requested`)."""
+
+
+class VerbalConsent(Message, tag="verbal_consent"):
+    """The chair records a participant's spoken answer (needs `start_recording`); audited as
+    verbal consent given through the chair."""
+
+    participant_id: str
+    decision: Literal["granted", "declined"] = "granted"
+
+
+class StartRecording(Message, tag="start_recording"):
+    """Start recording (needs `start_recording`). Refused with `consent_missing` until everyone
+    present has answered; those who declined are left out of the recording."""
+
+    recording_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "mdt"
+    """Retention class (settings say how long each class is kept)."""
+
+
+class StopRecording(Message, tag="stop_recording"):
+    """Stop recording (needs `stop_recording`)."""
+
+
+class MarkCase(Message, tag="mark_case"):
+    """Start the next case of the agenda while recording (needs `start_recording`): a segment
+    boundary in the recording, so one case can be retrieved and exported alone."""
+
+    label: CaseLabel
+
+
 ClientMessage = (
     Join
     | Ping
@@ -148,6 +194,12 @@ ClientMessage = (
     | Offer
     | Answer
     | Candidate
+    | RequestConsent
+    | Consent
+    | VerbalConsent
+    | StartRecording
+    | StopRecording
+    | MarkCase
 )
 """Everything a client may send."""
 
@@ -283,6 +335,36 @@ class ImageShared(Message, tag="image_shared"):
     """The DICOM declares identifiers burned into its pixels and the uploader confirmed."""
 
 
+class ConsentRequested(Message, tag="consent_requested"):
+    """Please answer the recording notice (`consent`): sent to everyone when the chair asks,
+    and to each late joiner while recording is requested or running. Until you agree your
+    media is not recorded."""
+
+    notice_version: str
+    """Version of the notice text to show (the client's catalogue holds the text)."""
+    requested_by: str = ""
+    """Participant id of the chair who asked."""
+
+
+class RecordingState(Message, tag="recording_state"):
+    """The room's recording, to everyone on every change: whether it runs, and each present
+    participant's consent (`granted`, `declined`, or `pending` for no answer yet)."""
+
+    recording: bool
+    recording_id: str = ""
+    started_at: str = ""
+    """UTC start time, ISO 8601."""
+    requested: bool = False
+    """Consent has been asked for (the chair may start once nobody is `pending`)."""
+    consent: dict[str, Literal["granted", "declined", "pending"]] = msgspec.field(
+        default_factory=dict
+    )
+    """By participant id."""
+    cases: list[str] = msgspec.field(default_factory=list)
+    """Case labels marked so far, in order."""
+    notice_version: str = ""
+
+
 class Error(Message, tag="error"):
     """A recoverable bad request: the connection stays open."""
 
@@ -303,6 +385,8 @@ ServerMessage = (
     | Pong
     | Tracks
     | ImageShared
+    | ConsentRequested
+    | RecordingState
     | Error
     | Offer
     | Answer

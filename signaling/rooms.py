@@ -15,6 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
 from sfu.session import MediaError
 
@@ -33,6 +36,7 @@ from .errors import (
 from .identity import Identity
 from .logs import scrub
 from .policy import Policy, RoomScope
+from .recording import Recorder
 from .settings import Settings
 from .state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
 from .tokens import TokenVerifier
@@ -50,7 +54,17 @@ _MESSAGE_ACTIONS: dict[type[p.Message], str] = {
     p.UpdateRoom: "admit",
     p.Mute: "mute_others",
     p.Remove: "remove_participant",
+    p.RequestConsent: "start_recording",
+    p.VerbalConsent: "start_recording",
+    p.StartRecording: "start_recording",
+    p.MarkCase: "start_recording",
+    p.StopRecording: "stop_recording",
 }
+
+_RECORDING_MESSAGES = (
+    p.RequestConsent, p.Consent, p.VerbalConsent, p.StartRecording, p.StopRecording, p.MarkCase,
+)  # fmt: skip
+"""Carried out by the recorder on the node hosting the room's media (signaling/recording.py)."""
 
 
 def room_scope(room: RoomRecord | None, room_id: str) -> RoomScope:
@@ -109,6 +123,8 @@ class Rooms:
         self.audit = audit
         self.media = media
         """The node's SFU (None: signalling only)."""
+        self.recorder: Recorder | None = None
+        """Records the rooms whose media this node hosts (set with `media`)."""
         self.media_guests: dict[str, str] = {}
         """Participants whose media this node hosts for another node: id → their node."""
         self.ice_servers = ice_servers or (lambda identity: [])
@@ -323,6 +339,10 @@ class Rooms:
                     "audio_muted": record.audio_muted,
                     "video_muted": record.video_muted,
                     "user": identity.sub,
+                    "name": record.name,
+                    "role": record.role,
+                    "depts": list(record.depts),
+                    "org": record.org,
                 },
             )
         conn.send(
@@ -341,6 +361,9 @@ class Rooms:
         await self._broadcast(
             room.room_id, p.ParticipantJoined(participant_info(record)), exclude=conn.participant_id
         )
+        if self.media is not None:
+            # Where the room's recording stands, and the notice if it asks for consent.
+            await self._media_call(conn, {"op": "rec", "action": "hello", "fields": {}})
         self.audit.append(
             "join",
             "allow",
@@ -401,6 +424,15 @@ class Rooms:
             await self._update_room(conn, msg)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
             await self._media_message(conn, msg)
+        elif isinstance(msg, _RECORDING_MESSAGES):
+            if self.media is None or not conn.media_node:
+                request = _type_of(msg)
+                conn.send(
+                    p.encode(p.Error("recording_unavailable", "this node has no SFU", request))
+                )
+                return
+            fields = msgspec.structs.asdict(msg)
+            await self._media_call(conn, {"op": "rec", "action": _type_of(msg), "fields": fields})
 
     async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
         """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
@@ -445,10 +477,18 @@ class Rooms:
                     op["room"], pid, frozenset(op["permissions"]),
                     audio_muted=op["audio_muted"], video_muted=op["video_muted"], user=op["user"],
                 )  # fmt: skip
+                if self.recorder is not None:
+                    self.recorder.joined(op["room"], RecordedParticipant(
+                        participant_id=pid, sub=op["user"], name=op.get("name", ""),
+                        role=op.get("role", ""), depts=list(op.get("depts", ())),
+                        org=op.get("org", ""),
+                    ))  # fmt: skip
             elif kind == "leave":
                 self.media_guests.pop(pid, None)
                 participant = media.participants.get(pid)
                 await media.leave(pid)
+                if self.recorder is not None:
+                    await self.recorder.left(pid)
                 if participant is not None and participant.room.room_id not in media.rooms:
                     try:
                         await self.store.release_media_node(
@@ -468,9 +508,15 @@ class Rooms:
                 )
             elif kind == "mute":
                 media.set_muted(pid, op["kind"], op["muted"])
+            elif kind == "rec" and self.recorder is not None:
+                await self.recorder.handle(pid, op["action"], op["fields"])
         except MediaError as exc:
             self.media_notify(pid, {"type": "error", "code": "bad_media_request",
                                     "message": _short(str(exc)), "request": kind})  # fmt: skip
+
+    def notify_message(self, participant_id: str, message: p.Message) -> None:
+        """Send one server message to a participant whose media this node hosts."""
+        self.media_notify(participant_id, {"type": "message", "text": p.encode(message)})
 
     def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
         """The SFU has something for a participant: send it (through its node if elsewhere)."""
@@ -500,6 +546,9 @@ class Rooms:
             out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
         elif kind == "error":
             out = p.Error(message["code"], message["message"], message.get("request", ""))
+        elif kind == "message":  # already encoded (the recorder's notices)
+            conn.send(message["text"])
+            return
         else:
             return
         conn.send(p.encode(out))

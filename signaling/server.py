@@ -18,7 +18,9 @@ from typing import Any
 import msgspec
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from recorder.recovery import recover_interrupted
 from recorder.roomkeys import RoomKeys, open_keyring
+from recorder.sink import RecordingSettings
 from sfu.ice import IceSettings, client_ice_servers
 from sfu.room import MediaServer, MediaSettings
 
@@ -47,6 +49,7 @@ from .images import ImageStore, SharedImage
 from .logs import scrub
 from .policy import Policy, RoomScope
 from .ratelimit import TokenBucket, WindowCounter
+from .recording import Recorder, recorder_audit
 from .rooms import Rooms, room_scope, room_state
 from .settings import Settings, is_loopback
 from .state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
@@ -181,6 +184,8 @@ def build_node(settings: Settings) -> Node:
         max_images_per_room=settings.max_images_per_room,
         limits=ImageLimits(max_bytes=settings.max_image_bytes),
     )
+    recordings_dir = data_dir / "recordings"
+    recover_interrupted(recordings_dir, audit_key, recorder_audit(audit))
     if settings.media:
         rooms.media = MediaServer(
             MediaSettings(
@@ -191,6 +196,17 @@ def build_node(settings: Settings) -> Node:
                 image_info=images.lookup,
             ),
             rooms.media_notify,
+        )
+        rooms.recorder = Recorder(
+            recordings_dir,
+            room_keys.keyring,
+            audit_key,
+            audit,
+            rooms.media,
+            notice_version=settings.recording_notice_version,
+            settings=RecordingSettings(segment_seconds=settings.recording_segment_seconds),
+            broadcast=rooms.announce,
+            notify=rooms.notify_message,
         )
     return Node(
         settings=settings,
@@ -1005,6 +1021,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper.cancel()
     image_sweeper.cancel()
     try:
+        if node.rooms.recorder is not None:
+            # Recordings end cleanly (complete, final segments sealed) before the media goes.
+            with contextlib.suppress(Exception):
+                await node.rooms.recorder.close()
         with contextlib.suppress(Exception):
             await node.rooms.close_all()
         if node.rooms.media is not None:

@@ -125,6 +125,18 @@ class Settings:
     """Days a room's annotation and chat log is kept after its last entry; then it is deleted
     (audited). A room in session keeps its log."""
 
+    recording_notice_version: str = "2026-12"
+    """Version of the recording notice text every client shows before asking for consent
+    (stored with each consent answer); change it when the notice's wording changes."""
+    recording_segment_seconds: float = 10.0
+    """A recording's streams are cut into sealed segments this often: at most this much is
+    lost when the server crashes while recording."""
+    recording_retention_days: float = 3650.0
+    """Days a recording is kept after it ended (class `mdt` and any class not named in
+    `recording_class_retention`); then it is shredded, unless it is under legal hold."""
+    recording_class_retention: list[str] = field(default_factory=list)
+    """Other retention classes, `class=days` each (e.g. `teaching=365`)."""
+
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
@@ -197,15 +209,34 @@ class Settings:
             "jwks_refetch_interval_s",
             "image_retention_days",
             "annotation_retention_days",
+            "recording_segment_seconds",
+            "recording_retention_days",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        self.retention_classes()  # raises on a malformed entry
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+
+    def retention_classes(self) -> dict[str, float]:
+        """Days each recording class is kept (`mdt` and unnamed classes: the default)."""
+        classes: dict[str, float] = {"mdt": self.recording_retention_days}
+        for item in self.recording_class_retention:
+            name, sep, days = item.partition("=")
+            try:
+                value = float(days)
+            except ValueError:
+                value = -1.0
+            if not sep or not name.strip() or value <= 0:
+                raise ConfigError(
+                    f"recording_class_retention: {item!r} is not class=days with days > 0"
+                )
+            classes[name.strip()] = value
+        return classes
 
     def summary(self) -> dict[str, Any]:
         """Settings as plain JSON values, for the audit log's `config_loaded` entry."""

@@ -38,6 +38,12 @@ export const CLIENT_MESSAGES = {
   offer: { sdp: REQUIRED, pc: "publish", screen: [] },
   answer: { sdp: REQUIRED, pc: "publish" },
   candidate: { candidate: REQUIRED, pc: "publish", sdp_mid: null, sdp_mline_index: null },
+  request_consent: {},
+  consent: { decision: REQUIRED, notice_version: "" },
+  verbal_consent: { participant_id: REQUIRED, decision: "granted" },
+  start_recording: { recording_class: "mdt" },
+  stop_recording: {},
+  mark_case: { label: REQUIRED },
 };
 
 /** What the server sends; it leaves out every field that has its default. */
@@ -71,6 +77,16 @@ export const SERVER_MESSAGES = {
     shared_by: REQUIRED,
     title: REQUIRED,
     burned_in_confirmed: false,
+  },
+  consent_requested: { notice_version: REQUIRED, requested_by: "" },
+  recording_state: {
+    recording: REQUIRED,
+    recording_id: "",
+    started_at: "",
+    requested: false,
+    consent: {},
+    cases: [],
+    notice_version: "",
   },
   offer: CLIENT_MESSAGES.offer,
   answer: CLIENT_MESSAGES.answer,
@@ -201,6 +217,24 @@ export class SignallingConnection {
   }
   updateRoom({ lobby = null, locked = null }) {
     this.send("update_room", { lobby, locked });
+  }
+  requestConsent() {
+    this.send("request_consent");
+  }
+  consent(decision, noticeVersion = "") {
+    this.send("consent", { decision, notice_version: noticeVersion });
+  }
+  verbalConsent(participantId, decision = "granted") {
+    this.send("verbal_consent", { participant_id: participantId, decision });
+  }
+  startRecording(recordingClass = "mdt") {
+    this.send("start_recording", { recording_class: recordingClass });
+  }
+  stopRecording() {
+    this.send("stop_recording");
+  }
+  markCase(label) {
+    this.send("mark_case", { label });
   }
   offer(pc, sdp, screen = []) {
     this.send("offer", { pc, sdp, screen });

@@ -1,0 +1,381 @@
+"""Recording a meeting with consent: who may start it, who is recorded, what everyone is told.
+
+The recording of a room runs on the node that hosts the room's media (its SFU holds the packets
+the recorder stores); chairs and participants connected to other nodes reach it through the same
+relay as their SDP (`Rooms._media_call`). The rules, in the order a meeting meets them:
+
+1. The chair asks for consent (`request_consent`): everyone present is sent the recording
+   notice (`consent_requested`, with the notice text's version) and answers `consent` in the
+   client; the chair may record a spoken answer for someone (`verbal_consent`, audited as such).
+2. The chair starts (`start_recording`) only once nobody present is still `pending`; a
+   participant who declined is present but left out: none of their tracks is stored.
+3. While it runs, everyone sees it (`recording_state` to the room on every change); a late
+   joiner is asked at once and is not recorded until they agree; anyone may decline later,
+   which stops recording them from then on. Someone who reconnects keeps their answer (answers
+   belong to the person, the token subject, not to the connection).
+4. Case markers (`mark_case`) cut every stream into a new segment, so one case can be exported
+   alone; the label goes to the manifest, not to the audit log (it may name a patient).
+5. It stops when the chair stops it, when the room's media ends (everyone left), or when the
+   node shuts down; a crash leaves it to `recover_interrupted` at the next start.
+
+Every consent answer is stored with the recording (`ConsentRecord`: who, when, how, which notice
+version) and audited; the manifest's hash is audited at start, at each case and at stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from recorder.keyring import Keyring
+from recorder.manifest import ConsentRecord, RecordedParticipant
+from recorder.sink import AuditCallback, RecordingSettings, RecordingSink, utc_now
+from sfu.room import MediaServer
+
+from . import protocol as p
+from .audit import AuditLog
+
+log = logging.getLogger("consilium.recording")
+
+
+@dataclass
+class RoomRecording:
+    """One room's recording state on the node hosting its media."""
+
+    room_id: str
+    requested: bool = False
+    """The chair has asked for consent."""
+    requested_by: str = ""
+    """Participant id of the chair who asked."""
+    answers: dict[str, ConsentRecord] = field(default_factory=dict)
+    """Each person's latest answer, by token subject."""
+    sink: RecordingSink | None = None
+    """The running recording, if any."""
+    started_at: str = ""
+    cases: list[str] = field(default_factory=list)
+
+    def decision_of(self, sub: str) -> str:
+        """`granted`, `declined` or `pending`."""
+        answer = self.answers.get(sub)
+        return "pending" if answer is None else answer.decision
+
+
+Broadcast = Callable[[str, p.Message], Awaitable[None]]
+"""Send a message to everyone in a room, on every node."""
+Notify = Callable[[str, p.Message], None]
+"""Send a message to one participant, wherever their signalling connection is."""
+
+
+def recorder_audit(audit: AuditLog) -> AuditCallback:
+    """The audit log as the recorder's callback (thread-safe: `AuditLog.append` is)."""
+
+    def report(action: str, outcome: str = "info", /, **fields: Any) -> object:
+        return audit.append(action, outcome, **fields)
+
+    return report
+
+
+class RecordingRefused(Exception):
+    """A recording request that cannot be carried out; `code` goes to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Recorder:
+    """Every room's recording on this node (the node that hosts the rooms' media)."""
+
+    def __init__(
+        self,
+        recordings_dir: Path,
+        keyring: Keyring,
+        signing_key: Ed25519PrivateKey,
+        audit: AuditLog,
+        media: MediaServer,
+        *,
+        notice_version: str,
+        settings: RecordingSettings | None = None,
+        broadcast: Broadcast,
+        notify: Notify,
+    ) -> None:
+        self.recordings_dir = recordings_dir
+        self.keyring = keyring
+        self.signing_key = signing_key
+        self.audit = audit
+        self.media = media
+        self.notice_version = notice_version
+        self.settings = settings or RecordingSettings()
+        self.broadcast = broadcast
+        self.notify = notify
+        self.rooms: dict[str, RoomRecording] = {}
+        self.people: dict[str, RecordedParticipant] = {}
+        """Everyone whose media this node hosts, by participant id."""
+        self._room_of: dict[str, str] = {}
+        self._ending: set[asyncio.Task[None]] = set()
+        """Recordings being stopped because their room's media ended."""
+        self._lock = asyncio.Lock()
+        """One recording operation at a time (they are rare and touch the disk)."""
+
+    # -- who is here ---------------------------------------------------------------------------
+
+    def present(self, room_id: str) -> list[str]:
+        """Participant ids present in the room's media, in join order."""
+        room = self.media.rooms.get(room_id)
+        return list(room.participants) if room is not None else []
+
+    def joined(self, room_id: str, person: RecordedParticipant) -> None:
+        """Someone's media joined the room (before their `joined` is sent)."""
+        self.people[person.participant_id] = person
+        self._room_of[person.participant_id] = room_id
+
+    async def left(self, participant_id: str) -> None:
+        """Someone's media left; when the room's media has ended, so does its recording."""
+        room_id = self._room_of.pop(participant_id, None)
+        self.people.pop(participant_id, None)
+        if room_id is None:
+            return
+        state = self.rooms.get(room_id)
+        if state is None:
+            return
+        if room_id not in self.media.rooms:
+            self.rooms.pop(room_id, None)
+            # Shielded: the caller (a closing WebSocket's handler) may be cancelled meanwhile,
+            # and a recording must still end cleanly.
+            task = asyncio.get_running_loop().create_task(self._end(state))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+            await asyncio.shield(task)
+            return
+        if state.requested or state.sink is not None:
+            await self._announce(state)
+
+    async def _end(self, state: RoomRecording) -> None:
+        async with self._lock:
+            await self._stop(state, reason="room_ended")
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def handle(self, participant_id: str, action: str, fields: dict[str, Any]) -> None:
+        """One recording request from a participant (permissions were checked by `Rooms`)."""
+        person = self.people.get(participant_id)
+        room_id = self._room_of.get(participant_id)
+        if person is None or room_id is None:
+            return  # left meanwhile
+        state = self.rooms.setdefault(room_id, RoomRecording(room_id))
+        try:
+            async with self._lock:
+                if action == "hello":
+                    await self._hello(state, person)
+                elif action == "request_consent":
+                    await self._request(state, person)
+                elif action == "consent":
+                    await self._answer(state, person, fields["decision"], "client", None)
+                elif action == "verbal_consent":
+                    target = self.people.get(fields["participant_id"])
+                    if target is None or self._room_of.get(target.participant_id) != room_id:
+                        raise RecordingRefused("not_found", "no such participant in the room")
+                    await self._answer(state, target, fields["decision"], "verbal", person)
+                elif action == "start_recording":
+                    await self._start(state, person, fields.get("recording_class", "mdt"))
+                elif action == "stop_recording":
+                    if state.sink is None:
+                        raise RecordingRefused("not_recording", "the room is not being recorded")
+                    await self._stop(state, reason="stopped", by=person)
+                    await self._announce(state)
+                elif action == "mark_case":
+                    await self._mark_case(state, person, fields["label"])
+        except RecordingRefused as refused:
+            self.notify(participant_id, p.Error(refused.code, str(refused), action))
+        except Exception:
+            log.exception("recording request failed", extra={"room": room_id, "action": action})
+            self.notify(
+                participant_id, p.Error("recording_failed", "the recording request failed", action)
+            )
+
+    async def _hello(self, state: RoomRecording, person: RecordedParticipant) -> None:
+        """A participant has just joined: tell them where the recording stands, ask them."""
+        if not (state.requested or state.sink is not None):
+            return
+        answer = state.answers.get(person.sub)
+        if state.sink is not None:
+            state.sink.add_participant(replace(person, joined_ms=state.sink.now_ms()))
+            if answer is not None:
+                # The same person on a new connection: their answer stands.
+                state.sink.record_consent(replace(answer, participant_id=person.participant_id))
+        if answer is None:
+            self.notify(
+                person.participant_id,
+                p.ConsentRequested(self.notice_version, requested_by=state.requested_by),
+            )
+        await self._announce(state)
+
+    async def _request(self, state: RoomRecording, chair: RecordedParticipant) -> None:
+        state.requested = True
+        state.requested_by = chair.participant_id
+        self.audit.append(
+            "recording_consent_requested", "allow", sub=chair.sub, room=state.room_id,
+            notice_version=self.notice_version,
+        )  # fmt: skip
+        await self.broadcast(
+            state.room_id,
+            p.ConsentRequested(self.notice_version, requested_by=chair.participant_id),
+        )
+        await self._announce(state)
+
+    async def _answer(
+        self,
+        state: RoomRecording,
+        person: RecordedParticipant,
+        decision: str,
+        method: str,
+        chair: RecordedParticipant | None,
+    ) -> None:
+        sink = state.sink
+        record = ConsentRecord(
+            participant_id=person.participant_id,
+            sub=person.sub,
+            decision=decision,  # type: ignore[arg-type]  # the protocol's Literal
+            method=method,  # type: ignore[arg-type]
+            at=utc_now(),
+            at_ms=sink.now_ms() if sink is not None else 0,
+            notice_version=self.notice_version,
+            recorded_by=chair.participant_id if chair is not None else "",
+        )
+        state.answers[person.sub] = record
+        if sink is not None:
+            sink.record_consent(record)
+        self.audit.append(
+            "recording_consent",
+            "allow" if decision == "granted" else "deny",
+            sub=person.sub,
+            room=state.room_id,
+            decision=decision,
+            method=method,
+            by=chair.sub if chair is not None else None,
+            notice_version=self.notice_version,
+            recording=sink.recording_id if sink is not None else None,
+        )
+        await self._announce(state)
+
+    async def _start(
+        self, state: RoomRecording, chair: RecordedParticipant, recording_class: str
+    ) -> None:
+        if state.sink is not None:
+            raise RecordingRefused("recording_running", "the room is already being recorded")
+        present = self.present(state.room_id)
+        missing = [
+            pid for pid in present
+            if pid in self.people and state.decision_of(self.people[pid].sub) == "pending"
+        ]  # fmt: skip
+        if missing:
+            self.audit.append(
+                "start_recording", "deny", sub=chair.sub, room=state.room_id,
+                reason="consent_missing", missing=len(missing),
+            )  # fmt: skip
+            names = ", ".join(self.people[pid].name for pid in missing)
+            raise RecordingRefused(
+                "consent_missing", f"not everyone has answered the recording notice: {names}"
+            )
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        recording_id = f"rec-{state.room_id}-{stamp}-{secrets.token_hex(3)}"
+        data_key = await asyncio.to_thread(self.keyring.create, recording_id)
+        sink = RecordingSink(
+            self.recordings_dir,
+            recording_id,
+            state.room_id,
+            data_key,
+            self.signing_key,
+            audit=recorder_audit(self.audit),
+            settings=self.settings,
+            recording_class=recording_class,
+        )
+        await asyncio.to_thread(sink.start)
+        for pid in present:
+            person = self.people.get(pid)
+            if person is None:
+                continue
+            sink.add_participant(person)
+            answer = state.answers.get(person.sub)
+            if answer is not None:
+                sink.record_consent(replace(answer, participant_id=pid))
+        self.media.room(state.room_id).sinks.append(sink)
+        state.sink = sink
+        state.started_at = utc_now()
+        state.cases = []
+        declined = sum(1 for pid in present if state.decision_of(self.people[pid].sub) != "granted")
+        self.audit.append(
+            "start_recording", "allow", sub=chair.sub, room=state.room_id,
+            recording=recording_id, recording_class=recording_class,
+            participants=len(present), declined=declined,
+        )  # fmt: skip
+        await self._announce(state)
+
+    async def _mark_case(
+        self, state: RoomRecording, chair: RecordedParticipant, label: str
+    ) -> None:
+        sink = state.sink
+        if sink is None:
+            raise RecordingRefused("not_recording", "mark a case while recording")
+        sink.mark_case(label)
+        state.cases.append(label)
+        await self._announce(state)
+
+    async def _stop(
+        self, state: RoomRecording, *, reason: str, by: RecordedParticipant | None = None
+    ) -> None:
+        sink = state.sink
+        if sink is None:
+            return
+        state.sink = None
+        room = self.media.rooms.get(state.room_id)
+        if room is not None and sink in room.sinks:
+            room.sinks.remove(sink)
+        manifest = await asyncio.to_thread(sink.stop)
+        self.audit.append(
+            "stop_recording", "allow", sub=by.sub if by is not None else None,
+            room=state.room_id, recording=sink.recording_id, reason=reason,
+            tracks=len(manifest.tracks), dropped_records=manifest.dropped_records,
+        )  # fmt: skip
+
+    async def _announce(self, state: RoomRecording) -> None:
+        sink = state.sink
+        consent = {
+            pid: state.decision_of(self.people[pid].sub)
+            for pid in self.present(state.room_id)
+            if pid in self.people
+        }
+        message = p.RecordingState(
+            recording=sink is not None,
+            recording_id=sink.recording_id if sink is not None else "",
+            started_at=state.started_at if sink is not None else "",
+            requested=state.requested,
+            consent=consent,  # type: ignore[arg-type]  # decision_of gives the Literal's values
+            cases=list(state.cases),
+            notice_version=self.notice_version,
+        )
+        await self.broadcast(state.room_id, message)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def is_recording(self, room_id: str) -> bool:
+        """Whether the room is being recorded on this node."""
+        state = self.rooms.get(room_id)
+        return state is not None and state.sink is not None
+
+    async def close(self) -> None:
+        """Stop every recording cleanly (the node is shutting down)."""
+        if self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
+        async with self._lock:
+            for state in list(self.rooms.values()):
+                await self._stop(state, reason="server_shutdown")
+        self.rooms.clear()
