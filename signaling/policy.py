@@ -47,7 +47,9 @@ ACTIONS: tuple[str, ...] = (
     "list_recordings",
     "play_recording",
     "export_recording",
+    "hold_recording",
     "manage_keys",
+    "run_retention",
     "read_audit",
     "revoke",
 )
@@ -62,7 +64,7 @@ NOT_A_SECOND_FACTOR: frozenset[str] = frozenset({"pwd", "pin", "kba"})
 _ROLE_SET = frozenset(ROLES)
 _ACTION_SET = frozenset(ACTIONS)
 _RECORDINGS_AND_AUDIT = frozenset(
-    {"list_recordings", "play_recording", "export_recording", "read_audit"}
+    {"list_recordings", "play_recording", "export_recording", "hold_recording", "read_audit"}
 )
 
 # The regulator's rules (三权分立 for a 等保 level-3 assessment): (roles, forbidden actions, why).
@@ -70,7 +72,11 @@ _RECORDINGS_AND_AUDIT = frozenset(
 _SEPARATION_OF_DUTIES: tuple[tuple[frozenset[str], frozenset[str], str], ...] = (
     (frozenset({"archivist", "admin", "auditor"}), LIVE_ACTIONS, "{role} never joins a live room"),
     (frozenset({"admin"}), _RECORDINGS_AND_AUDIT, "admin cannot read recordings or the audit log"),
-    (frozenset({"archivist"}), frozenset({"manage_keys"}), "archivist cannot manage keys"),
+    (
+        frozenset({"archivist"}),
+        frozenset({"manage_keys", "run_retention"}),
+        "archivist cannot manage keys or shred recordings",
+    ),
     (_ROLE_SET - {"auditor"}, frozenset({"read_audit"}), "only the auditor reads the audit log"),
     (
         frozenset({"auditor"}),

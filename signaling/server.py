@@ -17,15 +17,18 @@ from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, WSMsgType, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recorder.recovery import recover_interrupted
-from recorder.roomkeys import RoomKeys, open_keyring
+from recorder.roomkeys import RoomKeys, kek_path, open_keyring
 from recorder.sink import RecordingSettings
 from sfu.ice import IceSettings, client_ice_servers
 from sfu.room import MediaServer, MediaSettings
 
 from . import __version__
 from . import protocol as p
+from .archive_api import ARCHIVE, ArchiveService, retention_settings
+from .archive_api import register as register_archive
 from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
 from .connection import Connection, ConsiliumWebSocket
 from .deidentify import ImageLimits, ImageTooLarge
@@ -96,6 +99,8 @@ class Node:
     """Key of the invisible mark every served image carries."""
     image_slots: asyncio.Semaphore
     """Bounds the image work (de-identify, render, watermark) running at once."""
+    audit_key: Ed25519PrivateKey
+    """The node's Ed25519 key: signs the audit log's checkpoints and recording manifests."""
     pending: int = 0
     image_queue: int = 0
     """Image requests waiting for or holding a slot."""
@@ -222,6 +227,7 @@ def build_node(settings: Settings) -> Node:
         images=images,
         watermark_key=load_or_create_watermark_key(data_dir),
         image_slots=asyncio.Semaphore(settings.image_workers),
+        audit_key=audit_key,
     )
 
 
@@ -544,6 +550,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 IMAGE_SWEEP_S = 3600.0
 """How often each node deletes the shared images older than `image_retention_days`."""
+RECORDING_SWEEP_S = 86400.0
+"""How often each node shreds the recordings whose retention has ended (and once at start)."""
 _IMAGE_QUEUE_PER_WORKER = 8
 _UPLOAD_PARTS = 8
 _UPLOAD_FIELD_BYTES = 64
@@ -770,15 +778,25 @@ async def delete_expired_annotations(node: Node) -> list[str]:
     return deleted
 
 
-async def _sweep_images(node: Node) -> None:
-    """Apply the retention of shared images and annotation logs at start, then every
-    `IMAGE_SWEEP_S`."""
+async def _sweep_retention(node: Node, archive: ArchiveService) -> None:
+    """Apply retention at start, then: shared images and annotation logs every
+    `IMAGE_SWEEP_S`, recordings every `RECORDING_SWEEP_S` (legal holds are kept)."""
+    last_recordings = -RECORDING_SWEEP_S
     while True:
         try:
             await delete_expired_images(node)
             await delete_expired_annotations(node)
         except Exception:
             log.exception("retention sweep of shared images and annotations failed")
+        if time.monotonic() - last_recordings >= RECORDING_SWEEP_S:
+            last_recordings = time.monotonic()
+            try:
+                shredded = await archive.run(archive.archive.run_retention)
+                if shredded:
+                    node.audit.append("retention_run", "info", shredded=len(shredded),
+                                      recordings=shredded)  # fmt: skip
+            except Exception:
+                log.exception("retention sweep of recordings failed")
         node.retention_swept.set()
         await asyncio.sleep(IMAGE_SWEEP_S)
 
@@ -1014,7 +1032,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         stale_entries_purged=purged,
     )
     sweeper = asyncio.get_running_loop().create_task(_sweep_revocations(node))
-    image_sweeper = asyncio.get_running_loop().create_task(_sweep_images(node))
+    image_sweeper = asyncio.get_running_loop().create_task(_sweep_retention(node, app[ARCHIVE]))
     node.ready = True
     yield
     node.ready = False
@@ -1060,6 +1078,16 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_post("/api/revocations", create_revocation)
     app.router.add_get("/api/revocations", list_revocations)
     app.router.add_get("/api/audit", read_audit)
+    app[ARCHIVE] = ArchiveService(
+        settings.data_dir / "recordings",
+        node.room_keys.keyring,
+        node.audit_key,
+        node.audit,
+        retention_settings(settings.retention_classes()),
+        kek_path(settings.data_dir, settings.kek_file),
+        settings.data_dir / "audit",
+    )
+    register_archive(app, _authenticate, _json_body)
     add_dev_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
     app.router.add_get("/join/{room}", join_page)

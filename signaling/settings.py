@@ -231,9 +231,9 @@ class Settings:
                 value = float(days)
             except ValueError:
                 value = -1.0
-            if not sep or not name.strip() or value <= 0:
+            if not sep or not name.strip() or value < 0:
                 raise ConfigError(
-                    f"recording_class_retention: {item!r} is not class=days with days > 0"
+                    f"recording_class_retention: {item!r} is not class=days with days >= 0"
                 )
             classes[name.strip()] = value
         return classes

@@ -33,7 +33,7 @@ LIVE = (
     "start_recording",
     "stop_recording",
 )
-RECORDINGS = ("list_recordings", "play_recording", "export_recording")
+RECORDINGS = ("list_recordings", "play_recording", "export_recording", "hold_recording")
 
 ROOM = RoomScope("mdt-1", departments=("cardiology",))
 
@@ -44,7 +44,7 @@ def breaks_separation_of_duties(role: str, action: str) -> bool:
         return True
     if role == "admin" and action in (*RECORDINGS, "read_audit"):
         return True
-    if role == "archivist" and action == "manage_keys":
+    if role == "archivist" and action in ("manage_keys", "run_retention"):
         return True
     if action == "read_audit":
         return role != "auditor"
@@ -95,7 +95,7 @@ def test_default_table_grants_what_the_design_says(policy: Policy) -> None:
         "trainee": {"join_room", "publish_audio", "publish_video"},
         "patient": {"join_room", "publish_audio", "publish_video"},
         "archivist": set(RECORDINGS),
-        "admin": {"manage_keys", "revoke"},
+        "admin": {"manage_keys", "run_retention", "revoke"},
         "auditor": {"read_audit"},
     }
     assert {role: set(policy.permissions(person(role))) for role in ROLES} == expected
@@ -152,7 +152,9 @@ def test_auditor_does_nothing_but_read_audit(policy: Policy) -> None:
 def test_archivist_cannot_manage_keys(policy: Policy) -> None:
     decision = policy.decide(person("archivist"), "manage_keys")
     assert not decision
-    assert decision.reason == "separation_of_duties: archivist cannot manage keys"
+    assert decision.reason == (
+        "separation_of_duties: archivist cannot manage keys or shred recordings"
+    )
 
 
 def test_archivist_reads_recordings(policy: Policy) -> None:

@@ -1,0 +1,354 @@
+"""The archive's REST API: what archivists (and, for keys and retention, admins) ask of recordings.
+
+Every route authenticates a bearer token and checks one policy action; every list, play,
+verify, export, hold, shred and key operation is audited. The work (manifests, decryption,
+remuxing) runs in worker threads; the event loop only moves bytes.
+
+    GET    /api/recordings                      list_recordings  search (room, since, until,
+                                                                 participant, department,
+                                                                 case, status)
+    GET    /api/recordings/{id}                 list_recordings  one recording: summary, tracks,
+                                                                 cases, participants, consent
+    POST   /api/recordings/{id}/verify          play_recording   every segment, the signature,
+                                                                 the manifest's hash in the audit
+    GET    /api/recordings/{id}/streams/{name}  play_recording   a stream's stored records, with
+                                                                 HTTP Range (seek)
+    GET    /api/recordings/{id}/media           play_recording   WebM/Matroska remux (?case=N or
+                                                                 ?start_ms=&end_ms=) to play
+    GET    /api/recordings/{id}/annotations     play_recording   the sidecar JSON of that range
+    POST   /api/recordings/{id}/export          export_recording the file as an attachment
+    POST   /api/recordings/{id}/bundle          export_recording a signed evidence bundle
+    POST   /api/recordings/{id}/hold            hold_recording   legal hold {"reason": ...}
+    DELETE /api/recordings/{id}/hold            hold_recording   release it
+    POST   /api/retention/run                   run_retention    shred what has expired
+    GET    /api/keys                            manage_keys      wrapped data keys (no key material)
+    POST   /api/keys/rotate                     manage_keys      re-wrap every data key under a
+                                                                 new KEK
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from recorder.archive import Archive, RecordingSummary, RetentionSettings, TrackStream
+from recorder.keyring import Keyring
+from recorder.manifest import MANIFEST_NAME
+from recorder.roomkeys import rotate_kek
+from recorder.verify import verify_recording
+
+from .audit import AuditLog, iter_entries, parse_time
+from .errors import BadMessage
+
+T = TypeVar("T")
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_RANGE_BYTES = 8 * 1024 * 1024
+"""Largest byte range one request returns (an open-ended range is cut to this)."""
+STREAM_MEDIA_TYPE = "application/vnd.consilium.records"
+"""A stream's stored records: arrival ms (u32), length (u32), the bytes (an RTP packet or an
+event), repeated; see recorder/manifest.py."""
+
+
+def retention_settings(classes: dict[str, float]) -> RetentionSettings:
+    """The archive's retention from the node's settings (days per class; `mdt` the default)."""
+    days = {name: max(0, round(value)) for name, value in classes.items()}
+    return RetentionSettings(days=days, default_days=days.get("mdt", 3650))
+
+
+class ArchiveService:
+    """The node's archive and what its routes share (set up by the server at start)."""
+
+    def __init__(
+        self,
+        recordings_dir: Path,
+        keyring: Keyring,
+        signing_key: Ed25519PrivateKey,
+        audit: AuditLog,
+        retention: RetentionSettings,
+        kek_file: Path,
+        audit_dir: Path,
+    ) -> None:
+        self.audit = audit
+        self.signing_key = signing_key
+        self.kek_file = kek_file
+        self.audit_dir = audit_dir
+        self.archive = Archive(
+            recordings_dir,
+            keyring,
+            signing_key.public_key(),
+            retention,
+            audit=lambda action, outcome="info", /, **fields: audit.append(
+                action, outcome, **fields
+            ),
+        )
+        self.jobs = asyncio.Semaphore(2)
+        """Heavy jobs (verify, export, bundle, rotation) running at once; the rest wait."""
+
+    def directory(self, recording_id: str) -> Path:
+        """A recording's directory (after `Archive.summary` proved it exists)."""
+        return self.archive.recordings_dir / recording_id
+
+    async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking archive work in a worker thread, at most two heavy jobs at once."""
+        async with self.jobs:
+            return await asyncio.to_thread(work, *args, **kwargs)
+
+    # -- verification --------------------------------------------------------------------------
+
+    def verify(self, recording_id: str) -> dict[str, Any]:
+        """Verify a recording fully, and that its manifest's hash is in the audit log."""
+        summary = self.archive.summary(recording_id)
+        directory = self.directory(recording_id)
+        data_key = self.archive.data_key(recording_id)
+        report = verify_recording(directory, data_key, self.archive.public_key)
+        digest = hashlib.sha256((directory / MANIFEST_NAME).read_bytes()).hexdigest()
+        audited = any(
+            entry.fields.get("recording") == recording_id
+            and entry.fields.get("manifest_sha256") == digest
+            for entry in iter_entries(self.audit_dir, room=summary.room_id)
+        )
+        problems = list(report.problems)
+        if not audited:
+            problems.append(
+                "the manifest's SHA-256 is not in the audit log: it is not the manifest the "
+                "recorder last wrote"
+            )
+        return {
+            "recording_id": recording_id,
+            "ok": not problems,
+            "status": report.status,
+            "interrupted": report.interrupted,
+            "segments_checked": report.segments_checked,
+            "records": report.records,
+            "manifest_sha256": digest,
+            "manifest_in_audit_log": audited,
+            "problems": problems,
+        }
+
+
+ARCHIVE = web.AppKey("archive", ArchiveService)
+
+
+def summary_json(summary: RecordingSummary) -> dict[str, Any]:
+    """A summary as the API shows it."""
+    out = asdict(summary)
+    for key in ("participants", "departments", "cases"):
+        out[key] = list(out[key])
+    return out
+
+
+def _recording_id(request: web.Request) -> str:
+    return request.match_info["recording"]
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadMessage(f"{name} must be an integer") from None
+    if value < 0:
+        raise BadMessage(f"{name} must not be negative")
+    return value
+
+
+def _time_query(request: web.Request, name: str) -> datetime | None:
+    try:
+        return parse_time(request.query.get(name))
+    except ValueError as exc:
+        raise BadMessage(f"{name}: {exc}") from None
+
+
+def _unsatisfiable(length: int) -> web.Response:
+    return web.json_response(
+        {"error": "range_not_satisfiable", "message": f"the stream has {length} bytes"},
+        status=416,
+        headers={"Content-Range": f"*/{length}"},
+    )
+
+
+def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
+    """Add the archive's routes; `authenticate(request, action)` is the server's one check,
+    `json_body(request)` its bounded JSON reader."""
+
+    async def list_recordings(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "list_recordings")
+        q = request.query
+        status = q.get("status") or None
+        if status is not None and status not in (
+            "recording", "complete", "interrupted", "damaged", "shredded",
+        ):  # fmt: skip
+            raise BadMessage("status must be recording, complete, interrupted, damaged or shredded")
+        criteria = {
+            "room": q.get("room") or None,
+            "since": _time_query(request, "since"),
+            "until": _time_query(request, "until"),
+            "participant": q.get("participant") or None,
+            "department": q.get("department") or None,
+            "case": q.get("case") or None,
+            "status": status,
+        }
+        found = await service.run(service.archive.search, **criteria)
+        filters = {k: str(v)[:100] for k, v in criteria.items() if v is not None}
+        service.audit.append(
+            "recordings_listed", "allow", sub=identity.sub, filters=filters, count=len(found)
+        )
+        return web.json_response({"recordings": [summary_json(s) for s in found]})
+
+    async def get_recording(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "list_recordings")
+        recording_id = _recording_id(request)
+        summary = await service.run(service.archive.summary, recording_id)
+        manifest = await service.run(service.archive.manifest, recording_id)
+        service.audit.append(
+            "recording_listed", "allow", sub=identity.sub, room=summary.room_id,
+            recording=recording_id,
+        )  # fmt: skip
+        body = summary_json(summary)
+        body["tracks"] = [asdict(t) for t in manifest.tracks]
+        body["streams"] = {
+            name: {"segments": len(segments), "records": sum(s.records for s in segments)}
+            for name, segments in manifest.streams.items()
+        }
+        body["case_markers"] = [asdict(c) for c in manifest.cases]
+        body["participant_list"] = [asdict(p) for p in manifest.participants]
+        body["consent"] = [asdict(c) for c in manifest.consent]
+        body["notes"] = list(manifest.notes)
+        return web.json_response(body)
+
+    async def verify(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "play_recording")
+        recording_id = _recording_id(request)
+        result = await service.run(service.verify, recording_id)
+        service.audit.append(
+            "recording_verified", "allow" if result["ok"] else "deny", sub=identity.sub,
+            recording=recording_id, ok=result["ok"], problems=len(result["problems"]),
+        )  # fmt: skip
+        return web.json_response(result)
+
+    async def read_stream(request: web.Request) -> web.StreamResponse:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "play_recording")
+        recording_id = _recording_id(request)
+        reader = await service.run(
+            TrackStream, service.archive, recording_id, request.match_info["stream"]
+        )
+        length = reader.length
+        start, end = 0, length  # end exclusive
+        status = 200
+        header = request.headers.get("Range")
+        if header is not None:
+            match = _RANGE.match(header.strip())
+            if match is None or match.group(1) == match.group(2) == "":
+                return _unsatisfiable(length)
+            first, last = match.groups()
+            if first == "":  # the last N bytes
+                start, end = max(0, length - int(last)), length
+            else:
+                start = int(first)
+                end = min(length, int(last) + 1) if last else length
+            if start >= length or start >= end:
+                return _unsatisfiable(length)
+            status = 206
+        end = min(end, start + MAX_RANGE_BYTES)
+        if status == 200 and end < length:
+            status = 206  # cut to the bound: say which part this is
+        body = await asyncio.to_thread(reader.read, start, end - start)
+        service.audit.append(
+            "recording_played", "allow", sub=identity.sub, recording=recording_id,
+            stream=reader.stream, offset=start, bytes=len(body),
+        )  # fmt: skip
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-store"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{length}"
+        return web.Response(
+            body=body, status=status, content_type=STREAM_MEDIA_TYPE, headers=headers
+        )
+
+    async def hold(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "hold_recording")
+        body = await json_body(request)
+        reason = str(body.get("reason", "")).strip()
+        if not reason:
+            raise BadMessage("a legal hold needs a reason (a matter or complaint reference)")
+        held = await service.run(service.archive.hold, _recording_id(request), reason[:200],
+                                 identity.sub)  # fmt: skip
+        return web.json_response(asdict(held), status=201)
+
+    async def release(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "hold_recording")
+        released = await service.run(service.archive.release, _recording_id(request),
+                                     identity.sub)  # fmt: skip
+        return web.json_response(asdict(released))
+
+    async def run_retention(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "run_retention")
+        shredded = await service.run(service.archive.run_retention)
+        service.audit.append(
+            "retention_run", "allow", sub=identity.sub, shredded=len(shredded),
+            recordings=shredded,
+        )  # fmt: skip
+        return web.json_response({"shredded": shredded})
+
+    async def list_keys(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "manage_keys")
+        keyring = service.archive.keyring
+        entries = await service.run(keyring.list)
+        service.audit.append("keys_listed", "allow", sub=identity.sub, count=len(entries))
+        return web.json_response(
+            {
+                "kek_id": keyring.kek.key_id,
+                "keys": [
+                    {"id": e.recording_id, "kek_id": e.kek_id, "created": e.created}
+                    for e in entries
+                ],
+            }
+        )
+
+    async def rotate_keys(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "manage_keys")
+        keyring = service.archive.keyring
+        old = keyring.kek.key_id
+        result = await service.run(rotate_kek, keyring, service.kek_file)
+        service.audit.append(
+            "keys_rotated", "allow", sub=identity.sub, old_kek=old, new_kek=keyring.kek.key_id,
+            rewrapped=result.rewrapped, already_current=result.already_current,
+        )  # fmt: skip
+        return web.json_response(
+            {
+                "old_kek_id": old,
+                "kek_id": keyring.kek.key_id,
+                "rewrapped": result.rewrapped,
+                "already_current": result.already_current,
+            }
+        )
+
+    app.router.add_get("/api/recordings", list_recordings)
+    app.router.add_get("/api/recordings/{recording}", get_recording)
+    app.router.add_post("/api/recordings/{recording}/verify", verify)
+    app.router.add_get("/api/recordings/{recording}/streams/{stream}", read_stream)
+    app.router.add_post("/api/recordings/{recording}/hold", hold)
+    app.router.add_delete("/api/recordings/{recording}/hold", release)
+    app.router.add_post("/api/retention/run", run_retention)
+    app.router.add_get("/api/keys", list_keys)
+    app.router.add_post("/api/keys/rotate", rotate_keys)
