@@ -16,8 +16,12 @@ remuxing) runs in worker threads; the event loop only moves bytes.
     GET    /api/recordings/{id}/media           play_recording   WebM/Matroska remux (?case=N or
                                                                  ?start_ms=&end_ms=) to play
     GET    /api/recordings/{id}/annotations     play_recording   the sidecar JSON of that range
-    POST   /api/recordings/{id}/export          export_recording the file as an attachment
-    POST   /api/recordings/{id}/bundle          export_recording a signed evidence bundle
+    GET    /api/recordings/{id}/export          export_recording the same file, as an attachment
+    GET    /api/recordings/{id}/bundle          export_recording a signed evidence bundle (ZIP)
+
+Exports are remuxed (never re-encoded) into a scratch folder that is memory, not disk, by
+default (`/dev/shm`; the `export_scratch_dir` setting), streamed to the caller, then deleted:
+plaintext media is not written to the server's disks.
     POST   /api/recordings/{id}/hold            hold_recording   legal hold {"reason": ...}
     DELETE /api/recordings/{id}/hold            hold_recording   release it
     POST   /api/retention/run                   run_retention    shred what has expired
@@ -29,8 +33,11 @@ remuxing) runs in worker threads; the event loop only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -41,6 +48,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recorder.archive import Archive, RecordingSummary, RetentionSettings, TrackStream
+from recorder.bundle import build_bundle
+from recorder.export import export_recording
 from recorder.keyring import Keyring
 from recorder.manifest import MANIFEST_NAME
 from recorder.roomkeys import rotate_kek
@@ -77,11 +86,14 @@ class ArchiveService:
         retention: RetentionSettings,
         kek_file: Path,
         audit_dir: Path,
+        scratch_dir: Path,
     ) -> None:
         self.audit = audit
         self.signing_key = signing_key
         self.kek_file = kek_file
         self.audit_dir = audit_dir
+        self.scratch_dir = scratch_dir
+        """Where exports are assembled before they are streamed (memory by default)."""
         self.archive = Archive(
             recordings_dir,
             keyring,
@@ -102,6 +114,59 @@ class ArchiveService:
         """Run blocking archive work in a worker thread, at most two heavy jobs at once."""
         async with self.jobs:
             return await asyncio.to_thread(work, *args, **kwargs)
+
+    # -- exports -------------------------------------------------------------------------------
+
+    def export(
+        self, recording_id: str, scratch: Path, case: int | None, start: int | None,
+        end: int | None,
+    ) -> tuple[Path, Path, str]:  # fmt: skip
+        """Remux into `scratch`; the media file, the sidecar and the container name."""
+        self.archive.summary(recording_id)
+        out = scratch / f"{recording_id}{'-case' + str(case) if case else ''}.webm"
+        try:
+            result = export_recording(
+                self.directory(recording_id), self.archive.data_key(recording_id), out,
+                public_key=self.archive.public_key, case=case, start_ms=start, end_ms=end,
+            )  # fmt: skip
+        except ValueError as exc:  # a case or range the recording does not have
+            raise BadMessage(str(exc)) from None
+        if result.container != "webm":
+            renamed = out.with_suffix(".mkv")
+            out.rename(renamed)
+            out = renamed
+        return out, result.annotations_path, result.container
+
+    def bundle(self, recording_id: str, scratch: Path, case: int | None) -> Path:
+        """Build the signed evidence bundle of a recording (or one case) in `scratch`."""
+        summary = self.archive.summary(recording_id)
+        manifest = self.archive.manifest(recording_id)
+        out = scratch / f"{recording_id}{'-case' + str(case) if case else ''}.zip"
+        try:
+            build_bundle(
+                self.directory(recording_id), self.archive.data_key(recording_id), out,
+                signing_key=self.signing_key, audit_entries=self.meeting_audit(summary,
+                manifest.started, manifest.ended or manifest.updated), case=case,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise BadMessage(str(exc)) from None
+        return out
+
+    def meeting_audit(
+        self, summary: RecordingSummary, started: str | None, ended: str | None
+    ) -> list[dict[str, Any]]:
+        """The audit entries of the meeting: the room's while it was recorded, and every
+        entry naming the recording (consent, start, cases, stop, later access)."""
+        since = parse_time(started) if started else None
+        until = parse_time(ended) if ended else None
+        entries = []
+        for entry in iter_entries(self.audit_dir):
+            in_meeting = entry.room == summary.room_id and (
+                (since is None or entry.time >= since) and (until is None or entry.time <= until)
+            )
+            if in_meeting or entry.fields.get("recording") == summary.recording_id:
+                entries.append(entry.to_json())
+        return entries
 
     # -- verification --------------------------------------------------------------------------
 
@@ -169,6 +234,14 @@ def _time_query(request: web.Request, name: str) -> datetime | None:
         return parse_time(request.query.get(name))
     except ValueError as exc:
         raise BadMessage(f"{name}: {exc}") from None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _unsatisfiable(length: int) -> web.Response:
@@ -280,6 +353,74 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
             body=body, status=status, content_type=STREAM_MEDIA_TYPE, headers=headers
         )
 
+    async def send_file(
+        request: web.Request, path: Path, media_type: str, attachment: bool
+    ) -> web.StreamResponse:
+        disposition = "attachment" if attachment else "inline"
+        size = (await asyncio.to_thread(path.stat)).st_size
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": media_type,
+                "Content-Length": str(size),
+                "Content-Disposition": f'{disposition}; filename="{path.name}"',
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        file = await asyncio.to_thread(path.open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(file.read, 1024 * 1024):
+                await response.write(chunk)
+        finally:
+            file.close()
+        await response.write_eof()
+        return response
+
+    async def exported(request: web.Request, what: str) -> web.StreamResponse:
+        service = request.app[ARCHIVE]
+        action = "play_recording" if what in ("media", "annotations") else "export_recording"
+        identity = await authenticate(request, action)
+        recording_id = _recording_id(request)
+        case = _int_query(request, "case")
+        start, end = _int_query(request, "start_ms"), _int_query(request, "end_ms")
+        service.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=service.scratch_dir))
+        try:
+            if what == "bundle":
+                path = await service.run(service.bundle, recording_id, scratch, case)
+                media_type = "application/zip"
+            else:
+                path, sidecar, container = await service.run(
+                    service.export, recording_id, scratch, case, start, end
+                )
+                if what == "annotations":
+                    path, media_type = sidecar, "application/json"
+                else:
+                    media_type = "video/webm" if container == "webm" else "video/x-matroska"
+            digest = await asyncio.to_thread(_sha256_of, path)
+            service.audit.append(
+                {"media": "recording_played", "annotations": "recording_played",
+                 "export": "recording_exported", "bundle": "recording_exported"}[what],
+                "allow", sub=identity.sub, recording=recording_id, part=what, case=case,
+                start_ms=start, end_ms=end, sha256=digest,
+            )  # fmt: skip
+            return await send_file(request, path, media_type, attachment=what != "media")
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(shutil.rmtree, scratch)
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        return await exported(request, "media")
+
+    async def annotations(request: web.Request) -> web.StreamResponse:
+        return await exported(request, "annotations")
+
+    async def export(request: web.Request) -> web.StreamResponse:
+        return await exported(request, "export")
+
+    async def bundle(request: web.Request) -> web.StreamResponse:
+        return await exported(request, "bundle")
+
     async def hold(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
         identity = await authenticate(request, "hold_recording")
@@ -347,6 +488,10 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
     app.router.add_get("/api/recordings/{recording}", get_recording)
     app.router.add_post("/api/recordings/{recording}/verify", verify)
     app.router.add_get("/api/recordings/{recording}/streams/{stream}", read_stream)
+    app.router.add_get("/api/recordings/{recording}/media", media)
+    app.router.add_get("/api/recordings/{recording}/annotations", annotations)
+    app.router.add_get("/api/recordings/{recording}/export", export)
+    app.router.add_get("/api/recordings/{recording}/bundle", bundle)
     app.router.add_post("/api/recordings/{recording}/hold", hold)
     app.router.add_delete("/api/recordings/{recording}/hold", release)
     app.router.add_post("/api/retention/run", run_retention)

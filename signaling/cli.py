@@ -18,6 +18,7 @@ from typing import Any
 from sfu.bot import add_bot_parser
 
 from . import __version__
+from .archive_cli import add_archive_parsers
 from .devidp import DevelopmentIdP
 from .errors import ConfigError
 
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     midentify.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
     midentify.add_argument("--json", action="store_true", help="print one JSON object")
     midentify.set_defaults(func=cmd_watermark_identify)
+
+    add_archive_parsers(sub, keys_sub)
 
     # The bot mints development tokens through this callable: sfu never imports signaling.
     add_bot_parser(sub, mint=DevelopmentIdP.load_or_create)

@@ -1086,6 +1086,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
         retention_settings(settings.retention_classes()),
         kek_path(settings.data_dir, settings.kek_file),
         settings.data_dir / "audit",
+        settings.export_scratch(),
     )
     register_archive(app, _authenticate, _json_body)
     add_dev_routes(app)

@@ -137,6 +137,11 @@ class Settings:
     recording_class_retention: list[str] = field(default_factory=list)
     """Other retention classes, `class=days` each (e.g. `teaching=365`)."""
 
+    export_scratch_dir: Path | None = None
+    """Where exports are assembled before they are streamed to the archivist, then deleted;
+    unset: `/dev/shm/consilium-exports` (memory), or `<data_dir>/exports` where there is no
+    /dev/shm. Plaintext media goes only there: keep it on memory or an encrypted volume."""
+
     audit_checkpoint_every: int = 1000
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
@@ -221,6 +226,15 @@ class Settings:
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+
+    def export_scratch(self) -> Path:
+        """The folder `export_scratch_dir` names, or its default."""
+        if self.export_scratch_dir is not None:
+            return self.export_scratch_dir
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            return shm / "consilium-exports"
+        return self.data_dir / "exports"
 
     def retention_classes(self) -> dict[str, float]:
         """Days each recording class is kept (`mdt` and unnamed classes: the default)."""

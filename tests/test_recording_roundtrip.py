@@ -1,0 +1,161 @@
+"""A real room recorded and retrieved the way an archivist does it: aiortc participants publish
+the bots' pre-encoded VP8 and Opus through a node's SFU with consent and a case marker; the
+`consilium recordings` CLI then lists, verifies, exports (ffprobe reads the file) and bundles
+it over the REST API; no plaintext media is found anywhere in the data folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfu.testsource import encode_test_pattern, encode_tone
+from tests.fixtures.recordings import ffprobe_path
+from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
+from tests.test_recording_consent import join, send, state
+
+pytestmark = pytest.mark.skipif(ffprobe_path() is None, reason="ffprobe (Debian's ffmpeg) missing")
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
+    settings = node_settings(
+        tmp_path / "data", ice_host_addresses=["127.0.0.1"], recording_segment_seconds=1.0,
+        export_scratch_dir=tmp_path / "scratch",
+    )  # fmt: skip
+    async with running_node(settings) as node:
+        yield node
+
+
+async def consilium(node: RunningNode, role: str, *args: str | Path) -> tuple[int, str]:
+    """Run the CLI against the node with a token of `role`; (exit status, stdout)."""
+    env = {**os.environ, "CONSILIUM_SERVER": node.url,
+           "CONSILIUM_TOKEN": node.token(f"user-{role}", role, rooms=[])}  # fmt: skip
+    command = [sys.executable, "-m", "signaling.cli", *map(str, args)]
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def probe(path: Path) -> dict[str, Any]:
+    ffprobe = ffprobe_path()
+    assert ffprobe is not None
+    out = subprocess.run(
+        [ffprobe, "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout))
+
+
+async def record_meeting(node: RunningNode) -> tuple[str, float, float]:
+    """Two consenting participants, 5 s recorded, case 2 marked after about 2.5 s.
+    Returns the recording id, its length and case 2's length (wall seconds)."""
+    chair = await join(node, "dr-chair", "chair")
+    onc = await join(node, "dr-onc")
+    try:
+        await eventually(lambda: min(p.client.stats.frames("video") for p in (chair, onc)) > 3, 20)
+        await send(chair, "request_consent")
+        await send(chair, "consent", decision="granted")
+        await send(onc, "consent", decision="granted")
+        await eventually(lambda: set(state(chair).get("consent", {}).values()) == {"granted"}, 5)
+        await send(chair, "start_recording")
+        await eventually(lambda: state(chair).get("recording") is True, 5)
+        recording_id = str(state(chair)["recording_id"])
+        started = time.monotonic()
+        await send(chair, "mark_case", label="case 1")
+        await asyncio.sleep(2.5)
+        await send(chair, "mark_case", label="case 2")
+        marked = time.monotonic()
+        await asyncio.sleep(2.5)
+        await send(chair, "stop_recording")
+        stopped = time.monotonic()
+        await eventually(lambda: state(chair).get("recording") is False, 10)
+        return recording_id, stopped - started, stopped - marked
+    finally:
+        await chair.close()
+        await onc.close()
+
+
+def known_plaintext() -> list[bytes]:
+    """Byte strings that occur in the test stream's media and nowhere else."""
+    video = encode_test_pattern()[0].data
+    audio = encode_tone()[5].data
+    return [video[200:232], video[700:732], audio[8:28]]
+
+
+async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
+    node: RunningNode, tmp_path: Path
+) -> None:
+    recording_id, length_s, case2_s = await record_meeting(node)
+
+    status, out = await consilium(node, "archivist", "recordings", "list", "--json",
+                                  "--participant", "dr-onc", "--case", "case 2")  # fmt: skip
+    assert status == 0, out
+    (listed,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert listed["recording_id"] == recording_id and listed["cases"] == ["case 1", "case 2"]
+
+    status, out = await consilium(node, "archivist", "recordings", "verify", recording_id)
+    assert status == 0 and "OK" in out, out
+
+    whole = tmp_path / "meeting.webm"
+    status, out = await consilium(node, "archivist", "recordings", "export", recording_id,
+                                  "--out", whole)  # fmt: skip
+    assert status == 0, out
+    info = probe(whole)
+    codecs = sorted(s["codec_name"] for s in info["streams"])
+    assert codecs == ["opus", "opus", "vp8", "vp8"], codecs
+    assert all(s["width"] == 640 for s in info["streams"] if s["codec_type"] == "video")
+    media_s = float(info["format"]["duration"]) - float(info["format"]["start_time"])
+    assert abs(media_s - length_s) < 0.8, (media_s, length_s)
+    sidecar = json.loads(whole.with_name(whole.name + ".annotations.json").read_text())
+    assert [c["label"] for c in sidecar["cases"]] == ["case 1", "case 2"]
+    assert {c["sub"] for c in sidecar["consent"]} == {"dr-chair", "dr-onc"}
+
+    case2 = tmp_path / "case2.webm"
+    status, out = await consilium(node, "archivist", "recordings", "export", recording_id,
+                                  "--case", "2", "--out", case2)  # fmt: skip
+    assert status == 0, out
+    info = probe(case2)
+    case_s = float(info["format"]["duration"]) - float(info["format"]["start_time"])
+    assert abs(case_s - case2_s) < 0.8, (case_s, case2_s)
+
+    bundle = tmp_path / "evidence.zip"
+    status, out = await consilium(node, "archivist", "recordings", "bundle", recording_id,
+                                  "--out", bundle)  # fmt: skip
+    assert status == 0, out
+    status, out = await consilium(node, "archivist", "recordings", "verify-bundle", bundle)
+    assert status == 0 and "OK" in out, out
+    damaged = bytearray(bundle.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40
+    (tmp_path / "damaged.zip").write_bytes(bytes(damaged))
+    status, out = await consilium(node, "archivist", "recordings", "verify-bundle",
+                                  tmp_path / "damaged.zip")  # fmt: skip
+    assert status == 1 and "FAILED" in out, out
+
+    # A specialist may not export; every export was audited.
+    status, out = await consilium(node, "specialist", "recordings", "export", recording_id,
+                                  "--out", tmp_path / "no.webm")  # fmt: skip
+    assert status == 1 and "HTTP 403" in out, out
+    from signaling.audit import iter_entries
+
+    parts = [e.fields["part"] for e in iter_entries(node.data_dir / "audit",
+                                                    action="recording_exported")]  # fmt: skip
+    assert parts.count("export") == 2 and parts.count("bundle") == 1
+
+    # Plaintext media never touched the disk: not in the recordings, not anywhere else.
+    needles = known_plaintext()
+    for path in node.data_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(needle in data for needle in needles), path
+    assert not any((tmp_path / "scratch").iterdir()), "exports are deleted once sent"
+    assert any(needle in whole.read_bytes() for needle in needles), "the check can fail"
