@@ -257,11 +257,27 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if jwks.exists():
         for key in json.loads(jwks.read_text()).get("keys", []):
             rows.append(("dev-idp-signing", str(jwks), f"kid={key.get('kid', '?')}"))
+    for kek_file in sorted((data_dir / "keys").glob("kek*.json")):
+        try:
+            kek_id = str(json.loads(kek_file.read_text()).get("key_id", "?"))
+        except (OSError, ValueError):
+            kek_id = "unreadable"
+        rows.append(("key-encryption", str(kek_file), f"key_id={kek_id}"))
+    # Data keys: how many each KEK wraps (entries name their KEK; no key material is read).
+    wrapped: dict[str, int] = {}
+    for entry in sorted((data_dir / "keyring").glob("[!.]*.key.json")):
+        try:
+            kek_id = str(json.loads(entry.read_text()).get("kek_id", "?"))
+        except (OSError, ValueError):
+            kek_id = "unreadable"
+        wrapped[kek_id] = wrapped.get(kek_id, 0) + 1
     if not rows:
         print(f"no keys under {data_dir} yet (they are created by `consilium serve`)")
         return 0
     for purpose, path, fingerprint in rows:
         print(f"{purpose:<16} {fingerprint}  {path}")
+    for kek_id, count in sorted(wrapped.items()):
+        print(f"{'data-keys':<16} {count} wrapped by key_id={kek_id}  {data_dir / 'keyring'}")
     return 0
 
 

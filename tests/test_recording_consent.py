@@ -14,7 +14,7 @@ from recorder.manifest import RecordingManifest, read_manifest
 from recorder.verify import verify_recording
 from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from signaling.audit import iter_entries
-from tests.fixtures.media import Participant
+from tests.fixtures.media import Participant, error_for, last, pid, send, state
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
 
 
@@ -33,34 +33,6 @@ async def join(node: RunningNode, sub: str, role: str = "specialist") -> Partici
     participant = Participant(ws, joined, [ReplayAudioTrack(), ReplayVideoTrack()])
     await participant.client.publish()
     return participant
-
-
-def pid(participant: Participant) -> str:
-    return str(participant.joined["participant_id"])
-
-
-def last(participant: Participant, type_: str) -> dict[str, Any] | None:
-    found = [m for m in participant.messages if m["type"] == type_]
-    return found[-1] if found else None
-
-
-async def send(participant: Participant, type_: str, **fields: Any) -> None:
-    await participant.ws.send_json({"type": type_, **fields})
-
-
-async def error_for(participant: Participant, request: str) -> dict[str, Any]:
-    await eventually(
-        lambda: any(m["type"] == "error" and m["request"] == request for m in participant.messages),
-        timeout=5,
-    )
-    return next(
-        m for m in reversed(participant.messages)
-        if m["type"] == "error" and m["request"] == request
-    )  # fmt: skip
-
-
-def state(participant: Participant) -> dict[str, Any]:
-    return last(participant, "recording_state") or {}
 
 
 def recorded(node: RunningNode, recording_id: str) -> RecordingManifest:

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from sfu.testsource import encode_test_pattern, encode_tone
+from tests.fixtures.media import send, state
 from tests.fixtures.recordings import ffprobe_path
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
-from tests.test_recording_consent import join, send, state
+from tests.test_recording_consent import join
 
 pytestmark = pytest.mark.skipif(ffprobe_path() is None, reason="ffprobe (Debian's ffmpeg) missing")
 
@@ -157,5 +158,77 @@ async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
         if path.is_file():
             data = path.read_bytes()
             assert not any(needle in data for needle in needles), path
-    assert not any((tmp_path / "scratch").iterdir()), "exports are deleted once sent"
+    # Exports are deleted once sent (just after the last byte).
+    await eventually(lambda: not any((tmp_path / "scratch").iterdir()), 5)
     assert any(needle in whole.read_bytes() for needle in needles), "the check can fail"
+
+
+async def test_sigkill_mid_recording_loses_at_most_a_segment_and_verify_says_interrupted(
+    tmp_path: Path, loopback_ice: None
+) -> None:
+    import signal
+
+    import aiohttp
+
+    from signaling.devidp import DevelopmentIdP
+    from tests.fixtures.media import join_over_ws
+    from tests.fixtures.servers import start_serve
+
+    env = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1", "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1"}
+    data_dir = tmp_path / "data"
+    serve = start_serve(data_dir, env=env)
+    idp = DevelopmentIdP.load_or_create(data_dir)
+    try:
+        async with aiohttp.ClientSession() as http:
+            chair = await join_over_ws(
+                http, serve.url,
+                idp.mint(sub="dr-chair", role="chair", depts=["cardiology"], rooms=["mdt-1"]),
+                "mdt-1",
+            )  # fmt: skip
+            other = await join_over_ws(
+                http, serve.url,
+                idp.mint(sub="dr-onc", role="specialist", depts=["cardiology"], rooms=["mdt-1"]),
+                "mdt-1",
+            )  # fmt: skip
+            await eventually(lambda: other.client.stats.frames("video") > 3, 20)
+            await send(chair, "request_consent")
+            await send(chair, "consent", decision="granted")
+            await send(other, "consent", decision="granted")
+            await eventually(
+                lambda: list(state(chair).get("consent", {}).values()) == ["granted"] * 2, 5
+            )
+            await send(chair, "start_recording")
+            await eventually(lambda: state(chair).get("recording") is True, 5)
+            recording_id = str(state(chair)["recording_id"])
+            await asyncio.sleep(3.5)
+            killed_after = 3.5
+            serve.stop(signal.SIGKILL)
+            await chair.close()
+            await other.close()
+    finally:
+        serve.stop(signal.SIGKILL)
+
+    serve = start_serve(data_dir, env=env)  # recovers the recording at start
+    try:
+        archivist = idp.mint(sub="arch-1", role="archivist", depts=["records"])
+        env_cli = {**os.environ, "CONSILIUM_SERVER": serve.url, "CONSILIUM_TOKEN": archivist}
+        verified = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "signaling.cli", "recordings", "verify", recording_id, "--json"],
+            env=env_cli, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        report = json.loads(verified.stdout)
+        assert verified.returncode == 0 and report["ok"], report
+        assert report["interrupted"] and report["status"] == "interrupted"
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "signaling.cli", "recordings", "show", recording_id],
+            env=env_cli, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        details = json.loads(shown.stdout)
+        video = next(t["stream"] for t in details["tracks"] if t["kind"] == "video")
+        kept_s = details["duration_ms"] / 1000
+        # Segments close every second: at most the unfinished one (and the start-up) is lost.
+        assert kept_s >= killed_after - 1.5, (kept_s, details["streams"][video])
+    finally:
+        serve.stop()
