@@ -5,6 +5,13 @@ import { localMedia } from "./devices.js";
 import { imageShared, loadImages } from "./images.js";
 import { MediaSessions } from "./media.js";
 import { CLOSE, OBJECTS, SignallingConnection, withDefaults } from "./protocol.js";
+import {
+  consentRequested,
+  leftRoom,
+  recordingRefused,
+  recordingState,
+  resetRecording,
+} from "./recording.js";
 import { changed, state } from "./state.js";
 
 const MAX_RECONNECTS = 5;
@@ -103,7 +110,14 @@ export class Call {
       case "image_shared":
         imageShared(msg);
         break;
+      case "consent_requested":
+        consentRequested(msg);
+        break;
+      case "recording_state":
+        recordingState(msg);
+        break;
       case "error":
+        if (recordingRefused(msg)) break;
         state.notice = "room.refused";
         this.fail(`server refused ${msg.request || "a request"}: ${msg.code}: ${msg.message}`);
         break;
@@ -121,6 +135,7 @@ export class Call {
     state.participants.set(msg.participant_id, person(msg.you));
     state.lobby = new Map(msg.lobby.map((p) => [p.participant_id, person(p)]));
     state.tracks = [];
+    resetRecording();
     state.screen = "room";
     state.lobbyReason = null;
     state.reconnects = 0;
@@ -218,6 +233,7 @@ export class Call {
 
   closed(code, reason) {
     state.connection.signalling = "closed";
+    leftRoom();
     this.media?.close();
     this.media = null;
     const retry = RETRY_CODES.has(code) && !this.leaving && state.reconnects < MAX_RECONNECTS;
@@ -235,6 +251,7 @@ export class Call {
 
   end(code, reason) {
     if (state.ended) return;
+    leftRoom();
     this.media?.close();
     this.media = null;
     this.stopScreen();

@@ -1,10 +1,11 @@
 // The video grid: one tile per participant (and per screen share). The tiles are laid out in as
 // many columns as makes them largest in the space the room leaves (1–12 participants and their
 // shares, in any window shape). Each tile: video, or a placeholder with the person's initials
-// when there is no picture; name, role and department; microphone state, speaking indicator and
-// connection quality.
+// when there is no picture; name, role and department; microphone state, speaking indicator,
+// connection quality, and a mark when the room is recorded without them (recording.js).
 
 import { roleName, t } from "./i18n.js";
+import { notRecordedKey } from "./recording.js";
 
 const ASPECT = 16 / 9; // tiles keep the camera's shape
 const GAP_PX = 8; // matches `gap` of .grid in app.css
@@ -75,10 +76,13 @@ function makeTile(key) {
   mic.className = "tile-mic";
   const quality = document.createElement("span");
   quality.className = "tile-quality";
-  caption.append(name, details, mic, quality);
+  const recording = document.createElement("span");
+  recording.className = "tile-recording";
+  caption.append(name, details, mic, quality, recording);
   figure.append(video, placeholder, caption);
   grid.append(figure);
   const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality };
+  tile.recording = recording;
   tile.noCamera = false; // camera off, or no video track
   tiles.set(key, tile);
   // The first frame (or none any more) changes the picture without a change of state.
@@ -156,6 +160,10 @@ export function renderGrid(state, localStream, remote) {
     tile.quality.hidden = !quality || source === "screen";
     tile.quality.textContent = quality ? t(`tile.quality_${quality}`) : "";
     tile.quality.dataset.quality = quality ?? "";
+    const notRecorded = notRecordedKey(state, pid);
+    tile.recording.hidden = !notRecorded;
+    tile.recording.textContent = notRecorded ? t(notRecorded) : "";
+    figure.dataset.notRecorded = String(Boolean(notRecorded));
   }
   grid.dataset.count = String(tiles.size);
   // Keep tiles in the wanted order (me first).

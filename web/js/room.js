@@ -1,9 +1,11 @@
 // In the room: my microphone, camera and screen-share controls, leave, the participant list, my
-// device pickers and notices. The grid (grid.js) and the chair's controls (chair.js) draw the rest.
+// device pickers and notices. The grid (grid.js), the chair's controls (chair.js) and the
+// recording's indicator, notice and controls (recording.js) draw the rest.
 
 import { chairButtons, replaceRows } from "./chair.js";
 import { addMeter, addPickers } from "./devices.js";
 import { roleName, t } from "./i18n.js";
+import { initRecording, notRecordedKey, renderRecording } from "./recording.js";
 
 const micButton = document.getElementById("mic-button");
 const cameraButton = document.getElementById("camera-button");
@@ -24,6 +26,7 @@ export function initRoom(call) {
     document.getElementById("room-microphone-select"),
   );
   addMeter(document.getElementById("room-mic-meter"));
+  initRecording(call);
 }
 
 /** A control's words say what pressing it does; `data-off` marks a device I turned off. */
@@ -52,11 +55,14 @@ export function renderRoom(state) {
     const who = person.participant_id === state.participantId ? t("room.you", { name }) : name;
     const mic = person.audio_muted ? t("tile.mic_muted") : t("tile.mic_on");
     const camera = person.video_muted ? ` · ${t("tile.camera_off")}` : "";
-    label.textContent = `${who} · ${roleName(person.role)} · ${mic}${camera}`;
+    const notRecorded = notRecordedKey(state, person.participant_id);
+    const recorded = notRecorded ? ` · ${t(notRecorded)}` : "";
+    label.textContent = `${who} · ${roleName(person.role)} · ${mic}${camera}${recorded}`;
     li.append(label, ...chairButtons(state, person));
     rows.push(li);
   }
   replaceRows(participantList, rows);
+  renderRecording(state);
   const shown = state.notice || (state.room?.locked ? "room.locked_notice" : "");
   notice.textContent = shown ? t(shown) : "";
   const waiting = [...state.lobby.values()].map((p) => p.name || p.sub);

@@ -33,7 +33,24 @@ export const state = {
   },
   chat: [], // messages in sequence order: {seq, time, author, client_id, text, to, receipts}
   pointers: new Map(), // participant id → {image_id, frame, x, y, at}: their laser pointer
+  recording: noRecording(), // the last `recording_state` (recording.js)
+  consentNotice: null, // {version, asked}: the recording notice shown to me, or null
+  recordingError: null, // {code, request}: the server's last refusal of a recording request
+  recordingAnnounced: "", // i18n key last said in the recording live region
 };
+
+/** The room's recording before any `recording_state`: not recording, nobody asked. */
+export function noRecording() {
+  return {
+    recording: false,
+    recording_id: "",
+    started_at: "",
+    requested: false,
+    consent: {}, // participant id → "granted" | "declined" | "pending"
+    cases: [],
+    notice_version: "",
+  };
+}
 
 const renderers = [];
 
