@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from signaling.errors import ConfigError, Conflict, IntegrityError, NotFound
 
-from .keyring import Keyring, RecordingShredded, fsync_directory
+from .keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
 from .manifest import (
     MANIFEST_NAME,
     RecordingManifest,
@@ -478,7 +478,7 @@ class Archive:
             previous = self._read_hold(recording_id)
             since = previous.since if previous else _iso(self._clock())
             hold = LegalHold(recording_id, reason, by, since)
-            _write_atomically(
+            write_atomically(
                 self._hold_path(recording_id), json.dumps(asdict(hold), indent=1).encode() + b"\n"
             )
         self._report("recording_held", recording_id, by=by, reason=reason, since=since)
@@ -618,7 +618,7 @@ class Archive:
                     "reason": reason,
                     "by": by,
                 }
-                _write_atomically(tombstone, json.dumps(marker, indent=1).encode() + b"\n")
+                write_atomically(tombstone, json.dumps(marker, indent=1).encode() + b"\n")
         # Outside the lock: overwriting an hour of media takes a while, and the key is gone.
         removed, overwritten, leftovers = _destroy_directory(directory)
         with self._cache_lock:
@@ -737,20 +737,6 @@ def _matches(
         if since is not None and ended < _as_utc(since):
             return False
     return True
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    fsync_directory(path.parent)
 
 
 _ZEROS = bytes(1024 * 1024)

@@ -300,7 +300,7 @@ class Keyring:
         with self._locked():
             self._refuse_if_shredded(recording_id)
             try:
-                _write_atomically(path, entry.to_json(), replace=False)
+                write_atomically(path, entry.to_json(), replace=False)
             except FileExistsError:
                 raise KeyringError(f"recording {recording_id} already has a data key") from None
         return data_key
@@ -391,7 +391,7 @@ class Keyring:
                 with self._locked():
                     # Shredded since the listing: leave it gone.
                     if not self.is_shredded(entry.recording_id):
-                        _write_atomically(self._entry_path(entry.recording_id), rotated.to_json())
+                        write_atomically(self._entry_path(entry.recording_id), rotated.to_json())
                         rewrapped += 1
             if progress is not None:
                 progress(done, len(entries))
@@ -419,7 +419,7 @@ class Keyring:
                 "recording_id": recording_id,
                 "shredded": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            _write_atomically(tombstone, json.dumps(marker).encode("utf-8") + b"\n")
+            write_atomically(tombstone, json.dumps(marker).encode("utf-8") + b"\n")
         for leftover in leftovers:
             _overwrite_and_unlink(leftover)
         fsync_directory(self.directory)
@@ -447,7 +447,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, data: bytes, *, replace: bool = True) -> None:
+def write_atomically(path: Path, data: bytes, *, replace: bool = True) -> None:
     """Write `path` whole or not at all: temp file, fsync, rename (or link), directory fsync.
 
     With `replace=False` an existing `path` raises `FileExistsError` (link never overwrites).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import struct
 from collections.abc import Iterable, Iterator
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from signaling.errors import IntegrityError
 
-from .keyring import fsync_directory
+from .keyring import write_atomically
 from .segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
@@ -333,16 +332,5 @@ def write_manifest(
 ) -> str:
     """Sign and write the manifest atomically; returns the SHA-256 (hex) of the file written."""
     data = manifest.to_json(signing_key)
-    path = directory / MANIFEST_NAME
-    temp = directory / f".{MANIFEST_NAME}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    fsync_directory(directory)
+    write_atomically(directory / MANIFEST_NAME, data)
     return hashlib.sha256(data).hexdigest()

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signaling.errors import IntegrityError
 
+from .keyring import fsync_directory
 from .manifest import (
     MANIFEST_NAME,
     SEGMENT_SUFFIX,
-    fsync_directory,
     read_manifest,
     segment_file_name,
     write_manifest,

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .keyring import fsync_directory
 from .manifest import (
     EVENTS_STREAM,
     RECORD_HEADER,
@@ -41,7 +42,6 @@ from .manifest import (
     SegmentEntry,
     TrackEntry,
     check_recording_id,
-    fsync_directory,
     segment_file_name,
     stream_context,
     write_manifest,

@@ -57,6 +57,7 @@ from recorder.verify import verify_recording
 
 from .audit import AuditLog, iter_entries, parse_time
 from .errors import BadMessage
+from .recording import recorder_audit
 
 T = TypeVar("T")
 
@@ -99,9 +100,7 @@ class ArchiveService:
             keyring,
             signing_key.public_key(),
             retention,
-            audit=lambda action, outcome="info", /, **fields: audit.append(
-                action, outcome, **fields
-            ),
+            audit=recorder_audit(audit),
         )
         self.jobs = asyncio.Semaphore(2)
         """Heavy jobs (verify, export, bundle, rotation) running at once; the rest wait."""

@@ -42,7 +42,7 @@ from recorder.manifest import (
 from recorder.segments import SegmentIntegrityError, encrypt_segment, segment_context
 from recorder.verify import iter_packets
 from signaling.errors import IntegrityError, NotFound
-from tests.fixtures.recordings import MARKER, Recorded, record
+from tests.fixtures.recordings import MARKER, AuditRecorder, Recorded, record
 
 ALICE = RecordedParticipant("alice", "dr-alice", "Alice", "specialist", ["cardiology"], "H1")
 BOB = RecordedParticipant("bob", "dr-bob", "Bob", "chair", ["oncology", "Radiology"], "H2")
@@ -56,16 +56,6 @@ class FixedClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-class AuditRecorder:
-    """Collects the audit callback's calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, object]]] = []
-
-    def __call__(self, action: str, outcome: str = "info", /, **fields: object) -> None:
-        self.calls.append((action, outcome, fields))
 
 
 @dataclass

@@ -38,30 +38,10 @@ from recorder.segments import (
 from recorder.sink import RecordingSettings, RecordingSink
 from recorder.verify import RecordingIntegrityError, iter_packets, verify_recording
 from sfu.sinks import MediaSink, TrackInfo
+from tests.fixtures.recordings import AUDIO, MARKER, VIDEO, AuditRecorder, FakeClock, rtp_packet
 from tests.fixtures.servers import REPO
 
-MARKER = b"PLAINTEXT-MEDIA-MARKER"
-"""Every synthetic payload carries this; it must never be found on disk."""
 DATA_KEY = bytes(range(32))
-VIDEO = TrackInfo("mdt-1", "alice", "alice:0", "video", "video/VP8", 90000, 96, "camera")
-AUDIO = TrackInfo("mdt-1", "alice", "alice:1", "audio", "audio/opus", 48000, 111, "microphone")
-
-
-def rtp_packet(sequence: int, timestamp: int, ssrc: int, size: int = 1000) -> bytes:
-    """A plausible RTP packet: a 12-byte header, then the marker and the sequence in the payload."""
-    header = struct.pack("!BBHII", 0x80, 96, sequence & 0xFFFF, timestamp, ssrc)
-    body = MARKER + sequence.to_bytes(4, "big")
-    return header + body + bytes(size - len(header) - len(body))
-
-
-class FakeClock:
-    """The sink's monotonic clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -73,16 +53,6 @@ class Recorded:
     sent: dict[str, list[tuple[int, bytes]]]
     """Per track id: (ms since start, packet) as fed."""
     audit: list[tuple[str, str, dict[str, object]]]
-
-
-class AuditRecorder:
-    """Collects the audit callback's calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, object]]] = []
-
-    def __call__(self, action: str, outcome: str = "info", /, **fields: object) -> None:
-        self.calls.append((action, outcome, fields))
 
 
 def record(

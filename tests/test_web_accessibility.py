@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from axe_playwright_python.async_playwright import Axe
-
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (
     ICE_ENV,
@@ -21,36 +19,15 @@ from tests.fixtures.browser import (
     BrowserTab,
     OpenTab,
     join_from_the_prejoin_screen,
+    no_axe_violations,
     no_page_problems,
     schedule_room,
     screenshot,
 )
 from tests.fixtures.servers import ServeProcess
 
-AXE = Axe()
-RULES = {
-    "runOnly": {
-        "type": "tag",
-        "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"],
-    },
-    "resultTypes": ["violations"],
-}
 MAX_TABS = 25
 """Tab presses allowed to reach a control (the page has about a dozen)."""
-
-
-async def _no_axe_violations(tab: BrowserTab, screen: str) -> None:
-    results = await AXE.run(tab.page, options=RULES)
-    violations = [
-        {
-            "rule": v["id"],
-            "impact": v["impact"],
-            "help": v["help"],
-            "nodes": [n["target"] for n in v["nodes"]][:5],
-        }
-        for v in results.response["violations"]
-    ]
-    assert violations == [], f"axe on the {screen} screen:\n{json.dumps(violations, indent=1)}"
 
 
 async def _tab_to(tab: BrowserTab, selector: str) -> None:
@@ -91,16 +68,16 @@ async def test_a_keyboard_user_joins_and_the_chair_admits_by_keyboard_and_axe_fi
 
     home = await chromium(f"{serve.url}/")
     await home.until("document.getElementById('home-status').textContent.includes('ready')")
-    await _no_axe_violations(home, "home")
+    await no_axe_violations(home, "home")
     await home.close()
 
     chair = await chromium(f"{serve.url}/join/{ROOM}#token={chair_token}")
     await chair.until("document.getElementById('preview-video').videoWidth > 0")
-    await _no_axe_violations(chair, "pre-join")
+    await no_axe_violations(chair, "pre-join")
     await _tab_to(chair, "#join-button")
     await chair.page.keyboard.press("Enter")
     await chair.until("window.consilium.state().screen === 'room'")
-    await _no_axe_violations(chair, "room (chair alone)")
+    await no_axe_violations(chair, "room (chair alone)")
 
     specialist = await chromium(f"{serve.url}/join/{ROOM}#token={specialist_token}")
     await specialist.until("document.getElementById('preview-video').videoWidth > 0")
@@ -108,7 +85,7 @@ async def test_a_keyboard_user_joins_and_the_chair_admits_by_keyboard_and_axe_fi
     await specialist.page.keyboard.press("Enter")
     await specialist.until("window.consilium.state().lobbyReason === 'lobby_enabled'")
     await specialist.until("!document.getElementById('screen-lobby').hidden")
-    await _no_axe_violations(specialist, "lobby")
+    await no_axe_violations(specialist, "lobby")
 
     await chair.until("document.querySelector('#lobby-list .chair-admit')")
     # A screen reader hears the knock: the live region says who is waiting.
@@ -116,26 +93,26 @@ async def test_a_keyboard_user_joins_and_the_chair_admits_by_keyboard_and_axe_fi
         "document.getElementById('knock-notice').textContent"
         " === 'Dr Ana Silva is waiting in the lobby.'"
     )
-    await _no_axe_violations(chair, "chair with a knock")
+    await no_axe_violations(chair, "chair with a knock")
     await _tab_to(chair, "#lobby-list .chair-admit")
     await screenshot(chair, "keyboard-admit")
     await chair.page.keyboard.press("Enter")
     await specialist.until("window.consilium.state().screen === 'room'")
     await chair.until("document.querySelectorAll('#participant-list li').length === 2")
 
-    await _no_axe_violations(specialist, "room (specialist)")
-    await _no_axe_violations(chair, "room (chair with the specialist)")
+    await no_axe_violations(specialist, "room (specialist)")
+    await no_axe_violations(chair, "room (chair with the specialist)")
     # The device settings open from the keyboard too.
     await _tab_to(specialist, ".devices summary")
     await specialist.page.keyboard.press("Enter")
     await specialist.until("document.querySelector('.devices').open")
-    await _no_axe_violations(specialist, "room with the device settings open")
+    await no_axe_violations(specialist, "room with the device settings open")
 
     # The chair removes the specialist by keyboard; the ending screen passes too.
     await _tab_to(chair, "#participant-list .chair-remove")
     await chair.page.keyboard.press("Enter")
     await specialist.until("window.consilium.ending() === 'removed'")
-    await _no_axe_violations(specialist, "removed")
+    await no_axe_violations(specialist, "removed")
     for tab in (chair, specialist):
         no_page_problems(tab)
 
@@ -151,14 +128,14 @@ async def test_axe_finds_nothing_in_chinese_and_in_the_dark_colour_scheme(
         )
         await tab.until(f"document.documentElement.lang === '{lang}'")
         await tab.until("document.getElementById('preview-video').videoWidth > 0")
-        await _no_axe_violations(tab, f"pre-join ({scheme}, {lang})")
+        await no_axe_violations(tab, f"pre-join ({scheme}, {lang})")
         await join_from_the_prejoin_screen(tab)
         await tab.until("window.consilium.state().screen === 'room'")
-        await _no_axe_violations(tab, f"room ({scheme}, {lang})")
+        await no_axe_violations(tab, f"room ({scheme}, {lang})")
         await screenshot(tab, f"room-{scheme}-{lang}")
         await tab.page.click("#leave-button")
         await tab.until("window.consilium.ending() === 'left'")
-        await _no_axe_violations(tab, f"left ({scheme}, {lang})")
+        await no_axe_violations(tab, f"left ({scheme}, {lang})")
         await screenshot(tab, f"left-{scheme}-{lang}")
         await tab.close()
     expired = await chromium(
@@ -166,5 +143,5 @@ async def test_axe_finds_nothing_in_chinese_and_in_the_dark_colour_scheme(
     )
     await join_from_the_prejoin_screen(expired)
     await expired.until("window.consilium.ending() === 'expired'")
-    await _no_axe_violations(expired, "refused (dark)")
+    await no_axe_violations(expired, "refused (dark)")
     await screenshot(expired, "refused-expired-dark")
