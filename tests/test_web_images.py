@@ -39,12 +39,12 @@ from tests.fixtures.browser import (
     OpenTab,
     join_from_the_prejoin_screen,
     meet_through_the_lobby,
+    no_axe_violations,
     no_page_problems,
     page_state,
     screenshot,
 )
 from tests.fixtures.servers import RunningNode
-from tests.test_web_accessibility import _no_axe_violations
 
 WIDTH, HEIGHT = 640, 480
 CT_SMALL = str(get_testdata_file("CT_small.dcm"))
@@ -262,7 +262,7 @@ async def test_two_doctors_share_an_image_draw_on_it_and_chat_and_a_latecomer_ca
     await chair.until(f"window.consilium.state().chat[1]?.receipts['{meeting.specialist_id}']")
     await screenshot(chair, "images-chair")
     await screenshot(specialist, "images-specialist")
-    await _no_axe_violations(chair, "image viewer with drawing tools and chat")
+    await no_axe_violations(chair, "image viewer with drawing tools and chat")
 
     # Saved as a PNG: the server's watermarked frame with the shapes drawn over it.
     async with chair.page.expect_download() as download:
