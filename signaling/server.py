@@ -981,6 +981,11 @@ async def join_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+async def archive_page(request: web.Request) -> web.FileResponse:
+    """The archivist's page, `/archive#token=...` (the token stays in the fragment)."""
+    return web.FileResponse(WEB_DIR / "archive.html")
+
+
 # -- the app ----------------------------------------------------------------------------------
 
 
@@ -1092,5 +1097,6 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     add_dev_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
     app.router.add_get("/join/{room}", join_page)
+    app.router.add_get("/archive", archive_page)
     app.router.add_get("/{path:.*}", static_file)
     return app

@@ -1,0 +1,741 @@
+// The archivist's page, /archive#token=<JWT>: search the recordings, look at one (participants,
+// consent, cases), play it with its annotations drawn at their times and its chat beside it,
+// verify it, and export the media file or the signed evidence bundle.
+//
+// Every request carries the archivist's bearer token; the token arrives in the fragment (never
+// in a request line, a server log or a Referer) and leaves the address bar as soon as it is read.
+// The media is fetched with that header and played from a blob: URL (the CSP allows
+// `media-src blob:`). The annotations refer to images shared in the meeting, which the archive
+// does not hold: their shapes are drawn on a neutral board beside the video, named by image.
+
+import { preferredLanguage, roleName, setLanguage, t } from "./i18n.js";
+import { applyOp, drawShape, shapeKey } from "./shapes.js";
+
+const BOARD_BACKGROUND = "#2b3138"; // neutral grey: every author colour stays readable on it
+const BOARD_MIN_EXTENT = 100; // image pixels shown at least, when the shapes are small
+const BOARD_MARGIN = 1.1; // room around the farthest point
+
+const languageSelect = document.getElementById("language-select");
+const form = document.getElementById("search-form");
+const searchStatus = document.getElementById("search-status");
+const resultsBody = document.getElementById("results-body");
+const recordingSection = document.getElementById("recording");
+const caseSelect = document.getElementById("case-select");
+const loadButton = document.getElementById("load-button");
+const video = document.getElementById("archive-video");
+const board = document.getElementById("annotation-board");
+const boardCaption = document.getElementById("board-caption");
+const chatList = document.getElementById("chat-list");
+const actionStatus = document.getElementById("action-status");
+const problemList = document.getElementById("verify-problems");
+const playerStatus = document.getElementById("player-status");
+
+/** Everything the page knows; `snapshot()` is what automation reads. */
+const archive = {
+  screen: "loading", // loading | archive | denied
+  denied: null, // the reason the archive is not shown: no_token | not_authenticated | not_allowed
+  searching: false,
+  searched: false,
+  searchMessage: null, // a message: how many were found, or why the search failed
+  recordings: [], // summaries, as GET /api/recordings lists them
+  selected: null, // recording id
+  detail: null, // GET /api/recordings/{id}
+  detailError: null, // a message: why the recording's details did not load
+  range: "", // "" (the whole meeting) or a case number, as the picker holds it
+  // status: idle | loading | ready | failed; error: a message
+  player: { status: "idle", range: null, bytes: 0, type: "", error: null },
+  sidecar: null, // the annotations JSON of the range loaded
+  ops: [], // its annotation events (stamped op messages with offset_ms), in sequence order
+  chat: [], // its chat messages: {seq, offset_ms, author, text, to}
+  extents: new Map(), // "image/frame" → {width, height}: how much of the image the shapes span
+  timeMs: 0, // where the player is, ms from the range's start
+  applied: [], // sequence numbers of the operations applied for timeMs
+  shapes: new Map(), // shapeKey → shape, the state at timeMs
+  boardImage: null, // {image_id, frame} on the board
+  action: { kind: "", status: "", message: null }, // the last verify/export/bundle, how it went
+  verify: null, // the last verification report
+  downloads: [], // {kind, name, bytes, magic}: files handed to the browser
+  errors: [],
+};
+
+let token = null;
+let mediaUrl = null;
+let loadGeneration = 0; // a newer load supersedes one still under way
+
+// -- the REST API -------------------------------------------------------------------------------
+
+/** A refusal or failure of the archive's API: its HTTP status and wire code. */
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(`${status} ${code}: ${message}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Call the API with the bearer token; the JSON body, or the response for files. */
+async function api(path, { method = "GET", raw = false } = {}) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (err) {
+    throw new ApiError(0, "unreachable", String(err));
+  }
+  if (!response.ok) {
+    let body = {};
+    try {
+      body = await response.json();
+    } catch {
+      // a body that is not JSON: the status says enough
+    }
+    throw new ApiError(response.status, body.error ?? "", body.message ?? "");
+  }
+  return raw ? response : response.json();
+}
+
+/** A message to show, kept as its catalogue key (and values) so it follows a language change;
+ * a value may itself be a message. */
+function message(key, vars = {}) {
+  return { key, vars };
+}
+
+/** A message (or a list of them) in the current language. */
+function words(said) {
+  if (!said) return "";
+  if (Array.isArray(said)) return said.map(words).join(" ");
+  const vars = {};
+  for (const [name, value] of Object.entries(said.vars)) {
+    vars[name] = value && typeof value === "object" && "key" in value ? words(value) : value;
+  }
+  return t(said.key, vars);
+}
+
+/** An API error in the reader's words. */
+function errorMessage(err) {
+  const byStatus = {
+    0: "unreachable",
+    401: "not_authenticated",
+    403: "not_allowed",
+    404: "not_found",
+    410: "shredded",
+  };
+  for (const code of [err.code, byStatus[err.status]]) {
+    const key = `archive.error_${code}`;
+    if (code && t(key) !== key) return message(key);
+  }
+  return message("archive.error_other", { status: err.status ?? "" });
+}
+
+function fail(err) {
+  archive.errors.push(String(err));
+  console.error(err);
+}
+
+// -- formatting ---------------------------------------------------------------------------------
+
+function formatTime(iso) {
+  if (!iso) return t("archive.unknown");
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString(document.documentElement.lang);
+}
+
+/** A duration as h:mm:ss or m:ss. */
+function formatDuration(ms) {
+  const total = Math.max(0, Math.round(ms / 1000));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+function statusName(status) {
+  const key = `archive.status_${status}`;
+  return t(key) === key ? status : t(key);
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+function named(participants, participantId) {
+  const person = participants.find((p) => p.participant_id === participantId);
+  return person?.name || person?.sub || participantId || t("archive.unknown");
+}
+
+// -- searching ----------------------------------------------------------------------------------
+
+/** The search form as query parameters (dates as the local day's bounds). */
+function criteria() {
+  const data = new FormData(form);
+  const query = new URLSearchParams();
+  for (const name of ["room", "participant", "department", "case", "status"]) {
+    const value = String(data.get(name) ?? "").trim();
+    if (value) query.set(name, value);
+  }
+  const since = String(data.get("since") ?? "");
+  const until = String(data.get("until") ?? "");
+  if (since) query.set("since", new Date(`${since}T00:00:00`).toISOString());
+  if (until) query.set("until", new Date(`${until}T23:59:59.999`).toISOString());
+  return query;
+}
+
+async function search() {
+  archive.searching = true;
+  render();
+  try {
+    const query = criteria().toString();
+    const body = await api(`/api/recordings${query ? `?${query}` : ""}`);
+    archive.recordings = body.recordings;
+    archive.searched = true;
+    archive.screen = "archive";
+    archive.searchMessage = archive.recordings.length
+      ? message("archive.found", { count: archive.recordings.length })
+      : message("archive.found_none");
+  } catch (err) {
+    if (err.status === 401 || err.status === 403) {
+      deny(err.status === 401 ? "not_authenticated" : "not_allowed");
+      return;
+    }
+    archive.screen = "archive";
+    archive.searchMessage = errorMessage(err);
+    fail(err);
+  } finally {
+    archive.searching = false;
+    render();
+  }
+}
+
+function deny(reason) {
+  archive.screen = "denied";
+  archive.denied = reason;
+  render();
+}
+
+function renderResults() {
+  const rows = archive.recordings.map((rec) => {
+    const tr = document.createElement("tr");
+    tr.dataset.recordingId = rec.recording_id;
+    if (rec.recording_id === archive.selected) tr.setAttribute("aria-current", "true");
+    const first = document.createElement("td");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = rec.room_id;
+    const started = formatTime(rec.started);
+    button.setAttribute("aria-label", t("archive.open", { room: rec.room_id, started }));
+    button.addEventListener("click", () => select(rec.recording_id));
+    first.append(button);
+    tr.append(
+      first,
+      cell(formatTime(rec.started)),
+      cell(formatDuration(rec.duration_ms)),
+      cell(statusName(rec.status)),
+      cell(rec.recording_class),
+      cell(rec.cases.join(", ") || "–"),
+      cell(rec.held ? t("archive.yes") : t("archive.no")),
+    );
+    return tr;
+  });
+  resultsBody.replaceChildren(...rows);
+}
+
+// -- one recording ------------------------------------------------------------------------------
+
+async function select(recordingId) {
+  archive.selected = recordingId;
+  archive.detail = null;
+  archive.detailError = null;
+  archive.verify = null;
+  archive.action = { kind: "", status: "", message: null };
+  archive.range = "";
+  clearPlayer();
+  render();
+  try {
+    archive.detail = await api(`/api/recordings/${encodeURIComponent(recordingId)}`);
+  } catch (err) {
+    archive.detailError = errorMessage(err);
+    fail(err);
+  }
+  render();
+  document.getElementById("recording-heading").focus({ preventScroll: false });
+  if (archive.detail && archive.detail.status !== "shredded") await loadRange();
+}
+
+function renderDetail() {
+  const rec = archive.detail;
+  const summary = archive.recordings.find((r) => r.recording_id === archive.selected);
+  recordingSection.hidden = archive.selected === null;
+  if (archive.selected === null) return;
+  const heading = document.getElementById("recording-heading");
+  heading.setAttribute("tabindex", "-1");
+  const room = rec?.room_id ?? summary?.room_id ?? "";
+  const started = formatTime(rec?.started ?? summary?.started);
+  heading.textContent = t("archive.recording_heading", { room, started });
+  const problem = document.getElementById("recording-problem");
+  problem.hidden = !archive.detailError && !rec?.problem;
+  problem.textContent = archive.detailError
+    ? words(archive.detailError)
+    : rec?.problem
+      ? t("archive.damaged", { problem: rec.problem })
+      : "";
+  const interrupted = document.getElementById("recording-interrupted");
+  interrupted.hidden = rec?.status !== "interrupted";
+  interrupted.textContent = t("archive.interrupted");
+  const parts = document.querySelectorAll(
+    "#recording-summary, #recording .archive-columns, #recording .archive-actions, " +
+      "#consent-heading, #consent-table, .archive-player",
+  );
+  for (const el of parts) el.hidden = !rec;
+  if (!rec) return;
+  document.getElementById("detail-id").textContent = rec.recording_id;
+  document.getElementById("detail-status").textContent = statusName(rec.status);
+  document.getElementById("detail-started").textContent = formatTime(rec.started);
+  document.getElementById("detail-ended").textContent = formatTime(rec.ended);
+  document.getElementById("detail-duration").textContent = formatDuration(rec.duration_ms);
+  document.getElementById("detail-class").textContent = rec.recording_class;
+  const held = document.getElementById("detail-held");
+  held.textContent = rec.held ? t("archive.yes") : t("archive.no");
+  const expires = document.getElementById("detail-expires");
+  expires.textContent = rec.expires_at ? formatTime(rec.expires_at) : t("archive.never");
+
+  const people = rec.participant_list.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.participantId = p.participant_id;
+    const depts = p.depts?.length ? p.depts.join(", ") : t("archive.unknown");
+    const name = p.name || p.sub;
+    li.textContent = t("archive.participant", { name, role: roleName(p.role), depts });
+    return li;
+  });
+  document.getElementById("participant-list").replaceChildren(...people);
+
+  const cases = rec.case_markers.map((c, i) => {
+    const li = document.createElement("li");
+    const at = formatDuration(c.at_ms);
+    li.textContent = t("archive.case_marker", { number: i + 1, label: c.label, at });
+    return li;
+  });
+  document.getElementById("case-list").replaceChildren(...cases);
+  document.getElementById("cases-empty").hidden = cases.length > 0;
+
+  const consent = rec.consent.map((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.participantId = c.participant_id;
+    tr.dataset.decision = c.decision;
+    tr.append(
+      cell(named(rec.participant_list, c.participant_id)),
+      cell(t(`archive.decision_${c.decision}`)),
+      cell(t(`archive.method_${c.method}`)),
+      cell(formatTime(c.at)),
+      cell(c.notice_version),
+      cell(c.recorded_by ? named(rec.participant_list, c.recorded_by) : "–"),
+    );
+    return tr;
+  });
+  document.getElementById("consent-body").replaceChildren(...consent);
+  document.getElementById("consent-empty").hidden = consent.length > 0;
+
+  const options = [new Option(t("archive.whole_meeting"), "")];
+  rec.case_markers.forEach((c, i) => {
+    const text = t("archive.case_option", { number: i + 1, label: c.label });
+    options.push(new Option(text, String(i + 1)));
+  });
+  caseSelect.replaceChildren(...options);
+  caseSelect.value = archive.range;
+  const shredded = rec.status === "shredded";
+  for (const id of ["verify-button", "export-button", "bundle-button", "load-button"]) {
+    document.getElementById(id).disabled = shredded || archive.action.status === "working";
+  }
+}
+
+// -- playing ------------------------------------------------------------------------------------
+
+function rangeQuery() {
+  return archive.range ? `?case=${encodeURIComponent(archive.range)}` : "";
+}
+
+function clearPlayer() {
+  loadGeneration += 1;
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  if (mediaUrl) URL.revokeObjectURL(mediaUrl);
+  mediaUrl = null;
+  archive.player = { status: "idle", range: null, bytes: 0, type: "", error: null };
+  archive.sidecar = null;
+  archive.ops = [];
+  archive.chat = [];
+  archive.extents = new Map();
+  archive.timeMs = 0;
+  archive.applied = [];
+  archive.shapes = new Map();
+  archive.boardImage = null;
+}
+
+/** Fetch the chosen range's media and annotations, and play them from the start. */
+async function loadRange() {
+  const id = archive.selected;
+  clearPlayer();
+  const generation = loadGeneration;
+  archive.player.status = "loading";
+  archive.player.range = archive.range;
+  render();
+  try {
+    const base = `/api/recordings/${encodeURIComponent(id)}`;
+    // A case's sidecar holds only the case's events; the shapes standing when the case began
+    // were drawn before it, so the whole meeting's annotations are read for those.
+    const [media, sidecar, whole] = await Promise.all([
+      api(`${base}/media${rangeQuery()}`, { raw: true }).then((r) => r.blob()),
+      api(`${base}/annotations${rangeQuery()}`),
+      archive.range ? api(`${base}/annotations`) : null,
+    ]);
+    if (generation !== loadGeneration) return;
+    takeSidecar(sidecar, whole ?? sidecar);
+    mediaUrl = URL.createObjectURL(media);
+    archive.player = {
+      status: "ready",
+      range: archive.range,
+      bytes: media.size,
+      type: media.type,
+      error: null,
+    };
+    video.src = mediaUrl;
+    seekTo(0);
+  } catch (err) {
+    if (generation !== loadGeneration) return;
+    archive.player = {
+      status: "failed",
+      range: archive.range,
+      bytes: 0,
+      type: "",
+      error: errorMessage(err),
+    };
+    fail(err);
+  }
+  render();
+}
+
+/** The stamped events of a sidecar, in sequence order, timed from `startMs` (the range's
+ * start: events before it have a negative offset, and are due from the first frame). */
+function stampedEvents(sidecar, startMs) {
+  return sidecar.events
+    .filter((e) => e.message && typeof e.message === "object" && e.message.type === "event")
+    .map((e) => ({ ...e.message, at_ms: e.at_ms, offset_ms: e.at_ms - startMs }))
+    .sort((a, b) => a.seq - b.seq);
+}
+
+/** The range's chat, the annotation operations up to its end (from `whole`, the meeting's
+ * sidecar, when the range is a case), and each image's extent. */
+function takeSidecar(sidecar, whole) {
+  archive.sidecar = sidecar;
+  const start = sidecar.export.start_ms;
+  const end = sidecar.export.end_ms;
+  archive.ops = stampedEvents(whole, start).filter(
+    (e) => e.kind === "op" && e.op && (end === null || e.at_ms < end),
+  );
+  archive.chat = stampedEvents(sidecar, start).filter((e) => e.kind === "chat");
+  for (const event of archive.ops) {
+    const points = [...(event.op.shape?.points ?? []), ...(event.op.points ?? [])];
+    const key = `${event.image_id}/${event.frame}`;
+    const extent = archive.extents.get(key) ?? {
+      width: BOARD_MIN_EXTENT,
+      height: BOARD_MIN_EXTENT,
+    };
+    for (const [x, y] of points) {
+      extent.width = Math.max(extent.width, x * BOARD_MARGIN);
+      extent.height = Math.max(extent.height, y * BOARD_MARGIN);
+    }
+    archive.extents.set(key, extent);
+  }
+}
+
+/** The annotation state at `ms`: every operation whose time has come, applied in sequence order
+ * from nothing (so seeking back takes shapes away again). */
+function seekTo(ms) {
+  archive.timeMs = ms;
+  const due = archive.ops.filter((e) => e.offset_ms <= ms);
+  const same =
+    due.length === archive.applied.length && due.every((e, i) => e.seq === archive.applied[i]);
+  if (same && archive.player.status === "ready" && board.dataset.drawn === "true") {
+    renderChatTimes();
+    return;
+  }
+  const shapes = new Map();
+  for (const event of due) applyOp(shapes, event);
+  archive.shapes = shapes;
+  archive.applied = due.map((e) => e.seq);
+  const last = due[due.length - 1];
+  archive.boardImage = last ? { image_id: last.image_id, frame: last.frame } : null;
+  drawBoard();
+  renderChatTimes();
+}
+
+function drawBoard() {
+  const ctx = board.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.fillStyle = BOARD_BACKGROUND;
+  ctx.fillRect(0, 0, board.width, board.height);
+  board.dataset.drawn = String(archive.player.status === "ready");
+  const image = archive.boardImage;
+  if (!image) {
+    const waiting = archive.ops.length > 0;
+    boardCaption.textContent = waiting ? t("archive.board_waiting") : t("archive.board_none");
+    board.setAttribute("aria-label", boardCaption.textContent);
+    return;
+  }
+  const extent = archive.extents.get(`${image.image_id}/${image.frame}`);
+  const scale = Math.min(board.width / extent.width, board.height / extent.height);
+  ctx.setTransform(scale, 0, 0, scale, 0, 0);
+  const shown = [...archive.shapes.values()].filter(
+    (s) => s.image_id === image.image_id && s.frame === image.frame,
+  );
+  for (const shape of shown) drawShape(ctx, shape, 1 / scale);
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  const participants = archive.sidecar?.participants ?? [];
+  const authors = [...new Set(shown.map((s) => named(participants, s.author)))].join(", ");
+  const frame = image.frame + 1;
+  boardCaption.textContent = t("archive.board_caption", { image: image.image_id, frame });
+  const described = { image: image.image_id, count: shown.length, authors: authors || "–" };
+  board.setAttribute("aria-label", t("archive.board_label", described));
+}
+
+function renderChat() {
+  const participants = archive.sidecar?.participants ?? [];
+  const items = archive.chat.map((m) => {
+    const li = document.createElement("li");
+    li.dataset.seq = String(m.seq);
+    const time = document.createElement("button");
+    time.type = "button";
+    time.className = "link-button chat-time";
+    time.textContent = formatDuration(m.offset_ms);
+    time.setAttribute("aria-label", t("archive.chat_seek", { time: formatDuration(m.offset_ms) }));
+    time.addEventListener("click", () => {
+      video.currentTime = m.offset_ms / 1000;
+      seekTo(m.offset_ms);
+    });
+    const who = document.createElement("span");
+    who.className = "chat-author";
+    const to = Array.isArray(m.to) ? m.to.map((p) => named(participants, p)).join(", ") : "";
+    who.textContent = to
+      ? t("archive.chat_private", { name: named(participants, m.author), to })
+      : named(participants, m.author);
+    const text = document.createElement("span");
+    text.className = "chat-text";
+    text.textContent = m.text;
+    li.append(time, who, text);
+    return li;
+  });
+  chatList.replaceChildren(...items);
+  document.getElementById("chat-empty").hidden = items.length > 0;
+  renderChatTimes();
+}
+
+/** Messages whose time has come are marked as said (the rest are still to come). */
+function renderChatTimes() {
+  for (const li of chatList.children) {
+    const message = archive.chat.find((m) => String(m.seq) === li.dataset.seq);
+    li.classList.toggle("said", Boolean(message) && message.offset_ms <= archive.timeMs);
+  }
+}
+
+function renderPlayer() {
+  const p = archive.player;
+  const shown = {
+    idle: "",
+    loading: t("archive.loading"),
+    ready: t("archive.ready", { size: (p.bytes / 1e6).toFixed(1) }),
+    failed: words(p.error),
+  };
+  playerStatus.textContent = shown[p.status];
+  loadButton.disabled = loadButton.disabled || p.status === "loading";
+  if (board.dataset.drawn !== "true" || p.status !== "ready") drawBoard();
+  else seekToForce();
+  renderChat();
+}
+
+/** Redraw the board at the current time (after a language change, say). */
+function seekToForce() {
+  board.dataset.drawn = "false";
+  seekTo(archive.timeMs);
+}
+
+function followVideo() {
+  if (archive.player.status !== "ready") return;
+  seekTo(video.currentTime * 1000);
+}
+
+function animate() {
+  followVideo();
+  if (!video.paused && !video.ended) requestAnimationFrame(animate);
+}
+
+// -- verify and export --------------------------------------------------------------------------
+
+async function verify() {
+  const id = archive.selected;
+  archive.action = { kind: "verify", status: "working", message: message("archive.verifying") };
+  archive.verify = null;
+  problemList.hidden = true;
+  render();
+  try {
+    const path = `/api/recordings/${encodeURIComponent(id)}/verify`;
+    const report = await api(path, { method: "POST" });
+    archive.verify = report;
+    archive.action.status = report.ok ? "ok" : "problems";
+    const parts = [
+      report.ok
+        ? message("archive.verify_ok", {
+            segments: report.segments_checked,
+            // records per stream: their total
+            records: Object.values(report.records).reduce((sum, n) => sum + n, 0),
+          })
+        : message("archive.verify_failed", { count: report.problems.length }),
+    ];
+    if (report.interrupted) parts.push(message("archive.verify_interrupted"));
+    archive.action.message = parts;
+    problemList.replaceChildren(
+      ...report.problems.map((text) => {
+        const li = document.createElement("li");
+        li.textContent = text;
+        return li;
+      }),
+    );
+    problemList.hidden = report.problems.length === 0;
+  } catch (err) {
+    archive.action.status = "failed";
+    archive.action.message = message("archive.verify_error", { error: errorMessage(err) });
+    fail(err);
+  }
+  render();
+}
+
+/** The file name the server gave (Content-Disposition), else a fallback. */
+function fileName(response, fallback) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") ?? "");
+  return match ? match[1] : fallback;
+}
+
+async function download(kind) {
+  const id = archive.selected;
+  const preparing = kind === "bundle" ? "archive.bundling" : "archive.exporting";
+  archive.action = { kind, status: "working", message: message(preparing) };
+  render();
+  try {
+    const path = `/api/recordings/${encodeURIComponent(id)}/${kind}${rangeQuery()}`;
+    const response = await api(path, { raw: true });
+    const name = fileName(response, `${id}.${kind === "bundle" ? "zip" : "webm"}`);
+    const blob = await response.blob();
+    const head = new Uint8Array(await blob.slice(0, 4).arrayBuffer());
+    archive.downloads.push({
+      kind,
+      name,
+      bytes: blob.size,
+      magic: [...head].map((b) => b.toString(16).padStart(2, "0")).join(""),
+    });
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = name;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+    archive.action.status = "ok";
+    const size = (blob.size / 1e6).toFixed(1);
+    archive.action.message = message("archive.downloaded", { name, size });
+  } catch (err) {
+    archive.action.status = "failed";
+    archive.action.message = message("archive.download_error", { error: errorMessage(err) });
+    fail(err);
+  }
+  render();
+}
+
+// -- the page -----------------------------------------------------------------------------------
+
+let shownScreen = null;
+
+function render() {
+  document.getElementById("screen-archive").hidden = archive.screen !== "archive";
+  document.getElementById("screen-denied").hidden = archive.screen !== "denied";
+  languageSelect.value = document.documentElement.lang;
+  document.title = t("archive.title");
+  if (archive.screen === "denied") {
+    const heading = document.getElementById("denied-heading");
+    heading.textContent = t(`archive.denied_${archive.denied}_heading`);
+    document.getElementById("denied-message").textContent = t(`archive.denied_${archive.denied}`);
+  }
+  if (archive.screen === "archive") {
+    document.getElementById("search-button").disabled = archive.searching;
+    searchStatus.textContent = words(archive.searchMessage);
+    actionStatus.textContent = words(archive.action.message);
+    renderResults();
+    renderDetail();
+    if (archive.selected !== null && archive.detail) renderPlayer();
+  }
+  if (shownScreen !== archive.screen && archive.screen !== "loading") {
+    shownScreen = archive.screen;
+    const heading = document.querySelector(`#screen-${archive.screen} h1`);
+    heading?.setAttribute("tabindex", "-1");
+    heading?.focus({ preventScroll: true });
+  }
+}
+
+/** The token from `/archive#token=<JWT>`; the fragment is removed at once. */
+function readToken() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (location.hash) history.replaceState(null, "", location.pathname);
+  return fragment.get("token");
+}
+
+/** A plain-JSON copy of the page's state for automation (window.consiliumArchive.state()). */
+function snapshot() {
+  return {
+    ...archive,
+    recordings: archive.recordings.map((r) => ({ ...r })),
+    extents: Object.fromEntries(archive.extents),
+    shapes: [...archive.shapes.values()],
+    videoTime: video.currentTime,
+    videoWidth: video.videoWidth,
+  };
+}
+
+async function start() {
+  token = readToken();
+  await setLanguage(preferredLanguage());
+  languageSelect.addEventListener("change", async () => {
+    await setLanguage(languageSelect.value, true);
+    render();
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    search();
+  });
+  form.addEventListener("reset", () => setTimeout(search, 0));
+  loadButton.addEventListener("click", loadRange);
+  caseSelect.addEventListener("change", () => {
+    archive.range = caseSelect.value;
+  });
+  document.getElementById("verify-button").addEventListener("click", verify);
+  document.getElementById("export-button").addEventListener("click", () => download("export"));
+  document.getElementById("bundle-button").addEventListener("click", () => download("bundle"));
+  video.addEventListener("timeupdate", followVideo);
+  video.addEventListener("seeked", followVideo);
+  video.addEventListener("play", () => requestAnimationFrame(animate));
+  if (!token) {
+    deny("no_token");
+    return;
+  }
+  await search();
+}
+
+/** The test hook: automation reads the state without `eval` (the CSP forbids it). */
+window.consiliumArchive = { state: snapshot };
+
+start().catch(fail);
