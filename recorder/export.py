@@ -191,6 +191,35 @@ def export_recording(
     )
 
 
+def export_annotations(
+    directory: Path,
+    data_key: bytes,
+    out_path: Path,
+    *,
+    public_key: Ed25519PublicKey,
+    case: int | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> int:
+    """Only the sidecar JSON of a case or range (what `export_recording` writes beside the
+    media), without touching the media streams; returns the number of annotation and chat
+    events written. The events stream's segments in range are checked like an export's."""
+    manifest = load_manifest(directory, public_key)
+    if manifest.recording_id != directory.name:
+        raise IntegrityError(
+            f"manifest is of recording {manifest.recording_id}, found in directory {directory.name}"
+        )
+    start, end = _export_range(manifest, case, start_ms, end_ms)
+    events_only = RecordingManifest(
+        manifest.recording_id, manifest.room_id, manifest.started,
+        streams={EVENTS_STREAM: manifest.streams.get(EVENTS_STREAM, [])},
+    )  # fmt: skip
+    _check_segment_files(directory, events_only, start, end)
+    media_name = out_path.name.removesuffix(".annotations.json")
+    return _write_sidecar(directory, data_key, manifest, start, end, case, Path(media_name),
+                          out_path, _Progress(None, 0))  # fmt: skip
+
+
 class _Progress:
     def __init__(self, callback: ProgressCallback | None, total: int) -> None:
         self.callback = callback

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recorder.archive import Archive, RecordingSummary, RetentionSettings, TrackStream
 from recorder.bundle import build_bundle
-from recorder.export import export_recording
+from recorder.export import export_annotations, export_recording
 from recorder.keyring import Keyring
 from recorder.manifest import MANIFEST_NAME
 from recorder.roomkeys import rotate_kek
@@ -135,6 +135,23 @@ class ArchiveService:
             out.rename(renamed)
             out = renamed
         return out, result.annotations_path, result.container
+
+    def annotations(
+        self, recording_id: str, scratch: Path, case: int | None, start: int | None,
+        end: int | None,
+    ) -> Path:  # fmt: skip
+        """The sidecar JSON alone (no media remuxed) in `scratch`."""
+        self.archive.summary(recording_id)
+        name = f"{recording_id}{'-case' + str(case) if case else ''}.webm.annotations.json"
+        try:
+            export_annotations(
+                self.directory(recording_id), self.archive.data_key(recording_id),
+                scratch / name, public_key=self.archive.public_key, case=case, start_ms=start,
+                end_ms=end,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise BadMessage(str(exc)) from None
+        return scratch / name
 
     def bundle(self, recording_id: str, scratch: Path, case: int | None) -> Path:
         """Build the signed evidence bundle of a recording (or one case) in `scratch`."""
@@ -388,14 +405,16 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
             if what == "bundle":
                 path = await service.run(service.bundle, recording_id, scratch, case)
                 media_type = "application/zip"
+            elif what == "annotations":
+                path = await service.run(
+                    service.annotations, recording_id, scratch, case, start, end
+                )
+                media_type = "application/json"
             else:
-                path, sidecar, container = await service.run(
+                path, _, container = await service.run(
                     service.export, recording_id, scratch, case, start, end
                 )
-                if what == "annotations":
-                    path, media_type = sidecar, "application/json"
-                else:
-                    media_type = "video/webm" if container == "webm" else "video/x-matroska"
+                media_type = "video/webm" if container == "webm" else "video/x-matroska"
             digest = await asyncio.to_thread(_sha256_of, path)
             service.audit.append(
                 {"media": "recording_played", "annotations": "recording_played",

@@ -867,8 +867,17 @@ async def signalling(request: web.Request) -> web.StreamResponse:
         reason = "server_error"
         await conn.close(4500, "server error")
     finally:
-        await node.rooms.disconnect(conn, reason)
+        # Shielded: aiohttp cancels the handler once the socket is gone, and a cleanup cut off
+        # half-way would leave the participant in the room (and its media, and a recording).
+        cleanup = asyncio.ensure_future(node.rooms.disconnect(conn, reason))
+        _cleanups.add(cleanup)
+        cleanup.add_done_callback(_cleanups.discard)
+        await asyncio.shield(cleanup)
     return ws
+
+
+_cleanups: set[asyncio.Future[None]] = set()
+"""Disconnect clean-ups running on after their handler was cancelled."""
 
 
 async def _first_message(node: Node, conn: Connection) -> bool:
