@@ -60,6 +60,9 @@ def hook_transport(
     """
     connection = dtls.transport._connection
     original_data_received = connection.data_received
+    # The session's unprotect without pylibsrtp's per-call allocation, rebuilt if DTLS gives
+    # the transport another session.
+    unprotector: list[Any] = [None, None]  # session, its unprotect
 
     def data_received(data: bytes, component: int) -> None:
         # Hot path, per received packet: watched by bench/forwarding.py.
@@ -70,7 +73,9 @@ def hook_transport(
                     if on_rtcp is not None:
                         on_rtcp(session.unprotect_rtcp(data))
                 elif on_rtp is not None:
-                    on_rtp(session.unprotect(data), time.monotonic_ns() // 1_000_000)
+                    if unprotector[0] is not session:
+                        unprotector[:] = [session, srtp_unprotector(session)]
+                    on_rtp(unprotector[1](data), time.monotonic_ns() // 1_000_000)
             except pylibsrtp.Error:
                 pass  # not ours, replayed or tampered: SRTP refuses it
             except Exception:
@@ -103,6 +108,14 @@ def hook_transport(
 
 _stun_datagram_received = StunProtocol.datagram_received
 
+DATAGRAM_BUFFER = 65536
+"""Bytes asked of each `recvfrom` that `_read_queued` makes: every UDP datagram fits (IPv4 and
+IPv6 payloads end below 65,536 bytes). Not asyncio's 256 KiB: in a small process that size
+costs ~9 us per call to allocate and trim (measured: 8.8 us against 0.65 us for 64 KiB; the
+server's larger heap did not show it, so asyncio's own first read is left as it is)."""
+DATAGRAMS_PER_WAKEUP = 32
+"""Most datagrams one socket's reader callback takes before other sockets and timers run."""
+
 
 def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
     # Hot path, per received datagram: watched by bench/forwarding.py. SRTP/SRTCP (first byte
@@ -111,13 +124,41 @@ def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, .
         media = getattr(self.receiver, "_consilium_media", None)
         if media is not None:
             media(data, 1)
+            _read_queued(self, media)
             return
     _stun_datagram_received(self, data, addr)
 
 
+def _read_queued(protocol: StunProtocol, media: Callable[[bytes, int], None]) -> None:
+    """Take the datagrams already queued on this socket now, in this callback: a video frame's
+    packets arrive back to back, and each event-loop wakeup (epoll, handle, callback) costs
+    about as much as unprotecting a packet. Stops at the first EAGAIN."""
+    # Hot path, per event-loop wakeup on a media socket: watched by bench/forwarding.py.
+    transport: Any = protocol.transport
+    sock = getattr(transport, "_sock", None)
+    if sock is None:
+        return
+    recvfrom = sock.recvfrom
+    for _ in range(DATAGRAMS_PER_WAKEUP - 1):
+        if transport.is_closing():
+            return
+        try:
+            data, addr = recvfrom(DATAGRAM_BUFFER)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            protocol.error_received(exc)
+            return
+        if data and 127 < data[0] < 192:
+            media(data, 1)
+        else:
+            _stun_datagram_received(protocol, data, addr)
+
+
 def _install_datagram_shortcut() -> None:
-    """Route SRTP datagrams of hooked connections past the STUN parser (process-wide, once;
-    connections that are not hooked take aioice's path unchanged)."""
+    """Route SRTP datagrams of hooked connections past the STUN parser, reading what is queued
+    in the same callback (process-wide, once; connections that are not hooked take aioice's
+    path unchanged)."""
     if StunProtocol.datagram_received is not _datagram_received:
         StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
@@ -225,71 +266,89 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
 
 def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
     """A function that SRTP-protects and sends one RTP packet on `dtls` now (False when it
-    cannot send). The ICE route is looked up once per nominated pair, not per packet."""
+    cannot send).
+
+    One Python frame per forwarded packet: the route (nominated pair, SRTP session, socket) is
+    looked up again only when the pair or the session changes, and the packet is protected in
+    the session's own buffer and handed to the socket from there (no copy out of the buffer).
+    """
     nominated = dtls.transport._connection._nominated
     connected = State.CONNECTED
-    route: list[Any] = [None, None]  # nominated pair, protect-and-send on it
+    length = _ffi.new("int *")
+    protect_c = _lib.srtp_protect
+    # The route, rebound by `reroute`. `session` also keeps its cdata alive: pylibsrtp frees
+    # libsrtp's context when the session is collected.
+    pair: Any = None
+    session: Any = None
+    srtp: Any = None
+    cdata: Any = None
+    view: memoryview = memoryview(b"")
+    limit = 0
+    transport: Any = None
+    address: Any = None
+    sock_sendto: Callable[[Any, Any], int] | None = None
+    other_route: Callable[[bytes], None] | None = None
+
+    def reroute(current: Any) -> bool:
+        nonlocal pair, session, srtp, cdata, view, limit, transport, address, sock_sendto
+        nonlocal other_route
+        pair, session = current, dtls._tx_srtp
+        if current is None or session is None:
+            pair = session = sock_sendto = other_route = None
+            return False
+        address = current.remote_addr
+        protocol = current.protocol
+        transport = getattr(protocol, "transport", None)
+        sock = getattr(transport, "_sock", None) if isinstance(protocol, StunProtocol) else None
+        if sock is None:  # TURN, or no socket: the slower, general route
+            protect = srtp_protector(session)
+            sendto, to = _route(current)
+            other_route = lambda data: sendto(protect(data), to)  # noqa: E731
+            sock_sendto = None
+            return True
+        other_route = None
+        srtp, cdata = session._srtp, session._cdata
+        view = memoryview(session._buffer)
+        limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+        sock_sendto = sock.sendto
+        return True
 
     def send(data: bytes) -> bool:
         # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
         if dtls._state is not connected:
             return False
-        pair = nominated.get(1)
-        if pair is not route[0]:
-            if pair is None:
+        if (nominated.get(1) is not pair or dtls._tx_srtp is not session) and not reroute(
+            nominated.get(1)
+        ):
+            return False
+        if sock_sendto is None:
+            if other_route is None:
                 return False
-            route[0], route[1] = pair, _protect_and_send(dtls._tx_srtp, pair)
-        route[1](data)
-        return True
-
-    return send
-
-
-def _protect_and_send(session: pylibsrtp.Session, pair: Any) -> Callable[[bytes], None]:
-    """One call per forwarded packet: SRTP-protect into the session's buffer and hand the
-    datagram to the socket (one Python frame instead of a chain of three)."""
-    protocol = pair.protocol
-    address = pair.remote_addr
-    transport = getattr(protocol, "transport", None) if isinstance(protocol, StunProtocol) else None
-    sock = getattr(transport, "_sock", None)
-    if transport is None or sock is None:
-        protect = srtp_protector(session)
-        sendto, address = _route(pair)
-        return lambda data: sendto(protect(data), address)
-    srtp = session._srtp
-    cdata = session._cdata
-    buffer = session._buffer
-    limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-    length = _ffi.new("int *")
-    protect_c = _lib.srtp_protect
-    sock_sendto = sock.sendto
-
-    def protect_and_send(data: bytes) -> None:
-        # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
+            other_route(data)
+            return True
         size = len(data)
         if size > limit:
             raise ValueError("packet is too long")
         length[0] = size
-        buffer[0:size] = data
+        view[:size] = data
         status = protect_c(srtp[0], cdata, length)
         if status:
             raise pylibsrtp.Error(f"srtp_protect failed: {status}")
-        packet = buffer[0 : length[0]]
+        packet = view[: length[0]]
         # The socket itself while the kernel takes the datagram (skipping asyncio's checks);
-        # asyncio's transport, which buffers, when it would block or has a backlog.
+        # asyncio's transport, which buffers (a copy), when it would block or has a backlog.
         if transport._buffer:
-            transport.sendto(packet, address)
-            return
+            transport.sendto(bytes(packet), address)
+            return True
         try:
             sock_sendto(packet, address)
         except (BlockingIOError, InterruptedError):
-            transport.sendto(packet, address)
+            transport.sendto(bytes(packet), address)
         except OSError:
             pass  # e.g. ICMP unreachable: like asyncio's transport, drop this datagram
+        return True
 
-    # The closure must keep the session alive: its cdata frees libsrtp's context when collected.
-    protect_and_send.session = session  # type: ignore[attr-defined]
-    return protect_and_send
+    return send
 
 
 def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
@@ -316,6 +375,32 @@ def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
         return buffer[0 : length[0]]
 
     return protect_packet
+
+
+def srtp_unprotector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """`session.unprotect` without pylibsrtp's per-call allocation (same libsrtp call, same
+    buffer); raises `pylibsrtp.Error` as it does."""
+    srtp = session._srtp
+    cdata = session._cdata  # kept alive by the closure: it frees libsrtp's context
+    buffer = session._buffer
+    view = memoryview(buffer)
+    limit = len(cdata)
+    length = _ffi.new("int *")
+    unprotect = _lib.srtp_unprotect
+
+    def unprotect_packet(data: bytes) -> bytes:
+        # Hot path, per received packet: watched by bench/forwarding.py.
+        size = len(data)
+        if size > limit:
+            raise ValueError("packet is too long")
+        length[0] = size
+        view[:size] = data
+        status = unprotect(srtp[0], cdata, length)
+        if status:
+            raise pylibsrtp.Error(f"srtp_unprotect failed: {status}")
+        return buffer[0 : length[0]]
+
+    return unprotect_packet
 
 
 def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from .rtp import (
     RtpHeader,
     abs_send_time_now,
     extension_block,
+    extension_template,
     parse_header,
     rewrite,
     wrap_rtx,
@@ -87,9 +87,9 @@ class OutboundSlot:
     payload_type: int = 0
     rtx_payload_type: int | None = None
     ext_ids: ExtensionIds = field(default_factory=ExtensionIds)
-    ext_key: str = ""
-    """`ext_ids` and `mid` as one string (its hash is cached): slots with the same key share a
-    header-extension block per packet."""
+    ext_templates: tuple[bytes, bytes] = (b"", b"")
+    """This slot's header-extension block as %-templates (`rtp.extension_template`), without
+    and with an audio level; derived from `ext_ids` and `mid`."""
     ready: bool = False
     """Negotiated and connected: packets may be sent."""
     source: PublishedTrack | None = None
@@ -109,12 +109,16 @@ class OutboundSlot:
     fraction_lost: int = 0
     """From the subscriber's latest receiver report (out of 256)."""
 
+    def __post_init__(self) -> None:
+        self.set_extensions(self.ext_ids, self.mid)
+
     def set_extensions(self, ext_ids: ExtensionIds, mid: bytes) -> None:
         """The header-extension ids negotiated for this slot, and its media id."""
         self.ext_ids = ext_ids
         self.mid = mid
-        self.ext_key = sys.intern(
-            f"{ext_ids.mid},{ext_ids.abs_send_time},{ext_ids.audio_level}:{mid.hex()}"
+        self.ext_templates = (
+            extension_template(ext_ids, mid, audio_level=False),
+            extension_template(ext_ids, mid, audio_level=True),
         )
 
     def begin(self, header: RtpHeader, clock_rate: int) -> None:
@@ -242,30 +246,30 @@ class PublishedTrack:
     def forward(self, data: bytes, header: RtpHeader, arrival_ms: int) -> None:
         """Send one packet to every slot carrying this track (and hand it to the sinks)."""
         # Hot path, per received packet: watched by bench/forwarding.py.
-        self.history.put(header.sequence, data)
-        self._count(header.sequence)
+        sequence = header.sequence
+        self.history.put(sequence, data)
+        self._count(sequence)
         for sink in self.sinks:
             sink.on_rtp(self.info, data, arrival_ms)
         if self.muted or not self.slots:
             return
         keyframe: bool | None = None
-        ast = abs_send_time_now()
-        audio_level = (
-            header.extensions.get(self.ext_ids.audio_level)
-            if self.ext_ids.audio_level is not None
-            else None
-        )
+        level_id = self.ext_ids.audio_level
+        level = header.extensions.get(level_id) if level_id is not None else None
+        # Every slot's extension block is its template filled with these (rtp.extension_template).
+        values = {b"ast": abs_send_time_now(), b"level": level[:1] if level else b""}
+        variant = 1 if level else 0
         now = time.monotonic()
-        sequence, timestamp = header.sequence, header.timestamp
+        timestamp = header.timestamp
         marker = data[1] & 0x80
-        padding = data[0] & 0x20
+        first_byte = 0x80 | (data[0] & 0x20)  # version 2, the padding bit kept
         payload = memoryview(data)[header.payload_start :]
         payload_size = header.payload_end - header.payload_start
         pack = _RTP_HEADER.pack
         join = b"".join
-        # Slots with the same negotiated ids and MID share one extension block per packet.
-        blocks: dict[str, bytes] = {}
+        sent = 0
         for slot in self.slots:
+            # Per forwarded packet and subscriber: what rtp.rewrite does, inlined.
             if not slot.ready:
                 continue
             if not slot.started:
@@ -279,24 +283,30 @@ class PublishedTrack:
                     if not keyframe:
                         continue
                 slot.begin(header, self.info.clock_rate)
-            key = slot.ext_key
-            ext = blocks.get(key)
-            if ext is None:
-                ext = blocks[key] = extension_block(slot.ext_ids, slot.mid, ast, audio_level)
-            # What rtp.rewrite does, inlined: this loop runs per packet and per subscriber.
+            ext = slot.ext_templates[variant] % values
             out_seq = (sequence + slot.seq_offset) & 0xFFFF
             out_ts = (timestamp + slot.ts_offset) & 0xFFFFFFFF
-            first = 0x80 | padding | (0x10 if ext else 0)
             packet = join(
-                (pack(first, marker | slot.payload_type, out_seq, out_ts, slot.ssrc), ext, payload)
+                (
+                    pack(
+                        first_byte | 0x10 if ext else first_byte,
+                        marker | slot.payload_type,
+                        out_seq,
+                        out_ts,
+                        slot.ssrc,
+                    ),
+                    ext,
+                    payload,
+                )
             )
             if slot.send_rtp(packet):
+                sent += 1
                 slot.packets += 1
                 slot.octets += payload_size
                 slot.last_seq = out_seq
                 slot.last_ts = out_ts
                 slot.last_sent_at = now
-                self.forwarded += 1
+        self.forwarded += sent
 
     def extensions_for(self, slot: OutboundSlot, header: RtpHeader) -> bytes:
         """The header extensions of `slot`'s copy of a packet (used for retransmissions)."""

@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import socket
+from types import SimpleNamespace
 
 import pylibsrtp
+import pytest
+from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
@@ -43,6 +47,96 @@ def test_srtp_protector_matches_pylibsrtp() -> None:
     theirs = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(packet)
     assert ours == theirs
     assert _session(pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect(ours) == packet
+
+
+def test_srtp_unprotector_matches_pylibsrtp() -> None:
+    packets = [
+        bytes([0x80, 96, 0, seq, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload" * 20 for seq in (1, 2)
+    ]
+    outbound = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    protected = [outbound.protect(packet) for packet in packets]
+    unprotect = hooks.srtp_unprotector(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    gc.collect()  # the unprotector keeps its session alive
+    first = unprotect(protected[0])
+    assert [first, unprotect(protected[1])] == packets
+    assert first == packets[0], "each result is its own bytes, not a view of the buffer"
+    with pytest.raises(pylibsrtp.Error):
+        unprotect(protected[1])  # replayed
+
+
+async def test_queued_datagrams_are_read_in_one_callback() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[bytes, bool]] = []
+    others: list[bytes] = []
+    loop_ran: list[bool] = []  # set by a callback scheduled at the first datagram
+
+    def media(data: bytes, component: int) -> None:
+        if not seen:
+            loop.call_soon(loop_ran.append, True)
+        seen.append((data, bool(loop_ran)))
+
+    receiver = SimpleNamespace(
+        _consilium_media=media, data_received=lambda data, component: others.append(data)
+    )
+    hooks._install_datagram_shortcut()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
+    )
+    protocol.local_candidate = SimpleNamespace(component=1)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        address = transport.get_extra_info("sockname")
+        packets = [bytes([0x80, 96, 0, n]) + bytes(1200) for n in range(5)]
+        for data in [*packets[:3], b"\x17dtls record", *packets[3:]]:
+            sender.sendto(data, address)
+        await eventually(lambda: len(seen) == 5, timeout=5)
+        assert [data for data, _ in seen] == packets
+        assert not any(ran for _, ran in seen), "all read before the event loop ran anything"
+        assert others == [b"\x17dtls record"], "what is not SRTP still takes aioice's path"
+    finally:
+        sender.close()
+        transport.close()
+
+
+async def test_rtp_sender_follows_the_nominated_pair_and_session() -> None:
+    from aiortc.rtcdtlstransport import State
+
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    local = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for sock in [*receivers, local]:
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(2)
+        local.setblocking(False)
+        protocol = StunProtocol(receiver=None)  # type: ignore[arg-type]
+        protocol.transport = SimpleNamespace(_sock=local, _buffer=[])  # type: ignore[assignment]
+
+        def pair(receiver: socket.socket) -> SimpleNamespace:
+            return SimpleNamespace(protocol=protocol, remote_addr=receiver.getsockname())
+
+        nominated: dict[int, SimpleNamespace] = {}
+        dtls = SimpleNamespace(
+            _state=State.CONNECTED, _tx_srtp=_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
+            transport=SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated)),
+        )  # fmt: skip
+        send = hooks.rtp_sender(dtls)  # type: ignore[arg-type]
+        packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload"
+        assert not send(packet), "no nominated pair yet"
+        nominated[1] = pair(receivers[0])
+        assert send(packet)
+        inbound = _session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        assert inbound.unprotect(receivers[0].recv(2048)) == packet
+        nominated[1] = pair(receivers[1])
+        dtls._tx_srtp = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)  # a new DTLS session
+        assert send(packet)
+        assert (
+            _session(pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect(receivers[1].recv(2048)) == packet
+        )
+        dtls._state = State.CLOSED
+        assert not send(packet)
+    finally:
+        for sock in [*receivers, local]:
+            sock.close()
 
 
 async def _pair() -> tuple[RTCPeerConnection, RTCPeerConnection]:

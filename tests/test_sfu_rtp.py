@@ -21,6 +21,7 @@ from sfu.rtp import (
     MID_URI,
     ExtensionIds,
     extension_block,
+    extension_template,
     parse_header,
     rewrite,
     seq_newer,
@@ -66,6 +67,28 @@ def test_parse_header_matches_aiortc() -> None:
     assert header.marker == bool(reference.marker)
     assert data[header.payload_start : header.payload_end] == reference.payload
     assert header.extensions[IDS.mid or 0] == b"0"
+
+
+@given(
+    mid_id=st.one_of(st.none(), st.integers(1, 14)),
+    ast_id=st.one_of(st.none(), st.integers(1, 14)),
+    level_id=st.one_of(st.none(), st.integers(1, 14)),
+    mid=st.binary(max_size=16),
+    ast=st.binary(min_size=3, max_size=3),
+    level=st.one_of(st.none(), st.binary(min_size=1, max_size=1)),
+)
+def test_extension_template_fills_to_the_same_block(
+    mid_id: int | None,
+    ast_id: int | None,
+    level_id: int | None,
+    mid: bytes,
+    ast: bytes,
+    level: bytes | None,
+) -> None:
+    ids = ExtensionIds(mid=mid_id, abs_send_time=ast_id, audio_level=level_id)
+    template = extension_template(ids, mid, audio_level=level is not None)
+    filled = template % {b"ast": ast, b"level": level or b""}
+    assert filled == extension_block(ids, mid, ast, level)
 
 
 def test_rewrite_is_read_by_aiortc_with_the_subscribers_ids() -> None:
