@@ -1,4 +1,5 @@
-"""The development link page: `/dev` mints a join link for any role, on a development node only.
+"""The development link page: `/dev` mints a join link for any role (an archivist's opens the
+archive), on a development node only.
 
 It exists only while the development IdP signs tokens (`node.dev_idp is not None`) and only for
 requests made from this machine; everywhere else every one of its paths answers the same JSON
@@ -146,10 +147,12 @@ async def mint_dev_link(request: web.Request) -> web.Response:
         ip=request.remote,
     )
     origin = f"{request.scheme}://{request.host}"
+    # An archivist never joins a room: their link opens the archive.
+    page = "/archive" if link.role == "archivist" else f"/join/{link.rooms[0]}"
     return web.json_response(
         {
             "token": token,
-            "link": f"{origin}/join/{link.rooms[0]}#token={token}",
+            "link": f"{origin}{page}#token={token}",
             "expires_at": expires_at,
         },
         status=201,

@@ -52,6 +52,19 @@ async def test_minted_link_joins_its_room(dev_node: RunningNode) -> None:
     assert {p["sub"] for p in joined["participants"]} == {"dr-dev"}
 
 
+async def test_an_archivists_link_opens_the_archive_and_lists_recordings(
+    dev_node: RunningNode,
+) -> None:
+    status, body = await mint(dev_node, {**LINK, "sub": "arch-1", "role": "archivist",
+                                         "depts": ["records"]})  # fmt: skip
+    assert status == 201
+    assert body["link"] == f"{dev_node.url}/archive#token={body['token']}"
+    session = await dev_node.session()
+    headers = {"Authorization": f"Bearer {body['token']}"}
+    async with session.get(dev_node.url + "/api/recordings", headers=headers) as response:
+        assert response.status == 200 and (await response.json())["recordings"] == []
+
+
 async def test_minted_link_is_audited_without_the_token(dev_node: RunningNode) -> None:
     _status, body = await mint(dev_node, {**LINK, "role": "nurse"})
     entries = list(iter_entries(dev_node.data_dir / "audit", action="dev_link_minted"))
