@@ -354,3 +354,45 @@ def test_a_case_the_recording_does_not_have_is_refused(
     with pytest.raises(ValueError, match="has 2 case"):
         export_recording(live_recording.directory, DATA_KEY, tmp_path / "x.webm", case=3,
                          public_key=live_recording.key.public_key())  # fmt: skip
+
+
+@needs_ffprobe
+async def test_an_h264_room_exports_to_matroska_that_plays(
+    tmp_path: Path, loopback_ice: None
+) -> None:
+    import asyncio
+
+    from aiortc.mediastreams import VideoStreamTrack
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from recorder.sink import RecordingSink
+    from sfu.ice import IceSettings
+    from sfu.room import MediaSettings
+    from tests.fixtures.media import MediaHarness
+    from tests.fixtures.servers import eventually
+
+    media = MediaHarness(
+        MediaSettings(video_codecs=("H264",), ice=IceSettings(host_addresses=("127.0.0.1",)))
+    )
+    await media.server.start()
+    key = Ed25519PrivateKey.generate()
+    sink = RecordingSink(tmp_path, "rec-h264", "mdt-1", DATA_KEY, key, record_everyone=True)
+    sink.start()
+    media.server.room("mdt-1").sinks.append(sink)
+    try:
+        await media.join("a", [VideoStreamTrack()])
+        b = await media.join("b", [])
+        await eventually(lambda: b.stats.frames("video") > 20, timeout=30)
+        await asyncio.sleep(1.0)
+    finally:
+        media.server.room("mdt-1").sinks.remove(sink)
+        await asyncio.to_thread(sink.stop)
+        await media.close()
+    out = tmp_path / "h264.mkv"
+    result = export_recording(tmp_path / "rec-h264", DATA_KEY, out, public_key=key.public_key())
+    assert result.container == "matroska"
+    (stream,) = ffprobe(out)["streams"]
+    assert stream["codec_name"] == "h264" and stream["width"] == 640
+    with av.open(str(out)) as container:
+        decoded = [f for _, f in zip(range(5), container.decode(video=0), strict=False)]
+    assert len(decoded) == 5 and decoded[0].width == 640
