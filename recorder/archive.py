@@ -48,6 +48,7 @@ from signaling.errors import ConfigError, Conflict, IntegrityError, NotFound
 
 from .keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
 from .manifest import (
+    IMAGES_STREAM,
     MANIFEST_NAME,
     RecordingManifest,
     SegmentEntry,
@@ -703,6 +704,26 @@ class Archive:
             public_key=self.public_key,
         )  # fmt: skip
 
+    def images(self, recording_id: str) -> builtins.list[tuple[dict[str, Any], bytes]]:
+        """The shared images stored with the recording: (metadata incl. `frame`, bytes) per
+        frame, in the order they were stored (a later copy of the same frame wins)."""
+        manifest = self.manifest(recording_id)
+        if not manifest.streams.get(IMAGES_STREAM):
+            return []
+        found: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = {}
+        for record in iter_packets(
+            self.recordings_dir / recording_id, self.data_key(recording_id), None,
+            public_key=self.public_key, without_track=IMAGES_STREAM,
+        ):  # fmt: skip
+            header, _, data = record.data.partition(b"\n")
+            try:
+                meta = json.loads(header)
+                key = (str(meta["image_id"]), int(meta["frame"]))
+            except (ValueError, KeyError, TypeError) as error:
+                raise IntegrityError(f"images record at {record.arrival_ms} ms: {error}") from None
+            found[key] = (meta, data)
+        return list(found.values())
+
 
 def _matches(
     summary: RecordingSummary,
@@ -856,7 +877,7 @@ class TrackStream:
     def _read_segment(self, index: int, offset: int, count: int) -> bytes:
         entry = self._segments[index]
         where = self._where(entry)
-        context = stream_context(self.recording_id, self.track_id, entry.number)
+        context = stream_context(self.recording_id, self.track_id, entry.number, self.stream)
         try:
             file = open(self._directory / segment_file_name(entry.number), "rb")
         except FileNotFoundError:

@@ -12,6 +12,7 @@ verifier list and hash each member without unpacking to disk. The media member i
     participants.json        the manifest's participants
     manifest.json            the recording's signed manifest, byte for byte as stored
     audit.json               the meeting's audit entries, as the caller took them from the log
+    images/<id>-frame<N>.png the shared images the annotations were drawn on, as stored
     bundle.json              the index, signed: every other member's SHA-256 and size
 
 `bundle.json` is signed with the node's Ed25519 audit key over its canonical JSON (sorted keys,
@@ -41,7 +42,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from signaling.errors import IntegrityError
 
 from .export import ExportResult, ProgressCallback, export_recording
-from .manifest import MANIFEST_NAME, load_manifest, read_manifest
+from .manifest import IMAGES_STREAM, MANIFEST_NAME, RecordingManifest, load_manifest, read_manifest
+from .verify import iter_packets
 
 BUNDLE_FORMAT = "consilium-evidence-bundle/1"
 """Names the bundle's layout; a verifier refuses any other."""
@@ -113,6 +115,25 @@ class BundleReport:
         return self
 
 
+def _image_members(
+    directory: Path, data_key: bytes, manifest: RecordingManifest
+) -> list[tuple[str, Path | bytes]]:
+    """The shared images stored with the recording, one member per frame (as stored)."""
+    if not manifest.streams.get(IMAGES_STREAM):
+        return []
+    found: dict[str, bytes] = {}
+    for record in iter_packets(directory, data_key, None, without_track=IMAGES_STREAM):
+        header, _, data = record.data.partition(b"\n")
+        try:
+            meta = json.loads(header)
+            extension = "jpg" if meta.get("media_type") == "image/jpeg" else "png"
+            name = f"images/{meta['image_id']}-frame{int(meta['frame'])}.{extension}"
+        except (ValueError, KeyError, TypeError) as error:
+            raise IntegrityError(f"images record at {record.arrival_ms} ms: {error}") from None
+        found[name] = data
+    return list(found.items())
+
+
 class _Stages:
     """One (done, total) progress over the export's records and then the bundle's members."""
 
@@ -172,7 +193,9 @@ def build_bundle(
             ("participants.json", _json_bytes([asdict(p) for p in manifest.participants])),
             (MANIFEST_NAME, manifest_raw),
             ("audit.json", _json_bytes(audit_entries)),
+            *_image_members(directory, data_key, manifest),
         ]
+        stages.members = len(members) + 1
         temp = out_path.with_name(f".{out_path.name}.partial")
         digests: dict[str, str] = {}
         listing: list[dict[str, Any]] = []

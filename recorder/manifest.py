@@ -12,8 +12,8 @@ On disk, per recording:
     <recording id>/manifest.json
     <recording id>/<stream>/<segment number, 6 digits>.seg
 
-where a stream is `track-<n>` (one per recorded track, in the order they appeared) or `events`
-(data-channel and meeting events). Each segment is the segment cipher's container
+where a stream is `track-<n>` (one per recorded track, in the order they appeared), `events`
+(data-channel and meeting events) or `images` (the shared images the annotations are drawn on). Each segment is the segment cipher's container
 (`recorder/segments.py`) under `segment_context(recording id, stream context, number)`; its
 plaintext is a sequence of records `arrival ms (u32, big-endian) || length (u32) || bytes`.
 """
@@ -45,6 +45,10 @@ MANIFEST_FORMAT = "consilium-recording/1"
 """Names the layout and record format; a reader refuses any other."""
 EVENTS_STREAM = "events"
 """The stream of data-channel (annotation, chat) and meeting events."""
+IMAGES_STREAM = "images"
+"""The stream of the shared images the annotations are drawn on: one record per frame, a JSON
+line (image id, frame, media type, title, size, pixel spacing) then the rendered image bytes."""
+STREAMS_WITHOUT_TRACK = (EVENTS_STREAM, IMAGES_STREAM)
 SEGMENT_SUFFIX = ".seg"
 """Ends every segment file's name."""
 
@@ -70,11 +74,13 @@ def segment_file_name(number: int) -> str:
     return f"{number:06d}{SEGMENT_SUFFIX}"
 
 
-def stream_context(recording_id: str, track_id: str | None, number: int) -> bytes:
-    """The segment cipher's context of one segment: recording id, the track id (None: the events
-    stream) and the segment's number, so a segment moved to another recording, track or
-    position fails its commitment check."""
-    name = EVENTS_STREAM if track_id is None else f"track:{track_id}"
+def stream_context(
+    recording_id: str, track_id: str | None, number: int, stream: str = EVENTS_STREAM
+) -> bytes:
+    """The segment cipher's context of one segment: recording id, the track id (None: the
+    stream without a track named by `stream`, events or images) and the segment's number, so a
+    segment moved to another recording, track, stream or position fails its commitment check."""
+    name = stream if track_id is None else f"track:{track_id}"
     return segment_context(recording_id, name, number)
 
 
@@ -242,10 +248,10 @@ class RecordingManifest:
         return next((t for t in self.tracks if t.track_id == track_id), None)
 
     def track_of_stream(self, stream: str) -> str | None:
-        """The track id recorded in `stream` (None for the events stream)."""
+        """The track id recorded in `stream` (None for the events and images streams)."""
         entry = next((t for t in self.tracks if t.stream == stream), None)
         if entry is None:
-            if stream == EVENTS_STREAM:
+            if stream in STREAMS_WITHOUT_TRACK:
                 return None
             raise IntegrityError(f"manifest lists stream {stream!r} but no track for it")
         return entry.track_id

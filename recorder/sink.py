@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .keyring import fsync_directory
 from .manifest import (
     EVENTS_STREAM,
+    IMAGES_STREAM,
     RECORD_HEADER,
     CaseMarker,
     ConsentRecord,
@@ -149,6 +150,13 @@ class _Track:
 
 
 @dataclass
+class _Stream_:
+    """A stream without a track (the images stream) appears."""
+
+    name: str
+
+
+@dataclass
 class _Meta:
     """A participant or a consent answer for the manifest."""
 
@@ -159,7 +167,7 @@ class _Stop:
     pass
 
 
-_Item = _Data | _Close | _Track | _Meta | _Stop
+_Item = _Data | _Close | _Track | _Stream_ | _Meta | _Stop
 
 
 class _HashingFile:
@@ -370,6 +378,26 @@ class RecordingSink:
         """Whether this participant's media goes into the recording now."""
         return self._record_everyone or participant_id in self._recorded
 
+    def add_image(self, meta: dict[str, Any], frames: list[bytes]) -> None:
+        """A shared image the meeting may draw on: each rendered frame into the images stream
+        (encrypted like the media), so the archive shows the shapes on what they were drawn
+        on. `meta` names it (`image_id`, `media_type`, `title`, `width`, `height`, ...)."""
+        if not self._running:
+            return
+        try:
+            stream = self._streams.get(IMAGES_STREAM)
+            if stream is None:
+                stream = self._streams[IMAGES_STREAM] = _Stream(IMAGES_STREAM)
+                self._put_control(_Stream_(IMAGES_STREAM))
+            now = self.now_ms()
+            for index, data in enumerate(frames):
+                header = json.dumps({**meta, "frame": index}, separators=(",", ":")).encode()
+                self._append(stream, now, header + b"\n" + data)
+            self._close([stream])
+            self.meeting_event("image_recorded", image_id=meta.get("image_id"), frames=len(frames))
+        except Exception:
+            self._fault("image")
+
     def mark_case(self, label: str) -> int:
         """Start case `label`: every open segment closes, so the case begins whole segments.
         Returns its time (ms since start); the manifest's new hash goes to the audit callback."""
@@ -517,6 +545,8 @@ class RecordingSink:
             self._manifest.streams[item.entry.stream] = []
             (self.directory / item.entry.stream).mkdir(mode=0o700)
             self.last_manifest_sha256 = self._write_manifest()
+        elif isinstance(item, _Stream_):
+            self._manifest.streams.setdefault(item.name, [])
         elif isinstance(item, _Meta):
             if isinstance(item.entry, RecordedParticipant):
                 known = {p.participant_id for p in self._manifest.participants}
@@ -559,7 +589,7 @@ class RecordingSink:
         path = directory / segment_file_name(number)
         out = _HashingFile(open(path, "xb"))  # closed in _close_segment
         track_id = self._manifest.track_of_stream(stream)
-        context = stream_context(self.recording_id, track_id, number)
+        context = stream_context(self.recording_id, track_id, number, stream)
         segment = _OpenSegment(number, path, out, open_segment_writer(out, self._data_key, context))
         self._open[stream] = segment
         return segment

@@ -159,7 +159,9 @@ def _verify_stream(
                 if other is not None
                 else ""
             )
-            detail = _decrypt_failure(ciphertext, data_key, manifest, track_id, entry.number)
+            detail = _decrypt_failure(
+                ciphertext, data_key, manifest, track_id, entry.number, stream
+            )
             report.problems.append(
                 f"{where}: SHA-256 does not match the manifest ({len(ciphertext)} bytes, "
                 f"{entry.size} listed){hint}{detail}"
@@ -167,7 +169,9 @@ def _verify_stream(
             continue
         try:
             records, first, last = _count_records(
-                ciphertext, data_key, stream_context(manifest.recording_id, track_id, entry.number)
+                ciphertext,
+                data_key,
+                stream_context(manifest.recording_id, track_id, entry.number, stream),
             )
         except IntegrityError as error:
             report.problems.append(f"{where}: does not decrypt: {error}")
@@ -189,11 +193,12 @@ def _decrypt_failure(
     manifest: RecordingManifest,
     track_id: str | None,
     number: int,
+    stream: str,
 ) -> str:
     """Why a file whose hash is wrong does not decrypt, if it does not (for the message)."""
     try:
         _count_records(
-            ciphertext, data_key, stream_context(manifest.recording_id, track_id, number)
+            ciphertext, data_key, stream_context(manifest.recording_id, track_id, number, stream)
         )
     except IntegrityError as error:
         return f"; it does not decrypt at this position: {error}"
@@ -227,8 +232,10 @@ def iter_packets(
     start_ms: int = 0,
     *,
     public_key: Ed25519PublicKey | None = None,
+    without_track: str = EVENTS_STREAM,
 ) -> Iterator[RecordedPacket]:
-    """A track's records from `start_ms` on (`track_id` None: the events stream).
+    """A track's records from `start_ms` on (`track_id` None: the stream `without_track`, the
+    events stream unless told the images stream).
 
     Starts at the first segment whose last record is at or after `start_ms`, chosen from the
     manifest (a bisection over a list of a few hundred entries per hour), so only that segment
@@ -241,7 +248,7 @@ def iter_packets(
     else:
         manifest = read_manifest(directory)[0]
     if track_id is None:
-        stream = EVENTS_STREAM
+        stream = without_track
     else:
         entry = manifest.track(track_id)
         if entry is None:
@@ -256,7 +263,7 @@ def iter_packets(
         else:
             high = middle
     for entry_ in segments[low:]:
-        context = stream_context(manifest.recording_id, track_id, entry_.number)
+        context = stream_context(manifest.recording_id, track_id, entry_.number, stream)
         with open(directory / stream / segment_file_name(entry_.number), "rb") as file:
             try:
                 for arrival, data in iter_records(open_segment_reader(file, data_key, context)):

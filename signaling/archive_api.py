@@ -18,6 +18,9 @@ remuxing) runs in worker threads; the event loop only moves bytes.
     GET    /api/recordings/{id}/annotations     play_recording   the sidecar JSON of that range
     GET    /api/recordings/{id}/export          export_recording the same file, as an attachment
     GET    /api/recordings/{id}/bundle          export_recording a signed evidence bundle (ZIP)
+    GET    /api/recordings/{id}/images          play_recording   the shared images stored with it
+    GET    /api/recordings/{id}/images/{image}/{frame}  play_recording  one frame, watermarked
+                                                                 for its viewer
 
 Exports are remuxed (never re-encoded) into a scratch folder that is memory, not disk, by
 default (`/dev/shm`; the `export_scratch_dir` setting), streamed to the caller, then deleted:
@@ -33,14 +36,13 @@ plaintext media is not written to the server's disks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,8 +58,9 @@ from recorder.roomkeys import rotate_kek
 from recorder.verify import verify_recording
 
 from .audit import AuditLog, iter_entries, parse_time
-from .errors import BadMessage
+from .errors import BadMessage, NotFound
 from .recording import recorder_audit
+from .watermark import Mark, watermark
 
 T = TypeVar("T")
 
@@ -88,12 +91,15 @@ class ArchiveService:
         kek_file: Path,
         audit_dir: Path,
         scratch_dir: Path,
+        watermark_key: bytes,
     ) -> None:
         self.audit = audit
         self.signing_key = signing_key
         self.kek_file = kek_file
         self.audit_dir = audit_dir
         self.scratch_dir = scratch_dir
+        self.watermark_key = watermark_key
+        """Marks every image served from the archive with its viewer, as in the live room."""
         """Where exports are assembled before they are streamed (memory by default)."""
         self.archive = Archive(
             recordings_dir,
@@ -152,6 +158,16 @@ class ArchiveService:
         except ValueError as exc:
             raise BadMessage(str(exc)) from None
         return scratch / name
+
+    def image(self, recording_id: str, image_id: str, frame: int, viewer: str) -> tuple[bytes, str]:
+        """One stored image frame, watermarked for `viewer`; `NotFound` if it was not stored."""
+        summary = self.archive.summary(recording_id)
+        for meta, data in self.archive.images(recording_id):
+            if meta.get("image_id") == image_id and meta.get("frame") == frame:
+                mark = Mark(viewer=viewer, room=summary.room_id,
+                            time=datetime.now(UTC).replace(microsecond=0))  # fmt: skip
+                return watermark(data, mark, self.watermark_key), str(meta.get("media_type"))
+        raise NotFound(f"recording {recording_id} holds no frame {frame} of image {image_id}")
 
     def bundle(self, recording_id: str, scratch: Path, case: int | None) -> Path:
         """Build the signed evidence bundle of a recording (or one case) in `scratch`."""
@@ -424,8 +440,9 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
             )  # fmt: skip
             return await send_file(request, path, media_type, attachment=what != "media")
         finally:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(shutil.rmtree, scratch)
+            # Synchronously (a folder in memory, quick): an await here could be cancelled when
+            # the client hangs up, and the plaintext export must not stay behind.
+            shutil.rmtree(scratch, ignore_errors=True)
 
     async def media(request: web.Request) -> web.StreamResponse:
         return await exported(request, "media")
@@ -438,6 +455,36 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def bundle(request: web.Request) -> web.StreamResponse:
         return await exported(request, "bundle")
+
+    async def list_recorded_images(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "play_recording")
+        recording_id = _recording_id(request)
+        stored = await service.run(service.archive.images, recording_id)
+        service.audit.append(
+            "recording_images_listed", "allow", sub=identity.sub, recording=recording_id,
+            count=len(stored),
+        )  # fmt: skip
+        return web.json_response({"images": [meta for meta, _ in stored]})
+
+    async def recorded_image(request: web.Request) -> web.Response:
+        service = request.app[ARCHIVE]
+        identity = await authenticate(request, "play_recording")
+        recording_id = _recording_id(request)
+        image_id = request.match_info["image_id"]
+        try:
+            frame = int(request.match_info["frame"])
+        except ValueError:
+            raise BadMessage("frame must be an integer") from None
+        body, media_type = await service.run(
+            service.image, recording_id, image_id, frame, identity.sub
+        )
+        service.audit.append(
+            "recording_image_viewed", "allow", sub=identity.sub, recording=recording_id,
+            image=image_id, frame=frame,
+        )  # fmt: skip
+        return web.Response(body=body, content_type=media_type,
+                            headers={"Cache-Control": "no-store"})  # fmt: skip
 
     async def hold(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
@@ -510,6 +557,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
     app.router.add_get("/api/recordings/{recording}/annotations", annotations)
     app.router.add_get("/api/recordings/{recording}/export", export)
     app.router.add_get("/api/recordings/{recording}/bundle", bundle)
+    app.router.add_get("/api/recordings/{recording}/images", list_recorded_images)
+    app.router.add_get("/api/recordings/{recording}/images/{image_id}/{frame}", recorded_image)
     app.router.add_post("/api/recordings/{recording}/hold", hold)
     app.router.add_delete("/api/recordings/{recording}/hold", release)
     app.router.add_post("/api/retention/run", run_retention)

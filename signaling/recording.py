@@ -72,6 +72,8 @@ Broadcast = Callable[[str, p.Message], Awaitable[None]]
 """Send a message to everyone in a room, on every node."""
 Notify = Callable[[str, p.Message], None]
 """Send a message to one participant, wherever their signalling connection is."""
+ImageFrames = Callable[[str, str | None], list[tuple[dict[str, Any], list[bytes]]]]
+"""A room's shared images (all, or the one named) as (metadata, rendered frames): blocking."""
 
 
 def recorder_audit(audit: AuditLog) -> AuditCallback:
@@ -106,6 +108,7 @@ class Recorder:
         settings: RecordingSettings | None = None,
         broadcast: Broadcast,
         notify: Notify,
+        images: ImageFrames | None = None,
     ) -> None:
         self.recordings_dir = recordings_dir
         self.keyring = keyring
@@ -116,6 +119,9 @@ class Recorder:
         self.settings = settings or RecordingSettings()
         self.broadcast = broadcast
         self.notify = notify
+        self.images = images
+        """The room's shared images, stored with a recording so the archive shows the shapes on
+        what they were drawn on."""
         self.rooms: dict[str, RoomRecording] = {}
         self.people: dict[str, RecordedParticipant] = {}
         """Everyone whose media this node hosts, by participant id."""
@@ -307,6 +313,9 @@ class Recorder:
             answer = state.answers.get(person.sub)
             if answer is not None:
                 sink.record_consent(replace(answer, participant_id=pid))
+        if self.images is not None:
+            for meta, frames in await asyncio.to_thread(self.images, state.room_id, None):
+                sink.add_image(meta, frames)
         self.media.room(state.room_id).sinks.append(sink)
         state.sink = sink
         state.started_at = utc_now()
@@ -363,6 +372,14 @@ class Recorder:
             notice_version=self.notice_version,
         )
         await self.broadcast(state.room_id, message)
+
+    async def image_shared(self, room_id: str, image_id: str) -> None:
+        """An image was shared while the room may be recording: store it with the recording."""
+        state = self.rooms.get(room_id)
+        if state is None or state.sink is None or self.images is None:
+            return
+        for meta, frames in await asyncio.to_thread(self.images, room_id, image_id):
+            state.sink.add_image(meta, frames)
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -137,6 +137,19 @@ def ice_settings(settings: Settings) -> IceSettings:
         raise ConfigError(f"ICE settings: {exc}") from None
 
 
+def _image_frames(
+    images: ImageStore, room_id: str, image_id: str | None
+) -> list[tuple[dict[str, Any], list[bytes]]]:
+    """A room's shared images (or one) as the recorder stores them: metadata and frames."""
+    found = []
+    for image in images.list(room_id):
+        if image_id is not None and image.image_id != image_id:
+            continue
+        frames = [images.frame(room_id, image.image_id, i)[0] for i in range(image.frames)]
+        found.append(({**image.to_wire(), "media_type": image.media_type}, frames))
+    return found
+
+
 def build_node(settings: Settings) -> Node:
     """Load keys, policy and state for one node (nothing listens yet)."""
     data_dir = settings.data_dir
@@ -212,6 +225,7 @@ def build_node(settings: Settings) -> Node:
             settings=RecordingSettings(segment_seconds=settings.recording_segment_seconds),
             broadcast=rooms.announce,
             notify=rooms.notify_message,
+            images=lambda room_id, image_id: _image_frames(images, room_id, image_id),
         )
     return Node(
         settings=settings,
@@ -689,6 +703,8 @@ async def share_image(request: web.Request) -> web.Response:
         burned_in_confirmed=record.burned_in_confirmed,
     )
     await node.rooms.announce(room_id, record.announcement())
+    if node.rooms.recorder is not None:
+        await node.rooms.recorder.image_shared(room_id, record.image_id)
     return web.json_response(record.to_wire(), status=201)
 
 
@@ -1101,6 +1117,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
         kek_path(settings.data_dir, settings.kek_file),
         settings.data_dir / "audit",
         settings.export_scratch(),
+        node.watermark_key,
     )
     register_archive(app, _authenticate, _json_body)
     add_dev_routes(app)

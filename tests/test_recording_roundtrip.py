@@ -74,6 +74,7 @@ async def record_meeting(node: RunningNode) -> tuple[str, float, float]:
         started = time.monotonic()
         await send(chair, "mark_case", label="case 1")
         await asyncio.sleep(2.5)
+        await share_ct(node, "dr-chair")  # shared while recording: stored with it
         await send(chair, "mark_case", label="case 2")
         marked = time.monotonic()
         await asyncio.sleep(2.5)
@@ -84,6 +85,32 @@ async def record_meeting(node: RunningNode) -> tuple[str, float, float]:
     finally:
         await chair.close()
         await onc.close()
+
+
+def ct_png() -> bytes:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (256, 256), 20)
+    ImageDraw.Draw(image).ellipse((64, 64, 192, 192), fill=210)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+async def share_ct(node: RunningNode, sub: str) -> str:
+    import aiohttp
+
+    session = await node.session()
+    form = aiohttp.FormData()
+    form.add_field("file", ct_png(), filename="ct.png", content_type="image/png")
+    headers = {"Authorization": f"Bearer {node.token(sub, 'chair')}"}
+    async with session.post(f"{node.url}/api/rooms/mdt-1/images", data=form,
+                            headers=headers) as response:  # fmt: skip
+        body = await response.json()
+        assert response.status == 201, body
+        return str(body["image_id"])
 
 
 def known_plaintext() -> list[bytes]:
@@ -129,12 +156,33 @@ async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
     case_s = float(info["format"]["duration"]) - float(info["format"]["start_time"])
     assert abs(case_s - case2_s) < 0.8, (case_s, case2_s)
 
+    # The shared image is stored with the recording and served watermarked for the archivist.
+    import aiohttp
+
+    from signaling.watermark import identify
+
+    assert node.node is not None
+    archivist = {"Authorization": f"Bearer {node.token('user-archivist', 'archivist', rooms=[])}"}
+    async with aiohttp.ClientSession(headers=archivist) as http:
+        async with http.get(f"{node.url}/api/recordings/{recording_id}/images") as response:
+            (stored,) = (await response.json())["images"]
+        image_url = f"{node.url}/api/recordings/{recording_id}/images/{stored['image_id']}/0"
+        async with http.get(image_url) as response:
+            assert response.status == 200 and response.content_type == "image/png"
+            served = await response.read()
+    mark = identify(served, node.node.watermark_key)
+    assert mark is not None and mark.viewer == "user-archivist" and mark.room == "mdt-1"
+
     bundle = tmp_path / "evidence.zip"
     status, out = await consilium(node, "archivist", "recordings", "bundle", recording_id,
                                   "--out", bundle)  # fmt: skip
     assert status == 0, out
     status, out = await consilium(node, "archivist", "recordings", "verify-bundle", bundle)
     assert status == 0 and "OK" in out, out
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as members:
+        assert f"images/{stored['image_id']}-frame0.png" in members.namelist()
     damaged = bytearray(bundle.read_bytes())
     damaged[len(damaged) // 2] ^= 0x40
     (tmp_path / "damaged.zip").write_bytes(bytes(damaged))

@@ -162,8 +162,9 @@ async def _until_loaded(tab: BrowserTab) -> None:
         raise AssertionError(f"{page['player']} {page['errors']} {tab.page_errors}") from None
 
 
-async def _board_pixels(tab: BrowserTab) -> int:
-    """How many pixels of the annotation board are in the arrow's colour."""
+async def _board_pixels(tab: BrowserTab, colour: tuple[int, int, int] | None = None) -> int:
+    """How many pixels of the annotation board are in the arrow's colour (or `colour`)."""
+    r, g, b = colour or ARROW_COLOUR
     return int(
         await tab.page.evaluate(
             f"""(() => {{
@@ -171,9 +172,9 @@ async def _board_pixels(tab: BrowserTab) -> int:
                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
                 let n = 0;
                 for (let i = 0; i < d.length; i += 4) {{
-                    if (Math.abs(d[i] - {ARROW_COLOUR[0]}) < 30 &&
-                        Math.abs(d[i + 1] - {ARROW_COLOUR[1]}) < 30 &&
-                        Math.abs(d[i + 2] - {ARROW_COLOUR[2]}) < 30) n++;
+                    if (Math.abs(d[i] - {r}) < 30 &&
+                        Math.abs(d[i + 1] - {g}) < 30 &&
+                        Math.abs(d[i + 2] - {b}) < 30) n++;
                 }}
                 return n;
             }})()"""
@@ -287,8 +288,11 @@ async def test_an_archivist_finds_plays_verifies_and_exports_a_recording(
     shown = (await _archive_state(tab))["shapes"][0]
     assert shown["id"] == ARROW["id"] and shown["color"] == "#ff8800"
     assert await _board_pixels(tab) > 50
+    # The shapes are drawn on the shared image itself, stored with the recording.
+    await tab.until("window.consiliumArchive.state().images.length === 1")
     caption = await tab.page.locator("#board-caption").inner_text()
-    assert "frame 1" in caption and "not kept in the archive" in caption
+    assert "frame 1" in caption and "not kept in the archive" not in caption
+    assert await _board_pixels(tab, (200, 200, 200)) > 500, "the CT's bright disc is drawn"
     await tab.page.evaluate("document.getElementById('archive-video').pause()")
     await tab.page.locator(".archive-player").scroll_into_view_if_needed()
     await screenshot(tab, "archive-playing")

@@ -5,8 +5,9 @@
 // Every request carries the archivist's bearer token; the token arrives in the fragment (never
 // in a request line, a server log or a Referer) and leaves the address bar as soon as it is read.
 // The media is fetched with that header and played from a blob: URL (the CSP allows
-// `media-src blob:`). The annotations refer to images shared in the meeting, which the archive
-// does not hold: their shapes are drawn on a neutral board beside the video, named by image.
+// `media-src blob:`). The annotations refer to images shared in the meeting; each image is
+// stored with the recording, and the shapes are drawn on it beside the video (on a neutral
+// board for a recording that holds no copy of the image).
 
 import { preferredLanguage, roleName, setLanguage, t } from "./i18n.js";
 import { applyOp, drawShape, shapeKey } from "./shapes.js";
@@ -48,6 +49,7 @@ const archive = {
   ops: [], // its annotation events (stamped op messages with offset_ms), in sequence order
   chat: [], // its chat messages: {seq, offset_ms, author, text, to}
   extents: new Map(), // "image/frame" → {width, height}: how much of the image the shapes span
+  images: new Map(), // "image/frame" → {bitmap, title}: the shared image stored with the recording
   timeMs: 0, // where the player is, ms from the range's start
   applied: [], // sequence numbers of the operations applied for timeMs
   shapes: new Map(), // shapeKey → shape, the state at timeMs
@@ -376,6 +378,7 @@ function clearPlayer() {
   archive.applied = [];
   archive.shapes = new Map();
   archive.boardImage = null;
+  archive.images = new Map();
 }
 
 /** Fetch the chosen range's media and annotations, and play them from the start. */
@@ -397,6 +400,7 @@ async function loadRange() {
     ]);
     if (generation !== loadGeneration) return;
     takeSidecar(sidecar, whole ?? sidecar);
+    loadImages(base, generation); // the board gets its images as they arrive
     mediaUrl = URL.createObjectURL(media);
     archive.player = {
       status: "ready",
@@ -419,6 +423,30 @@ async function loadRange() {
     fail(err);
   }
   render();
+}
+
+/** The shared images stored with the recording that the range's shapes are drawn on: each frame
+ * fetched (watermarked for this archivist), decoded, and used as the board's background. */
+async function loadImages(base, generation) {
+  try {
+    const { images } = await api(`${base}/images`);
+    const wanted = new Set(archive.ops.map((e) => `${e.image_id}/${e.frame}`));
+    for (const meta of images) {
+      const key = `${meta.image_id}/${meta.frame}`;
+      if (!wanted.has(key)) continue;
+      const path = `${base}/images/${encodeURIComponent(meta.image_id)}/${meta.frame}`;
+      const blob = await api(path, { raw: true }).then((r) => r.blob());
+      const bitmap = await createImageBitmap(blob);
+      if (generation !== loadGeneration) return;
+      archive.images.set(key, { bitmap, title: meta.title ?? "" });
+      archive.extents.set(key, { width: bitmap.width, height: bitmap.height });
+      board.dataset.drawn = "false";
+      drawBoard();
+    }
+  } catch (err) {
+    // Without the image the shapes still show, on the plain board; say why.
+    if (generation === loadGeneration) fail(err);
+  }
 }
 
 /** The stamped events of a sidecar, in sequence order, timed from `startMs` (the range's
@@ -489,9 +517,12 @@ function drawBoard() {
     board.setAttribute("aria-label", boardCaption.textContent);
     return;
   }
-  const extent = archive.extents.get(`${image.image_id}/${image.frame}`);
+  const key = `${image.image_id}/${image.frame}`;
+  const extent = archive.extents.get(key);
   const scale = Math.min(board.width / extent.width, board.height / extent.height);
   ctx.setTransform(scale, 0, 0, scale, 0, 0);
+  const stored = archive.images.get(key);
+  if (stored) ctx.drawImage(stored.bitmap, 0, 0);
   const shown = [...archive.shapes.values()].filter(
     (s) => s.image_id === image.image_id && s.frame === image.frame,
   );
@@ -500,7 +531,9 @@ function drawBoard() {
   const participants = archive.sidecar?.participants ?? [];
   const authors = [...new Set(shown.map((s) => named(participants, s.author)))].join(", ");
   const frame = image.frame + 1;
-  boardCaption.textContent = t("archive.board_caption", { image: image.image_id, frame });
+  boardCaption.textContent = stored
+    ? t("archive.board_caption_image", { image: image.image_id, title: stored.title, frame })
+    : t("archive.board_caption", { image: image.image_id, frame });
   const described = { image: image.image_id, count: shown.length, authors: authors || "–" };
   board.setAttribute("aria-label", t("archive.board_label", described));
 }
@@ -700,6 +733,7 @@ function snapshot() {
     ...archive,
     recordings: archive.recordings.map((r) => ({ ...r })),
     extents: Object.fromEntries(archive.extents),
+    images: [...archive.images.keys()],
     shapes: [...archive.shapes.values()],
     videoTime: video.currentTime,
     videoWidth: video.videoWidth,
