@@ -146,11 +146,7 @@ def export_recording(
     Raises `IntegrityError` if the manifest's signature or any segment in range fails, and
     `ValueError` for a case or range the recording does not have.
     """
-    manifest = load_manifest(directory, public_key)
-    if manifest.recording_id != directory.name:
-        raise IntegrityError(
-            f"manifest is of recording {manifest.recording_id}, found in directory {directory.name}"
-        )
+    manifest = _checked_manifest(directory, public_key)
     start, end = _export_range(manifest, case, start_ms, end_ms)
     tracks = [
         t for t in manifest.tracks if _in_range(manifest.streams.get(t.stream, []), start, end)
@@ -204,11 +200,7 @@ def export_annotations(
     """Only the sidecar JSON of a case or range (what `export_recording` writes beside the
     media), without touching the media streams; returns the number of annotation and chat
     events written. The events stream's segments in range are checked like an export's."""
-    manifest = load_manifest(directory, public_key)
-    if manifest.recording_id != directory.name:
-        raise IntegrityError(
-            f"manifest is of recording {manifest.recording_id}, found in directory {directory.name}"
-        )
+    manifest = _checked_manifest(directory, public_key)
     start, end = _export_range(manifest, case, start_ms, end_ms)
     events_only = RecordingManifest(
         manifest.recording_id, manifest.room_id, manifest.started,
@@ -218,6 +210,16 @@ def export_annotations(
     media_name = out_path.name.removesuffix(".annotations.json")
     return _write_sidecar(directory, data_key, manifest, start, end, case, Path(media_name),
                           out_path, _Progress(None, 0))  # fmt: skip
+
+
+def _checked_manifest(directory: Path, public_key: Ed25519PublicKey) -> RecordingManifest:
+    """The manifest in `directory`, its signature checked and naming that directory."""
+    manifest = load_manifest(directory, public_key)
+    if manifest.recording_id != directory.name:
+        raise IntegrityError(
+            f"manifest is of recording {manifest.recording_id}, found in directory {directory.name}"
+        )
+    return manifest
 
 
 class _Progress:

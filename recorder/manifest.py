@@ -13,9 +13,10 @@ On disk, per recording:
     <recording id>/<stream>/<segment number, 6 digits>.seg
 
 where a stream is `track-<n>` (one per recorded track, in the order they appeared), `events`
-(data-channel and meeting events) or `images` (the shared images the annotations are drawn on). Each segment is the segment cipher's container
-(`recorder/segments.py`) under `segment_context(recording id, stream context, number)`; its
-plaintext is a sequence of records `arrival ms (u32, big-endian) || length (u32) || bytes`.
+(data-channel and meeting events) or `images` (the shared images the annotations are drawn
+on). Each segment is the segment cipher's container (`recorder/segments.py`) under
+`segment_context(recording id, stream context, number)`; its plaintext is a sequence of
+records `arrival ms (u32, big-endian) || length (u32) || bytes`.
 """
 
 from __future__ import annotations
