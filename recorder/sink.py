@@ -312,14 +312,12 @@ class RecordingSink:
         if not self._running:
             return
         try:
+            if not (self._record_everyone or track.participant_id in self._recorded):
+                return  # no consent (not yet, or withdrawn): their media is left out
             stream = self._streams.get(track.track_id)
             if stream is None:
-                if not self._record_everyone and track.participant_id not in self._recorded:
-                    return  # no consent (yet): their media is left out
                 self.on_track(track)  # published before the recording started
                 stream = self._streams[track.track_id]
-            elif track.participant_id not in self._recorded and not self._record_everyone:
-                return  # consent withdrawn
             now = round((self._clock() - self._t0) * 1000)
             if now >= self._next_boundary:
                 self._boundary(now)

@@ -98,9 +98,9 @@ class ArchiveService:
         self.kek_file = kek_file
         self.audit_dir = audit_dir
         self.scratch_dir = scratch_dir
+        """Where exports are assembled before they are streamed (memory by default)."""
         self.watermark_key = watermark_key
         """Marks every image served from the archive with its viewer, as in the live room."""
-        """Where exports are assembled before they are streamed (memory by default)."""
         self.archive = Archive(
             recordings_dir,
             keyring,

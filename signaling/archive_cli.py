@@ -81,6 +81,13 @@ class Client:
         with self.open(method, path, body) as response:
             return json.loads(response.read())
 
+    def job(self, what: str, path: str, console: Console) -> Any:
+        """POST to a long server-side job (verify, retention, rotation) under a spinner; its
+        JSON answer."""
+        with _bar(console) as progress:
+            progress.add_task(what, total=None)
+            return self.json("POST", path)
+
     def download(self, path: str, out: Path, console: Console) -> int:
         """Stream a response to `out` (written to a temp file, renamed at the end) with a
         progress bar; returns the bytes written."""
@@ -153,9 +160,8 @@ def cmd_show(args: argparse.Namespace, client: Client, console: Console) -> int:
 
 def cmd_verify(args: argparse.Namespace, client: Client, console: Console) -> int:
     """Verify a recording on the server: every segment, the signature, the audit log."""
-    with _bar(console) as progress:
-        progress.add_task(f"verifying {args.recording}", total=None)
-        report = client.json("POST", f"/api/recordings/{_quote(args.recording)}/verify")
+    path = f"/api/recordings/{_quote(args.recording)}/verify"
+    report = client.job(f"verifying {args.recording}", path, console)
     if args.json:
         print(json.dumps(report))
     elif report["ok"]:
@@ -232,9 +238,7 @@ def cmd_release(args: argparse.Namespace, client: Client, console: Console) -> i
 
 def cmd_retention_run(args: argparse.Namespace, client: Client, console: Console) -> int:
     """Shred every recording whose retention has ended (not those under legal hold)."""
-    with _bar(console) as progress:
-        progress.add_task("applying retention", total=None)
-        shredded = client.json("POST", "/api/retention/run")["shredded"]
+    shredded = client.job("applying retention", "/api/retention/run", console)["shredded"]
     for recording_id in shredded:
         console.print(f"shredded: {recording_id}")
     console.print(f"{len(shredded)} recording(s) shredded")
@@ -243,9 +247,7 @@ def cmd_retention_run(args: argparse.Namespace, client: Client, console: Console
 
 def cmd_keys_rotate(args: argparse.Namespace, client: Client, console: Console) -> int:
     """Re-wrap every data key under a new key-encryption key (media untouched)."""
-    with _bar(console) as progress:
-        progress.add_task("re-wrapping data keys", total=None)
-        result = client.json("POST", "/api/keys/rotate")
+    result = client.job("re-wrapping data keys", "/api/keys/rotate", console)
     console.print(
         f"rotated: {result['old_kek_id']} -> {result['kek_id']}: {result['rewrapped']} re-wrapped, "
         f"{result['already_current']} already current"

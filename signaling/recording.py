@@ -320,7 +320,10 @@ class Recorder:
         state.sink = sink
         state.started_at = utc_now()
         state.cases = []
-        declined = sum(1 for pid in present if state.decision_of(self.people[pid].sub) != "granted")
+        declined = sum(
+            1 for pid in present
+            if pid in self.people and state.decision_of(self.people[pid].sub) != "granted"
+        )  # fmt: skip
         self.audit.append(
             "start_recording", "allow", sub=chair.sub, room=state.room_id,
             recording=recording_id, recording_class=recording_class,

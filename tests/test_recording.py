@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,22 +36,20 @@ from recorder.segments import (
 )
 from recorder.sink import RecordingSettings, RecordingSink
 from recorder.verify import RecordingIntegrityError, iter_packets, verify_recording
-from sfu.sinks import MediaSink, TrackInfo
-from tests.fixtures.recordings import AUDIO, MARKER, VIDEO, AuditRecorder, FakeClock, rtp_packet
+from sfu.sinks import TrackInfo
+from tests.fixtures import recordings
+from tests.fixtures.recordings import (
+    AUDIO,
+    MARKER,
+    VIDEO,
+    AuditRecorder,
+    FakeClock,
+    Recorded,
+    rtp_packet,
+)
 from tests.fixtures.servers import REPO
 
 DATA_KEY = bytes(range(32))
-
-
-@dataclass
-class Recorded:
-    """A finished recording made by `record`."""
-
-    directory: Path
-    key: Ed25519PrivateKey
-    sent: dict[str, list[tuple[int, bytes]]]
-    """Per track id: (ms since start, packet) as fed."""
-    audit: list[tuple[str, str, dict[str, object]]]
 
 
 def record(
@@ -64,39 +61,11 @@ def record(
     cases_at: tuple[float, ...] = (),
     settings: RecordingSettings | None = None,
 ) -> Recorded:
-    """Record `seconds` of a video (50 packets/s) and an audio track (20 ms packets) plus a chat
-    message every second, on a fake clock, with case markers at the given times."""
-    key = key or Ed25519PrivateKey.generate()
-    clock = FakeClock()
-    audit = AuditRecorder()
-    sink = RecordingSink(
-        recordings_dir, recording_id, "mdt-1", DATA_KEY, key,
-        audit=audit, settings=settings, clock=clock, record_everyone=True,
+    """`tests.fixtures.recordings.record` under this module's data key (a fresh node key)."""
+    return recordings.record(
+        recordings_dir, recording_id, DATA_KEY, key or Ed25519PrivateKey.generate(),
+        seconds=seconds, cases_at=cases_at, settings=settings,
     )  # fmt: skip
-    media_sink: MediaSink = sink
-    sink.start()
-    sent: dict[str, list[tuple[int, bytes]]] = {VIDEO.track_id: [], AUDIO.track_id: []}
-    media_sink.on_track(VIDEO)
-    media_sink.on_track(AUDIO)
-    pending_cases = list(cases_at)
-    for tick in range(int(seconds * 100)):  # 10 ms steps
-        clock.now = 1000.0 + tick / 100
-        ms = tick * 10
-        if pending_cases and ms >= pending_cases[0] * 1000:
-            sink.mark_case(f"case {len(cases_at) - len(pending_cases) + 1}")
-            pending_cases.pop(0)
-        if tick % 2 == 0:
-            packet = rtp_packet(tick // 2, tick * 900, 1111, 1100)
-            media_sink.on_rtp(VIDEO, packet, 0)
-            sent[VIDEO.track_id].append((ms, packet))
-            packet = rtp_packet(tick // 2, tick * 480, 2222, 120)
-            media_sink.on_rtp(AUDIO, packet, 0)
-            sent[AUDIO.track_id].append((ms, packet))
-        if tick % 100 == 0:
-            media_sink.on_data("mdt-1", "bob", "annotations", json.dumps({"chat": tick}))
-    media_sink.on_track_ended(VIDEO)
-    sink.stop()
-    return Recorded(recordings_dir / recording_id, key, sent, audit.calls)
 
 
 @pytest.fixture(scope="module")
