@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -409,11 +410,32 @@ async def create_room(request: web.Request) -> web.Response:
         raise BadMessage(f"grants are 'sub:<id>', 'dept:<name>' or 'org:<name>': {exc}") from None
     if len(body.title) > 200 or len(body.departments) > 32 or len(body.grants) > 256:
         raise BadMessage("room title, departments or grants over their bounds")
+    departments = body.departments or list(identity.depts)
+    # The scheduler must be allowed into the room it schedules, by the join's own rule: the
+    # token grants this room id (a server-made id is new, so nobody else's), and the room
+    # shares one of the scheduler's departments. The body's cross-department grants are for
+    # the guests, not the scheduler: a chair cannot grant themselves another department.
+    scheduler = identity
+    if body.room_id is None:
+        scheduler = dataclasses.replace(identity, rooms=(*identity.rooms, room_id))
+    scope = RoomScope(room_id=room_id, departments=tuple(departments))
+    decision = node.policy.decide(scheduler, "join_room", scope)
+    if not decision:
+        node.audit.append(
+            "api_refused",
+            "deny",
+            sub=identity.sub,
+            room=room_id,
+            reason=decision.reason,
+            requested="schedule_room",
+            path=scrub(request.path)[:200],
+        )
+        raise PolicyDenied(f"you may not schedule this room: {decision.reason}")
     if await node.store.count_rooms() >= node.settings.max_scheduled_rooms:
         raise RateLimited("too many rooms are scheduled")
     room = RoomRecord(
         room_id=room_id,
-        departments=body.departments or list(identity.depts),
+        departments=departments,
         lobby=body.lobby,
         title=body.title,
         grants=body.grants,
@@ -442,6 +464,15 @@ async def get_room(request: web.Request) -> web.Response:
     room = await node.store.get_room(room_id)
     decision = node.policy.decide(identity, "join_room", room_scope(room, room_id))
     if not decision:
+        node.audit.append(
+            "api_refused",
+            "deny",
+            sub=identity.sub,
+            room=scrub(room_id)[:64],
+            reason=decision.reason,
+            requested="join_room",
+            path=scrub(request.path)[:200],
+        )
         raise PolicyDenied(decision.reason)
     if room is None:
         raise NotFound("no such room")
@@ -574,15 +605,34 @@ _MULTIPART_OVERHEAD = 64 * 1024
 
 
 async def _room_participant(
-    request: web.Request, action: str | None
+    request: web.Request, action: str
 ) -> tuple[Identity, str, ParticipantRecord]:
-    """The caller, the room and the caller's participant record: only a current (joined, not
-    waiting) participant of the room gets through, and only if allowed `action` there."""
+    """The caller, the room and the caller's participant record, for every image route.
+
+    Decided as the join is, on this request's token (not on who joined): revocation, role,
+    second factor, the token's room grant and the room's departments and grants must all allow
+    `join_room` in this room, and `action` too when it is another action; then only a current
+    (joined, not waiting) participant of the room gets through. Every refusal is audited.
+    """
     node = request.app[NODE]
     identity = await _authenticate(request, None)
     room_id = request.match_info["room"]
     if not p.valid_room_id(room_id):
         raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
+    scope = room_scope(await node.store.get_room(room_id), room_id)
+    for needed in dict.fromkeys(("join_room", action)):
+        decision = node.policy.decide(identity, needed, scope)
+        if not decision:
+            node.audit.append(
+                "api_refused",
+                "deny",
+                sub=identity.sub,
+                room=room_id,
+                reason=decision.reason,
+                requested=needed,
+                path=scrub(request.path)[:200],
+            )
+            raise PolicyDenied(decision.reason)
     participant = await node.rooms.current_participant(room_id, identity.sub)
     if participant is None:
         node.audit.append(
@@ -594,20 +644,6 @@ async def _room_participant(
             path=scrub(request.path)[:200],
         )
         raise PolicyDenied("only the room's current participants may do this")
-    if action is not None:
-        room = await node.store.get_room(room_id)
-        decision = node.policy.decide(identity, action, room_scope(room, room_id))
-        if not decision:
-            node.audit.append(
-                "api_refused",
-                "deny",
-                sub=identity.sub,
-                room=room_id,
-                reason=decision.reason,
-                requested=action,
-                path=scrub(request.path)[:200],
-            )
-            raise PolicyDenied(decision.reason)
     return identity, room_id, participant
 
 
@@ -711,7 +747,7 @@ async def share_image(request: web.Request) -> web.Response:
 async def list_images(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
     node = request.app[NODE]
-    _identity, room_id, _participant = await _room_participant(request, None)
+    _identity, room_id, _participant = await _room_participant(request, "join_room")
     images = await asyncio.to_thread(node.images.list, room_id)  # the first call reads disk
     return web.json_response({"images": [image.to_wire() for image in images]})
 
@@ -727,7 +763,7 @@ async def get_image(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images/{image_id}?frame=N[&purpose=export]`: one frame,
     watermarked for this viewer (participants); every fetch is audited."""
     node = request.app[NODE]
-    identity, room_id, participant = await _room_participant(request, None)
+    identity, room_id, participant = await _room_participant(request, "join_room")
     image_id = request.match_info["image_id"]
     try:
         index = int(request.query.get("frame", "0"))
