@@ -28,6 +28,7 @@ from signaling.audit import AuditEntry, iter_entries
 from signaling.deidentify import BurnedInAnnotation, UnsupportedImage
 from signaling.images import ImageStore, TooManyImages, room_uid_secret
 from signaling.server import build_node, delete_expired_annotations, delete_expired_images
+from signaling.state import Revocation
 from signaling.watermark import identify, load_or_create_watermark_key
 from tests.fixtures.servers import (
     RunningNode,
@@ -362,6 +363,65 @@ async def test_only_current_participants_see_the_images(node: RunningNode) -> No
         assert anonymous.status == 401
         assert (await anonymous.json())["error"] == "not_authenticated"
     assert any(e.reason == "not_a_participant" for e in audit(node, "api_refused"))
+
+
+# The same `sub` as a participant who is in the room, on a token the join would refuse.
+SAME_SUB_REFUSED = {
+    "no_role": ({"role": ""}, "unknown_role"),
+    "no_room_grant": ({"rooms": []}, "room_not_granted"),
+    "another_room_only": ({"rooms": ["mdt-2"]}, "room_not_granted"),
+    "no_second_factor": ({"amr": ["pwd"]}, "mfa_required"),
+    "another_department": ({"depts": ["oncology"]}, "department_not_permitted"),
+    "archivist": ({"role": "archivist"}, "separation_of_duties"),
+    "admin": ({"role": "admin"}, "separation_of_duties"),
+    "auditor": ({"role": "auditor"}, "separation_of_duties"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_SUB_REFUSED))
+async def test_every_image_route_decides_like_the_join(node: RunningNode, case: str) -> None:
+    """Being in the room is not enough: each request's own token must pass the join's policy
+    check (role, second factor, room grant, department), or it is refused and audited."""
+    await meeting(node)
+    _, body = await upload(node, "dr-heart", jpeg_photo())
+    changes, reason = SAME_SUB_REFUSED[case]
+    claims: dict[str, Any] = {"rooms": ["mdt-1"], "role": "specialist", **changes}
+    role = claims.pop("role")
+    headers = bearer(node, "dr-heart", role, **claims)
+    session = await node.session()
+    base = f"{node.url}/api/rooms/mdt-1/images"
+    requests = [
+        session.get(base, headers=headers),
+        session.get(f"{base}/{body['image_id']}", headers=headers),
+        session.post(base, data=upload_form(jpeg_photo()), headers=headers),
+    ]
+    for request in requests:
+        async with request as response:
+            assert response.status == 403, (case, response.url)
+            assert response.content_type == "application/json"
+            refusal = await response.json()
+            assert refusal["error"] == "not_allowed" and "images" not in refusal
+    refused = [e for e in audit(node, "api_refused") if e.sub == "dr-heart"]
+    assert len(refused) == 3 and all(e.reason.startswith(reason) for e in refused), refused
+    assert all(e.room == "mdt-1" for e in refused)
+    assert audit(node, "image_viewed") == [] and len(audit(node, "image_shared")) == 1
+
+
+async def test_a_revoked_token_of_a_participant_reads_no_image(node: RunningNode) -> None:
+    await meeting(node)
+    _, body = await upload(node, "dr-heart", jpeg_photo())
+    token = node.token("dr-heart", "specialist")
+    assert node.node is not None
+    identity = await node.node.verifier.verify(token)
+    revocation = Revocation("jti", identity.jti, "lost laptop", "it-admin", time.time())
+    await node.node.store.revoke(revocation)
+    session = await node.session()
+    async with session.get(
+        f"{node.url}/api/rooms/mdt-1/images/{body['image_id']}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        assert response.status == 401 and (await response.json())["error"] == "not_authenticated"
+    assert any(e.reason == "revoked_jti" for e in audit(node, "api_refused"))
 
 
 async def test_a_participant_waiting_in_the_lobby_cannot_fetch(node: RunningNode) -> None:
