@@ -12,8 +12,10 @@ What the log cannot show by itself: someone with write access who removes the ne
 SIEM) closes that gap.
 
 Entries hold identifiers (sub, room, jti, reason), never tokens or names: `AuditLog.append`
-refuses such field names, and string values that look like a JWT. There is no way to delete an
-entry through this module.
+refuses field names for secrets and names (a programming error), and replaces anything in a value
+that looks like a JWT with `TOKEN_MARK`. A value comes from users (a path, a room id, a reason), so
+the writer never fails on what they typed: an action is never left in force without its entry,
+and a refusal is never answered 500. There is no way to delete an entry through this module.
 """
 
 from __future__ import annotations
@@ -75,8 +77,11 @@ _ENTRY_KEYS = frozenset(
 _CHECKPOINT_KEYS = frozenset({"count", "head", "ts", "sig"})
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+TOKEN_MARK = "<token>"
+"""What a JWT-shaped part of a value is replaced with (the same mark as the server's logs)."""
 # A JWT's header (and usually its payload) is base64url of '{"...', which always begins "eyJ".
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*")
+# Two dot-separated parts are enough to count: a token cut short is still a token.
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){1,2}")
 # Log files are readable by the service's group so an auditor can verify without write access.
 _FILE_MODE = 0o640
 _DIRECTORY_MODE = 0o750
@@ -259,12 +264,13 @@ class AuditLog:
         """Append one entry and return it. Thread-safe; written and flushed before returning.
 
         `fields` are further identifiers (jti, role, dept, node, ip, participant id) with
-        JSON values. Raises `ValueError` for a field named like a secret or a name (see
-        `FORBIDDEN_FIELDS`), a value that looks like a JWT, or an unknown outcome; `TypeError`
-        for a value JSON cannot carry unchanged.
+        JSON values. Anything in `sub`, `room`, `reason` or a value that looks like a JWT is
+        written as `TOKEN_MARK`. Raises `ValueError` for a field named like a secret or a name
+        (see `FORBIDDEN_FIELDS`) or an unknown outcome, and `TypeError` for a value JSON cannot
+        carry unchanged: errors in the caller's code, never in what a user sent.
         """
         # Called on every join: keep this to two json.dumps, one sha256 and one write(2).
-        _check_entry(action, outcome, sub, room, reason, fields)
+        sub, room, reason, fields = _check_entry(action, outcome, sub, room, reason, fields)
         with self._mutex:
             if self._closed:
                 raise ValueError("audit log is closed")
@@ -667,20 +673,20 @@ def _check_entry(
     room: str | None,
     reason: str | None,
     fields: dict[str, Any],
-) -> None:
-    """Refuse what must never reach the log, before anything is written."""
+) -> tuple[str | None, str | None, str | None, dict[str, Any]]:
+    """Refuse what the caller must never ask the log to hold, before anything is written;
+    return sub, room, reason and fields with anything token-shaped replaced."""
     if not isinstance(action, str) or not action:
         raise ValueError("audit action must be a non-empty string")
     if outcome not in OUTCOMES:
         raise ValueError(f"audit outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
     for label, text in (("sub", sub), ("room", room), ("reason", reason)):
-        if text is not None:
-            if not isinstance(text, str):
-                raise TypeError(f"audit {label} must be a string or None")
-            _check_text(text, label)
-    for key, value in fields.items():
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"audit {label} must be a string or None")
+    cleaned = {key: _clean_value(value, key) for key, value in fields.items()}
+    for key in fields:
         _check_field_name(key, key)
-        _check_value(value, key)
+    return _scrub_text(sub), _scrub_text(room), _scrub_text(reason), cleaned
 
 
 def _check_field_name(key: str, where: str) -> None:
@@ -688,31 +694,34 @@ def _check_field_name(key: str, where: str) -> None:
         raise ValueError(f"audit field {where!r} is refused: tokens and names are never logged")
 
 
-def _check_text(text: str, where: str) -> None:
-    if "eyJ" in text and _JWT_LIKE.search(text):
-        raise ValueError(f"audit value {where!r} looks like a JWT; tokens are never logged")
+def _scrub_text(text: str | None) -> str | None:
+    if text is None or "eyJ" not in text:
+        return text
+    return _JWT_LIKE.sub(TOKEN_MARK, text)
 
 
-def _check_value(value: Any, where: str) -> None:
-    """Accept only values that survive a JSON round trip unchanged, so hashes re-verify."""
+def _clean_value(value: Any, where: str) -> Any:
+    """The value with token-shaped text replaced; refuses (TypeError, ValueError) a value that
+    would not survive a JSON round trip unchanged, so hashes re-verify."""
     if value is None or isinstance(value, bool | int):
-        return
+        return value
     if isinstance(value, str):
-        _check_text(value, where)
-    elif isinstance(value, float):
+        return _scrub_text(value)
+    if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"audit field {where!r} is not a finite number")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_value(item, f"{where}[{index}]")
-    elif isinstance(value, dict):
+        return value
+    if isinstance(value, list | tuple):
+        return [_clean_value(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        cleaned: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"audit field {where!r} has a non-string key {key!r}")
             _check_field_name(key, f"{where}.{key}")
-            _check_value(item, f"{where}.{key}")
-    else:
-        raise TypeError(f"audit field {where!r} has type {type(value).__name__}, not JSON")
+            cleaned[_scrub_text(key) or key] = _clean_value(item, f"{where}.{key}")
+        return cleaned
+    raise TypeError(f"audit field {where!r} has type {type(value).__name__}, not JSON")
 
 
 def _entry_hash(entry: AuditEntry) -> str:

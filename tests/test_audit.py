@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from signaling.audit import (
     CHECKPOINTS_FILE,
     GENESIS_HASH,
+    TOKEN_MARK,
     AuditLog,
     generate_audit_key,
     iter_entries,
@@ -411,13 +412,23 @@ def test_nested_name_field_is_refused(audit_dir: Path) -> None:
         log.append("join", participant={"id": "p1", "patient_name": "Jane Doe"})
 
 
-def test_jwt_in_a_value_is_refused(audit_dir: Path) -> None:
+def test_jwt_in_a_value_is_written_as_a_mark_never_refused(audit_dir: Path) -> None:
+    """Values come from users: the writer replaces a token, it never fails on one."""
     jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJkci1saSJ9.c2lnbmF0dXJl"
+    cut_short = "eyJhbGciOiJI.eyJzdWIi"  # two parts are still a token
     with AuditLog(audit_dir, KEY) as log:
-        with pytest.raises(ValueError, match="JWT"):
-            log.append("join_refused", "deny", reason=f"bad token {jwt}")
-        with pytest.raises(ValueError, match="JWT"):
-            log.append("join_refused", "deny", header=jwt)
+        log.append("join_refused", "deny", reason=f"bad token {jwt} here", room=cut_short)
+        log.append("revoke", "allow", sub=cut_short, header=jwt,
+                   filters={"room": [jwt]}, path=f"/api/rooms/{cut_short}/images")  # fmt: skip
+    first, second = iter_entries(audit_dir)
+    assert first.reason == f"bad token {TOKEN_MARK} here" and first.room == TOKEN_MARK
+    assert second.sub == TOKEN_MARK and second.fields == {
+        "header": TOKEN_MARK,
+        "filters": {"room": [TOKEN_MARK]},
+        "path": f"/api/rooms/{TOKEN_MARK}/images",
+    }
+    assert b"eyJ" not in segment(audit_dir).read_bytes()
+    assert verify_log(audit_dir, PUBLIC_KEY).ok
 
 
 def test_values_json_cannot_carry_are_refused(audit_dir: Path) -> None:
