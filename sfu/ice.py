@@ -8,7 +8,9 @@ undone by `uninstall()`, are the names in `_PATCHES`:
 1. `aioice.ice.get_host_addresses`, which `Connection.gather_candidates` looks up as a module
    global at each call, is replaced by one that returns the configured addresses. aioice's own
    function asks ifaddr for every interface and skips 127.0.0.1, which loopback tests and
-   single-host setups need; with addresses configured, ifaddr is never called.
+   single-host setups need; with addresses configured, ifaddr is never called. With none
+   configured, aioice's list is used, with 127.0.0.1 added when the node listens on loopback
+   only or the host has no other interface (`IceSettings.loopback`).
 
 2. The UDP port range. aioice binds each host candidate in `Connection.get_component_candidates`
    with `loop.create_datagram_endpoint(..., local_addr=(address, 0))` and has no setting for the
@@ -70,6 +72,10 @@ from aiortc import RTCIceServer
 
 logger = logging.getLogger(__name__)
 
+LOOPBACK = "127.0.0.1"
+"""The loopback address host candidates are gathered on when `IceSettings.loopback` asks, or when
+the host has no other interface."""
+
 STUN_SCHEMES = ("stun", "stuns")
 TURN_SCHEMES = ("turn", "turns")
 
@@ -87,7 +93,12 @@ class IceSettings:
 
     host_addresses: tuple[str, ...] = ()
     """IP addresses to gather host candidates on; empty: every non-loopback interface (aioice's
-    choice). Loopback ("127.0.0.1", "::1") is allowed, for tests and single-host setups."""
+    choice), plus loopback as `loopback` says. Loopback ("127.0.0.1", "::1") is allowed here, for
+    tests and single-host setups."""
+    loopback: bool = False
+    """With `host_addresses` empty, gather on 127.0.0.1 too: for a node that listens on loopback
+    only, whose browsers are on the same host. Loopback is gathered anyway when the host has no
+    other interface, since it is then the only way media can connect."""
     port_min: int = 0
     """Lowest UDP port for host candidates; 0 with `port_max` 0: any ephemeral port."""
     port_max: int = 0
@@ -247,9 +258,20 @@ _wrapped_loops: dict[asyncio.AbstractEventLoop, int] = {}
 
 
 def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    """Stand-in for `aioice.ice.get_host_addresses`: the configured addresses, without ifaddr."""
-    if _settings is None or not _settings.host_addresses:
+    """Stand-in for `aioice.ice.get_host_addresses`: the configured addresses, without ifaddr.
+
+    With none configured: aioice's choice (every interface but loopback), then 127.0.0.1 when
+    the settings ask for loopback or aioice found nothing. Without that, a node on a host with
+    only loopback (the quickstart's `consilium serve` in a container or a lab VM) offers no
+    candidate at all and media never connects, with nothing said anywhere.
+    """
+    if _settings is None:
         return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    if not _settings.host_addresses:
+        addresses = _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        if use_ipv4 and (_settings.loopback or not addresses) and LOOPBACK not in addresses:
+            addresses.append(LOOPBACK)
+        return addresses
     return [
         address
         for address in _settings.host_addresses

@@ -127,6 +127,8 @@ def ice_settings(settings: Settings) -> IceSettings:
     try:
         return IceSettings(
             host_addresses=tuple(settings.ice_host_addresses),
+            # Browsers of a loopback-only node are on this host: loopback candidates reach them.
+            loopback=is_loopback(settings.host),
             port_min=settings.ice_port_min,
             port_max=settings.ice_port_max,
             stun_urls=tuple(settings.stun_urls),

@@ -95,7 +95,8 @@ class Settings:
     video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264"])
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
     ice_host_addresses: list[str] = field(default_factory=list)
-    """Addresses the SFU gathers ICE host candidates on; empty: every non-loopback interface."""
+    """Addresses the SFU gathers ICE host candidates on; empty: every non-loopback interface,
+    and 127.0.0.1 too when `host` is a loopback address or the host has no other interface."""
     ice_port_min: int = 0
     """Lowest UDP port for media (0 with ice_port_max 0: any free port)."""
     ice_port_max: int = 0

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import inspect
 import logging
+import pathlib
 import random
 import socket
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import aioice
 import aioice.ice
 import aiortc.rtcicetransport
+import ifaddr
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
@@ -32,6 +34,8 @@ from sfu.ice import (
     turn_credentials,
     uninstall,
 )
+from signaling.server import ice_settings
+from signaling.settings import Settings
 
 # Taken at import, before any test installs anything.
 AIOICE_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
@@ -156,9 +160,54 @@ def test_configured_host_addresses_follow_aioice_ip_version_flags() -> None:
     assert aioice.ice.get_host_addresses(use_ipv4=False, use_ipv6=True) == ["::1"]
 
 
-def test_without_configured_addresses_aioice_chooses_the_interfaces() -> None:
+def adapters(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
+    """The host's interfaces as ifaddr reports them: `lo` (127.0.0.1) and one per address."""
+    found = [ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo")])]
+    for i, address in enumerate(addresses):
+        found.append(ifaddr.Adapter(f"eth{i}", f"eth{i}", [ifaddr.IP(address, 24, f"eth{i}")]))
+    monkeypatch.setattr(aioice.ice.ifaddr, "get_adapters", lambda: found)
+
+
+def test_without_configured_addresses_aioice_chooses_the_interfaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapters(monkeypatch, "10.20.30.40")
     install(IceSettings())
-    assert aioice.ice.get_host_addresses(True, True) == AIOICE_GET_HOST_ADDRESSES(True, True)
+    assert aioice.ice.get_host_addresses(True, True) == ["10.20.30.40"]
+    assert AIOICE_GET_HOST_ADDRESSES(True, True) == ["10.20.30.40"]
+
+
+def test_a_node_listening_on_loopback_also_gathers_on_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapters(monkeypatch, "10.20.30.40")
+    install(IceSettings(loopback=True))
+    assert aioice.ice.get_host_addresses(True, True) == ["10.20.30.40", "127.0.0.1"]
+
+
+async def test_a_host_with_only_loopback_gathers_on_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aioice alone offers nothing here, and media could never connect.
+    adapters(monkeypatch)
+    assert AIOICE_GET_HOST_ADDRESSES(True, True) == []
+    install(IceSettings())
+    connection = await gathered(ice_controlling=True)
+    try:
+        assert [(c.host, c.type) for c in connection.local_candidates] == [("127.0.0.1", "host")]
+    finally:
+        await connection.close()
+
+
+def test_the_node_asks_for_loopback_candidates_when_it_listens_on_loopback(
+    tmp_path: pathlib.Path,
+) -> None:
+    local = Settings(host="127.0.0.1", data_dir=tmp_path)
+    assert ice_settings(local).loopback
+    everywhere = Settings(
+        host="0.0.0.0", data_dir=tmp_path, tls_cert=tmp_path / "c", tls_key=tmp_path / "k"
+    )
+    assert not ice_settings(everywhere).loopback
 
 
 async def test_configured_addresses_never_ask_ifaddr(monkeypatch: pytest.MonkeyPatch) -> None:
