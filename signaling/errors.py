@@ -96,6 +96,14 @@ class RateLimited(ConsiliumError):
     http_status = 429
 
 
+class Unavailable(ConsiliumError):
+    """A service the request needs (the shared state, Redis) is out of reach for now: retry."""
+
+    code = "unavailable"
+    close_code = 4500
+    http_status = 503
+
+
 class ServerError(ConsiliumError):
     """An unexpected failure on our side; details are logged, not sent."""
 

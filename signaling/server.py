@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import BodyPartReader, WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from recorder.diskspace import MIB, DiskSpace
 from recorder.recovery import recover_interrupted
 from recorder.roomkeys import RoomKeys, kek_path, open_keyring
 from recorder.sink import RecordingSettings
@@ -31,7 +32,7 @@ from . import protocol as p
 from .archive_api import ARCHIVE, ArchiveService, retention_settings
 from .archive_api import register as register_archive
 from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
-from .connection import Connection, ConsiliumWebSocket
+from .connection import CLOSE_HANDSHAKE_S, Connection, ConsiliumWebSocket, limit_send_buffer
 from .deidentify import ImageLimits, ImageTooLarge
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from .devpage import add_dev_routes
@@ -41,15 +42,18 @@ from .errors import (
     ConfigError,
     Conflict,
     ConsiliumError,
+    IntegrityError,
     NotFound,
     PayloadTooLarge,
     PolicyDenied,
     RateLimited,
     ServerError,
     TimedOut,
+    Unavailable,
 )
 from .identity import Identity
 from .images import ImageStore, SharedImage
+from .imageworker import ImageWorkers
 from .logs import scrub
 from .policy import Policy, RoomScope
 from .ratelimit import TokenBucket, WindowCounter
@@ -100,6 +104,8 @@ class Node:
     """Key of the invisible mark every served image carries."""
     image_slots: asyncio.Semaphore
     """Bounds the image work (de-identify, render, watermark) running at once."""
+    image_workers: ImageWorkers
+    """The memory-capped processes that decode uploads (a decompression bomb fails there)."""
     audit_key: Ed25519PrivateKey
     """The node's Ed25519 key: signs the audit log's checkpoints and recording manifests."""
     pending: int = 0
@@ -229,6 +235,7 @@ def build_node(settings: Settings) -> Node:
             broadcast=rooms.announce,
             notify=rooms.notify_message,
             images=lambda room_id, image_id: _image_frames(images, room_id, image_id),
+            disk=DiskSpace(settings.disk_reserve_mb * MIB),
         )
     return Node(
         settings=settings,
@@ -244,6 +251,7 @@ def build_node(settings: Settings) -> Node:
         images=images,
         watermark_key=load_or_create_watermark_key(data_dir),
         image_slots=asyncio.Semaphore(settings.image_workers),
+        image_workers=ImageWorkers(settings.image_workers),
         audit_key=audit_key,
     )
 
@@ -260,6 +268,13 @@ async def errors_and_headers(
         response = await handler(request)
     except ConsiliumError as exc:
         response = web.json_response(exc.to_json(), status=exc.http_status)
+    except IntegrityError as exc:
+        # Stored data failed its check (a manifest signed by another key, a damaged file):
+        # say what failed, as `verify` would, rather than "internal error".
+        log.warning("stored data failed verification", extra={"path": scrub(request.path)})
+        response = web.json_response(
+            {"error": "integrity_failed", "message": str(exc)[:500]}, status=409
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -369,6 +384,23 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the node can take joins now: started, and its shared state (Redis) answers;
+    503 otherwise (a load balancer stops sending new clients; `/healthz` says it is alive)."""
+    node = request.app[NODE]
+    state_ok = node.ready and await node.store.ping()
+    ready = node.ready and state_ok
+    return web.json_response(
+        {
+            "status": "ready" if ready else "not_ready",
+            "node": node.settings.node_id,
+            "started": node.ready,
+            "shared_state": "ok" if state_ok else "unreachable",
+        },
+        status=200 if ready else 503,
+    )
+
+
 async def api_info(request: web.Request) -> web.Response:
     """Public facts a client needs before it has a token."""
     node = request.app[NODE]
@@ -458,8 +490,10 @@ async def create_room(request: web.Request) -> web.Response:
     return web.json_response(msgspec.to_builtins(room_state(room)), status=201)
 
 
-async def get_room(request: web.Request) -> web.Response:
-    """A room's settings and who is in it, for someone whose token grants the room."""
+async def _may_join(request: web.Request) -> tuple[str, RoomRecord | None]:
+    """The room id and record of a `/api/rooms/{room}` route, once the caller's token may join
+    it, decided as the join is; a refusal is audited and raised with its `reason` code (the
+    policy's detail stays in the audit log)."""
     node = request.app[NODE]
     identity = await _authenticate(request, None)
     room_id = request.match_info["room"]
@@ -475,7 +509,21 @@ async def get_room(request: web.Request) -> web.Response:
             requested="join_room",
             path=scrub(request.path)[:200],
         )
-        raise PolicyDenied(decision.reason)
+        raise PolicyDenied(p.JOIN_REFUSED, reason=decision.refusal)
+    return room_id, room
+
+
+async def room_admission(request: web.Request) -> web.Response:
+    """Whether the caller's token may join the room now, asked by the web client before it opens
+    any camera or microphone: `{"allowed": true}`, or the refusal the join would give."""
+    await _may_join(request)
+    return web.json_response({"allowed": True})
+
+
+async def get_room(request: web.Request) -> web.Response:
+    """A room's settings and who is in it, for someone whose token grants the room."""
+    node = request.app[NODE]
+    room_id, room = await _may_join(request)
     if room is None:
         raise NotFound("no such room")
     participants = await node.store.list_participants(room_id)
@@ -520,7 +568,20 @@ async def create_revocation(request: web.Request) -> web.Response:
         at=time.time(),
         expires_at=body.expires_at,
     )
-    await node.rooms.revoke(revocation)
+    try:
+        await node.rooms.revoke(revocation)
+    except Unavailable:
+        # Nothing took effect: the administrator is told to retry (503), and it is on record.
+        node.audit.append(
+            "revoke",
+            "deny",
+            sub=revocation.value if revocation.kind == "sub" else None,
+            by=identity.sub,
+            reason="shared_state_unavailable",
+            kind=revocation.kind,
+            jti=revocation.value if revocation.kind == "jti" else None,
+        )
+        raise
     return web.json_response(revocation.to_dict(), status=201)
 
 
@@ -717,6 +778,7 @@ async def share_image(request: web.Request) -> web.Response:
             data,
             shared_by_participant=participant.participant_id,
             confirm_burned_in=confirm,
+            prepare=node.image_workers.prepare,
         )
     except ConsiliumError as exc:
         node.audit.append(
@@ -895,13 +957,17 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     if node.pending >= settings.max_pending_connections:
         raise RateLimited("too many connections are joining; try again shortly")
 
-    ws = ConsiliumWebSocket(max_msg_size=settings.max_message_bytes, compress=False)
+    ws = ConsiliumWebSocket(
+        max_msg_size=settings.max_message_bytes, compress=False, timeout=CLOSE_HANDSHAKE_S
+    )
     await ws.prepare(request)
+    limit_send_buffer(request.transport)
     conn = Connection(
         ws,
         peer,
         TokenBucket(settings.messages_per_s, settings.message_burst),
         settings.max_outbound_queue,
+        request.transport,
     )
     reason = "left"
     node.pending += 1
@@ -919,14 +985,18 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("signalling connection failed")
         reason = "server_error"
-        await conn.close(4500, "server error")
+        conn.finish(4500, "server error")
     finally:
-        # Shielded: aiohttp cancels the handler once the socket is gone, and a cleanup cut off
-        # half-way would leave the participant in the room (and its media, and a recording).
+        # The room's clean-up first, the close handshake after: a person who leaves (or whose
+        # client vanished) is gone from the room, its media and a recording at once, and may
+        # join again at once. Shielded: aiohttp cancels the handler once the socket is gone, and
+        # a clean-up cut off half-way would leave the participant in the room.
         cleanup = asyncio.ensure_future(node.rooms.disconnect(conn, reason))
         _cleanups.add(cleanup)
         cleanup.add_done_callback(_cleanups.discard)
         await asyncio.shield(cleanup)
+    if conn.ending is not None:
+        await conn.close(*conn.ending)
     return ws
 
 
@@ -971,7 +1041,11 @@ async def _first_message(node: Node, conn: Connection) -> bool:
 
 
 async def _message_loop(node: Node, conn: Connection) -> str:
-    """Read messages until the connection ends; returns why it ended."""
+    """Read messages until the connection ends; returns why it ended.
+
+    Ending on the server's side, it notes the close (`Connection.finish`) and returns: the
+    handler closes after the room's clean-up, never before.
+    """
     settings = node.settings
     ws = conn.ws
     decode = p.client_decoder.decode
@@ -980,26 +1054,33 @@ async def _message_loop(node: Node, conn: Connection) -> str:
             msg = await ws.receive(timeout=settings.keepalive_timeout_s)
         except TimeoutError:
             _audit_close(node, conn, "timed_out", "keepalive_missed")
-            await conn.close(TimedOut.close_code, "keepalive missed")
+            conn.finish(TimedOut.close_code, "keepalive missed")
             return "timed_out"
+        if conn.dropped is not None:
+            # E.g. its outbound queue filled: the close is under way (Connection.send).
+            _audit_close(node, conn, "dropped", conn.dropped.value)
+            return conn.dropped.value
         if msg.type is WSMsgType.TEXT:
             # Hot path, per client message: watched by bench/signaling.py.
             if not conn.bucket.allow(time.monotonic()):
                 _audit_close(node, conn, "rate_limited", "messages_per_second")
-                await conn.close(RateLimited.close_code, "too many messages")
+                conn.finish(RateLimited.close_code, "too many messages")
                 return "rate_limited"
             try:
                 message = decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 _audit_close(node, conn, "bad_message", scrub(_short(str(exc))))
-                await conn.close(BadMessage.close_code, _short(f"bad message: {exc}"))
+                conn.finish(BadMessage.close_code, _short(f"bad message: {exc}"))
                 return "bad_message"
             await node.rooms.handle(conn, message)
-            if conn.closing:
+            if conn.dropped is not None:
+                _audit_close(node, conn, "dropped", conn.dropped.value)
+                return conn.dropped.value
+            if conn.ending is not None or conn.closing:
                 return "left"
         elif msg.type is WSMsgType.BINARY:
             _audit_close(node, conn, "bad_message", "binary_frame")
-            await conn.close(BadMessage.close_code, "binary frames are not part of the protocol")
+            conn.finish(BadMessage.close_code, "binary frames are not part of the protocol")
             return "bad_message"
         elif msg.type is WSMsgType.ERROR:
             # aiohttp refused the frame (over max_message_bytes, or not valid WebSocket).
@@ -1120,6 +1201,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await node.store.purge_node(node.settings.node_id)
         with contextlib.suppress(Exception):
             await node.store.close()
+        await asyncio.to_thread(node.image_workers.close)
     finally:
         # Whatever failed above, the audit log gets its final signed checkpoint.
         node.audit.append("server_stopped", "info", node=node.settings.node_id)
@@ -1135,11 +1217,13 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app[NODE] = node
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws", signalling)
     app.router.add_get("/api/info", api_info)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/api/rooms", create_room)
     app.router.add_get("/api/rooms/{room}", get_room)
+    app.router.add_get("/api/rooms/{room}/admission", room_admission)
     app.router.add_post("/api/rooms/{room}/images", share_image)
     app.router.add_get("/api/rooms/{room}/images", list_images)
     app.router.add_get("/api/rooms/{room}/images/{image_id}", get_image)

@@ -6,9 +6,11 @@ sharing one Redis (`--redis URL`). Records are copied in and out (a caller mutat
 record changes nothing until it saves it), room creation and the participant bound are atomic,
 and every node's subscribers receive every published event, the publisher's own included.
 
-Revocations are the kill switch, so they survive restarts (a JSON Lines file for the memory
-store, a Redis hash for the Redis store) and every node answers `is_revoked` from a local copy
-that revocation events keep current.
+Revocations are the kill switch, so they survive restarts whatever Redis does: every node keeps
+each revocation it has seen in its own JSON Lines journal (in its data dir), answers `is_revoked`
+from a local copy that revocation events keep current, and puts back into Redis what a Redis
+restarted empty lost. Rooms and rosters live in Redis only; a Redis that comes back empty is
+refilled by the live nodes, each re-writing the rooms and participants it holds.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from signaling.errors import IntegrityError, NotFound
+from signaling.errors import IntegrityError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ REVOKED_EVENT = "state.revoked"
 `{"type": REVOKED_EVENT, "revocation": Revocation.to_dict()}` (drop the identity's connections)."""
 
 REVOCATIONS_FILE = "revocations.jsonl"
-"""Name of the memory store's revocation log inside the data dir."""
+"""Name of the node's revocation journal inside the data dir (both stores keep one)."""
 
 EVENT_QUEUE_BOUND = 10_000
 """Events waiting for the local handlers; beyond this they are dropped (and logged)."""
@@ -57,6 +59,7 @@ _RECONNECT_MIN_S = 0.1
 _RECONNECT_MAX_S = 5.0
 _LISTEN_POLL_S = 1.0
 _START_TIMEOUT_S = 10.0
+_PING_TIMEOUT_S = 2.0
 
 
 def default_node_id() -> str:
@@ -213,11 +216,15 @@ class RevocationIndex:
     def __init__(self) -> None:
         self._by_key: dict[str, Revocation] = {}
 
-    def add(self, r: Revocation) -> None:
-        """Merge one revocation in."""
+    def add(self, r: Revocation) -> bool:
+        """Merge one revocation in; whether it was new to this copy (or newer than its own)."""
         current = self._by_key.get(r.key)
-        if current is None or r.at >= current.at:
+        if current is None or r.at > current.at:
             self._by_key[r.key] = r
+            return True
+        if r.at == current.at:
+            self._by_key[r.key] = r
+        return False
 
     def lookup(self, *, jti: str, sub: str, now: float) -> Revocation | None:
         """The revocation that applies to a token with this `jti` and `sub`, if any."""
@@ -257,15 +264,19 @@ class StateStore(abc.ABC):
     node_id: str
     """Id of this node; participants it holds carry it in `ParticipantRecord.node`."""
 
-    def __init__(self, node_id: str | None) -> None:
+    def __init__(self, node_id: str | None, revocations_path: Path | None = None) -> None:
+        """`revocations_path`: this node's revocation journal; None keeps them in memory only."""
         self.node_id = node_id or default_node_id()
         self._revocations = RevocationIndex()
+        self._revocations_path = revocations_path
+        self._journal_lock = asyncio.Lock()
         self._handlers: list[EventHandler] = []
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_BOUND)
         self._dispatcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load persisted state and start delivering events to subscribers."""
+        await self._load_journal()
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(
                 self._dispatch_events(), name=f"state-events-{self.node_id}"
@@ -361,7 +372,28 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def revoke(self, r: Revocation) -> None:
-        """Persist a revocation and tell every node (a `REVOKED_EVENT` event)."""
+        """Persist a revocation and tell every node (a `REVOKED_EVENT` event).
+
+        Unavailable (and nothing takes effect) when the shared state cannot be reached.
+        """
+
+    async def _load_journal(self) -> None:
+        """Take in (and compact) this node's revocation journal."""
+        if self._revocations_path is None:
+            return
+        async with self._journal_lock:
+            loaded = await asyncio.to_thread(_load_revocation_log, self._revocations_path)
+        for r in loaded:
+            self._revocations.add(r)
+
+    async def _remember(self, revocations: Iterable[Revocation]) -> None:
+        """Merge revocations into the local copy; journal those this node had not seen, so
+        that it never forgets one, whatever happens to the shared state."""
+        now = time.time()
+        new = [r for r in revocations if not r.expired(now) and self._revocations.add(r)]
+        if new and self._revocations_path is not None:
+            async with self._journal_lock:
+                await asyncio.to_thread(_append_revocations, self._revocations_path, new)
 
     async def is_revoked(self, *, jti: str, sub: str) -> Revocation | None:
         """The revocation that applies to this token, if any. Answers from the local copy."""
@@ -369,7 +401,14 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_revocations(self) -> list[Revocation]:
-        """Every revocation still in force, oldest first."""
+        """Every revocation still in force, oldest first.
+
+        Unavailable when the shared state cannot be reached.
+        """
+
+    async def ping(self) -> bool:
+        """Whether the shared state answers now (readiness); the memory store always does."""
+        return True
 
     # node cleanup
 
@@ -493,10 +532,10 @@ def _private_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def _append_revocation(path: Path, r: Revocation) -> None:
+def _append_revocations(path: Path, revocations: list[Revocation]) -> None:
     created = not path.exists()
     with open(path, "ab", opener=_private_opener) as f:
-        f.write(_encode_revocation_line(r))
+        f.write(b"".join(_encode_revocation_line(r) for r in revocations))
         f.flush()
         os.fsync(f.fileno())
     if created:
@@ -531,22 +570,11 @@ class MemoryStore(StateStore):
 
     def __init__(self, *, revocations_path: Path | None, node_id: str | None = None) -> None:
         """`revocations_path`: the append-only revocation log; None keeps them in memory only."""
-        super().__init__(node_id)
-        self._revocations_path = revocations_path
+        super().__init__(node_id, revocations_path)
         self._rooms: dict[str, RoomRecord] = {}
         self._participants: dict[str, dict[str, ParticipantRecord]] = {}
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
         self._media_nodes: dict[str, tuple[str, float]] = {}
-        self._write_lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        """Load (and compact) the revocation log, then start delivering events."""
-        if self._revocations_path is not None:
-            async with self._write_lock:
-                loaded = await asyncio.to_thread(_load_revocation_log, self._revocations_path)
-            for r in loaded:
-                self._revocations.add(r)
-        await super().start()
 
     # Every method below runs without awaiting between its check and its change, so each is
     # atomic on the event loop.
@@ -627,11 +655,8 @@ class MemoryStore(StateStore):
 
     async def revoke(self, r: Revocation) -> None:
         r = dataclasses.replace(r)
-        if self._revocations_path is not None:
-            # Durable before it is announced: a revoke that returned survives a crash.
-            async with self._write_lock:
-                await asyncio.to_thread(_append_revocation, self._revocations_path, r)
-        self._revocations.add(r)
+        # Durable before it is announced: a revoke that returned survives a crash.
+        await self._remember([r])
         await self.publish({"type": REVOKED_EVENT, "revocation": r.to_dict()})
 
     async def list_revocations(self) -> list[Revocation]:
@@ -762,17 +787,37 @@ class RedisStore(StateStore):
 
     Keys (after `prefix`): `room:{<id>}` (hash, one JSON value per field),
     `room:{<id>}:participants` and `room:{<id>}:lobby` (hashes: participant id -> JSON),
-    `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON); events go on the
-    channel `events`. The braces keep one room's keys apart from any other room's whatever its
-    id holds, and in one hash slot should the deployment move to Redis Cluster.
+    `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON), `instance` (a random
+    value set by the first node to see this Redis: a different value later means the data was
+    lost); events go on the channel `events`. The braces keep one room's keys apart from any
+    other room's whatever its id holds, and in one hash slot should the deployment move to
+    Redis Cluster.
+
+    Each node keeps a copy of what it put in: every revocation it has seen (its journal), the
+    participants and lobby entries it holds, and the records of their rooms. When it finds
+    Redis emptied (a restart without persistence), it writes them back.
     """
 
-    def __init__(self, url: str, *, node_id: str | None = None, prefix: str = "consilium:") -> None:
-        super().__init__(node_id)
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str | None = None,
+        prefix: str = "consilium:",
+        revocations_path: Path | None = None,
+    ) -> None:
+        super().__init__(node_id, revocations_path)
         self._prefix = prefix
         self._rooms_key = prefix + "rooms"
         self._revocations_key = prefix + "revocations"
+        self._instance_key = prefix + "instance"
         self._channel = prefix + "events"
+        self._instance: str | None = None
+        """The `instance` value this node last saw; None before its first look."""
+        self._known_rooms: dict[str, RoomRecord] = {}
+        """The last record this node read or wrote of each room (rebuilds what Redis lost)."""
+        self._held: dict[tuple[str, str], dict[str, ParticipantRecord]] = {}
+        """This node's entries by (room id, "participants" or "lobby"): participant id -> record."""
         # Connections are made on first use, so building the client here does no I/O.
         self._redis = aioredis.Redis.from_url(
             url,
@@ -806,12 +851,16 @@ class RedisStore(StateStore):
         return self._room_key(room_id) + ":lobby"
 
     async def start(self) -> None:
-        """Load the revocations and subscribe to the event channel.
+        """Load the journal and Redis's revocations, and subscribe to the event channel.
 
         Raises the Redis error if the server cannot be reached now; later losses are survived.
         """
-        await self._reload_revocations()
         await super().start()
+        try:
+            await self._resync()
+        except BaseException:
+            await self.close()
+            raise
         self._listener = asyncio.create_task(self._listen(), name=f"state-redis-{self.node_id}")
         try:
             await asyncio.wait_for(self._subscribed.wait(), _START_TIMEOUT_S)
@@ -843,10 +892,15 @@ class RedisStore(StateStore):
         created = await self._create_room(
             keys=[self._room_key(room.room_id), self._rooms_key], args=[room.room_id, *pairs]
         )
+        if created:
+            self._known_rooms[room.room_id] = _copy_room(room)
         return bool(created)
 
     async def get_room(self, room_id: str) -> RoomRecord | None:
-        return _decode_room(await self._hgetall(self._room_key(room_id)))
+        room = _decode_room(await self._hgetall(self._room_key(room_id)))
+        if room is not None:
+            self._known_rooms[room_id] = _copy_room(room)
+        return room
 
     async def save_room(self, room: RoomRecord) -> None:
         key = self._room_key(room.room_id)
@@ -856,6 +910,7 @@ class RedisStore(StateStore):
             pipe.hset(key, mapping=fields)
             pipe.sadd(self._rooms_key, room.room_id)
             await pipe.execute()
+        self._known_rooms[room.room_id] = _copy_room(room)
 
     async def delete_room(self, room_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -864,6 +919,9 @@ class RedisStore(StateStore):
             )
             pipe.srem(self._rooms_key, room_id)
             await pipe.execute()
+        self._known_rooms.pop(room_id, None)
+        self._held.pop((room_id, "participants"), None)
+        self._held.pop((room_id, "lobby"), None)
 
     async def list_rooms(self) -> list[RoomRecord]:
         room_ids = await self._room_ids()
@@ -879,37 +937,48 @@ class RedisStore(StateStore):
 
     # participants and lobby
 
-    async def _add_entry(
-        self, room_id: str, entries_key: str, p: ParticipantRecord, bound: int
-    ) -> bool:
+    async def _add_entry(self, room_id: str, table: str, p: ParticipantRecord, bound: int) -> bool:
         added = await self._add_bounded(
-            keys=[self._room_key(room_id), entries_key],
+            keys=[self._room_key(room_id), self._entries_key(room_id, table)],
             args=[p.participant_id, _encode_participant(p), bound],
         )
         if added == -1:
             raise NotFound(f"room {room_id!r} does not exist")
+        if added and p.node == self.node_id:
+            self._held.setdefault((room_id, table), {})[p.participant_id] = _copy_participant(p)
         return bool(added)
 
-    async def _pop_entry(self, entries_key: str, participant_id: str) -> ParticipantRecord | None:
-        value = await self._pop_field(keys=[entries_key], args=[participant_id])
+    async def _pop_entry(
+        self, room_id: str, table: str, participant_id: str
+    ) -> ParticipantRecord | None:
+        value = await self._pop_field(
+            keys=[self._entries_key(room_id, table)], args=[participant_id]
+        )
+        self._held.get((room_id, table), {}).pop(participant_id, None)
         return None if value is None else ParticipantRecord.from_dict(json.loads(value))
+
+    def _entries_key(self, room_id: str, table: str) -> str:
+        return self._room_key(room_id) + ":" + table
 
     async def add_participant(
         self, room_id: str, p: ParticipantRecord, *, max_participants: int
     ) -> bool:
         bound = max(max_participants, 0)
-        return await self._add_entry(room_id, self._participants_key(room_id), p, bound)
+        return await self._add_entry(room_id, "participants", p, bound)
 
     async def remove_participant(
         self, room_id: str, participant_id: str
     ) -> ParticipantRecord | None:
-        return await self._pop_entry(self._participants_key(room_id), participant_id)
+        return await self._pop_entry(room_id, "participants", participant_id)
 
     async def update_participant(self, room_id: str, p: ParticipantRecord) -> None:
         await self._replace_field(
             keys=[self._participants_key(room_id)],
             args=[p.participant_id, _encode_participant(p)],
         )
+        held = self._held.get((room_id, "participants"), {})
+        if p.participant_id in held:
+            held[p.participant_id] = _copy_participant(p)
 
     async def get_participant(self, room_id: str, participant_id: str) -> ParticipantRecord | None:
         value = await self._redis.hget(self._participants_key(room_id), participant_id)
@@ -919,12 +988,12 @@ class RedisStore(StateStore):
         return _decode_participants(await self._hgetall(self._participants_key(room_id)))
 
     async def add_to_lobby(self, room_id: str, p: ParticipantRecord) -> None:
-        await self._add_entry(room_id, self._lobby_key(room_id), p, -1)
+        await self._add_entry(room_id, "lobby", p, -1)
 
     async def remove_from_lobby(
         self, room_id: str, participant_id: str
     ) -> ParticipantRecord | None:
-        return await self._pop_entry(self._lobby_key(room_id), participant_id)
+        return await self._pop_entry(room_id, "lobby", participant_id)
 
     async def list_lobby(self, room_id: str) -> list[ParticipantRecord]:
         return _decode_participants(await self._hgetall(self._lobby_key(room_id)))
@@ -934,19 +1003,24 @@ class RedisStore(StateStore):
     async def revoke(self, r: Revocation) -> None:
         r = dataclasses.replace(r)
         event = {"type": REVOKED_EVENT, "revocation": r.to_dict()}
-        # One transaction: no node can see the revocation stored but never announced.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._revocations_key, r.key, json.dumps(r.to_dict()))
-            pipe.publish(self._channel, json.dumps(event))
-            await pipe.execute()
-        self._revocations.add(r)
+        # One transaction: no node can see the revocation stored but never announced. Redis
+        # first: when it is out of reach the request is refused and nothing took effect.
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._revocations_key, r.key, json.dumps(r.to_dict()))
+                pipe.publish(self._channel, json.dumps(event))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
+        await self._remember([r])
 
-    async def _fetch_revocations(self) -> list[Revocation]:
-        """Every revocation in Redis, merged into the local copy; expired ones pruned from both."""
+    async def _sync_revocations(self) -> list[Revocation]:
+        """Merge Redis's revocations and this node's both ways: journal what is new here, put
+        back (and announce) what Redis lacks; prune the expired from Redis. The live ones."""
         stored = await self._hgetall(self._revocations_key)
         now = time.time()
         expired: list[str] = []
-        live: list[Revocation] = []
+        found: list[Revocation] = []
         for key, value in stored.items():
             try:
                 r = Revocation.from_dict(json.loads(value))
@@ -956,24 +1030,76 @@ class RedisStore(StateStore):
             if r.expired(now):
                 expired += [key, value]
             else:
-                self._revocations.add(r)
-                live.append(r)
-        self._revocations.prune(now)
+                found.append(r)
+        await self._remember(found)
         if expired:
             await self._delete_if_unchanged(keys=[self._revocations_key], args=expired)
+        live = self._revocations.live(now)
+        missing = [r for r in live if r.key not in stored]
+        if missing:
+            # HSETNX: a newer revocation another node wrote meanwhile is kept.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in missing:
+                    pipe.hsetnx(self._revocations_key, r.key, json.dumps(r.to_dict()))
+                    event = {"type": REVOKED_EVENT, "revocation": r.to_dict()}
+                    pipe.publish(self._channel, json.dumps(event))
+                await pipe.execute()
+            log.warning(
+                "node %s put %d revocations back into Redis, which had lost them",
+                self.node_id,
+                len(missing),
+            )
         return live
 
-    async def _reload_revocations(self) -> None:
-        live = await self._fetch_revocations()
-        log.debug("node %s: %d revocations in force", self.node_id, len(live))
+    async def _resync(self) -> None:
+        """After (re)connecting: merge the revocations both ways, and if Redis lost its data
+        since this node last looked, write back the rooms and entries this node holds."""
+        await self._sync_revocations()
+        instance = cast(str | None, await self._redis.get(self._instance_key))
+        if instance is None:
+            await self._redis.set(self._instance_key, secrets.token_hex(8), nx=True)
+            instance = cast(str | None, await self._redis.get(self._instance_key))
+        if self._instance is not None and instance != self._instance:
+            rebuilt = await self._rebuild_held()
+            log.warning(
+                "node %s found Redis emptied; wrote back %d participants and lobby entries",
+                self.node_id,
+                rebuilt,
+            )
+        self._instance = instance
+
+    async def _rebuild_held(self) -> int:
+        """Write back the rooms this node holds entries in, and those entries (each only if
+        missing: another node may have rebuilt the room, or someone joined since)."""
+        rebuilt = 0
+        for (room_id, table), entries in list(self._held.items()):
+            room = self._known_rooms.get(room_id)
+            if not entries or room is None:
+                continue
+            await self.create_room(room)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for pid, p in entries.items():
+                    pipe.hsetnx(self._entries_key(room_id, table), pid, _encode_participant(p))
+                rebuilt += sum(await pipe.execute())
+        return rebuilt
 
     async def list_revocations(self) -> list[Revocation]:
-        live = await self._fetch_revocations()
-        return sorted(live, key=lambda r: (r.at, r.key))
+        try:
+            return await self._sync_revocations()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), _PING_TIMEOUT_S))
+        except (RedisError, OSError, TimeoutError):
+            return False
 
     # node cleanup
 
     async def purge_node(self, node_id: str) -> int:
+        if node_id == self.node_id:
+            self._held.clear()
         room_ids = await self._room_ids()
         keys = [k for room_id in room_ids for k in self._entry_keys(room_id)]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -1028,11 +1154,11 @@ class RedisStore(StateStore):
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        await self._reload_revocations()
+                        await self._resync()
                         self._subscribed.set()
                         backoff = _RECONNECT_MIN_S
                     elif message["type"] == "message":
-                        self._receive_raw(message["data"])
+                        await self._receive_raw(message["data"])
             except (RedisError, OSError) as exc:
                 log.warning(
                     "node %s lost the Redis event channel (%s); retrying in %.1f s",
@@ -1050,7 +1176,7 @@ class RedisStore(StateStore):
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _RECONNECT_MAX_S)
 
-    def _receive_raw(self, data: str) -> None:
+    async def _receive_raw(self, data: str) -> None:
         try:
             event = json.loads(data)
         except ValueError:
@@ -1059,11 +1185,16 @@ class RedisStore(StateStore):
         if not isinstance(event, dict):
             log.warning("ignoring a non-object message on %s", self._channel)
             return
+        if event.get("type") == REVOKED_EVENT:
+            try:
+                await self._remember([Revocation.from_dict(event["revocation"])])
+            except (KeyError, TypeError, ValueError):
+                pass  # _receive logs it
         self._receive(event)
 
 
 def open_store(redis_url: str | None, data_dir: Path, node_id: str | None = None) -> StateStore:
     """The Redis store if a URL is given, else the memory store with its log in `data_dir`."""
     if redis_url:
-        return RedisStore(redis_url, node_id=node_id)
+        return RedisStore(redis_url, node_id=node_id, revocations_path=data_dir / REVOCATIONS_FILE)
     return MemoryStore(revocations_path=data_dir / REVOCATIONS_FILE, node_id=node_id)

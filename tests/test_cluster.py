@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from tests.fixtures.media import join_over_ws
+from tests.fixtures.redis_server import RedisProcess
 from tests.fixtures.servers import (
     close_code,
     eventually,
-    free_port,
     next_message,
     node_settings,
     running_node,
@@ -97,44 +95,83 @@ async def _join_or_close(
     return ws, await close_code(ws)
 
 
-async def test_redis_outage_refuses_joins_with_4500_then_recovers(tmp_path: Path) -> None:
-    executable = shutil.which("redis-server")
-    assert executable, "redis-server is installed by scripts/test"
-    port = free_port()
-    args = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
+async def test_redis_outage_refuses_joins_with_4500_then_recovers(
+    restartable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    settings = node_settings(tmp_path / "d", redis=restartable_redis.url)
+    async with running_node(settings) as node:
+        http = await node.session()
+        admin = {"Authorization": f"Bearer {node.token('it-1', 'admin', depts=['it'])}"}
+        _, answer = await node.join("dr-chair", "chair", room="before")
+        assert answer["type"] == "joined"
+        assert (await http.get(node.url + "/readyz")).status == 200
+        restartable_redis.stop()
+        _, answer = await node.join("dr-two", "chair", room="during")
+        assert answer == {"type": "closed", "code": 4500}
+        # Not ready (the load balancer sends new clients elsewhere), though alive.
+        r = await http.get(node.url + "/readyz")
+        assert r.status == 503 and (await r.json())["shared_state"] == "unreachable"
+        assert (await http.get(node.url + "/healthz")).status == 200
+        # A revocation that cannot reach every node is refused, as such, not as a crash.
+        r = await http.post(
+            node.url + "/api/revocations", json={"sub": "dr-two", "reason": "t"}, headers=admin
+        )
+        assert r.status == 503 and (await r.json())["error"] == "unavailable"
+        r = await http.get(node.url + "/api/revocations", headers=admin)
+        assert r.status == 503 and (await r.json())["error"] == "unavailable"
+        restartable_redis.start()
+        for _ in range(50):
+            _, answer = await node.join("dr-three", "chair", room="after")
+            if answer["type"] == "joined":
+                break
+            await asyncio.sleep(0.2)
+        assert answer["type"] == "joined"
+        assert (await http.get(node.url + "/readyz")).status == 200
 
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+async def test_redis_restarted_without_persistence_forgets_nothing(
+    restartable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    url = restartable_redis.url
+    async with running_node(node_settings(tmp_path / "a", redis=url)) as a:
+        http = await a.session()
+        chair, joined = await a.join("dr-chair", "chair")
+        assert joined["type"] == "joined"
+        admin = {"Authorization": f"Bearer {a.token('it-1', 'admin', depts=['it'])}"}
+        r = await http.post(
+            a.url + "/api/revocations", json={"sub": "dr-bad", "reason": "t"}, headers=admin
+        )
+        assert r.status == 201
+        restartable_redis.stop()
+        restartable_redis.start()  # comes back empty
+
+        async def written_back() -> bool:
+            probe = aioredis.Redis.from_url(url)
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return proc
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
+                return bool(await probe.hlen("consilium:room:{mdt-1}:participants")) and bool(
+                    await probe.hlen("consilium:revocations")
+                )
+            finally:
+                await probe.aclose()
 
-    redis_proc = start()
-    settings = node_settings(tmp_path / "d", redis=f"redis://127.0.0.1:{port}/0")
-    try:
-        async with running_node(settings) as node:
-            _, answer = await node.join("dr-chair", "chair", room="before")
-            assert answer["type"] == "joined"
-            redis_proc.terminate()
-            redis_proc.wait()
-            _, answer = await node.join("dr-two", "chair", room="during")
-            assert answer == {"type": "closed", "code": 4500}
-            redis_proc = start()
-            for _ in range(50):
-                _, answer = await node.join("dr-three", "chair", room="after")
-                if answer["type"] == "joined":
-                    break
-                await asyncio.sleep(0.2)
-            assert answer["type"] == "joined"
-    finally:
-        redis_proc.terminate()
-        redis_proc.wait()
+        await eventually(written_back, timeout=15)
+        # A node started now, with an empty data folder, trusting the same identity provider.
+        trusting_a = {
+            "jwks": str(a.idp.jwks_path),
+            "jwt_issuer": DEV_ISSUER,
+            "jwt_audience": DEV_AUDIENCE,
+        }
+        async with running_node(node_settings(tmp_path / "b", redis=url, **trusting_a)) as b:
+            b.idp = a.idp
+            _, refused = await b.join("dr-bad", "specialist")
+            assert refused == {"type": "closed", "code": 4401}
+            r = await http.get(b.url + "/api/revocations", headers=admin)
+            assert [entry["value"] for entry in await r.json()] == ["dr-bad"]
+            _, joined_b = await b.join("dr-heart", "specialist")
+            assert joined_b["type"] == "joined"
+            assert {p["sub"] for p in joined_b["participants"]} == {"dr-chair", "dr-heart"}
+            seen = await next_message(chair, "participant_joined")
+            assert seen["participant"]["sub"] == "dr-heart"
 
 
 async def test_media_of_a_room_spanning_two_nodes_flows_through_one_sfu(

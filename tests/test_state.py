@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from signaling.errors import IntegrityError, NotFound
+from signaling.errors import IntegrityError, NotFound, Unavailable
 from signaling.state import (
     REVOCATIONS_FILE,
     REVOKED_EVENT,
@@ -25,6 +25,7 @@ from signaling.state import (
     StateStore,
     open_store,
 )
+from tests.fixtures.redis_server import RedisProcess
 
 OpenNode = Callable[..., Awaitable[StateStore]]
 
@@ -493,10 +494,12 @@ async def test_revocation_log_is_appended_and_compacted_at_start(tmp_path: Path)
     path = tmp_path / "data" / REVOCATIONS_FILE
     store = MemoryStore(revocations_path=path)
     await store.start()
-    await store.revoke(revocation("jti", "old", expires_at=time.time() - 1))
+    await store.revoke(revocation("jti", "old", expires_at=time.time() + 0.2))
     await store.revoke(revocation("sub", "dr-li"))
+    await store.revoke(revocation("jti", "gone", expires_at=time.time() - 1))  # not written
     await store.close()
     assert len(path.read_text().splitlines()) == 2
+    await asyncio.sleep(0.25)
     assert path.stat().st_mode & 0o077 == 0
 
     restarted = MemoryStore(revocations_path=path)
@@ -529,3 +532,96 @@ async def test_one_node_claims_a_rooms_media_until_it_releases_or_expires(
     assert await store.claim_media_node("r", "node-b", 0.2) == "node-b"
     await asyncio.sleep(0.4)
     assert await store.claim_media_node("r", "node-c", 30) == "node-c", "an expired claim is free"
+
+
+# Redis restarted without persistence
+
+
+async def _journalled_redis_node(url: str, node_id: str, data_dir: Path) -> RedisStore:
+    node = RedisStore(url, node_id=node_id, revocations_path=data_dir / REVOCATIONS_FILE)
+    await node.start()
+    return node
+
+
+async def test_redis_restarted_empty_gets_revocations_rooms_and_rosters_back(
+    restartable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    url = restartable_redis.url
+    a = await _journalled_redis_node(url, "node-a", tmp_path / "a")
+    newcomer: RedisStore | None = None
+    try:
+        await a.revoke(revocation("sub", "dr-li"))
+        assert await a.create_room(room("tumour-board", opened=True))
+        assert await a.add_participant(
+            "tumour-board", person("p1", node="node-a"), max_participants=10
+        )
+        await a.add_to_lobby("tumour-board", person("p2", node="node-a"))
+        restartable_redis.stop()
+        restartable_redis.start()  # empty: no AOF, no RDB
+        assert await a.is_revoked(jti="", sub="dr-li") is not None  # never forgotten
+
+        # A node started now, with nothing of its own, learns it all from what `a` wrote back.
+        async def rebuilt() -> bool:
+            probe = aioredis.Redis.from_url(url)
+            try:
+                return bool(await probe.hlen("consilium:room:{tumour-board}:lobby"))
+            finally:
+                await probe.aclose()
+
+        await eventually(rebuilt, within=10.0)
+        newcomer = await _journalled_redis_node(url, "node-c", tmp_path / "c")
+        assert await newcomer.is_revoked(jti="", sub="dr-li") is not None
+        assert [r.key for r in await newcomer.list_revocations()] == ["sub:dr-li"]
+        restored = await newcomer.get_room("tumour-board")
+        assert restored is not None and restored.opened
+        assert [p.participant_id for p in await newcomer.list_participants("tumour-board")] == [
+            "p1"
+        ]
+        assert [p.participant_id for p in await newcomer.list_lobby("tumour-board")] == ["p2"]
+    finally:
+        await a.close()
+        if newcomer is not None:
+            await newcomer.close()
+
+
+async def test_a_node_never_forgets_a_revocation_it_heard_of(
+    redis_url: str, tmp_path: Path
+) -> None:
+    a = await _journalled_redis_node(redis_url, "node-a", tmp_path / "a")
+    b = await _journalled_redis_node(redis_url, "node-b", tmp_path / "b")
+    await a.revoke(revocation("sub", "dr-li"))
+
+    async def heard_by_b() -> bool:
+        return (tmp_path / "b" / REVOCATIONS_FILE).exists()
+
+    await eventually(heard_by_b)
+    await a.close()
+    await b.close()
+    flush = aioredis.Redis.from_url(redis_url)
+    try:
+        await flush.flushdb()  # Redis lost everything; only b is started again
+        b = await _journalled_redis_node(redis_url, "node-b", tmp_path / "b")
+        try:
+            assert await b.is_revoked(jti="", sub="dr-li") is not None
+            assert await flush.hexists("consilium:revocations", "sub:dr-li")  # put back
+        finally:
+            await b.close()
+    finally:
+        await flush.aclose()
+
+
+async def test_revocations_during_a_redis_outage_are_unavailable(
+    restartable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    a = await _journalled_redis_node(restartable_redis.url, "node-a", tmp_path / "a")
+    try:
+        assert await a.ping()
+        restartable_redis.stop()
+        assert not await a.ping()
+        with pytest.raises(Unavailable):
+            await a.revoke(revocation("sub", "dr-li"))
+        with pytest.raises(Unavailable):
+            await a.list_revocations()
+        assert await a.is_revoked(jti="", sub="dr-li") is None  # a refused revoke took no effect
+    finally:
+        await a.close()
