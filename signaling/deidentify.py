@@ -91,6 +91,12 @@ class ImageLimits:
     """Rows × columns of one frame (a decompression-bomb guard for photos as well)."""
     max_frames: int = 2000
     """Frames of a multi-frame DICOM (a whole CT series fits)."""
+    max_decoded_bytes: int = 512 * 1024 * 1024
+    """Decoded pixel data of the whole image (rows × columns × frames × samples × bits), read
+    from the header before any pixel is decoded: a small compressed file may declare gigabytes."""
+    max_frame_bytes: int = 192 * 1024 * 1024
+    """Decoded pixel data of one frame, the unit rendering works on (it holds a few copies):
+    a 48-megapixel photo fits, a 64-megapixel RGBA one does not."""
 
 
 DEFAULT_LIMITS = ImageLimits()
@@ -1292,7 +1298,7 @@ def _read_dicom(data: bytes) -> Dataset:
     part10 = data[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
     if not part10 and not _looks_like_bare_dataset(data):
         raise UnsupportedImage("not a DICOM file")
-    if part10 and _is_deflated(data):
+    if part10 and part10_transfer_syntax(data) == DeflatedExplicitVRLittleEndian:
         # pydicom inflates the whole dataset with no bound: a zip bomb would exhaust memory.
         raise UnsupportedImage("deflated DICOM is not accepted")
     try:
@@ -1313,17 +1319,38 @@ def _read_dicom(data: bytes) -> Dataset:
     return ds
 
 
-def _is_deflated(data: bytes) -> bool:
-    """Whether the file meta (group 0002, right after "DICM") names the Deflated syntax."""
-    try:
-        # (0002,0000) UL in explicit VR: tag 4 + VR 2 + length 2 bytes, then the group length.
-        (meta_length,) = struct.unpack_from("<L", data, _DICM_OFFSET + 4 + 8)
-    except struct.error:
-        return False
-    start = _DICM_OFFSET + 4
-    meta = data[start : start + 12 + min(meta_length, 64 * 1024)]
-    # No other transfer syntax UID has this one as a prefix.
-    return DeflatedExplicitVRLittleEndian.encode() in meta
+_META_BOUND = 64 * 1024
+
+
+def part10_transfer_syntax(data: bytes) -> str | None:
+    """The Transfer Syntax UID (0002,0010) of a Part 10 file, found as pydicom finds it.
+
+    pydicom reads the file meta element by element for as long as the group is 0002, whatever
+    the group length (0002,0000) says, so this walks the elements the same way: a group length
+    that understates the header must not hide the syntax (a deflated dataset behind it is
+    inflated by pydicom with no bound). None when the meta has no such element.
+    """
+    offset = _DICM_OFFSET + 4
+    end = min(len(data), offset + _META_BOUND)
+    while offset + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            return None
+        vr = data[offset + 4 : offset + 6]
+        if vr in _LONG_VRS or vr not in _SHORT_VRS:
+            if offset + 12 > end:
+                return None
+            (length,) = struct.unpack_from("<L", data, offset + 8)
+            offset += 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            offset += 8
+        if length == 0xFFFFFFFF:
+            return None
+        if element == 0x0010:
+            return data[offset : offset + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        offset += length
+    return None
 
 
 def _image_geometry(ds: Dataset, limits: ImageLimits) -> tuple[int, int, int]:
@@ -1338,7 +1365,42 @@ def _image_geometry(ds: Dataset, limits: ImageLimits) -> tuple[int, int, int]:
         raise ImageTooLarge("a frame has too many pixels", limit=limits.max_frame_pixels)
     if frames > limits.max_frames:
         raise ImageTooLarge("the image has too many frames", limit=limits.max_frames)
+    frame_bytes = rows * columns * _samples(ds) * _bytes_allocated(ds)
+    check_decoded_size(frame_bytes, frames, limits)
     return rows, columns, frames
+
+
+def check_decoded_size(frame_bytes: int, frames: int, limits: ImageLimits) -> None:
+    """Refuse (`ImageTooLarge`) an image whose decoded pixels would pass the limits: computed
+    from its header, before anything is decoded."""
+    if frame_bytes > limits.max_frame_bytes:
+        raise ImageTooLarge("a frame decodes to too much data", limit=limits.max_frame_bytes)
+    if frame_bytes * frames > limits.max_decoded_bytes:
+        raise ImageTooLarge("the image decodes to too much data", limit=limits.max_decoded_bytes)
+
+
+def _samples(ds: Dataset) -> int:
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        raise UnsupportedImage("the DICOM image has no valid Samples per Pixel") from None
+    if not 1 <= samples <= 4:
+        raise UnsupportedImage("the DICOM image has no valid Samples per Pixel")
+    # A palette image renders to RGB.
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    return 3 if photometric == "PALETTE COLOR" else samples
+
+
+def _bytes_allocated(ds: Dataset) -> int:
+    try:
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        raise UnsupportedImage("the DICOM image has no valid Bits Allocated") from None
+    if not 1 <= bits <= 64:
+        raise UnsupportedImage("the DICOM image has no valid Bits Allocated")
+    # Decoders hand out whole bytes (1-bit images unpack to one byte a pixel); rendering
+    # works in float64 whatever the stored depth.
+    return max(8, (bits + 7) // 8 * 8) // 8
 
 
 def pixel_spacing(ds: Dataset) -> PixelSpacing | None:
@@ -1494,6 +1556,9 @@ def strip_photo_metadata(
         with Image.open(BytesIO(data), formats=[pillow_format]) as img:
             if img.width * img.height > limits.max_frame_pixels:
                 raise ImageTooLarge("the image has too many pixels", limit=limits.max_frame_pixels)
+            # What Pillow will hold once decoded, from the header alone: a few hundred
+            # kilobytes of PNG or JPEG can decode to gigabytes.
+            check_decoded_size(img.width * img.height * _photo_bytes_per_pixel(img), 1, limits)
             img.load()  # text chunks after the image data only show up once it is read
             found = tuple(_photo_metadata(img))
             upright = ImageOps.exif_transpose(img)
@@ -1523,6 +1588,15 @@ def strip_photo_metadata(
         removed=found,
         photo=out.getvalue(),
     )
+
+
+# Bytes a pixel takes in Pillow's memory by mode (3-band modes are stored 4 bytes a pixel).
+_PILLOW_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def _photo_bytes_per_pixel(img: Image.Image) -> int:
+    """Bytes a pixel takes once Pillow has decoded the image (4 for every mode not listed)."""
+    return _PILLOW_PIXEL_BYTES.get(img.mode, 4)
 
 
 def _jpeg_options(img: Image.Image) -> dict[str, Any]:

@@ -156,6 +156,56 @@ def image_title(image: DeidentifiedImage) -> str:
     return title[:TITLE_LIMIT] or "DICOM image"
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """An upload de-identified and rendered, ready to store: what an image worker returns."""
+
+    kind: Literal["dicom", "png", "jpeg"]
+    """What was uploaded, by content."""
+    frames: tuple[bytes, ...]
+    """Each frame as served (PNG, or the cleaned JPEG of a photo)."""
+    media_type: str
+    """MIME type of each frame."""
+    width: int
+    """Columns in pixels."""
+    height: int
+    """Rows in pixels."""
+    pixel_spacing_mm: tuple[float, float] | None
+    """Row and column spacing in mm; None when the image has none."""
+    title: str
+    """See `SharedImage.title`."""
+    burned_in_confirmed: bool
+    """The DICOM declared burned-in identifiers and the uploader confirmed sharing it."""
+    removed_tags: int
+    """How many attributes or metadata items de-identification removed or replaced."""
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    uid_secret: bytes,
+    confirm_burned_in: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> PreparedImage:
+    """De-identify and render an upload: all the decoding an upload needs, in one pure call
+    (the node runs it in a memory-capped worker, `signaling.imageworker`)."""
+    image = deidentify(
+        data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
+    )
+    spacing = image.pixel_spacing
+    return PreparedImage(
+        kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
+        frames=tuple(image.render_frame(index) for index in image.frames),
+        media_type=image.media_type,
+        width=image.columns,
+        height=image.rows,
+        pixel_spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
+        title=image_title(image),
+        burned_in_confirmed=image.burned_in_confirmed,
+        removed_tags=len(image.removed),
+    )
+
+
 def _context(room_id: str, image_id: str, track: str, index: int) -> bytes:
     return segment_context(f"room-image:{room_id}:{image_id}", track, index)
 
@@ -215,19 +265,21 @@ class ImageStore:
         shared_by_participant: str,
         uid_secret: bytes | None = None,
         confirm_burned_in: bool = False,
+        prepare: Callable[..., PreparedImage] = prepare_image,
     ) -> SharedImage:
         """De-identify, render, encrypt and store an uploaded image; the stored record.
 
         `uid_secret` replaces DICOM UIDs (default: derived from the room's data key, see
-        `room_uid_secret`). Raises what `deidentify` raises (`UnsupportedImage`,
-        `ImageTooLarge`, `BurnedInAnnotation`) and `TooManyImages`.
+        `room_uid_secret`). `prepare` does the decoding (`prepare_image`, here or in an image
+        worker). Raises what `deidentify` raises (`UnsupportedImage`, `ImageTooLarge`,
+        `BurnedInAnnotation`) and `TooManyImages`.
         """
         images_dir = self.images_dir(room_id)
         self._reserve(room_id)
         partial: Path | None = None
         try:
             key = self.room_key(room_id)
-            image = deidentify(
+            image = prepare(
                 data,
                 uid_secret=uid_secret or room_uid_secret(key, room_id),
                 confirm_burned_in=confirm_burned_in,
@@ -237,27 +289,26 @@ class ImageStore:
             images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
             partial.mkdir(mode=0o700)
-            for index in image.frames:
+            for index, frame in enumerate(image.frames):
                 self._write(
                     partial / _frame_file(index),
-                    image.render_frame(index),
+                    frame,
                     key,
                     _context(room_id, image_id, _CONTEXT_TRACK_FRAME, index),
                 )
-            spacing = image.pixel_spacing
             record = SharedImage(
                 image_id=image_id,
-                kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
-                frames=image.frame_count,
-                width=image.columns,
-                height=image.rows,
-                pixel_spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
+                kind=image.kind,
+                frames=len(image.frames),
+                width=image.width,
+                height=image.height,
+                pixel_spacing_mm=image.pixel_spacing_mm,
                 shared_by=shared_by_participant,
-                title=image_title(image),
+                title=image.title,
                 burned_in_confirmed=image.burned_in_confirmed,
                 media_type=image.media_type,
                 shared_at=time.time(),
-                removed_tags=len(image.removed),
+                removed_tags=image.removed_tags,
             )
             self._write(
                 partial / META_FILE,
