@@ -29,6 +29,7 @@ import secrets
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,14 +189,18 @@ def prepare_image(
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> PreparedImage:
     """De-identify and render an upload: all the decoding an upload needs, in one pure call
-    (the node runs it in a memory-capped worker, `signaling.imageworker`)."""
-    image = deidentify(
-        data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
-    )
+    (the node runs it in a memory-capped worker, `signaling.imageworker`, whose output goes
+    nowhere). Decoder warnings are dropped here too: pydicom's quote the values they parse."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = deidentify(
+            data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
+        )
+        frames = tuple(image.render_frame(index) for index in image.frames)
     spacing = image.pixel_spacing
     return PreparedImage(
         kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
-        frames=tuple(image.render_frame(index) for index in image.frames),
+        frames=frames,
         media_type=image.media_type,
         width=image.columns,
         height=image.rows,

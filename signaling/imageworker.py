@@ -9,27 +9,37 @@ address space is capped (`RLIMIT_AS`), so running out of memory fails that one u
 
 Processes are started with `spawn` (never `fork`: the node has threads and an event loop) the
 first time an image is shared, and replaced if one dies.
+
+Nothing a worker prints or logs reaches the node's log: decoders report what they parse (pydicom
+warns with the value of a malformed UID, Pillow logs every EXIF tag at debug level, C decoders
+write to stderr), and what they parse is patient data. A worker's failures come back as
+exceptions with our own fixed messages instead.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import resource
 import threading
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .deidentify import ImageTooLarge
+from .deidentify import ImageTooLarge, UnsupportedImage
+from .errors import ConsiliumError
 from .images import PreparedImage, prepare_image
 
 DEFAULT_WORKER_MEMORY = 1024 * 1024 * 1024
 """Address space a worker may use beyond what it holds once started (its imports)."""
 
 
-def _cap_memory(headroom: int) -> None:
-    """Worker initialiser: cap this process's address space at its current size + `headroom`."""
+def _start_worker(headroom: int) -> None:
+    """Worker initialiser: silence the decoders, then cap the address space at the current
+    size + `headroom`."""
+    _silence()
     # Imports first, so the cap is measured against a worker that has everything loaded.
     import signaling.images  # noqa: F401
 
@@ -37,6 +47,19 @@ def _cap_memory(headroom: int) -> None:
         size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     limit = size + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _silence() -> None:
+    """No log record, warning or byte on stdout/stderr leaves this process (see the module)."""
+    root = logging.getLogger()
+    root.handlers[:] = [logging.NullHandler()]
+    root.setLevel(logging.CRITICAL)
+    logging.captureWarnings(False)
+    warnings.simplefilter("ignore")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 class ImageWorkers:
@@ -59,7 +82,7 @@ class ImageWorkers:
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_cap_memory,
+                    initializer=_start_worker,
                     initargs=(self.memory_bytes,),
                 )
             return self._pool
@@ -81,6 +104,13 @@ class ImageWorkers:
         except BrokenProcessPool:
             self._discard(pool)
             raise ImageTooLarge("the image needs more memory to decode than is allowed") from None
+        except ConsiliumError as exc:
+            # Our own error, without the worker's traceback: it quotes what the decoder read.
+            raise exc from None
+        except Exception:
+            # Anything else a decoder raised may quote the upload; it is a refusal, not a
+            # server fault to log.
+            raise UnsupportedImage("the image cannot be read") from None
         return prepared
 
     def close(self) -> None:
