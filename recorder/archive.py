@@ -76,7 +76,7 @@ HOLDS_DIR = "holds"
 SHREDDED_DIR = "shredded"
 """The shredded recordings' tombstones, inside the recordings directory."""
 
-ArchiveStatus = Literal["recording", "complete", "interrupted", "damaged", "shredded"]
+ArchiveStatus = Literal["recording", "complete", "interrupted", "failed", "damaged", "shredded"]
 """A manifest's status, or `damaged` (its manifest does not verify: nothing it says is trusted),
 or `shredded` (its data key is destroyed; the media is being removed)."""
 
@@ -164,6 +164,9 @@ class RecordingSummary:
     problem: str = ""
     """For a `damaged` recording: why its manifest does not verify. Its other fields are then
     what the manifest claims, unverified."""
+    organisations: tuple[str, ...] = ()
+    """Every institution of those present, sorted (with `departments`, whose recording it is:
+    the archive API shows an archivist only those of their organisation and departments)."""
 
 
 @dataclass(frozen=True)
@@ -429,9 +432,13 @@ class Archive:
         is_held = recording_id in held
         if self.keyring.is_shredded(recording_id):
             # Key gone, media not yet removed: nothing of it is shown any more.
+            # Whose it was still scopes who sees the tombstone.
+            people = manifest.participants if manifest else []
             return RecordingSummary(
                 recording_id, manifest.room_id if manifest else "", None, None, 0, "shredded",
-                manifest.recording_class if manifest else "", (), (), (), is_held, None,
+                manifest.recording_class if manifest else "", (),
+                tuple(sorted({d for p in people for d in p.depts})), (), is_held, None,
+                organisations=tuple(sorted({p.org for p in people if p.org})),
             )  # fmt: skip
         if manifest is None:
             return RecordingSummary(
@@ -452,6 +459,7 @@ class Archive:
             recording_class=manifest.recording_class,
             participants=tuple(dict.fromkeys(p.sub for p in manifest.participants)),
             departments=tuple(sorted({d for p in manifest.participants for d in p.depts})),
+            organisations=tuple(sorted({p.org for p in manifest.participants if p.org})),
             cases=tuple(c.label for c in manifest.cases),
             held=is_held,
             expires_at=self._expiry(manifest) if entry.verified else None,
@@ -546,7 +554,7 @@ class Archive:
         return [
             summary
             for summary in self.list()
-            if summary.status in ("complete", "interrupted")
+            if summary.status in ("complete", "interrupted", "failed")
             and not summary.held
             and (expires := _parse_time(summary.expires_at)) is not None
             and expires <= moment

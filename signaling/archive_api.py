@@ -58,7 +58,10 @@ from recorder.roomkeys import rotate_kek
 from recorder.verify import verify_recording
 
 from .audit import AuditLog, iter_entries, parse_time
-from .errors import BadMessage, NotFound
+from .errors import BadMessage, NotFound, PolicyDenied
+from .identity import Identity
+from .logs import scrub
+from .policy import Policy, RecordingScope
 from .recording import recorder_audit
 from .watermark import Mark, watermark
 
@@ -225,6 +228,8 @@ class ArchiveService:
             "ok": not problems,
             "status": report.status,
             "interrupted": report.interrupted,
+            "failure": report.failure,
+            "stopped_at_ms": report.stopped_at_ms,
             "segments_checked": report.segments_checked,
             "records": report.records,
             "manifest_sha256": digest,
@@ -239,7 +244,7 @@ ARCHIVE = web.AppKey("archive", ArchiveService)
 def summary_json(summary: RecordingSummary) -> dict[str, Any]:
     """A summary as the API shows it."""
     out = asdict(summary)
-    for key in ("participants", "departments", "cases"):
+    for key in ("participants", "departments", "cases", "organisations"):
         out[key] = list(out[key])
     return out
 
@@ -276,6 +281,12 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _range_number(digits: str) -> int:
+    """A Range header's byte position: any number past every stream is the same as the
+    largest (Python refuses to parse a 5000-digit one; RFC 9110 gives no bound)."""
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 def _unsatisfiable(length: int) -> web.Response:
     return web.json_response(
         {"error": "range_not_satisfiable", "message": f"the stream has {length} bytes"},
@@ -284,9 +295,29 @@ def _unsatisfiable(length: int) -> web.Response:
     )
 
 
-def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
+def recording_scope(summary: RecordingSummary) -> RecordingScope:
+    """Whose a recording is, for the policy: the departments and organisations of those present."""
+    return RecordingScope(summary.recording_id, summary.departments, summary.organisations)
+
+
+def register(app: web.Application, authenticate: Any, json_body: Any, policy: Policy) -> None:
     """Add the archive's routes; `authenticate(request, action)` is the server's one check,
-    `json_body(request)` its bounded JSON reader."""
+    `json_body(request)` its bounded JSON reader; `policy` scopes each recording to the
+    organisation and departments of whoever asks (as rooms are)."""
+
+    async def authorised(request: web.Request, action: str) -> tuple[Identity, RecordingSummary]:
+        """The caller, allowed `action` on the recording the path names (audited if not)."""
+        service = request.app[ARCHIVE]
+        identity: Identity = await authenticate(request, action)
+        summary = await service.run(service.archive.summary, _recording_id(request))
+        decision = policy.decide_recording(identity, action, recording_scope(summary))
+        if not decision:
+            service.audit.append(
+                "api_refused", "deny", sub=identity.sub, recording=summary.recording_id,
+                reason=decision.reason, requested=action, path=scrub(request.path)[:200],
+            )  # fmt: skip
+            raise PolicyDenied(decision.reason)
+        return identity, summary
 
     async def list_recordings(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
@@ -294,9 +325,11 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
         q = request.query
         status = q.get("status") or None
         if status is not None and status not in (
-            "recording", "complete", "interrupted", "damaged", "shredded",
+            "recording", "complete", "interrupted", "failed", "damaged", "shredded",
         ):  # fmt: skip
-            raise BadMessage("status must be recording, complete, interrupted, damaged or shredded")
+            raise BadMessage(
+                "status must be recording, complete, interrupted, failed, damaged or shredded"
+            )
         criteria = {
             "room": q.get("room") or None,
             "since": _time_query(request, "since"),
@@ -306,7 +339,11 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
             "case": q.get("case") or None,
             "status": status,
         }
-        found = await service.run(service.archive.search, **criteria)
+        found = [
+            summary
+            for summary in await service.run(service.archive.search, **criteria)
+            if policy.decide_recording(identity, "list_recordings", recording_scope(summary))
+        ]
         filters = {k: str(v)[:100] for k, v in criteria.items() if v is not None}
         service.audit.append(
             "recordings_listed", "allow", sub=identity.sub, filters=filters, count=len(found)
@@ -315,9 +352,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def get_recording(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "list_recordings")
-        recording_id = _recording_id(request)
-        summary = await service.run(service.archive.summary, recording_id)
+        identity, summary = await authorised(request, "list_recordings")
+        recording_id = summary.recording_id
         manifest = await service.run(service.archive.manifest, recording_id)
         service.audit.append(
             "recording_listed", "allow", sub=identity.sub, room=summary.room_id,
@@ -337,8 +373,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def verify(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "play_recording")
-        recording_id = _recording_id(request)
+        identity, summary = await authorised(request, "play_recording")
+        recording_id = summary.recording_id
         result = await service.run(service.verify, recording_id)
         service.audit.append(
             "recording_verified", "allow" if result["ok"] else "deny", sub=identity.sub,
@@ -348,8 +384,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def read_stream(request: web.Request) -> web.StreamResponse:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "play_recording")
-        recording_id = _recording_id(request)
+        identity, summary = await authorised(request, "play_recording")
+        recording_id = summary.recording_id
         reader = await service.run(
             TrackStream, service.archive, recording_id, request.match_info["stream"]
         )
@@ -363,10 +399,10 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
                 return _unsatisfiable(length)
             first, last = match.groups()
             if first == "":  # the last N bytes
-                start, end = max(0, length - int(last)), length
+                start, end = max(0, length - _range_number(last)), length
             else:
-                start = int(first)
-                end = min(length, int(last) + 1) if last else length
+                start = _range_number(first)
+                end = min(length, _range_number(last) + 1) if last else length
             if start >= length or start >= end:
                 return _unsatisfiable(length)
             status = 206
@@ -411,8 +447,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
     async def exported(request: web.Request, what: str) -> web.StreamResponse:
         service = request.app[ARCHIVE]
         action = "play_recording" if what in ("media", "annotations") else "export_recording"
-        identity = await authenticate(request, action)
-        recording_id = _recording_id(request)
+        identity, summary = await authorised(request, action)
+        recording_id = summary.recording_id
         case = _int_query(request, "case")
         start, end = _int_query(request, "start_ms"), _int_query(request, "end_ms")
         service.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -458,8 +494,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def list_recorded_images(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "play_recording")
-        recording_id = _recording_id(request)
+        identity, summary = await authorised(request, "play_recording")
+        recording_id = summary.recording_id
         stored = await service.run(service.archive.images, recording_id)
         service.audit.append(
             "recording_images_listed", "allow", sub=identity.sub, recording=recording_id,
@@ -469,8 +505,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def recorded_image(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "play_recording")
-        recording_id = _recording_id(request)
+        identity, summary = await authorised(request, "play_recording")
+        recording_id = summary.recording_id
         image_id = request.match_info["image_id"]
         try:
             frame = int(request.match_info["frame"])
@@ -488,19 +524,19 @@ def register(app: web.Application, authenticate: Any, json_body: Any) -> None:
 
     async def hold(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "hold_recording")
+        identity, summary = await authorised(request, "hold_recording")
         body = await json_body(request)
         reason = str(body.get("reason", "")).strip()
         if not reason:
             raise BadMessage("a legal hold needs a reason (a matter or complaint reference)")
-        held = await service.run(service.archive.hold, _recording_id(request), reason[:200],
+        held = await service.run(service.archive.hold, summary.recording_id, reason[:200],
                                  identity.sub)  # fmt: skip
         return web.json_response(asdict(held), status=201)
 
     async def release(request: web.Request) -> web.Response:
         service = request.app[ARCHIVE]
-        identity = await authenticate(request, "hold_recording")
-        released = await service.run(service.archive.release, _recording_id(request),
+        identity, summary = await authorised(request, "hold_recording")
+        released = await service.run(service.archive.release, summary.recording_id,
                                      identity.sub)  # fmt: skip
         return web.json_response(asdict(released))
 

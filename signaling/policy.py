@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,29 @@ SEPARATION_OF_DUTIES: Mapping[tuple[str, str], str] = _forbidden_by_duty()
 """(role, action) pairs no table may grant, each with the rule that forbids it."""
 
 
+class Refusal(StrEnum):
+    """Why the policy refuses, as clients are told it: a stable code they put in words (the web
+    client's `ended.refusal.<code>` strings say what to do about it). Nothing of the policy's
+    table travels with it; the audit log keeps the full reason."""
+
+    MFA_REQUIRED = "mfa_required"
+    """The role needs a second factor and the token's `amr` has none: sign in again with one."""
+    ROOM_NOT_GRANTED = "room_not_granted"
+    """The token does not grant this room (a link for another meeting): ask the chair for one."""
+    DEPARTMENT_NOT_PERMITTED = "department_not_permitted"
+    """The room belongs to other departments and grants neither the person, their department
+    nor their organisation: ask the chair for a grant on the room."""
+    SEPARATION_OF_DUTIES = "separation_of_duties"
+    """The role never does this (archivists, admins and auditors never join a live room;
+    archivists use the archive instead)."""
+    ROLE_FORBIDDEN = "role_forbidden"
+    """The policy table does not give the role this action."""
+    UNKNOWN_ROLE = "unknown_role"
+    """The token's role is not one Consilium knows."""
+    UNKNOWN_ACTION = "unknown_action"
+    """Not an action the policy decides (a programming error, never a person's fault)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An allow or deny, with the reason that goes to the audit log."""
@@ -115,6 +139,11 @@ class Decision:
     def code(self) -> str:
         """The machine-readable part of the reason, before any `: detail`."""
         return self.reason.partition(":")[0]
+
+    @property
+    def refusal(self) -> Refusal | None:
+        """What a client is told of a deny (its code, without the detail); None when allowed."""
+        return None if self.allowed else Refusal(self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +168,26 @@ class RoomScope:
                 )
 
 
+@dataclass(frozen=True, slots=True)
+class RecordingScope:
+    """What the policy needs to know of a recording: whose it is, as its signed manifest says."""
+
+    recording_id: str
+    """The recording's id."""
+    departments: tuple[str, ...]
+    """Every department of those present; empty means open to any department (as a room)."""
+    organisations: tuple[str, ...] = ()
+    """Every institution of those present; empty when none was stated."""
+
+
 ALLOWED = Decision(True, "allowed")
-MFA_REQUIRED = Decision(False, "mfa_required")
-ROOM_NOT_GRANTED = Decision(False, "room_not_granted")
-DEPARTMENT_NOT_PERMITTED = Decision(False, "department_not_permitted")
+MFA_REQUIRED = Decision(False, Refusal.MFA_REQUIRED.value)
+ROOM_NOT_GRANTED = Decision(False, Refusal.ROOM_NOT_GRANTED.value)
+DEPARTMENT_NOT_PERMITTED = Decision(False, Refusal.DEPARTMENT_NOT_PERMITTED.value)
+
+_OTHER_ORGANISATION = Decision(
+    False, f"{DEPARTMENT_NOT_PERMITTED.reason}: recorded at another organisation"
+)
 
 _TOP_LEVEL_KEYS = ("opens_rooms", "wildcard_room_grants", "mfa", "roles")
 _MFA_KEYS = ("methods", "required_for")
@@ -184,11 +229,11 @@ class Policy:
             for action in ACTIONS:
                 duty = SEPARATION_OF_DUTIES.get((role, action))
                 if duty is not None:
-                    verdict = Decision(False, f"separation_of_duties: {duty}")
+                    verdict = Decision(False, f"{Refusal.SEPARATION_OF_DUTIES}: {duty}")
                 elif action in self._actions[role]:
                     verdict = ALLOWED
                 else:
-                    verdict = Decision(False, f"role_forbidden: {role} may not {action}")
+                    verdict = Decision(False, f"{Refusal.ROLE_FORBIDDEN}: {role} may not {action}")
                 self._verdicts[role, action] = verdict
 
     @classmethod
@@ -273,8 +318,8 @@ class Policy:
         verdict = self._verdicts.get((identity.role, action))
         if verdict is None:
             if identity.role not in _ROLE_SET:
-                return Decision(False, f"unknown_role: {identity.role}")
-            return Decision(False, f"unknown_action: {action}")
+                return Decision(False, f"{Refusal.UNKNOWN_ROLE}: {identity.role}")
+            return Decision(False, f"{Refusal.UNKNOWN_ACTION}: {action}")
         if not verdict.allowed:
             return verdict
         if identity.role in self._mfa_roles and self.mfa_methods.isdisjoint(identity.amr):
@@ -295,6 +340,23 @@ class Policy:
             or any(f"dept:{d}" in room.grants for d in identity.depts if d)
             or (identity.org and f"org:{identity.org}" in room.grants)
         ):
+            return ALLOWED
+        return DEPARTMENT_NOT_PERMITTED
+
+    def decide_recording(
+        self, identity: Identity, action: str, recording: RecordingScope
+    ) -> Decision:
+        """Allow or deny an archive `action` on one recording: the role may (as `decide`), and
+        the recording is within the identity's reach, scoped like a room: one of its
+        organisations is the identity's (when both are stated), and it shares a department
+        (or has none). An archivist's `dept` claim lists the departments whose records they
+        keep."""
+        verdict = self.decide(identity, action)
+        if not verdict:
+            return verdict
+        if identity.org and recording.organisations and identity.org not in recording.organisations:
+            return _OTHER_ORGANISATION
+        if not recording.departments or any(d in recording.departments for d in identity.depts):
             return ALLOWED
         return DEPARTMENT_NOT_PERMITTED
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recorder.diskspace import MIB, DiskSpace
 from recorder.recovery import recover_interrupted
-from recorder.roomkeys import RoomKeys, kek_path, open_keyring
+from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
 from sfu.ice import IceSettings, client_ice_servers
 from sfu.room import MediaServer, MediaSettings
@@ -31,7 +31,7 @@ from . import __version__
 from . import protocol as p
 from .archive_api import ARCHIVE, ArchiveService, retention_settings
 from .archive_api import register as register_archive
-from .audit import AuditLog, generate_audit_key, iter_entries, parse_time
+from .audit import HEADS_FILE, AuditLog, generate_audit_key, iter_entries, parse_time
 from .connection import CLOSE_HANDSHAKE_S, Connection, ConsiliumWebSocket, limit_send_buffer
 from .deidentify import ImageLimits, ImageTooLarge
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
@@ -63,6 +63,7 @@ from .settings import Settings, is_loopback
 from .state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
 from .tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
 from .watermark import Mark, load_or_create_watermark_key, watermark
+from .witness import SyslogWitness
 
 log = logging.getLogger("consilium.server")
 
@@ -159,16 +160,32 @@ def _image_frames(
     return found
 
 
+def kek_location(settings: Settings) -> Path:
+    """The key-encryption key file: `kek_file`, or `kek.json` in the key folder."""
+    return settings.kek_file or settings.keys_directory() / KEK_FILE_NAME
+
+
+def audit_witness(settings: Settings) -> SyslogWitness | None:
+    """The syslog-over-TLS witness of the audit checkpoints, if one is configured."""
+    address = settings.witness_address()
+    if address is None:
+        return None
+    return SyslogWitness(*address, node=settings.node_id, cafile=settings.audit_witness_ca)
+
+
 def build_node(settings: Settings) -> Node:
     """Load keys, policy and state for one node (nothing listens yet)."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    audit_key = generate_audit_key(data_dir / "keys")
+    key_dir = settings.keys_directory()
+    audit_key = generate_audit_key(key_dir)
     audit = AuditLog(
         data_dir / "audit",
         audit_key,
         checkpoint_every=settings.audit_checkpoint_every,
         fsync=settings.audit_fsync,
+        heads_file=key_dir / HEADS_FILE,
+        witness=audit_witness(settings),
     )
     policy = Policy.load(settings.policy_file)
     dev_idp: DevelopmentIdP | None = None
@@ -204,7 +221,7 @@ def build_node(settings: Settings) -> Node:
         audit,
         ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
     )
-    room_keys = RoomKeys(open_keyring(data_dir, settings.kek_file))
+    room_keys = RoomKeys(open_keyring(data_dir, kek_location(settings)))
     images = ImageStore(
         data_dir,
         room_keys.key_for,
@@ -1236,12 +1253,12 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
         node.audit_key,
         node.audit,
         retention_settings(settings.retention_classes()),
-        kek_path(settings.data_dir, settings.kek_file),
+        kek_location(settings),
         settings.data_dir / "audit",
         settings.export_scratch(),
         node.watermark_key,
     )
-    register_archive(app, _authenticate, _json_body)
+    register_archive(app, _authenticate, _json_body, node.policy)
     add_dev_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
     app.router.add_get("/join/{room}", join_page)

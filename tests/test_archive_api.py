@@ -61,7 +61,8 @@ async def call(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any, dict[str, str]]:
     session = await node.session()
-    token = node.token(f"user-{role}", role, rooms=[])
+    # The archivist keeps the oncology and surgery records (the recordings made here).
+    token = node.token(f"user-{role}", role, rooms=[], depts=["oncology", "surgery"])
     all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
     async with session.request(method, node.url + path, json=body, headers=all_headers) as response:
         raw = await response.read()
@@ -176,6 +177,19 @@ async def test_range_requests_read_any_part_of_a_stream(node: RunningNode) -> No
     assert audited(node, "recording_played")
 
 
+async def test_a_range_with_a_huge_number_is_not_a_server_error(node: RunningNode) -> None:
+    make_recording(node, "rec-a", seconds=3.0)
+    path = "/api/recordings/rec-a/streams/track-0"
+    huge = "9" * 5000  # more digits than Python parses
+    status, body, headers = await call(node, "GET", path, headers={"Range": f"bytes={huge}-"})
+    assert status == 416 and body["error"] == "range_not_satisfiable"
+    status, whole, _ = await call(node, "GET", path)
+    status, part, headers = await call(node, "GET", path, headers={"Range": f"bytes=0-{huge}"})
+    assert status == 206 and part == whole  # to the end, as any last position past it
+    status, part, headers = await call(node, "GET", path, headers={"Range": f"bytes=-{huge}"})
+    assert status == 206 and part == whole
+
+
 async def test_a_legal_hold_keeps_a_recording_through_retention(node: RunningNode) -> None:
     make_recording(node, "rec-kept", recording_class="scratch")
     make_recording(node, "rec-gone", recording_class="scratch")
@@ -218,3 +232,70 @@ async def test_keys_rotate_under_a_new_kek_and_recordings_still_play(node: Runni
     assert not (keys_dir / "kek.next.json").exists()
     (entry,) = audited(node, "keys_rotated")
     assert entry.sub == "user-admin" and entry.fields["new_kek"] == rotated["kek_id"]
+
+
+async def _as(node: RunningNode, method: str, path: str, token: str) -> tuple[int, Any]:
+    session = await node.session()
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"reason": "matter 7"} if path.endswith("/hold") and method == "POST" else None
+    async with session.request(method, node.url + path, json=body, headers=headers) as response:
+        raw = await response.read()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw
+
+
+async def test_the_archive_is_scoped_to_the_archivists_departments(node: RunningNode) -> None:
+    make_recording(node, "rec-onc", participants=(ONCOLOGIST,), seconds=3.0)
+    make_recording(node, "rec-sur", participants=(SURGEON,), seconds=3.0)
+    cardiology = node.token("arch-heart", "archivist", rooms=[], depts=["cardiology"])
+    surgery = node.token("arch-sur", "archivist", rooms=[], depts=["surgery"])
+
+    status, body = await _as(node, "GET", "/api/recordings", cardiology)
+    assert status == 200 and body["recordings"] == []
+    status, body = await _as(node, "GET", "/api/recordings", surgery)
+    assert [r["recording_id"] for r in body["recordings"]] == ["rec-sur"]
+
+    # Every read of one recording decides the same way: details, verify, a stream, the
+    # player's media, the export, the bundle, the images, the legal hold.
+    for method, path in (
+        ("GET", "/api/recordings/rec-onc"),
+        ("POST", "/api/recordings/rec-onc/verify"),
+        ("GET", "/api/recordings/rec-onc/streams/events"),
+        ("GET", "/api/recordings/rec-onc/media"),
+        ("GET", "/api/recordings/rec-onc/annotations"),
+        ("GET", "/api/recordings/rec-onc/export"),
+        ("GET", "/api/recordings/rec-onc/bundle"),
+        ("GET", "/api/recordings/rec-onc/images"),
+        ("POST", "/api/recordings/rec-onc/hold"),
+        ("DELETE", "/api/recordings/rec-onc/hold"),
+    ):
+        status, body = await _as(node, method, path, surgery)
+        assert status == 403, (method, path, body)
+        assert body["error"] == "not_allowed"
+    refused = [
+        e for e in iter_entries(node.data_dir / "audit", sub="arch-sur", action="api_refused")
+    ]
+    assert len(refused) == 10
+    assert {e.reason for e in refused} == {"department_not_permitted"}
+    assert {e.fields["recording"] for e in refused} == {"rec-onc"}
+    assert not audited(node, "recording_exported") and not audited(node, "recording_held")
+    status, _ = await _as(node, "GET", "/api/recordings/rec-sur", surgery)
+    assert status == 200
+
+
+async def test_the_archive_is_scoped_to_the_archivists_organisation(node: RunningNode) -> None:
+    elsewhere = RecordedParticipant(
+        "p-onc", "dr-onc", "Dr Onc", "specialist", ["oncology"], org="st-elsewhere"
+    )
+    make_recording(node, "rec-other", participants=(elsewhere,), seconds=3.0)
+    ours = node.token("arch-1", "archivist", rooms=[], depts=["oncology"], org="our-hospital")
+    status, body = await _as(node, "GET", "/api/recordings", ours)
+    assert status == 200 and body["recordings"] == []
+    status, body = await _as(node, "GET", "/api/recordings/rec-other", ours)
+    assert status == 403 and "another organisation" in body["message"]
+    theirs = node.token("arch-2", "archivist", rooms=[], depts=["oncology"], org="st-elsewhere")
+    status, body = await _as(node, "GET", "/api/recordings", theirs)
+    assert [r["recording_id"] for r in body["recordings"]] == ["rec-other"]
+    assert body["recordings"][0]["organisations"] == ["st-elsewhere"]

@@ -176,8 +176,13 @@ async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
     bundle = tmp_path / "evidence.zip"
     status, out = await consilium(node, "archivist", "recordings", "bundle", recording_id,
                                   "--out", bundle)  # fmt: skip
-    assert status == 0, out
+    assert status == 0 and "--public-key" in out, out
+    # The key inside the bundle shows it is whole, not who signed it: only the hospital's key does.
     status, out = await consilium(node, "archivist", "recordings", "verify-bundle", bundle)
+    assert status == 2 and "AUTHENTICITY NOT ESTABLISHED" in out, out
+    public_pem = node.data_dir / "keys" / "audit-ed25519.pub.pem"
+    status, out = await consilium(node, "archivist", "recordings", "verify-bundle", bundle,
+                                  "--public-key", public_pem)  # fmt: skip
     assert status == 0 and "OK" in out, out
     import zipfile
 
@@ -258,7 +263,7 @@ async def test_sigkill_mid_recording_loses_at_most_a_segment_and_verify_says_int
 
     serve = start_serve(data_dir, env=env)  # recovers the recording at start
     try:
-        archivist = idp.mint(sub="arch-1", role="archivist", depts=["records"])
+        archivist = idp.mint(sub="arch-1", role="archivist", depts=["records", "cardiology"])
         env_cli = {**os.environ, "CONSILIUM_SERVER": serve.url, "CONSILIUM_TOKEN": archivist}
         verified = await asyncio.to_thread(
             subprocess.run,

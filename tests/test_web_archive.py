@@ -209,7 +209,9 @@ async def test_an_archivist_finds_plays_verifies_and_exports_a_recording(
     idp = DevelopmentIdP.load_or_create(serve.data_dir)
     board = await _record(serve, idp, "tumour-board", ("oncology", "cardiology"), annotate=True)
     other = await _record(serve, idp, "skin-mdt", ("oncology", "dermatology"), annotate=False)
-    archivist = idp.mint(sub="arch-1", role="archivist", name="Mo Records", depts=["records"])
+    # The archive is scoped like rooms: the archivist keeps these departments' records.
+    archivist = idp.mint(sub="arch-1", role="archivist", name="Mo Records",
+                         depts=["oncology", "cardiology", "dermatology"])  # fmt: skip
     specialist = idp.mint(sub="dr-ana", role="specialist", depts=["cardiology"])
 
     # The page is served with the same security headers as the meeting's.
