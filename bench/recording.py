@@ -201,9 +201,9 @@ def record_room(
     for tick in range(seconds * 100):
         clock.now = tick / 100
         for video, audio in tracks:
-            on_rtp(video, video_packet, 0)
+            on_rtp(video, video_packet, 0, not tick)  # the first starts a keyframe
             if not tick & 1:
-                on_rtp(audio, audio_packet, 0)
+                on_rtp(audio, audio_packet, 0, False)
         if tick % 1000 == 1 and tick > 1000:
             # Let the writer keep up, as real time would: on a fake clock the feeding outruns
             # the media rate, and the sink drops (never waits) when its writer falls behind.

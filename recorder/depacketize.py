@@ -17,7 +17,9 @@ from __future__ import annotations
 import heapq
 import struct
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import av
 
 _FIXED_HEADER = struct.Struct("!BBHII")
 ANNEX_B_START_CODE = b"\x00\x00\x00\x01"
@@ -193,6 +195,21 @@ def vp8_picture_size(frame: bytes) -> tuple[int, int] | None:
         return None
     width, height = struct.unpack_from("<HH", frame, 6)
     return width & 0x3FFF, height & 0x3FFF
+
+
+def decoded_size(codec: str, frame: bytes) -> tuple[int, int] | None:
+    """Width and height of a video keyframe (`codec` a MIME type) by decoding it with FFmpeg;
+    None when it does not decode on its own. Only one frame is decoded: a check, not a render."""
+    name = {"video/vp8": "vp8", "video/h264": "h264"}.get(codec.lower())
+    if name is None:
+        return None
+    decoder: Any = av.CodecContext.create(name, "r")
+    try:
+        for decoded in (*decoder.decode(av.Packet(frame)), *decoder.decode(None)):
+            return decoded.width, decoded.height
+    except (av.error.FFmpegError, ValueError):
+        return None
+    return None
 
 
 class Vp8Depacketizer:

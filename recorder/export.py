@@ -42,7 +42,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from signaling.errors import IntegrityError
 
-from .depacketize import AssemblerStats, Frame, FrameAssembler, depacketizer_for, vp8_picture_size
+from .depacketize import (
+    AssemblerStats,
+    Frame,
+    FrameAssembler,
+    decoded_size,
+    depacketizer_for,
+    vp8_picture_size,
+)
 from .manifest import (
     EVENTS_STREAM,
     RecordingManifest,
@@ -118,6 +125,9 @@ class ExportResult:
     """The file's streams, in order."""
     events: int
     """Annotation and chat events written to the sidecar."""
+    lost_video: list[str] = field(default_factory=list)
+    """Video tracks with packets in range but no keyframe that starts them: not in the file
+    (`verify_recording` reports such a track as a problem)."""
 
 
 @dataclass(order=True)
@@ -163,8 +173,9 @@ def export_recording(
     container = "matroska" if any(t.codec.lower() == "video/h264" for t in tracks) else "webm"
     temp = out_path.with_name(f".{out_path.name}.partial")
     try:
+        lost_video: list[str] = []
         streams = _write_media(directory, data_key, manifest, tracks, start, end, temp,
-                               container, counter)  # fmt: skip
+                               container, counter, lost_video)  # fmt: skip
         events = _write_sidecar(directory, data_key, manifest, start, end, case, out_path,
                                 sidecar, counter)  # fmt: skip
         os.replace(temp, out_path)
@@ -184,6 +195,7 @@ def export_recording(
         duration_ms=max((s.last_ms for s in streams), default=0),
         streams=streams,
         events=events,
+        lost_video=lost_video,
     )
 
 
@@ -355,6 +367,7 @@ def _write_media(
     path: Path,
     container: str,
     counter: _Progress,
+    lost_video: list[str],
 ) -> list[ExportedStream]:
     sources: list[Iterator[_Timed]] = []
     firsts: list[_Timed | None] = []
@@ -369,8 +382,10 @@ def _write_media(
             out.index, track, start, out,
         )  # fmt: skip
         first = next(timed, None)
-        if first is None:
-            continue  # nothing decodable in range (e.g. no keyframe): no empty stream
+        if first is None:  # nothing decodable in range: no empty stream
+            if track.kind == "video" and assembler.stats.packets:
+                lost_video.append(track.track_id)
+            continue
         streams.append(out)
         sources.append(timed)
         firsts.append(first)
@@ -412,7 +427,11 @@ def _add_stream(output: av.container.OutputContainer, out: ExportedStream, first
         # rate, pre-skip) the container's CodecPrivate needs; no frame is ever encoded.
         stream: Any = output.add_stream("libopus", rate=48000, layout="stereo")
     else:
-        size = vp8_picture_size(first.data) if out.codec == "vp8" else _decoded_size(first)
+        size = (
+            vp8_picture_size(first.data)
+            if out.codec == "vp8"
+            else decoded_size(f"video/{out.codec}", first.data)
+        )
         out.width, out.height = size or (0, 0)
         stream = output.add_mux_stream(out.codec, width=out.width, height=out.height)
     stream.time_base = MEDIA_TIME_BASE
@@ -420,19 +439,6 @@ def _add_stream(output: av.container.OutputContainer, out: ExportedStream, first
     stream.metadata["participant"] = out.participant_id
     stream.metadata["track"] = out.track_id
     return stream
-
-
-def _decoded_size(first: Frame) -> tuple[int, int] | None:
-    """An H.264 keyframe's picture size, by decoding it (SPS parsing left to FFmpeg)."""
-    decoder = av.CodecContext.create("h264", "r")
-    try:
-        for frame in decoder.decode(av.Packet(first.data)):
-            return frame.width, frame.height
-        for frame in decoder.decode(None):
-            return frame.width, frame.height
-    except av.error.FFmpegError:
-        return None
-    return None
 
 
 def _write_sidecar(

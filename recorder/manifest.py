@@ -133,6 +133,10 @@ class TrackEntry:
     """Payload type of the stored packets."""
     source: str
     """`microphone`, `camera` or `screen`."""
+    before_keyframe: int = 0
+    """Video packets received while the recording waited for this track's first keyframe (and
+    after a consent renewed), left out because nothing before a keyframe decodes. Many of them
+    and no records: the publisher never answered the keyframe requests, the video is lost."""
 
 
 @dataclass
@@ -258,8 +262,13 @@ class RecordingManifest:
         return entry.track_id
 
     def body(self) -> dict[str, Any]:
-        """The signed content, as JSON values."""
-        return asdict(self)
+        """The signed content, as JSON values. A track's `before_keyframe` appears only when it
+        is not 0, so manifests written before it existed still verify."""
+        body = asdict(self)
+        for track in body["tracks"]:
+            if not track["before_keyframe"]:
+                del track["before_keyframe"]
+        return body
 
     def canonical(self) -> bytes:
         """What is signed: canonical JSON of `body`."""

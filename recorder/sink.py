@@ -8,6 +8,12 @@ plaintext never reaches a file) and, when the sink says so, closes the segment: 
 fsync, manifest rewritten. If the writer falls behind past the queue's bound, buffers are dropped
 and counted (`dropped_records`), never waited for: the forwarder must not block.
 
+Each video stream begins at a keyframe: until the forwarder hands it a packet that starts one,
+the sink drops the track's packets (counted in the manifest as `before_keyframe`) and answers
+"waiting", which makes the SFU ask the publisher for a keyframe. That happens when the recording
+starts, when a recorded track appears and when a participant's consent arrives (or is given
+again after a withdrawal), so a camera that was already on is recorded from its next keyframe.
+
 Segments close together in every stream every `segment_seconds` (and at each case marker, so a
 case is whole segments), and one stream's alone when it reaches `segment_bytes` or its track
 ends. A crash therefore loses at most each stream's unfinished segment; `recover_interrupted`
@@ -24,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -116,10 +122,19 @@ class RecordingSettings:
 class _Stream:
     """One stream's records not yet handed to the writer (forwarding-path state)."""
 
-    __slots__ = ("buffer", "first_ms", "last_ms", "name", "pending", "segment_bytes")
+    __slots__ = (
+        "awaiting_keyframe", "before_keyframe", "buffer", "first_ms", "last_ms", "name",
+        "pending", "segment_bytes", "video",
+    )  # fmt: skip
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, video: bool = False) -> None:
         self.name = name
+        self.video = video
+        """A video track: recorded from a keyframe on."""
+        self.awaiting_keyframe = video
+        """Packets are dropped until one starts a keyframe."""
+        self.before_keyframe = 0
+        """Packets dropped while awaiting a keyframe."""
         self.buffer = bytearray()
         self.pending = 0
         """Records in `buffer`."""
@@ -163,8 +178,10 @@ class _Meta:
     entry: RecordedParticipant | ConsentRecord
 
 
+@dataclass
 class _Stop:
-    pass
+    before_keyframe: dict[str, int] = field(default_factory=dict)
+    """Per video stream: packets dropped while awaiting a keyframe (for the manifest)."""
 
 
 _Item = _Data | _Close | _Track | _Stream_ | _Meta | _Stop
@@ -289,7 +306,7 @@ class RecordingSink:
             return
         name = f"track-{self._track_count}"
         self._track_count += 1
-        self._streams[track.track_id] = _Stream(name)
+        self._streams[track.track_id] = _Stream(name, video=track.kind == "video")
         self._owners[track.track_id] = track.participant_id
         entry = TrackEntry(
             stream=name,
@@ -304,26 +321,34 @@ class RecordingSink:
         self._put_control(_Track(entry))
         self.meeting_event("track_started", track_id=track.track_id, stream=name)
 
-    def on_rtp(self, track: RecordedTrack, packet: bytes, arrival_ms: int) -> None:
+    def on_rtp(self, track: RecordedTrack, packet: bytes, arrival_ms: int, keyframe: bool) -> bool:
         """Buffer one packet as received (hot path: watched by `bench/recording.py`
         `record_cpu_s_per_s`). Never blocks, never raises. The record's time is the sink's own
         clock (ms since start), one timeline for every track and event; `arrival_ms` (the
-        transport's clock) is not used."""
+        transport's clock) is not used. A video stream starts at a packet that starts a keyframe
+        (`keyframe`, told by the SFU); before it the packet is dropped and True returned, so the
+        SFU asks the publisher for a keyframe."""
         if not self._running:
-            return
+            return False
         try:
             if not (self._record_everyone or track.participant_id in self._recorded):
-                return  # no consent (not yet, or withdrawn): their media is left out
+                return False  # no consent (not yet, or withdrawn): their media is left out
             stream = self._streams.get(track.track_id)
             if stream is None:
                 self.on_track(track)  # published before the recording started
                 stream = self._streams[track.track_id]
+            if stream.awaiting_keyframe:
+                if not keyframe:
+                    stream.before_keyframe += 1
+                    return True
+                stream.awaiting_keyframe = False
             now = round((self._clock() - self._t0) * 1000)
             if now >= self._next_boundary:
                 self._boundary(now)
             self._append(stream, now, packet)
         except Exception:  # a recorder bug must never break forwarding
             self._fault("packet")
+        return False
 
     def on_track_ended(self, track: RecordedTrack) -> None:
         """The track is gone: its open segment closes now (so it is safe on disk)."""
@@ -361,6 +386,12 @@ class RecordingSink:
             method=consent.method,
         )  # fmt: skip
         if consent.decision == "granted":
+            if consent.participant_id not in self._recorded:
+                # Recorded again after a withdrawal: their video resumes at a keyframe.
+                for track_id, owner in self._owners.items():
+                    stream = self._streams[track_id]
+                    if owner == consent.participant_id and stream.video:
+                        stream.awaiting_keyframe = True
             self._recorded.add(consent.participant_id)
             return
         self._recorded.discard(consent.participant_id)
@@ -421,7 +452,8 @@ class RecordingSink:
             self._running = False
         if not self._stop_sent:  # also after a writer failure, so the thread ends
             self._stop_sent = True
-            self._put_control(_Stop())
+            waited = {s.name: s.before_keyframe for s in self._streams.values() if s.video}
+            self._put_control(_Stop(waited))
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"recording {self.recording_id}: writer did not finish")
@@ -568,6 +600,8 @@ class RecordingSink:
                     manifest_sha256=self.last_manifest_sha256,
                 )
         else:
+            for entry in self._manifest.tracks:
+                entry.before_keyframe = item.before_keyframe.get(entry.stream, 0)
             for name in list(self._open):
                 self._close_segment(name)
             for segments in self._manifest.streams.values():

@@ -4,9 +4,11 @@
 every stream's segment files are exactly those listed (none missing, none extra, none swapped);
 each file's SHA-256 and size match; each decrypts and authenticates in full under its context
 (recording id, track, position), so a segment spliced from another recording, truncated or
-flipped is named; and its records agree with the manifest's counts and times. It reports every
-problem it finds, each naming the file and what failed; `interrupted` recordings verify, and say
-so.
+flipped is named; and its records agree with the manifest's counts and times. Every video track
+must hold a keyframe that decodes (a recording that lost its video is not intact): one whose
+packets all came before any keyframe, or whose keyframes never decode, is reported. It reports
+every problem it finds, each naming the file and what failed; `interrupted` recordings verify,
+and say so.
 
 `iter_packets` streams a track's records from a given time, starting at the segment that holds
 it (found in the manifest, without reading earlier segments).
@@ -23,12 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from signaling.errors import IntegrityError
 
+from .depacketize import Frame, FrameAssembler, decoded_size, depacketizer_for
 from .manifest import (
     EVENTS_STREAM,
     SEGMENT_SUFFIX,
     RecordingManifest,
     RecordingStatus,
     SegmentEntry,
+    TrackEntry,
     iter_records,
     load_manifest,
     read_manifest,
@@ -36,6 +40,10 @@ from .manifest import (
     stream_context,
 )
 from .segments import SegmentIntegrityError, open_segment_reader
+
+KEYFRAMES_TRIED = 3
+"""A video track whose first this many keyframes do not decode is reported as lost (checking
+every one would decode the whole track)."""
 
 
 class RecordingIntegrityError(IntegrityError):
@@ -62,6 +70,17 @@ class VerifyReport:
         """Whether nothing failed."""
         return not self.problems
 
+    failure: str = ""
+    """Why a `failed` recording stopped by itself (`disk_full`, `write_failed`)."""
+    stopped_at_ms: int | None = None
+    """Where a `failed` recording's stored media ends (ms since its start)."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the recording stopped by itself (what it holds up to `stopped_at_ms` can
+        still be intact: this is not "complete")."""
+        return self.status == "failed"
+
     @property
     def interrupted(self) -> bool:
         """Whether the recording was closed by crash recovery (it can still be intact)."""
@@ -87,6 +106,7 @@ def verify_recording(
         report.problems.append(str(error))
         return report
     report.status = manifest.status
+    report.failure, report.stopped_at_ms = manifest.failure, manifest.stopped_at_ms
     try:
         manifest.check_signature(signature, public_key)
     except IntegrityError as error:
@@ -103,7 +123,46 @@ def verify_recording(
     _check_stream_directories(directory, manifest, report)
     for stream, segments in manifest.streams.items():
         _verify_stream(directory, manifest, stream, segments, data_key, report)
+    if report.ok:  # a keyframe is only looked for in streams that authenticated
+        for track in manifest.tracks:
+            if track.kind == "video":
+                _check_video_starts(directory, data_key, track, report)
     return report
+
+
+def _check_video_starts(
+    directory: Path, data_key: bytes, track: TrackEntry, report: VerifyReport
+) -> None:
+    """A video track holds a keyframe that decodes, or its video is lost."""
+    where = f"{track.stream} ({track.source} of {track.participant_id})"
+    if not report.records.get(track.stream):
+        if track.before_keyframe:
+            report.problems.append(
+                f"{where}: {track.before_keyframe} video packets arrived but no keyframe: "
+                "the video was not recorded"
+            )
+        return
+    try:
+        depacketizer = depacketizer_for(track.codec)
+    except ValueError as error:
+        report.problems.append(f"{where}: {error}")
+        return
+    assembler = FrameAssembler(depacketizer, payload_type=track.payload_type)
+
+    def frames() -> Iterator[Frame]:
+        for record in iter_packets(directory, data_key, track.track_id):
+            yield from assembler.push(record.data, record.arrival_ms)
+        yield from assembler.flush()
+
+    tried = 0
+    for frame in frames():
+        if frame.keyframe:
+            if decoded_size(track.codec, frame.data) is not None:
+                return
+            tried += 1
+            if tried == KEYFRAMES_TRIED:
+                break
+    report.problems.append(f"{where}: no keyframe that decodes: the video cannot be played")
 
 
 def _check_stream_directories(

@@ -249,11 +249,20 @@ class PublishedTrack:
         sequence = header.sequence
         self.history.put(sequence, data)
         self._count(sequence)
-        for sink in self.sinks:
-            sink.on_rtp(self.info, data, arrival_ms)
+        keyframe: bool | None = None
+        if self.sinks:
+            keyframe = self.video and keyframe_start(
+                self.codec_name, data[header.payload_start : header.payload_end]
+            )
+            if keyframe:
+                self.keyframes.keyframe_seen()
+            waiting = False
+            for sink in self.sinks:
+                waiting |= sink.on_rtp(self.info, data, arrival_ms, keyframe)
+            if waiting:  # a recording starts this track (or lost its place): ask, rate-limited
+                self.request_keyframe(time.monotonic())
         if self.muted or not self.slots:
             return
-        keyframe: bool | None = None
         level_id = self.ext_ids.audio_level
         level = header.extensions.get(level_id) if level_id is not None else None
         # Every slot's extension block is its template filled with these (rtp.extension_template).

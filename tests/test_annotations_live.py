@@ -178,7 +178,8 @@ class RecordingSink:
 
     def on_track(self, track: Any) -> None: ...
 
-    def on_rtp(self, track: Any, packet: bytes, arrival_ms: int) -> None: ...
+    def on_rtp(self, track: Any, packet: bytes, arrival_ms: int, keyframe: bool) -> bool:
+        return False
 
     def on_track_ended(self, track: Any) -> None: ...
 

@@ -206,11 +206,13 @@ def test_sink_ignores_packets_after_stop_and_never_raises(tmp_path: Path) -> Non
         tmp_path, "rec-2", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate(), record_everyone=True
     )
     sink.start()
-    sink.on_rtp(VIDEO, rtp_packet(1, 0, 1), 0)  # a track published before the recording
-    sink.on_rtp(VIDEO, None, 0)  # type: ignore[arg-type]  # a bug upstream: logged, not raised
+    sink.on_rtp(
+        VIDEO, rtp_packet(1, 0, 1, keyframe=True), 0, True
+    )  # a track published before the recording
+    sink.on_rtp(VIDEO, None, 0, False)  # type: ignore[arg-type]  # a bug upstream: logged
     sink.stop()
     for sequence in range(2, 200):
-        sink.on_rtp(VIDEO, rtp_packet(sequence, 0, 1), 0)
+        sink.on_rtp(VIDEO, rtp_packet(sequence, 0, 1), 0, False)
     sink.on_data("mdt-1", "bob", "annotations", "{}")
     manifest = sink.manifest
     assert manifest.status == "complete" and manifest.streams["track-0"][0].records == 1
@@ -234,7 +236,9 @@ def test_a_failing_writer_stops_recording_without_disturbing_the_forwarder(
     (tmp_path / "rec-4" / "track-0").write_bytes(b"")  # the stream's directory cannot be made
     sink.on_track(VIDEO)
     for sequence in range(200):
-        sink.on_rtp(VIDEO, rtp_packet(sequence, 0, 1, 1100), 0)
+        sink.on_rtp(
+            VIDEO, rtp_packet(sequence, 0, 1, 1100, keyframe=sequence == 0), 0, sequence == 0
+        )
     sink.stop(timeout=10)
     assert sink.failure is not None
     assert [a for a, outcome, _ in audit.calls if outcome == "error"] == ["recording_failed"]
@@ -248,7 +252,7 @@ def test_on_rtp_cost_per_call_is_printed(tmp_path: Path) -> None:
     packets = [rtp_packet(i, i * 3000, 5, 1100) for i in range(20_000)]
     started = time.perf_counter()
     for packet in packets:
-        sink.on_rtp(VIDEO, packet, 0)
+        sink.on_rtp(VIDEO, packet, 0, True)
     elapsed = time.perf_counter() - started
     sink.stop()
     print(f"\non_rtp: {elapsed / len(packets) * 1e6:.2f} µs per packet (1100-byte packets)")
@@ -356,7 +360,7 @@ CRASHING_RECORDER = textwrap.dedent(
     # (more than one 64 KiB hand-off, so a partial file is on disk when the kill comes).
     for i in range(380):
         clock.now = 1000.0 + i / 100
-        sink.on_rtp(VIDEO, rtp_packet(i, i * 900, 7, 1200), 0)
+        sink.on_rtp(VIDEO, rtp_packet(i, i * 900, 7, 1200, keyframe=i == 0), 0, i == 0)
     partial = directory / "rec-crash" / "track-0" / "000003.seg"
     while len(read_manifest(directory / "rec-crash")[0].streams.get("track-0", [])) < 3 or not (
         partial.exists() and partial.stat().st_size > 0
@@ -412,9 +416,7 @@ def test_sigkill_mid_recording_loses_at_most_the_unfinished_segment(tmp_path: Pa
     assert report.ok, report.problems
     assert report.interrupted
     kept = list(iter_packets(directory, DATA_KEY, VIDEO.track_id))
-    assert [
-        int.from_bytes(p.data[12 + len(MARKER) : 16 + len(MARKER)], "big") for p in kept
-    ] == list(range(300))
+    assert [struct.unpack_from("!H", p.data, 2)[0] for p in kept] == list(range(300))
     assert 380 - len(kept) < 100  # less than one segment's packets lost
     for path in directory.rglob("*"):
         if path.is_file():
@@ -458,8 +460,9 @@ def test_only_consenting_participants_media_is_recorded(tmp_path: Path) -> None:
     def feed(first: int) -> None:
         for seq in range(first, first + 50):
             clock.now += 0.02
-            sink.on_rtp(VIDEO, rtp_packet(seq, seq * 3000, 1), 0)
-            sink.on_rtp(bob_video, rtp_packet(seq, seq * 3000, 2), 0)
+            keyframe = seq == first  # each feed starts with a keyframe
+            sink.on_rtp(VIDEO, rtp_packet(seq, seq * 3000, 1, keyframe=keyframe), 0, keyframe)
+            sink.on_rtp(bob_video, rtp_packet(seq, seq * 3000, 2, keyframe=keyframe), 0, keyframe)
 
     feed(0)  # nobody has consented yet: nothing of theirs is stored
     consent("alice", "granted")
