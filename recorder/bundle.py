@@ -20,6 +20,11 @@ no spaces, without the `signature` field) and carries the public key and its fin
 (`SHA256:` and the hex SHA-256 of the key's DER SubjectPublicKeyInfo, as `consilium keys list`
 prints it). `verify_bundle` checks all of it with nothing but the file: every hash and size, no
 member missing or added, the signature, and (given one) that the signer was the expected key.
+
+The key inside the bundle only shows the file is whole: whoever rewrites a bundle can re-sign it
+with a key of their own. Only a comparison with the hospital's audit public key, kept apart from
+the server, shows who signed it; a report says which of the two was established
+(`BundleReport.authenticated`).
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ class BundleReport:
     """The signing key's fingerprint, as its index states it."""
     members_checked: int = 0
     """Members whose hash and size matched."""
+    authenticated: bool = False
+    """Whether the signer was checked against an expected key given by the caller (and was
+    it). False without one: the bundle may be intact, but who signed it is not established."""
     problems: list[str] = field(default_factory=list)
     """Every failure found, one sentence each; empty when the bundle is intact."""
 
@@ -298,6 +306,20 @@ def verify_bundle(
     return report
 
 
+def signer_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the key a bundle's index is signed with, without checking members
+    (to tell the user which key to check it against); None if the index is unreadable."""
+    report = BundleReport(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            index = _read_index(archive, report)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if index is not None:
+        _check_signature(index, None, report)
+    return report.fingerprint
+
+
 def _read_index(archive: zipfile.ZipFile, report: BundleReport) -> dict[str, Any] | None:
     try:
         index = json.loads(archive.read(INDEX_NAME))
@@ -349,11 +371,15 @@ def _check_signature(
         report.problems.append(
             f"{INDEX_NAME}: signature is not valid: the index was edited after signing"
         )
-    if expected is not None and public_key_fingerprint(expected) != fingerprint:
+    if expected is None:
+        return
+    if public_key_fingerprint(expected) != fingerprint:
         report.problems.append(
             f"{INDEX_NAME}: signed by key {fingerprint}, not the expected key "
             f"{public_key_fingerprint(expected)}"
         )
+    else:
+        report.authenticated = True
 
 
 def _check_member(

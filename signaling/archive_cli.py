@@ -164,6 +164,14 @@ def cmd_verify(args: argparse.Namespace, client: Client, console: Console) -> in
     report = client.job(f"verifying {args.recording}", path, console)
     if args.json:
         print(json.dumps(report))
+    elif report["ok"] and report.get("status") == "failed":
+        at = report.get("stopped_at_ms") or 0
+        console.print(
+            f"FAILED AT {at // 60000:02d}:{at // 1000 % 60:02d}.{at % 1000:03d} "
+            f"({report.get('failure') or 'unknown'}): {args.recording}: the recording stopped "
+            f"there by itself; the {report['segments_checked']} segments before it verified, "
+            "manifest signed and in the audit log"
+        )
     elif report["ok"]:
         note = " (interrupted: closed by crash recovery)" if report["interrupted"] else ""
         console.print(
@@ -194,30 +202,58 @@ def cmd_bundle(args: argparse.Namespace, client: Client, console: Console) -> in
     size = client.download(
         f"/api/recordings/{_quote(args.recording)}/bundle{query}", args.out, console
     )
+    from recorder.bundle import signer_fingerprint
+
+    signer = signer_fingerprint(args.out) or "unknown"
     console.print(
-        f"wrote {args.out} ({size} bytes); check it anywhere with "
-        f"`consilium recordings verify-bundle {args.out}`"
+        f"wrote {args.out} ({size} bytes), signed by key {signer}. Check it anywhere against "
+        "the hospital's audit public key (`consilium keys export-audit-public` on the server, "
+        "kept apart from it):\n"
+        f"  consilium recordings verify-bundle {args.out} --public-key audit-ed25519.pub.pem",
+        soft_wrap=True,
     )
     return 0
 
 
-def cmd_verify_bundle(args: argparse.Namespace, console: Console) -> int:
-    """Check a bundle offline: every member's hash and the signature."""
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+VERIFY_BUNDLE_NOT_AUTHENTICATED = 3
+"""`verify-bundle`'s exit status for a bundle that is whole but whose signer was not checked
+(no --public-key): 0 is whole and signed by the given key, 1 is failed, 2 a usage error."""
 
+
+def cmd_verify_bundle(args: argparse.Namespace, console: Console) -> int:
+    """Check a bundle offline: every member's hash, the signature, and (with --public-key)
+    the signer. Exit 0 authentic and whole, 1 failed, 3 whole but the signer not checked."""
     from recorder.bundle import verify_bundle
+
+    from .audit import load_public_key
+    from .errors import ConfigError
 
     expected = None
     if args.public_key:
-        expected = load_pem_public_key(Path(args.public_key).read_bytes())
-    report = verify_bundle(args.bundle, expected_public_key=expected)  # type: ignore[arg-type]
-    if report.ok:
-        console.print(f"OK: {args.bundle}: every member matches and the signature holds")
+        try:
+            expected = load_public_key(Path(args.public_key))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    report = verify_bundle(args.bundle, expected_public_key=expected)
+    if not report.ok:
+        console.print(f"FAILED: {args.bundle}")
+        for problem in report.problems:
+            console.print(f"  - {problem}")
+        return 1
+    if report.authenticated:
+        console.print(
+            f"OK: {args.bundle}: every member matches and it is signed by the expected key "
+            f"{report.fingerprint}"
+        )
         return 0
-    console.print(f"FAILED: {args.bundle}")
-    for problem in report.problems:
-        console.print(f"  - {problem}")
-    return 1
+    console.print(
+        f"INTACT, AUTHENTICITY NOT ESTABLISHED: {args.bundle}: every member matches the index, "
+        f"signed by the key the bundle carries, {report.fingerprint}. Anyone who rewrites a "
+        "bundle can re-sign it with a key of their own: compare that fingerprint with the "
+        "hospital's audit key, or run again with --public-key <the audit public key PEM>."
+    )
+    return VERIFY_BUNDLE_NOT_AUTHENTICATED
 
 
 def cmd_hold(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -323,10 +359,18 @@ def add_archive_parsers(sub: Any, keys_sub: Any) -> None:
     _server_options(bundle)
     bundle.set_defaults(func=_run(cmd_bundle))
 
-    vbundle = rec_sub.add_parser("verify-bundle", help="check a bundle offline")
+    vbundle = rec_sub.add_parser(
+        "verify-bundle",
+        help="check a bundle offline",
+        description="Exit status: 0 whole and signed by the --public-key key; 1 failed; "
+        "2 usage error; 3 whole, but without --public-key who signed it is not established.",
+    )
     vbundle.add_argument("bundle", type=Path)
-    vbundle.add_argument("--public-key", help="the signer's expected public key (PEM)")
-    vbundle.set_defaults(func=lambda args: cmd_verify_bundle(args, Console()))
+    vbundle.add_argument(
+        "--public-key", help="the hospital's audit public key (PEM) the signer must match"
+    )
+    # Fingerprints and paths are printed whole, never wrapped or cut to the terminal's width.
+    vbundle.set_defaults(func=lambda args: cmd_verify_bundle(args, Console(soft_wrap=True)))
 
     hold = rec_sub.add_parser("hold", help="put a recording under legal hold")
     hold.add_argument("recording")

@@ -11,6 +11,7 @@ from typing import Any
 
 import av
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -21,6 +22,7 @@ from recorder.bundle import (
     public_key_fingerprint,
     verify_bundle,
 )
+from signaling.cli import main
 from tests.fixtures.recordings import DATA_KEY, LiveRecording, ffprobe_path, live_recording
 
 __all__ = ["live_recording"]  # the fixture, imported for this module
@@ -138,6 +140,59 @@ def test_an_edited_index_is_detected(bundle: Path, tmp_path: Path) -> None:
                        replace={"audit.json": None, "bundle.json": forged_index})  # fmt: skip
     assert verify_bundle(resigned).ok
     assert "not the expected key" in problems(resigned, signer(bundle))
+
+
+def test_without_a_key_verify_bundle_says_authenticity_is_not_established(
+    bundle: Path, live_recording: LiveRecording, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle rewritten and re-signed with a forger's key is whole on its own: without the
+    hospital's key the command must not say OK, and must name the key that signed it."""
+    with zipfile.ZipFile(bundle) as archive:
+        index = json.loads(archive.read("bundle.json"))
+    index["members"] = [m for m in index["members"] if m["name"] != "audit.json"]
+    forger = Ed25519PrivateKey.generate()
+    replace: dict[str, bytes | None] = {"audit.json": None, "bundle.json": resign(index, forger)}
+    resigned = rewrite(bundle, tmp_path / "resigned.zip", replace=replace)
+    assert not verify_bundle(resigned).authenticated
+
+    assert main(["recordings", "verify-bundle", str(resigned)]) == 3
+    out = capsys.readouterr().out
+    assert "AUTHENTICITY NOT ESTABLISHED" in out and "OK" not in out
+    assert public_key_fingerprint(forger.public_key()) in out
+
+    hospital_key = tmp_path / "audit-ed25519.pub.pem"
+    hospital_key.write_bytes(
+        live_recording.key.public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert (
+        main(["recordings", "verify-bundle", str(resigned), "--public-key", str(hospital_key)]) == 1
+    )
+    assert "not the expected key" in capsys.readouterr().out
+    assert (
+        main(["recordings", "verify-bundle", str(bundle), "--public-key", str(hospital_key)]) == 0
+    )
+    assert "OK" in capsys.readouterr().out
+    assert verify_bundle(bundle, live_recording.key.public_key()).authenticated
+
+
+def test_an_unusable_public_key_file_is_a_clear_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A swapped or wrong key file is reported in words, never a traceback."""
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a key")
+    for path in (rsa_key, garbage, tmp_path / "absent.pem"):
+        assert main(["recordings", "verify-bundle", str(bundle), "--public-key", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
 
 
 def test_the_wrong_expected_key_is_named(bundle: Path) -> None:
