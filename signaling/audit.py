@@ -8,8 +8,12 @@ an Ed25519 key into ``checkpoints.jsonl``, so cutting off the tail or rewriting 
 is caught as well. Verifying needs only the public key.
 
 What the log cannot show by itself: someone with write access who removes the newest entries
-*and* the checkpoints that vouch for them. Copying checkpoint heads off the machine (syslog,
-SIEM) closes that gap.
+*and* the checkpoints that vouch for them, wipes the log, or appends entries while the node is
+stopped. Two copies of the heads outside the data folder close that gap: every checkpoint is
+also appended to ``audit-heads.jsonl`` in the key folder (its last line says whether the node
+closed the log cleanly), and the node refuses to extend a log that does not hold that head; and
+every checkpoint goes to an external witness (`signaling.witness`, syslog over TLS), which
+`compare_with_witness` checks the log against.
 
 Entries hold identifiers (sub, room, jti, reason), never tokens or names: `AuditLog.append`
 refuses field names for secrets and names (a programming error), and replaces anything in a value
@@ -29,12 +33,12 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -44,8 +48,9 @@ from signaling.errors import ConfigError, IntegrityError
 
 GENESIS_HASH = "0" * 64
 """The `prev` of the first entry, and the head of an empty log."""
-OUTCOMES = frozenset({"allow", "deny", "info"})
-"""What an entry says happened: a request allowed, a request denied, or a plain event."""
+OUTCOMES = frozenset({"allow", "deny", "info", "error"})
+"""What an entry says happened: a request allowed, a request denied, a plain event, or a
+failure (a recording that stopped on a full disk)."""
 FORBIDDEN_FIELDS = frozenset(
     {
         "token",
@@ -62,6 +67,8 @@ FORBIDDEN_FIELDS = frozenset(
 )
 """Field names `AuditLog.append` refuses (compared case-insensitively): secrets and names."""
 CHECKPOINTS_FILE = "checkpoints.jsonl"
+HEADS_FILE = "audit-heads.jsonl"
+"""In the key folder: each checkpoint's statement again, and whether the log was then closed."""
 LOCK_FILE = ".lock"
 PRIVATE_KEY_FILE = "audit-ed25519.pem"
 PUBLIC_KEY_FILE = "audit-ed25519.pub.pem"
@@ -99,7 +106,7 @@ class AuditEntry:
     action: str
     """What happened: "join", "join_refused", "admit", "revoke", "config_loaded", ..."""
     outcome: str
-    """"allow", "deny" or "info" (see `OUTCOMES`)."""
+    """"allow", "deny", "info" or "error" (see `OUTCOMES`)."""
     sub: str | None
     """Subject the event concerns, if any."""
     room: str | None
@@ -185,13 +192,18 @@ class AuditLog:
         fsync: bool = False,
         max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         clock: Callable[[], datetime] | None = None,
+        heads_file: Path | None = None,
+        witness: CheckpointWitness | None = None,
     ) -> None:
         """Open (or create) the log in `directory` and take its lock.
 
         `fsync=True` syncs every entry to disk; by default only checkpoints, rotation and
-        close sync. `clock` returns aware datetimes (tests pass a fixed one).
-        Raises `ConfigError` if another writer holds the lock or the existing log's tail does
-        not agree with its last signed checkpoint.
+        close sync. `clock` returns aware datetimes (tests pass a fixed one). `heads_file`
+        (outside `directory`) keeps every checkpoint's statement; `witness` is sent each one.
+        Raises `ConfigError` if another writer holds the lock, the existing log's tail does
+        not agree with its last signed checkpoint, or the log does not hold the head kept in
+        `heads_file` (entries removed, the log wiped or replaced, entries appended while the
+        node was stopped).
         """
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -212,6 +224,9 @@ class AuditLog:
         self._segment_size = 0
         self._segment_fd = -1
         self._checkpoint_fd = -1
+        self._heads_file = Path(heads_file) if heads_file is not None else None
+        self._witness = witness
+        self._last_statement: dict[str, Any] | None = None
 
         self._directory.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
         self._lock_fd = _acquire_lock(self._directory / LOCK_FILE)
@@ -319,22 +334,35 @@ class AuditLog:
             self._checkpoint_locked()
 
     def close(self) -> None:
-        """Sign a final checkpoint if anything is unsigned, then release the lock. Idempotent."""
+        """Sign a final checkpoint if anything is unsigned, record in the heads file that the
+        log was closed there, then release the lock. Idempotent."""
         with self._mutex:
             if self._closed:
                 return
             try:
-                if self._count != self._checkpointed:
-                    self._checkpoint_locked()
+                if self._count != self._checkpointed or self._last_statement is None:
+                    self._checkpoint_locked(closed=True)
+                elif self._heads_file is not None:
+                    self._append_head(self._last_statement, closed=True)
             finally:
                 self._closed = True
                 self._release_files()
+        if self._witness is not None:
+            self._witness.close()
 
     def _resume(self) -> list[dict[str, Any]]:
         """Set up the chain state from the files on disk; return crash repairs to record."""
         checkpoints_path = self._directory / CHECKPOINTS_FILE
         segments = _segment_paths(self._directory)
+        known = self._known_head()
         if not segments and not checkpoints_path.exists():
+            if known is not None:
+                raise ConfigError(
+                    f"audit log {self._directory} is missing or empty, but {self._heads_file} "
+                    f"says it held {known.count} entries (head {known.head[:16]}..., signed "
+                    f"{known.ts}): the log was wiped or moved. Keep both as evidence; to start "
+                    "a new log on purpose, move the heads file aside too."
+                )
             # A new log. The genesis checkpoint comes first, so that on disk a segment without
             # checkpoints is never legitimate and its absence is evidence of removal.
             self._checkpoint_fd = _open_for_append(checkpoints_path)
@@ -395,7 +423,23 @@ class AuditLog:
                 f"audit log {self._directory} does not match its last checkpoint; "
                 "run the audit verifier"
             )
+        if known is not None:
+            self._check_known_head(known, last, checkpoints_path)
+        if self._count > last.count:
+            # After a crash the newest entries were never signed; after a clean close there
+            # are none (the heads file says which). Say so in the log before signing over them.
+            recoveries.append(
+                {
+                    "reason": "unsigned_entries_adopted",
+                    "first_seq": last.count,
+                    "entries": self._count - last.count,
+                }
+            )
         self._checkpointed = last.count
+        self._last_statement = {"count": last.count, "head": last.head, "ts": last.ts,
+                                "sig": last.sig}  # fmt: skip
+        if known is None and self._heads_file is not None:
+            self._append_head(self._last_statement, closed=False)
         self._checkpoint_fd = _open_for_append(checkpoints_path)
         segment_path = self._segment_path(self._segment_number)
         self._segment_fd = _open_for_append(segment_path)
@@ -426,7 +470,59 @@ class AuditLog:
         _fsync_directory(self._directory)
         self._segment_size = 0
 
-    def _checkpoint_locked(self) -> None:
+    def _known_head(self) -> _KnownHead | None:
+        """The last head the heads file holds (signature checked), None without one."""
+        if self._heads_file is None or not self._heads_file.exists():
+            return None
+        _cut_partial_tail(self._heads_file)  # a crash mid-append: the log's copy is whole
+        raw, _, _ = _tail(self._heads_file)
+        if raw is None:
+            return None
+        try:
+            obj = json.loads(raw)
+            closed = obj.pop("closed")
+            checkpoint = _decode_checkpoint(_canonical(obj).encode(), self._key.public_key())
+        except (ValueError, KeyError, TypeError, AttributeError, _Malformed) as exc:
+            raise ConfigError(
+                f"last line of {self._heads_file} is unusable ({exc}); was the audit key "
+                "replaced, or the file edited?"
+            ) from None
+        return _KnownHead(checkpoint.count, checkpoint.head, checkpoint.ts, checkpoint.sig,
+                          closed is True)  # fmt: skip
+
+    def _check_known_head(
+        self, known: _KnownHead, last: Checkpoint, checkpoints_path: Path
+    ) -> None:
+        """Refuse a log that does not hold the head kept outside it."""
+        statement = {"count": known.count, "head": known.head, "ts": known.ts, "sig": known.sig}
+        if not _holds_checkpoint(checkpoints_path, statement):
+            raise ConfigError(
+                f"audit log {self._directory} does not hold the head kept in {self._heads_file}: "
+                f"{known.count} entries, head {known.head[:16]}..., signed {known.ts}; the log's "
+                f"last checkpoint is {last.count} entries, head {last.head[:16]}.... Entries "
+                "were removed or the log replaced. Run `consilium audit verify` and keep both "
+                "as evidence."
+            )
+        if known.closed and (self._count, last.count) != (known.count, known.count):
+            raise ConfigError(
+                f"audit log {self._directory} has {self._count - known.count} entries after "
+                f"the head the node closed it with ({known.count} entries, {known.ts}, kept in "
+                f"{self._heads_file}): they were appended while the node was stopped. Run "
+                "`consilium audit verify` and keep the log as evidence."
+            )
+
+    def _append_head(self, statement: dict[str, Any], *, closed: bool) -> None:
+        """Copy a checkpoint's statement to the heads file, outside the data folder."""
+        assert self._heads_file is not None
+        self._heads_file.parent.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
+        fd = _open_for_append(self._heads_file)
+        try:
+            _write_all(fd, (_canonical({**statement, "closed": closed}) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _checkpoint_locked(self, *, closed: bool = False) -> None:
         if self._segment_fd >= 0:
             # Entries must be on disk before a signature vouches for them.
             os.fsync(self._segment_fd)
@@ -440,6 +536,11 @@ class AuditLog:
         _write_all(self._checkpoint_fd, (_canonical(statement) + "\n").encode())
         os.fsync(self._checkpoint_fd)
         self._checkpointed = self._count
+        self._last_statement = statement
+        if self._heads_file is not None:
+            self._append_head(statement, closed=closed)
+        if self._witness is not None:
+            self._witness.send(statement)
 
     def _release_files(self) -> None:
         for fd in (self._segment_fd, self._checkpoint_fd):
@@ -563,6 +664,72 @@ def verify_log(directory: Path, public_key: Ed25519PublicKey) -> VerifyReport:
     return VerifyReport(True, expected_seq, len(checkpoints), None, detail, unsigned)
 
 
+@dataclass
+class WitnessReport:
+    """The outcome of `compare_with_witness`."""
+
+    matched: int = 0
+    """Witnessed checkpoints (signed by the key) that the log still holds."""
+    other_signers: int = 0
+    """Checkpoint lines in the witness file not signed by the key (other nodes, or forged)."""
+    unwitnessed: int = 0
+    """Entries after the last witnessed checkpoint (not yet copied off the machine)."""
+    problems: list[str] = field(default_factory=list)
+    """Each witnessed checkpoint the log no longer holds, one sentence each."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the log holds every checkpoint the witness saw (and it saw at least one)."""
+        return not self.problems
+
+
+def compare_with_witness(
+    directory: Path, public_key: Ed25519PublicKey, witness: Iterable[WitnessedStatement]
+) -> WitnessReport:
+    """Check that the log still holds every checkpoint the witness received: entry count-1
+    with the witnessed head. Finds a log cut short or wiped (fewer entries than witnessed)
+    and entries rewritten, inserted or removed before a witnessed head. Never raises for
+    what it finds in the files."""
+    report = WitnessReport()
+    witnessed = []
+    for item in witness:
+        statement = {"count": item.count, "head": item.head, "sig": item.sig, "ts": item.ts}
+        try:
+            _decode_checkpoint(_canonical(statement).encode(), public_key)
+        except _Malformed:
+            report.other_signers += 1
+            continue
+        witnessed.append(item)
+    if not witnessed:
+        report.problems.append(
+            f"the witness holds no checkpoint signed by this key ({report.other_signers} "
+            "signed by others): wrong key or wrong witness file, or nothing was ever witnessed"
+        )
+        return report
+    heads: list[str] = []
+    try:
+        heads = [entry.hash for entry in iter_entries(directory)]
+    except IntegrityError as exc:
+        report.problems.append(f"the log cannot be read to the end ({exc}); run verify")
+    for item in witnessed:
+        where = f"witness line {item.line} ({item.ts})"
+        if item.count > len(heads):
+            what = "wiped" if not heads else "cut short"
+            report.problems.append(
+                f"{where}: the log held {item.count} entries then, it holds {len(heads)} now: "
+                f"entries removed (log {what})"
+            )
+        elif item.count > 0 and heads[item.count - 1] != item.head:
+            report.problems.append(
+                f"{where}: entry seq {item.count - 1} had hash {item.head[:16]}..., the log's "
+                "differs: entries rewritten, inserted or removed before it"
+            )
+        else:
+            report.matched += 1
+    report.unwitnessed = max(0, len(heads) - max(item.count for item in witnessed))
+    return report
+
+
 def parse_time(value: str | None) -> datetime | None:
     """An ISO-8601 time with a zone (`2026-11-25T10:00:00Z`) for the entry filters.
 
@@ -622,6 +789,49 @@ def iter_entries(
                     ):
                         continue
                 yield entry
+
+
+class WitnessedStatement(Protocol):
+    """A checkpoint as a witness holds it (`signaling.witness.WitnessedCheckpoint`)."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def head(self) -> str: ...
+    @property
+    def ts(self) -> str: ...
+    @property
+    def sig(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+
+
+class CheckpointWitness(Protocol):
+    """Where checkpoints are copied off the machine (`signaling.witness.SyslogWitness`)."""
+
+    def send(self, statement: dict[str, Any]) -> None:
+        """Queue one signed checkpoint statement (count, head, ts, sig); never raises."""
+
+    def close(self) -> object:
+        """Deliver what is queued (bounded wait), then stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownHead:
+    """The last line of the heads file."""
+
+    count: int
+    head: str
+    ts: str
+    sig: str
+    closed: bool
+
+
+def _holds_checkpoint(path: Path, statement: dict[str, Any]) -> bool:
+    """Whether ``checkpoints.jsonl`` has a line that is exactly this signed statement."""
+    wanted = (_canonical(statement) + "\n").encode()
+    with path.open("rb") as file:
+        return any(line == wanted for line in file)
 
 
 class _Malformed(Exception):

@@ -33,6 +33,12 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("CONSILIUM_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
+def _key_dir(args: argparse.Namespace) -> Path:
+    """The node's key folder: --key-dir, CONSILIUM_KEY_DIR, or `<data folder>/keys`."""
+    chosen = getattr(args, "key_dir", None) or os.environ.get("CONSILIUM_KEY_DIR")
+    return Path(chosen) if chosen else _data_dir(args) / "keys"
+
+
 # -- serve ------------------------------------------------------------------------------------
 
 
@@ -62,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "data_dir": args.data_dir,
+        "key_dir": args.key_dir,
         "redis": args.redis,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
@@ -170,26 +177,59 @@ def cmd_token(args: argparse.Namespace) -> int:
 # -- audit ------------------------------------------------------------------------------------
 
 
+AUDIT_NOT_AUTHENTICATED = 3
+"""`audit verify`'s exit status for a log that is intact under the key found beside it, when
+no --public-key was given: who signed it is not established (0 intact under the given key,
+1 tampering found, 2 usage or configuration error)."""
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the audit log's hash chain and signed checkpoints; exit 1 on any tampering."""
-    from .audit import load_public_key, verify_log
+    """Check the audit log's hash chain and signed checkpoints (and, with --witness, that it
+    still holds every checkpoint the witness received); exit 1 on any tampering."""
+    from .audit import PUBLIC_KEY_FILE, compare_with_witness, load_public_key, verify_log
+    from .witness import parse_witness
 
     data_dir = _data_dir(args)
-    key_path = (
-        Path(args.public_key) if args.public_key else data_dir / "keys" / "audit-ed25519.pub.pem"
-    )
+    key_path = Path(args.public_key) if args.public_key else _key_dir(args) / PUBLIC_KEY_FILE
     try:
         public_key = load_public_key(key_path)
-    except (OSError, ValueError, ConfigError) as exc:
-        print(f"error: cannot load the audit public key {key_path}: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     report = verify_log(data_dir / "audit", public_key)
+    failed = not report.ok
     if report.ok:
-        print(f"OK: {report.detail}")
+        print(f"log: {report.detail}")
+    else:
+        print(f"FAILED: {report.first_bad}", file=sys.stderr)
+        print(report.detail, file=sys.stderr)
+    if args.witness:
+        try:
+            witnessed = list(parse_witness(Path(args.witness)))
+        except OSError as exc:
+            print(f"error: cannot read the witness file: {exc}", file=sys.stderr)
+            return 2
+        compared = compare_with_witness(data_dir / "audit", public_key, witnessed)
+        for problem in compared.problems:
+            print(f"FAILED: witness: {problem}", file=sys.stderr)
+        failed = failed or not compared.ok
+        if compared.ok:
+            print(
+                f"witness: the log holds all {compared.matched} witnessed checkpoint(s); "
+                f"{compared.unwitnessed} entries after the last one are not witnessed yet"
+            )
+    if failed:
+        return 1
+    fingerprint = _fingerprint(key_path)
+    if args.public_key:
+        print(f"OK: intact, signed by the given key {fingerprint}")
         return 0
-    print(f"FAILED: {report.first_bad}", file=sys.stderr)
-    print(report.detail, file=sys.stderr)
-    return 1
+    print(
+        f"INTACT, AUTHENTICITY NOT ESTABLISHED: checked with the key found at {key_path} "
+        f"({fingerprint}), which whoever can rewrite the log may have replaced too; run again "
+        "with --public-key <the audit public key kept apart from this server>"
+    )
+    return AUDIT_NOT_AUTHENTICATED
 
 
 def _time(value: str | None) -> datetime | None:
@@ -250,14 +290,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     """List this node's keys (public parts only)."""
     data_dir = _data_dir(args)
     rows: list[tuple[str, str, str]] = []
-    audit_pub = data_dir / "keys" / "audit-ed25519.pub.pem"
+    audit_pub = _key_dir(args) / "audit-ed25519.pub.pem"
     if audit_pub.exists():
         rows.append(("audit-signing", str(audit_pub), _fingerprint(audit_pub)))
     jwks = data_dir / "dev-idp" / "jwks.json"
     if jwks.exists():
         for key in json.loads(jwks.read_text()).get("keys", []):
             rows.append(("dev-idp-signing", str(jwks), f"kid={key.get('kid', '?')}"))
-    for kek_file in sorted((data_dir / "keys").glob("kek*.json")):
+    for kek_file in sorted(_key_dir(args).glob("kek*.json")):
         try:
             kek_id = str(json.loads(kek_file.read_text()).get("key_id", "?"))
         except (OSError, ValueError):
@@ -283,7 +323,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_export_audit_public(args: argparse.Namespace) -> int:
     """Print the audit public key (PEM) so it can be kept apart from the server."""
-    path = _data_dir(args) / "keys" / "audit-ed25519.pub.pem"
+    path = _key_dir(args) / "audit-ed25519.pub.pem"
     if not path.exists():
         print(f"error: no audit key at {path}", file=sys.stderr)
         return 2
@@ -396,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
     serve.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
+    serve.add_argument("--key-dir", help="key folder, apart from the data (default <data>/keys)")
     serve.add_argument("--redis", metavar="URL", help="Redis URL for shared state across nodes")
     serve.add_argument("--tls-cert", help="PEM certificate chain for HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for HTTPS")
@@ -428,8 +469,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="verify or read the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser("verify", help="check the hash chain and signed checkpoints")
+    verify.description = (
+        "Exit status: 0 intact and signed by the --public-key key; 1 tampering found (or the "
+        "log misses a witnessed checkpoint); 2 usage error; 3 intact, but without --public-key "
+        "who signed it is not established."
+    )
     verify.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
-    verify.add_argument("--public-key", help="audit public key PEM (default: the data folder's)")
+    verify.add_argument("--key-dir", help="the node's key folder (default <data folder>/keys)")
+    verify.add_argument(
+        "--public-key", help="the audit public key (PEM) kept apart from the server"
+    )
+    verify.add_argument(
+        "--witness", metavar="FILE", help="the witness's copy of the checkpoints (syslog file)"
+    )
     verify.set_defaults(func=cmd_audit_verify)
     show = audit_sub.add_parser("show", help="list entries with filters")
     show.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
@@ -446,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     klist = keys_sub.add_parser("list", help="list keys with fingerprints")
     klist.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
+    klist.add_argument("--key-dir", help="the node's key folder (default <data folder>/keys)")
     klist.set_defaults(func=cmd_keys_list)
     kexport = keys_sub.add_parser(
         "export-audit-public", help="print the audit public key to keep it off this server"
     )
     kexport.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
+    kexport.add_argument("--key-dir", help="the node's key folder (default <data folder>/keys)")
     kexport.set_defaults(func=cmd_keys_export_audit_public)
 
     revoke = sub.add_parser("revoke", help="revoke a token (jti) or an identity (sub) everywhere")

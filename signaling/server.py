@@ -280,7 +280,7 @@ def build_node(settings: Settings) -> Node:
 async def errors_and_headers(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Map every error to a JSON body (API) and add security headers to every response."""
+    """Map every error to a JSON body (the security headers are added by `security_headers`)."""
     try:
         response = await handler(request)
     except ConsiliumError as exc:
@@ -306,12 +306,25 @@ async def errors_and_headers(
     except Exception:
         log.exception("request failed", extra={"path": request.path})
         response = web.json_response(ServerError("internal error").to_json(), status=500)
-    if not response.prepared:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.path.startswith("/api/"):
-            response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+HSTS = "max-age=31536000"
+"""Strict-Transport-Security when the node is reached over HTTPS: browsers refuse plain HTTP to
+it for a year. Without includeSubDomains: other hospital hosts under the same domain may still
+serve HTTP."""
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Add the security headers to every response as it is prepared: also to the streamed
+    ones (exports, bundles, media) a handler prepares itself, which a middleware sees too late."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    if request.app[NODE].settings.own_origin.startswith("https://"):
+        # Served over TLS, or behind a TLS-terminating proxy at an https `public_url`.
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
 
 
 def _peer(request: web.Request) -> str:
@@ -644,14 +657,22 @@ async def read_audit(request: web.Request) -> web.Response:
     return web.json_response({"entries": entries})
 
 
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
+
+
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text metrics: from loopback, or with `Authorization: Bearer <metrics_token>`."""
     node = request.app[NODE]
     token = node.settings.metrics_token
     given = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    local = is_loopback(request.remote or "")
+    # A reverse proxy on this host connects from loopback on behalf of anyone: a request that
+    # carries a forwarding header is the forwarded client's, and needs the token.
+    forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
+    local = is_loopback(request.remote or "") and not forwarded
     if not (local or (token and secrets.compare_digest(given.encode(), token.encode()))):
-        raise PolicyDenied("metrics are served to loopback or with the metrics token")
+        raise PolicyDenied(
+            "metrics are served to direct loopback clients, or with the metrics token"
+        )
     values: dict[str, float] = {
         "consilium_ready": 1.0 if node.ready else 0.0,
         "consilium_connections": float(len(node.rooms.connections)),
@@ -1232,6 +1253,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
         middlewares=[errors_and_headers], client_max_size=settings.max_request_bytes
     )
     app[NODE] = node
+    app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -112,7 +112,7 @@ class Settings:
 
     kek_file: Path | None = None
     """Key-encryption key file wrapping every data key (rooms, recordings); unset:
-    `<data_dir>/keys/kek.json`, generated on first start. Keep it off the data volume."""
+    `kek.json` in `key_dir`, generated on first start. Keep it off the data volume."""
 
     max_image_bytes: int = 64 * 1024 * 1024
     """Largest shared image upload (DICOM, PNG or JPEG file), in bytes (HTTP 413 beyond)."""
@@ -137,6 +137,9 @@ class Settings:
     `recording_class_retention`); then it is shredded, unless it is under legal hold."""
     recording_class_retention: list[str] = field(default_factory=list)
     """Other retention classes, `class=days` each (e.g. `teaching=365`)."""
+    disk_reserve_mb: int = 1024
+    """Free space (MiB) the data folder keeps in reserve: below it, the chair of each recording
+    room is warned (`storage_low`); below a quarter of it, recordings stop, marked `failed`."""
 
     export_scratch_dir: Path | None = None
     """Where exports are assembled before they are streamed to the archivist, then deleted;
@@ -147,6 +150,15 @@ class Settings:
     """Audit entries between two signed checkpoints (one is also written at shutdown)."""
     audit_fsync: bool = False
     """fsync the audit log after every entry (slower; checkpoints are always fsynced)."""
+    key_dir: Path | None = None
+    """Folder for the node's keys (audit signing key, key-encryption key unless `kek_file` is
+    set) and the audit log's signed heads (`audit-heads.jsonl`); unset: `<data_dir>/keys`. Put
+    it on another volume than the data folder, with `audit-heads.jsonl` append-only."""
+    audit_witness: str | None = None
+    """`host:port` of a syslog receiver over TLS (RFC 5425, e.g. the SIEM's rsyslog) that gets
+    every signed audit checkpoint; unset: no witness."""
+    audit_witness_ca: Path | None = None
+    """CA certificate (PEM) the witness's certificate must chain to; unset: the system's CAs."""
 
     metrics_token: str | None = None
     """Bearer token for `GET /metrics` from other hosts (loopback needs none)."""
@@ -204,6 +216,7 @@ class Settings:
             "max_image_bytes",
             "max_images_per_room",
             "image_workers",
+            "disk_reserve_mb",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -221,12 +234,27 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         self.retention_classes()  # raises on a malformed entry
+        self.witness_address()  # raises on a malformed address
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+
+    def keys_directory(self) -> Path:
+        """The folder `key_dir` names, or its default `<data_dir>/keys`."""
+        return self.key_dir if self.key_dir is not None else self.data_dir / "keys"
+
+    def witness_address(self) -> tuple[str, int] | None:
+        """`audit_witness` as (host, port), None if unset; raises ConfigError if malformed."""
+        if not self.audit_witness:
+            return None
+        host, sep, port = self.audit_witness.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"audit_witness must be host:port, not {self.audit_witness!r}")
+        return host, int(port)
 
     def export_scratch(self) -> Path:
         """The folder `export_scratch_dir` names, or its default."""

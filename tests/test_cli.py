@@ -82,8 +82,14 @@ async def test_audit_verify_after_shutdown_then_tamper(serve_process: Any) -> No
     assert serve.stop() == 0
 
     data = str(serve.data_dir)
-    ok = consilium("audit", "verify", "--data-dir", data)
-    assert ok.returncode == 0, ok.stderr
+    # The key beside the log proves nothing about who wrote it: only the key kept apart does.
+    unproven = consilium("audit", "verify", "--data-dir", data)
+    assert unproven.returncode == 3, unproven.stderr
+    assert "AUTHENTICITY NOT ESTABLISHED" in unproven.stdout
+    kept_apart = serve.data_dir.parent / "audit-kept-apart.pub.pem"
+    kept_apart.write_text(consilium("keys", "export-audit-public", "--data-dir", data).stdout)
+    ok = consilium("audit", "verify", "--data-dir", data, "--public-key", str(kept_apart))
+    assert ok.returncode == 0 and "OK: intact" in ok.stdout, ok.stderr
     shown = consilium("audit", "show", "--data-dir", data, "--sub", "dr-1", "--json")
     entries = [json.loads(line) for line in shown.stdout.splitlines()]
     assert entries and {e["sub"] for e in entries} == {"dr-1"}
@@ -95,7 +101,7 @@ async def test_audit_verify_after_shutdown_then_tamper(serve_process: Any) -> No
     victim = next(i for i, line in enumerate(lines) if '"sub":"dr-1"' in line)
     lines[victim] = lines[victim].replace('"sub":"dr-1"', '"sub":"dr-9"')
     segment.write_text("\n".join(lines) + "\n")
-    bad = consilium("audit", "verify", "--data-dir", data)
+    bad = consilium("audit", "verify", "--data-dir", data, "--public-key", str(kept_apart))
     assert bad.returncode == 1
     assert f"line {victim + 1}" in bad.stderr
 
