@@ -53,9 +53,10 @@ STREAMS_WITHOUT_TRACK = (EVENTS_STREAM, IMAGES_STREAM)
 SEGMENT_SUFFIX = ".seg"
 """Ends every segment file's name."""
 
-RecordingStatus = Literal["recording", "complete", "interrupted"]
+RecordingStatus = Literal["recording", "complete", "interrupted", "failed"]
 """`recording` while the sink runs (or after a crash, until recovery), `complete` after a clean
-stop, `interrupted` when recovery closed it after a crash."""
+stop, `interrupted` when recovery closed it after a crash, `failed` when it stopped by itself
+(a full disk: see `failure` and `stopped_at_ms`)."""
 
 RECORD_HEADER = struct.Struct(">II")
 """Before each record: its arrival time (ms since the recording started) and its length."""
@@ -245,6 +246,11 @@ class RecordingManifest:
     """Records the sink had to drop (its writer fell behind); 0 in a healthy recording."""
     notes: list[str] = field(default_factory=list)
     """What crash recovery did, in words."""
+    failure: str = ""
+    """Why a `failed` recording stopped: `disk_full` or `write_failed`."""
+    stopped_at_ms: int | None = None
+    """Where a `failed` recording's stored media ends (ms since start: the end of its last
+    completed segment); nothing after it was kept."""
     format: str = MANIFEST_FORMAT
     """See `MANIFEST_FORMAT`."""
 
@@ -262,10 +268,14 @@ class RecordingManifest:
         return entry.track_id
 
     def body(self) -> dict[str, Any]:
-        """The signed content, as JSON values. A track's `before_keyframe` appears only when it
-        is not 0, so manifests written before it existed still verify."""
+        """The signed content, as JSON values. The failure fields appear only in a failed
+        recording's manifest, so manifests written before they existed still verify."""
         body = asdict(self)
-        for track in body["tracks"]:
+        if not self.failure:
+            del body["failure"]
+        if self.stopped_at_ms is None:
+            del body["stopped_at_ms"]
+        for track in body["tracks"]:  # likewise a track's count of packets before a keyframe
             if not track["before_keyframe"]:
                 del track["before_keyframe"]
         return body

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .diskspace import failure_code
 from .keyring import fsync_directory
 from .manifest import (
     EVENTS_STREAM,
@@ -182,6 +183,8 @@ class _Meta:
 class _Stop:
     before_keyframe: dict[str, int] = field(default_factory=dict)
     """Per video stream: packets dropped while awaiting a keyframe (for the manifest)."""
+    failure: str = ""
+    """Stopped because it could not go on (`disk_full`): the manifest says `failed`."""
 
 
 _Item = _Data | _Close | _Track | _Stream_ | _Meta | _Stop
@@ -235,6 +238,7 @@ class RecordingSink:
         clock: Callable[[], float] = time.monotonic,
         recording_class: str = "mdt",
         record_everyone: bool = False,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.recording_id = check_recording_id(recording_id)
         self.room_id = room_id
@@ -246,6 +250,8 @@ class RecordingSink:
         """Packets or events the sink itself failed on (a bug; only the first is logged)."""
         self.failure: BaseException | None = None
         """Why the writer stopped, if it failed (a full disk); the sink then records nothing."""
+        self._on_failure = on_failure
+        """Told (from the writer thread) when the writer fails, so the room hears at once."""
         self._data_key = data_key
         self._signing_key = signing_key
         self._audit = audit
@@ -439,21 +445,23 @@ class RecordingSink:
         self.meeting_event("case_marked", label=label)
         return now
 
-    def stop(self, timeout: float | None = 30.0) -> RecordingManifest:
+    def stop(self, timeout: float | None = 30.0, failure: str = "") -> RecordingManifest:
         """Close every segment, mark the recording complete, wait for the writer.
 
-        If the writer failed (`failure`), the manifest on disk stays `recording` with the
-        segments completed before the failure; recovery closes it as `interrupted`."""
+        With `failure` (a code: `disk_full`), it is closed the same way but marked `failed`
+        (the disk watcher stops it while there is still room to close it cleanly). If the
+        writer itself failed (`failure`), the segments completed before the failure are kept,
+        the unfinished ones deleted, and the manifest says `failed` and where it stopped."""
         if self._thread.ident is None:
             return self._manifest  # never started
         if self._running:
-            self.meeting_event("recording_stopped")
+            self.meeting_event("recording_failed" if failure else "recording_stopped")
             self._close(list(self._streams.values()))
             self._running = False
         if not self._stop_sent:  # also after a writer failure, so the thread ends
             self._stop_sent = True
             waited = {s.name: s.before_keyframe for s in self._streams.values() if s.video}
-            self._put_control(_Stop(waited))
+            self._put_control(_Stop(waited, failure))
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"recording {self.recording_id}: writer did not finish")
@@ -551,6 +559,7 @@ class RecordingSink:
                     self._queued_bytes -= len(item.payload)
             if self.failure is not None:
                 if isinstance(item, _Stop):
+                    self._finish_failed(item)
                     return
                 continue
             try:
@@ -560,7 +569,53 @@ class RecordingSink:
                 self.failure = error
                 self._running = False
                 log.exception("recording %s: writer failed", self.recording_id)
-                self._report("recording_failed", "error", reason=str(error)[:200])
+                if self._on_failure is not None:
+                    try:
+                        self._on_failure(error)
+                    except Exception:
+                        log.exception("recording %s: failure callback failed", self.recording_id)
+                if isinstance(item, _Stop):
+                    self._finish_failed(item)
+                    return
+
+    def _finish_failed(self, item: _Stop) -> None:
+        """After the writer failed: keep the completed segments, delete the unfinished ones
+        (never listed, so nothing refers to them, and on a full disk that gives back the room
+        the manifest needs), and mark the manifest `failed`."""
+        for segment in self._open.values():
+            for step in (segment.out.file.close, segment.path.unlink):
+                try:
+                    step()  # closing flushes, which may fail again: the file goes anyway
+                except OSError:
+                    pass
+        self._open.clear()
+        for entry in self._manifest.tracks:
+            entry.before_keyframe = item.before_keyframe.get(entry.stream, 0)
+        self._mark_failed(item.failure or failure_code(self.failure))
+
+    def _mark_failed(self, code: str) -> None:
+        """Sign the manifest as `failed` with `code` and where the stored media ends (the last
+        completed segment), and audit it; a manifest that cannot be written is left to
+        recovery (`interrupted` at the next start) and the audit entry says so."""
+        streams = self._manifest.streams.values()
+        for segments in streams:
+            if segments:
+                segments[-1].final = True
+        self._manifest.status = "failed"
+        self._manifest.failure = code
+        self._manifest.stopped_at_ms = max(
+            (segment.last_ms for segments in streams for segment in segments), default=0
+        )
+        self._manifest.ended = utc_now()
+        written: str | None = None
+        try:
+            written = self.last_manifest_sha256 = self._write_manifest()
+        except OSError:
+            log.exception("recording %s: failed manifest not written", self.recording_id)
+        self._report(
+            "recording_failed", "error", reason=code, stopped_at_ms=self._manifest.stopped_at_ms,
+            manifest_sha256=written, manifest_written=written is not None,
+        )  # fmt: skip
 
     def _handle(self, item: _Item) -> bool:
         if isinstance(item, _Data):
@@ -607,6 +662,9 @@ class RecordingSink:
             for segments in self._manifest.streams.values():
                 if segments:
                     segments[-1].final = True
+            if item.failure:
+                self._mark_failed(item.failure)
+                return True
             self._manifest.status = "complete"
             self._manifest.ended = utc_now()
             self.last_manifest_sha256 = self._write_manifest()

@@ -9,18 +9,23 @@ receives what. Clients apply events in sequence order on top of a `snapshot`, so
 Pointer positions (`consilium-lossy`) are rate-limited and relayed, never stored.
 
 `AnnotationLog` keeps each room's events on disk, append-only, each record sealed on its own with
-AES-256-GCM under the room's data key: no annotation or chat text touches disk in the clear.
+AES-256-GCM under the room's data key: no annotation or chat text touches disk in the clear. A
+write that fails (a full disk) never reaches the participants: the event is still stamped and
+delivered, its record waits in memory (bounded) and is written when space returns, and the room
+is told (`storage`) that what it draws and says is not being stored, then that it is again.
 
 Nothing here touches the event loop or a socket: `sfu.session` moves the text.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -204,7 +209,18 @@ class ErrorMessage(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
     client_id: str | None = None
 
 
-ServerMessage = Snapshot | Event | ErrorMessage
+class StorageNotice(msgspec.Struct, frozen=True, tag_field="type", tag="storage"):
+    """To everyone in the room (and to a joiner while it lasts): `stored` false when the room's
+    log cannot be written (the server's disk is full): annotations and chat are still delivered
+    but not yet stored, `unwritten` of them wait in the server's memory; `stored` true when they
+    have all been written. `lost`: records dropped because too many waited (none normally)."""
+
+    stored: bool
+    unwritten: int = 0
+    lost: int = 0
+
+
+ServerMessage = Snapshot | Event | ErrorMessage | StorageNotice
 
 
 # -- consilium-lossy -------------------------------------------------------------------------------
@@ -257,9 +273,10 @@ class Delivery(NamedTuple):
 
     recipients: Recipients
     text: str
-    kind: Literal["event", "snapshot", "error"]
+    kind: Literal["event", "snapshot", "error", "notice"]
     """A stamped `event` goes to synced participants only (the others get it in their
-    snapshot); a `snapshot` or an `error` to its requester, synced or not."""
+    snapshot); a `snapshot` or an `error` to its requester, synced or not; a `notice` (not
+    stamped, not recorded) to its recipients, synced or not."""
     author: str
     """Who caused it (the sender, from the connection)."""
 
@@ -335,6 +352,8 @@ class RoomAnnotations:
         """The person (token subject) behind each participant id, old connections included."""
         self._buckets: dict[str, TokenBucket] = {}
         self._pointer_buckets: dict[str, TokenBucket] = {}
+        self.storing = True
+        """What the room was last told (`StorageNotice`): whether its log is being written."""
         if log_file is not None:
             for event in log_file.replay():
                 self.apply(event)
@@ -389,7 +408,10 @@ class RoomAnnotations:
                 raise AnnotationError("rate_limited", "too many messages per second")
             if isinstance(message, SyncMessage):
                 snapshot = _encoder.encode(self.snapshot(sender)).decode()
-                return [Delivery((sender,), snapshot, "snapshot", sender)]
+                deliveries = [Delivery((sender,), snapshot, "snapshot", sender)]
+                if self.log is not None and not self.log.stored:
+                    deliveries.append(self.storage_notice((sender,)))
+                return deliveries
             if isinstance(message, OpMessage):
                 event = self._stamp_op(sender, permissions, message)
             elif isinstance(message, ChatMessage):
@@ -403,10 +425,30 @@ class RoomAnnotations:
             error = ErrorMessage(code=exc.code, message=str(exc), client_id=client_id)
             return [Delivery((sender,), _encoder.encode(error).decode(), "error", sender)]
         text = _encoder.encode(event).decode()
+        deliveries = [Delivery(self.recipients(event), text, "event", sender)]
         if self.log is not None:
-            self.log.append(event.seq, text.encode())
+            self.log.append(event.seq, text.encode())  # never raises: see AnnotationLog
+            if self.log.stored != self.storing:
+                deliveries.append(self.storage_notice())
         self.apply(event)
-        return [Delivery(self.recipients(event), text, "event", sender)]
+        return deliveries
+
+    def storage_notice(self, recipients: Recipients = None) -> Delivery:
+        """Tell the room (or `recipients`) whether its log is being written (`StorageNotice`)."""
+        log_file = self.log
+        assert log_file is not None
+        if recipients is None:
+            self.storing = log_file.stored
+        notice = StorageNotice(log_file.stored, len(log_file.unwritten), log_file.lost)
+        return Delivery(recipients, _encoder.encode(notice).decode(), "notice", "")
+
+    def retry_storage(self, force: bool = False) -> list[Delivery]:
+        """Write what a full disk held back (see `AnnotationLog.retry`); when it all went, the
+        notice that tells the room so."""
+        if self.log is None:
+            return []
+        self.log.retry(force)
+        return [self.storage_notice()] if self.log.stored != self.storing else []
 
     def recipients(self, event: Event) -> Recipients:
         """Who receives a stamped event: everyone for ops and room-wide chat; a private chat's
@@ -653,6 +695,11 @@ FSYNC_INTERVAL_S = 0.1
 """Each record is flushed to the OS at once (a crashed process loses nothing), but fsynced at most
 every 100 ms (and on close): an fsync per op would cap a room at a few hundred ops/s on ordinary
 disks, and a power cut then loses at most the last ~100 ms of drawing."""
+RETRY_INTERVAL_S = 1.0
+"""While the disk is full, held-back records are tried again at most this often."""
+MAX_UNWRITTEN_BYTES = 16 * 1024 * 1024
+"""Sealed records held in memory while the disk is full; beyond this the oldest are dropped
+(counted in `lost`). 16 MiB is tens of thousands of chat messages or shapes."""
 
 
 def log_path(data_dir: Path, room_id: str) -> Path:
@@ -683,10 +730,19 @@ class AnnotationLog:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._valid_end = 0
         self._events = list(self._read())
-        self._file = open(path, "r+b" if path.exists() else "w+b")
+        # Unbuffered: a write that fails leaves nothing behind in a buffer to be written later.
+        self._file = open(path, "r+b" if path.exists() else "w+b", buffering=0)
         if self._valid_end < self._file.seek(0, os.SEEK_END):
             self._file.truncate(self._valid_end)  # the torn record goes: appends follow good ones
         self._file.seek(self._valid_end)
+        self._end = self._valid_end
+        """Where the next record goes: the end of the last one written in full."""
+        self.unwritten: deque[bytes] = deque()
+        """Sealed records a write failure held back, in order (written before any newer one)."""
+        self._unwritten_bytes = 0
+        self.lost = 0
+        """Records dropped because more than `MAX_UNWRITTEN_BYTES` waited."""
+        self._last_try = 0.0
 
     def _aad(self, seq: int) -> bytes:
         return self.room_id.encode() + b"\0" + seq.to_bytes(8, "big")
@@ -727,25 +783,93 @@ class AnnotationLog:
         events, self._events = self._events, []
         return events
 
+    @property
+    def stored(self) -> bool:
+        """Whether no record is held back (every one appended is on disk, or `lost`)."""
+        return not self.unwritten
+
     def append(self, seq: int, plaintext: bytes) -> None:
-        """Seal and write one record; flushed at once, fsynced at most every 100 ms."""
+        """Seal and write one record; written at once, fsynced at most every 100 ms. Never
+        raises on a write error: the record is held back (see `retry`) and `stored` is False."""
         nonce = secrets.token_bytes(4) + seq.to_bytes(8, "big")
         sealed = nonce + self._aead.encrypt(nonce, plaintext, self._aad(seq))
-        self._file.write(len(sealed).to_bytes(LENGTH_BYTES, "big") + sealed)
-        self._file.flush()
-        self.dirty = True
+        record = len(sealed).to_bytes(LENGTH_BYTES, "big") + sealed
+        if self.unwritten:
+            self._hold(record)
+            self.retry()
+            return
+        try:
+            self._write(record)
+        except OSError as error:
+            self._hold(record)
+            self._last_try = self._clock()
+            log.error("annotation log not written; held in memory",
+                      extra={"path": str(self.path), "error": error.strerror})  # fmt: skip
+            return
         if self._clock() - self._last_fsync >= FSYNC_INTERVAL_S:
             self.sync()
+
+    def retry(self, force: bool = False) -> None:
+        """Write the held-back records, oldest first, stopping at the first that fails; at
+        most every `RETRY_INTERVAL_S` unless `force`d."""
+        now = self._clock()
+        if not self.unwritten or (not force and now - self._last_try < RETRY_INTERVAL_S):
+            return
+        self._last_try = now
+        while self.unwritten:
+            try:
+                self._write(self.unwritten[0])
+            except OSError:
+                return
+            self._unwritten_bytes -= len(self.unwritten.popleft())
+        log.info("annotation log written again", extra={"path": str(self.path)})
+
+    def _hold(self, record: bytes) -> None:
+        self.unwritten.append(record)
+        self._unwritten_bytes += len(record)
+        while self._unwritten_bytes > MAX_UNWRITTEN_BYTES and len(self.unwritten) > 1:
+            self._unwritten_bytes -= len(self.unwritten.popleft())
+            self.lost += 1
+
+    def _write(self, record: bytes) -> None:
+        """One whole record at the end, or nothing: a partly written record is cut away so the
+        log stays readable (and the next record follows the last good one)."""
+        if self._file.closed:
+            raise OSError("annotation log is closed")
+        try:
+            view = memoryview(record)
+            while view:
+                written = self._file.write(view)
+                if not written:
+                    raise OSError(errno.ENOSPC, "short write")
+                view = view[written:]
+        except OSError:
+            try:
+                self._file.truncate(self._end)
+                self._file.seek(self._end)
+            except OSError:
+                log.exception("annotation log: a torn record could not be cut away")
+            raise
+        self._end += len(record)
+        self.dirty = True
 
     def sync(self) -> None:
         """fsync what was written (called by `append`, by the room's timer, and at close)."""
         if self.dirty and not self._file.closed:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError:
+                log.exception("annotation log: fsync failed", extra={"path": str(self.path)})
+                return
             self.dirty = False
             self._last_fsync = self._clock()
 
     def close(self) -> None:
-        """fsync and close."""
+        """fsync and close (a last try for held-back records first)."""
         if not self._file.closed:
+            self.retry(force=True)
             self.sync()
+            if self.unwritten:
+                extra = {"path": str(self.path), "records": len(self.unwritten)}
+                log.error("annotation log closed with records unwritten", extra=extra)
             self._file.close()

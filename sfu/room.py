@@ -23,6 +23,7 @@ from .annotations import (
     FSYNC_INTERVAL_S,
     LOSSY,
     RELIABLE,
+    RETRY_INTERVAL_S,
     AnnotationError,
     AnnotationLog,
     Delivery,
@@ -167,14 +168,20 @@ class MediaRoom:
         for delivery in annotations.handle(sender.participant_id, sender.permissions, message):
             self.deliver(delivery, sender)
         log_file = annotations.log
-        if log_file is not None and log_file.dirty and self._fsync is None:
+        if log_file is not None and (log_file.dirty or log_file.unwritten) and self._fsync is None:
             self._fsync = asyncio.get_running_loop().call_later(FSYNC_INTERVAL_S, self._sync_log)
 
-    def deliver(self, delivery: Delivery, sender: ParticipantMedia) -> None:
+    def deliver(self, delivery: Delivery, sender: ParticipantMedia | None) -> None:
         """Send one delivery of the annotations on the recipients' reliable channels. Stamped
         events go only to participants that asked for their snapshot (`sync`): the snapshot
         covers whatever came before, so nobody sees a gap or a duplicate."""
+        if delivery.kind == "notice":  # not stamped: to each recipient, synced or not
+            for participant in self.participants.values():
+                if delivery.recipients is None or participant.participant_id in delivery.recipients:
+                    participant.send_data(RELIABLE, delivery.text)
+            return
         if delivery.kind != "event":
+            assert sender is not None  # a snapshot or an error answers someone
             if delivery.kind == "snapshot":
                 sender.synced = True
             sender.send_data(RELIABLE, delivery.text)
@@ -192,8 +199,16 @@ class MediaRoom:
 
     def _sync_log(self) -> None:
         self._fsync = None
-        if self.annotations is not None and self.annotations.log is not None:
-            self.annotations.log.sync()
+        annotations = self.annotations
+        if annotations is not None and annotations.log is not None:
+            annotations.log.sync()
+            # Records a full disk held back: tried again until written, then the room is told.
+            for delivery in annotations.retry_storage():
+                self.deliver(delivery, None)
+            if annotations.log.unwritten:
+                self._fsync = asyncio.get_running_loop().call_later(
+                    RETRY_INTERVAL_S, self._sync_log
+                )
 
     def close_annotations(self) -> None:
         """The room's media ends (emptied): fsync and close its log."""

@@ -367,6 +367,21 @@ class RecordingState(Message, tag="recording_state"):
 
 class Error(Message, tag="error"):
     """A recoverable bad request: the connection stays open."""
+    failure: Literal["", "disk_full", "write_failed"] = ""
+    """Set (with `recording` false) when the recording has just stopped by itself:
+    `disk_full` (the data folder ran out of space, or below its hard floor), `write_failed`
+    (another storage error). What was stored up to then is kept, marked `failed`."""
+    failed_recording_id: str = ""
+    """The recording that failed (with `failure`)."""
+
+
+class StorageLow(Message, tag="storage_low"):
+    """To the chair of a room being recorded: the data folder's free space is below the
+    reserve (`disk_reserve_mb`); below a quarter of it the recording stops as failed."""
+
+    free_mb: int
+    reserve_mb: int
+    recording_id: str = ""
 
     code: str
     message: str
@@ -391,6 +406,7 @@ ServerMessage = (
     | Offer
     | Answer
     | Candidate
+    | StorageLow
 )
 """Everything the server may send."""
 

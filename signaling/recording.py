@@ -17,6 +17,10 @@ relay as their SDP (`Rooms._media_call`). The rules, in the order a meeting meet
    alone; the label goes to the manifest, not to the audit log (it may name a patient).
 5. It stops when the chair stops it, when the room's media ends (everyone left), or when the
    node shuts down; a crash leaves it to `recover_interrupted` at the next start.
+6. It fails when its writes fail (a full disk) or when the data folder's free space falls below
+   the floor (`recorder.diskspace`): everyone is told at once (`recording_state` with `failure`),
+   the manifest says `failed` and where it stopped, the audit log `recording_failed` (outcome
+   `error`). Below the reserve the chair who started it is warned first (`storage_low`).
 
 Every consent answer is stored with the recording (`ConsentRecord`: who, when, how, which notice
 version) and audited; the manifest's hash is audited at start, at each case and at stop.
@@ -35,6 +39,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from recorder.diskspace import MIB, DiskLevel, DiskSpace, DiskWatcher, failure_code
 from recorder.keyring import Keyring
 from recorder.manifest import ConsentRecord, RecordedParticipant
 from recorder.sink import AuditCallback, RecordingSettings, RecordingSink, utc_now
@@ -60,7 +65,12 @@ class RoomRecording:
     sink: RecordingSink | None = None
     """The running recording, if any."""
     started_at: str = ""
+    started_by: str = ""
+    """Participant id of the chair who started it (warned when the disk runs low)."""
     cases: list[str] = field(default_factory=list)
+    failure: str = ""
+    """Why the last recording stopped by itself (`disk_full`, `write_failed`), until the next."""
+    failed_recording_id: str = ""
 
     def decision_of(self, sub: str) -> str:
         """`granted`, `declined` or `pending`."""
@@ -109,6 +119,7 @@ class Recorder:
         broadcast: Broadcast,
         notify: Notify,
         images: ImageFrames | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
         self.recordings_dir = recordings_dir
         self.keyring = keyring
@@ -130,6 +141,10 @@ class Recorder:
         """Recordings being stopped because their room's media ended."""
         self._lock = asyncio.Lock()
         """One recording operation at a time (they are rare and touch the disk)."""
+        self.disk_watcher = (
+            DiskWatcher(recordings_dir.parent, disk, self._disk_level) if disk is not None else None
+        )
+        """Watches the data folder's free space while anything is recorded."""
 
     # -- who is here ---------------------------------------------------------------------------
 
@@ -294,6 +309,11 @@ class Recorder:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         recording_id = f"rec-{state.room_id}-{stamp}-{secrets.token_hex(3)}"
         data_key = await asyncio.to_thread(self.keyring.create, recording_id)
+        loop = asyncio.get_running_loop()
+
+        def writer_failed(error: BaseException) -> None:  # on the sink's writer thread
+            loop.call_soon_threadsafe(self._writer_failed, state, sink, failure_code(error))
+
         sink = RecordingSink(
             self.recordings_dir,
             recording_id,
@@ -303,6 +323,7 @@ class Recorder:
             audit=recorder_audit(self.audit),
             settings=self.settings,
             recording_class=recording_class,
+            on_failure=writer_failed,
         )
         await asyncio.to_thread(sink.start)
         for pid in present:
@@ -319,7 +340,11 @@ class Recorder:
         self.media.room(state.room_id).sinks.append(sink)
         state.sink = sink
         state.started_at = utc_now()
+        state.started_by = chair.participant_id
         state.cases = []
+        state.failure = state.failed_recording_id = ""
+        if self.disk_watcher is not None:
+            self.disk_watcher.start()
         declined = sum(
             1 for pid in present
             if pid in self.people and state.decision_of(self.people[pid].sub) != "granted"
@@ -352,11 +377,72 @@ class Recorder:
         if room is not None and sink in room.sinks:
             room.sinks.remove(sink)
         manifest = await asyncio.to_thread(sink.stop)
+        await self._watch_less()
+        if manifest.status == "failed":
+            # It failed before this stop: the sink audited `recording_failed`, not a stop.
+            state.failure, state.failed_recording_id = manifest.failure, sink.recording_id
+            return
         self.audit.append(
             "stop_recording", "allow", sub=by.sub if by is not None else None,
             room=state.room_id, recording=sink.recording_id, reason=reason,
             tracks=len(manifest.tracks), dropped_records=manifest.dropped_records,
         )  # fmt: skip
+
+    def _writer_failed(self, state: RoomRecording, sink: RecordingSink, code: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._fail(state, sink, code))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _fail(self, state: RoomRecording, sink: RecordingSink, code: str) -> None:
+        """The recording cannot go on (`code`: `disk_full`, `write_failed`): the room is told at
+        once, then the sink closes it as `failed` (and audits `recording_failed`)."""
+        async with self._lock:
+            if state.sink is not sink:
+                return  # stopped meanwhile
+            if self.disk_watcher is not None and code == "disk_full":
+                # Room for the failed manifest and its audit entry, whatever filled the disk.
+                await asyncio.to_thread(self.disk_watcher.release)
+            state.sink = None
+            state.failure, state.failed_recording_id = code, sink.recording_id
+            room = self.media.rooms.get(state.room_id)
+            if room is not None and sink in room.sinks:
+                room.sinks.remove(sink)
+            log.error("recording failed", extra={"room": state.room_id, "failure": code})
+            await self._announce(state)
+            manifest = await asyncio.to_thread(sink.stop, 30.0, code)
+            log.info(
+                "failed recording closed",
+                extra={"room": state.room_id, "stopped_at_ms": manifest.stopped_at_ms},
+            )
+            await self._watch_less()
+
+    async def _disk_level(self, level: DiskLevel, free: int) -> None:
+        """The disk watcher's news: below the reserve, warn each recording's chair; below the
+        floor, stop each recording as failed while it can still be closed cleanly."""
+        running = [s for s in self.rooms.values() if s.sink is not None]
+        if level == "low":
+            assert self.disk_watcher is not None
+            for state in running:
+                assert state.sink is not None
+                warning = p.StorageLow(
+                    free_mb=free // MIB,
+                    reserve_mb=self.disk_watcher.space.reserve_bytes // MIB,
+                    recording_id=state.sink.recording_id,
+                )
+                self.notify(state.started_by, warning)
+                self.audit.append(
+                    "storage_low", "info", room=state.room_id,
+                    recording=state.sink.recording_id, free_mb=free // MIB,
+                )  # fmt: skip
+        elif level == "full":
+            for state in running:
+                assert state.sink is not None
+                self._writer_failed(state, state.sink, "disk_full")  # its own task: it stops us
+
+    async def _watch_less(self) -> None:
+        """Nothing is recorded any more: stop watching the disk."""
+        if self.disk_watcher is not None and not any(s.sink for s in self.rooms.values()):
+            await self.disk_watcher.stop()
 
     async def _announce(self, state: RoomRecording) -> None:
         sink = state.sink
@@ -373,6 +459,8 @@ class Recorder:
             consent=consent,  # type: ignore[arg-type]  # decision_of gives the Literal's values
             cases=list(state.cases),
             notice_version=self.notice_version,
+            failure=state.failure,  # type: ignore[arg-type]  # failure_code gives the Literal's
+            failed_recording_id=state.failed_recording_id,
         )
         await self.broadcast(state.room_id, message)
 
@@ -399,3 +487,5 @@ class Recorder:
             for state in list(self.rooms.values()):
                 await self._stop(state, reason="server_shutdown")
         self.rooms.clear()
+        if self.disk_watcher is not None:
+            await self.disk_watcher.stop()

@@ -11,6 +11,7 @@ import {
   recordingRefused,
   recordingState,
   resetRecording,
+  storageLow,
 } from "./recording.js";
 import { changed, state } from "./state.js";
 
@@ -115,6 +116,9 @@ export class Call {
         break;
       case "recording_state":
         recordingState(msg);
+        break;
+      case "storage_low":
+        storageLow(msg);
         break;
       case "error":
         if (recordingRefused(msg)) break;

@@ -2,10 +2,14 @@
 // indicator everyone sees while the room is recorded, the mark on the tiles of those who are not
 // recorded, and the chair's controls (ask for consent, who answered what, a spoken answer, start,
 // next case, stop). The server decides everything; this shows what it said (`consent_requested`,
-// `recording_state`, `error`) and sends the requests.
+// `recording_state`, `error`) and sends the requests. It also says what the server's storage
+// means for the meeting: a recording that stopped by itself (a full disk), the chair's warning
+// that the disk runs low (`storage_low`), and the SFU's notice that annotations and chat are
+// delivered but not stored (`storage` on the data channel).
 
 import { replaceRows } from "./chair.js";
 import { t } from "./i18n.js";
+import { dataChannels } from "./protocol.js";
 import { changed, noRecording, state } from "./state.js";
 
 /** The requests this module sends: the server's refusals of them are shown here. */
@@ -44,6 +48,7 @@ const caseLabel = document.getElementById("case-label");
 const casesHeading = document.getElementById("cases-heading");
 const caseList = document.getElementById("case-list");
 const errorText = document.getElementById("recording-error");
+const storageText = document.getElementById("storage-notice");
 
 let call = null;
 let returnFocus = null; // where the keyboard was before the notice opened
@@ -68,6 +73,10 @@ export function initRecording(theCall) {
     (back ?? (answerButton.hidden ? null : answerButton))?.focus();
   });
   dialog.addEventListener("keydown", trapFocus);
+  dataChannels.on("storage", (msg) => {
+    state.notStored = !msg.stored;
+    changed();
+  });
   requestButton.addEventListener("click", () => send(() => call.signalling.requestConsent()));
   startButton.addEventListener("click", () => send(() => call.signalling.startRecording()));
   stopButton.addEventListener("click", () => send(() => call.signalling.stopRecording()));
@@ -141,11 +150,31 @@ export function recordingState(msg) {
   delete state.recording.type;
   if (msg.recording !== was) {
     state.recordingAnnounced = msg.recording ? "recording.started" : "recording.stopped";
+    if (!msg.recording && msg.failure) state.recordingAnnounced = "recording.failed";
   }
+  if (msg.recording || msg.failure) state.storageLow = null;
   // The chair recorded my spoken answer while the notice was waiting for mine.
   if (state.consentNotice?.asked && decisionOf(state, state.participantId) !== "pending") {
     state.consentNotice = null;
   }
+}
+
+/** `storage_low` (to the chair): the server's disk is running low while recording. */
+export function storageLow(msg) {
+  state.storageLow = { free_mb: msg.free_mb, reserve_mb: msg.reserve_mb };
+}
+
+/** What to say about the server's storage, most serious first, or "". */
+export function storageWords(s) {
+  const rec = s.recording;
+  const words = [];
+  if (!rec.recording && rec.failure) {
+    const key = `recording.failed_${rec.failure}`;
+    words.push(t(key) === key ? t("recording.failed_write_failed") : t(key));
+  }
+  if (s.notStored) words.push(t("chat.not_stored"));
+  if (rec.recording && s.storageLow) words.push(t("recording.storage_low", s.storageLow));
+  return words.join(" ");
 }
 
 /** An `error`: true if it refused one of the recording requests (then it is shown here). */
@@ -176,7 +205,10 @@ export function notRecordedKey(s, participantId) {
 export function renderRecording(s) {
   const rec = s.recording;
   const mine = decisionOf(s, s.participantId);
-  bar.hidden = !(rec.requested || rec.recording);
+  bar.hidden = !(rec.requested || rec.recording || rec.failure);
+  const storage = storageWords(s);
+  storageText.hidden = !storage;
+  if (storageText.textContent !== storage) storageText.textContent = storage;
   bar.dataset.recording = String(rec.recording);
   indicator.hidden = !rec.recording;
   myStatus.textContent = t(`recording.${rec.recording ? "me" : "asked"}_${mine}`);

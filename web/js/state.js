@@ -37,6 +37,8 @@ export const state = {
   consentNotice: null, // {version, asked}: the recording notice shown to me, or null
   recordingError: null, // {code, request}: the server's last refusal of a recording request
   recordingAnnounced: "", // i18n key last said in the recording live region
+  storageLow: null, // {free_mb, reserve_mb}: the server's disk is running low (to the chair)
+  notStored: false, // the SFU cannot store annotations and chat now (its disk is full)
 };
 
 /** The room's recording before any `recording_state`: not recording, nobody asked. */
@@ -49,6 +51,8 @@ export function noRecording() {
     consent: {}, // participant id → "granted" | "declined" | "pending"
     cases: [],
     notice_version: "",
+    failure: "", // "disk_full" | "write_failed": the last recording stopped by itself
+    failed_recording_id: "",
   };
 }
 

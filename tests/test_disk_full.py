@@ -1,0 +1,392 @@
+"""A full disk during a meeting: nobody loses media or messages, and everyone is told.
+
+The unit tests give the annotation log a file that runs out of space part-way through a record.
+The end-to-end test runs `consilium serve` with its data folder on a real 32 MiB tmpfs (in a
+private mount namespace, so nothing is mounted on the host), records a room of aiortc peers
+sending media, fills the volume with a file and watches what every participant sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from recorder.diskspace import DiskSpace, failure_code
+from recorder.manifest import read_manifest
+from recorder.roomkeys import RoomKeys, open_keyring
+from recorder.verify import verify_recording
+from sfu.annotations import AnnotationLog, RoomAnnotations, log_path
+from sfu.room import MediaSettings
+from signaling.audit import iter_entries, load_public_key
+from signaling.devidp import DevelopmentIdP
+from tests.fixtures.browser import (
+    ICE_ENV,
+    OpenTab,
+    meet_through_the_lobby,
+    no_axe_violations,
+    no_page_problems,
+    screenshot,
+)
+from tests.fixtures.media import Participant, join_over_ws, last, pid, send, state
+from tests.fixtures.servers import REPO, ServeProcess, eventually, start_serve
+
+KEY = bytes(range(32))
+MIB = 1024 * 1024
+
+
+class FullDisk:
+    """The log's file, on a disk with `room` bytes left: a write beyond it is cut short and the
+    next one fails with ENOSPC, as write(2) does on a full filesystem."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self.file = file
+        self.room = room
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written = int(self.file.write(bytes(data[: self.room])))
+        self.room -= written
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+
+def chat(seq: int) -> bytes:
+    """A stamped chat event as the log stores it."""
+    event = {"seq": seq, "time": "t", "author": "rad", "client_id": "", "kind": "chat",
+             "text": f"message {seq}"}  # fmt: skip
+    return json.dumps(event).encode()
+
+
+def replayed(path: Path) -> list[int]:
+    log = AnnotationLog(path, "mdt-1", KEY)
+    try:
+        return [event.seq for event in log.replay()]
+    finally:
+        log.close()
+
+
+def test_a_log_on_a_full_disk_holds_records_back_and_stays_readable(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.log"
+    clock = [0.0]
+    log = AnnotationLog(path, "mdt-1", KEY, clock=lambda: clock[0])
+    log.append(1, chat(1))
+    log._file = FullDisk(log._file, room=40)  # type: ignore[assignment]  # record 2 is torn
+    for seq in range(2, 6):
+        log.append(seq, chat(seq))  # never raises
+    assert not log.stored and len(log.unwritten) == 4
+    # The torn half of record 2 was cut away: the log on disk reads back as record 1.
+    assert path.stat().st_size == log._end
+    assert replayed(path) == [1]
+    log._file.room = 10 * MIB  # space returns
+    log.retry()
+    assert not log.stored, "retried at most once a second"
+    clock[0] += 1.0
+    log.retry()
+    assert log.stored
+    log.close()
+    assert replayed(path) == [1, 2, 3, 4, 5]
+
+
+def test_room_annotations_deliver_on_a_full_disk_and_tell_the_room(tmp_path: Path) -> None:
+    clock = [0.0]
+    log = AnnotationLog(tmp_path / "a.log", "mdt-1", KEY, clock=lambda: clock[0])
+    room = RoomAnnotations("mdt-1", MediaSettings(), log_file=log, clock=lambda: clock[0])
+    log._file = FullDisk(log._file, room=0)  # type: ignore[assignment]
+    sent = []
+    for n in range(40):
+        sent += room.handle(
+            "rad", frozenset({"chat"}), json.dumps({"type": "chat", "text": f"{n}"})
+        )
+    events = [d for d in sent if d.kind == "event"]
+    notices = [json.loads(d.text) for d in sent if d.kind == "notice"]
+    assert len(events) == 40 and all(d.recipients is None for d in events)
+    assert notices == [{"type": "storage", "stored": False, "unwritten": 1, "lost": 0}]
+    # A joiner hears it with their snapshot.
+    synced = room.handle("onc", frozenset(), json.dumps({"type": "sync"}))
+    assert [d.kind for d in synced] == ["snapshot", "notice"]
+    assert room.retry_storage(force=True) == []  # still full: nothing new to say
+    log._file.room = 10 * MIB
+    (told,) = room.retry_storage(force=True)
+    assert json.loads(told.text) == {"type": "storage", "stored": True, "unwritten": 0, "lost": 0}
+    room.close()
+    replayed = AnnotationLog(tmp_path / "a.log", "mdt-1", KEY).replay()
+    assert [e.text for e in replayed] == [str(n) for n in range(40)]
+
+
+def test_disk_levels_and_failure_codes() -> None:
+    space = DiskSpace(reserve_bytes=8 * MIB)
+    assert space.level(9 * MIB) == "ok"
+    assert space.level(5 * MIB) == "low"
+    assert space.level(1 * MIB) == "full"
+    assert failure_code(OSError(errno.ENOSPC, "full")) == "disk_full"
+    assert failure_code(OSError(errno.EIO, "io")) == "write_failed"
+
+
+# -- a real full disk ---------------------------------------------------------------------------
+
+
+def _can_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount a tmpfs"
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        return "needs unshare and nsenter (util-linux)"
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return f"unshare -m cannot mount here: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A 32 MiB tmpfs at `tmp_path/data` in a private mount namespace, held by a process: its
+    pid (to enter the namespace) and the folder as this process reaches it."""
+    reason = _can_mount()
+    if reason is not None:
+        pytest.skip(reason)
+    data = tmp_path / "data"
+    data.mkdir()
+    holder = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=32m,mode=0700 tmpfs "$0" && echo mounted && exec sleep 100000',
+         str(data)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == b"mounted\n"
+    inside = Path(f"/proc/{holder.pid}/root") / data.relative_to("/")
+    try:
+        yield holder.pid, inside
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def fill(folder: Path, name: str, leave: int = 0) -> None:
+    """Write a file until the volume has `leave` bytes free (0: until ENOSPC)."""
+    chunk = bytes(256 * 1024)
+    with open(folder / name, "ab", buffering=0) as out:
+        while True:
+            free = shutil.disk_usage(folder).free
+            if leave and free - len(chunk) < leave:
+                if free > leave:
+                    out.write(chunk[: free - leave])
+                return
+            try:
+                out.write(chunk)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                break
+        small = bytes(4096)
+        while True:
+            try:
+                out.write(small)
+            except OSError:
+                return
+
+
+def reliable(participant: Participant, type_: str) -> list[dict[str, Any]]:
+    return [m for m in participant.client.received() if m.get("type") == type_]
+
+
+async def test_a_full_disk_fails_the_recording_loudly_and_loses_no_media_or_message(
+    small_volume: tuple[int, Path], loopback_ice: None
+) -> None:
+    holder, inside = small_volume
+    serve: ServeProcess = await asyncio.to_thread(
+        start_serve,
+        inside,  # the tmpfs, reached through the namespace; serve's log goes beside it
+        env={
+            "CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1",
+            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
+            "CONSILIUM_DISK_RESERVE_MB": "8",
+        },
+        prefix=("nsenter", "-t", str(holder), "-m", "--"),
+    )
+    people: list[Participant] = []
+    try:
+        idp = DevelopmentIdP.load_or_create(inside)
+        async with aiohttp.ClientSession() as http:
+            for sub, role in (
+                ("dr-chair", "chair"),
+                ("dr-onc", "specialist"),
+                ("dr-rad", "specialist"),
+            ):
+                token = idp.mint(sub=sub, role=role, depts=["cardiology"], rooms=["mdt-1"])
+                people.append(await join_over_ws(http, serve.url, token, "mdt-1"))
+            chair, onc, rad = people
+            for person in people:
+                await person.client.sync()
+            await eventually(lambda: all(p.client.stats.frames("video") > 5 for p in people), 20)
+            await send(chair, "request_consent")
+            await eventually(lambda: all(last(p, "consent_requested") for p in people), 5)
+            for person in people:
+                await send(person, "consent", decision="granted")
+            await eventually(
+                lambda: all(
+                    state(chair).get("consent", {}).get(pid(p)) == "granted" for p in people
+                ),
+                5,
+            )
+            await send(chair, "start_recording")
+            await eventually(lambda: all(state(p).get("recording") for p in people), 5)
+            recording_id = state(chair)["recording_id"]
+            await asyncio.sleep(2.5)  # a few sealed segments
+
+            # Below the reserve (8 MiB) but above the floor (2 MiB): the chair is warned.
+            await asyncio.to_thread(fill, inside, "filler", 5 * MIB)
+            await eventually(lambda: last(chair, "storage_low") is not None, 3)
+            warning = last(chair, "storage_low")
+            assert warning is not None and warning["reserve_mb"] == 8
+            assert warning["recording_id"] == recording_id
+            assert last(onc, "storage_low") is None and state(chair)["recording"]
+
+            # Now the disk fills up: everyone hears at once that the recording failed.
+            await asyncio.to_thread(fill, inside, "filler")
+            full_at = time.monotonic()
+            for person in people:
+                await eventually(lambda p=person: state(p).get("recording") is False, 5)
+            told_after = time.monotonic() - full_at
+            for person in people:
+                assert state(person)["failure"] == "disk_full", state(person)
+                assert state(person)["failed_recording_id"] == recording_id
+            assert told_after < 2.5, f"told {told_after:.1f} s after the disk filled"
+
+            # The chair's stop comes too late: refused, and not audited as a stop.
+            await send(chair, "stop_recording")
+            await eventually(
+                lambda: any(m["type"] == "error" and m["request"] == "stop_recording"
+                            for m in chair.messages), 5)  # fmt: skip
+
+            # Whatever space the failure gave back is taken again: the disk stays full.
+            await asyncio.to_thread(fill, inside, "filler2")
+            frames = {pid(p): p.client.stats.frames("video") for p in people}
+            for n in range(40):
+                rad.client.send_json(
+                    "consilium-reliable",
+                    {"type": "chat", "client_id": f"c{n}", "text": f"full disk message {n}"},
+                )
+            for person in people:
+                await eventually(
+                    lambda p=person: sum(1 for e in reliable(p, "event")
+                                         if e.get("text", "").startswith("full disk")) == 40,
+                    10,
+                )  # fmt: skip
+                notices = reliable(person, "storage")
+                assert notices and notices[0]["stored"] is False, notices
+            # Media keeps flowing to everyone, the sender of the messages included.
+            await asyncio.sleep(1.5)
+            for person in people:
+                assert person.client.stats.frames("video") > frames[pid(person)] + 10
+
+            # Space returns: the held-back messages are written, and the room is told.
+            (inside / "filler").unlink()
+            (inside / "filler2").unlink()
+            for person in people:
+                await eventually(lambda p=person: reliable(p, "storage")[-1]["stored"] is True, 5)
+    finally:
+        for person in people:
+            await person.close()
+        await asyncio.to_thread(serve.stop)
+
+    manifest = read_manifest(inside / "recordings" / recording_id)[0]
+    assert manifest.status == "failed" and manifest.failure == "disk_full"
+    assert manifest.stopped_at_ms is not None and manifest.stopped_at_ms >= 2000
+    public_key = load_public_key(inside / "keys" / "audit-ed25519.pub.pem")
+    data_key = open_keyring(inside).unwrap(recording_id)
+    report = verify_recording(inside / "recordings" / recording_id, data_key, public_key)
+    assert report.ok and report.failed, report.problems
+    assert report.stopped_at_ms == manifest.stopped_at_ms
+
+    failed = list(iter_entries(inside / "audit", action="recording_failed"))
+    assert [(e.outcome, e.reason) for e in failed] == [("error", "disk_full")]
+    assert failed[0].fields["manifest_sha256"]
+    stops = list(iter_entries(inside / "audit", action="stop_recording"))
+    assert not [e for e in stops if e.fields.get("recording") == recording_id], stops
+    verified = subprocess.run(
+        [sys.executable, "-m", "signaling.cli", "audit", "verify", "--data-dir", str(inside),
+         "--public-key", str(inside / "keys" / "audit-ed25519.pub.pem")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    key = RoomKeys(open_keyring(inside)).key_for("mdt-1")
+    texts = [e.text for e in AnnotationLog(log_path(inside, "mdt-1"), "mdt-1", key).replay()]
+    assert [t for t in texts if str(t).startswith("full disk")] == [
+        f"full disk message {n}" for n in range(40)
+    ]
+
+
+async def test_pages_say_the_recording_failed_and_chat_is_not_stored_on_a_full_disk(
+    small_volume: tuple[int, Path], chromium: OpenTab
+) -> None:
+    holder, inside = small_volume
+    serve: ServeProcess = await asyncio.to_thread(
+        start_serve,
+        inside,
+        env={
+            **ICE_ENV,
+            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
+            "CONSILIUM_DISK_RESERVE_MB": "8",
+        },
+        prefix=("nsenter", "-t", str(holder), "-m", "--"),
+    )
+    try:
+        meeting = await meet_through_the_lobby(serve, chromium)
+        chair, specialist = meeting.chair, meeting.specialist
+        await chair.page.click("#request-consent-button")
+        for tab in (chair, specialist):
+            await tab.until("document.getElementById('consent-dialog').open")
+            await tab.page.click("#consent-agree")
+        await chair.until("!document.getElementById('start-recording-button').disabled")
+        await chair.page.click("#start-recording-button")
+        await specialist.until("!document.getElementById('recording-indicator').hidden")
+        await asyncio.sleep(2)
+
+        notice = "document.getElementById('storage-notice')"
+        await asyncio.to_thread(fill, inside, "filler", 5 * MIB)
+        await chair.until(f"{notice}.textContent.includes('disk is running low')")
+        assert await chair.page.locator("#storage-notice").is_visible()
+        assert await specialist.page.locator("#storage-notice").is_hidden()
+
+        await asyncio.to_thread(fill, inside, "filler")
+        for tab in (chair, specialist):
+            await tab.until("document.getElementById('recording-indicator').hidden")
+            await tab.until(f'{notice}.textContent.includes("the server\'s disk is full")')
+        assert "stopped by itself" in await chair.page.locator("#storage-notice").inner_text()
+
+        await asyncio.to_thread(fill, inside, "filler2")
+        await specialist.page.fill("#chat-text", "Written while the disk is full.")
+        await specialist.page.press("#chat-text", "Enter")
+        for tab in (chair, specialist):
+            await tab.until(
+                "document.getElementById('chat-list').textContent"
+                ".includes('Written while the disk is full.')"
+            )
+            await tab.until(f"{notice}.textContent.includes('not being stored yet')")
+        await no_axe_violations(chair, "storage notice")
+        await screenshot(chair, "disk-full-chair")
+
+        (inside / "filler").unlink()
+        (inside / "filler2").unlink()
+        for tab in (chair, specialist):
+            await tab.until(f"!{notice}.textContent.includes('not being stored yet')", timeout_s=10)
+            no_page_problems(tab)
+    finally:
+        await asyncio.to_thread(serve.stop)
