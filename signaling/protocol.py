@@ -363,10 +363,6 @@ class RecordingState(Message, tag="recording_state"):
     cases: list[str] = msgspec.field(default_factory=list)
     """Case labels marked so far, in order."""
     notice_version: str = ""
-
-
-class Error(Message, tag="error"):
-    """A recoverable bad request: the connection stays open."""
     failure: Literal["", "disk_full", "write_failed"] = ""
     """Set (with `recording` false) when the recording has just stopped by itself:
     `disk_full` (the data folder ran out of space, or below its hard floor), `write_failed`
@@ -382,6 +378,10 @@ class StorageLow(Message, tag="storage_low"):
     free_mb: int
     reserve_mb: int
     recording_id: str = ""
+
+
+class Error(Message, tag="error"):
+    """A recoverable bad request: the connection stays open."""
 
     code: str
     message: str
@@ -402,11 +402,11 @@ ServerMessage = (
     | ImageShared
     | ConsentRequested
     | RecordingState
+    | StorageLow
     | Error
     | Offer
     | Answer
     | Candidate
-    | StorageLow
 )
 """Everything the server may send."""
 
