@@ -42,7 +42,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,12 +53,12 @@ from recorder.archive import Archive, RecordingSummary, RetentionSettings, Track
 from recorder.bundle import build_bundle
 from recorder.export import export_annotations, export_recording
 from recorder.keyring import Keyring
-from recorder.manifest import MANIFEST_NAME
+from recorder.manifest import MANIFEST_NAME, RecordingManifest
 from recorder.roomkeys import rotate_kek
 from recorder.verify import verify_recording
 
 from .audit import AuditLog, iter_entries, parse_time
-from .errors import BadMessage, NotFound, PolicyDenied
+from .errors import BadMessage, IntegrityError, NotFound, PolicyDenied
 from .identity import Identity
 from .logs import scrub
 from .policy import Policy, RecordingScope
@@ -211,18 +211,10 @@ class ArchiveService:
         directory = self.directory(recording_id)
         data_key = self.archive.data_key(recording_id)
         report = verify_recording(directory, data_key, self.archive.public_key)
-        digest = hashlib.sha256((directory / MANIFEST_NAME).read_bytes()).hexdigest()
-        audited = any(
-            entry.fields.get("recording") == recording_id
-            and entry.fields.get("manifest_sha256") == digest
-            for entry in iter_entries(self.audit_dir, room=summary.room_id)
-        )
+        raw = (directory / MANIFEST_NAME).read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
         problems = list(report.problems)
-        if not audited:
-            problems.append(
-                "the manifest's SHA-256 is not in the audit log: it is not the manifest the "
-                "recorder last wrote"
-            )
+        audited = self._manifest_audited(recording_id, summary.room_id, digest, raw, problems)
         return {
             "recording_id": recording_id,
             "ok": not problems,
@@ -240,6 +232,43 @@ class ArchiveService:
 
 ARCHIVE = web.AppKey("archive", ArchiveService)
 
+    def _manifest_audited(
+        self, recording_id: str, room_id: str, digest: str, raw: bytes, problems: list[str]
+    ) -> bool:
+        """Whether the recorder's last manifest entry in the audit log names `digest` and was
+        written when the recording ended (or was recovered), not later; adds the problem."""
+        last = None
+        for entry in iter_entries(self.audit_dir, room=room_id):
+            if entry.fields.get("recording") == recording_id and entry.fields.get(
+                "manifest_sha256"
+            ):
+                last = entry
+        if last is None or last.fields["manifest_sha256"] != digest:
+            problems.append(
+                "the manifest's SHA-256 is not in the audit log: it is not the manifest the "
+                "recorder last wrote"
+            )
+            return False
+        try:
+            manifest, _ = RecordingManifest.from_json(raw)
+            # A recovered manifest is written at recovery, after the recording's end; one still
+            # recording (a problem of its own) has no end yet.
+            end = parse_time(manifest.ended if manifest.status in ("complete", "failed")
+                             else manifest.updated)  # fmt: skip
+        except (IntegrityError, ValueError):
+            end = None
+        if end is None or last.time > end + MANIFEST_AUDIT_ALLOWANCE:
+            problems.append(
+                f"the manifest's SHA-256 entered the audit log at {last.ts}, after the recording "
+                "ended: it is not the manifest the recorder wrote when it stopped"
+            )
+            return False
+        return True
+
+
+MANIFEST_AUDIT_ALLOWANCE = timedelta(seconds=60)
+"""How long after the manifest's end time the recorder's entry vouching for it may be written
+(the entry follows the write at once; this covers a loaded node)."""
 
 def summary_json(summary: RecordingSummary) -> dict[str, Any]:
     """A summary as the API shows it."""
