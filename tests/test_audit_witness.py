@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,18 @@ async def test_a_node_with_a_separate_key_folder_and_a_witness(
     with pytest.raises(ConfigError, match="wiped"):
         async with running_node(settings):
             pass
+
+
+@pytest.mark.parametrize("address", ["siem.hospital.local", "siem:0", ":6514", "siem:port"])
+def test_a_malformed_witness_address_stops_the_start(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ConfigError, match="audit_witness must be host:port"):
+        node_settings(tmp_path, audit_witness=address)
+
+
+def test_an_unreachable_witness_delays_nothing(tmp_path: Path) -> None:
+    """The receiver is down: the log is written and closed at once, the checkpoints wait."""
+    witness = SyslogWitness("127.0.0.1", 9, node="node-a")  # the discard port: nothing listens
+    started = time.monotonic()
+    write_log(tmp_path / "audit", None, 7, witness=witness)
+    assert time.monotonic() - started < 8  # close waits at most 5 s for the witness
+    assert witness.sent == 0
