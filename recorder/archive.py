@@ -487,10 +487,12 @@ class Archive:
             previous = self._read_hold(recording_id)
             since = previous.since if previous else _iso(self._clock())
             hold = LegalHold(recording_id, reason, by, since)
+            # Audited first: a hold is never in force without its entry.
+            self._report("recording_held", recording_id, required=True, by=by, reason=reason,
+                         since=since)  # fmt: skip
             write_atomically(
                 self._hold_path(recording_id), json.dumps(asdict(hold), indent=1).encode() + b"\n"
             )
-        self._report("recording_held", recording_id, by=by, reason=reason, since=since)
         return hold
 
     def release(self, recording_id: str, by: str) -> LegalHold:
@@ -499,9 +501,11 @@ class Archive:
             hold = self._read_hold(recording_id)
             if hold is None:
                 raise NotOnHold(f"recording {recording_id} is not under legal hold")
+            # Audited first: a hold is never lifted without its entry.
+            self._report("recording_released", recording_id, required=True, by=by,
+                         reason=hold.reason)  # fmt: skip
             self._hold_path(recording_id).unlink()
             fsync_directory(self._holds_dir)
-        self._report("recording_released", recording_id, by=by, reason=hold.reason)
         return hold
 
     def holds(self) -> builtins.list[LegalHold]:
@@ -688,13 +692,25 @@ class Archive:
         if force:
             raise NotFound(f"no recording {recording_id}")
 
-    def _report(self, action: str, recording_id: str, outcome: str = "info", **fields: Any) -> None:
+    def _report(
+        self,
+        action: str,
+        recording_id: str,
+        outcome: str = "info",
+        *,
+        required: bool = False,
+        **fields: Any,
+    ) -> None:
+        """Tell the audit callback. `required`: an action about to take effect, which must not
+        without its entry: the callback's failure is raised, not only logged."""
         if self._audit is None:
             return
         try:
             self._audit(action, outcome, recording=recording_id, **fields)
         except Exception:
             log.exception("archive: audit callback failed for %s %s", action, recording_id)
+            if required:
+                raise
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -727,17 +727,22 @@ class Rooms:
     # -- revocation ----------------------------------------------------------------------------
 
     async def revoke(self, revocation: Revocation) -> None:
-        """Record a revocation; every node (this one too) drops the connections it covers."""
-        await self.store.revoke(revocation)
-        self.audit.append(
-            "revoke",
-            "allow",
-            sub=revocation.value if revocation.kind == "sub" else None,
-            by=revocation.by,
-            reason=scrub(revocation.reason)[:200] or None,
-            kind=revocation.kind,
-            jti=revocation.value if revocation.kind == "jti" else None,
-        )
+        """Record a revocation; every node (this one too) drops the connections it covers.
+
+        Audited first, so a revocation is never in force without its entry; if storing it then
+        fails, a `revoke_failed` entry says so."""
+        about: dict[str, Any] = {
+            "sub": revocation.value if revocation.kind == "sub" else None,
+            "kind": revocation.kind,
+            "jti": revocation.value if revocation.kind == "jti" else None,
+        }
+        self.audit.append("revoke", "allow", by=revocation.by,
+                          reason=scrub(revocation.reason)[:200] or None, **about)  # fmt: skip
+        try:
+            await self.store.revoke(revocation)
+        except Exception as exc:
+            self.audit.append("revoke_failed", "error", reason=type(exc).__name__, **about)
+            raise
 
     async def sweep_revoked(self) -> int:
         """Drop every local connection whose token or identity is revoked; how many were.

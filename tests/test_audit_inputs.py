@@ -97,3 +97,58 @@ async def test_a_legal_hold_with_a_jwt_shaped_reason_is_placed_and_released_with
     (released,) = entries(node, "recording_released")
     assert released.fields["recording"] == "rec-a"
     assert_log_holds_no_token(node)
+
+
+def failing_audit(node: RunningNode, monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """Make the audit log fail (a full disk) for entries of `action`."""
+    assert node.node is not None
+    log = node.node.audit
+    append = log.append
+
+    def refuse(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == action:
+            raise OSError(28, "No space left on device")
+        return append(name, *args, **kwargs)
+
+    monkeypatch.setattr(log, "append", refuse)
+
+
+async def test_a_revocation_whose_entry_cannot_be_written_is_not_in_force(
+    node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing_audit(node, monkeypatch, "revoke")
+    http = await node.session()
+    admin = {"Authorization": f"Bearer {node.token('it-admin', 'admin', rooms=[], depts=['it'])}"}
+    response = await http.post(node.url + "/api/revocations", json={"sub": "dr-heart"},
+                               headers=admin)  # fmt: skip
+    assert response.status == 500
+    monkeypatch.undo()
+    response = await http.get(node.url + "/api/revocations", headers=admin)
+    assert await response.json() == []
+    _, answer = await node.join("dr-heart", "specialist")
+    assert answer["type"] in ("joined", "lobby")  # not refused as revoked
+
+
+async def test_a_legal_hold_whose_entry_cannot_be_written_is_neither_placed_nor_lifted(
+    node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert node.node is not None
+    keyring = node.node.room_keys.keyring
+    record(node.data_dir / "recordings", "rec-a", keyring.create("rec-a"), node.node.audit_key,
+           seconds=2.0)  # fmt: skip
+    http = await node.session()
+    headers = {"Authorization": f"Bearer {node.token('dr-arch', 'archivist', rooms=[])}"}
+    url = node.url + "/api/recordings/rec-a/hold"
+    failing_audit(node, monkeypatch, "recording_held")
+    response = await http.post(url, json={"reason": "complaint 7"}, headers=headers)
+    assert response.status == 500
+    async with http.get(node.url + "/api/recordings/rec-a", headers=headers) as response:
+        assert (await response.json())["held"] is False
+    monkeypatch.undo()
+    response = await http.post(url, json={"reason": "complaint 7"}, headers=headers)
+    assert response.status == 201
+    failing_audit(node, monkeypatch, "recording_released")
+    response = await http.delete(url, headers=headers)
+    assert response.status == 500
+    async with http.get(node.url + "/api/recordings/rec-a", headers=headers) as response:
+        assert (await response.json())["held"] is True
