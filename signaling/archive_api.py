@@ -229,9 +229,6 @@ class ArchiveService:
             "problems": problems,
         }
 
-
-ARCHIVE = web.AppKey("archive", ArchiveService)
-
     def _manifest_audited(
         self, recording_id: str, room_id: str, digest: str, raw: bytes, problems: list[str]
     ) -> bool:
@@ -269,6 +266,9 @@ ARCHIVE = web.AppKey("archive", ArchiveService)
 MANIFEST_AUDIT_ALLOWANCE = timedelta(seconds=60)
 """How long after the manifest's end time the recorder's entry vouching for it may be written
 (the entry follows the write at once; this covers a loaded node)."""
+
+ARCHIVE = web.AppKey("archive", ArchiveService)
+
 
 def summary_json(summary: RecordingSummary) -> dict[str, Any]:
     """A summary as the API shows it."""
