@@ -167,6 +167,9 @@ class RecordingSummary:
     organisations: tuple[str, ...] = ()
     """Every institution of those present, sorted (with `departments`, whose recording it is:
     the archive API shows an archivist only those of their organisation and departments)."""
+    participant_names: tuple[str, ...] = ()
+    """The display names of everyone present, in the order they appeared (a search by
+    participant finds them by name as well as by subject)."""
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,8 @@ class Archive:
         """The recordings matching every criterion given, newest first.
 
         `room`: exact room id. `since`/`until`: the recording was on at some time in
-        [since, until) (naive times are UTC). `participant`: someone present had this subject.
+        [since, until) (naive times are UTC). `participant`: someone present had this subject,
+        or a display name containing it (case-insensitive: "chen" finds "Dr Chen Wei").
         `department`: someone present belonged to it (case-insensitive). `case`: a case label
         contains this (case-insensitive). `status`: exactly this `ArchiveStatus`.
         A damaged recording is matched on what its manifest claims.
@@ -460,6 +464,7 @@ class Archive:
             participants=tuple(dict.fromkeys(p.sub for p in manifest.participants)),
             departments=tuple(sorted({d for p in manifest.participants for d in p.depts})),
             organisations=tuple(sorted({p.org for p in manifest.participants if p.org})),
+            participant_names=tuple(dict.fromkeys(p.name for p in manifest.participants)),
             cases=tuple(c.label for c in manifest.cases),
             held=is_held,
             expires_at=self._expiry(manifest) if entry.verified else None,
@@ -507,6 +512,10 @@ class Archive:
             self._hold_path(recording_id).unlink()
             fsync_directory(self._holds_dir)
         return hold
+
+    def hold_of(self, recording_id: str) -> LegalHold | None:
+        """The legal hold standing on a recording, if any."""
+        return self._read_hold(recording_id)
 
     def holds(self) -> builtins.list[LegalHold]:
         """Every standing legal hold, by recording id."""
@@ -749,6 +758,14 @@ class Archive:
         return list(found.values())
 
 
+def _is_present(summary: RecordingSummary, who: str) -> bool:
+    """Whether someone present has the subject `who`, or a display name containing it."""
+    if who in summary.participants:
+        return True
+    wanted = who.casefold().strip()
+    return bool(wanted) and any(wanted in name.casefold() for name in summary.participant_names)
+
+
 def _matches(
     summary: RecordingSummary,
     now: datetime,
@@ -764,7 +781,7 @@ def _matches(
         return False
     if status is not None and summary.status != status:
         return False
-    if participant is not None and participant not in summary.participants:
+    if participant is not None and not _is_present(summary, participant):
         return False
     if department is not None and department.casefold() not in {
         d.casefold() for d in summary.departments

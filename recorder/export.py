@@ -32,7 +32,7 @@ import hashlib
 import heapq
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,17 +149,27 @@ def export_recording(
     end_ms: int | None = None,
     annotations_path: Path | None = None,
     progress: ProgressCallback | None = None,
+    track_ids: Collection[str] | None = None,
 ) -> ExportResult:
     """Remux the recording in `directory` (or its case `case`, 1-based, or the range
     `start_ms`..`end_ms` of its timeline) into `out_path`, and its events into the sidecar.
+    `track_ids`: only these tracks (the archive's player shows one camera, or each video of a
+    grid in its own element); None: every track.
 
     Raises `IntegrityError` if the manifest's signature or any segment in range fails, and
-    `ValueError` for a case or range the recording does not have.
+    `ValueError` for a case, range or track the recording does not have.
     """
     manifest = _checked_manifest(directory, public_key)
     start, end = _export_range(manifest, case, start_ms, end_ms)
+    if track_ids is not None:
+        unknown = set(track_ids) - {t.track_id for t in manifest.tracks}
+        if unknown:
+            raise ValueError(f"the recording has no track {sorted(unknown)[0]!r}")
     tracks = [
-        t for t in manifest.tracks if _in_range(manifest.streams.get(t.stream, []), start, end)
+        t
+        for t in manifest.tracks
+        if (track_ids is None or t.track_id in track_ids)
+        and _in_range(manifest.streams.get(t.stream, []), start, end)
     ]
     _check_segment_files(directory, manifest, start, end)
     total = sum(

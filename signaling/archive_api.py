@@ -8,13 +8,15 @@ remuxing) runs in worker threads; the event loop only moves bytes.
                                                                  participant, department,
                                                                  case, status)
     GET    /api/recordings/{id}                 list_recordings  one recording: summary, tracks,
-                                                                 cases, participants, consent
+                                                                 cases, participants, consent,
+                                                                 its legal hold
     POST   /api/recordings/{id}/verify          play_recording   every segment, the signature,
                                                                  the manifest's hash in the audit
     GET    /api/recordings/{id}/streams/{name}  play_recording   a stream's stored records, with
                                                                  HTTP Range (seek)
     GET    /api/recordings/{id}/media           play_recording   WebM/Matroska remux (?case=N or
-                                                                 ?start_ms=&end_ms=) to play
+                                                                 ?start_ms=&end_ms=; ?tracks=a,b
+                                                                 only those tracks) to play
     GET    /api/recordings/{id}/annotations     play_recording   the sidecar JSON of that range
     GET    /api/recordings/{id}/export          export_recording the same file, as an attachment
     GET    /api/recordings/{id}/bundle          export_recording a signed evidence bundle (ZIP)
@@ -127,17 +129,19 @@ class ArchiveService:
 
     def export(
         self, recording_id: str, scratch: Path, case: int | None, start: int | None,
-        end: int | None,
+        end: int | None, track_ids: list[str] | None = None,
     ) -> tuple[Path, Path, str]:  # fmt: skip
-        """Remux into `scratch`; the media file, the sidecar and the container name."""
+        """Remux into `scratch` (only `track_ids`, if given); the media file, the sidecar and
+        the container name."""
         self.archive.summary(recording_id)
         out = scratch / f"{recording_id}{'-case' + str(case) if case else ''}.webm"
         try:
             result = export_recording(
                 self.directory(recording_id), self.archive.data_key(recording_id), out,
                 public_key=self.archive.public_key, case=case, start_ms=start, end_ms=end,
+                track_ids=track_ids,
             )  # fmt: skip
-        except ValueError as exc:  # a case or range the recording does not have
+        except ValueError as exc:  # a case, range or track the recording does not have
             raise BadMessage(str(exc)) from None
         if result.container != "webm":
             renamed = out.with_suffix(".mkv")
@@ -273,7 +277,7 @@ ARCHIVE = web.AppKey("archive", ArchiveService)
 def summary_json(summary: RecordingSummary) -> dict[str, Any]:
     """A summary as the API shows it."""
     out = asdict(summary)
-    for key in ("participants", "departments", "cases", "organisations"):
+    for key in ("participants", "departments", "cases", "organisations", "participant_names"):
         out[key] = list(out[key])
     return out
 
@@ -293,6 +297,17 @@ def _int_query(request: web.Request, name: str) -> int | None:
     if value < 0:
         raise BadMessage(f"{name} must not be negative")
     return value
+
+
+def _tracks_query(request: web.Request) -> list[str] | None:
+    """`?tracks=a,b`: the track ids to export (None: all of them)."""
+    raw = request.query.get("tracks")
+    if not raw:
+        return None
+    ids = [t for t in raw.split(",") if t]
+    if len(ids) > 64 or any(len(t) > 200 for t in ids):
+        raise BadMessage("tracks: at most 64 track ids of at most 200 characters")
+    return ids
 
 
 def _time_query(request: web.Request, name: str) -> datetime | None:
@@ -397,6 +412,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any, policy: Po
         body["case_markers"] = [asdict(c) for c in manifest.cases]
         body["participant_list"] = [asdict(p) for p in manifest.participants]
         body["consent"] = [asdict(c) for c in manifest.consent]
+        hold = await service.run(service.archive.hold_of, recording_id)
+        body["hold"] = asdict(hold) if hold is not None else None
         body["notes"] = list(manifest.notes)
         return web.json_response(body)
 
@@ -480,6 +497,7 @@ def register(app: web.Application, authenticate: Any, json_body: Any, policy: Po
         recording_id = summary.recording_id
         case = _int_query(request, "case")
         start, end = _int_query(request, "start_ms"), _int_query(request, "end_ms")
+        track_ids = _tracks_query(request)
         service.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=service.scratch_dir))
         try:
@@ -493,7 +511,7 @@ def register(app: web.Application, authenticate: Any, json_body: Any, policy: Po
                 media_type = "application/json"
             else:
                 path, _, container = await service.run(
-                    service.export, recording_id, scratch, case, start, end
+                    service.export, recording_id, scratch, case, start, end, track_ids
                 )
                 media_type = "video/webm" if container == "webm" else "video/x-matroska"
             digest = await asyncio.to_thread(_sha256_of, path)
@@ -501,7 +519,7 @@ def register(app: web.Application, authenticate: Any, json_body: Any, policy: Po
                 {"media": "recording_played", "annotations": "recording_played",
                  "export": "recording_exported", "bundle": "recording_exported"}[what],
                 "allow", sub=identity.sub, recording=recording_id, part=what, case=case,
-                start_ms=start, end_ms=end, sha256=digest,
+                start_ms=start, end_ms=end, tracks=track_ids, sha256=digest,
             )  # fmt: skip
             return await send_file(request, path, media_type, attachment=what != "media")
         finally:

@@ -170,6 +170,10 @@ def test_search_finds_recordings_by_each_criterion(library: Library) -> None:
     assert ids(since=day + timedelta(days=1, hours=2)) == ["r-live"]  # still on: never ended
     assert ids(until=day + timedelta(days=1)) == ["r-tue"]
     assert ids(room="mdt-1", participant="dr-alice") == ["r-tue"]
+    # By display name too: a part of it, in any case; a blank never matches everyone.
+    assert ids(participant="bob") == ["r-live", "r-wed"]
+    assert ids(participant="ALI") == ["r-wed", "r-tue"]
+    assert ids(participant=" ") == []
 
     wed = archive.summary("r-wed")
     assert wed.participants == ("dr-alice", "dr-bob")

@@ -199,6 +199,11 @@ async def test_a_legal_hold_keeps_a_recording_through_retention(node: RunningNod
     assert status == 201 and held["by"] == "user-archivist"
     status, body, _ = await call(node, "POST", "/api/recordings/rec-gone/hold", body={})
     assert status == 400
+    # The recording's details show the hold (the archive page shows it, and releases it).
+    status, detail, _ = await call(node, "GET", "/api/recordings/rec-kept")
+    assert detail["held"] and detail["hold"]["reason"] == "complaint 2026-114"
+    status, detail, _ = await call(node, "GET", "/api/recordings/rec-gone")
+    assert not detail["held"] and detail["hold"] is None
 
     status, body, _ = await call(node, "POST", "/api/retention/run", "admin")
     assert status == 200 and body["shredded"] == ["rec-gone"]
@@ -213,6 +218,16 @@ async def test_a_legal_hold_keeps_a_recording_through_retention(node: RunningNod
     assert status == 200
     status, body, _ = await call(node, "POST", "/api/retention/run", "admin")
     assert body["shredded"] == ["rec-kept"]
+
+
+async def test_the_player_fetches_only_the_tracks_it_shows(node: RunningNode) -> None:
+    make_recording(node, "rec-a")
+    status, body, _ = await call(node, "GET", "/api/recordings/rec-a/media?tracks=alice:0")
+    assert status == 200 and body[:4] == bytes.fromhex("1a45dfa3")
+    (played,) = audited(node, "recording_played")
+    assert played.fields["tracks"] == ["alice:0"]
+    status, body, _ = await call(node, "GET", "/api/recordings/rec-a/media?tracks=bob:7")
+    assert status == 400 and "no track" in body["message"]
 
 
 async def test_keys_rotate_under_a_new_kek_and_recordings_still_play(node: RunningNode) -> None:

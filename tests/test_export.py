@@ -319,6 +319,27 @@ def test_a_case_export_holds_only_that_case(live_recording: LiveRecording, tmp_p
     assert [c["message"]["text"] for c in chats] == ["see the margin"]
 
 
+def test_an_export_of_chosen_tracks_holds_only_them(
+    live_recording: LiveRecording, tmp_path: Path
+) -> None:
+    # The archive's player shows one camera (with the sound), or each video of a grid alone.
+    manifest = live_recording.manifest
+    (b_video,) = [t for t in manifest.tracks if t.participant_id == "b" and t.kind == "video"]
+    audio = [t.track_id for t in manifest.tracks if t.kind == "audio"]
+    result = export_recording(live_recording.directory, DATA_KEY, tmp_path / "b.webm",
+                              public_key=live_recording.key.public_key(),
+                              track_ids=[b_video.track_id, *audio])  # fmt: skip
+    assert [s.track_id for s in result.streams if s.kind == "video"] == [b_video.track_id]
+    assert sorted(s.track_id for s in result.streams if s.kind == "audio") == sorted(audio)
+    with av.open(str(tmp_path / "b.webm")) as container:
+        assert len(container.streams.video) == 1 and next(container.decode(video=0)).key_frame
+    with pytest.raises(ValueError, match="no track"):
+        export_recording(live_recording.directory, DATA_KEY, tmp_path / "x.webm",
+                         public_key=live_recording.key.public_key(),
+                         track_ids=["nobody:9"])  # fmt: skip
+    assert not (tmp_path / "x.webm").exists()
+
+
 def test_an_edited_manifest_is_refused_before_export(
     live_recording: LiveRecording, tmp_path: Path
 ) -> None:

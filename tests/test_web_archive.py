@@ -383,3 +383,89 @@ async def test_an_archivist_finds_plays_verifies_and_exports_a_recording(
     bare = await chromium(f"{serve.url}/archive")
     await bare.until("window.consiliumArchive.state().screen === 'denied'")
     assert await bare.page.locator("#denied-heading").inner_text() == "This link is incomplete"
+
+
+async def test_an_archivist_picks_whose_video_to_watch_finds_by_name_and_holds(
+    serve_process: Any, chromium: OpenTab, loopback_ice: None
+) -> None:
+    serve = serve_process(env=RECORDING_ENV)
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    board = await _record(serve, idp, "tumour-board", ("oncology", "cardiology"), annotate=False)
+    archivist = idp.mint(sub="arch-1", role="archivist", name="Mo Records",
+                         depts=["oncology", "cardiology"])  # fmt: skip
+    tab = await chromium(f"{serve.url}/archive#token={archivist}", viewport=(1280, 900))
+    await tab.until("window.consiliumArchive.state().recordings.length === 1")
+
+    # A participant is found by a part of their display name, as well as by their subject.
+    participant = tab.page.get_by_label("Participant (name or ID)")
+    for query, found in (("chen wei", 1), ("Dr Nobody", 0), ("tumour-board-spec", 1)):
+        await participant.fill(query)
+        await participant.press("Enter")
+        await tab.until(f"window.consiliumArchive.state().recordings.length === {found}")
+    await tab.page.locator(f"tr[data-recording-id='{board.recording_id}'] button").click()
+    await tab.until("window.consiliumArchive.state().detail !== null")
+    detail = (await _archive_state(tab))["detail"]
+    cameras = {
+        t["participant_id"]: t["track_id"]
+        for t in detail["tracks"]
+        if t["kind"] == "video" and t["source"] == "camera"
+    }
+    assert len(cameras) == 2
+    names = {p["participant_id"]: p["name"] for p in detail["participant_list"]}
+
+    # By default every video is shown side by side; each plays, the others follow the first.
+    await _until_loaded(tab)
+    state = await _archive_state(tab)
+    assert sorted(g["track_id"] for g in state["grid"]) == sorted(cameras.values())
+    await tab.page.evaluate("document.getElementById('archive-video').play()")
+    await tab.until(
+        "window.consiliumArchive.state().grid.every(g => g.videoWidth > 0 && !g.paused)", 20
+    )
+    captions = await tab.page.locator("#video-grid figcaption").all_inner_texts()
+    assert sorted(captions) == sorted(f"{name} – camera" for name in names.values())
+    await _seek(tab, 1.0)
+    await tab.until(
+        "window.consiliumArchive.state().grid.every(g => g.paused && Math.abs(g.time - 1) < 0.3)"
+    )
+    await no_axe_violations(tab, "archive video grid")
+    await tab.page.locator(".archive-player").scroll_into_view_if_needed()
+    await screenshot(tab, "archive-grid")
+
+    # The archivist picks one person's camera: only that video is shown.
+    options = await tab.page.locator("#view-select option").all_inner_texts()
+    assert options[0] == "Every video side by side" and len(options) == 3
+    (specialist_id,) = [pid for pid, name in names.items() if name == "Dr Ana Silva"]
+    await tab.page.get_by_label("Watch").select_option(label="Dr Ana Silva – camera")
+    await tab.until(
+        "(s => s.grid.length === 1 && s.videos[0]?.track_id === "
+        f"'{cameras[specialist_id]}')(window.consiliumArchive.state())"
+    )
+    await _until_loaded(tab)
+    state = await _archive_state(tab)
+    assert [g["track_id"] for g in state["grid"]] == [cameras[specialist_id]]
+    assert await tab.page.locator("#archive-video-caption").inner_text() == "Dr Ana Silva – camera"
+    await tab.page.evaluate("document.getElementById('archive-video').play()")
+    await tab.until("window.consiliumArchive.state().grid[0].videoWidth > 0", 20)
+
+    # Legal hold: a reason is asked for; placed, it shows (and in the list); then released.
+    hold_state = tab.page.locator("#hold-state")
+    assert (await hold_state.inner_text()).startswith("No legal hold")
+    await tab.page.click("#hold-button")
+    await tab.until("document.getElementById('hold-status').textContent.includes('reason')")
+    await tab.page.get_by_label("Reason (matter or complaint reference)").fill("Complaint C-17")
+    await tab.page.click("#hold-button")
+    await tab.until("window.consiliumArchive.state().detail.held === true")
+    assert "Complaint C-17" in await hold_state.inner_text()
+    assert "arch-1" in await hold_state.inner_text()
+    assert await tab.page.locator("#detail-held").inner_text() == "Yes"
+    row = tab.page.locator(f"tr[data-recording-id='{board.recording_id}'] td").last
+    assert await row.inner_text() == "Yes"
+    assert await tab.page.locator("#hold-status").inner_text() == "The legal hold is in place."
+    await no_axe_violations(tab, "archive legal hold")
+    await screenshot(tab, "archive-hold")
+    await tab.page.click("#release-button")
+    await tab.until("window.consiliumArchive.state().detail.held === false")
+    assert (await hold_state.inner_text()).startswith("No legal hold")
+    assert await tab.page.locator("#release-button").is_disabled()
+    no_page_problems(tab)
+    assert (await _archive_state(tab))["errors"] == []

@@ -1,6 +1,11 @@
 // The archivist's page, /archive#token=<JWT>: search the recordings, look at one (participants,
 // consent, cases), play it with its annotations drawn at their times and its chat beside it,
-// verify it, and export the media file or the signed evidence bundle.
+// verify it, export the media file or the signed evidence bundle, and place or lift a legal hold.
+//
+// The archivist picks what to watch: one participant's camera, a screen share, or a grid of
+// every video track. Each video plays from its own file (`/media?tracks=...`: the server remuxes
+// only those tracks); the first carries the meeting's sound and drives the others, which follow
+// its play, pause and seeks.
 //
 // Every request carries the archivist's bearer token; the token arrives in the fragment (never
 // in a request line, a server log or a Referer) and leaves the address bar as soon as it is read.
@@ -24,6 +29,11 @@ const recordingSection = document.getElementById("recording");
 const caseSelect = document.getElementById("case-select");
 const loadButton = document.getElementById("load-button");
 const video = document.getElementById("archive-video");
+const videoCaption = document.getElementById("archive-video-caption");
+const videoGrid = document.getElementById("video-grid");
+const viewSelect = document.getElementById("view-select");
+const holdReason = document.getElementById("hold-reason");
+const holdStatus = document.getElementById("hold-status");
 const board = document.getElementById("annotation-board");
 const boardCaption = document.getElementById("board-caption");
 const chatList = document.getElementById("chat-list");
@@ -43,6 +53,9 @@ const archive = {
   detail: null, // GET /api/recordings/{id}
   detailError: null, // a message: why the recording's details did not load
   range: "", // "" (the whole meeting) or a case number, as the picker holds it
+  view: "grid", // what to watch: "grid" (every video track) or one video track's id
+  videos: [], // the videos shown: {track_id, status, bytes} (the first one carries the sound)
+  hold: { status: "", message: null }, // the last hold or release, how it went
   // status: idle | loading | ready | failed; error: a message
   player: { status: "idle", range: null, bytes: 0, type: "", error: null },
   sidecar: null, // the annotations JSON of the range loaded
@@ -62,6 +75,8 @@ const archive = {
 
 let token = null;
 let mediaUrl = null;
+let followers = []; // {video, url}: the grid's other videos, which follow the first
+const DRIFT_S = 0.25; // a follower further than this from the first video is moved to it
 let loadGeneration = 0; // a newer load supersedes one still under way
 
 // -- the REST API -------------------------------------------------------------------------------
@@ -76,12 +91,15 @@ class ApiError extends Error {
 }
 
 /** Call the API with the bearer token; the JSON body, or the response for files. */
-async function api(path, { method = "GET", raw = false } = {}) {
+async function api(path, { method = "GET", raw = false, body = undefined } = {}) {
   let response;
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
     response = await fetch(path, {
       method,
-      headers: { Authorization: `Bearer ${token}` },
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
       credentials: "omit",
     });
@@ -257,6 +275,9 @@ async function select(recordingId) {
   archive.verify = null;
   archive.action = { kind: "", status: "", message: null };
   archive.range = "";
+  archive.view = "grid";
+  archive.hold = { status: "", message: null };
+  holdReason.value = "";
   clearPlayer();
   render();
   try {
@@ -292,7 +313,7 @@ function renderDetail() {
   interrupted.textContent = t("archive.interrupted");
   const parts = document.querySelectorAll(
     "#recording-summary, #recording .archive-columns, #recording .archive-actions, " +
-      "#consent-heading, #consent-table, .archive-player",
+      "#consent-heading, #consent-table, .archive-player, #hold-section",
   );
   for (const el of parts) el.hidden = !rec;
   if (!rec) return;
@@ -350,16 +371,143 @@ function renderDetail() {
   });
   caseSelect.replaceChildren(...options);
   caseSelect.value = archive.range;
+  const views = [new Option(t("archive.view_grid"), "grid")];
+  for (const track of videoTracks()) views.push(new Option(trackName(track), track.track_id));
+  viewSelect.replaceChildren(...views);
+  viewSelect.value = archive.view;
   const shredded = rec.status === "shredded";
   for (const id of ["verify-button", "export-button", "bundle-button", "load-button"]) {
     document.getElementById(id).disabled = shredded || archive.action.status === "working";
   }
+  renderHold();
+}
+
+// -- legal hold ---------------------------------------------------------------------------------
+
+function renderHold() {
+  const rec = archive.detail;
+  const hold = rec.hold;
+  const state = document.getElementById("hold-state");
+  state.textContent = hold
+    ? t("archive.hold_standing", {
+        reason: hold.reason,
+        by: hold.by,
+        since: formatTime(hold.since),
+      })
+    : t("archive.hold_none");
+  const busy = archive.hold.status === "working";
+  const shredded = rec.status === "shredded";
+  document.getElementById("hold-button").disabled = busy || shredded;
+  document.getElementById("release-button").disabled = busy || !hold;
+  holdStatus.textContent = words(archive.hold.message);
+}
+
+/** Place (or update the reason of) a legal hold, or lift it; the detail is read again. */
+async function changeHold(place) {
+  const id = archive.selected;
+  const reason = holdReason.value.trim();
+  if (place && !reason) {
+    archive.hold = { status: "failed", message: message("archive.hold_needs_reason") };
+    render();
+    holdReason.focus();
+    return;
+  }
+  archive.hold = { status: "working", message: null };
+  render();
+  try {
+    const path = `/api/recordings/${encodeURIComponent(id)}/hold`;
+    if (place) await api(path, { method: "POST", body: { reason } });
+    else await api(path, { method: "DELETE" });
+    const detail = await api(`/api/recordings/${encodeURIComponent(id)}`);
+    if (archive.selected !== id) return;
+    archive.detail = detail;
+    const summary = archive.recordings.find((r) => r.recording_id === id);
+    if (summary) summary.held = detail.held;
+    archive.hold = { status: "ok", message: message(place ? "archive.held" : "archive.released") };
+    if (!place) holdReason.value = "";
+  } catch (err) {
+    const said = message("archive.hold_error", { error: errorMessage(err) });
+    archive.hold = { status: "failed", message: said };
+    fail(err);
+  }
+  render();
 }
 
 // -- playing ------------------------------------------------------------------------------------
 
 function rangeQuery() {
   return archive.range ? `?case=${encodeURIComponent(archive.range)}` : "";
+}
+
+/** The recording's video tracks, in the order they appeared. */
+function videoTracks() {
+  return (archive.detail?.tracks ?? []).filter((t) => t.kind === "video");
+}
+
+/** "Dr Chen Wei – camera": whose video and what it shows. */
+function trackName(track) {
+  const who = named(archive.detail?.participant_list ?? [], track.participant_id);
+  const key = `archive.source_${track.source}`;
+  return t("archive.track_name", { name: who, source: t(key) === key ? track.source : t(key) });
+}
+
+/** What the view shows: each video element's tracks (the first also carries every audio track). */
+function viewFiles() {
+  const videos = videoTracks();
+  const audio = (archive.detail?.tracks ?? []).filter((t) => t.kind === "audio");
+  const chosen =
+    archive.view === "grid" ? videos : videos.filter((t) => t.track_id === archive.view);
+  if (!chosen.length) return [{ track: null, ids: null }]; // no video: the whole file (sound)
+  return chosen.map((track, i) => ({
+    track,
+    ids: i === 0 ? [track.track_id, ...audio.map((a) => a.track_id)] : [track.track_id],
+  }));
+}
+
+/** The media query of a range and a set of tracks (null: all of them). */
+function mediaQuery(ids) {
+  const query = new URLSearchParams();
+  if (archive.range) query.set("case", archive.range);
+  if (ids) query.set("tracks", ids.join(","));
+  const text = query.toString();
+  return text ? `?${text}` : "";
+}
+
+/** A grid cell for a follower video, captioned with whose video it is. */
+function followerCell(track) {
+  const figure = document.createElement("figure");
+  figure.className = "video-cell";
+  figure.dataset.trackId = track.track_id;
+  const element = document.createElement("video");
+  element.muted = true; // the first video carries the sound
+  element.playsInline = true;
+  element.setAttribute("aria-label", trackName(track));
+  const caption = document.createElement("figcaption");
+  caption.textContent = trackName(track);
+  figure.append(element, caption);
+  return { figure, element };
+}
+
+function clearFollowers() {
+  for (const follower of followers) {
+    follower.video.pause();
+    if (follower.url) URL.revokeObjectURL(follower.url);
+    follower.video.closest("figure")?.remove();
+  }
+  followers = [];
+}
+
+/** Followers go where the first video goes: play, pause, seek and rate. */
+function syncFollowers() {
+  for (const { video: other } of followers) {
+    if (!other.src) continue;
+    if (Math.abs(other.currentTime - video.currentTime) > DRIFT_S) {
+      other.currentTime = video.currentTime;
+    }
+    other.playbackRate = video.playbackRate;
+    if (video.paused && !other.paused) other.pause();
+    if (!video.paused && other.paused) other.play().catch(() => {});
+  }
 }
 
 function clearPlayer() {
@@ -369,6 +517,9 @@ function clearPlayer() {
   video.load();
   if (mediaUrl) URL.revokeObjectURL(mediaUrl);
   mediaUrl = null;
+  clearFollowers();
+  archive.videos = [];
+  videoGrid.dataset.count = "1";
   archive.player = { status: "idle", range: null, bytes: 0, type: "", error: null };
   archive.sidecar = null;
   archive.ops = [];
@@ -391,25 +542,47 @@ async function loadRange() {
   render();
   try {
     const base = `/api/recordings/${encodeURIComponent(id)}`;
+    const files = viewFiles();
     // A case's sidecar holds only the case's events; the shapes standing when the case began
     // were drawn before it, so the whole meeting's annotations are read for those.
-    const [media, sidecar, whole] = await Promise.all([
-      api(`${base}/media${rangeQuery()}`, { raw: true }).then((r) => r.blob()),
+    const [medias, sidecar, whole] = await Promise.all([
+      Promise.all(
+        files.map((f) =>
+          api(`${base}/media${mediaQuery(f.ids)}`, { raw: true }).then((r) => r.blob()),
+        ),
+      ),
       api(`${base}/annotations${rangeQuery()}`),
       archive.range ? api(`${base}/annotations`) : null,
     ]);
     if (generation !== loadGeneration) return;
     takeSidecar(sidecar, whole ?? sidecar);
     loadImages(base, generation); // the board gets its images as they arrive
+    const [media] = medias;
     mediaUrl = URL.createObjectURL(media);
     archive.player = {
       status: "ready",
       range: archive.range,
-      bytes: media.size,
+      bytes: medias.reduce((sum, m) => sum + m.size, 0),
       type: media.type,
       error: null,
     };
+    const first = files[0].track;
+    const label = first ? trackName(first) : t("archive.video");
+    video.setAttribute("aria-label", label);
+    videoCaption.textContent = first ? label : "";
     video.src = mediaUrl;
+    archive.videos = files.map((f, i) => ({
+      track_id: f.track?.track_id ?? null,
+      bytes: medias[i].size,
+    }));
+    files.slice(1).forEach((f, i) => {
+      const { figure, element } = followerCell(f.track);
+      const url = URL.createObjectURL(medias[i + 1]);
+      element.src = url;
+      videoGrid.append(figure);
+      followers.push({ video: element, url });
+    });
+    videoGrid.dataset.count = String(files.length);
     seekTo(0);
   } catch (err) {
     if (generation !== loadGeneration) return;
@@ -737,6 +910,13 @@ function snapshot() {
     shapes: [...archive.shapes.values()],
     videoTime: video.currentTime,
     videoWidth: video.videoWidth,
+    // Every video shown: its track, its picture's width (0 until a frame decodes), its time.
+    grid: [video, ...followers.map((f) => f.video)].map((v, i) => ({
+      track_id: archive.videos[i]?.track_id ?? null,
+      videoWidth: v.videoWidth,
+      time: v.currentTime,
+      paused: v.paused,
+    })),
   };
 }
 
@@ -759,9 +939,18 @@ async function start() {
   document.getElementById("verify-button").addEventListener("click", verify);
   document.getElementById("export-button").addEventListener("click", () => download("export"));
   document.getElementById("bundle-button").addEventListener("click", () => download("bundle"));
+  document.getElementById("hold-button").addEventListener("click", () => changeHold(true));
+  document.getElementById("release-button").addEventListener("click", () => changeHold(false));
+  viewSelect.addEventListener("change", () => {
+    archive.view = viewSelect.value;
+    loadRange();
+  });
   video.addEventListener("timeupdate", followVideo);
   video.addEventListener("seeked", followVideo);
   video.addEventListener("play", () => requestAnimationFrame(animate));
+  for (const event of ["play", "pause", "seeked", "timeupdate", "ratechange"]) {
+    video.addEventListener(event, syncFollowers);
+  }
   if (!token) {
     deny("no_token");
     return;
