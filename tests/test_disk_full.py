@@ -22,10 +22,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from recorder.diskspace import DiskSpace, failure_code
 from recorder.manifest import read_manifest
 from recorder.roomkeys import RoomKeys, open_keyring
+from recorder.sink import RecordingSettings
 from recorder.verify import verify_recording
 from sfu.annotations import AnnotationLog, RoomAnnotations, log_path
 from sfu.room import MediaSettings
@@ -40,6 +42,7 @@ from tests.fixtures.browser import (
     screenshot,
 )
 from tests.fixtures.media import Participant, join_over_ws, last, pid, send, state
+from tests.fixtures.recordings import VIDEO, FakeClock, record, rtp_packet
 from tests.fixtures.servers import REPO, ServeProcess, eventually, start_serve
 
 KEY = bytes(range(32))
@@ -126,6 +129,42 @@ def test_room_annotations_deliver_on_a_full_disk_and_tell_the_room(tmp_path: Pat
     room.close()
     replayed = AnnotationLog(tmp_path / "a.log", "mdt-1", KEY).replay()
     assert [e.text for e in replayed] == [str(n) for n in range(40)]
+
+
+def test_a_sink_on_a_full_disk_keeps_its_sealed_segments_and_says_where_it_stopped(
+    small_volume: tuple[int, Path],
+) -> None:
+    _, inside = small_volume
+    key = Ed25519PrivateKey.generate()
+    settings = RecordingSettings(segment_seconds=1.0)
+    recorded = record(inside, "rec-full", KEY, key, seconds=3.0, settings=settings, stop=False)
+    sink = recorded.sink
+    failures: list[BaseException] = []
+    sink._on_failure = failures.append
+    fill(inside, "filler")
+    clock = sink._clock
+    assert isinstance(clock, FakeClock)
+    deadline = time.monotonic() + 10
+    n = 0
+    while not failures and time.monotonic() < deadline:  # more video: it cannot be written
+        n += 1
+        clock.now += 0.02
+        sink.on_rtp(VIDEO, rtp_packet(1000 + n, n * 1800, 1111, 1100), 0, False)
+        if n % 100 == 0:
+            time.sleep(0.01)  # the writer thread's turn
+    assert failures and failure_code(failures[0]) == "disk_full"
+    (inside / "filler").unlink()  # the watcher's emergency space, in a real node
+    manifest = sink.stop(timeout=10)
+    assert manifest.status == "failed" and manifest.failure == "disk_full"
+    sealed = [segment for segments in manifest.streams.values() for segment in segments]
+    assert sealed and manifest.stopped_at_ms == max(segment.last_ms for segment in sealed)
+    assert 1000 <= manifest.stopped_at_ms < 3000  # the segments sealed before the disk filled
+    report = verify_recording(inside / "rec-full", KEY, key.public_key())
+    assert report.ok and report.failed, report.problems  # no unfinished segment left behind
+    assert report.stopped_at_ms == manifest.stopped_at_ms
+    failed = [(action, outcome, fields) for action, outcome, fields in recorded.audit]
+    assert [(a, o) for a, o, _ in failed if o == "error"] == [("recording_failed", "error")]
+    assert failed[-1][2]["manifest_sha256"] == sink.last_manifest_sha256
 
 
 def test_disk_levels_and_failure_codes() -> None:
