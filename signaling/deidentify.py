@@ -47,6 +47,12 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from signaling.burnedin import (
+    NO_HEADER_FINDINGS,
+    HeaderFindings,
+    carries_burned_in_text,
+    header_findings,
+)
 from signaling.errors import BadMessage, NotFound, PayloadTooLarge
 
 # -- errors -----------------------------------------------------------------------------------
@@ -1203,6 +1209,9 @@ class DeidentifiedImage:
     """The de-identified DICOM dataset (None for photos)."""
     photo: bytes | None = None
     """The cleaned photo, PNG or JPEG as uploaded (None for DICOM)."""
+    text_check: HeaderFindings | None = None
+    """For an image that may carry burned-in text (`carries_burned_in_text`): what deid's
+    filters read from its original header (none for a photo); None when out of scope."""
 
     @property
     def frames(self) -> range:
@@ -1222,6 +1231,24 @@ class DeidentifiedImage:
             return self.photo
         assert self.dataset is not None
         return _encode_png(render_dicom_frame(self.dataset, index))
+
+    def frame_pixels(self, index: int = 0) -> npt.NDArray[np.uint8]:
+        """Frame `index` as 8-bit display values (grey, RGB or RGBA), a writable copy."""
+        if not 0 <= index < self.frame_count:
+            raise FrameNotFound(f"frame {index} does not exist", frames=self.frame_count)
+        if self.photo is not None:
+            with Image.open(BytesIO(self.photo)) as img:
+                return np.array(display_mode(img))
+        assert self.dataset is not None
+        return np.array(render_dicom_frame(self.dataset, index))
+
+    def encode_frame(self, pixels: npt.NDArray[np.uint8]) -> bytes:
+        """Frame pixels (as `frame_pixels` gave, changed) encoded as `render_frame` would."""
+        if self.kind is ImageKind.JPEG:
+            out = BytesIO()
+            Image.fromarray(pixels).convert("RGB").save(out, format="JPEG", quality=95)
+            return out.getvalue()
+        return _encode_png(pixels)
 
     def dicom_bytes(self) -> bytes:
         """The de-identified DICOM as a Part 10 file (for storage); photos have none."""
@@ -1275,6 +1302,8 @@ def deidentify_dicom(
             "the image declares identifying text burned into its pixels; confirm to share it"
         )
     spacing = pixel_spacing(ds)
+    # deid's device rules read manufacturer, model and the like: before they are removed.
+    text_check = header_findings(ds) if carries_burned_in_text(ds) else None
     removed = deidentify_dataset(ds, uid_secret=uid_secret)
     try:  # decode now, so an undecodable image is refused at upload, not when first viewed
         render_dicom_frame(ds, 0)
@@ -1291,6 +1320,7 @@ def deidentify_dicom(
         pixel_spacing=spacing,
         burned_in_confirmed=burned_in,
         dataset=ds,
+        text_check=text_check,
     )
 
 
@@ -1533,6 +1563,13 @@ def _functional_group(ds: Dataset, index: int, name: str) -> Dataset | None:
     return None
 
 
+def display_mode(img: Image.Image) -> Image.Image:
+    """The image in a mode whose pixels are 8-bit display values: L, RGB or RGBA."""
+    if img.mode in ("L", "RGB", "RGBA"):
+        return img
+    return img.convert("RGBA" if "transparency" in img.info else "RGB")
+
+
 def _encode_png(pixels: npt.NDArray[np.uint8]) -> bytes:
     out = BytesIO()
     Image.fromarray(pixels).save(out, format="PNG", compress_level=6)
@@ -1587,6 +1624,7 @@ def strip_photo_metadata(
         frame_count=1,
         removed=found,
         photo=out.getvalue(),
+        text_check=NO_HEADER_FINDINGS,
     )
 
 

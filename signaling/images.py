@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -30,16 +31,35 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
+
+import numpy as np
+from PIL import Image
 
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
 from sfu.room import ImageRef
 
-from .deidentify import DEFAULT_LIMITS, DeidentifiedImage, FrameNotFound, ImageLimits, deidentify
-from .errors import IntegrityError, NotFound, RateLimited
+from .burnedin import (
+    NOT_CHECKED,
+    Box,
+    BurnedInText,
+    HeaderFindings,
+    blank,
+    clean_frame,
+    decide,
+)
+from .deidentify import (
+    DEFAULT_LIMITS,
+    DeidentifiedImage,
+    FrameNotFound,
+    ImageLimits,
+    deidentify,
+    display_mode,
+)
+from .errors import Conflict, IntegrityError, NotFound, RateLimited
 from .protocol import ImageShared, valid_room_id
 
 log = logging.getLogger("consilium.images")
@@ -60,6 +80,12 @@ class UnknownImage(NotFound):
     """No such image in this room (or never shared, or deleted by retention)."""
 
     code = "unknown_image"
+
+
+class ImageNotHeld(Conflict):
+    """Redaction was asked for an image that is not (or no longer) held."""
+
+    code = "image_not_held"
 
 
 class TooManyImages(RateLimited):
@@ -96,6 +122,17 @@ class SharedImage:
     """When it was shared, seconds since the epoch (sharing order, retention)."""
     removed_tags: int
     """How many attributes or metadata items de-identification removed or replaced."""
+    uploader: str = ""
+    """`sub` of whoever shared it: the only one who sees it while it is held."""
+    held: bool = False
+    """Burned-in text may remain (`signaling.burnedin`): only the uploader sees the image
+    until they redact what is left and confirm; it is not announced, listed or recorded."""
+    held_reasons: tuple[str, ...] = ()
+    """Why it is held: `text_remains`, `deid_blacklist`, `deid_whole_image`."""
+    text_blanked: int = 0
+    """Regions blanked by the burned-in text check (device regions and text read)."""
+    redacted: int = 0
+    """Boxes the uploader blanked by hand before releasing a held image."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object of the REST API (`201` body, list entries)."""
@@ -109,6 +146,9 @@ class SharedImage:
             "shared_by": self.shared_by,
             "title": self.title,
             "burned_in_confirmed": self.burned_in_confirmed,
+            "held": self.held,
+            "held_reasons": list(self.held_reasons),
+            "text_blanked": self.text_blanked,
         }
 
     def announcement(self) -> ImageShared:
@@ -135,6 +175,7 @@ class SharedImage:
         raw = json.loads(data)
         spacing = raw.get("pixel_spacing_mm")
         raw["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
+        raw["held_reasons"] = tuple(raw.get("held_reasons", ()))
         return cls(**raw)
 
 
@@ -179,6 +220,8 @@ class PreparedImage:
     """The DICOM declared burned-in identifiers and the uploader confirmed sharing it."""
     removed_tags: int
     """How many attributes or metadata items de-identification removed or replaced."""
+    burned_in_text: BurnedInText = NOT_CHECKED
+    """What the burned-in text check blanked, and whether the image is held."""
 
 
 def prepare_image(
@@ -196,7 +239,11 @@ def prepare_image(
         image = deidentify(
             data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
         )
-        frames = tuple(image.render_frame(index) for index in image.frames)
+        if image.text_check is None:
+            frames = tuple(image.render_frame(index) for index in image.frames)
+            text = NOT_CHECKED
+        else:
+            frames, text = _without_burned_in_text(image, image.text_check)
     spacing = image.pixel_spacing
     return PreparedImage(
         kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
@@ -208,7 +255,39 @@ def prepare_image(
         title=image_title(image),
         burned_in_confirmed=image.burned_in_confirmed,
         removed_tags=len(image.removed),
+        burned_in_text=text,
     )
+
+
+def _without_burned_in_text(
+    image: DeidentifiedImage, header: HeaderFindings
+) -> tuple[tuple[bytes, ...], BurnedInText]:
+    """Every frame with device regions and readable text blanked (`signaling.burnedin`), one
+    frame in memory at a time; a frame nothing was found in is kept as rendered."""
+    frames: list[bytes] = []
+    blanked: list[tuple[int, Box]] = []
+    remains = False
+    for index in image.frames:
+        pixels = image.frame_pixels(index)
+        boxes, still = clean_frame(pixels, header.regions)
+        keep = not boxes and image.photo is not None  # a photo as cleaned, not re-encoded
+        frames.append(image.render_frame(index) if keep else image.encode_frame(pixels))
+        blanked += [(index, box) for box in boxes]
+        remains = remains or still
+    return tuple(frames), decide(header, blanked, remains)
+
+
+def redact_frame(data: bytes, media_type: str, boxes: Sequence[Box]) -> bytes:
+    """A stored frame (PNG or JPEG, as rendered) with `boxes` blanked, in the same format."""
+    with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+        pixels = np.array(display_mode(img))
+    blank(pixels, boxes)
+    out = io.BytesIO()
+    if media_type == "image/jpeg":
+        Image.fromarray(pixels).convert("RGB").save(out, format="JPEG", quality=95)
+    else:
+        Image.fromarray(pixels).save(out, format="PNG", compress_level=6)
+    return out.getvalue()
 
 
 def _context(room_id: str, image_id: str, track: str, index: int) -> bytes:
@@ -268,6 +347,7 @@ class ImageStore:
         data: bytes,
         *,
         shared_by_participant: str,
+        uploader: str = "",
         uid_secret: bytes | None = None,
         confirm_burned_in: bool = False,
         prepare: Callable[..., PreparedImage] = prepare_image,
@@ -314,6 +394,10 @@ class ImageStore:
                 media_type=image.media_type,
                 shared_at=time.time(),
                 removed_tags=image.removed_tags,
+                uploader=uploader,
+                held=image.burned_in_text.held,
+                held_reasons=image.burned_in_text.reasons,
+                text_blanked=len(image.burned_in_text.blanked),
             )
             self._write(
                 partial / META_FILE,
@@ -355,11 +439,67 @@ class ImageStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def list(self, room_id: str) -> builtins.list[SharedImage]:
-        """The room's images in sharing order."""
+    def list(self, room_id: str, *, uploader: str | None = None) -> builtins.list[SharedImage]:
+        """The room's shared images in sharing order; with `uploader`, that person's held
+        images as well (nobody else sees an image while it is held)."""
         self.images_dir(room_id)
         with self._lock:
-            return list(self._load(room_id))
+            return [
+                r
+                for r in self._load(room_id)
+                if not r.held or (uploader is not None and r.uploader == uploader)
+            ]
+
+    def visible(self, room_id: str, image_id: str, viewer: str) -> SharedImage:
+        """One image's record if `viewer` (a `sub`) may see it: a shared image, or a held one
+        they uploaded; `UnknownImage` otherwise (a held image does not exist for others)."""
+        record = self.info(room_id, image_id)
+        if record.held and record.uploader != viewer:
+            raise UnknownImage("no such image in this room")
+        return record
+
+    def release(
+        self, room_id: str, image_id: str, uploader: str, boxes: Sequence[tuple[int, Box]]
+    ) -> SharedImage:
+        """The uploader's redaction of a held image: blank `boxes` (frame, box) and share it.
+
+        `UnknownImage` unless `uploader` uploaded this held image; `FrameNotFound` for a box
+        on a frame the image does not have. Frames are replaced one by one (each atomically)
+        before the record says the image is shared, so a crash leaves it held.
+        """
+        record = self.visible(room_id, image_id, uploader)
+        if not record.held:
+            raise ImageNotHeld("this image is not held for redaction")
+        key = self.room_key(room_id)
+        folder = self._image_dir(room_id, image_id)
+        by_frame: dict[int, builtins.list[Box]] = {}
+        for index, box in boxes:
+            if not 0 <= index < record.frames:
+                raise FrameNotFound(f"frame {index} does not exist", frames=record.frames)
+            by_frame.setdefault(index, []).append(box)
+        for index, frame_boxes in sorted(by_frame.items()):
+            context = _context(room_id, image_id, _CONTEXT_TRACK_FRAME, index)
+            path = folder / _frame_file(index)
+            plain = decrypt_segment(path.read_bytes(), key, context)
+            redacted = redact_frame(plain, record.media_type, frame_boxes)
+            self._replace(path, redacted, key, context)
+        released = replace(record, held=False, redacted=len(boxes))
+        self._replace(
+            folder / META_FILE,
+            released.encode(),
+            key,
+            _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
+        )
+        with self._lock:
+            records = self._load(room_id)
+            records[records.index(record)] = released
+        return released
+
+    def _replace(self, path: Path, plaintext: bytes, key: bytes, context: bytes) -> None:
+        fresh = path.with_name(path.name + ".new")
+        fresh.unlink(missing_ok=True)
+        self._write(fresh, plaintext, key, context)
+        os.replace(fresh, path)
 
     def info(self, room_id: str, image_id: str) -> SharedImage:
         """One image's record; `UnknownImage` if the room has no such image."""
@@ -388,6 +528,8 @@ class ImageStore:
         try:
             record = self.info(room_id, image_id)
         except NotFound:
+            return None
+        if record.held:  # nobody draws on an image the room cannot see
             return None
         return ImageRef(frames=record.frames, pixel_spacing_mm=record.pixel_spacing_mm)
 

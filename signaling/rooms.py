@@ -164,7 +164,8 @@ class Rooms:
         decision = self.policy.decide(identity, "join_room", room_scope(room, msg.room))
         if not decision:
             self._refuse(identity, msg.room, conn, decision.reason)
-            raise PolicyDenied(f"not allowed to join this room: {decision.reason}")
+            # The client is told the refusal's code (it says what to do), not the policy's detail.
+            raise PolicyDenied(f"{p.JOIN_REFUSED}: {decision.refusal}")
 
         conn.identity = identity
         conn.room_id = msg.room
@@ -870,7 +871,9 @@ class Rooms:
             if not decision:
                 await self.store.remove_from_lobby(room_id, conn.participant_id)
                 self._refuse(identity, room_id, conn, decision.reason)
-                await self._drop(conn, PolicyDenied.close_code, "not allowed to join this room")
+                await self._drop(
+                    conn, PolicyDenied.close_code, f"{p.JOIN_REFUSED}: {decision.refusal}"
+                )
                 continue
             if room.lobby and not self._skips_lobby(identity, room):
                 conn.waiting_reason = "lobby_enabled"

@@ -32,6 +32,7 @@ from . import protocol as p
 from .archive_api import ARCHIVE, ArchiveService, retention_settings
 from .archive_api import register as register_archive
 from .audit import HEADS_FILE, AuditLog, generate_audit_key, iter_entries, parse_time
+from .burnedin import Box
 from .connection import CLOSE_HANDSHAKE_S, Connection, ConsiliumWebSocket, limit_send_buffer
 from .deidentify import ImageLimits, ImageTooLarge
 from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
@@ -815,6 +816,7 @@ async def share_image(request: web.Request) -> web.Response:
             room_id,
             data,
             shared_by_participant=participant.participant_id,
+            uploader=identity.sub,
             confirm_burned_in=confirm,
             prepare=node.image_workers.prepare,
         )
@@ -829,8 +831,8 @@ async def share_image(request: web.Request) -> web.Response:
         )
         raise
     node.audit.append(
-        "image_shared",
-        "allow",
+        "image_held" if record.held else "image_shared",
+        "info" if record.held else "allow",
         sub=identity.sub,
         room=room_id,
         participant=participant.participant_id,
@@ -839,24 +841,90 @@ async def share_image(request: web.Request) -> web.Response:
         frames=record.frames,
         removed_tags=record.removed_tags,
         burned_in_confirmed=record.burned_in_confirmed,
+        text_blanked=record.text_blanked,
+        held_reasons=list(record.held_reasons),
     )
+    if record.held:
+        # Only the uploader sees it until they redact what is left and confirm (202).
+        return web.json_response(record.to_wire(), status=202)
+    await _announce_image(node, room_id, record)
+    return web.json_response(record.to_wire(), status=201)
+
+
+async def _announce_image(node: Node, room_id: str, record: SharedImage) -> None:
     await node.rooms.announce(room_id, record.announcement())
     if node.rooms.recorder is not None:
         await node.rooms.recorder.image_shared(room_id, record.image_id)
-    return web.json_response(record.to_wire(), status=201)
+
+
+_REDACT_BOXES = 256
+
+
+class RedactionBox(msgspec.Struct, forbid_unknown_fields=True):
+    """One box the uploader blanks on a held image, in the frame's pixels."""
+
+    frame: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Redaction(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/rooms/{room}/images/{image_id}/release`."""
+
+    confirm: bool
+    boxes: list[RedactionBox] = msgspec.field(default_factory=list)
+
+
+async def release_image(request: web.Request) -> web.Response:
+    """`POST /api/rooms/{room}/images/{image_id}/release`: the uploader of a held image blanks
+    the boxes they drew and confirms that nothing identifying is left; it is then shared."""
+    node = request.app[NODE]
+    identity, room_id, participant = await _room_participant(request, "share_image")
+    image_id = request.match_info["image_id"]
+    try:
+        body = msgspec.convert(await _json_body(request), Redaction)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"invalid redaction: {exc}") from None
+    if not body.confirm:
+        raise BadMessage("confirm that nothing identifying is left in the image")
+    if len(body.boxes) > _REDACT_BOXES or any(
+        b.width < 1 or b.height < 1 or b.x < 0 or b.y < 0 or max(b.x, b.y) > 1 << 16
+        for b in body.boxes
+    ):
+        raise BadMessage(f"at most {_REDACT_BOXES} boxes, each inside the image")
+    boxes = [(b.frame, Box(b.x, b.y, b.width, b.height)) for b in body.boxes]
+    record: SharedImage = await _image_work(
+        node, node.images.release, room_id, image_id, identity.sub, boxes
+    )
+    node.audit.append(
+        "image_released",
+        "allow",
+        sub=identity.sub,
+        room=room_id,
+        participant=participant.participant_id,
+        image=record.image_id,
+        redacted=len(boxes),
+        held_reasons=list(record.held_reasons),
+    )
+    await _announce_image(node, room_id, record)
+    return web.json_response(record.to_wire())
 
 
 async def list_images(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
     node = request.app[NODE]
-    _identity, room_id, _participant = await _room_participant(request, "join_room")
-    images = await asyncio.to_thread(node.images.list, room_id)  # the first call reads disk
+    identity, room_id, _participant = await _room_participant(request, "join_room")
+    # The first call reads disk. The caller's own held images are listed for them alone.
+    images = await asyncio.to_thread(node.images.list, room_id, uploader=identity.sub)
     return web.json_response({"images": [image.to_wire() for image in images]})
 
 
 def _served_frame(
     images: ImageStore, key: bytes, room_id: str, image_id: str, index: int, mark: Mark
 ) -> tuple[bytes, str]:
+    images.visible(room_id, image_id, mark.viewer)  # a held image: its uploader alone
     data, media_type = images.frame(room_id, image_id, index)
     return watermark(data, mark, key), media_type
 
@@ -1266,6 +1334,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app.router.add_post("/api/rooms/{room}/images", share_image)
     app.router.add_get("/api/rooms/{room}/images", list_images)
     app.router.add_get("/api/rooms/{room}/images/{image_id}", get_image)
+    app.router.add_post("/api/rooms/{room}/images/{image_id}/release", release_image)
     app.router.add_post("/api/revocations", create_revocation)
     app.router.add_get("/api/revocations", list_revocations)
     app.router.add_get("/api/audit", read_audit)
