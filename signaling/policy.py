@@ -102,25 +102,36 @@ SEPARATION_OF_DUTIES: Mapping[tuple[str, str], str] = _forbidden_by_duty()
 
 class Refusal(StrEnum):
     """Why the policy refuses, as clients are told it: a stable code they put in words (the web
-    client's `ended.refusal.<code>` strings say what to do about it). Nothing of the policy's
-    table travels with it; the audit log keeps the full reason."""
+    client's `ended.refusal_<code>` strings say what to do about it). Nothing of the policy's
+    table travels with it; the audit log keeps the full reason. `meaning` documents each."""
 
     MFA_REQUIRED = "mfa_required"
-    """The role needs a second factor and the token's `amr` has none: sign in again with one."""
     ROOM_NOT_GRANTED = "room_not_granted"
-    """The token does not grant this room (a link for another meeting): ask the chair for one."""
     DEPARTMENT_NOT_PERMITTED = "department_not_permitted"
-    """The room belongs to other departments and grants neither the person, their department
-    nor their organisation: ask the chair for a grant on the room."""
     SEPARATION_OF_DUTIES = "separation_of_duties"
-    """The role never does this (archivists, admins and auditors never join a live room;
-    archivists use the archive instead)."""
     ROLE_FORBIDDEN = "role_forbidden"
-    """The policy table does not give the role this action."""
     UNKNOWN_ROLE = "unknown_role"
-    """The token's role is not one Consilium knows."""
     UNKNOWN_ACTION = "unknown_action"
-    """Not an action the policy decides (a programming error, never a person's fault)."""
+
+    @property
+    def meaning(self) -> str:
+        """When the policy gives this refusal, and what the person can do (docs/protocol.md)."""
+        return _REFUSAL_MEANINGS[self]
+
+
+_REFUSAL_MEANINGS: dict[Refusal, str] = {
+    Refusal.MFA_REQUIRED: "the role needs a second factor and the token's `amr` has none: "
+    "sign in again with one",
+    Refusal.ROOM_NOT_GRANTED: "the token does not grant this room (a link for another "
+    "meeting): ask the chair for an invitation to it",
+    Refusal.DEPARTMENT_NOT_PERMITTED: "the room belongs to other departments and grants "
+    "neither the person, their department nor their organisation: ask the chair for a grant",
+    Refusal.SEPARATION_OF_DUTIES: "the role never does this: archivists, admins and auditors "
+    "never join a live room (archivists use `/archive`)",
+    Refusal.ROLE_FORBIDDEN: "the policy table does not give the role this action",
+    Refusal.UNKNOWN_ROLE: "the token's role is not one Consilium knows",
+    Refusal.UNKNOWN_ACTION: "not an action the policy decides (a client or server bug)",
+}
 
 
 @dataclass(frozen=True, slots=True)

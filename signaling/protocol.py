@@ -39,6 +39,10 @@ CLOSE_CODES: dict[int, str] = {
 }
 """Every close code the server sends, with when it sends it."""
 
+JOIN_REFUSED = "not allowed to join this room"
+"""Close reason of a 4403 the policy decides, followed by `: ` and the refusal's code (see
+"Refusal reasons"), e.g. `not allowed to join this room: mfa_required`."""
+
 
 class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     """Base of every message; `type` names it."""

@@ -16,6 +16,7 @@ import msgspec
 from sfu import annotations as a
 
 from . import protocol as p
+from .policy import Refusal
 
 INTRO = """\
 # The Consilium signalling protocol
@@ -80,6 +81,7 @@ the same policy, and answers errors as JSON: `{"error": code, "message": text}` 
 | `GET /api/info` | anyone | version and whether the node runs the development IdP |
 | `POST /api/rooms` | roles that open rooms (chair) | schedule a room: `room_id`, `departments`, `lobby` (default true), `title`, `grants` (`sub:`/`dept:`/`org:`), `starts_at`; 201 with the room, 409 if it exists |
 | `GET /api/rooms/{room}` | whoever may join it | the room, whether it is open, how many are in it and in its lobby |
+| `GET /api/rooms/{room}/admission` | anyone with a token | whether the token may join the room now, asked before a client opens any camera: 200 `{"allowed": true}`, or 401 / 403 with the join's refusal in `reason` (a refusal reason below, or the token's: `expired`, `revoked`...) |
 | `POST /api/revocations` | `revoke` (admin) | `{"jti": ...}` or `{"sub": ...}`, optional `reason`, `expires_at`; 201; live connections closed with 4401 on every node |
 | `GET /api/revocations` | `revoke` (admin) | the revocations in force |
 | `GET /api/audit` | `read_audit` (auditor) | audit entries; filters `sub`, `room`, `action`, `since`, `until` (ISO-8601 with zone), `limit` |
@@ -182,11 +184,21 @@ def _data_channels() -> list[str]:
     return out
 
 
+_REFUSALS = f"""\
+A join the policy refuses closes with 4403 and the reason `{p.JOIN_REFUSED}: <reason>`;
+`GET /api/rooms/{{room}}/admission` answers the same refusal as 403 with `"reason": "<reason>"`.
+Clients put the reason in words (what to do about it); the policy's detail stays in the audit
+log. Declared once, in `signaling/policy.py` (`Refusal`)."""
+
+
 def render() -> str:
     """The whole protocol document."""
     out = [INTRO]
     out += ["## Close codes", "", "| code | meaning |", "|---|---|"]
     out += [f"| {code} | {text} |" for code, text in sorted(p.CLOSE_CODES.items())]
+    out += [""]
+    out += ["## Refusal reasons", "", _REFUSALS, "", "| reason | meaning |", "|---|---|"]
+    out += [f"| `{refusal}` | {refusal.meaning} |" for refusal in Refusal]
     out += [""]
     out += _section("Messages a client sends", p.ClientMessage)
     out += _section("Messages the server sends", p.ServerMessage)

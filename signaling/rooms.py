@@ -390,7 +390,8 @@ class Rooms:
             conn.send(p.encode(p.Pong(id=msg.id, server_time=time.time())))
             return
         if isinstance(msg, p.Leave):
-            await conn.close(1000, "left")
+            # The handler cleans up, then closes: nothing waits for the close handshake.
+            conn.finish(1000, "left")
             return
         if isinstance(msg, p.Join):
             conn.send(p.encode(p.Error("already_joined", "join is only the first message", "join")))
@@ -844,8 +845,13 @@ class Rooms:
                 conn.send(text)
 
     async def _drop(self, conn: Connection, code: int, reason: str) -> None:
+        """Clean up after `conn` now, and close it in the background.
+
+        Events are handled one at a time per node: waiting here for a client's close handshake
+        would hold up every room's events on this node (a rejoin seen seconds late).
+        """
         await self.disconnect(conn, reason)
-        await conn.close(code, reason)
+        conn.close_soon(code, reason)
 
     async def _admitted(self, conn: Connection, by: str) -> None:
         room = await self.store.get_room(conn.room_id)
@@ -894,8 +900,10 @@ class Rooms:
 
     async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Close every local connection (at shutdown) and forget them in the shared state."""
-        for conn in list(self.connections.values()):
-            await self._drop(conn, code, reason)
+        connections = list(self.connections.values())
+        for conn in connections:
+            await self.disconnect(conn, reason)
+        await asyncio.gather(*(conn.close(code, reason) for conn in connections))
 
 
 _pending: set[asyncio.Task[Any]] = set()

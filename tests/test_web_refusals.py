@@ -5,6 +5,10 @@ token, a token for another room, a full room and a full server, a revocation thr
 `consilium revoke`, the chair's deny and lock, the same person opening the link in another
 browser, too many messages, silence past the keepalive timeout. Each screen is saved in English
 and in Chinese under test-output/web/refused-<kind>[-zh-CN].png.
+
+A refusal the server can give before the join (an expired or revoked token, and each policy
+refusal: no second factor, another room, another department, an archivist) is shown before the
+camera check: the page asks `/api/rooms/{room}/admission` first and never opens a device.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import sys
 from typing import Any
 
 import aiohttp
+import pytest
 from playwright.async_api import Error as PlaywrightError
 
 from signaling.devidp import DevelopmentIdP
+from signaling.policy import Refusal
+from signaling.protocol import JOIN_REFUSED
 from tests.fixtures.browser import (
     ICE_ENV,
     ROOM,
@@ -38,23 +45,56 @@ CATALOGUES = {
 }
 
 
-async def _shows_ending(tab: BrowserTab, kind: str, *, rejoin: bool) -> None:
-    """The page ended with `kind`: its heading and text in English, then in Chinese (saved)."""
+async def _shows_ending(
+    tab: BrowserTab, kind: str, *, rejoin: bool, words: str | None = None
+) -> None:
+    """The page ended with `kind`: its heading and text (the catalogue's `words` key, by default
+    `ended.<kind>`) in English, then in Chinese (saved)."""
     await tab.until(f"window.consilium.ending() === '{kind}'", timeout_s=15)
     await tab.until("!document.getElementById('screen-ended').hidden")
+    key = words or f"ended.{kind}"
     for lang in ("en", "zh-CN"):
         if lang != "en":
             await tab.page.select_option("#language-select", lang)
             await tab.until(f"document.documentElement.lang === '{lang}'")
         catalogue = CATALOGUES[lang]
-        heading = json.dumps(catalogue[f"ended.{kind}_heading"])
+        heading = json.dumps(catalogue[f"{key}_heading"])
         await tab.until(f"document.getElementById('ended-heading').textContent === {heading}")
-        assert await tab.page.locator("#ended-body").inner_text() == catalogue[f"ended.{kind}"]
+        assert await tab.page.locator("#ended-body").inner_text() == catalogue[key]
         assert await tab.page.locator("#rejoin-button").is_visible() == rejoin
         suffix = "" if lang == "en" else f"-{lang}"
-        await screenshot(tab, f"refused-{kind}{suffix}")
+        name = key.removeprefix("ended.").removeprefix("refusal_")
+        await screenshot(tab, f"refused-{name}{suffix}")
     await tab.page.select_option("#language-select", "en")
     no_page_problems(tab)
+
+
+# Counts the page's camera and microphone requests from the first script on (before main.js).
+COUNT_DEVICE_REQUESTS = """
+(() => {
+  window.__deviceRequests = 0;
+  if (typeof MediaDevices === "undefined") return;
+  const original = MediaDevices.prototype.getUserMedia;
+  MediaDevices.prototype.getUserMedia = function (constraints) {
+    window.__deviceRequests += 1;
+    return original.call(this, constraints);
+  };
+})();
+"""
+
+
+async def _open_counting_devices(chromium: OpenTab, link: str) -> BrowserTab:
+    """A browser on `link` whose getUserMedia calls are counted in `window.__deviceRequests`."""
+    tab = await chromium("about:blank")
+    await tab.context.add_init_script(COUNT_DEVICE_REQUESTS)
+    await tab.page.goto(link)
+    return tab
+
+
+async def _refused_before_any_device(tab: BrowserTab) -> None:
+    """The page never showed the camera check and never asked for a device."""
+    assert await tab.page.evaluate("window.__deviceRequests") == 0
+    assert await tab.page.locator("#preview-video").evaluate("v => v.srcObject") is None
 
 
 def _idp(serve: ServeProcess) -> DevelopmentIdP:
@@ -87,24 +127,90 @@ async def _in_the_room(chromium: OpenTab, serve: ServeProcess, token: str) -> Br
     return tab
 
 
-async def test_an_expired_link_says_it_no_longer_works(
+async def test_an_expired_link_says_it_no_longer_works_before_any_device(
     serve_process: Any, chromium: OpenTab
 ) -> None:
     serve = serve_process(env=ICE_ENV)
     expired = _specialist_token(serve, ttl_s=-120)
-    tab = await chromium(f"{serve.url}/join/{ROOM}#token={expired}")
-    await join_from_the_prejoin_screen(tab)
+    tab = await _open_counting_devices(chromium, f"{serve.url}/join/{ROOM}#token={expired}")
     await _shows_ending(tab, "expired", rejoin=False)
+    await _refused_before_any_device(tab)
 
 
-async def test_a_link_for_another_room_is_not_allowed(
+# Each policy refusal: who (role and claims, in the scheduled oncology/cardiology tumour board)
+# and the words that say what to do.
+POLICY_REFUSALS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "no second factor": ("chair", {"amr": ("pwd",)}, "ended.refusal_mfa_required"),
+    "a link for another room": (
+        "specialist",
+        {"rooms": ["another-room"]},
+        "ended.refusal_room_not_granted",
+    ),
+    "another department without a grant": (
+        "specialist",
+        {"depts": ["neurology"]},
+        "ended.refusal_department_not_permitted",
+    ),
+    "an archivist opening a live room": ("archivist", {}, "ended.refusal_archivist"),
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_REFUSALS))
+async def test_each_refusal_says_what_to_do_before_any_device_is_opened(
+    serve_process: Any, chromium: OpenTab, case: str
+) -> None:
+    serve = serve_process(env=ICE_ENV)
+    schedule_room(serve.url, _chair_token(serve))
+    role, claims, words = POLICY_REFUSALS[case]
+    claims = {"depts": ["cardiology"], "rooms": [ROOM], **claims}
+    token = _idp(serve).mint(sub="u-refused", role=role, name="Refused Person", **claims)
+    tab = await _open_counting_devices(chromium, f"{serve.url}/join/{ROOM}#token={token}")
+    await _shows_ending(tab, "not_allowed", rejoin=False, words=words)
+    await _refused_before_any_device(tab)
+    assert (await page_state(tab))["ended"]["code"] == 4403
+
+    link = tab.page.locator("#ended-link")
+    if words != "ended.refusal_archivist":
+        assert await link.is_hidden()
+        return
+    # The archivist is taken to the archive, signed in with the same token.
+    assert await link.inner_text() == CATALOGUES["en"]["ended.open_archive"]
+    await link.click()
+    await tab.until("location.pathname === '/archive'")
+    await tab.until("window.consiliumArchive?.state().screen === 'archive'")
+
+
+async def test_a_refusal_at_the_join_itself_names_its_cause(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """The page passed the preflight, then the room's departments refused it (a grant withdrawn,
+    a room opened meanwhile): the close's reason code gets the same words."""
+    serve = serve_process(env=ICE_ENV)
+    tab = await chromium(f"{serve.url}/")
+    for reason, words in (
+        ("not allowed to join this room: mfa_required", "ended.refusal_mfa_required"),
+        ("not allowed to join this room: room_not_granted", "ended.refusal_room_not_granted"),
+        ("not allowed to join this room: role_forbidden", None),
+        ("not allowed to join this room: whatever_else", None),
+        ("the room is locked", None),
+    ):
+        found = await tab.page.evaluate(
+            """(reason) => import('/js/ended.js').then((m) =>
+                m.refusalKey(m.refusalOf(4403, reason), 'specialist'))""",
+            reason,
+        )
+        assert found == words, reason
+
+
+async def test_the_client_knows_every_refusal_the_server_sends(
     serve_process: Any, chromium: OpenTab
 ) -> None:
     serve = serve_process(env=ICE_ENV)
-    other_room = _specialist_token(serve, rooms=["another-room"])
-    tab = await chromium(f"{serve.url}/join/{ROOM}#token={other_room}")
-    await join_from_the_prejoin_screen(tab)
-    await _shows_ending(tab, "not_allowed", rejoin=False)
+    tab = await chromium(f"{serve.url}/")
+    declared = await tab.page.evaluate(
+        "import('/js/protocol.js').then((m) => [m.JOIN_REFUSED, m.REFUSALS])"
+    )
+    assert declared == [JOIN_REFUSED, [refusal.value for refusal in Refusal]]
 
 
 async def test_a_link_without_its_token_says_it_is_incomplete(
@@ -158,10 +264,11 @@ async def test_revoking_the_person_ends_the_visit_and_the_link(
     await _shows_ending(tab, "revoked", rejoin=False)
     assert (await page_state(tab))["ended"] == {"code": 4401, "reason": "revoked"}
 
-    # ...and the same link is refused at the door from now on.
+    # ...and the same link is refused at the door from now on, before the camera check.
+    await tab.context.add_init_script(COUNT_DEVICE_REQUESTS)
     await _reopen(tab, f"{serve.url}/join/{ROOM}#token={token}")
-    await join_from_the_prejoin_screen(tab)
     await _shows_ending(tab, "revoked", rejoin=False)
+    await _refused_before_any_device(tab)
 
 
 async def test_the_chair_denies_from_the_lobby_then_a_knock_on_a_locked_room_is_refused(

@@ -1,11 +1,38 @@
 // The screens at the end of a visit: left, or refused — in the person's words, not close codes.
 
 import { t } from "./i18n.js";
-import { CLOSE } from "./protocol.js";
+import { CLOSE, JOIN_REFUSED, REFUSALS } from "./protocol.js";
 
 const heading = document.getElementById("ended-heading");
 const body = document.getElementById("ended-body");
 const rejoinButton = document.getElementById("rejoin-button");
+const action = document.getElementById("ended-action");
+const actionLink = document.getElementById("ended-link");
+
+// Refusals with their own words (what to do about them); the others keep `not_allowed`'s.
+const WORDED = new Set(["mfa_required", "room_not_granted", "department_not_permitted"]);
+
+let linkToken = null;
+
+/** The policy's refusal code in a close (4403 `not allowed to join this room: <code>`), or null. */
+export function refusalOf(code, reason = "") {
+  if (code !== CLOSE.notAllowed || !reason.startsWith(`${JOIN_REFUSED}: `)) return null;
+  const refusal = reason.slice(JOIN_REFUSED.length + 2);
+  return REFUSALS.includes(refusal) ? refusal : null;
+}
+
+/** The i18n key of a refusal's words for someone with `role`, or null for the generic ones. */
+export function refusalKey(refusal, role) {
+  if (refusal === "separation_of_duties") {
+    return role === "archivist" ? "ended.refusal_archivist" : "ended.refusal_separation_of_duties";
+  }
+  return WORDED.has(refusal) ? `ended.refusal_${refusal}` : null;
+}
+
+/** The token an archivist's link to the archive carries (the archive reads it as its own). */
+export function setLinkToken(token) {
+  linkToken = token;
+}
 
 /** Why the visit ended, from the close code and (for 4401, 4403, 4429) the close reason the
  * server gives (signaling/rooms.py and signaling/server.py; docs/protocol.md, "Close codes"). */
@@ -60,8 +87,19 @@ export function initEnded(onRejoin) {
 /** Draw the ending screen for `state.ended`. */
 export function renderEnded(state) {
   const kind = endingKind(state.ended?.code, state.ended?.reason);
-  heading.textContent = t(`ended.${kind}_heading`);
-  body.textContent = t(`ended.${kind}`);
-  heading.closest("section").dataset.ending = kind;
+  const refusal = refusalOf(state.ended?.code, state.ended?.reason);
+  const key = refusalKey(refusal, state.claims?.role) ?? `ended.${kind}`;
+  heading.textContent = t(`${key}_heading`);
+  body.textContent = t(key);
+  const section = heading.closest("section");
+  section.dataset.ending = kind;
+  section.dataset.refusal = refusal ?? "";
   rejoinButton.hidden = !MAY_REJOIN.has(kind);
+  // Archivists work in the archive: take them there, signed in with the same token.
+  const toArchive = key === "ended.refusal_archivist";
+  action.hidden = !toArchive;
+  if (toArchive) {
+    actionLink.textContent = t("ended.open_archive");
+    actionLink.href = linkToken ? `/archive#token=${encodeURIComponent(linkToken)}` : "/archive";
+  }
 }

@@ -3,6 +3,7 @@
 
 import { addMeter, addPickers, localMedia, onLocalMediaChange, openDevices } from "./devices.js";
 import { roleName, t } from "./i18n.js";
+import { CLOSE, JOIN_REFUSED } from "./protocol.js";
 import { changed, state } from "./state.js";
 
 const preview = document.getElementById("preview-video");
@@ -16,6 +17,30 @@ function showPreview() {
     preview.srcObject = tracks.length ? new MediaStream(tracks) : null;
   }
   previewError.hidden = localMedia.error === null;
+}
+
+/** Ask the server whether this link may join the room, before any camera or microphone is
+ * opened: null when it may (or when the answer says nothing: the join decides then), else the
+ * ending the join would give, as {code, reason} of its close (docs/protocol.md, REST API). */
+export async function checkAdmission(token, roomId) {
+  let response;
+  let body;
+  try {
+    response = await fetch(`/api/rooms/${encodeURIComponent(roomId)}/admission`, {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+    });
+    body = await response.json();
+  } catch {
+    return null;
+  }
+  if (response.status === 401) {
+    return { code: CLOSE.notAuthenticated, reason: body.reason || body.message || "" };
+  }
+  if (response.status === 403 && body.reason) {
+    return { code: CLOSE.notAllowed, reason: `${JOIN_REFUSED}: ${body.reason}` };
+  }
+  return null;
 }
 
 /** Show the pre-join screen; `onJoin` is called when the person presses Join. */

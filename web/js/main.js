@@ -7,11 +7,11 @@ import { Call } from "./call.js";
 import { initChair, renderChair } from "./chair.js";
 import { initChat, renderChat } from "./chat.js";
 import { localMedia, translatePickers } from "./devices.js";
-import { endingKind, initEnded, renderEnded } from "./ended.js";
+import { endingKind, initEnded, renderEnded, setLinkToken } from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
-import { renderJoin, showJoin } from "./join.js";
+import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
@@ -97,6 +97,15 @@ async function start() {
     return;
   }
   state.claims = decodeClaims(token);
+  setLinkToken(token);
+  // A refusal is said before the camera check: no device is opened for a visit that cannot be.
+  const refused = await checkAdmission(token, roomId);
+  if (refused) {
+    state.ended = refused;
+    state.screen = "ended";
+    changed();
+    return;
+  }
   call = new Call(token, roomId);
   initLobby(call);
   initRoom(call);

@@ -21,6 +21,21 @@ export const CLOSE = {
   serverError: 4500,
 };
 
+/** The close reason (4403) of a join the policy refuses, then `: ` and a code of REFUSALS; the
+ * admission preflight answers the same code as `reason` (signaling/protocol.py JOIN_REFUSED). */
+export const JOIN_REFUSED = "not allowed to join this room";
+
+/** Why the policy refuses, as the server says it (signaling/policy.py `Refusal`). */
+export const REFUSALS = [
+  "mfa_required",
+  "room_not_granted",
+  "department_not_permitted",
+  "separation_of_duties",
+  "role_forbidden",
+  "unknown_role",
+  "unknown_action",
+];
+
 /** A field with no default: the sender must give it. */
 export const REQUIRED = "<required>";
 
