@@ -403,6 +403,11 @@ async def test_pages_say_the_recording_failed_and_chat_is_not_stored_on_a_full_d
         await chair.until(f"{notice}.textContent.includes('disk is running low')")
         assert await chair.page.locator("#storage-notice").is_visible()
         assert await specialist.page.locator("#storage-notice").is_hidden()
+        # The room's recording_state changes (a case is marked): the warning stays.
+        await chair.page.fill("#case-label", "Case 2")
+        await chair.page.press("#case-label", "Enter")
+        await chair.until("document.getElementById('case-list').textContent.includes('Case 2')")
+        assert "disk is running low" in await chair.page.locator("#storage-notice").inner_text()
 
         await asyncio.to_thread(fill, inside, "filler")
         for tab in (chair, specialist):

@@ -152,7 +152,7 @@ export function recordingState(msg) {
     state.recordingAnnounced = msg.recording ? "recording.started" : "recording.stopped";
     if (!msg.recording && msg.failure) state.recordingAnnounced = "recording.failed";
   }
-  if (msg.recording || msg.failure) state.storageLow = null;
+  if (msg.recording !== was) state.storageLow = null; // a warning is about one recording
   // The chair recorded my spoken answer while the notice was waiting for mine.
   if (state.consentNotice?.asked && decisionOf(state, state.participantId) !== "pending") {
     state.consentNotice = null;
