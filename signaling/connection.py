@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import deque
 from enum import Enum
 from typing import Any
@@ -15,6 +16,27 @@ from .identity import Identity
 from .ratelimit import TokenBucket
 
 log = logging.getLogger("consilium.connection")
+
+CLOSE_HANDSHAKE_S = 2.0
+"""How long a close waits for the client's close frame before dropping the TCP connection.
+
+aiohttp waits 10 s by default. Nothing of the room waits for it (the clean-up runs first), but
+a client that never answers, or never reads, must not hold a socket and a task for 10 s.
+"""
+SEND_BUFFER_BYTES = 64 * 1024
+"""The kernel's send buffer per signalling socket (SO_SNDBUF; Linux doubles it).
+
+Left to autotuning, a client that stops reading lets megabytes pile up in the kernel before
+the outbound queue (`max_outbound_queue`) even starts to fill; signalling messages are small,
+so a small buffer costs nothing and makes the queue the bound.
+"""
+
+
+class DropReason(Enum):
+    """Why the server itself ended a connection that did nothing wrong by protocol."""
+
+    SLOW_CONSUMER = "slow_consumer"
+    """Its outbound queue was full: it does not read what the server sends (4408)."""
 
 
 class ConnectionState(Enum):
@@ -49,7 +71,10 @@ class Connection:
 
     __slots__ = (
         "bucket",
+        "closer",
         "closing",
+        "dropped",
+        "ending",
         "identity",
         "max_outbox",
         "media_node",
@@ -59,18 +84,34 @@ class Connection:
         "permissions",
         "room_id",
         "state",
+        "transport",
         "waiting_reason",
         "writer",
         "ws",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str, bucket: TokenBucket, max_outbox: int):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        peer: str,
+        bucket: TokenBucket,
+        max_outbox: int,
+        transport: asyncio.Transport | None = None,
+    ):
         self.ws = ws
+        self.transport = transport
+        """The TCP transport under `ws`: aborted when a close cannot complete."""
         self.peer = peer
         self.bucket = bucket
         self.max_outbox = max_outbox
         self.state = ConnectionState.NEW
         self.closing = False
+        self.closer: asyncio.Task[None] | None = None
+        """A close running as its own task (`close_soon`)."""
+        self.ending: tuple[int, str] | None = None
+        """The close code and reason the handler closes with, after its clean-up (`finish`)."""
+        self.dropped: DropReason | None = None
+        """Set when the server dropped the connection for a reason of its own."""
         self.identity: Identity | None = None
         self.room_id: str = ""
         self.participant_id: str = ""
@@ -84,12 +125,17 @@ class Connection:
 
     def send(self, text: str) -> None:
         """Queue one message; a client that cannot keep up is dropped (4408)."""
-        if self.closing:
+        if self.closing or self.ending is not None:
             return
         if self.outbox is None:
             self.outbox = deque()
         elif len(self.outbox) >= self.max_outbox:
             log.warning("slow client dropped", extra={"participant": self.participant_id})
+            self.dropped = DropReason.SLOW_CONSUMER
+            # What is queued would never be read: drop it, and the writer stuck behind it.
+            self.outbox.clear()
+            if self.writer is not None:
+                self.writer.cancel()
             self.close_soon(4408, "too slow to receive")
             return
         self.outbox.append(text)
@@ -102,33 +148,70 @@ class Connection:
         try:
             while outbox:
                 await self.ws.send_str(outbox.popleft())
-        except (ConnectionError, RuntimeError):
-            # The peer went away; the receive loop notices and cleans up.
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            # The peer went away (the receive loop notices and cleans up), or it was dropped.
             outbox.clear()
         finally:
             self.writer = None
             if not outbox:
                 self.outbox = None
 
+    def finish(self, code: int, reason: str) -> None:
+        """Note that the connection ends (e.g. `leave`): nothing more is queued, and the handler
+        closes with `code` once the room's clean-up has run (`ending`)."""
+        if self.ending is None:
+            self.ending = (code, reason)
+
     async def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then close with `code`; safe to call twice or from any task."""
+        """Send what is queued, then close with `code`; safe to call twice or from any task.
+
+        Bounded in time: a client that does not answer the close (or does not read) has its
+        TCP connection aborted after `CLOSE_HANDSHAKE_S`.
+        """
         if self.closing:
             return
         self.closing = True
         writer = self.writer
         if writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode()[:120])
+            # `wait`, not `wait_for`: a writer cancelled (a slow client dropped) raises nothing.
+            await asyncio.wait({writer}, timeout=CLOSE_HANDSHAKE_S)
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_HANDSHAKE_S
+            )
+        except Exception:
+            log.debug("close did not complete", exc_info=True)
+        finally:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.abort()
+            elif self.transport is not None and self.transport.get_write_buffer_size():
+                # Closing gracefully waits for the client to read what is buffered: it won't.
+                self.transport.abort()
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Close from synchronous code (the close runs as its own task)."""
-        if self.closing:
+        """Close from synchronous code, or without waiting (the close runs as its own task)."""
+        if self.closing or self.closer is not None:
             return
         task = asyncio.get_running_loop().create_task(self.close(code, reason))
+        self.closer = task
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+    async def end(self) -> None:
+        """The handler's last step, after the room's clean-up: close with `ending`, or see a
+        close already under way (`close_soon`) through, so that its code is the one sent."""
+        if self.closer is not None:
+            await asyncio.wait({self.closer})
+        elif self.ending is not None:
+            await self.close(*self.ending)
+
+
+def limit_send_buffer(transport: asyncio.BaseTransport | None) -> None:
+    """Give a signalling socket a small kernel send buffer (`SEND_BUFFER_BYTES`)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 _background: set[asyncio.Task[Any]] = set()

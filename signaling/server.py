@@ -1093,6 +1093,10 @@ async def signalling(request: web.Request) -> web.StreamResponse:
         reason = "server_error"
         conn.finish(4500, "server error")
     finally:
+        if conn.dropped is not None:
+            # Dropped by the server (its queue filled): its socket may be aborted under it.
+            reason = conn.dropped.value
+            _audit_close(node, conn, "dropped", reason)
         # The room's clean-up first, the close handshake after: a person who leaves (or whose
         # client vanished) is gone from the room, its media and a recording at once, and may
         # join again at once. Shielded: aiohttp cancels the handler once the socket is gone, and
@@ -1101,8 +1105,7 @@ async def signalling(request: web.Request) -> web.StreamResponse:
         _cleanups.add(cleanup)
         cleanup.add_done_callback(_cleanups.discard)
         await asyncio.shield(cleanup)
-    if conn.ending is not None:
-        await conn.close(*conn.ending)
+    await conn.end()
     return ws
 
 
@@ -1164,7 +1167,6 @@ async def _message_loop(node: Node, conn: Connection) -> str:
             return "timed_out"
         if conn.dropped is not None:
             # E.g. its outbound queue filled: the close is under way (Connection.send).
-            _audit_close(node, conn, "dropped", conn.dropped.value)
             return conn.dropped.value
         if msg.type is WSMsgType.TEXT:
             # Hot path, per client message: watched by bench/signaling.py.
@@ -1180,7 +1182,6 @@ async def _message_loop(node: Node, conn: Connection) -> str:
                 return "bad_message"
             await node.rooms.handle(conn, message)
             if conn.dropped is not None:
-                _audit_close(node, conn, "dropped", conn.dropped.value)
                 return conn.dropped.value
             if conn.ending is not None or conn.closing:
                 return "left"

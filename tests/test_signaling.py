@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -468,3 +473,128 @@ async def test_joined_hands_out_stun_and_time_limited_turn_credentials(tmp_path:
     expiry, _, user = turn["username"].partition(":")
     assert user == "dr-chair" and int(expiry) > time.time() + 3600
     assert turn["credential"] and turn["credential"] != "coturn-secret"
+
+
+async def test_leaving_is_cleaned_up_without_waiting_for_the_close_handshake(
+    dev_node: RunningNode,
+) -> None:
+    """A `leave` from a client that does not answer the close frame (it never reads again):
+    the others see it leave at once, and the same person joins again 0.2 s later and is seen."""
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    spec, _ = await dev_node.join("dr-heart", "specialist")
+    await next_message(chair, "participant_joined")
+    started = time.monotonic()
+    await spec.send_json({"type": "leave"})  # and never read the server's close frame
+    left = await next_message(chair, "participant_left", timeout=1.5)
+    assert left.get("reason", "left") == "left" and time.monotonic() - started < 1.5
+
+    await asyncio.sleep(0.2)
+    _, again = await dev_node.join("dr-heart", "specialist")
+    assert again["type"] == "joined"
+    assert {p["sub"] for p in again["participants"]} == {"dr-chair", "dr-heart"}
+    seen = await next_message(chair, "participant_joined")
+    assert seen["participant"]["participant_id"] == again["participant_id"]
+    assert dev_node.node is not None
+    store = dev_node.node.store
+    # Past any close handshake the old socket could still be in, both are in the room.
+    await asyncio.sleep(3)
+    assert {p.sub for p in await store.list_participants("mdt-1")} == {"dr-chair", "dr-heart"}
+
+
+async def test_a_client_that_vanished_leaves_the_room_when_its_keepalive_is_missed(
+    tmp_path: Path,
+) -> None:
+    settings = node_settings(tmp_path / "d", keepalive_timeout_s=0.5)
+    async with running_node(settings) as node:
+        chair, _ = await node.join("dr-chair", "chair")
+        _spec, _ = await node.join("dr-heart", "specialist")
+        started = time.monotonic()
+        # The chair keeps pinging; the specialist's client is gone (it neither sends nor reads).
+        while time.monotonic() - started < 3:
+            await chair.send_json({"type": "ping", "id": 1})
+            with contextlib.suppress(AssertionError, TimeoutError):
+                left = await next_message(chair, "participant_left", timeout=0.2)
+                break
+        else:
+            raise AssertionError("the vanished client is still in the room after 3 s")
+        # The keepalive (0.5 s) and the clean-up, not a 10 s close handshake after it.
+        assert left["reason"] == "timed_out" and time.monotonic() - started < 2.5
+
+
+async def test_a_client_that_pings_but_never_reads_is_dropped_when_its_queue_is_full(
+    tmp_path: Path,
+) -> None:
+    """A real client that sends pings but never reads: dropped (4408) once its bounded queue is
+    full, long before megabytes pile up, and audited as dropped (slow consumer), not as left."""
+    settings = node_settings(tmp_path / "d", messages_per_s=5000, message_burst=5000)
+    async with running_node(settings) as node:
+        chair, _ = await node.join("dr-chair", "chair")
+        reader = await _raw_websocket(node)
+        token = node.token("dr-slow", "specialist")
+        reader.sendall(_client_frame(json.dumps({"type": "join", "token": token, "room": "mdt-1"})))
+        joined = await next_message(chair, "participant_joined")
+        slow_id = joined["participant"]["participant_id"]
+        assert node.node is not None
+        rooms = node.node.rooms
+        updates, sent_bytes = 0, 0
+        lefts: list[dict[str, object]] = []
+        while slow_id in rooms.connections:
+            assert sent_bytes < 2_000_000, "megabytes queued for a client that does not read"
+            for _ in range(50):
+                muted = updates % 2 == 0
+                await chair.send_json({"type": "set_media", "audio_muted": muted})
+                updates += 1
+            reader.sendall(_client_frame(json.dumps({"type": "ping", "id": updates})))
+            # Every update is broadcast to both; the chair reads its own copies.
+            while True:
+                try:
+                    msg = await chair.receive(timeout=0.05)
+                except TimeoutError:
+                    break
+                assert msg.type is aiohttp.WSMsgType.TEXT, (msg, chair.close_code)
+                data = json.loads(msg.data)
+                if data["type"] == "participant_updated":
+                    sent_bytes += len(msg.data)
+                elif data["type"] == "participant_left":
+                    lefts.append(data)
+        (left,) = lefts or [await next_message(chair, "participant_left")]
+        assert left == {"type": "participant_left", "participant_id": slow_id,
+                        "reason": "slow_consumer"}  # fmt: skip
+        assert ("dropped", "slow_consumer") in audit_actions(node, sub="dr-slow")
+        assert ("leave", "left") not in audit_actions(node, sub="dr-slow")
+        reader.close()
+
+
+async def _raw_websocket(node: RunningNode) -> socket.socket:
+    """A WebSocket opened over a plain socket, with a small receive buffer, that the test never
+    reads from (aiohttp's client would read into its own buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = int(node.url.rsplit(":", 1)[1])
+    await asyncio.to_thread(sock.connect, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await asyncio.to_thread(sock.recv, 1)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def _client_frame(text: str) -> bytes:
+    """One masked text frame (RFC 6455 §5.2), as a client sends it."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        header = bytes([0x81, 0x80 | 126]) + struct.pack("!H", n)
+    else:
+        header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", n)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
