@@ -415,6 +415,8 @@ def register(app: web.Application, authenticate: Any, json_body: Any, policy: Po
         hold = await service.run(service.archive.hold_of, recording_id)
         body["hold"] = asdict(hold) if hold is not None else None
         body["notes"] = list(manifest.notes)
+        body["failure"] = manifest.failure
+        body["stopped_at_ms"] = manifest.stopped_at_ms
         return web.json_response(body)
 
     async def verify(request: web.Request) -> web.Response:

@@ -137,6 +137,29 @@ async def test_verify_proves_an_intact_recording_and_names_tampering(node: Runni
     assert [e.outcome for e in audited(node, "recording_verified")] == ["allow", "deny"]
 
 
+async def test_a_recording_that_failed_verifies_as_failed_where_it_stopped(
+    node: RunningNode,
+) -> None:
+    assert node.node is not None
+    keyring = node.node.room_keys.keyring
+    done = record(
+        node.data_dir / "recordings", "rec-f", keyring.create("rec-f"), node.node.audit_key,
+        seconds=12.0, participants=(ONCOLOGIST,), stop=False,
+    )  # fmt: skip
+    done.sink.stop(failure="disk_full")  # as the disk watcher stops it below the floor
+    for action, outcome, fields in done.audit:
+        node.node.audit.append(action, outcome, **fields)
+    status, details, _ = await call(node, "GET", "/api/recordings/rec-f")
+    assert status == 200 and details["status"] == "failed", details
+    assert details["failure"] == "disk_full" and details["stopped_at_ms"] >= 11000
+    status, report, _ = await call(node, "POST", "/api/recordings/rec-f/verify")
+    assert status == 200 and report["ok"] and report["manifest_in_audit_log"], report
+    assert report["status"] == "failed" and report["failure"] == "disk_full"
+    assert report["stopped_at_ms"] == details["stopped_at_ms"]
+    status, found, _ = await call(node, "GET", "/api/recordings?status=failed")
+    assert status == 200 and [r["recording_id"] for r in found["recordings"]] == ["rec-f"]
+
+
 async def test_a_manifest_the_recorder_did_not_write_last_is_not_in_the_audit_log(
     node: RunningNode,
 ) -> None:

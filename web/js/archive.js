@@ -173,6 +173,12 @@ function formatDuration(ms) {
   return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }
 
+/** Why a recording stopped by itself (`failure`: disk_full, write_failed), in words. */
+function failureWords(report) {
+  const key = `archive.failure_${report.failure}`;
+  return t(key) === key ? t("archive.failure_write_failed") : t(key);
+}
+
 function statusName(status) {
   const key = `archive.status_${status}`;
   return t(key) === key ? status : t(key);
@@ -309,8 +315,11 @@ function renderDetail() {
       ? t("archive.damaged", { problem: rec.problem })
       : "";
   const interrupted = document.getElementById("recording-interrupted");
-  interrupted.hidden = rec?.status !== "interrupted";
-  interrupted.textContent = t("archive.interrupted");
+  interrupted.hidden = rec?.status !== "interrupted" && rec?.status !== "failed";
+  interrupted.textContent =
+    rec?.status === "failed"
+      ? t("archive.failed", { at: formatDuration(rec.stopped_at_ms ?? 0), why: failureWords(rec) })
+      : t("archive.interrupted");
   const parts = document.querySelectorAll(
     "#recording-summary, #recording .archive-columns, #recording .archive-actions, " +
       "#consent-heading, #consent-table, .archive-player, #hold-section",
@@ -794,15 +803,21 @@ async function verify() {
     const report = await api(path, { method: "POST" });
     archive.verify = report;
     archive.action.status = report.ok ? "ok" : "problems";
-    const parts = [
-      report.ok
-        ? message("archive.verify_ok", {
-            segments: report.segments_checked,
-            // records per stream: their total
-            records: Object.values(report.records).reduce((sum, n) => sum + n, 0),
-          })
-        : message("archive.verify_failed", { count: report.problems.length }),
-    ];
+    const failedAt = report.status === "failed" && {
+      at: formatDuration(report.stopped_at_ms ?? 0),
+      why: failureWords(report),
+    };
+    const checked = {
+      segments: report.segments_checked,
+      // records per stream: their total
+      records: Object.values(report.records).reduce((sum, n) => sum + n, 0),
+    };
+    // A recording that stopped by itself is not "intact", even when all it holds verifies.
+    let verdict = message("archive.verify_failed", { count: report.problems.length });
+    if (report.ok && failedAt) {
+      verdict = message("archive.verify_ok_failed", { ...failedAt, ...checked });
+    } else if (report.ok) verdict = message("archive.verify_ok", checked);
+    const parts = [verdict];
     if (report.interrupted) parts.push(message("archive.verify_interrupted"));
     archive.action.message = parts;
     problemList.replaceChildren(
