@@ -141,6 +141,9 @@ class Recorder:
         """Recordings being stopped because their room's media ended."""
         self._lock = asyncio.Lock()
         """One recording operation at a time (they are rare and touch the disk)."""
+        self.shutting_down = False
+        """The node is stopping: recordings end as `server_shutdown`, even those whose room's
+        media ends meanwhile (the WebSockets closing as the server goes)."""
         self.disk_watcher = (
             DiskWatcher(recordings_dir.parent, disk, self._disk_level) if disk is not None else None
         )
@@ -180,8 +183,9 @@ class Recorder:
             await self._announce(state)
 
     async def _end(self, state: RoomRecording) -> None:
+        reason = "server_shutdown" if self.shutting_down else "room_ended"
         async with self._lock:
-            await self._stop(state, reason="room_ended")
+            await self._stop(state, reason=reason)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -479,13 +483,19 @@ class Recorder:
         state = self.rooms.get(room_id)
         return state is not None and state.sink is not None
 
-    async def close(self) -> None:
-        """Stop every recording cleanly (the node is shutting down)."""
+    async def shut_down(self) -> None:
+        """The node begins to stop (SIGTERM): every recording ends now, as `server_shutdown`,
+        before the connections close and their rooms empty (which would say `room_ended`)."""
+        self.shutting_down = True
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
         async with self._lock:
             for state in list(self.rooms.values()):
                 await self._stop(state, reason="server_shutdown")
         self.rooms.clear()
+
+    async def close(self) -> None:
+        """Stop every recording cleanly and the disk watcher (the node has stopped)."""
+        await self.shut_down()
         if self.disk_watcher is not None:
             await self.disk_watcher.stop()

@@ -1269,6 +1269,19 @@ async def _sweep_revocations(node: Node) -> None:
             log.exception("periodic sweep failed")
 
 
+async def _shut_down(app: web.Application) -> None:
+    """SIGTERM: recordings end as `server_shutdown` first. aiohttp cancels the WebSocket handlers
+    after this and runs `_lifecycle`'s clean-up later; without it their rooms would empty first
+    and each recording be audited as `room_ended`."""
+    node = app[NODE]
+    node.ready = False
+    if node.rooms.recorder is not None:
+        try:
+            await node.rooms.recorder.shut_down()
+        except Exception:
+            log.exception("recordings did not stop cleanly at shutdown")
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
     await _load_trusted_keys(node)
@@ -1324,6 +1337,7 @@ def create_app(settings: Settings, node: Node | None = None) -> web.Application:
     app[NODE] = node
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_shut_down)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws", signalling)

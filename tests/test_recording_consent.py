@@ -4,17 +4,20 @@ publishing pre-encoded VP8 and Opus over `/ws`, the recording on disk afterwards
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from recorder.manifest import RecordingManifest, read_manifest
 from recorder.verify import verify_recording
 from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from signaling.audit import iter_entries
-from tests.fixtures.media import Participant, error_for, last, pid, send, state
+from signaling.devidp import DevelopmentIdP
+from tests.fixtures.media import Participant, error_for, join_over_ws, last, pid, send, state
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
 
 
@@ -203,3 +206,31 @@ async def test_recording_stops_when_the_room_empties(node: RunningNode) -> None:
     assert recorded(node, recording_id).status == "complete"
     (stopped,) = audit(node, "stop_recording")
     assert stopped.reason == "room_ended"
+
+
+async def test_a_sigterm_mid_recording_is_audited_as_a_server_shutdown(
+    serve_process: Any, loopback_ice: None
+) -> None:
+    # A real `consilium serve`: aiohttp closes the WebSockets (emptying the room) before its
+    # clean-up runs; the recording must still be audited as ended by the shutdown.
+    serve = serve_process(env={"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"})
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    token = idp.mint(sub="dr-chair", role="chair", name="Dr Chen Wei", depts=["oncology"],
+                     rooms=["tumour-board"])  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        chair = await join_over_ws(http, serve.url, token, "tumour-board")
+        try:
+            await send(chair, "request_consent")
+            await send(chair, "consent", decision="granted")
+            await eventually(lambda: state(chair).get("consent", {}).get(pid(chair)) == "granted")
+            await send(chair, "start_recording")
+            await eventually(lambda: state(chair).get("recording") is True, 5)
+            recording_id = state(chair)["recording_id"]
+            await asyncio.sleep(1)
+            assert await asyncio.to_thread(serve.stop, signal.SIGTERM) == 0
+        finally:
+            await chair.close()
+    manifest = read_manifest(serve.data_dir / "recordings" / recording_id)[0]
+    assert manifest.status == "complete"
+    (stopped,) = list(iter_entries(serve.data_dir / "audit", action="stop_recording"))
+    assert stopped.reason == "server_shutdown", stopped

@@ -45,6 +45,7 @@ from tests.fixtures.browser import (
     screenshot,
 )
 from tests.fixtures.servers import RunningNode
+from tests.test_images_burnedin import SECRETS, readable, ultrasound
 
 WIDTH, HEIGHT = 640, 480
 CT_SMALL = str(get_testdata_file("CT_small.dcm"))
@@ -351,4 +352,54 @@ async def test_two_doctors_share_an_image_draw_on_it_and_chat_and_a_latecomer_ca
     await late.until("window.consilium.state().images.length === 3")
     assert (await page_state(late))["images"][2]["burned_in_confirmed"] is True
     for tab in (chair, late):
+        no_page_problems(tab)
+
+
+async def test_a_held_image_is_covered_with_the_box_tool_and_then_shared(
+    serve_process: Any, chromium: OpenTab, tmp_path: Path
+) -> None:
+    """An ultrasound whose kind usually carries patient details in its pixels is held for
+    the uploader: the box tool opens, the chair drags a box over the text band and shares;
+    the specialist then sees it, and what the server serves reads no patient detail."""
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    chair, specialist = meeting.chair, meeting.specialist
+    (tmp_path / "us.dcm").write_bytes(ultrasound())  # no ImageType: deid's blacklist holds it
+    await chair.page.set_input_files("#image-file", str(tmp_path / "us.dcm"))
+    await chair.until("document.getElementById('redact-dialog').open", timeout_s=60)
+    held = (await page_state(chair))["heldImages"]
+    assert len(held) == 1 and held[0]["held"] is True
+    assert (await page_state(specialist))["images"] == []
+    await chair.until("document.getElementById('redact-canvas').width === 800")
+    await screenshot(chair, "images-redact")
+
+    # Drag over the top 90 rows (the name, the MRN and the institution) in frame pixels.
+    rect = await chair.page.evaluate(
+        "(() => { const r = document.getElementById('redact-canvas').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+    left, top, width, height = rect
+    scale_x, scale_y = width / 800, height / 600
+    await chair.page.mouse.move(left + 1, top + 1)
+    await chair.page.mouse.down()
+    await chair.page.mouse.move(left + 400 * scale_x, top + 45 * scale_y, steps=5)
+    await chair.page.mouse.move(left + width - 1, top + 90 * scale_y, steps=5)
+    await chair.page.mouse.up()
+    label = await chair.page.get_attribute("#redact-canvas", "aria-label")
+    assert label is not None and "1 box" in label
+    await chair.page.click("#redact-share")
+
+    for tab in (chair, specialist):
+        await tab.until("window.consilium.state().images.length === 1", timeout_s=20)
+    assert (await page_state(chair))["heldImages"] == []
+    assert not await chair.page.evaluate("document.getElementById('redact-dialog').open")
+    image_id = (await page_state(specialist))["images"][0]["image_id"]
+    request = urllib.request.Request(
+        f"{meeting.serve.url}/api/rooms/{ROOM}/images/{image_id}",
+        headers={"Authorization": f"Bearer {meeting.specialist_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = readable(response.read())
+    for secret in SECRETS:
+        assert secret not in text
+    for tab in (chair, specialist):
         no_page_problems(tab)

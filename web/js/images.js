@@ -6,6 +6,7 @@
 // (docs/protocol.md, "Shared images"); nothing is cached beyond this page.
 
 import { t } from "./i18n.js";
+import { initRedaction, openRedaction } from "./redact.js";
 import { changed, state } from "./state.js";
 
 const ZOOM_STEP = 1.25;
@@ -80,13 +81,18 @@ export function imageShared(image) {
   changed();
 }
 
-/** The images shared before I joined (or while I was reconnecting). */
+/** The images shared before I joined (or while I was reconnecting), and my held ones. */
 export async function loadImages() {
   const response = await api("");
   if (!response.ok) return; // a server without shared images: nothing to list
   const { images } = await response.json();
   for (const image of images) {
-    if (!state.images.some((i) => i.image_id === image.image_id)) state.images.push(image);
+    if (image.held) {
+      if (!state.heldImages.some((i) => i.image_id === image.image_id))
+        state.heldImages.push(image);
+    } else if (!state.images.some((i) => i.image_id === image.image_id)) {
+      state.images.push(image);
+    }
   }
   if (!state.viewer && state.images.length)
     openImage(state.images[state.images.length - 1].image_id);
@@ -122,6 +128,15 @@ export async function upload(file, confirmBurnedIn = false) {
     uploadStatus.textContent = t("images.uploaded", { title: imageTitle(image) });
     return image;
   }
+  if (response.status === 202) {
+    // Held: text that may identify the patient may remain. Only I see it until I cover it.
+    const image = await response.json();
+    state.heldImages.push(image);
+    uploadStatus.textContent = t("images.held");
+    changed();
+    redact(image);
+    return image;
+  }
   // The REST API's errors are `{"error": code, "message": text}` (docs/protocol.md).
   const code = await response
     .json()
@@ -136,6 +151,34 @@ export async function upload(file, confirmBurnedIn = false) {
   const key = { 413: "images.too_large", 415: "images.unsupported", 403: "images.not_allowed" };
   uploadStatus.textContent = t(key[response.status] ?? "images.upload_failed");
   return null;
+}
+
+/** Ask the server to blank `boxes` on my held image and share it; the shared record or null. */
+async function release(imageId, boxes) {
+  try {
+    const response = await api(`/${encodeURIComponent(imageId)}/release`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ confirm: true, boxes }),
+    });
+    return response.ok ? await response.json() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Open the box tool (redact.js) on one of my held images. */
+function redact(image) {
+  openRedaction(image, {
+    fetchFrame,
+    release,
+    done(record) {
+      state.heldImages = state.heldImages.filter((i) => i.image_id !== record.image_id);
+      imageShared(record);
+      openImage(record.image_id);
+      uploadStatus.textContent = t("images.uploaded", { title: imageTitle(record) });
+    },
+  });
 }
 
 /** Show an image (frame 0 unless told) fitted into the viewer. */
@@ -267,6 +310,9 @@ function draw() {
 /** Wire the share button, the list and the viewer's controls. */
 export function initImages(theCall) {
   call = theCall;
+  initRedaction(() => {
+    uploadStatus.textContent = t("images.held_later");
+  });
   shareButton.addEventListener("click", () => fileInput.click());
   fileInput.addEventListener("change", () => {
     const file = fileInput.files[0];
@@ -373,6 +419,17 @@ export function renderImages(s) {
     li.append(button);
     return li;
   });
+  for (const image of s.heldImages) {
+    const li = document.createElement("li");
+    li.dataset.imageId = image.image_id;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "image-redact";
+    button.textContent = t("images.redact_open", { title: imageTitle(image) });
+    button.addEventListener("click", () => redact(image));
+    li.append(button);
+    rows.push(li);
+  }
   const key = (li) =>
     li.dataset.imageId + li.textContent + li.firstChild.getAttribute("aria-pressed");
   if ([...imageList.children].map(key).join() !== rows.map(key).join())

@@ -24,6 +24,7 @@ export const state = {
   errors: [],
   received: {}, // message type → how many arrived (diagnostics for automation)
   images: [], // shared images in sharing order (the `image_shared` fields), images.js
+  heldImages: [], // my uploads held until I cover their text (images.js, redact.js)
   viewer: null, // {imageId, frame, scale, x, y}: my own view of one image (nobody else's)
   annotations: {
     seq: -1, // the last sequence number applied (snapshot or event)
