@@ -185,6 +185,27 @@ class MarkCase(Message, tag="mark_case"):
     label: CaseLabel
 
 
+MEDIA_FAILURE_CAUSES = ("ice_failed", "no_media")
+"""Why a client's media session did not connect (`media_failed`); counted per cause on /metrics."""
+
+
+class MediaFailed(Message, tag="media_failed"):
+    """My media session with the SFU did not connect: the page says so to the person (what IT
+    should check), and the server counts it (`consilium_media_failures_total` on /metrics) and
+    logs it without names. Sent at most once per session and cause."""
+
+    cause: Literal["ice_failed", "no_media"]
+    """`ice_failed`: ICE tried every candidate pair and none worked (UDP blocked between the
+    browser and the SFU, and no TURN relay); `no_media`: the session did not connect within
+    a few seconds of joining."""
+    pc: Literal["publish", "subscribe"] = "publish"
+    candidates: Annotated[
+        list[Literal["host", "srflx", "prflx", "relay"]], msgspec.Meta(max_length=4)
+    ] = msgspec.field(default_factory=list)
+    """The kinds of local ICE candidate the browser gathered (no addresses): no `relay` means
+    the browser had no usable TURN server."""
+
+
 ClientMessage = (
     Join
     | Ping
@@ -204,6 +225,7 @@ ClientMessage = (
     | StartRecording
     | StopRecording
     | MarkCase
+    | MediaFailed
 )
 """Everything a client may send."""
 

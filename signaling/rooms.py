@@ -132,6 +132,8 @@ class Rooms:
         """This node's connections by participant id (joined and waiting)."""
         self.by_room: dict[str, set[Connection]] = {}
         """This node's connections per room."""
+        self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
+        """Media sessions clients reported as not connecting, by cause, since start."""
         store.subscribe(self.on_event)
 
     # -- joining ------------------------------------------------------------------------------
@@ -426,6 +428,8 @@ class Rooms:
             await self._update_room(conn, msg)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
             await self._media_message(conn, msg)
+        elif isinstance(msg, p.MediaFailed):
+            self._media_failed(conn, msg)
         elif isinstance(msg, _RECORDING_MESSAGES):
             if self.media is None or not conn.media_node:
                 request = _type_of(msg)
@@ -435,6 +439,21 @@ class Rooms:
                 return
             fields = msgspec.structs.asdict(msg)
             await self._media_call(conn, {"op": "rec", "action": _type_of(msg), "fields": fields})
+
+    def _media_failed(self, conn: Connection, msg: p.MediaFailed) -> None:
+        """Count and log a client's failed media session for IT: the participant id, the node
+        and what the browser gathered, never a name, a `sub` or a room's title."""
+        self.media_failures[msg.cause] += 1
+        log.warning(
+            "media session did not connect: %s (%s session; the browser gathered %s candidates; "
+            "TURN servers offered: %s): check that UDP to the SFU's ports is open, or configure "
+            "TURN",
+            msg.cause,
+            msg.pc,
+            ", ".join(sorted(set(msg.candidates))) or "no",
+            "yes" if self.settings.turn_urls else "no",
+            extra={"participant": conn.participant_id, "media_node": conn.media_node},
+        )
 
     async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
         """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""

@@ -681,6 +681,8 @@ async def metrics(request: web.Request) -> web.Response:
         "consilium_pending_connections": float(node.pending),
         "consilium_audit_entries": float(node.audit.count),
     }
+    for cause, count in node.rooms.media_failures.items():
+        values[f'consilium_media_failures_total{{cause="{cause}"}}'] = float(count)
     if node.rooms.media is not None:
         for name, value in node.rooms.media.stats().items():
             values[f"consilium_sfu_{name}"] = float(value)

@@ -8,12 +8,21 @@ server counts it on /metrics and logs it without names, and chat messages fail v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.request
 from typing import Any
 
-from tests.fixtures.browser import OpenTab, meet_through_the_lobby, no_page_problems
+from signaling.devidp import DevelopmentIdP
+from tests.fixtures.browser import (
+    ROOM,
+    OpenTab,
+    join_from_the_prejoin_screen,
+    meet_through_the_lobby,
+    no_page_problems,
+    screenshot,
+)
 from tests.fixtures.servers import REPO
 
 CATALOGUES = {
@@ -39,3 +48,78 @@ async def test_the_quickstart_defaults_connect_media_on_a_loopback_only_host(
     for tab in (meeting.chair, meeting.specialist):
         assert await tab.page.locator("#media-problem").is_hidden()
         no_page_problems(tab)
+
+
+# A browser behind a firewall that lets no UDP through: every peer connection may use relays
+# only, and no TURN server is configured, so ICE has nothing to try.
+BLOCK_UDP = """
+(() => {
+  const Original = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (config = {}) {
+    return new Original({ ...config, iceTransportPolicy: "relay" });
+  };
+  window.RTCPeerConnection.prototype = Original.prototype;
+})();
+"""
+
+
+async def test_media_that_cannot_connect_is_said_counted_and_chat_fails_visibly(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    serve = serve_process()
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    token = idp.mint(
+        sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"], rooms=[ROOM]
+    )
+    assert _metric(serve.url, 'consilium_media_failures_total{cause="no_media"}') == 0
+    tab = await chromium("about:blank")
+    await tab.context.add_init_script(BLOCK_UDP)
+    await tab.page.goto(f"{serve.url}/join/{ROOM}#token={token}")
+    await join_from_the_prejoin_screen(tab)
+    await tab.until("window.consilium.state().screen === 'room'")
+
+    # A chat message sent now can never leave: it says so, with a way to send it again.
+    await tab.page.fill("#chat-text", "Case 4: is the margin clear?")
+    await tab.page.press("#chat-text", "Enter")
+
+    # Within a few seconds the room says what failed and what IT should check.
+    problem = tab.page.locator("#media-problem")
+    await problem.wait_for(state="visible", timeout=20_000)
+    cause = await problem.get_attribute("data-cause")
+    assert cause in ("ice_failed", "no_media")
+    for lang in ("en", "zh-CN"):
+        await tab.page.select_option("#language-select", lang)
+        words = CATALOGUES[lang]
+        heading = json.dumps(words[f"media.{cause}_heading"])
+        await tab.until(f"document.querySelector('#media-problem h2').textContent === {heading}")
+        body = await tab.page.locator("#media-problem-body").inner_text()
+        assert body == words[f"media.{cause}"]
+        assert ("UDP" in body and "TURN" in body) if lang == "en" else "TURN" in body
+        await screenshot(tab, f"media-problem{'' if lang == 'en' else '-' + lang}")
+    await tab.page.select_option("#language-select", "en")
+    details = await tab.page.locator("#media-problem-details").inner_text()
+    assert "publish" in details and "TURN offered: no" in details
+
+    unsent = tab.page.locator("#chat-list li.failed")
+    await unsent.wait_for(state="visible", timeout=15_000)
+    assert await unsent.locator(".chat-receipts").inner_text() == CATALOGUES["en"]["chat.unsent"]
+    again = unsent.locator(".chat-retry")
+    assert await again.inner_text() == CATALOGUES["en"]["chat.retry"]
+    await again.click()
+    sending = json.dumps(CATALOGUES["en"]["chat.sending"])
+    await tab.until(
+        f"document.querySelector('#chat-list li .chat-receipts').textContent === {sending}"
+    )
+    assert await tab.page.locator("#chat-list li.failed").count() == 0
+
+    # The server counted it and logged it for IT, without the person's name or id.
+    name = f'consilium_media_failures_total{{cause="{cause}"}}'
+    for _ in range(25):
+        if _metric(serve.url, name) >= 1:
+            break
+        await asyncio.sleep(0.2)
+    assert _metric(serve.url, name) >= 1
+    log = serve.output()
+    assert "media session did not connect" in log
+    assert "Dr Chen Wei" not in log and "dr-chen" not in log
+    no_page_problems(tab)

@@ -135,6 +135,8 @@ async def test_every_message_protocol_js_builds_is_valid_for_the_server(
             conn.startRecording("teaching");
             conn.stopRecording();
             conn.markCase("case 3");
+            conn.mediaFailed("ice_failed", "publish", ["host", "srflx"]);
+            conn.mediaFailed("no_media", "subscribe");
             return sent;
         })"""
     )

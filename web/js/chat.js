@@ -8,6 +8,9 @@ import { dataChannels } from "./protocol.js";
 import { changed, state } from "./state.js";
 
 const READ_VISIBLE_RATIO = 0.6; // this much of a message on screen counts as read
+// A message the SFU has not stamped by then is shown as not sent, with a button to send it again
+// (its channel may never open: media that cannot connect carries no chat either).
+export const SEND_TIMEOUT_MS = 10000;
 const RANK = { sent: 0, delivered: 1, read: 2 };
 
 const panel = document.getElementById("chat-panel");
@@ -114,9 +117,33 @@ function applyEvent(event) {
 function refused(error) {
   const message = state.chat.find((m) => m.pending && m.client_id === error.client_id);
   if (!message) return;
-  message.failed = true;
+  message.failed = "refused";
   const key = `chat.error_${error.code}`;
   chatStatus.textContent = t(key) === key ? t("chat.failed") : t(key);
+  changed();
+}
+
+/** Hand a pending message to the ordered channel; not stamped in time, it is marked unsent. */
+function transmit(message) {
+  const fields = { client_id: message.client_id, text: message.text, to: message.to };
+  dataChannels.send("chat", fields);
+  setTimeout(() => {
+    if (!message.pending || message.failed || !state.chat.includes(message)) return;
+    // Still waiting for its channel: take it back, so it does not arrive after "not sent".
+    dataChannels.withdraw("chat", fields);
+    message.failed = "unsent";
+    changed();
+  }, SEND_TIMEOUT_MS);
+}
+
+/** Send an unsent message again (its retry button). */
+function retry(clientId) {
+  const message = state.chat.find((m) => m.failed === "unsent" && m.client_id === clientId);
+  if (!message) return;
+  message.failed = false;
+  message.stale = false;
+  chatStatus.textContent = "";
+  transmit(message);
   changed();
 }
 
@@ -125,18 +152,18 @@ function sendMessage() {
   const text = textArea.value.trim();
   if (!text) return;
   const to = [...recipients.querySelectorAll("input:checked")].map((box) => box.value);
-  const clientId = newId();
-  state.chat.push({
+  const message = {
     seq: null,
     time: new Date().toISOString(),
     author: state.participantId,
-    client_id: clientId,
+    client_id: newId(),
     text,
     to,
     receipts: {},
     pending: true,
-  });
-  dataChannels.send("chat", { client_id: clientId, text, to });
+  };
+  state.chat.push(message);
+  transmit(message);
   textArea.value = "";
   chatStatus.textContent = "";
   changed();
@@ -181,7 +208,8 @@ export function initChat() {
   dataChannels.on("event", applyEvent);
   dataChannels.on("error", refused);
   dataChannels.on("open", () => {
-    for (const message of state.chat) if (message.pending) message.stale = true;
+    // What waited is sent now and comes back stamped; an unsent message stays until retried.
+    for (const message of state.chat) if (message.pending && !message.failed) message.stale = true;
   });
 }
 
@@ -190,6 +218,7 @@ function receiptLine(message) {
   const people = message.to.length
     ? message.to
     : [...new Set([...others, ...Object.keys(message.receipts)])];
+  if (message.failed === "unsent") return t("chat.unsent");
   if (message.failed) return t("chat.failed");
   if (message.pending) return t("chat.sending");
   if (!people.length) return t("chat.receipt_nobody");
@@ -209,11 +238,17 @@ function renderMessage(message) {
       el.className = part;
       li.append(el);
     }
+    const again = document.createElement("button");
+    again.type = "button";
+    again.className = "chat-retry";
+    again.addEventListener("click", () => retry(li.dataset.clientId));
+    li.append(again);
     items.set(key, li);
   }
   const mine = message.author === state.participantId;
   li.dataset.seq = message.seq ?? "";
   li.dataset.author = message.author;
+  li.dataset.clientId = message.client_id;
   li.classList.toggle("mine", mine);
   li.classList.toggle("private", message.to.length > 0);
   const time = message.time
@@ -227,7 +262,7 @@ function renderMessage(message) {
           .join(", "),
       })
     : t("chat.to_room");
-  const [fromEl, textEl, receiptsEl] = li.children;
+  const [fromEl, textEl, receiptsEl, againButton] = li.children;
   const header = t("chat.header", { from, to, time });
   if (fromEl.textContent !== header) fromEl.textContent = header;
   if (textEl.textContent !== message.text) textEl.textContent = message.text;
@@ -235,6 +270,9 @@ function renderMessage(message) {
   if (receiptsEl.textContent !== receipts) receiptsEl.textContent = receipts;
   receiptsEl.hidden = !mine;
   receiptsEl.dataset.receipts = JSON.stringify(message.receipts);
+  li.classList.toggle("failed", Boolean(message.failed));
+  againButton.hidden = message.failed !== "unsent";
+  againButton.textContent = t("chat.retry");
   return li;
 }
 

@@ -6,7 +6,8 @@ import { initAnnotate, renderAnnotate } from "./annotate.js";
 import { Call } from "./call.js";
 import { initChair, renderChair } from "./chair.js";
 import { initChat, renderChat } from "./chat.js";
-import { localMedia, translatePickers } from "./devices.js";
+import { initConnectivity, renderConnectivity } from "./connectivity.js";
+import { localMedia, openDevices, translatePickers } from "./devices.js";
 import { endingKind, initEnded, renderEnded, setLinkToken } from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
@@ -43,6 +44,7 @@ function render(s) {
   } else {
     clearGrid();
   }
+  renderConnectivity(s);
   if (s.screen === "ended") renderEnded(s);
   connectionStatus.textContent = "";
   if (shownScreen !== s.screen) {
@@ -113,10 +115,13 @@ async function start() {
   initImages(call);
   initAnnotate();
   initChat();
+  initConnectivity(call);
   initEnded(() => {
     state.ended = null;
     state.notice = "";
     call.leaving = false;
+    // The devices were closed when the visit ended; the join waits for them (Call.joined).
+    openDevices();
     call.connect();
   });
   await showJoin(() => call.connect());

@@ -59,6 +59,7 @@ export const CLIENT_MESSAGES = {
   start_recording: { recording_class: "mdt" },
   stop_recording: {},
   mark_case: { label: REQUIRED },
+  media_failed: { cause: REQUIRED, pc: "publish", candidates: [] },
 };
 
 /** What the server sends; it leaves out every field that has its default. */
@@ -254,6 +255,9 @@ export class SignallingConnection {
   markCase(label) {
     this.send("mark_case", { label });
   }
+  mediaFailed(cause, pc, candidates = []) {
+    this.send("media_failed", { cause, pc, candidates });
+  }
   offer(pc, sdp, screen = []) {
     this.send("offer", { pc, sdp, screen });
   }
@@ -330,6 +334,13 @@ export class DataChannels {
       channel.send(JSON.stringify(dataMessage("sync", { since: -1 })));
       for (const text of this.outbox.splice(0)) channel.send(text);
     });
+  }
+
+  /** Take back an ordered message still waiting for its channel; true when it was waiting. */
+  withdraw(type, fields) {
+    const at = this.outbox.indexOf(JSON.stringify(dataMessage(type, fields)));
+    if (at >= 0) this.outbox.splice(at, 1);
+    return at >= 0;
   }
 
   /** Send one message; a pointer is dropped when its channel is not open, the rest wait. */

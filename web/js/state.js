@@ -16,6 +16,7 @@ export const state = {
   lobbyReason: null, // connecting | reconnecting | lobby_enabled | room_not_open
   media: { audioMuted: false, videoMuted: false, sharing: false },
   connection: { signalling: "closed", publish: "new", subscribe: "new" },
+  mediaProblem: null, // {cause, pc, candidates, turn}: a media session failing (connectivity.js)
   speaking: new Set(), // participant ids whose audio level is above the threshold
   quality: new Map(), // participant id → "good" | "fair" | "poor" (quality.js)
   ended: null, // {kind, code, reason}

@@ -1,0 +1,111 @@
+// Media that cannot connect is never silent. Once in the room, my media sessions with the SFU
+// must connect within a few seconds; when ICE fails, or they do not connect in time, the room
+// says so in words (what failed and what IT should check), and the server is told once per
+// session and cause (`media_failed`: counted on /metrics and logged without names).
+
+import { t } from "./i18n.js";
+import { changed, state } from "./state.js";
+
+/** How long a media session may take to connect after it starts (ICE, then DTLS). */
+export const CONNECT_TIMEOUT_MS = 8000;
+const CHECK_INTERVAL_MS = 1000;
+const SESSIONS = ["publish", "subscribe"];
+
+const box = document.getElementById("media-problem");
+const heading = document.getElementById("media-problem-heading");
+const body = document.getElementById("media-problem-body");
+const details = document.getElementById("media-problem-details");
+
+let call = null;
+let sessions = null; // the MediaSessions being watched: a new one on every (re)join
+let startedAt = new Map(); // session → when it started connecting (performance.now())
+let reported = new Set(); // `${session}:${cause}` told to the server for these sessions
+
+/** Watch the call's media sessions (call.js `Call`: its `media` and `signalling`). */
+export function initConnectivity(watched) {
+  call = watched;
+  setInterval(check, CHECK_INTERVAL_MS);
+}
+
+/** A failing session, as {cause, pc}, or null: `failed` at once, else too long connecting. */
+function problemNow(now) {
+  for (const pc of SESSIONS) {
+    if (state.connection[pc] === "failed") return { cause: "ice_failed", pc };
+  }
+  for (const pc of SESSIONS) {
+    const since = startedAt.get(pc);
+    const connected = state.connection[pc] === "connected";
+    if (since !== undefined && !connected && now - since > CONNECT_TIMEOUT_MS) {
+      return { cause: "no_media", pc };
+    }
+  }
+  return null;
+}
+
+function check() {
+  const media = state.screen === "room" ? call?.media : null;
+  if (media !== sessions) {
+    sessions = media;
+    startedAt = new Map();
+    reported = new Set();
+  }
+  let problem = null;
+  if (media) {
+    const now = performance.now();
+    // The publish session starts with the room (it carries the data channels, even without a
+    // camera); the subscribe session when the SFU first offers something to receive.
+    if (media.publishPc && !startedAt.has("publish")) startedAt.set("publish", now);
+    if (media.subscribePc && !startedAt.has("subscribe")) startedAt.set("subscribe", now);
+    problem = problemNow(now);
+  }
+  const shown = state.mediaProblem;
+  if (problem?.cause !== shown?.cause || problem?.pc !== shown?.pc) {
+    state.mediaProblem = problem && { ...problem, candidates: [], turn: hasTurn(media) };
+    changed();
+    if (problem) report(media, state.mediaProblem);
+  }
+}
+
+function hasTurn(media) {
+  const urls = (media?.iceServers ?? []).flatMap((server) => [server.urls].flat());
+  return urls.some((url) => /^turns?:/.test(url));
+}
+
+/** The kinds of local candidate a session gathered (no addresses): host, srflx, relay. */
+async function candidateKinds(pc) {
+  const kinds = new Set();
+  try {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "local-candidate" && s.candidateType) kinds.add(s.candidateType);
+    });
+  } catch {
+    // A closed session has no statistics: report what is known.
+  }
+  return [...kinds].sort();
+}
+
+async function report(media, problem) {
+  const key = `${problem.pc}:${problem.cause}`;
+  if (reported.has(key)) return;
+  reported.add(key);
+  const pc = problem.pc === "publish" ? media.publishPc : media.subscribePc;
+  problem.candidates = pc ? await candidateKinds(pc) : [];
+  changed();
+  call.signalling?.mediaFailed(problem.cause, problem.pc, problem.candidates);
+}
+
+/** The notice in the room: shown while a media session is failing. */
+export function renderConnectivity(s) {
+  const problem = s.screen === "room" ? s.mediaProblem : null;
+  box.hidden = problem === null;
+  if (!problem) return;
+  box.dataset.cause = problem.cause;
+  heading.textContent = t(`media.${problem.cause}_heading`);
+  body.textContent = t(`media.${problem.cause}`);
+  details.textContent = t("media.details", {
+    cause: problem.cause,
+    pc: problem.pc,
+    candidates: problem.candidates.join(", ") || t("media.none"),
+    turn: t(problem.turn ? "media.turn_yes" : "media.turn_no"),
+  });
+}
