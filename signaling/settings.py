@@ -161,7 +161,8 @@ class Settings:
     """CA certificate (PEM) the witness's certificate must chain to; unset: the system's CAs."""
 
     metrics_token: str | None = None
-    """Bearer token for `GET /metrics` from other hosts (loopback needs none)."""
+    """Bearer token for `GET /metrics` from other hosts and through a reverse proxy (a direct
+    loopback client, with no forwarding header, needs none)."""
 
     log_level: str = "info"
     """debug, info, warning or error. Logs are JSON lines on stderr and never hold a token."""

@@ -204,12 +204,12 @@ async def test_a_range_with_a_huge_number_is_not_a_server_error(node: RunningNod
     make_recording(node, "rec-a", seconds=3.0)
     path = "/api/recordings/rec-a/streams/track-0"
     huge = "9" * 5000  # more digits than Python parses
-    status, body, headers = await call(node, "GET", path, headers={"Range": f"bytes={huge}-"})
+    status, body, _ = await call(node, "GET", path, headers={"Range": f"bytes={huge}-"})
     assert status == 416 and body["error"] == "range_not_satisfiable"
     status, whole, _ = await call(node, "GET", path)
-    status, part, headers = await call(node, "GET", path, headers={"Range": f"bytes=0-{huge}"})
+    status, part, _ = await call(node, "GET", path, headers={"Range": f"bytes=0-{huge}"})
     assert status == 206 and part == whole  # to the end, as any last position past it
-    status, part, headers = await call(node, "GET", path, headers={"Range": f"bytes=-{huge}"})
+    status, part, _ = await call(node, "GET", path, headers={"Range": f"bytes=-{huge}"})
     assert status == 206 and part == whole
 
 
@@ -337,3 +337,14 @@ async def test_the_archive_is_scoped_to_the_archivists_organisation(node: Runnin
     status, body = await _as(node, "GET", "/api/recordings", theirs)
     assert [r["recording_id"] for r in body["recordings"]] == ["rec-other"]
     assert body["recordings"][0]["organisations"] == ["st-elsewhere"]
+
+
+async def test_streamed_downloads_carry_the_security_headers(node: RunningNode) -> None:
+    make_recording(node, "rec-a", seconds=3.0)
+    for part in ("annotations", "bundle", "media"):
+        status, _, headers = await call(node, "GET", f"/api/recordings/rec-a/{part}")
+        assert status == 200, part
+        assert headers["X-Content-Type-Options"] == "nosniff", part
+        assert "default-src 'self'" in headers["Content-Security-Policy"], part
+        assert headers["Cache-Control"] == "no-store", part
+        assert headers["X-Frame-Options"] == "DENY", part

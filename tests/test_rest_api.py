@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from signaling.audit import iter_entries
-from tests.fixtures.servers import RunningNode
+from tests.fixtures.servers import RunningNode, node_settings, running_node
 
 
 def _refusals(node: RunningNode, sub: str) -> list[dict[str, Any]]:
@@ -78,3 +79,32 @@ async def test_refused_room_read_is_audited(dev_node: RunningNode) -> None:
     refused = _refusals(dev_node, "dr-heart")
     assert [e["reason"] for e in refused] == ["department_not_permitted"]
     assert refused[0]["room"] == "tumour-board"
+
+
+async def test_metrics_through_a_proxy_on_the_same_host_need_the_token(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "d", metrics_token="s3cret-metrics", media=False)
+    async with running_node(settings) as node:
+        http = await node.session()
+        assert (await http.get(node.url + "/metrics")).status == 200  # a direct local client
+        proxied = {"X-Forwarded-For": "203.0.113.9"}
+        assert (await http.get(node.url + "/metrics", headers=proxied)).status == 403
+        r = await http.get(node.url + "/metrics", headers={"Forwarded": "for=203.0.113.9"})
+        assert r.status == 403
+        with_token = {**proxied, "Authorization": "Bearer s3cret-metrics"}
+        assert (await http.get(node.url + "/metrics", headers=with_token)).status == 200
+
+
+async def test_hsts_is_sent_when_the_node_is_reached_over_https(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "d", public_url="https://mdt.hospital.example", media=False)
+    async with running_node(settings) as node:
+        http = await node.session()
+        for path in ("/", "/api/info", "/api/nothing-here"):
+            r = await http.get(node.url + path)
+            assert r.headers["Strict-Transport-Security"] == "max-age=31536000", path
+
+
+async def test_no_hsts_over_plain_http(dev_node: RunningNode) -> None:
+    http = await dev_node.session()
+    r = await http.get(dev_node.url + "/api/info")
+    assert "Strict-Transport-Security" not in r.headers
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
