@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from signaling.devidp import DevelopmentIdP
@@ -123,3 +124,41 @@ async def test_media_that_cannot_connect_is_said_counted_and_chat_fails_visibly(
     assert "media session did not connect" in log
     assert "Dr Chen Wei" not in log and "dr-chen" not in log
     no_page_problems(tab)
+
+
+async def test_the_home_page_links_to_the_dev_page_only_in_development_mode(
+    serve_process: Any, chromium: OpenTab, tmp_path: Path
+) -> None:
+    dev = serve_process()
+    home = await chromium(f"{dev.url}/")
+    link = home.page.locator("#home-dev-link")
+    await link.wait_for(state="visible", timeout=10_000)
+    assert await link.inner_text() == CATALOGUES["en"]["home.dev_link"]
+    await link.click()
+    await home.until("location.pathname === '/dev'")
+    await home.page.locator("#sub").wait_for(state="visible")
+    no_page_problems(home)
+
+    hospital_idp = DevelopmentIdP.load_or_create(tmp_path / "hospital-idp")
+    production = serve_process(
+        env={
+            "CONSILIUM_JWKS": str(hospital_idp.jwks_path),
+            "CONSILIUM_JWT_ISSUER": "https://idp.hospital.example",
+        }
+    )
+    home = await chromium(f"{production.url}/")
+    await home.until("document.getElementById('home-status').textContent.includes('ready')")
+    assert await home.page.locator("#home-dev-link").is_hidden()
+
+
+def test_the_readme_two_tab_example_has_two_people_and_says_where_consilium_is() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith(
+        "# Consilium\n\n```sh\npython3 -m venv .venv && .venv/bin/pip install -e . && "
+        ".venv/bin/consilium serve\n./scripts/test\n```\n"
+    )
+    links = [line for line in readme.splitlines() if "consilium token" in line and "--link" in line]
+    assert len(links) == 2 and all(line.startswith(".venv/bin/consilium ") for line in links)
+    subs = [re.search(r"--sub (\S+)", line).group(1) for line in links]  # type: ignore[union-attr]
+    assert len(set(subs)) == 2, subs
+    assert "`.venv/bin/consilium`" in readme
