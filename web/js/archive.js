@@ -75,7 +75,7 @@ const archive = {
 
 let token = null;
 let mediaUrl = null;
-let followers = []; // {video, url}: the grid's other videos, which follow the first
+let followers = []; // {video, url, track}: the grid's other videos, which follow the first
 const DRIFT_S = 0.25; // a follower further than this from the first video is moved to it
 let loadGeneration = 0; // a newer load supersedes one still under way
 
@@ -506,6 +506,19 @@ function clearFollowers() {
   followers = [];
 }
 
+/** Each video's caption and accessible name, in the current language. */
+function renderCaptions() {
+  const firstId = archive.videos[0]?.track_id;
+  const first = videoTracks().find((track) => track.track_id === firstId);
+  video.setAttribute("aria-label", first ? trackName(first) : t("archive.video"));
+  videoCaption.textContent = first ? trackName(first) : "";
+  for (const follower of followers) {
+    follower.video.setAttribute("aria-label", trackName(follower.track));
+    const caption = follower.video.closest("figure")?.querySelector("figcaption");
+    if (caption) caption.textContent = trackName(follower.track);
+  }
+}
+
 /** Followers go where the first video goes: play, pause, seek and rate. */
 function syncFollowers() {
   for (const { video: other } of followers) {
@@ -575,10 +588,6 @@ async function loadRange() {
       type: media.type,
       error: null,
     };
-    const first = files[0].track;
-    const label = first ? trackName(first) : t("archive.video");
-    video.setAttribute("aria-label", label);
-    videoCaption.textContent = first ? label : "";
     video.src = mediaUrl;
     archive.videos = files.map((f, i) => ({
       track_id: f.track?.track_id ?? null,
@@ -589,7 +598,7 @@ async function loadRange() {
       const url = URL.createObjectURL(medias[i + 1]);
       element.src = url;
       videoGrid.append(figure);
-      followers.push({ video: element, url });
+      followers.push({ video: element, url, track: f.track });
     });
     videoGrid.dataset.count = String(files.length);
     seekTo(0);
@@ -768,6 +777,7 @@ function renderPlayer() {
     failed: words(p.error),
   };
   playerStatus.textContent = shown[p.status];
+  renderCaptions();
   loadButton.disabled = loadButton.disabled || p.status === "loading";
   if (board.dataset.drawn !== "true" || p.status !== "ready") drawBoard();
   else seekToForce();
