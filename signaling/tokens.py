@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -641,7 +642,7 @@ class TokenVerifier:
             sub=claims["sub"],
             jti=claims["jti"],
             role=_text_claim(claims, "role"),
-            name=_text_claim(claims, "name"),
+            name=display_name(_text_claim(claims, "name")),
             depts=_list_claim(claims, "dept", single_allowed=True),
             org=_text_claim(claims, "org"),
             rooms=_list_claim(claims, "room", single_allowed=True),
@@ -650,6 +651,25 @@ class TokenVerifier:
             exp=int(claims["exp"]),
             extra={k: v for k, v in claims.items() if k not in _CONSUMED_CLAIMS},
         )
+
+
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+MAX_DISPLAY_NAME = 128
+"""Characters of a display name kept (the rest is cut): a name, not a paragraph."""
+
+
+def display_name(raw: str) -> str:
+    """A token's `name` as everyone is shown it: without bidirectional controls (U+202E would
+    show "Dr Smith" + reversed text as another person's name), control characters or line
+    breaks, whitespace collapsed, at most `MAX_DISPLAY_NAME` characters."""
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in raw
+        if ch not in _BIDI_CONTROLS and (ch.isspace() or unicodedata.category(ch) != "Cc")
+    )
+    return " ".join(kept.split())[:MAX_DISPLAY_NAME]
 
 
 def _text_claim(claims: Mapping[str, Any], name: str) -> str:

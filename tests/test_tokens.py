@@ -170,6 +170,20 @@ async def test_claims_become_the_identity(verifier: TokenVerifier) -> None:
     assert identity.extra == {"locale": "en-GB"}
 
 
+async def test_display_names_lose_bidi_overrides_and_control_characters(
+    verifier: TokenVerifier,
+) -> None:
+    # U+202E would show "Dr Smith" followed by reversed text: someone else's name on screen.
+    spoof = "Dr Mallory\u202e htimS rD\u202c"
+    assert (await verifier.verify(mint(name=spoof))).name == "Dr Mallory htimS rD"
+    isolates = "\u2067Dr\u2069\u200f Li\u200e\n\tWei\x00\x1b[31m"
+    assert (await verifier.verify(mint(name=isolates))).name == "Dr Li Wei[31m"
+    assert (await verifier.verify(mint(name="Dr " + "a" * 500))).name == "Dr " + "a" * 125
+    # Scripts keep what they need (Arabic, Chinese, joiners in emoji).
+    name = "د. سارة 王医生 👩\u200d⚕️"
+    assert (await verifier.verify(mint(name=name))).name == name
+
+
 async def test_dept_may_be_a_single_string_and_optional_claims_may_be_absent(
     verifier: TokenVerifier,
 ) -> None:
