@@ -14,8 +14,10 @@ from typing import Any
 
 from tests.fixtures.browser import (
     ICE_ENV,
+    ROOM,
     BrowserTab,
     OpenTab,
+    api,
     meet_through_the_lobby,
     no_page_problems,
     page_state,
@@ -25,6 +27,19 @@ from tests.fixtures.browser import (
     until_decoding,
 )
 from tests.fixtures.servers import RunningNode
+
+RECORD_DEVICE_TRACKS = """
+(() => {
+  window.deviceTracks = [];
+  const original = MediaDevices.prototype.getUserMedia;
+  MediaDevices.prototype.getUserMedia = async function (constraints) {
+    const stream = await original.call(this, constraints);
+    window.deviceTracks.push(...stream.getTracks());
+    return stream;
+  };
+})();
+"""
+"""Keeps every track getUserMedia gives from now on in `window.deviceTracks`."""
 
 
 async def _text(tab: BrowserTab, selector: str) -> str:
@@ -158,10 +173,14 @@ async def test_my_microphone_and_camera_buttons_show_on_the_others_tiles(
     )
     await chair.until(f"document.querySelector(\"{theirs}\").dataset.audioMuted === 'false'")
 
+    mine = f'document.querySelector("{theirs} video").srcObject'
+    await specialist.page.evaluate(f"window.heldCamera = {mine}.getVideoTracks()[0]")
     await specialist.page.click("#camera-button")
     await specialist.until(
         "document.getElementById('camera-button').textContent === 'Turn camera on'"
     )
+    # Turned off is stopped: the capture ends (the camera light goes off), not just disabled.
+    await specialist.until("window.heldCamera.readyState === 'ended'")
     await chair.until(f"document.querySelector(\"{theirs}\").classList.contains('no-picture')")
     placeholder = chair.page.locator(f"{theirs} .tile-placeholder")
     assert await placeholder.is_visible()
@@ -175,6 +194,11 @@ async def test_my_microphone_and_camera_buttons_show_on_the_others_tiles(
     await specialist.page.click("#camera-button")
     await chair.until(f"!document.querySelector(\"{theirs}\").classList.contains('no-picture')")
     assert not await placeholder.is_visible()
+    # Turned on again is a new capture from the device, sent in place of the stopped one.
+    await specialist.until(
+        f"{mine}?.getVideoTracks()[0]?.readyState === 'live'"
+        f" && {mine}.getVideoTracks()[0] !== window.heldCamera"
+    )
     await _still_decoding(chair, meeting.specialist_id)
     for tab in (chair, specialist):
         no_page_problems(tab)
@@ -268,4 +292,52 @@ async def test_leaving_and_joining_again_without_a_second_lobby_wait(
     await chair.until("document.querySelectorAll('#participant-list li').length === 2")
     meeting.specialist_id = (await page_state(specialist))["participantId"]
     await until_decoding(meeting)
+    no_page_problems(specialist)
+
+
+async def test_joining_again_a_moment_after_leaving_sees_and_is_seen(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """Leave, then Join again 0.2 s later: both see each other, and the server counts both
+    (the leave's clean-up does not wait for the WebSocket's close handshake)."""
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    chair, specialist = meeting.chair, meeting.specialist
+    # My camera as my tile shows it, and every track the devices give from now on.
+    await specialist.page.evaluate(
+        f'window.heldTracks = document.querySelector("{tile(meeting.specialist_id)} video")'
+        ".srcObject.getTracks()"
+    )
+    await specialist.page.evaluate(RECORD_DEVICE_TRACKS)
+    await specialist.page.click("#leave-button")
+    await specialist.until("window.consilium.ending() === 'left'")
+    # The camera is stopped: its light goes off.
+    await specialist.until(
+        "window.heldTracks.length === 1 && window.heldTracks.every(t => t.readyState === 'ended')"
+    )
+    await asyncio.sleep(0.2)
+    await specialist.page.click("#rejoin-button")
+    await specialist.until("window.consilium.state().screen === 'room'")
+    meeting.specialist_id = (await page_state(specialist))["participantId"]
+    await chair.until("document.querySelectorAll('#participant-list li').length === 2")
+    await specialist.until("document.querySelectorAll('#participant-list li').length === 2")
+    await until_decoding(meeting)
+    room = await asyncio.to_thread(
+        api, meeting.serve.url, meeting.specialist_token, "GET", f"/api/rooms/{ROOM}"
+    )
+    assert room["participants"] == 2
+    # Some seconds on (past any close handshake), still both in the room.
+    await asyncio.sleep(3)
+    assert len((await page_state(chair))["participants"]) == 2
+    assert len((await page_state(specialist))["participants"]) == 2
+    room = await asyncio.to_thread(
+        api, meeting.serve.url, meeting.specialist_token, "GET", f"/api/rooms/{ROOM}"
+    )
+    assert room["participants"] == 2
+    await until_decoding(meeting)
+    # Join again opened the devices again; Leave stops every camera and microphone track.
+    kinds = "window.deviceTracks.map(t => t.kind).sort().join()"
+    assert await specialist.page.evaluate(kinds) == "audio,video"
+    await specialist.page.click("#leave-button")
+    await specialist.until("window.deviceTracks.every(t => t.readyState === 'ended')")
+    await chair.until("document.querySelectorAll('#participant-list li').length === 1")
     no_page_problems(specialist)

@@ -1,7 +1,7 @@
 // One visit to a room: the signalling connection, the media sessions, the room events, and
 // rejoining by itself after a network blip (the server lets an admitted person skip the lobby).
 
-import { localMedia } from "./devices.js";
+import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { imageShared, loadImages } from "./images.js";
 import { MediaSessions } from "./media.js";
 import { CLOSE, OBJECTS, SignallingConnection, withDefaults } from "./protocol.js";
@@ -39,6 +39,7 @@ export class Call {
     this.leaving = false;
     this.pending = Promise.resolve(); // messages are handled one at a time, in order
     this.screenTrack = null;
+    this.cameraBusy = false; // a camera turned off or on is still being stopped or opened
   }
 
   connect() {
@@ -158,7 +159,7 @@ export class Call {
     // Join may be pressed (and the chair may admit) before the camera and microphone are open:
     // publish what the devices give, not an offer without them.
     await localMedia.ready;
-    await this.media.publish(localMedia.stream);
+    await this.media.publish(localMedia.stream, state.media.videoMuted);
     if (this.screenTrack) await this.media.startScreen(this.screenTrack);
   }
 
@@ -172,8 +173,8 @@ export class Call {
       if (by) state.notice = "room.muted_by_chair";
     }
     if (person.video_muted && !state.media.videoMuted) {
-      this.setTracks("video", false);
       state.media.videoMuted = true;
+      stopCamera().catch((err) => this.fail(`camera: ${err}`));
       if (by) state.notice = "room.camera_off_by_chair";
     }
   }
@@ -192,12 +193,28 @@ export class Call {
     changed();
   }
 
-  toggleCamera() {
-    const muted = !state.media.videoMuted;
-    state.media.videoMuted = muted;
-    this.setTracks("video", !muted);
-    this.signalling.setMedia({ videoMuted: muted });
-    changed();
+  /** Turn my camera off (capture stops: the light goes off) or on (the device is asked again,
+   * and its new track replaces the sender's). */
+  async toggleCamera() {
+    if (this.cameraBusy) return;
+    this.cameraBusy = true;
+    try {
+      if (!state.media.videoMuted) {
+        state.media.videoMuted = true;
+        this.signalling.setMedia({ videoMuted: true });
+        changed();
+        await stopCamera();
+      } else if (await startCamera()) {
+        state.media.videoMuted = false;
+        this.signalling.setMedia({ videoMuted: false });
+        changed();
+      } else {
+        state.notice = "room.camera_failed";
+        changed();
+      }
+    } finally {
+      this.cameraBusy = false;
+    }
   }
 
   async toggleScreen() {
@@ -229,9 +246,11 @@ export class Call {
 
   leave() {
     this.leaving = true;
-    this.signalling.leave();
-    // The server closes with 1000; if it does not answer, close from here.
-    setTimeout(() => this.signalling?.abandon(), 2000);
+    const signalling = this.signalling;
+    signalling.leave();
+    // The server closes with 1000; if it does not answer, close from here. This connection,
+    // not `this.signalling`: by then Join again may have opened the next one.
+    setTimeout(() => signalling.abandon(), 2000);
     this.end(CLOSE.normal, "left");
   }
 
@@ -259,6 +278,9 @@ export class Call {
     this.media?.close();
     this.media = null;
     this.stopScreen();
+    // The visit is over: every camera and microphone track stops (the camera light goes off).
+    localMedia.onTrackReplaced = null;
+    closeDevices();
     state.ended = { code, reason };
     state.screen = "ended";
     changed();

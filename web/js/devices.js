@@ -27,6 +27,8 @@ const pickers = []; // [{camera: <select>, microphone: <select>}]
 const meters = []; // <meter> elements showing the microphone level
 const listeners = []; // called after the stream or its tracks changed
 
+let cameraDevice = null; // the camera and microphone last used (device ids), to open again
+let microphoneDevice = null;
 let audioContext = null;
 let analyser = null;
 let analysedTrack = null;
@@ -64,10 +66,15 @@ export function openDevices() {
 
 async function open() {
   try {
-    localMedia.stream = await navigator.mediaDevices.getUserMedia({
-      audio: constraints("audio", null),
-      video: constraints("video", null),
+    // A camera I turned off stays off (and unlit) when the devices open again (a rejoin).
+    const video = state.media.videoMuted ? false : constraints("video", cameraDevice);
+    const request = { audio: constraints("audio", microphoneDevice), video };
+    localMedia.stream = await navigator.mediaDevices.getUserMedia(request).catch((err) => {
+      if (!cameraDevice && !microphoneDevice) throw err;
+      // The devices used before may be gone (unplugged): any camera and microphone then.
+      return navigator.mediaDevices.getUserMedia({ audio: true, video: video && VIDEO });
     });
+    for (const track of localMedia.stream.getAudioTracks()) track.enabled = !state.media.audioMuted;
     localMedia.error = null;
   } catch (err) {
     localMedia.error = err.name || String(err);
@@ -75,8 +82,65 @@ async function open() {
   await settled();
 }
 
+/** Stop my camera and microphone (the visit ended: the camera light goes off). `openDevices`
+ * opens them again, with the devices picked. */
+export function closeDevices() {
+  for (const track of localMedia.stream?.getTracks() ?? []) {
+    remember(track);
+    track.stop();
+  }
+  localMedia.stream = null;
+  localMedia.ready = Promise.resolve();
+  for (const listener of listeners) listener();
+  changed();
+}
+
+/** Turn my camera off: stop capturing (the camera light goes off), and send no video. */
+export async function stopCamera() {
+  const track = localMedia.stream?.getVideoTracks()[0];
+  if (!track) return;
+  remember(track);
+  localMedia.stream.removeTrack(track);
+  track.stop();
+  await localMedia.onTrackReplaced?.("video", null);
+  await settled();
+}
+
+/** Turn my camera on again: ask for the device again and send its track; false if refused. */
+export async function startCamera() {
+  if (localMedia.stream?.getVideoTracks().length) return true;
+  let track;
+  try {
+    const request = { video: constraints("video", cameraDevice) };
+    [track] = (await navigator.mediaDevices.getUserMedia(request)).getVideoTracks();
+  } catch (err) {
+    localMedia.error = err.name || String(err);
+    await settled();
+    return false;
+  }
+  localMedia.stream ??= new MediaStream();
+  localMedia.stream.addTrack(track);
+  localMedia.error = null;
+  await localMedia.onTrackReplaced?.("video", track);
+  await settled();
+  return true;
+}
+
+/** Keep which device a track came from, to open the same one again. */
+function remember(track) {
+  const deviceId = track.getSettings().deviceId;
+  if (!deviceId) return;
+  if (track.kind === "video") cameraDevice = deviceId;
+  else microphoneDevice = deviceId;
+}
+
 /** Switch one kind to another device: a new track in the stream, and in the call if there. */
 export async function pickDevice(kind, deviceId) {
+  if (kind === "video" && state.media.videoMuted) {
+    // The camera is off: remember the choice, open it when the camera is turned on.
+    cameraDevice = deviceId || null;
+    return;
+  }
   const old = localMedia.stream?.getTracks().find((track) => track.kind === kind);
   if (old?.getSettings().deviceId === deviceId) return;
   let track;
@@ -93,6 +157,7 @@ export async function pickDevice(kind, deviceId) {
   if (old) localMedia.stream.removeTrack(old);
   localMedia.stream.addTrack(track);
   localMedia.error = null;
+  remember(track);
   await localMedia.onTrackReplaced?.(kind, track);
   old?.stop();
   await settled();

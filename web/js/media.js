@@ -43,11 +43,16 @@ export class MediaSessions {
     return pc;
   }
 
-  /** Offer my camera and microphone (either may be missing: then I only watch and listen). */
-  async publish(stream) {
+  /** Offer my camera and microphone (either may be missing: then I only watch and listen);
+   * `cameraOff`: I turned my camera off (there is a video sender for when it comes back). */
+  async publish(stream, cameraOff = false) {
     this.publishPc = this.peerConnection("publish");
     for (const track of stream?.getTracks() ?? []) {
       this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    }
+    if (stream && cameraOff && !stream.getVideoTracks().length) {
+      // My camera is off (stopped): a video sender without a track, for when it is turned on.
+      this.publishPc.addTransceiver("video", { direction: "sendonly", streams: [stream] });
     }
     // Annotations, chat and pointers (protocol.js `dataChannels`; it asks for a snapshot with
     // `sync` as soon as the ordered channel opens).
@@ -96,11 +101,12 @@ export class MediaSessions {
     await this.offerPublish();
   }
 
-  /** Replace my camera or microphone track (a device picked again) without renegotiating. */
+  /** Replace my camera or microphone track (a device picked again, the camera turned off with
+   * `null` or on again) without renegotiating. */
   async replaceTrack(kind, track) {
     const transceiver = this.publishPc
       ?.getTransceivers()
-      .find((t) => t !== this.screenTransceiver && t.sender.track?.kind === kind);
+      .find((t) => t !== this.screenTransceiver && t.receiver.track.kind === kind);
     await transceiver?.sender.replaceTrack(track);
   }
 
