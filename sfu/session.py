@@ -504,12 +504,14 @@ class ParticipantMedia:
         if not text:
             return  # end of candidates: aioice checks what it has
         try:
+            # aiortc's parser asserts on too few fields; addIceCandidate raises ValueError
+            # without sdpMid and sdpMLineIndex: the client's mistake, answered, not a crash.
             ice = candidate_from_sdp(text)
-        except (ValueError, IndexError) as exc:
-            raise MediaError(f"unusable ICE candidate: {exc}") from None
-        ice.sdpMid = sdp_mid
-        ice.sdpMLineIndex = sdp_mline_index
-        await pc.addIceCandidate(ice)
+            ice.sdpMid = sdp_mid
+            ice.sdpMLineIndex = sdp_mline_index
+            await pc.addIceCandidate(ice)
+        except (ValueError, IndexError, AssertionError) as exc:
+            raise MediaError(f"unusable ICE candidate: {str(exc)[:100] or 'malformed'}") from None
 
     def set_muted(self, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding this participant's audio or video."""

@@ -128,3 +128,28 @@ async def test_removed_participant_media_stops_within_a_second(media_node: Runni
     finally:
         await chair.close()
         await spec.close()
+
+
+async def test_a_malformed_ice_candidate_is_answered_and_the_connection_kept(
+    media_node: RunningNode,
+) -> None:
+    sender = await _join(media_node, "dr-x")
+    try:
+        for candidate, mid, index in (
+            ("candidate:1 1", "0", 0),  # too few fields: aiortc's parser asserts
+            ("candidate:1 1 udp 1 10.0.0.1 5 typ", "0", 0),
+            ("candidate:1 1 udp 1 10.0.0.1 5 typ host", None, None),  # no mid, no index
+            ("candidate:1 1 udp x 10.0.0.1 5 typ host", "0", 0),
+        ):
+            await sender.ws.send_json({"type": "candidate", "pc": "publish",
+                                       "candidate": candidate, "sdp_mid": mid,
+                                       "sdp_mline_index": index})  # fmt: skip
+            await eventually(lambda: any(m["type"] == "error" for m in sender.messages))
+            error = next(m for m in sender.messages if m["type"] == "error")
+            sender.messages.remove(error)
+            assert error["code"] == "bad_media_request" and error["request"] == "candidate"
+        assert not sender.ws.closed
+        await sender.ws.send_json({"type": "ping", "id": 7})
+        await eventually(lambda: any(m["type"] == "pong" for m in sender.messages), timeout=5)
+    finally:
+        await sender.close()
