@@ -60,6 +60,7 @@ _RECONNECT_MAX_S = 5.0
 _LISTEN_POLL_S = 1.0
 _START_TIMEOUT_S = 10.0
 _PING_TIMEOUT_S = 2.0
+_KNOWN_ROOMS_BOUND = 10_000
 
 
 def default_node_id() -> str:
@@ -893,14 +894,23 @@ class RedisStore(StateStore):
             keys=[self._room_key(room.room_id), self._rooms_key], args=[room.room_id, *pairs]
         )
         if created:
-            self._known_rooms[room.room_id] = _copy_room(room)
+            self._remember_room(room)
         return bool(created)
 
     async def get_room(self, room_id: str) -> RoomRecord | None:
         room = _decode_room(await self._hgetall(self._room_key(room_id)))
         if room is not None:
-            self._known_rooms[room_id] = _copy_room(room)
+            self._remember_room(room)
         return room
+
+    def _remember_room(self, room: RoomRecord) -> None:
+        """Keep the room's latest record for a rebuild; beyond `_KNOWN_ROOMS_BOUND`, forget
+        those this node holds nobody in (read, or deleted by another node)."""
+        self._known_rooms[room.room_id] = _copy_room(room)
+        if len(self._known_rooms) > _KNOWN_ROOMS_BOUND:
+            held = {room_id for (room_id, _), entries in self._held.items() if entries}
+            for room_id in [r for r in self._known_rooms if r not in held]:
+                del self._known_rooms[room_id]
 
     async def save_room(self, room: RoomRecord) -> None:
         key = self._room_key(room.room_id)
@@ -910,7 +920,7 @@ class RedisStore(StateStore):
             pipe.hset(key, mapping=fields)
             pipe.sadd(self._rooms_key, room.room_id)
             await pipe.execute()
-        self._known_rooms[room.room_id] = _copy_room(room)
+        self._remember_room(room)
 
     async def delete_room(self, room_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
