@@ -13,6 +13,8 @@ the sink drops the track's packets (counted in the manifest as `before_keyframe`
 "waiting", which makes the SFU ask the publisher for a keyframe. That happens when the recording
 starts, when a recorded track appears and when a participant's consent arrives (or is given
 again after a withdrawal), so a camera that was already on is recorded from its next keyframe.
+A gap in a recorded video's sequence numbers (packets lost on the way in) asks again, so the
+video is whole from the next keyframe even when no subscriber asks (no one else in the room).
 
 Segments close together in every stream every `segment_seconds` (and at each case marker, so a
 case is whole segments), and one stream's alone when it reaches `segment_bytes` or its track
@@ -125,7 +127,7 @@ class _Stream:
 
     __slots__ = (
         "awaiting_keyframe", "before_keyframe", "buffer", "first_ms", "last_ms", "name",
-        "pending", "segment_bytes", "video",
+        "next_seq", "pending", "segment_bytes", "video",
     )  # fmt: skip
 
     def __init__(self, name: str, video: bool = False) -> None:
@@ -136,6 +138,8 @@ class _Stream:
         """Packets are dropped until one starts a keyframe."""
         self.before_keyframe = 0
         """Packets dropped while awaiting a keyframe."""
+        self.next_seq: int | None = None
+        """The RTP sequence number a video stream expects next (a jump past it: packets lost)."""
         self.buffer = bytearray()
         self.pending = 0
         """Records in `buffer`."""
@@ -333,7 +337,8 @@ class RecordingSink:
         clock (ms since start), one timeline for every track and event; `arrival_ms` (the
         transport's clock) is not used. A video stream starts at a packet that starts a keyframe
         (`keyframe`, told by the SFU); before it the packet is dropped and True returned, so the
-        SFU asks the publisher for a keyframe."""
+        SFU asks the publisher for a keyframe. True also after a gap in a video stream's
+        sequence numbers (packets lost: the video is broken until the next keyframe)."""
         if not self._running:
             return False
         try:
@@ -343,18 +348,30 @@ class RecordingSink:
             if stream is None:
                 self.on_track(track)  # published before the recording started
                 stream = self._streams[track.track_id]
-            if stream.awaiting_keyframe:
-                if not keyframe:
-                    stream.before_keyframe += 1
-                    return True
-                stream.awaiting_keyframe = False
+            lost = False
+            if stream.video:
+                if stream.awaiting_keyframe:
+                    if not keyframe:
+                        stream.before_keyframe += 1
+                        return True
+                    stream.awaiting_keyframe = False
+                    stream.next_seq = None
+                # A gap: what follows cannot be decoded until the next keyframe. Nobody else
+                # may ask for one (no subscriber, or none that lost the same packets), so ask.
+                sequence = (packet[2] << 8) | packet[3]
+                expected = stream.next_seq
+                ahead = 0 if expected is None else (sequence - expected) & 0xFFFF
+                if ahead < 0x8000:  # in order or after a gap (a late packet changes nothing)
+                    lost = ahead > 0
+                    stream.next_seq = (sequence + 1) & 0xFFFF
             now = round((self._clock() - self._t0) * 1000)
             if now >= self._next_boundary:
                 self._boundary(now)
             self._append(stream, now, packet)
         except Exception:  # a recorder bug must never break forwarding
             self._fault("packet")
-        return False
+            return False
+        return lost
 
     def on_track_ended(self, track: RecordedTrack) -> None:
         """The track is gone: its open segment closes now (so it is safe on disk)."""

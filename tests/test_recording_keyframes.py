@@ -190,3 +190,19 @@ def test_a_manifest_without_packets_before_a_keyframe_signs_as_before(tmp_path: 
     manifest = sink.stop()
     assert manifest.tracks[0].before_keyframe == 0
     assert "before_keyframe" not in manifest.body()["tracks"][0]
+
+
+def test_a_gap_in_a_recorded_video_asks_for_a_keyframe(tmp_path: Path) -> None:
+    # Alone in the room nobody else would ask: lost packets would break the stored video until
+    # the publisher's next keyframe, which a browser sends only when asked.
+    sink = RecordingSink(
+        tmp_path, "rec-gap", "mdt-1", DATA_KEY, Ed25519PrivateKey.generate(), record_everyone=True
+    )
+    sink.start()
+    asked = []
+    for sequence in (0xFFFE, 0xFFFF, 0, 2, 1, 3):  # wraps round; 1 is lost, then comes late
+        first = sequence == 0xFFFE
+        packet = rtp_packet(sequence, sequence * 3000, 1, keyframe=first)
+        asked.append(sink.on_rtp(VIDEO, packet, 0, first))
+    assert asked == [False, False, False, True, False, False]
+    assert sink.stop().streams["track-0"][0].records == 6

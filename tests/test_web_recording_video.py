@@ -98,6 +98,7 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
     url = f"{serve.url}/api/recordings/{recording_id}/export"
     await asyncio.to_thread(_download, url, archivist, out)
     frames = await asyncio.to_thread(_decoded_frames, out)
+    print("\ndecoded frames per camera:", frames)
     for track_id, participant_id in cameras.items():
         assert frames.get(track_id, 0) >= MIN_FRAMES, (participant_id, frames)
     for tab in (chair, specialist):
