@@ -73,16 +73,18 @@ node within two seconds.
 Every `/api/` call takes `Authorization: Bearer <token>` (the same tokens as `join`), is decided by
 the same policy, and answers errors as JSON: `{"error": code, "message": text}` with
 400 `bad_message`, 401 `not_authenticated`, 403 `not_allowed`, 404 `not_found`,
-409 `conflict`, 413 `too_large`, 429 `rate_limited` or 500 `server_error`. Refusals are audited.
+409 `conflict`, 413 `too_large`, 429 `rate_limited`, 500 `server_error` or 503 `unavailable` (the
+shared state, Redis, is out of reach: nothing took effect, try again). Refusals are audited.
 
 | method and path | who | what |
 |---|---|---|
 | `GET /healthz` | anyone | 200 `{"status": "ok"}` when ready, 503 while starting |
+| `GET /readyz` | anyone | 200 `{"status": "ready"}` when the node can take new clients, 503 `{"status": "not_ready"}` while starting or while its shared state (Redis) is out of reach |
 | `GET /api/info` | anyone | version and whether the node runs the development IdP |
-| `POST /api/rooms` | roles that open rooms (chair) | schedule a room: `room_id`, `departments`, `lobby` (default true), `title`, `grants` (`sub:`/`dept:`/`org:`), `starts_at`; 201 with the room, 409 if it exists |
-| `GET /api/rooms/{room}` | whoever may join it | the room, whether it is open, how many are in it and in its lobby |
+| `POST /api/rooms` | roles that open rooms (chair) | schedule a room: `room_id`, `departments`, `lobby` (default true), `title`, `grants` (`sub:`/`dept:`/`org:`), `starts_at`; 201 with the room, 409 if it exists; 403 unless the token grants the room id (a server-made id is new) and shares one of the room's departments, as for a join |
+| `GET /api/rooms/{room}` | whoever may join it | the room, whether it is open, how many are in it and in its lobby (refusals audited) |
 | `GET /api/rooms/{room}/admission` | anyone with a token | whether the token may join the room now, asked before a client opens any camera: 200 `{"allowed": true}`, or 401 / 403 with the join's refusal in `reason` (a refusal reason below, or the token's: `expired`, `revoked`...) |
-| `POST /api/revocations` | `revoke` (admin) | `{"jti": ...}` or `{"sub": ...}`, optional `reason`, `expires_at`; 201; live connections closed with 4401 on every node |
+| `POST /api/revocations` | `revoke` (admin) | `{"jti": ...}` or `{"sub": ...}`, optional `reason`, `expires_at`; 201; live connections closed with 4401 on every node; 503 while Redis is out of reach |
 | `GET /api/revocations` | `revoke` (admin) | the revocations in force |
 | `GET /api/audit` | `read_audit` (auditor) | audit entries; filters `sub`, `room`, `action`, `since`, `until` (ISO-8601 with zone), `limit` |
 """
