@@ -3,7 +3,8 @@
 Chromium, like every browser, sends a keyframe when its camera starts and then only when asked.
 Here both people's cameras have been on and decoded for seconds before the recording starts; the
 recording must still hold each camera from a keyframe on: `verify` says intact, and the export an
-archivist downloads decodes (PyAV) to at least 150 frames per camera for 12 s recorded.
+archivist downloads decodes (PyAV) to at least 150 frames per camera for 12 s recorded. A screen
+shared during the recording is in it too.
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
     await chair.page.click("#start-recording-button")
     await specialist.until("!document.getElementById('recording-indicator').hidden")
     recording_id = (await page_state(chair))["recording"]["recording_id"]
-    await asyncio.sleep(RECORDED_S)
+    await asyncio.sleep(RECORDED_S / 3)
+    # A screen share that starts while recording is recorded too (its own track).
+    await chair.page.click("#screen-button")
+    await chair.until("window.consilium.state().media.sharing === true")
+    await asyncio.sleep(RECORDED_S * 2 / 3)
     await chair.page.click("#stop-recording-button")
     await specialist.until("document.getElementById('recording-indicator').hidden")
     directory = serve.data_dir / "recordings" / recording_id
@@ -86,6 +91,7 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
         if t.kind == "video" and t.source == "camera"
     }
     assert set(cameras.values()) == {meeting.chair_id, meeting.specialist_id}, manifest.tracks
+    (screen,) = [t.track_id for t in manifest.tracks if t.kind == "video" and t.source == "screen"]
 
     archivist = meeting.idp.mint(
         sub="arch-1", role="archivist", name="Mo Records", depts=["oncology", "cardiology"]
@@ -101,6 +107,7 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
     print("\ndecoded frames per camera:", frames)
     for track_id, participant_id in cameras.items():
         assert frames.get(track_id, 0) >= MIN_FRAMES, (participant_id, frames)
+    assert frames.get(screen, 0) > 0, frames
     for tab in (chair, specialist):
         no_page_problems(tab)
 
