@@ -21,6 +21,7 @@ from tests.fixtures.browser import (
     join_from_the_prejoin_screen,
     no_axe_violations,
     no_page_problems,
+    page_state,
     schedule_room,
     screenshot,
 )
@@ -108,8 +109,30 @@ async def test_a_keyboard_user_joins_and_the_chair_admits_by_keyboard_and_axe_fi
     await specialist.until("document.querySelector('.devices').open")
     await no_axe_violations(specialist, "room with the device settings open")
 
-    # The chair removes the specialist by keyboard; the ending screen passes too.
-    await _tab_to(chair, "#participant-list .chair-remove")
+    # The participant list is one tab stop: Tab reaches Mute, the next Tab leaves the list
+    # (no Remove on the way); the arrow keys move to Remove.
+    await _tab_to(chair, "#participant-list .chair-mute")
+    await chair.page.keyboard.press("Tab")
+    in_list = "document.getElementById('participant-list').contains(document.activeElement)"
+    assert not await chair.page.evaluate(in_list)
+    await chair.page.keyboard.press("Shift+Tab")
+    await chair.until("document.activeElement.matches('#participant-list .chair-mute')")
+    await chair.page.keyboard.press("ArrowRight")
+    await chair.until("document.activeElement.matches('#participant-list .chair-remove')")
+    # The chair removes the specialist by keyboard, after confirming; the screens pass axe.
+    await chair.page.keyboard.press("Enter")
+    await chair.until("document.getElementById('remove-dialog').open")
+    await chair.until("document.activeElement.id === 'remove-cancel'")
+    await no_axe_violations(chair, "remove confirmation")
+    await screenshot(chair, "keyboard-remove-confirm")
+    await chair.page.keyboard.press("Escape")  # changed my mind: nobody is removed
+    await chair.until("!document.getElementById('remove-dialog').open")
+    await chair.until("document.activeElement.matches('#participant-list .chair-remove')")
+    assert (await page_state(specialist))["screen"] == "room"
+    await chair.page.keyboard.press("Enter")
+    await chair.until("document.activeElement.id === 'remove-cancel'")
+    await chair.page.keyboard.press("Tab")
+    await chair.until("document.activeElement.id === 'remove-confirm'")
     await chair.page.keyboard.press("Enter")
     await specialist.until("window.consilium.ending() === 'removed'")
     await no_axe_violations(specialist, "removed")

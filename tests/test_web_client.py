@@ -119,6 +119,17 @@ async def test_chair_removes_the_specialist_who_sees_the_removed_screen(
     meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
     chair, specialist, pid = meeting.chair, meeting.specialist, meeting.specialist_id
     await chair.page.click(f"#participant-list li[data-participant-id='{pid}'] .chair-remove")
+    # Asked first: a removal cannot be taken back.
+    dialog = chair.page.locator("#remove-dialog")
+    await dialog.wait_for(state="visible")
+    heading = "Remove Dr Ana Silva from the consultation?"
+    assert await chair.page.locator("#remove-dialog-heading").inner_text() == heading
+    await chair.page.click("#remove-cancel")
+    await dialog.wait_for(state="hidden")
+    await asyncio.sleep(0.5)
+    assert (await page_state(specialist))["screen"] == "room"
+    await chair.page.click(f"#participant-list li[data-participant-id='{pid}'] .chair-remove")
+    await chair.page.click("#remove-confirm")
     await specialist.until("window.consilium.ending() === 'removed'")
     await specialist.until("!document.getElementById('screen-ended').hidden")
     heading = await specialist.page.locator("#ended-heading").inner_text()

@@ -2,7 +2,7 @@
 // device pickers and notices. The grid (grid.js), the chair's controls (chair.js) and the
 // recording's indicator, notice and controls (recording.js) draw the rest.
 
-import { chairButtons, replaceRows } from "./chair.js";
+import { chairButtons, renderParticipantRows } from "./chair.js";
 import { addMeter, addPickers } from "./devices.js";
 import { roleName, t } from "./i18n.js";
 import { initRecording, notRecordedKey, renderRecording } from "./recording.js";
@@ -11,7 +11,6 @@ const micButton = document.getElementById("mic-button");
 const cameraButton = document.getElementById("camera-button");
 const screenButton = document.getElementById("screen-button");
 const leaveButton = document.getElementById("leave-button");
-const participantList = document.getElementById("participant-list");
 const notice = document.getElementById("room-notice");
 const knockNotice = document.getElementById("knock-notice");
 
@@ -61,7 +60,7 @@ export function renderRoom(state) {
     li.append(label, ...chairButtons(state, person));
     rows.push(li);
   }
-  replaceRows(participantList, rows);
+  renderParticipantRows(rows);
   renderRecording(state);
   const shown = state.notice || (state.room?.locked ? "room.locked_notice" : "");
   notice.textContent = shown ? t(shown) : "";
