@@ -132,7 +132,8 @@ def carries_burned_in_text(ds: Dataset | None) -> bool:
 
 
 @cache
-def _recipe() -> Any:
+def deid_recipe() -> Any:
+    """deid's default pixel filters, parsed once per process."""
     from deid.config import DeidRecipe
 
     return DeidRecipe()  # deid's own default: the "dicom" filters
@@ -146,7 +147,7 @@ def header_findings(ds: Dataset) -> HeaderFindings:
     if not isinstance(ds, FileDataset):  # deid would take anything else for a path to read
         ds = FileDataset("", ds, file_meta=FileMetaDataset(), preamble=b"\0" * 128)
     try:
-        verdict = has_burned_pixels(ds, force=True, deid=_recipe())
+        verdict = has_burned_pixels(ds, force=True, deid=deid_recipe())
     except Exception:
         # A header the filters cannot read is one they cannot clear.
         return HeaderFindings((), ("deid_unreadable",))

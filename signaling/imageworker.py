@@ -40,13 +40,23 @@ def _start_worker(headroom: int) -> None:
     """Worker initialiser: silence the decoders, then cap the address space at the current
     size + `headroom`."""
     _silence()
-    # Imports first, so the cap is measured against a worker that has everything loaded.
+    # Load first, so the cap is measured against a worker that has everything loaded (and the
+    # first upload does not wait for it): the image code, OCR and deid's filters.
+    import pytesseract  # noqa: F401
+
     import signaling.images  # noqa: F401
+    from signaling.burnedin import deid_recipe
+
+    deid_recipe()
 
     with open("/proc/self/statm") as statm:
         size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     limit = size + headroom
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _ready() -> None:
+    """A task that only makes a worker start."""
 
 
 def _silence() -> None:
@@ -92,6 +102,16 @@ class ImageWorkers:
             if self._pool is pool:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
+
+    def warm(self) -> None:
+        """Start the worker processes now, without waiting for them (starting one takes a
+        second or two: better while people join than when the first image is shared)."""
+        with self._lock:
+            if self._pool is not None:
+                return
+        pool = self._executor()
+        for _ in range(self.workers):
+            pool.submit(_ready)
 
     def prepare(self, data: bytes, **options: Any) -> PreparedImage:
         """`prepare_image(data, **options)` in a worker; `ImageTooLarge` if it runs out of

@@ -918,6 +918,7 @@ async def list_images(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
     node = request.app[NODE]
     identity, room_id, _participant = await _room_participant(request, "join_room")
+    node.image_workers.warm()  # every client lists the images on joining: a share may follow
     # The first call reads disk. The caller's own held images are listed for them alone.
     images = await asyncio.to_thread(node.images.list, room_id, uploader=identity.sub)
     return web.json_response({"images": [image.to_wire() for image in images]})
