@@ -544,6 +544,23 @@ class ParticipantMedia:
         if DATA_LABELS[channel.label]:
             self.synced = False  # a new reliable channel: events again after its `sync`
 
+        @channel.on("close")
+        def on_close() -> None:
+            if self.channels.get(channel.label) is not channel:
+                return  # replaced by a newer channel, or the session is closing
+            del self.channels[channel.label]
+            if self.closed or not DATA_LABELS[channel.label]:
+                return
+            # No more events can reach this participant: it is out of step until it opens a new
+            # channel and asks `sync` again. Tell it (over signalling, which still works).
+            self.synced = False
+            log.warning("reliable data channel closed", extra={"participant": self.participant_id})
+            self._error(
+                "data_channel_closed",
+                "the annotations and chat channel closed: open a new one and sync",
+                "data",
+            )
+
         @channel.on("message")
         def on_message(message: str | bytes) -> None:
             # Hot path, per annotation op: watched by bench/annotations.py.

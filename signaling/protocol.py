@@ -408,7 +408,9 @@ class StorageLow(Message, tag="storage_low"):
 
 
 class Error(Message, tag="error"):
-    """A recoverable bad request: the connection stays open."""
+    """A recoverable bad request: the connection stays open. Also `data_channel_closed`
+    (request `data`): the SFU saw my ordered data channel close; the client opens a new one
+    (which asks `sync`), or joins again."""
 
     code: str
     message: str

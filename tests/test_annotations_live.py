@@ -218,3 +218,45 @@ async def test_events_reach_the_sinks_and_survive_the_room_emptying(
     assert snapshot["seq"] == 2
     assert snapshot["shapes"][0]["length_mm"] == pytest.approx(25.0)
     assert snapshot["chat"][0]["text"] == "Mrs Example 4417-XYZ"
+
+
+async def test_a_closed_reliable_channel_is_noticed_and_a_new_one_catches_up(
+    media: MediaHarness,
+) -> None:
+    """A participant whose ordered channel closes is told (over signalling) and marked out of
+    step; a new channel's `sync` brings what it missed, and events flow to it again."""
+    chair = await media.join("chair", [], permissions=CHAIR)
+    rad = await media.join("rad", [], permissions=RADIOLOGIST)
+    for client in (chair, rad):
+        await client.sync()
+    await eventually(lambda: all(c.received() for c in (chair, rad)), timeout=10)
+    seen_by_server = media.server.participants["rad"]
+    assert seen_by_server.synced
+
+    rad.channels[RELIABLE].close()
+    await eventually(lambda: RELIABLE not in seen_by_server.channels, 10)
+    assert not seen_by_server.synced
+    told = [m for pid, m in media.errors if pid == "rad"]
+    assert [m["code"] for m in told] == ["data_channel_closed"]
+
+    def add(client: MediaClient, shape_id: str) -> None:
+        shape = {"id": shape_id, "type": "arrow", "points": [[0, 0], [9, 9]], "color": "#ffffff"}
+        client.send_json(RELIABLE, {"type": "op", "client_id": shape_id, "image_id": "ct",
+                                    "frame": 0, "op": {"kind": "add", "shape": shape}})  # fmt: skip
+
+    add(chair, "while-away")
+    room = media.server.rooms["mdt-1"].annotations
+    assert room is not None
+    await eventually(lambda: room.seq == 1, 10)
+
+    # The client opens a new ordered channel (no renegotiation) and asks `sync`.
+    channel = rad.publish_pc.createDataChannel(RELIABLE)
+    rad.channels[RELIABLE] = channel
+    channel.on("message", lambda message: rad._on_data(RELIABLE, message))
+    await rad.sync()
+    await eventually(lambda: [m["type"] for m in rad.received()].count("snapshot") == 2, 10)
+    assert [s["id"] for s in client_state(rad).shapes.values()] == ["while-away"]
+    add(chair, "after")
+    await eventually(lambda: last_seq(rad) == 2, 10)
+    assert {s["id"] for s in client_state(rad).shapes.values()} == {"while-away", "after"}
+    assert seen_by_server.synced

@@ -341,3 +341,25 @@ async def test_joining_again_a_moment_after_leaving_sees_and_is_seen(
     await specialist.until("window.deviceTracks.every(t => t.readyState === 'ended')")
     await chair.until("document.querySelectorAll('#participant-list li').length === 1")
     no_page_problems(specialist)
+
+
+async def test_a_closed_annotations_and_chat_channel_is_opened_again(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """My ordered data channel closes mid-meeting: the SFU notices (and says so), the page opens
+    a new one and catches up, and chat reaches me again, in the same visit."""
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    chair, specialist = meeting.chair, meeting.specialist
+    await specialist.until("window.consilium.state().annotations.synced")
+    await specialist.page.evaluate("window.consilium.closeDataChannel()")
+    await chair.page.fill("#chat-text", "Is the margin clear on the CT?")
+    await chair.page.press("#chat-text", "Enter")
+    await specialist.until(
+        "document.getElementById('chat-list').textContent.includes('Is the margin clear')", 15
+    )
+    state = await page_state(specialist)
+    assert state["annotations"]["synced"] and state["screen"] == "room"
+    assert state["participantId"] == meeting.specialist_id  # not a rejoin
+    await asyncio.sleep(0.5)
+    assert "reliable data channel closed" in meeting.serve.output()
+    no_page_problems(specialist)

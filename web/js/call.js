@@ -4,7 +4,7 @@
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { imageShared, loadImages } from "./images.js";
 import { MediaSessions } from "./media.js";
-import { CLOSE, OBJECTS, SignallingConnection, withDefaults } from "./protocol.js";
+import { CLOSE, OBJECTS, SignallingConnection, dataChannels, withDefaults } from "./protocol.js";
 import {
   consentRequested,
   leftRoom,
@@ -40,6 +40,19 @@ export class Call {
     this.pending = Promise.resolve(); // messages are handled one at a time, in order
     this.screenTrack = null;
     this.cameraBusy = false; // a camera turned off or on is still being stopped or opened
+    dataChannels.on("closed", () => this.recoverData());
+  }
+
+  /** My annotations and chat channel closed (I saw it close, or the SFU said so): open a new
+   * one, which syncs; if it does not open, join again (the room lets me back in at once). */
+  async recoverData() {
+    const media = this.media;
+    if (!media || this.leaving) return;
+    if (await media.reopenData()) return;
+    if (this.media === media && !this.leaving) {
+      this.fail("data channel: could not open it again; joining again");
+      this.dropConnection();
+    }
   }
 
   connect() {
@@ -122,6 +135,10 @@ export class Call {
         storageLow(msg);
         break;
       case "error":
+        if (msg.code === "data_channel_closed") {
+          this.recoverData();
+          break;
+        }
         if (recordingRefused(msg)) break;
         state.notice = "room.refused";
         this.fail(`server refused ${msg.request || "a request"}: ${msg.code}: ${msg.message}`);

@@ -14,7 +14,7 @@ import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
 import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
-import { decodeClaims } from "./protocol.js";
+import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
 import { changed, onChange, snapshot, state } from "./state.js";
 
@@ -133,6 +133,7 @@ window.consilium = {
   stats: () => call?.stats() ?? { inbound: [] },
   ending: () => (state.ended ? endingKind(state.ended.code, state.ended.reason) : null),
   dropConnection: () => call?.dropConnection(),
+  closeDataChannel: () => dataChannels.channels.get("consilium-reliable")?.close(),
 };
 
 start().catch((err) => {

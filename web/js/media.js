@@ -62,6 +62,27 @@ export class MediaSessions {
     await this.offerPublish();
   }
 
+  /** Open the ordered data channel again (it closed while the session lives: no annotation or
+   * chat event reaches me any more). True once it is open (it asks `sync` on opening), false if
+   * it does not open in `timeoutMs` (then only joining again helps). */
+  async reopenData(timeoutMs = 5000) {
+    const label = "consilium-reliable";
+    const current = dataChannels.channels.get(label);
+    if (this.closed || !this.publishPc) return true;
+    if (current && (current.readyState === "open" || current.readyState === "connecting")) {
+      return true;
+    }
+    const channel = this.publishPc.createDataChannel(label, DATA_CHANNELS[label]);
+    dataChannels.attach(channel);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(channel.readyState === "open"), timeoutMs);
+      channel.addEventListener("open", () => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
   async offerPublish() {
     await this.publishPc.setLocalDescription();
     const screen = this.screenTransceiver?.mid ? [this.screenTransceiver.mid] : [];

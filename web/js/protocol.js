@@ -328,6 +328,10 @@ export class DataChannels {
       if (message && typeof message.type === "string") this.emit(message.type, message);
     });
     if (channel.label !== "consilium-reliable") return;
+    // The ordered channel closing while it is the current one: events stop (call.js recovers).
+    channel.addEventListener("close", () => {
+      if (this.channels.get(channel.label) === channel) this.emit("closed", channel);
+    });
     channel.addEventListener("open", () => {
       if (this.channels.get(channel.label) !== channel) return;
       this.emit("open", channel);
