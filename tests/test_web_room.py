@@ -363,3 +363,33 @@ async def test_a_closed_annotations_and_chat_channel_is_opened_again(
     await asyncio.sleep(0.5)
     assert "reliable data channel closed" in meeting.serve.output()
     no_page_problems(specialist)
+
+
+async def test_a_camera_turned_off_stays_off_after_joining_again_and_turns_on(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """Camera off, Leave, Join again: the camera is not opened (its light stays off); turned on,
+    it is asked for again and its video reaches the chair."""
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    chair, specialist = meeting.chair, meeting.specialist
+    await specialist.page.click("#camera-button")
+    await specialist.until("window.consilium.state().media.videoMuted === true")
+    await specialist.page.evaluate(RECORD_DEVICE_TRACKS)
+    await specialist.page.click("#leave-button")
+    await specialist.until("window.consilium.ending() === 'left'")
+    await specialist.page.click("#rejoin-button")
+    await specialist.until("window.consilium.state().screen === 'room'")
+    meeting.specialist_id = (await page_state(specialist))["participantId"]
+    await specialist.until("window.consilium.state().connection.publish === 'connected'")
+    live = "window.deviceTracks.filter(t => t.readyState === 'live').map(t => t.kind).join()"
+    assert await specialist.page.evaluate(live) == "audio"
+    theirs = tile(meeting.specialist_id)
+    await chair.until(f"document.querySelector(\"{theirs}\")?.dataset.videoMuted === 'true'")
+
+    await specialist.page.click("#camera-button")
+    await specialist.until("window.consilium.state().media.videoMuted === false")
+    assert await specialist.page.evaluate(live) == "audio,video"
+    await chair.until(f"!document.querySelector(\"{theirs}\").classList.contains('no-picture')")
+    await _still_decoding(chair, meeting.specialist_id)
+    no_page_problems(specialist)
+    assert (await page_state(specialist))["errors"] == []
