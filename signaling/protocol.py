@@ -300,7 +300,8 @@ class ParticipantJoined(Message, tag="participant_joined"):
 
 class ParticipantLeft(Message, tag="participant_left"):
     """Someone left the room: `left`, `removed`, `revoked`, `replaced`, `timed_out`,
-    `slow_consumer` (dropped: it did not read what the server sent, 4408)..."""
+    `connection_lost` (no close: a crashed tab, a reset), `slow_consumer` (dropped: it did not
+    read what the server sent, 4408)..."""
 
     participant_id: str
     reason: str = "left"

@@ -1089,7 +1089,9 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     try:
         reason = await _message_loop(node, conn)
     except asyncio.CancelledError:
-        reason = "server shutting down"
+        # aiohttp cancels the handler when the node shuts down, and when the TCP connection is
+        # lost without a close (a crashed tab, a reset): not a shutdown while the node is ready.
+        reason = "connection_lost" if node.ready else "server shutting down"
         raise
     except Exception:
         log.exception("signalling connection failed")

@@ -598,3 +598,19 @@ def _client_frame(text: str) -> bytes:
     else:
         header = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", n)
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_connection_lost_without_a_close_is_not_reported_as_a_shutdown(
+    dev_node: RunningNode,
+) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    sock = await _raw_websocket(dev_node)
+    token = dev_node.token("dr-gone", "specialist")
+    sock.sendall(_client_frame(json.dumps({"type": "join", "token": token, "room": "mdt-1"})))
+    await next_message(chair, "participant_joined")
+    # The tab crashed: a TCP reset, no close frame.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    left = await next_message(chair, "participant_left")
+    assert left["reason"] == "connection_lost"
+    assert ("leave", "connection_lost") in audit_actions(dev_node, sub="dr-gone")
