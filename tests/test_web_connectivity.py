@@ -98,6 +98,10 @@ async def test_media_that_cannot_connect_is_said_counted_and_chat_fails_visibly(
         assert ("UDP" in body and "TURN" in body) if lang == "en" else "TURN" in body
         await screenshot(tab, f"media-problem{'' if lang == 'en' else '-' + lang}")
     await tab.page.select_option("#language-select", "en")
+    # The catalogue is loaded asynchronously: wait for the details line to be redrawn in English.
+    await tab.until(
+        "document.getElementById('media-problem-details').textContent.includes('TURN offered')"
+    )
     details = await tab.page.locator("#media-problem-details").inner_text()
     assert "publish" in details and "TURN offered: no" in details
 
