@@ -332,52 +332,56 @@ def _peer(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+def _audit_refusal(request: web.Request, reason: str, **fields: Any) -> None:
+    """Audit an API request refused (`api_refused`, outcome deny), with its path scrubbed."""
+    request.app[NODE].audit.append(
+        "api_refused", "deny", reason=reason, path=scrub(request.path)[:200], **fields
+    )
+
+
+def _decide_in_room(
+    request: web.Request,
+    identity: Identity,
+    room_id: str,
+    scope: RoomScope,
+    actions: tuple[str, ...] = ("join_room",),
+    refused: str = p.JOIN_REFUSED,
+) -> None:
+    """Every one of `actions` allowed for `identity` in the room, decided as the join is; the
+    first refusal is audited and raised as `refused` with the refusal's code only (the policy's
+    detail stays in the audit log)."""
+    node = request.app[NODE]
+    for action in dict.fromkeys(actions):
+        decision = node.policy.decide(identity, action, scope)
+        if not decision:
+            _audit_refusal(
+                request, decision.reason, sub=identity.sub, room=scrub(room_id)[:64],
+                requested=action,
+            )  # fmt: skip
+            raise PolicyDenied(refused, reason=decision.refusal)
+
+
 async def _authenticate(request: web.Request, action: str | None) -> Identity:
     """The identity behind `Authorization: Bearer <token>`, allowed to do `action`."""
     node = request.app[NODE]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        node.audit.append(
-            "api_refused",
-            "deny",
-            reason="no_bearer_token",
-            path=scrub(request.path)[:200],
-            ip=_peer(request),
-        )
+        _audit_refusal(request, "no_bearer_token", ip=_peer(request))
         raise AuthenticationError("an Authorization: Bearer token is required", reason="missing")
     try:
         identity = await node.verifier.verify(token.strip())
     except AuthenticationError as exc:
-        node.audit.append(
-            "api_refused",
-            "deny",
-            reason=str(exc.details.get("reason", "invalid_token")),
-            path=scrub(request.path)[:200],
-            ip=_peer(request),
-        )
+        _audit_refusal(request, str(exc.details.get("reason", "invalid_token")), ip=_peer(request))
         raise
     revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
     if revoked is not None:
-        node.audit.append(
-            "api_refused",
-            "deny",
-            sub=identity.sub,
-            reason=f"revoked_{revoked.kind}",
-            path=scrub(request.path)[:200],
-        )
+        _audit_refusal(request, f"revoked_{revoked.kind}", sub=identity.sub)
         raise AuthenticationError("this token or identity has been revoked", reason="revoked")
     if action is not None:
         decision = node.policy.decide(identity, action)
         if not decision:
-            node.audit.append(
-                "api_refused",
-                "deny",
-                sub=identity.sub,
-                reason=decision.reason,
-                requested=action,
-                path=scrub(request.path)[:200],
-            )
+            _audit_refusal(request, decision.reason, sub=identity.sub, requested=action)
             raise PolicyDenied(decision.reason)
     return identity
 
@@ -460,7 +464,7 @@ async def create_room(request: web.Request) -> web.Response:
     node = request.app[NODE]
     identity = await _authenticate(request, None)
     if not node.policy.may_open_room(identity):
-        node.audit.append("api_refused", "deny", sub=identity.sub, reason="may_not_schedule_rooms")
+        _audit_refusal(request, "may_not_schedule_rooms", sub=identity.sub)
         raise PolicyDenied("your role may not schedule rooms")
     try:
         body = msgspec.convert(await _json_body(request), ScheduleRoom)
@@ -484,18 +488,9 @@ async def create_room(request: web.Request) -> web.Response:
     if body.room_id is None:
         scheduler = dataclasses.replace(identity, rooms=(*identity.rooms, room_id))
     scope = RoomScope(room_id=room_id, departments=tuple(departments))
-    decision = node.policy.decide(scheduler, "join_room", scope)
-    if not decision:
-        node.audit.append(
-            "api_refused",
-            "deny",
-            sub=identity.sub,
-            room=room_id,
-            reason=decision.reason,
-            requested="schedule_room",
-            path=scrub(request.path)[:200],
-        )
-        raise PolicyDenied(f"you may not schedule this room: {decision.reason}")
+    _decide_in_room(
+        request, scheduler, room_id, scope, ("join_room",), "you may not schedule this room"
+    )
     if await node.store.count_rooms() >= node.settings.max_scheduled_rooms:
         raise RateLimited("too many rooms are scheduled")
     room = RoomRecord(
@@ -529,18 +524,7 @@ async def _may_join(request: web.Request) -> tuple[str, RoomRecord | None]:
     identity = await _authenticate(request, None)
     room_id = request.match_info["room"]
     room = await node.store.get_room(room_id)
-    decision = node.policy.decide(identity, "join_room", room_scope(room, room_id))
-    if not decision:
-        node.audit.append(
-            "api_refused",
-            "deny",
-            sub=identity.sub,
-            room=scrub(room_id)[:64],
-            reason=decision.reason,
-            requested="join_room",
-            path=scrub(request.path)[:200],
-        )
-        raise PolicyDenied(p.JOIN_REFUSED, reason=decision.refusal)
+    _decide_in_room(request, identity, room_id, room_scope(room, room_id))
     return room_id, room
 
 
@@ -724,29 +708,12 @@ async def _room_participant(
     if not p.valid_room_id(room_id):
         raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
     scope = room_scope(await node.store.get_room(room_id), room_id)
-    for needed in dict.fromkeys(("join_room", action)):
-        decision = node.policy.decide(identity, needed, scope)
-        if not decision:
-            node.audit.append(
-                "api_refused",
-                "deny",
-                sub=identity.sub,
-                room=room_id,
-                reason=decision.reason,
-                requested=needed,
-                path=scrub(request.path)[:200],
-            )
-            raise PolicyDenied(decision.reason)
+    _decide_in_room(
+        request, identity, room_id, scope, ("join_room", action), "not allowed in this room"
+    )
     participant = await node.rooms.current_participant(room_id, identity.sub)
     if participant is None:
-        node.audit.append(
-            "api_refused",
-            "deny",
-            sub=identity.sub,
-            room=room_id,
-            reason="not_a_participant",
-            path=scrub(request.path)[:200],
-        )
+        _audit_refusal(request, "not_a_participant", sub=identity.sub, room=room_id)
         raise PolicyDenied("only the room's current participants may do this")
     return identity, room_id, participant
 
