@@ -40,6 +40,7 @@ from tests.fixtures.browser import (
     no_axe_violations,
     no_page_problems,
     screenshot,
+    start_recording_with_consent,
 )
 from tests.fixtures.media import Participant, join_over_ws, last, pid, send, state
 from tests.fixtures.recordings import VIDEO, FakeClock, record, rtp_packet
@@ -389,13 +390,7 @@ async def test_pages_say_the_recording_failed_and_chat_is_not_stored_on_a_full_d
     try:
         meeting = await meet_through_the_lobby(serve, chromium)
         chair, specialist = meeting.chair, meeting.specialist
-        await chair.page.click("#request-consent-button")
-        for tab in (chair, specialist):
-            await tab.until("document.getElementById('consent-dialog').open")
-            await tab.page.click("#consent-agree")
-        await chair.until("!document.getElementById('start-recording-button').disabled")
-        await chair.page.click("#start-recording-button")
-        await specialist.until("!document.getElementById('recording-indicator').hidden")
+        await start_recording_with_consent(meeting)
         await asyncio.sleep(2)
 
         notice = "document.getElementById('storage-notice')"

@@ -24,6 +24,7 @@ from tests.fixtures.browser import (
     meet_through_the_lobby,
     no_page_problems,
     page_state,
+    start_recording_with_consent,
 )
 
 RECORDED_S = 12.0
@@ -63,13 +64,7 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
     # The cameras' first keyframes are long gone by the time anyone presses Start.
     await asyncio.sleep(3)
 
-    await chair.page.click("#request-consent-button")
-    for tab in (chair, specialist):
-        await tab.until("document.getElementById('consent-dialog').open")
-        await tab.page.click("#consent-agree")
-    await chair.until("!document.getElementById('start-recording-button').disabled")
-    await chair.page.click("#start-recording-button")
-    await specialist.until("!document.getElementById('recording-indicator').hidden")
+    await start_recording_with_consent(meeting)
     recording_id = (await page_state(chair))["recording"]["recording_id"]
     await asyncio.sleep(RECORDED_S / 3)
     # A screen share that starts while recording is recorded too (its own track).
