@@ -174,6 +174,40 @@ async def test_redis_restarted_without_persistence_forgets_nothing(
             assert seen["participant"]["sub"] == "dr-heart"
 
 
+async def test_redis_with_append_only_persistence_keeps_rooms_scheduled_ahead(
+    restartable_redis_aof: RedisProcess, tmp_path: Path
+) -> None:
+    """With AOF, as docs/operations.md asks IT to configure, a Redis restart keeps what no node
+    can rebuild: a room scheduled for later with nobody in it yet (and the revocations)."""
+    url = restartable_redis_aof.url
+    async with running_node(node_settings(tmp_path / "a", redis=url)) as a:
+        http = await a.session()
+        chair = {"Authorization": f"Bearer {a.token('dr-chair', 'chair', rooms=['later'])}"}
+        r = await http.post(
+            a.url + "/api/rooms",
+            json={"room_id": "later", "title": "Tumour board", "starts_at": time.time() + 3600},
+            headers=chair,
+        )
+        assert r.status == 201, await r.text()
+        admin = {"Authorization": f"Bearer {a.token('it-1', 'admin', depts=['it'])}"}
+        r = await http.post(
+            a.url + "/api/revocations", json={"sub": "dr-bad", "reason": "t"}, headers=admin
+        )
+        assert r.status == 201
+        restartable_redis_aof.stop()
+        restartable_redis_aof.start()
+    # A node with an empty data folder: what it finds can only have come from Redis's own file.
+    async with running_node(node_settings(tmp_path / "b", redis=url)) as b:
+        http = await b.session()
+        chair = {"Authorization": f"Bearer {b.token('dr-chair', 'chair', rooms=['later'])}"}
+        r = await http.get(b.url + "/api/rooms/later", headers=chair)
+        assert r.status == 200, await r.text()
+        assert (await r.json())["room"]["title"] == "Tumour board"
+        admin = {"Authorization": f"Bearer {b.token('it-1', 'admin', depts=['it'])}"}
+        r = await http.get(b.url + "/api/revocations", headers=admin)
+        assert [entry["value"] for entry in await r.json()] == ["dr-bad"]
+
+
 async def test_media_of_a_room_spanning_two_nodes_flows_through_one_sfu(
     serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None
 ) -> None:
