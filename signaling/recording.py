@@ -66,7 +66,8 @@ class RoomRecording:
     """The running recording, if any."""
     started_at: str = ""
     started_by: str = ""
-    """Participant id of the chair who started it (warned when the disk runs low)."""
+    """Token subject of the chair who started it (warned, on each of their connections in the
+    room, when the disk runs low: a chair who reconnected is still told)."""
     cases: list[str] = field(default_factory=list)
     failure: str = ""
     """Why the last recording stopped by itself (`disk_full`, `write_failed`), until the next."""
@@ -344,7 +345,7 @@ class Recorder:
         self.media.room(state.room_id).sinks.append(sink)
         state.sink = sink
         state.started_at = utc_now()
-        state.started_by = chair.participant_id
+        state.started_by = chair.sub
         state.cases = []
         state.failure = state.failed_recording_id = ""
         if self.disk_watcher is not None:
@@ -433,7 +434,9 @@ class Recorder:
                     reserve_mb=self.disk_watcher.space.reserve_bytes // MIB,
                     recording_id=state.sink.recording_id,
                 )
-                self.notify(state.started_by, warning)
+                for pid, room_id in self._room_of.items():
+                    if room_id == state.room_id and self.people[pid].sub == state.started_by:
+                        self.notify(pid, warning)
                 self.audit.append(
                     "storage_low", "info", room=state.room_id,
                     recording=state.sink.recording_id, free_mb=free // MIB,

@@ -373,6 +373,57 @@ async def test_a_full_disk_fails_the_recording_loudly_and_loses_no_media_or_mess
     ]
 
 
+async def test_a_chair_who_reconnected_is_still_warned_that_the_disk_runs_low(
+    small_volume: tuple[int, Path], loopback_ice: None
+) -> None:
+    holder, inside = small_volume
+    serve: ServeProcess = await asyncio.to_thread(
+        start_serve,
+        inside,
+        env={
+            "CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1",
+            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
+            "CONSILIUM_DISK_RESERVE_MB": "8",
+        },
+        prefix=("nsenter", "-t", str(holder), "-m", "--"),
+    )
+    people: list[Participant] = []
+    try:
+        idp = DevelopmentIdP.load_or_create(inside)
+        tokens = {
+            sub: idp.mint(sub=sub, role=role, depts=["cardiology"], rooms=["mdt-1"])
+            for sub, role in (("dr-chair", "chair"), ("dr-onc", "specialist"))
+        }
+        async with aiohttp.ClientSession() as http:
+            for sub in tokens:
+                people.append(await join_over_ws(http, serve.url, tokens[sub], "mdt-1"))
+            chair, onc = people
+            await send(chair, "request_consent")
+            await eventually(lambda: all(last(p, "consent_requested") for p in people), 5)
+            for person in people:
+                await send(person, "consent", decision="granted")
+            await eventually(
+                lambda: all(
+                    state(chair).get("consent", {}).get(pid(p)) == "granted" for p in people
+                ),
+                5,
+            )
+            await send(chair, "start_recording")
+            await eventually(lambda: all(state(p).get("recording") for p in people), 5)
+            # The chair's page reloads: a new connection of the same person replaces the first.
+            again = await join_over_ws(http, serve.url, tokens["dr-chair"], "mdt-1")
+            people.append(again)
+            await eventually(lambda: state(again).get("recording") is True, 5)
+
+            await asyncio.to_thread(fill, inside, "filler", 5 * MIB)
+            await eventually(lambda: last(again, "storage_low") is not None, 5)
+            assert last(onc, "storage_low") is None
+    finally:
+        for person in people:
+            await person.close()
+        await asyncio.to_thread(serve.stop)
+
+
 async def test_pages_say_the_recording_failed_and_chat_is_not_stored_on_a_full_disk(
     small_volume: tuple[int, Path], chromium: OpenTab
 ) -> None:
