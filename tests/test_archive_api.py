@@ -12,7 +12,7 @@ import pytest
 
 from recorder.manifest import RecordedParticipant
 from signaling.audit import iter_entries
-from tests.fixtures.recordings import record
+from tests.fixtures.recordings import record, record_on_node
 from tests.fixtures.servers import RunningNode, node_settings, running_node
 
 ONCOLOGIST = RecordedParticipant("p-onc", "dr-onc", "Dr Onc", "specialist", ["oncology"])
@@ -140,12 +140,7 @@ async def test_verify_proves_an_intact_recording_and_names_tampering(node: Runni
 async def test_a_recording_that_failed_verifies_as_failed_where_it_stopped(
     node: RunningNode,
 ) -> None:
-    assert node.node is not None
-    keyring = node.node.room_keys.keyring
-    done = record(
-        node.data_dir / "recordings", "rec-f", keyring.create("rec-f"), node.node.audit_key,
-        seconds=12.0, participants=(ONCOLOGIST,), stop=False,
-    )  # fmt: skip
+    done = record_on_node(node, "rec-f", seconds=12.0, participants=(ONCOLOGIST,), stop=False)
     done.sink.stop(failure="disk_full")  # as the disk watcher stops it below the floor
     for action, outcome, fields in done.audit:
         node.node.audit.append(action, outcome, **fields)
@@ -163,11 +158,8 @@ async def test_a_recording_that_failed_verifies_as_failed_where_it_stopped(
 async def test_a_manifest_the_recorder_did_not_write_last_is_not_in_the_audit_log(
     node: RunningNode,
 ) -> None:
-    assert node.node is not None
-    keyring = node.node.room_keys.keyring
     # Recorded with this node's key, but none of its hashes reached this node's audit log.
-    record(node.data_dir / "recordings", "rec-x", keyring.create("rec-x"), node.node.audit_key,
-           seconds=3.0)  # fmt: skip
+    record_on_node(node, "rec-x", seconds=3.0)
     status, report, _ = await call(node, "POST", "/api/recordings/rec-x/verify")
     assert status == 200 and not report["ok"] and not report["manifest_in_audit_log"]
 

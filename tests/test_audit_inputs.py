@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from signaling.audit import TOKEN_MARK, iter_entries, verify_log
-from tests.fixtures.recordings import record
+from tests.fixtures.recordings import record_on_node
 from tests.fixtures.servers import RunningNode, close_code, node_settings, running_node
 
 # Two base64url parts beginning "eyJ": what a token cut short (or pasted by mistake) looks like.
@@ -81,9 +81,7 @@ async def test_a_legal_hold_with_a_jwt_shaped_reason_is_placed_and_released_with
     node: RunningNode,
 ) -> None:
     assert node.node is not None
-    keyring = node.node.room_keys.keyring
-    record(node.data_dir / "recordings", "rec-a", keyring.create("rec-a"), node.node.audit_key,
-           seconds=2.0)  # fmt: skip
+    record_on_node(node, "rec-a", seconds=2.0)
     http = await node.session()
     archivist = node.token("dr-arch", "archivist", rooms=[])
     headers = {"Authorization": f"Bearer {archivist}"}
@@ -133,9 +131,7 @@ async def test_a_legal_hold_whose_entry_cannot_be_written_is_neither_placed_nor_
     node: RunningNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert node.node is not None
-    keyring = node.node.room_keys.keyring
-    record(node.data_dir / "recordings", "rec-a", keyring.create("rec-a"), node.node.audit_key,
-           seconds=2.0)  # fmt: skip
+    record_on_node(node, "rec-a", seconds=2.0)
     http = await node.session()
     headers = {"Authorization": f"Bearer {node.token('dr-arch', 'archivist', rooms=[])}"}
     url = node.url + "/api/recordings/rec-a/hold"

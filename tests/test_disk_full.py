@@ -42,7 +42,15 @@ from tests.fixtures.browser import (
     screenshot,
     start_recording_with_consent,
 )
-from tests.fixtures.media import Participant, join_over_ws, last, pid, send, state
+from tests.fixtures.media import (
+    Participant,
+    join_over_ws,
+    last,
+    pid,
+    record_with_consent,
+    send,
+    state,
+)
 from tests.fixtures.recordings import VIDEO, FakeClock, record, rtp_packet
 from tests.fixtures.servers import REPO, ServeProcess, eventually, start_serve
 
@@ -274,19 +282,7 @@ async def test_a_full_disk_fails_the_recording_loudly_and_loses_no_media_or_mess
             for person in people:
                 await person.client.sync()
             await eventually(lambda: all(p.client.stats.frames("video") > 5 for p in people), 20)
-            await send(chair, "request_consent")
-            await eventually(lambda: all(last(p, "consent_requested") for p in people), 5)
-            for person in people:
-                await send(person, "consent", decision="granted")
-            await eventually(
-                lambda: all(
-                    state(chair).get("consent", {}).get(pid(p)) == "granted" for p in people
-                ),
-                5,
-            )
-            await send(chair, "start_recording")
-            await eventually(lambda: all(state(p).get("recording") for p in people), 5)
-            recording_id = state(chair)["recording_id"]
+            recording_id = await record_with_consent(chair, onc, rad)
             await asyncio.sleep(2.5)  # a few sealed segments
 
             # Below the reserve (8 MiB) but above the floor (2 MiB): the chair is warned.
@@ -398,18 +394,7 @@ async def test_a_chair_who_reconnected_is_still_warned_that_the_disk_runs_low(
             for sub in tokens:
                 people.append(await join_over_ws(http, serve.url, tokens[sub], "mdt-1"))
             chair, onc = people
-            await send(chair, "request_consent")
-            await eventually(lambda: all(last(p, "consent_requested") for p in people), 5)
-            for person in people:
-                await send(person, "consent", decision="granted")
-            await eventually(
-                lambda: all(
-                    state(chair).get("consent", {}).get(pid(p)) == "granted" for p in people
-                ),
-                5,
-            )
-            await send(chair, "start_recording")
-            await eventually(lambda: all(state(p).get("recording") for p in people), 5)
+            await record_with_consent(chair, onc)
             # The chair's page reloads: a new connection of the same person replaces the first.
             again = await join_over_ws(http, serve.url, tokens["dr-chair"], "mdt-1")
             people.append(again)

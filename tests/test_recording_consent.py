@@ -17,7 +17,16 @@ from recorder.verify import verify_recording
 from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from signaling.audit import iter_entries
 from signaling.devidp import DevelopmentIdP
-from tests.fixtures.media import Participant, error_for, join_over_ws, last, pid, send, state
+from tests.fixtures.media import (
+    Participant,
+    error_for,
+    join_over_ws,
+    last,
+    pid,
+    record_with_consent,
+    send,
+    state,
+)
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
 
 
@@ -220,12 +229,7 @@ async def test_a_sigterm_mid_recording_is_audited_as_a_server_shutdown(
     async with aiohttp.ClientSession() as http:
         chair = await join_over_ws(http, serve.url, token, "tumour-board")
         try:
-            await send(chair, "request_consent")
-            await send(chair, "consent", decision="granted")
-            await eventually(lambda: state(chair).get("consent", {}).get(pid(chair)) == "granted")
-            await send(chair, "start_recording")
-            await eventually(lambda: state(chair).get("recording") is True, 5)
-            recording_id = state(chair)["recording_id"]
+            recording_id = await record_with_consent(chair)
             await asyncio.sleep(1)
             assert await asyncio.to_thread(serve.stop, signal.SIGTERM) == 0
         finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 from recorder.manifest import read_manifest, write_manifest
 from recorder.recovery import recover_interrupted
 from signaling.recording import recorder_audit
-from tests.fixtures.recordings import record
+from tests.fixtures.recordings import record_on_node
 from tests.fixtures.servers import node_settings, running_node
 
 
@@ -18,9 +18,7 @@ async def test_a_manifest_hash_audited_after_the_recording_ended_is_refused(
 ) -> None:
     async with running_node(node_settings(tmp_path / "data", media=False)) as node:
         assert node.node is not None
-        keyring = node.node.room_keys.keyring
-        done = record(node.data_dir / "recordings", "rec-a", keyring.create("rec-a"),
-                      node.node.audit_key, seconds=2.0)  # fmt: skip
+        done = record_on_node(node, "rec-a", seconds=2.0)
         for action, outcome, fields in done.audit:
             node.node.audit.append(action, outcome, **fields)
         http = await node.session()
@@ -49,10 +47,8 @@ async def test_a_recording_recovered_after_a_crash_still_verifies(tmp_path: Path
     later than its own last write."""
     async with running_node(node_settings(tmp_path / "data", media=False)) as node:
         assert node.node is not None
-        keyring = node.node.room_keys.keyring
         recordings = node.data_dir / "recordings"
-        done = record(recordings, "rec-crash", keyring.create("rec-crash"), node.node.audit_key,
-                      seconds=2.0)  # fmt: skip
+        done = record_on_node(node, "rec-crash", seconds=2.0)
         for action, outcome, fields in done.audit:
             node.node.audit.append(action, outcome, **fields)
         # What a crash leaves: the manifest as last written while recording.

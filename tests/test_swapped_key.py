@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.fixtures.recordings import record
+from tests.fixtures.recordings import record_on_node
 from tests.fixtures.servers import node_settings, running_node
 
 
@@ -16,9 +16,7 @@ async def test_a_recording_signed_by_another_key_is_reported_not_a_server_error(
 ) -> None:
     async with running_node(node_settings(tmp_path / "data", media=False)) as node:
         assert node.node is not None
-        keyring = node.node.room_keys.keyring
-        record(node.data_dir / "recordings", "rec-a", keyring.create("rec-a"),
-               Ed25519PrivateKey.generate(), seconds=2.0)  # fmt: skip
+        record_on_node(node, "rec-a", Ed25519PrivateKey.generate(), seconds=2.0)
         http = await node.session()
         archivist = {"Authorization": f"Bearer {node.token('dr-arch', 'archivist', rooms=[])}"}
         url = node.url + "/api/recordings/rec-a"
