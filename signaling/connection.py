@@ -182,11 +182,13 @@ class Connection:
         except Exception:
             log.debug("close did not complete", exc_info=True)
         finally:
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.abort()
-            elif self.transport is not None and self.transport.get_write_buffer_size():
-                # Closing gracefully waits for the client to read what is buffered: it won't.
-                self.transport.abort()
+            # Still open, or closing gracefully (which waits for the client to read what is
+            # buffered, and it won't): drop it.
+            transport = self.transport
+            if transport is not None and (
+                not transport.is_closing() or transport.get_write_buffer_size()
+            ):
+                transport.abort()
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close from synchronous code, or without waiting (the close runs as its own task)."""
