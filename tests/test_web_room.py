@@ -393,3 +393,31 @@ async def test_a_camera_turned_off_stays_off_after_joining_again_and_turns_on(
     await _still_decoding(chair, meeting.specialist_id)
     no_page_problems(specialist)
     assert (await page_state(specialist))["errors"] == []
+
+
+async def test_a_reload_and_a_double_click_on_join_bring_the_person_back_once(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """What a person does when the picture freezes: reload the page, then click Join twice at
+    once. They come back once (no ghost, no second seat), see and are seen."""
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    chair, specialist = meeting.chair, meeting.specialist
+    await specialist.page.reload()
+    await specialist.until("window.consilium.state().screen === 'join'")
+    await specialist.until("document.getElementById('preview-video').videoWidth > 0")
+    await specialist.page.click("#join-button", click_count=2)
+    await specialist.until("window.consilium.state().screen === 'room'")
+    meeting.specialist_id = (await page_state(specialist))["participantId"]
+    await chair.until("document.querySelectorAll('#participant-list li').length === 2")
+    await specialist.until("document.querySelectorAll('#participant-list li').length === 2")
+    await until_decoding(meeting)
+    # Some seconds on (past any replaced connection's close), still one seat each.
+    await asyncio.sleep(3)
+    assert len((await page_state(chair))["participants"]) == 2
+    assert len((await page_state(specialist))["participants"]) == 2
+    room = await asyncio.to_thread(
+        api, meeting.serve.url, meeting.specialist_token, "GET", f"/api/rooms/{ROOM}"
+    )
+    assert room["participants"] == 2
+    await until_decoding(meeting)
+    no_page_problems(specialist)

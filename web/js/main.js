@@ -70,15 +70,26 @@ async function showHome() {
   }
 }
 
-/** The room and token from `/join/<room>#token=<JWT>`; the fragment is removed at once. */
+/** The room and token from `/join/<room>#token=<JWT>`; the fragment is removed at once (no
+ * token in the address bar, history or a copied link). The token is kept for this tab only
+ * (sessionStorage, gone when the tab closes), so a reload brings the person back to the
+ * pre-join screen instead of "no token"; the server still checks it on every visit. */
 function readJoinLink() {
   const match = location.pathname.match(/^\/join\/([^/]+)\/?$/);
+  const roomId = match ? decodeURIComponent(match[1]) : null;
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (location.hash) history.replaceState(null, "", location.pathname);
-  return {
-    roomId: match ? decodeURIComponent(match[1]) : null,
-    token: fragment.get("token"),
-  };
+  let token = fragment.get("token");
+  if (roomId) {
+    const key = `consilium.token.${roomId}`;
+    try {
+      if (token) sessionStorage.setItem(key, token);
+      else token = sessionStorage.getItem(key);
+    } catch {
+      // Storage switched off: a reload asks for the link again, as before.
+    }
+  }
+  return { roomId, token };
 }
 
 async function start() {
