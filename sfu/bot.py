@@ -411,7 +411,8 @@ class Bot:
         """A connection-state handler that ends the run when a media session fails."""
 
         def on_state() -> None:
-            if pc.connectionState == "failed" and not self._leaving:
+            # A dead network can end in "closed" without "failed" (see ParticipantMedia._on_state).
+            if pc.connectionState in ("failed", "closed") and not self._leaving:
                 self._fail(f"the {which} media session failed (ICE or DTLS)")
 
         return on_state

@@ -576,7 +576,10 @@ class ParticipantMedia:
             channel.send(message)
 
     def _on_state(self, pc: RTCPeerConnection, which: str) -> None:
-        if pc.connectionState == "failed" and not self.closed:
+        # A session whose network died may never say "failed": when consent freshness (RFC 7675)
+        # runs out, aioice closes the ICE connection, the DTLS transport closes on the read error,
+        # and aiortc closes the peer connection ("closed"). Only close() closes ours on purpose.
+        if pc.connectionState in ("failed", "closed") and not self.closed:
             log.info("media session failed", extra={"participant": self.participant_id})
             self._error("media_failed", f"the {which} media session failed", which)
             asyncio.get_running_loop().create_task(self.room.remove(self.participant_id))

@@ -186,7 +186,10 @@ async def test_participant_whose_network_dies_is_dropped_after_ice_timeout(
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
     await media.join("stays", [ReplayAudioTrack()])
     gone = await media.join("gone", [ReplayAudioTrack()])
+    # Both sessions up: a network that dies then closes them both without a word, and aiortc
+    # reports "closed" rather than "failed" once consent freshness runs out.
     await eventually(lambda: gone.publish_pc.connectionState == "connected", timeout=20)
+    await eventually(lambda: gone.subscribe_pc.connectionState == "connected", timeout=20)
     await eventually(lambda: "gone" in media.server.participants, timeout=5)
     # The network dies: the client's sockets vanish without a word (no DTLS close, no BYE).
     for pc in (gone.publish_pc, gone.subscribe_pc):

@@ -131,6 +131,14 @@ async def test_a_keyboard_user_joins_and_the_chair_admits_by_keyboard_and_axe_fi
     assert (await page_state(specialist))["screen"] == "room"
     await chair.page.keyboard.press("Enter")
     await chair.until("document.activeElement.id === 'remove-cancel'")
+    # Cancel and ask again in one moment: the dialog's close event, queued by the cancel, arrives
+    # while it asks the second time and must not make the chair's Remove do nothing.
+    await chair.page.evaluate(
+        "document.getElementById('remove-cancel').click();"
+        " document.querySelector('#participant-list .chair-remove').click()"
+    )
+    await chair.until("document.getElementById('remove-dialog').open")
+    await chair.until("document.activeElement.id === 'remove-cancel'")
     await chair.page.keyboard.press("Tab")
     await chair.until("document.activeElement.id === 'remove-confirm'")
     await chair.page.keyboard.press("Enter")

@@ -36,6 +36,9 @@ export function initChair(theCall) {
   });
   removeCancel.addEventListener("click", () => removeDialog.close());
   removeDialog.addEventListener("close", () => {
+    // The close event is queued: after Escape and a quick Enter on Remove, it arrives when the
+    // dialog already asks again, and must not forget that newer question.
+    if (removeDialog.open) return;
     // Back to where the chair was (or to the list, when that row is gone).
     const opener = removing?.opener;
     removing = null;

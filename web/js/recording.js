@@ -68,6 +68,7 @@ export function initRecording(theCall) {
     changed();
   });
   dialog.addEventListener("close", () => {
+    if (dialog.open) return; // a queued close that arrives after the notice opened again
     const back = returnFocus?.isConnected && !returnFocus.closest("[hidden]") ? returnFocus : null;
     returnFocus = null;
     (back ?? (answerButton.hidden ? null : answerButton))?.focus();
