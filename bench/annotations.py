@@ -11,7 +11,7 @@ keys `latency_p95_ms` and `ops_per_s` are a contract other tools read; the rest 
     python bench/annotations.py --quick    # CI smoke: 2 participants, 2 s + 2 s
 
 The room: every participant publishes the pre-encoded 640x480 VP8 test pattern and the Opus tone
-of `sfu.testsource` and receives the others' (receivers started without decoders, as in
+of `bot.testsource` and receives the others' (receivers started without decoders, as in
 bench/forwarding.py), so 4-party video flows through the same SFU while ops are measured
 (`video_fwd_pkts_per_s` shows it did; `--no-video` leaves it out, for comparison). The room's
 annotation log is written, encrypted, to a temporary data dir, as in production.
@@ -208,7 +208,7 @@ def process_cpu_s(pid: int) -> float:
 
 def handle_us_per_op(workdir: Path, count: int) -> float:
     """The sans-IO core alone: `RoomAnnotations.handle` with its encrypted log, per op."""
-    from sfu.annotations import AnnotationLog, RoomAnnotations, log_path
+    from annotations.authority import AnnotationLog, RoomAnnotations, log_path
     from sfu.room import ImageRef, MediaSettings
 
     settings = MediaSettings(annotation_ops_per_s=RATE_BOUND, annotation_burst=int(RATE_BOUND))
@@ -311,7 +311,7 @@ class ServerBridge:
         return await asyncio.wait_for(self._stats.get(), 10)
 
     async def join(self, name: str, tracks: list[Any], permissions: list[str]) -> Any:
-        from sfu.client import MediaClient
+        from bot.client import MediaClient
 
         async def send(message: dict[str, Any]) -> None:
             self.request(op=message["type"], name=name, sdp=message["sdp"])
@@ -339,7 +339,7 @@ class ServerBridge:
 
 async def run(config: BenchConfig, workdir: Path) -> dict[str, Any]:
     """Start the SFU process, join the room, let video flow, run both windows."""
-    from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
+    from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 
     log_file = (workdir / "server.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -422,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(config, Path):
         asyncio.run(serve(config))
         return 0
+    from bot.testsource import encode_test_pattern, encode_tone
     from sfu.ice import IceSettings, install
-    from sfu.testsource import encode_test_pattern, encode_tone
 
     install(IceSettings(host_addresses=("127.0.0.1",)))
     encode_test_pattern()

@@ -15,7 +15,7 @@ Rooms. All-to-all (`--participants N`): everyone publishes and receives the N-1 
 subscribers publish nothing and the publishers leave the SFU's subscribe offers unanswered (as
 `consilium bot --no-subscribe` does), so exactly P x S subscriptions per kind are forwarded.
 Publishers send the pre-encoded 640x480 30 fps ~1 Mbps VP8 test pattern and the Opus tone of
-`sfu.testsource` (packetised by aiortc, never encoded here); subscribers count what arrives at
+`bot.testsource` (packetised by aiortc, never encoded here); subscribers count what arrives at
 their DTLS transport (`sfu.aiortc_hooks.hook_transport` on the client side, receivers started
 without their decoder), so no client decodes anything.
 
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
     from aiortc.rtcdtlstransport import RTCDtlsTransport
 
-    from sfu.client import MediaClient
+    from bot.client import MediaClient
 
 ROOM = "bench-forwarding"
 SOURCE_BITRATE = 1_000_000
@@ -345,8 +345,8 @@ class BenchPeer:
     def __init__(
         self, name: str, publish: bool, subscribe: bool, publishers: dict[str, PublishedMedia]
     ) -> None:
-        from sfu.client import MediaClient
-        from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
+        from bot.client import MediaClient
+        from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 
         self.participant_id = name
         self.publish = publish
@@ -502,7 +502,7 @@ class ServeProcess(MediaServerProcess):
             }
         )
         super().__init__(
-            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
+            [sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
              "--data-dir", str(self.data_dir)],
             env, REPO, workdir / "serve.log", port,
         )  # fmt: skip
@@ -993,8 +993,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_baseline(config)
         return 0
 
+    from bot.testsource import encode_test_pattern, encode_tone
     from sfu.ice import IceSettings, install
-    from sfu.testsource import encode_test_pattern, encode_tone
 
     install(IceSettings(host_addresses=("127.0.0.1",)))
     # Encode the clip now, not inside the first join.

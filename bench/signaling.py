@@ -179,7 +179,7 @@ class ServeProcess(ServerProcess):
             }
         )
         super().__init__(
-            [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port),
+            [sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
              "--data-dir", str(data_dir)],
             env, REPO, data_dir.parent / "serve.log", port,
         )  # fmt: skip

@@ -44,10 +44,9 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from signaling.errors import ConfigError, Conflict, IntegrityError, NotFound
-
-from .keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
-from .manifest import (
+from core.errors import ConfigError, Conflict, IntegrityError, NotFound
+from recorder.keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
+from recorder.manifest import (
     IMAGES_STREAM,
     MANIFEST_NAME,
     RecordingManifest,
@@ -57,7 +56,7 @@ from .manifest import (
     segment_file_name,
     stream_context,
 )
-from .segments import (
+from recorder.segments import (
     C2SP_HEADER_SIZE,
     COBBLESTONE_256,
     SUITES,
@@ -66,8 +65,8 @@ from .segments import (
     SegmentIntegrityError,
     open_segment_random_access,
 )
-from .sink import AuditCallback
-from .verify import RecordedPacket, iter_packets
+from recorder.sink import AuditCallback
+from recorder.verify import RecordedPacket, iter_packets
 
 log = logging.getLogger("consilium.recorder")
 

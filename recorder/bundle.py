@@ -44,11 +44,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from signaling.errors import IntegrityError
-
-from .export import ExportResult, ProgressCallback, export_recording
-from .manifest import IMAGES_STREAM, MANIFEST_NAME, RecordingManifest, load_manifest, read_manifest
-from .verify import iter_packets
+from core.errors import IntegrityError
+from recorder.export import ExportResult, ProgressCallback, export_recording
+from recorder.manifest import (
+    IMAGES_STREAM,
+    MANIFEST_NAME,
+    RecordingManifest,
+    load_manifest,
+    read_manifest,
+)
+from recorder.verify import iter_packets
 
 BUNDLE_FORMAT = "consilium-evidence-bundle/1"
 """Names the bundle's layout; a verifier refuses any other."""

@@ -40,9 +40,8 @@ from typing import Any
 import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from signaling.errors import IntegrityError
-
-from .depacketize import (
+from core.errors import IntegrityError
+from recorder.depacketize import (
     AssemblerStats,
     Frame,
     FrameAssembler,
@@ -50,7 +49,7 @@ from .depacketize import (
     depacketizer_for,
     vp8_picture_size,
 )
-from .manifest import (
+from recorder.manifest import (
     EVENTS_STREAM,
     RecordingManifest,
     SegmentEntry,
@@ -58,7 +57,7 @@ from .manifest import (
     load_manifest,
     segment_file_name,
 )
-from .verify import iter_packets
+from recorder.verify import iter_packets
 
 ANNOTATIONS_FORMAT = "consilium-annotations/1"
 """Names the sidecar JSON's layout; bump it when a field changes meaning."""

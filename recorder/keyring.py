@@ -40,7 +40,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from signaling.errors import ConfigError, IntegrityError, NotFound
+from core.errors import ConfigError, IntegrityError, NotFound
 
 DATA_KEY_SIZE = 32
 """Bytes of a recording's data key (the Cobblestone-256 input key)."""

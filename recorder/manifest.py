@@ -35,10 +35,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from signaling.errors import IntegrityError
-
-from .keyring import write_atomically
-from .segments import segment_context
+from core.errors import IntegrityError
+from recorder.keyring import write_atomically
+from recorder.segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
 """The manifest's file name in a recording's directory."""

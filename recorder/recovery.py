@@ -17,17 +17,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from signaling.errors import IntegrityError
-
-from .keyring import fsync_directory
-from .manifest import (
+from core.errors import IntegrityError
+from recorder.keyring import fsync_directory
+from recorder.manifest import (
     MANIFEST_NAME,
     SEGMENT_SUFFIX,
     read_manifest,
     segment_file_name,
     write_manifest,
 )
-from .sink import AuditCallback, utc_now
+from recorder.sink import AuditCallback, utc_now
 
 log = logging.getLogger("consilium.recorder")
 

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from signaling.errors import IntegrityError
+from core.errors import IntegrityError
 
 Buffer = bytes | bytearray | memoryview
 """Any contiguous bytes the AEAD accepts without a copy."""

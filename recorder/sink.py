@@ -39,9 +39,9 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .diskspace import failure_code
-from .keyring import fsync_directory
-from .manifest import (
+from recorder.diskspace import failure_code
+from recorder.keyring import fsync_directory
+from recorder.manifest import (
     EVENTS_STREAM,
     IMAGES_STREAM,
     RECORD_HEADER,
@@ -56,7 +56,7 @@ from .manifest import (
     stream_context,
     write_manifest,
 )
-from .segments import ChunkedEncryptor, open_segment_writer
+from recorder.segments import ChunkedEncryptor, open_segment_writer
 
 log = logging.getLogger("consilium.recorder")
 

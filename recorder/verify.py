@@ -23,10 +23,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from signaling.errors import IntegrityError
-
-from .depacketize import Frame, FrameAssembler, decoded_size, depacketizer_for
-from .manifest import (
+from core.errors import IntegrityError
+from recorder.depacketize import Frame, FrameAssembler, decoded_size, depacketizer_for
+from recorder.manifest import (
     EVENTS_STREAM,
     SEGMENT_SUFFIX,
     RecordingManifest,
@@ -39,7 +38,7 @@ from .manifest import (
     segment_file_name,
     stream_context,
 )
-from .segments import SegmentIntegrityError, open_segment_reader
+from recorder.segments import SegmentIntegrityError, open_segment_reader
 
 KEYFRAMES_TRIED = 3
 """A video track whose first this many keyframes do not decode is reported as lost (checking

@@ -28,8 +28,8 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
-from .keyframes import KeyframeRequests, keyframe_start
-from .rtp import (
+from sfu.keyframes import KeyframeRequests, keyframe_start
+from sfu.rtp import (
     ExtensionIds,
     RtpHeader,
     abs_send_time_now,
@@ -39,7 +39,7 @@ from .rtp import (
     rewrite,
     wrap_rtx,
 )
-from .sinks import MediaSink, TrackInfo
+from sfu.sinks import MediaSink, TrackInfo
 
 HISTORY_SIZE = 1024
 """Packets kept per track to answer NACKs (about 1 s of 1 Mbps video)."""

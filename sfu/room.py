@@ -18,8 +18,7 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
-from .aiortc_hooks import codec_guard
-from .annotations import (
+from annotations.authority import (
     FSYNC_INTERVAL_S,
     LOSSY,
     RELIABLE,
@@ -32,10 +31,11 @@ from .annotations import (
     error_text,
     log_path,
 )
-from .forwarder import PublishedTrack
-from .ice import IceSettings, install, server_ice_servers, uninstall
-from .session import MediaError, ParticipantMedia, bundle_configuration
-from .sinks import MediaSink
+from sfu.aiortc_hooks import codec_guard
+from sfu.forwarder import PublishedTrack
+from sfu.ice import IceSettings, install, server_ice_servers, uninstall
+from sfu.session import MediaError, ParticipantMedia, bundle_configuration
+from sfu.sinks import MediaSink
 
 log = logging.getLogger("consilium.sfu")
 

@@ -43,14 +43,14 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from . import aiortc_hooks as hooks
-from .annotations import LOSSY, RELIABLE, error_text
-from .forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet
-from .rtp import ExtensionIds, parse_header, unwrap_rtx
-from .sinks import TrackInfo
+from annotations.authority import LOSSY, RELIABLE, error_text
+from sfu import aiortc_hooks as hooks
+from sfu.forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet
+from sfu.rtp import ExtensionIds, parse_header, unwrap_rtx
+from sfu.sinks import TrackInfo
 
 if TYPE_CHECKING:
-    from .room import MediaRoom
+    from sfu.room import MediaRoom
 
 log = logging.getLogger("consilium.sfu.session")
 
@@ -89,7 +89,7 @@ def media_and_rtx(
 
 DATA_LABELS = {RELIABLE: True, LOSSY: False}
 """Data-channel labels the SFU serves, and whether each is reliable and ordered: annotations
-and chat on the reliable one (`sfu.annotations`), pointer positions on the lossy one."""
+and chat on the reliable one (`annotations.authority`), pointer positions on the lossy one."""
 
 
 class MediaError(Exception):

@@ -51,6 +51,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.errors import BadMessage, IntegrityError, NotFound, PolicyDenied
+from imaging.watermark import Mark, watermark
 from recorder.archive import Archive, RecordingSummary, RetentionSettings, TrackStream
 from recorder.bundle import build_bundle
 from recorder.export import export_annotations, export_recording
@@ -58,14 +60,11 @@ from recorder.keyring import Keyring
 from recorder.manifest import MANIFEST_NAME, RecordingManifest
 from recorder.roomkeys import rotate_kek
 from recorder.verify import verify_recording
-
-from .audit import AuditLog, iter_entries, parse_time
-from .errors import BadMessage, IntegrityError, NotFound, PolicyDenied
-from .identity import Identity
-from .logs import scrub
-from .policy import Policy, RecordingScope
-from .recording import recorder_audit
-from .watermark import Mark, watermark
+from signaling.audit import AuditLog, iter_entries, parse_time
+from signaling.identity import Identity
+from signaling.logs import scrub
+from signaling.policy import Policy, RecordingScope
+from signaling.recording import recorder_audit
 
 T = TypeVar("T")
 

@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from signaling.errors import ConfigError, IntegrityError
+from core.errors import ConfigError, IntegrityError
 
 GENESIS_HASH = "0" * 64
 """The `prev` of the first entry, and the head of an empty log."""

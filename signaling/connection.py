@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .identity import Identity
-from .ratelimit import TokenBucket
+from core.ratelimit import TokenBucket
+from signaling.identity import Identity
 
 log = logging.getLogger("consilium.connection")
 

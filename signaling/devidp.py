@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_encode
 
-from signaling.errors import ConfigError
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ import jwt
 import msgspec
 from aiohttp import web
 
-from . import protocol as p
-from .errors import BadMessage, NotFound
-from .policy import ROLES
-from .settings import is_loopback
+from core.errors import BadMessage, NotFound
+from signaling import protocol as p
+from signaling.policy import ROLES
+from signaling.settings import is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .server import Node
+    from signaling.server import Node
 
 DEV_PAGE_FILES = {"/dev": "dev.html", "/dev.html": "dev.html", "/dev.js": "dev.js",
                   "/dev.css": "dev.css"}  # fmt: skip
@@ -89,7 +89,7 @@ def _hostname(host: str) -> str:
 
 def _dev_node(request: web.Request) -> Node:
     """The node, when it is in development mode and the request is local; else a plain 404."""
-    from .server import NODE  # server imports this module: import at call time
+    from signaling.server import NODE  # server imports this module: import at call time
 
     node = request.app[NODE]
     if node.dev_idp is None or not is_local_request(request.remote, request.headers, request.host):
@@ -115,7 +115,7 @@ def _validate(body: dict[str, Any]) -> DevLinkRequest:
 
 async def mint_dev_link(request: web.Request) -> web.Response:
     """`POST /api/dev/links`: a development token and the join link that carries it."""
-    from .server import _json_body
+    from signaling.server import _json_body
 
     node = _dev_node(request)
     if request.content_type != "application/json":
@@ -161,7 +161,7 @@ async def mint_dev_link(request: web.Request) -> web.Response:
 
 async def dev_page_file(request: web.Request) -> web.FileResponse:
     """`GET /dev` (and the page's own files): the link page, on a development node only."""
-    from .server import WEB_DIR
+    from signaling.server import WEB_DIR
 
     _dev_node(request)
     return web.FileResponse(WEB_DIR / DEV_PAGE_FILES[request.path])

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from signaling.errors import ConfigError
+from core.errors import ConfigError
 from signaling.identity import Identity
 
 ROLES: tuple[str, ...] = (

@@ -13,10 +13,9 @@ from typing import Any
 
 import msgspec
 
-from sfu import annotations as a
-
-from . import protocol as p
-from .policy import Refusal
+from annotations import authority as a
+from signaling import protocol as p
+from signaling.policy import Refusal
 
 INTRO = """\
 # The Consilium signalling protocol
@@ -93,7 +92,7 @@ shared state, Redis, is out of reach: nothing took effect, try again). Refusals 
 def _type_text(annotation: Any) -> str:
     text = inspect.formatannotation(annotation) if not isinstance(annotation, str) else annotation
     text = re.sub(r"Annotated\[(\w+), msgspec\.Meta\((.*?)\)\]", r"\1 (\2)", text)
-    for prefix in ("signaling.protocol.", "sfu.annotations.", "typing.", "msgspec."):
+    for prefix in ("signaling.protocol.", "annotations.authority.", "typing.", "msgspec."):
         text = text.replace(prefix, "")
     text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text).replace(" | UnsetType", "")
     return text.replace("|", "\\|")
@@ -146,7 +145,7 @@ def _shared(cls: type[msgspec.Struct]) -> list[str]:
 DATA_CHANNELS = """\
 ## Data channels: annotations, chat, pointer
 
-Declared in `sfu/annotations.py`. The client opens two data channels on its `publish` session:
+Declared in `annotations/authority.py`. The client opens two data channels on its `publish` session:
 `consilium-reliable` (ordered, reliable) and `consilium-lossy` (unordered, no retransmissions).
 Every message is one JSON object (text), UTF-8; unknown fields are ignored, so an `author`, `seq`
 or `time` a client puts in a message has no effect: the SFU stamps them from the connection.

@@ -44,9 +44,8 @@ from recorder.keyring import Keyring
 from recorder.manifest import ConsentRecord, RecordedParticipant
 from recorder.sink import AuditCallback, RecordingSettings, RecordingSink, utc_now
 from sfu.room import MediaServer
-
-from . import protocol as p
-from .audit import AuditLog
+from signaling import protocol as p
+from signaling.audit import AuditLog
 
 log = logging.getLogger("consilium.recording")
 

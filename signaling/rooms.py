@@ -17,14 +17,7 @@ from typing import Any
 
 import msgspec
 
-from recorder.manifest import RecordedParticipant
-from sfu.room import MediaServer
-from sfu.session import MediaError
-
-from . import protocol as p
-from .audit import AuditLog
-from .connection import Connection, ConnectionState
-from .errors import (
+from core.errors import (
     AuthenticationError,
     BadMessage,
     ConsiliumError,
@@ -33,13 +26,19 @@ from .errors import (
     RateLimited,
     Replaced,
 )
-from .identity import Identity
-from .logs import scrub
-from .policy import Policy, RoomScope
-from .recording import Recorder
-from .settings import Settings
-from .state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
-from .tokens import TokenVerifier
+from recorder.manifest import RecordedParticipant
+from sfu.room import MediaServer
+from sfu.session import MediaError
+from signaling import protocol as p
+from signaling.audit import AuditLog
+from signaling.connection import Connection, ConnectionState
+from signaling.identity import Identity
+from signaling.logs import scrub
+from signaling.policy import Policy, RoomScope
+from signaling.recording import Recorder
+from signaling.settings import Settings
+from signaling.state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
+from signaling.tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
 

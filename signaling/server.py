@@ -20,24 +20,8 @@ import msgspec
 from aiohttp import BodyPartReader, WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from recorder.diskspace import MIB, DiskSpace
-from recorder.recovery import recover_interrupted
-from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
-from recorder.sink import RecordingSettings
-from sfu.ice import IceSettings, client_ice_servers
-from sfu.room import MediaServer, MediaSettings
-
-from . import __version__
-from . import protocol as p
-from .archive_api import ARCHIVE, ArchiveService, retention_settings
-from .archive_api import register as register_archive
-from .audit import HEADS_FILE, AuditLog, generate_audit_key, iter_entries, parse_time
-from .burnedin import Box
-from .connection import CLOSE_HANDSHAKE_S, Connection, ConsiliumWebSocket, limit_send_buffer
-from .deidentify import ImageLimits, ImageTooLarge
-from .devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
-from .devpage import add_dev_routes
-from .errors import (
+from core import __version__
+from core.errors import (
     AuthenticationError,
     BadMessage,
     ConfigError,
@@ -52,19 +36,39 @@ from .errors import (
     TimedOut,
     Unavailable,
 )
-from .identity import Identity
-from .images import ImageStore, SharedImage
-from .imageworker import ImageWorkers
-from .logs import scrub
-from .policy import Policy, RoomScope
-from .ratelimit import TokenBucket, WindowCounter
-from .recording import Recorder, recorder_audit
-from .rooms import Rooms, room_scope, room_state
-from .settings import Settings, is_loopback
-from .state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
-from .tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
-from .watermark import Mark, load_or_create_watermark_key, watermark
-from .witness import SyslogWitness
+from core.ratelimit import TokenBucket, WindowCounter
+from imaging.burnedin import Box
+from imaging.deidentify import ImageLimits, ImageTooLarge
+from imaging.store import ImageStore, SharedImage
+from imaging.watermark import Mark, load_or_create_watermark_key, watermark
+from imaging.worker import ImageWorkers
+from recorder.diskspace import MIB, DiskSpace
+from recorder.recovery import recover_interrupted
+from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
+from recorder.sink import RecordingSettings
+from sfu.ice import IceSettings, client_ice_servers
+from sfu.room import MediaServer, MediaSettings
+from signaling import protocol as p
+from signaling.archive_api import ARCHIVE, ArchiveService, retention_settings
+from signaling.archive_api import register as register_archive
+from signaling.audit import HEADS_FILE, AuditLog, generate_audit_key, iter_entries, parse_time
+from signaling.connection import (
+    CLOSE_HANDSHAKE_S,
+    Connection,
+    ConsiliumWebSocket,
+    limit_send_buffer,
+)
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from signaling.devpage import add_dev_routes
+from signaling.identity import Identity
+from signaling.logs import scrub
+from signaling.policy import Policy, RoomScope
+from signaling.recording import Recorder, recorder_audit
+from signaling.rooms import Rooms, room_scope, room_state
+from signaling.settings import Settings, is_loopback
+from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
+from signaling.tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
+from signaling.witness import SyslogWitness
 
 log = logging.getLogger("consilium.server")
 

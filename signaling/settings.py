@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from .errors import ConfigError
+from core.errors import ConfigError
 
 ENV_PREFIX = "CONSILIUM_"
 

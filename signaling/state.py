@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from signaling.errors import IntegrityError, NotFound, Unavailable
+from core.errors import IntegrityError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from jwt.algorithms import get_default_algorithms
 from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
-from signaling.errors import AuthenticationError, ConfigError, ServerError
+from core.errors import AuthenticationError, ConfigError, ServerError
 from signaling.identity import Identity
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from sfu.annotations import (
+from annotations.authority import (
     AnnotationLog,
     Delivery,
     LogError,

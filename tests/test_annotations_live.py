@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from sfu.client import MediaClient
+from bot.client import MediaClient
+from bot.testsource import ReplayAudioTrack
 from sfu.ice import IceSettings
 from sfu.room import ImageRef, MediaSettings
-from sfu.testsource import ReplayAudioTrack
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 from tests.test_annotations import CHAIR, KEY, RADIOLOGIST, TRAINEE, ClientState, server_shapes

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import recorder.archive
+from core.errors import IntegrityError, NotFound
 from recorder.archive import (
     Archive,
     NotOnHold,
@@ -41,7 +42,6 @@ from recorder.manifest import (
 )
 from recorder.segments import SegmentIntegrityError, encrypt_segment, segment_context
 from recorder.verify import iter_packets
-from signaling.errors import IntegrityError, NotFound
 from tests.fixtures.recordings import MARKER, AuditRecorder, Recorded, record
 
 ALICE = RecordedParticipant("alice", "dr-alice", "Alice", "specialist", ["cardiology"], "H1")

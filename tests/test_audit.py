@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import ConfigError
 from signaling.audit import (
     CHECKPOINTS_FILE,
     GENESIS_HASH,
@@ -31,7 +32,6 @@ from signaling.audit import (
     load_public_key,
     verify_log,
 )
-from signaling.errors import ConfigError
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC_KEY = KEY.public_key()

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.errors import ConfigError
 from signaling.audit import (
     CHECKPOINTS_FILE,
     HEADS_FILE,
@@ -23,7 +24,6 @@ from signaling.audit import (
     compare_with_witness,
     verify_log,
 )
-from signaling.errors import ConfigError
 from signaling.witness import MESSAGE_MARK, SyslogWitness, parse_witness
 from tests.fixtures.rsyslog import SyslogReceiver, syslog_receiver
 from tests.fixtures.servers import REPO, node_settings, running_node
@@ -179,7 +179,7 @@ def test_checkpoints_reach_the_witness_and_verify_finds_cuts_wipes_and_rewrites(
         data_dir.mkdir()
         (data_dir / "audit").symlink_to(folder)
         done = subprocess.run(
-            [sys.executable, "-m", "signaling.cli", "audit", "verify", "--data-dir",
+            [sys.executable, "-m", "consilium.cli", "audit", "verify", "--data-dir",
              str(data_dir), "--public-key", str(public_pem), "--witness",
              str(syslog_receiver.output)],
             capture_output=True, text=True, cwd=REPO, timeout=60,

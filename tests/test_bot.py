@@ -13,7 +13,7 @@ from tests.fixtures.servers import REPO
 def test_three_bots_see_and_hear_each_other(serve_process: Any) -> None:
     serve = serve_process(env={"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"})
     result = subprocess.run(
-        [sys.executable, "-m", "signaling.cli", "bot", "--server", serve.url, "--room", "load",
+        [sys.executable, "-m", "consilium.cli", "bot", "--server", serve.url, "--room", "load",
          "--count", "3", "--seconds", "6", "--json", "--data-dir", str(serve.data_dir)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from consilium.cli import main
 from recorder.bundle import (
     BUNDLE_FORMAT,
     BundleIntegrityError,
@@ -22,7 +23,6 @@ from recorder.bundle import (
     public_key_fingerprint,
     verify_bundle,
 )
-from signaling.cli import main
 from tests.fixtures.recordings import DATA_KEY, LiveRecording, ffprobe_path, live_recording
 
 __all__ = ["live_recording"]  # the fixture, imported for this module

@@ -25,7 +25,7 @@ SUBCOMMANDS = [
 def consilium(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "signaling.cli", *args],
+        [sys.executable, "-m", "consilium.cli", *args],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
     )  # fmt: skip
 

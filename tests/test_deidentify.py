@@ -24,7 +24,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from signaling.deidentify import (
+from imaging.deidentify import (
     BASIC_PROFILE,
     BurnedInAnnotation,
     DeidentifiedImage,

@@ -24,12 +24,12 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from annotations.authority import AnnotationLog, RoomAnnotations, log_path
 from recorder.diskspace import DiskSpace, failure_code
 from recorder.manifest import read_manifest
 from recorder.roomkeys import RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
 from recorder.verify import verify_recording
-from sfu.annotations import AnnotationLog, RoomAnnotations, log_path
 from sfu.room import MediaSettings
 from signaling.audit import iter_entries, load_public_key
 from signaling.devidp import DevelopmentIdP
@@ -356,7 +356,7 @@ async def test_a_full_disk_fails_the_recording_loudly_and_loses_no_media_or_mess
     stops = list(iter_entries(inside / "audit", action="stop_recording"))
     assert not [e for e in stops if e.fields.get("recording") == recording_id], stops
     verified = subprocess.run(
-        [sys.executable, "-m", "signaling.cli", "audit", "verify", "--data-dir", str(inside),
+        [sys.executable, "-m", "consilium.cli", "audit", "verify", "--data-dir", str(inside),
          "--public-key", str(inside / "keys" / "audit-ed25519.pub.pem")],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip

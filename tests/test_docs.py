@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from consilium.cli import build_parser
 from signaling import settings as settings_module
-from signaling.cli import build_parser
 from signaling.policy import Policy
 from signaling.protocol import CLOSE_CODES
 from signaling.settings import load_settings, settings_fields

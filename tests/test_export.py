@@ -13,6 +13,7 @@ from typing import Any
 import av
 import pytest
 
+from core.errors import IntegrityError
 from recorder.depacketize import (
     FrameAssembler,
     H264Depacketizer,
@@ -25,7 +26,6 @@ from recorder.depacketize import (
     vp8_picture_size,
 )
 from recorder.export import export_recording
-from signaling.errors import IntegrityError
 from tests.fixtures.recordings import DATA_KEY, LiveRecording, ffprobe_path, live_recording
 
 __all__ = ["live_recording"]  # the fixture, imported for this module

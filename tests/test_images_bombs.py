@@ -25,15 +25,15 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from signaling.deidentify import (
+from imaging.deidentify import (
     ImageLimits,
     ImageTooLarge,
     UnsupportedImage,
     deidentify,
     part10_transfer_syntax,
 )
-from signaling.images import prepare_image
-from signaling.imageworker import ImageWorkers
+from imaging.store import prepare_image
+from imaging.worker import ImageWorkers
 from tests.fixtures.servers import RunningNode, node_settings, running_node
 from tests.test_images import audit, fetch, jpeg_photo, meeting, upload
 

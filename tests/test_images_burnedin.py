@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
 
-from signaling.burnedin import Box, carries_burned_in_text, header_findings
-from signaling.images import prepare_image
+from imaging.burnedin import Box, carries_burned_in_text, header_findings
+from imaging.store import prepare_image
 from tests.fixtures.servers import RunningNode, next_message, node_settings, running_node
 from tests.test_images import audit, bearer, ct_bytes, fetch, meeting, upload
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 
+from core.errors import ConfigError, IntegrityError
 from recorder.keyring import (
     DATA_KEY_SIZE,
     KeyEncryptionKey,
@@ -21,7 +22,6 @@ from recorder.keyring import (
     WrappedKey,
 )
 from recorder.segments import decrypt_segment, encrypt_segment, segment_context
-from signaling.errors import ConfigError, IntegrityError
 
 MEDIA = b"VP8 frames of case 1 " * 5000
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling.errors import ConfigError
+from core.errors import ConfigError
 from signaling.identity import Identity
 from signaling.policy import ACTIONS, ROLES, Decision, Policy, RoomScope
 

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 from recorder.manifest import RecordingManifest, read_manifest
 from recorder.verify import verify_recording
-from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from signaling.audit import iter_entries
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.media import (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 from recorder.manifest import read_manifest
 from recorder.sink import RecordingSink
 from recorder.verify import iter_packets, verify_recording
-from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sfu.testsource import encode_test_pattern, encode_tone
+from bot.testsource import encode_test_pattern, encode_tone
 from tests.fixtures.media import send, state
 from tests.fixtures.recordings import ffprobe_path
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
@@ -40,7 +40,7 @@ async def consilium(node: RunningNode, role: str, *args: str | Path) -> tuple[in
     """Run the CLI against the node with a token of `role`; (exit status, stdout)."""
     env = {**os.environ, "CONSILIUM_SERVER": node.url,
            "CONSILIUM_TOKEN": node.token(f"user-{role}", role, rooms=[])}  # fmt: skip
-    command = [sys.executable, "-m", "signaling.cli", *map(str, args)]
+    command = [sys.executable, "-m", "consilium.cli", *map(str, args)]
     done = await asyncio.to_thread(
         subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
     )
@@ -159,7 +159,7 @@ async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
     # The shared image is stored with the recording and served watermarked for the archivist.
     import aiohttp
 
-    from signaling.watermark import identify
+    from imaging.watermark import identify
 
     assert node.node is not None
     archivist = {"Authorization": f"Bearer {node.token('user-archivist', 'archivist', rooms=[])}"}
@@ -267,7 +267,7 @@ async def test_sigkill_mid_recording_loses_at_most_a_segment_and_verify_says_int
         env_cli = {**os.environ, "CONSILIUM_SERVER": serve.url, "CONSILIUM_TOKEN": archivist}
         verified = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "signaling.cli", "recordings", "verify", recording_id, "--json"],
+            [sys.executable, "-m", "consilium.cli", "recordings", "verify", recording_id, "--json"],
             env=env_cli, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         report = json.loads(verified.stdout)
@@ -275,7 +275,7 @@ async def test_sigkill_mid_recording_loses_at_most_a_segment_and_verify_says_int
         assert report["interrupted"] and report["status"] == "interrupted"
         shown = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "signaling.cli", "recordings", "show", recording_id],
+            [sys.executable, "-m", "consilium.cli", "recordings", "show", recording_id],
             env=env_cli, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         details = json.loads(shown.stdout)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import IntegrityError
 from recorder.segments import (
     C2SP_HEADER_SIZE,
     CHUNK_SIZE,
@@ -38,7 +39,6 @@ from recorder.segments import (
     open_segment_writer,
     segment_context,
 )
-from signaling.errors import IntegrityError
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wycheproof"
 VECTOR_FILE = VECTORS / "c2sp_chunked_encryption_aes_256_gcm_test.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from signaling.errors import ConfigError
+from core.errors import ConfigError
 from signaling.settings import Settings, load_settings
 
 

@@ -11,9 +11,9 @@ from typing import Any
 from aiortc import RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, unpack_remb_fci
 
+from bot.client import MediaClient
+from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 from sfu import aiortc_hooks as hooks
-from sfu.client import MediaClient
-from sfu.testsource import ReplayAudioTrack, ReplayVideoTrack
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 

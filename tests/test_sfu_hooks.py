@@ -15,8 +15,8 @@ from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
+from bot.testsource import ReplayVideoTrack
 from sfu import aiortc_hooks as hooks
-from sfu.testsource import ReplayVideoTrack
 from tests.fixtures.servers import eventually
 
 KEY = bytes(range(30))

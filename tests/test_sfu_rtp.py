@@ -13,6 +13,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.testsource import encode_test_pattern
 from sfu.forwarder import OutboundSlot, PublishedTrack, RetransmissionBuffer
 from sfu.keyframes import KeyframeRequests, h264_keyframe_start, vp8_keyframe_start
 from sfu.rtp import (
@@ -29,7 +30,6 @@ from sfu.rtp import (
     wrap_rtx,
 )
 from sfu.sinks import TrackInfo
-from sfu.testsource import encode_test_pattern
 
 IDS = ExtensionIds(mid=1, abs_send_time=3, audio_level=2)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from signaling.errors import IntegrityError, NotFound, Unavailable
+from core.errors import IntegrityError, NotFound, Unavailable
 from signaling.state import (
     REVOCATIONS_FILE,
     REVOKED_EVENT,

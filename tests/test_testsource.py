@@ -15,8 +15,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 
-from sfu import ice
-from sfu.testsource import (
+from bot.testsource import (
     AUDIO_CLOCK_RATE,
     VIDEO_CLOCK_RATE,
     ReplayAudioTrack,
@@ -24,6 +23,7 @@ from sfu.testsource import (
     encode_test_pattern,
     encode_tone,
 )
+from sfu import ice
 
 
 def decode(codec_name: str, clip: list[bytes]) -> list[Any]:

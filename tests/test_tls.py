@@ -56,7 +56,7 @@ async def test_https_and_wss(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "signaling.cli", "serve", "--port", str(port), "--data-dir",
+        [sys.executable, "-m", "consilium.cli", "serve", "--port", str(port), "--data-dir",
          str(data), "--tls-cert", str(cert), "--tls-key", str(key)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -26,8 +26,8 @@ from jwt.api_jws import PyJWS
 from jwt.utils import base64url_decode, base64url_encode
 from jwt.warnings import InsecureKeyLengthWarning
 
+from core.errors import AuthenticationError, ConfigError, ServerError
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
-from signaling.errors import AuthenticationError, ConfigError, ServerError
 from signaling.identity import Identity
 from signaling.tokens import (
     JwksFile,

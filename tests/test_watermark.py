@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from signaling.cli import main
-from signaling.deidentify import UnsupportedImage, deidentify
-from signaling.errors import ConfigError
-from signaling.watermark import (
+from consilium.cli import main
+from core.errors import ConfigError
+from imaging.deidentify import UnsupportedImage, deidentify
+from imaging.watermark import (
     Mark,
     _convolutional_encode,
     _viterbi_decode,

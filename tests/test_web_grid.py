@@ -1,6 +1,6 @@
 """The video grid from 1 to 12 participants, in a real browser with real participants.
 
-A chair joins in Chromium; eleven `consilium bot` participants (sfu/bot.py, run in this process:
+A chair joins in Chromium; eleven `consilium bot` participants (bot/runner.py, run in this process:
 they publish a pre-encoded test pattern and tone and subscribe to nothing, so they cost little)
 join one at a time. After each arrival the page's grid is measured: every tile inside the space
 the room leaves it, none overlapping another, all the same 16:9 size, together covering a good
@@ -73,7 +73,7 @@ class Bots:
 
     def join(self, index: int, name: str, role: str, dept: str) -> None:
         """Start one more participant; it joins, publishes, and stays until `close`."""
-        from sfu.bot import Bot, BotSettings
+        from bot.runner import Bot, BotSettings
 
         token = self.idp.mint(sub=f"bot-{index}", role=role, name=name, depts=[dept], rooms=[ROOM])
         bot = Bot(BotSettings(room=ROOM, token=token, server=self.serve.url, subscribe=False))
@@ -88,8 +88,8 @@ class Bots:
 @pytest.fixture
 async def bots(serve_process: Any) -> AsyncIterator[Bots]:
     """Bots against a fresh `consilium serve`; their ICE gathers on loopback, as the server's."""
+    from bot.testsource import encode_test_pattern, encode_tone
     from sfu import ice
-    from sfu.testsource import encode_test_pattern, encode_tone
 
     serve = serve_process(env=ICE_ENV)
     encode_test_pattern()  # once per process, before anyone joins

@@ -255,7 +255,7 @@ async def test_revoking_the_person_ends_the_visit_and_the_link(
 
     admin = _idp(serve).mint(sub="it-security", role="admin", amr=("pwd", "hwk"))
     revoke = subprocess.run(
-        [sys.executable, "-m", "signaling.cli", "revoke", "--server", serve.url,
+        [sys.executable, "-m", "consilium.cli", "revoke", "--server", serve.url,
          "--sub", "dr-chen", "--reason", "left the hospital", "--token", admin],
         capture_output=True, text=True, cwd=REPO, timeout=30,
     )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 import pytest
 
-from signaling.errors import AuthenticationError
+from core.errors import AuthenticationError
 from signaling.tokens import ALLOWED_ALGORITHMS, trusted_keys_from_jwks, verify_signature
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wycheproof"

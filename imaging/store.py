@@ -1,6 +1,6 @@
 """Shared images of a room: de-identified, rendered, encrypted at rest, listed and read back.
 
-An upload becomes a `SharedImage` in `ImageStore.share`: `signaling.deidentify` removes what
+An upload becomes a `SharedImage` in `ImageStore.share`: `imaging.deidentify` removes what
 identifies the patient, every frame is rendered for the browser (a lossless PNG, or the cleaned
 JPEG of a photo), and each frame and a small metadata record are written encrypted under the
 room's data key (`recorder.roomkeys`), in the segment cipher's container (`recorder.segments`):
@@ -39,10 +39,8 @@ from typing import Any, Literal, cast
 import numpy as np
 from PIL import Image
 
-from recorder.segments import decrypt_segment, open_segment_writer, segment_context
-from sfu.room import ImageRef
-
-from .burnedin import (
+from core.errors import Conflict, IntegrityError, NotFound, RateLimited
+from imaging.burnedin import (
     NOT_CHECKED,
     Box,
     BurnedInText,
@@ -51,7 +49,7 @@ from .burnedin import (
     clean_frame,
     decide,
 )
-from .deidentify import (
+from imaging.deidentify import (
     DEFAULT_LIMITS,
     DeidentifiedImage,
     FrameNotFound,
@@ -59,8 +57,9 @@ from .deidentify import (
     deidentify,
     display_mode,
 )
-from .errors import Conflict, IntegrityError, NotFound, RateLimited
-from .protocol import ImageShared, valid_room_id
+from recorder.segments import decrypt_segment, open_segment_writer, segment_context
+from sfu.room import ImageRef
+from signaling.protocol import ImageShared, valid_room_id
 
 log = logging.getLogger("consilium.images")
 
@@ -125,7 +124,7 @@ class SharedImage:
     uploader: str = ""
     """`sub` of whoever shared it: the only one who sees it while it is held."""
     held: bool = False
-    """Burned-in text may remain (`signaling.burnedin`): only the uploader sees the image
+    """Burned-in text may remain (`imaging.burnedin`): only the uploader sees the image
     until they redact what is left and confirm; it is not announced, listed or recorded."""
     held_reasons: tuple[str, ...] = ()
     """Why it is held: `text_remains`, `deid_blacklist`, `deid_whole_image`."""
@@ -232,7 +231,7 @@ def prepare_image(
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> PreparedImage:
     """De-identify and render an upload: all the decoding an upload needs, in one pure call
-    (the node runs it in a memory-capped worker, `signaling.imageworker`, whose output goes
+    (the node runs it in a memory-capped worker, `imaging.worker`, whose output goes
     nowhere). Decoder warnings are dropped here too: pydicom's quote the values they parse."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -262,7 +261,7 @@ def prepare_image(
 def _without_burned_in_text(
     image: DeidentifiedImage, header: HeaderFindings
 ) -> tuple[tuple[bytes, ...], BurnedInText]:
-    """Every frame with device regions and readable text blanked (`signaling.burnedin`), one
+    """Every frame with device regions and readable text blanked (`imaging.burnedin`), one
     frame in memory at a time; a frame nothing was found in is kept as rendered."""
     frames: list[bytes] = []
     blanked: list[tuple[int, Box]] = []

@@ -43,8 +43,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from signaling.deidentify import DEFAULT_LIMITS, ImageKind, ImageTooLarge, UnsupportedImage, sniff
-from signaling.errors import ConfigError
+from core.errors import ConfigError
+from imaging.deidentify import DEFAULT_LIMITS, ImageKind, ImageTooLarge, UnsupportedImage, sniff
 
 WATERMARK_KEY_FILE = "watermark.key"
 """Name of the server's watermark key, under `<data_dir>/keys/`."""

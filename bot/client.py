@@ -26,7 +26,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceServer
 
-from .aiortc_hooks import bypass_receiver
+from sfu.aiortc_hooks import bypass_receiver
 
 log = logging.getLogger("consilium.sfu.client")
 

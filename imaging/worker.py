@@ -1,7 +1,7 @@
 """Image workers: the processes that decode uploaded images, each with a memory cap.
 
 Decoding an upload is the one place where a few hundred kilobytes from a participant can ask
-for gigabytes (a decompression bomb). `signaling.deidentify` refuses what the header declares
+for gigabytes (a decompression bomb). `imaging.deidentify` refuses what the header declares
 too large before anything is decoded; the workers are the second wall for what a header does
 not tell (a decoder's own working set, a malformed stream): each is a separate process whose
 address space is capped (`RLIMIT_AS`), so running out of memory fails that one upload with
@@ -28,9 +28,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .deidentify import ImageTooLarge, UnsupportedImage
-from .errors import ConsiliumError
-from .images import PreparedImage, prepare_image
+from core.errors import ConsiliumError
+from imaging.deidentify import ImageTooLarge, UnsupportedImage
+from imaging.store import PreparedImage, prepare_image
 
 DEFAULT_WORKER_MEMORY = 1024 * 1024 * 1024
 """Address space a worker may use beyond what it holds once started (its imports)."""
@@ -44,8 +44,8 @@ def _start_worker(headroom: int) -> None:
     # first upload does not wait for it): the image code, OCR and deid's filters.
     import pytesseract  # noqa: F401
 
-    import signaling.images  # noqa: F401
-    from signaling.burnedin import deid_recipe
+    import imaging.store  # noqa: F401
+    from imaging.burnedin import deid_recipe
 
     deid_recipe()
 

@@ -3,7 +3,7 @@
 A bot is what a browser is to the server: it connects `GET /ws`, joins with a token, waits in
 the lobby if it must, keeps the connection alive with `ping`, publishes a camera and microphone
 and receives everyone else's media through a `MediaClient`. Its media is the replayed clip of
-`sfu.testsource` (encoded once per process), so one machine runs dozens of bots for a load test,
+`bot.testsource` (encoded once per process), so one machine runs dozens of bots for a load test,
 as LiveKit's `lk load-test` does. At the end each bot reports what it received: frames decoded
 per kind, and per subscribe track the packets received and lost and the jitter, read from
 aiortc's receiver statistics (which count packets whether or not they are decoded).
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiortc import MediaStreamTrack, RTCPeerConnection
 
-    from .client import MediaClient
+    from bot.client import MediaClient
 
 log = logging.getLogger("consilium.sfu.bot")
 
@@ -391,8 +391,8 @@ class Bot:
     def _media_client(self, ice_servers: list[dict[str, Any]]) -> MediaClient:
         from aiortc import RTCIceServer
 
-        from .client import MediaClient
-        from .testsource import ReplayAudioTrack, ReplayVideoTrack
+        from bot.client import MediaClient
+        from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 
         if self.settings.publish:
             self._local_tracks = [ReplayVideoTrack(), ReplayAudioTrack()]
@@ -587,8 +587,8 @@ async def run_bots(
 
 def run_bot_command(args: argparse.Namespace) -> int:
     """`consilium bot`: 0 when every bot joined and kept its media, 1 if one failed, 2 on usage."""
-    from . import ice
-    from .testsource import encode_test_pattern, encode_tone
+    from bot.testsource import encode_test_pattern, encode_tone
+    from sfu import ice
 
     try:
         tokens = bot_tokens(args)

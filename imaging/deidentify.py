@@ -47,13 +47,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from signaling.burnedin import (
+from core.errors import BadMessage, NotFound, PayloadTooLarge
+from imaging.burnedin import (
     NO_HEADER_FINDINGS,
     HeaderFindings,
     carries_burned_in_text,
     header_findings,
 )
-from signaling.errors import BadMessage, NotFound, PayloadTooLarge
 
 # -- errors -----------------------------------------------------------------------------------
 

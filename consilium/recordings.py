@@ -223,10 +223,9 @@ VERIFY_BUNDLE_NOT_AUTHENTICATED = 3
 def cmd_verify_bundle(args: argparse.Namespace, console: Console) -> int:
     """Check a bundle offline: every member's hash, the signature, and (with --public-key)
     the signer. Exit 0 authentic and whole, 1 failed, 3 whole but the signer not checked."""
+    from core.errors import ConfigError
     from recorder.bundle import verify_bundle
-
-    from .audit import load_public_key
-    from .errors import ConfigError
+    from signaling.audit import load_public_key
 
     expected = None
     if args.public_key:

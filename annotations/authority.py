@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 if TYPE_CHECKING:
-    from .room import ImageRef, MediaSettings
+    from sfu.room import ImageRef, MediaSettings
 
 log = logging.getLogger("consilium.sfu.annotations")
 

@@ -15,12 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sfu.bot import add_bot_parser
-
-from . import __version__
-from .archive_cli import add_archive_parsers
-from .devidp import DevelopmentIdP
-from .errors import ConfigError
+from bot.runner import add_bot_parser
+from consilium.recordings import add_archive_parsers
+from core import __version__
+from core.errors import ConfigError
+from signaling.devidp import DevelopmentIdP
 
 DEFAULT_DATA_DIR = "./consilium-data"
 
@@ -60,9 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node: HTTP(S) + signalling WebSocket + web client."""
     from aiohttp import web
 
-    from . import logs
-    from .server import NODE, build_node, create_app
-    from .settings import is_loopback, load_settings
+    from signaling import logs
+    from signaling.server import NODE, build_node, create_app
+    from signaling.settings import is_loopback, load_settings
 
     flags: dict[str, Any] = {
         "host": args.host,
@@ -118,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"Open {url}", flush=True)
-    from .logs import AccessLogger
+    from signaling.logs import AccessLogger
 
     web.run_app(
         app,
@@ -144,8 +143,8 @@ def _split(values: Sequence[str] | None) -> list[str]:
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Mint a token with the development identity provider (development mode only)."""
-    from .devidp import DevelopmentIdP
-    from .policy import ROLES
+    from signaling.devidp import DevelopmentIdP
+    from signaling.policy import ROLES
 
     if args.role not in ROLES:
         print(f"error: unknown role {args.role!r}; one of {', '.join(ROLES)}", file=sys.stderr)
@@ -186,8 +185,8 @@ no --public-key was given: who signed it is not established (0 intact under the 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the audit log's hash chain and signed checkpoints (and, with --witness, that it
     still holds every checkpoint the witness received); exit 1 on any tampering."""
-    from .audit import PUBLIC_KEY_FILE, compare_with_witness, load_public_key, verify_log
-    from .witness import parse_witness
+    from signaling.audit import PUBLIC_KEY_FILE, compare_with_witness, load_public_key, verify_log
+    from signaling.witness import parse_witness
 
     data_dir = _data_dir(args)
     key_path = Path(args.public_key) if args.public_key else _key_dir(args) / PUBLIC_KEY_FILE
@@ -233,7 +232,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _time(value: str | None) -> datetime | None:
-    from .audit import parse_time
+    from signaling.audit import parse_time
 
     try:
         return parse_time(value)
@@ -245,7 +244,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     """List audit entries, filtered."""
     from dataclasses import asdict
 
-    from .audit import iter_entries
+    from signaling.audit import iter_entries
 
     count = 0
     for entry in iter_entries(
@@ -372,7 +371,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_policy_show(args: argparse.Namespace) -> int:
     """Print the policy table in force (or a file's), after validating it."""
-    from .policy import Policy
+    from signaling.policy import Policy
 
     policy = Policy.load(Path(args.file) if args.file else None)
     print(policy.describe())
@@ -384,8 +383,8 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 def cmd_watermark_identify(args: argparse.Namespace) -> int:
     """Name the viewer, room and time hidden in a served image; exit 1 if it carries no mark."""
-    from .deidentify import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
-    from .watermark import identify, load_watermark_key
+    from imaging.deidentify import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
+    from imaging.watermark import identify, load_watermark_key
 
     key = load_watermark_key(_data_dir(args))  # never created here: a new key finds nothing
     try:

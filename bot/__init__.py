@@ -1,0 +1,1 @@
+"""`consilium bot` and the aiortc participant the tests use: headless clients over the protocol."""

@@ -1,0 +1,1 @@
+"""The `consilium` command and the composition root that wires a node."""

@@ -1,0 +1,1 @@
+"""Shared images: sniffing, de-identification, burned-in text, rendering, storage, watermarks."""
