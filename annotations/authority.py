@@ -36,6 +36,8 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from core.actions import Action
+
 if TYPE_CHECKING:
     from sfu.room import ImageRef, MediaSettings
 
@@ -472,7 +474,7 @@ class RoomAnnotations:
                      client_id=client_id, kind=kind, **fields)  # fmt: skip
 
     def _stamp_op(self, sender: str, permissions: frozenset[str], message: OpMessage) -> Event:
-        if "annotate" not in permissions:
+        if Action.ANNOTATE not in permissions:
             raise AnnotationError("not_allowed", "annotating needs the annotate permission")
         op = message.op
         where = (message.image_id, message.frame)
@@ -650,7 +652,7 @@ class RoomAnnotations:
             raise AnnotationError("bad_message", str(exc)) from None
         if not (abs(message.x) <= MAX_COORDINATE and abs(message.y) <= MAX_COORDINATE):
             raise AnnotationError("bad_message", "coordinates must be finite image pixels")
-        if "annotate" not in permissions:
+        if Action.ANNOTATE not in permissions:
             return None
         bucket = self._pointer_buckets.get(sender)
         if bucket is None:

@@ -44,6 +44,7 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 
 from annotations.authority import LOSSY, RELIABLE, error_text
+from core.actions import Action
 from sfu import aiortc_hooks as hooks
 from sfu.forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet
 from sfu.rtp import ExtensionIds, parse_header, unwrap_rtx
@@ -58,9 +59,9 @@ Notify = Callable[[dict[str, Any]], None]
 """Sends one signalling message (a dict with `type`) to this participant."""
 
 PERMISSION_OF_SOURCE = {
-    "microphone": "publish_audio",
-    "camera": "publish_video",
-    "screen": "share_screen",
+    "microphone": Action.PUBLISH_AUDIO,
+    "camera": Action.PUBLISH_VIDEO,
+    "screen": Action.SHARE_SCREEN,
 }
 """The policy action each kind of published media needs."""
 

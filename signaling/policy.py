@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from core.actions import Action
 from core.errors import ConfigError
 from signaling.identity import Identity
 
@@ -32,28 +33,7 @@ ROLES: tuple[str, ...] = (
 )
 """Every role a token may carry, in the order tables and docs list them."""
 
-ACTIONS: tuple[str, ...] = (
-    "join_room",
-    "publish_audio",
-    "publish_video",
-    "share_screen",
-    "share_image",
-    "annotate",
-    "moderate_annotations",
-    "admit",
-    "mute_others",
-    "remove_participant",
-    "start_recording",
-    "stop_recording",
-    "list_recordings",
-    "play_recording",
-    "export_recording",
-    "hold_recording",
-    "manage_keys",
-    "run_retention",
-    "read_audit",
-    "revoke",
-)
+ACTIONS: tuple[str, ...] = tuple(Action)
 """Every action the policy decides, in the order tables and docs list them."""
 
 LIVE_ACTIONS: frozenset[str] = frozenset(ACTIONS[: ACTIONS.index("stop_recording") + 1])
