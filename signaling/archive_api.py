@@ -64,7 +64,7 @@ from signaling.audit import AuditLog, iter_entries, parse_time
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.policy import Policy, RecordingScope
-from signaling.recording import recorder_audit
+from signaling.recording_control import recorder_audit
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ from signaling.connection import Connection, ConnectionState
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.policy import Policy, RoomScope
-from signaling.recording import Recorder
+from signaling.recording_control import Recorder
 from signaling.settings import Settings
 from signaling.state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
 from signaling.tokens import TokenVerifier
@@ -63,7 +63,7 @@ _MESSAGE_ACTIONS: dict[type[p.Message], str] = {
 _RECORDING_MESSAGES = (
     p.RequestConsent, p.Consent, p.VerbalConsent, p.StartRecording, p.StopRecording, p.MarkCase,
 )  # fmt: skip
-"""Carried out by the recorder on the node hosting the room's media (signaling/recording.py)."""
+"""Carried out by the recorder on the node hosting the room's media (recording_control.py)."""
 
 
 def room_scope(room: RoomRecord | None, room_id: str) -> RoomScope:

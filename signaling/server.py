@@ -63,7 +63,7 @@ from signaling.devpage import add_dev_routes
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.policy import Policy, RoomScope
-from signaling.recording import Recorder, recorder_audit
+from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms, room_scope, room_state
 from signaling.settings import Settings, is_loopback
 from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recorder.manifest import read_manifest, write_manifest
 from recorder.recovery import recover_interrupted
-from signaling.recording import recorder_audit
+from signaling.recording_control import recorder_audit
 from tests.fixtures.recordings import record_on_node
 from tests.fixtures.servers import node_settings, running_node
 
