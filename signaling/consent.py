@@ -83,11 +83,6 @@ class Now:
     when the room is not being recorded."""
 
 
-def utc_stamp(moment: datetime) -> str:
-    """A UTC time as the manifest writes it (ISO 8601, milliseconds)."""
-    return moment.isoformat(timespec="milliseconds")
-
-
 # -- effects out ------------------------------------------------------------------------------
 
 
@@ -135,6 +130,8 @@ class OpenRecording:
     room_id: str
     recording_id: str
     recording_class: str
+    started_by: str
+    """Token subject of the chair who starts it."""
 
 
 @dataclass(frozen=True)
@@ -233,15 +230,6 @@ class RunningRecording:
 
 
 @dataclass
-class OpeningRecording:
-    """A recording whose key and sink are being created (between `start` and `opened`)."""
-
-    recording_id: str
-    started_by: str
-    recording_class: str
-
-
-@dataclass
 class RoomConsent:
     """One room's recording state on the node hosting its media."""
 
@@ -254,7 +242,8 @@ class RoomConsent:
     """Participant id of the chair who asked."""
     answers: dict[str, ConsentRecord] = field(default_factory=dict)
     """Each person's latest answer, by token subject."""
-    opening: OpeningRecording | None = None
+    opening: OpenRecording | None = None
+    """The recording whose key and sink are being created (between `start` and `opened`)."""
     recording: RunningRecording | None = None
     """The running recording, if any."""
     cases: list[str] = field(default_factory=list)
@@ -349,11 +338,9 @@ class RecordingConsent:
                     return [self._refuse(person, request, "not_recording", NOT_RECORDING)]
                 recording_id = room.recording.recording_id
                 room.recording = None
-                return [
-                    DetachSink(room.room_id, recording_id),
-                    CloseRecording(room.room_id, recording_id, "stopped", by=person.sub,
-                                   announce=True),
-                ]  # fmt: skip
+                return [DetachSink(room.room_id, recording_id),
+                        CloseRecording(room.room_id, recording_id, "stopped", person.sub,
+                                       announce=True)]  # fmt: skip
             case p.MarkCase(label=label):
                 if room.recording is None:
                     return [self._refuse(person, request, "not_recording", MARK_WHILE_RECORDING)]
@@ -417,7 +404,7 @@ class RecordingConsent:
             sub=person.sub,
             decision=decision,
             method=method,
-            at=utc_stamp(now.utc),
+            at=now.utc.isoformat(timespec="milliseconds"),
             at_ms=now.recording_ms if recording_id is not None else 0,
             notice_version=self.notice_version,
             recorded_by=chair.participant_id if chair is not None else "",
@@ -464,8 +451,8 @@ class RecordingConsent:
             ]  # fmt: skip
         stamp = now.utc.strftime("%Y%m%dT%H%M%SZ")
         recording_id = f"rec-{room.room_id}-{stamp}-{nonce}"
-        room.opening = OpeningRecording(recording_id, chair.sub, recording_class)
-        return [OpenRecording(room.room_id, recording_id, recording_class)]
+        room.opening = OpenRecording(room.room_id, recording_id, recording_class, chair.sub)
+        return [room.opening]
 
     def opened(self, room_id: str, recording_id: str, now: Now) -> list[Effect]:
         """The recording's sink has started: list everyone present in it with their answers,
@@ -484,7 +471,8 @@ class RecordingConsent:
                 consent = replace(answer, participant_id=person.participant_id)
                 effects.append(RecordConsent(recording_id, consent))
         effects.append(AttachSink(room_id, recording_id))
-        room.recording = RunningRecording(recording_id, utc_stamp(now.utc), opening.started_by)
+        started_at = now.utc.isoformat(timespec="milliseconds")
+        room.recording = RunningRecording(recording_id, started_at, opening.started_by)
         room.cases = []
         room.failure = room.failed_recording_id = ""
         declined = sum(1 for x in room.present.values() if room.decision_of(x.sub) != "granted")

@@ -145,7 +145,8 @@ def test_a_decliner_does_not_block_the_start_and_is_left_out() -> None:
     effects = consent.request(CHAIR.participant_id, p.StartRecording("tumour"), at(2), "abc123")
     assert not of(Refuse, effects)
     (open_,) = of(OpenRecording, effects)
-    assert open_ == OpenRecording(ROOM, "rec-tumour-board-20260302T093002Z-abc123", "tumour")
+    recording_id = "rec-tumour-board-20260302T093002Z-abc123"
+    assert open_ == OpenRecording(ROOM, recording_id, "tumour", started_by="dr-chair")
     assert consent.recording_of(ROOM) is None, "not running until its sink has started"
 
     effects = consent.opened(ROOM, open_.recording_id, at(2.5))
