@@ -1,24 +1,39 @@
-"""The `consilium` command as a user runs it: real `consilium serve` processes."""
+"""The `consilium` command as a user runs it (real `consilium serve` processes), and its parser
+and what its commands print, checked without a process."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from consilium.cli import build_parser
+from consilium.commands.audit import entry_line
+from consilium.commands.client import query
+from consilium.commands.folders import data_dir, key_dir
+from consilium.commands.recordings import (
+    VERIFY_BUNDLE_NOT_AUTHENTICATED,
+    bundle_verdict,
+    verify_verdict,
+)
+from recorder.bundle import BundleReport
+from signaling.audit import AuditEntry
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.servers import REPO, close_code, free_port, next_message
 
 SUBCOMMANDS = [
     ["serve"], ["token"], ["audit"], ["audit", "verify"], ["audit", "show"], ["keys"],
-    ["keys", "list"], ["keys", "export-audit-public"], ["revoke"], ["policy"], ["policy", "show"],
-    ["bot"], ["watermark"], ["watermark", "identify"],
+    ["keys", "list"], ["keys", "export-audit-public"], ["keys", "rotate"], ["keys", "data"],
+    ["revoke"], ["policy"], ["policy", "show"], ["bot"], ["watermark"], ["watermark", "identify"],
+    ["recordings"], ["recordings", "verify-bundle"], ["retention"], ["retention", "run"],
 ]  # fmt: skip
 
 
@@ -35,6 +50,121 @@ def test_every_subcommand_has_help(args: list[str]) -> None:
     result = consilium(*args, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: consilium" in result.stdout
+
+
+# -- the parser and what the commands print: no process, no event loop ----------------------------
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every runnable command line (`keys rotate`, `bot`, ...) with the handler it dispatches to."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield path.strip(), parser.get_default("func")
+        return
+    for name, sub in groups[0].choices.items():
+        yield from leaf_commands(sub, f"{path} {name}")
+
+
+def test_every_command_runs_a_handler() -> None:
+    commands = dict(leaf_commands(build_parser()))
+    assert len(commands) == 21, sorted(commands)
+    for name, handler in commands.items():
+        assert callable(handler), f"`consilium {name}` has no handler"
+
+
+def test_help_lists_the_commands_in_their_order() -> None:
+    listed = [name for name, _ in leaf_commands(build_parser())]
+    firsts = list(dict.fromkeys(name.split()[0] for name in listed))
+    assert firsts == ["serve", "token", "audit", "keys", "revoke", "policy", "watermark",
+                      "recordings", "retention", "bot"]  # fmt: skip
+    assert [n for n in listed if n.startswith("keys ")] == [
+        "keys list", "keys export-audit-public", "keys rotate", "keys data"
+    ]  # fmt: skip
+
+
+def test_building_the_command_line_loads_no_media_stack() -> None:
+    # `consilium --help` and the quick commands must not wait for aiortc, av or numpy.
+    probe = "import sys; from consilium.cli import build_parser; build_parser(); " + (
+        "print(sorted({'aiortc', 'av', 'numpy', 'aiohttp'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_key_folder_defaults_to_keys_under_the_data_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CONSILIUM_KEY_DIR", raising=False)
+    monkeypatch.setenv("CONSILIUM_DATA_DIR", "/srv/consilium")
+    args = argparse.Namespace(data_dir=None, key_dir=None)
+    assert data_dir(args) == Path("/srv/consilium")
+    assert key_dir(args) == Path("/srv/consilium/keys")
+    monkeypatch.setenv("CONSILIUM_KEY_DIR", "/etc/consilium/keys")
+    assert key_dir(args) == Path("/etc/consilium/keys")
+    flagged = argparse.Namespace(data_dir="/data", key_dir="/keys")
+    assert (data_dir(flagged), key_dir(flagged)) == (Path("/data"), Path("/keys"))
+
+
+def test_archive_search_leaves_out_criteria_not_given() -> None:
+    assert query(room="mdt 1", since=None, case=2) == "?room=mdt+1&case=2"
+    assert query(room=None) == ""
+
+
+def test_audit_show_line_names_who_where_and_why() -> None:
+    entry = AuditEntry(
+        seq=12,
+        ts="2026-11-25T10:00:00.000Z",
+        action="join_refused",
+        outcome="deny",
+        sub=None,
+        room="mdt-1",
+        reason="origin_not_allowed",
+        fields={"ip": "192.0.2.7", "jti": None},
+        prev="0" * 64,
+        hash="1" * 64,
+    )
+    assert entry_line(entry) == (
+        "     12 2026-11-25T10:00:00.000Z join_refused       deny  sub=- room=mdt-1 "
+        "reason=origin_not_allowed ip=192.0.2.7"
+    )
+
+
+def test_recording_that_stopped_by_itself_says_where_and_why() -> None:
+    report = {"ok": True, "status": "failed", "stopped_at_ms": 62_003, "failure": "disk_full",
+              "segments_checked": 31, "interrupted": False, "problems": []}  # fmt: skip
+    (line,) = verify_verdict("rec-1", report)
+    assert line.startswith("FAILED AT 01:02.003 (disk_full): rec-1: the recording stopped there")
+    assert "the 31 segments before it verified" in line
+
+
+def test_verify_notes_crash_recovery_and_lists_every_problem() -> None:
+    intact = {"ok": True, "segments_checked": 4, "interrupted": True, "problems": []}
+    assert verify_verdict("rec-2", intact) == [
+        "OK: rec-2: 4 segments verified, manifest signed and in the audit log "
+        "(interrupted: closed by crash recovery)"
+    ]
+    broken = {"ok": False, "segments_checked": 1, "interrupted": False,
+              "problems": ["segment 2: tag mismatch", "manifest: bad signature"]}  # fmt: skip
+    assert verify_verdict("rec-3", broken) == [
+        "FAILED: rec-3", "  - segment 2: tag mismatch", "  - manifest: bad signature"
+    ]  # fmt: skip
+
+
+def test_bundle_whole_but_signer_unchecked_is_not_called_authentic() -> None:
+    bundle = Path("case-1.bundle")
+    status, lines = bundle_verdict(BundleReport(bundle, fingerprint="SHA256:ab"))
+    assert status == VERIFY_BUNDLE_NOT_AUTHENTICATED == 3
+    assert lines[0].startswith("INTACT, AUTHENTICITY NOT ESTABLISHED: case-1.bundle:")
+    status, lines = bundle_verdict(
+        BundleReport(bundle, fingerprint="SHA256:ab", authenticated=True)
+    )
+    assert status == 0 and lines == [
+        "OK: case-1.bundle: every member matches and it is signed by the expected key SHA256:ab"
+    ]
+    failed = BundleReport(bundle, authenticated=True, problems=["media.webm: hash differs"])
+    assert bundle_verdict(failed) == (1, ["FAILED: case-1.bundle", "  - media.webm: hash differs"])
 
 
 def test_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:

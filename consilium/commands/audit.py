@@ -16,6 +16,7 @@ from consilium.commands.usage import UsageError
 from core.errors import ConfigError
 from signaling.audit import (
     PUBLIC_KEY_FILE,
+    AuditEntry,
     compare_with_witness,
     iter_entries,
     load_public_key,
@@ -83,6 +84,17 @@ def _time(value: str | None) -> datetime | None:
         raise UsageError(str(exc)) from None
 
 
+def entry_line(entry: AuditEntry) -> str:
+    """One entry as `audit show` prints it: sequence, time, action, outcome, who, where, why,
+    then its other fields (those without a value left out)."""
+    extra = " ".join(f"{k}={v}" for k, v in entry.fields.items() if v is not None)
+    return (
+        f"{entry.seq:>7} {entry.ts} {entry.action:<18} {entry.outcome:<5} "
+        f"sub={entry.sub or '-'} room={entry.room or '-'} "
+        f"reason={entry.reason or '-'} {extra}".rstrip()
+    )
+
+
 def cmd_audit_show(args: argparse.Namespace) -> int:
     """List audit entries, filtered."""
     count = 0
@@ -94,15 +106,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         since=_time(args.since),
         until=_time(args.until),
     ):
-        if args.json:
-            print(json.dumps(asdict(entry), ensure_ascii=False))
-        else:
-            extra = " ".join(f"{k}={v}" for k, v in entry.fields.items() if v is not None)
-            print(
-                f"{entry.seq:>7} {entry.ts} {entry.action:<18} {entry.outcome:<5} "
-                f"sub={entry.sub or '-'} room={entry.room or '-'} "
-                f"reason={entry.reason or '-'} {extra}".rstrip()
-            )
+        print(json.dumps(asdict(entry), ensure_ascii=False) if args.json else entry_line(entry))
         count += 1
         if args.limit and count >= args.limit:
             break

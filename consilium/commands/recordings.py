@@ -13,6 +13,7 @@ import json
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,9 @@ from rich.table import Table
 from consilium.commands.client import Client, add_server_options, query, with_client
 from core.errors import ConfigError
 from signaling.audit import load_public_key
+
+if TYPE_CHECKING:  # recorder.bundle pulls in av; see cmd_bundle
+    from recorder.bundle import BundleReport
 
 
 def _quote(recording_id: str) -> str:
@@ -59,25 +63,31 @@ def cmd_verify(args: argparse.Namespace, client: Client, console: Console) -> in
     report = client.job(f"verifying {args.recording}", path, console)
     if args.json:
         print(json.dumps(report))
-    elif report["ok"] and report.get("status") == "failed":
+    else:
+        for line in verify_verdict(args.recording, report):
+            console.print(line)
+    return 0 if report["ok"] else 1
+
+
+def verify_verdict(recording_id: str, report: dict[str, Any]) -> list[str]:
+    """What `recordings verify` tells a person about the server's verify report: a recording
+    that stopped by itself (intact up to the failure, with where and why), an intact one
+    (noting crash recovery), or the problems found."""
+    if report["ok"] and report.get("status") == "failed":
         at = report.get("stopped_at_ms") or 0
-        console.print(
+        return [
             f"FAILED AT {at // 60000:02d}:{at // 1000 % 60:02d}.{at % 1000:03d} "
-            f"({report.get('failure') or 'unknown'}): {args.recording}: the recording stopped "
+            f"({report.get('failure') or 'unknown'}): {recording_id}: the recording stopped "
             f"there by itself; the {report['segments_checked']} segments before it verified, "
             "manifest signed and in the audit log"
-        )
-    elif report["ok"]:
+        ]
+    if report["ok"]:
         note = " (interrupted: closed by crash recovery)" if report["interrupted"] else ""
-        console.print(
-            f"OK: {args.recording}: {report['segments_checked']} segments verified, manifest "
+        return [
+            f"OK: {recording_id}: {report['segments_checked']} segments verified, manifest "
             f"signed and in the audit log{note}"
-        )
-    else:
-        console.print(f"FAILED: {args.recording}")
-        for problem in report["problems"]:
-            console.print(f"  - {problem}")
-    return 0 if report["ok"] else 1
+        ]
+    return [f"FAILED: {recording_id}", *(f"  - {problem}" for problem in report["problems"])]
 
 
 def cmd_export(args: argparse.Namespace, client: Client, console: Console) -> int:
@@ -130,25 +140,28 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    report = verify_bundle(args.bundle, expected_public_key=expected)
+    status, lines = bundle_verdict(verify_bundle(args.bundle, expected_public_key=expected))
+    for line in lines:
+        console.print(line)
+    return status
+
+
+def bundle_verdict(report: BundleReport) -> tuple[int, list[str]]:
+    """`verify-bundle`'s exit status and what it tells a person: failed (with every problem),
+    whole and signed by the expected key, or whole with its signer not established."""
     if not report.ok:
-        console.print(f"FAILED: {args.bundle}")
-        for problem in report.problems:
-            console.print(f"  - {problem}")
-        return 1
+        return 1, [f"FAILED: {report.path}", *(f"  - {problem}" for problem in report.problems)]
     if report.authenticated:
-        console.print(
-            f"OK: {args.bundle}: every member matches and it is signed by the expected key "
+        return 0, [
+            f"OK: {report.path}: every member matches and it is signed by the expected key "
             f"{report.fingerprint}"
-        )
-        return 0
-    console.print(
-        f"INTACT, AUTHENTICITY NOT ESTABLISHED: {args.bundle}: every member matches the index, "
+        ]
+    return VERIFY_BUNDLE_NOT_AUTHENTICATED, [
+        f"INTACT, AUTHENTICITY NOT ESTABLISHED: {report.path}: every member matches the index, "
         f"signed by the key the bundle carries, {report.fingerprint}. Anyone who rewrites a "
         "bundle can re-sign it with a key of their own: compare that fingerprint with the "
         "hospital's audit key, or run again with --public-key <the audit public key PEM>."
-    )
-    return VERIFY_BUNDLE_NOT_AUTHENTICATED
+    ]
 
 
 def cmd_hold(args: argparse.Namespace, client: Client, console: Console) -> int:
