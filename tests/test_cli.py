@@ -1,24 +1,45 @@
-"""The `consilium` command as a user runs it: real `consilium serve` processes."""
+"""The `consilium` command as a user runs it (real `consilium serve` processes), and its parser
+and what its commands print, checked without a process."""
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from rich.console import Console
 
+from consilium.cli import build_parser
+from consilium.commands.audit import entry_line
+from consilium.commands.client import query, with_client
+from consilium.commands.folders import data_dir, key_dir
+from consilium.commands.keys import cmd_keys_rotate
+from consilium.commands.recordings import (
+    VERIFY_BUNDLE_NOT_AUTHENTICATED,
+    bundle_verdict,
+    cmd_hold,
+    cmd_release,
+    verify_verdict,
+)
+from consilium.commands.retention import cmd_retention_run
+from recorder.bundle import BundleReport
+from signaling.audit import AuditEntry
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.servers import REPO, close_code, free_port, next_message
 
 SUBCOMMANDS = [
     ["serve"], ["token"], ["audit"], ["audit", "verify"], ["audit", "show"], ["keys"],
-    ["keys", "list"], ["keys", "export-audit-public"], ["revoke"], ["policy"], ["policy", "show"],
-    ["bot"], ["watermark"], ["watermark", "identify"],
+    ["keys", "list"], ["keys", "export-audit-public"], ["keys", "rotate"], ["keys", "data"],
+    ["revoke"], ["policy"], ["policy", "show"], ["bot"], ["watermark"], ["watermark", "identify"],
+    ["recordings"], ["recordings", "verify-bundle"], ["retention"], ["retention", "run"],
 ]  # fmt: skip
 
 
@@ -35,6 +56,184 @@ def test_every_subcommand_has_help(args: list[str]) -> None:
     result = consilium(*args, "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: consilium" in result.stdout
+
+
+# -- the parser and what the commands print: no process, no event loop ----------------------------
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every runnable command line (`keys rotate`, `bot`, ...) with the handler it dispatches to."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not groups:
+        yield path.strip(), parser.get_default("func")
+        return
+    for name, sub in groups[0].choices.items():
+        yield from leaf_commands(sub, f"{path} {name}")
+
+
+def test_every_command_runs_a_handler() -> None:
+    commands = dict(leaf_commands(build_parser()))
+    assert len(commands) == 21, sorted(commands)
+    for name, handler in commands.items():
+        assert callable(handler), f"`consilium {name}` has no handler"
+
+
+def test_help_lists_the_commands_in_their_order() -> None:
+    listed = [name for name, _ in leaf_commands(build_parser())]
+    firsts = list(dict.fromkeys(name.split()[0] for name in listed))
+    assert firsts == ["serve", "token", "audit", "keys", "revoke", "policy", "watermark",
+                      "recordings", "retention", "bot"]  # fmt: skip
+    assert [n for n in listed if n.startswith("keys ")] == [
+        "keys list", "keys export-audit-public", "keys rotate", "keys data"
+    ]  # fmt: skip
+
+
+def test_building_the_command_line_loads_no_media_stack() -> None:
+    # `consilium --help` and the quick commands must not wait for aiortc, av or numpy.
+    probe = "import sys; from consilium.cli import build_parser; build_parser(); " + (
+        "print(sorted({'aiortc', 'av', 'numpy', 'aiohttp'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_key_folder_defaults_to_keys_under_the_data_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CONSILIUM_KEY_DIR", raising=False)
+    monkeypatch.setenv("CONSILIUM_DATA_DIR", "/srv/consilium")
+    args = argparse.Namespace(data_dir=None, key_dir=None)
+    assert data_dir(args) == Path("/srv/consilium")
+    assert key_dir(args) == Path("/srv/consilium/keys")
+    monkeypatch.setenv("CONSILIUM_KEY_DIR", "/etc/consilium/keys")
+    assert key_dir(args) == Path("/etc/consilium/keys")
+    flagged = argparse.Namespace(data_dir="/data", key_dir="/keys")
+    assert (data_dir(flagged), key_dir(flagged)) == (Path("/data"), Path("/keys"))
+
+
+def test_archive_search_leaves_out_criteria_not_given() -> None:
+    assert query(room="mdt 1", since=None, case=2) == "?room=mdt+1&case=2"
+    assert query(room=None) == ""
+
+
+def test_audit_show_line_names_who_where_and_why() -> None:
+    entry = AuditEntry(
+        seq=12,
+        ts="2026-11-25T10:00:00.000Z",
+        action="join_refused",
+        outcome="deny",
+        sub=None,
+        room="mdt-1",
+        reason="origin_not_allowed",
+        fields={"ip": "192.0.2.7", "jti": None},
+        prev="0" * 64,
+        hash="1" * 64,
+    )
+    assert entry_line(entry) == (
+        "     12 2026-11-25T10:00:00.000Z join_refused       deny  sub=- room=mdt-1 "
+        "reason=origin_not_allowed ip=192.0.2.7"
+    )
+
+
+def test_recording_that_stopped_by_itself_says_where_and_why() -> None:
+    report = {"ok": True, "status": "failed", "stopped_at_ms": 62_003, "failure": "disk_full",
+              "segments_checked": 31, "interrupted": False, "problems": []}  # fmt: skip
+    (line,) = verify_verdict("rec-1", report)
+    assert line.startswith("FAILED AT 01:02.003 (disk_full): rec-1: the recording stopped there")
+    assert "the 31 segments before it verified" in line
+
+
+def test_verify_notes_crash_recovery_and_lists_every_problem() -> None:
+    intact = {"ok": True, "segments_checked": 4, "interrupted": True, "problems": []}
+    assert verify_verdict("rec-2", intact) == [
+        "OK: rec-2: 4 segments verified, manifest signed and in the audit log "
+        "(interrupted: closed by crash recovery)"
+    ]
+    broken = {"ok": False, "segments_checked": 1, "interrupted": False,
+              "problems": ["segment 2: tag mismatch", "manifest: bad signature"]}  # fmt: skip
+    assert verify_verdict("rec-3", broken) == [
+        "FAILED: rec-3", "  - segment 2: tag mismatch", "  - manifest: bad signature"
+    ]  # fmt: skip
+
+
+def test_bundle_whole_but_signer_unchecked_is_not_called_authentic() -> None:
+    bundle = Path("case-1.bundle")
+    status, lines = bundle_verdict(BundleReport(bundle, fingerprint="SHA256:ab"))
+    assert status == VERIFY_BUNDLE_NOT_AUTHENTICATED == 3
+    assert lines[0].startswith("INTACT, AUTHENTICITY NOT ESTABLISHED: case-1.bundle:")
+    status, lines = bundle_verdict(
+        BundleReport(bundle, fingerprint="SHA256:ab", authenticated=True)
+    )
+    assert status == 0 and lines == [
+        "OK: case-1.bundle: every member matches and it is signed by the expected key SHA256:ab"
+    ]
+    failed = BundleReport(bundle, authenticated=True, problems=["media.webm: hash differs"])
+    assert bundle_verdict(failed) == (1, ["FAILED: case-1.bundle", "  - media.webm: hash differs"])
+
+
+class RecordedServer:
+    """Stands in for `client.Client`: answers each call from a table and records the calls."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        self.calls.append((method, path, body))
+        return self.answers[path]
+
+    def job(self, what: str, path: str, console: Console) -> Any:
+        return self.json("POST", path)
+
+
+def printed(console: Console) -> list[str]:
+    return console.export_text().splitlines()
+
+
+def quiet_console() -> Console:
+    return Console(record=True, file=io.StringIO(), width=200)
+
+
+def test_retention_run_names_every_shredded_recording() -> None:
+    server = RecordedServer({"/api/retention/run": {"shredded": ["rec-1", "rec-2"]}})
+    console = quiet_console()
+    assert cmd_retention_run(argparse.Namespace(), server, console) == 0
+    assert printed(console) == ["shredded: rec-1", "shredded: rec-2", "2 recording(s) shredded"]
+
+
+def test_key_rotation_reports_the_old_and_new_kek() -> None:
+    rotated = {"old_kek_id": "kek-1", "kek_id": "kek-2", "rewrapped": 5, "already_current": 1}
+    console = quiet_console()
+    server = RecordedServer({"/api/keys/rotate": rotated})
+    assert cmd_keys_rotate(argparse.Namespace(), server, console) == 0
+    assert printed(console) == ["rotated: kek-1 -> kek-2: 5 re-wrapped, 1 already current"]
+
+
+def test_hold_and_release_quote_the_recording_id() -> None:
+    path = "/api/recordings/mdt%2F1/hold"
+    held = {"recording_id": "mdt/1", "since": "2026-11-25T10:00:00Z", "reason": "PALS-12"}
+    server = RecordedServer({path: held})
+    console = quiet_console()
+    hold = argparse.Namespace(recording="mdt/1", reason="PALS-12")
+    assert cmd_hold(hold, server, console) == 0
+    assert cmd_release(argparse.Namespace(recording="mdt/1"), server, console) == 0
+    assert server.calls == [("POST", path, {"reason": "PALS-12"}), ("DELETE", path, None)]
+    assert printed(console) == [
+        "held: mdt/1 since 2026-11-25T10:00:00Z (PALS-12)",
+        "released: mdt/1 (retention applies again)",
+    ]
+
+
+def test_archive_command_without_a_token_exits_1_saying_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONSILIUM_TOKEN", raising=False)
+    args = argparse.Namespace(server=None, token=None, cacert=None)
+    assert with_client(cmd_retention_run)(args) == 1
+    said = capsys.readouterr().err
+    assert said == "error: give --token or set CONSILIUM_TOKEN (your own token)\n"
 
 
 def test_plain_http_off_loopback_is_refused(tmp_path: Path) -> None:
