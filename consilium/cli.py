@@ -59,8 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a node: HTTP(S) + signalling WebSocket + web client."""
     from aiohttp import web
 
-    from signaling import logs
-    from signaling.server import NODE, build_node, create_app
+    from consilium.node import build_node, create_app
+    from signaling.http import logs
+    from signaling.http.node import NODE
     from signaling.settings import is_loopback, load_settings
 
     flags: dict[str, Any] = {
@@ -117,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"Open {url}", flush=True)
-    from signaling.logs import AccessLogger
+    from signaling.http.logs import AccessLogger
 
     web.run_app(
         app,

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from consilium.node import create_app
 from signaling.audit import iter_entries
 from signaling.devidp import DevelopmentIdP
-from signaling.devpage import add_dev_routes, is_local_request
+from signaling.http.routes.dev import add_dev_routes, is_local_request
 from signaling.policy import ROLES
-from signaling.server import create_app
 from tests.fixtures.servers import RunningNode, next_message, node_settings, running_node
 
 LINK = {"sub": "dr-dev", "name": "Dr Dev", "role": "chair", "depts": ["cardiology"],
