@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from consilium.node import build_node, create_app
-    from signaling.http import logs
+    from signaling import logs
     from signaling.http.node import NODE
     from signaling.settings import is_loopback, load_settings
 
@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     print(f"Open {url}", flush=True)
-    from signaling.http.logs import AccessLogger
+    from signaling.logs import AccessLogger
 
     web.run_app(
         app,

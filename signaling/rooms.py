@@ -31,9 +31,9 @@ from sfu.room import MediaServer
 from sfu.session import MediaError
 from signaling import protocol as p
 from signaling.audit import AuditLog
-from signaling.http.connection import Connection, ConnectionState
-from signaling.http.logs import scrub
+from signaling.connection import Connection, ConnectionState
 from signaling.identity import Identity
+from signaling.logs import scrub
 from signaling.policy import Policy, RoomScope
 from signaling.recording import Recorder
 from signaling.settings import Settings

@@ -14,12 +14,12 @@ from aiohttp import web
 
 from core.errors import ConfigError, ConsiliumError, IntegrityError, ServerError
 from signaling.http import ws
-from signaling.http.logs import scrub
 from signaling.http.node import NODE, Node
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
+from signaling.logs import scrub
 from signaling.tokens import JwksFile
 
 log = logging.getLogger("consilium.server")

@@ -8,9 +8,9 @@ from aiohttp import web
 
 from core.errors import AuthenticationError, PolicyDenied
 from signaling import protocol as p
-from signaling.http.logs import scrub
 from signaling.http.node import NODE
 from signaling.identity import Identity
+from signaling.logs import scrub
 from signaling.policy import RoomScope
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
 import msgspec
@@ -20,19 +21,45 @@ from core.errors import (
 )
 from core.ratelimit import TokenBucket
 from signaling import protocol as p
+from signaling.connection import CLOSE_HANDSHAKE_S, Connection
 from signaling.http.auth import peer_address
 from signaling.http.bodies import short
-from signaling.http.connection import (
-    CLOSE_HANDSHAKE_S,
-    Connection,
-    ConsiliumWebSocket,
-    limit_send_buffer,
-)
 from signaling.http.door import Refuse
-from signaling.http.logs import scrub
 from signaling.http.node import NODE, Node
+from signaling.logs import scrub
 
 log = logging.getLogger("consilium.server")
+
+
+SEND_BUFFER_BYTES = 64 * 1024
+"""The kernel's send buffer per signalling socket (SO_SNDBUF; Linux doubles it).
+
+Left to autotuning, a client that stops reading lets megabytes pile up in the kernel before
+the outbound queue (`max_outbound_queue`) even starts to fill; signalling messages are small,
+so a small buffer costs nothing and makes the queue the bound.
+"""
+
+
+class ConsiliumWebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocket, with an oversized message closed as 4400 like any bad message.
+
+    aiohttp rejects a frame over `max_msg_size` from its header (before buffering it) and
+    closes with 1009; our protocol documents one code for every bad message.
+    """
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        """Close, mapping 1009 (message too big) to 4400."""
+        if code == 1009:
+            code, message = 4400, b"message too large"
+        return await super().close(code=code, message=message, drain=drain)
+
+
+def limit_send_buffer(transport: asyncio.BaseTransport | None) -> None:
+    """Give a signalling socket a small kernel send buffer (`SEND_BUFFER_BYTES`)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 async def signalling(request: web.Request) -> web.StreamResponse:

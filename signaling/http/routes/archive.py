@@ -55,9 +55,9 @@ from recorder.roomkeys import rotate_kek
 from signaling.audit import parse_time
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
-from signaling.http.logs import scrub
 from signaling.http.node import NODE
 from signaling.identity import Identity
+from signaling.logs import scrub
 from signaling.policy import RecordingScope
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -10,8 +10,8 @@ from aiohttp import web
 from core.errors import BadMessage
 from signaling.audit import iter_entries, parse_time
 from signaling.http.auth import authenticate
-from signaling.http.logs import scrub
 from signaling.http.node import NODE
+from signaling.logs import scrub
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:

@@ -19,9 +19,9 @@ from imaging.watermark import Mark, watermark
 from signaling import protocol as p
 from signaling.http.auth import audit_refusal, authenticate, decide_in_room
 from signaling.http.bodies import json_body, short
-from signaling.http.logs import scrub
 from signaling.http.node import NODE, Node
 from signaling.identity import Identity
+from signaling.logs import scrub
 from signaling.rooms import room_scope
 from signaling.state import ParticipantRecord
 
