@@ -23,7 +23,7 @@ read of 64 KiB at the middle of a video track of a 1-minute and of a 1-hour reco
 (`--quick`: 1 and 10 minutes), each made on disk by `RecordingSink` on a fake clock from about
 1 Mbit/s of synthetic RTP (video 100 packets/s of 1100 bytes, audio 50 packets/s of 120 bytes)
 cut into 10 s segments, in a temporary directory deleted afterwards. Each timed read is what the
-server's Range route does (`signaling/archive_api.py`): a new `TrackStream` on the node's
+server's Range route does (`signaling/http/routes/archive.py`): a new `TrackStream` on the node's
 long-lived `Archive`, whose catalogue already holds the recording's verified manifest (it was
 loaded when the archivist listed or opened it): the keyring entry read and unwrapped, the
 segment found by bisection and opened (container header, key commitment, final chunk) and the

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections import deque
 from enum import Enum
 from typing import Any
@@ -22,13 +20,6 @@ CLOSE_HANDSHAKE_S = 2.0
 
 aiohttp waits 10 s by default. Nothing of the room waits for it (the clean-up runs first), but
 a client that never answers, or never reads, must not hold a socket and a task for 10 s.
-"""
-SEND_BUFFER_BYTES = 64 * 1024
-"""The kernel's send buffer per signalling socket (SO_SNDBUF; Linux doubles it).
-
-Left to autotuning, a client that stops reading lets megabytes pile up in the kernel before
-the outbound queue (`max_outbound_queue`) even starts to fill; signalling messages are small,
-so a small buffer costs nothing and makes the queue the bound.
 """
 
 
@@ -50,20 +41,6 @@ class ConnectionState(Enum):
     """In the room."""
     CLOSED = "closed"
     """Closed or closing; nothing more is sent."""
-
-
-class ConsiliumWebSocket(web.WebSocketResponse):
-    """aiohttp's WebSocket, with an oversized message closed as 4400 like any bad message.
-
-    aiohttp rejects a frame over `max_msg_size` from its header (before buffering it) and
-    closes with 1009; our protocol documents one code for every bad message.
-    """
-
-    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
-        """Close, mapping 1009 (message too big) to 4400."""
-        if code == 1009:
-            code, message = 4400, b"message too large"
-        return await super().close(code=code, message=message, drain=drain)
 
 
 class Connection:
@@ -206,14 +183,6 @@ class Connection:
             await asyncio.wait({self.closer})
         elif self.ending is not None:
             await self.close(*self.ending)
-
-
-def limit_send_buffer(transport: asyncio.BaseTransport | None) -> None:
-    """Give a signalling socket a small kernel send buffer (`SEND_BUFFER_BYTES`)."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from consilium.node import create_app
 from signaling.audit import iter_entries
 from signaling.devidp import DevelopmentIdP
-from signaling.devpage import add_dev_routes, is_local_request
+from signaling.http.routes.dev import add_dev_routes, is_local_request
 from signaling.policy import ROLES
-from signaling.server import create_app
 from tests.fixtures.servers import RunningNode, next_message, node_settings, running_node
 
 LINK = {"sub": "dr-dev", "name": "Dr Dev", "role": "chair", "depts": ["cardiology"],
@@ -177,8 +178,12 @@ def test_only_direct_requests_from_this_machine_are_local(
     assert is_local_request(remote, headers, host) is local
 
 
-def test_adding_dev_routes_twice_is_harmless(tmp_path: Path) -> None:
+async def test_adding_dev_routes_twice_is_harmless(tmp_path: Path) -> None:
     app = create_app(node_settings(tmp_path / "data"))
     add_dev_routes(app)
     add_dev_routes(app)
     assert [r.canonical for r in app.router.resources()].count("/dev") == 1
+    # The node's whole life, so that its SFU gives aiortc its own ICE classes back for later tests.
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await runner.cleanup()

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from consilium.node import build_node
 from imaging.deidentify import BurnedInAnnotation, UnsupportedImage
 from imaging.store import ImageStore, TooManyImages, room_uid_secret
 from imaging.watermark import identify, load_or_create_watermark_key
@@ -28,7 +29,7 @@ from recorder.roomkeys import RoomKeys, open_keyring
 from recorder.segments import SegmentIntegrityError
 from sfu.room import ImageRef
 from signaling.audit import AuditEntry, iter_entries
-from signaling.server import build_node, delete_expired_annotations, delete_expired_images
+from signaling.http.tasks import delete_expired_annotations, delete_expired_images
 from signaling.state import Revocation
 from tests.fixtures.servers import (
     RunningNode,

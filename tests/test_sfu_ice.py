@@ -25,6 +25,7 @@ import ifaddr
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
+from consilium.node import ice_settings
 from sfu import ice
 from sfu.ice import (
     IceSettings,
@@ -34,7 +35,6 @@ from sfu.ice import (
     turn_credentials,
     uninstall,
 )
-from signaling.server import ice_settings
 from signaling.settings import Settings
 
 # Taken at import, before any test installs anything.

@@ -358,7 +358,7 @@ async def test_silence_past_the_keepalive_timeout_ends_and_rejoin_works(
 async def test_every_close_the_server_sends_has_words(
     serve_process: Any, chromium: OpenTab
 ) -> None:
-    """The close codes and reasons of signaling/ (rooms.py, server.py) each map to a screen."""
+    """The close codes and reasons of signaling/ (rooms.py, http/ws.py) each map to a screen."""
     closes = [
         (1000, "left", "left"),
         (1001, "", "error"),  # server shutting down: retried first, then this

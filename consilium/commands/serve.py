@@ -32,9 +32,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # other command (and `consilium --help`) would otherwise wait for.
     from aiohttp import web
 
+    from consilium.node import build_node, create_app
     from signaling import logs
+    from signaling.http.node import NODE
     from signaling.logs import AccessLogger
-    from signaling.server import NODE, build_node, create_app
     from signaling.settings import is_loopback, load_settings
 
     flags: dict[str, Any] = {

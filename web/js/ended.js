@@ -35,7 +35,7 @@ export function setLinkToken(token) {
 }
 
 /** Why the visit ended, from the close code and (for 4401, 4403, 4429) the close reason the
- * server gives (signaling/rooms.py and signaling/server.py; docs/protocol.md, "Close codes"). */
+ * server gives (signaling/rooms.py and signaling/http/; docs/protocol.md, "Close codes"). */
 export function endingKind(code, reason = "") {
   const why = reason.toLowerCase();
   switch (code) {

@@ -10,7 +10,8 @@ link is audited (who, which room, which role; never the token).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import jwt
 import msgspec
@@ -18,13 +19,11 @@ from aiohttp import web
 
 from core.errors import BadMessage, NotFound
 from signaling import protocol as p
+from signaling.http.bodies import json_body
+from signaling.http.node import NODE, Node
+from signaling.http.routes.pages import WEB_DIR
 from signaling.policy import ROLES
 from signaling.settings import is_loopback
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from signaling.server import Node
 
 DEV_PAGE_FILES = {"/dev": "dev.html", "/dev.html": "dev.html", "/dev.js": "dev.js",
                   "/dev.css": "dev.css"}  # fmt: skip
@@ -89,11 +88,9 @@ def _hostname(host: str) -> str:
 
 def _dev_node(request: web.Request) -> Node:
     """The node, when it is in development mode and the request is local; else a plain 404."""
-    from signaling.server import NODE  # server imports this module: import at call time
-
     node = request.app[NODE]
     if node.dev_idp is None or not is_local_request(request.remote, request.headers, request.host):
-        # The very answers an unknown path gets (see server.api_not_found and static_file).
+        # The very answers an unknown path gets (see routes.pages: api_not_found and static_file).
         if request.path.startswith("/api/"):
             raise NotFound(f"no such API endpoint: {request.method} {request.path}")
         raise NotFound("no such page")
@@ -115,13 +112,11 @@ def _validate(body: dict[str, Any]) -> DevLinkRequest:
 
 async def mint_dev_link(request: web.Request) -> web.Response:
     """`POST /api/dev/links`: a development token and the join link that carries it."""
-    from signaling.server import _json_body
-
     node = _dev_node(request)
     if request.content_type != "application/json":
         # A cross-site form cannot send JSON without a CORS preflight, which is never granted.
         raise BadMessage("the request body must be application/json")
-    link = _validate(await _json_body(request))
+    link = _validate(await json_body(request))
     assert node.dev_idp is not None
     token = node.dev_idp.mint(
         sub=link.sub,
@@ -161,8 +156,6 @@ async def mint_dev_link(request: web.Request) -> web.Response:
 
 async def dev_page_file(request: web.Request) -> web.FileResponse:
     """`GET /dev` (and the page's own files): the link page, on a development node only."""
-    from signaling.server import WEB_DIR
-
     _dev_node(request)
     return web.FileResponse(WEB_DIR / DEV_PAGE_FILES[request.path])
 

@@ -1,0 +1,210 @@
+"""The composition root: one node's parts (state, audit, rooms, SFU, recorder, images, archive)
+wired once, from its settings, and the HTTP app that serves them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from core.errors import ConfigError
+from imaging.deidentify import ImageLimits
+from imaging.store import ImageStore
+from imaging.watermark import load_or_create_watermark_key
+from imaging.worker import ImageWorkers
+from recorder.diskspace import MIB, DiskSpace
+from recorder.recovery import recover_interrupted
+from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
+from recorder.sink import RecordingSettings
+from sfu.ice import IceSettings, client_ice_servers
+from sfu.room import MediaServer, MediaSettings
+from signaling.audit import HEADS_FILE, AuditLog, generate_audit_key
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from signaling.http import app as http_app
+from signaling.http.archive_service import ArchiveService, retention_settings
+from signaling.http.door import Door
+from signaling.http.node import Node
+from signaling.policy import Policy
+from signaling.recording_control import Recorder, recorder_audit
+from signaling.rooms import Rooms
+from signaling.settings import Settings, is_loopback
+from signaling.state import open_store
+from signaling.tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
+from signaling.witness import SyslogWitness
+
+
+def _key_source(settings: Settings) -> KeySource:
+    if settings.jwks:
+        if settings.jwks.startswith(("https://", "http://")):
+            return JwksUrl(settings.jwks, refetch_interval_s=settings.jwks_refetch_interval_s)
+        return JwksFile(Path(settings.jwks))
+    assert settings.oidc_issuer is not None
+    return OidcDiscovery(settings.oidc_issuer, refetch_interval_s=settings.jwks_refetch_interval_s)
+
+
+def ice_settings(settings: Settings) -> IceSettings:
+    """The SFU's ICE settings from the node's settings (ConfigError when unusable)."""
+    try:
+        return IceSettings(
+            host_addresses=tuple(settings.ice_host_addresses),
+            # Browsers of a loopback-only node are on this host: loopback candidates reach them.
+            loopback=is_loopback(settings.host),
+            port_min=settings.ice_port_min,
+            port_max=settings.ice_port_max,
+            stun_urls=tuple(settings.stun_urls),
+            turn_urls=tuple(settings.turn_urls),
+            turn_secret=settings.turn_secret,
+            turn_ttl_s=settings.turn_ttl_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"ICE settings: {exc}") from None
+
+
+def _image_frames(
+    images: ImageStore, room_id: str, image_id: str | None
+) -> list[tuple[dict[str, Any], list[bytes]]]:
+    """A room's shared images (or one) as the recorder stores them: metadata and frames."""
+    found = []
+    for image in images.list(room_id):
+        if image_id is not None and image.image_id != image_id:
+            continue
+        frames = [images.frame(room_id, image.image_id, i)[0] for i in range(image.frames)]
+        found.append(({**image.to_wire(), "media_type": image.media_type}, frames))
+    return found
+
+
+def kek_location(settings: Settings) -> Path:
+    """The key-encryption key file: `kek_file`, or `kek.json` in the key folder."""
+    return settings.kek_file or settings.keys_directory() / KEK_FILE_NAME
+
+
+def audit_witness(settings: Settings) -> SyslogWitness | None:
+    """The syslog-over-TLS witness of the audit checkpoints, if one is configured."""
+    address = settings.witness_address()
+    if address is None:
+        return None
+    return SyslogWitness(*address, node=settings.node_id, cafile=settings.audit_witness_ca)
+
+
+def build_node(settings: Settings) -> Node:
+    """Load keys, policy and state for one node (nothing listens yet)."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_dir = settings.keys_directory()
+    audit_key = generate_audit_key(key_dir)
+    audit = AuditLog(
+        data_dir / "audit",
+        audit_key,
+        checkpoint_every=settings.audit_checkpoint_every,
+        fsync=settings.audit_fsync,
+        heads_file=key_dir / HEADS_FILE,
+        witness=audit_witness(settings),
+    )
+    policy = Policy.load(settings.policy_file)
+    dev_idp: DevelopmentIdP | None = None
+    if settings.dev_mode:
+        dev_idp = DevelopmentIdP.load_or_create(data_dir)
+        source: KeySource = JwksFile(dev_idp.jwks_path)
+        # Development tokens always carry the development IdP's issuer and audience.
+        issuer, audience = DEV_ISSUER, DEV_AUDIENCE
+    else:
+        source = _key_source(settings)
+        issuer = settings.jwt_issuer or settings.oidc_issuer or ""
+        audience = settings.jwt_audience or "consilium"
+        if not issuer:
+            raise ConfigError("CONSILIUM_JWT_ISSUER is required with CONSILIUM_JWKS")
+
+    def on_key_refresh(reason: str, n_keys: int) -> None:
+        audit.append("token_key_refresh", "info", reason=reason, keys=n_keys)
+
+    verifier = TokenVerifier(
+        source,
+        issuer=issuer,
+        audience=audience,
+        leeway_s=settings.jwt_leeway_s,
+        on_key_refresh=on_key_refresh,
+    )
+    store = open_store(settings.redis, data_dir, settings.node_id)
+    ice = ice_settings(settings)
+    rooms = Rooms(
+        settings,
+        store,
+        policy,
+        verifier,
+        audit,
+        ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
+    )
+    room_keys = RoomKeys(open_keyring(data_dir, kek_location(settings)))
+    images = ImageStore(
+        data_dir,
+        room_keys.key_for,
+        max_images_per_room=settings.max_images_per_room,
+        limits=ImageLimits(max_bytes=settings.max_image_bytes),
+    )
+    recordings_dir = data_dir / "recordings"
+    recover_interrupted(recordings_dir, audit_key, recorder_audit(audit))
+    if settings.media:
+        rooms.media = MediaServer(
+            MediaSettings(
+                video_codecs=tuple(settings.video_codecs),
+                ice=ice,
+                data_dir=data_dir,
+                room_key=room_keys.key_for,
+                image_info=images.lookup,
+            ),
+            rooms.media_notify,
+        )
+        rooms.recorder = Recorder(
+            recordings_dir,
+            room_keys.keyring,
+            audit_key,
+            audit,
+            rooms.media,
+            notice_version=settings.recording_notice_version,
+            settings=RecordingSettings(segment_seconds=settings.recording_segment_seconds),
+            broadcast=rooms.announce,
+            notify=rooms.notify_message,
+            images=lambda room_id, image_id: _image_frames(images, room_id, image_id),
+            disk=DiskSpace(settings.disk_reserve_mb * MIB),
+        )
+    watermark_key = load_or_create_watermark_key(data_dir)
+    return Node(
+        settings=settings,
+        store=store,
+        policy=policy,
+        verifier=verifier,
+        audit=audit,
+        rooms=rooms,
+        key_source=source,
+        dev_idp=dev_idp,
+        door=Door(
+            allowed_origins=settings.allowed_origins,
+            own_origin=settings.own_origin,
+            join_attempts_per_min=settings.join_attempts_per_ip_per_min,
+            max_pending=settings.max_pending_connections,
+        ),
+        room_keys=room_keys,
+        images=images,
+        watermark_key=watermark_key,
+        image_slots=asyncio.Semaphore(settings.image_workers),
+        image_workers=ImageWorkers(settings.image_workers),
+        audit_key=audit_key,
+        archive=ArchiveService(
+            recordings_dir,
+            room_keys.keyring,
+            audit_key,
+            audit,
+            retention_settings(settings.retention_classes()),
+            kek_location(settings),
+            data_dir / "audit",
+            settings.export_scratch(),
+            watermark_key,
+        ),
+    )
+
+
+def create_app(settings: Settings, node: Node | None = None) -> web.Application:
+    """The whole HTTP surface of one node: `node`, or one wired here from `settings`."""
+    return http_app.create_app(node or build_node(settings))

@@ -1,0 +1,197 @@
+"""The aiohttp application of one node: its routes, middleware (errors as JSON, security
+headers), and its start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from core.errors import ConfigError, ConsiliumError, IntegrityError, ServerError
+from signaling.http import ws
+from signaling.http.node import NODE, Node
+from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
+from signaling.http.routes.archive import add_archive_routes
+from signaling.http.routes.dev import add_dev_routes
+from signaling.http.tasks import sweep_retention, sweep_revocations
+from signaling.logs import scrub
+from signaling.tokens import JwksFile
+
+log = logging.getLogger("consilium.server")
+
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(self), display-capture=(self), "
+    "geolocation=(), payment=(), usb=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def errors_and_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map every error to a JSON body (the security headers are added by `security_headers`)."""
+    try:
+        response = await handler(request)
+    except ConsiliumError as exc:
+        response = web.json_response(exc.to_json(), status=exc.http_status)
+    except IntegrityError as exc:
+        # Stored data failed its check (a manifest signed by another key, a damaged file):
+        # say what failed, as `verify` would, rather than "internal error".
+        log.warning("stored data failed verification", extra={"path": scrub(request.path)})
+        response = web.json_response(
+            {"error": "integrity_failed", "message": str(exc)[:500]}, status=409
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "bad_request"
+        )
+        response = web.json_response(
+            {"error": code, "message": exc.reason}, status=exc.status, headers=exc.headers
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path})
+        response = web.json_response(ServerError("internal error").to_json(), status=500)
+    return response
+
+
+HSTS = "max-age=31536000"
+"""Strict-Transport-Security when the node is reached over HTTPS: browsers refuse plain HTTP to
+it for a year. Without includeSubDomains: other hospital hosts under the same domain may still
+serve HTTP."""
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Add the security headers to every response as it is prepared: also to the streamed
+    ones (exports, bundles, media) a handler prepares itself, which a middleware sees too late."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    if request.app[NODE].settings.own_origin.startswith("https://"):
+        # Served over TLS, or behind a TLS-terminating proxy at an https `public_url`.
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+
+
+async def _load_trusted_keys(node: Node) -> None:
+    """Load the IdP's keys at start, so a wrong JWKS path fails the start, not every join."""
+    try:
+        keys = await node.key_source.keys()
+    except Exception as exc:
+        if isinstance(node.key_source, JwksFile):
+            raise ConfigError(f"cannot load the trusted keys: {exc}") from None
+        # A remote IdP may be down for a moment: start, say so, and retry at the first join.
+        log.error("identity provider keys not reachable yet; joins fail until they are: %s", exc)
+        return
+    if not keys:
+        raise ConfigError("the JWKS holds no usable signing key (RS256, PS256, ES256, EdDSA)")
+
+
+async def _shut_down(app: web.Application) -> None:
+    """SIGTERM: recordings end as `server_shutdown` first. aiohttp cancels the WebSocket handlers
+    after this and runs `_lifecycle`'s clean-up later; without it their rooms would empty first
+    and each recording be audited as `room_ended`."""
+    node = app[NODE]
+    node.ready = False
+    if node.rooms.recorder is not None:
+        try:
+            await node.rooms.recorder.shut_down()
+        except Exception:
+            log.exception("recordings did not stop cleanly at shutdown")
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    node = app[NODE]
+    await _load_trusted_keys(node)
+    await node.store.start()
+    if node.rooms.media is not None:
+        await node.rooms.media.start()
+    purged = await node.store.purge_node(node.settings.node_id)
+    node.audit.append(
+        "config_loaded",
+        "info",
+        node=node.settings.node_id,
+        dev_mode=node.settings.dev_mode,
+        policy_sha256=hashlib.sha256(node.policy.describe().encode()).hexdigest(),
+        settings_sha256=hashlib.sha256(
+            json.dumps(node.settings.summary(), sort_keys=True, default=str).encode()
+        ).hexdigest(),
+        stale_entries_purged=purged,
+    )
+    sweeper = asyncio.get_running_loop().create_task(sweep_revocations(node))
+    image_sweeper = asyncio.get_running_loop().create_task(sweep_retention(node))
+    node.ready = True
+    yield
+    node.ready = False
+    sweeper.cancel()
+    image_sweeper.cancel()
+    try:
+        if node.rooms.recorder is not None:
+            # Recordings end cleanly (complete, final segments sealed) before the media goes.
+            with contextlib.suppress(Exception):
+                await node.rooms.recorder.close()
+        with contextlib.suppress(Exception):
+            await node.rooms.close_all()
+        if node.rooms.media is not None:
+            with contextlib.suppress(Exception):
+                await node.rooms.media.close()
+        with contextlib.suppress(Exception):
+            await node.store.purge_node(node.settings.node_id)
+        with contextlib.suppress(Exception):
+            await node.store.close()
+        await asyncio.to_thread(node.image_workers.close)
+    finally:
+        # Whatever failed above, the audit log gets its final signed checkpoint.
+        node.audit.append("server_stopped", "info", node=node.settings.node_id)
+        node.audit.close()
+
+
+def create_app(node: Node) -> web.Application:
+    """The whole HTTP surface of one node (wired by `consilium.node.build_node`)."""
+    app = web.Application(
+        middlewares=[errors_and_headers], client_max_size=node.settings.max_request_bytes
+    )
+    app[NODE] = node
+    app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_shut_down)
+    app.router.add_get("/healthz", metrics.healthz)
+    app.router.add_get("/readyz", metrics.readyz)
+    app.router.add_get("/ws", ws.signalling)
+    app.router.add_get("/api/info", pages.api_info)
+    app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_post("/api/rooms", rooms.create_room)
+    app.router.add_get("/api/rooms/{room}", rooms.get_room)
+    app.router.add_get("/api/rooms/{room}/admission", rooms.room_admission)
+    app.router.add_post("/api/rooms/{room}/images", images.share_image)
+    app.router.add_get("/api/rooms/{room}/images", images.list_images)
+    app.router.add_get("/api/rooms/{room}/images/{image_id}", images.get_image)
+    app.router.add_post("/api/rooms/{room}/images/{image_id}/release", images.release_image)
+    app.router.add_post("/api/revocations", revocations.create_revocation)
+    app.router.add_get("/api/revocations", revocations.list_revocations)
+    app.router.add_get("/api/audit", audit.read_audit)
+    add_archive_routes(app)
+    add_dev_routes(app)
+    app.router.add_route("*", "/api/{tail:.*}", pages.api_not_found)
+    app.router.add_get("/join/{room}", pages.join_page)
+    app.router.add_get("/archive", pages.archive_page)
+    app.router.add_get("/{path:.*}", pages.static_file)
+    return app

@@ -1,0 +1,1 @@
+"""One module per API: module-level handlers over the node (`signaling.http.node.NODE`)."""

@@ -1,0 +1,80 @@
+"""The node as operators watch it: `/healthz`, `/readyz` and Prometheus `/metrics`."""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from core import __version__
+from core.errors import PolicyDenied
+from signaling.http.node import NODE
+from signaling.settings import is_loopback
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the node is ready to serve, 503 otherwise."""
+    node = request.app[NODE]
+    status = 200 if node.ready else 503
+    return web.json_response(
+        {
+            "status": "ok" if node.ready else "starting",
+            "node": node.settings.node_id,
+            "version": __version__,
+        },
+        status=status,
+    )
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the node can take joins now: started, and its shared state (Redis) answers;
+    503 otherwise (a load balancer stops sending new clients; `/healthz` says it is alive)."""
+    node = request.app[NODE]
+    state_ok = node.ready and await node.store.ping()
+    ready = node.ready and state_ok
+    return web.json_response(
+        {
+            "status": "ready" if ready else "not_ready",
+            "node": node.settings.node_id,
+            "started": node.ready,
+            "shared_state": "ok" if state_ok else "unreachable",
+        },
+        status=200 if ready else 503,
+    )
+
+
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Host")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text metrics: from loopback, or with `Authorization: Bearer <metrics_token>`."""
+    node = request.app[NODE]
+    token = node.settings.metrics_token
+    given = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    # A reverse proxy on this host connects from loopback on behalf of anyone: a request that
+    # carries a forwarding header is the forwarded client's, and needs the token.
+    forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
+    local = is_loopback(request.remote or "") and not forwarded
+    if not (local or (token and secrets.compare_digest(given.encode(), token.encode()))):
+        raise PolicyDenied(
+            "metrics are served to direct loopback clients, or with the metrics token"
+        )
+    values: dict[str, float] = {
+        "consilium_ready": 1.0 if node.ready else 0.0,
+        "consilium_connections": float(len(node.rooms.connections)),
+        "consilium_rooms_on_node": float(len(node.rooms.by_room)),
+        "consilium_pending_connections": float(node.door.pending),
+        "consilium_audit_entries": float(node.audit.count),
+    }
+    for cause, count in node.rooms.media_failures.items():
+        values[f'consilium_media_failures_total{{cause="{cause}"}}'] = float(count)
+    if node.rooms.media is not None:
+        for name, value in node.rooms.media.stats().items():
+            values[f"consilium_sfu_{name}"] = float(value)
+    # Counters are integers: printed whole, never in exponent form (Prometheus reads both, but
+    # "1.23457e+06" would lose precision).
+    lines = [
+        f"{name} {int(value) if value.is_integer() else value}"
+        for name, value in sorted(values.items())
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

@@ -1,0 +1,100 @@
+"""The node's periodic sweeps: revocations and media claims, and retention (shared images,
+annotation logs, recordings)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from signaling.http.node import Node
+
+log = logging.getLogger("consilium.server")
+
+
+IMAGE_SWEEP_S = 3600.0
+"""How often each node deletes the shared images older than `image_retention_days`."""
+RECORDING_SWEEP_S = 86400.0
+"""How often each node shreds the recordings whose retention has ended (and once at start)."""
+
+
+async def delete_expired_images(node: Node) -> dict[str, list[str]]:
+    """Delete the shared images older than `image_retention_days` (audited per room)."""
+    cutoff = time.time() - node.settings.image_retention_days * 86400.0
+    deleted: dict[str, list[str]] = await asyncio.to_thread(node.images.delete_expired, cutoff)
+    for room_id, image_ids in deleted.items():
+        node.audit.append(
+            "images_deleted",
+            "info",
+            room=room_id,
+            reason="retention",
+            images=image_ids,
+            count=len(image_ids),
+        )
+    return deleted
+
+
+def _expired_annotation_logs(node: Node, cutoff: float) -> list[Path]:
+    """Annotation logs whose last entry is older than `cutoff`, of rooms not in session here."""
+    live = set(node.rooms.media.rooms) if node.rooms.media is not None else set()
+    expired = []
+    for path in sorted((node.settings.data_dir / "rooms").glob("*/annotations.log")):
+        room_id = path.parent.name
+        if room_id not in live and path.stat().st_mtime < cutoff:
+            expired.append(path)
+    return expired
+
+
+async def delete_expired_annotations(node: Node) -> list[str]:
+    """Delete the rooms' annotation and chat logs older than `annotation_retention_days`
+    (audited per room): the records are encrypted under the room key, so the file goes."""
+    cutoff = time.time() - node.settings.annotation_retention_days * 86400.0
+    deleted = []
+    for path in await asyncio.to_thread(_expired_annotation_logs, node, cutoff):
+        try:
+            await asyncio.to_thread(path.unlink)
+        except FileNotFoundError:  # a concurrent sweep took it (and audited it)
+            continue
+        deleted.append(path.parent.name)
+        node.audit.append("annotations_deleted", "info", room=path.parent.name, reason="retention")
+    return deleted
+
+
+async def sweep_retention(node: Node) -> None:
+    """Apply retention at start, then: shared images and annotation logs every
+    `IMAGE_SWEEP_S`, recordings every `RECORDING_SWEEP_S` (legal holds are kept)."""
+    archive = node.archive
+    last_recordings = -RECORDING_SWEEP_S
+    while True:
+        try:
+            await delete_expired_images(node)
+            await delete_expired_annotations(node)
+        except Exception:
+            log.exception("retention sweep of shared images and annotations failed")
+        if time.monotonic() - last_recordings >= RECORDING_SWEEP_S:
+            last_recordings = time.monotonic()
+            try:
+                shredded = await archive.run(archive.archive.run_retention)
+                if shredded:
+                    node.audit.append("retention_run", "info", shredded=len(shredded),
+                                      recordings=shredded)  # fmt: skip
+            except Exception:
+                log.exception("retention sweep of recordings failed")
+        node.retention_swept.set()
+        await asyncio.sleep(IMAGE_SWEEP_S)
+
+
+async def sweep_revocations(node: Node) -> None:
+    """Re-check live connections against the revocation list, for events a node missed; keep
+    this node's claims on the rooms whose media it hosts."""
+    last_claim = 0.0
+    while True:
+        await asyncio.sleep(node.settings.revocation_sweep_s)
+        try:
+            await node.rooms.sweep_revoked()
+            if time.monotonic() - last_claim > 10.0:
+                last_claim = time.monotonic()
+                await node.rooms.refresh_media_claims()
+        except Exception:
+            log.exception("periodic sweep failed")
