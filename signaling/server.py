@@ -62,9 +62,10 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.devpage import add_dev_routes
 from signaling.identity import Identity
 from signaling.logs import scrub
+from signaling.membership import room_scope, room_state
 from signaling.policy import Policy, RoomScope
 from signaling.recording import Recorder, recorder_audit
-from signaling.rooms import Rooms, room_scope, room_state
+from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
 from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStore, open_store
 from signaling.tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
