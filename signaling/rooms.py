@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
-from msgspec import UNSET
 
 from core.actions import Action
 from core.codes import ErrorCode
@@ -31,9 +30,7 @@ from core.errors import (
     ConsiliumError,
     NotFound,
 )
-from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
-from sfu.session import MediaError
 from signaling import cluster, moderation
 from signaling import membership as m
 from signaling import protocol as p
@@ -41,6 +38,7 @@ from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
 from signaling.identity import Identity
 from signaling.logs import scrub
+from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
 from signaling.policy import Policy
 from signaling.recording import Recorder
@@ -49,10 +47,6 @@ from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStor
 from signaling.tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
-
-MEDIA_CLAIM_TTL_S = 30.0
-"""How long a node's claim on a room's media lasts unless refreshed (a dead node's rooms
-move to the next node that needs them after this)."""
 
 _RECORDING_MESSAGES = (
     p.RequestConsent, p.Consent, p.VerbalConsent, p.StartRecording, p.StopRecording, p.MarkCase,
@@ -79,20 +73,46 @@ class Rooms:
         self.policy = policy
         self.verifier = verifier
         self.audit = audit
-        self.media = media
-        """The node's SFU (None: signalling only)."""
-        self.recorder: Recorder | None = None
-        """Records the rooms whose media this node hosts (set with `media`)."""
-        self.media_guests: dict[str, str] = {}
-        """Participants whose media this node hosts for another node: id → their node."""
         self.ice_servers = ice_servers or (lambda identity: [])
         self.connections: dict[str, Connection] = {}
         """This node's connections by participant id (joined and waiting)."""
+        self.relay = MediaRelay(store, self.connections, media)
+        """Moves media operations to the room's media node and notifications back."""
         self.by_room: dict[str, set[Connection]] = {}
         """This node's connections per room."""
         self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
         """Media sessions clients reported as not connecting, by cause, since start."""
         store.subscribe(self.on_event)
+
+    @property
+    def media(self) -> MediaServer | None:
+        """The node's SFU (None: signalling only)."""
+        return self.relay.media
+
+    @media.setter
+    def media(self, media: MediaServer | None) -> None:
+        self.relay.media = media
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """Records the rooms whose media this node hosts (set with `media`)."""
+        return self.relay.recorder
+
+    @recorder.setter
+    def recorder(self, recorder: Recorder | None) -> None:
+        self.relay.recorder = recorder
+
+    def notify_message(self, participant_id: str, message: p.Message) -> None:
+        """Send one server message to a participant whose media this node hosts."""
+        self.relay.notify_message(participant_id, message)
+
+    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
+        """The SFU has something for a participant: send it (through its node if elsewhere)."""
+        self.relay.notify(participant_id, message)
+
+    async def refresh_media_claims(self) -> None:
+        """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
+        await self.relay.refresh_claims()
 
     # -- carrying out effects -------------------------------------------------------------------
 
@@ -275,7 +295,7 @@ class Rooms:
             conn.media_node = await self.store.claim_media_node(
                 room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
             )
-            await self._media_call(
+            await self.relay.call(
                 conn,
                 "join",
                 room=room.room_id,
@@ -305,7 +325,7 @@ class Rooms:
         await self._apply([announced])
         if self.media is not None:
             # Where the room's recording stands, and the notice if it asks for consent.
-            await self._media_call(conn, "rec", action="hello", fields={})
+            await self.relay.call(conn, "rec", action="hello", fields={})
         await self._apply([audited])
 
     def _attach(self, conn: Connection, state: ConnectionState) -> None:
@@ -358,7 +378,7 @@ class Rooms:
         elif isinstance(msg, p.SetMedia):
             await self._set_media(conn, msg)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
-            await self._media_message(conn, msg)
+            await self.relay.message(conn, msg)
         elif isinstance(msg, p.MediaFailed):
             self._media_failed(conn, msg)
         elif isinstance(msg, _RECORDING_MESSAGES):
@@ -368,7 +388,7 @@ class Rooms:
                                            "this node has no SFU", request)))  # fmt: skip
                 return
             fields = msgspec.structs.asdict(msg)
-            await self._media_call(conn, "rec", action=m.type_of(msg), fields=fields)
+            await self.relay.call(conn, "rec", action=m.type_of(msg), fields=fields)
 
     def _media_failed(self, conn: Connection, msg: p.MediaFailed) -> None:
         """Count and log a client's failed media session for IT: the participant id, the node
@@ -385,146 +405,6 @@ class Rooms:
             extra={"participant": conn.participant_id, "media_node": conn.media_node},
         )
 
-    async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
-        """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
-        if self.media is None or not conn.media_node:
-            request = m.type_of(msg)
-            conn.send(
-                p.encode(p.Error(ErrorCode.MEDIA_UNAVAILABLE, "this node has no SFU", request))
-            )
-            return
-        if isinstance(msg, p.Candidate):
-            await self._media_call(
-                conn, "candidate", pc=msg.pc, candidate=msg.candidate,
-                sdp_mid=msg.sdp_mid, sdp_mline_index=msg.sdp_mline_index,
-            )  # fmt: skip
-        elif isinstance(msg, p.Offer):
-            await self._media_call(conn, "offer", pc=msg.pc, sdp=msg.sdp, screen=msg.screen[:8])
-        else:
-            await self._media_call(conn, "answer", pc=msg.pc, sdp=msg.sdp)
-
-    async def _media_call(self, conn: Connection, op: cluster.MediaOp, **fields: Any) -> None:
-        """Run a media operation on the node hosting the room's media: here, or over an event.
-
-        A room's media lives on one node (the first to claim it); a participant whose signalling
-        connection is on another node has its SDP and ICE relayed there, and connects its media
-        straight to that node (its ICE candidates are in that node's SDP).
-        """
-        request = cluster.MediaRequest(
-            node=conn.media_node or "",
-            op=op,
-            pid=conn.participant_id,
-            origin=self.store.node_id,
-            **fields,
-        )
-        if conn.media_node == self.store.node_id:
-            await self._media_op(request)
-        else:
-            await self._publish(request)
-
-    async def _media_op(self, op: cluster.MediaRequest) -> None:
-        """Carry out a media operation on this node's SFU (for a local or a remote participant)."""
-        media = self.media
-        if media is None:
-            return
-        pid, kind = op.pid, op.op
-        try:
-            if kind == "join":
-                assert isinstance(op.room, str) and isinstance(op.user, str)
-                assert isinstance(op.permissions, list)
-                if op.origin != self.store.node_id:
-                    self.media_guests[pid] = op.origin
-                await media.join(
-                    op.room, pid, frozenset(op.permissions),
-                    audio_muted=op.audio_muted is True, video_muted=op.video_muted is True,
-                    user=op.user,
-                )  # fmt: skip
-                if self.recorder is not None:
-                    self.recorder.joined(op.room, RecordedParticipant(
-                        participant_id=pid, sub=op.user, name=op.name or "",
-                        role=op.role or "", depts=list(op.depts or ()), org=op.org or "",
-                    ))  # fmt: skip
-            elif kind == "leave":
-                self.media_guests.pop(pid, None)
-                participant = media.participants.get(pid)
-                await media.leave(pid)
-                if self.recorder is not None:
-                    await self.recorder.left(pid)
-                if participant is not None and participant.room.room_id not in media.rooms:
-                    try:
-                        await self.store.release_media_node(
-                            participant.room.room_id, self.store.node_id
-                        )
-                    except Exception:
-                        # Best effort: an unreleased claim lapses by itself (MEDIA_CLAIM_TTL_S).
-                        log.warning("could not release the media claim", exc_info=True)
-            elif kind == "offer":
-                assert isinstance(op.pc, str) and isinstance(op.sdp, str)
-                sdp = await media.offer(pid, op.pc, op.sdp, screen=op.screen or ())
-                self.media_notify(pid, {"type": "answer", "pc": op.pc, "sdp": sdp})
-            elif kind == "answer":
-                assert isinstance(op.pc, str) and isinstance(op.sdp, str)
-                await media.answer(pid, op.pc, op.sdp)
-            elif kind == "candidate":
-                assert isinstance(op.pc, str) and isinstance(op.candidate, str)
-                await media.candidate(
-                    pid, op.pc, op.candidate,
-                    None if op.sdp_mid is UNSET else op.sdp_mid,
-                    None if op.sdp_mline_index is UNSET else op.sdp_mline_index,
-                )  # fmt: skip
-            elif kind == "mute":
-                assert isinstance(op.kind, str) and isinstance(op.muted, bool)
-                media.set_muted(pid, op.kind, op.muted)
-            elif kind == "rec" and self.recorder is not None:
-                assert isinstance(op.action, str) and isinstance(op.fields, dict)
-                await self.recorder.handle(pid, op.action, op.fields)
-        except MediaError as exc:
-            self.media_notify(pid, {"type": "error", "code": ErrorCode.BAD_MEDIA_REQUEST,
-                                    "message": _short(str(exc)), "request": kind})  # fmt: skip
-
-    def notify_message(self, participant_id: str, message: p.Message) -> None:
-        """Send one server message to a participant whose media this node hosts."""
-        self.media_notify(participant_id, {"type": "message", "text": p.encode(message)})
-
-    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
-        """The SFU has something for a participant: send it (through its node if elsewhere)."""
-        origin = self.media_guests.get(participant_id)
-        if origin is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._publish(cluster.MediaOut(node=origin, pid=participant_id, msg=message))
-            )
-            _pending.add(task)
-            task.add_done_callback(_pending.discard)
-            return
-        self._deliver_media(participant_id, message)
-
-    def _deliver_media(self, participant_id: str, message: dict[str, Any]) -> None:
-        conn = self.connections.get(participant_id)
-        if conn is None or conn.state is not ConnectionState.JOINED:
-            return
-        kind = message.get("type")
-        out: p.Message
-        if kind == "offer":
-            out = p.Offer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "answer":
-            out = p.Answer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "tracks":
-            out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
-        elif kind == "error":
-            out = p.Error(message["code"], message["message"], message.get("request", ""))
-        elif kind == "message":  # already encoded (the recorder's notices)
-            conn.send(message["text"])
-            return
-        else:
-            return
-        conn.send(p.encode(out))
-
-    async def refresh_media_claims(self) -> None:
-        """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
-        if self.media is not None:
-            for room_id in list(self.media.rooms):
-                await self.store.claim_media_node(room_id, self.store.node_id, MEDIA_CLAIM_TTL_S)
-
     async def _set_media(self, conn: Connection, msg: p.SetMedia) -> None:
         record = await self.store.get_participant(conn.room_id, conn.participant_id)
         if record is None:
@@ -535,8 +415,8 @@ class Rooms:
             record.video_muted = msg.video_muted
         await self.store.update_participant(conn.room_id, record)
         if self.media is not None and conn.media_node:
-            await self._media_call(conn, "mute", kind="audio", muted=record.audio_muted)
-            await self._media_call(conn, "mute", kind="video", muted=record.video_muted)
+            await self.relay.call(conn, "mute", kind="audio", muted=record.audio_muted)
+            await self.relay.call(conn, "mute", kind="video", muted=record.video_muted)
         await self._broadcast(conn.room_id, p.ParticipantUpdated(participant_info(record)))
 
     # -- leaving -------------------------------------------------------------------------------
@@ -560,7 +440,7 @@ class Rooms:
             await self._apply(m.left_lobby(conn.room_id, conn.participant_id, taken is not None))
         else:
             if self.media is not None and conn.media_node:
-                await self._media_call(conn, "leave")
+                await self.relay.call(conn, "leave")
             removed = await self.store.remove_participant(conn.room_id, conn.participant_id)
             await self._apply(
                 m.left_room(conn.room_id, conn.participant_id, identity.sub, reason,
@@ -676,9 +556,9 @@ class Rooms:
                     for media_kind in kinds:
                         self.media.set_muted(event.pid, media_kind, True)
             elif isinstance(event, cluster.MediaRequest) and event.node == self.store.node_id:
-                await self._media_op(event)
+                await self.relay.run(event)
             elif isinstance(event, cluster.MediaOut) and event.node == self.store.node_id:
-                self._deliver_media(event.pid, event.msg)
+                self.relay.deliver(event.pid, event.msg)
             elif isinstance(event, cluster.RoomOpened):
                 await self._room_opened(event.room)
         except Exception:
@@ -749,10 +629,3 @@ class Rooms:
         for conn in connections:
             await self.disconnect(conn, reason)
         await asyncio.gather(*(conn.close(code, reason) for conn in connections))
-
-
-_pending: set[asyncio.Task[Any]] = set()
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 200 else text[:197] + "..."
