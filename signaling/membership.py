@@ -97,6 +97,16 @@ class RememberAdmitted:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnMedia:
+    """Tell the SFU hosting the room's media to mute or unmute the sender's own track (when this
+    node has an SFU and the sender's media is up)."""
+
+    kind: str
+    """`audio` or `video`."""
+    muted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Refuse:
     """Close the arriving connection: the executor raises `error` (already audited) after the
     effects before it; the error carries the close code."""
@@ -106,7 +116,7 @@ class Refuse:
 
 Effect = (
     Reply | Broadcast | Audit | CloseRemote | Publish | SaveRoom | SaveParticipant
-    | RememberAdmitted | Refuse
+    | RememberAdmitted | OwnMedia | Refuse
 )  # fmt: skip
 """Everything a membership or moderation rule may ask the executor to do."""
 
@@ -295,6 +305,14 @@ def wait(
     return effects
 
 
+def moved_to_lobby(room_id: str, record: ParticipantRecord) -> list[Effect]:
+    """Someone waiting for a chair now waits for admission (the room opened with a lobby)."""
+    return [
+        Reply(p.Lobby(room_id, Arrival.LOBBY, record.participant_id)),  # type: ignore[arg-type]
+        knock(room_id, record),
+    ]
+
+
 def knock(room_id: str, record: ParticipantRecord) -> Broadcast:
     """Tell the room's admitters someone waits."""
     return Broadcast(room_id, p.Knock(participant_info(record, waiting=True)), to="admitters")
@@ -433,6 +451,27 @@ def room_done(
 ) -> bool:
     """An ad-hoc room (opened by a chair arriving, never scheduled) ends when empty."""
     return room is not None and not room.scheduled_by and not participants and not waiting
+
+
+def set_own_media(
+    room_id: str, record: ParticipantRecord | None, audio_muted: bool | None,
+    video_muted: bool | None,
+) -> list[Effect]:  # fmt: skip
+    """Someone mutes or unmutes themselves (None: unchanged); `record` is them as stored (None:
+    no longer in the room, nothing to do). The SFU hears both kinds, the room hears the change."""
+    if record is None:
+        return []
+    changed = dataclasses.replace(
+        record,
+        audio_muted=record.audio_muted if audio_muted is None else audio_muted,
+        video_muted=record.video_muted if video_muted is None else video_muted,
+    )
+    return [
+        SaveParticipant(room_id, changed),
+        OwnMedia("audio", changed.audio_muted),
+        OwnMedia("video", changed.video_muted),
+        Broadcast(room_id, p.ParticipantUpdated(participant_info(changed))),
+    ]
 
 
 # -- revocation and delivery ------------------------------------------------------------------

@@ -139,6 +139,9 @@ class Rooms:
                 await self.store.update_participant(effect.room, effect.record)
             elif isinstance(effect, m.RememberAdmitted):
                 await self._set_admitted(effect.room, effect.sub, effect.admitted)
+            elif isinstance(effect, m.OwnMedia):
+                if conn is not None and self.media is not None and conn.media_node:
+                    await self.relay.call(conn, "mute", kind=effect.kind, muted=effect.muted)
             elif isinstance(effect, m.Refuse):
                 raise effect.error
 
@@ -373,10 +376,11 @@ class Rooms:
         elif isinstance(msg, p.UpdateRoom):
             room = await self.store.get_room(conn.room_id)
             effects = moderation.update_room(actor, room, lobby=msg.lobby, locked=msg.locked)
+        elif isinstance(msg, p.SetMedia):
+            me = await self.store.get_participant(conn.room_id, conn.participant_id)
+            effects = m.set_own_media(conn.room_id, me, msg.audio_muted, msg.video_muted)
         if effects is not None:
             await self._apply(effects, conn)
-        elif isinstance(msg, p.SetMedia):
-            await self._set_media(conn, msg)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
             await self.relay.message(conn, msg)
         elif isinstance(msg, p.MediaFailed):
@@ -404,20 +408,6 @@ class Rooms:
             "yes" if self.settings.turn_urls else "no",
             extra={"participant": conn.participant_id, "media_node": conn.media_node},
         )
-
-    async def _set_media(self, conn: Connection, msg: p.SetMedia) -> None:
-        record = await self.store.get_participant(conn.room_id, conn.participant_id)
-        if record is None:
-            return
-        if msg.audio_muted is not None:
-            record.audio_muted = msg.audio_muted
-        if msg.video_muted is not None:
-            record.video_muted = msg.video_muted
-        await self.store.update_participant(conn.room_id, record)
-        if self.media is not None and conn.media_node:
-            await self.relay.call(conn, "mute", kind="audio", muted=record.audio_muted)
-            await self.relay.call(conn, "mute", kind="video", muted=record.video_muted)
-        await self._broadcast(conn.room_id, p.ParticipantUpdated(participant_info(record)))
 
     # -- leaving -------------------------------------------------------------------------------
 
@@ -612,8 +602,7 @@ class Rooms:
                 continue
             if verdict is m.Arrival.LOBBY:
                 conn.waiting_reason = m.Arrival.LOBBY
-                conn.send(p.encode(p.Lobby(room_id, "lobby_enabled", conn.participant_id)))
-                await self._apply([m.knock(room_id, self._record(conn))])
+                await self._apply(m.moved_to_lobby(room_id, self._record(conn)), conn)
                 continue
             await self.store.remove_from_lobby(room_id, conn.participant_id)
             try:

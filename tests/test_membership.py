@@ -315,3 +315,25 @@ def test_a_specialist_cannot_admit_and_the_refusal_is_audited(policy: Policy) ->
 def test_error_codes_go_on_the_wire_as_plain_strings() -> None:
     text = p.encode(p.Error(ErrorCode.NOT_FOUND, "no such participant", "mute"))
     assert json.loads(text)["code"] == "not_found"
+
+
+def test_muting_yourself_changes_only_what_you_asked_and_tells_the_sfu_both() -> None:
+    me = record(person("specialist"))
+    effects = m.set_own_media("mdt-1", me, audio_muted=True, video_muted=None)
+    (saved,) = [e.record for e in effects if isinstance(e, m.SaveParticipant)]
+    assert (saved.audio_muted, saved.video_muted) == (True, False)
+    assert [e for e in effects if isinstance(e, m.OwnMedia)] == [
+        m.OwnMedia("audio", True),
+        m.OwnMedia("video", False),
+    ]
+    assert not me.audio_muted
+    assert m.set_own_media("mdt-1", None, audio_muted=True, video_muted=None) == []
+
+
+def test_someone_waiting_for_the_chair_moves_to_the_lobby_and_knocks() -> None:
+    effects = m.moved_to_lobby("mdt-1", record(person("specialist")))
+    assert effects[0] == m.Reply(p.Lobby("mdt-1", "lobby_enabled", "p-1"))
+    assert json.loads(p.encode(p.Lobby("mdt-1", m.Arrival.LOBBY, "p-1")))["reason"] == (  # type: ignore[arg-type]
+        "lobby_enabled"
+    )
+    assert isinstance(effects[1], m.Broadcast) and effects[1].to == "admitters"
