@@ -4,8 +4,9 @@ Events travel as JSON objects through `StateStore.publish` (one Redis pub/sub ch
 share a Redis, an in-process queue otherwise). Each kind is declared here once, typed, and both
 encoded and decoded from here; `docs/protocol.md` documents them from these declarations.
 
-The tag field is `"k"` and the field names are the ones the untyped dicts used, so a node of this
-version and a node of the one before read each other's events during a rolling upgrade. The one
+The tag field is `"k"`, and the field names and their order are the ones the untyped dicts had:
+the bytes on Redis are the same, so nodes of this version and the one before read each other's
+events during a rolling upgrade (tests/test_cluster_events.py checks it byte for byte). The one
 exception in shape is the revocation event, which predates the others and is tagged `"type"`; it
 is declared apart (`Revoked`) and decoded by its tag.
 """
@@ -27,7 +28,7 @@ class NodeEvent(msgspec.Struct, tag_field="k", frozen=True):
     """One event a node publishes to every node, tagged by `k`."""
 
 
-class RoomMessage(NodeEvent, tag="room", frozen=True):
+class RoomMessage(NodeEvent, tag="room", frozen=True, kw_only=True):
     """Deliver one server message to the room's connections on every node, in publication order
     (every participant sees a room's events in the order they happened)."""
 
@@ -36,10 +37,10 @@ class RoomMessage(NodeEvent, tag="room", frozen=True):
     to: str
     """Who gets it: `all` (everyone joined), `admitters` (those who may admit), or one
     participant id."""
-    msg: str
-    """The server message, already encoded as JSON text."""
     exclude: str | None = None
     """A participant id that does not get it (the one the message is about), or null."""
+    msg: str
+    """The server message, already encoded as JSON text."""
 
 
 class CloseConnection(NodeEvent, tag="close", frozen=True):
@@ -81,7 +82,7 @@ MediaOp = Literal["join", "leave", "offer", "answer", "candidate", "mute", "rec"
 """The media operations a `MediaRequest` names."""
 
 
-class MediaRequest(NodeEvent, tag="media", frozen=True):
+class MediaRequest(NodeEvent, tag="media", frozen=True, kw_only=True):
     """A media operation for the node hosting the room's media (a participant whose signalling
     connection is on another node has its SDP and ICE relayed there). `op` names the operation;
     the fields it needs are present, the others absent."""
@@ -90,10 +91,6 @@ class MediaRequest(NodeEvent, tag="media", frozen=True):
     """The node that must carry it out (the room's media node)."""
     op: MediaOp
     """The operation."""
-    pid: str
-    """The participant it is for."""
-    origin: str
-    """The node holding the participant's signalling connection (replies go there)."""
     room: str | msgspec.UnsetType = msgspec.UNSET
     """`join`: the room id."""
     permissions: list[str] | msgspec.UnsetType = msgspec.UNSET
@@ -132,6 +129,10 @@ class MediaRequest(NodeEvent, tag="media", frozen=True):
     """`rec`: the recording request's message type (`hello` when joining)."""
     fields: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     """`rec`: the recording request's fields."""
+    pid: str
+    """The participant it is for."""
+    origin: str
+    """The node holding the participant's signalling connection (replies go there)."""
 
 
 class MediaOut(NodeEvent, tag="media_out", frozen=True):

@@ -47,12 +47,13 @@ PREVIOUS_VERSION = [
 
 
 @pytest.mark.parametrize("wire", PREVIOUS_VERSION, ids=lambda w: str(w.get("k", w.get("type"))))
-def test_events_of_the_previous_version_decode_and_encode_to_the_same_object(
+def test_events_of_the_previous_version_decode_and_encode_to_the_same_bytes(
     wire: dict[str, object],
 ) -> None:
     event = cluster.from_wire(wire)
     assert event is not None
-    assert cluster.to_wire(event) == wire
+    # The store sends json.dumps of the object: the same bytes as the dict of before.
+    assert json.dumps(cluster.to_wire(event)) == json.dumps(wire)
 
 
 def test_absent_media_fields_stay_absent_and_none_stays_none() -> None:
