@@ -337,3 +337,12 @@ def test_someone_waiting_for_the_chair_moves_to_the_lobby_and_knocks() -> None:
         "lobby_enabled"
     )
     assert isinstance(effects[1], m.Broadcast) and effects[1].to == "admitters"
+
+
+def test_when_the_chair_leaves_last_the_ad_hoc_room_ends_unless_someone_still_waits() -> None:
+    chair = person("chair")
+    left = m.left_room("mdt-1", "p-chair", chair.sub, "left", removed=True)
+    assert m.Broadcast("mdt-1", p.ParticipantLeft("p-chair", "left")) in left
+    ad_hoc = room(lobby=True)
+    assert m.room_done(ad_hoc, participants=[], waiting=[])
+    assert not m.room_done(ad_hoc, participants=[], waiting=[record(person("specialist"))])
