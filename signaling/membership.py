@@ -244,6 +244,22 @@ def new_room(identity: Identity, room_id: str, *, opened: bool, now: float) -> R
     )
 
 
+def participant(
+    identity: Identity, participant_id: str, node: str, *, now: float
+) -> ParticipantRecord:
+    """The record of someone arriving (waiting or joined) on `node`, stamped with `now`."""
+    return ParticipantRecord(
+        participant_id=participant_id,
+        sub=identity.sub,
+        role=identity.role,
+        name=identity.name,
+        depts=list(identity.depts),
+        org=identity.org,
+        node=node,
+        joined_at=now,
+    )
+
+
 def too_many_rooms(identity: Identity, room_id: str, peer: str) -> list[Effect]:
     """This node holds as many rooms as it may."""
     return [

@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 
@@ -144,6 +144,8 @@ class Rooms:
                     await self.relay.call(conn, "mute", kind=effect.kind, muted=effect.muted)
             elif isinstance(effect, m.Refuse):
                 raise effect.error
+            else:
+                assert_never(effect)
 
     # -- joining ------------------------------------------------------------------------------
 
@@ -249,16 +251,7 @@ class Rooms:
     def _record(self, conn: Connection) -> ParticipantRecord:
         identity = conn.identity
         assert identity is not None
-        return ParticipantRecord(
-            participant_id=conn.participant_id,
-            sub=identity.sub,
-            role=identity.role,
-            name=identity.name,
-            depts=list(identity.depts),
-            org=identity.org,
-            node=self.store.node_id,
-            joined_at=time.time(),
-        )
+        return m.participant(identity, conn.participant_id, self.store.node_id, now=time.time())
 
     async def _wait(self, conn: Connection, reason: str) -> None:
         """Put a connection in the lobby and tell it (and, if the room is open, the chair)."""

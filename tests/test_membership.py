@@ -346,3 +346,10 @@ def test_when_the_chair_leaves_last_the_ad_hoc_room_ends_unless_someone_still_wa
     ad_hoc = room(lobby=True)
     assert m.room_done(ad_hoc, participants=[], waiting=[])
     assert not m.room_done(ad_hoc, participants=[], waiting=[record(person("specialist"))])
+
+
+def test_an_arrival_is_recorded_on_its_node_at_now() -> None:
+    arrived = m.participant(person("specialist"), "p-7", "node-b", now=NOW)
+    assert (arrived.participant_id, arrived.sub, arrived.node, arrived.joined_at) == (
+        "p-7", "specialist-1", "node-b", NOW,
+    )  # fmt: skip
