@@ -7,7 +7,7 @@ audit, open / attach / detach / close the recording sink, refuse with a code) th
 
 The recording of a room runs on the node that hosts the room's media (its SFU holds the packets
 the recorder stores); chairs and participants connected to other nodes reach it through the same
-relay as their SDP (`Rooms._media_call`). The rules, in the order a meeting meets them:
+relay as their SDP (`MediaRelay.call`). The rules, in the order a meeting meets them:
 
 1. The chair asks for consent (`request_consent`): everyone present is sent the recording
    notice (`consent_requested`, with the notice text's version) and answers `consent` in the

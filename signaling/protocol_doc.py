@@ -6,7 +6,9 @@ document can never drift from what the server validates.
 
 from __future__ import annotations
 
+import ast
 import inspect
+import itertools
 import re
 import sys
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import msgspec
 
 from annotations import authority as a
+from core.codes import ErrorCode
+from signaling import cluster
 from signaling import protocol as p
 from signaling.policy import Refusal
 
@@ -92,7 +96,9 @@ shared state, Redis, is out of reach: nothing took effect, try again). Refusals 
 def _type_text(annotation: Any) -> str:
     text = inspect.formatannotation(annotation) if not isinstance(annotation, str) else annotation
     text = re.sub(r"Annotated\[(\w+), msgspec\.Meta\((.*?)\)\]", r"\1 (\2)", text)
-    for prefix in ("signaling.protocol.", "annotations.authority.", "typing.", "msgspec."):
+    for prefix in (
+        "signaling.protocol.", "signaling.cluster.", "annotations.authority.", "typing.", "msgspec.",
+    ):  # fmt: skip
         text = text.replace(prefix, "")
     text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text).replace(" | UnsetType", "")
     return text.replace("|", "\\|")
@@ -192,6 +198,52 @@ Clients put the reason in words (what to do about it); the policy's detail stays
 log. Declared once, in `signaling/policy.py` (`Refusal`)."""
 
 
+_ERRORS = """\
+A request the server refuses in the room gets `{"type": "error", "code": ..., "message": ...,
+"request": <the request's type>}` and the connection stays open. Clients choose their words by
+`code`; `message` is for logs. Declared once, in `core/codes.py` (`ErrorCode`). The data channels
+have their own codes (below)."""
+
+NODE_EVENTS = f"""\
+## Between nodes
+
+Signalling nodes that share one Redis (`--redis URL`) tell each other what another node must act
+on through one pub/sub channel, `{cluster.CHANNEL_DOC}` (the store's key prefix, then `events`).
+Every node receives every event, its own included, and applies them in publication order; a
+single node does the same through an in-process queue. Each event is one JSON object tagged by
+`k` (the revocation event, older, by `type`); a node ignores kinds it does not know, so a rolling
+upgrade may add one. Declared in `signaling/cluster.py`.
+"""
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a class (the source's own field documentation)."""
+    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        ):  # fmt: skip
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def _node_events() -> list[str]:
+    out = [NODE_EVENTS]
+    for cls in cluster.ALL_EVENTS:
+        config = cls.__struct_config__
+        doc = " ".join(inspect.cleandoc(cls.__doc__ or "").split())
+        out += [f"### `{config.tag_field}`: `{config.tag}`", "", doc, ""]
+        notes = _attribute_docs(cls)
+        out += ["| field | type | required | meaning |", "|---|---|---|---|"]
+        for row, f in zip(_fields(cls), msgspec.structs.fields(cls), strict=True):
+            out.append(f"{row} {notes.get(f.name, '')} |")
+        out += [""]
+    return out
+
+
 def render() -> str:
     """The whole protocol document."""
     out = [INTRO]
@@ -201,10 +253,14 @@ def render() -> str:
     out += ["## Refusal reasons", "", _REFUSALS, "", "| reason | meaning |", "|---|---|"]
     out += [f"| `{refusal}` | {refusal.meaning} |" for refusal in Refusal]
     out += [""]
+    out += ["## Error codes in the room", "", _ERRORS, "", "| code | meaning |", "|---|---|"]
+    out += [f"| `{code}` | {code.meaning} |" for code in ErrorCode]
+    out += [""]
     out += _section("Messages a client sends", p.ClientMessage)
     out += _section("Messages the server sends", p.ServerMessage)
     out += ["## Shared objects", ""]
     out += _shared(p.ParticipantInfo) + _shared(p.RoomState) + _shared(p.TrackInfo)
+    out += _node_events()
     out += _data_channels()
     return "\n".join(out).rstrip() + "\n"
 

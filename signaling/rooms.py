@@ -1,9 +1,14 @@
-"""Rooms, lobby and membership: what happens when someone joins, waits, is admitted or leaves.
+"""Rooms, lobby and membership carried out: the executor of `membership` and `moderation`.
+
+The rules (who joins, who waits, what a chair's admit, deny, mute or remove does) are pure
+functions in `signaling/membership.py` and `signaling/moderation.py`; this module reads what they
+need, calls them, and carries out the effects they return against the store, the audit log, this
+node's connections, the SFU and the recorder.
 
 State that several nodes share (rooms, participants, lobby, revocations) lives in the
 `StateStore`; this node's live connections live here. Everything another node must act on travels
-as an event through `StateStore.publish`, and every node (this one included) applies events in
-`on_event`, so one node and many behave the same way.
+as a `signaling.cluster` event through `StateStore.publish`, and every node (this one included)
+applies events in `on_event`, so one node and many behave the same way.
 """
 
 from __future__ import annotations
@@ -12,93 +17,41 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, assert_never
 
 import msgspec
 
+from core.actions import Action
+from core.codes import ErrorCode
 from core.errors import (
     AuthenticationError,
     BadMessage,
     ConsiliumError,
     NotFound,
-    PolicyDenied,
-    RateLimited,
-    Replaced,
 )
-from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
-from sfu.session import MediaError
+from signaling import cluster, moderation
+from signaling import membership as m
 from signaling import protocol as p
 from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
 from signaling.identity import Identity
 from signaling.logs import scrub
-from signaling.policy import Policy, RoomScope
+from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
+from signaling.membership import participant_info, room_scope, room_state
+from signaling.policy import Policy
 from signaling.recording_control import Recorder
 from signaling.settings import Settings
-from signaling.state import REVOKED_EVENT, ParticipantRecord, Revocation, RoomRecord, StateStore
+from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStore
 from signaling.tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
-
-MEDIA_CLAIM_TTL_S = 30.0
-"""How long a node's claim on a room's media lasts unless refreshed (a dead node's rooms
-move to the next node that needs them after this)."""
-
-# Actions a client message needs, checked against the permissions computed at join.
-_MESSAGE_ACTIONS: dict[type[p.Message], str] = {
-    p.Admit: "admit",
-    p.Deny: "admit",
-    p.UpdateRoom: "admit",
-    p.Mute: "mute_others",
-    p.Remove: "remove_participant",
-    p.RequestConsent: "start_recording",
-    p.VerbalConsent: "start_recording",
-    p.StartRecording: "start_recording",
-    p.MarkCase: "start_recording",
-    p.StopRecording: "stop_recording",
-}
 
 _RECORDING_MESSAGES = (
     p.RequestConsent, p.Consent, p.VerbalConsent, p.StartRecording, p.StopRecording, p.MarkCase,
 )  # fmt: skip
 """Carried out by the recorder on the node hosting the room's media (recording_control.py)."""
-
-
-def room_scope(room: RoomRecord | None, room_id: str) -> RoomScope:
-    """What the policy needs to know of a room (an unopened room has no departments yet)."""
-    if room is None:
-        return RoomScope(room_id=room_id, departments=())
-    return RoomScope(
-        room_id=room.room_id, departments=tuple(room.departments), grants=tuple(room.grants)
-    )
-
-
-def participant_info(rec: ParticipantRecord, *, waiting: bool = False) -> p.ParticipantInfo:
-    """A stored participant as the wire shows it."""
-    return p.ParticipantInfo(
-        participant_id=rec.participant_id,
-        sub=rec.sub,
-        name=rec.name,
-        role=rec.role,
-        depts=list(rec.depts),
-        org=rec.org,
-        audio_muted=rec.audio_muted,
-        video_muted=rec.video_muted,
-        waiting=waiting,
-    )
-
-
-def room_state(room: RoomRecord) -> p.RoomState:
-    """A stored room as the wire shows it."""
-    return p.RoomState(
-        room_id=room.room_id,
-        departments=list(room.departments),
-        lobby=room.lobby,
-        locked=room.locked,
-        title=room.title,
-    )
 
 
 class Rooms:
@@ -120,20 +73,79 @@ class Rooms:
         self.policy = policy
         self.verifier = verifier
         self.audit = audit
-        self.media = media
-        """The node's SFU (None: signalling only)."""
-        self.recorder: Recorder | None = None
-        """Records the rooms whose media this node hosts (set with `media`)."""
-        self.media_guests: dict[str, str] = {}
-        """Participants whose media this node hosts for another node: id → their node."""
         self.ice_servers = ice_servers or (lambda identity: [])
         self.connections: dict[str, Connection] = {}
         """This node's connections by participant id (joined and waiting)."""
+        self.relay = MediaRelay(store, self.connections, media)
+        """Moves media operations to the room's media node and notifications back."""
         self.by_room: dict[str, set[Connection]] = {}
         """This node's connections per room."""
         self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
         """Media sessions clients reported as not connecting, by cause, since start."""
         store.subscribe(self.on_event)
+
+    @property
+    def media(self) -> MediaServer | None:
+        """The node's SFU (None: signalling only)."""
+        return self.relay.media
+
+    @media.setter
+    def media(self, media: MediaServer | None) -> None:
+        self.relay.media = media
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """Records the rooms whose media this node hosts (set with `media`)."""
+        return self.relay.recorder
+
+    @recorder.setter
+    def recorder(self, recorder: Recorder | None) -> None:
+        self.relay.recorder = recorder
+
+    def notify_message(self, participant_id: str, message: p.Message) -> None:
+        """Send one server message to a participant whose media this node hosts."""
+        self.relay.notify_message(participant_id, message)
+
+    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
+        """The SFU has something for a participant: send it (through its node if elsewhere)."""
+        self.relay.notify(participant_id, message)
+
+    async def refresh_media_claims(self) -> None:
+        """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
+        await self.relay.refresh_claims()
+
+    # -- carrying out effects -------------------------------------------------------------------
+
+    async def _apply(self, effects: Iterable[m.Effect], conn: Connection | None = None) -> None:
+        """Carry out effects in order; `conn` is the connection a `Reply` goes to. A `Refuse`
+        raises its error (the effects before it, its audit entry among them, are done)."""
+        for effect in effects:
+            if isinstance(effect, m.Reply):
+                if conn is not None:
+                    conn.send(p.encode(effect.message))
+            elif isinstance(effect, m.Broadcast):
+                await self._broadcast(
+                    effect.room, effect.message, to=effect.to, exclude=effect.exclude
+                )
+            elif isinstance(effect, m.Audit):
+                self.audit.append(effect.event, effect.outcome, **effect.fields)
+            elif isinstance(effect, m.CloseRemote):
+                await self._close_remote(effect.room, effect.pid, effect.code, effect.reason)
+            elif isinstance(effect, m.Publish):
+                await self._publish(effect.event)
+            elif isinstance(effect, m.SaveRoom):
+                await self.store.save_room(effect.room)
+            elif isinstance(effect, m.SaveParticipant):
+                await self.store.update_participant(effect.room, effect.record)
+            elif isinstance(effect, m.RememberAdmitted):
+                await self._set_admitted(effect.room, effect.sub, effect.admitted)
+            elif isinstance(effect, m.OwnMedia):
+                if conn is not None and self.media is not None and conn.media_node:
+                    await self.relay.call(conn, "mute", kind=effect.kind, muted=effect.muted)
+            elif isinstance(effect, m.Refuse):
+                raise effect.error
+            else:
+                assert_never(effect)
 
     # -- joining ------------------------------------------------------------------------------
 
@@ -158,40 +170,34 @@ class Rooms:
             raise
         revoked = await self.store.is_revoked(jti=identity.jti, sub=identity.sub)
         if revoked is not None:
-            self._refuse(identity, msg.room, conn, f"revoked_{revoked.kind}")
+            await self._apply([m.refused(identity, msg.room, conn.peer, f"revoked_{revoked.kind}")])
             raise AuthenticationError("this token or identity has been revoked", reason="revoked")
 
         room = await self.store.get_room(msg.room)
-        decision = self.policy.decide(identity, "join_room", room_scope(room, msg.room))
+        decision = self.policy.decide(identity, Action.JOIN_ROOM, room_scope(room, msg.room))
         if not decision:
-            self._refuse(identity, msg.room, conn, decision.reason)
-            # The client is told the refusal's code (it says what to do), not the policy's detail.
-            raise PolicyDenied(f"{p.JOIN_REFUSED}: {decision.refusal}")
+            await self._apply(
+                m.policy_refused(identity, msg.room, conn.peer, decision.reason, decision.refusal)
+            )
 
         conn.identity = identity
         conn.room_id = msg.room
         conn.participant_id = secrets.token_urlsafe(12)
         await self._replace_older(identity, msg.room, conn.participant_id)
 
-        if room is None or not room.opened:
-            if self.policy.may_open_room(identity):
-                room = await self._open_room(identity, msg.room, room, conn)
-            else:
-                if room is None:
-                    room = await self._create_room(identity, msg.room, conn, opened=False)
-                await self._wait(conn, room, "room_not_open")
-                return
-        if room.locked and not self.policy.bypasses_lobby(identity):
-            self._refuse(identity, msg.room, conn, "room_locked")
-            raise PolicyDenied("the room is locked")
-        if room.lobby and not self._skips_lobby(identity, room):
-            await self._wait(conn, room, "lobby_enabled")
-            return
-        await self._enter(conn, room, admitted_by=None)
-
-    def _skips_lobby(self, identity: Identity, room: RoomRecord) -> bool:
-        """Chairs skip the lobby; so does anyone already admitted to this room."""
-        return identity.sub in room.admitted or self.policy.bypasses_lobby(identity)
+        arrival = m.arrival(identity, room, self.policy)
+        if arrival is m.Arrival.OPEN:
+            room = await self._open_room(identity, msg.room, room, conn)
+            arrival = m.admission(identity, room, self.policy)
+        elif arrival is m.Arrival.WAIT_FOR_CHAIR and room is None:
+            room = await self._create_room(identity, msg.room, conn, opened=False)
+        assert room is not None
+        if arrival is m.Arrival.LOCKED:
+            await self._apply(m.locked_out(identity, msg.room, conn.peer))
+        elif arrival in (m.Arrival.WAIT_FOR_CHAIR, m.Arrival.LOBBY):
+            await self._wait(conn, arrival)
+        else:
+            await self._enter(conn, room, admitted_by=None)
 
     async def _set_admitted(self, room_id: str, sub: str, admitted: bool) -> None:
         """Remember (or forget) that a chair let `sub` into this room, for rejoins."""
@@ -204,47 +210,24 @@ class Rooms:
             room.admitted.remove(sub)
         await self.store.save_room(room)
 
-    def _refuse(self, identity: Identity, room_id: str, conn: Connection, reason: str) -> None:
-        self.audit.append(
-            "join_refused",
-            "deny",
-            sub=identity.sub,
-            room=room_id,
-            reason=reason,
-            jti=identity.jti,
-            role=identity.role,
-            ip=conn.peer,
-        )
-
     async def _open_room(
         self, identity: Identity, room_id: str, room: RoomRecord | None, conn: Connection
     ) -> RoomRecord:
         """A chair arrives: create the room if nobody scheduled it, and mark it open."""
         if room is None:
             room = await self._create_room(identity, room_id, conn, opened=True)
-        if not room.opened:
-            room.opened = True
-            if not room.departments:
-                # Opened ad hoc after others arrived: the room belongs to the chair's departments.
-                room.departments = list(identity.depts)
-            await self.store.save_room(room)
-        self.audit.append("room_opened", "info", sub=identity.sub, room=room_id)
-        await self.store.publish({"k": "room_opened", "room": room_id})
-        return room
+        effects = m.opened(identity, room)
+        await self._apply(effects)
+        saved = [e.room for e in effects if isinstance(e, m.SaveRoom)]
+        return saved[0] if saved else room
 
     async def _create_room(
         self, identity: Identity, room_id: str, conn: Connection, *, opened: bool
     ) -> RoomRecord:
         """Create an unscheduled room (open when a chair arrives, a placeholder otherwise)."""
         if room_id not in self.by_room and len(self.by_room) >= self.settings.max_rooms_per_node:
-            self._refuse(identity, room_id, conn, "too_many_rooms")
-            raise RateLimited("this server holds as many rooms as it may")
-        room = RoomRecord(
-            room_id=room_id,
-            departments=list(identity.depts) if opened else [],
-            opened=opened,
-            created_at=time.time(),
-        )
+            await self._apply(m.too_many_rooms(identity, room_id, conn.peer))
+        room = m.new_room(identity, room_id, opened=opened, now=time.time())
         if await self.store.create_room(room):
             return room
         existing = await self.store.get_room(room_id)
@@ -257,57 +240,34 @@ class Rooms:
         older = await self.store.find_participant_by_sub(room_id, identity.sub)
         if older is not None and older.participant_id != new_pid:
             removed = await self.store.remove_participant(room_id, older.participant_id)
-            if removed is not None:
-                await self._broadcast(room_id, p.ParticipantLeft(older.participant_id, "replaced"))
-            await self._close_remote(room_id, older.participant_id, Replaced.close_code, "replaced")
-            self.audit.append("replaced", "info", sub=identity.sub, room=room_id)
+            await self._apply(
+                m.replaced_in_room(room_id, identity.sub, older.participant_id, removed is not None)
+            )
         for waiting in await self.store.list_lobby(room_id):
             if waiting.sub == identity.sub and waiting.participant_id != new_pid:
                 await self.store.remove_from_lobby(room_id, waiting.participant_id)
-                await self._broadcast(
-                    room_id, p.LobbyLeft(waiting.participant_id, "left"), to="admitters"
-                )
-                await self._close_remote(room_id, waiting.participant_id, 4409, "replaced")
+                await self._apply(m.replaced_in_lobby(room_id, waiting.participant_id))
 
     def _record(self, conn: Connection) -> ParticipantRecord:
         identity = conn.identity
         assert identity is not None
-        return ParticipantRecord(
-            participant_id=conn.participant_id,
-            sub=identity.sub,
-            role=identity.role,
-            name=identity.name,
-            depts=list(identity.depts),
-            org=identity.org,
-            node=self.store.node_id,
-            joined_at=time.time(),
-        )
+        return m.participant(identity, conn.participant_id, self.store.node_id, now=time.time())
 
-    async def _wait(self, conn: Connection, room: RoomRecord | None, reason: str) -> None:
+    async def _wait(self, conn: Connection, reason: str) -> None:
         """Put a connection in the lobby and tell it (and, if the room is open, the chair)."""
         identity = conn.identity
         assert identity is not None
         lobby = await self.store.list_lobby(conn.room_id)
-        if len(lobby) >= self.settings.max_lobby_per_room:
-            self._refuse(identity, conn.room_id, conn, "lobby_full")
-            raise RateLimited("the lobby is full")
         record = self._record(conn)
-        await self.store.add_to_lobby(conn.room_id, record)
-        self._attach(conn, ConnectionState.WAITING)
-        conn.waiting_reason = reason
-        conn.send(p.encode(p.Lobby(conn.room_id, reason, conn.participant_id)))  # type: ignore[arg-type]
-        self.audit.append(
-            "lobby_wait",
-            "info",
-            sub=identity.sub,
-            room=conn.room_id,
-            reason=reason,
-            participant=conn.participant_id,
-        )
-        if reason == "lobby_enabled":
-            await self._broadcast(
-                conn.room_id, p.Knock(participant_info(record, waiting=True)), to="admitters"
-            )
+        effects = m.wait(
+            record, reason, waiting_now=len(lobby), max_waiting=self.settings.max_lobby_per_room,
+            peer=conn.peer, identity=identity, room_id=conn.room_id,
+        )  # fmt: skip
+        if not any(isinstance(e, m.Refuse) for e in effects):
+            await self.store.add_to_lobby(conn.room_id, record)
+            self._attach(conn, ConnectionState.WAITING)
+            conn.waiting_reason = reason
+        await self._apply(effects, conn)
 
     async def _enter(self, conn: Connection, room: RoomRecord, admitted_by: str | None) -> None:
         """Make a connection a participant of the room and tell everyone."""
@@ -317,13 +277,12 @@ class Rooms:
         if not await self.store.add_participant(
             room.room_id, record, max_participants=self.settings.max_participants_per_room
         ):
-            self._refuse(identity, room.room_id, conn, "room_full")
-            raise RateLimited("the room is full")
+            await self._apply(m.room_full(identity, room.room_id, conn.peer))
         conn.permissions = self.policy.permissions(identity, room_scope(room, room.room_id))
         self._attach(conn, ConnectionState.JOINED)
         participants = await self.store.list_participants(room.room_id)
         lobby: list[p.ParticipantInfo] = []
-        if "admit" in conn.permissions:
+        if Action.ADMIT in conn.permissions:
             lobby = [
                 participant_info(w, waiting=True) for w in await self.store.list_lobby(room.room_id)
             ]
@@ -332,20 +291,18 @@ class Rooms:
             conn.media_node = await self.store.claim_media_node(
                 room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
             )
-            await self._media_call(
+            await self.relay.call(
                 conn,
-                {
-                    "op": "join",
-                    "room": room.room_id,
-                    "permissions": sorted(conn.permissions),
-                    "audio_muted": record.audio_muted,
-                    "video_muted": record.video_muted,
-                    "user": identity.sub,
-                    "name": record.name,
-                    "role": record.role,
-                    "depts": list(record.depts),
-                    "org": record.org,
-                },
+                "join",
+                room=room.room_id,
+                permissions=sorted(conn.permissions),
+                audio_muted=record.audio_muted,
+                video_muted=record.video_muted,
+                user=identity.sub,
+                name=record.name,
+                role=record.role,
+                depts=list(record.depts),
+                org=record.org,
             )
         conn.send(
             p.encode(
@@ -360,23 +317,12 @@ class Rooms:
                 )
             )
         )
-        await self._broadcast(
-            room.room_id, p.ParticipantJoined(participant_info(record)), exclude=conn.participant_id
-        )
+        announced, audited = m.entered(record, identity, room.room_id, conn.peer, admitted_by)
+        await self._apply([announced])
         if self.media is not None:
             # Where the room's recording stands, and the notice if it asks for consent.
-            await self._media_call(conn, {"op": "rec", "action": "hello", "fields": {}})
-        self.audit.append(
-            "join",
-            "allow",
-            sub=identity.sub,
-            room=room.room_id,
-            jti=identity.jti,
-            role=identity.role,
-            participant=conn.participant_id,
-            admitted_by=admitted_by,
-            ip=conn.peer,
-        )
+            await self.relay.call(conn, "rec", action="hello", fields={})
+        await self._apply([audited])
 
     def _attach(self, conn: Connection, state: ConnectionState) -> None:
         conn.state = state
@@ -394,50 +340,52 @@ class Rooms:
             # The handler cleans up, then closes: nothing waits for the close handshake.
             conn.finish(1000, "left")
             return
-        if isinstance(msg, p.Join):
-            conn.send(p.encode(p.Error("already_joined", "join is only the first message", "join")))
+        refused = m.screen(msg, joined=conn.state is ConnectionState.JOINED)
+        if refused is not None:
+            conn.send(p.encode(refused))
             return
-        if conn.state is not ConnectionState.JOINED:
-            conn.send(
-                p.encode(p.Error("not_admitted", "wait until you are admitted", _type_of(msg)))
-            )
-            return
-        action = _MESSAGE_ACTIONS.get(type(msg))
-        if action is not None and action not in conn.permissions:
-            identity = conn.identity
-            assert identity is not None
+        identity = conn.identity
+        assert identity is not None
+        actor = m.Actor(sub=identity.sub, participant_id=conn.participant_id, room=conn.room_id)
+        action = m.missing_action(msg, conn.permissions)
+        if action is not None:
             room = await self.store.get_room(conn.room_id)
             decision = self.policy.decide(identity, action, room_scope(room, conn.room_id))
-            self.audit.append(
-                action, "deny", sub=identity.sub, room=conn.room_id, reason=decision.reason
-            )
-            conn.send(p.encode(p.Error("not_allowed", decision.reason, _type_of(msg))))
+            await self._apply(m.not_allowed(actor, msg, action, decision.reason), conn)
             return
+        effects: list[m.Effect] | None = None
         if isinstance(msg, p.Admit):
-            await self._admit(conn, msg.participant_id)
+            taken = await self.store.remove_from_lobby(conn.room_id, msg.participant_id)
+            effects = m.admit(actor, msg.participant_id, taken)
         elif isinstance(msg, p.Deny):
-            await self._deny(conn, msg.participant_id, msg.reason)
+            taken = await self.store.remove_from_lobby(conn.room_id, msg.participant_id)
+            effects = m.deny(actor, msg.participant_id, taken)
         elif isinstance(msg, p.Mute):
-            await self._mute(conn, msg.participant_id, msg.kind)
+            record = await self.store.get_participant(conn.room_id, msg.participant_id)
+            effects = moderation.mute(actor, record, msg.kind)
         elif isinstance(msg, p.Remove):
-            await self._remove(conn, msg.participant_id, msg.reason)
-        elif isinstance(msg, p.SetMedia):
-            await self._set_media(conn, msg)
+            removed = await self.store.remove_participant(conn.room_id, msg.participant_id)
+            effects = moderation.remove(actor, msg.participant_id, removed)
         elif isinstance(msg, p.UpdateRoom):
-            await self._update_room(conn, msg)
+            room = await self.store.get_room(conn.room_id)
+            effects = moderation.update_room(actor, room, lobby=msg.lobby, locked=msg.locked)
+        elif isinstance(msg, p.SetMedia):
+            me = await self.store.get_participant(conn.room_id, conn.participant_id)
+            effects = m.set_own_media(conn.room_id, me, msg.audio_muted, msg.video_muted)
+        if effects is not None:
+            await self._apply(effects, conn)
         elif isinstance(msg, (p.Offer, p.Answer, p.Candidate)):
-            await self._media_message(conn, msg)
+            await self.relay.message(conn, msg)
         elif isinstance(msg, p.MediaFailed):
             self._media_failed(conn, msg)
         elif isinstance(msg, _RECORDING_MESSAGES):
             if self.media is None or not conn.media_node:
-                request = _type_of(msg)
-                conn.send(
-                    p.encode(p.Error("recording_unavailable", "this node has no SFU", request))
-                )
+                request = m.type_of(msg)
+                conn.send(p.encode(p.Error(ErrorCode.RECORDING_UNAVAILABLE,
+                                           "this node has no SFU", request)))  # fmt: skip
                 return
             fields = msgspec.structs.asdict(msg)
-            await self._media_call(conn, {"op": "rec", "action": _type_of(msg), "fields": fields})
+            await self.relay.call(conn, "rec", action=m.type_of(msg), fields=fields)
 
     def _media_failed(self, conn: Connection, msg: p.MediaFailed) -> None:
         """Count and log a client's failed media session for IT: the participant id, the node
@@ -453,247 +401,6 @@ class Rooms:
             "yes" if self.settings.turn_urls else "no",
             extra={"participant": conn.participant_id, "media_node": conn.media_node},
         )
-
-    async def _media_message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
-        """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
-        if self.media is None or not conn.media_node:
-            request = _type_of(msg)
-            conn.send(p.encode(p.Error("media_unavailable", "this node has no SFU", request)))
-            return
-        if isinstance(msg, p.Candidate):
-            await self._media_call(conn, {"op": "candidate", "pc": msg.pc,
-                                          "candidate": msg.candidate, "sdp_mid": msg.sdp_mid,
-                                          "sdp_mline_index": msg.sdp_mline_index})  # fmt: skip
-        else:
-            op: dict[str, Any] = {"op": _type_of(msg), "pc": msg.pc, "sdp": msg.sdp}
-            if isinstance(msg, p.Offer):
-                op["screen"] = msg.screen[:8]
-            await self._media_call(conn, op)
-
-    async def _media_call(self, conn: Connection, op: dict[str, Any]) -> None:
-        """Run a media operation on the node hosting the room's media: here, or over an event.
-
-        A room's media lives on one node (the first to claim it); a participant whose signalling
-        connection is on another node has its SDP and ICE relayed there, and connects its media
-        straight to that node (its ICE candidates are in that node's SDP).
-        """
-        op = {**op, "pid": conn.participant_id, "origin": self.store.node_id}
-        if conn.media_node == self.store.node_id:
-            await self._media_op(op)
-        else:
-            await self.store.publish({"k": "media", "node": conn.media_node, **op})
-
-    async def _media_op(self, op: dict[str, Any]) -> None:
-        """Carry out a media operation on this node's SFU (for a local or a remote participant)."""
-        media = self.media
-        if media is None:
-            return
-        pid, kind = op["pid"], op["op"]
-        try:
-            if kind == "join":
-                if op["origin"] != self.store.node_id:
-                    self.media_guests[pid] = op["origin"]
-                await media.join(
-                    op["room"], pid, frozenset(op["permissions"]),
-                    audio_muted=op["audio_muted"], video_muted=op["video_muted"], user=op["user"],
-                )  # fmt: skip
-                if self.recorder is not None:
-                    self.recorder.joined(op["room"], RecordedParticipant(
-                        participant_id=pid, sub=op["user"], name=op.get("name", ""),
-                        role=op.get("role", ""), depts=list(op.get("depts", ())),
-                        org=op.get("org", ""),
-                    ))  # fmt: skip
-            elif kind == "leave":
-                self.media_guests.pop(pid, None)
-                participant = media.participants.get(pid)
-                await media.leave(pid)
-                if self.recorder is not None:
-                    await self.recorder.left(pid)
-                if participant is not None and participant.room.room_id not in media.rooms:
-                    try:
-                        await self.store.release_media_node(
-                            participant.room.room_id, self.store.node_id
-                        )
-                    except Exception:
-                        # Best effort: an unreleased claim lapses by itself (MEDIA_CLAIM_TTL_S).
-                        log.warning("could not release the media claim", exc_info=True)
-            elif kind == "offer":
-                sdp = await media.offer(pid, op["pc"], op["sdp"], screen=op.get("screen", ()))
-                self.media_notify(pid, {"type": "answer", "pc": op["pc"], "sdp": sdp})
-            elif kind == "answer":
-                await media.answer(pid, op["pc"], op["sdp"])
-            elif kind == "candidate":
-                await media.candidate(
-                    pid, op["pc"], op["candidate"], op["sdp_mid"], op["sdp_mline_index"]
-                )
-            elif kind == "mute":
-                media.set_muted(pid, op["kind"], op["muted"])
-            elif kind == "rec" and self.recorder is not None:
-                await self.recorder.handle(pid, op["action"], op["fields"])
-        except MediaError as exc:
-            self.media_notify(pid, {"type": "error", "code": "bad_media_request",
-                                    "message": _short(str(exc)), "request": kind})  # fmt: skip
-
-    def notify_message(self, participant_id: str, message: p.Message) -> None:
-        """Send one server message to a participant whose media this node hosts."""
-        self.media_notify(participant_id, {"type": "message", "text": p.encode(message)})
-
-    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
-        """The SFU has something for a participant: send it (through its node if elsewhere)."""
-        origin = self.media_guests.get(participant_id)
-        if origin is not None:
-            task = asyncio.get_running_loop().create_task(
-                self.store.publish(
-                    {"k": "media_out", "node": origin, "pid": participant_id, "msg": message}
-                )
-            )
-            _pending.add(task)
-            task.add_done_callback(_pending.discard)
-            return
-        self._deliver_media(participant_id, message)
-
-    def _deliver_media(self, participant_id: str, message: dict[str, Any]) -> None:
-        conn = self.connections.get(participant_id)
-        if conn is None or conn.state is not ConnectionState.JOINED:
-            return
-        kind = message.get("type")
-        out: p.Message
-        if kind == "offer":
-            out = p.Offer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "answer":
-            out = p.Answer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "tracks":
-            out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
-        elif kind == "error":
-            out = p.Error(message["code"], message["message"], message.get("request", ""))
-        elif kind == "message":  # already encoded (the recorder's notices)
-            conn.send(message["text"])
-            return
-        else:
-            return
-        conn.send(p.encode(out))
-
-    async def refresh_media_claims(self) -> None:
-        """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
-        if self.media is not None:
-            for room_id in list(self.media.rooms):
-                await self.store.claim_media_node(room_id, self.store.node_id, MEDIA_CLAIM_TTL_S)
-
-    async def _admit(self, chair: Connection, participant_id: str) -> None:
-        record = await self.store.remove_from_lobby(chair.room_id, participant_id)
-        if record is None:
-            chair.send(p.encode(p.Error("not_found", "nobody with that id is waiting", "admit")))
-            return
-        assert chair.identity is not None
-        await self._set_admitted(chair.room_id, record.sub, True)
-        self.audit.append(
-            "admit",
-            "allow",
-            sub=record.sub,
-            room=chair.room_id,
-            by=chair.identity.sub,
-            participant=participant_id,
-        )
-        await self._broadcast(
-            chair.room_id, p.LobbyLeft(participant_id, "admitted"), to="admitters"
-        )
-        await self.store.publish(
-            {"k": "admit", "room": chair.room_id, "pid": participant_id, "by": chair.identity.sub}
-        )
-
-    async def _deny(self, chair: Connection, participant_id: str, reason: str) -> None:
-        record = await self.store.remove_from_lobby(chair.room_id, participant_id)
-        if record is None:
-            chair.send(p.encode(p.Error("not_found", "nobody with that id is waiting", "deny")))
-            return
-        assert chair.identity is not None
-        self.audit.append(
-            "deny",
-            "deny",
-            sub=record.sub,
-            room=chair.room_id,
-            by=chair.identity.sub,
-            # The chair's free text may name a patient: the audit keeps a code, not the text.
-            reason="denied_by_chair",
-        )
-        await self._broadcast(chair.room_id, p.LobbyLeft(participant_id, "denied"), to="admitters")
-        await self._close_remote(chair.room_id, participant_id, 4403, "denied")
-
-    async def _mute(self, chair: Connection, participant_id: str, kind: str) -> None:
-        record = await self.store.get_participant(chair.room_id, participant_id)
-        if record is None:
-            chair.send(p.encode(p.Error("not_found", "no such participant", "mute")))
-            return
-        if kind in ("audio", "both"):
-            record.audio_muted = True
-        if kind in ("video", "both"):
-            record.video_muted = True
-        await self.store.update_participant(chair.room_id, record)
-        assert chair.identity is not None
-        self.audit.append(
-            "mute", "allow", sub=record.sub, room=chair.room_id, by=chair.identity.sub, kind=kind
-        )
-        # The media side (issue 4) listens for this event and stops forwarding the track.
-        await self.store.publish(
-            {"k": "mute", "room": chair.room_id, "pid": participant_id, "kind": kind}
-        )
-        await self._broadcast(
-            chair.room_id, p.ParticipantUpdated(participant_info(record), by=chair.participant_id)
-        )
-
-    async def _remove(self, chair: Connection, participant_id: str, reason: str) -> None:
-        record = await self.store.remove_participant(chair.room_id, participant_id)
-        if record is None:
-            chair.send(p.encode(p.Error("not_found", "no such participant", "remove")))
-            return
-        assert chair.identity is not None
-        await self._set_admitted(chair.room_id, record.sub, False)
-        self.audit.append(
-            "remove",
-            "allow",
-            sub=record.sub,
-            room=chair.room_id,
-            by=chair.identity.sub,
-            reason="removed_by_chair",
-        )
-        await self._broadcast(chair.room_id, p.ParticipantLeft(participant_id, "removed"))
-        await self._close_remote(chair.room_id, participant_id, 4403, "removed")
-
-    async def _set_media(self, conn: Connection, msg: p.SetMedia) -> None:
-        record = await self.store.get_participant(conn.room_id, conn.participant_id)
-        if record is None:
-            return
-        if msg.audio_muted is not None:
-            record.audio_muted = msg.audio_muted
-        if msg.video_muted is not None:
-            record.video_muted = msg.video_muted
-        await self.store.update_participant(conn.room_id, record)
-        if self.media is not None and conn.media_node:
-            await self._media_call(conn, {"op": "mute", "kind": "audio",
-                                          "muted": record.audio_muted})  # fmt: skip
-            await self._media_call(conn, {"op": "mute", "kind": "video",
-                                          "muted": record.video_muted})  # fmt: skip
-        await self._broadcast(conn.room_id, p.ParticipantUpdated(participant_info(record)))
-
-    async def _update_room(self, chair: Connection, msg: p.UpdateRoom) -> None:
-        room = await self.store.get_room(chair.room_id)
-        if room is None:
-            return
-        if msg.lobby is not None:
-            room.lobby = msg.lobby
-        if msg.locked is not None:
-            room.locked = msg.locked
-        await self.store.save_room(room)
-        assert chair.identity is not None
-        self.audit.append(
-            "room_updated",
-            "info",
-            sub=chair.identity.sub,
-            room=room.room_id,
-            lobby=room.lobby,
-            locked=room.locked,
-        )
-        await self._broadcast(room.room_id, p.RoomUpdated(room_state(room)))
 
     # -- leaving -------------------------------------------------------------------------------
 
@@ -712,25 +419,16 @@ class Rooms:
         identity = conn.identity
         assert identity is not None
         if previous is ConnectionState.WAITING:
-            if await self.store.remove_from_lobby(conn.room_id, conn.participant_id) is not None:
-                await self._broadcast(
-                    conn.room_id, p.LobbyLeft(conn.participant_id, "left"), to="admitters"
-                )
+            taken = await self.store.remove_from_lobby(conn.room_id, conn.participant_id)
+            await self._apply(m.left_lobby(conn.room_id, conn.participant_id, taken is not None))
         else:
             if self.media is not None and conn.media_node:
-                await self._media_call(conn, {"op": "leave"})
-            if await self.store.remove_participant(conn.room_id, conn.participant_id) is None:
-                await self._close_room_if_done(conn.room_id)
-                return
-            await self._broadcast(conn.room_id, p.ParticipantLeft(conn.participant_id, reason))
-            self.audit.append(
-                "leave",
-                "info",
-                sub=identity.sub,
-                room=conn.room_id,
-                reason=reason,
-                participant=conn.participant_id,
-            )
+                await self.relay.call(conn, "leave")
+            removed = await self.store.remove_participant(conn.room_id, conn.participant_id)
+            await self._apply(
+                m.left_room(conn.room_id, conn.participant_id, identity.sub, reason,
+                            removed is not None)
+            )  # fmt: skip
         await self._close_room_if_done(conn.room_id)
 
     async def _close_room_if_done(self, room_id: str) -> None:
@@ -738,9 +436,9 @@ class Rooms:
         room = await self.store.get_room(room_id)
         if room is None or room.scheduled_by:
             return
-        if not await self.store.list_participants(room_id) and not await self.store.list_lobby(
-            room_id
-        ):
+        participants = await self.store.list_participants(room_id)
+        waiting = await self.store.list_lobby(room_id) if not participants else []
+        if m.room_done(room, participants, waiting):
             await self.store.delete_room(room_id)
             self.audit.append("room_closed", "info", room=room_id)
 
@@ -802,65 +500,62 @@ class Rooms:
         Awaited in order, so every participant sees a room's events in the order they happened.
         """
         text = p.encode(message)
-        await self.store.publish(
-            {"k": "room", "room": room_id, "to": to, "exclude": exclude, "msg": text}
-        )
+        await self._publish(cluster.RoomMessage(room=room_id, to=to, exclude=exclude, msg=text))
 
     async def _close_remote(
         self, room_id: str, participant_id: str, code: int, reason: str
     ) -> None:
-        await self.store.publish(
-            {"k": "close", "room": room_id, "pid": participant_id, "code": code, "reason": reason}
+        await self._publish(
+            cluster.CloseConnection(room=room_id, pid=participant_id, code=code, reason=reason)
         )
 
-    async def on_event(self, event: dict[str, Any]) -> None:
+    async def _publish(self, event: cluster.NodeEvent) -> None:
+        """Send a node-to-node event to every node (this one included)."""
+        await self.store.publish(cluster.to_wire(event))
+
+    async def on_event(self, wire: dict[str, Any]) -> None:
         """Apply an event published by any node to this node's connections."""
         try:
-            kind = event.get("k")
-            if kind == "room":
+            event = cluster.from_wire(wire)
+            if isinstance(event, cluster.RoomMessage):
                 self._deliver(event)
-            elif kind == "close":
-                conn = self.connections.get(event["pid"])
-                if conn is not None and conn.room_id == event["room"]:
-                    await self._drop(conn, int(event["code"]), str(event["reason"]))
-            elif kind == "admit":
-                conn = self.connections.get(event["pid"])
+            elif isinstance(event, cluster.CloseConnection):
+                conn = self.connections.get(event.pid)
+                if conn is not None and conn.room_id == event.room:
+                    await self._drop(conn, event.code, event.reason)
+            elif isinstance(event, cluster.Admitted):
+                conn = self.connections.get(event.pid)
                 if conn is not None and conn.state is ConnectionState.WAITING:
-                    await self._admitted(conn, str(event["by"]))
-            elif event.get("type") == REVOKED_EVENT:
-                revocation = event["revocation"]
-                field = "jti" if revocation["kind"] == "jti" else "sub"
+                    await self._admitted(conn, event.by)
+            elif isinstance(event, cluster.Revoked):
                 for conn in list(self.connections.values()):
                     identity = conn.identity
-                    if identity is not None and getattr(identity, field) == revocation["value"]:
+                    if identity is not None and m.revocation_covers(event.revocation, identity):
                         await self._drop(conn, 4401, "revoked")
-            elif kind == "mute":
+            elif isinstance(event, cluster.MuteMedia):
                 # The muted participant's node stops forwarding (within this event's delivery).
-                if self.media is not None and event["pid"] in self.media.participants:
-                    kinds = ("audio", "video") if event["kind"] == "both" else (event["kind"],)
+                if self.media is not None and event.pid in self.media.participants:
+                    kinds = ("audio", "video") if event.kind == "both" else (event.kind,)
                     for media_kind in kinds:
-                        self.media.set_muted(event["pid"], media_kind, True)
-            elif kind == "media" and event["node"] == self.store.node_id:
-                await self._media_op(event)
-            elif kind == "media_out" and event["node"] == self.store.node_id:
-                self._deliver_media(event["pid"], event["msg"])
-            elif kind == "room_opened":
-                await self._room_opened(str(event["room"]))
+                        self.media.set_muted(event.pid, media_kind, True)
+            elif isinstance(event, cluster.MediaRequest) and event.node == self.store.node_id:
+                await self.relay.run(event)
+            elif isinstance(event, cluster.MediaOut) and event.node == self.store.node_id:
+                self.relay.deliver(event.pid, event.msg)
+            elif isinstance(event, cluster.RoomOpened):
+                await self._room_opened(event.room)
         except Exception:
-            log.exception("event failed", extra={"event_kind": event.get("k")})
+            log.exception("event failed", extra={"event_kind": wire.get("k")})
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        members = self.by_room.get(event["room"])
+    def _deliver(self, event: cluster.RoomMessage) -> None:
+        members = self.by_room.get(event.room)
         if not members:
             return
-        to, exclude, text = event["to"], event.get("exclude"), event["msg"]
         for conn in members:
-            if conn.state is not ConnectionState.JOINED or conn.participant_id == exclude:
+            if conn.state is not ConnectionState.JOINED:
                 continue
-            if to == "all" or (to == "admitters" and "admit" in conn.permissions):
-                conn.send(text)
-            elif to == conn.participant_id:
-                conn.send(text)
+            if m.delivered_to(event, conn.participant_id, conn.permissions):
+                conn.send(event.msg)
 
     async def _drop(self, conn: Connection, code: int, reason: str) -> None:
         """Clean up after `conn` now, and close it in the background.
@@ -890,23 +585,17 @@ class Rooms:
                 continue
             identity = conn.identity
             assert identity is not None
-            # The room's departments are known only now: decide again before letting anyone in.
-            decision = self.policy.decide(identity, "join_room", room_scope(room, room_id))
-            if not decision:
+            verdict = m.room_opened_for(identity, room, self.policy, conn.peer)
+            if isinstance(verdict, list):
                 await self.store.remove_from_lobby(room_id, conn.participant_id)
-                self._refuse(identity, room_id, conn, decision.reason)
-                await self._drop(
-                    conn, PolicyDenied.close_code, f"{p.JOIN_REFUSED}: {decision.refusal}"
-                )
+                try:
+                    await self._apply(verdict)
+                except ConsiliumError as exc:
+                    await self._drop(conn, exc.close_code, exc.message)
                 continue
-            if room.lobby and not self._skips_lobby(identity, room):
-                conn.waiting_reason = "lobby_enabled"
-                conn.send(p.encode(p.Lobby(room_id, "lobby_enabled", conn.participant_id)))
-                await self._broadcast(
-                    room_id,
-                    p.Knock(participant_info(self._record(conn), waiting=True)),
-                    to="admitters",
-                )
+            if verdict is m.Arrival.LOBBY:
+                conn.waiting_reason = m.Arrival.LOBBY
+                await self._apply(m.moved_to_lobby(room_id, self._record(conn)), conn)
                 continue
             await self.store.remove_from_lobby(room_id, conn.participant_id)
             try:
@@ -922,14 +611,3 @@ class Rooms:
         for conn in connections:
             await self.disconnect(conn, reason)
         await asyncio.gather(*(conn.close(code, reason) for conn in connections))
-
-
-_pending: set[asyncio.Task[Any]] = set()
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _type_of(msg: p.Message) -> str:
-    return str(type(msg).__struct_config__.tag)

@@ -39,15 +39,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import IntegrityError, NotFound, Unavailable
+from signaling.cluster import REVOKED_EVENT, Revoked, to_wire
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None] | None]
-"""Receives every event published by any node; may be a plain function or a coroutine function."""
-
-REVOKED_EVENT = "state.revoked"
-"""Type of the event every node's subscribers receive after `revoke`:
-`{"type": REVOKED_EVENT, "revocation": Revocation.to_dict()}` (drop the identity's connections)."""
+"""Receives every event published by any node, as its JSON object (`signaling.cluster` types it);
+may be a plain function or a coroutine function. After `revoke` every node's subscribers receive
+the `cluster.Revoked` event (drop the identity's connections)."""
 
 REVOCATIONS_FILE = "revocations.jsonl"
 """Name of the node's revocation journal inside the data dir (both stores keep one)."""
@@ -658,7 +657,7 @@ class MemoryStore(StateStore):
         r = dataclasses.replace(r)
         # Durable before it is announced: a revoke that returned survives a crash.
         await self._remember([r])
-        await self.publish({"type": REVOKED_EVENT, "revocation": r.to_dict()})
+        await self.publish(to_wire(Revoked(revocation=r.to_dict())))
 
     async def list_revocations(self) -> list[Revocation]:
         return [dataclasses.replace(r) for r in self._revocations.live(time.time())]
@@ -1012,7 +1011,7 @@ class RedisStore(StateStore):
 
     async def revoke(self, r: Revocation) -> None:
         r = dataclasses.replace(r)
-        event = {"type": REVOKED_EVENT, "revocation": r.to_dict()}
+        event = to_wire(Revoked(revocation=r.to_dict()))
         # One transaction: no node can see the revocation stored but never announced. Redis
         # first: when it is out of reach the request is refused and nothing took effect.
         try:
@@ -1051,7 +1050,7 @@ class RedisStore(StateStore):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for r in missing:
                     pipe.hsetnx(self._revocations_key, r.key, json.dumps(r.to_dict()))
-                    event = {"type": REVOKED_EVENT, "revocation": r.to_dict()}
+                    event = to_wire(Revoked(revocation=r.to_dict()))
                     pipe.publish(self._channel, json.dumps(event))
                 await pipe.execute()
             log.warning(

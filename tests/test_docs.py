@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 import re
 import shlex
 import tomllib
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from consilium.cli import build_parser
+from core.codes import ErrorCode
 from signaling import settings as settings_module
 from signaling.policy import Policy
 from signaling.protocol import CLOSE_CODES
@@ -213,3 +215,34 @@ def test_every_signalling_module_is_in_the_architecture_document() -> None:
     for module in sorted((REPO / "signaling").glob("*.py")):
         if module.name != "__init__.py":
             assert f"`{module.name}`" in text, f"docs/architecture.md lacks {module.name}"
+
+
+def test_every_in_room_error_code_is_in_the_protocol_document() -> None:
+    text = PROTOCOL.read_text("utf-8")
+    for code in ErrorCode:
+        assert f"| `{code}` |" in text, f"error code {code} missing from docs/protocol.md"
+
+
+# Codes the web client answers with its generic "the server refused" notice (room.refused): a
+# client bug or a race, nothing a person can act on by name.
+_GENERIC_NOTICE = {
+    ErrorCode.ALREADY_JOINED,
+    ErrorCode.NOT_ADMITTED,
+    ErrorCode.MEDIA_UNAVAILABLE,
+    ErrorCode.BAD_MEDIA_REQUEST,
+}
+# Codes the client recovers from without a word (web/js/call.js).
+_RECOVERED_SILENTLY = {ErrorCode.DATA_CHANNEL_CLOSED}
+
+
+@pytest.mark.parametrize("language", ["en", "zh-CN"])
+def test_every_in_room_error_code_has_words_in_each_language(language: str) -> None:
+    catalogue = json.loads((REPO / "web" / "i18n" / f"{language}.json").read_text("utf-8"))
+    call = (REPO / "web" / "js" / "call.js").read_text("utf-8")
+    for code in ErrorCode:
+        if code in _RECOVERED_SILENTLY:
+            assert f'"{code}"' in call, f"web/js/call.js no longer handles {code}"
+        elif code in _GENERIC_NOTICE:
+            assert catalogue.get("room.refused"), f"{language} lacks room.refused"
+        else:
+            assert catalogue.get(f"recording.error_{code}"), f"{language} lacks words for {code}"

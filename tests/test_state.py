@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.errors import IntegrityError, NotFound, Unavailable
+from signaling.cluster import REVOKED_EVENT
 from signaling.state import (
     REVOCATIONS_FILE,
-    REVOKED_EVENT,
     MemoryStore,
     ParticipantRecord,
     RedisStore,

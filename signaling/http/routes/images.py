@@ -22,7 +22,7 @@ from signaling.http.bodies import json_body, short
 from signaling.http.node import NODE, Node
 from signaling.identity import Identity
 from signaling.logs import scrub
-from signaling.rooms import room_scope
+from signaling.membership import room_scope
 from signaling.state import ParticipantRecord
 
 _IMAGE_QUEUE_PER_WORKER = 8

@@ -14,8 +14,8 @@ from signaling import protocol as p
 from signaling.http.auth import audit_refusal, authenticate, decide_in_room
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
+from signaling.membership import room_scope, room_state
 from signaling.policy import RoomScope
-from signaling.rooms import room_scope, room_state
 from signaling.state import RoomRecord
 
 
