@@ -44,8 +44,10 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core.canonical import parse_stamp, stamp_s
+from core.durable import fsync_directory, write_atomically
 from core.errors import ConfigError, Conflict, IntegrityError, NotFound
-from recorder.keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
+from recorder.keyring import Keyring, RecordingShredded
 from recorder.manifest import (
     IMAGES_STREAM,
     MANIFEST_NAME,
@@ -210,18 +212,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_stamp(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -477,7 +474,7 @@ class Archive:
         end = _parse_time(manifest.ended or manifest.updated or manifest.started)
         if days is None or end is None:
             return None
-        return _iso(end + timedelta(days=days))
+        return stamp_s(end + timedelta(days=days))
 
     # --- legal hold ------------------------------------------------------------------------
 
@@ -489,7 +486,7 @@ class Archive:
             self._existing_directory(recording_id)
             self._refuse_if_shredded(recording_id)
             previous = self._read_hold(recording_id)
-            since = previous.since if previous else _iso(self._clock())
+            since = previous.since if previous else stamp_s(self._clock())
             hold = LegalHold(recording_id, reason, by, since)
             # Audited first: a hold is never in force without its entry.
             self._report("recording_held", recording_id, required=True, by=by, reason=reason,
@@ -635,7 +632,7 @@ class Archive:
                     "recording_class": manifest.recording_class if manifest else "",
                     "started": manifest.started if manifest else None,
                     "ended": manifest.ended if manifest else None,
-                    "shredded": _iso(self._clock()),
+                    "shredded": stamp_s(self._clock()),
                     "reason": reason,
                     "by": by,
                 }

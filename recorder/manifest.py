@@ -35,8 +35,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from core.canonical import canonical_json
+from core.durable import write_atomically
 from core.errors import IntegrityError
-from recorder.keyring import write_atomically
 from recorder.segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
@@ -281,7 +282,7 @@ class RecordingManifest:
 
     def canonical(self) -> bytes:
         """What is signed: canonical JSON of `body`."""
-        return _canonical(self.body())
+        return canonical_json(self.body())
 
     def to_json(self, signing_key: Ed25519PrivateKey) -> bytes:
         """The signed manifest file's bytes."""
@@ -325,14 +326,10 @@ class RecordingManifest:
         """Raise `IntegrityError` unless `signature` is the key's signature of this manifest."""
         try:
             public_key.verify(signature, self.canonical())
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):  # ValueError: NaN, or not UTF-8, in the manifest
             raise IntegrityError(
                 "manifest signature is not valid: the manifest was edited, or signed by another key"
             ) from None
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def read_manifest(directory: Path) -> tuple[RecordingManifest, bytes, bytes]:

@@ -39,8 +39,9 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.canonical import stamp_ms_offset
+from core.durable import fsync_directory
 from recorder.diskspace import failure_code
-from recorder.keyring import fsync_directory
 from recorder.manifest import (
     EVENTS_STREAM,
     IMAGES_STREAM,
@@ -107,7 +108,7 @@ class AuditCallback(Protocol):
 
 def utc_now() -> str:
     """The current UTC time as the manifest writes it."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return stamp_ms_offset(datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from core.canonical import canonical_json, stamp_ms
+from core.durable import append_durably, create_once, fsync_directory, open_for_append, write_all
 from core.errors import ConfigError, IntegrityError
 
 GENESIS_HASH = "0" * 64
@@ -298,11 +300,11 @@ class AuditLog:
                 "room": room,
                 "seq": self._count,
                 "sub": sub,
-                "ts": _format_timestamp(self._clock()),
+                "ts": stamp_ms(self._clock()),
             }
-            digest = hashlib.sha256(_canonical(body).encode()).hexdigest()
+            digest = hashlib.sha256(canonical_json(body)).hexdigest()
             body["hash"] = digest
-            line = (_canonical(body) + "\n").encode()
+            line = canonical_json(body) + b"\n"
             if len(line) > MAX_ENTRY_BYTES:
                 raise ValueError(f"audit entry is {len(line)} bytes, over {MAX_ENTRY_BYTES}")
             if self._segment_size and self._segment_size + len(line) > self._max_segment_bytes:
@@ -365,10 +367,10 @@ class AuditLog:
                 )
             # A new log. The genesis checkpoint comes first, so that on disk a segment without
             # checkpoints is never legitimate and its absence is evidence of removal.
-            self._checkpoint_fd = _open_for_append(checkpoints_path)
+            self._checkpoint_fd = open_for_append(checkpoints_path, _FILE_MODE)
             self._checkpoint_locked()
-            self._segment_fd = _open_for_append(self._segment_path(1))
-            _fsync_directory(self._directory)
+            self._segment_fd = open_for_append(self._segment_path(1), _FILE_MODE)
+            fsync_directory(self._directory)
             return []
         if not checkpoints_path.exists():
             raise ConfigError(
@@ -440,9 +442,9 @@ class AuditLog:
                                 "sig": last.sig}  # fmt: skip
         if known is None and self._heads_file is not None:
             self._append_head(self._last_statement, closed=False)
-        self._checkpoint_fd = _open_for_append(checkpoints_path)
+        self._checkpoint_fd = open_for_append(checkpoints_path, _FILE_MODE)
         segment_path = self._segment_path(self._segment_number)
-        self._segment_fd = _open_for_append(segment_path)
+        self._segment_fd = open_for_append(segment_path, _FILE_MODE)
         self._segment_size = os.fstat(self._segment_fd).st_size
         return recoveries
 
@@ -451,7 +453,7 @@ class AuditLog:
 
     def _write_entry_line(self, line: bytes) -> None:
         try:
-            _write_all(self._segment_fd, line)
+            write_all(self._segment_fd, line)
             if self._fsync:
                 os.fsync(self._segment_fd)
         except OSError:
@@ -466,8 +468,8 @@ class AuditLog:
         os.close(self._segment_fd)
         self._segment_fd = -1
         self._segment_number += 1
-        self._segment_fd = _open_for_append(self._segment_path(self._segment_number))
-        _fsync_directory(self._directory)
+        self._segment_fd = open_for_append(self._segment_path(self._segment_number), _FILE_MODE)
+        fsync_directory(self._directory)
         self._segment_size = 0
 
     def _known_head(self) -> _KnownHead | None:
@@ -481,7 +483,7 @@ class AuditLog:
         try:
             obj = json.loads(raw)
             closed = obj.pop("closed")
-            checkpoint = _decode_checkpoint(_canonical(obj).encode(), self._key.public_key())
+            checkpoint = _decode_checkpoint(canonical_json(obj), self._key.public_key())
         except (ValueError, KeyError, TypeError, AttributeError, _Malformed) as exc:
             raise ConfigError(
                 f"last line of {self._heads_file} is unusable ({exc}); was the audit key "
@@ -515,12 +517,8 @@ class AuditLog:
         """Copy a checkpoint's statement to the heads file, outside the data folder."""
         assert self._heads_file is not None
         self._heads_file.parent.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
-        fd = _open_for_append(self._heads_file)
-        try:
-            _write_all(fd, (_canonical({**statement, "closed": closed}) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        line = canonical_json({**statement, "closed": closed}) + b"\n"
+        append_durably(self._heads_file, line, _FILE_MODE)
 
     def _checkpoint_locked(self, *, closed: bool = False) -> None:
         if self._segment_fd >= 0:
@@ -529,11 +527,11 @@ class AuditLog:
         statement = {
             "count": self._count,
             "head": self._head,
-            "ts": _format_timestamp(self._clock()),
+            "ts": stamp_ms(self._clock()),
         }
-        signature = self._key.sign(_canonical(statement).encode())
+        signature = self._key.sign(canonical_json(statement))
         statement["sig"] = base64.b64encode(signature).decode("ascii")
-        _write_all(self._checkpoint_fd, (_canonical(statement) + "\n").encode())
+        write_all(self._checkpoint_fd, canonical_json(statement) + b"\n")
         os.fsync(self._checkpoint_fd)
         self._checkpointed = self._count
         self._last_statement = statement
@@ -572,12 +570,12 @@ def generate_audit_key(keys_dir: Path) -> Ed25519PrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        if not _create_file(private_path, pem, 0o600):
+        if not create_once(private_path, pem, 0o600):
             key = _load_private_key(private_path)  # another process created it first
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    if not _create_file(public_path, public_pem, 0o644):
+    if not create_once(public_path, public_pem, 0o644):
         existing = load_public_key(public_path)
         if existing.public_bytes_raw() != key.public_key().public_bytes_raw():
             raise ConfigError(f"{public_path} does not belong to the key in {private_path}")
@@ -695,7 +693,7 @@ def compare_with_witness(
     for item in witness:
         statement = {"count": item.count, "head": item.head, "sig": item.sig, "ts": item.ts}
         try:
-            _decode_checkpoint(_canonical(statement).encode(), public_key)
+            _decode_checkpoint(canonical_json(statement), public_key)
         except _Malformed:
             report.other_signers += 1
             continue
@@ -829,7 +827,7 @@ class _KnownHead:
 
 def _holds_checkpoint(path: Path, statement: dict[str, Any]) -> bool:
     """Whether ``checkpoints.jsonl`` has a line that is exactly this signed statement."""
-    wanted = (_canonical(statement) + "\n").encode()
+    wanted = canonical_json(statement) + b"\n"
     with path.open("rb") as file:
         return any(line == wanted for line in file)
 
@@ -838,19 +836,8 @@ class _Malformed(Exception):
     """A line that is not a well-formed entry or checkpoint; the message says why."""
 
 
-def _canonical(value: Any) -> str:
-    """The one JSON form that is hashed, signed and written."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -937,7 +924,7 @@ def _clean_value(value: Any, where: str) -> Any:
 def _entry_hash(entry: AuditEntry) -> str:
     body = entry.to_json()
     del body["hash"]
-    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def _decode_entry(raw: bytes) -> AuditEntry:
@@ -966,12 +953,12 @@ def _decode_entry(raw: bytes) -> AuditEntry:
         if not isinstance(obj[key], str) or not _HEX_DIGEST.fullmatch(obj[key]):
             raise _Malformed(f"{key} is not a hex SHA-256")
     try:
-        canonical = _canonical(obj)
-    except ValueError:  # NaN or infinity
+        canonical = canonical_json(obj)
+    except ValueError:  # NaN or infinity, or an escaped lone surrogate (not UTF-8)
         raise _Malformed("not in canonical form (entry edited)") from None
     # Any byte changed without changing the parsed value (spacing, escapes, key order)
     # still counts as an edit.
-    if canonical != text:
+    if canonical != raw:
         raise _Malformed("not in canonical form (entry edited)")
     return AuditEntry(
         seq=seq,
@@ -1003,7 +990,11 @@ def _decode_checkpoint(raw: bytes, public_key: Ed25519PublicKey) -> Checkpoint:
         raise _Malformed("head is not a hex SHA-256")
     if not isinstance(ts, str) or not _TIMESTAMP.fullmatch(ts) or not isinstance(sig, str):
         raise _Malformed("ts or sig malformed")
-    if _canonical(obj) != text:
+    try:
+        canonical = canonical_json(obj)
+    except ValueError:  # an escaped lone surrogate in sig (not UTF-8)
+        raise _Malformed("not in canonical form (checkpoint edited)") from None
+    if canonical != raw:
         raise _Malformed("not in canonical form (checkpoint edited)")
     try:
         signature = base64.b64decode(sig, validate=True)
@@ -1012,7 +1003,7 @@ def _decode_checkpoint(raw: bytes, public_key: Ed25519PublicKey) -> Checkpoint:
     # Base64 has spare bits in its last character; only the one spelling we write is accepted.
     if base64.b64encode(signature).decode("ascii") != sig:
         raise _Malformed("signature is not in canonical base64 (checkpoint edited)")
-    statement = _canonical({"count": count, "head": head, "ts": ts}).encode()
+    statement = canonical_json({"count": count, "head": head, "ts": ts})
     try:
         public_key.verify(signature, statement)
     except InvalidSignature:
@@ -1185,50 +1176,6 @@ def _acquire_lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _open_for_append(path: Path) -> int:
-    # A raw descriptor with O_APPEND: one write(2) per entry, no Python buffer to flush.
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's name durable, not only its contents."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_file(path: Path, content: bytes, mode: int) -> bool:
-    """Write `content` to a new file `path` with exactly `mode`; False if it already exists.
-
-    Written to a temporary name first and linked into place, so a crash never leaves a
-    half-written key under the real name.
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # whatever the umask says
-        _write_all(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink()
-    _fsync_directory(path.parent)
-    return True
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
