@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from core.canonical import canonical_json
 from core.durable import write_atomically
 from core.errors import IntegrityError
+from core.media.track import TrackInfo
 from recorder.segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
@@ -116,7 +117,9 @@ def iter_records(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
 
 @dataclass
 class TrackEntry:
-    """One recorded track."""
+    """One recorded track: the `TrackInfo` the SFU forwarded it with, less the room (the
+    manifest's), plus where it is stored and what was left out. Flat, because these are the
+    manifest's JSON field names on disk."""
 
     stream: str
     """Its stream (directory) in the recording: `track-<n>`."""
@@ -138,6 +141,20 @@ class TrackEntry:
     """Video packets received while the recording waited for this track's first keyframe (and
     after a consent renewed), left out because nothing before a keyframe decodes. Many of them
     and no records: the publisher never answered the keyframe requests, the video is lost."""
+
+    @classmethod
+    def from_track(cls, stream: str, track: TrackInfo) -> TrackEntry:
+        """The entry of `track`, recorded in `stream`."""
+        return cls(
+            stream=stream,
+            track_id=track.track_id,
+            participant_id=track.participant_id,
+            kind=track.kind,
+            codec=track.codec,
+            clock_rate=track.clock_rate,
+            payload_type=track.payload_type,
+            source=track.source,
+        )
 
 
 @dataclass
