@@ -185,7 +185,8 @@ no --public-key was given: who signed it is not established (0 intact under the 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the audit log's hash chain and signed checkpoints (and, with --witness, that it
     still holds every checkpoint the witness received); exit 1 on any tampering."""
-    from signaling.audit import PUBLIC_KEY_FILE, compare_with_witness, load_public_key, verify_log
+    from signaling.audit import PUBLIC_KEY_FILE, load_public_key
+    from signaling.auditverify import compare_with_witness, verify_log
     from signaling.witness import parse_witness
 
     data_dir = _data_dir(args)

@@ -27,7 +27,8 @@ from imaging.watermark import identify, load_or_create_watermark_key
 from recorder.roomkeys import RoomKeys, open_keyring
 from recorder.segments import SegmentIntegrityError
 from sfu.room import ImageRef
-from signaling.audit import AuditEntry, iter_entries
+from signaling.audit import iter_entries
+from signaling.auditformat import AuditEntry
 from signaling.server import build_node, delete_expired_annotations, delete_expired_images
 from signaling.state import Revocation
 from tests.fixtures.servers import (
