@@ -71,9 +71,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from core.media.track import TrackInfo  # noqa: E402
 from recorder.archive import Archive, TrackStream  # noqa: E402
+from recorder.chunked import CHUNK_SIZE  # noqa: E402
 from recorder.keyring import KeyFileKEK, Keyring  # noqa: E402
 from recorder.segments import (  # noqa: E402
-    CHUNK_SIZE,
     open_segment_reader,
     open_segment_writer,
     segment_context,

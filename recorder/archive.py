@@ -47,6 +47,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from core.canonical import parse_stamp, stamp_s
 from core.durable import fsync_directory, write_atomically
 from core.errors import ConfigError, Conflict, IntegrityError, NotFound
+from recorder.chunked import (
+    C2SP_HEADER_SIZE,
+    COBBLESTONE_256,
+    SUITES,
+    CipherSuite,
+    SegmentIntegrityError,
+)
 from recorder.keyring import Keyring, RecordingShredded
 from recorder.manifest import (
     IMAGES_STREAM,
@@ -58,15 +65,7 @@ from recorder.manifest import (
     segment_file_name,
     stream_context,
 )
-from recorder.segments import (
-    C2SP_HEADER_SIZE,
-    COBBLESTONE_256,
-    SUITES,
-    CipherSuite,
-    SegmentHeader,
-    SegmentIntegrityError,
-    open_segment_random_access,
-)
+from recorder.segments import SegmentHeader, open_segment_random_access
 from recorder.sink import AuditCallback
 from recorder.verify import RecordedPacket, iter_packets
 

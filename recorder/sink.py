@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.canonical import stamp_ms_offset
 from core.durable import fsync_directory
 from core.media.track import TrackInfo
+from recorder.chunked import ChunkedEncryptor
 from recorder.diskspace import failure_code
 from recorder.manifest import (
     EVENTS_STREAM,
@@ -58,7 +59,7 @@ from recorder.manifest import (
     stream_context,
     write_manifest,
 )
-from recorder.segments import ChunkedEncryptor, open_segment_writer
+from recorder.segments import open_segment_writer
 
 log = logging.getLogger("consilium.recorder")
 

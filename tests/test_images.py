@@ -24,8 +24,8 @@ from pydicom.data import get_testdata_file
 from imaging.deidentify import BurnedInAnnotation, UnsupportedImage
 from imaging.store import ImageStore, TooManyImages, room_uid_secret
 from imaging.watermark import identify, load_or_create_watermark_key
+from recorder.chunked import SegmentIntegrityError
 from recorder.roomkeys import RoomKeys, open_keyring
-from recorder.segments import SegmentIntegrityError
 from sfu.room import ImageRef
 from signaling.audit import iter_entries
 from signaling.auditformat import AuditEntry

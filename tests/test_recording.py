@@ -27,14 +27,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from core.media.track import TrackInfo
+from recorder.chunked import C2SP_HEADER_SIZE, CHUNK_SIZE, SegmentIntegrityError
 from recorder.manifest import MANIFEST_NAME, RecordingManifest, read_manifest
 from recorder.recovery import recover_interrupted
-from recorder.segments import (
-    C2SP_HEADER_SIZE,
-    CHUNK_SIZE,
-    SegmentHeader,
-    SegmentIntegrityError,
-)
+from recorder.segments import SegmentHeader
 from recorder.sink import RecordingSettings, RecordingSink
 from recorder.verify import RecordingIntegrityError, iter_packets, verify_recording
 from tests.fixtures import recordings
