@@ -53,7 +53,11 @@ def stamp_compact(moment: datetime) -> str:
 
 
 def parse_stamp(text: str) -> datetime:
-    """Any of the stamps above (or another ISO 8601 time) as an aware datetime; a time without
-    a zone is taken as UTC. ValueError if it is not an ISO 8601 time."""
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """Any of the stamps above (or another ISO 8601 time) as an aware UTC datetime; a time
+    without a zone is taken as UTC. ValueError if it is not an ISO 8601 time."""
+    return as_utc(datetime.fromisoformat(text))
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A caller's time in UTC: a naive one is taken as UTC, an aware one converted."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

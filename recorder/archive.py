@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from core.canonical import parse_stamp, stamp_s
+from core.canonical import as_utc, parse_stamp, stamp_s
 from core.durable import fsync_directory, write_atomically
 from core.errors import ConfigError, Conflict, IntegrityError, NotFound
 from recorder.chunked import (
@@ -218,11 +218,6 @@ def _parse_time(text: str | None) -> datetime | None:
         return parse_stamp(text)
     except ValueError:
         return None
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """A caller's time: a naive one is taken as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _valid_id(recording_id: str) -> bool:
@@ -558,7 +553,7 @@ class Archive:
 
     def expired(self, now: datetime | None = None) -> builtins.list[RecordingSummary]:
         """Recordings past their class's retention: finished, verified, not held."""
-        moment = _as_utc(now or self._clock())
+        moment = as_utc(now or self._clock())
         return [
             summary
             for summary in self.list()
@@ -789,9 +784,9 @@ def _matches(
         if started is None:
             return False
         ended = _parse_time(summary.ended) or now
-        if until is not None and started >= _as_utc(until):
+        if until is not None and started >= as_utc(until):
             return False
-        if since is not None and ended < _as_utc(since):
+        if since is not None and ended < as_utc(since):
             return False
     return True
 

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from core.canonical import canonical_json, stamp_ms
+from core.canonical import as_utc, canonical_json, stamp_ms
 from core.durable import append_durably, create_once, fsync_directory, open_for_append, write_all
 from core.errors import ConfigError, IntegrityError
 from signaling.auditformat import (
@@ -526,8 +526,8 @@ def iter_entries(
     line that is not a well-formed entry raises `IntegrityError`. A partial last line, an
     append in flight, is skipped.
     """
-    start = _as_utc(since) if since is not None else None
-    end = _as_utc(until) if until is not None else None
+    start = as_utc(since) if since is not None else None
+    end = as_utc(until) if until is not None else None
     segments = segment_paths(Path(directory))
     for index, (_, path) in enumerate(segments, start=1):
         with path.open("rb") as file:
@@ -585,10 +585,6 @@ def _holds_checkpoint(path: Path, statement: dict[str, Any]) -> bool:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _cut_partial_tail(path: Path) -> tuple[int, str] | None:

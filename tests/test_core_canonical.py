@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from core.canonical import (
+    as_utc,
     canonical_json,
     parse_stamp,
     stamp_compact,
@@ -83,3 +84,10 @@ def test_a_time_without_a_zone_is_taken_as_utc() -> None:
 def test_parse_stamp_refuses_what_is_not_a_time() -> None:
     with pytest.raises(ValueError):
         parse_stamp("yesterday")
+
+
+def test_as_utc_takes_a_naive_time_as_utc_and_converts_an_aware_one() -> None:
+    naive = datetime(2026, 11, 25, 10, 0, 7)
+    assert as_utc(naive) == MOMENT.replace(microsecond=0) and as_utc(naive).tzinfo is UTC
+    zurich = MOMENT.astimezone(timezone(timedelta(hours=1)))
+    assert as_utc(zurich).utcoffset() == timedelta(0) and as_utc(zurich) == MOMENT
