@@ -197,7 +197,7 @@ class PublishedMedia:
             self._hook(dtls)
 
     def _hook(self, dtls: RTCDtlsTransport) -> None:
-        from sfu.rtp import is_rtcp
+        from core.media.rtp import is_rtcp
 
         original: Callable[[bytes], Awaitable[None]] = dtls._send_rtp
 

@@ -44,8 +44,17 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core.canonical import as_utc, parse_stamp, stamp_s
+from core.durable import fsync_directory, write_atomically
 from core.errors import ConfigError, Conflict, IntegrityError, NotFound
-from recorder.keyring import Keyring, RecordingShredded, fsync_directory, write_atomically
+from recorder.chunked import (
+    C2SP_HEADER_SIZE,
+    COBBLESTONE_256,
+    SUITES,
+    CipherSuite,
+    SegmentIntegrityError,
+)
+from recorder.keyring import Keyring, RecordingShredded
 from recorder.manifest import (
     IMAGES_STREAM,
     MANIFEST_NAME,
@@ -56,15 +65,7 @@ from recorder.manifest import (
     segment_file_name,
     stream_context,
 )
-from recorder.segments import (
-    C2SP_HEADER_SIZE,
-    COBBLESTONE_256,
-    SUITES,
-    CipherSuite,
-    SegmentHeader,
-    SegmentIntegrityError,
-    open_segment_random_access,
-)
+from recorder.segments import SegmentHeader, open_segment_random_access
 from recorder.sink import AuditCallback
 from recorder.verify import RecordedPacket, iter_packets
 
@@ -210,23 +211,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_stamp(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """A caller's time: a naive one is taken as UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _valid_id(recording_id: str) -> bool:
@@ -477,7 +468,7 @@ class Archive:
         end = _parse_time(manifest.ended or manifest.updated or manifest.started)
         if days is None or end is None:
             return None
-        return _iso(end + timedelta(days=days))
+        return stamp_s(end + timedelta(days=days))
 
     # --- legal hold ------------------------------------------------------------------------
 
@@ -489,7 +480,7 @@ class Archive:
             self._existing_directory(recording_id)
             self._refuse_if_shredded(recording_id)
             previous = self._read_hold(recording_id)
-            since = previous.since if previous else _iso(self._clock())
+            since = previous.since if previous else stamp_s(self._clock())
             hold = LegalHold(recording_id, reason, by, since)
             # Audited first: a hold is never in force without its entry.
             self._report("recording_held", recording_id, required=True, by=by, reason=reason,
@@ -562,7 +553,7 @@ class Archive:
 
     def expired(self, now: datetime | None = None) -> builtins.list[RecordingSummary]:
         """Recordings past their class's retention: finished, verified, not held."""
-        moment = _as_utc(now or self._clock())
+        moment = as_utc(now or self._clock())
         return [
             summary
             for summary in self.list()
@@ -635,7 +626,7 @@ class Archive:
                     "recording_class": manifest.recording_class if manifest else "",
                     "started": manifest.started if manifest else None,
                     "ended": manifest.ended if manifest else None,
-                    "shredded": _iso(self._clock()),
+                    "shredded": stamp_s(self._clock()),
                     "reason": reason,
                     "by": by,
                 }
@@ -793,9 +784,9 @@ def _matches(
         if started is None:
             return False
         ended = _parse_time(summary.ended) or now
-        if until is not None and started >= _as_utc(until):
+        if until is not None and started >= as_utc(until):
             return False
-        if since is not None and ended < _as_utc(since):
+        if since is not None and ended < as_utc(since):
             return False
     return True
 

@@ -44,6 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from core.canonical import canonical_json, stamp_s
 from core.errors import IntegrityError
 from recorder.export import ExportResult, ProgressCallback, export_recording
 from recorder.manifest import (
@@ -70,10 +71,6 @@ def public_key_fingerprint(public_key: Ed25519PublicKey) -> str:
     """`SHA256:<hex>` of the key's DER SubjectPublicKeyInfo."""
     der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return "SHA256:" + hashlib.sha256(der).hexdigest()
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -224,7 +221,7 @@ def build_bundle(
                     "format": BUNDLE_FORMAT,
                     "recording_id": manifest.recording_id,
                     "room_id": manifest.room_id,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "created": stamp_s(datetime.now(UTC)),
                     "export": {"case": case, "start_ms": exported.start_ms,
                                "end_ms": exported.end_ms, "container": exported.container},
                     "members": listing,
@@ -236,7 +233,7 @@ def build_bundle(
                     ).decode(),
                     "fingerprint": public_key_fingerprint(public),
                     "value": base64.b64encode(
-                        signing_key.sign(_canonical(_unsigned(index_body)))
+                        signing_key.sign(canonical_json(_unsigned(index_body)))
                     ).decode(),
                 }
                 _write_member(archive, INDEX_NAME, _json_bytes(index_body))
@@ -371,8 +368,8 @@ def _check_signature(
             f"key's ({fingerprint})"
         )
     try:
-        public.verify(value, _canonical(_unsigned(index)))
-    except InvalidSignature:
+        public.verify(value, canonical_json(_unsigned(index)))
+    except (InvalidSignature, ValueError):  # ValueError: NaN, or not UTF-8, in the index
         report.problems.append(
             f"{INDEX_NAME}: signature is not valid: the index was edited after signing"
         )

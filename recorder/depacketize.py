@@ -1,9 +1,9 @@
 """RTP packets back into codec frames: the inverse of a sender's packetiser, for export.
 
-Plain functions and small state machines over bytes (sans-IO, no files), in the order the
-standards define them: the RTP packet (RFC 3550: header, CSRCs, header extension, padding), the
-VP8 payload descriptor (RFC 7741), H.264 single NAL units, STAP-A and FU-A (RFC 6184) and Opus
-(RFC 7587: one packet, one frame).
+Small state machines over bytes (sans-IO, no files), one per codec: VP8 (RFC 7741), H.264 single
+NAL units, STAP-A and FU-A (RFC 6184) and Opus (RFC 7587: one packet, one frame). The RTP header
+and the codecs' payload descriptors are read by `core.media` (the same code the SFU forwards
+with); this module only puts payloads back together.
 
 `FrameAssembler` takes a track's packets as stored (arrival order) and returns whole frames in
 sequence order: it sorts within a window (16-bit sequence numbers, unwrapped), drops duplicates,
@@ -21,180 +21,22 @@ from typing import Any, Protocol
 
 import av
 
-_FIXED_HEADER = struct.Struct("!BBHII")
-ANNEX_B_START_CODE = b"\x00\x00\x00\x01"
-"""Precedes every NAL unit of an H.264 access unit in Annex-B form."""
+from core.media.payloads import (
+    ANNEX_B_START_CODE,
+    FU_A,
+    NAL_IDR,
+    NAL_PPS,
+    NAL_SPS,
+    STAP_A,
+    parse_vp8_descriptor,
+    split_annex_b,
+    vp8_is_keyframe,
+)
+from core.media.rtp import RtpHeader, Unwrapper, parse_header
+
 REORDER_WINDOW = 512
 """Packets held back to put a track in sequence order: far more than a forwarder reorders
 (about ten video frames), few enough to keep memory flat on an hour-long track."""
-
-
-@dataclass(frozen=True, slots=True)
-class RtpPacket:
-    """One RTP packet, parsed."""
-
-    payload_type: int
-    """7-bit payload type."""
-    marker: bool
-    """Marker bit (for video: the last packet of a frame)."""
-    sequence: int
-    """16-bit sequence number."""
-    timestamp: int
-    """32-bit media timestamp, in ticks of the codec's clock."""
-    ssrc: int
-    """Synchronisation source."""
-    csrcs: tuple[int, ...]
-    """Contributing sources."""
-    extension_profile: int | None
-    """The header extension's profile (0xBEDE for one-byte elements), None without one."""
-    extension: bytes
-    """The header extension's body (its elements, not parsed here)."""
-    payload: bytes
-    """The payload, without padding."""
-
-
-def parse_rtp(data: bytes) -> RtpPacket:
-    """Parse an RTP packet; ValueError if it is not well-formed RTP version 2."""
-    size = len(data)
-    if size < _FIXED_HEADER.size:
-        raise ValueError("RTP packet shorter than its fixed header")
-    b0, b1, sequence, timestamp, ssrc = _FIXED_HEADER.unpack_from(data)
-    if b0 >> 6 != 2:
-        raise ValueError("not RTP version 2")
-    count = b0 & 0x0F
-    pos = _FIXED_HEADER.size + 4 * count
-    if pos > size:
-        raise ValueError("truncated CSRC list")
-    csrcs = struct.unpack_from(f"!{count}I", data, _FIXED_HEADER.size)
-    profile: int | None = None
-    extension = b""
-    if b0 & 0x10:
-        if pos + 4 > size:
-            raise ValueError("truncated header extension")
-        profile, words = struct.unpack_from("!HH", data, pos)
-        end = pos + 4 + 4 * words
-        if end > size:
-            raise ValueError("truncated header extension")
-        extension = data[pos + 4 : end]
-        pos = end
-    end = size
-    if b0 & 0x20:
-        padding = data[-1]
-        if padding == 0 or pos + padding > size:
-            raise ValueError("bad padding")
-        end -= padding
-    return RtpPacket(
-        b1 & 0x7F, bool(b1 & 0x80), sequence, timestamp, ssrc, tuple(csrcs), profile,
-        extension, data[pos:end],
-    )  # fmt: skip
-
-
-class Unwrapper:
-    """Extends a wrapping counter (16-bit sequence number, 32-bit timestamp) to an unbounded
-    integer, taking each value as the nearest to the last one (so reordering is fine)."""
-
-    def __init__(self, bits: int) -> None:
-        self._modulus = 1 << bits
-        self._last: int | None = None
-
-    def unwrap(self, value: int) -> int:
-        """The extended value of `value`."""
-        if self._last is None:
-            self._last = value
-            return value
-        delta = (value - self._last) % self._modulus
-        if delta >= self._modulus // 2:
-            delta -= self._modulus
-        extended = self._last + delta
-        if delta > 0:
-            self._last = extended
-        return extended
-
-
-# --- VP8 (RFC 7741) -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Vp8Descriptor:
-    """The VP8 payload descriptor at the start of each VP8 RTP payload (RFC 7741 §4.2)."""
-
-    start_of_partition: bool
-    """S bit: this packet starts a VP8 partition."""
-    partition_index: int
-    """PID: which partition (0 is the first of a frame)."""
-    non_reference: bool
-    """N bit: the frame can be discarded without affecting others."""
-    picture_id: int | None
-    """7- or 15-bit PictureID, when present (I bit)."""
-    tl0_pic_idx: int | None
-    """TL0PICIDX, when present (L bit)."""
-    temporal_id: int | None
-    """TID, when present (T or K bit)."""
-    key_idx: int | None
-    """KEYIDX, when present (K bit)."""
-    size: int
-    """Bytes of descriptor: the VP8 data starts here."""
-
-    @property
-    def starts_frame(self) -> bool:
-        """Whether this packet holds the first bytes of a frame."""
-        return self.start_of_partition and self.partition_index == 0
-
-
-def parse_vp8_descriptor(payload: bytes) -> Vp8Descriptor:
-    """Read the payload descriptor; ValueError if it is truncated."""
-    if not payload:
-        raise ValueError("empty VP8 payload")
-    b0 = payload[0]
-    pos = 1
-    picture_id = tl0 = tid = keyidx = None
-    if b0 & 0x80:  # X: extension byte follows
-        if len(payload) < 2:
-            raise ValueError("truncated VP8 descriptor")
-        ext = payload[1]
-        pos = 2
-        if ext & 0x80:  # I: PictureID
-            if len(payload) < pos + 1:
-                raise ValueError("truncated VP8 PictureID")
-            if payload[pos] & 0x80:  # M: 15-bit
-                if len(payload) < pos + 2:
-                    raise ValueError("truncated VP8 PictureID")
-                picture_id = ((payload[pos] & 0x7F) << 8) | payload[pos + 1]
-                pos += 2
-            else:
-                picture_id = payload[pos] & 0x7F
-                pos += 1
-        if ext & 0x40:  # L: TL0PICIDX
-            if len(payload) < pos + 1:
-                raise ValueError("truncated VP8 TL0PICIDX")
-            tl0 = payload[pos]
-            pos += 1
-        if ext & 0x30:  # T or K: one byte with TID, Y and KEYIDX
-            if len(payload) < pos + 1:
-                raise ValueError("truncated VP8 TID/KEYIDX")
-            if ext & 0x20:
-                tid = payload[pos] >> 6
-            if ext & 0x10:
-                keyidx = payload[pos] & 0x1F
-            pos += 1
-    if pos >= len(payload):
-        raise ValueError("VP8 payload holds no data after its descriptor")
-    return Vp8Descriptor(
-        bool(b0 & 0x10), b0 & 0x07, bool(b0 & 0x20), picture_id, tl0, tid, keyidx, pos
-    )
-
-
-def vp8_is_keyframe(frame: bytes) -> bool:
-    """Whether a VP8 frame is a keyframe: the P bit of its payload header is 0 (RFC 6386 §9.1)."""
-    return bool(frame) and not frame[0] & 0x01
-
-
-def vp8_picture_size(frame: bytes) -> tuple[int, int] | None:
-    """Width and height of a VP8 keyframe (from its start code's trailer), None for others."""
-    if len(frame) < 10 or not vp8_is_keyframe(frame) or frame[3:6] != b"\x9d\x01\x2a":
-        return None
-    width, height = struct.unpack_from("<HH", frame, 6)
-    return width & 0x3FFF, height & 0x3FFF
 
 
 def decoded_size(codec: str, frame: bytes) -> tuple[int, int] | None:
@@ -210,6 +52,9 @@ def decoded_size(codec: str, frame: bytes) -> tuple[int, int] | None:
     except (av.error.FFmpegError, ValueError):
         return None
     return None
+
+
+# --- VP8 (RFC 7741) -------------------------------------------------------------------------
 
 
 class Vp8Depacketizer:
@@ -233,32 +78,6 @@ class Vp8Depacketizer:
 
 # --- H.264 (RFC 6184) -----------------------------------------------------------------------
 
-NAL_IDR = 5
-"""NAL unit type of an IDR slice: the access unit is a keyframe."""
-NAL_SPS = 7
-"""Sequence parameter set."""
-NAL_PPS = 8
-"""Picture parameter set."""
-_STAP_A = 24
-_FU_A = 28
-
-
-def split_annex_b(access_unit: bytes) -> list[bytes]:
-    """The NAL units of an Annex-B access unit (3- or 4-byte start codes)."""
-    units: list[bytes] = []
-    pos = access_unit.find(b"\x00\x00\x01")
-    while pos >= 0:
-        start = pos + 3
-        nxt = access_unit.find(b"\x00\x00\x01", start)
-        end = len(access_unit) if nxt < 0 else nxt
-        unit = access_unit[start:end]
-        if nxt >= 0 and unit.endswith(b"\x00"):
-            unit = unit[:-1]  # the leading zero of a 4-byte start code
-        if unit:
-            units.append(unit)
-        pos = nxt
-    return units
-
 
 class H264Depacketizer:
     """H.264 access units (Annex-B) from RTP payloads: single NAL units, STAP-A and FU-A
@@ -279,7 +98,7 @@ class H264Depacketizer:
         continuation."""
         if not payload:
             raise ValueError("empty H.264 payload")
-        if payload[0] & 0x1F == _FU_A:
+        if payload[0] & 0x1F == FU_A:
             if len(payload) < 2:
                 raise ValueError("truncated FU-A")
             return bool(payload[1] & 0x80)
@@ -294,7 +113,7 @@ class H264Depacketizer:
             if not payload:
                 raise ValueError("empty H.264 payload")
             nal_type = payload[0] & 0x1F
-            if nal_type == _FU_A:
+            if nal_type == FU_A:
                 if len(payload) < 2:
                     raise ValueError("truncated FU-A")
                 header = payload[1]
@@ -311,7 +130,7 @@ class H264Depacketizer:
                 continue
             if fragment is not None:
                 raise ValueError("FU-A interrupted before its end")
-            if nal_type == _STAP_A:
+            if nal_type == STAP_A:
                 pos = 1
                 while pos + 2 <= len(payload):
                     (length,) = struct.unpack_from("!H", payload, pos)
@@ -442,7 +261,9 @@ class AssemblerStats:
 class _Pending:
     sequence: int
     arrival_ms: int = field(compare=False)
-    packet: RtpPacket = field(compare=False)
+    header: RtpHeader = field(compare=False)
+    payload: bytes = field(compare=False)
+    """The payload, without padding."""
 
 
 class FrameAssembler:
@@ -476,17 +297,18 @@ class FrameAssembler:
         """Take one stored packet; return the frames it completes (possibly none)."""
         self.stats.packets += 1
         try:
-            packet = parse_rtp(data)
+            header = parse_header(data)
         except ValueError:
             self.stats.malformed += 1
             return []
-        if self.payload_type is not None and packet.payload_type != self.payload_type:
+        if self.payload_type is not None and header.payload_type != self.payload_type:
             return []
-        sequence = self._sequences.unwrap(packet.sequence)
+        sequence = self._sequences.unwrap(header.sequence)
         if sequence in self._held or (self._next is not None and sequence < self._next):
             self.stats.duplicates += 1
             return []
-        heapq.heappush(self._heap, _Pending(sequence, arrival_ms, packet))
+        payload = data[header.payload_start : header.payload_end]
+        heapq.heappush(self._heap, _Pending(sequence, arrival_ms, header, payload))
         self._held.add(sequence)
         frames: list[Frame] = []
         while len(self._heap) > self._window:
@@ -514,17 +336,17 @@ class FrameAssembler:
             if self.depacketizer.kind == "video":
                 self._need_keyframe = True  # some frame is gone: references are broken
         self._next = item.sequence + 1
-        packet = item.packet
-        if self._current and packet.timestamp != self._current[0].packet.timestamp:
+        header = item.header
+        if self._current and header.timestamp != self._current[0].header.timestamp:
             self._finish(frames)  # contiguous but no marker: the frame ended anyway
         if not self._current:
             try:
-                self._current_broken = not self.depacketizer.starts_frame(packet.payload)
+                self._current_broken = not self.depacketizer.starts_frame(item.payload)
             except ValueError:
                 self.stats.malformed += 1
                 self._current_broken = True
         self._current.append(item)
-        if packet.marker or self.depacketizer.frame_per_packet:
+        if header.marker or self.depacketizer.frame_per_packet:
             self._finish(frames)
 
     def _drop_current(self) -> None:
@@ -541,7 +363,7 @@ class FrameAssembler:
             return
         self._current = []
         try:
-            data = self.depacketizer.assemble([i.packet.payload for i in items])
+            data = self.depacketizer.assemble([i.payload for i in items])
         except ValueError:
             self.stats.malformed += 1
             self.stats.dropped_frames += 1
@@ -553,6 +375,6 @@ class FrameAssembler:
             self.stats.dropped_frames += 1
             return
         self._need_keyframe = False
-        timestamp = self._timestamps.unwrap(items[0].packet.timestamp)
+        timestamp = self._timestamps.unwrap(items[0].header.timestamp)
         self.stats.frames += 1
         frames.append(Frame(timestamp, items[0].arrival_ms, data, keyframe))

@@ -41,13 +41,13 @@ import av
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.errors import IntegrityError
+from core.media.payloads import vp8_picture_size
 from recorder.depacketize import (
     AssemblerStats,
     Frame,
     FrameAssembler,
     decoded_size,
     depacketizer_for,
-    vp8_picture_size,
 )
 from recorder.manifest import (
     EVENTS_STREAM,

@@ -40,6 +40,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from core.canonical import stamp_s
+from core.durable import fsync_directory, temp_path, write_all, write_atomically
 from core.errors import ConfigError, IntegrityError, NotFound
 
 DATA_KEY_SIZE = 32
@@ -142,7 +144,7 @@ class KeyFileKEK(KeyEncryptionKey):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
-            _write_all(fd, json.dumps(document).encode("utf-8") + b"\n")
+            write_all(fd, json.dumps(document).encode("utf-8") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -295,7 +297,7 @@ class Keyring:
             recording_id=recording_id,
             kek_id=self.kek.key_id,
             wrapped_key=self.kek.wrap(data_key, recording_id),
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            created=stamp_s(datetime.now(UTC)),
         )
         with self._locked():
             self._refuse_if_shredded(recording_id)
@@ -411,24 +413,18 @@ class Keyring:
 
     def _shred_locked(self, recording_id: str, path: Path) -> None:
         tombstone = self._tombstone_path(recording_id)
-        leftovers = [path, path.with_name(f".{path.name}.tmp")]
+        leftovers = [path, temp_path(path)]
         if not tombstone.exists():
             if not path.exists():
                 raise KeyringError(f"no data key for recording {recording_id}")
             marker = {
                 "recording_id": recording_id,
-                "shredded": datetime.now(UTC).isoformat(timespec="seconds"),
+                "shredded": stamp_s(datetime.now(UTC)),
             }
             write_atomically(tombstone, json.dumps(marker).encode("utf-8") + b"\n")
         for leftover in leftovers:
             _overwrite_and_unlink(leftover)
         fsync_directory(self.directory)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _read_all(fd: int) -> bytes:
@@ -438,46 +434,13 @@ def _read_all(fd: int) -> bytes:
     return b"".join(parts)
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, *, replace: bool = True) -> None:
-    """Write `path` whole or not at all: temp file, fsync, rename (or link), directory fsync.
-
-    With `replace=False` an existing `path` raises `FileExistsError` (link never overwrites).
-    A temp file left by a crash is simply overwritten by the next write of the same entry.
-    """
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)
-    finally:
-        if not replace:
-            temp.unlink()
-    fsync_directory(path.parent)
-
-
 def _overwrite_and_unlink(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return
     try:
-        _write_all(fd, os.urandom(max(os.fstat(fd).st_size, 1)))
+        write_all(fd, os.urandom(max(os.fstat(fd).st_size, 1)))
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -35,8 +35,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from core.canonical import canonical_json
+from core.durable import write_atomically
 from core.errors import IntegrityError
-from recorder.keyring import write_atomically
+from core.media.track import TrackInfo
 from recorder.segments import segment_context
 
 MANIFEST_NAME = "manifest.json"
@@ -115,7 +117,9 @@ def iter_records(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
 
 @dataclass
 class TrackEntry:
-    """One recorded track."""
+    """One recorded track: the `TrackInfo` the SFU forwarded it with, less the room (the
+    manifest's), plus where it is stored and what was left out. Flat, because these are the
+    manifest's JSON field names on disk."""
 
     stream: str
     """Its stream (directory) in the recording: `track-<n>`."""
@@ -137,6 +141,20 @@ class TrackEntry:
     """Video packets received while the recording waited for this track's first keyframe (and
     after a consent renewed), left out because nothing before a keyframe decodes. Many of them
     and no records: the publisher never answered the keyframe requests, the video is lost."""
+
+    @classmethod
+    def from_track(cls, stream: str, track: TrackInfo) -> TrackEntry:
+        """The entry of `track`, recorded in `stream`."""
+        return cls(
+            stream=stream,
+            track_id=track.track_id,
+            participant_id=track.participant_id,
+            kind=track.kind,
+            codec=track.codec,
+            clock_rate=track.clock_rate,
+            payload_type=track.payload_type,
+            source=track.source,
+        )
 
 
 @dataclass
@@ -281,7 +299,7 @@ class RecordingManifest:
 
     def canonical(self) -> bytes:
         """What is signed: canonical JSON of `body`."""
-        return _canonical(self.body())
+        return canonical_json(self.body())
 
     def to_json(self, signing_key: Ed25519PrivateKey) -> bytes:
         """The signed manifest file's bytes."""
@@ -325,14 +343,10 @@ class RecordingManifest:
         """Raise `IntegrityError` unless `signature` is the key's signature of this manifest."""
         try:
             public_key.verify(signature, self.canonical())
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):  # ValueError: NaN, or not UTF-8, in the manifest
             raise IntegrityError(
                 "manifest signature is not valid: the manifest was edited, or signed by another key"
             ) from None
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def read_manifest(directory: Path) -> tuple[RecordingManifest, bytes, bytes]:

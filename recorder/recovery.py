@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.durable import fsync_directory
 from core.errors import IntegrityError
-from recorder.keyring import fsync_directory
 from recorder.manifest import (
     MANIFEST_NAME,
     SEGMENT_SUFFIX,

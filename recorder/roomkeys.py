@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from recorder.keyring import KeyFileKEK, Keyring, KeyringError, RotationResult, fsync_directory
+from core.durable import fsync_directory
+from recorder.keyring import KeyFileKEK, Keyring, KeyringError, RotationResult
 
 KEK_FILE_NAME = "kek.json"
 """The default key-encryption key file, under `<data_dir>/keys/` (move it off the data volume

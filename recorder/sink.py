@@ -39,8 +39,11 @@ from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.canonical import stamp_ms_offset
+from core.durable import fsync_directory
+from core.media.track import TrackInfo
+from recorder.chunked import ChunkedEncryptor
 from recorder.diskspace import failure_code
-from recorder.keyring import fsync_directory
 from recorder.manifest import (
     EVENTS_STREAM,
     IMAGES_STREAM,
@@ -56,45 +59,12 @@ from recorder.manifest import (
     stream_context,
     write_manifest,
 )
-from recorder.segments import ChunkedEncryptor, open_segment_writer
+from recorder.segments import open_segment_writer
 
 log = logging.getLogger("consilium.recorder")
 
 HANDOFF_BYTES = 64 * 1024
 """A track's buffer goes to the writer thread when it holds this much (about 50 video packets)."""
-
-
-class RecordedTrack(Protocol):
-    """What the sink reads of the SFU's `sfu.sinks.TrackInfo` (the recorder does not import
-    the SFU)."""
-
-    @property
-    def track_id(self) -> str:
-        """Stable id of the track within the room."""
-
-    @property
-    def participant_id(self) -> str:
-        """Who publishes it."""
-
-    @property
-    def kind(self) -> str:
-        """`audio` or `video`."""
-
-    @property
-    def codec(self) -> str:
-        """MIME type."""
-
-    @property
-    def clock_rate(self) -> int:
-        """RTP clock rate."""
-
-    @property
-    def payload_type(self) -> int:
-        """Payload type of the packets."""
-
-    @property
-    def source(self) -> str:
-        """`microphone`, `camera` or `screen`."""
 
 
 class AuditCallback(Protocol):
@@ -107,7 +77,7 @@ class AuditCallback(Protocol):
 
 def utc_now() -> str:
     """The current UTC time as the manifest writes it."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return stamp_ms_offset(datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -308,7 +278,7 @@ class RecordingSink:
         """Milliseconds since the recording started: the timeline of every record."""
         return round((self._clock() - self._t0) * 1000)
 
-    def on_track(self, track: RecordedTrack) -> None:
+    def on_track(self, track: TrackInfo) -> None:
         """A track appears: it gets its own stream (`track-<n>`)."""
         if not self._running or track.track_id in self._streams:
             return
@@ -318,20 +288,11 @@ class RecordingSink:
         self._track_count += 1
         self._streams[track.track_id] = _Stream(name, video=track.kind == "video")
         self._owners[track.track_id] = track.participant_id
-        entry = TrackEntry(
-            stream=name,
-            track_id=track.track_id,
-            participant_id=track.participant_id,
-            kind=track.kind,
-            codec=track.codec,
-            clock_rate=track.clock_rate,
-            payload_type=track.payload_type,
-            source=track.source,
-        )
+        entry = TrackEntry.from_track(name, track)
         self._put_control(_Track(entry))
         self.meeting_event("track_started", track_id=track.track_id, stream=name)
 
-    def on_rtp(self, track: RecordedTrack, packet: bytes, arrival_ms: int, keyframe: bool) -> bool:
+    def on_rtp(self, track: TrackInfo, packet: bytes, arrival_ms: int, keyframe: bool) -> bool:
         """Buffer one packet as received (hot path: watched by `bench/recording.py`
         `record_cpu_s_per_s`). Never blocks, never raises. The record's time is the sink's own
         clock (ms since start), one timeline for every track and event; `arrival_ms` (the
@@ -373,7 +334,7 @@ class RecordingSink:
             return False
         return lost
 
-    def on_track_ended(self, track: RecordedTrack) -> None:
+    def on_track_ended(self, track: TrackInfo) -> None:
         """The track is gone: its open segment closes now (so it is safe on disk)."""
         stream = self._streams.get(track.track_id)
         if stream is None or not self._running:

@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.errors import IntegrityError
+from recorder.chunked import SegmentIntegrityError
 from recorder.depacketize import Frame, FrameAssembler, decoded_size, depacketizer_for
 from recorder.manifest import (
     EVENTS_STREAM,
@@ -38,7 +39,7 @@ from recorder.manifest import (
     segment_file_name,
     stream_context,
 )
-from recorder.segments import SegmentIntegrityError, open_segment_reader
+from recorder.segments import open_segment_reader
 
 KEYFRAMES_TRIED = 3
 """A video track whose first this many keyframes do not decode is reported as lost (checking

@@ -28,8 +28,8 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
-from sfu.keyframes import KeyframeRequests, keyframe_start
-from sfu.rtp import (
+from core.media.keyframes import KeyframeRequests, keyframe_start
+from core.media.rtp import (
     ExtensionIds,
     RtpHeader,
     abs_send_time_now,
@@ -39,7 +39,8 @@ from sfu.rtp import (
     rewrite,
     wrap_rtx,
 )
-from sfu.sinks import MediaSink, TrackInfo
+from core.media.track import TrackInfo
+from sfu.sinks import MediaSink
 
 HISTORY_SIZE = 1024
 """Packets kept per track to answer NACKs (about 1 s of 1 Mbps video)."""

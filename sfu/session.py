@@ -45,10 +45,10 @@ from aiortc.sdp import candidate_from_sdp
 
 from annotations.authority import LOSSY, RELIABLE, error_text
 from core.actions import Action
+from core.media.rtp import ExtensionIds, parse_header, unwrap_rtx
+from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
 from sfu.forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet
-from sfu.rtp import ExtensionIds, parse_header, unwrap_rtx
-from sfu.sinks import TrackInfo
 
 if TYPE_CHECKING:
     from sfu.room import MediaRoom

@@ -5,38 +5,18 @@ sent it (after RTX unwrapping), before any per-subscriber rewrite. With no sink 
 forwarder skips the loop entirely, so nothing is copied when nobody records.
 
 A sink is a subscriber like any other as far as video goes: it can only use a track from a
-keyframe on. The forwarder tells it which packets start one (the same `sfu.keyframes` check new
-subscribers start on), and a sink that answers "waiting for a keyframe" makes the forwarder ask
-the publisher for one (PLI, rate-limited per publisher). Browsers send keyframes only when
-asked, so this is what makes a camera that was on before the recording started appear in it.
+keyframe on. The forwarder tells it which packets start one (the same `core.media.keyframes`
+check new subscribers start on), and a sink that answers "waiting for a keyframe" makes the
+forwarder ask the publisher for one (PLI, rate-limited per publisher). Browsers send keyframes
+only when asked, so this is what makes a camera that was on before the recording started appear
+in it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class TrackInfo:
-    """A published track as a sink sees it."""
-
-    room_id: str
-    """The room it is published in."""
-    participant_id: str
-    """Who publishes it."""
-    track_id: str
-    """Stable id of the track within the room (participant id + media id)."""
-    kind: str
-    """`audio` or `video`."""
-    codec: str
-    """MIME type, e.g. `video/VP8` or `audio/opus`."""
-    clock_rate: int
-    """RTP clock rate of the codec."""
-    payload_type: int
-    """Payload type of the packets as handed to the sink."""
-    source: str = "camera"
-    """`microphone`, `camera` or `screen`."""
+from core.media.track import TrackInfo
 
 
 class MediaSink(Protocol):

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_encode
 
+from core.canonical import canonical_json
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ def _jwk_thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 thumbprint of an OKP public JWK: SHA-256 over its required members only,
     in lexicographic order and without whitespace."""
     required = {name: jwk[name] for name in ("crv", "kty", "x")}
-    canonical = json.dumps(required, sort_keys=True, separators=(",", ":")).encode()
-    return base64url_encode(hashlib.sha256(canonical).digest()).decode()
+    # The members are base64url and fixed names (ASCII), so canonical JSON is RFC 7638's form.
+    return base64url_encode(hashlib.sha256(canonical_json(required)).digest()).decode()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -21,7 +21,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import os
 import random
 import secrets
 import socket
@@ -38,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.durable import append_durably, write_atomically
 from core.errors import IntegrityError, NotFound, Unavailable
 from signaling.cluster import REVOKED_EVENT, Revoked, to_wire
 
@@ -520,36 +520,12 @@ def read_revocation_log(path: Path) -> tuple[list[Revocation], bool]:
     return revocations, torn
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _private_opener(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o600)
-
-
 def _append_revocations(path: Path, revocations: list[Revocation]) -> None:
-    created = not path.exists()
-    with open(path, "ab", opener=_private_opener) as f:
-        f.write(b"".join(_encode_revocation_line(r) for r in revocations))
-        f.flush()
-        os.fsync(f.fileno())
-    if created:
-        _fsync_dir(path.parent)
+    append_durably(path, b"".join(_encode_revocation_line(r) for r in revocations))
 
 
 def _rewrite_revocation_log(path: Path, revocations: list[Revocation]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb", opener=_private_opener) as f:
-        f.write(b"".join(_encode_revocation_line(r) for r in revocations))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomically(path, b"".join(_encode_revocation_line(r) for r in revocations))
 
 
 def _load_revocation_log(path: Path) -> list[Revocation]:

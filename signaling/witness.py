@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.canonical import canonical_json
+
 log = logging.getLogger("consilium.audit.witness")
 
 MESSAGE_MARK = "consilium-audit-checkpoint"
@@ -61,7 +63,7 @@ def format_checkpoint(statement: dict[str, Any], node: str, hostname: str, pid: 
     """One RFC 5424 message for a signed checkpoint, with RFC 5425's octet-count framing."""
     body = {"count": statement["count"], "head": statement["head"], "node": node,
             "sig": statement["sig"], "ts": statement["ts"]}  # fmt: skip
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    text = canonical_json(body, ascii_only=True).decode()
     host = _header_field(hostname)
     message = (
         f"<{_PRI}>1 {statement['ts']} {host} consilium {pid} checkpoint - {MESSAGE_MARK} {text}"

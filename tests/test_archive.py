@@ -29,6 +29,7 @@ from recorder.archive import (
     TrackStream,
     segment_plaintext_length,
 )
+from recorder.chunked import SegmentIntegrityError
 from recorder.keyring import KeyFileKEK, Keyring, RecordingShredded
 from recorder.manifest import (
     MANIFEST_NAME,
@@ -40,7 +41,7 @@ from recorder.manifest import (
     read_manifest,
     write_manifest,
 )
-from recorder.segments import SegmentIntegrityError, encrypt_segment, segment_context
+from recorder.segments import encrypt_segment, segment_context
 from recorder.verify import iter_packets
 from tests.fixtures.recordings import MARKER, AuditRecorder, Recorded, record
 

@@ -22,16 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import ConfigError
-from signaling.audit import (
-    CHECKPOINTS_FILE,
-    GENESIS_HASH,
-    TOKEN_MARK,
-    AuditLog,
-    generate_audit_key,
-    iter_entries,
-    load_public_key,
-    verify_log,
-)
+from signaling.audit import AuditLog, generate_audit_key, iter_entries, load_public_key
+from signaling.auditformat import CHECKPOINTS_FILE, GENESIS_HASH, TOKEN_MARK
+from signaling.auditverify import verify_log
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC_KEY = KEY.public_key()

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from signaling.audit import TOKEN_MARK, iter_entries, verify_log
+from signaling.audit import iter_entries
+from signaling.auditformat import TOKEN_MARK
+from signaling.auditverify import verify_log
 from tests.fixtures.recordings import record_on_node
 from tests.fixtures.servers import RunningNode, close_code, node_settings, running_node
 

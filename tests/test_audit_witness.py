@@ -17,13 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.errors import ConfigError
-from signaling.audit import (
-    CHECKPOINTS_FILE,
-    HEADS_FILE,
-    AuditLog,
-    compare_with_witness,
-    verify_log,
-)
+from signaling.audit import HEADS_FILE, AuditLog
+from signaling.auditformat import CHECKPOINTS_FILE
+from signaling.auditverify import compare_with_witness, verify_log
 from signaling.witness import MESSAGE_MARK, SyslogWitness, parse_witness
 from tests.fixtures.rsyslog import SyslogReceiver, syslog_receiver
 from tests.fixtures.servers import REPO, node_settings, running_node

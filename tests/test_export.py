@@ -14,16 +14,13 @@ import av
 import pytest
 
 from core.errors import IntegrityError
+from core.media.payloads import parse_vp8_descriptor, split_annex_b, vp8_picture_size
+from core.media.rtp import Unwrapper, parse_header
 from recorder.depacketize import (
     FrameAssembler,
     H264Depacketizer,
     OpusDepacketizer,
-    Unwrapper,
     Vp8Depacketizer,
-    parse_rtp,
-    parse_vp8_descriptor,
-    split_annex_b,
-    vp8_picture_size,
 )
 from recorder.export import export_recording
 from tests.fixtures.recordings import DATA_KEY, LiveRecording, ffprobe_path, live_recording
@@ -91,13 +88,19 @@ def assemble(packets: list[bytes], assembler: FrameAssembler) -> list[Any]:
 
 
 def test_rtp_header_csrcs_extension_and_padding_are_stripped_to_the_payload() -> None:
-    packet = parse_rtp(rtp(7, 99, b"payload", marker=True, csrcs=2,
-                           extension=b"\x10\xab\x00\x00", padding=4))  # fmt: skip
-    assert packet.payload == b"payload"
-    assert packet.csrcs == (100, 101) and packet.extension_profile == 0xBEDE
-    assert (packet.sequence, packet.timestamp, packet.marker) == (7, 99, True)
+    data = rtp(7, 99, b"payload", marker=True, csrcs=2, extension=b"\x10\xab\x00\x00", padding=4)
+    header = parse_header(data)
+    assert data[header.payload_start : header.payload_end] == b"payload"
+    assert header.extensions == {1: b"\xab"}
+    assert (header.sequence, header.timestamp, header.marker) == (7, 99, True)
     with pytest.raises(ValueError, match="version 2"):
-        parse_rtp(b"\x40" + bytes(11))
+        parse_header(b"\x40" + bytes(11))
+
+
+def test_a_packet_cut_inside_its_csrcs_is_malformed_not_a_frame() -> None:
+    assembler = FrameAssembler(OpusDepacketizer())
+    assert assembler.push(rtp(1, 0, b"", csrcs=3)[:16], 0) == []
+    assert assembler.stats.malformed == 1
 
 
 def test_vp8_descriptor_reads_every_optional_field() -> None:

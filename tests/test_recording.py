@@ -26,17 +26,13 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
+from core.media.track import TrackInfo
+from recorder.chunked import C2SP_HEADER_SIZE, CHUNK_SIZE, SegmentIntegrityError
 from recorder.manifest import MANIFEST_NAME, RecordingManifest, read_manifest
 from recorder.recovery import recover_interrupted
-from recorder.segments import (
-    C2SP_HEADER_SIZE,
-    CHUNK_SIZE,
-    SegmentHeader,
-    SegmentIntegrityError,
-)
+from recorder.segments import SegmentHeader
 from recorder.sink import RecordingSettings, RecordingSink
 from recorder.verify import RecordingIntegrityError, iter_packets, verify_recording
-from sfu.sinks import TrackInfo
 from tests.fixtures import recordings
 from tests.fixtures.recordings import (
     AUDIO,
@@ -346,7 +342,7 @@ CRASHING_RECORDER = textwrap.dedent(
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from recorder.manifest import read_manifest
     from recorder.sink import RecordingSettings, RecordingSink
-    from sfu.sinks import TrackInfo
+    from core.media.track import TrackInfo
     from tests.test_recording import DATA_KEY, VIDEO, FakeClock, rtp_packet
 
     directory = Path(sys.argv[1])

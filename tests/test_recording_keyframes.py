@@ -16,13 +16,13 @@ import numpy as np
 from aiortc.mediastreams import VideoStreamTrack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.media.rtp import parse_header
+from core.media.track import TrackInfo
 from recorder.export import export_recording
 from recorder.manifest import ConsentRecord, RecordedParticipant
 from recorder.sink import RecordingSink
 from recorder.verify import verify_recording
 from sfu.forwarder import PublishedTrack
-from sfu.rtp import parse_header
-from sfu.sinks import TrackInfo
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.recordings import DATA_KEY, rtp_packet
 from tests.fixtures.servers import eventually

@@ -22,16 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import IntegrityError
-from recorder.segments import (
+from recorder.chunked import (
     C2SP_HEADER_SIZE,
     CHUNK_SIZE,
     COBBLESTONE_256,
-    SEGMENT_MAGIC,
     ChunkedDecryptor,
     ChunkedEncryptor,
     ChunkedRandomAccess,
-    SegmentHeader,
     SegmentIntegrityError,
+)
+from recorder.segments import (
+    SEGMENT_MAGIC,
+    SegmentHeader,
     decrypt_segment,
     encrypt_segment,
     open_segment_random_access,

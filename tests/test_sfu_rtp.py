@@ -14,9 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.testsource import encode_test_pattern
-from sfu.forwarder import OutboundSlot, PublishedTrack, RetransmissionBuffer
-from sfu.keyframes import KeyframeRequests, h264_keyframe_start, vp8_keyframe_start
-from sfu.rtp import (
+from core.media.keyframes import KeyframeRequests, h264_keyframe_start, vp8_keyframe_start
+from core.media.rtp import (
     ABS_SEND_TIME_URI,
     AUDIO_LEVEL_URI,
     MID_URI,
@@ -29,7 +28,8 @@ from sfu.rtp import (
     unwrap_rtx,
     wrap_rtx,
 )
-from sfu.sinks import TrackInfo
+from core.media.track import TrackInfo
+from sfu.forwarder import OutboundSlot, PublishedTrack, RetransmissionBuffer
 
 IDS = ExtensionIds(mid=1, abs_send_time=3, audio_level=2)
 

@@ -14,15 +14,9 @@ from consilium.commands.folders import DEFAULT_DATA_DIR, data_dir, key_dir
 from consilium.commands.keys import fingerprint
 from consilium.commands.usage import UsageError
 from core.errors import ConfigError
-from signaling.audit import (
-    PUBLIC_KEY_FILE,
-    AuditEntry,
-    compare_with_witness,
-    iter_entries,
-    load_public_key,
-    parse_time,
-    verify_log,
-)
+from signaling.audit import PUBLIC_KEY_FILE, iter_entries, load_public_key, parse_time
+from signaling.auditformat import AuditEntry
+from signaling.auditverify import compare_with_witness, verify_log
 from signaling.witness import parse_witness
 
 AUDIT_NOT_AUTHENTICATED = 3

@@ -1,7 +1,9 @@
-"""RTP packets as bytes: read the few fields forwarding needs, and write a subscriber's copy.
+"""RTP packets as bytes (RFC 3550): read the header, write a subscriber's copy, and extend the
+wrapping sequence numbers and timestamps.
 
 Plain functions over bytes (no parse into objects and back), because they run for every
-forwarded packet. `bench/forwarding.py` watches them.
+forwarded packet. `bench/forwarding.py` watches them. The recorder reads stored packets with
+the same `parse_header` when it turns them back into frames.
 """
 
 from __future__ import annotations
@@ -233,3 +235,25 @@ def wrap_rtx(packet: bytes, *, ssrc: int, payload_type: int, sequence: int) -> b
 def seq_newer(a: int, b: int) -> bool:
     """True when 16-bit sequence number `a` comes after `b` (RFC 1982 serial arithmetic)."""
     return a != b and ((a - b) & 0xFFFF) < 0x8000
+
+
+class Unwrapper:
+    """Extends a wrapping counter (16-bit sequence number, 32-bit timestamp) to an unbounded
+    integer, taking each value as the nearest to the last one (so reordering is fine)."""
+
+    def __init__(self, bits: int) -> None:
+        self._modulus = 1 << bits
+        self._last: int | None = None
+
+    def unwrap(self, value: int) -> int:
+        """The extended value of `value`."""
+        if self._last is None:
+            self._last = value
+            return value
+        delta = (value - self._last) % self._modulus
+        if delta >= self._modulus // 2:
+            delta -= self._modulus
+        extended = self._last + delta
+        if delta > 0:
+            self._last = extended
+        return extended

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_H264_IDR = 5
-_H264_SPS = 7
-_H264_STAP_A = 24
-_H264_FU_A = 28
+from core.media.payloads import FU_A, NAL_IDR, NAL_SPS, STAP_A
 
 
 def vp8_keyframe_start(payload: bytes) -> bool:
-    """True for the first packet of a VP8 keyframe (RFC 7741 payload descriptor + header)."""
+    """True for the first packet of a VP8 keyframe (RFC 7741 payload descriptor + header).
+
+    The descriptor's layout as `core.media.payloads.parse_vp8_descriptor` reads it, walked here
+    without building it: this runs per forwarded video packet while recording, and for every
+    packet a new subscriber waits on (bench/forwarding.py watches it)."""
     if not payload:
         return False
     b0 = payload[0]
@@ -49,21 +50,21 @@ def h264_keyframe_start(payload: bytes) -> bool:
     if not payload:
         return False
     nal_type = payload[0] & 0x1F
-    if nal_type in (_H264_IDR, _H264_SPS):
+    if nal_type in (NAL_IDR, NAL_SPS):
         return True
-    if nal_type == _H264_STAP_A:
+    if nal_type == STAP_A:
         pos = 1
         while pos + 2 < len(payload):
             size = int.from_bytes(payload[pos : pos + 2], "big")
             if size == 0 or pos + 2 + size > len(payload):
                 return False
-            if payload[pos + 2] & 0x1F in (_H264_IDR, _H264_SPS):
+            if payload[pos + 2] & 0x1F in (NAL_IDR, NAL_SPS):
                 return True
             pos += 2 + size
         return False
-    if nal_type == _H264_FU_A and len(payload) >= 2:
+    if nal_type == FU_A and len(payload) >= 2:
         fu_header = payload[1]
-        return bool(fu_header & 0x80) and (fu_header & 0x1F) in (_H264_IDR, _H264_SPS)
+        return bool(fu_header & 0x80) and (fu_header & 0x1F) in (NAL_IDR, NAL_SPS)
     return False
 
 
