@@ -79,7 +79,7 @@ _JWT = jwt.PyJWT(
 )
 
 
-# --- Which keys are trusted (pure) ---------------------------------------------------------------
+# --- Which keys are trusted (pure) -------------------------------------------------------------
 
 
 def _roca_residues(p: int) -> frozenset[int]:
@@ -185,7 +185,7 @@ def trusted_keys_from_jwks(document: object) -> list[jwt.PyJWK]:
     return trusted
 
 
-# --- Choosing the key for a token and checking its signature (pure) ------------------------------
+# --- Choosing the key for a token and checking its signature (pure) ----------------------------
 
 
 def read_header(token: object) -> dict[str, Any]:
@@ -284,7 +284,7 @@ def _invalid_claim(claim: str) -> AuthenticationError:
     return AuthenticationError(f"invalid claim: {claim}", reason="invalid_claim", claim=claim)
 
 
-# --- Turning verified claims into an Identity (pure) ---------------------------------------------
+# --- Turning verified claims into an Identity (pure) -------------------------------------------
 
 
 def identity_from_claims(claims: dict[str, Any], *, leeway_s: int, now: float) -> Identity:
@@ -352,7 +352,7 @@ def _list_claim(claims: Mapping[str, Any], name: str, *, single_allowed: bool) -
     return tuple(value)
 
 
-# --- What the verifier asks of a key source (the sources are in signaling.keysources) ------------
+# --- What the verifier asks of a key source (the sources are in signaling.keysources) ----------
 
 
 class KeySource(Protocol):
@@ -375,7 +375,7 @@ def keys_unavailable() -> ServerError:
     return ServerError("signing keys unavailable")
 
 
-# --- The verifier --------------------------------------------------------------------------------
+# --- The verifier ------------------------------------------------------------------------------
 
 
 class TokenVerifier:
