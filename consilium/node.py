@@ -26,12 +26,13 @@ from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
 from signaling.http.door import Door
 from signaling.http.node import Node
+from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
 from signaling.policy import Policy
 from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
 from signaling.state import open_store
-from signaling.tokens import JwksFile, JwksUrl, KeySource, OidcDiscovery, TokenVerifier
+from signaling.tokens import KeySource, TokenVerifier
 from signaling.witness import SyslogWitness
 
 

@@ -1,10 +1,12 @@
-"""Access tokens: which signing keys we trust, and the one check turning a token into an Identity.
+"""Access tokens: the one check turning a bearer token into an Identity, and the rules under it.
 
-Trust comes from a JWKS: a file, a URL, or the `jwks_uri` found by OIDC discovery. Choosing the
-key for a token and checking its signature are plain functions (`trusted_keys_from_jwks`,
-`select_key`, `verify_signature`) with no I/O, so the Wycheproof JOSE vectors exercise exactly
-what `TokenVerifier` runs; the key sources around them only move bytes. All JOSE parsing and
-signature arithmetic is pyjwt's and cryptography's.
+Trust comes from a JWKS that a key source (`signaling.keysources`: a file, a URL, or OIDC
+discovery) hands over through the `KeySource` Protocol declared here. Which entries of a JWKS
+become trusted keys, choosing the key for a token, checking its signature and turning its claims
+into an Identity are plain functions (`trusted_keys_from_jwks`, `select_key`, `verify_signature`,
+`identity_from_claims`) with no I/O and the time passed in, so the Wycheproof JOSE vectors
+exercise exactly what `TokenVerifier` runs. All JOSE parsing and signature arithmetic is pyjwt's
+and cryptography's.
 
 Refused by construction: `none` and every HMAC algorithm are never on the list handed to pyjwt,
 and a JWKS entry that is not an asymmetric public signing key never becomes a trusted key.
@@ -12,17 +14,12 @@ and a JWKS entry that is not an asymmetric public signing key never becomes a tr
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-import aiohttp
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -50,9 +47,6 @@ MAX_LEEWAY_S = 60
 MIN_RSA_BITS = 2048
 """Smaller RSA keys in a JWKS are never used."""
 
-MAX_JWKS_BYTES = 256 * 1024
-"""Bound on a JWKS or discovery document read from a file or the network."""
-
 # Which algorithms a JWK without an "alg" member may serve, by key type. An explicit "alg" on the
 # JWK narrows this to that one algorithm.
 _ALGORITHMS_FOR_KTY: Mapping[str, tuple[str, ...]] = {
@@ -77,7 +71,7 @@ _JWS = PyJWS(algorithms=sorted(ALLOWED_ALGORITHMS), options={"enforce_minimum_ke
 _JWT = jwt.PyJWT(
     options={
         "require": list(REQUIRED_CLAIMS),
-        # iat is checked in _identity_from_claims, so "issued in the future" gets its own reason
+        # iat is checked in identity_from_claims, so "issued in the future" gets its own reason
         # instead of sharing pyjwt's ImmatureSignatureError with nbf.
         "verify_iat": False,
         "enforce_minimum_key_length": True,
@@ -290,7 +284,75 @@ def _invalid_claim(claim: str) -> AuthenticationError:
     return AuthenticationError(f"invalid claim: {claim}", reason="invalid_claim", claim=claim)
 
 
-# --- Where the keys come from (I/O at the edge) ------------------------------------------------
+# --- Turning verified claims into an Identity (pure) -------------------------------------------
+
+
+def identity_from_claims(claims: dict[str, Any], *, leeway_s: int, now: float) -> Identity:
+    """The Identity carried by claims whose signature, issuer, audience, exp and nbf pyjwt has
+    checked; `iat` is checked here against `now` (Unix seconds) so "issued in the future" has its
+    own reason. Raises AuthenticationError "invalid_claim" (with `claim`) or "issued_in_future".
+    """
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if (name in claims) and not is_number:
+            raise _invalid_claim(name)
+    if claims["iat"] > now + leeway_s:
+        raise AuthenticationError("token issued in the future", reason="issued_in_future")
+    for name in ("sub", "jti"):
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise _invalid_claim(name)
+    return Identity(
+        sub=claims["sub"],
+        jti=claims["jti"],
+        role=_text_claim(claims, "role"),
+        name=display_name(_text_claim(claims, "name")),
+        depts=_list_claim(claims, "dept", single_allowed=True),
+        org=_text_claim(claims, "org"),
+        rooms=_list_claim(claims, "room", single_allowed=True),
+        amr=_list_claim(claims, "amr", single_allowed=False),
+        iss=claims["iss"],
+        exp=int(claims["exp"]),
+        extra={k: v for k, v in claims.items() if k not in _CONSUMED_CLAIMS},
+    )
+
+
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+MAX_DISPLAY_NAME = 128
+"""Characters of a display name kept (the rest is cut): a name, not a paragraph."""
+
+
+def display_name(raw: str) -> str:
+    """A token's `name` as everyone is shown it: without bidirectional controls (U+202E would
+    show "Dr Smith" + reversed text as another person's name), control characters or line
+    breaks, whitespace collapsed, at most `MAX_DISPLAY_NAME` characters."""
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in raw
+        if ch not in _BIDI_CONTROLS and (ch.isspace() or unicodedata.category(ch) != "Cc")
+    )
+    return " ".join(kept.split())[:MAX_DISPLAY_NAME]
+
+
+def _text_claim(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name, "")
+    if not isinstance(value, str):
+        raise _invalid_claim(name)
+    return value
+
+
+def _list_claim(claims: Mapping[str, Any], name: str, *, single_allowed: bool) -> tuple[str, ...]:
+    value = claims.get(name, [])
+    if single_allowed and isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _invalid_claim(name)
+    return tuple(value)
+
+
+# --- What the verifier asks of a key source (the sources are in signaling.keysources) ----------
 
 
 class KeySource(Protocol):
@@ -308,239 +370,9 @@ class KeySource(Protocol):
         ...
 
 
-class _KeySet:
-    """The last good JWKS document and its keys; replaced only when the document changes."""
-
-    def __init__(self) -> None:
-        self.document: object = None
-        self.keys: list[jwt.PyJWK] | None = None
-
-    def replace(self, document: object, origin: str) -> None:
-        """Adopt `document` (raises ValueError if it is not a JWKS; the old set stays then)."""
-        if self.keys is not None and document == self.document:
-            return
-        keys = trusted_keys_from_jwks(document)
-        if not keys:
-            log.warning("JWKS from %s has no usable signing key", origin)
-        log.info("loaded %d trusted signing key(s) from %s", len(keys), origin)
-        self.document, self.keys = document, keys
-
-
-def _unavailable() -> ServerError:
+def keys_unavailable() -> ServerError:
+    """The error when no key set could be obtained at all: the client sees a server error."""
     return ServerError("signing keys unavailable")
-
-
-class JwksFile:
-    """Trusted keys from a JWKS file, re-read whenever the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        """The JWKS file."""
-        self._stamp: tuple[int, int, int] | None = None
-        self._set = _KeySet()
-
-    async def keys(self, *, refresh: bool = False) -> list[jwt.PyJWK]:
-        """The keys in the file as of its last change; `refresh` adds nothing for a file."""
-        # A stat per verify costs microseconds, less than handing the read to a thread.
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return self._last_good("cannot stat")
-        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        if stamp != self._stamp:
-            if stat.st_size > MAX_JWKS_BYTES:
-                return self._last_good("file too large")
-            try:
-                self._set.replace(json.loads(self.path.read_bytes()), str(self.path))
-            except (OSError, ValueError, RecursionError) as error:
-                # Keep the stamp unchanged so the next call tries again (e.g. after a half write).
-                return self._last_good(type(error).__name__)
-            self._stamp = stamp
-        assert self._set.keys is not None
-        return self._set.keys
-
-    def _last_good(self, problem: str) -> list[jwt.PyJWK]:
-        log.warning("JWKS file %s unusable (%s)", self.path, problem)
-        if self._set.keys is None:
-            raise _unavailable()
-        return self._set.keys
-
-
-SessionFactory = Callable[[], aiohttp.ClientSession]
-"""Makes the aiohttp session for one fetch; the source closes it afterwards."""
-
-_FETCH_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError, RecursionError)
-
-
-def _check_fetch_url(url: str, what: str) -> None:
-    """Trust anchors come over HTTPS; plain HTTP only from this host (development, tests)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError as error:
-        raise ConfigError(f"{what} is not a URL: {url!r}") from error
-    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
-    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-        raise ConfigError(f"{what} must be an https URL (http only for localhost): {url!r}")
-
-
-async def _fetch_json(url: str, session_factory: SessionFactory | None, timeout_s: float) -> object:
-    """GET a JSON document of bounded size; raises one of _FETCH_ERRORS on any failure."""
-    factory = session_factory or aiohttp.ClientSession
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    body = bytearray()
-    async with (
-        factory() as session,
-        # No redirects: the keys come from exactly the configured or discovered URL.
-        session.get(
-            url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
-        ) as response,
-    ):
-        if response.status != 200:
-            raise aiohttp.ClientResponseError(
-                response.request_info, (), status=response.status, message="unexpected status"
-            )
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("document too large")
-    return json.loads(body)
-
-
-class JwksUrl:
-    """Trusted keys fetched from a JWKS URL: cached for `ttl_s`, re-fetched on request (an
-    unknown `kid`) at most once per `refetch_interval_s`.
-
-    A failed fetch keeps the last good key set (an IdP outage must not lock everyone out) and is
-    retried no sooner than `refetch_interval_s` later.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        session_factory: SessionFactory | None = None,
-        refetch_interval_s: float = 30.0,
-        ttl_s: float = 300.0,
-        timeout_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        _check_fetch_url(url, "JWKS URL")
-        if not (0 < refetch_interval_s <= ttl_s and timeout_s > 0):
-            raise ConfigError(
-                "JWKS timings must satisfy 0 < refetch_interval_s <= ttl_s, timeout_s > 0"
-            )
-        self.url = url
-        """Where the JWKS is fetched from."""
-        self._session_factory = session_factory
-        self._refetch_interval_s = refetch_interval_s
-        self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
-        self._clock = clock
-        self._set = _KeySet()
-        self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
-        # One fetch at a time: a burst of tokens with a new kid causes one request, not many.
-        self._lock = asyncio.Lock()
-
-    async def keys(self, *, refresh: bool = False) -> list[jwt.PyJWK]:
-        """The cached keys, fetched first if absent, older than the TTL, or `refresh` is asked
-        and the last attempt is older than the refetch interval."""
-        if self._due(refresh):
-            async with self._lock:
-                # Another task may have fetched while this one waited for the lock.
-                if self._due(refresh):
-                    await self._fetch()
-        if self._set.keys is None:
-            raise _unavailable()
-        return self._set.keys
-
-    def _due(self, refresh: bool) -> bool:
-        now = self._clock()
-        if self._attempted_at is not None and now - self._attempted_at < self._refetch_interval_s:
-            return False
-        if self._fetched_at is None or refresh:
-            return True
-        return now - self._fetched_at >= self._ttl_s
-
-    async def _fetch(self) -> None:
-        self._attempted_at = self._clock()
-        try:
-            document = await _fetch_json(self.url, self._session_factory, self._timeout_s)
-            self._set.replace(document, self.url)
-        except _FETCH_ERRORS as error:
-            log.warning("fetching JWKS from %s failed: %s", self.url, type(error).__name__)
-            return
-        self._fetched_at = self._clock()
-
-
-class OidcDiscovery:
-    """Trusted keys of an OpenID Connect issuer: `<issuer>/.well-known/openid-configuration`
-    names the `jwks_uri`, which is then used like `JwksUrl` (same keyword arguments).
-
-    The discovery document must name exactly the configured issuer, else ConfigError.
-    """
-
-    def __init__(
-        self,
-        issuer: str,
-        *,
-        session_factory: SessionFactory | None = None,
-        refetch_interval_s: float = 30.0,
-        ttl_s: float = 300.0,
-        timeout_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        _check_fetch_url(issuer, "issuer")
-        self.issuer = issuer
-        """The configured issuer, compared verbatim with the discovery document's."""
-        # OpenID Connect Discovery 1.0 section 4: strip a trailing "/" before appending.
-        self.discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-        """Where the discovery document is fetched from."""
-        self._session_factory = session_factory
-        self._refetch_interval_s = refetch_interval_s
-        self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
-        self._clock = clock
-        self._jwks: JwksUrl | None = None
-        self._attempted_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def keys(self, *, refresh: bool = False) -> list[jwt.PyJWK]:
-        """Discover the JWKS URL once, then behave as `JwksUrl.keys`."""
-        if self._jwks is None:
-            async with self._lock:
-                if self._jwks is None:
-                    self._jwks = await self._discover()
-        return await self._jwks.keys(refresh=refresh)
-
-    async def _discover(self) -> JwksUrl:
-        now = self._clock()
-        if self._attempted_at is not None and now - self._attempted_at < self._refetch_interval_s:
-            raise _unavailable()
-        self._attempted_at = now
-        try:
-            document = await _fetch_json(self.discovery_url, self._session_factory, self._timeout_s)
-        except _FETCH_ERRORS as error:
-            log.warning("OIDC discovery at %s failed: %s", self.discovery_url, type(error).__name__)
-            raise _unavailable() from error
-        if not isinstance(document, dict) or document.get("issuer") != self.issuer:
-            named = document.get("issuer") if isinstance(document, dict) else None
-            raise ConfigError(
-                f"OIDC discovery at {self.discovery_url} names issuer {named!r}, "
-                f"expected {self.issuer!r}"
-            )
-        jwks_uri = document.get("jwks_uri")
-        if not isinstance(jwks_uri, str):
-            raise ConfigError(f"OIDC discovery at {self.discovery_url} has no jwks_uri")
-        log.info("OIDC issuer %s publishes its keys at %s", self.issuer, jwks_uri)
-        return JwksUrl(
-            jwks_uri,
-            session_factory=self._session_factory,
-            refetch_interval_s=self._refetch_interval_s,
-            ttl_s=self._ttl_s,
-            timeout_s=self._timeout_s,
-            clock=self._clock,
-        )
 
 
 # --- The verifier ------------------------------------------------------------------------------
@@ -597,7 +429,7 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise _rejection(error) from None
-        return self._identity_from_claims(claims)
+        return identity_from_claims(claims, leeway_s=self.leeway_s, now=time.time())
 
     async def _key_for(self, header: Mapping[str, Any]) -> jwt.PyJWK:
         try:
@@ -614,7 +446,7 @@ class TokenVerifier:
         except ConfigError as error:
             # Misconfiguration found late (e.g. at discovery): the client sees a server error.
             log.error("token key source misconfigured: %s", error)
-            raise _unavailable() from error
+            raise keys_unavailable() from error
         if keys is not self._seen_keys:
             if self._seen_keys is None:
                 reason = "initial_load"
@@ -626,63 +458,3 @@ class TokenVerifier:
             if self._on_key_refresh is not None:
                 self._on_key_refresh(reason, len(keys))
         return keys
-
-    def _identity_from_claims(self, claims: dict[str, Any]) -> Identity:
-        for name in ("exp", "iat", "nbf"):
-            value = claims.get(name)
-            is_number = isinstance(value, int | float) and not isinstance(value, bool)
-            if (name in claims) and not is_number:
-                raise _invalid_claim(name)
-        if claims["iat"] > time.time() + self.leeway_s:
-            raise AuthenticationError("token issued in the future", reason="issued_in_future")
-        for name in ("sub", "jti"):
-            if not isinstance(claims[name], str) or not claims[name]:
-                raise _invalid_claim(name)
-        return Identity(
-            sub=claims["sub"],
-            jti=claims["jti"],
-            role=_text_claim(claims, "role"),
-            name=display_name(_text_claim(claims, "name")),
-            depts=_list_claim(claims, "dept", single_allowed=True),
-            org=_text_claim(claims, "org"),
-            rooms=_list_claim(claims, "room", single_allowed=True),
-            amr=_list_claim(claims, "amr", single_allowed=False),
-            iss=claims["iss"],
-            exp=int(claims["exp"]),
-            extra={k: v for k, v in claims.items() if k not in _CONSUMED_CLAIMS},
-        )
-
-
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
-MAX_DISPLAY_NAME = 128
-"""Characters of a display name kept (the rest is cut): a name, not a paragraph."""
-
-
-def display_name(raw: str) -> str:
-    """A token's `name` as everyone is shown it: without bidirectional controls (U+202E would
-    show "Dr Smith" + reversed text as another person's name), control characters or line
-    breaks, whitespace collapsed, at most `MAX_DISPLAY_NAME` characters."""
-    kept = "".join(
-        " " if ch.isspace() else ch
-        for ch in raw
-        if ch not in _BIDI_CONTROLS and (ch.isspace() or unicodedata.category(ch) != "Cc")
-    )
-    return " ".join(kept.split())[:MAX_DISPLAY_NAME]
-
-
-def _text_claim(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name, "")
-    if not isinstance(value, str):
-        raise _invalid_claim(name)
-    return value
-
-
-def _list_claim(claims: Mapping[str, Any], name: str, *, single_allowed: bool) -> tuple[str, ...]:
-    value = claims.get(name, [])
-    if single_allowed and isinstance(value, str):
-        return (value,)
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _invalid_claim(name)
-    return tuple(value)

@@ -29,13 +29,8 @@ from jwt.warnings import InsecureKeyLengthWarning
 from core.errors import AuthenticationError, ConfigError, ServerError
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.identity import Identity
-from signaling.tokens import (
-    JwksFile,
-    JwksUrl,
-    OidcDiscovery,
-    TokenVerifier,
-    trusted_keys_from_jwks,
-)
+from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
+from signaling.tokens import TokenVerifier, trusted_keys_from_jwks
 
 ISSUER = "https://idp.hospital.example/realms/staff"
 AUDIENCE = "consilium"

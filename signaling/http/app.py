@@ -19,8 +19,8 @@ from signaling.http.routes import audit, images, metrics, pages, revocations, ro
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
+from signaling.keysources import JwksFile
 from signaling.logs import scrub
-from signaling.tokens import JwksFile
 
 log = logging.getLogger("consilium.server")
 
