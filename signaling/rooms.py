@@ -28,7 +28,7 @@ from core.errors import (
 )
 from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
-from sfu.session import MediaError
+from sfu.types import MediaError
 from signaling import protocol as p
 from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
