@@ -9,6 +9,7 @@ Arriving packets go from the transport hook (`sfu.aiortc_hooks`) through the dem
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -214,18 +215,20 @@ class Publisher:
         except ValueError:
             self.demux.dropped += 1
             return
+        now = time.monotonic()
         for decision in decisions:
             if isinstance(decision, SenderReport):
                 track = self.demux.media_track(decision.ssrc)
                 if track is not None:
-                    track.on_sender_report(decision.ntp_timestamp, decision.rtp_timestamp)
+                    track.on_sender_report(decision.ntp_timestamp, decision.rtp_timestamp, now)
 
     def set_muted(self, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding this participant's audio or video."""
         self.muted[kind] = muted
+        now = time.monotonic()
         for track in self.tracks.values():
             if track.info.kind == kind:
-                track.set_muted(muted)
+                track.set_muted(muted, now)
 
     def tick(self, now: float, report: bool) -> None:
         """Periodic RTCP: deferred keyframe requests; receiver reports and REMB each second."""
@@ -234,7 +237,7 @@ class Publisher:
         if not report or not self.tracks:
             return
         first = next(iter(self.tracks.values()))
-        reports = [r for r in (t.receiver_report() for t in self.tracks.values()) if r]
+        reports = [r for r in (t.receiver_report(now) for t in self.tracks.values()) if r]
         if reports:
             first.send_to_publisher(receiver_report_packet(first.rtcp_ssrc, reports))
         for track in self.tracks.values():

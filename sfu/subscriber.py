@@ -69,7 +69,7 @@ class Subscriber:
         transceiver = self._transceivers.get(id(slot))
         if transceiver is not None:
             hooks.set_stream_id(transceiver.sender, track.info.participant_id, track.info.track_id)
-        slot.assign(track)
+        slot.assign(track, time.monotonic())
         self._negotiation_needed()
 
     def unsubscribe(self, track: PublishedTrack) -> None:
@@ -205,7 +205,7 @@ class Subscriber:
             elif isinstance(decision, Retransmit):
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None and slot.source is not None:
-                    missed = slot.retransmit(list(decision.sequences))
+                    missed = slot.retransmit(list(decision.sequences), now)
                     if missed:
                         slot.source.nack_upstream(missed, now)
             elif isinstance(decision, Loss):
