@@ -88,6 +88,12 @@ class Publisher:
         self._screen_mids: set[str] = set()
         """Publish media ids the client declared as screen shares."""
         self._hooked = False
+        self._rtcp_dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        """Packets refused as malformed or unroutable: RTP (the demux's count) and RTCP."""
+        return self.demux.dropped + self._rtcp_dropped
 
     @property
     def tracks(self) -> dict[str, PublishedTrack]:
@@ -213,7 +219,7 @@ class Publisher:
         try:
             decisions = read_feedback(data)
         except ValueError:
-            self.demux.dropped += 1
+            self._rtcp_dropped += 1
             return
         now = time.monotonic()
         for decision in decisions:

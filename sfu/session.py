@@ -78,7 +78,7 @@ class ParticipantMedia:
     @property
     def dropped(self) -> int:
         """Packets refused as malformed or unroutable (a misbehaving peer shows here)."""
-        return self.publisher.demux.dropped + self.subscriber.dropped
+        return self.publisher.dropped + self.subscriber.dropped
 
     def _watch_publish(self, pc: RTCPeerConnection) -> None:
         pc.on("datachannel", self.data.accept)
