@@ -27,7 +27,7 @@ from annotations.authority import (
 )
 from sfu.sinks import MediaSink
 
-log = logging.getLogger("consilium.sfu.session")
+log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
 DATA_LABELS = {RELIABLE: True, LOSSY: False}
 """Data-channel labels the SFU serves, and whether each is reliable and ordered: annotations

@@ -25,7 +25,7 @@ from sfu.rtp import ExtensionIds
 from sfu.sinks import TrackInfo
 from sfu.types import MediaError, ParticipantRoom, ReportError
 
-log = logging.getLogger("consilium.sfu.session")
+log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
 PERMISSION_OF_SOURCE = {
     "microphone": Action.PUBLISH_AUDIO,

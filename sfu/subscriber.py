@@ -25,7 +25,7 @@ from sfu.publisher import media_and_rtx
 from sfu.rtp import ExtensionIds
 from sfu.types import MediaError, Notify, ParticipantRoom
 
-log = logging.getLogger("consilium.sfu.session")
+log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
 
 class Subscriber:
