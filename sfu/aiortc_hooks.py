@@ -42,7 +42,8 @@ from pylibsrtp._binding import lib as _lib
 log = logging.getLogger("consilium.sfu.hooks")
 
 RtpHandler = Callable[[bytes, int], None]
-"""Called with each decrypted RTP packet and its arrival time (ms)."""
+"""Called with each decrypted RTP packet and its arrival time (ms of the monotonic clock: the
+forwarder's `now`)."""
 RtcpHandler = Callable[[bytes], None]
 """Called with each decrypted RTCP compound packet."""
 
@@ -89,9 +90,10 @@ def hook_transport(
     _install_datagram_shortcut()
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        # aiortc's arrival time is on its NTP wall clock; the forwarder's is monotonic.
         if on_rtp is not None:
             try:
-                on_rtp(data, arrival_time_ms)
+                on_rtp(data, time.monotonic_ns() // 1_000_000)
             except Exception:
                 log.exception("RTP handler failed; packet dropped")
 

@@ -5,16 +5,18 @@ transceiver on a subscriber's session, fed by at most one published track at a t
 reused when its publisher leaves, so sequence numbers and timestamps continue across the switch).
 Nothing here decodes or encodes: packets stay bytes, only their headers change.
 
-Sans-IO: sending goes through the `send_rtp` / `send_rtcp` callables each slot and track are given.
+Sans-IO: sending goes through the `send_rtp` / `send_rtcp` callables each slot and track are given;
+time comes in as `now` (seconds of the monotonic clock: a packet's arrival, a tick) and randomness
+from the `rng` each slot is given, so nothing here reads a clock or the global random generator
+and the tests can be deterministic.
 """
 
 from __future__ import annotations
 
-import random
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from random import Random
 
 from aiortc.rtp import (
     RTCP_PSFB_PLI,
@@ -32,7 +34,6 @@ from core.media.keyframes import KeyframeRequests, keyframe_start
 from core.media.rtp import (
     ExtensionIds,
     RtpHeader,
-    abs_send_time_now,
     extension_block,
     extension_template,
     parse_header,
@@ -47,6 +48,15 @@ HISTORY_SIZE = 1024
 _SEQ_AT = struct.Struct("!H")
 _RTP_HEADER = struct.Struct("!BBHII")
 SendFn = Callable[[bytes], bool]
+
+
+def abs_send_time(now: float) -> bytes:
+    """The abs-send-time header extension's value at `now`: 24 bits, 6.18 fixed-point seconds.
+
+    Receivers use only the differences between packets (it wraps every 64 s), so the forwarder's
+    monotonic `now` serves as well as the NTP clock (libwebrtc stamps its monotonic clock too).
+    """
+    return (int(now * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 
 class RetransmissionBuffer:
@@ -102,7 +112,11 @@ class OutboundSlot:
     last_seq: int | None = None
     last_ts: int = 0
     last_sent_at: float = 0.0
-    rtx_seq: int = field(default_factory=lambda: random.randint(0, 0x7FFF))
+    rng: Random = field(default_factory=Random)
+    """Where this slot's random starting numbers come from (RFC 3550: sequence numbers and
+    timestamps start at random values); tests pass a seeded one."""
+    rtx_seq: int = -1
+    """Next sequence number of the RTX stream (random to begin with)."""
     packets: int = 0
     octets: int = 0
     remb_bps: int = 0
@@ -112,6 +126,8 @@ class OutboundSlot:
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)
+        if self.rtx_seq < 0:
+            self.rtx_seq = self.rng.randint(0, 0x7FFF)
 
     def set_extensions(self, ext_ids: ExtensionIds, mid: bytes) -> None:
         """The header-extension ids negotiated for this slot, and its media id."""
@@ -122,22 +138,23 @@ class OutboundSlot:
             extension_template(ext_ids, mid, audio_level=True),
         )
 
-    def begin(self, header: RtpHeader, clock_rate: int) -> None:
+    def begin(self, header: RtpHeader, clock_rate: int, now: float) -> None:
         """Start (or switch to) a source at this packet: continue our numbering without a jump
         a subscriber would take for loss, and leave a gap in time as long as the pause was."""
         if self.last_seq is None:
-            first_seq = random.randint(0, 0x7FFF)
-            first_ts = random.randint(0, 0xFFFFFFFF)
+            first_seq = self.rng.randint(0, 0x7FFF)
+            first_ts = self.rng.randint(0, 0xFFFFFFFF)
         else:
             first_seq = (self.last_seq + 1) & 0xFFFF
-            elapsed = max(time.monotonic() - self.last_sent_at, 0.02)
+            elapsed = max(now - self.last_sent_at, 0.02)
             first_ts = (self.last_ts + int(elapsed * clock_rate)) & 0xFFFFFFFF
         self.seq_offset = (first_seq - header.sequence) & 0xFFFF
         self.ts_offset = (first_ts - header.timestamp) & 0xFFFFFFFF
         self.started = True
 
-    def assign(self, track: PublishedTrack | None) -> None:
-        """Carry another published track from its next keyframe (or nothing)."""
+    def assign(self, track: PublishedTrack | None, now: float | None = None) -> None:
+        """Carry another published track from its next keyframe (or nothing). `now`: as in
+        `PublishedTrack.attach`."""
         if self.source is track:
             return
         if self.source is not None:
@@ -146,7 +163,7 @@ class OutboundSlot:
         self.started = False
         self.remb_bps = 0
         if track is not None:
-            track.attach(self)
+            track.attach(self, now)
 
     def rewritten(self, data: bytes, header: RtpHeader, ext: bytes) -> bytes:
         """This slot's copy of a source packet."""
@@ -160,11 +177,14 @@ class OutboundSlot:
             extensions=ext,
         )
 
-    def retransmit(self, out_sequences: list[int]) -> list[int]:
-        """Answer a NACK from the track's history; returns the source sequence numbers missed."""
+    def retransmit(self, out_sequences: list[int], now: float | None = None) -> list[int]:
+        """Answer a NACK from the track's history; returns the source sequence numbers missed.
+        `now`: when (None: the latest time the track was handed)."""
         track = self.source
         if track is None or not self.started:
             return []
+        if now is None:
+            now = track.now
         missed: list[int] = []
         for out_seq in out_sequences:
             in_seq = (out_seq - self.seq_offset) & 0xFFFF
@@ -173,7 +193,7 @@ class OutboundSlot:
                 missed.append(in_seq)
                 continue
             header = parse_header(data)
-            packet = self.rewritten(data, header, track.extensions_for(self, header))
+            packet = self.rewritten(data, header, track.extensions_for(self, header, now))
             if self.rtx_payload_type is not None and self.rtx_ssrc:
                 packet = wrap_rtx(
                     packet, ssrc=self.rtx_ssrc, payload_type=self.rtx_payload_type,
@@ -237,7 +257,10 @@ class PublishedTrack:
         self.max_seq = 0
         self.cycles = 0
         self.last_sr_ntp = 0
-        self.last_sr_at = 0.0
+        self.last_sr_at: float | None = None
+        self.now = 0.0
+        """The latest time this track was handed (a packet's arrival, a tick, a request): what
+        the few calls made without a `now` of their own go by."""
         self._expected_prior = 0
         self._received_prior = 0
         self._nacked: dict[int, float] = {}
@@ -245,8 +268,11 @@ class PublishedTrack:
     # -- the hot path --------------------------------------------------------------------------
 
     def forward(self, data: bytes, header: RtpHeader, arrival_ms: int) -> None:
-        """Send one packet to every slot carrying this track (and hand it to the sinks)."""
+        """Send one packet to every slot carrying this track (and hand it to the sinks).
+        `arrival_ms`: when it arrived, in ms of the monotonic clock (`aiortc_hooks`): the
+        forwarder's `now` for this packet."""
         # Hot path, per received packet: watched by bench/forwarding.py.
+        now = self.now = arrival_ms * 0.001
         sequence = header.sequence
         self.history.put(sequence, data)
         self._count(sequence)
@@ -261,15 +287,14 @@ class PublishedTrack:
             for sink in self.sinks:
                 waiting |= sink.on_rtp(self.info, data, arrival_ms, keyframe)
             if waiting:  # a recording starts this track (or lost its place): ask, rate-limited
-                self.request_keyframe(time.monotonic())
+                self.request_keyframe(now)
         if self.muted or not self.slots:
             return
         level_id = self.ext_ids.audio_level
         level = header.extensions.get(level_id) if level_id is not None else None
         # Every slot's extension block is its template filled with these (rtp.extension_template).
-        values = {b"ast": abs_send_time_now(), b"level": level[:1] if level else b""}
+        values = {b"ast": abs_send_time(now), b"level": level[:1] if level else b""}
         variant = 1 if level else 0
-        now = time.monotonic()
         timestamp = header.timestamp
         marker = data[1] & 0x80
         first_byte = 0x80 | (data[0] & 0x20)  # version 2, the padding bit kept
@@ -292,7 +317,7 @@ class PublishedTrack:
                             self.keyframes.keyframe_seen()
                     if not keyframe:
                         continue
-                slot.begin(header, self.info.clock_rate)
+                slot.begin(header, self.info.clock_rate, now)
             ext = slot.ext_templates[variant] % values
             out_seq = (sequence + slot.seq_offset) & 0xFFFF
             out_ts = (timestamp + slot.ts_offset) & 0xFFFFFFFF
@@ -318,14 +343,14 @@ class PublishedTrack:
                 slot.last_sent_at = now
         self.forwarded += sent
 
-    def extensions_for(self, slot: OutboundSlot, header: RtpHeader) -> bytes:
+    def extensions_for(self, slot: OutboundSlot, header: RtpHeader, now: float) -> bytes:
         """The header extensions of `slot`'s copy of a packet (used for retransmissions)."""
         level = (
             header.extensions.get(self.ext_ids.audio_level)
             if self.ext_ids.audio_level is not None
             else None
         )
-        return extension_block(slot.ext_ids, slot.mid, abs_send_time_now(), level)
+        return extension_block(slot.ext_ids, slot.mid, abs_send_time(now), level)
 
     def _count(self, seq: int) -> None:
         self.received += 1
@@ -339,35 +364,39 @@ class PublishedTrack:
 
     # -- slots ---------------------------------------------------------------------------------
 
-    def attach(self, slot: OutboundSlot) -> None:
-        """Start forwarding to a slot (from the next keyframe, for video)."""
+    def attach(self, slot: OutboundSlot, now: float | None = None) -> None:
+        """Start forwarding to a slot (from the next keyframe, for video: asked for at `now`;
+        None: the latest time this track was handed)."""
         if slot not in self.slots:
             self.slots.append(slot)
         if self.video:
-            self.request_keyframe(time.monotonic())
+            self.request_keyframe(self.now if now is None else now)
 
     def detach(self, slot: OutboundSlot) -> None:
         """Stop forwarding to a slot."""
         if slot in self.slots:
             self.slots.remove(slot)
 
-    def set_muted(self, muted: bool) -> None:
-        """Stop (or resume) forwarding; a resumed video asks for a keyframe."""
+    def set_muted(self, muted: bool, now: float | None = None) -> None:
+        """Stop (or resume) forwarding; a resumed video asks for a keyframe (at `now`; None: the
+        latest time this track was handed)."""
         if self.muted and not muted and self.video:
             for slot in self.slots:
                 slot.started = False
-            self.request_keyframe(time.monotonic())
+            self.request_keyframe(self.now if now is None else now)
         self.muted = muted
 
     # -- RTCP towards the publisher ------------------------------------------------------------
 
     def request_keyframe(self, now: float) -> None:
         """Ask the publisher for a keyframe, at most once per interval (deferred otherwise)."""
+        self.now = max(self.now, now)
         if self.video and self.keyframes.request(now):
             self._send_pli()
 
     def tick(self, now: float) -> None:
         """Periodic work: deferred keyframe requests."""
+        self.now = max(self.now, now)
         if self.keyframes.due(now):
             self._send_pli()
 
@@ -389,15 +418,16 @@ class PublishedTrack:
         packet.lost = sorted(fresh)
         self.send_to_publisher(bytes(packet))
 
-    def on_sender_report(self, ntp: int, rtp_timestamp: int) -> None:
-        """The publisher's SR: remember it for our RR, forward it to every slot."""
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
+        """The publisher's SR, received at `now`: remember it for our RR, forward it to every
+        slot."""
         self.last_sr_ntp = ntp
-        self.last_sr_at = time.time()
+        self.last_sr_at = now
         for slot in self.slots:
             slot.sender_report(ntp, rtp_timestamp)
 
-    def receiver_report(self) -> RtcpReceiverInfo | None:
-        """Our reception of this track, for an RR to the publisher (RFC 3550 A.3)."""
+    def receiver_report(self, now: float) -> RtcpReceiverInfo | None:
+        """Our reception of this track at `now`, for an RR to the publisher (RFC 3550 A.3)."""
         if self.base_seq is None:
             return None
         extended_max = self.cycles + self.max_seq
@@ -411,7 +441,7 @@ class PublishedTrack:
         if expected_interval > 0 and lost_interval > 0:
             fraction = min((lost_interval << 8) // expected_interval, 255)
         lsr = (self.last_sr_ntp >> 16) & 0xFFFFFFFF
-        dlsr = int((time.time() - self.last_sr_at) * 65536) if self.last_sr_at else 0
+        dlsr = int((now - self.last_sr_at) * 65536) if self.last_sr_at is not None else 0
         return RtcpReceiverInfo(
             ssrc=self.ssrc, fraction_lost=fraction, packets_lost=min(lost, 0x7FFFFF),
             highest_sequence=extended_max & 0xFFFFFFFF, jitter=0, lsr=lsr,

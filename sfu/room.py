@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,14 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
-from annotations.authority import (
-    FSYNC_INTERVAL_S,
-    LOSSY,
-    RELIABLE,
-    RETRY_INTERVAL_S,
-    AnnotationError,
-    AnnotationLog,
-    Delivery,
-    LogError,
-    RoomAnnotations,
-    error_text,
-    log_path,
-)
+from annotations.authority import AnnotationLog, LogError, RoomAnnotations, log_path
 from sfu.aiortc_hooks import codec_guard
+from sfu.datachannels import AnnotationRelay
 from sfu.forwarder import PublishedTrack
 from sfu.ice import IceSettings, install, server_ice_servers, uninstall
-from sfu.session import MediaError, ParticipantMedia, bundle_configuration
+from sfu.session import ParticipantMedia, bundle_configuration
 from sfu.sinks import MediaSink
+from sfu.types import MediaError
 
 log = logging.getLogger("consilium.sfu")
 
@@ -96,15 +86,17 @@ class ImageRef:
 class MediaRoom:
     """One room's media: its participants, their published tracks, the room's codecs."""
 
-    def __init__(self, server: MediaServer, room_id: str) -> None:
+    def __init__(self, server: MediaServer, room_id: str, annotations: RoomAnnotations) -> None:
         self.server = server
         self.room_id = room_id
         self.participants: dict[str, ParticipantMedia] = {}
         self.video_codec: str | None = None
         self.audio_codec = "opus"
         self.sinks: list[MediaSink] = []
-        self.annotations: RoomAnnotations | None = None
-        self._fsync: asyncio.TimerHandle | None = None
+        self.annotations = annotations
+        """The room's annotations (shapes on shared images, chat) and their log."""
+        self.relay = AnnotationRelay(room_id, annotations, self.sinks)
+        """The room's data-channel traffic and its annotations."""
 
     def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
         """The codec this room uses for `kind` if the publisher offers it (else None).
@@ -147,77 +139,6 @@ class MediaRoom:
         for sink in self.sinks:
             sink.on_track_ended(track.info)
 
-    def relay_data(self, sender: ParticipantMedia, label: str, message: str) -> None:
-        """A data-channel message. Reliable: to the room's annotations (checked, stamped,
-        logged), then each delivery to its recipients and each stamped event to the sinks.
-        Lossy: a pointer position, rate-limited and relayed to the others, never stored."""
-        annotations = self.annotations
-        if annotations is None:
-            return
-        if label == LOSSY:
-            try:
-                relayed = annotations.pointer(sender.participant_id, sender.permissions, message)
-            except AnnotationError as exc:
-                sender.send_data(RELIABLE, error_text(exc.code, str(exc)))
-                return
-            if relayed is not None:
-                for participant in self.participants.values():
-                    if participant is not sender:
-                        participant.send_data(LOSSY, relayed)
-            return
-        for delivery in annotations.handle(sender.participant_id, sender.permissions, message):
-            self.deliver(delivery, sender)
-        log_file = annotations.log
-        if log_file is not None and (log_file.dirty or log_file.unwritten) and self._fsync is None:
-            self._fsync = asyncio.get_running_loop().call_later(FSYNC_INTERVAL_S, self._sync_log)
-
-    def deliver(self, delivery: Delivery, sender: ParticipantMedia | None) -> None:
-        """Send one delivery of the annotations on the recipients' reliable channels. Stamped
-        events go only to participants that asked for their snapshot (`sync`): the snapshot
-        covers whatever came before, so nobody sees a gap or a duplicate."""
-        if delivery.kind == "notice":  # not stamped: to each recipient, synced or not
-            for participant in self.participants.values():
-                if delivery.recipients is None or participant.participant_id in delivery.recipients:
-                    participant.send_data(RELIABLE, delivery.text)
-            return
-        if delivery.kind != "event":
-            assert sender is not None  # a snapshot or an error answers someone
-            if delivery.kind == "snapshot":
-                sender.synced = True
-            sender.send_data(RELIABLE, delivery.text)
-            return
-        for sink in self.sinks:
-            sink.on_data(self.room_id, delivery.author, RELIABLE, delivery.text)
-        recipients = delivery.recipients
-        if recipients is None:
-            targets: Iterable[ParticipantMedia] = self.participants.values()
-        else:
-            targets = (p for p in map(self.participants.get, recipients) if p is not None)
-        for participant in targets:
-            if participant.synced:
-                participant.send_data(RELIABLE, delivery.text)
-
-    def _sync_log(self) -> None:
-        self._fsync = None
-        annotations = self.annotations
-        if annotations is not None and annotations.log is not None:
-            annotations.log.sync()
-            # Records a full disk held back: tried again until written, then the room is told.
-            for delivery in annotations.retry_storage():
-                self.deliver(delivery, None)
-            if annotations.log.unwritten:
-                self._fsync = asyncio.get_running_loop().call_later(
-                    RETRY_INTERVAL_S, self._sync_log
-                )
-
-    def close_annotations(self) -> None:
-        """The room's media ends (emptied): fsync and close its log."""
-        if self._fsync is not None:
-            self._fsync.cancel()
-            self._fsync = None
-        if self.annotations is not None:
-            self.annotations.close()
-
     def tracks(self) -> list[PublishedTrack]:
         """Every published track in the room."""
         return [t for p in self.participants.values() for t in p.tracks.values()]
@@ -235,6 +156,8 @@ class MediaServer:
         self.notify = notify
         self.rooms: dict[str, MediaRoom] = {}
         self.participants: dict[str, ParticipantMedia] = {}
+        self._room_of: dict[str, MediaRoom] = {}
+        """Each participant's room (theirs knows it only as a `ParticipantRoom`)."""
         self._ticker: asyncio.Task[None] | None = None
         self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0}
         install(settings.ice)
@@ -258,8 +181,7 @@ class MediaServer:
         """The media room, created on first use."""
         room = self.rooms.get(room_id)
         if room is None:
-            room = MediaRoom(self, room_id)
-            room.annotations = self._annotations(room_id)
+            room = MediaRoom(self, room_id, self._annotations(room_id))
             self.rooms[room_id] = room
         return room
 
@@ -293,13 +215,13 @@ class MediaServer:
         room = self.room(room_id)
         configuration = bundle_configuration(server_ice_servers(self.settings.ice, user))
         media = ParticipantMedia(
-            room, participant_id, permissions,
+            room, room.relay, participant_id, permissions,
             lambda message: self.notify(participant_id, message), configuration,
+            muted={"audio": audio_muted, "video": video_muted},
         )  # fmt: skip
-        media.muted = {"audio": audio_muted, "video": video_muted}
-        if room.annotations is not None and user:
-            room.annotations.identify(participant_id, user)
+        room.relay.join(media.data, user)
         room.participants[participant_id] = media
+        self._room_of[participant_id] = room
         self.participants[participant_id] = media
         for track in room.tracks():
             if track.info.participant_id != participant_id:
@@ -314,14 +236,14 @@ class MediaServer:
             self._ended["forwarded"] += track.forwarded
             self._ended["received"] += track.received
             self._ended["retransmitted"] += track.retransmitted
-        room = media.room
+        room = self._room_of.pop(participant_id)
         room.participants.pop(participant_id, None)
+        room.relay.leave(participant_id)
         await media.close()
-        if room.annotations is not None:
-            room.annotations.forget(participant_id)
+        room.relay.forget(participant_id)
         if not room.participants and self.rooms.get(room.room_id) is room:
             self.rooms.pop(room.room_id, None)
-            room.close_annotations()
+            room.relay.close()
 
     def _media(self, participant_id: str) -> ParticipantMedia:
         media = self.participants.get(participant_id)

@@ -18,7 +18,7 @@ from msgspec import UNSET
 from core.codes import ErrorCode
 from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
-from sfu.session import MediaError
+from sfu.types import MediaError
 from signaling import cluster
 from signaling import protocol as p
 from signaling.connection import Connection, ConnectionState

@@ -77,12 +77,12 @@ async def test_leaving_frees_the_slot_for_the_next_publisher(media: MediaHarness
     viewer = await media.join("viewer", [], decode=False)
     await media.join("first", [ReplayAudioTrack()])
     await eventually(lambda: viewer.mid_owner and "first" in viewer.mid_owner.values(), 20)
-    slots_before = len(media.server.participants["viewer"].slots)
+    slots_before = len(media.server.participants["viewer"].subscriber.slots)
     await media.leave("first")
     await eventually(lambda: not viewer.mid_owner, timeout=10)
     await media.join("second", [ReplayAudioTrack()])
     await eventually(lambda: "second" in viewer.mid_owner.values(), timeout=20)
-    assert len(media.server.participants["viewer"].slots) == slots_before == 1
+    assert len(media.server.participants["viewer"].subscriber.slots) == slots_before == 1
 
 
 def _open_fds() -> int:
@@ -111,7 +111,7 @@ async def test_churn_leaves_nothing_behind(media: MediaHarness) -> None:
     gc.collect()
     server = media.server
     assert set(server.participants) == {"viewer"}
-    assert len(server.participants["viewer"].slots) == 2, "slots are reused, not added"
+    assert len(server.participants["viewer"].subscriber.slots) == 2, "slots are reused, not added"
     assert _open_fds() <= fds + 2, "sockets or transports left behind"
     leftover = [t.get_coro().__qualname__ for t in asyncio.all_tasks()]  # type: ignore[union-attr]
     assert len(leftover) <= tasks + 3, f"tasks left behind: {sorted(leftover)}"
@@ -148,7 +148,7 @@ async def test_garbage_rtp_and_rtcp_floods_affect_nobody_else(media: MediaHarnes
 async def test_oversized_or_foreign_sdp_is_refused(media: MediaHarness) -> None:
     import pytest
 
-    from sfu.session import MediaError
+    from sfu.types import MediaError
 
     await media.server.join("mdt-1", "x", frozenset({"publish_audio"}))
     with pytest.raises(MediaError):

@@ -1,0 +1,266 @@
+"""The publish session: the peer connection on which a participant sends its media to the SFU.
+
+The client is always the offerer here (its camera, microphone, screen and data channels); the
+SFU answers, accepting each kind of media the participant may publish in the room's codec.
+Arriving packets go from the transport hook (`sfu.aiortc_hooks`) through the demux
+(`sfu.demux`) to the track's forwarder (`sfu.forwarder`): the media packet's straight line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
+
+from core.actions import Action
+from core.media.rtp import ExtensionIds
+from core.media.track import TrackInfo
+from sfu import aiortc_hooks as hooks
+from sfu.demux import Demux
+from sfu.feedback import SenderReport, read_feedback
+from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
+from sfu.types import MediaError, ParticipantRoom, ReportError
+
+log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
+
+PERMISSION_OF_SOURCE = {
+    "microphone": Action.PUBLISH_AUDIO,
+    "camera": Action.PUBLISH_VIDEO,
+    "screen": Action.SHARE_SCREEN,
+}
+"""The policy action each kind of published media needs."""
+
+
+def source_of(kind: str, screen: bool) -> str:
+    """What a published track is: microphone, camera or screen share."""
+    if kind == "audio":
+        return "microphone"
+    return "screen" if screen else "camera"
+
+
+def media_and_rtx(
+    codecs: Sequence[RTCRtpCodecParameters],
+) -> tuple[RTCRtpCodecParameters, RTCRtpCodecParameters | None] | None:
+    """The negotiated media codec and its RTX codec (if any); None without a media codec."""
+    media = [c for c in codecs if not c.mimeType.lower().endswith("/rtx")]
+    if not media:
+        return None
+    rtx = next(
+        (c for c in codecs if c.mimeType.lower().endswith("/rtx")
+         and c.parameters.get("apt") == media[0].payloadType),
+        None,
+    )  # fmt: skip
+    return media[0], rtx
+
+
+class Publisher:
+    """One participant's publish session: its offers answered, its tracks published."""
+
+    def __init__(
+        self,
+        room: ParticipantRoom,
+        participant_id: str,
+        permissions: frozenset[str],
+        configuration: RTCConfiguration,
+        report_error: ReportError,
+        on_session: Callable[[RTCPeerConnection], None],
+    ) -> None:
+        self.room = room
+        self.participant_id = participant_id
+        self.permissions = permissions
+        self.configuration = configuration
+        self.report_error = report_error
+        """Tells the participant a request failed: `(code, message, request)`."""
+        self.on_session = on_session
+        """Called once with the peer connection when it is created (the participant watches
+        its state and takes its data channels)."""
+        self.pc: RTCPeerConnection | None = None
+        self.demux = Demux()
+        """Arriving streams → published tracks (`demux.by_mid`: the tracks by media id)."""
+        self.muted: dict[str, bool] = {"audio": False, "video": False}
+        self._configured_mids: set[str] = set()
+        self._receive_params: dict[str, RTCRtpReceiveParameters] = {}
+        """What was negotiated for each publish media id (to publish it again after a pause)."""
+        self._screen_mids: set[str] = set()
+        """Publish media ids the client declared as screen shares."""
+        self._hooked = False
+        self._rtcp_dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        """Packets refused as malformed or unroutable: RTP (the demux's count) and RTCP."""
+        return self.demux.dropped + self._rtcp_dropped
+
+    @property
+    def tracks(self) -> dict[str, PublishedTrack]:
+        """Published tracks by the publish session's mid."""
+        return self.demux.by_mid
+
+    async def offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
+        """Apply the client's publish offer; returns the SFU's answer. Video on the media ids in
+        `screen` is a screen share (`share_screen`), other video the camera (`publish_video`)."""
+        self._screen_mids.update(screen)
+        pc = self.pc
+        if pc is None:
+            pc = self.pc = RTCPeerConnection(self.configuration)
+            self.on_session(pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise MediaError(f"unusable publish offer: {exc}") from None
+        for transceiver in pc.getTransceivers():
+            if transceiver.mid is None:
+                continue
+            if transceiver.mid in self._configured_mids:
+                self._follow_direction(transceiver)
+                continue
+            self._configured_mids.add(transceiver.mid)
+            self._configure_inbound(transceiver)
+        if not self._hooked:
+            dtls = self._transport(pc)
+            if dtls is not None:
+                hooks.hook_transport(dtls, self._on_rtp, self._on_rtcp)
+                self._hooked = True
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        return pc.localDescription.sdp
+
+    def _transport(self, pc: RTCPeerConnection) -> Any:
+        for transceiver in pc.getTransceivers():
+            return hooks.transport_of(transceiver)
+        sctp = pc.sctp
+        return sctp.transport if sctp is not None else None
+
+    def _configure_inbound(self, transceiver: RTCRtpTransceiver) -> None:
+        kind = transceiver.kind
+        source = source_of(kind, str(transceiver.mid) in self._screen_mids)
+        permission = PERMISSION_OF_SOURCE[source]
+        codec = self.room.choose_codec(kind, hooks.negotiated_codecs(transceiver))
+        if permission not in self.permissions or codec is None:
+            transceiver.direction = "inactive"
+            reason = "not_allowed" if codec else "codec_unsupported"
+            self.report_error(reason, f"{source} cannot be published here ({reason})", "offer")
+            return
+        hooks.restrict_codecs(transceiver, codec)
+        transceiver.direction = "recvonly"
+        mid = str(transceiver.mid)
+        hooks.bypass_receiver(
+            transceiver.receiver,
+            lambda params: self._on_receive_parameters(transceiver, mid, params),
+        )
+
+    def _follow_direction(self, transceiver: RTCRtpTransceiver) -> None:
+        """A renegotiated publish transceiver: a stopped screen share (or any track the client
+        stops sending) is unpublished for everyone; sending again publishes it again."""
+        mid = str(transceiver.mid)
+        sending = hooks.remote_sends(transceiver)
+        track = self.tracks.get(mid)
+        if track is not None and not sending:
+            self._unpublish(mid)
+        elif track is None and sending and mid in self._receive_params:
+            self._on_receive_parameters(transceiver, mid, self._receive_params[mid])
+
+    def _unpublish(self, mid: str) -> None:
+        track = self.demux.remove(mid)
+        if track is not None:
+            self.room.track_ended(track)
+
+    def _on_receive_parameters(
+        self, transceiver: RTCRtpTransceiver, mid: str, params: RTCRtpReceiveParameters
+    ) -> None:
+        self._receive_params[mid] = params
+        if not hooks.remote_sends(transceiver):
+            return  # offered inactive: published when the client starts sending
+        negotiated = media_and_rtx(params.codecs)
+        if negotiated is None:
+            return
+        codec, rtx = negotiated
+        ssrc = params.encodings[0].ssrc if params.encodings else 0
+        rtx_ssrc = (
+            params.encodings[0].rtx.ssrc if params.encodings and params.encodings[0].rtx else None
+        )
+        info = TrackInfo(
+            room_id=self.room.room_id,
+            participant_id=self.participant_id,
+            track_id=f"{self.participant_id}:{mid}",
+            kind=transceiver.kind,
+            codec=codec.mimeType,
+            clock_rate=codec.clockRate,
+            payload_type=codec.payloadType or 0,
+            source=source_of(transceiver.kind, mid in self._screen_mids),
+        )
+        dtls = hooks.transport_of(transceiver)
+        track = PublishedTrack(
+            info,
+            ssrc=ssrc,
+            rtx_ssrc=rtx_ssrc,
+            rtx_payload_type=rtx.payloadType if rtx else None,
+            ext_ids=ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions}),
+            rtcp_ssrc=hooks.sender_ssrcs(transceiver.sender)[0],
+            send_rtcp=lambda data: hooks.send_rtcp(dtls, data),
+            sinks=self.room.sinks,
+        )
+        track.muted = self.muted[transceiver.kind]
+        self.demux.add(mid, track)
+        self.room.track_published(track)
+
+    def _on_rtp(self, data: bytes, arrival_ms: int) -> None:
+        # Hot path, per received packet: watched by bench/forwarding.py.
+        routed = self.demux.route(data)
+        if routed is not None:
+            track, packet, header = routed
+            track.forward(packet, header, arrival_ms)
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            decisions = read_feedback(data)
+        except ValueError:
+            self._rtcp_dropped += 1
+            return
+        now = time.monotonic()
+        for decision in decisions:
+            if isinstance(decision, SenderReport):
+                track = self.demux.media_track(decision.ssrc)
+                if track is not None:
+                    track.on_sender_report(decision.ntp_timestamp, decision.rtp_timestamp, now)
+
+    def set_muted(self, kind: str, muted: bool) -> None:
+        """Stop (or resume) forwarding this participant's audio or video."""
+        self.muted[kind] = muted
+        now = time.monotonic()
+        for track in self.tracks.values():
+            if track.info.kind == kind:
+                track.set_muted(muted, now)
+
+    def tick(self, now: float, report: bool) -> None:
+        """Periodic RTCP: deferred keyframe requests; receiver reports and REMB each second."""
+        for track in self.tracks.values():
+            track.tick(now)
+        if not report or not self.tracks:
+            return
+        first = next(iter(self.tracks.values()))
+        reports = [r for r in (t.receiver_report(now) for t in self.tracks.values()) if r]
+        if reports:
+            first.send_to_publisher(receiver_report_packet(first.rtcp_ssrc, reports))
+        for track in self.tracks.values():
+            hint = track.bitrate_hint() if track.video else None
+            if hint is not None and track.ssrc:
+                track.send_to_publisher(remb_packet(track.rtcp_ssrc, hint, [track.ssrc]))
+
+    def end_tracks(self) -> None:
+        """Unpublish every track (the participant is leaving)."""
+        for track in self.tracks.values():
+            self.room.track_ended(track)
+        self.tracks.clear()
+
+    async def close(self) -> None:
+        """Close the peer connection."""
+        if self.pc is not None:
+            try:
+                await self.pc.close()
+            except Exception:
+                log.exception("closing a peer connection failed")

@@ -1,0 +1,231 @@
+"""The subscribe session: the peer connection on which the SFU sends a participant everyone
+else's media.
+
+The SFU is always the offerer here, so neither side ever answers an offer while its own is
+outstanding (no glare). Each transceiver is an `OutboundSlot`: a slot whose publisher left stays,
+idle, and carries the next publisher of its kind, so people joining or leaving renegotiate only
+when more slots are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+
+from core.media.rtp import ExtensionIds
+from sfu import aiortc_hooks as hooks
+from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
+from sfu.forwarder import OutboundSlot, PublishedTrack
+from sfu.publisher import media_and_rtx
+from sfu.types import MediaError, Notify, ParticipantRoom
+
+log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
+
+
+class Subscriber:
+    """One participant's subscribe session: its slots, what each carries, their negotiation."""
+
+    def __init__(
+        self,
+        room: ParticipantRoom,
+        participant_id: str,
+        configuration: RTCConfiguration,
+        notify: Notify,
+        on_session: Callable[[RTCPeerConnection], None],
+    ) -> None:
+        self.room = room
+        self.participant_id = participant_id
+        self.configuration = configuration
+        self.notify = notify
+        self.on_session = on_session
+        """Called once with the peer connection when it is created (the participant watches
+        its state)."""
+        self.pc: RTCPeerConnection | None = None
+        self.slots: list[OutboundSlot] = []
+        self.slot_by_ssrc: dict[int, OutboundSlot] = {}
+        self.closed = False
+        self.dropped = 0
+        """RTCP compound packets refused as malformed."""
+        self._transceivers: dict[int, RTCRtpTransceiver] = {}
+        """Each slot's transceiver, by id(slot)."""
+        self._negotiating = False
+        self._renegotiate = False
+        self._negotiation_task: asyncio.Task[None] | None = None
+        self._hooked = False
+
+    def subscribe(self, track: PublishedTrack) -> None:
+        """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
+        if self.closed or any(slot.source is track for slot in self.slots):
+            return
+        slot = next((s for s in self.slots if s.source is None and s.kind == track.info.kind), None)
+        if slot is None:
+            slot = self._new_slot(track.info.kind)
+        transceiver = self._transceivers.get(id(slot))
+        if transceiver is not None:
+            hooks.set_stream_id(transceiver.sender, track.info.participant_id, track.info.track_id)
+        slot.assign(track, time.monotonic())
+        self._negotiation_needed()
+
+    def unsubscribe(self, track: PublishedTrack) -> None:
+        """Stop receiving `track`; its slot stays, idle, for the next publisher."""
+        for slot in self.slots:
+            if slot.source is track:
+                slot.assign(None)
+        self._announce_tracks()
+
+    def _session(self) -> RTCPeerConnection:
+        if self.pc is None:
+            self.pc = RTCPeerConnection(self.configuration)
+            self.on_session(self.pc)
+        return self.pc
+
+    def _new_slot(self, kind: str) -> OutboundSlot:
+        pc = self._session()
+        transceiver = pc.addTransceiver(kind, direction="sendonly")
+        codec = self.room.codec_capability(kind)
+        if codec:
+            transceiver.setCodecPreferences(codec)
+        dtls = hooks.transport_of(transceiver)
+        slot = OutboundSlot(
+            subscriber_id=self.participant_id,
+            kind=kind,
+            send_rtp=hooks.rtp_sender(dtls),
+            send_rtcp=functools.partial(hooks.send_rtcp, dtls),
+        )
+        hooks.bypass_sender(
+            transceiver.sender,
+            lambda params: self._on_send_parameters(slot, transceiver, params),
+        )
+        if not self._hooked:
+            hooks.hook_transport(dtls, None, self._on_rtcp)
+            self._hooked = True
+        self.slots.append(slot)
+        self._transceivers[id(slot)] = transceiver
+        return slot
+
+    def _on_send_parameters(
+        self, slot: OutboundSlot, transceiver: RTCRtpTransceiver, params: RTCRtpSendParameters
+    ) -> None:
+        negotiated = media_and_rtx(params.codecs)
+        if negotiated is None:
+            return
+        codec, rtx = negotiated
+        ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
+        slot.ssrc, slot.rtx_ssrc = ssrc, rtx_ssrc
+        slot.payload_type = codec.payloadType or 0
+        slot.rtx_payload_type = rtx.payloadType if rtx else None
+        slot.set_extensions(
+            ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions}),
+            str(transceiver.mid).encode(),
+        )
+        self.slot_by_ssrc[ssrc] = slot
+        self.slot_by_ssrc[rtx_ssrc] = slot
+        slot.ready = True
+        if slot.source is not None:
+            slot.source.request_keyframe(time.monotonic())
+
+    def _negotiation_needed(self) -> None:
+        """Offer again soon; several changes in one loop turn make one offer."""
+        if self._negotiation_task is None or self._negotiation_task.done():
+            self._negotiation_task = asyncio.get_running_loop().create_task(self._negotiate())
+        else:
+            self._renegotiate = True
+
+    async def _negotiate(self) -> None:
+        await asyncio.sleep(0)
+        if self._negotiating:
+            self._renegotiate = True
+            return
+        pc = self.pc
+        if pc is None or self.closed:
+            return
+        self._negotiating = True
+        self._renegotiate = False
+        try:
+            offer = await pc.createOffer()
+            await pc.setLocalDescription(offer)
+        except Exception:
+            self._negotiating = False
+            log.exception("subscribe offer failed", extra={"participant": self.participant_id})
+            return
+        self.notify({"type": "offer", "pc": "subscribe", "sdp": pc.localDescription.sdp})
+
+    async def answer(self, sdp: str) -> None:
+        """Apply the client's answer to our subscribe offer."""
+        pc = self.pc
+        if pc is None or not self._negotiating:
+            raise MediaError("no subscribe offer is waiting for an answer")
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise MediaError(f"unusable subscribe answer: {exc}") from None
+        self._negotiating = False
+        self._announce_tracks()
+        if self._renegotiate:
+            self._renegotiate = False
+            self._negotiation_needed()
+
+    def _announce_tracks(self) -> None:
+        """Tell the client which participant each of its subscribe transceivers carries."""
+        tracks = []
+        for slot in self.slots:
+            transceiver = self._transceivers.get(id(slot))
+            if slot.source is None or transceiver is None or transceiver.mid is None:
+                continue
+            info = slot.source.info
+            tracks.append({"mid": transceiver.mid, "participant_id": info.participant_id,
+                           "kind": info.kind, "track_id": info.track_id,
+                           "source": info.source})  # fmt: skip
+        self.notify({"type": "tracks", "tracks": tracks})
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            decisions = read_feedback(data)
+        except ValueError:
+            self.dropped += 1
+            return
+        now = time.monotonic()
+        slot_by_ssrc = self.slot_by_ssrc
+        for decision in decisions:
+            if isinstance(decision, KeyframeRequest):
+                slot = slot_by_ssrc.get(decision.ssrc)
+                if slot is not None and slot.source is not None:
+                    slot.source.request_keyframe(now)
+            elif isinstance(decision, BitrateEstimate):
+                for ssrc in decision.ssrcs:
+                    slot = slot_by_ssrc.get(ssrc)
+                    if slot is not None:
+                        slot.remb_bps = decision.bitrate
+            elif isinstance(decision, Retransmit):
+                slot = slot_by_ssrc.get(decision.ssrc)
+                if slot is not None and slot.source is not None:
+                    missed = slot.retransmit(list(decision.sequences), now)
+                    if missed:
+                        slot.source.nack_upstream(missed, now)
+            elif isinstance(decision, Loss):
+                slot = slot_by_ssrc.get(decision.ssrc)
+                if slot is not None:
+                    slot.fraction_lost = decision.fraction_lost
+
+    def stop(self) -> None:
+        """Stop every slot and any negotiation (the participant is leaving)."""
+        self.closed = True
+        for slot in self.slots:
+            slot.assign(None)
+            slot.ready = False
+        if self._negotiation_task is not None:
+            self._negotiation_task.cancel()
+
+    async def close(self) -> None:
+        """Close the peer connection (after `stop`)."""
+        if self.pc is not None:
+            try:
+                await self.pc.close()
+            except Exception:
+                log.exception("closing a peer connection failed")

@@ -1,0 +1,49 @@
+"""What the SFU's parts need of each other, as Protocols (so no part imports its owner).
+
+A participant's media (`sfu.session`) needs a few things of its room (`sfu.room`), and the room
+holds its participants: naming the room's side here, as a Protocol, lets each module import only
+what it uses, with no circle between `room` and `session`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from sfu.forwarder import PublishedTrack
+from sfu.sinks import MediaSink
+
+Notify = Callable[[dict[str, Any]], None]
+"""Sends one signalling message (a dict with `type`) to this participant."""
+
+ReportError = Callable[[str, str, str], None]
+"""Tells the participant a request failed: `(code, message, request)` (an `error` message)."""
+
+
+class MediaError(Exception):
+    """A media request that cannot be honoured (bad SDP, wrong state); the client is told."""
+
+
+class ParticipantRoom(Protocol):
+    """What a participant's media needs of its room."""
+
+    room_id: str
+    sinks: list[MediaSink]
+    """The room's sinks (a recording): every published track is handed to them."""
+
+    def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
+        """The codec this room uses for `kind` if the publisher offers it (else None)."""
+
+    def codec_capability(self, kind: str) -> list[RTCRtpCodecCapability]:
+        """Codec preferences for a subscribe transceiver: the room's codec and its RTX."""
+
+    def track_published(self, track: PublishedTrack) -> None:
+        """A new track: everyone else in the room receives it."""
+
+    def track_ended(self, track: PublishedTrack) -> None:
+        """A track is gone: the slots carrying it go idle."""
+
+    async def remove(self, participant_id: str) -> None:
+        """Drop a participant's media (their session failed)."""
