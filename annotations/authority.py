@@ -37,9 +37,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.actions import Action
+from core.imageref import ImageRef
 
 if TYPE_CHECKING:
-    from sfu.room import ImageRef, MediaSettings
+    from sfu.room import MediaSettings
 
 log = logging.getLogger("consilium.sfu.annotations")
 

@@ -31,6 +31,7 @@ from annotations.authority import (
     error_text,
     log_path,
 )
+from core.imageref import ImageRef
 from sfu.aiortc_hooks import codec_guard
 from sfu.forwarder import PublishedTrack
 from sfu.ice import IceSettings, install, server_ice_servers, uninstall
@@ -80,17 +81,6 @@ class MediaSettings:
     pointer_per_s: float = 30.0
     """Pointer positions per second per participant relayed on the lossy channel; extra ones
     are dropped silently."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """What the SFU needs to know of a shared image to check and measure annotations on it."""
-
-    frames: int
-    """Frames of the image (1 for a photo or a single-frame DICOM)."""
-    pixel_spacing_mm: tuple[float, float] | None
-    """Row and column spacing in mm (DICOM PixelSpacing), for length measurements; None when
-    the image has no calibrated spacing."""
 
 
 class MediaRoom:

@@ -26,6 +26,7 @@ from core.errors import (
     RateLimited,
     Replaced,
 )
+from core.rooms import valid_room_id
 from recorder.manifest import RecordedParticipant
 from sfu.room import MediaServer
 from sfu.session import MediaError
@@ -142,7 +143,7 @@ class Rooms:
 
         Raises a ConsiliumError (already audited) when the connection must be closed.
         """
-        if not p.valid_room_id(msg.room):
+        if not valid_room_id(msg.room):
             self.audit.append("join_refused", "deny", reason="bad_room_id", ip=conn.peer)
             raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
         try:

@@ -37,6 +37,7 @@ from core.errors import (
     Unavailable,
 )
 from core.ratelimit import TokenBucket, WindowCounter
+from core.rooms import valid_room_id
 from imaging.burnedin import Box
 from imaging.deidentify import ImageLimits, ImageTooLarge
 from imaging.store import ImageStore, SharedImage
@@ -475,7 +476,7 @@ async def create_room(request: web.Request) -> web.Response:
     except msgspec.ValidationError as exc:
         raise BadMessage(f"invalid room: {exc}") from None
     room_id = body.room_id or secrets.token_urlsafe(9)
-    if not p.valid_room_id(room_id):
+    if not valid_room_id(room_id):
         raise BadMessage("room_id must be 1-64 letters, digits, '.', '_' or '-'")
     try:
         RoomScope(room_id=room_id, departments=tuple(body.departments), grants=tuple(body.grants))
@@ -709,7 +710,7 @@ async def _room_participant(
     node = request.app[NODE]
     identity = await _authenticate(request, None)
     room_id = request.match_info["room"]
-    if not p.valid_room_id(room_id):
+    if not valid_room_id(room_id):
         raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
     scope = room_scope(await node.store.get_room(room_id), room_id)
     _decide_in_room(
@@ -825,7 +826,7 @@ async def share_image(request: web.Request) -> web.Response:
 
 
 async def _announce_image(node: Node, room_id: str, record: SharedImage) -> None:
-    await node.rooms.announce(room_id, record.announcement())
+    await node.rooms.announce(room_id, p.ImageShared(**record.announcement()))
     if node.rooms.recorder is not None:
         await node.rooms.recorder.image_shared(room_id, record.image_id)
 

@@ -23,7 +23,8 @@ from annotations.authority import (
     RoomAnnotations,
     log_path,
 )
-from sfu.room import ImageRef, MediaSettings
+from core.imageref import ImageRef
+from sfu.room import MediaSettings
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = tomllib.loads((REPO / "signaling" / "policy.toml").read_text("utf-8"))["roles"]

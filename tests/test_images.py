@@ -21,12 +21,12 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from core.imageref import ImageRef
 from imaging.deidentify import BurnedInAnnotation, UnsupportedImage
 from imaging.store import ImageStore, TooManyImages, room_uid_secret
 from imaging.watermark import identify, load_or_create_watermark_key
 from recorder.roomkeys import RoomKeys, open_keyring
 from recorder.segments import SegmentIntegrityError
-from sfu.room import ImageRef
 from signaling.audit import AuditEntry, iter_entries
 from signaling.server import build_node, delete_expired_annotations, delete_expired_images
 from signaling.state import Revocation
