@@ -208,7 +208,8 @@ def process_cpu_s(pid: int) -> float:
 
 def handle_us_per_op(workdir: Path, count: int) -> float:
     """The sans-IO core alone: `RoomAnnotations.handle` with its encrypted log, per op."""
-    from annotations.authority import AnnotationLog, RoomAnnotations, log_path
+    from annotations.log import AnnotationLog, log_path
+    from annotations.room import RoomAnnotations
     from core.imageref import ImageRef
     from sfu.room import MediaSettings
 

@@ -18,19 +18,10 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
-from annotations.authority import (
-    FSYNC_INTERVAL_S,
-    LOSSY,
-    RELIABLE,
-    RETRY_INTERVAL_S,
-    AnnotationError,
-    AnnotationLog,
-    Delivery,
-    LogError,
-    RoomAnnotations,
-    error_text,
-    log_path,
-)
+from annotations.authority import AnnotationError, Delivery
+from annotations.log import FSYNC_INTERVAL_S, RETRY_INTERVAL_S, AnnotationLog, LogError, log_path
+from annotations.messages import LOSSY, RELIABLE, error_text
+from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
 from sfu.aiortc_hooks import codec_guard
 from sfu.forwarder import PublishedTrack

@@ -43,7 +43,7 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from annotations.authority import LOSSY, RELIABLE, error_text
+from annotations.messages import LOSSY, RELIABLE, error_text
 from core.actions import Action
 from sfu import aiortc_hooks as hooks
 from sfu.forwarder import OutboundSlot, PublishedTrack, receiver_report_packet, remb_packet

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from annotations import authority as a
+from annotations import messages as a
 from signaling import protocol as p
 from signaling.policy import Refusal
 
@@ -92,7 +92,7 @@ shared state, Redis, is out of reach: nothing took effect, try again). Refusals 
 def _type_text(annotation: Any) -> str:
     text = inspect.formatannotation(annotation) if not isinstance(annotation, str) else annotation
     text = re.sub(r"Annotated\[(\w+), msgspec\.Meta\((.*?)\)\]", r"\1 (\2)", text)
-    for prefix in ("signaling.protocol.", "annotations.authority.", "typing.", "msgspec."):
+    for prefix in ("signaling.protocol.", "annotations.messages.", "typing.", "msgspec."):
         text = text.replace(prefix, "")
     text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text).replace(" | UnsetType", "")
     return text.replace("|", "\\|")
@@ -145,7 +145,7 @@ def _shared(cls: type[msgspec.Struct]) -> list[str]:
 DATA_CHANNELS = """\
 ## Data channels: annotations, chat, pointer
 
-Declared in `annotations/authority.py`. The client opens two data channels on its `publish` session:
+Declared in `annotations/messages.py`. The client opens two data channels on its `publish` session:
 `consilium-reliable` (ordered, reliable) and `consilium-lossy` (unordered, no retransmissions).
 Every message is one JSON object (text), UTF-8; unknown fields are ignored, so an `author`, `seq`
 or `time` a client puts in a message has no effect: the SFU stamps them from the connection.
