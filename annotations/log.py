@@ -168,6 +168,7 @@ class AnnotationLog:
         key: bytes,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], str] = utc_now,
+        max_unwritten_bytes: int = MAX_UNWRITTEN_BYTES,
     ) -> None:
         self.path = path
         self.room_id = room_id
@@ -189,7 +190,7 @@ class AnnotationLog:
         self._file.seek(self._valid_end)
         self._end = self._valid_end
         """Where the next record goes: the end of the last one written in full."""
-        self._backlog = Backlog()
+        self._backlog = Backlog(max_unwritten_bytes)
 
     @property
     def unwritten(self) -> deque[bytes]:
