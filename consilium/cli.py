@@ -383,7 +383,7 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 def cmd_watermark_identify(args: argparse.Namespace) -> int:
     """Name the viewer, room and time hidden in a served image; exit 1 if it carries no mark."""
-    from imaging.deidentify import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
+    from imaging.sniff import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
     from imaging.watermark import identify, load_watermark_key
 
     key = load_watermark_key(_data_dir(args))  # never created here: a new key finds nothing

@@ -51,14 +51,10 @@ from imaging.burnedin import (
     clean_frame,
     decide,
 )
-from imaging.deidentify import (
-    DEFAULT_LIMITS,
-    DeidentifiedImage,
-    FrameNotFound,
-    ImageLimits,
-    deidentify,
-    display_mode,
-)
+from imaging.deidentified import DeidentifiedImage
+from imaging.deidentify import deidentify
+from imaging.render import display_mode
+from imaging.sniff import DEFAULT_LIMITS, FrameNotFound, ImageLimits
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
 
 log = logging.getLogger("consilium.images")

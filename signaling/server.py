@@ -39,7 +39,7 @@ from core.errors import (
 from core.ratelimit import TokenBucket, WindowCounter
 from core.rooms import valid_room_id
 from imaging.burnedin import Box
-from imaging.deidentify import ImageLimits, ImageTooLarge
+from imaging.sniff import ImageLimits, ImageTooLarge
 from imaging.store import ImageStore, SharedImage
 from imaging.watermark import Mark, load_or_create_watermark_key, watermark
 from imaging.worker import ImageWorkers

@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from core.imageref import ImageRef
-from imaging.deidentify import BurnedInAnnotation, UnsupportedImage
+from imaging.sniff import BurnedInAnnotation, UnsupportedImage
 from imaging.store import ImageStore, TooManyImages, room_uid_secret
 from imaging.watermark import identify, load_or_create_watermark_key
 from recorder.roomkeys import RoomKeys, open_keyring
