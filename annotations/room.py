@@ -41,6 +41,11 @@ class RoomAnnotations:
             for event in log_file.replay():
                 self.authority.apply(event)
 
+    @property
+    def seq(self) -> int:
+        """The room's last stamped sequence number."""
+        return self.authority.seq
+
     def identify(self, participant_id: str, user: str) -> None:
         """`participant_id` is `user` (the token's subject): called when they join."""
         self.authority.identify(participant_id, user)
