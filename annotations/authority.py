@@ -386,6 +386,11 @@ class AnnotationAuthority:
                 changes["length_mm"] = op.length_mm
             self.shapes[key] = msgspec.structs.replace(shape, **changes)
 
+    def skip_to(self, seq: int) -> None:
+        """Records up to `seq` exist but cannot be applied (a full disk lost them: a gap in the
+        log): the next event is stamped after them, never reusing their seqs."""
+        self.seq = max(self.seq, seq)
+
     def _remove(self, key: tuple[str, int, str]) -> None:
         if self.shapes.pop(key, None) is not None:
             self.shapes_per_image[key[0]] -= 1

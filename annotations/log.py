@@ -124,6 +124,7 @@ class Backlog:
     the oldest are dropped and `gap` says which, for the gap record written before the rest."""
 
     max_bytes: int = MAX_UNWRITTEN_BYTES
+    """Bytes of sealed records held at most."""
     records: deque[bytes] = field(default_factory=deque)
     """Framed sealed records, in seq order (written before any newer one)."""
     size: int = 0
@@ -180,6 +181,8 @@ class AnnotationLog:
         """Records flushed but not yet fsynced."""
         self.gaps: list[LogGap] = []
         """The gaps read back when the log was opened: records a full disk lost, written down."""
+        self.last_seq = 0
+        """The last seq on disk when the log was opened (an event's, or the end of a gap)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._valid_end = 0
         self._events = list(self._read())
@@ -247,6 +250,7 @@ class AnnotationLog:
                 yield entry
                 pos, expected = end, expected + 1
             self._valid_end = pos
+            self.last_seq = expected - 1
         if pos < len(data):
             log.warning("annotation log ends with a torn record; ignored",
                         extra={"path": str(self.path), "seq": expected})  # fmt: skip

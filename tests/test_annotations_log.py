@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from annotations.authority import AnnotationAuthority
@@ -152,6 +153,28 @@ def test_records_a_full_disk_lost_are_written_down_and_the_log_replays_with_the_
     assert json.loads(delivery.text)["seq"] == 13
     room.close()
     assert seqs(path)[0] == [1, 10, 11, 12, 13]
+
+
+def test_a_room_whose_log_ends_with_a_gap_stamps_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.log"
+    clock = [0.0]
+    log = AnnotationLog(path, "mdt-1", KEY, clock=lambda: clock[0], wall_clock=lambda: STAMP,
+                        max_unwritten_bytes=1)  # fmt: skip
+    log.append(1, chat(1))
+    log._file = FullDisk(log._file, room=0)  # type: ignore[assignment]
+    for seq in range(2, 6):
+        log.append(seq, chat(seq))  # only the newest is kept: 2..4 are lost
+    gap_record = LENGTH_BYTES + 12 + len(msgspec.json.encode(LogGap(2, 4, STAMP))) + 16
+    log._file.room = gap_record  # room for the gap record, then the disk is full again
+    log.retry(force=True)
+    log.close()  # record 5 never reached the disk
+    assert seqs(path) == ([1], [LogGap(2, 4, STAMP)])
+    room = RoomAnnotations("mdt-1", MediaSettings(), None, AnnotationLog(path, "mdt-1", KEY))
+    assert room.seq == 4
+    (delivery,) = room.handle("rad", RADIOLOGIST, json.dumps({"type": "chat", "text": "on"}))
+    assert json.loads(delivery.text)["seq"] == 5
+    room.close()
+    assert seqs(path) == ([1, 5], [LogGap(2, 4, STAMP)])
 
 
 def test_a_gap_without_its_record_is_still_refused(tmp_path: Path) -> None:
