@@ -208,8 +208,10 @@ def process_cpu_s(pid: int) -> float:
 
 def handle_us_per_op(workdir: Path, count: int) -> float:
     """The sans-IO core alone: `RoomAnnotations.handle` with its encrypted log, per op."""
-    from annotations.authority import AnnotationLog, RoomAnnotations, log_path
-    from sfu.room import ImageRef, MediaSettings
+    from annotations.log import AnnotationLog, log_path
+    from annotations.room import RoomAnnotations
+    from core.imageref import ImageRef
+    from sfu.room import MediaSettings
 
     settings = MediaSettings(annotation_ops_per_s=RATE_BOUND, annotation_burst=int(RATE_BOUND))
     path = log_path(workdir / "core", ROOM)
@@ -227,8 +229,9 @@ def handle_us_per_op(workdir: Path, count: int) -> float:
 
 def server_settings(workdir: Path) -> Any:
     """The SFU's settings: one CT image, an encrypted log under `workdir`, the bound raised."""
+    from core.imageref import ImageRef
     from sfu.ice import IceSettings
-    from sfu.room import ImageRef, MediaSettings
+    from sfu.room import MediaSettings
 
     ct = ImageRef(1, (0.5, 0.5))
     return MediaSettings(

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import ConfigError
-from imaging.deidentify import ImageLimits
+from imaging.sniff import ImageLimits
 from imaging.store import ImageStore
 from imaging.watermark import load_or_create_watermark_key
 from imaging.worker import ImageWorkers

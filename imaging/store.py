@@ -40,6 +40,8 @@ import numpy as np
 from PIL import Image
 
 from core.errors import Conflict, IntegrityError, NotFound, RateLimited
+from core.imageref import ImageRef
+from core.rooms import valid_room_id
 from imaging.burnedin import (
     NOT_CHECKED,
     Box,
@@ -49,17 +51,11 @@ from imaging.burnedin import (
     clean_frame,
     decide,
 )
-from imaging.deidentify import (
-    DEFAULT_LIMITS,
-    DeidentifiedImage,
-    FrameNotFound,
-    ImageLimits,
-    deidentify,
-    display_mode,
-)
+from imaging.deidentified import DeidentifiedImage
+from imaging.deidentify import deidentify
+from imaging.render import display_mode
+from imaging.sniff import DEFAULT_LIMITS, FrameNotFound, ImageLimits
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
-from sfu.room import ImageRef
-from signaling.protocol import ImageShared, valid_room_id
 
 log = logging.getLogger("consilium.images")
 
@@ -150,19 +146,20 @@ class SharedImage:
             "text_blanked": self.text_blanked,
         }
 
-    def announcement(self) -> ImageShared:
-        """The `image_shared` message every participant of the room receives."""
-        return ImageShared(
-            image_id=self.image_id,
-            kind=self.kind,
-            frames=self.frames,
-            width=self.width,
-            height=self.height,
-            pixel_spacing_mm=list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
-            shared_by=self.shared_by,
-            title=self.title,
-            burned_in_confirmed=self.burned_in_confirmed,
-        )
+    def announcement(self) -> dict[str, Any]:
+        """The fields of the `image_shared` message every participant of the room receives
+        (signalling declares the message; the store does not speak the wire protocol)."""
+        return {
+            "image_id": self.image_id,
+            "kind": self.kind,
+            "frames": self.frames,
+            "width": self.width,
+            "height": self.height,
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "shared_by": self.shared_by,
+            "title": self.title,
+            "burned_in_confirmed": self.burned_in_confirmed,
+        }
 
     def encode(self) -> bytes:
         """The metadata record as stored (JSON, encrypted by the store)."""

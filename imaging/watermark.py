@@ -44,7 +44,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from core.errors import ConfigError
-from imaging.deidentify import DEFAULT_LIMITS, ImageKind, ImageTooLarge, UnsupportedImage, sniff
+from imaging.sniff import DEFAULT_LIMITS, ImageKind, ImageTooLarge, UnsupportedImage, sniff
 
 WATERMARK_KEY_FILE = "watermark.key"
 """Name of the server's watermark key, under `<data_dir>/keys/`."""

@@ -29,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from core.errors import ConsiliumError
-from imaging.deidentify import ImageTooLarge, UnsupportedImage
+from imaging.sniff import ImageTooLarge, UnsupportedImage
 from imaging.store import PreparedImage, prepare_image
 
 DEFAULT_WORKER_MEMORY = 1024 * 1024 * 1024

@@ -15,16 +15,10 @@ from collections.abc import Callable, Iterable
 
 from aiortc import RTCDataChannel
 
-from annotations.authority import (
-    FSYNC_INTERVAL_S,
-    LOSSY,
-    RELIABLE,
-    RETRY_INTERVAL_S,
-    AnnotationError,
-    Delivery,
-    RoomAnnotations,
-    error_text,
-)
+from annotations.authority import AnnotationError, Delivery
+from annotations.log import FSYNC_INTERVAL_S, RETRY_INTERVAL_S
+from annotations.messages import LOSSY, RELIABLE, error_text
+from annotations.room import RoomAnnotations
 from sfu.sinks import MediaSink
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts

@@ -18,7 +18,9 @@ from typing import Any
 from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
-from annotations.authority import AnnotationLog, LogError, RoomAnnotations, log_path
+from annotations.log import AnnotationLog, LogError, log_path
+from annotations.room import RoomAnnotations
+from core.imageref import ImageRef
 from sfu.aiortc_hooks import codec_guard
 from sfu.datachannels import AnnotationRelay
 from sfu.forwarder import PublishedTrack
@@ -70,17 +72,6 @@ class MediaSettings:
     pointer_per_s: float = 30.0
     """Pointer positions per second per participant relayed on the lossy channel; extra ones
     are dropped silently."""
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """What the SFU needs to know of a shared image to check and measure annotations on it."""
-
-    frames: int
-    """Frames of the image (1 for a photo or a single-frame DICOM)."""
-    pixel_spacing_mm: tuple[float, float] | None
-    """Row and column spacing in mm (DICOM PixelSpacing), for length measurements; None when
-    the image has no calibrated spacing."""
 
 
 class MediaRoom:

@@ -7,20 +7,9 @@ the document matches). Close codes live in `CLOSE_CODES`, next to the messages t
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
-
-ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-_ROOM_ID = re.compile(ROOM_ID_PATTERN)
-
-
-def valid_room_id(room_id: str) -> bool:
-    """True for 1-64 letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-')."""
-    return _ROOM_ID.match(room_id) is not None
-
 
 CLOSE_CODES: dict[int, str] = {
     1000: "normal: the client left (`leave`)",

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from annotations import authority as a
+from annotations import messages as a
 from core.codes import ErrorCode
 from signaling import cluster
 from signaling import protocol as p
@@ -97,7 +97,7 @@ def _type_text(annotation: Any) -> str:
     text = inspect.formatannotation(annotation) if not isinstance(annotation, str) else annotation
     text = re.sub(r"Annotated\[(\w+), msgspec\.Meta\((.*?)\)\]", r"\1 (\2)", text)
     for prefix in (
-        "signaling.protocol.", "signaling.cluster.", "annotations.authority.", "typing.", "msgspec.",
+        "signaling.protocol.", "signaling.cluster.", "annotations.messages.", "typing.", "msgspec.",
     ):  # fmt: skip
         text = text.replace(prefix, "")
     text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text).replace(" | UnsetType", "")
@@ -151,7 +151,7 @@ def _shared(cls: type[msgspec.Struct]) -> list[str]:
 DATA_CHANNELS = """\
 ## Data channels: annotations, chat, pointer
 
-Declared in `annotations/authority.py`. The client opens two data channels on its `publish` session:
+Declared in `annotations/messages.py`. The client opens two data channels on its `publish` session:
 `consilium-reliable` (ordered, reliable) and `consilium-lossy` (unordered, no retransmissions).
 Every message is one JSON object (text), UTF-8; unknown fields are ignored, so an `author`, `seq`
 or `time` a client puts in a message has no effect: the SFU stamps them from the connection.

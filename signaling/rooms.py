@@ -30,6 +30,7 @@ from core.errors import (
     ConsiliumError,
     NotFound,
 )
+from core.rooms import valid_room_id
 from sfu.room import MediaServer
 from signaling import cluster, moderation
 from signaling import membership as m
@@ -154,7 +155,7 @@ class Rooms:
 
         Raises a ConsiliumError (already audited) when the connection must be closed.
         """
-        if not p.valid_room_id(msg.room):
+        if not valid_room_id(msg.room):
             self.audit.append("join_refused", "deny", reason="bad_room_id", ip=conn.peer)
             raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
         try:

@@ -16,14 +16,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from annotations.authority import (
-    AnnotationLog,
-    Delivery,
-    LogError,
-    RoomAnnotations,
-    log_path,
-)
-from sfu.room import ImageRef, MediaSettings
+from annotations.authority import Delivery
+from annotations.log import AnnotationLog, LogError, log_path
+from annotations.room import RoomAnnotations
+from core.imageref import ImageRef
+from sfu.room import MediaSettings
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = tomllib.loads((REPO / "signaling" / "policy.toml").read_text("utf-8"))["roles"]
@@ -96,7 +93,7 @@ def test_an_add_is_stamped_with_seq_author_and_time_and_goes_to_everyone() -> No
         **shape(), "points": [[1.0, 2.0], [30.0, 40.0]], "text": "", "layer": "default",
         "image_id": "ct", "frame": 0, "author": "rad", "seq": 1,
     }  # fmt: skip
-    assert annotations.seq == 1 and len(annotations.shapes) == 1
+    assert annotations.authority.seq == 1 and len(annotations.authority.shapes) == 1
 
 
 def test_every_shape_type_is_accepted_with_its_number_of_points() -> None:
@@ -107,7 +104,7 @@ def test_every_shape_type_is_accepted_with_its_number_of_points() -> None:
     assert only(annotations.handle("rad", RADIOLOGIST, text))[0].kind == "event"
     stroke = add("f", "freehand", [[i, i] for i in range(50)])
     assert only(annotations.handle("rad", RADIOLOGIST, stroke))[0].kind == "event"
-    assert annotations.seq == 7
+    assert annotations.authority.seq == 7
 
 
 @pytest.mark.parametrize(
@@ -130,7 +127,7 @@ def test_malformed_shapes_are_refused_to_the_sender_only(body: dict) -> None:
     annotations = room()
     deliveries = annotations.handle("rad", RADIOLOGIST, op({"kind": "add", "shape": body}))
     assert error_code(deliveries, "rad") == "bad_message"
-    assert annotations.seq == 0 and not annotations.shapes
+    assert annotations.authority.seq == 0 and not annotations.authority.shapes
 
 
 @pytest.mark.parametrize(
@@ -139,7 +136,7 @@ def test_malformed_shapes_are_refused_to_the_sender_only(body: dict) -> None:
 def test_non_json_and_unknown_messages_are_refused(raw: str) -> None:
     annotations = room()
     assert error_code(annotations.handle("rad", RADIOLOGIST, raw), "rad") == "bad_message"
-    assert annotations.seq == 0
+    assert annotations.authority.seq == 0
 
 
 def test_the_error_names_the_client_id_of_the_refused_op() -> None:
@@ -152,7 +149,7 @@ def test_trainee_without_annotate_is_refused() -> None:
     assert "annotate" not in TRAINEE
     annotations = room()
     assert error_code(annotations.handle("trainee", TRAINEE, add()), "trainee") == "not_allowed"
-    assert annotations.seq == 0 and not annotations.shapes
+    assert annotations.authority.seq == 0 and not annotations.authority.shapes
 
 
 def test_forged_author_seq_and_time_are_ignored() -> None:
@@ -188,7 +185,7 @@ def test_a_measurement_carries_its_length_in_mm_from_the_pixel_spacing() -> None
     moved = op({"kind": "edit", "shape_id": "m", "points": [[0, 0], [10, 0]]})
     _, edit = only(annotations.handle("rad", RADIOLOGIST, moved))
     assert edit["op"]["length_mm"] == pytest.approx(7.0)
-    assert annotations.shapes["ct", 0, "m"].length_mm == pytest.approx(7.0)
+    assert annotations.authority.shapes["ct", 0, "m"].length_mm == pytest.approx(7.0)
     photo = op({"kind": "add", "shape": shape("p", "measure")}, image="photo")
     _, uncalibrated = only(annotations.handle("rad", RADIOLOGIST, photo))
     assert uncalibrated["op"]["shape"]["length_mm"] is None
@@ -204,7 +201,7 @@ def test_edit_moves_recolours_and_retexts_a_shape() -> None:
     _, event = only(annotations.handle("rad", RADIOLOGIST, edit))
     assert event["op"] == {"kind": "edit", "shape_id": "t", "points": [[9.0, 9.0]],
                            "text": "new", "color": "#0000ff"}  # fmt: skip
-    stored = annotations.shapes["ct", 0, "t"]
+    stored = annotations.authority.shapes["ct", 0, "t"]
     assert (stored.points, stored.text, stored.color, stored.seq) == ([(9, 9)], "new", "#0000ff", 2)
 
 
@@ -230,7 +227,7 @@ def test_only_the_author_or_a_moderator_deletes_or_edits_a_shape() -> None:
     )
     assert only(annotations.handle("chair", CHAIR, edit))[0].kind == "event"
     assert only(annotations.handle("chair", CHAIR, delete))[0].kind == "event"
-    assert not annotations.shapes
+    assert not annotations.authority.shapes
     annotations.handle("rad", RADIOLOGIST, add("s2"))
     own = op({"kind": "delete", "shape_id": "s2"})
     assert only(annotations.handle("rad", RADIOLOGIST, own))[0].kind == "event"
@@ -243,7 +240,7 @@ def test_clear_own_deletes_only_the_senders_shapes_on_that_frame() -> None:
     annotations.handle("surgeon", RADIOLOGIST, add("c"))
     _, event = only(annotations.handle("rad", RADIOLOGIST, op({"kind": "clear_own"})))
     assert event["op"] == {"kind": "clear_own"}
-    assert set(annotations.shapes) == {("ct", 1, "b"), ("ct", 0, "c")}
+    assert set(annotations.authority.shapes) == {("ct", 1, "b"), ("ct", 0, "c")}
 
 
 def test_a_shape_id_cannot_be_added_twice_on_the_same_frame() -> None:
@@ -261,7 +258,7 @@ def test_an_op_over_the_size_bound_is_refused() -> None:
     annotations = room(MediaSettings(annotation_max_bytes=200))
     big = add("t", "text", [[1, 1]], text="x" * 300)
     assert error_code(annotations.handle("rad", RADIOLOGIST, big), "rad") == "too_large"
-    assert annotations.seq == 0
+    assert annotations.authority.seq == 0
 
 
 def test_a_freehand_stroke_over_the_points_bound_is_refused() -> None:
@@ -316,7 +313,7 @@ def test_pointer_positions_are_rate_limited_and_relayed_with_the_sender() -> Non
         total += annotations.pointer("rad", RADIOLOGIST, raw) is not None
     assert 25 <= total <= 33
     assert annotations.pointer("trainee", TRAINEE, raw) is None
-    assert annotations.seq == 0, "pointers are never stamped nor stored"
+    assert annotations.authority.seq == 0, "pointers are never stamped nor stored"
 
 
 # -- chat and receipts -----------------------------------------------------------------------------
@@ -363,7 +360,7 @@ def test_receipts_go_to_the_chat_author_and_are_monotonic() -> None:
         "read implies delivered: no going back"
     )
     only(annotations.handle("nurse", RADIOLOGIST, receipt(1, "read")))  # read implies delivered
-    assert annotations.chat[1].receipts == {"surgeon": "read", "nurse": "read"}
+    assert annotations.authority.chat[1].receipts == {"surgeon": "read", "nurse": "read"}
     assert annotations.snapshot("rad").chat[0].receipts == {"surgeon": "read", "nurse": "read"}
     assert annotations.snapshot("nurse").chat[0].receipts == {"nurse": "read"}
 
@@ -384,7 +381,7 @@ def test_receipts_cannot_be_forged_by_another_participant() -> None:
     annotations.handle("rad", RADIOLOGIST, add())
     assert error_code(annotations.handle("surgeon", RADIOLOGIST, receipt(2, "read")),
                       "surgeon") == "bad_message"  # fmt: skip
-    assert annotations.chat[1].receipts == {}
+    assert annotations.authority.chat[1].receipts == {}
 
 
 def test_anyone_but_the_author_may_acknowledge_a_room_wide_message() -> None:
@@ -494,7 +491,7 @@ class ConcurrentAnnotators(RuleBasedStateMachine):
         self._send(sender, op({"kind": "add", "shape": body}, frame=frame))
 
     def _target(self, data: st.DataObject) -> tuple[str, int, str] | None:
-        keys = sorted(self.annotations.shapes)
+        keys = sorted(self.annotations.authority.shapes)
         if not keys:
             return None
         return data.draw(st.sampled_from(keys))
@@ -504,7 +501,7 @@ class ConcurrentAnnotators(RuleBasedStateMachine):
         target = self._target(data)
         if target is None:
             return
-        kind = self.annotations.shapes[target].type
+        kind = self.annotations.authority.shapes[target].type
         points = {"text": [[7, 7]], "freehand": [[0, 0], [9, 9]]}.get(kind, [[2, 2], [8, 8]])
         body = {"kind": "edit", "shape_id": target[2], "points": points, "color": "#123456"}
         self._send(sender, op(body, image=target[0], frame=target[1]))
@@ -526,14 +523,14 @@ class ConcurrentAnnotators(RuleBasedStateMachine):
 
     @rule(sender=st.sampled_from(PARTICIPANTS), garbage=st.text(max_size=30))
     def garbage(self, sender: str, garbage: str) -> None:
-        before = self.annotations.seq
+        before = self.annotations.authority.seq
         self._send(sender, garbage)
-        assert self.annotations.seq == before
+        assert self.annotations.authority.seq == before
 
     @rule(sender=st.sampled_from(PARTICIPANTS), data=st.data())
     def receipt(self, sender: str, data: st.DataObject) -> None:
-        if self.annotations.chat:
-            seq = data.draw(st.sampled_from(sorted(self.annotations.chat)))
+        if self.annotations.authority.chat:
+            seq = data.draw(st.sampled_from(sorted(self.annotations.authority.chat)))
             self._send(sender, receipt(seq, data.draw(st.sampled_from(["delivered", "read"]))))
 
     @invariant()
@@ -572,13 +569,13 @@ def test_the_state_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     before = annotations_snapshot(annotations)
     annotations.close()
     again = logged_room(tmp_path)
-    assert again.seq == 6
+    assert again.authority.seq == 6
     assert annotations_snapshot(again) == before
     assert again.snapshot("rad").chat[0].receipts == {"surgeon": "read"}
     _, event = only(again.handle("rad", RADIOLOGIST, add("b")))
     assert event["seq"] == 7
     again.close()
-    assert logged_room(tmp_path).seq == 7
+    assert logged_room(tmp_path).authority.seq == 7
 
 
 def test_no_plaintext_annotation_or_chat_touches_disk(tmp_path: Path) -> None:
@@ -606,12 +603,15 @@ def test_a_torn_last_record_is_ignored_with_a_warning(
     with path.open("r+b") as f:
         f.truncate(size - 5)  # the process died in the middle of writing record 3
     again = logged_room(tmp_path)
-    assert again.seq == 2 and set(again.shapes) == {("ct", 0, "s0"), ("ct", 0, "s1")}
+    assert again.authority.seq == 2 and set(again.authority.shapes) == {
+        ("ct", 0, "s0"),
+        ("ct", 0, "s1"),
+    }
     assert "torn" in caplog.text
     _, event = only(again.handle("rad", RADIOLOGIST, add("s9")))
     assert event["seq"] == 3
     again.close()
-    assert logged_room(tmp_path).seq == 3, "appends continue after the last good record"
+    assert logged_room(tmp_path).authority.seq == 3, "appends continue after the last good record"
 
 
 @pytest.mark.parametrize("damage", ["flip", "swap", "wrong_key", "wrong_room"])
@@ -684,7 +684,7 @@ def test_a_reconnected_participant_still_owns_their_shapes() -> None:
     _, event = only(annotations.handle("rad-2", RADIOLOGIST, edit))
     assert event["author"] == "rad-2" and event["author_user"] == "dr-rad"
     only(annotations.handle("rad-2", RADIOLOGIST, op({"kind": "clear_own"}, client_id="c3")))
-    assert annotations.shapes == {}
+    assert annotations.authority.shapes == {}
 
 
 def test_a_private_message_follows_its_recipient_across_a_reconnect(tmp_path: Path) -> None:

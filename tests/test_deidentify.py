@@ -24,21 +24,18 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from imaging.deidentify import (
-    BASIC_PROFILE,
+from imaging.deidentified import DeidentifiedImage
+from imaging.deidentify import deidentify, replace_uid
+from imaging.profile import BASIC_PROFILE, profile_rule
+from imaging.render import render_dicom_frame, voi_lut
+from imaging.sniff import (
     BurnedInAnnotation,
-    DeidentifiedImage,
     FrameNotFound,
     ImageKind,
     ImageLimits,
     ImageTooLarge,
     UnsupportedImage,
-    deidentify,
-    profile_rule,
-    render_dicom_frame,
-    replace_uid,
     sniff,
-    voi_lut,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd test files
@@ -46,7 +43,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd
 ROOM_SECRET = b"room-secret-0123456789abcdef"
 OTHER_ROOM_SECRET = b"another-room-secret-987654321"
 
-# What each Basic Profile action becomes here (see deidentify._APPLIED): without each SOP
+# What each Basic Profile action becomes here (see imaging.profile.APPLIED): without each SOP
 # class's module tables, the alternative that is conformant for every attribute type.
 EXPECTED = {
     "X": "absent",

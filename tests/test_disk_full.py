@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from annotations.authority import AnnotationLog, RoomAnnotations, log_path
+from annotations.log import AnnotationLog, log_path
+from annotations.room import RoomAnnotations
 from recorder.diskspace import DiskSpace, failure_code
 from recorder.manifest import read_manifest
 from recorder.roomkeys import RoomKeys, open_keyring

@@ -22,12 +22,12 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from consilium.node import build_node
-from imaging.deidentify import BurnedInAnnotation, UnsupportedImage
+from core.imageref import ImageRef
+from imaging.sniff import BurnedInAnnotation, UnsupportedImage
 from imaging.store import ImageStore, TooManyImages, room_uid_secret
 from imaging.watermark import identify, load_or_create_watermark_key
 from recorder.chunked import SegmentIntegrityError
 from recorder.roomkeys import RoomKeys, open_keyring
-from sfu.room import ImageRef
 from signaling.audit import iter_entries
 from signaling.auditformat import AuditEntry
 from signaling.http.tasks import delete_expired_annotations, delete_expired_images

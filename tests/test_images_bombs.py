@@ -25,13 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from imaging.deidentify import (
-    ImageLimits,
-    ImageTooLarge,
-    UnsupportedImage,
-    deidentify,
-    part10_transfer_syntax,
-)
+from imaging.deidentify import deidentify
+from imaging.sniff import ImageLimits, ImageTooLarge, UnsupportedImage, part10_transfer_syntax
 from imaging.store import prepare_image
 from imaging.worker import ImageWorkers
 from tests.fixtures.servers import RunningNode, node_settings, running_node

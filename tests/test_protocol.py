@@ -7,6 +7,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from core.rooms import valid_room_id
 from signaling import protocol as p
 from signaling.protocol_doc import render
 
@@ -67,4 +68,4 @@ def test_server_messages_round_trip() -> None:
      ("a/b", False), ("café", False)],
 )  # fmt: skip
 def test_room_ids(room: str, ok: bool) -> None:
-    assert p.valid_room_id(room) is ok
+    assert valid_room_id(room) is ok

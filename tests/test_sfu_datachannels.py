@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from annotations.authority import LOSSY, RELIABLE, RoomAnnotations
+from annotations.messages import LOSSY, RELIABLE
+from annotations.room import RoomAnnotations
 from sfu.datachannels import AnnotationRelay, DataChannels
 from sfu.room import MediaSettings
 

@@ -19,7 +19,8 @@ from pydicom.data import get_testdata_file
 
 from consilium.cli import main
 from core.errors import ConfigError
-from imaging.deidentify import UnsupportedImage, deidentify
+from imaging.deidentify import deidentify
+from imaging.sniff import UnsupportedImage
 from imaging.watermark import (
     Mark,
     _convolutional_encode,

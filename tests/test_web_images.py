@@ -30,7 +30,7 @@ import pytest
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
-from annotations.authority import ClientMessage, OpMessage, PointerMessage
+from annotations.messages import ClientMessage, OpMessage, PointerMessage
 from tests.fixtures.browser import (
     ICE_ENV,
     ROOM,

@@ -15,7 +15,7 @@ def cmd_watermark_identify(args: argparse.Namespace) -> int:
     """Name the viewer, room and time hidden in a served image; exit 1 if it carries no mark."""
     # Imported here: imaging pulls in numpy and the image decoders, which `consilium --help`
     # and the other commands should not wait for.
-    from imaging.deidentify import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
+    from imaging.sniff import DEFAULT_LIMITS, ImageTooLarge, UnsupportedImage
     from imaging.watermark import identify, load_watermark_key
 
     key = load_watermark_key(data_dir(args))  # never created here: a new key finds nothing

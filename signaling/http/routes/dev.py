@@ -18,7 +18,7 @@ import msgspec
 from aiohttp import web
 
 from core.errors import BadMessage, NotFound
-from signaling import protocol as p
+from core.rooms import valid_room_id
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE, Node
 from signaling.http.routes.pages import WEB_DIR
@@ -105,7 +105,7 @@ def _validate(body: dict[str, Any]) -> DevLinkRequest:
     if link.role not in ROLES:
         raise BadMessage(f"role must be one of {', '.join(ROLES)}")
     for room in link.rooms:
-        if not p.valid_room_id(room):
+        if not valid_room_id(room):
             raise BadMessage("room ids are 1-64 letters, digits, '.', '_' or '-'")
     return link
 

@@ -12,8 +12,9 @@ import msgspec
 from aiohttp import BodyPartReader, web
 
 from core.errors import BadMessage, ConsiliumError, PolicyDenied, RateLimited
+from core.rooms import valid_room_id
 from imaging.burnedin import Box
-from imaging.deidentify import ImageTooLarge
+from imaging.sniff import ImageTooLarge
 from imaging.store import ImageStore, SharedImage
 from imaging.watermark import Mark, watermark
 from signaling import protocol as p
@@ -45,7 +46,7 @@ async def _room_participant(
     node = request.app[NODE]
     identity = await authenticate(request, None)
     room_id = request.match_info["room"]
-    if not p.valid_room_id(room_id):
+    if not valid_room_id(room_id):
         raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
     scope = room_scope(await node.store.get_room(room_id), room_id)
     decide_in_room(
@@ -161,7 +162,7 @@ async def share_image(request: web.Request) -> web.Response:
 
 
 async def _announce_image(node: Node, room_id: str, record: SharedImage) -> None:
-    await node.rooms.announce(room_id, record.announcement())
+    await node.rooms.announce(room_id, p.ImageShared(**record.announcement()))
     if node.rooms.recorder is not None:
         await node.rooms.recorder.image_shared(room_id, record.image_id)
 

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from core.errors import BadMessage, Conflict, NotFound, PolicyDenied, RateLimited
-from signaling import protocol as p
+from core.rooms import valid_room_id
 from signaling.http.auth import audit_refusal, authenticate, decide_in_room
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
@@ -42,7 +42,7 @@ async def create_room(request: web.Request) -> web.Response:
     except msgspec.ValidationError as exc:
         raise BadMessage(f"invalid room: {exc}") from None
     room_id = body.room_id or secrets.token_urlsafe(9)
-    if not p.valid_room_id(room_id):
+    if not valid_room_id(room_id):
         raise BadMessage("room_id must be 1-64 letters, digits, '.', '_' or '-'")
     try:
         RoomScope(room_id=room_id, departments=tuple(body.departments), grants=tuple(body.grants))
