@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from core.codes import ErrorCode
 from recorder.diskspace import MIB, DiskLevel
 from recorder.manifest import ConsentRecord, RecordedParticipant
 from signaling import protocol as p
@@ -116,7 +117,7 @@ class Refuse:
     """Tell the participant their request cannot be carried out (an `error` with `code`)."""
 
     participant_id: str
-    code: str
+    code: ErrorCode
     message: str
     request: str
     """The refused request's message type."""
@@ -329,13 +330,13 @@ class RecordingConsent:
             case p.VerbalConsent(participant_id=target_id, decision=decision):
                 target = room.present.get(target_id)
                 if target is None:
-                    return [self._refuse(person, request, "not_found", NO_SUCH_PARTICIPANT)]
+                    return [self._refuse(person, request, ErrorCode.NOT_FOUND, NO_SUCH_PARTICIPANT)]
                 return self._answer(room, target, decision, "verbal", person, now)
             case p.StartRecording(recording_class=recording_class):
                 return self._start(room, person, request, recording_class, now, nonce)
             case p.StopRecording():
                 if room.recording is None:
-                    return [self._refuse(person, request, "not_recording", NOT_RECORDING)]
+                    return [self._refuse(person, request, ErrorCode.NOT_RECORDING, NOT_RECORDING)]
                 recording_id = room.recording.recording_id
                 room.recording = None
                 return [DetachSink(room.room_id, recording_id),
@@ -343,13 +344,16 @@ class RecordingConsent:
                                        announce=True)]  # fmt: skip
             case p.MarkCase(label=label):
                 if room.recording is None:
-                    return [self._refuse(person, request, "not_recording", MARK_WHILE_RECORDING)]
+                    refusal = self._refuse(
+                        person, request, ErrorCode.NOT_RECORDING, MARK_WHILE_RECORDING
+                    )
+                    return [refusal]
                 room.cases.append(label)
                 return [StartCase(room.recording.recording_id, label), self._state(room)]
         return []
 
     def _refuse(
-        self, person: RecordedParticipant, request: RecordingRequest, code: str, message: str
+        self, person: RecordedParticipant, request: RecordingRequest, code: ErrorCode, message: str
     ) -> Refuse:
         kind = request.__struct_config__.tag if isinstance(request, p.Message) else "hello"
         return Refuse(person.participant_id, code, message, str(kind))
@@ -437,7 +441,7 @@ class RecordingConsent:
         nonce: str,
     ) -> list[Effect]:
         if room.recording is not None or room.opening is not None:
-            return [self._refuse(chair, request, "recording_running", ALREADY_RECORDING)]
+            return [self._refuse(chair, request, ErrorCode.RECORDING_RUNNING, ALREADY_RECORDING)]
         missing = [x for x in room.present.values() if room.decision_of(x.sub) == "pending"]
         if missing:
             names = ", ".join(x.name for x in missing)
@@ -446,7 +450,7 @@ class RecordingConsent:
                     "sub": chair.sub, "room": room.room_id, "reason": "consent_missing",
                     "missing": len(missing),
                 }),
-                self._refuse(chair, request, "consent_missing",
+                self._refuse(chair, request, ErrorCode.CONSENT_MISSING,
                              f"not everyone has answered the recording notice: {names}"),
             ]  # fmt: skip
         stamp = now.utc.strftime("%Y%m%dT%H%M%SZ")

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.codes import ErrorCode
 from recorder.diskspace import DiskLevel, DiskSpace, DiskWatcher, failure_code
 from recorder.keyring import Keyring
 from recorder.manifest import RecordedParticipant
@@ -148,7 +149,7 @@ class Recorder:
             log.exception("recording request failed", extra={"room": room_id, "action": action})
             self.notify(
                 participant_id,
-                p.Error("recording_failed", "the recording request failed", str(action)),
+                p.Error(ErrorCode.RECORDING_FAILED, "the recording request failed", str(action)),
             )
 
     def _now(self, room_id: str | None) -> c.Now:

@@ -223,13 +223,25 @@ def test_every_in_room_error_code_is_in_the_protocol_document() -> None:
         assert f"| `{code}` |" in text, f"error code {code} missing from docs/protocol.md"
 
 
-# Codes the web client answers with its generic "the server refused" notice (room.refused): a
-# client bug or a race, nothing a person can act on by name.
-_GENERIC_NOTICE = {
+# Where the web client shows each code in words: the room's notice (`room.error_<code>`, chosen in
+# web/js/call.js) for requests outside the recording, the recording panel
+# (`recording.error_<code>`, web/js/recording.js) for requests about it; a code may answer both.
+_SHOWN_IN_ROOM = {
     ErrorCode.ALREADY_JOINED,
     ErrorCode.NOT_ADMITTED,
+    ErrorCode.NOT_ALLOWED,
+    ErrorCode.NOT_FOUND,
     ErrorCode.MEDIA_UNAVAILABLE,
     ErrorCode.BAD_MEDIA_REQUEST,
+}
+_SHOWN_IN_RECORDING = {
+    ErrorCode.NOT_ALLOWED,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.RECORDING_UNAVAILABLE,
+    ErrorCode.RECORDING_RUNNING,
+    ErrorCode.NOT_RECORDING,
+    ErrorCode.CONSENT_MISSING,
+    ErrorCode.RECORDING_FAILED,
 }
 # Codes the client recovers from without a word (web/js/call.js).
 _RECOVERED_SILENTLY = {ErrorCode.DATA_CHANNEL_CLOSED}
@@ -239,10 +251,14 @@ _RECOVERED_SILENTLY = {ErrorCode.DATA_CHANNEL_CLOSED}
 def test_every_in_room_error_code_has_words_in_each_language(language: str) -> None:
     catalogue = json.loads((REPO / "web" / "i18n" / f"{language}.json").read_text("utf-8"))
     call = (REPO / "web" / "js" / "call.js").read_text("utf-8")
+    assert "`room.error_${code}`" in call, "web/js/call.js no longer shows a code's own words"
     for code in ErrorCode:
+        shown = code in _SHOWN_IN_ROOM or code in _SHOWN_IN_RECORDING
+        assert shown or code in _RECOVERED_SILENTLY, f"say where the web client shows {code}"
         if code in _RECOVERED_SILENTLY:
             assert f'"{code}"' in call, f"web/js/call.js no longer handles {code}"
-        elif code in _GENERIC_NOTICE:
-            assert catalogue.get("room.refused"), f"{language} lacks room.refused"
-        else:
-            assert catalogue.get(f"recording.error_{code}"), f"{language} lacks words for {code}"
+        if code in _SHOWN_IN_ROOM:
+            assert catalogue.get(f"room.error_{code}"), f"{language} lacks room words for {code}"
+        if code in _SHOWN_IN_RECORDING:
+            words = catalogue.get(f"recording.error_{code}")
+            assert words, f"{language} lacks recording words for {code}"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+from core.codes import ErrorCode
 from tests.fixtures.browser import (
     ICE_ENV,
     ROOM,
@@ -27,6 +29,20 @@ from tests.fixtures.browser import (
     until_decoding,
 )
 from tests.fixtures.servers import RunningNode
+
+CATALOGUES = Path(__file__).resolve().parents[1] / "web" / "i18n"
+LANGUAGES = ("en", "zh-CN")
+REFUSAL_WORDS = """
+async (codes) => {
+  const [call, i18n] = await Promise.all([import('/js/call.js'), import('/js/i18n.js')]);
+  const words = {};
+  for (const lang of ['zh-CN', 'en']) {
+    await i18n.setLanguage(lang);
+    words[lang] = Object.fromEntries(codes.map((code) => [code, i18n.t(call.refusalNotice(code))]));
+  }
+  return words;
+}
+"""
 
 RECORD_DEVICE_TRACKS = """
 (() => {
@@ -141,13 +157,29 @@ async def test_a_specialist_sees_no_chair_controls_and_the_server_refuses_them(
     ):
         await specialist.page.evaluate(f"import('/js/chair.js').then((m) => {action})")
         await specialist.until(f"window.consilium.state().received.error === {n}")
-    assert await _text(specialist, "#room-notice") == "The server refused that request."
+    assert await _text(specialist, "#room-notice") == (
+        "Your role does not allow that in this meeting."
+    )
     assert all("not_allowed" in error for error in (await page_state(specialist))["errors"])
     await asyncio.sleep(0.5)
     state = await page_state(chair)
     assert state["screen"] == "room" and state["room"]["locked"] is False
     assert all(not p["audio_muted"] for p in state["participants"])
     assert (await page_state(specialist))["screen"] == "room"
+
+    # Every refusal the room's notice shows is in the code's own words, in each language; a code
+    # this client has no words for (a newer server's) gets the generic notice.
+    catalogues = {
+        lang: json.loads((CATALOGUES / f"{lang}.json").read_text("utf-8")) for lang in LANGUAGES
+    }
+    codes = [str(code) for code in ErrorCode if f"room.error_{code}" in catalogues["en"]]
+    assert "already_joined" in codes and "bad_media_request" in codes
+    words = await specialist.page.evaluate(REFUSAL_WORDS, [*codes, "a_newer_code"])
+    for lang, catalogue in catalogues.items():
+        assert words[lang] == {
+            **{code: catalogue[f"room.error_{code}"] for code in codes},
+            "a_newer_code": catalogue["room.refused"],
+        }
 
 
 async def test_my_microphone_and_camera_buttons_show_on_the_others_tiles(

@@ -2,6 +2,7 @@
 // rejoining by itself after a network blip (the server lets an admitted person skip the lobby).
 
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
+import { t } from "./i18n.js";
 import { imageShared, loadImages } from "./images.js";
 import { MediaSessions } from "./media.js";
 import { CLOSE, OBJECTS, SignallingConnection, dataChannels, withDefaults } from "./protocol.js";
@@ -19,6 +20,13 @@ const MAX_RECONNECTS = 5;
 const RECONNECT_DELAY_MS = [500, 1000, 2000, 4000, 8000];
 // Closes after which trying again makes sense; the others are final (refusals, replaced, left).
 const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]);
+
+/** The room notice's key for a refused request: the code's own words (what happened, what to
+ * do), or the generic refusal for a code this client has no words for (a newer server). */
+export function refusalNotice(code) {
+  const key = `room.error_${code}`;
+  return t(key) === key ? "room.refused" : key;
+}
 
 /** A ParticipantInfo with its defaults filled (the server leaves default fields out). */
 function person(info) {
@@ -140,7 +148,7 @@ export class Call {
           break;
         }
         if (recordingRefused(msg)) break;
-        state.notice = "room.refused";
+        state.notice = refusalNotice(msg.code);
         this.fail(`server refused ${msg.request || "a request"}: ${msg.code}: ${msg.message}`);
         break;
       default:
