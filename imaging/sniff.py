@@ -21,14 +21,12 @@ class UnsupportedImage(BadMessage):
     """Not a DICOM, PNG or JPEG image we can read (judged by content), or not decodable."""
 
     code = "unsupported_image"
-    http_status = 415
 
 
 class BurnedInAnnotation(BadMessage):
     """The DICOM declares identifiers burned into its pixels; the uploader has to confirm."""
 
     code = "burned_in_annotation"
-    http_status = 422
 
 
 class ImageTooLarge(PayloadTooLarge):

@@ -67,7 +67,6 @@ class RecordingShredded(NotFound):
     """The recording's data key was destroyed: its media can never be read again."""
 
     code = "shredded"
-    http_status = 410
 
 
 class KeyEncryptionKey(abc.ABC):

@@ -20,6 +20,7 @@ from core.codes import ErrorCode
 from core.errors import ConsiliumError, PolicyDenied, RateLimited, Replaced
 from signaling import cluster
 from signaling import protocol as p
+from signaling.errors import close_code_of
 from signaling.identity import Identity
 from signaling.policy import Policy, Refusal, RoomScope
 from signaling.state import ParticipantRecord, RoomRecord
@@ -373,7 +374,7 @@ def replaced_in_room(room_id: str, sub: str, older_pid: str, removed: bool) -> l
         effects.append(Broadcast(room_id, p.ParticipantLeft(older_pid, "replaced")))
     return [
         *effects,
-        CloseRemote(room_id, older_pid, Replaced.close_code, "replaced"),
+        CloseRemote(room_id, older_pid, close_code_of(Replaced), "replaced"),
         Audit("replaced", "info", {"sub": sub, "room": room_id}),
     ]
 
@@ -382,7 +383,7 @@ def replaced_in_lobby(room_id: str, waiting_pid: str) -> list[Effect]:
     """The same identity was waiting in the lobby on another connection: that one goes."""
     return [
         Broadcast(room_id, p.LobbyLeft(waiting_pid, "left"), to="admitters"),
-        CloseRemote(room_id, waiting_pid, Replaced.close_code, "replaced"),
+        CloseRemote(room_id, waiting_pid, close_code_of(Replaced), "replaced"),
     ]
 
 
@@ -427,7 +428,7 @@ def deny(chair: Actor, participant_id: str, taken: ParticipantRecord | None) -> 
             },
         ),
         Broadcast(chair.room, p.LobbyLeft(participant_id, "denied"), to="admitters"),
-        CloseRemote(chair.room, participant_id, PolicyDenied.close_code, "denied"),
+        CloseRemote(chair.room, participant_id, close_code_of(PolicyDenied), "denied"),
     ]
 
 

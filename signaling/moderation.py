@@ -14,6 +14,7 @@ from core.codes import ErrorCode
 from core.errors import PolicyDenied
 from signaling import cluster
 from signaling import protocol as p
+from signaling.errors import close_code_of
 from signaling.membership import (
     Actor,
     Audit,
@@ -74,7 +75,7 @@ def remove(chair: Actor, participant_id: str, removed: ParticipantRecord | None)
             },
         ),
         Broadcast(chair.room, p.ParticipantLeft(participant_id, "removed")),
-        CloseRemote(chair.room, participant_id, PolicyDenied.close_code, "removed"),
+        CloseRemote(chair.room, participant_id, close_code_of(PolicyDenied), "removed"),
     ]
 
 

@@ -2,29 +2,51 @@
 
 Each message is a msgspec Struct tagged by its `type` field. The same declarations validate what
 clients send, encode what the server sends, and generate `docs/protocol.md` (a test checks that
-the document matches). Close codes live in `CLOSE_CODES`, next to the messages they end.
+the document matches). Close codes live in `CloseCode` and `CLOSE_CODES`, next to the messages
+they end; which error closes with which is `signaling.errors`' table.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-CLOSE_CODES: dict[int, str] = {
-    1000: "normal: the client left (`leave`)",
-    1001: "going away: the server is shutting down; reconnect to another node or later",
-    4400: "bad message: not JSON, not a known message, a binary frame, or larger than the bound",
-    4401: "not authenticated: first message was not `join`, or the token is invalid, expired "
-    "or revoked (also sent to live connections when their token or identity is revoked)",
-    4403: "not allowed: the policy refuses the join, the room is locked, the chair denied "
-    "entry from the lobby, or the chair removed the participant",
-    4408: "timed out: no `join` within the join timeout, no message within the keepalive "
-    "timeout, or too slow to read what the server sends",
-    4404: "not found: the room was closed while the connection was joining",
-    4409: "replaced: a newer connection of the same identity joined the same room",
-    4429: "rate-limited: too many messages per second, room or lobby full, or too many rooms",
-    4500: "server error: an unexpected failure; the client may retry",
+
+class CloseCode(IntEnum):
+    """Every close code the server sends, by name; `CLOSE_CODES` says when it sends each."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    BAD_MESSAGE = 4400
+    NOT_AUTHENTICATED = 4401
+    NOT_ALLOWED = 4403
+    NOT_FOUND = 4404
+    TIMED_OUT = 4408
+    REPLACED = 4409
+    RATE_LIMITED = 4429
+    SERVER_ERROR = 4500
+
+
+CLOSE_CODES: dict[CloseCode, str] = {
+    CloseCode.NORMAL: "normal: the client left (`leave`)",
+    CloseCode.GOING_AWAY: "going away: the server is shutting down; reconnect to another node "
+    "or later",
+    CloseCode.BAD_MESSAGE: "bad message: not JSON, not a known message, a binary frame, or larger "
+    "than the bound",
+    CloseCode.NOT_AUTHENTICATED: "not authenticated: first message was not `join`, or the token "
+    "is invalid, expired or revoked (also sent to live connections when their token or identity "
+    "is revoked)",
+    CloseCode.NOT_ALLOWED: "not allowed: the policy refuses the join, the room is locked, the "
+    "chair denied entry from the lobby, or the chair removed the participant",
+    CloseCode.TIMED_OUT: "timed out: no `join` within the join timeout, no message within the "
+    "keepalive timeout, or too slow to read what the server sends",
+    CloseCode.NOT_FOUND: "not found: the room was closed while the connection was joining",
+    CloseCode.REPLACED: "replaced: a newer connection of the same identity joined the same room",
+    CloseCode.RATE_LIMITED: "rate-limited: too many messages per second, room or lobby full, or "
+    "too many rooms",
+    CloseCode.SERVER_ERROR: "server error: an unexpected failure; the client may retry",
 }
 """Every close code the server sends, with when it sends it."""
 

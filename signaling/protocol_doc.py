@@ -1,4 +1,4 @@
-"""Writes `docs/protocol.md` from the message declarations in `protocol.py`.
+"""Writes `docs/protocol.md` from the message declarations in `protocol.py` (and the error table).
 
 `python -m signaling.protocol_doc > docs/protocol.md`; a test checks the file is up to date, so the
 document can never drift from what the server validates.
@@ -19,6 +19,7 @@ from annotations import messages as a
 from core.codes import ErrorCode
 from signaling import cluster
 from signaling import protocol as p
+from signaling.errors import ANSWERS
 from signaling.policy import Refusal
 
 INTRO = """\
@@ -74,10 +75,9 @@ node within two seconds.
 ## REST API
 
 Every `/api/` call takes `Authorization: Bearer <token>` (the same tokens as `join`), is decided by
-the same policy, and answers errors as JSON: `{"error": code, "message": text}` with
-400 `bad_message`, 401 `not_authenticated`, 403 `not_allowed`, 404 `not_found`,
-409 `conflict`, 413 `too_large`, 429 `rate_limited`, 500 `server_error` or 503 `unavailable` (the
-shared state, Redis, is out of reach: nothing took effect, try again). Refusals are audited.
+the same policy, and answers errors as JSON: `{"error": code, "message": text}` with the HTTP
+status of its code (see "Error statuses" below; 503 `unavailable`: the shared state, Redis, is out
+of reach, nothing took effect, try again). Refusals are audited.
 
 | method and path | who | what |
 |---|---|---|
@@ -198,6 +198,13 @@ Clients put the reason in words (what to do about it); the policy's detail stays
 log. Declared once, in `signaling/policy.py` (`Refusal`)."""
 
 
+_STATUSES = """\
+An error ends an API request with its HTTP status and the body `{"error": code, "message": text}`,
+and a WebSocket connection with its close code. Declared once, in `signaling/errors.py`
+(`ANSWERS`); an error whose code has no row answers as the error it refines (`image_too_large` as
+`too_large`, `unknown_image` as `not_found`)."""
+
+
 _ERRORS = """\
 A request the server refuses in the room gets `{"type": "error", "code": ..., "message": ...,
 "request": <the request's type>}` and the connection stays open. Clients choose their words by
@@ -249,6 +256,10 @@ def render() -> str:
     out = [INTRO]
     out += ["## Close codes", "", "| code | meaning |", "|---|---|"]
     out += [f"| {code} | {text} |" for code, text in sorted(p.CLOSE_CODES.items())]
+    out += [""]
+    out += ["## Error statuses", "", _STATUSES, "", "| error | HTTP status | close code |"]
+    out += ["|---|---|---|"]
+    out += [f"| `{code}` | {a.http_status} | {a.close_code} |" for code, a in ANSWERS.items()]
     out += [""]
     out += ["## Refusal reasons", "", _REFUSALS, "", "| reason | meaning |", "|---|---|"]
     out += [f"| `{refusal}` | {refusal.meaning} |" for refusal in Refusal]

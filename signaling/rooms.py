@@ -37,6 +37,7 @@ from signaling import membership as m
 from signaling import protocol as p
 from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
+from signaling.errors import close_code_of
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
@@ -575,7 +576,7 @@ class Rooms:
         try:
             await self._enter(conn, room, admitted_by=by)
         except ConsiliumError as exc:
-            await self._drop(conn, exc.close_code, exc.message)
+            await self._drop(conn, close_code_of(exc), exc.message)
 
     async def _room_opened(self, room_id: str) -> None:
         room = await self.store.get_room(room_id)
@@ -592,7 +593,7 @@ class Rooms:
                 try:
                     await self._apply(verdict)
                 except ConsiliumError as exc:
-                    await self._drop(conn, exc.close_code, exc.message)
+                    await self._drop(conn, close_code_of(exc), exc.message)
                 continue
             if verdict is m.Arrival.LOBBY:
                 conn.waiting_reason = m.Arrival.LOBBY
@@ -602,7 +603,7 @@ class Rooms:
             try:
                 await self._enter(conn, room, admitted_by=None)
             except ConsiliumError as exc:
-                await self._drop(conn, exc.close_code, exc.message)
+                await self._drop(conn, close_code_of(exc), exc.message)
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from imaging.sniff import (
     UnsupportedImage,
     sniff,
 )
+from signaling.errors import http_status_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on odd test files
 
@@ -230,7 +231,7 @@ def test_text_file_named_dcm_is_refused(tmp_path: Path) -> None:
     fake.write_text("Patient: John Doe\nThis is not an image.\n" * 20)
     with pytest.raises(UnsupportedImage) as refused:
         shared(fake.read_bytes())
-    assert refused.value.http_status == 415
+    assert http_status_of(refused.value) == 415
     assert refused.value.to_json()["error"] == "unsupported_image"
 
 
@@ -257,7 +258,7 @@ def test_bounds_are_checked_before_decoding() -> None:
         shared(bundled("MR_small.dcm"), limits=ImageLimits(max_frame_pixels=64 * 63))
     with pytest.raises(ImageTooLarge) as too_big:
         shared(data, limits=ImageLimits(max_bytes=len(data) - 1))
-    assert too_big.value.http_status == 413
+    assert http_status_of(too_big.value) == 413
 
 
 # -- the Basic Profile on real files ----------------------------------------------------------
@@ -448,7 +449,7 @@ def test_burned_in_annotation_is_refused_unless_confirmed() -> None:
     data = to_bytes(ds)
     with pytest.raises(BurnedInAnnotation) as refused:
         shared(data)
-    assert refused.value.http_status == 422
+    assert http_status_of(refused.value) == 422
     assert refused.value.to_json()["error"] == "burned_in_annotation"
     confirmed = shared(data, confirm_burned_in=True)
     assert confirmed.burned_in_confirmed
@@ -529,7 +530,7 @@ def test_each_frame_of_a_multiframe_image_is_addressable() -> None:
         assert np.array_equal(frames[i], np.round(expected).astype(np.uint8))
     with pytest.raises(FrameNotFound) as missing:
         result.render_frame(15)
-    assert missing.value.http_status == 404
+    assert http_status_of(missing.value) == 404
 
 
 def test_colour_is_passed_through() -> None:

@@ -13,6 +13,7 @@ from core.errors import PolicyDenied, RateLimited, Replaced
 from signaling import cluster
 from signaling import membership as m
 from signaling import protocol as p
+from signaling.errors import close_code_of
 from signaling.identity import Identity
 from signaling.policy import Policy
 from signaling.state import ParticipantRecord, RoomRecord
@@ -151,14 +152,14 @@ def test_full_lobby_refuses_with_4429() -> None:
     effects = m.wait(record(who), "lobby_enabled", waiting_now=50, max_waiting=50,
                      peer="10.0.0.1", identity=who, room_id="mdt-1")  # fmt: skip
     error = refusal(effects)
-    assert isinstance(error, RateLimited) and error.close_code == 4429
+    assert isinstance(error, RateLimited) and close_code_of(error) == 4429
     assert audits(effects)[0][2]["reason"] == "lobby_full"
     assert not [e for e in effects if isinstance(e, m.Reply)]
 
 
 def test_full_room_refuses_with_4429() -> None:
     error = refusal(m.room_full(person("specialist"), "mdt-1", "10.0.0.1"))
-    assert isinstance(error, RateLimited) and error.close_code == 4429
+    assert isinstance(error, RateLimited) and close_code_of(error) == 4429
 
 
 def test_entering_tells_everyone_else_and_audits_who_admitted() -> None:
@@ -189,8 +190,8 @@ def test_waiting_for_a_chair_goes_to_the_lobby_or_in_once_the_room_opens(policy:
 def test_newer_connection_replaces_the_older_one_with_4409() -> None:
     effects = m.replaced_in_room("mdt-1", "specialist-1", "p-old", removed=True)
     assert m.Broadcast("mdt-1", p.ParticipantLeft("p-old", "replaced")) in effects
-    assert m.CloseRemote("mdt-1", "p-old", Replaced.close_code, "replaced") in effects
-    assert Replaced.close_code == 4409
+    assert m.CloseRemote("mdt-1", "p-old", 4409, "replaced") in effects
+    assert close_code_of(Replaced) == 4409
 
 
 def test_replaced_connection_someone_else_removed_first_is_not_announced_twice() -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from core.errors import ConfigError, ConsiliumError, IntegrityError, ServerError
+from signaling.errors import http_status_of
 from signaling.http import ws
 from signaling.http.node import NODE, Node
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
@@ -48,7 +49,7 @@ async def errors_and_headers(
     try:
         response = await handler(request)
     except ConsiliumError as exc:
-        response = web.json_response(exc.to_json(), status=exc.http_status)
+        response = web.json_response(exc.to_json(), status=http_status_of(exc))
     except IntegrityError as exc:
         # Stored data failed its check (a manifest signed by another key, a damaged file):
         # say what failed, as `verify` would, rather than "internal error".

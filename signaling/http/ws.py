@@ -22,6 +22,7 @@ from core.errors import (
 from core.ratelimit import TokenBucket
 from signaling import protocol as p
 from signaling.connection import CLOSE_HANDSHAKE_S, Connection
+from signaling.errors import close_code_of
 from signaling.http.auth import peer_address
 from signaling.http.bodies import short
 from signaling.http.door import Refuse
@@ -50,7 +51,7 @@ class ConsiliumWebSocket(web.WebSocketResponse):
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         """Close, mapping 1009 (message too big) to 4400."""
         if code == 1009:
-            code, message = 4400, b"message too large"
+            code, message = close_code_of(BadMessage), b"message too large"
         return await super().close(code=code, message=message, drain=drain)
 
 
@@ -109,7 +110,7 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("signalling connection failed")
         reason = "server_error"
-        conn.finish(4500, "server error")
+        conn.finish(close_code_of(ServerError), "server error")
     finally:
         if conn.dropped is not None:
             # Dropped by the server (its queue filled): its socket may be aborted under it.
@@ -137,7 +138,7 @@ async def _first_message(node: Node, conn: Connection) -> bool:
         msg = await conn.ws.receive(timeout=node.settings.join_timeout_s)
     except TimeoutError:
         node.audit.append("join_refused", "deny", reason="join_timeout", ip=conn.peer)
-        await conn.close(TimedOut.close_code, "no join in time")
+        await conn.close(close_code_of(TimedOut), "no join in time")
         return False
     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
         return False
@@ -149,20 +150,20 @@ async def _first_message(node: Node, conn: Connection) -> bool:
             join = None
     if not isinstance(join, p.Join):
         node.audit.append("join_refused", "deny", reason="first_message_not_join", ip=conn.peer)
-        await conn.close(AuthenticationError.close_code, "first message must be join")
+        await conn.close(close_code_of(AuthenticationError), "first message must be join")
         return False
     try:
         await node.rooms.join(conn, join)
     except ConsiliumError as exc:
         await node.rooms.disconnect(conn, "refused")
-        await conn.close(exc.close_code, exc.message)
+        await conn.close(close_code_of(exc), exc.message)
         return False
     except Exception:
         # E.g. the shared state (Redis) is unreachable: this client may retry; others go on.
         log.exception("join failed")
         with contextlib.suppress(Exception):
             await node.rooms.disconnect(conn, "server_error")
-        await conn.close(ServerError.close_code, "server error, try again")
+        await conn.close(close_code_of(ServerError), "server error, try again")
         return False
     return True
 
@@ -181,7 +182,7 @@ async def _message_loop(node: Node, conn: Connection) -> str:
             msg = await ws.receive(timeout=settings.keepalive_timeout_s)
         except TimeoutError:
             _audit_close(node, conn, "timed_out", "keepalive_missed")
-            conn.finish(TimedOut.close_code, "keepalive missed")
+            conn.finish(close_code_of(TimedOut), "keepalive missed")
             return "timed_out"
         if conn.dropped is not None:
             # E.g. its outbound queue filled: the close is under way (Connection.send).
@@ -190,13 +191,13 @@ async def _message_loop(node: Node, conn: Connection) -> str:
             # Hot path, per client message: watched by bench/signaling.py.
             if not conn.bucket.allow(time.monotonic()):
                 _audit_close(node, conn, "rate_limited", "messages_per_second")
-                conn.finish(RateLimited.close_code, "too many messages")
+                conn.finish(close_code_of(RateLimited), "too many messages")
                 return "rate_limited"
             try:
                 message = decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 _audit_close(node, conn, "bad_message", scrub(short(str(exc))))
-                conn.finish(BadMessage.close_code, short(f"bad message: {exc}"))
+                conn.finish(close_code_of(BadMessage), short(f"bad message: {exc}"))
                 return "bad_message"
             await node.rooms.handle(conn, message)
             if conn.dropped is not None:
@@ -205,7 +206,7 @@ async def _message_loop(node: Node, conn: Connection) -> str:
                 return "left"
         elif msg.type is WSMsgType.BINARY:
             _audit_close(node, conn, "bad_message", "binary_frame")
-            conn.finish(BadMessage.close_code, "binary frames are not part of the protocol")
+            conn.finish(close_code_of(BadMessage), "binary frames are not part of the protocol")
             return "bad_message"
         elif msg.type is WSMsgType.ERROR:
             # aiohttp refused the frame (over max_message_bytes, or not valid WebSocket).
