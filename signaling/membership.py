@@ -22,7 +22,7 @@ from signaling import cluster
 from signaling import protocol as p
 from signaling.identity import Identity
 from signaling.policy import Policy, Refusal, RoomScope
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 # -- effects ----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from signaling import membership as m
 from signaling import protocol as p
 from signaling.identity import Identity
 from signaling.policy import Policy
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 NOW = 1_800_000_000.0
 

@@ -15,16 +15,12 @@ import redis.asyncio as aioredis
 
 from core.errors import IntegrityError, NotFound, Unavailable
 from signaling.cluster import REVOKED_EVENT
-from signaling.state import (
-    REVOCATIONS_FILE,
-    MemoryStore,
-    ParticipantRecord,
-    RedisStore,
-    Revocation,
-    RoomRecord,
-    StateStore,
-    open_store,
-)
+from signaling.state.memory import MemoryStore
+from signaling.state.opening import open_store
+from signaling.state.records import ParticipantRecord, Revocation, RoomRecord
+from signaling.state.redis import RedisStore
+from signaling.state.revocations import REVOCATIONS_FILE
+from signaling.state.store import StateStore
 from tests.fixtures.redis_server import RedisProcess
 
 OpenNode = Callable[..., Awaitable[StateStore]]
@@ -465,7 +461,7 @@ async def test_torn_last_line_is_skipped_and_the_rest_loads(
     lines = [json.dumps(revocation("sub", s).to_dict()) for s in ("dr-li", "dr-wang")]
     path.write_text("\n".join(lines) + "\n" + lines[0][:17])
     store = MemoryStore(revocations_path=path)
-    with caplog.at_level(logging.WARNING, logger="signaling.state"):
+    with caplog.at_level(logging.WARNING, logger="signaling.state.revocations"):
         await store.start()
     assert "partially written" in caplog.text
     assert {r.value for r in await store.list_revocations()} == {"dr-li", "dr-wang"}
