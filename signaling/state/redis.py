@@ -93,21 +93,29 @@ return removed
 """
 
 
-def _encode_room(room: RoomRecord) -> dict[str, str]:
+# The values every node version reads (a rolling upgrade shares one Redis): a room is a hash of
+# one JSON value per field, a participant or lobby entry one compact JSON object.
+
+
+def encode_room(room: RoomRecord) -> dict[str, str]:
+    """The room's hash fields: each field's value as JSON."""
     return {name: json.dumps(value) for name, value in room.to_dict().items()}
 
 
-def _decode_room(fields: Mapping[str, str]) -> RoomRecord | None:
+def decode_room(fields: Mapping[str, str]) -> RoomRecord | None:
+    """The room `encode_room` wrote, or None for an empty (missing) hash."""
     if not fields:
         return None
     return RoomRecord.from_dict({name: json.loads(value) for name, value in fields.items()})
 
 
-def _encode_participant(p: ParticipantRecord) -> str:
+def encode_participant(p: ParticipantRecord) -> str:
+    """A participant or lobby entry's value: compact JSON."""
     return json.dumps(p.to_dict(), separators=(",", ":"))
 
 
-def _decode_participants(entries: Mapping[str, str]) -> list[ParticipantRecord]:
+def decode_participants(entries: Mapping[str, str]) -> list[ParticipantRecord]:
+    """The entries of a participants or lobby hash, in order of joining."""
     records = (ParticipantRecord.from_dict(json.loads(v)) for v in entries.values())
     return sorted(records, key=lambda p: (p.joined_at, p.participant_id))
 
@@ -237,7 +245,7 @@ class RedisStore(StateStore):
     # rooms
 
     async def create_room(self, room: RoomRecord) -> bool:
-        pairs = [item for pair in _encode_room(room).items() for item in pair]
+        pairs = [item for pair in encode_room(room).items() for item in pair]
         created = await self._create_room(
             keys=[self._room_key(room.room_id), self._rooms_key], args=[room.room_id, *pairs]
         )
@@ -246,7 +254,7 @@ class RedisStore(StateStore):
         return bool(created)
 
     async def get_room(self, room_id: str) -> RoomRecord | None:
-        room = _decode_room(await self._hgetall(self._room_key(room_id)))
+        room = decode_room(await self._hgetall(self._room_key(room_id)))
         if room is not None:
             self._remember_room(room)
         return room
@@ -264,7 +272,7 @@ class RedisStore(StateStore):
         key = self._room_key(room.room_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            fields: dict[Any, Any] = _encode_room(room)
+            fields: dict[Any, Any] = encode_room(room)
             pipe.hset(key, mapping=fields)
             pipe.sadd(self._rooms_key, room.room_id)
             await pipe.execute()
@@ -287,7 +295,7 @@ class RedisStore(StateStore):
             for room_id in room_ids:
                 pipe.hgetall(self._room_key(room_id))
             found = await pipe.execute()
-        rooms = [room for room in map(_decode_room, found) if room is not None]
+        rooms = [room for room in map(decode_room, found) if room is not None]
         return sorted(rooms, key=lambda r: (r.created_at, r.room_id))
 
     async def count_rooms(self) -> int:
@@ -298,7 +306,7 @@ class RedisStore(StateStore):
     async def _add_entry(self, room_id: str, table: str, p: ParticipantRecord, bound: int) -> bool:
         added = await self._add_bounded(
             keys=[self._room_key(room_id), self._entries_key(room_id, table)],
-            args=[p.participant_id, _encode_participant(p), bound],
+            args=[p.participant_id, encode_participant(p), bound],
         )
         if added == -1:
             raise NotFound(f"room {room_id!r} does not exist")
@@ -332,7 +340,7 @@ class RedisStore(StateStore):
     async def update_participant(self, room_id: str, p: ParticipantRecord) -> None:
         await self._replace_field(
             keys=[self._participants_key(room_id)],
-            args=[p.participant_id, _encode_participant(p)],
+            args=[p.participant_id, encode_participant(p)],
         )
         held = self._held.get((room_id, "participants"), {})
         if p.participant_id in held:
@@ -343,7 +351,7 @@ class RedisStore(StateStore):
         return None if value is None else ParticipantRecord.from_dict(json.loads(value))
 
     async def list_participants(self, room_id: str) -> list[ParticipantRecord]:
-        return _decode_participants(await self._hgetall(self._participants_key(room_id)))
+        return decode_participants(await self._hgetall(self._participants_key(room_id)))
 
     async def add_to_lobby(self, room_id: str, p: ParticipantRecord) -> None:
         await self._add_entry(room_id, "lobby", p, -1)
@@ -354,7 +362,7 @@ class RedisStore(StateStore):
         return await self._pop_entry(room_id, "lobby", participant_id)
 
     async def list_lobby(self, room_id: str) -> list[ParticipantRecord]:
-        return _decode_participants(await self._hgetall(self._lobby_key(room_id)))
+        return decode_participants(await self._hgetall(self._lobby_key(room_id)))
 
     # revocations
 
@@ -437,7 +445,7 @@ class RedisStore(StateStore):
             await self.create_room(room)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for pid, p in entries.items():
-                    pipe.hsetnx(self._entries_key(room_id, table), pid, _encode_participant(p))
+                    pipe.hsetnx(self._entries_key(room_id, table), pid, encode_participant(p))
                 rebuilt += sum(await pipe.execute())
         return rebuilt
 
