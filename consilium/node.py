@@ -31,7 +31,7 @@ from signaling.policy import Policy
 from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
-from signaling.state import open_store
+from signaling.state.opening import open_store
 from signaling.tokens import KeySource, TokenVerifier
 from signaling.witness import SyslogWitness
 

@@ -24,7 +24,7 @@ from signaling import protocol as p
 from signaling.connection import Connection, ConnectionState
 from signaling.membership import type_of
 from signaling.recording_control import Recorder
-from signaling.state import StateStore
+from signaling.state.store import StateStore
 
 log = logging.getLogger("consilium.rooms")
 

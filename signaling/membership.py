@@ -23,7 +23,7 @@ from signaling import protocol as p
 from signaling.errors import close_code_of
 from signaling.identity import Identity
 from signaling.policy import Policy, Refusal, RoomScope
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 # -- effects ----------------------------------------------------------------------------------
 

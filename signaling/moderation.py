@@ -29,7 +29,7 @@ from signaling.membership import (
     participant_info,
     room_state,
 )
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 
 def mute(

@@ -45,7 +45,8 @@ from signaling.membership import participant_info, room_scope, room_state
 from signaling.policy import Policy
 from signaling.recording_control import Recorder
 from signaling.settings import Settings
-from signaling.state import ParticipantRecord, Revocation, RoomRecord, StateStore
+from signaling.state.records import ParticipantRecord, Revocation, RoomRecord
+from signaling.state.store import StateStore
 from signaling.tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")

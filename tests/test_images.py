@@ -31,7 +31,7 @@ from recorder.roomkeys import RoomKeys, open_keyring
 from signaling.audit import iter_entries
 from signaling.auditformat import AuditEntry
 from signaling.http.tasks import delete_expired_annotations, delete_expired_images
-from signaling.state import Revocation
+from signaling.state.records import Revocation
 from tests.fixtures.servers import (
     RunningNode,
     eventually,

@@ -16,7 +16,7 @@ from signaling import protocol as p
 from signaling.errors import close_code_of
 from signaling.identity import Identity
 from signaling.policy import Policy
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 NOW = 1_800_000_000.0
 

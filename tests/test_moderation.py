@@ -6,7 +6,7 @@ from core.codes import ErrorCode
 from signaling import cluster, moderation
 from signaling import membership as m
 from signaling import protocol as p
-from signaling.state import ParticipantRecord, RoomRecord
+from signaling.state.records import ParticipantRecord, RoomRecord
 
 CHAIR = m.Actor(sub="chair-1", participant_id="p-chair", room="mdt-1")
 

@@ -444,7 +444,7 @@ async def _room_gone(store) -> bool:  # type: ignore[no-untyped-def]
 async def test_sweep_drops_a_revoked_connection_whose_event_was_missed(
     dev_node: RunningNode,
 ) -> None:
-    from signaling.state import Revocation
+    from signaling.state.records import Revocation
 
     ws, _ = await dev_node.join("dr-chair", "chair")
     assert dev_node.node is not None

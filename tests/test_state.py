@@ -15,16 +15,30 @@ import redis.asyncio as aioredis
 
 from core.errors import IntegrityError, NotFound, Unavailable
 from signaling.cluster import REVOKED_EVENT
-from signaling.state import (
-    REVOCATIONS_FILE,
-    MemoryStore,
+from signaling.state.memory import MemoryStore
+from signaling.state.opening import open_store
+from signaling.state.records import (
     ParticipantRecord,
-    RedisStore,
     Revocation,
     RoomRecord,
-    StateStore,
-    open_store,
+    copy_participant,
+    copy_room,
 )
+from signaling.state.redis import (
+    RedisStore,
+    decode_participants,
+    decode_room,
+    encode_participant,
+    encode_room,
+)
+from signaling.state.revocations import (
+    REVOCATIONS_FILE,
+    RevocationIndex,
+    append_revocations,
+    load_revocation_log,
+    read_revocation_log,
+)
+from signaling.state.store import StateStore
 from tests.fixtures.redis_server import RedisProcess
 
 OpenNode = Callable[..., Awaitable[StateStore]]
@@ -465,7 +479,7 @@ async def test_torn_last_line_is_skipped_and_the_rest_loads(
     lines = [json.dumps(revocation("sub", s).to_dict()) for s in ("dr-li", "dr-wang")]
     path.write_text("\n".join(lines) + "\n" + lines[0][:17])
     store = MemoryStore(revocations_path=path)
-    with caplog.at_level(logging.WARNING, logger="signaling.state"):
+    with caplog.at_level(logging.WARNING, logger="signaling.state.revocations"):
         await store.start()
     assert "partially written" in caplog.text
     assert {r.value for r in await store.list_revocations()} == {"dr-li", "dr-wang"}
@@ -518,6 +532,102 @@ def test_records_ignore_fields_from_a_newer_version() -> None:
     assert ParticipantRecord.from_dict({**p.to_dict(), "hand_raised": True}) == p
     with pytest.raises(ValueError):
         Revocation.from_dict({**revocation("sub", "x").to_dict(), "kind": "role"})
+
+
+# the pure parts, with no event loop: records, the revocation copy, the journal, Redis's values
+
+
+def revoked(
+    kind: Any, value: str, at: float, *, reason: str = "lost badge", **kw: Any
+) -> Revocation:
+    return Revocation(kind=kind, value=value, reason=reason, by="admin", at=at, **kw)
+
+
+def test_copies_share_no_list_with_the_record() -> None:
+    r = room(grants=["sub:dr-li"])
+    c = copy_room(r)
+    c.departments.append("oncology")
+    c.grants.append("dept:oncology")
+    assert (r.departments, r.grants) == (["cardiology"], ["sub:dr-li"])
+    p = person("p1")
+    copy_participant(p).depts.append("oncology")
+    assert p.depts == ["cardiology"]
+
+
+def test_a_revocation_must_name_what_it_revokes() -> None:
+    with pytest.raises(ValueError):
+        Revocation.from_dict({**revoked("sub", "x", 1.0).to_dict(), "value": ""})
+    assert Revocation.from_dict(revoked("jti", "t1", 1.0).to_dict()).key == "jti:t1"
+
+
+def test_the_later_revocation_of_a_key_wins_whatever_the_order() -> None:
+    early = revoked("sub", "dr-li", 10.0)
+    late = revoked("sub", "dr-li", 20.0, reason="left the hospital")
+    in_order, reversed_order = RevocationIndex(), RevocationIndex()
+    assert in_order.add(early) and in_order.add(late)
+    assert reversed_order.add(late) and not reversed_order.add(early)
+    assert in_order.live(30.0) == reversed_order.live(30.0) == [late]
+
+
+def test_a_token_is_revoked_by_its_jti_or_its_subject_until_the_revocation_expires() -> None:
+    index = RevocationIndex()
+    index.add(revoked("jti", "t1", 10.0, expires_at=100.0))
+    index.add(revoked("sub", "dr-wang", 5.0))
+    found = index.lookup(jti="t1", sub="dr-li", now=50.0)
+    assert found is not None and found.key == "jti:t1"
+    found = index.lookup(jti="t2", sub="dr-wang", now=50.0)
+    assert found is not None and found.key == "sub:dr-wang"
+    assert index.lookup(jti="t2", sub="dr-li", now=50.0) is None
+    assert index.lookup(jti="t1", sub="dr-li", now=100.0) is None, "expired at expires_at"
+    assert [r.key for r in index.live(150.0)] == ["sub:dr-wang"]
+
+
+def test_the_journal_keeps_its_line_format_and_is_compacted_at_the_time_given(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "data" / REVOCATIONS_FILE
+    path.parent.mkdir()
+    token = revoked("jti", "t1", 10.0, expires_at=100.0)
+    first = revoked("sub", "dr-li", 10.0)
+    latest = revoked("sub", "dr-li", 20.0, reason="left")
+    append_revocations(path, [token, first, latest])
+    assert load_revocation_log(path, 50.0) == [token, latest]
+    assert read_revocation_log(path) == ([token, latest], False), "superseded line dropped"
+    assert load_revocation_log(path, 100.0) == [latest]
+    assert path.read_bytes() == (
+        b'{"kind":"sub","value":"dr-li","reason":"left","by":"admin","at":20.0,"expires_at":null}\n'
+    )
+
+
+def test_redis_values_keep_the_format_every_node_version_reads() -> None:
+    r = RoomRecord(room_id="mdt-1", departments=["cardiology"], title="MDT", created_at=5.0)
+    fields = encode_room(r)
+    assert fields["room_id"] == '"mdt-1"'
+    assert fields["departments"] == '["cardiology"]'
+    assert (fields["lobby"], fields["starts_at"]) == ("false", "null")
+    assert decode_room(fields) == r
+    assert decode_room({k: v for k, v in fields.items() if k != "admitted"}) == r, "older node"
+    assert decode_room({}) is None
+    p = person("p1", at=1.0)
+    assert encode_participant(p) == (
+        '{"participant_id":"p1","sub":"sub-p1","role":"specialist","name":"Dr p1",'
+        '"depts":["cardiology"],"org":"hospital","node":"node-a","joined_at":1.0,'
+        '"audio_muted":false,"video_muted":false}'
+    )
+    later = person("p0", at=2.0)
+    entries = {"p0": encode_participant(later), "p1": encode_participant(p)}
+    assert decode_participants(entries) == [p, later]
+
+
+def test_redis_keys_and_channel_are_those_every_node_version_uses() -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", node_id="n1")  # connects on first use only
+    assert store._room_key("mdt-1") == "consilium:room:{mdt-1}"
+    assert store._participants_key("mdt-1") == "consilium:room:{mdt-1}:participants"
+    assert store._lobby_key("mdt-1") == "consilium:room:{mdt-1}:lobby"
+    assert store._media_node_key("mdt-1") == "consilium:room:{mdt-1}:media-node"
+    assert store._rooms_key == "consilium:rooms"
+    assert store._revocations_key == "consilium:revocations"
+    assert (store._instance_key, store._channel) == ("consilium:instance", "consilium:events")
 
 
 async def test_one_node_claims_a_rooms_media_until_it_releases_or_expires(

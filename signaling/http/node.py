@@ -18,7 +18,7 @@ from signaling.http.door import Door
 from signaling.policy import Policy
 from signaling.rooms import Rooms
 from signaling.settings import Settings
-from signaling.state import StateStore
+from signaling.state.store import StateStore
 from signaling.tokens import KeySource, TokenVerifier
 
 

@@ -24,7 +24,7 @@ from signaling.http.node import NODE, Node
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.membership import room_scope
-from signaling.state import ParticipantRecord
+from signaling.state.records import ParticipantRecord
 
 _IMAGE_QUEUE_PER_WORKER = 8
 _UPLOAD_PARTS = 8

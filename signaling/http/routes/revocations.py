@@ -11,7 +11,7 @@ from core.errors import BadMessage, Unavailable
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
-from signaling.state import Revocation
+from signaling.state.records import Revocation
 
 
 class RevocationRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ from signaling.http.bodies import json_body
 from signaling.http.node import NODE
 from signaling.membership import room_scope, room_state
 from signaling.policy import RoomScope
-from signaling.state import RoomRecord
+from signaling.state.records import RoomRecord
 
 
 class ScheduleRoom(msgspec.Struct, forbid_unknown_fields=True):

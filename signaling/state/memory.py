@@ -1,0 +1,151 @@
+"""`MemoryStore`: the shared state in this process, for a single node (the default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from core.errors import NotFound
+from signaling.cluster import Revoked, to_wire
+from signaling.state.records import (
+    ParticipantRecord,
+    Revocation,
+    RoomRecord,
+    copy_participant,
+    copy_room,
+)
+from signaling.state.store import StateStore
+
+
+class MemoryStore(StateStore):
+    """State in this process: one node, no Redis. Revocations persist in a JSON Lines file."""
+
+    def __init__(self, *, revocations_path: Path | None, node_id: str | None = None) -> None:
+        """`revocations_path`: the append-only revocation log; None keeps them in memory only."""
+        super().__init__(node_id, revocations_path)
+        self._rooms: dict[str, RoomRecord] = {}
+        self._participants: dict[str, dict[str, ParticipantRecord]] = {}
+        self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
+        self._media_nodes: dict[str, tuple[str, float]] = {}
+
+    # Every method below runs without awaiting between its check and its change, so each is
+    # atomic on the event loop.
+
+    async def create_room(self, room: RoomRecord) -> bool:
+        if room.room_id in self._rooms:
+            return False
+        self._rooms[room.room_id] = copy_room(room)
+        self._participants[room.room_id] = {}
+        self._lobby[room.room_id] = {}
+        return True
+
+    async def get_room(self, room_id: str) -> RoomRecord | None:
+        room = self._rooms.get(room_id)
+        return None if room is None else copy_room(room)
+
+    async def save_room(self, room: RoomRecord) -> None:
+        self._rooms[room.room_id] = copy_room(room)
+        self._participants.setdefault(room.room_id, {})
+        self._lobby.setdefault(room.room_id, {})
+
+    async def delete_room(self, room_id: str) -> None:
+        self._rooms.pop(room_id, None)
+        self._participants.pop(room_id, None)
+        self._lobby.pop(room_id, None)
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        rooms = sorted(self._rooms.values(), key=lambda r: (r.created_at, r.room_id))
+        return [copy_room(r) for r in rooms]
+
+    async def count_rooms(self) -> int:
+        return len(self._rooms)
+
+    def _room_entries(
+        self, table: dict[str, dict[str, ParticipantRecord]], room_id: str
+    ) -> dict[str, ParticipantRecord]:
+        entries = table.get(room_id)
+        if entries is None:
+            raise NotFound(f"room {room_id!r} does not exist")
+        return entries
+
+    async def add_participant(
+        self, room_id: str, p: ParticipantRecord, *, max_participants: int
+    ) -> bool:
+        joined = self._room_entries(self._participants, room_id)
+        if p.participant_id not in joined and len(joined) >= max_participants:
+            return False
+        joined[p.participant_id] = copy_participant(p)
+        return True
+
+    async def remove_participant(
+        self, room_id: str, participant_id: str
+    ) -> ParticipantRecord | None:
+        return self._participants.get(room_id, {}).pop(participant_id, None)
+
+    async def update_participant(self, room_id: str, p: ParticipantRecord) -> None:
+        joined = self._participants.get(room_id, {})
+        if p.participant_id in joined:
+            joined[p.participant_id] = copy_participant(p)
+
+    async def get_participant(self, room_id: str, participant_id: str) -> ParticipantRecord | None:
+        p = self._participants.get(room_id, {}).get(participant_id)
+        return None if p is None else copy_participant(p)
+
+    async def list_participants(self, room_id: str) -> list[ParticipantRecord]:
+        return _in_order(self._participants.get(room_id, {}).values())
+
+    async def add_to_lobby(self, room_id: str, p: ParticipantRecord) -> None:
+        self._room_entries(self._lobby, room_id)[p.participant_id] = copy_participant(p)
+
+    async def remove_from_lobby(
+        self, room_id: str, participant_id: str
+    ) -> ParticipantRecord | None:
+        return self._lobby.get(room_id, {}).pop(participant_id, None)
+
+    async def list_lobby(self, room_id: str) -> list[ParticipantRecord]:
+        return _in_order(self._lobby.get(room_id, {}).values())
+
+    async def revoke(self, r: Revocation) -> None:
+        r = dataclasses.replace(r)
+        # Durable before it is announced: a revoke that returned survives a crash.
+        await self._remember([r])
+        await self.publish(to_wire(Revoked(revocation=r.to_dict())))
+
+    async def list_revocations(self) -> list[Revocation]:
+        return [dataclasses.replace(r) for r in self._revocations.live(time.time())]
+
+    async def purge_node(self, node_id: str) -> int:
+        removed = 0
+        for table in (self._participants, self._lobby):
+            for entries in table.values():
+                held = [pid for pid, p in entries.items() if p.node == node_id]
+                for pid in held:
+                    del entries[pid]
+                removed += len(held)
+        return removed
+
+    async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
+        now = time.monotonic()
+        holder = self._media_nodes.get(room_id)
+        if holder is None or holder[1] < now or holder[0] == node_id:
+            self._media_nodes[room_id] = (node_id, now + ttl_s)
+            return node_id
+        return holder[0]
+
+    async def release_media_node(self, room_id: str, node_id: str) -> None:
+        holder = self._media_nodes.get(room_id)
+        if holder is not None and holder[0] == node_id:
+            del self._media_nodes[room_id]
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        # The JSON round trip gives handlers their own copy and refuses what Redis would refuse.
+        self._receive(json.loads(json.dumps(event)))
+
+
+def _in_order(entries: Iterable[ParticipantRecord]) -> list[ParticipantRecord]:
+    ordered = sorted(entries, key=lambda p: (p.joined_at, p.participant_id))
+    return [copy_participant(p) for p in ordered]
