@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from core.codes import ErrorCode
+
 CLOSE_CODES: dict[int, str] = {
     1000: "normal: the client left (`leave`)",
     1001: "going away: the server is shutting down; reconnect to another node or later",
@@ -402,7 +404,7 @@ class Error(Message, tag="error"):
     (request `data`): the SFU saw my ordered data channel close; the client opens a new one
     (which asks `sync`), or joins again."""
 
-    code: str
+    code: ErrorCode
     message: str
     request: str = ""
 
