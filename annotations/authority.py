@@ -54,7 +54,7 @@ TWO_POINT_SHAPES = frozenset({"arrow", "line", "ellipse", "rectangle", "measure"
 
 
 class AnnotationBounds(Protocol):
-    """The bounds the authority enforces, read from the SFU's settings (`sfu.room.MediaSettings`
+    """The bounds the authority enforces, read from the SFU's settings (`sfu.server.MediaSettings`
     documents each and its default); read-only here."""
 
     @property

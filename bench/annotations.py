@@ -211,7 +211,7 @@ def handle_us_per_op(workdir: Path, count: int) -> float:
     from annotations.log import AnnotationLog, log_path
     from annotations.room import RoomAnnotations
     from core.imageref import ImageRef
-    from sfu.room import MediaSettings
+    from sfu.server import MediaSettings
 
     settings = MediaSettings(annotation_ops_per_s=RATE_BOUND, annotation_burst=int(RATE_BOUND))
     path = log_path(workdir / "core", ROOM)
@@ -231,7 +231,7 @@ def server_settings(workdir: Path) -> Any:
     """The SFU's settings: one CT image, an encrypted log under `workdir`, the bound raised."""
     from core.imageref import ImageRef
     from sfu.ice import IceSettings
-    from sfu.room import MediaSettings
+    from sfu.server import MediaSettings
 
     ct = ImageRef(1, (0.5, 0.5))
     return MediaSettings(
@@ -247,7 +247,9 @@ def server_settings(workdir: Path) -> Any:
 async def serve(workdir: Path) -> None:
     """`--server`: a MediaServer whose signalling is JSON lines on stdin (requests) and stdout
     (answers and the server's messages to each participant)."""
-    from sfu.room import MediaServer
+    from msgspec import to_builtins
+
+    from sfu.server import MediaServer
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -257,8 +259,10 @@ async def serve(workdir: Path) -> None:
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
 
-    server = MediaServer(server_settings(workdir),
-                         lambda name, message: write({"to": name, "message": message}))  # fmt: skip
+    server = MediaServer(
+        server_settings(workdir),
+        lambda name, event: write({"to": name, "message": to_builtins(event)}),
+    )
     await server.start()
     write({"ready": True})
     while line := await reader.readline():

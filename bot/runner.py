@@ -1,45 +1,32 @@
-"""`consilium bot`: headless participants that join a room over the real signalling protocol.
+"""One headless participant that joins a room over the real signalling protocol (`consilium bot`).
 
 A bot is what a browser is to the server: it connects `GET /ws`, joins with a token, waits in
 the lobby if it must, keeps the connection alive with `ping`, publishes a camera and microphone
 and receives everyone else's media through a `MediaClient`. Its media is the replayed clip of
 `bot.testsource` (encoded once per process), so one machine runs dozens of bots for a load test,
-as LiveKit's `lk load-test` does. At the end each bot reports what it received: frames decoded
-per kind, and per subscribe track the packets received and lost and the jitter, read from
-aiortc's receiver statistics (which count packets whether or not they are decoded).
-
-Tokens. `--token` (or `CONSILIUM_TOKEN`) gives one bot its token. Otherwise the bots' tokens are
-minted by the development IdP: the `sfu` package must not import `signaling`, so the command line
-(the one place that knows both) passes the IdP in as `args.mint`, a callable that takes the data
-folder and returns something with `DevelopmentIdP.mint`'s signature, that is
-`DevelopmentIdP.load_or_create` itself:
-
-    add_bot_parser(subparsers, mint=DevelopmentIdP.load_or_create)
+as LiveKit's `lk load-test` does. At the end each bot reports what it received (`bot.report`):
+frames decoded per kind, and per subscribe track the packets received and lost and the jitter,
+read from aiortc's receiver statistics (which count packets whether or not they are decoded).
 
 This module imports only the standard library at load time: `consilium` builds every
-subcommand's parser at each start, and aiortc, PyAV and aiohttp together take a third of a second
-to import. They are imported inside the functions that run a bot.
+subcommand's parser at each start (`bot.command` imports this), and aiortc, PyAV and aiohttp
+together take a third of a second to import. They are imported inside the functions that run a
+bot.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import os
-import signal
 import ssl
-import statistics
-import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bot.report import BotReport, TrackReport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -50,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("consilium.sfu.bot")
 
 DEFAULT_SERVER = "http://127.0.0.1:8443"
-DEFAULT_DATA_DIR = "./consilium-data"
 PING_INTERVAL_S = 15.0
 """How often a bot pings: the protocol asks for one every 15 s."""
 PUBLISH_TIMEOUT_S = 10.0
@@ -63,21 +49,6 @@ MEDIA_REQUESTS = frozenset({"offer", "answer", "candidate"})
 """Requests whose refusal (an `error` naming them) leaves a bot without media: fatal for it."""
 CLOCK_RATES = {"audio": 48000, "video": 90000}
 """RTP clock rate per kind (Opus, VP8): aiortc reports jitter in RTP timestamp units."""
-
-
-class TokenIssuer(Protocol):
-    """What a bot needs of an identity provider: `DevelopmentIdP.mint`'s signature."""
-
-    def mint(
-        self, *, sub: str, role: str, depts: Sequence[str] = (), rooms: Sequence[str] = (),
-        name: str = "",
-    ) -> str:  # fmt: skip
-        """A signed token for these claims."""
-        ...
-
-
-Mint = Callable[[Path], TokenIssuer]
-"""Given the server's data folder, its token issuer (`DevelopmentIdP.load_or_create`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,102 +71,6 @@ class BotSettings:
     """Decode received media; without, packets are only counted (cheaper, for load tests)."""
     cacert: str | None = None
     """CA bundle to trust for an https server's certificate."""
-
-
-@dataclass(slots=True)
-class TrackReport:
-    """What arrived on one subscribe transceiver."""
-
-    mid: str
-    """The transceiver's media id in the subscribe session."""
-    kind: str
-    """`audio` or `video`."""
-    participant_id: str = ""
-    """Whose media it carried last (from the `tracks` message)."""
-    frames_decoded: int = 0
-    """Video frames or audio frames decoded (0 with `decode` off)."""
-    packets_received: int = 0
-    """RTP packets received (aiortc inbound-rtp `packetsReceived`)."""
-    packets_lost: int = 0
-    """RTP packets lost (aiortc inbound-rtp `packetsLost`; negative with duplicates)."""
-    jitter_ms: float = 0.0
-    """Interarrival jitter (RFC 3550), in milliseconds."""
-
-
-@dataclass(slots=True)
-class BotReport:
-    """What one bot did and received."""
-
-    bot: str
-    """The bot's label."""
-    participant_id: str = ""
-    """Participant id the server gave it (empty if it never joined)."""
-    joined: bool = False
-    """Whether it got `joined`."""
-    error: str = ""
-    """Why it failed (empty when it did not)."""
-    close_code: int | None = None
-    """WebSocket close code, when the server closed the connection."""
-    seconds_in_room: float = 0.0
-    """Time from `joined` to the end of the run."""
-    frames_decoded: dict[str, int] = field(default_factory=lambda: {"audio": 0, "video": 0})
-    """Frames decoded per kind, over all subscribe tracks."""
-    packets_received: int = 0
-    """RTP packets received over all subscribe tracks."""
-    packets_lost: int = 0
-    """RTP packets lost over all subscribe tracks."""
-    ping_rtt_ms: list[float] = field(default_factory=list)
-    """Round-trip time of each answered `ping`, in milliseconds."""
-    tracks: list[TrackReport] = field(default_factory=list)
-    """Per subscribe transceiver."""
-
-    @property
-    def ok(self) -> bool:
-        """Joined and did not fail."""
-        return self.joined and not self.error
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        return {"ok": self.ok, **asdict(self)}
-
-    def summary(self) -> str:
-        """One line for a person to read."""
-        if not self.ok:
-            return f"{self.bot}: FAILED: {self.error}"
-        rtt = f", ping {statistics.mean(self.ping_rtt_ms):.1f} ms" if self.ping_rtt_ms else ""
-        jitter = max((t.jitter_ms for t in self.tracks), default=0.0)
-        return (
-            f"{self.bot} ({self.participant_id}): {self.seconds_in_room:.0f} s in the room, "
-            f"{len(self.tracks)} tracks, {self.frames_decoded['video']} video and "
-            f"{self.frames_decoded['audio']} audio frames decoded, {self.packets_received} "
-            f"packets ({self.packets_lost} lost), jitter up to {jitter:.1f} ms{rtt}"
-        )
-
-
-def aggregate(reports: Sequence[BotReport]) -> dict[str, Any]:
-    """One summary of many bots, for `--count N --json`."""
-    errors: dict[str, int] = {}
-    for report in reports:
-        if not report.ok:
-            errors[report.error] = errors.get(report.error, 0) + 1
-    joined = [r for r in reports if r.joined]
-    rtts = [rtt for r in reports for rtt in r.ping_rtt_ms]
-    return {
-        "bots": len(reports),
-        "ok": sum(r.ok for r in reports),
-        "failed": sum(not r.ok for r in reports),
-        "errors": errors,
-        "frames_decoded": {
-            kind: sum(r.frames_decoded[kind] for r in reports) for kind in ("audio", "video")
-        },
-        "video_frames_decoded_min": min((r.frames_decoded["video"] for r in joined), default=0),
-        "tracks_min": min((len(r.tracks) for r in joined), default=0),
-        "packets_received": sum(r.packets_received for r in reports),
-        "packets_lost": sum(r.packets_lost for r in reports),
-        "jitter_ms_max": max((t.jitter_ms for r in reports for t in r.tracks), default=0.0),
-        "ping_rtt_ms_mean": statistics.mean(rtts) if rtts else None,
-        "ping_rtt_ms_max": max(rtts, default=None),
-    }
 
 
 class BotFailure(Exception):
@@ -462,167 +337,3 @@ class Bot:
         }
         report.packets_received = sum(t.packets_received for t in tracks)
         report.packets_lost = sum(t.packets_lost for t in tracks)
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def add_bot_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], mint: Mint | None = None
-) -> argparse.ArgumentParser:
-    """Add `consilium bot`; `mint` (the development IdP) lets it mint tokens for `--count`."""
-    bot = subparsers.add_parser(
-        "bot",
-        help="run headless participants that publish test media and report what they receive",
-        description="Headless participants for smoke and load tests. Each joins ROOM over the "
-        "signalling protocol, publishes a replayed test pattern and tone, receives the others' "
-        "media and reports frames, packets, loss and jitter at the end.",
-    )
-    bot.add_argument("--server", default=DEFAULT_SERVER, help=f"default {DEFAULT_SERVER}")
-    bot.add_argument("--room", required=True, help="room id to join")
-    bot.add_argument("--token", help="token of a single bot (or CONSILIUM_TOKEN)")
-    bot.add_argument("--count", type=int, default=1, help="bots to run, each with a minted token")
-    bot.add_argument(
-        "--data-dir", help=f"server data folder, for minting (default {DEFAULT_DATA_DIR})"
-    )
-    bot.add_argument(
-        "--role", default="chair", help="role of minted tokens (default chair: no lobby)"
-    )
-    bot.add_argument(
-        "--dept", action="append", help="department(s) of minted tokens (default cardiology)"
-    )
-    bot.add_argument("--seconds", type=float, help="how long to stay (default: until Ctrl-C)")
-    bot.add_argument(
-        "--stagger",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="delay between bot starts (the server allows 60 joins/min per address)",
-    )
-    bot.add_argument("--no-publish", action="store_true", help="send no media")
-    bot.add_argument("--no-subscribe", action="store_true", help="receive no media")
-    bot.add_argument("--no-decode", action="store_true", help="count packets without decoding")
-    bot.add_argument(
-        "--ice-address",
-        action="append",
-        metavar="IP",
-        help="gather ICE candidates on this address (repeat); default: 127.0.0.1 "
-        "for a loopback server, else every interface",
-    )
-    bot.add_argument("--json", action="store_true", help="print one JSON line of statistics")
-    bot.add_argument("--cacert", help="CA bundle to trust for the server's certificate")
-    bot.set_defaults(func=run_bot_command, mint=mint)
-    return bot
-
-
-def _split(values: Sequence[str] | None) -> list[str]:
-    return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
-
-
-def bot_tokens(args: argparse.Namespace) -> list[str]:
-    """The token of each bot: the given one, or minted through `args.mint`."""
-    if args.count < 1:
-        raise ValueError("--count must be at least 1")
-    if args.token and args.count > 1:
-        raise ValueError(
-            "--token is one identity; --count mints a token per bot (leave --token out)"
-        )
-    token = args.token or (os.environ.get("CONSILIUM_TOKEN") if args.count == 1 else None)
-    if token:
-        return [token]
-    mint: Mint | None = getattr(args, "mint", None)
-    if mint is None:
-        raise ValueError("give --token or set CONSILIUM_TOKEN")
-    data_dir = Path(args.data_dir or os.environ.get("CONSILIUM_DATA_DIR") or DEFAULT_DATA_DIR)
-    issuer = mint(data_dir)
-    depts = _split(args.dept) or ["cardiology"]
-    return [
-        issuer.mint(sub=f"bot-{i}", role=args.role, depts=depts, rooms=[args.room], name=f"Bot {i}")
-        for i in range(args.count)
-    ]
-
-
-def ice_addresses(server: str, given: Sequence[str] | None) -> tuple[str, ...]:
-    """Where bots gather ICE candidates: as given, or loopback for a loopback server."""
-    if given:
-        return tuple(given)
-    host = urlsplit(server).hostname or ""
-    if host == "localhost":
-        return ("127.0.0.1",)
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_loopback:
-            return ("::1",) if ipaddress.ip_address(host).version == 6 else ("127.0.0.1",)
-    return ()
-
-
-async def run_bots(
-    settings: Sequence[BotSettings], seconds: float | None, stagger: float = 0.0
-) -> list[BotReport]:
-    """Run bots concurrently until `seconds` pass or SIGINT/SIGTERM; their reports."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    deadline = None if seconds is None else loop.time() + seconds
-
-    async def one(index: int, bot_settings: BotSettings) -> BotReport:
-        if stagger and index:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), stagger * index)
-        bot = Bot(bot_settings)
-        if stop.is_set():
-            bot.report.error = "stopped before it started"
-            return bot.report
-        remaining = None if deadline is None else max(0.0, deadline - loop.time())
-        return await bot.run(remaining, stop)
-
-    try:
-        return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(settings))))
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-
-
-def run_bot_command(args: argparse.Namespace) -> int:
-    """`consilium bot`: 0 when every bot joined and kept its media, 1 if one failed, 2 on usage."""
-    from bot.testsource import encode_test_pattern, encode_tone
-    from sfu import ice
-
-    try:
-        tokens = bot_tokens(args)
-        addresses = ice_addresses(args.server, args.ice_address)
-        ice_settings = ice.IceSettings(host_addresses=addresses)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    log.setLevel(logging.INFO)
-    if not args.no_publish:
-        # Encode the clip before the bots start, rather than in the first bot's event-loop turn.
-        encode_test_pattern()
-        encode_tone()
-    settings = [
-        BotSettings(
-            room=args.room, token=token, server=args.server,
-            name=f"bot-{i}" if len(tokens) > 1 else "bot",
-            publish=not args.no_publish, subscribe=not args.no_subscribe,
-            decode=not args.no_decode, cacert=args.cacert,
-        )
-        for i, token in enumerate(tokens)
-    ]  # fmt: skip
-    if addresses:
-        ice.install(ice_settings)
-    try:
-        reports = asyncio.run(run_bots(settings, args.seconds, args.stagger))
-    finally:
-        if addresses:
-            ice.uninstall()
-    if args.json:
-        line = reports[0].as_dict() if len(reports) == 1 else aggregate(reports)
-        print(json.dumps(line), flush=True)
-    else:
-        for report in reports:
-            print(report.summary(), flush=True)
-    return 0 if all(report.ok for report in reports) else 1

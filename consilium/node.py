@@ -19,7 +19,7 @@ from recorder.recovery import recover_interrupted
 from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
 from sfu.ice import IceSettings, client_ice_servers
-from sfu.room import MediaServer, MediaSettings
+from sfu.server import MediaServer, MediaSettings
 from signaling.audit import HEADS_FILE, AuditLog, generate_audit_key
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.http import app as http_app

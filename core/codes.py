@@ -19,6 +19,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     MEDIA_UNAVAILABLE = "media_unavailable"
     BAD_MEDIA_REQUEST = "bad_media_request"
+    MEDIA_FAILED = "media_failed"
+    CODEC_UNSUPPORTED = "codec_unsupported"
     DATA_CHANNEL_CLOSED = "data_channel_closed"
     RECORDING_UNAVAILABLE = "recording_unavailable"
     RECORDING_RUNNING = "recording_running"
@@ -43,6 +45,10 @@ _MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.MEDIA_UNAVAILABLE: "SDP or ICE sent to a node with no SFU",
     ErrorCode.BAD_MEDIA_REQUEST: "the SFU could not carry out an SDP or ICE request (a malformed "
     "offer, an unknown session)",
+    ErrorCode.MEDIA_FAILED: "(request `publish` or `subscribe`) the SFU saw that media session "
+    "fail or close (its network died) and dropped the participant's media",
+    ErrorCode.CODEC_UNSUPPORTED: "(request `offer`) a published track offers none of the room's "
+    "codecs; that track is not received (the others are)",
     ErrorCode.DATA_CHANNEL_CLOSED: "(request `data`) the SFU saw the participant's ordered data "
     "channel close; the client opens a new one (which asks `sync`), or joins again",
     ErrorCode.RECORDING_UNAVAILABLE: "a recording request to a node with no SFU (so no recorder)",

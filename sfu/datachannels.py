@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from aiortc import RTCDataChannel
 
@@ -19,7 +19,9 @@ from annotations.authority import AnnotationError, Delivery
 from annotations.log import FSYNC_INTERVAL_S, RETRY_INTERVAL_S
 from annotations.messages import LOSSY, RELIABLE, error_text
 from annotations.room import RoomAnnotations
+from core.codes import ErrorCode
 from sfu.sinks import MediaSink
+from sfu.types import ReportError
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
@@ -36,7 +38,7 @@ class DataChannels:
         participant_id: str,
         permissions: frozenset[str],
         relay: AnnotationRelay,
-        report_error: Callable[[str, str, str], None],
+        report_error: ReportError,
     ) -> None:
         self.participant_id = participant_id
         self.permissions = permissions
@@ -72,7 +74,7 @@ class DataChannels:
             self.synced = False
             log.warning("reliable data channel closed", extra={"participant": self.participant_id})
             self.report_error(
-                "data_channel_closed",
+                ErrorCode.DATA_CHANNEL_CLOSED,
                 "the annotations and chat channel closed: open a new one and sync",
                 "data",
             )

@@ -17,6 +17,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSe
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParameters
 
 from core.actions import Action
+from core.codes import ErrorCode
 from core.media.rtp import ExtensionIds
 from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
@@ -142,7 +143,7 @@ class Publisher:
         codec = self.room.choose_codec(kind, hooks.negotiated_codecs(transceiver))
         if permission not in self.permissions or codec is None:
             transceiver.direction = "inactive"
-            reason = "not_allowed" if codec else "codec_unsupported"
+            reason = ErrorCode.NOT_ALLOWED if codec else ErrorCode.CODEC_UNSUPPORTED
             self.report_error(reason, f"{source} cannot be published here ({reason})", "offer")
             return
         hooks.restrict_codecs(transceiver, codec)

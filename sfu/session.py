@@ -22,7 +22,9 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from core.codes import ErrorCode
 from sfu.datachannels import AnnotationRelay, DataChannels
+from sfu.events import MediaRefused
 from sfu.forwarder import PublishedTrack
 from sfu.publisher import Publisher
 from sfu.subscriber import Subscriber
@@ -143,11 +145,11 @@ class ParticipantMedia:
         # and aiortc closes the peer connection ("closed"). Only close() closes ours on purpose.
         if pc.connectionState in ("failed", "closed") and not self.closed:
             log.info("media session failed", extra={"participant": self.participant_id})
-            self._error("media_failed", f"the {which} media session failed", which)
+            self._error(ErrorCode.MEDIA_FAILED, f"the {which} media session failed", which)
             asyncio.get_running_loop().create_task(self.room.remove(self.participant_id))
 
-    def _error(self, code: str, message: str, request: str) -> None:
-        self.notify({"type": "error", "code": code, "message": message, "request": request})
+    def _error(self, code: ErrorCode, message: str, request: str) -> None:
+        self.notify(MediaRefused(code=code, message=message, request=request))
 
     async def close(self) -> None:
         """End both sessions and stop every track and slot."""

@@ -20,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
 from core.media.rtp import ExtensionIds
 from sfu import aiortc_hooks as hooks
+from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.publisher import media_and_rtx
@@ -154,7 +155,7 @@ class Subscriber:
             self._negotiating = False
             log.exception("subscribe offer failed", extra={"participant": self.participant_id})
             return
-        self.notify({"type": "offer", "pc": "subscribe", "sdp": pc.localDescription.sdp})
+        self.notify(SubscribeOffer(pc="subscribe", sdp=pc.localDescription.sdp))
 
     async def answer(self, sdp: str) -> None:
         """Apply the client's answer to our subscribe offer."""
@@ -179,10 +180,11 @@ class Subscriber:
             if slot.source is None or transceiver is None or transceiver.mid is None:
                 continue
             info = slot.source.info
-            tracks.append({"mid": transceiver.mid, "participant_id": info.participant_id,
-                           "kind": info.kind, "track_id": info.track_id,
-                           "source": info.source})  # fmt: skip
-        self.notify({"type": "tracks", "tracks": tracks})
+            tracks.append(SubscribedTrack(
+                mid=transceiver.mid, participant_id=info.participant_id, kind=info.kind,
+                track_id=info.track_id, source=info.source,
+            ))  # fmt: skip
+        self.notify(Tracks(tracks=tracks))
 
     def _on_rtcp(self, data: bytes) -> None:
         try:

@@ -8,17 +8,19 @@ what it uses, with no circle between `room` and `session`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
+from core.codes import ErrorCode
+from sfu.events import Notification
 from sfu.forwarder import PublishedTrack
 from sfu.sinks import MediaSink
 
-Notify = Callable[[dict[str, Any]], None]
-"""Sends one signalling message (a dict with `type`) to this participant."""
+Notify = Callable[[Notification], None]
+"""Sends one notification (`sfu.events`) to this participant."""
 
-ReportError = Callable[[str, str, str], None]
+ReportError = Callable[[ErrorCode, str, str], None]
 """Tells the participant a request failed: `(code, message, request)` (an `error` message)."""
 
 

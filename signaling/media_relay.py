@@ -13,11 +13,13 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
 from msgspec import UNSET
 
 from core.codes import ErrorCode
 from recorder.manifest import RecordedParticipant
-from sfu.room import MediaServer
+from sfu import events
+from sfu.server import MediaServer
 from sfu.types import MediaError
 from signaling import cluster
 from signaling import protocol as p
@@ -27,6 +29,18 @@ from signaling.recording_control import Recorder
 from signaling.state.store import StateStore
 
 log = logging.getLogger("consilium.rooms")
+
+
+class ServerText(events.SfuEvent, tag="message", frozen=True):
+    """A server message signalling already encoded (the recorder's notices), sent on like the
+    SFU's notifications: to the participant whose media this node hosts, wherever they are."""
+
+    text: str
+    """The encoded `signaling.protocol` message."""
+
+
+Outgoing = events.Notification | ServerText
+"""What goes to a participant through the node hosting its media (`cluster.MediaOut.msg`)."""
 
 MEDIA_CLAIM_TTL_S = 30.0
 """How long a node's claim on a room's media lasts unless refreshed (a dead node's rooms
@@ -126,7 +140,7 @@ class MediaRelay:
             elif kind == "offer":
                 assert isinstance(op.pc, str) and isinstance(op.sdp, str)
                 sdp = await media.offer(pid, op.pc, op.sdp, screen=op.screen or ())
-                self.notify(pid, {"type": "answer", "pc": op.pc, "sdp": sdp})
+                self.notify(pid, events.PublishAnswer(pc="publish", sdp=sdp))
             elif kind == "answer":
                 assert isinstance(op.pc, str) and isinstance(op.sdp, str)
                 await media.answer(pid, op.pc, op.sdp)
@@ -144,47 +158,56 @@ class MediaRelay:
                 assert isinstance(op.action, str) and isinstance(op.fields, dict)
                 await self.recorder.handle(pid, op.action, op.fields)
         except MediaError as exc:
-            self.notify(pid, {"type": "error", "code": ErrorCode.BAD_MEDIA_REQUEST,
-                                    "message": _short(str(exc)), "request": kind})  # fmt: skip
+            self.notify(pid, events.MediaRefused(
+                code=ErrorCode.BAD_MEDIA_REQUEST, message=_short(str(exc)), request=kind,
+            ))  # fmt: skip
 
     def notify_message(self, participant_id: str, message: p.Message) -> None:
         """Send one server message to a participant whose media this node hosts."""
-        self.notify(participant_id, {"type": "message", "text": p.encode(message)})
+        self.notify(participant_id, ServerText(text=p.encode(message)))
 
-    def notify(self, participant_id: str, message: dict[str, Any]) -> None:
+    def notify(self, participant_id: str, message: Outgoing) -> None:
         """The SFU has something for a participant: send it (through its node if elsewhere)."""
         origin = self.guests.get(participant_id)
         if origin is not None:
-            task = asyncio.get_running_loop().create_task(
-                self.store.publish(
-                    cluster.to_wire(cluster.MediaOut(node=origin, pid=participant_id, msg=message))
-                )
+            # Across nodes as the plain dict (`type` first, then the fields in declared order).
+            out = cluster.MediaOut(
+                node=origin, pid=participant_id, msg=msgspec.to_builtins(message)
             )
+            task = asyncio.get_running_loop().create_task(self.store.publish(cluster.to_wire(out)))
             _pending.add(task)
             task.add_done_callback(_pending.discard)
             return
-        self.deliver(participant_id, message)
+        self.send(participant_id, message)
 
     def deliver(self, participant_id: str, message: dict[str, Any]) -> None:
+        """Send on a notification that came from the node hosting the participant's media
+        (`cluster.MediaOut`); one this node cannot read is dropped."""
+        try:
+            event = msgspec.convert(message, Outgoing)
+        except msgspec.ValidationError:
+            log.warning("unreadable media notification", extra={"participant": participant_id})
+            return
+        self.send(participant_id, event)
+
+    def send(self, participant_id: str, message: Outgoing) -> None:
         """Send the SFU's notification to a participant whose connection is on this node."""
         conn = self.connections.get(participant_id)
         if conn is None or conn.state is not ConnectionState.JOINED:
             return
-        kind = message.get("type")
         out: p.Message
-        if kind == "offer":
-            out = p.Offer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "answer":
-            out = p.Answer(sdp=message["sdp"], pc=message["pc"])
-        elif kind == "tracks":
-            out = p.Tracks([p.TrackInfo(**t) for t in message["tracks"]])
-        elif kind == "error":
-            out = p.Error(message["code"], message["message"], message.get("request", ""))
-        elif kind == "message":  # already encoded (the recorder's notices)
-            conn.send(message["text"])
-            return
-        else:
-            return
+        match message:
+            case events.SubscribeOffer(pc=pc, sdp=sdp):
+                out = p.Offer(sdp=sdp, pc=pc)
+            case events.PublishAnswer(pc=pc, sdp=sdp):
+                out = p.Answer(sdp=sdp, pc=pc)
+            case events.Tracks(tracks=tracks):
+                out = p.Tracks(msgspec.convert(msgspec.to_builtins(tracks), list[p.TrackInfo]))
+            case events.MediaRefused(code=code, message=text, request=request):
+                out = p.Error(code, text, request)
+            case ServerText(text=text):  # already encoded (the recorder's notices)
+                conn.send(text)
+                return
         conn.send(p.encode(out))
 
     async def refresh_claims(self) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from core.codes import ErrorCode
+
 
 class CloseCode(IntEnum):
     """Every close code the server sends, by name; `CLOSE_CODES` says when it sends each."""
@@ -424,7 +426,7 @@ class Error(Message, tag="error"):
     (request `data`): the SFU saw my ordered data channel close; the client opens a new one
     (which asks `sync`), or joins again."""
 
-    code: str
+    code: ErrorCode
     message: str
     request: str = ""
 

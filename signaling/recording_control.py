@@ -25,7 +25,7 @@ from recorder.diskspace import DiskLevel, DiskSpace, DiskWatcher, failure_code
 from recorder.keyring import Keyring
 from recorder.manifest import RecordedParticipant
 from recorder.sink import AuditCallback, RecordingSettings, RecordingSink
-from sfu.room import MediaServer
+from sfu.server import MediaServer
 from signaling import consent as c
 from signaling import protocol as p
 from signaling.audit import AuditLog
@@ -208,10 +208,9 @@ class Recorder:
                 case c.AttachSink(room_id, recording_id):
                     await self._attach(room_id, self.sinks[recording_id])
                 case c.DetachSink(room_id, recording_id):
-                    room = self.media.rooms.get(room_id)
                     sink = self.sinks.get(recording_id)
-                    if room is not None and sink is not None and sink in room.sinks:
-                        room.sinks.remove(sink)
+                    if sink is not None:
+                        self.media.detach_sink(room_id, sink)
                 case c.CloseRecording():
                     await self._close(effect)
                 case c.FailRecording(room_id, recording_id, code):
@@ -255,7 +254,7 @@ class Recorder:
         if self.images is not None:
             for meta, frames in await asyncio.to_thread(self.images, room_id, None):
                 sink.add_image(meta, frames)
-        self.media.room(room_id).sinks.append(sink)
+        self.media.attach_sink(room_id, sink)
         if self.disk_watcher is not None:
             self.disk_watcher.start()
 

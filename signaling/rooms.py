@@ -31,7 +31,8 @@ from core.errors import (
     NotFound,
 )
 from core.rooms import valid_room_id
-from sfu.room import MediaServer
+from sfu.events import Notification
+from sfu.server import MediaServer
 from signaling import cluster, moderation
 from signaling import membership as m
 from signaling import protocol as p
@@ -109,7 +110,7 @@ class Rooms:
         """Send one server message to a participant whose media this node hosts."""
         self.relay.notify_message(participant_id, message)
 
-    def media_notify(self, participant_id: str, message: dict[str, Any]) -> None:
+    def media_notify(self, participant_id: str, message: Notification) -> None:
         """The SFU has something for a participant: send it (through its node if elsewhere)."""
         self.relay.notify(participant_id, message)
 

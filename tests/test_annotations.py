@@ -20,7 +20,7 @@ from annotations.authority import Delivery
 from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
-from sfu.room import MediaSettings
+from sfu.server import MediaSettings
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = tomllib.loads((REPO / "signaling" / "policy.toml").read_text("utf-8"))["roles"]

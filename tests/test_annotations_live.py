@@ -17,7 +17,7 @@ from bot.client import MediaClient
 from bot.testsource import ReplayAudioTrack
 from core.imageref import ImageRef
 from sfu.ice import IceSettings
-from sfu.room import MediaSettings
+from sfu.server import MediaSettings
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 from tests.test_annotations import CHAIR, KEY, RADIOLOGIST, TRAINEE, ClientState, server_shapes

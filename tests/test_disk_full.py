@@ -31,7 +31,7 @@ from recorder.manifest import read_manifest
 from recorder.roomkeys import RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
 from recorder.verify import verify_recording
-from sfu.room import MediaSettings
+from sfu.server import MediaSettings
 from signaling.audit import iter_entries, load_public_key
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (

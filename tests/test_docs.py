@@ -233,6 +233,8 @@ _SHOWN_IN_ROOM = {
     ErrorCode.NOT_FOUND,
     ErrorCode.MEDIA_UNAVAILABLE,
     ErrorCode.BAD_MEDIA_REQUEST,
+    ErrorCode.MEDIA_FAILED,
+    ErrorCode.CODEC_UNSUPPORTED,
 }
 _SHOWN_IN_RECORDING = {
     ErrorCode.NOT_ALLOWED,

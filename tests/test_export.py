@@ -391,7 +391,7 @@ async def test_an_h264_room_exports_to_matroska_that_plays(
 
     from recorder.sink import RecordingSink
     from sfu.ice import IceSettings
-    from sfu.room import MediaSettings
+    from sfu.server import MediaSettings
     from tests.fixtures.media import MediaHarness
     from tests.fixtures.servers import eventually
 

@@ -10,7 +10,7 @@ from typing import Any
 from annotations.messages import LOSSY, RELIABLE
 from annotations.room import RoomAnnotations
 from sfu.datachannels import AnnotationRelay, DataChannels
-from sfu.room import MediaSettings
+from sfu.server import MediaSettings
 
 ANNOTATE = frozenset({"annotate"})
 

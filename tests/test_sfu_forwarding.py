@@ -22,7 +22,7 @@ async def test_two_participants_see_and_hear_each_other(media: MediaHarness) -> 
 
 async def test_h264_room_forwards_h264(loopback_ice: None) -> None:
     from sfu.ice import IceSettings
-    from sfu.room import MediaSettings
+    from sfu.server import MediaSettings
     from tests.fixtures.media import MediaHarness as Harness
 
     media = Harness(MediaSettings(video_codecs=("H264",),

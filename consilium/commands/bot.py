@@ -1,11 +1,12 @@
-"""`consilium bot`: headless participants for smoke and load tests. The parser and the runner
-are `bot.runner`'s; this module hands it the development identity provider to mint tokens."""
+"""`consilium bot`: headless participants for smoke and load tests. The parser is
+`bot.command`'s, each bot `bot.runner`'s; this module hands it the development identity provider
+to mint tokens."""
 
 from __future__ import annotations
 
 import argparse
 
-from bot.runner import add_bot_parser
+from bot.command import add_bot_parser
 from signaling.devidp import DevelopmentIdP
 
 
