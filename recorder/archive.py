@@ -45,7 +45,7 @@ from recorder.catalogue import (
 )
 from recorder.holds import LegalHold, LegalHolds
 from recorder.keyring import Keyring
-from recorder.manifest import IMAGES_STREAM, RecordingManifest
+from recorder.manifest import IMAGES_STREAM, AuditCallback, RecordingManifest
 from recorder.retention import (
     RecordingInProgress,
     RecordingOnHold,
@@ -55,7 +55,6 @@ from recorder.retention import (
     expired_among,
     retention_reason,
 )
-from recorder.sink import AuditCallback
 from recorder.tombstones import Tombstones
 from recorder.verify import RecordedPacket, iter_packets
 
