@@ -117,7 +117,9 @@ class Shredder:
     ) -> None:
         """A shredder of the recordings in `recordings_dir`, sharing the archive's parts."""
         self.recordings_dir = recordings_dir
+        """The recordings directory."""
         self.keyring = keyring
+        """The wrapped data keys, destroyed first."""
         self._cache = cache
         self._holds = holds
         self._tombstones = tombstones

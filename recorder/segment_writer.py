@@ -119,6 +119,7 @@ class HashingFile:
         self.size = 0
 
     def write(self, data: bytes, /) -> int:
+        """Hash, count and write `data`."""
         self.hash.update(data)
         self.size += len(data)
         return self.file.write(data)
@@ -126,13 +127,22 @@ class HashingFile:
 
 @dataclass
 class OpenSegment:
+    """A stream's segment being written by the writer thread."""
+
     number: int
+    """Its number in the stream (its file name)."""
     path: Path
+    """Its file."""
     out: HashingFile
+    """The file, hashed and counted as the ciphertext goes in."""
     encryptor: ChunkedEncryptor
+    """The segment cipher writing into `out`."""
     records: int = 0
+    """Records written so far."""
     first_ms: int = 0
+    """Time of its first record."""
     last_ms: int = 0
+    """Time of its last record."""
 
 
 class SegmentWriter:
