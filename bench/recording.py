@@ -70,7 +70,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from core.media.track import TrackInfo  # noqa: E402
-from recorder.archive import Archive, TrackStream  # noqa: E402
+from recorder.archive import Archive  # noqa: E402
 from recorder.chunked import CHUNK_SIZE  # noqa: E402
 from recorder.keyring import KeyFileKEK, Keyring  # noqa: E402
 from recorder.segments import (  # noqa: E402
@@ -79,6 +79,7 @@ from recorder.segments import (  # noqa: E402
     segment_context,
 )
 from recorder.sink import RecordingSettings, RecordingSink  # noqa: E402
+from recorder.streams import TrackStream  # noqa: E402
 
 MB = 1_000_000
 """Throughput unit: 10^6 bytes."""

@@ -28,14 +28,15 @@ import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from core.canonical import canonical_json
+from core.canonical import canonical_json, stamp_ms_offset
 from core.durable import write_atomically
 from core.errors import IntegrityError
 from core.media.track import TrackInfo
@@ -53,6 +54,20 @@ line (image id, frame, media type, title, size, pixel spacing) then the rendered
 STREAMS_WITHOUT_TRACK = (EVENTS_STREAM, IMAGES_STREAM)
 SEGMENT_SUFFIX = ".seg"
 """Ends every segment file's name."""
+
+
+class AuditCallback(Protocol):
+    """Where the recorder reports what it did: `AuditLog.append` fits. Called from the writer
+    thread, so it must be thread-safe (`AuditLog.append` is)."""
+
+    def __call__(self, action: str, outcome: str = "info", /, **fields: Any) -> object:
+        """Record one event."""
+
+
+def utc_now() -> str:
+    """The current UTC time as the manifest writes it."""
+    return stamp_ms_offset(datetime.now(UTC))
+
 
 RecordingStatus = Literal["recording", "complete", "interrupted", "failed"]
 """`recording` while the sink runs (or after a crash, until recovery), `complete` after a clean

@@ -22,11 +22,12 @@ from core.errors import IntegrityError
 from recorder.manifest import (
     MANIFEST_NAME,
     SEGMENT_SUFFIX,
+    AuditCallback,
     read_manifest,
     segment_file_name,
+    utc_now,
     write_manifest,
 )
-from recorder.sink import AuditCallback, utc_now
 
 log = logging.getLogger("consilium.recorder")
 

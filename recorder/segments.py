@@ -41,17 +41,19 @@ from recorder.chunked import (
     COBBLESTONE_256,
     SUITES,
     BinarySink,
-    BinarySource,
     Buffer,
-    ChunkedDecryptor,
     ChunkedEncryptor,
-    ChunkedRandomAccess,
     CipherSuite,
+    SegmentIntegrityError,
+    as_bytes_view,
+)
+from recorder.chunked_readers import (
+    BinarySource,
+    ChunkedDecryptor,
+    ChunkedRandomAccess,
     RandomReader,
     SeekableSource,
-    SegmentIntegrityError,
     SequentialReader,
-    as_bytes_view,
 )
 
 SEGMENT_MAGIC = b"CNSLSEG"

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.codes import ErrorCode
 from recorder.diskspace import DiskLevel, DiskSpace, DiskWatcher, failure_code
 from recorder.keyring import Keyring
-from recorder.manifest import RecordedParticipant
-from recorder.sink import AuditCallback, RecordingSettings, RecordingSink
+from recorder.manifest import AuditCallback, RecordedParticipant
+from recorder.sink import RecordingSettings, RecordingSink
 from sfu.server import MediaServer
 from signaling import consent as c
 from signaling import protocol as p

@@ -18,18 +18,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import recorder.archive
+import recorder.catalogue
 from core.errors import IntegrityError, NotFound
-from recorder.archive import (
-    Archive,
-    NotOnHold,
-    RecordingInProgress,
-    RecordingOnHold,
-    RetentionSettings,
-    TrackStream,
-    segment_plaintext_length,
-)
+from recorder.archive import Archive
 from recorder.chunked import SegmentIntegrityError
+from recorder.holds import NotOnHold
 from recorder.keyring import KeyFileKEK, Keyring, RecordingShredded
 from recorder.manifest import (
     MANIFEST_NAME,
@@ -41,7 +34,9 @@ from recorder.manifest import (
     read_manifest,
     write_manifest,
 )
+from recorder.retention import RecordingInProgress, RecordingOnHold, RetentionSettings
 from recorder.segments import encrypt_segment, segment_context
+from recorder.streams import TrackStream, segment_plaintext_length
 from recorder.verify import iter_packets
 from tests.fixtures.recordings import MARKER, AuditRecorder, Recorded, record
 
@@ -231,13 +226,13 @@ def test_listing_parses_each_manifest_once_until_it_changes(
     for n in range(20):
         catalogue_entry(library, f"r-{n:02d}", started=day + timedelta(hours=n))
     reads: list[str] = []
-    real = recorder.archive.read_manifest
+    real = recorder.catalogue.read_manifest
 
     def counting(directory: Path) -> tuple[RecordingManifest, bytes, bytes]:
         reads.append(directory.name)
         return real(directory)
 
-    monkeypatch.setattr(recorder.archive, "read_manifest", counting)
+    monkeypatch.setattr(recorder.catalogue, "read_manifest", counting)
     archive = library.archive()
     assert len(archive.list()) == 20 and len(reads) == 20
     assert len(archive.list()) == 20 and len(reads) == 20  # all from the cache

@@ -26,11 +26,10 @@ from recorder.chunked import (
     C2SP_HEADER_SIZE,
     CHUNK_SIZE,
     COBBLESTONE_256,
-    ChunkedDecryptor,
     ChunkedEncryptor,
-    ChunkedRandomAccess,
     SegmentIntegrityError,
 )
+from recorder.chunked_readers import ChunkedDecryptor, ChunkedRandomAccess
 from recorder.segments import (
     SEGMENT_MAGIC,
     SegmentHeader,

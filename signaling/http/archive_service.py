@@ -17,11 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.errors import BadMessage, IntegrityError, NotFound
 from imaging.watermark import Mark, watermark
-from recorder.archive import Archive, RecordingSummary, RetentionSettings
+from recorder.archive import Archive
 from recorder.bundle import build_bundle
+from recorder.catalogue import RecordingSummary
 from recorder.export import export_annotations, export_recording
 from recorder.keyring import Keyring
 from recorder.manifest import MANIFEST_NAME, RecordingManifest
+from recorder.retention import RetentionSettings
 from recorder.verify import verify_recording
 from signaling.audit import AuditLog, iter_entries, parse_time
 from signaling.recording_control import recorder_audit

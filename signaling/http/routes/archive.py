@@ -50,8 +50,9 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import BadMessage, PolicyDenied
-from recorder.archive import RecordingSummary, TrackStream
+from recorder.catalogue import RecordingSummary
 from recorder.roomkeys import rotate_kek
+from recorder.streams import TrackStream
 from signaling.audit import parse_time
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
