@@ -6,8 +6,9 @@ import pytest
 
 import imaging.sniff
 import imaging.store
-import recorder.archive
+import recorder.holds
 import recorder.keyring
+import recorder.retention
 from core import errors
 from core.errors import ConsiliumError
 from signaling.errors import ANSWERS, answer_of, close_code_of, http_status_of
@@ -34,9 +35,9 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     imaging.store.ImageNotHeld: (4409, 409),
     imaging.store.TooManyImages: (4429, 429),
     recorder.keyring.RecordingShredded: (4404, 410),
-    recorder.archive.RecordingOnHold: (4409, 409),
-    recorder.archive.RecordingInProgress: (4409, 409),
-    recorder.archive.NotOnHold: (4409, 409),
+    recorder.retention.RecordingOnHold: (4409, 409),
+    recorder.retention.RecordingInProgress: (4409, 409),
+    recorder.holds.NotOnHold: (4409, 409),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 
