@@ -34,6 +34,7 @@ from core.media.keyframes import KeyframeRequests, keyframe_start
 from core.media.rtp import (
     ExtensionIds,
     RtpHeader,
+    abs_send_time,
     extension_block,
     extension_template,
     parse_header,
@@ -48,15 +49,6 @@ HISTORY_SIZE = 1024
 _SEQ_AT = struct.Struct("!H")
 _RTP_HEADER = struct.Struct("!BBHII")
 SendFn = Callable[[bytes], bool]
-
-
-def abs_send_time(now: float) -> bytes:
-    """The abs-send-time header extension's value at `now`: 24 bits, 6.18 fixed-point seconds.
-
-    Receivers use only the differences between packets (it wraps every 64 s), so the forwarder's
-    monotonic `now` serves as well as the NTP clock (libwebrtc stamps its monotonic clock too).
-    """
-    return (int(now * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 
 class RetransmissionBuffer:

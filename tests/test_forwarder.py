@@ -9,9 +9,9 @@ from random import Random
 
 from aiortc.rtp import RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPacket, RtcpPsfbPacket, RtcpRtpfbPacket
 
-from core.media.rtp import ExtensionIds, parse_header
+from core.media.rtp import ExtensionIds, abs_send_time, parse_header
 from core.media.track import TrackInfo
-from sfu.forwarder import OutboundSlot, PublishedTrack, abs_send_time
+from sfu.forwarder import OutboundSlot, PublishedTrack
 
 PUBLISHER_IDS = ExtensionIds(mid=1, abs_send_time=3)
 SUBSCRIBER_IDS = ExtensionIds(mid=4, abs_send_time=5)

@@ -9,13 +9,11 @@ the same `parse_header` when it turns them back into frames.
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 
 _HEADER = struct.Struct("!BBHII")
 _U16 = struct.Struct("!H")
 _EXTENSION_HEADER = struct.Struct("!HH")
-_NTP_EPOCH_OFFSET = 2_208_988_800
 _ONE_BYTE_PROFILE = 0xBEDE
 
 # Header-extension URIs the SFU understands (the ones aiortc negotiates).
@@ -116,11 +114,13 @@ def is_rtcp(data: bytes) -> bool:
     return len(data) >= 2 and 192 <= data[1] <= 223
 
 
-def abs_send_time_now() -> bytes:
-    """abs-send-time value for now: 24 bits, 6.18 fixed-point seconds of the NTP clock."""
-    ntp = time.time() + _NTP_EPOCH_OFFSET
-    value = int(ntp * (1 << 18)) & 0xFFFFFF
-    return value.to_bytes(3, "big")
+def abs_send_time(now: float) -> bytes:
+    """The abs-send-time header extension's value at `now`: 24 bits, 6.18 fixed-point seconds.
+
+    Receivers use only the differences between packets (it wraps every 64 s), so the forwarder's
+    monotonic `now` serves as well as the NTP clock (libwebrtc stamps its monotonic clock too).
+    """
+    return (int(now * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")
 
 
 @dataclass(frozen=True, slots=True)
