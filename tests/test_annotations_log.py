@@ -3,7 +3,6 @@ the authority driven with `now` passed in: no event loop, no clock."""
 
 from __future__ import annotations
 
-import errno
 import json
 import tomllib
 from pathlib import Path
@@ -27,31 +26,13 @@ from annotations.log import (
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
 from sfu.server import MediaSettings
+from tests.fixtures.disk import FullDisk
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = tomllib.loads((REPO / "signaling" / "policy.toml").read_text("utf-8"))["roles"]
 RADIOLOGIST = frozenset(ROLES["radiologist"])
 KEY = bytes(range(32))
 STAMP = "2026-03-04T05:06:07.089Z"
-
-
-class FullDisk:
-    """The log's file on a disk with `room` bytes left: a write beyond it is cut short and the
-    next one fails with ENOSPC, as write(2) does on a full filesystem."""
-
-    def __init__(self, file: Any, room: int) -> None:
-        self.file = file
-        self.room = room
-
-    def write(self, data: bytes | memoryview) -> int:
-        if self.room <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written = int(self.file.write(bytes(data[: self.room])))
-        self.room -= written
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
 
 
 def chat(seq: int) -> bytes:

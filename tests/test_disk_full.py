@@ -43,6 +43,7 @@ from tests.fixtures.browser import (
     screenshot,
     start_recording_with_consent,
 )
+from tests.fixtures.disk import FullDisk
 from tests.fixtures.media import (
     Participant,
     join_over_ws,
@@ -57,25 +58,6 @@ from tests.fixtures.servers import REPO, ServeProcess, eventually, start_serve
 
 KEY = bytes(range(32))
 MIB = 1024 * 1024
-
-
-class FullDisk:
-    """The log's file, on a disk with `room` bytes left: a write beyond it is cut short and the
-    next one fails with ENOSPC, as write(2) does on a full filesystem."""
-
-    def __init__(self, file: Any, room: int) -> None:
-        self.file = file
-        self.room = room
-
-    def write(self, data: bytes | memoryview) -> int:
-        if self.room <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written = int(self.file.write(bytes(data[: self.room])))
-        self.room -= written
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.file, name)
 
 
 def chat(seq: int) -> bytes:
