@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from annotations.messages import Event
+from core.canonical import stamp_ms
 
 log = logging.getLogger("consilium.sfu.annotations")
 
@@ -77,7 +78,7 @@ _encoder = msgspec.json.Encoder()
 
 def utc_now() -> str:
     """Server time, ISO-8601 UTC with milliseconds (an event's and a gap's `time`)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp_ms(datetime.now(UTC))
 
 
 def _decode_record(plain: bytes) -> Event | LogGap:

@@ -89,6 +89,13 @@ class TooManyImages(RateLimited):
     code = "too_many_images"
 
 
+_ANNOUNCED = (
+    "image_id", "kind", "frames", "width", "height", "pixel_spacing_mm", "shared_by", "title",
+    "burned_in_confirmed",
+)  # fmt: skip
+"""The fields of `SharedImage.to_wire` that the `image_shared` message carries."""
+
+
 @dataclass(frozen=True, slots=True)
 class SharedImage:
     """One shared image of a room: what participants see of it, and what the store keeps."""
@@ -148,18 +155,10 @@ class SharedImage:
 
     def announcement(self) -> dict[str, Any]:
         """The fields of the `image_shared` message every participant of the room receives
-        (signalling declares the message; the store does not speak the wire protocol)."""
-        return {
-            "image_id": self.image_id,
-            "kind": self.kind,
-            "frames": self.frames,
-            "width": self.width,
-            "height": self.height,
-            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
-            "shared_by": self.shared_by,
-            "title": self.title,
-            "burned_in_confirmed": self.burned_in_confirmed,
-        }
+        (signalling declares the message; the store does not speak the wire protocol): the REST
+        API's fields without the hold's (`held`, `held_reasons`, `text_blanked`)."""
+        wire = self.to_wire()
+        return {name: wire[name] for name in _ANNOUNCED}
 
     def encode(self) -> bytes:
         """The metadata record as stored (JSON, encrypted by the store)."""

@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from core.durable import create_once
 from core.errors import ConfigError
 from imaging.sniff import DEFAULT_LIMITS, ImageKind, ImageTooLarge, UnsupportedImage, sniff
 
@@ -105,20 +106,9 @@ def load_or_create_watermark_key(data_dir: Path) -> bytes:
     path = keys_dir / WATERMARK_KEY_FILE
     if not path.exists():
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask says
-            os.write(fd, os.urandom(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:  # linked into place, so a crash never leaves half a key under the real name
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        finally:
-            temporary.unlink()
+        # Linked into place (a crash never leaves half a key under the real name); when another
+        # process created it first, theirs is used.
+        create_once(path, os.urandom(KEY_BYTES))
     return load_watermark_key(data_dir)
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from core.canonical import stamp_compact
 from core.codes import ErrorCode
 from recorder.diskspace import MIB, DiskLevel
 from recorder.manifest import ConsentRecord, RecordedParticipant
@@ -453,7 +454,7 @@ class RecordingConsent:
                 self._refuse(chair, request, ErrorCode.CONSENT_MISSING,
                              f"not everyone has answered the recording notice: {names}"),
             ]  # fmt: skip
-        stamp = now.utc.strftime("%Y%m%dT%H%M%SZ")
+        stamp = stamp_compact(now.utc)
         recording_id = f"rec-{room.room_id}-{stamp}-{nonce}"
         room.opening = OpenRecording(room.room_id, recording_id, recording_class, chair.sub)
         return [room.opening]

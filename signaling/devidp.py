@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_encode
 
 from core.canonical import canonical_json
+from core.durable import create_once, write_atomically
 from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,19 +43,6 @@ def _jwk_thumbprint(jwk: dict[str, Any]) -> str:
     required = {name: jwk[name] for name in ("crv", "kty", "x")}
     # The members are base64url and fixed names (ASCII), so canonical JSON is RFC 7638's form.
     return base64url_encode(hashlib.sha256(canonical_json(required)).digest()).decode()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` so readers (a JwksFile) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class DevelopmentIdP:
@@ -96,18 +83,10 @@ class DevelopmentIdP:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        # mkstemp creates the file 0600; os.link refuses to replace an existing key, so two
-        # processes starting at once end up sharing the one key that was linked first.
-        fd, tmp = tempfile.mkstemp(dir=key_path.parent, prefix=".signing-key.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
-            os.link(tmp, key_path)
+        # Linked into place, never replacing an existing key: two processes starting at once
+        # end up sharing the one key that was linked first.
+        if create_once(key_path, pem):
             log.info("created development IdP signing key %s", key_path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
 
     @staticmethod
     def _load_key(key_path: Path) -> ed25519.Ed25519PrivateKey:
@@ -131,7 +110,7 @@ class DevelopmentIdP:
                 return
         except FileNotFoundError:
             pass
-        _write_atomically(self.jwks_path, document)
+        write_atomically(self.jwks_path, document, mode=0o644)  # a public key: readable
 
     def mint(
         self,
