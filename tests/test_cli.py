@@ -4,7 +4,6 @@ and what its commands print, checked without a process."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
@@ -15,18 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from rich.console import Console
 
 from consilium.cli import build_parser
 from consilium.commands.audit import entry_line
 from consilium.commands.client import query, with_client
 from consilium.commands.folders import data_dir, key_dir
-from consilium.commands.keys import cmd_keys_rotate
 from consilium.commands.recordings import (
     VERIFY_BUNDLE_NOT_AUTHENTICATED,
     bundle_verdict,
-    cmd_hold,
-    cmd_release,
     verify_verdict,
 )
 from consilium.commands.retention import cmd_retention_run
@@ -171,59 +166,6 @@ def test_bundle_whole_but_signer_unchecked_is_not_called_authentic() -> None:
     ]
     failed = BundleReport(bundle, authenticated=True, problems=["media.webm: hash differs"])
     assert bundle_verdict(failed) == (1, ["FAILED: case-1.bundle", "  - media.webm: hash differs"])
-
-
-class RecordedServer:
-    """Stands in for `client.Client`: answers each call from a table and records the calls."""
-
-    def __init__(self, answers: dict[str, Any]) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, str, Any]] = []
-
-    def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        self.calls.append((method, path, body))
-        return self.answers[path]
-
-    def job(self, what: str, path: str, console: Console) -> Any:
-        return self.json("POST", path)
-
-
-def printed(console: Console) -> list[str]:
-    return console.export_text().splitlines()
-
-
-def quiet_console() -> Console:
-    return Console(record=True, file=io.StringIO(), width=200)
-
-
-def test_retention_run_names_every_shredded_recording() -> None:
-    server = RecordedServer({"/api/retention/run": {"shredded": ["rec-1", "rec-2"]}})
-    console = quiet_console()
-    assert cmd_retention_run(argparse.Namespace(), server, console) == 0
-    assert printed(console) == ["shredded: rec-1", "shredded: rec-2", "2 recording(s) shredded"]
-
-
-def test_key_rotation_reports_the_old_and_new_kek() -> None:
-    rotated = {"old_kek_id": "kek-1", "kek_id": "kek-2", "rewrapped": 5, "already_current": 1}
-    console = quiet_console()
-    server = RecordedServer({"/api/keys/rotate": rotated})
-    assert cmd_keys_rotate(argparse.Namespace(), server, console) == 0
-    assert printed(console) == ["rotated: kek-1 -> kek-2: 5 re-wrapped, 1 already current"]
-
-
-def test_hold_and_release_quote_the_recording_id() -> None:
-    path = "/api/recordings/mdt%2F1/hold"
-    held = {"recording_id": "mdt/1", "since": "2026-11-25T10:00:00Z", "reason": "PALS-12"}
-    server = RecordedServer({path: held})
-    console = quiet_console()
-    hold = argparse.Namespace(recording="mdt/1", reason="PALS-12")
-    assert cmd_hold(hold, server, console) == 0
-    assert cmd_release(argparse.Namespace(recording="mdt/1"), server, console) == 0
-    assert server.calls == [("POST", path, {"reason": "PALS-12"}), ("DELETE", path, None)]
-    assert printed(console) == [
-        "held: mdt/1 since 2026-11-25T10:00:00Z (PALS-12)",
-        "released: mdt/1 (retention applies again)",
-    ]
 
 
 def test_archive_command_without_a_token_exits_1_saying_so(

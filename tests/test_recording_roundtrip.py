@@ -199,6 +199,18 @@ async def test_a_recorded_meeting_is_found_verified_exported_and_bundled(
     status, out = await consilium(node, "specialist", "recordings", "export", recording_id,
                                   "--out", tmp_path / "no.webm")  # fmt: skip
     assert status == 1 and "HTTP 403" in out, out
+
+    # The archivist holds it for a complaint; retention (an administrator's run) keeps it; the
+    # hold is released; the administrator re-wraps every data key under a new KEK.
+    status, out = await consilium(node, "archivist", "recordings", "hold", recording_id,
+                                  "--reason", "PALS-12")  # fmt: skip
+    assert status == 0 and f"held: {recording_id} since" in out and "(PALS-12)" in out, out
+    status, out = await consilium(node, "admin", "retention", "run")
+    assert status == 0 and "0 recording(s) shredded" in out, out
+    status, out = await consilium(node, "archivist", "recordings", "release", recording_id)
+    assert status == 0 and f"released: {recording_id} (retention applies again)" in out, out
+    status, out = await consilium(node, "admin", "keys", "rotate")
+    assert status == 0 and "rotated: " in out and " re-wrapped, " in out, out
     from signaling.audit import iter_entries
 
     parts = [e.fields["part"] for e in iter_entries(node.data_dir / "audit",
