@@ -209,6 +209,20 @@ def small_volume(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         holder.wait()
 
 
+def serve_on_small_volume(holder: int, inside: Path) -> ServeProcess:
+    """`consilium serve` with its data folder on the small volume (entered through the holder's
+    mount namespace; its log goes beside it): loopback ICE, 1 s segments, an 8 MiB reserve."""
+    return start_serve(
+        inside,
+        env={
+            **ICE_ENV,
+            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
+            "CONSILIUM_DISK_RESERVE_MB": "8",
+        },
+        prefix=("nsenter", "-t", str(holder), "-m", "--"),
+    )
+
+
 def fill(folder: Path, name: str, leave: int = 0) -> None:
     """Write a file until the volume has `leave` bytes free (0: until ENOSPC)."""
     chunk = bytes(256 * 1024)
@@ -240,16 +254,7 @@ async def test_a_full_disk_fails_the_recording_loudly_and_loses_no_media_or_mess
     small_volume: tuple[int, Path], loopback_ice: None
 ) -> None:
     holder, inside = small_volume
-    serve: ServeProcess = await asyncio.to_thread(
-        start_serve,
-        inside,  # the tmpfs, reached through the namespace; serve's log goes beside it
-        env={
-            "CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1",
-            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
-            "CONSILIUM_DISK_RESERVE_MB": "8",
-        },
-        prefix=("nsenter", "-t", str(holder), "-m", "--"),
-    )
+    serve = await asyncio.to_thread(serve_on_small_volume, holder, inside)
     people: list[Participant] = []
     try:
         idp = DevelopmentIdP.load_or_create(inside)
@@ -356,16 +361,7 @@ async def test_a_chair_who_reconnected_is_still_warned_that_the_disk_runs_low(
     small_volume: tuple[int, Path], loopback_ice: None
 ) -> None:
     holder, inside = small_volume
-    serve: ServeProcess = await asyncio.to_thread(
-        start_serve,
-        inside,
-        env={
-            "CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1",
-            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
-            "CONSILIUM_DISK_RESERVE_MB": "8",
-        },
-        prefix=("nsenter", "-t", str(holder), "-m", "--"),
-    )
+    serve = await asyncio.to_thread(serve_on_small_volume, holder, inside)
     people: list[Participant] = []
     try:
         idp = DevelopmentIdP.load_or_create(inside)
@@ -396,16 +392,7 @@ async def test_pages_say_the_recording_failed_and_chat_is_not_stored_on_a_full_d
     small_volume: tuple[int, Path], chromium: OpenTab
 ) -> None:
     holder, inside = small_volume
-    serve: ServeProcess = await asyncio.to_thread(
-        start_serve,
-        inside,
-        env={
-            **ICE_ENV,
-            "CONSILIUM_RECORDING_SEGMENT_SECONDS": "1",
-            "CONSILIUM_DISK_RESERVE_MB": "8",
-        },
-        prefix=("nsenter", "-t", str(holder), "-m", "--"),
-    )
+    serve = await asyncio.to_thread(serve_on_small_volume, holder, inside)
     try:
         meeting = await meet_through_the_lobby(serve, chromium)
         chair, specialist = meeting.chair, meeting.specialist
