@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import time
 
 import msgspec
 from aiohttp import web
 
 from core.errors import BadMessage, Conflict, NotFound, PolicyDenied, RateLimited
-from core.rooms import valid_room_id
+from core.rooms import new_room_id, valid_room_id
 from signaling.http.auth import audit_refusal, authenticate, decide_in_room
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
@@ -41,7 +40,7 @@ async def create_room(request: web.Request) -> web.Response:
         body = msgspec.convert(await json_body(request), ScheduleRoom)
     except msgspec.ValidationError as exc:
         raise BadMessage(f"invalid room: {exc}") from None
-    room_id = body.room_id or secrets.token_urlsafe(9)
+    room_id = body.room_id or new_room_id()
     if not valid_room_id(room_id):
         raise BadMessage("room_id must be 1-64 letters, digits, '.', '_' or '-'")
     try:
