@@ -175,32 +175,6 @@ async def test_a_late_joiner_is_asked_and_recorded_only_after_agreeing(
     assert answer.decision == "granted" and answer.at_ms > 1000
 
 
-async def test_the_chair_records_verbal_consent_which_is_audited_as_such(
-    node: RunningNode,
-) -> None:
-    chair = await join(node, "dr-chair", "chair")
-    phone = await join(node, "dr-phone")
-    try:
-        await send(chair, "request_consent")
-        await send(chair, "consent", decision="granted")
-        await send(phone, "verbal_consent", participant_id=pid(chair))
-        assert (await error_for(phone, "verbal_consent"))["code"] == "not_allowed"
-        await send(chair, "verbal_consent", participant_id=pid(phone))
-        await eventually(lambda: state(chair).get("consent", {}).get(pid(phone)) == "granted", 5)
-        await send(chair, "start_recording")
-        await eventually(lambda: state(phone).get("recording") is True, 5)
-        recording_id = state(chair)["recording_id"]
-        await send(chair, "stop_recording")
-        await eventually(lambda: state(chair).get("recording") is False, 10)
-    finally:
-        await chair.close()
-        await phone.close()
-    (verbal,) = [c for c in recorded(node, recording_id).consent if c.sub == "dr-phone"]
-    assert verbal.method == "verbal" and verbal.recorded_by == pid(chair)
-    (entry,) = [e for e in audit(node, "recording_consent") if e.sub == "dr-phone"]
-    assert entry.fields["method"] == "verbal" and entry.fields["by"] == "dr-chair"
-
-
 async def test_recording_stops_when_the_room_empties(node: RunningNode) -> None:
     chair = await join(node, "dr-chair", "chair")
     await send(chair, "request_consent")
