@@ -3,7 +3,6 @@ wired once, from its settings, and the HTTP app that serves them."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from core.errors import ConfigError
 from imaging.sniff import ImageLimits
 from imaging.store import ImageStore
 from imaging.watermark import load_or_create_watermark_key
-from imaging.worker import ImageWorkers
 from recorder.diskspace import MIB, DiskSpace
 from recorder.recovery import recover_interrupted
 from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
@@ -25,7 +23,7 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
 from signaling.http.door import Door
-from signaling.http.node import Node
+from signaling.http.node import ImageWork, Node
 from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
 from signaling.messenger import Messenger
 from signaling.policy import Policy
@@ -196,9 +194,8 @@ def build_node(settings: Settings) -> Node:
         ),
         room_keys=room_keys,
         images=images,
+        image_work=ImageWork(settings.image_workers),
         watermark_key=watermark_key,
-        image_slots=asyncio.Semaphore(settings.image_workers),
-        image_workers=ImageWorkers(settings.image_workers),
         audit_key=audit_key,
         archive=ArchiveService(
             recordings_dir,

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from consilium.node import build_node
+from core.errors import RateLimited
 from sfu import events
 from sfu.ice import uninstall
 from signaling import cluster
 from signaling import protocol as p
 from signaling.connection import ConnectionState
+from signaling.http.node import IMAGE_QUEUE_PER_WORKER, ImageWork
 from signaling.messenger import Messenger
 from tests.fixtures.servers import node_settings
 
@@ -132,3 +137,20 @@ async def test_an_announcement_is_one_room_message_to_every_node() -> None:
     assert isinstance(event, cluster.RoomMessage)
     assert (event.room, event.to, event.exclude) == ("mdt-1", "admitters", None)
     assert json.loads(event.msg) == wire_of(p.Pong(id=1, server_time=2.0))
+
+
+async def test_image_work_beyond_what_may_wait_is_refused_and_the_rest_runs() -> None:
+    work = ImageWork(1)
+    release = threading.Event()
+    waiting = [
+        asyncio.ensure_future(work.run(release.wait, 10)) for _ in range(IMAGE_QUEUE_PER_WORKER)
+    ]
+    await asyncio.sleep(0)
+    assert work.queued == IMAGE_QUEUE_PER_WORKER
+    with pytest.raises(RateLimited):
+        await work.run(release.wait, 10)
+    release.set()
+    assert await asyncio.gather(*waiting) == [True] * IMAGE_QUEUE_PER_WORKER
+    assert work.queued == 0
+    assert await work.run(sum, [1, 2]) == 3
+    work.close()

@@ -160,7 +160,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await node.store.purge_node(node.settings.node_id)
         with contextlib.suppress(Exception):
             await node.store.close()
-        await asyncio.to_thread(node.image_workers.close)
+        await asyncio.to_thread(node.image_work.close)
     finally:
         # Whatever failed above, the audit log gets its final signed checkpoint.
         node.audit.append("server_stopped", "info", node=node.settings.node_id)
