@@ -108,3 +108,4 @@ class Messenger:
 
 
 _pending: set[asyncio.Task[Any]] = set()
+"""Publications to other nodes in flight (the loop keeps only a weak reference to a task)."""
