@@ -3,7 +3,6 @@ wired once, from its settings, and the HTTP app that serves them."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from core.errors import ConfigError
 from imaging.sniff import ImageLimits
 from imaging.store import ImageStore
 from imaging.watermark import load_or_create_watermark_key
-from imaging.worker import ImageWorkers
 from recorder.diskspace import MIB, DiskSpace
 from recorder.recovery import recover_interrupted
 from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
@@ -25,8 +23,9 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
 from signaling.http.door import Door
-from signaling.http.node import Node
+from signaling.http.node import ImageWork, Node
 from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
+from signaling.messenger import Messenger
 from signaling.policy import Policy
 from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
@@ -129,14 +128,6 @@ def build_node(settings: Settings) -> Node:
     )
     store = open_store(settings.redis, data_dir, settings.node_id)
     ice = ice_settings(settings)
-    rooms = Rooms(
-        settings,
-        store,
-        policy,
-        verifier,
-        audit,
-        ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
-    )
     room_keys = RoomKeys(open_keyring(data_dir, kek_location(settings)))
     images = ImageStore(
         data_dir,
@@ -146,8 +137,12 @@ def build_node(settings: Settings) -> Node:
     )
     recordings_dir = data_dir / "recordings"
     recover_interrupted(recordings_dir, audit_key, recorder_audit(audit))
+    # Built before the SFU, the recorder and the rooms, which all send through it.
+    messenger = Messenger(store)
+    media: MediaServer | None = None
+    recorder: Recorder | None = None
     if settings.media:
-        rooms.media = MediaServer(
+        media = MediaServer(
             MediaSettings(
                 video_codecs=tuple(settings.video_codecs),
                 ice=ice,
@@ -155,21 +150,32 @@ def build_node(settings: Settings) -> Node:
                 room_key=room_keys.key_for,
                 image_info=images.lookup,
             ),
-            rooms.media_notify,
+            messenger.notify,
         )
-        rooms.recorder = Recorder(
+        recorder = Recorder(
             recordings_dir,
             room_keys.keyring,
             audit_key,
             audit,
-            rooms.media,
+            media,
             notice_version=settings.recording_notice_version,
             settings=RecordingSettings(segment_seconds=settings.recording_segment_seconds),
-            broadcast=rooms.announce,
-            notify=rooms.notify_message,
+            broadcast=messenger.announce,
+            notify=messenger.notify_message,
             images=lambda room_id, image_id: _image_frames(images, room_id, image_id),
             disk=DiskSpace(settings.disk_reserve_mb * MIB),
         )
+    rooms = Rooms(
+        settings,
+        store,
+        policy,
+        verifier,
+        audit,
+        messenger,
+        media=media,
+        recorder=recorder,
+        ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
+    )
     watermark_key = load_or_create_watermark_key(data_dir)
     return Node(
         settings=settings,
@@ -188,9 +194,8 @@ def build_node(settings: Settings) -> Node:
         ),
         room_keys=room_keys,
         images=images,
+        image_work=ImageWork(settings.image_workers),
         watermark_key=watermark_key,
-        image_slots=asyncio.Semaphore(settings.image_workers),
-        image_workers=ImageWorkers(settings.image_workers),
         audit_key=audit_key,
         archive=ArchiveService(
             recordings_dir,

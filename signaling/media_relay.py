@@ -1,19 +1,18 @@
-"""The way to a room's media: SDP, ICE and media operations to the node hosting it, and the
-SFU's notifications back to the participant's connection, wherever each lives.
+"""The way to a room's media: SDP, ICE and media operations to the node hosting it, carried
+out on that node's SFU and recorder.
 
 A room's media lives on one node (the first to claim it, `MEDIA_CLAIM_TTL_S`). A participant
 whose signalling connection is on another node has its operations relayed there as
-`cluster.MediaRequest` events, and the SFU's notifications come back as `cluster.MediaOut`.
-Carved out of `signaling/rooms.py`, which decides who is in a room; this moves their media.
+`cluster.MediaRequest` events; the SFU's notifications go back through `signaling.messenger` (as
+`cluster.MediaOut`). Carved out of `signaling/rooms.py`, which decides who is in a room; this
+moves their media.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-import msgspec
 from msgspec import UNSET
 
 from core.codes import ErrorCode
@@ -23,24 +22,13 @@ from sfu.server import MediaServer
 from sfu.types import MediaError
 from signaling import cluster
 from signaling import protocol as p
-from signaling.connection import Connection, ConnectionState
+from signaling.connection import Connection
 from signaling.membership import type_of
+from signaling.messenger import Messenger
 from signaling.recording_control import Recorder
 from signaling.state.store import StateStore
 
 log = logging.getLogger("consilium.rooms")
-
-
-class ServerText(events.SfuEvent, tag="message", frozen=True):
-    """A server message signalling already encoded (the recorder's notices), sent on like the
-    SFU's notifications: to the participant whose media this node hosts, wherever they are."""
-
-    text: str
-    """The encoded `signaling.protocol` message."""
-
-
-Outgoing = events.Notification | ServerText
-"""What goes to a participant through the node hosting its media (`cluster.MediaOut.msg`)."""
 
 MEDIA_CLAIM_TTL_S = 30.0
 """How long a node's claim on a room's media lasts unless refreshed (a dead node's rooms
@@ -48,21 +36,23 @@ move to the next node that needs them after this)."""
 
 
 class MediaRelay:
-    """Carries media operations to the node hosting a room's media, and the SFU's
-    notifications back to the participant's connection."""
+    """Carries media operations to the node hosting a room's media, and out on its SFU and
+    recorder there."""
 
     def __init__(
-        self, store: StateStore, connections: dict[str, Connection], media: MediaServer | None
+        self,
+        store: StateStore,
+        messenger: Messenger,
+        media: MediaServer | None,
+        recorder: Recorder | None,
     ) -> None:
         self.store = store
-        self.connections = connections
-        """The node's connections by participant id (shared with `Rooms`)."""
+        self.messenger = messenger
+        """Sends the SFU's notifications on; knows which participants are another node's."""
         self.media = media
         """The node's SFU (None: signalling only)."""
-        self.recorder: Recorder | None = None
-        """Records the rooms whose media this node hosts (set with `media`)."""
-        self.guests: dict[str, str] = {}
-        """Participants whose media this node hosts for another node: id → their node."""
+        self.recorder = recorder
+        """Records the rooms whose media this node hosts (None without `media`)."""
 
     async def message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
         """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
@@ -112,7 +102,7 @@ class MediaRelay:
                 assert isinstance(op.room, str) and isinstance(op.user, str)
                 assert isinstance(op.permissions, list)
                 if op.origin != self.store.node_id:
-                    self.guests[pid] = op.origin
+                    self.messenger.guests[pid] = op.origin
                 await media.join(
                     op.room, pid, frozenset(op.permissions),
                     audio_muted=op.audio_muted is True, video_muted=op.video_muted is True,
@@ -124,7 +114,7 @@ class MediaRelay:
                         role=op.role or "", depts=list(op.depts or ()), org=op.org or "",
                     ))  # fmt: skip
             elif kind == "leave":
-                self.guests.pop(pid, None)
+                self.messenger.guests.pop(pid, None)
                 participant = media.participants.get(pid)
                 await media.leave(pid)
                 if self.recorder is not None:
@@ -140,7 +130,7 @@ class MediaRelay:
             elif kind == "offer":
                 assert isinstance(op.pc, str) and isinstance(op.sdp, str)
                 sdp = await media.offer(pid, op.pc, op.sdp, screen=op.screen or ())
-                self.notify(pid, events.PublishAnswer(pc="publish", sdp=sdp))
+                self.messenger.notify(pid, events.PublishAnswer(pc="publish", sdp=sdp))
             elif kind == "answer":
                 assert isinstance(op.pc, str) and isinstance(op.sdp, str)
                 await media.answer(pid, op.pc, op.sdp)
@@ -158,66 +148,15 @@ class MediaRelay:
                 assert isinstance(op.action, str) and isinstance(op.fields, dict)
                 await self.recorder.handle(pid, op.action, op.fields)
         except MediaError as exc:
-            self.notify(pid, events.MediaRefused(
+            self.messenger.notify(pid, events.MediaRefused(
                 code=ErrorCode.BAD_MEDIA_REQUEST, message=_short(str(exc)), request=kind,
             ))  # fmt: skip
-
-    def notify_message(self, participant_id: str, message: p.Message) -> None:
-        """Send one server message to a participant whose media this node hosts."""
-        self.notify(participant_id, ServerText(text=p.encode(message)))
-
-    def notify(self, participant_id: str, message: Outgoing) -> None:
-        """The SFU has something for a participant: send it (through its node if elsewhere)."""
-        origin = self.guests.get(participant_id)
-        if origin is not None:
-            # Across nodes as the plain dict (`type` first, then the fields in declared order).
-            out = cluster.MediaOut(
-                node=origin, pid=participant_id, msg=msgspec.to_builtins(message)
-            )
-            task = asyncio.get_running_loop().create_task(self.store.publish(cluster.to_wire(out)))
-            _pending.add(task)
-            task.add_done_callback(_pending.discard)
-            return
-        self.send(participant_id, message)
-
-    def deliver(self, participant_id: str, message: dict[str, Any]) -> None:
-        """Send on a notification that came from the node hosting the participant's media
-        (`cluster.MediaOut`); one this node cannot read is dropped."""
-        try:
-            event = msgspec.convert(message, Outgoing)
-        except msgspec.ValidationError:
-            log.warning("unreadable media notification", extra={"participant": participant_id})
-            return
-        self.send(participant_id, event)
-
-    def send(self, participant_id: str, message: Outgoing) -> None:
-        """Send the SFU's notification to a participant whose connection is on this node."""
-        conn = self.connections.get(participant_id)
-        if conn is None or conn.state is not ConnectionState.JOINED:
-            return
-        out: p.Message
-        match message:
-            case events.SubscribeOffer(pc=pc, sdp=sdp):
-                out = p.Offer(sdp=sdp, pc=pc)
-            case events.PublishAnswer(pc=pc, sdp=sdp):
-                out = p.Answer(sdp=sdp, pc=pc)
-            case events.Tracks(tracks=tracks):
-                out = p.Tracks(msgspec.convert(msgspec.to_builtins(tracks), list[p.TrackInfo]))
-            case events.MediaRefused(code=code, message=text, request=request):
-                out = p.Error(code, text, request)
-            case ServerText(text=text):  # already encoded (the recorder's notices)
-                conn.send(text)
-                return
-        conn.send(p.encode(out))
 
     async def refresh_claims(self) -> None:
         """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
         if self.media is not None:
             for room_id in list(self.media.rooms):
                 await self.store.claim_media_node(room_id, self.store.node_id, MEDIA_CLAIM_TTL_S)
-
-
-_pending: set[asyncio.Task[Any]] = set()
 
 
 def _short(text: str) -> str:

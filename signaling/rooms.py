@@ -31,7 +31,6 @@ from core.errors import (
     NotFound,
 )
 from core.rooms import valid_room_id
-from sfu.events import Notification
 from sfu.server import MediaServer
 from signaling import cluster, moderation
 from signaling import membership as m
@@ -43,6 +42,7 @@ from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
+from signaling.messenger import Messenger
 from signaling.policy import Policy
 from signaling.recording_control import Recorder
 from signaling.settings import Settings
@@ -68,8 +68,10 @@ class Rooms:
         policy: Policy,
         verifier: TokenVerifier,
         audit: AuditLog,
+        messenger: Messenger,
         *,
         media: MediaServer | None = None,
+        recorder: Recorder | None = None,
         ice_servers: Callable[[Identity], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.settings = settings
@@ -78,10 +80,12 @@ class Rooms:
         self.verifier = verifier
         self.audit = audit
         self.ice_servers = ice_servers or (lambda identity: [])
-        self.connections: dict[str, Connection] = {}
-        """This node's connections by participant id (joined and waiting)."""
-        self.relay = MediaRelay(store, self.connections, media)
-        """Moves media operations to the room's media node and notifications back."""
+        self.messenger = messenger
+        """Sends to a room on every node, and the SFU's notifications to a participant."""
+        self.connections = messenger.connections
+        """This node's connections by participant id (joined and waiting): the messenger's."""
+        self.relay = MediaRelay(store, messenger, media, recorder)
+        """Moves media operations to the room's media node (the SFU and recorder act there)."""
         self.by_room: dict[str, set[Connection]] = {}
         """This node's connections per room."""
         self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
@@ -93,26 +97,10 @@ class Rooms:
         """The node's SFU (None: signalling only)."""
         return self.relay.media
 
-    @media.setter
-    def media(self, media: MediaServer | None) -> None:
-        self.relay.media = media
-
     @property
     def recorder(self) -> Recorder | None:
-        """Records the rooms whose media this node hosts (set with `media`)."""
+        """Records the rooms whose media this node hosts (None without `media`)."""
         return self.relay.recorder
-
-    @recorder.setter
-    def recorder(self, recorder: Recorder | None) -> None:
-        self.relay.recorder = recorder
-
-    def notify_message(self, participant_id: str, message: p.Message) -> None:
-        """Send one server message to a participant whose media this node hosts."""
-        self.relay.notify_message(participant_id, message)
-
-    def media_notify(self, participant_id: str, message: Notification) -> None:
-        """The SFU has something for a participant: send it (through its node if elsewhere)."""
-        self.relay.notify(participant_id, message)
 
     async def refresh_media_claims(self) -> None:
         """Keep this node's claim on the rooms whose media it hosts (called periodically)."""
@@ -128,7 +116,7 @@ class Rooms:
                 if conn is not None:
                     conn.send(p.encode(effect.message))
             elif isinstance(effect, m.Broadcast):
-                await self._broadcast(
+                await self.messenger.announce(
                     effect.room, effect.message, to=effect.to, exclude=effect.exclude
                 )
             elif isinstance(effect, m.Audit):
@@ -492,19 +480,9 @@ class Rooms:
     async def announce(self, room_id: str, message: p.Message) -> None:
         """Send a server message to everyone joined in the room, on every node (what a REST
         request changed in the room, e.g. `image_shared`)."""
-        await self._broadcast(room_id, message)
+        await self.messenger.announce(room_id, message)
 
     # -- events from any node ------------------------------------------------------------------
-
-    async def _broadcast(
-        self, room_id: str, message: p.Message, *, to: str = "all", exclude: str | None = None
-    ) -> None:
-        """Send to everyone in the room on every node (`to`: all, admitters, or one id).
-
-        Awaited in order, so every participant sees a room's events in the order they happened.
-        """
-        text = p.encode(message)
-        await self._publish(cluster.RoomMessage(room=room_id, to=to, exclude=exclude, msg=text))
 
     async def _close_remote(
         self, room_id: str, participant_id: str, code: int, reason: str
@@ -545,7 +523,7 @@ class Rooms:
             elif isinstance(event, cluster.MediaRequest) and event.node == self.store.node_id:
                 await self.relay.run(event)
             elif isinstance(event, cluster.MediaOut) and event.node == self.store.node_id:
-                self.relay.deliver(event.pid, event.msg)
+                self.messenger.deliver(event.pid, event.msg)
             elif isinstance(event, cluster.RoomOpened):
                 await self._room_opened(event.room)
         except Exception:

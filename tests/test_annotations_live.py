@@ -198,7 +198,7 @@ async def test_events_reach_the_sinks_and_survive_the_room_emptying(
 ) -> None:
     rad = await media.join("rad", [], permissions=RADIOLOGIST)
     sink = RecordingSink()
-    media.server.rooms["mdt-1"].sinks.append(sink)
+    media.server.attach_sink("mdt-1", sink)
     await rad.sync()
     shape = {"id": "s1", "type": "measure", "points": [[0, 0], [30, 40]], "color": "#ffffff"}
     rad.send_json(RELIABLE, {"type": "op", "client_id": "c", "image_id": "ct", "frame": 1,

@@ -402,14 +402,14 @@ async def test_an_h264_room_exports_to_matroska_that_plays(
     key = Ed25519PrivateKey.generate()
     sink = RecordingSink(tmp_path, "rec-h264", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
-    media.server.room("mdt-1").sinks.append(sink)
+    media.server.attach_sink("mdt-1", sink)
     try:
         await media.join("a", [VideoStreamTrack()])
         b = await media.join("b", [])
         await eventually(lambda: b.stats.frames("video") > 20, timeout=30)
         await asyncio.sleep(1.0)
     finally:
-        media.server.room("mdt-1").sinks.remove(sink)
+        media.server.detach_sink("mdt-1", sink)
         await asyncio.to_thread(sink.stop)
         await media.close()
     out = tmp_path / "h264.mkv"

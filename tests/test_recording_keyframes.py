@@ -152,10 +152,10 @@ async def test_starting_a_recording_asks_a_camera_that_is_already_on_for_a_keyfr
     key = Ed25519PrivateKey.generate()
     sink = RecordingSink(tmp_path, "rec-start", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
-    media.server.room("mdt-1").sinks.append(sink)
+    media.server.attach_sink("mdt-1", sink)
     await eventually(lambda: any(_is_pli(p) for p in sent), timeout=5)
     await asyncio.sleep(3)
-    media.server.room("mdt-1").sinks.remove(sink)
+    media.server.detach_sink("mdt-1", sink)
     manifest = await asyncio.to_thread(sink.stop)
     assert manifest.streams[manifest.tracks[0].stream], "the camera's video was not recorded"
     await _check_recorded(tmp_path / "rec-start", key, 3)
@@ -167,7 +167,7 @@ async def test_consent_arriving_asks_for_a_keyframe(media: MediaHarness, tmp_pat
     sink = RecordingSink(tmp_path, "rec-consent", "mdt-1", DATA_KEY, key)
     sink.start()
     sink.add_participant(RecordedParticipant("alice", "dr-alice", "Dr Alice", "chair", ["onc"]))
-    media.server.room("mdt-1").sinks.append(sink)
+    media.server.attach_sink("mdt-1", sink)
     await asyncio.sleep(1)
     assert not any(_is_pli(p) for p in sent)  # not recorded yet: nothing to ask for
     sink.record_consent(
@@ -175,7 +175,7 @@ async def test_consent_arriving_asks_for_a_keyframe(media: MediaHarness, tmp_pat
     )
     await eventually(lambda: any(_is_pli(p) for p in sent), timeout=5)
     await asyncio.sleep(3)
-    media.server.room("mdt-1").sinks.remove(sink)
+    media.server.detach_sink("mdt-1", sink)
     await asyncio.to_thread(sink.stop)
     await _check_recorded(tmp_path / "rec-consent", key, 3)
 

@@ -24,14 +24,14 @@ async def test_a_live_room_is_recorded_packet_for_packet(
     key = Ed25519PrivateKey.generate()
     sink = RecordingSink(tmp_path, "live-1", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
-    media.server.room("mdt-1").sinks.append(sink)
+    media.server.attach_sink("mdt-1", sink)
     await media.join("a", [ReplayAudioTrack(), ReplayVideoTrack()])
     b = await media.join("b", [ReplayAudioTrack(), ReplayVideoTrack()])
     await eventually(lambda: b.stats.frames("video") > 5, timeout=20)
 
     await asyncio.sleep(3)
+    media.server.detach_sink("mdt-1", sink)
     room = media.server.room("mdt-1")
-    room.sinks.remove(sink)
     received = {t.info.track_id: t.received for t in room.tracks()}
     manifest = await asyncio.to_thread(sink.stop)
 

@@ -34,7 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from consilium.node import build_node, create_app
     from signaling import logs
-    from signaling.http.node import NODE
     from signaling.logs import AccessLogger
     from signaling.settings import is_loopback, load_settings
 
@@ -65,11 +64,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     node = build_node(settings)
     app = create_app(settings, node)
     _tune_gc()
-
-    async def on_shutdown(app: web.Application) -> None:
-        await app[NODE].rooms.close_all()
-
-    app.on_shutdown.append(on_shutdown)
 
     url = settings.own_origin + "/"
     print(f"Consilium {__version__} serving on {url}", flush=True)

@@ -109,7 +109,8 @@ async def _load_trusted_keys(node: Node) -> None:
 async def _shut_down(app: web.Application) -> None:
     """SIGTERM: recordings end as `server_shutdown` first. aiohttp cancels the WebSocket handlers
     after this and runs `_lifecycle`'s clean-up later; without it their rooms would empty first
-    and each recording be audited as `room_ended`."""
+    and each recording be audited as `room_ended`. Then every connection is closed (1001) while
+    the handlers still run, so each client hears why."""
     node = app[NODE]
     node.ready = False
     if node.rooms.recorder is not None:
@@ -117,6 +118,7 @@ async def _shut_down(app: web.Application) -> None:
             await node.rooms.recorder.shut_down()
         except Exception:
             log.exception("recordings did not stop cleanly at shutdown")
+    await node.rooms.close_all()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -158,7 +160,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await node.store.purge_node(node.settings.node_id)
         with contextlib.suppress(Exception):
             await node.store.close()
-        await asyncio.to_thread(node.image_workers.close)
+        await asyncio.to_thread(node.image_work.close)
     finally:
         # Whatever failed above, the audit log gets its final signed checkpoint.
         node.audit.append("server_stopped", "info", node=node.settings.node_id)

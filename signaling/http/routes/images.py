@@ -4,14 +4,12 @@ watermarked for its viewer; participants only, every step audited."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, web
 
-from core.errors import BadMessage, ConsiliumError, PolicyDenied, RateLimited
+from core.errors import BadMessage, ConsiliumError, PolicyDenied
 from core.rooms import valid_room_id
 from imaging.burnedin import Box
 from imaging.sniff import ImageTooLarge
@@ -26,7 +24,6 @@ from signaling.logs import scrub
 from signaling.membership import room_scope
 from signaling.state.records import ParticipantRecord
 
-_IMAGE_QUEUE_PER_WORKER = 8
 _UPLOAD_PARTS = 8
 _UPLOAD_FIELD_BYTES = 64
 # Room for the multipart boundaries and part headers around the file itself.
@@ -57,19 +54,6 @@ async def _room_participant(
         audit_refusal(request, "not_a_participant", sub=identity.sub, room=room_id)
         raise PolicyDenied("only the room's current participants may do this")
     return identity, room_id, participant
-
-
-async def _image_work(node: Node, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run CPU-heavy image work in a thread, at most `image_workers` at once, so the event
-    loop (signalling) stays responsive; a bounded number of requests may wait (429 beyond)."""
-    if node.image_queue >= node.settings.image_workers * _IMAGE_QUEUE_PER_WORKER:
-        raise RateLimited("the server is busy with other images; try again shortly")
-    node.image_queue += 1
-    try:
-        async with node.image_slots:
-            return await asyncio.to_thread(work, *args, **kwargs)
-    finally:
-        node.image_queue -= 1
 
 
 async def _read_upload(request: web.Request, max_bytes: int) -> tuple[bytes, bool]:
@@ -120,15 +104,14 @@ async def share_image(request: web.Request) -> web.Response:
     identity, room_id, participant = await _room_participant(request, "share_image")
     try:
         data, confirm = await _read_upload(request, node.settings.max_image_bytes)
-        record: SharedImage = await _image_work(
-            node,
+        record: SharedImage = await node.image_work.run(
             node.images.share,
             room_id,
             data,
             shared_by_participant=participant.participant_id,
             uploader=identity.sub,
             confirm_burned_in=confirm,
-            prepare=node.image_workers.prepare,
+            prepare=node.image_work.workers.prepare,
         )
     except ConsiliumError as exc:
         node.audit.append(
@@ -205,8 +188,8 @@ async def release_image(request: web.Request) -> web.Response:
     ):
         raise BadMessage(f"at most {_REDACT_BOXES} boxes, each inside the image")
     boxes = [(b.frame, Box(b.x, b.y, b.width, b.height)) for b in body.boxes]
-    record: SharedImage = await _image_work(
-        node, node.images.release, room_id, image_id, identity.sub, boxes
+    record: SharedImage = await node.image_work.run(
+        node.images.release, room_id, image_id, identity.sub, boxes
     )
     node.audit.append(
         "image_released",
@@ -226,7 +209,7 @@ async def list_images(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
     node = request.app[NODE]
     identity, room_id, _participant = await _room_participant(request, "join_room")
-    node.image_workers.warm()  # every client lists the images on joining: a share may follow
+    node.image_work.workers.warm()  # every client lists the images on joining: a share may follow
     # The first call reads disk. The caller's own held images are listed for them alone.
     images = await asyncio.to_thread(node.images.list, room_id, uploader=identity.sub)
     return web.json_response({"images": [image.to_wire() for image in images]})
@@ -254,8 +237,8 @@ async def get_image(request: web.Request) -> web.Response:
     if purpose not in ("view", "export"):
         raise BadMessage("purpose must be view or export")
     mark = Mark(viewer=identity.sub, room=room_id, time=datetime.now(UTC).replace(microsecond=0))
-    body, media_type = await _image_work(
-        node, _served_frame, node.images, node.watermark_key, room_id, image_id, index, mark
+    body, media_type = await node.image_work.run(
+        _served_frame, node.images, node.watermark_key, room_id, image_id, index, mark
     )
     node.audit.append(
         "image_exported" if purpose == "export" else "image_viewed",
