@@ -33,6 +33,16 @@ and chat on the reliable one (`annotations.authority`), pointer positions on the
 class DataChannels:
     """One participant's data channels on their publish session: accepted, watched, sent on."""
 
+    __slots__ = (
+        "channels",
+        "closed",
+        "participant_id",
+        "permissions",
+        "relay",
+        "report_error",
+        "synced",
+    )
+
     def __init__(
         self,
         participant_id: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -24,7 +24,7 @@ from sfu import aiortc_hooks as hooks
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
-from sfu.types import MediaError, ParticipantRoom, ReportError
+from sfu.types import MediaError, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
@@ -34,6 +34,14 @@ PERMISSION_OF_SOURCE = {
     "screen": Action.SHARE_SCREEN,
 }
 """The policy action each kind of published media needs."""
+
+NO_MIDS: frozenset[str] = frozenset()
+"""Where a publisher's sets of media ids start: one shared empty set, replaced at its first offer.
+
+Every participant has a publisher, media or not, and an empty `set()` takes 216 bytes
+(bench/signaling.py's `kib_per_participant` counts idle participants). The sets are rebuilt only
+at offers, a few times per session.
+"""
 
 
 def source_of(kind: str, screen: bool) -> str:
@@ -61,32 +69,47 @@ def media_and_rtx(
 class Publisher:
     """One participant's publish session: its offers answered, its tracks published."""
 
+    __slots__ = (
+        "_configured_mids",
+        "_hooked",
+        "_receive_params",
+        "_rtcp_dropped",
+        "_screen_mids",
+        "configuration",
+        "demux",
+        "muted",
+        "owner",
+        "participant_id",
+        "pc",
+        "permissions",
+        "room",
+    )
+
     def __init__(
         self,
         room: ParticipantRoom,
         participant_id: str,
         permissions: frozenset[str],
         configuration: RTCConfiguration,
-        report_error: ReportError,
-        on_session: Callable[[RTCPeerConnection], None],
+        owner: SessionOwner,
     ) -> None:
         self.room = room
         self.participant_id = participant_id
         self.permissions = permissions
         self.configuration = configuration
-        self.report_error = report_error
-        """Tells the participant a request failed: `(code, message, request)`."""
-        self.on_session = on_session
-        """Called once with the peer connection when it is created (the participant watches
-        its state and takes its data channels)."""
+        self.owner = owner
+        """The participant: told a request failed (`report_error`), and handed the peer
+        connection when it is created (`session_opened`: it watches its state and takes its
+        data channels)."""
         self.pc: RTCPeerConnection | None = None
         self.demux = Demux()
         """Arriving streams → published tracks (`demux.by_mid`: the tracks by media id)."""
         self.muted: dict[str, bool] = {"audio": False, "video": False}
-        self._configured_mids: set[str] = set()
+        self._configured_mids = NO_MIDS
+        """Publish media ids already configured (a later offer only follows their direction)."""
         self._receive_params: dict[str, RTCRtpReceiveParameters] = {}
         """What was negotiated for each publish media id (to publish it again after a pause)."""
-        self._screen_mids: set[str] = set()
+        self._screen_mids = NO_MIDS
         """Publish media ids the client declared as screen shares."""
         self._hooked = False
         self._rtcp_dropped = 0
@@ -104,11 +127,12 @@ class Publisher:
     async def offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
         """Apply the client's publish offer; returns the SFU's answer. Video on the media ids in
         `screen` is a screen share (`share_screen`), other video the camera (`publish_video`)."""
-        self._screen_mids.update(screen)
+        if screen:
+            self._screen_mids = self._screen_mids.union(screen)
         pc = self.pc
         if pc is None:
             pc = self.pc = RTCPeerConnection(self.configuration)
-            self.on_session(pc)
+            self.owner.session_opened(pc, "publish")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, AttributeError) as exc:
@@ -119,7 +143,7 @@ class Publisher:
             if transceiver.mid in self._configured_mids:
                 self._follow_direction(transceiver)
                 continue
-            self._configured_mids.add(transceiver.mid)
+            self._configured_mids = self._configured_mids | {transceiver.mid}
             self._configure_inbound(transceiver)
         if not self._hooked:
             dtls = self._transport(pc)
@@ -144,7 +168,9 @@ class Publisher:
         if permission not in self.permissions or codec is None:
             transceiver.direction = "inactive"
             reason = ErrorCode.NOT_ALLOWED if codec else ErrorCode.CODEC_UNSUPPORTED
-            self.report_error(reason, f"{source} cannot be published here ({reason})", "offer")
+            self.owner.report_error(
+                reason, f"{source} cannot be published here ({reason})", "offer"
+            )
             return
         hooks.restrict_codecs(transceiver, codec)
         transceiver.direction = "recvonly"
@@ -239,15 +265,20 @@ class Publisher:
 
     def tick(self, now: float, report: bool) -> None:
         """Periodic RTCP: deferred keyframe requests; receiver reports and REMB each second."""
-        for track in self.tracks.values():
-            track.tick(now)
-        if not report or not self.tracks:
+        # Every participant, every 0.2 s (`MediaServer`): the demux's dict read once, not
+        # through the `tracks` property each time.
+        tracks = self.demux.by_mid
+        if not tracks:
             return
-        first = next(iter(self.tracks.values()))
-        reports = [r for r in (t.receiver_report(now) for t in self.tracks.values()) if r]
+        for track in tracks.values():
+            track.tick(now)
+        if not report:
+            return
+        first = next(iter(tracks.values()))
+        reports = [r for r in (t.receiver_report(now) for t in tracks.values()) if r]
         if reports:
             first.send_to_publisher(receiver_report_packet(first.rtcp_ssrc, reports))
-        for track in self.tracks.values():
+        for track in tracks.values():
             hint = track.bitrate_hint() if track.video else None
             if hint is not None and track.ssrc:
                 track.send_to_publisher(remb_packet(track.rtcp_ssrc, hint, [track.ssrc]))

@@ -36,6 +36,20 @@ log = logging.getLogger("consilium.sfu.session")
 class ParticipantMedia:
     """The SFU side of one participant: what they publish and what they receive."""
 
+    # Slots, and the sessions call back through `self` (`SessionOwner`), not bound methods:
+    # every participant has one of these (and a publisher, a subscriber and data channels),
+    # media or not (bench/signaling.py's kib_per_participant).
+    __slots__ = (
+        "closed",
+        "data",
+        "notify",
+        "participant_id",
+        "permissions",
+        "publisher",
+        "room",
+        "subscriber",
+    )
+
     def __init__(
         self,
         room: ParticipantRoom,
@@ -51,15 +65,11 @@ class ParticipantMedia:
         self.participant_id = participant_id
         self.permissions = permissions
         self.notify = notify
-        self.publisher = Publisher(
-            room, participant_id, permissions, configuration, self._error, self._watch_publish
-        )
+        self.publisher = Publisher(room, participant_id, permissions, configuration, self)
         if muted is not None:
             self.publisher.muted.update(muted)
-        self.subscriber = Subscriber(
-            room, participant_id, configuration, notify, self._watch_subscribe
-        )
-        self.data = DataChannels(participant_id, permissions, relay, self._error)
+        self.subscriber = Subscriber(room, participant_id, configuration, notify, self)
+        self.data = DataChannels(participant_id, permissions, relay, self.report_error)
         self.closed = False
 
     @property
@@ -82,12 +92,11 @@ class ParticipantMedia:
         """Packets refused as malformed or unroutable (a misbehaving peer shows here)."""
         return self.publisher.dropped + self.subscriber.dropped
 
-    def _watch_publish(self, pc: RTCPeerConnection) -> None:
-        pc.on("datachannel", self.data.accept)
-        pc.on("connectionstatechange", lambda: self._on_state(pc, "publish"))
-
-    def _watch_subscribe(self, pc: RTCPeerConnection) -> None:
-        pc.on("connectionstatechange", lambda: self._on_state(pc, "subscribe"))
+    def session_opened(self, pc: RTCPeerConnection, which: str) -> None:
+        """Watch a new session's state; take the publish session's data channels."""
+        if which == "publish":
+            pc.on("datachannel", self.data.accept)
+        pc.on("connectionstatechange", lambda: self._on_state(pc, which))
 
     async def publish_offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
         """Apply the client's publish offer; returns the SFU's answer (`Publisher.offer`)."""
@@ -145,10 +154,11 @@ class ParticipantMedia:
         # and aiortc closes the peer connection ("closed"). Only close() closes ours on purpose.
         if pc.connectionState in ("failed", "closed") and not self.closed:
             log.info("media session failed", extra={"participant": self.participant_id})
-            self._error(ErrorCode.MEDIA_FAILED, f"the {which} media session failed", which)
+            self.report_error(ErrorCode.MEDIA_FAILED, f"the {which} media session failed", which)
             asyncio.get_running_loop().create_task(self.room.remove(self.participant_id))
 
-    def _error(self, code: ErrorCode, message: str, request: str) -> None:
+    def report_error(self, code: ErrorCode, message: str, request: str) -> None:
+        """Tell the participant a request failed (an `error` message)."""
         self.notify(MediaRefused(code=code, message=message, request=request))
 
     async def close(self) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
@@ -24,7 +23,7 @@ from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.publisher import media_and_rtx
-from sfu.types import MediaError, Notify, ParticipantRoom
+from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
@@ -32,21 +31,39 @@ log = logging.getLogger("consilium.sfu.session")  # one log for a participant's 
 class Subscriber:
     """One participant's subscribe session: its slots, what each carries, their negotiation."""
 
+    __slots__ = (
+        "_hooked",
+        "_negotiating",
+        "_negotiation_task",
+        "_renegotiate",
+        "_transceivers",
+        "closed",
+        "configuration",
+        "dropped",
+        "notify",
+        "owner",
+        "participant_id",
+        "pc",
+        "room",
+        "slot_by_ssrc",
+        "slots",
+    )
+
     def __init__(
         self,
         room: ParticipantRoom,
         participant_id: str,
         configuration: RTCConfiguration,
         notify: Notify,
-        on_session: Callable[[RTCPeerConnection], None],
+        owner: SessionOwner,
     ) -> None:
         self.room = room
         self.participant_id = participant_id
         self.configuration = configuration
         self.notify = notify
-        self.on_session = on_session
-        """Called once with the peer connection when it is created (the participant watches
-        its state)."""
+        self.owner = owner
+        """The participant: handed the peer connection when it is created
+        (`session_opened`: it watches its state)."""
         self.pc: RTCPeerConnection | None = None
         self.slots: list[OutboundSlot] = []
         self.slot_by_ssrc: dict[int, OutboundSlot] = {}
@@ -83,7 +100,7 @@ class Subscriber:
     def _session(self) -> RTCPeerConnection:
         if self.pc is None:
             self.pc = RTCPeerConnection(self.configuration)
-            self.on_session(self.pc)
+            self.owner.session_opened(self.pc, "subscribe")
         return self.pc
 
     def _new_slot(self, kind: str) -> OutboundSlot:

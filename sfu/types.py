@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from core.codes import ErrorCode
@@ -26,6 +27,22 @@ ReportError = Callable[[ErrorCode, str, str], None]
 
 class MediaError(Exception):
     """A media request that cannot be honoured (bad SDP, wrong state); the client is told."""
+
+
+class SessionOwner(Protocol):
+    """What a publish or subscribe session needs of its participant (`sfu.session`).
+
+    One reference to the participant rather than a bound-method callback per need: every
+    participant holds both sessions, media or not, and each bound method is an object of its
+    own (bench/signaling.py's `kib_per_participant`).
+    """
+
+    def report_error(self, code: ErrorCode, message: str, request: str) -> None:
+        """Tell the participant a request failed: `(code, message, request)` (an `error`)."""
+
+    def session_opened(self, pc: RTCPeerConnection, which: str) -> None:
+        """The `which` session's peer connection was created: the participant watches its
+        state (and takes the publish session's data channels)."""
 
 
 class ParticipantRoom(Protocol):

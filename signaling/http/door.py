@@ -20,6 +20,11 @@ class Accept:
     """The connection may upgrade and send its `join`."""
 
 
+ACCEPT = Accept()
+"""The one `Accept` (it has no fields): `knock` allocates nothing for a connection it admits,
+whose handler holds the verdict for the connection's whole life."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refuse:
     """The upgrade is refused with `error` (its HTTP status and message)."""
@@ -81,7 +86,7 @@ class Door:
             )
         if self.pending >= self.max_pending:
             return Refuse(RateLimited("too many connections are joining; try again shortly"))
-        return Accept()
+        return ACCEPT
 
     def enter(self) -> None:
         """An accepted connection waits for its `join`."""

@@ -68,9 +68,12 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     settings = node.settings
     peer = peer_address(request)
+    origin = request.headers.get("Origin")
     verdict = node.door.knock(
-        origin=request.headers.get("Origin"),
-        address=f"{request.scheme}://{request.host}",
+        origin=origin,
+        # Only a browser's origin is checked against it (`Door.origin_allowed`): bots and the CLI
+        # send none, and their joins skip formatting it (and aiohttp's cached scheme and host).
+        address=f"{request.scheme}://{request.host}" if origin is not None else "",
         peer=peer,
         now=time.monotonic(),
     )
