@@ -1,0 +1,86 @@
+"""Media over a bad link: a relay-only specialist whose path to coturn is impaired (nettest's UDP
+proxy in front of coturn's port: loss, delay, jitter and a rate limit) still receives video. The
+quality figures (frame rate, freezes, layers) come with simulcast and bandwidth estimation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from nettest.impairment import Impairment
+from nettest.udp_proxy import ImpairedUdpProxy
+from tests.fixtures.browser import (
+    BrowserTab,
+    OpenTab,
+    diagnosis,
+    meet_through_the_lobby,
+    received_from,
+)
+from tests.fixtures.turnserver import TURN_HOST, TurnServer
+from tests.test_turn import relay_env
+
+# "5% loss, 100 ms RTT, 30 ms jitter, 800 kbps down": half the round trip each way.
+UP = Impairment(loss=0.05, delay_ms=50, jitter_ms=30)
+DOWN = Impairment(loss=0.05, delay_ms=50, jitter_ms=30, rate_kbps=800)
+
+# The page's peer connections reach coturn through the proxy instead of directly: the node hands
+# everyone the same TURN URL, and only this browser's link is bad.
+BEHIND_PROXY = """
+(([direct, impaired]) => {
+  const Original = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (config = {}) {
+    const iceServers = (config.iceServers ?? []).map((server) => ({
+      ...server,
+      urls: [server.urls].flat().map((url) => (url === direct ? impaired : url)),
+    }));
+    return new Original({ ...config, iceServers });
+  };
+  window.RTCPeerConnection.prototype = Original.prototype;
+})(%s);
+"""
+
+
+def second_browser_behind(chromium: OpenTab, direct_url: str, impaired_url: str) -> OpenTab:
+    """`chromium`, except that the second browser it opens (the specialist, in
+    meet_through_the_lobby) sends its TURN traffic to `impaired_url` instead of `direct_url`."""
+    opened = 0
+
+    async def open_tab(url: str, **options: Any) -> BrowserTab:
+        nonlocal opened
+        opened += 1
+        if opened != 2:
+            return await chromium(url, **options)
+        tab = await chromium("about:blank", **options)
+        await tab.context.add_init_script(BEHIND_PROXY % json.dumps([direct_url, impaired_url]))
+        await tab.page.goto(url)
+        return tab
+
+    return open_tab  # type: ignore[return-value]
+
+
+async def test_relay_only_specialist_on_a_bad_link_still_receives_video(
+    turnserver: TurnServer, serve_process: Any, chromium: OpenTab
+) -> None:
+    proxy = await ImpairedUdpProxy((TURN_HOST, turnserver.port), up=UP, down=DOWN, seed=15).start()
+    try:
+        serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
+        impaired_url = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
+        browsers = second_browser_behind(chromium, turnserver.udp_url, impaired_url)
+        # Both decode each other's media (meet_through_the_lobby waits for it).
+        meeting = await meet_through_the_lobby(serve, browsers)
+        first = (await received_from(meeting.specialist, meeting.chair_id))["video"]
+        await asyncio.sleep(3)
+        later = (await received_from(meeting.specialist, meeting.chair_id))["video"]
+        assert later["framesDecoded"] > first["framesDecoded"] > 0, await diagnosis(meeting)
+
+        # The specialist's media really crossed the bad link, and the link was bad.
+        stats = await meeting.specialist.page.evaluate("window.consilium.stats()")
+        relayed = {"candidateType": "relay", "relayProtocol": "udp"}
+        assert stats["paths"] == {"publish": relayed, "subscribe": relayed}
+        up, down = proxy.counters["up"], proxy.counters["down"]
+        assert down.passed_bytes > 100_000 and up.passed > 100
+        assert down.lost > 0 and up.lost > 0
+        assert 0.02 <= down.lost / down.offered <= 0.10
+    finally:
+        proxy.close()
