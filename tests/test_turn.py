@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.errors import ConfigError
 from sfu.ice import turn_credentials
+from signaling.settings import load_settings
 from tests.fixtures.browser import ICE_ENV, OpenTab, diagnosis, meet_through_the_lobby
+from tests.fixtures.servers import node_settings, running_node
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 
 # How Chromium names the way its relay candidate reaches the TURN server, by the URL's transport.
@@ -32,6 +36,33 @@ def relay_env(turn_url: str, secret: str) -> dict[str, str]:
 def turn_url(server: TurnServer, transport: str) -> str:
     """The coturn URL for one transport."""
     return {"udp": server.udp_url, "tcp": server.tcp_url, "tls": server.tls_url}[transport]
+
+
+HOSPITAL_TURN = {
+    "turn_urls": ["turns:turn.hospital.test:443?transport=tcp"],
+    "turn_secret": "coturn-secret",
+}
+
+
+async def test_joined_tells_clients_to_relay_only_when_the_node_says_so(tmp_path: Path) -> None:
+    relay = node_settings(tmp_path / "relay", ice_transport_policy="relay", **HOSPITAL_TURN)
+    async with running_node(relay) as node:
+        _, joined = await node.join("dr-chair", "chair")
+    assert joined["ice_transport_policy"] == "relay"
+    assert joined["ice_servers"][0]["urls"] == HOSPITAL_TURN["turn_urls"]
+    # By default the field is left out (clients fill in "all": direct paths too).
+    async with running_node(node_settings(tmp_path / "all", **HOSPITAL_TURN)) as node:
+        _, joined = await node.join("dr-chair", "chair")
+    assert "ice_transport_policy" not in joined and joined["ice_servers"]
+
+
+def test_relay_only_needs_a_turn_server_and_a_known_policy() -> None:
+    with pytest.raises(ConfigError, match="relay needs turn_urls"):
+        load_settings({"ice_transport_policy": "relay"}, env={})
+    with pytest.raises(ConfigError, match="must be all or relay"):
+        load_settings({"ice_transport_policy": "tcp", **HOSPITAL_TURN}, env={})
+    env = {"CONSILIUM_ICE_TRANSPORT_POLICY": "relay", "CONSILIUM_TURN_URLS": "turn:t.test:3478"}
+    assert load_settings({}, env=env).ice_transport_policy == "relay"
 
 
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))
