@@ -7,6 +7,9 @@ upstream socket, so the server sees one address per client (coturn keeps one all
 client: a specialist's browser behind "800 kbps down" sends to the proxy and receives through
 `down`. Datagrams the impairment keeps are sent on at their arrival time with `loop.call_at`;
 a send the socket refuses (buffer full) counts as lost, as the kernel would drop it.
+
+All clients of one proxy share its link (one rate limit per direction): give each impaired
+person their own proxy.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 
 from nettest.impairment import ImpairedDirection, Impairment
+from nettest.tcp_proxy import ImpairedTcpProxy
 from nettest.udp_proxy import ImpairedUdpProxy
 
 PACKET = 1200
@@ -148,3 +149,47 @@ async def test_proxy_delays_both_ways_and_counts_what_it_drops() -> None:
     finally:
         proxy.close()
         echo.close()
+
+
+async def echo_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A TCP server that sends every byte back, and ends when the client does."""
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def test_tcp_proxy_delays_and_paces_a_stream_without_reordering_it() -> None:
+    server = await asyncio.start_server(echo_tcp, "127.0.0.1", 0)
+    address = server.sockets[0].getsockname()[:2]
+    # 1 Mbit/s down with 30 ms of jitter: 64 kB echoed back takes >= 0.5 s, in order.
+    proxy = await ImpairedTcpProxy(
+        address,
+        up=Impairment(delay_ms=40),
+        down=Impairment(delay_ms=40, jitter_ms=30, rate_kbps=1000),
+    ).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        started = time.monotonic()
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        assert time.monotonic() - started >= 0.08 - 0.002  # 40 ms each way, at least
+        payload = bytes(range(256)) * 256
+        started = time.monotonic()
+        writer.write(payload)
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(), 10)
+        elapsed = time.monotonic() - started
+        assert echoed == payload
+        assert 0.5 <= elapsed <= 3.0, elapsed
+        down = proxy.counters["down"]
+        assert down.passed_bytes == len(payload) + 1 and down.dropped == 0
+        writer.close()
+    finally:
+        await proxy.close()
+        server.close()
+
+
+def test_tcp_proxy_refuses_loss() -> None:
+    with pytest.raises(ValueError, match="cannot lose bytes"):
+        ImpairedTcpProxy(("127.0.0.1", 9), down=Impairment(loss=0.05))

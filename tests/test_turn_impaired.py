@@ -1,14 +1,19 @@
-"""Media over a bad link: a relay-only specialist whose path to coturn is impaired (nettest's UDP
-proxy in front of coturn's port: loss, delay, jitter and a rate limit) still receives video. The
-quality figures (frame rate, freezes, layers) come with simulcast and bandwidth estimation."""
+"""Media over a bad link: a relay-only specialist whose path to coturn is impaired (nettest's
+proxy in front of coturn's port: loss, delay, jitter and a rate limit over UDP; delay, jitter and
+the rate over TCP) still receives video. The quality figures (frame rate, freezes, layers) come
+with simulcast and bandwidth estimation."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
+import pytest
+
 from nettest.impairment import Impairment
+from nettest.tcp_proxy import ImpairedTcpProxy
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
     BrowserTab,
@@ -59,14 +64,24 @@ def second_browser_behind(chromium: OpenTab, direct_url: str, impaired_url: str)
     return open_tab  # type: ignore[return-value]
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_relay_only_specialist_on_a_bad_link_still_receives_video(
-    turnserver: TurnServer, serve_process: Any, chromium: OpenTab
+    transport: str, turnserver: TurnServer, serve_process: Any, chromium: OpenTab
 ) -> None:
-    proxy = await ImpairedUdpProxy((TURN_HOST, turnserver.port), up=UP, down=DOWN, seed=15).start()
+    proxy: ImpairedUdpProxy | ImpairedTcpProxy
+    if transport == "udp":
+        proxy = ImpairedUdpProxy((TURN_HOST, turnserver.port), up=UP, down=DOWN, seed=15)
+        direct_url = turnserver.udp_url
+    else:
+        # A stream loses no bytes: the same link without the loss (TCP would retransmit it).
+        up, down = (dataclasses.replace(i, loss=0.0) for i in (UP, DOWN))
+        proxy = ImpairedTcpProxy((TURN_HOST, turnserver.port), up=up, down=down, seed=15)
+        direct_url = turnserver.tcp_url
+    await proxy.start()
     try:
-        serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
-        impaired_url = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
-        browsers = second_browser_behind(chromium, turnserver.udp_url, impaired_url)
+        serve = serve_process(env=relay_env(direct_url, turnserver.secret))
+        impaired_url = f"turn:{TURN_HOST}:{proxy.port}?transport={transport}"
+        browsers = second_browser_behind(chromium, direct_url, impaired_url)
         # Both decode each other's media (meet_through_the_lobby waits for it).
         meeting = await meet_through_the_lobby(serve, browsers)
         first = (await received_from(meeting.specialist, meeting.chair_id))["video"]
@@ -76,11 +91,17 @@ async def test_relay_only_specialist_on_a_bad_link_still_receives_video(
 
         # The specialist's media really crossed the bad link, and the link was bad.
         stats = await meeting.specialist.page.evaluate("window.consilium.stats()")
-        relayed = {"candidateType": "relay", "relayProtocol": "udp"}
+        relayed = {"candidateType": "relay", "relayProtocol": transport}
         assert stats["paths"] == {"publish": relayed, "subscribe": relayed}
         up, down = proxy.counters["up"], proxy.counters["down"]
-        assert down.passed_bytes > 100_000 and up.passed > 100
-        assert down.lost > 0 and up.lost > 0
-        assert 0.02 <= down.lost / down.offered <= 0.10
+        assert down.passed_bytes > 100_000 and up.passed_bytes > 100_000
+        if transport == "udp":
+            assert down.lost > 0 and up.lost > 0
+            assert 0.02 <= down.lost / down.offered <= 0.10
+        else:
+            assert down.max_queue_ms > 0, "the rate limit never held anything back"
     finally:
-        proxy.close()
+        if isinstance(proxy, ImpairedTcpProxy):
+            await proxy.close()
+        else:
+            proxy.close()
