@@ -49,6 +49,22 @@ CLEAN = Impairment()
 """A link that does nothing to datagrams."""
 
 
+def link(
+    *,
+    loss: float = 0.0,
+    rtt_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    down_kbps: float | None = None,
+    up_kbps: float | None = None,
+) -> tuple[Impairment, Impairment]:
+    """A link as people describe it, as its (up, down) directions: `link(loss=0.05, rtt_ms=100,
+    jitter_ms=30, down_kbps=800)` is "5% loss, 100 ms RTT, 30 ms jitter, 800 kbps down". Loss and
+    jitter apply in each direction; the round trip is split evenly between them."""
+    up = Impairment(loss=loss, delay_ms=rtt_ms / 2, jitter_ms=jitter_ms, rate_kbps=up_kbps)
+    down = Impairment(loss=loss, delay_ms=rtt_ms / 2, jitter_ms=jitter_ms, rate_kbps=down_kbps)
+    return up, down
+
+
 @dataclass(slots=True)
 class DirectionCounters:
     """What one direction of a link did so far."""

@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from nettest.impairment import ImpairedDirection, Impairment
+from nettest.impairment import ImpairedDirection, Impairment, link
 from nettest.tcp_proxy import ImpairedTcpProxy
 from nettest.udp_proxy import ImpairedUdpProxy
 
@@ -85,6 +85,12 @@ def test_traffic_under_the_rate_is_not_delayed_by_it() -> None:
     arrivals = [link.admit(PACKET, now=i * 0.024) for i in range(100)]
     assert [a - i * 0.024 for i, a in enumerate(arrivals)] == pytest.approx([0.012] * 100)
     assert link.counters.dropped == 0 and link.counters.max_queue_ms == 0
+
+
+def test_a_link_described_in_words_splits_the_round_trip_between_its_directions() -> None:
+    up, down = link(loss=0.05, rtt_ms=100, jitter_ms=30, down_kbps=800)
+    assert down == Impairment(loss=0.05, delay_ms=50, jitter_ms=30, rate_kbps=800)
+    assert up == Impairment(loss=0.05, delay_ms=50, jitter_ms=30, rate_kbps=None)
 
 
 def test_impairment_refuses_impossible_links() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nettest.impairment import Impairment
+from nettest.impairment import link
 from nettest.tcp_proxy import ImpairedTcpProxy
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
@@ -25,9 +25,7 @@ from tests.fixtures.browser import (
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env
 
-# "5% loss, 100 ms RTT, 30 ms jitter, 800 kbps down": half the round trip each way.
-UP = Impairment(loss=0.05, delay_ms=50, jitter_ms=30)
-DOWN = Impairment(loss=0.05, delay_ms=50, jitter_ms=30, rate_kbps=800)
+UP, DOWN = link(loss=0.05, rtt_ms=100, jitter_ms=30, down_kbps=800)
 
 # The page's peer connections reach coturn through the proxy instead of directly: the node hands
 # everyone the same TURN URL, and only this browser's link is bad.
