@@ -45,7 +45,9 @@ class TurnCheck:
     """The outcome of allocating on one TURN URL."""
 
     url: str
+    """The URL as configured in `turn_urls`."""
     ok: bool
+    """The allocation succeeded."""
     relayed_address: str | None = None
     """Where the TURN server relays from (what a client's relay candidate would be)."""
     mapped_address: str | None = None
@@ -59,11 +61,13 @@ class SfuCheck:
     """Where the SFU would gather ICE host candidates, and whether its port range is usable."""
 
     ok: bool
+    """Every address can bind a port of the range."""
     addresses: list[str]
     """The addresses host candidates would be gathered on."""
     port_range: str
     """`min-max`, or "any free port" without a range."""
     problems: list[str] = field(default_factory=list)
+    """What failed, in plain words, one entry per address."""
 
 
 def explain(exc: BaseException, host: str, port: int, timeout_s: float) -> str:
