@@ -92,12 +92,13 @@ async def test_relay_only_specialist_on_a_bad_link_still_receives_video(
         relayed = {"candidateType": "relay", "relayProtocol": transport}
         assert stats["paths"] == {"publish": relayed, "subscribe": relayed}
         up, down = proxy.counters["up"], proxy.counters["down"]
-        assert down.passed_bytes > 100_000 and up.passed_bytes > 100_000
+        # Both ways, more than signalling and ICE checks alone would be (tens of kB of media).
+        assert down.passed_bytes > 30_000 and up.passed_bytes > 30_000, proxy.counters
         if transport == "udp":
             assert down.lost > 0 and up.lost > 0
             assert 0.02 <= down.lost / down.offered <= 0.10
         else:
-            assert down.max_queue_ms > 0, "the rate limit never held anything back"
+            assert down.max_queue_ms > 0, f"the rate limit never held anything back: {down}"
     finally:
         if isinstance(proxy, ImpairedTcpProxy):
             await proxy.close()
