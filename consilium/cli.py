@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from consilium.commands import (
     audit,
     bot,
+    doctor,
     keys,
     policy,
     recordings,
@@ -23,7 +24,19 @@ from consilium.commands.usage import UsageError
 from core import __version__
 from core.errors import ConfigError
 
-COMMANDS = (serve, token, audit, keys, revoke, policy, watermark, recordings, retention, bot)
+COMMANDS = (
+    serve,
+    token,
+    audit,
+    keys,
+    revoke,
+    policy,
+    watermark,
+    recordings,
+    retention,
+    bot,
+    doctor,
+)
 """The subcommand modules, in the order `consilium --help` lists them."""
 
 

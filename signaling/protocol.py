@@ -272,7 +272,10 @@ class RoomState(msgspec.Struct, omit_defaults=True):
 
 
 class Joined(Message, tag="joined"):
-    """Answer to a successful join (or to admission from the lobby)."""
+    """Answer to a successful join (or to admission from the lobby). `ice_servers` and
+    `ice_transport_policy` are the configuration of the client's peer connections: the STUN and
+    TURN servers (TURN with credentials valid for `turn_ttl_s`), and `relay` when the node's
+    `ice_transport_policy` setting says media must go through TURN only."""
 
     participant_id: str
     you: ParticipantInfo
@@ -281,6 +284,7 @@ class Joined(Message, tag="joined"):
     participants: list[ParticipantInfo]
     lobby: list[ParticipantInfo] = msgspec.field(default_factory=list)
     ice_servers: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    ice_transport_policy: Literal["all", "relay"] = "all"
 
 
 class Lobby(Message, tag="lobby"):

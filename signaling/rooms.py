@@ -306,6 +306,7 @@ class Rooms:
                     participants=[participant_info(x) for x in participants],
                     lobby=lobby,
                     ice_servers=self.ice_servers(identity),
+                    ice_transport_policy=self.settings.ice_transport_policy,
                 )
             )
         )

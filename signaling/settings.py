@@ -15,11 +15,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from core.errors import ConfigError
 
 ENV_PREFIX = "CONSILIUM_"
+
+IceTransportPolicy = Literal["all", "relay"]
+"""The browser's `RTCConfiguration.iceTransportPolicy`, as handed out in `joined`."""
 
 
 @dataclass(slots=True)
@@ -109,6 +112,9 @@ class Settings:
     """coturn `use-auth-secret` shared secret; clients get time-limited TURN credentials."""
     turn_ttl_s: int = 86400
     """Lifetime of the TURN credentials handed out."""
+    ice_transport_policy: IceTransportPolicy = "all"
+    """`relay`: clients send media only through the TURN servers (for networks that block UDP or
+    allow only 443 out); `all`: direct paths too."""
 
     kek_file: Path | None = None
     """Key-encryption key file wrapping every data key (rooms, recordings); unset:
@@ -236,6 +242,13 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
         self.retention_classes()  # raises on a malformed entry
         self.witness_address()  # raises on a malformed address
+        if self.ice_transport_policy not in ("all", "relay"):
+            raise ConfigError(
+                f"ice_transport_policy must be all or relay, not {self.ice_transport_policy!r}"
+            )
+        if self.ice_transport_policy == "relay" and not self.turn_urls:
+            # Relay-only with no TURN server would leave every client without a path.
+            raise ConfigError("ice_transport_policy relay needs turn_urls (and turn_secret)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(

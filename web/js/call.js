@@ -179,7 +179,11 @@ export class Call {
         videoMuted: state.media.videoMuted,
       });
     }
-    this.media = new MediaSessions(this.signalling, msg.ice_servers, () => changed());
+    this.media = new MediaSessions(
+      this.signalling,
+      { iceServers: msg.ice_servers, iceTransportPolicy: msg.ice_transport_policy },
+      () => changed(),
+    );
     localMedia.onTrackReplaced = (kind, track) => this.media?.replaceTrack(kind, track);
     // Join may be pressed (and the chair may admit) before the camera and microphone are open:
     // publish what the devices give, not an offer without them.

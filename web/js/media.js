@@ -14,9 +14,12 @@ const STATS_INTERVAL_MS = 500;
 
 /** Publish and subscribe sessions for one signalling connection. */
 export class MediaSessions {
-  constructor(signalling, iceServers, onRemoteMedia) {
+  /** `ice`: the peer connections' `{ iceServers, iceTransportPolicy }` from `joined` ("relay":
+   * media only through TURN, for networks that block UDP). */
+  constructor(signalling, ice, onRemoteMedia) {
     this.signalling = signalling;
-    this.iceServers = iceServers;
+    this.iceServers = ice.iceServers;
+    this.iceTransportPolicy = ice.iceTransportPolicy;
     this.onRemoteMedia = onRemoteMedia;
     this.publishPc = null;
     this.subscribePc = null;
@@ -32,7 +35,11 @@ export class MediaSessions {
   }
 
   peerConnection(which) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+      bundlePolicy: "max-bundle",
+    });
     pc.addEventListener("icecandidate", ({ candidate }) =>
       this.signalling.candidate(which, candidate),
     );
@@ -144,12 +151,17 @@ export class MediaSessions {
     return byParticipant;
   }
 
-  /** Inbound statistics per subscribe mid, with the participant and source it carries now. */
+  /** Inbound statistics per subscribe mid, with the participant and source it carries now, and
+   * the local end of each session's selected path (`paths.publish`, `paths.subscribe`). */
   async stats() {
     const inbound = [];
-    if (this.subscribePc === null) return { inbound };
+    const paths = {};
+    if (this.publishPc) paths.publish = MediaSessions.localPath(await this.publishPc.getStats());
+    if (this.subscribePc === null) return { inbound, paths };
     const owner = new Map(state.tracks.map((t) => [t.mid, t]));
-    (await this.subscribePc.getStats()).forEach((s) => {
+    const report = await this.subscribePc.getStats();
+    paths.subscribe = MediaSessions.localPath(report);
+    report.forEach((s) => {
       if (s.type !== "inbound-rtp") return;
       const track = owner.get(s.mid);
       inbound.push({
@@ -168,7 +180,23 @@ export class MediaSessions {
         jitter: s.jitter ?? 0,
       });
     });
-    return { inbound };
+    return { inbound, paths };
+  }
+
+  /** The local candidate of a session's selected ICE candidate pair: its type (host, srflx,
+   * relay) and, for a relay, how it reaches the TURN server (udp, tcp, tls); null before one is
+   * selected. */
+  static localPath(report) {
+    let path = null;
+    report.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) {
+        const local = report.get(report.get(s.selectedCandidatePairId)?.localCandidateId);
+        if (local) {
+          path = { candidateType: local.candidateType, relayProtocol: local.relayProtocol ?? null };
+        }
+      }
+    });
+    return path;
   }
 
   /** The round-trip time of a session's selected ICE candidate pair, in ms (or null). */

@@ -72,6 +72,7 @@ export const SERVER_MESSAGES = {
     participants: REQUIRED,
     lobby: [],
     ice_servers: [],
+    ice_transport_policy: "all",
   },
   lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
   knock: { participant: REQUIRED },
