@@ -142,7 +142,8 @@ class Recorder:
         try:
             async with self._lock:
                 now = self._now(room_id)
-                nonce = secrets.token_hex(3)
+                # Only a start names a new recording; the Hello of every join draws nothing.
+                nonce = secrets.token_hex(3) if isinstance(request, p.StartRecording) else ""
                 await self._carry_out(self.consent.request(participant_id, request, now, nonce))
         except Exception:
             action = "hello" if isinstance(request, c.Hello) else request.__struct_config__.tag
