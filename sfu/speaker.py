@@ -116,18 +116,18 @@ class DominantSpeaker:
             self._next_tick = now + self.settings.interval
         return now >= self._next_tick
 
-    def forget(self, participant_id: str) -> str | None:
+    def forget(self, participant_id: str) -> bool:
         """A participant stopped publishing audio (left, unpublished, muted): they are no longer a
         candidate. If they were the speaker, the most active other participant takes over (or
-        nobody). Returns the new speaker when the decision changed, else None."""
+        nobody). True when the speaker changed."""
         self._voices.pop(participant_id, None)
         if self.speaker != participant_id:
-            return None
+            return False
         ranked = sorted(self._voices.items(), key=lambda item: item[1].recent(), reverse=True)
         self.speaker = ranked[0][0] if ranked and ranked[0][1].recent() > 0 else None
         for voice in self._voices.values():
             voice.lead = 0
-        return self.speaker
+        return True
 
     def tick(self, now: float) -> bool:
         """End the interval if it is due at `now` and decide. True when the speaker changed."""

@@ -18,6 +18,7 @@ export const state = {
   connection: { signalling: "closed", publish: "new", subscribe: "new" },
   mediaProblem: null, // {cause, pc, candidates, turn}: a media session failing (connectivity.js)
   speaking: new Set(), // participant ids whose audio level is above the threshold
+  activeSpeaker: null, // the room's dominant speaker as the SFU decides it (`active_speaker`)
   quality: new Map(), // participant id → "good" | "fair" | "poor" (quality.js)
   ended: null, // {kind, code, reason}
   reconnects: 0,
