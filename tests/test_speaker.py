@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 
+import msgspec
+
+from sfu.events import ActiveSpeaker
 from sfu.speaker import DominantSpeaker
+from signaling import protocol
 
 PACKET = 0.02
 """One Opus packet per 20 ms, as browsers send."""
@@ -138,3 +143,13 @@ def test_with_the_voice_activity_bit_only_voiced_packets_count() -> None:
     assert room.speaker is None
     room.run(3.0, alice=QUIET, bob=lambda t: speech(t) | 0x80)
     assert room.speaker == "bob"
+
+
+def test_nobody_speaking_crosses_the_wire_as_null() -> None:
+    # Across nodes (cluster.MediaOut) the event is its plain dict; to the client, the message.
+    assert msgspec.to_builtins(ActiveSpeaker(participant_id=None)) == {
+        "type": "active_speaker",
+        "participant_id": None,
+    }
+    text = protocol.encode(protocol.ActiveSpeaker(participant_id=None))
+    assert json.loads(text) == {"type": "active_speaker", "participant_id": None}
