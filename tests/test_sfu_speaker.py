@@ -62,10 +62,13 @@ async def test_the_room_is_told_who_speaks_and_when_the_other_takes_over(
     alice_voice.talking = True
     await eventually(lambda: _speakers(told, "carol") == ["alice"], timeout=10)
     assert _speakers(told, "bob") == ["alice"] and _speakers(told, "alice") == ["alice"]
+    await media.join("dave", [])  # a newcomer is told who speaks, once
+    await eventually(lambda: _speakers(told, "dave") == ["alice"], timeout=5)
 
     alice_voice.talking = False
     bob_voice.talking = True
     await eventually(lambda: _speakers(told, "carol") == ["alice", "bob"], timeout=10)
     await eventually(lambda: _speakers(told, "alice") == ["alice", "bob"], timeout=2)
+    await eventually(lambda: _speakers(told, "dave") == ["alice", "bob"], timeout=2)
     assert media.server.rooms["mdt-1"].speakers.speaker == "bob"
     assert not media.errors
