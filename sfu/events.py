@@ -72,5 +72,13 @@ class MediaRefused(SfuEvent, tag="error", frozen=True):
     """What it answers: `offer`, `publish`, `subscribe`, `data`, or the media operation."""
 
 
-Notification = SubscribeOffer | PublishAnswer | Tracks | MediaRefused
+class ActiveSpeaker(SfuEvent, tag="active_speaker", frozen=True):
+    """The room's dominant speaker changed (`sfu.speaker`); sent to everyone in the room, and to
+    each newcomer once."""
+
+    participant_id: str | None
+    """Who speaks now; None when the speaker stopped publishing audio and nobody else spoke."""
+
+
+Notification = SubscribeOffer | PublishAnswer | Tracks | MediaRefused | ActiveSpeaker
 """Every notification the SFU sends."""

@@ -241,6 +241,11 @@ class Publisher:
         if routed is not None:
             track, packet, header = routed
             track.forward(packet, header, arrival_ms)
+            level_id = track.ext_ids.audio_level
+            if level_id is not None and not track.video:  # the room's speaker: one byte read
+                level = header.extensions.get(level_id)
+                if level:
+                    self.room.hear_audio(self.participant_id, level[0], track.muted, track.now)
 
     def _on_rtcp(self, data: bytes) -> None:
         try:

@@ -13,13 +13,16 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from annotations.room import RoomAnnotations
 from sfu.datachannels import AnnotationRelay
+from sfu.events import ActiveSpeaker
 from sfu.forwarder import PublishedTrack
 from sfu.session import ParticipantMedia
 from sfu.sinks import MediaSink
+from sfu.speaker import DominantSpeaker
 
 
 class MediaRoom:
-    """One room's media: its participants, their published tracks, the room's codecs."""
+    """One room's media: its participants, their published tracks, the room's codecs, and who
+    among them is speaking."""
 
     def __init__(
         self,
@@ -41,6 +44,11 @@ class MediaRoom:
         """The room's annotations (shapes on shared images, chat) and their log."""
         self.relay = AnnotationRelay(room_id, annotations, self.sinks)
         """The room's data-channel traffic and its annotations."""
+        self.speakers = DominantSpeaker()
+        """Who is speaking (`speakers.speaker`): what a layer selector reads to give the speaker
+        the high layer, and what the room tells its participants (`events.ActiveSpeaker`)."""
+        self._told: set[str] = set()
+        """Participants who have been told the current speaker."""
 
     def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
         """The codec this room uses for `kind` if the publisher offers it (else None).
@@ -77,11 +85,39 @@ class MediaRoom:
                 participant.subscribe(track)
 
     def track_ended(self, track: PublishedTrack) -> None:
-        """A track is gone: the slots carrying it go idle."""
+        """A track is gone: the slots carrying it go idle; a microphone's end may hand the
+        speaker over."""
         for participant in self.participants.values():
             participant.unsubscribe(track)
         for sink in self.sinks:
             sink.on_track_ended(track.info)
+        if track.info.kind == "audio" and self.speakers.forget(track.info.participant_id):
+            self._announce_speaker()
+
+    def hear_audio(self, participant_id: str, level: int, muted: bool, now: float) -> None:
+        """One audio packet's level byte (RFC 6464) from a publisher. The detector decides at
+        the end of each of its intervals (~300 ms), timed by the packets themselves: while
+        nobody sends audio there is nothing to decide (a silent room keeps its speaker), and a
+        speaker who stops publishing is handed over at once (`track_ended`)."""
+        # Hot path, per received audio packet: watched by bench/forwarding.py.
+        speakers = self.speakers
+        if muted:  # a muted microphone still sends packets: they are not speech
+            if speakers.forget(participant_id):
+                self._announce_speaker()
+            return
+        if speakers.hear(participant_id, level, now):
+            if speakers.tick(now):
+                self._announce_speaker()
+            elif speakers.speaker is not None and not self._told.issuperset(self.participants):
+                self._announce_speaker(only_newcomers=True)
+
+    def _announce_speaker(self, *, only_newcomers: bool = False) -> None:
+        """Tell the room (or those who joined since it was last told) who speaks now."""
+        event = ActiveSpeaker(participant_id=self.speakers.speaker)
+        for participant_id, participant in self.participants.items():
+            if not only_newcomers or participant_id not in self._told:
+                participant.notify(event)
+        self._told = set(self.participants)
 
     def tracks(self) -> list[PublishedTrack]:
         """Every published track in the room."""

@@ -64,5 +64,8 @@ class ParticipantRoom(Protocol):
     def track_ended(self, track: PublishedTrack) -> None:
         """A track is gone: the slots carrying it go idle."""
 
+    def hear_audio(self, participant_id: str, level: int, muted: bool, now: float) -> None:
+        """One audio packet's level byte (RFC 6464) from a publisher: the room's speaker."""
+
     async def remove(self, participant_id: str) -> None:
         """Drop a participant's media (their session failed)."""

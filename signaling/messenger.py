@@ -101,6 +101,8 @@ class Messenger:
                 out = p.Tracks(msgspec.convert(msgspec.to_builtins(tracks), list[p.TrackInfo]))
             case events.MediaRefused(code=code, message=text, request=request):
                 out = p.Error(code, text, request)
+            case events.ActiveSpeaker(participant_id=speaker):
+                out = p.ActiveSpeaker(participant_id=speaker)
             case ServerText(text=text):  # already encoded (the recorder's notices)
                 conn.send(text)
                 return

@@ -361,6 +361,15 @@ class Tracks(Message, tag="tracks"):
     tracks: list[TrackInfo]
 
 
+class ActiveSpeaker(Message, tag="active_speaker"):
+    """The room's dominant speaker changed (the SFU decides from the audio level each
+    microphone's packets carry, with hysteresis: about a second of speech before a switch, and a
+    silent room keeps its speaker). Sent to everyone in the room, and once to each newcomer."""
+
+    participant_id: str | None
+    """Who speaks now, or null when the speaker stopped publishing audio and nobody else spoke."""
+
+
 class ImageShared(Message, tag="image_shared"):
     """Someone shared an image into the room (`POST /api/rooms/{room}/images`): the same fields
     as that request's answer. Fetch its frames with `GET /api/rooms/{room}/images/{image_id}`."""
@@ -446,6 +455,7 @@ ServerMessage = (
     | RoomUpdated
     | Pong
     | Tracks
+    | ActiveSpeaker
     | ImageShared
     | ConsentRequested
     | RecordingState

@@ -124,6 +124,9 @@ export class Call {
       case "tracks":
         state.tracks = msg.tracks.map((track) => withDefaults(OBJECTS.TrackInfo, track));
         break;
+      case "active_speaker":
+        state.activeSpeaker = msg.participant_id;
+        break;
       case "offer":
         if (msg.pc === "subscribe") await this.media?.onOffer(msg.sdp);
         break;

@@ -2,17 +2,31 @@
 // many columns as makes them largest in the space the room leaves (1–12 participants and their
 // shares, in any window shape). Each tile: video, or a placeholder with the person's initials
 // when there is no picture; name, role and department; microphone state, speaking indicator,
-// connection quality, and a mark when the room is recorded without them (recording.js).
+// connection quality, and a mark when the room is recorded without them (recording.js); a pin
+// button that makes the tile the large one. Which layout shows (grid, speaker view, presenter
+// layout, a pinned tile) is layout.js's decision; this module draws it.
 
 import { roleName, t } from "./i18n.js";
+import { chooseLayout, focusSizes } from "./layout.js";
 import { notRecordedKey } from "./recording.js";
+import { changed, state as clientState } from "./state.js";
 
 const ASPECT = 16 / 9; // tiles keep the camera's shape
 const GAP_PX = 8; // matches `gap` of .grid in app.css
 
 const grid = document.getElementById("grid");
 const stage = grid.parentElement;
+const layoutButton = document.getElementById("layout-button");
 const tiles = new Map(); // tile key → {figure, video, placeholder, name, details, mic, quality}
+let shown = { mode: "grid", main: null }; // the layout drawn last (layout.js)
+
+// The layout button says what pressing it does: to the speaker view from the grid, else back to
+// the grid (from the speaker view, the presenter layout or a pinned tile).
+layoutButton.addEventListener("click", () => {
+  const toGrid = shown.mode !== "grid";
+  clientState.layout = { choice: toGrid ? "grid" : "speaker", pinned: null };
+  changed();
+});
 
 /** The number of columns that gives `count` tiles of `aspect` the largest size in `width`×`height`,
  * and that size. */
@@ -34,10 +48,20 @@ export function bestLayout(count, width, height, gap = GAP_PX, aspect = ASPECT) 
 
 function layout() {
   const { width, height } = stage.getBoundingClientRect();
-  const { columns, tileWidth } = bestLayout(tiles.size, width, height);
+  const px = (value) => `${Math.max(0, Math.floor(value))}px`;
   // CSSOM, not a style attribute: the CSP allows no inline style.
+  if (shown.main !== null) {
+    const strip = tiles.size - 1;
+    const sizes = focusSizes(strip, width, height, GAP_PX, ASPECT);
+    grid.style.setProperty("--columns", String(Math.max(1, strip)));
+    grid.style.setProperty("--tile-width", px(sizes.tileWidth));
+    grid.style.setProperty("--main-width", px(sizes.mainWidth));
+    grid.style.setProperty("--main-height", px(sizes.mainHeight));
+    return;
+  }
+  const { columns, tileWidth } = bestLayout(tiles.size, width, height);
   grid.style.setProperty("--columns", String(columns));
-  grid.style.setProperty("--tile-width", `${Math.max(0, Math.floor(tileWidth))}px`);
+  grid.style.setProperty("--tile-width", px(tileWidth));
 }
 
 new ResizeObserver(layout).observe(stage);
@@ -79,10 +103,19 @@ function makeTile(key) {
   const recording = document.createElement("span");
   recording.className = "tile-recording";
   caption.append(name, details, mic, quality, recording);
-  figure.append(video, placeholder, caption);
+  const pin = document.createElement("button");
+  pin.type = "button";
+  pin.className = "tile-pin";
+  pin.addEventListener("click", () => {
+    const pinned = clientState.layout.pinned === key ? null : key;
+    clientState.layout = { ...clientState.layout, pinned };
+    changed();
+  });
+  figure.append(video, placeholder, caption, pin);
   grid.append(figure);
   const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality };
   tile.recording = recording;
+  tile.pin = pin;
   tile.noCamera = false; // camera off, or no video track
   tiles.set(key, tile);
   // The first frame (or none any more) changes the picture without a change of state.
@@ -116,6 +149,11 @@ export function renderGrid(state, localStream, remote) {
     if (remote.get(person.participant_id)?.screen.length) {
       wanted.push({ key: `${person.participant_id}-screen`, person, source: "screen" });
     }
+  }
+  shown = chooseLayout(state, wanted);
+  if (shown.main !== null) {
+    // The large tile first, then the strip in the usual order.
+    wanted.sort((a, b) => Number(b.key === shown.main) - Number(a.key === shown.main));
   }
   const keys = new Set(wanted.map((w) => w.key));
   for (const [key, tile] of tiles) {
@@ -164,8 +202,20 @@ export function renderGrid(state, localStream, remote) {
     tile.recording.hidden = !notRecorded;
     tile.recording.textContent = notRecorded ? t(notRecorded) : "";
     figure.dataset.notRecorded = String(Boolean(notRecorded));
+    figure.classList.toggle("main", key === shown.main);
+    figure.dataset.activeSpeaker = String(source === "camera" && pid === state.activeSpeaker);
+    const pinned = state.layout.pinned === key;
+    tile.pin.textContent = t(pinned ? "tile.unpin" : "tile.pin");
+    tile.pin.setAttribute("aria-pressed", String(pinned));
+    tile.pin.setAttribute("aria-label", t(pinned ? "tile.unpin_name" : "tile.pin_name", {
+      name: tile.name.textContent,
+    }));
   }
   grid.dataset.count = String(tiles.size);
+  grid.dataset.layout = shown.mode;
+  grid.classList.toggle("focus", shown.main !== null);
+  layoutButton.textContent = t(shown.mode === "grid" ? "room.speaker_view" : "room.grid_view");
+  layoutButton.hidden = tiles.size < 2;
   // Keep tiles in the wanted order (me first).
   wanted.forEach(({ key }, i) => {
     const figure = tiles.get(key).figure;

@@ -83,6 +83,7 @@ export const SERVER_MESSAGES = {
   room_updated: { room: REQUIRED },
   pong: { id: null, server_time: 0 },
   tracks: { tracks: REQUIRED },
+  active_speaker: { participant_id: REQUIRED },
   error: { code: REQUIRED, message: REQUIRED, request: "" },
   image_shared: {
     image_id: REQUIRED,

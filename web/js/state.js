@@ -18,6 +18,10 @@ export const state = {
   connection: { signalling: "closed", publish: "new", subscribe: "new" },
   mediaProblem: null, // {cause, pc, candidates, turn}: a media session failing (connectivity.js)
   speaking: new Set(), // participant ids whose audio level is above the threshold
+  activeSpeaker: null, // the room's dominant speaker as the SFU decides it (`active_speaker`)
+  // My choice of layout (layout.js): choice "grid" | "speaker" | null (not chosen: the grid, or
+  // the presenter layout while a screen is shared); pinned: the key of the tile I pinned, or null.
+  layout: { choice: null, pinned: null },
   quality: new Map(), // participant id → "good" | "fair" | "poor" (quality.js)
   ended: null, // {kind, code, reason}
   reconnects: 0,
