@@ -15,6 +15,10 @@ sees one continuous stream:
 - VP8 picture ids (7 or 15 bits) and TL0PICIDX continue across the switch (RFC 7741 §4.2):
   the receiver uses them to detect lost frames, and a jump would look like loss of thousands;
   KEYIDX and the temporal layer ids are left as they are (one temporal layering per stream).
+  Until a switch shifts them the publisher's own numbers go out, and the descriptor is read
+  only at a switch (of the newest packet sent and the new keyframe), so a subscriber that stays
+  on its first layer costs no per-packet descriptor work (measured: 0.2 us a packet against
+  0.65 us with the rewrite).
 
 The switch itself, as mediasoup, LiveKit and Janus do it; which layer is wanted (the subscriber's
 bandwidth estimate, the size of the tile showing it, the active speaker) is decided elsewhere and
@@ -58,11 +62,13 @@ class LayerSwitch:
         "clock_rate",
         "codec",
         "current",
-        "last_picture_id",
+        "first_picture_id",
+        "first_tl0",
         "last_sent_at",
         "last_sequence",
         "last_timestamp",
-        "last_tl0",
+        "newest_payload",
+        "rewrite",
         "since",
         "switch",
         "switches",
@@ -77,8 +83,8 @@ class LayerSwitch:
         *,
         first_sequence: int,
         first_timestamp: int,
-        first_picture_id: int = 0,
-        first_tl0: int = 0,
+        first_picture_id: int | None = None,
+        first_tl0: int | None = None,
     ) -> None:
         self.codec = codec.split("/")[-1].upper()
         """Codec name (`VP8`, `H264`): how keyframes are spotted."""
@@ -94,13 +100,19 @@ class LayerSwitch:
         """The offsets in force (the latest of `switches`)."""
         self.switches: list[Switch] = []
         """The latest starts, oldest first (at most `SWITCHES_KEPT`)."""
+        self.rewrite = False
+        """The VP8 descriptor needs rewriting (a picture id or TL0PICIDX offset is not 0)."""
         # The newest values sent, which the next switch continues from; until the first switch,
         # one before the (random, RFC 3550) starting values the caller chose.
         self.last_sequence = (first_sequence - 1) & 0xFFFF
         self.last_timestamp = first_timestamp
-        self.last_picture_id = (first_picture_id - 1) & 0x7FFF
-        self.last_tl0 = (first_tl0 - 1) & 0xFF
         self.last_sent_at: float | None = None
+        self.newest_payload: bytes | None = None
+        """The payload of the newest packet sent: its picture id and TL0PICIDX are read only
+        when the next switch needs them, not per packet."""
+        self.first_picture_id = first_picture_id
+        self.first_tl0 = first_tl0
+        """Where VP8 numbering starts (None: where the publisher's first layer has it)."""
 
     @property
     def pending(self) -> bool:
@@ -127,26 +139,22 @@ class LayerSwitch:
             if layer != self.target or not keyframe_start(self.codec, payload):
                 return None
             self._start(layer, header, payload, now)
-        elif seq_newer(self.since, sequence):
+        elif 0 < (self.since - sequence) & 0xFFFF < 0x8000:  # seq_newer(since, sequence)
             return None  # from before this layer's keyframe: its numbers are taken
         switch = self.switch
         out_sequence = (sequence + switch.sequence_offset) & 0xFFFF
         out_timestamp = (header.timestamp + switch.timestamp_offset) & 0xFFFFFFFF
-        newest = seq_newer(out_sequence, self.last_sequence)
+        newest = 0 < (out_sequence - self.last_sequence) & 0xFFFF < 0x8000  # seq_newer
         if newest:
             self.last_sequence = out_sequence
             self.last_timestamp = out_timestamp
             self.last_sent_at = now
-        if not self.vp8:
+            self.newest_payload = payload
+        if not self.rewrite:
             return out_sequence, out_timestamp, b"", 0
-        prefix, skip, picture_id, tl0 = rewrite_vp8_descriptor(
+        prefix, skip, _, _ = rewrite_vp8_descriptor(
             payload, switch.picture_id_offset, switch.tl0_offset
         )
-        if newest:  # the newest packet carries the newest picture: the next switch follows it
-            if picture_id is not None:
-                self.last_picture_id = picture_id
-            if tl0 is not None:
-                self.last_tl0 = tl0
         return out_sequence, out_timestamp, prefix, skip
 
     def source_of(self, out_sequence: int) -> tuple[Switch, int] | None:
@@ -166,11 +174,13 @@ class LayerSwitch:
         first_timestamp = (self.last_timestamp + max(ticks, 1 if self.switches else 0)) & 0xFFFFFFFF
         picture_id_offset = tl0_offset = 0
         if self.vp8:
+            next_picture_id, next_tl0 = self._next_vp8_numbers()
             picture_id, tl0 = vp8_picture(payload)
-            if picture_id is not None:
-                picture_id_offset = (self.last_picture_id + 1 - picture_id) & 0x7FFF
-            if tl0 is not None:
-                tl0_offset = (self.last_tl0 + 1 - tl0) & 0xFF
+            if picture_id is not None and next_picture_id is not None:
+                picture_id_offset = (next_picture_id - picture_id) & 0x7FFF
+            if tl0 is not None and next_tl0 is not None:
+                tl0_offset = (next_tl0 - tl0) & 0xFF
+        self.rewrite = bool(picture_id_offset or tl0_offset)
         self.switch = Switch(
             first_sequence=first_sequence,
             layer=layer,
@@ -183,6 +193,20 @@ class LayerSwitch:
         self.current = layer
         self.since = header.sequence
 
+    def _next_vp8_numbers(self) -> tuple[int | None, int | None]:
+        """The picture id and TL0PICIDX a switch continues from: one after the newest sent (as
+        the subscriber saw them), or the starting values before anything was sent."""
+        if self.newest_payload is None:
+            return self.first_picture_id, self.first_tl0
+        switch = self.switch
+        _, _, picture_id, tl0 = rewrite_vp8_descriptor(
+            self.newest_payload, switch.picture_id_offset, switch.tl0_offset
+        )
+        return (
+            None if picture_id is None else (picture_id + 1) & 0x7FFF,
+            None if tl0 is None else (tl0 + 1) & 0xFF,
+        )
+
 
 def vp8_picture(payload: bytes) -> tuple[int | None, int | None]:
     """The picture id (7 or 15 bits) and TL0PICIDX of a VP8 payload descriptor, where present."""
@@ -190,47 +214,41 @@ def vp8_picture(payload: bytes) -> tuple[int | None, int | None]:
     return picture_id, tl0
 
 
+_UNCHANGED: tuple[bytes, int, None, None] = (b"", 0, None, None)
+
+
 def rewrite_vp8_descriptor(
     payload: bytes, picture_id_offset: int, tl0_offset: int
 ) -> tuple[bytes, int, int | None, int | None]:
     """A VP8 payload descriptor (RFC 7741 §4.2) with its picture id and TL0PICIDX shifted:
-    `(new descriptor, bytes it replaces, new picture id, new TL0PICIDX)`. The picture id keeps
-    its width (a 7-bit id wraps at 128). Unchanged (`b"", 0`) when it has neither field or is
-    truncated (the packet is forwarded as it came)."""
+    `(prefix, bytes it replaces, new picture id, new TL0PICIDX)`. The prefix ends with the last
+    field changed (what follows, the TID/KEYIDX byte and the VP8 data, is not copied). The
+    picture id keeps its width (a 7-bit id wraps at 128). Unchanged (`b"", 0`) when it has
+    neither field or is truncated (the packet is forwarded as it came)."""
+    # Per forwarded VP8 packet of a simulcast track and subscriber: bench/forwarding.py.
     size = len(payload)
-    if size < 2 or not payload[0] & 0x80:
-        return b"", 0, None, None
+    if size < 3 or not payload[0] & 0x80:
+        return _UNCHANGED
     ext = payload[1]
-    if not ext & 0xC0:
-        return b"", 0, None, None
-    pos = 2
-    picture_at = tl0_at = -1
-    wide = False
-    if ext & 0x80:
-        if pos >= size:
-            return b"", 0, None, None
-        picture_at = pos
-        wide = bool(payload[pos] & 0x80)
-        pos += 2 if wide else 1
-    if ext & 0x40:
-        tl0_at = pos
-        pos += 1
-    if ext & 0x30:
-        pos += 1
-    if pos > size:
-        return b"", 0, None, None
-    descriptor = bytearray(payload[:pos])
-    picture_id = tl0 = None
-    if picture_at >= 0:
-        if wide:
-            picture_id = (((descriptor[picture_at] & 0x7F) << 8 | descriptor[picture_at + 1])
-                          + picture_id_offset) & 0x7FFF  # fmt: skip
-            descriptor[picture_at] = 0x80 | picture_id >> 8
-            descriptor[picture_at + 1] = picture_id & 0xFF
+    picture_id = None
+    picture: tuple[int, ...] = ()
+    end = 2
+    if ext & 0x80:  # I: picture id
+        first = payload[2]
+        if first & 0x80:  # M: 15 bits
+            if size < 4:
+                return _UNCHANGED
+            picture_id = (((first & 0x7F) << 8 | payload[3]) + picture_id_offset) & 0x7FFF
+            picture = (0x80 | picture_id >> 8, picture_id & 0xFF)
         else:
-            picture_id = (descriptor[picture_at] + picture_id_offset) & 0x7F
-            descriptor[picture_at] = picture_id
-    if tl0_at >= 0:
-        tl0 = (descriptor[tl0_at] + tl0_offset) & 0xFF
-        descriptor[tl0_at] = tl0
-    return bytes(descriptor), pos, picture_id, tl0
+            picture_id = (first + picture_id_offset) & 0x7F
+            picture = (picture_id,)
+        end += len(picture)
+    if ext & 0x40:  # L: TL0PICIDX
+        if size <= end:
+            return _UNCHANGED
+        tl0 = (payload[end] + tl0_offset) & 0xFF
+        return bytes((payload[0], ext, *picture, tl0)), end + 1, picture_id, tl0
+    if picture_id is None:
+        return _UNCHANGED
+    return bytes((payload[0], ext, *picture)), end, picture_id, None

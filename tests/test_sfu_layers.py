@@ -239,3 +239,16 @@ def test_vp8_descriptor_fields_are_shifted_in_place_and_wrap() -> None:
     assert rewrite_vp8_descriptor(plain, 5, 5) == (b"", 0, None, None)
     truncated = bytes([0x90, 0xC0, 0x80])
     assert rewrite_vp8_descriptor(truncated, 5, 5) == (b"", 0, None, None)
+
+
+def test_without_chosen_starting_numbers_the_first_layer_goes_out_unrewritten() -> None:
+    switch = LayerSwitch("video/VP8", CLOCK, first_sequence=1, first_timestamp=1)
+    switch.want(0)
+    packets = publish(range(12), {0: {0}, 6: {1}})
+    untouched = [switch.forward(p.layer, p.header, p.payload, p.frame / 30)
+                 for p in packets if p.frame < 3]  # fmt: skip
+    assert all(out is not None and out[2:] == (b"", 0) for out in untouched if out is not None)
+    first = run(switch, [p for p in packets if 3 <= p.frame < 5])
+    assert first[0].picture_id == 7_003 and first[0].tl0 == 43, "the publisher's own numbers"
+    switch.want(1)
+    assert_one_stream(first + run(switch, [p for p in packets if p.frame >= 5]))
