@@ -18,13 +18,16 @@ packets of a layer carry the repaired-RID extension instead), as the MID extensi
 teaches unannounced SSRCs (`sfu.demux`).
 
 The answer accepts by mirroring: the two extensions with the offer's ids, `a=rid:<id> recv` for
-each offered layer, and `a=simulcast:recv q;h;f`. That is what mediasoup, LiveKit and Janus
-answer (none of them restricts a layer in the answer). Without the `a=simulcast` line the
-browser falls back to sending one encoding, so answering nothing is always safe; and the lines
-are added only where the RID extension was negotiated too, because layers the SFU cannot tell
-apart would be worse than one layer. aiortc knows neither attribute: `sfu.aiortc_hooks` adds the
-extensions to what aiortc negotiated, and `answer_simulcast` writes the two attributes into the
-answer text aiortc produced.
+each offered layer, and `a=simulcast:recv q;h;f`. That is mediasoup's answer (read in
+mediasoup-client's `AnswerMediaSection`: the offer's list under `recv`, each `send` RID turned
+`recv`, no restrictions, only extensions the offer has); LiveKit (pion) and Janus are described
+the same way by their documentation, not checked line by line here.
+
+Without the `a=simulcast` line the browser falls back to sending one encoding, so answering
+nothing is always safe; and the lines are added only where the RID extension was negotiated too,
+because layers the SFU cannot tell apart would be worse than one layer. aiortc knows neither
+attribute: `sfu.aiortc_hooks` adds the extensions to what aiortc negotiated, and
+`answer_simulcast` writes the two attributes into the answer text aiortc produced.
 
 Which layer is low: the RIDs do not say, but the names in use do (`q;h;f` is what LiveKit's and
 our client's encodings are called, `l;m;h` and `0;1;2` are common elsewhere), so known name sets
