@@ -46,9 +46,9 @@ def _number(pattern: str, sdp: str) -> int:
     return int(found.group(1))
 
 
-def _extensions(mid_id: int, mid: str, rid: str) -> bytes:
+def _extensions(mid_id: int, mid: str, rid: str, rid_id: int = RID_ID) -> bytes:
     body = bytes([mid_id << 4 | (len(mid) - 1)]) + mid.encode()
-    body += bytes([RID_ID << 4 | (len(rid) - 1)]) + rid.encode()
+    body += bytes([rid_id << 4 | (len(rid) - 1)]) + rid.encode()
     body += b"\x00" * (-len(body) % 4)
     return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
 
@@ -63,6 +63,10 @@ class LayerSender:
         self.ssrc = random.randint(1, 0xFFFFFFFF)
         self.sequence = random.randint(0, 0xFFFF)
         self.timestamp = random.randint(0, 0xFFFFFFFF)
+        self.rtx_ssrc = random.randint(1, 0xFFFFFFFF)
+        self.rtx_sequence = random.randint(0, 0xFFFF)
+        self.sent: dict[int, bytes] = {}
+        """Packets sent, by sequence number (to retransmit)."""
 
     def packets(self, index: int, payload_type: int, mid_id: int, mid: str) -> list[bytes]:
         width, height = self.size
@@ -78,8 +82,19 @@ class LayerSender:
             header = struct.pack("!BBHII", 0x90, marker | payload_type, self.sequence, timestamp,
                                  self.ssrc)  # fmt: skip
             packets.append(header + extensions + payload)
+            self.sent[self.sequence] = packets[-1]
             self.sequence = (self.sequence + 1) & 0xFFFF
         return packets
+
+    def retransmission(self, sequence: int, payload_type: int, mid_id: int, mid: str) -> bytes:
+        """An RTX packet (RFC 4588) of a packet sent, naming its layer by the repaired RID."""
+        original = self.sent[sequence]
+        payload = original[12 + len(_extensions(mid_id, mid, self.rid)) :]
+        extensions = _extensions(mid_id, mid, self.rid, REPAIRED_RID_ID)
+        header = struct.pack("!BBHII", 0x90, payload_type, self.rtx_sequence,
+                             int.from_bytes(original[4:8], "big"), self.rtx_ssrc)  # fmt: skip
+        self.rtx_sequence = (self.rtx_sequence + 1) & 0xFFFF
+        return header + extensions + struct.pack("!H", sequence) + payload
 
 
 async def test_a_three_layer_camera_is_one_track_and_its_lowest_layer_decodes(
@@ -98,6 +113,7 @@ async def test_a_three_layer_camera_is_one_track_and_its_lowest_layer_decodes(
         await eventually(lambda: pc.connectionState == "connected", timeout=15)
 
         payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", answer)
+        rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={payload_type}", answer)
         mid_id = _number(rf"a=extmap:(\d+) {MID_URI}", answer)
         mid = str(transceiver.mid)
         dtls = hooks.transport_of(transceiver)
@@ -106,12 +122,19 @@ async def test_a_three_layer_camera_is_one_track_and_its_lowest_layer_decodes(
             for layer in reversed(layers):  # the order does not matter: the RID says
                 for packet in layer.packets(index, payload_type, mid_id, mid):
                     hooks.send_rtp(dtls, packet)
+            if index == 30:  # the middle layer answers a NACK
+                retransmitted = next(iter(layers[1].sent))
+                hooks.send_rtp(dtls, layers[1].retransmission(retransmitted, rtx_payload_type,
+                                                              mid_id, mid))  # fmt: skip
             await asyncio.sleep(1 / 30)
 
         track = next(iter(media.server.participants["a"].tracks.values()))
         assert track.info.layers == ("q", "h", "f")
         demux = media.server.participants["a"].publisher.demux
         assert demux.layer_ssrcs(track) == [layer.ssrc for layer in layers]
+        rtx = demux.by_ssrc[layers[1].rtx_ssrc]
+        assert (rtx.rtx, rtx.layer, rtx.media_ssrc) == (True, 1, layers[1].ssrc)
+        assert demux.dropped == 0
         await eventually(lambda: subscriber.stats.frames("video") > 10, timeout=10)
         widths = {t.width for t in subscriber.stats.tracks.values() if t.kind == "video"}
         assert widths == {160}, "the subscriber decodes one layer, the lowest, and only it"
