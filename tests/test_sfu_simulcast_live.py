@@ -141,3 +141,18 @@ async def test_a_three_layer_camera_is_one_track_and_its_lowest_layer_decodes(
         assert not media.errors
     finally:
         await pc.close()
+
+
+async def test_a_screen_share_offered_in_layers_is_answered_as_one(media: MediaHarness) -> None:
+    await media.server.join("mdt-1", "a", frozenset({"share_screen"}))
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = simulcast_offer(pc.localDescription.sdp)
+        answer = await media.server.offer("a", "publish", offer, screen=[str(transceiver.mid)])
+    finally:
+        await pc.close()
+    # Text on a shared screen must stay sharp: no simulcast, so the browser sends one encoding.
+    assert "a=simulcast" not in answer and "a=rid:" not in answer and RID_URI not in answer
+    assert "a=recvonly" in answer
