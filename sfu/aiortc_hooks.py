@@ -13,7 +13,9 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   what `stop()` waits for, and reports the negotiated send parameters to the forwarder;
 - `send_rtp` SRTP-protects and sends one datagram on the nominated ICE pair synchronously,
   skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
-- `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec.
+- `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec;
+- `negotiate_extensions` adds header extensions aiortc does not know (simulcast's RID ones) to
+  what a transceiver negotiated.
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -33,6 +35,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
@@ -259,6 +262,20 @@ def restrict_codecs(transceiver: RTCRtpTransceiver, mime_type: str) -> bool:
     ]
     transceiver._codecs = kept
     return True
+
+
+def negotiate_extensions(transceiver: RTCRtpTransceiver, offered: dict[str, int]) -> None:
+    """Accept these offered header extensions (`uri -> id`, the offer's ids) on a transceiver
+    besides those aiortc negotiated itself (it knows only MID, abs-send-time and audio level):
+    the answer then lists them, and the receive parameters carry them to the demux.
+
+    Called between setRemoteDescription and createAnswer, like `restrict_codecs`.
+    """
+    extensions: list[RTCRtpHeaderExtensionParameters] = transceiver._headerExtensions
+    known = {extension.uri for extension in extensions}
+    for uri, ext_id in offered.items():
+        if uri not in known:
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

@@ -24,6 +24,7 @@ from sfu import aiortc_hooks as hooks
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
+from sfu.simulcast import SimulcastOffer, answer_simulcast, read_simulcast_offers
 from sfu.types import MediaError, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -75,6 +76,7 @@ class Publisher:
         "_receive_params",
         "_rtcp_dropped",
         "_screen_mids",
+        "_simulcast",
         "configuration",
         "demux",
         "muted",
@@ -111,6 +113,8 @@ class Publisher:
         """What was negotiated for each publish media id (to publish it again after a pause)."""
         self._screen_mids = NO_MIDS
         """Publish media ids the client declared as screen shares."""
+        self._simulcast: dict[str, SimulcastOffer] = {}
+        """Camera media ids whose simulcast offer was accepted (`sfu.simulcast`)."""
         self._hooked = False
         self._rtcp_dropped = 0
 
@@ -137,9 +141,11 @@ class Publisher:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable publish offer: {exc}") from None
+        simulcast = read_simulcast_offers(sdp)
         for transceiver in pc.getTransceivers():
             if transceiver.mid is None:
                 continue
+            self._accept_simulcast(transceiver, simulcast.get(transceiver.mid))
             if transceiver.mid in self._configured_mids:
                 self._follow_direction(transceiver)
                 continue
@@ -152,7 +158,24 @@ class Publisher:
                 self._hooked = True
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        return pc.localDescription.sdp
+        return answer_simulcast(pc.localDescription.sdp, self._simulcast)
+
+    def _accept_simulcast(
+        self, transceiver: RTCRtpTransceiver, offer: SimulcastOffer | None
+    ) -> None:
+        """Accept the layers a camera is offered in (with their RID extensions); a screen share
+        stays one layer (its text must stay sharp), as does an offer without the RID extension."""
+        mid = str(transceiver.mid)
+        if (
+            offer is None
+            or offer.rid_extension is None
+            or transceiver.kind != "video"
+            or mid in self._screen_mids
+        ):
+            self._simulcast.pop(mid, None)
+            return
+        hooks.negotiate_extensions(transceiver, offer.extensions)
+        self._simulcast[mid] = offer
 
     def _transport(self, pc: RTCPeerConnection) -> Any:
         for transceiver in pc.getTransceivers():
@@ -219,6 +242,7 @@ class Publisher:
             clock_rate=codec.clockRate,
             payload_type=codec.payloadType or 0,
             source=source_of(transceiver.kind, mid in self._screen_mids),
+            layers=self._simulcast[mid].layers if mid in self._simulcast else (),
         )
         dtls = hooks.transport_of(transceiver)
         track = PublishedTrack(
@@ -239,8 +263,11 @@ class Publisher:
         # Hot path, per received packet: watched by bench/forwarding.py.
         routed = self.demux.route(data)
         if routed is not None:
-            track, packet, header = routed
-            track.forward(packet, header, arrival_ms)
+            track, packet, header, layer = routed
+            # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
+            # forwards its lowest, the one a simulcasting browser always sends.
+            if layer == 0:
+                track.forward(packet, header, arrival_ms)
             level_id = track.ext_ids.audio_level
             if level_id is not None and not track.video:  # the room's speaker: one byte read
                 level = header.extensions.get(level_id)

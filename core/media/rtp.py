@@ -20,6 +20,9 @@ _ONE_BYTE_PROFILE = 0xBEDE
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+# Simulcast (RFC 8852): which layer a packet is, on media packets and on their RTX packets.
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 
 
 @dataclass(slots=True)
@@ -130,11 +133,21 @@ class ExtensionIds:
     mid: int | None = None
     abs_send_time: int | None = None
     audio_level: int | None = None
+    rid: int | None = None
+    """RTP stream id: the simulcast layer of a media packet (received only, never sent)."""
+    repaired_rid: int | None = None
+    """Repaired RTP stream id: the simulcast layer an RTX packet repairs (received only)."""
 
     @classmethod
     def from_uris(cls, uris: dict[str, int]) -> ExtensionIds:
         """From `uri -> id` as negotiated in SDP."""
-        return cls(uris.get(MID_URI), uris.get(ABS_SEND_TIME_URI), uris.get(AUDIO_LEVEL_URI))
+        return cls(
+            uris.get(MID_URI),
+            uris.get(ABS_SEND_TIME_URI),
+            uris.get(AUDIO_LEVEL_URI),
+            uris.get(RID_URI),
+            uris.get(REPAIRED_RID_URI),
+        )
 
 
 def extension_block(

@@ -25,3 +25,5 @@ class TrackInfo:
     """Payload type of the packets as handed to the sink."""
     source: str = "camera"
     """`microphone`, `camera` or `screen`."""
+    layers: tuple[str, ...] = ()
+    """Simulcast layers by RID, lowest first; empty for a track sent as one stream."""

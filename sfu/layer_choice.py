@@ -1,0 +1,127 @@
+"""Which simulcast layer a subscriber should get: what each layer is, and the rule that picks.
+
+`LayerMeter` watches one simulcast track's layers as they arrive: each layer's bitrate over the
+last second, its picture size (read from its VP8 keyframes), and whether it is being sent at all
+(a browser whose own estimate drops stops sending its top layers first, and a layer offered
+paused sends nothing). `choose_layer` is the rule, the same for every subscriber:
+
+- a tile that is hidden or off screen gets nothing;
+- otherwise the smallest layer that covers the tile (no point sending 1280x720 to a 160x90
+  thumbnail: a twelve-person room then sends thumbnails, not twelve full streams);
+- then the highest of those that fits the subscriber's bandwidth budget, with hysteresis: a
+  layer is climbed to only when it fits in `UP_HEADROOM` of the budget, and left only when it
+  no longer fits the whole budget, so an estimate wobbling around one layer's rate does not
+  switch (and ask for a keyframe) every second;
+- the lowest layer being sent is always allowed: a small picture beats a frozen one.
+
+The switch the choice leads to happens at the new layer's next keyframe (`sfu.layers`). Pure:
+packet sizes and keyframes in with `now`, a layer index out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.media.payloads import parse_vp8_descriptor, vp8_picture_size
+
+ACTIVE_WITHIN_S = 1.0
+"""A layer with no packet for this long is taken as not sent (paused by the browser)."""
+RATE_WINDOW_S = 1.0
+"""How long each layer's bytes are counted for its bitrate."""
+UP_HEADROOM = 0.8
+"""A subscriber climbs to a layer only when its bitrate fits in this share of the budget."""
+COVERS = 0.9
+"""A layer covers a tile when it is at least this share of the tile's width and height (a
+slightly smaller picture scaled up is not worth the next layer's bitrate)."""
+
+
+@dataclass(slots=True)
+class LayerState:
+    """One simulcast layer as the SFU receives it."""
+
+    width: int = 0
+    """Picture width from its latest keyframe (0: not known yet, or not VP8)."""
+    height: int = 0
+    """Picture height from its latest keyframe."""
+    bitrate: int = 0
+    """Bits per second over the last complete window."""
+    last_packet_at: float | None = None
+    """When its latest packet arrived (None: never)."""
+    window_start: float = 0.0
+    window_bytes: int = 0
+
+    def active(self, now: float) -> bool:
+        """Whether the publisher is sending this layer."""
+        return self.last_packet_at is not None and now - self.last_packet_at < ACTIVE_WITHIN_S
+
+    def covers(self, tile: tuple[int, int]) -> bool:
+        """Whether its picture is big enough for a tile of `tile` (width, height) pixels."""
+        return self.width >= COVERS * tile[0] and self.height >= COVERS * tile[1]
+
+
+class LayerMeter:
+    """One simulcast track's layers as received: bitrate, picture size, sent or not."""
+
+    __slots__ = ("layers",)
+
+    def __init__(self, count: int) -> None:
+        self.layers = [LayerState() for _ in range(count)]
+        """The layers, lowest first (as `TrackInfo.layers`)."""
+
+    def on_packet(self, layer: int, size: int, now: float) -> None:
+        """A packet of `size` payload bytes arrived on `layer` at `now`."""
+        # Per received packet of a simulcast track: bench/forwarding.py.
+        state = self.layers[layer]
+        if state.last_packet_at is None:
+            state.window_start = now
+        state.last_packet_at = now
+        state.window_bytes += size
+        elapsed = now - state.window_start
+        if elapsed >= RATE_WINDOW_S:
+            state.bitrate = int(state.window_bytes * 8 / elapsed)
+            state.window_start = now
+            state.window_bytes = 0
+
+    def on_keyframe(self, layer: int, payload: bytes) -> None:
+        """The first packet of a VP8 keyframe on `layer`: its picture size (others ignored)."""
+        try:
+            descriptor = parse_vp8_descriptor(payload)
+        except ValueError:
+            return
+        size = vp8_picture_size(payload[descriptor.size :])
+        if size is not None:
+            self.layers[layer].width, self.layers[layer].height = size
+
+
+def choose_layer(
+    layers: Sequence[LayerState],
+    *,
+    tile: tuple[int, int] | None,
+    budget_bps: int | None,
+    current: int | None,
+    now: float,
+) -> int | None:
+    """The layer a subscriber should get (None: nothing). `tile`: the size its page shows the
+    track at, in device pixels (None or empty: hidden); `budget_bps`: what its link can take for
+    this track (None: no estimate yet); `current`: the layer it gets now."""
+    if tile is None or tile[0] <= 0 or tile[1] <= 0:
+        return None
+    active = [index for index, state in enumerate(layers) if state.active(now)]
+    if not active:
+        return current  # nothing arrives: nothing to switch to
+    sized = [index for index in active if layers[index].width]
+    largest = active[-1]
+    if sized:
+        largest = next((index for index in sized if layers[index].covers(tile)), sized[-1])
+    if budget_bps is None:
+        return largest
+    chosen = active[0]
+    for index in active:
+        if index > largest:
+            break
+        staying = current is not None and index <= current
+        limit = budget_bps if staying else budget_bps * UP_HEADROOM
+        if layers[index].bitrate <= limit:
+            chosen = index
+    return chosen
