@@ -18,7 +18,7 @@ from pathlib import Path
 from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
-from sfu.aiortc_hooks import codec_guard
+from sfu.aiortc_hooks import codec_guard, queue_delay
 from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
 from sfu.retransmit import Refusal, RetransmitBudget
@@ -97,6 +97,7 @@ class MediaServer:
         """Retransmissions refused to participants who left, by reason."""
         install(settings.ice)
         codec_guard.install()
+        queue_delay.max_ms = round(settings.max_delay_s * 1000)
 
     async def start(self) -> None:
         """Start the periodic RTCP work."""
@@ -255,6 +256,11 @@ class MediaServer:
             **{
                 f'retransmissions_refused{{reason="{reason}"}}': count
                 for reason, count in refused.items()
+            },
+            "late_dropped_packets": queue_delay.dropped,
+            **{
+                f'queue_delay_ms_bucket{{le="{bound}"}}': count
+                for bound, count in queue_delay.cumulative()
             },
             "socket_receive_buffer_bytes": socket_buffers.receive,
             "socket_send_buffer_bytes": socket_buffers.send,
