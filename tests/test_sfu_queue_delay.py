@@ -99,3 +99,32 @@ async def test_datagrams_that_waited_past_the_bound_are_dropped_not_forwarded(
     finally:
         sender.close()
         transport.close()
+
+
+def test_dropping_late_rtp_asks_its_publisher_for_one_keyframe() -> None:
+    from aiortc.rtcdtlstransport import State
+    from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
+
+    sent: list[bytes] = []
+    protocol = StunProtocol.__new__(StunProtocol)  # a socket's protocol, without a loop
+    protocol.transport = SimpleNamespace(  # type: ignore[assignment]
+        _sock=None, sendto=lambda data, addr: sent.append(data)
+    )
+    pair = SimpleNamespace(protocol=protocol, remote_addr=("127.0.0.1", 9))
+    connection = SimpleNamespace(data_received=lambda data, component: None, _nominated={1: pair})
+    dtls = SimpleNamespace(
+        _state=State.CONNECTED, _tx_srtp=SimpleNamespace(protect_rtcp=lambda data: data),
+        transport=SimpleNamespace(_connection=connection),
+    )  # fmt: skip
+    hooks.hook_transport(dtls, None, None)  # type: ignore[arg-type]
+    late = connection._consilium_late  # type: ignore[attr-defined]
+
+    def rtp(ssrc: int, seq: int) -> bytes:
+        return bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+
+    for seq in range(5):  # a late burst of one video stream: one request (rate-limited)
+        late(rtp(42, seq))
+    late(rtp(43, 0))
+    plis = [p for data in sent for p in RtcpPacket.parse(data)]
+    assert all(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in plis)
+    assert [p.media_ssrc for p in plis] == [42, 43]  # type: ignore[union-attr]
