@@ -14,6 +14,10 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
 - `send_rtp` SRTP-protects and sends one datagram on the nominated ICE pair synchronously,
   skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
 - `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec.
+- the socket callback (`_datagram_received`, installed on aioice's `StunProtocol`) takes SRTP
+  past the STUN parser, reads what is queued behind it, and reads the kernel's receive
+  timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is dropped there, before
+  SRTP, and its publisher asked for a keyframe (`sfu.queue_delay`).
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
