@@ -144,6 +144,9 @@ server's larger heap did not show it, so asyncio's own first read is left as it 
 DATAGRAMS_PER_WAKEUP = 32
 """Most datagrams one socket's reader callback takes before other sockets and timers run."""
 
+RECHECK_LATE_EVERY = 8
+"""While a wakeup's media is late, its wait is measured again every this many datagrams (a
+syscall each time), so the tail of a drained backlog is forwarded."""
 queue_delay = QueueDelay()
 """The process's media waiting times and late drops (the MediaServer sets its bound)."""
 _SIOCGSTAMPNS = 0x8907
@@ -198,7 +201,8 @@ def _read_queued(
     packets arrive back to back, and each event-loop wakeup (epoll, handle, callback) costs
     about as much as unprotecting a packet. Stops at the first EAGAIN; returns how many media
     datagrams it took. `late`: where RTP goes instead of `media` when the first datagram of
-    this wakeup waited too long (those queued behind it waited about as long)."""
+    this wakeup waited too long (those queued behind it waited about as long; the wait is
+    measured again every `RECHECK_LATE_EVERY` datagrams)."""
     # Hot path, per event-loop wakeup on a media socket: watched by bench/forwarding.py.
     transport: Any = protocol.transport
     sock = getattr(transport, "_sock", None)
@@ -218,6 +222,10 @@ def _read_queued(
             return taken
         if data and 127 < data[0] < 192:
             taken += 1
+            if late is not None and not taken % RECHECK_LATE_EVERY:
+                # The backlog may have drained: forward again as soon as media is fresh.
+                if queue_delay.fresh(_waited_ms(sock)):
+                    late = None
             if late is None or 191 < data[1] < 224:
                 media(data, 1)
             else:

@@ -128,3 +128,37 @@ def test_dropping_late_rtp_asks_its_publisher_for_one_keyframe() -> None:
     plis = [p for data in sent for p in RtcpPacket.parse(data)]
     assert all(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in plis)
     assert [p.media_ssrc for p in plis] == [42, 43]  # type: ignore[union-attr]
+
+
+async def test_the_fresh_tail_of_a_drained_backlog_is_forwarded(bound: QueueDelay) -> None:
+    loop = asyncio.get_running_loop()
+    forwarded: list[bytes] = []
+    late: list[bytes] = []
+    receiver = SimpleNamespace(
+        _consilium_media=lambda data, component: forwarded.append(data),
+        _consilium_late=late.append,
+        data_received=lambda data, component: None,
+        protocol_lost=lambda protocol: None,
+    )
+    hooks._install_datagram_shortcut()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
+    )
+    protocol.local_candidate = SimpleNamespace(component=1)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp = [bytes([0x80, 96, 0, n]) + bytes(100) for n in range(13)]
+    try:
+        address = transport.get_extra_info("sockname")
+        sender.sendto(rtp[0], address)  # the first turns the socket's timestamps on
+        await eventually(lambda: len(forwarded) == 1, timeout=5)
+        sender.sendto(rtp[1], address)
+        time.sleep(0.15)  # rtp[1] waits past the bound; the rest arrive just before the read
+        for data in rtp[2:]:
+            sender.sendto(data, address)
+        await eventually(lambda: len(late) + len(forwarded) == 13, timeout=5)
+        # Dropped with the first until the wait is measured again (every 8th queued datagram).
+        assert late == rtp[1 : 1 + hooks.RECHECK_LATE_EVERY]
+        assert forwarded == [rtp[0], *rtp[1 + hooks.RECHECK_LATE_EVERY :]]
+    finally:
+        sender.close()
+        transport.close()
