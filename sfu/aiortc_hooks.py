@@ -147,8 +147,10 @@ DATAGRAMS_PER_WAKEUP = 32
 RECHECK_LATE_EVERY = 8
 """While a wakeup's media is late, its wait is measured again every this many datagrams (a
 syscall each time), so the tail of a drained backlog is forwarded."""
-queue_delay = QueueDelay()
-"""The process's media waiting times and late drops (the MediaServer sets its bound)."""
+queue_delay = QueueDelay(max_ms=0)
+"""The process's media waiting times and late drops. No bound until the MediaServer sets one
+from its settings: a client of these hooks (the benchmark's receivers) measures what arrives,
+late or not."""
 _SIOCGSTAMPNS = 0x8907
 """Linux ioctl: the receive timestamp (struct timespec) of the last datagram read."""
 _TIMESPEC = struct.Struct("@qq")
