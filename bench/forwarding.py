@@ -64,7 +64,9 @@ the CPU well before the SFU does; it reports what it managed, and its loss. Its 
 the `packetsSent` of its senders. The two servers run one after the other, never at once;
 `--no-baseline` skips it (those keys are null).
 
-`--load N` starts N busy processes for the SFU's runs (other work taking the CPU), and measures
+`--load N` starts N busy processes for the SFU's runs (other work taking the CPU: they and the
+server share core 0, the clients keep the other cores, so the clients' own starvation is not
+what is measured), and measures
 the SFU twice: with its time bound (the main keys) and without it, `media_max_delay_s = 0`, the
 keys `unbounded_*` (loss, latency p95, queue delay p95, frames per second): late media dropped
 against late media delivered, in the same run.
@@ -522,8 +524,10 @@ class ServeProcess(MediaServerProcess):
                 **(settings or {}),
             }
         )
+        # Under --load the server shares its core with the busy processes (`load_cpus`).
+        pin = ["taskset", "-c", ",".join(map(str, SERVER_CPUS))] if config.load else []
         super().__init__(
-            [sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
+            [*pin, sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
              "--data-dir", str(self.data_dir)],
             env, REPO, workdir / "serve.log", port,
         )  # fmt: skip
@@ -927,17 +931,33 @@ def refused_retransmissions(counters: dict[str, float]) -> int:
     return int(sum(v for k, v in counters.items() if k.startswith(prefix)))
 
 
+SERVER_CPUS = (0,)
+"""Under --load: the core the server and the busy processes share; the clients (this process)
+keep the others, so what is measured is the server short of CPU, not the clients."""
+
+
 def start_load(count: int) -> list[subprocess.Popen[bytes]]:
-    """`count` busy processes: other work taking the machine's CPU."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    """`count` busy processes on the server's core: other work taking its CPU. This process
+    (the clients) moves to the other cores."""
+    if not count:
+        return []
+    others = set(range(os.cpu_count() or 1)) - set(SERVER_CPUS)
+    if others:
+        os.sched_setaffinity(0, others)
+    pin = ["taskset", "-c", ",".join(map(str, SERVER_CPUS))]
+    return [
+        subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"]) for _ in range(count)
+    ]
 
 
 def stop_load(hogs: list[subprocess.Popen[bytes]]) -> None:
-    """End the busy processes this bench started."""
+    """End the busy processes this bench started; this process may use every core again."""
     for hog in hogs:
         hog.kill()
     for hog in hogs:
         hog.wait()
+    if hogs:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
 
 # -- the run ----------------------------------------------------------------------------------
