@@ -4,7 +4,13 @@ Starts a real `consilium serve` process and drives one room over the real WebSoc
 aiortc peers from this process, then prints one JSON line. The keys `us_per_pkt`, `us_per_frame`,
 `baseline_us_per_pkt`, `baseline_us_per_frame`, `ratio`, `frame_ratio`, `fwd_pkts_per_s`,
 `cpu_s_per_s`, `latency_p95_ms`, `loss`, `baseline_loss`, `client_cpu_s_per_s` and
-`participants` are a contract other tools read; the rest are extras for a human.
+`participants` are a contract other tools read; the rest are extras for a human. Of those,
+`queue_delay_p95_ms` is how long media waited in the node (the server's histogram of kernel
+receive timestamp to forwarding, p95 over the window), `late_dropped_packets` what it dropped
+for waiting past `media_max_delay_s`, `retransmitted_ratio` packets resent per packet forwarded,
+`retransmissions_refused` NACKed packets not resent (`sfu.retransmit`).
+
+    python bench/forwarding.py --participants 8 --load 2 --no-baseline   # CPU short
 
     python bench/forwarding.py                                  # 4 participants, all-to-all, 10 s
     python bench/forwarding.py --publishers 4 --subscribers 10  # fan-out: 4 x 10
@@ -57,6 +63,13 @@ cannot keep up skips to the newest frame instead of queueing an unbounded backlo
 the CPU well before the SFU does; it reports what it managed, and its loss. Its packet count is
 the `packetsSent` of its senders. The two servers run one after the other, never at once;
 `--no-baseline` skips it (those keys are null).
+
+`--load N` starts N busy processes for the SFU's runs (other work taking the CPU: they and the
+server share core 0, the clients keep the other cores, so the clients' own starvation is not
+what is measured), and measures
+the SFU twice: with its time bound (the main keys) and without it, `media_max_delay_s = 0`, the
+keys `unbounded_*` (loss, latency p95, queue delay p95, frames per second): late media dropped
+against late media delivered, in the same run.
 
 `--profile FILE` also records the SFU with py-spy (if installed) over the measured window
 (`.svg` flame graph, `.json` speedscope, anything else raw collapsed stacks). py-spy pauses the
@@ -138,6 +151,9 @@ class BenchConfig:
     """Also measure the MediaRelay baseline server."""
     profile: Path | None = None
     """Record the SFU with py-spy over the measured window, into this file."""
+    load: int = 0
+    """Busy processes (one Python loop each) competing for the CPU during the SFU's runs; with
+    any, the SFU is also measured with its time bound off (`media_max_delay_s = 0`)."""
 
     @property
     def participants(self) -> int:
@@ -480,13 +496,19 @@ class MediaServerProcess(ServerProcess):
         """RTP packets the server has sent its subscribers so far."""
         raise NotImplementedError
 
+    async def counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        """The server's own counters (its /metrics), if it has any."""
+        return {}
+
 
 class ServeProcess(MediaServerProcess):
     """`consilium serve`, gathering on loopback, with join bounds opened for the run."""
 
     name = "consilium serve"
 
-    def __init__(self, workdir: Path, config: BenchConfig) -> None:
+    def __init__(
+        self, workdir: Path, config: BenchConfig, settings: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = workdir / "data"
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
@@ -499,10 +521,13 @@ class ServeProcess(MediaServerProcess):
                 "CONSILIUM_MAX_PARTICIPANTS_PER_ROOM": str(config.participants + 8),
                 # The bench's clients do not ping: keep them for the whole run.
                 "CONSILIUM_KEEPALIVE_TIMEOUT_S": "3600",
+                **(settings or {}),
             }
         )
+        # Under --load the server shares its core with the busy processes (`load_cpus`).
+        pin = ["taskset", "-c", ",".join(map(str, SERVER_CPUS))] if config.load else []
         super().__init__(
-            [sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
+            [*pin, sys.executable, "-m", "consilium.cli", "serve", "--port", str(port),
              "--data-dir", str(self.data_dir)],
             env, REPO, workdir / "serve.log", port,
         )  # fmt: skip
@@ -516,6 +541,9 @@ class ServeProcess(MediaServerProcess):
 
     async def sent_packets(self, http: aiohttp.ClientSession) -> float:
         return (await self.metrics(http))["consilium_sfu_forwarded_packets"]
+
+    async def counters(self, http: aiohttp.ClientSession) -> dict[str, float]:
+        return await self.metrics(http)
 
 
 class RelayProcess(MediaServerProcess):
@@ -645,6 +673,8 @@ class Counts:
     received_packets: int
     received_video_frames: int
     received_audio_packets: int
+    counters: dict[str, float] = field(default_factory=dict)
+    """The server's own counters (`MediaServerProcess.counters`)."""
 
 
 @dataclass
@@ -669,6 +699,8 @@ class Window:
     warmed_up: bool
     warm_up_s: float
     errors: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)
+    """How much each of the server's own counters grew over the window."""
 
     @property
     def us_per_pkt(self) -> float | None:
@@ -738,6 +770,7 @@ async def counts(
         received_audio_packets=sum(r[2] for r in received),
     )
     snapshot.server_packets = await server.sent_packets(http)
+    snapshot.counters = await server.counters(http)
     return snapshot
 
 
@@ -798,6 +831,7 @@ async def measure(
         warmed_up=warmed_up,
         warm_up_s=warm_up_s,
         errors=[e for p in peers for e in p.errors],
+        counters={k: v - before.counters.get(k, 0.0) for k, v in after.counters.items()},
     )
 
 
@@ -871,11 +905,70 @@ async def run_relay(config: BenchConfig, server: RelayProcess) -> Window:
             await close_all(list(peers))
 
 
+QUEUE_DELAY_BUCKET = 'consilium_sfu_queue_delay_ms_bucket{le="'
+"""The /metrics histogram of how long media waited in the node (`sfu.queue_delay`)."""
+
+
+def queue_delay_p95_ms(counters: dict[str, float]) -> float | None:
+    """p95 of the media's wait in the node over the window, from the histogram's growth: the
+    upper bound of the bucket it falls in (the largest finite bound, 5000, means 5 s or more)."""
+    from sfu.queue_delay import percentile_ms as histogram_percentile_ms
+
+    buckets = sorted(
+        (float(name[len(QUEUE_DELAY_BUCKET) : -2]), count)
+        for name, count in counters.items()
+        if name.startswith(QUEUE_DELAY_BUCKET)
+    )
+    p95 = histogram_percentile_ms(buckets, 0.95)
+    if p95 is not None and p95 == float("inf"):
+        return max(bound for bound, _ in buckets if bound != float("inf"))
+    return p95
+
+
+def refused_retransmissions(counters: dict[str, float]) -> int:
+    """NACKed packets the SFU did not resend over the window (every reason)."""
+    prefix = "consilium_sfu_retransmissions_refused"
+    return int(sum(v for k, v in counters.items() if k.startswith(prefix)))
+
+
+SERVER_CPUS = (0,)
+"""Under --load: the core the server and the busy processes share; the clients (this process)
+keep the others, so what is measured is the server short of CPU, not the clients."""
+
+
+def start_load(count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` busy processes on the server's core: other work taking its CPU. This process
+    (the clients) moves to the other cores."""
+    if not count:
+        return []
+    others = set(range(os.cpu_count() or 1)) - set(SERVER_CPUS)
+    if others:
+        os.sched_setaffinity(0, others)
+    pin = ["taskset", "-c", ",".join(map(str, SERVER_CPUS))]
+    return [
+        subprocess.Popen([*pin, sys.executable, "-c", "while True: pass"]) for _ in range(count)
+    ]
+
+
+def stop_load(hogs: list[subprocess.Popen[bytes]]) -> None:
+    """End the busy processes this bench started; this process may use every core again."""
+    for hog in hogs:
+        hog.kill()
+    for hog in hogs:
+        hog.wait()
+    if hogs:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
 def result_line(
-    config: BenchConfig, ours: Window, metrics: dict[str, float], baseline: Window | None
+    config: BenchConfig,
+    ours: Window,
+    metrics: dict[str, float],
+    baseline: Window | None,
+    unbounded: Window | None = None,
 ) -> dict[str, Any]:
     """The JSON line."""
     us_per_pkt, us_per_frame = ours.us_per_pkt, ours.us_per_frame
@@ -913,7 +1006,31 @@ def result_line(
         "warmed_up": ours.warmed_up,
         "warm_up_s": _round(ours.warm_up_s, 1),
         "cpu_count": os.cpu_count(),
+        "queue_delay_p95_ms": queue_delay_p95_ms(ours.counters),
+        "late_dropped_packets": int(ours.counters.get("consilium_sfu_late_dropped_packets", 0)),
+        "retransmitted_ratio": _round(
+            _ratio(
+                ours.counters.get("consilium_sfu_retransmitted_packets", 0.0),
+                ours.server_packets,
+            ),
+            4,
+        ),
+        "retransmissions_refused": refused_retransmissions(ours.counters),
+        "socket_receive_buffer_bytes": int(
+            metrics.get("consilium_sfu_socket_receive_buffer_bytes", 0)
+        ),
+        "load": config.load,
     }
+    if unbounded is not None:
+        line.update(
+            {
+                "unbounded_loss": _round(unbounded.loss, 4),
+                "unbounded_frame_loss": _round(unbounded.frame_loss, 4),
+                "unbounded_latency_p95_ms": percentile_ms(unbounded.latencies, 95),
+                "unbounded_queue_delay_p95_ms": queue_delay_p95_ms(unbounded.counters),
+                "unbounded_fwd_frames_per_s": _round(unbounded.video_frames / unbounded.seconds, 1),
+            }
+        )
     if ours.errors:
         line["errors"] = ours.errors[:5]
     if baseline is not None:
@@ -955,6 +1072,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         "--no-baseline", action="store_true", help="skip the MediaRelay baseline server"
     )
     parser.add_argument("--profile", type=Path, help="record the SFU with py-spy into this file")
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="busy processes competing for the CPU; also measures the SFU with its time bound off",
+    )
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server is not None:
@@ -983,7 +1106,24 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         baseline_seconds=baseline_seconds,
         baseline=not args.no_baseline,
         profile=args.profile,
+        load=max(0, args.load),
     )
+
+
+def _run_serve(
+    config: BenchConfig, workdir: Path, settings: dict[str, str] | None = None
+) -> tuple[Window, dict[str, float]]:
+    """One measured run against a fresh `consilium serve`."""
+    workdir.mkdir(parents=True)
+    server = ServeProcess(workdir, config, settings)
+    try:
+        server.wait_ready()
+        return asyncio.run(run_sfu(config, server))
+    except BaseException:
+        print(server.output(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1002,16 +1142,16 @@ def main(argv: list[str] | None = None) -> int:
     encode_tone()
     workdir = Path(tempfile.mkdtemp(prefix="consilium-bench-forwarding-"))
     started = time.monotonic()
+    hogs = start_load(config.load)
     try:
-        server = ServeProcess(workdir, config)
-        try:
-            server.wait_ready()
-            ours, metrics = asyncio.run(run_sfu(config, server))
-        except BaseException:
-            print(server.output(), file=sys.stderr)
-            raise
-        finally:
-            server.stop()
+        ours, metrics = _run_serve(config, workdir / "bounded")
+        unbounded = None
+        if config.load:
+            # The baseline of the time bound: the same room, the same load, the bound off.
+            unbounded, _ = _run_serve(
+                config, workdir / "unbounded", {"CONSILIUM_MEDIA_MAX_DELAY_S": "0"}
+            )
+        stop_load(hogs)
 
         baseline = None
         if config.baseline:
@@ -1025,8 +1165,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 relay.stop()
     finally:
+        stop_load(hogs)
         shutil.rmtree(workdir, ignore_errors=True)
-    line = result_line(config, ours, metrics, baseline)
+    line = result_line(config, ours, metrics, baseline, unbounded)
     line["bench_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line), flush=True)
     return 0

@@ -57,6 +57,7 @@ def ice_settings(settings: Settings) -> IceSettings:
             turn_urls=tuple(settings.turn_urls),
             turn_secret=settings.turn_secret,
             turn_ttl_s=settings.turn_ttl_s,
+            socket_buffer_bytes=settings.media_socket_buffer_bytes,
         )
     except ValueError as exc:
         raise ConfigError(f"ICE settings: {exc}") from None
@@ -149,6 +150,9 @@ def build_node(settings: Settings) -> Node:
                 data_dir=data_dir,
                 room_key=room_keys.key_for,
                 image_info=images.lookup,
+                retransmit_share=settings.retransmit_share,
+                retransmit_max_age_s=settings.retransmit_max_age_s,
+                max_delay_s=settings.media_max_delay_s,
             ),
             messenger.notify,
         )

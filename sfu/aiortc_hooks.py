@@ -15,7 +15,11 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
 - `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec;
 - `negotiate_extensions` adds header extensions aiortc does not know (simulcast's RID ones) to
-  what a transceiver negotiated.
+  what a transceiver negotiated;
+- the socket callback (`_datagram_received`, installed on aioice's `StunProtocol`) takes SRTP
+  past the STUN parser, reads what is queued behind it, and reads the kernel's receive
+  timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is dropped there, before
+  SRTP, and its publisher asked for a keyframe (`sfu.queue_delay`).
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -24,7 +28,9 @@ per hook.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,8 +45,12 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
+
+from core.media.keyframes import KeyframeRequests
+from sfu.queue_delay import QueueDelay
 
 log = logging.getLogger("consilium.sfu.hooks")
 
@@ -87,9 +97,25 @@ def hook_transport(
             return
         original_data_received(data, component)
 
+    # Per publisher SSRC: keyframe requests after late packets were dropped (rate-limited).
+    keyframes: dict[int, KeyframeRequests] = {}
+
+    def late(data: bytes) -> None:
+        """An RTP datagram that waited too long was dropped (`queue_delay`): ask its sender for
+        a keyframe, so pictures resume from fresh media (audio SSRCs ignore a PLI)."""
+        if len(data) < 12 or dtls._state is not State.CONNECTED:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        requests = keyframes.get(ssrc)
+        if requests is None:
+            requests = keyframes[ssrc] = KeyframeRequests()
+        if requests.request(time.monotonic()):
+            send_rtcp(dtls, bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=ssrc)))
+
     connection.data_received = data_received  # type: ignore[method-assign]
     # The socket callback hands SRTP straight here, before aioice tries to parse it as STUN.
     connection._consilium_media = data_received  # type: ignore[attr-defined]
+    connection._consilium_late = late  # type: ignore[attr-defined]
     _install_datagram_shortcut()
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
@@ -121,43 +147,98 @@ server's larger heap did not show it, so asyncio's own first read is left as it 
 DATAGRAMS_PER_WAKEUP = 32
 """Most datagrams one socket's reader callback takes before other sockets and timers run."""
 
+RECHECK_LATE_EVERY = 8
+"""While a wakeup's media is late, its wait is measured again every this many datagrams (a
+syscall each time), so the tail of a drained backlog is forwarded."""
+queue_delay = QueueDelay(max_ms=0)
+"""The process's media waiting times and late drops. No bound until the MediaServer sets one
+from its settings: a client of these hooks (the benchmark's receivers) measures what arrives,
+late or not."""
+_SIOCGSTAMPNS = 0x8907
+"""Linux ioctl: the receive timestamp (struct timespec) of the last datagram read."""
+_TIMESPEC = struct.Struct("@qq")
+_TIMESPEC_BUF = bytes(_TIMESPEC.size)
+_ioctl = fcntl.ioctl
+
 
 def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
     # Hot path, per received datagram: watched by bench/forwarding.py. SRTP/SRTCP (first byte
     # 128-191) can never be STUN (first two bits zero), so skip aioice's failed STUN parse.
     if data and 127 < data[0] < 192:  # type: ignore[operator]
-        media = getattr(self.receiver, "_consilium_media", None)
+        receiver = self.receiver
+        media = getattr(receiver, "_consilium_media", None)
         if media is not None:
-            media(data, 1)
-            _read_queued(self, media)
+            transport: Any = self.transport
+            sock = getattr(transport, "_sock", None)
+            waited = _waited_ms(sock) if sock is not None else 0
+            fresh = queue_delay.fresh(waited)
+            late = None if fresh else getattr(receiver, "_consilium_late", None)
+            if late is None or 191 < data[1] < 224:  # type: ignore[operator]
+                media(data, 1)
+            else:
+                queue_delay.drop()
+                late(data)
+            taken = 1 + _read_queued(self, media, late) if sock is not None else 1
+            queue_delay.record(waited, taken)
             return
     _stun_datagram_received(self, data, addr)
 
 
-def _read_queued(protocol: StunProtocol, media: Callable[[bytes, int], None]) -> None:
+def _waited_ms(sock: Any) -> int:
+    """How long the datagram just read from `sock` waited in the node, in ms: from the
+    kernel's receive timestamp (SIOCGSTAMPNS, one syscall per wakeup, ~1 us) to now. 0 when
+    unknown: the first datagram of a socket (the call turns its timestamps on), or a step of
+    the wall clock the kernel stamps with."""
+    try:
+        seconds, nanoseconds = _TIMESPEC.unpack(_ioctl(sock.fileno(), _SIOCGSTAMPNS, _TIMESPEC_BUF))
+    except OSError:
+        return 0
+    waited = (time.time_ns() - seconds * 1_000_000_000 - nanoseconds) // 1_000_000
+    return waited if 0 <= waited < 60_000 else 0
+
+
+def _read_queued(
+    protocol: StunProtocol,
+    media: Callable[[bytes, int], None],
+    late: Callable[[bytes], None] | None,
+) -> int:
     """Take the datagrams already queued on this socket now, in this callback: a video frame's
     packets arrive back to back, and each event-loop wakeup (epoll, handle, callback) costs
-    about as much as unprotecting a packet. Stops at the first EAGAIN."""
+    about as much as unprotecting a packet. Stops at the first EAGAIN; returns how many media
+    datagrams it took. `late`: where RTP goes instead of `media` when the first datagram of
+    this wakeup waited too long (those queued behind it waited about as long; the wait is
+    measured again every `RECHECK_LATE_EVERY` datagrams)."""
     # Hot path, per event-loop wakeup on a media socket: watched by bench/forwarding.py.
     transport: Any = protocol.transport
     sock = getattr(transport, "_sock", None)
     if sock is None:
-        return
+        return 0
     recvfrom = sock.recvfrom
+    taken = 0
     for _ in range(DATAGRAMS_PER_WAKEUP - 1):
         if transport.is_closing():
-            return
+            return taken
         try:
             data, addr = recvfrom(DATAGRAM_BUFFER)
         except (BlockingIOError, InterruptedError):
-            return
+            return taken
         except OSError as exc:
             protocol.error_received(exc)
-            return
+            return taken
         if data and 127 < data[0] < 192:
-            media(data, 1)
+            taken += 1
+            if late is not None and not taken % RECHECK_LATE_EVERY:
+                # The backlog may have drained: forward again as soon as media is fresh.
+                if queue_delay.fresh(_waited_ms(sock)):
+                    late = None
+            if late is None or 191 < data[1] < 224:
+                media(data, 1)
+            else:
+                queue_delay.drop()
+                late(data)
         else:
             _stun_datagram_received(protocol, data, addr)
+    return taken
 
 
 def _install_datagram_shortcut() -> None:

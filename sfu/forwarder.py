@@ -42,6 +42,7 @@ from core.media.rtp import (
     wrap_rtx,
 )
 from core.media.track import TrackInfo
+from sfu.retransmit import RetransmitBudget
 from sfu.sinks import MediaSink
 
 HISTORY_SIZE = 1024
@@ -52,16 +53,21 @@ SendFn = Callable[[bytes], bool]
 
 
 class RetransmissionBuffer:
-    """The last `HISTORY_SIZE` packets of a track, by sequence number."""
+    """The last `HISTORY_SIZE` packets of a track, by sequence number, with when each arrived."""
 
-    __slots__ = ("_packets",)
+    __slots__ = ("_arrivals", "_packets")
 
     def __init__(self) -> None:
         self._packets: list[bytes | None] = [None] * HISTORY_SIZE
+        self._arrivals: list[float] = [0.0] * HISTORY_SIZE
+        """When each kept packet reached the SFU (a resend must still arrive in time)."""
 
-    def put(self, sequence: int, packet: bytes) -> None:
-        """Keep a packet (overwrites the one HISTORY_SIZE sequence numbers older)."""
-        self._packets[sequence % HISTORY_SIZE] = packet
+    def put(self, sequence: int, packet: bytes, arrived_at: float = 0.0) -> None:
+        """Keep a packet that arrived at `arrived_at` (overwrites the one HISTORY_SIZE sequence
+        numbers older)."""
+        index = sequence % HISTORY_SIZE
+        self._packets[index] = packet
+        self._arrivals[index] = arrived_at
 
     def get(self, sequence: int) -> bytes | None:
         """The packet with this sequence number, if still kept."""
@@ -69,6 +75,10 @@ class RetransmissionBuffer:
         if packet is not None and _SEQ_AT.unpack_from(packet, 2)[0] == sequence:
             return packet
         return None
+
+    def arrived_at(self, sequence: int) -> float:
+        """When the kept packet with this sequence number arrived (after `get` found it)."""
+        return self._arrivals[sequence % HISTORY_SIZE]
 
 
 @dataclass(slots=True)
@@ -169,20 +179,37 @@ class OutboundSlot:
             extensions=ext,
         )
 
-    def retransmit(self, out_sequences: list[int], now: float | None = None) -> list[int]:
+    def retransmit(
+        self,
+        out_sequences: list[int],
+        now: float | None = None,
+        budget: RetransmitBudget | None = None,
+        forwarded_bytes: int = 0,
+    ) -> list[int]:
         """Answer a NACK from the track's history; returns the source sequence numbers missed.
-        `now`: when (None: the latest time the track was handed)."""
+        `now`: when (None: the latest time the track was handed). `budget`: the subscriber's
+        retransmission budget, which refuses what cannot arrive in time, was just resent or
+        would exceed its share (`forwarded_bytes`: all bytes forwarded to the subscriber so
+        far); None: every packet still held is resent."""
         track = self.source
         if track is None or not self.started:
             return []
         if now is None:
             now = track.now
         missed: list[int] = []
+        history = track.history
         for out_seq in out_sequences:
             in_seq = (out_seq - self.seq_offset) & 0xFFFF
-            data = track.history.get(in_seq)
+            data = history.get(in_seq)
             if data is None:
+                if budget is not None:
+                    budget.gone()
                 missed.append(in_seq)
+                continue
+            if budget is not None and budget.allow(
+                (self.ssrc << 16) | out_seq, history.arrived_at(in_seq), len(data),
+                forwarded_bytes, now,
+            ) is not None:  # fmt: skip
                 continue
             header = parse_header(data)
             packet = self.rewritten(data, header, track.extensions_for(self, header, now))
@@ -266,7 +293,7 @@ class PublishedTrack:
         # Hot path, per received packet: watched by bench/forwarding.py.
         now = self.now = arrival_ms * 0.001
         sequence = header.sequence
-        self.history.put(sequence, data)
+        self.history.put(sequence, data, now)
         self._count(sequence)
         keyframe: bool | None = None
         if self.sinks:

@@ -58,6 +58,7 @@ import ipaddress
 import logging
 import random
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ class IceSettings:
     """coturn `use-auth-secret` shared secret; TURN credentials are derived from it per user."""
     turn_ttl_s: int = 86400
     """How long handed-out TURN credentials stay valid, in seconds."""
+    socket_buffer_bytes: int = 4 * 1024 * 1024
+    """SO_RCVBUF and SO_SNDBUF asked for each host-candidate UDP socket (0: the kernel's
+    default); the kernel grants at most `net.core.rmem_max` / `wmem_max`."""
 
     def __post_init__(self) -> None:
         for address in self.host_addresses:
@@ -279,8 +283,48 @@ def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     ]
 
 
+@dataclass(slots=True)
+class SocketBuffers:
+    """The buffer sizes the kernel granted the latest media UDP socket (for /metrics).
+
+    Linux doubles the size asked for (the other half is its bookkeeping) and reports the
+    doubled figure; these are halved back, so they compare with the setting: smaller means
+    `net.core.rmem_max` / `wmem_max` capped them.
+    """
+
+    receive: int = 0
+    """SO_RCVBUF granted, in bytes (0: no media socket sized yet)."""
+    send: int = 0
+    """SO_SNDBUF granted, in bytes."""
+    warned: bool = False
+    """A smaller buffer than asked was logged (once per process: every socket gets the same)."""
+
+    def size(self, sock: Any, wanted: int) -> None:
+        """Ask for `wanted` bytes each way on `sock` (a socket, or asyncio's wrapper of one)
+        and note what the kernel granted."""
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+        self.receive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self.send = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+        if self.receive < wanted and not self.warned:
+            self.warned = True
+            logger.warning(
+                "Media UDP socket buffer: %d bytes asked, %d granted; raise net.core.rmem_max "
+                "and net.core.wmem_max to at least %d (docs/operations.md)",
+                wanted,
+                self.receive,
+                wanted,
+            )
+
+
+socket_buffers = SocketBuffers()
+"""The process's media socket buffer sizes, as granted (`RangeBoundConnection` sets them)."""
+
+
 class RangeBoundConnection(aioice.ice.Connection):
-    """aioice's ICE connection, binding its host candidates within the installed port range."""
+    """aioice's ICE connection, binding its host candidates within the installed port range and
+    sizing their socket buffers for a full room."""
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
@@ -288,13 +332,34 @@ class RangeBoundConnection(aioice.ice.Connection):
         """Gather one component's candidates with aioice's own code, inside the port range."""
         port_range = _settings.port_range if _settings is not None else None
         if port_range is None:
-            return await super().get_component_candidates(component, addresses, timeout)
-        token = _host_port_range.set(port_range)
-        try:
-            with _datagram_endpoints_in_range(asyncio.get_running_loop()):
-                return await super().get_component_candidates(component, addresses, timeout)
-        finally:
-            _host_port_range.reset(token)
+            candidates = await super().get_component_candidates(component, addresses, timeout)
+        else:
+            token = _host_port_range.set(port_range)
+            try:
+                with _datagram_endpoints_in_range(asyncio.get_running_loop()):
+                    candidates = await super().get_component_candidates(
+                        component, addresses, timeout
+                    )
+            finally:
+                _host_port_range.reset(token)
+        self._size_buffers()
+        return candidates
+
+    def _size_buffers(self) -> None:
+        """Give the host-candidate sockets buffers for bursts of a full room: aioice asks for
+        256 KiB to receive, which a 10-person room overflowed (packets dropped before the SFU
+        ever saw them, while the node had CPU to spare)."""
+        wanted = _settings.socket_buffer_bytes if _settings is not None else 0
+        if wanted <= 0:
+            return
+        for protocol in self._protocols:
+            candidate = getattr(protocol, "local_candidate", None)
+            transport = getattr(protocol, "transport", None)
+            if candidate is None or candidate.type != "host" or transport is None:
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                socket_buffers.size(sock, wanted)
 
 
 @contextlib.contextmanager

@@ -18,9 +18,10 @@ from pathlib import Path
 from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
-from sfu.aiortc_hooks import codec_guard
+from sfu.aiortc_hooks import codec_guard, queue_delay
 from sfu.events import Notification
-from sfu.ice import IceSettings, install, server_ice_servers, uninstall
+from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
+from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.room import MediaRoom
 from sfu.session import ParticipantMedia, bundle_configuration
 from sfu.sinks import MediaSink
@@ -69,6 +70,15 @@ class MediaSettings:
     pointer_per_s: float = 30.0
     """Pointer positions per second per participant relayed on the lossy channel; extra ones
     are dropped silently."""
+    retransmit_share: float = 0.25
+    """Most bytes resent to a subscriber (answering its NACKs), as a share of the bytes
+    forwarded to it over the last second (`sfu.retransmit`)."""
+    retransmit_max_age_s: float = 0.4
+    """Playout budget: a lost packet older than this (since it reached the SFU) is not resent,
+    it could no longer be played."""
+    max_delay_s: float = 0.25
+    """A packet that waited longer than this between reaching the SFU and being forwarded is
+    dropped (and a keyframe asked for) instead of delivered late; 0: never dropped."""
 
 
 class MediaServer:
@@ -83,8 +93,11 @@ class MediaServer:
         """Each participant's room (theirs knows it only as a `ParticipantRoom`)."""
         self._ticker: asyncio.Task[None] | None = None
         self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0}
+        self._ended_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
+        """Retransmissions refused to participants who left, by reason."""
         install(settings.ice)
         codec_guard.install()
+        queue_delay.max_ms = round(settings.max_delay_s * 1000)
 
     async def start(self) -> None:
         """Start the periodic RTCP work."""
@@ -157,6 +170,9 @@ class MediaServer:
             lambda message: self.notify(participant_id, message), configuration,
             muted={"audio": audio_muted, "video": video_muted},
         )  # fmt: skip
+        media.subscriber.retransmits = RetransmitBudget(
+            share=self.settings.retransmit_share, max_age_s=self.settings.retransmit_max_age_s
+        )
         room.relay.join(media.data, user)
         room.participants[participant_id] = media
         self._room_of[participant_id] = room
@@ -174,6 +190,8 @@ class MediaServer:
             self._ended["forwarded"] += track.forwarded
             self._ended["received"] += track.received
             self._ended["retransmitted"] += track.retransmitted
+        for reason, count in media.subscriber.retransmits.refused.items():
+            self._ended_refused[reason] += count
         room = self._room_of.pop(participant_id)
         room.participants.pop(participant_id, None)
         room.relay.leave(participant_id)
@@ -222,6 +240,10 @@ class MediaServer:
     def stats(self) -> dict[str, int]:
         """Counters for the node's metrics (totals since start)."""
         tracks = [t for m in self.participants.values() for t in m.tracks.values()]
+        refused = dict(self._ended_refused)
+        for media in self.participants.values():
+            for reason, count in media.subscriber.retransmits.refused.items():
+                refused[reason] += count
         return {
             "rooms": len(self.rooms),
             "participants": len(self.participants),
@@ -231,6 +253,17 @@ class MediaServer:
             "retransmitted_packets": self._ended["retransmitted"]
             + sum(t.retransmitted for t in tracks),
             "dropped_packets": sum(m.dropped for m in self.participants.values()),
+            **{
+                f'retransmissions_refused{{reason="{reason}"}}': count
+                for reason, count in refused.items()
+            },
+            "late_dropped_packets": queue_delay.dropped,
+            **{
+                f'queue_delay_ms_bucket{{le="{bound}"}}': count
+                for bound, count in queue_delay.cumulative()
+            },
+            "socket_receive_buffer_bytes": socket_buffers.receive,
+            "socket_send_buffer_bytes": socket_buffers.send,
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }

@@ -23,6 +23,7 @@ from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.publisher import media_and_rtx
+from sfu.retransmit import RetransmitBudget
 from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -44,6 +45,7 @@ class Subscriber:
         "owner",
         "participant_id",
         "pc",
+        "retransmits",
         "room",
         "slot_by_ssrc",
         "slots",
@@ -70,6 +72,9 @@ class Subscriber:
         self.closed = False
         self.dropped = 0
         """RTCP compound packets refused as malformed."""
+        self.retransmits = RetransmitBudget()
+        """Which lost packets this participant is sent again (the server sets it from its
+        settings)."""
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
         """Each slot's transceiver, by id(slot)."""
         self._negotiating = False
@@ -211,6 +216,10 @@ class Subscriber:
             return
         now = time.monotonic()
         slot_by_ssrc = self.slot_by_ssrc
+        # The forwarded bytes the retransmission share is measured against, sampled at each
+        # RTCP packet (never on the forwarding path).
+        forwarded = sum(slot.octets for slot in self.slots)
+        self.retransmits.observe(forwarded, now)
         for decision in decisions:
             if isinstance(decision, KeyframeRequest):
                 slot = slot_by_ssrc.get(decision.ssrc)
@@ -224,7 +233,9 @@ class Subscriber:
             elif isinstance(decision, Retransmit):
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None and slot.source is not None:
-                    missed = slot.retransmit(list(decision.sequences), now)
+                    missed = slot.retransmit(
+                        list(decision.sequences), now, self.retransmits, forwarded
+                    )
                     if missed:
                         slot.source.nack_upstream(missed, now)
             elif isinstance(decision, Loss):

@@ -115,6 +115,18 @@ class Settings:
     ice_transport_policy: IceTransportPolicy = "all"
     """`relay`: clients send media only through the TURN servers (for networks that block UDP or
     allow only 443 out); `all`: direct paths too."""
+    media_socket_buffer_bytes: int = 4 * 1024 * 1024
+    """Receive and send buffer asked for each media UDP socket, in bytes; the kernel grants at
+    most `net.core.rmem_max` / `wmem_max` (the granted size is in /metrics)."""
+    retransmit_share: float = 0.25
+    """Most bytes resent to a subscriber for its lost packets, as a share of the bytes forwarded
+    to it over the last second (0: none beyond a few packets)."""
+    retransmit_max_age_s: float = 0.4
+    """A lost packet older than this (since it reached the node) is not resent: it could no
+    longer be played."""
+    media_max_delay_s: float = 0.25
+    """A packet that waited longer than this between reaching the node and being forwarded is
+    dropped (and a keyframe asked for) rather than delivered late; 0: never dropped."""
 
     kek_file: Path | None = None
     """Key-encryption key file wrapping every data key (rooms, recordings); unset:
@@ -249,6 +261,14 @@ class Settings:
         if self.ice_transport_policy == "relay" and not self.turn_urls:
             # Relay-only with no TURN server would leave every client without a path.
             raise ConfigError("ice_transport_policy relay needs turn_urls (and turn_secret)")
+        if self.media_socket_buffer_bytes < 0:
+            raise ConfigError("media_socket_buffer_bytes must not be negative")
+        if not 0 <= self.retransmit_share <= 1:
+            raise ConfigError("retransmit_share must be between 0 and 1")
+        if self.retransmit_max_age_s <= 0:
+            raise ConfigError("retransmit_max_age_s must be positive")
+        if self.media_max_delay_s < 0:
+            raise ConfigError("media_max_delay_s must not be negative")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(
