@@ -25,7 +25,10 @@ export class MediaSessions {
     this.subscribePc = null;
     this.screenTransceiver = null;
     this.lastStats = new Map();
-    this.loss = new Map(); // participant id → LossWindow of their inbound packets
+    // "mid participant-id" → LossWindow of that track's inbound packets. Per track, not summed
+    // over a person's tracks: their video's loss is mostly repaired (NACK), their audio's is not,
+    // and the audio's is what one hears.
+    this.loss = new Map();
     this.frames = new Map(); // participant id → FrameWindow of their camera video
     this.uplinkLoss = new LossWindow(); // what the SFU reports lost of what I send
     this.spoke = new Map(); // participant id → when their audio was last above SPEAKING_LEVEL
@@ -253,7 +256,8 @@ export class MediaSessions {
     const uplinkLoss = publishReport ? this.uplinkLossOf(publishReport) : null;
     const now = performance.now();
     const speaking = new Set(state.speaking.has(state.participantId) ? [state.participantId] : []);
-    const packets = new Map(); // participant id → {received, lost} over their tracks
+    const losses = new Map(); // participant id → the largest loss of their tracks (0..1)
+    const seen = new Set();
     const figures = new Map(); // participant id → {frozen, fps, jitterMs} of their camera
     for (const s of inbound) {
       if (!s.participantId) continue;
@@ -269,10 +273,13 @@ export class MediaSessions {
       if (now - (this.spoke.get(s.participantId) ?? -Infinity) < SPEAKING_HOLD_MS) {
         speaking.add(s.participantId);
       }
-      const sum = packets.get(s.participantId) ?? { received: 0, lost: 0 };
-      sum.received += s.packetsReceived;
-      sum.lost += s.packetsLost;
-      packets.set(s.participantId, sum);
+      const key = `${s.mid} ${s.participantId}`;
+      seen.add(key);
+      if (!this.loss.has(key)) this.loss.set(key, new LossWindow());
+      this.loss.get(key).add(s.packetsReceived, s.packetsLost);
+      const loss = this.loss.get(key).fraction();
+      const most = losses.get(s.participantId) ?? null;
+      losses.set(s.participantId, loss === null ? most : Math.max(most ?? 0, loss));
       const theirs = figures.get(s.participantId) ?? { frozen: null, fps: null, jitterMs: null };
       figures.set(s.participantId, theirs);
       if (s.source === "screen") continue; // a shared screen may stand still: not a freeze
@@ -288,14 +295,11 @@ export class MediaSessions {
         this.frames.delete(s.participantId); // camera off: start again when it is back
       }
     }
-    const streams = [];
-    for (const [pid, { received, lost }] of packets) {
-      if (!this.loss.has(pid)) this.loss.set(pid, new LossWindow());
-      const window = this.loss.get(pid);
-      window.add(received, lost);
-      // `layer`: the simulcast layer received against the one wanted, when the SFU tells it.
-      streams.push(incoming({ participantId: pid, loss: window.fraction(), ...figures.get(pid) }));
-    }
+    for (const key of this.loss.keys()) if (!seen.has(key)) this.loss.delete(key);
+    // `layer` (the simulcast layer received against the one wanted) is for the SFU to tell.
+    const streams = [...losses].map(([pid, loss]) =>
+      incoming({ participantId: pid, loss, ...figures.get(pid) }),
+    );
     const { mine, others } = assess({ uplinkLoss, rttMs, streams });
     const quality = new Map([...others].filter(([, q]) => q.rating !== null));
     if (mine.rating !== null && state.participantId) quality.set(state.participantId, mine);

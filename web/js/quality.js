@@ -105,9 +105,11 @@ export class LossWindow {
 }
 
 /** Frame rate and freezes of one incoming video over the last `spanMs`, from samples of its
- * cumulative counters. A freeze is Chromium's own count where it has one (inbound-rtp
- * `totalFreezesDuration`), plus the stall going on now: no frame decoded for more than
- * FREEZE_MS while packets kept arriving (a camera turned off sends no packets: not a freeze). */
+ * cumulative counters. Freezes: Chromium's own count where it has one (inbound-rtp `freezeCount`,
+ * `totalFreezesDuration`), of which only those longer than FREEZE_MS on average (Chromium counts
+ * hitches from about 150 ms at 30 fps, which a busy computer makes without any network fault),
+ * plus the stall going on now: no frame decoded for more than FREEZE_MS while packets kept
+ * arriving (a camera turned off sends no packets: not a freeze). */
 export class FrameWindow {
   constructor(spanMs = 5000) {
     this.spanMs = spanMs;
@@ -117,8 +119,9 @@ export class FrameWindow {
   }
 
   /** A sample at `now` (ms): frames decoded, packets received, and Chromium's cumulative freeze
-   * time in seconds (null where the browser has none). Counters that went back start again. */
-  add(now, { framesDecoded, packetsReceived, totalFreezesDuration = null }) {
+   * count and time in seconds (null where the browser has none). Counters that went back start
+   * again. */
+  add(now, { framesDecoded, packetsReceived, freezeCount = null, totalFreezesDuration = null }) {
     const last = this.history[this.history.length - 1];
     if (last && (framesDecoded < last.frames || packetsReceived < last.packets)) {
       this.history = [];
@@ -130,7 +133,8 @@ export class FrameWindow {
       this.packetsAtLastFrame = packetsReceived;
     }
     const freezesMs = totalFreezesDuration === null ? null : totalFreezesDuration * 1000;
-    this.history.push({ now, frames: framesDecoded, packets: packetsReceived, freezesMs });
+    const freezes = freezeCount;
+    this.history.push({ now, frames: framesDecoded, packets: packetsReceived, freezes, freezesMs });
     while (this.history.length > 2 && now - this.history[1].now >= this.spanMs) {
       this.history.shift();
     }
@@ -162,9 +166,15 @@ export class FrameWindow {
     const last = this.history[this.history.length - 1];
     const span = last.now - first.now;
     if (span <= 0 || last.frames === 0) return null;
-    const counted =
-      first.freezesMs !== null && last.freezesMs !== null ? last.freezesMs - first.freezesMs : 0;
-    return Math.min(1, (Math.max(0, counted) + Math.min(this.stallMs(), span)) / span);
+    let counted = 0;
+    for (let i = 1; i < this.history.length; i++) {
+      const [a, b] = [this.history[i - 1], this.history[i]];
+      if (a.freezesMs === null || b.freezesMs === null || a.freezes === null) continue;
+      const count = b.freezes - a.freezes;
+      const ms = b.freezesMs - a.freezesMs;
+      if (count > 0 && ms / count >= FREEZE_MS) counted += ms;
+    }
+    return Math.min(1, (counted + Math.min(this.stallMs(), span)) / span);
   }
 }
 
@@ -183,12 +193,19 @@ export function incoming({
   return { participantId, loss, frozen, fps, jitterMs, layer };
 }
 
-/** The figures each incoming stream is checked on, with the words for each side: `mine` (my
- * downlink), `theirs` (their uplink), `between` (one other person: either). */
+/** For comparing streams, a figure is clean when it is well inside "good" (this share of the fair
+ * threshold): loss just under the threshold on one stream and just over on another says more
+ * about chance (what NACK happened to repair) than about whose network it is. */
+const CLEAN_SHARE = 0.5;
+
+/** The figures each incoming stream is checked on: its level, whether it is clearly clean (for
+ * the comparison that tells whose side), and the words for each side: `mine` (my downlink),
+ * `theirs` (their uplink), `between` (one other person: either). */
 const STREAM_CHECKS = [
   {
     figure: "loss",
     level: (s) => level("loss", s.loss),
+    clean: (s) => s.loss < THRESHOLDS.fair.loss * CLEAN_SHARE,
     value: (s) => ({ percent: Math.round(s.loss * 100) }),
     keys: {
       mine: "quality.mine_downlink_loss",
@@ -199,6 +216,7 @@ const STREAM_CHECKS = [
   {
     figure: "frozen",
     level: (s) => level("frozen", s.frozen),
+    clean: (s) => s.frozen < THRESHOLDS.fair.frozen * CLEAN_SHARE,
     value: (s) => ({ percent: Math.round(s.frozen * 100) }),
     keys: {
       mine: "quality.mine_downlink_freezing",
@@ -210,6 +228,7 @@ const STREAM_CHECKS = [
     figure: "fps",
     // A frozen picture already says so; a slow one is only worth saying while it moves.
     level: (s) => (isProblem(level("frozen", s.frozen)) ? null : fpsLevel(s.fps)),
+    clean: (s) => s.fps >= THRESHOLDS.fair.fps / CLEAN_SHARE,
     value: (s) => ({ fps: Math.round(s.fps) }),
     keys: {
       mine: "quality.mine_downlink_fps",
@@ -220,6 +239,7 @@ const STREAM_CHECKS = [
   {
     figure: "jitterMs",
     level: (s) => level("jitterMs", s.jitterMs),
+    clean: (s) => s.jitterMs < THRESHOLDS.fair.jitterMs * CLEAN_SHARE,
     value: (s) => ({ ms: Math.round(s.jitterMs) }),
     keys: {
       mine: "quality.mine_downlink_jitter",
@@ -231,6 +251,7 @@ const STREAM_CHECKS = [
     figure: "layer",
     // Receiving less than wanted is never worse than fair: the picture is softer, not broken.
     level: (s) => (s.layer ? (s.layer.received < s.layer.wanted ? "fair" : "good") : null),
+    clean: (s) => s.layer.received >= s.layer.wanted,
     value: (s) => ({ received: s.layer.received, wanted: s.layer.wanted }),
     keys: {
       mine: "quality.mine_lower_layer",
@@ -290,8 +311,10 @@ export function assess({ uplinkLoss = null, rttMs = null, streams = [] }) {
       .map((s) => ({ s, level: check.level(s) }))
       .filter((r) => r.level !== null);
     const bad = rated.filter((r) => r.level !== "good");
-    // Everyone's media is bad: my downlink. One person's, while another's is fine: theirs.
-    const side = rated.length < 2 ? "between" : bad.length === rated.length ? "mine" : "theirs";
+    // One person's media is bad while someone else's is clearly clean: theirs. Bad everywhere
+    // (or nowhere clean to compare with): my downlink. One other person only: either of us.
+    const someClean = rated.some((r) => r.level === "good" && check.clean(r.s));
+    const side = rated.length < 2 ? "between" : someClean ? "theirs" : "mine";
     for (const { s, level: rating } of rated) {
       const entry = others.get(s.participantId);
       if (rating === "good") {
