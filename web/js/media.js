@@ -178,7 +178,6 @@ export class MediaSessions {
         packetsLost: s.packetsLost ?? 0,
         framesDecoded: s.framesDecoded ?? 0,
         frameWidth: s.frameWidth ?? 0,
-        framesPerSecond: s.framesPerSecond ?? null,
         // Chromium's own freeze count (a frame gap over max(3 × the mean gap, mean + 150 ms));
         // null where the browser has none: then the stalls are read from framesDecoded.
         freezeCount: s.freezeCount ?? null,
