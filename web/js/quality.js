@@ -9,9 +9,9 @@
 // and the simulcast layer received against the one wanted (when the SFU tells it).
 //
 // Whose side: what the SFU reports on what I send, and my round trip to it, are mine. Loss (or
-// freezes, or a lower layer) on one person's media while someone else's arrives clean is
-// theirs; on everyone's media at once it is mine (my downlink). With only one other person
-// there is nothing to compare with: the words say it is the connection between us.
+// freezes, or a lower layer) on one person's media while someone else's arrives clearly clean
+// (CLEAN_SHARE) is theirs; with nobody's clearly clean, it is mine (my downlink). With only one
+// other person there is nothing to compare with: the words say it is the connection between us.
 
 /** Where a connection stops being good, and where it becomes poor. Interactive speech suffers
  * past about 150 ms one way (ITU-T G.114), and Opus conceals a few per cent of loss. `frozen`:
