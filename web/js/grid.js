@@ -2,9 +2,10 @@
 // many columns as makes them largest in the space the room leaves (1–12 participants and their
 // shares, in any window shape). Each tile: video, or a placeholder with the person's initials
 // when there is no picture; name, role and department; microphone state, speaking indicator,
-// connection quality, and a mark when the room is recorded without them (recording.js); a pin
-// button that makes the tile the large one. Which layout shows (grid, speaker view, presenter
-// layout, a pinned tile) is layout.js's decision; this module draws it.
+// connection quality (and in words what is wrong, on whose side: quality.js), and a mark when
+// the room is recorded without them (recording.js); a pin button that makes the tile the large
+// one. My own connection also shows in the controls bar. Which layout shows (grid, speaker view,
+// presenter layout, a pinned tile) is layout.js's decision; this module draws it.
 
 import { roleName, t } from "./i18n.js";
 import { chooseLayout, focusSizes } from "./layout.js";
@@ -18,6 +19,13 @@ const grid = document.getElementById("grid");
 const stage = grid.parentElement;
 const layoutButton = document.getElementById("layout-button");
 const tiles = new Map(); // tile key → {figure, video, placeholder, name, details, mic, quality}
+// My own connection, in the controls bar: made here (with the tiles' quality badges) rather than
+// in index.html, so that the quality display stays in one module.
+const myQuality = document.createElement("span");
+myQuality.id = "my-quality";
+myQuality.className = "my-quality";
+myQuality.hidden = true;
+document.querySelector("nav.controls").prepend(myQuality);
 let shown = { mode: "grid", main: null }; // the layout drawn last (layout.js)
 
 // The layout button says what pressing it does: to the speaker view from the grid, else back to
@@ -100,9 +108,12 @@ function makeTile(key) {
   mic.className = "tile-mic";
   const quality = document.createElement("span");
   quality.className = "tile-quality";
+  // What is wrong, in words: read with the caption, shown on hover or focus (quality.js).
+  const why = document.createElement("span");
+  why.className = "tile-quality-why";
   const recording = document.createElement("span");
   recording.className = "tile-recording";
-  caption.append(name, details, mic, quality, recording);
+  caption.append(name, details, mic, quality, why, recording);
   const pin = document.createElement("button");
   pin.type = "button";
   pin.className = "tile-pin";
@@ -113,7 +124,7 @@ function makeTile(key) {
   });
   figure.append(video, placeholder, caption, pin);
   grid.append(figure);
-  const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality };
+  const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality, why };
   tile.recording = recording;
   tile.pin = pin;
   tile.noCamera = false; // camera off, or no video track
@@ -136,6 +147,36 @@ function show(video, tracks, muted) {
   if (shown.length !== tracks.length || tracks.some((track) => !shown.includes(track))) {
     video.srcObject = tracks.length ? new MediaStream(tracks) : null;
   }
+}
+
+/** The sentences saying what is wrong (quality.js `assess` problems), `name` the person whose
+ * media it is. */
+function problemWords(quality, name) {
+  return (quality?.problems ?? []).map((p) => t(p.key, { ...p.values, name }));
+}
+
+/** A tile's quality badge: the rating in a word, and what is wrong (if anything) in sentences, as
+ * the badge's title and as text read with the caption. */
+function showQuality(tile, quality, name) {
+  const rating = quality?.rating ?? null;
+  const words = problemWords(quality, name);
+  tile.quality.hidden = !rating;
+  tile.quality.textContent = rating ? t(`tile.quality_${rating}`) : "";
+  tile.quality.dataset.quality = rating ?? "";
+  tile.quality.title = words.join("\n");
+  tile.why.hidden = words.length === 0;
+  tile.why.textContent = words.join(" · ");
+  tile.why.dataset.side = [...new Set((quality?.problems ?? []).map((p) => p.side))].join(" ");
+}
+
+/** My own connection in the controls bar: the rating, then what is wrong in words. */
+function showMyQuality(quality, name) {
+  const rating = quality?.rating ?? null;
+  const words = problemWords(quality, name);
+  myQuality.hidden = !rating;
+  myQuality.dataset.quality = rating ?? "";
+  myQuality.textContent = rating ? [t(`quality.you_${rating}`), ...words].join(" · ") : "";
+  myQuality.title = words.join("\n");
 }
 
 /** Redraw the grid from the state, my local stream and the remote tracks by participant. */
@@ -194,10 +235,7 @@ export function renderGrid(state, localStream, remote) {
     tile.mic.classList.toggle("muted", Boolean(person.audio_muted));
     tile.mic.classList.toggle("on", !person.audio_muted && !speaking);
     tile.mic.hidden = source === "screen";
-    const quality = state.quality.get(pid);
-    tile.quality.hidden = !quality || source === "screen";
-    tile.quality.textContent = quality ? t(`tile.quality_${quality}`) : "";
-    tile.quality.dataset.quality = quality ?? "";
+    showQuality(tile, source === "screen" ? null : state.quality.get(pid), name);
     const notRecorded = notRecordedKey(state, pid);
     tile.recording.hidden = !notRecorded;
     tile.recording.textContent = notRecorded ? t(notRecorded) : "";
@@ -211,6 +249,7 @@ export function renderGrid(state, localStream, remote) {
       name: tile.name.textContent,
     }));
   }
+  showMyQuality(state.quality.get(state.participantId), me?.name || me?.sub || "");
   grid.dataset.count = String(tiles.size);
   grid.dataset.layout = shown.mode;
   grid.classList.toggle("focus", shown.main !== null);
@@ -228,4 +267,5 @@ export function renderGrid(state, localStream, remote) {
 export function clearGrid() {
   for (const tile of tiles.values()) tile.figure.remove();
   tiles.clear();
+  showMyQuality(null, "");
 }

@@ -2,7 +2,7 @@
 // microphone and screen share; `subscribe` carries everyone else's, offered by the SFU.
 
 import { DATA_CHANNELS, dataChannels } from "./protocol.js";
-import { LossWindow, rateConnection } from "./quality.js";
+import { assess, FrameWindow, incoming, LossWindow } from "./quality.js";
 import { changed, state } from "./state.js";
 
 // A tile shows speaking while the mean audio level (0..1) over a statistics interval is above
@@ -25,7 +25,12 @@ export class MediaSessions {
     this.subscribePc = null;
     this.screenTransceiver = null;
     this.lastStats = new Map();
-    this.loss = new Map(); // participant id → LossWindow of their inbound packets
+    // "mid participant-id" → LossWindow of that track's inbound packets. Per track, not summed
+    // over a person's tracks: their video's loss is mostly repaired (NACK), their audio's is not,
+    // and the audio's is what one hears.
+    this.loss = new Map();
+    this.frames = new Map(); // participant id → FrameWindow of their camera video
+    this.uplinkLoss = new LossWindow(); // what the SFU reports lost of what I send
     this.spoke = new Map(); // participant id → when their audio was last above SPEAKING_LEVEL
     this.closed = false;
     this.statsTimer = setInterval(() => {
@@ -173,6 +178,10 @@ export class MediaSessions {
         packetsLost: s.packetsLost ?? 0,
         framesDecoded: s.framesDecoded ?? 0,
         frameWidth: s.frameWidth ?? 0,
+        // Chromium's own freeze count (a frame gap over max(3 × the mean gap, mean + 150 ms));
+        // null where the browser has none: then the stalls are read from framesDecoded.
+        freezeCount: s.freezeCount ?? null,
+        totalFreezesDuration: s.totalFreezesDuration ?? null,
         totalSamplesReceived: s.totalSamplesReceived ?? 0,
         audioLevel: s.audioLevel ?? 0,
         totalAudioEnergy: s.totalAudioEnergy ?? 0,
@@ -199,40 +208,56 @@ export class MediaSessions {
     return path;
   }
 
-  /** The round-trip time of a session's selected ICE candidate pair, in ms (or null). */
+  /** The round-trip time of a session's selected ICE candidate pair, in ms; else the receiver
+   * reports' (remote-inbound-rtp `roundTripTime`); null when neither is known yet. */
   static roundTripMs(report) {
     let rtt = null;
+    let reported = null;
     report.forEach((s) => {
       if (s.type === "transport" && s.selectedCandidatePairId) {
         const pair = report.get(s.selectedCandidatePairId);
         if (pair?.currentRoundTripTime !== undefined) rtt = pair.currentRoundTripTime * 1000;
       }
-    });
-    return rtt;
-  }
-
-  /** My own connection as the SFU sees it: loss it reports on what I send, and my round trip. */
-  async publishQuality() {
-    if (!this.publishPc) return null;
-    const report = await this.publishPc.getStats();
-    let loss = null;
-    report.forEach((s) => {
-      if (s.type === "remote-inbound-rtp" && s.fractionLost !== undefined) {
-        loss = Math.max(loss ?? 0, s.fractionLost);
+      if (s.type === "remote-inbound-rtp" && s.roundTripTime !== undefined) {
+        reported = Math.max(reported ?? 0, s.roundTripTime * 1000);
       }
     });
-    return rateConnection({ loss, rttMs: MediaSessions.roundTripMs(report) });
+    return rtt ?? reported;
+  }
+
+  /** The loss the SFU reports on what I send (0..1): the largest `fractionLost` of its receiver
+   * reports on my streams, else the share lost of my cumulative counters over the last samples
+   * (remote-inbound-rtp `packetsLost`, outbound-rtp `packetsSent`). */
+  uplinkLossOf(report) {
+    let fraction = null;
+    let sent = 0;
+    let lost = 0;
+    report.forEach((s) => {
+      if (s.type !== "remote-inbound-rtp") return;
+      if (s.fractionLost !== undefined) fraction = Math.max(fraction ?? 0, s.fractionLost);
+      lost += s.packetsLost ?? 0;
+      sent += report.get(s.localId)?.packetsSent ?? 0;
+    });
+    this.uplinkLoss.add(Math.max(0, sent - lost), lost);
+    return fraction ?? this.uplinkLoss.fraction();
   }
 
   /** Speaking indicator and connection quality from the sessions' statistics. */
   async pollStats() {
     const { inbound } = await this.stats();
-    const rttMs = this.subscribePc
-      ? MediaSessions.roundTripMs(await this.subscribePc.getStats())
-      : null;
+    const publishReport = this.publishPc ? await this.publishPc.getStats() : null;
+    const subscribeReport = this.subscribePc ? await this.subscribePc.getStats() : null;
+    // My round trip to the SFU: either session's path (the same with max-bundle to one node).
+    const rttMs =
+      (subscribeReport && MediaSessions.roundTripMs(subscribeReport)) ??
+      (publishReport && MediaSessions.roundTripMs(publishReport)) ??
+      null;
+    const uplinkLoss = publishReport ? this.uplinkLossOf(publishReport) : null;
     const now = performance.now();
     const speaking = new Set(state.speaking.has(state.participantId) ? [state.participantId] : []);
-    const packets = new Map(); // participant id → {received, lost} over their tracks
+    const losses = new Map(); // participant id → the largest loss of their tracks (0..1)
+    const seen = new Set();
+    const figures = new Map(); // participant id → {frozen, fps, jitterMs} of their camera
     for (const s of inbound) {
       if (!s.participantId) continue;
       const before = this.lastStats.get(s.mid);
@@ -247,26 +272,42 @@ export class MediaSessions {
       if (now - (this.spoke.get(s.participantId) ?? -Infinity) < SPEAKING_HOLD_MS) {
         speaking.add(s.participantId);
       }
-      const sum = packets.get(s.participantId) ?? { received: 0, lost: 0 };
-      sum.received += s.packetsReceived;
-      sum.lost += s.packetsLost;
-      packets.set(s.participantId, sum);
+      const key = `${s.mid} ${s.participantId}`;
+      seen.add(key);
+      if (!this.loss.has(key)) this.loss.set(key, new LossWindow());
+      this.loss.get(key).add(s.packetsReceived, s.packetsLost);
+      const loss = this.loss.get(key).fraction();
+      const most = losses.get(s.participantId) ?? null;
+      losses.set(s.participantId, loss === null ? most : Math.max(most ?? 0, loss));
+      const theirs = figures.get(s.participantId) ?? { frozen: null, fps: null, jitterMs: null };
+      figures.set(s.participantId, theirs);
+      if (s.source === "screen") continue; // a shared screen may stand still: not a freeze
+      if (s.kind === "audio") theirs.jitterMs = s.jitter * 1000;
+      const person = state.participants.get(s.participantId);
+      if (s.kind === "video" && !person?.video_muted) {
+        if (!this.frames.has(s.participantId)) this.frames.set(s.participantId, new FrameWindow());
+        const frames = this.frames.get(s.participantId);
+        frames.add(now, s);
+        theirs.frozen = frames.frozen();
+        theirs.fps = frames.fps();
+      } else if (s.kind === "video") {
+        this.frames.delete(s.participantId); // camera off: start again when it is back
+      }
     }
-    const quality = new Map();
-    for (const [pid, { received, lost }] of packets) {
-      if (!this.loss.has(pid)) this.loss.set(pid, new LossWindow());
-      const window = this.loss.get(pid);
-      window.add(received, lost);
-      const rating = rateConnection({ loss: window.fraction(), rttMs });
-      if (rating) quality.set(pid, rating);
-    }
-    const mine = await this.publishQuality();
-    if (mine && state.participantId) quality.set(state.participantId, mine);
+    for (const key of this.loss.keys()) if (!seen.has(key)) this.loss.delete(key);
+    // `layer` (the simulcast layer received against the one wanted) is for the SFU to tell.
+    const streams = [...losses].map(([pid, loss]) =>
+      incoming({ participantId: pid, loss, ...figures.get(pid) }),
+    );
+    const { mine, others } = assess({ uplinkLoss, rttMs, streams });
+    const quality = new Map([...others].filter(([, q]) => q.rating !== null));
+    if (mine.rating !== null && state.participantId) quality.set(state.participantId, mine);
     const same =
       speaking.size === state.speaking.size && [...speaking].every((p) => state.speaking.has(p));
+    const said = (q) => JSON.stringify(q);
     const sameQuality =
       quality.size === state.quality.size &&
-      [...quality].every(([p, q]) => state.quality.get(p) === q);
+      [...quality].every(([p, q]) => said(state.quality.get(p)) === said(q));
     if (same && sameQuality) return;
     state.speaking = speaking;
     state.quality = quality;

@@ -22,7 +22,7 @@ export const state = {
   // My choice of layout (layout.js): choice "grid" | "speaker" | null (not chosen: the grid, or
   // the presenter layout while a screen is shared); pinned: the key of the tile I pinned, or null.
   layout: { choice: null, pinned: null },
-  quality: new Map(), // participant id → "good" | "fair" | "poor" (quality.js)
+  quality: new Map(), // participant id → {rating: "good" | "fair" | "poor", problems} (quality.js)
   ended: null, // {kind, code, reason}
   reconnects: 0,
   notice: "", // i18n key of the last notice shown in the room
