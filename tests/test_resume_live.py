@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER
 from signaling.state.records import Revocation
 from tests.fixtures.servers import (
     RunningNode,
@@ -221,3 +222,32 @@ async def test_a_join_of_the_same_identity_replaces_a_held_participant(
     assert dev_node.node is not None
     assert joined["participant_id"] not in dev_node.node.rooms.connections
     assert not dev_node.node.rooms.reconnects.timers
+
+
+async def test_with_two_nodes_a_resume_on_the_other_node_is_refused_and_the_rejoin_replaces(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Holds live on the node that held the connection: a resume that reaches another node is
+    refused cleanly (4410, unknown_participant), and the join that follows there replaces the
+    held participant on the first node (the room sees one leave, by `replaced`)."""
+    async with running_node(node_settings(tmp_path / "a", redis=redis_url)) as a:
+        trusting_a = {
+            "jwks": str(a.idp.jwks_path), "jwt_issuer": DEV_ISSUER, "jwt_audience": DEV_AUDIENCE,
+        }  # fmt: skip
+        async with running_node(node_settings(tmp_path / "b", redis=redis_url, **trusting_a)) as b:
+            b.idp = a.idp
+            chair, _ = await a.join("dr-chair", "chair")
+            spec, joined = await a.join("dr-heart", "specialist")
+            await next_message(chair, "participant_joined")
+            _cut(spec)
+            await next_message(chair, "participant_reconnecting")
+            _ws, first = await _resume(b, "dr-heart", joined, last_seq=0)
+            assert (first.data, first.extra) == (4410, "unknown_participant")
+            _again, rejoined = await b.join("dr-heart", "specialist")
+            assert rejoined["type"] == "joined"
+            left = await next_message(chair, "participant_left")
+            assert left["participant_id"] == joined["participant_id"]
+            assert left["reason"] == "replaced"
+            assert a.node is not None
+            await eventually(lambda: joined["participant_id"] not in a.node.rooms.connections)
+            assert not a.node.rooms.reconnects.timers
