@@ -251,3 +251,18 @@ async def test_with_two_nodes_a_resume_on_the_other_node_is_refused_and_the_rejo
             assert a.node is not None
             await eventually(lambda: joined["participant_id"] not in a.node.rooms.connections)
             assert not a.node.rooms.reconnects.timers
+
+
+async def test_a_resume_with_an_expired_token_is_refused_as_a_join_is(
+    dev_node: RunningNode,
+) -> None:
+    chair, _ = await dev_node.join("dr-chair", "chair")
+    spec, joined = await dev_node.join("dr-heart", "specialist")
+    _cut(spec)
+    await next_message(chair, "participant_reconnecting")
+    expired = dev_node.idp.mint(
+        sub="dr-heart", role="specialist", depts=["cardiology"], rooms=["mdt-1"], ttl_s=-600
+    )
+    _ws, first = await _resume(dev_node, "dr-heart", joined, last_seq=0, token=expired)
+    assert first.data == 4401
+    assert [r for a, r in audit_actions(dev_node) if a == "resume"] == ["expired"]
