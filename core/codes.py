@@ -35,8 +35,8 @@ class ErrorCode(StrEnum):
 
 
 _MEANINGS: dict[ErrorCode, str] = {
-    ErrorCode.ALREADY_JOINED: "`join` came again on a connection that already joined (it is "
-    "only the first message)",
+    ErrorCode.ALREADY_JOINED: "`join` (or `resume`) came again on a connection that already "
+    "joined (it is only the first message)",
     ErrorCode.NOT_ADMITTED: "a request from someone still waiting in the lobby",
     ErrorCode.NOT_ALLOWED: "the policy refuses this request to this role in this room (the "
     "refusal is audited)",

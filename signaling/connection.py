@@ -12,6 +12,7 @@ from aiohttp import web
 
 from core.ratelimit import TokenBucket
 from signaling.identity import Identity
+from signaling.resume import ReplayBuffer
 
 log = logging.getLogger("consilium.connection")
 
@@ -52,6 +53,7 @@ class Connection:
         "closing",
         "dropped",
         "ending",
+        "held_since",
         "identity",
         "max_outbox",
         "media_node",
@@ -59,6 +61,8 @@ class Connection:
         "participant_id",
         "peer",
         "permissions",
+        "replay",
+        "resume_token",
         "room_id",
         "state",
         "transport",
@@ -96,12 +100,29 @@ class Connection:
         self.waiting_reason: str = ""
         self.media_node: str = ""
         """The node hosting this participant's media (empty: no media)."""
+        self.replay: ReplayBuffer | None = None
+        """The messages sent since `joined`, numbered and kept for a resume (None: not joined,
+        or the node holds no participants)."""
+        self.resume_token: str = ""
+        """The secret a `resume` of this participant must carry (`joined.resume_token`)."""
+        self.held_since: float | None = None
+        """Monotonic time the socket was lost and the participant held for a resume (None: the
+        socket is live). Messages are then kept in `replay` only."""
         # Created at the first message: most participants idle with nothing queued.
         self.outbox: deque[str] | None = None
         self.writer: asyncio.Task[Any] | None = None
 
     def send(self, text: str) -> None:
-        """Queue one message; a client that cannot keep up is dropped (4408)."""
+        """Queue one message (numbered and kept for a resume once joined); a client that cannot
+        keep up is dropped (4408)."""
+        if self.replay is not None:
+            self.replay.record(text)
+            if self.held_since is not None:
+                return
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        """Queue one message as it is (unnumbered: `resumed`, and the replay after it)."""
         if self.closing or self.ending is not None:
             return
         if self.outbox is None:
@@ -118,6 +139,19 @@ class Connection:
         self.outbox.append(text)
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def adopt(self, held: Connection) -> None:
+        """Take over the participant of `held` (a `resume`): who they are, where, and what was
+        sent to them; `held` keeps its socket (closed by its own handler) and nothing else."""
+        self.identity = held.identity
+        self.room_id = held.room_id
+        self.participant_id = held.participant_id
+        self.permissions = held.permissions
+        self.media_node = held.media_node
+        self.replay, held.replay = held.replay, None
+        self.resume_token = held.resume_token
+        self.state = ConnectionState.JOINED
+        held.state = ConnectionState.CLOSED
 
     async def _drain(self) -> None:
         outbox = self.outbox

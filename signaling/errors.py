@@ -33,6 +33,8 @@ ANSWERS: dict[str, Answer] = {
     "not_found": Answer(CloseCode.NOT_FOUND, 404),
     "timed_out": Answer(CloseCode.TIMED_OUT, 408),
     "replaced": Answer(CloseCode.REPLACED, 409),
+    # Raised by a `resume` (signaling.resume): the held participant is gone for this client.
+    "resume_refused": Answer(CloseCode.RESUME_REFUSED, 410),
     "conflict": Answer(CloseCode.REPLACED, 409),
     "too_large": Answer(CloseCode.BAD_MESSAGE, 413),
     "rate_limited": Answer(CloseCode.RATE_LIMITED, 429),

@@ -535,10 +535,10 @@ def type_of(msg: p.Message) -> str:
 
 
 def screen(msg: p.Message, *, joined: bool) -> p.Error | None:
-    """Refuse what no one may send at this point: `join` again, or anything but ping and leave
-    while waiting in the lobby. None: go on (to the permission check)."""
-    if isinstance(msg, p.Join):
-        return p.Error(ErrorCode.ALREADY_JOINED, "join is only the first message", "join")
+    """Refuse what no one may send at this point: `join` or `resume` again, or anything but ping
+    and leave while waiting in the lobby. None: go on (to the permission check)."""
+    if isinstance(msg, (p.Join, p.Resume)):
+        return p.Error(ErrorCode.ALREADY_JOINED, "join is only the first message", type_of(msg))
     if not joined:
         return p.Error(ErrorCode.NOT_ADMITTED, "wait until you are admitted", type_of(msg))
     return None

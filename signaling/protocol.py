@@ -27,6 +27,7 @@ class CloseCode(IntEnum):
     NOT_FOUND = 4404
     TIMED_OUT = 4408
     REPLACED = 4409
+    RESUME_REFUSED = 4410
     RATE_LIMITED = 4429
     SERVER_ERROR = 4500
 
@@ -37,15 +38,22 @@ CLOSE_CODES: dict[CloseCode, str] = {
     "or later",
     CloseCode.BAD_MESSAGE: "bad message: not JSON, not a known message, a binary frame, or larger "
     "than the bound",
-    CloseCode.NOT_AUTHENTICATED: "not authenticated: first message was not `join`, or the token "
-    "is invalid, expired or revoked (also sent to live connections when their token or identity "
-    "is revoked)",
+    CloseCode.NOT_AUTHENTICATED: "not authenticated: first message was not `join` or `resume`, "
+    "or the token is invalid, expired or revoked (also sent to live connections when their token "
+    "or identity is revoked)",
     CloseCode.NOT_ALLOWED: "not allowed: the policy refuses the join, the room is locked, the "
     "chair denied entry from the lobby, or the chair removed the participant",
     CloseCode.TIMED_OUT: "timed out: no `join` within the join timeout, no message within the "
     "keepalive timeout, or too slow to read what the server sends",
     CloseCode.NOT_FOUND: "not found: the room was closed while the connection was joining",
-    CloseCode.REPLACED: "replaced: a newer connection of the same identity joined the same room",
+    CloseCode.REPLACED: "replaced: a newer connection of the same identity joined the same room, "
+    "or a `resume` took this participant over on a new connection",
+    CloseCode.RESUME_REFUSED: "resume refused: the first message was `resume` but no participant "
+    "is held for it here (`unknown_participant`: never joined, already gone, or held by another "
+    "node), the grace period is over (`grace_period_over`), the resume token is wrong "
+    "(`bad_resume_token`), the bearer token names another identity (`other_identity`), or the "
+    "messages missed are no longer kept (`messages_lost`); the reason says which. The client "
+    "joins again (an admitted participant skips the lobby)",
     CloseCode.RATE_LIMITED: "rate-limited: too many messages per second, room or lobby full, or "
     "too many rooms",
     CloseCode.SERVER_ERROR: "server error: an unexpected failure; the client may retry",
@@ -69,6 +77,26 @@ class Join(Message, tag="join"):
 
     token: str
     room: str
+
+
+class Resume(Message, tag="resume"):
+    """First message on a new connection that takes over a participant whose connection dropped
+    without `leave` (instead of `join`): the server held them for `resume_grace_s`. The bearer
+    token is checked as for a join (a revoked or expired one closes with 4401), and must name the
+    same identity. The server answers `resumed`, then sends again every message numbered after
+    `last_seq`, in order; refused, it closes with 4410 and the client joins again."""
+
+    token: str
+    """The bearer token, as in `join` (it may be a renewed one of the same identity)."""
+    participant_id: str
+    """The participant to take over (`joined.participant_id`)."""
+    resume_token: str
+    """The secret `joined.resume_token` gave this participant."""
+    last_seq: Annotated[int, msgspec.Meta(ge=0)]
+    """How many server messages the client processed after `joined` (on every connection of
+    this participant): every server message after `joined` counts 1, 2, 3... in the order
+    received, `resumed` excepted. The number is not carried on the messages (WebSocket delivery
+    is ordered): the client counts."""
 
 
 class Ping(Message, tag="ping"):
@@ -221,6 +249,7 @@ class MediaFailed(Message, tag="media_failed"):
 
 ClientMessage = (
     Join
+    | Resume
     | Ping
     | Leave
     | Admit
@@ -285,6 +314,29 @@ class Joined(Message, tag="joined"):
     lobby: list[ParticipantInfo] = msgspec.field(default_factory=list)
     ice_servers: list[dict[str, Any]] = msgspec.field(default_factory=list)
     ice_transport_policy: Literal["all", "relay"] = "all"
+    resume_token: str = ""
+    """The secret a `resume` of this participant must carry (empty: the node does not hold
+    participants, `resume_grace_s` is 0). Messages are counted from after this one."""
+
+
+class Resumed(Message, tag="resumed"):
+    """Answer to a `resume` that took the participant over: the same participant id, room
+    membership, permissions and media sessions. The messages numbered after the `resume`'s
+    `last_seq` follow, in order, then the room goes on; `resumed` itself is not counted."""
+
+    participant_id: str
+    last_seq: int
+    """The number of the last message sent before this answer (the replay ends there)."""
+
+
+class ParticipantReconnecting(Message, tag="participant_reconnecting"):
+    """Someone's connection dropped and the server holds them for a resume (`reconnecting`
+    true: show their tile as reconnecting; their media stays as it is), or they resumed
+    (`reconnecting` false). Not resumed within `resume_grace_s`, they leave
+    (`participant_left`, reason `connection_lost`). Not repeated to a later joiner."""
+
+    participant_id: str
+    reconnecting: bool
 
 
 class Lobby(Message, tag="lobby"):
@@ -446,6 +498,8 @@ class Error(Message, tag="error"):
 
 ServerMessage = (
     Joined
+    | Resumed
+    | ParticipantReconnecting
     | Lobby
     | Knock
     | LobbyLeft

@@ -44,7 +44,9 @@ from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
 from signaling.messenger import Messenger
 from signaling.policy import Policy
+from signaling.reconnects import Reconnects
 from signaling.recording_control import Recorder
+from signaling.resume import ReplayBuffer
 from signaling.settings import Settings
 from signaling.state.records import ParticipantRecord, Revocation, RoomRecord
 from signaling.state.store import StateStore
@@ -90,6 +92,10 @@ class Rooms:
         """This node's connections per room."""
         self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
         """Media sessions clients reported as not connecting, by cause, since start."""
+        self.reconnects = Reconnects(
+            settings, store, verifier, audit, messenger, self.by_room, self.disconnect
+        )
+        """Participants held while their connection is gone, for a `resume`."""
         store.subscribe(self.on_event)
 
     @property
@@ -296,6 +302,8 @@ class Rooms:
                 depts=list(record.depts),
                 org=record.org,
             )
+        if self.settings.resume_grace_s > 0:
+            conn.resume_token = secrets.token_urlsafe(24)
         conn.send(
             p.encode(
                 p.Joined(
@@ -307,9 +315,12 @@ class Rooms:
                     lobby=lobby,
                     ice_servers=self.ice_servers(identity),
                     ice_transport_policy=self.settings.ice_transport_policy,
+                    resume_token=conn.resume_token,
                 )
             )
         )
+        if conn.resume_token:
+            conn.replay = ReplayBuffer()  # numbered from the message after `joined`
         announced, audited = m.entered(record, identity, room.room_id, conn.peer, admitted_by)
         await self._apply([announced])
         if self.media is not None:
@@ -398,7 +409,11 @@ class Rooms:
     # -- leaving -------------------------------------------------------------------------------
 
     async def disconnect(self, conn: Connection, reason: str) -> None:
-        """Clean up after a connection closed, however it closed."""
+        """Clean up after a connection closed, however it closed: a participant whose network
+        ended it is held for a resume instead (`Reconnects.hold`)."""
+        if await self.reconnects.hold(conn, reason):
+            return
+        self.reconnects.release(conn)
         previous = conn.state
         conn.state = ConnectionState.CLOSED
         if not conn.participant_id or self.connections.get(conn.participant_id) is not conn:

@@ -90,6 +90,9 @@ class Settings:
     """Silence allowed from a client before it is dropped (4408); clients ping every 15 s."""
     max_outbound_queue: int = 512
     """Messages queued for a slow client before it is dropped (4408)."""
+    resume_grace_s: float = 20.0
+    """How long a participant whose connection dropped without leaving is held for a `resume`
+    (seen as reconnecting, media kept) before they leave; 0: they leave at once."""
     max_request_bytes: int = 64 * 1024
     """Largest REST request body."""
 
@@ -252,6 +255,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.resume_grace_s <= 300:
+            raise ConfigError("resume_grace_s must be between 0 and 300 seconds")
         self.retention_classes()  # raises on a malformed entry
         self.witness_address()  # raises on a malformed address
         if self.ice_transport_policy not in ("all", "relay"):

@@ -9,6 +9,7 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.resume
 from core import errors
 from core.errors import ConsiliumError
 from signaling.errors import ANSWERS, answer_of, close_code_of, http_status_of
@@ -38,6 +39,7 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     recorder.retention.RecordingOnHold: (4409, 409),
     recorder.retention.RecordingInProgress: (4409, 409),
     recorder.holds.NotOnHold: (4409, 409),
+    signaling.resume.ResumeRefused: (4410, 410),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 

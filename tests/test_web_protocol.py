@@ -111,6 +111,8 @@ async def test_every_message_protocol_js_builds_is_valid_for_the_server(
             const conn = new m.SignallingConnection({});
             conn.ws = { readyState: WebSocket.OPEN, send: (text) => sent.push(text) };
             conn.send("join", { token: "a.b.c", room: "tumour-board" });
+            conn.send("resume", { token: "a.b.c", participant_id: "p1", resume_token: "r",
+                                  last_seq: 3 });
             conn.send("ping", { id: 1 });
             conn.leave();
             conn.admit("p1");

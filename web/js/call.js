@@ -1,5 +1,7 @@
 // One visit to a room: the signalling connection, the media sessions, the room events, and
-// rejoining by itself after a network blip (the server lets an admitted person skip the lobby).
+// coming back by itself after a network blip: first a `resume` of the same participant (media
+// sessions kept, nothing missed), then, if the server refuses it, a rejoin (the server lets an
+// admitted person skip the lobby).
 
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { t } from "./i18n.js";
@@ -20,6 +22,9 @@ const MAX_RECONNECTS = 5;
 const RECONNECT_DELAY_MS = [500, 1000, 2000, 4000, 8000];
 // Closes after which trying again makes sense; the others are final (refusals, replaced, left).
 const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]);
+// A socket gone without a close frame is resumed first (the server holds the participant for
+// its `resume_grace_s`); a short pause lets a network switch settle.
+const RESUME_DELAY_MS = 300;
 
 /** The room notice's key for a refused request: the code's own words (what happened, what to
  * do), or the generic refusal for a code this client has no words for (a newer server). */
@@ -48,6 +53,11 @@ export class Call {
     this.pending = Promise.resolve(); // messages are handled one at a time, in order
     this.screenTrack = null;
     this.cameraBusy = false; // a camera turned off or on is still being stopped or opened
+    // What a resume needs ({participantId, resumeToken, lastSeq}): lastSeq counts the messages
+    // received after `joined` (docs/protocol.md, `resume`); null before joining, or when the
+    // server gave no resume token.
+    this.session = null;
+    this.resuming = false; // a resume is under way on a new socket
     dataChannels.on("closed", () => this.recoverData());
   }
 
@@ -79,6 +89,7 @@ export class Call {
         changed();
       },
       onMessage: (msg) => {
+        this.count(msg);
         this.pending = this.pending
           .then(() => this.handle(msg))
           .catch((err) => this.fail(`${msg.type}: ${err}`));
@@ -86,6 +97,17 @@ export class Call {
       onClose: (code, reason) => this.closed(code, reason),
     });
     this.signalling.open(this.token, this.roomId);
+  }
+
+  /** Keep the count a resume sends, as each message arrives (handling may lag behind). */
+  count(msg) {
+    if (msg.type === "joined") {
+      this.session = msg.resume_token
+        ? { participantId: msg.participant_id, resumeToken: msg.resume_token, lastSeq: 0 }
+        : null;
+    } else if (msg.type !== "resumed" && this.session) {
+      this.session.lastSeq += 1;
+    }
   }
 
   fail(text) {
@@ -114,6 +136,17 @@ export class Call {
         break;
       case "participant_left":
         state.participants.delete(msg.participant_id);
+        state.reconnecting.delete(msg.participant_id);
+        break;
+      case "participant_reconnecting":
+        if (msg.reconnecting) state.reconnecting.add(msg.participant_id);
+        else state.reconnecting.delete(msg.participant_id);
+        break;
+      case "resumed":
+        this.resuming = false;
+        state.connection.signalling = "open";
+        if (state.notice === "room.reconnecting") state.notice = "";
+        state.resumes += 1;
         break;
       case "participant_updated":
         this.updated(person(msg.participant), msg.by);
@@ -166,6 +199,7 @@ export class Call {
     state.room = roomState(msg.room);
     state.participants = new Map(msg.participants.map((p) => [p.participant_id, person(p)]));
     state.participants.set(msg.participant_id, person(msg.you));
+    state.reconnecting = new Set();
     state.lobby = new Map(msg.lobby.map((p) => [p.participant_id, person(p)]));
     state.tracks = [];
     resetRecording();
@@ -278,6 +312,7 @@ export class Call {
 
   leave() {
     this.leaving = true;
+    this.resuming = false;
     const signalling = this.signalling;
     signalling.leave();
     // The server closes with 1000; if it does not answer, close from here. This connection,
@@ -288,6 +323,21 @@ export class Call {
 
   closed(code, reason) {
     state.connection.signalling = "closed";
+    if (this.resuming) {
+      // Refused (4410: held no longer, or too much missed) or not through: join again.
+      this.resuming = false;
+      this.session = null;
+      if (code === CLOSE.resumeRefused) code = CLOSE.abnormal;
+    } else if (code === CLOSE.abnormal && this.session && !this.leaving && state.screen === "room") {
+      // The room, my media sessions and my tile stay; the socket comes back under me.
+      this.resuming = true;
+      state.notice = "room.reconnecting";
+      changed();
+      setTimeout(() => {
+        if (this.resuming) this.signalling.open(this.token, this.roomId, { ...this.session });
+      }, RESUME_DELAY_MS);
+      return;
+    }
     leftRoom();
     this.media?.close();
     this.media = null;

@@ -113,7 +113,10 @@ function makeTile(key) {
   why.className = "tile-quality-why";
   const recording = document.createElement("span");
   recording.className = "tile-recording";
-  caption.append(name, details, mic, quality, why, recording);
+  const reconnecting = document.createElement("span");
+  reconnecting.className = "tile-reconnecting";
+  reconnecting.hidden = true;
+  caption.append(name, details, mic, quality, why, recording, reconnecting);
   const pin = document.createElement("button");
   pin.type = "button";
   pin.className = "tile-pin";
@@ -126,6 +129,7 @@ function makeTile(key) {
   grid.append(figure);
   const tile = { figure, video, placeholder, avatar, reason, name, details, mic, quality, why };
   tile.recording = recording;
+  tile.reconnecting = reconnecting;
   tile.pin = pin;
   tile.noCamera = false; // camera off, or no video track
   tiles.set(key, tile);
@@ -240,6 +244,11 @@ export function renderGrid(state, localStream, remote) {
     tile.recording.hidden = !notRecorded;
     tile.recording.textContent = notRecorded ? t(notRecorded) : "";
     figure.dataset.notRecorded = String(Boolean(notRecorded));
+    // Their connection dropped and the server holds them for a resume (their media stays).
+    const away = state.reconnecting.has(pid);
+    figure.dataset.reconnecting = String(away);
+    tile.reconnecting.hidden = !away;
+    tile.reconnecting.textContent = away ? t("tile.reconnecting") : "";
     figure.classList.toggle("main", key === shown.main);
     figure.dataset.activeSpeaker = String(source === "camera" && pid === state.activeSpeaker);
     const pinned = state.layout.pinned === key;

@@ -17,6 +17,7 @@ export const CLOSE = {
   notFound: 4404,
   timedOut: 4408,
   replaced: 4409,
+  resumeRefused: 4410,
   rateLimited: 4429,
   serverError: 4500,
 };
@@ -42,6 +43,12 @@ export const REQUIRED = "<required>";
 /** What the client sends: each message's fields and their defaults. */
 export const CLIENT_MESSAGES = {
   join: { token: REQUIRED, room: REQUIRED },
+  resume: {
+    token: REQUIRED,
+    participant_id: REQUIRED,
+    resume_token: REQUIRED,
+    last_seq: REQUIRED,
+  },
   ping: { id: null },
   leave: {},
   admit: { participant_id: REQUIRED },
@@ -73,7 +80,10 @@ export const SERVER_MESSAGES = {
     lobby: [],
     ice_servers: [],
     ice_transport_policy: "all",
+    resume_token: "",
   },
+  resumed: { participant_id: REQUIRED, last_seq: REQUIRED },
+  participant_reconnecting: { participant_id: REQUIRED, reconnecting: REQUIRED },
   lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
   knock: { participant: REQUIRED },
   lobby_left: { participant_id: REQUIRED, outcome: REQUIRED },
@@ -169,7 +179,8 @@ export function clientMessage(type, fields = {}) {
   return { type, ...fields };
 }
 
-/** One signalling connection: `join` first, pings while open, messages to `onMessage`. */
+/** One signalling connection: `join` (or `resume`) first, pings while open, messages to
+ * `onMessage`. Opened again on the same object for a resume: the media sessions keep it. */
 export class SignallingConnection {
   constructor({ onOpen, onMessage, onClose }) {
     this.onOpen = onOpen;
@@ -180,12 +191,23 @@ export class SignallingConnection {
     this.pingId = 0;
   }
 
-  open(token, room) {
+  /** Open a socket and join `room`; with `resume` ({participantId, resumeToken, lastSeq}),
+   * take over that participant instead (docs/protocol.md, `resume`). */
+  open(token, room, resume = null) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws`);
     this.ws = ws;
     ws.addEventListener("open", () => {
-      this.send("join", { token, room });
+      if (resume) {
+        this.send("resume", {
+          token,
+          participant_id: resume.participantId,
+          resume_token: resume.resumeToken,
+          last_seq: resume.lastSeq,
+        });
+      } else {
+        this.send("join", { token, room });
+      }
       this.pingTimer = setInterval(
         () => this.send("ping", { id: ++this.pingId }),
         PING_INTERVAL_MS,
@@ -193,14 +215,17 @@ export class SignallingConnection {
       this.onOpen?.();
     });
     ws.addEventListener("message", (event) => {
+      // An abandoned socket's last messages are not this connection's (a resume counts them).
+      if (this.ws !== ws) return;
       const message = JSON.parse(event.data);
       const declaration = SERVER_MESSAGES[message.type];
       // A message type this client does not know (a newer server) is passed on unfilled.
       this.onMessage(declaration ? withDefaults(declaration, message) : message);
     });
     ws.addEventListener("close", (event) => {
+      if (this.ws !== ws) return; // abandoned: its pings already stopped, a newer one may ping
       clearInterval(this.pingTimer);
-      if (this.ws === ws) this.onClose(event.code, event.reason);
+      this.onClose(event.code, event.reason);
     });
   }
 

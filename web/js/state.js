@@ -11,6 +11,7 @@ export const state = {
   permissions: [],
   room: null, // RoomState
   participants: new Map(), // participant id → ParticipantInfo (others and me)
+  reconnecting: new Set(), // participant ids the server holds while their connection is back
   lobby: new Map(), // participant id → ParticipantInfo waiting (chairs only)
   tracks: [], // the last `tracks` message
   lobbyReason: null, // connecting | reconnecting | lobby_enabled | room_not_open
@@ -25,6 +26,7 @@ export const state = {
   quality: new Map(), // participant id → {rating: "good" | "fair" | "poor", problems} (quality.js)
   ended: null, // {kind, code, reason}
   reconnects: 0,
+  resumes: 0, // how many times my connection resumed (`resumed`) in this visit
   notice: "", // i18n key of the last notice shown in the room
   errors: [],
   received: {}, // message type → how many arrived (diagnostics for automation)
@@ -92,6 +94,7 @@ export function snapshot() {
     participants: [...state.participants.values()],
     lobby: [...state.lobby.values()],
     speaking: [...state.speaking],
+    reconnecting: [...state.reconnecting],
     quality: Object.fromEntries(state.quality),
     annotations: {
       ...state.annotations,
