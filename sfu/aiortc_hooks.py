@@ -15,7 +15,9 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
 - `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec;
 - `negotiate_extensions` adds header extensions aiortc does not know (simulcast's RID ones) to
-  what a transceiver negotiated.
+  what a transceiver negotiated;
+- `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
+  both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -34,6 +36,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
@@ -41,6 +44,8 @@ from aiortc.rtcrtpparameters import (
 )
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
+
+from core.media.rtp import TRANSPORT_CC_URI
 
 log = logging.getLogger("consilium.sfu.hooks")
 
@@ -276,6 +281,28 @@ def negotiate_extensions(transceiver: RTCRtpTransceiver, offered: dict[str, int]
     for uri, ext_id in offered.items():
         if uri not in known:
             extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+def negotiate_transport_cc(
+    transceiver: RTCRtpTransceiver, extension_id: int, payload_types: Callable[[int], bool]
+) -> None:
+    """Accept transport-wide congestion control on a transceiver: the transport-wide sequence
+    number extension with the offer's id (`negotiate_extensions`), and `a=rtcp-fb:<pt>
+    transport-cc` on each negotiated media codec for which `payload_types(pt)` is true (aiortc
+    keeps only the feedback types it knows, and transport-cc is not one).
+
+    Called between setRemoteDescription and createAnswer, like `restrict_codecs`.
+    """
+    negotiate_extensions(transceiver, {TRANSPORT_CC_URI: extension_id})
+    feedback = RTCRtcpFeedback(type="transport-cc")
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    for codec in codecs:
+        if (
+            not codec.mimeType.lower().endswith("/rtx")
+            and payload_types(codec.payloadType or 0)
+            and feedback not in codec.rtcpFeedback
+        ):
+            codec.rtcpFeedback.append(feedback)  # aiortc's own copy for this transceiver
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
