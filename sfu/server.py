@@ -38,6 +38,8 @@ class MediaSettings:
 
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
+    twcc: bool = True
+    """Answer publishers' transport-cc offers and send them its feedback (`sfu.twcc`)."""
     ice: IceSettings = field(default_factory=IceSettings)
     """Host addresses, UDP port range, STUN/TURN."""
     max_sdp_bytes: int = 64 * 1024
@@ -82,7 +84,7 @@ class MediaServer:
         self._room_of: dict[str, MediaRoom] = {}
         """Each participant's room (theirs knows it only as a `ParticipantRoom`)."""
         self._ticker: asyncio.Task[None] | None = None
-        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0}
+        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0, "twcc_feedback": 0}
         install(settings.ice)
         codec_guard.install()
 
@@ -157,6 +159,7 @@ class MediaServer:
             lambda message: self.notify(participant_id, message), configuration,
             muted={"audio": audio_muted, "video": video_muted},
         )  # fmt: skip
+        media.publisher.transport_cc = self.settings.twcc
         room.relay.join(media.data, user)
         room.participants[participant_id] = media
         self._room_of[participant_id] = room
@@ -174,6 +177,7 @@ class MediaServer:
             self._ended["forwarded"] += track.forwarded
             self._ended["received"] += track.received
             self._ended["retransmitted"] += track.retransmitted
+        self._ended["twcc_feedback"] += media.publisher.feedback_sent
         room = self._room_of.pop(participant_id)
         room.participants.pop(participant_id, None)
         room.relay.leave(participant_id)
@@ -231,6 +235,8 @@ class MediaServer:
             "retransmitted_packets": self._ended["retransmitted"]
             + sum(t.retransmitted for t in tracks),
             "dropped_packets": sum(m.dropped for m in self.participants.values()),
+            "twcc_feedback_packets": self._ended["twcc_feedback"]
+            + sum(m.publisher.feedback_sent for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }
