@@ -120,3 +120,39 @@ async def test_without_the_setting_the_answer_has_no_transport_cc() -> None:
     assert "goog-remb" in answer, "REMB stays the only hint"
     assert feedback == []
     assert media.server.stats()["twcc_feedback_packets"] == 0
+
+
+def with_transport_cc(sdp: str) -> str:
+    """An offer with Chromium's transport-cc lines in every audio and video section (feedback on
+    the media codecs: the first payload type of aiortc's sections; never on RTX)."""
+    sections = sdp.split("\r\nm=")
+    for index, section in enumerate(sections[1:], 1):
+        if not section.startswith(("audio", "video")):
+            continue
+        lines = section.rstrip("\r\n").split("\r\n")
+        lines += [f"a=extmap:{TWCC_ID} {TRANSPORT_CC_URI}"]
+        lines += [f"a=rtcp-fb:{lines[0].split()[3]} transport-cc"]
+        sections[index] = "\r\n".join(lines) + ("\r\n" if index == len(sections) - 1 else "")
+    return "\r\nm=".join(sections)
+
+
+async def test_audio_and_video_are_answered_with_transport_cc_but_not_rtx(
+    media: MediaHarness,
+) -> None:
+    await media.server.join("mdt-1", "a", frozenset({"publish_audio", "publish_video"}))
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio", direction="sendonly")
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = with_transport_cc(pc.localDescription.sdp)
+        answer = await media.server.offer("a", "publish", offer)
+    finally:
+        await pc.close()
+    feedback = set(re.findall(r"a=rtcp-fb:(\d+) transport-cc", answer))
+    opus = re.search(r"a=rtpmap:(\d+) opus/48000", answer)
+    vp8 = re.search(r"a=rtpmap:(\d+) VP8/90000", answer)
+    rtx = set(re.findall(r"a=rtpmap:(\d+) rtx/90000", answer))
+    assert opus is not None and vp8 is not None and rtx
+    assert feedback == {opus.group(1), vp8.group(1)}, "the media codecs, not their RTX"
+    assert answer.count(f"a=extmap:{TWCC_ID} {TRANSPORT_CC_URI}") == 2
