@@ -1,7 +1,8 @@
 """Transport-cc with real Chromium: a publishing browser gets the SFU's transport feedback, and its
 own estimator (GCC) runs off it: `availableOutgoingBitrate` on the publish session's candidate
-pair is sensible on loopback, and falls towards the link's rate when the uplink is 800 kbps
-(nettest's proxy in front of coturn, the browser relay-only)."""
+pair is sensible on loopback, and through TURN it stays below 1 Mbps on an 800 kbps uplink
+where a clean one lets it climb above (nettest's proxy in front of coturn, the browser
+relay-only)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import time
 import urllib.request
 from typing import Any
+
+import pytest
 
 from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
@@ -124,23 +127,33 @@ async def test_with_transport_cc_off_no_feedback_is_sent(
     print("without transport-cc, the browser's outgoing estimate:", seen[-1])
 
 
-async def test_an_800_kbps_uplink_brings_the_estimate_down(
-    turnserver: TurnServer, serve_process: Any, chromium: OpenTab
+@pytest.mark.parametrize("up_kbps", [None, 800])
+async def test_an_800_kbps_uplink_holds_the_estimate_below_1_mbps(
+    up_kbps: float | None, turnserver: TurnServer, serve_process: Any, chromium: OpenTab
 ) -> None:
-    up, down = link(rtt_ms=20, up_kbps=800)
+    """Through TURN on a clean link the estimate climbs above 1 Mbps (seen: 1.1-3.7 Mbps); with
+    the uplink at 800 kbps from the start, the browser's probes meet the queue and it stays
+    below 1 Mbps (seen: 0.77-0.85 Mbps, then 0.2-0.7 after an overuse).
+
+    Not a cut in mid-call: Chromium's fake camera encodes ~200 kbps, so once the estimate is up,
+    a cut to 800 kbps congests nothing and no estimator (ours to feed or any) has cause to drop.
+    """
+    up, down = link(rtt_ms=20, up_kbps=up_kbps)
     proxy = ImpairedUdpProxy((TURN_HOST, turnserver.port), up=up, down=down, seed=15)
     await proxy.start()
     try:
         serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
         impaired = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
         tab = await publish_alone(serve, chromium, (turnserver.udp_url, impaired))
-        seen = await estimates(tab, 12)
+        seen = [s["available"] if s else None for s in await estimates(tab, 12)]
+        print(f"up {up_kbps} kbps: the browser's outgoing estimates (bps):", seen)
         assert feedback_sent(serve) > 20
-        late = [s["available"] for s in seen[-6:] if s and s["available"] is not None]
-        assert late and max(late) < 1_000_000, seen
-        print(
-            "at 800 kbps up, the browser's outgoing estimate:", [s["available"] for s in seen if s]
-        )
-        assert proxy.counters["up"].passed_bytes > 200_000, proxy.counters
+        assert proxy.counters["up"].passed_bytes > 100_000, proxy.counters
+        known = [bps for bps in seen if bps is not None]
+        assert len(known) > 10, seen
+        if up_kbps is None:
+            assert max(known) > 1_000_000, seen
+        else:
+            assert max(known[-6:]) < 1_000_000, seen
     finally:
         proxy.close()
