@@ -359,9 +359,10 @@ class Publisher:
         """Periodic RTCP: deferred keyframe requests and transport-cc feedback still due;
         receiver reports and REMB each second.
 
-        REMB stays on with transport-cc: Chromium's estimator takes a REMB as a ceiling on its
-        own (transport-cc driven) estimate, so the subscribers' downlink hint still caps what
-        the publisher sends, while transport-cc finds the publisher's own uplink.
+        REMB stays on with transport-cc: libwebrtc's estimator takes a REMB as a ceiling on its
+        own, transport-cc driven, estimate (`SendSideBandwidthEstimation`'s receiver limit), so
+        the subscribers' downlink hint still caps what the publisher sends, while transport-cc
+        finds the publisher's own uplink.
         """
         # Every participant, every 0.2 s (`MediaServer`): the demux's dict read once, not
         # through the `tracks` property each time.

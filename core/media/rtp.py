@@ -24,7 +24,9 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 # Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01): one
-# 16-bit sequence number across every packet of the transport, for transport-cc feedback.
+# 16-bit sequence number across every packet of the transport, for transport-cc feedback. Not
+# in `ExtensionIds`: it belongs to the transport, not to one media session (`sfu.publisher`
+# keeps the offer's id for all of them).
 TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 
@@ -140,8 +142,6 @@ class ExtensionIds:
     """RTP stream id: the simulcast layer of a media packet (received only, never sent)."""
     repaired_rid: int | None = None
     """Repaired RTP stream id: the simulcast layer an RTX packet repairs (received only)."""
-    transport_cc: int | None = None
-    """Transport-wide sequence number: what transport-cc feedback reports (received only)."""
 
     @classmethod
     def from_uris(cls, uris: dict[str, int]) -> ExtensionIds:
@@ -152,7 +152,6 @@ class ExtensionIds:
             uris.get(AUDIO_LEVEL_URI),
             uris.get(RID_URI),
             uris.get(REPAIRED_RID_URI),
-            uris.get(TRANSPORT_CC_URI),
         )
 
 
