@@ -38,7 +38,7 @@ def transport_cc_offer(sdp: str) -> str:
 
 
 def _extensions(mid_id: int, mid: str, sequence: int) -> bytes:
-    body = bytes([mid_id << 4 | (len(mid) - 1)]) + mid.encode()
+    body = bytes([mid_id << 4 | (len(mid) - 1)]) + mid.encode() if mid else b""
     body += bytes([TWCC_ID << 4 | 1]) + struct.pack("!H", sequence)
     body += b"\x00" * (-len(body) % 4)
     return struct.pack("!HH", 0xBEDE, len(body) // 4) + body
@@ -60,7 +60,8 @@ async def publish_with_transport_cc(
     media: MediaHarness, sequences: list[int]
 ) -> tuple[str, list[bytes]]:
     """Publish a camera offering transport-cc, send one packet per transport-wide sequence number
-    in `sequences`, 5 ms apart; the SFU's answer and the transport feedback it sent back."""
+    in `sequences`, 5 ms apart (the 21st on a stream the SFU cannot route: no MID, an SSRC
+    never announced); the SFU's answer and the transport feedback it sent back."""
     await media.server.join("mdt-1", "a", frozenset({"publish_video"}))
     pc = RTCPeerConnection()
     feedback: list[bytes] = []
@@ -78,9 +79,10 @@ async def publish_with_transport_cc(
         assert found is not None and mid_id is not None
         payload_type, mid = int(found.group(1)), str(transceiver.mid)
         for index, sequence in enumerate(sequences):
-            header = struct.pack("!BBHII", 0x90, payload_type, index, index * 3000, 0x1234)
+            ssrc, named = (0x9999, "") if index == 20 else (0x1234, mid)
+            header = struct.pack("!BBHII", 0x90, payload_type, index, index * 3000, ssrc)
             payload = bytes([0x10, 0x00]) + bytes(100)  # a VP8 descriptor and some bytes
-            hooks.send_rtp(dtls, header + _extensions(int(mid_id.group(1)), mid, sequence)
+            hooks.send_rtp(dtls, header + _extensions(int(mid_id.group(1)), named, sequence)
                            + payload)  # fmt: skip
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.5)  # the tick sends what is left
@@ -103,7 +105,7 @@ async def test_a_publisher_offering_transport_cc_gets_feedback_on_every_packet(
         parsed = parse_feedback(packet)
         for offset, status in enumerate(parsed.statuses):
             (received if status else lost).add((parsed.base + offset) & 0xFFFF)
-    assert received == set(sent)
+    assert received == set(sent), "the unroutable packet (the 21st) is reported received too"
     assert lost == {65_510, 65_511, (65_550) & 0xFFFF}
     # Counted whether the publisher is still there or left when its peer connection closed.
     assert media.server.stats()["twcc_feedback_packets"] == len(feedback)
