@@ -28,7 +28,12 @@ from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
 from sfu.simulcast import SimulcastOffer, answer_simulcast, read_simulcast_offers
-from sfu.twcc import TransportCcOffer, TransportFeedback, read_transport_cc_offers
+from sfu.twcc import (
+    MAX_PENDING,
+    TransportCcOffer,
+    TransportFeedback,
+    read_transport_cc_offers,
+)
 from sfu.types import MediaError, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -329,10 +334,12 @@ class Publisher:
         """Send the transport-cc feedback due (from the first track's RTCP sender, which shares
         the publish transport with all of them)."""
         first = next(iter(self.demux.by_mid.values()), None)
-        packets = twcc.build(first.rtcp_ssrc if first else 0, first.ssrc if first else 0, now_ms)
-        if first is not None:  # no track yet: nothing to send through, the record is let go
-            for packet in packets:
-                first.send_to_publisher(packet)
+        if first is None:  # no track yet to send through: kept a while (a probe's result)
+            if twcc.pending > MAX_PENDING:
+                twcc.build(0, 0, now_ms)  # let go
+            return
+        for packet in twcc.build(first.rtcp_ssrc, first.ssrc, now_ms):
+            first.send_to_publisher(packet)
 
     def _on_rtcp(self, data: bytes) -> None:
         try:

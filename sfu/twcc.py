@@ -46,6 +46,9 @@ FEEDBACK_INTERVAL_MS = 100
 """Most time between two feedback packets while media flows (libwebrtc's default period)."""
 PACKETS_PER_FEEDBACK = 100
 """Packets recorded before feedback is sent early (a high-rate publisher gets it more often)."""
+MAX_PENDING = 2000
+"""Packets kept for feedback while nothing can carry it (no track published yet: the first
+packets can arrive before the track they belong to is); beyond, they are let go."""
 MAX_STATUSES = 500
 """Most packets one feedback packet reports: at two bytes a delta it stays below a UDP packet
 that crosses any path (~1,200 bytes)."""
@@ -124,6 +127,11 @@ class TransportFeedback:
         """Feedback packets built (the node's `twcc_feedback_packets`)."""
         self.late = 0
         """Packets that arrived after the feedback covering them (reported lost there)."""
+
+    @property
+    def pending(self) -> int:
+        """Packets recorded and not yet in any feedback."""
+        return len(self._sequences)
 
     def record(self, sequence: int, arrival_ms: int) -> bool:
         """A packet with this transport-wide sequence number arrived; True when feedback is due

@@ -179,6 +179,15 @@ def test_a_duplicate_counts_once_with_its_first_arrival() -> None:
     assert parse_feedback(packet).arrivals_us == {1: 100_000, 2: 101_000}
 
 
+def test_pending_counts_what_no_feedback_covered_yet() -> None:
+    feedback = TransportFeedback()
+    feedback.record(1, 10)
+    feedback.record(2, 11)
+    assert feedback.pending == 2
+    feedback.build(1, 2, now_ms=20)
+    assert feedback.pending == 0
+
+
 def test_nothing_new_builds_nothing() -> None:
     feedback = TransportFeedback()
     assert feedback.build(1, 2, now_ms=0) == []
