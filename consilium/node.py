@@ -146,6 +146,7 @@ def build_node(settings: Settings) -> Node:
         media = MediaServer(
             MediaSettings(
                 video_codecs=tuple(settings.video_codecs),
+                twcc=settings.twcc,
                 ice=ice,
                 data_dir=data_dir,
                 room_key=room_keys.key_for,

@@ -20,6 +20,8 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   past the STUN parser, reads what is queued behind it, and reads the kernel's receive
   timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is dropped there, before
   SRTP, and its publisher asked for a keyframe (`sfu.queue_delay`).
+- `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
+  both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -40,6 +42,7 @@ from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
     RTCRtpReceiveParameters,
@@ -50,6 +53,7 @@ from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
 from core.media.keyframes import KeyframeRequests
+from core.media.rtp import TRANSPORT_CC_URI
 from sfu.queue_delay import QueueDelay
 
 log = logging.getLogger("consilium.sfu.hooks")
@@ -357,6 +361,28 @@ def negotiate_extensions(transceiver: RTCRtpTransceiver, offered: dict[str, int]
     for uri, ext_id in offered.items():
         if uri not in known:
             extensions.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+def negotiate_transport_cc(
+    transceiver: RTCRtpTransceiver, extension_id: int, payload_types: Callable[[int], bool]
+) -> None:
+    """Accept transport-wide congestion control on a transceiver: the transport-wide sequence
+    number extension with the offer's id (`negotiate_extensions`), and `a=rtcp-fb:<pt>
+    transport-cc` on each negotiated media codec for which `payload_types(pt)` is true (aiortc
+    keeps only the feedback types it knows, and transport-cc is not one).
+
+    Called between setRemoteDescription and createAnswer, like `restrict_codecs`.
+    """
+    negotiate_extensions(transceiver, {TRANSPORT_CC_URI: extension_id})
+    feedback = RTCRtcpFeedback(type="transport-cc")
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    for codec in codecs:
+        if (
+            not codec.mimeType.lower().endswith("/rtx")
+            and payload_types(codec.payloadType or 0)
+            and feedback not in codec.rtcpFeedback
+        ):
+            codec.rtcpFeedback.append(feedback)  # aiortc's own copy for this transceiver
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

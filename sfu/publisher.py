@@ -4,6 +4,9 @@ The client is always the offerer here (its camera, microphone, screen and data c
 SFU answers, accepting each kind of media the participant may publish in the room's codec.
 Arriving packets go from the transport hook (`sfu.aiortc_hooks`) through the demux
 (`sfu.demux`) to the track's forwarder (`sfu.forwarder`): the media packet's straight line.
+Each packet's transport-wide sequence number is recorded on the way (`sfu.twcc`), and the
+transport-cc feedback built from them goes back to the publisher, whose browser estimates its
+own uplink from it.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpReceiveParamete
 
 from core.actions import Action
 from core.codes import ErrorCode
-from core.media.rtp import ExtensionIds
+from core.media.rtp import ExtensionIds, parse_header
 from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
 from sfu.simulcast import SimulcastOffer, answer_simulcast, read_simulcast_offers
+from sfu.twcc import (
+    MAX_PENDING,
+    TransportCcOffer,
+    TransportFeedback,
+    read_transport_cc_offers,
+)
 from sfu.types import MediaError, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -77,6 +86,8 @@ class Publisher:
         "_rtcp_dropped",
         "_screen_mids",
         "_simulcast",
+        "_twcc",
+        "_twcc_id",
         "configuration",
         "demux",
         "muted",
@@ -85,6 +96,7 @@ class Publisher:
         "pc",
         "permissions",
         "room",
+        "transport_cc",
     )
 
     def __init__(
@@ -117,11 +129,23 @@ class Publisher:
         """Camera media ids whose simulcast offer was accepted (`sfu.simulcast`)."""
         self._hooked = False
         self._rtcp_dropped = 0
+        self.transport_cc = True
+        """Answer offers that propose transport-cc with it (the node's `twcc` setting)."""
+        self._twcc: TransportFeedback | None = None
+        """The transport-cc receiver, once an offer negotiated it (None: REMB only)."""
+        self._twcc_id = 0
+        """The transport-wide sequence number's header-extension id (the offer's; 0, never a
+        valid id: not negotiated)."""
 
     @property
     def dropped(self) -> int:
         """Packets refused as malformed or unroutable: RTP (the demux's count) and RTCP."""
         return self.demux.dropped + self._rtcp_dropped
+
+    @property
+    def feedback_sent(self) -> int:
+        """Transport-cc feedback packets sent to this publisher."""
+        return self._twcc.sent if self._twcc is not None else 0
 
     @property
     def tracks(self) -> dict[str, PublishedTrack]:
@@ -142,10 +166,12 @@ class Publisher:
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable publish offer: {exc}") from None
         simulcast = read_simulcast_offers(sdp)
+        transport_cc = read_transport_cc_offers(sdp) if self.transport_cc else {}
         for transceiver in pc.getTransceivers():
             if transceiver.mid is None:
                 continue
             self._accept_simulcast(transceiver, simulcast.get(transceiver.mid))
+            self._accept_transport_cc(transceiver, transport_cc.get(transceiver.mid))
             if transceiver.mid in self._configured_mids:
                 self._follow_direction(transceiver)
                 continue
@@ -176,6 +202,18 @@ class Publisher:
             return
         hooks.negotiate_extensions(transceiver, offer.extensions)
         self._simulcast[mid] = offer
+
+    def _accept_transport_cc(
+        self, transceiver: RTCRtpTransceiver, offer: TransportCcOffer | None
+    ) -> None:
+        """Answer transport-cc where the offer proposes both its extension and its feedback (at
+        every offer: aiortc negotiates each transceiver again at each offer)."""
+        if offer is None or offer.extension_id is None or not offer.payload_types:
+            return
+        hooks.negotiate_transport_cc(transceiver, offer.extension_id, offer.offers_feedback)
+        self._twcc_id = offer.extension_id  # one id for the whole bundle (it numbers all)
+        if self._twcc is None:
+            self._twcc = TransportFeedback()
 
     def _transport(self, pc: RTCPeerConnection) -> Any:
         for transceiver in pc.getTransceivers():
@@ -262,17 +300,46 @@ class Publisher:
     def _on_rtp(self, data: bytes, arrival_ms: int) -> None:
         # Hot path, per received packet: watched by bench/forwarding.py.
         routed = self.demux.route(data)
-        if routed is not None:
-            track, packet, header, layer = routed
-            # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
-            # forwards its lowest, the one a simulcasting browser always sends.
-            if layer == 0:
-                track.forward(packet, header, arrival_ms)
-            level_id = track.ext_ids.audio_level
-            if level_id is not None and not track.video:  # the room's speaker: one byte read
-                level = header.extensions.get(level_id)
-                if level:
-                    self.room.hear_audio(self.participant_id, level[0], track.muted, track.now)
+        twcc = self._twcc
+        if routed is None:
+            if twcc is not None:  # probes and unknown streams are numbered too
+                self._record_unrouted(twcc, data, arrival_ms)
+            return
+        track, packet, header, layer = routed
+        if twcc is not None:  # an RTX packet's header keeps the extensions it came with
+            number = header.extensions.get(self._twcc_id)
+            if number is not None and twcc.record(int.from_bytes(number[:2], "big"), arrival_ms):
+                self._send_feedback(twcc, arrival_ms)
+        # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
+        # forwards its lowest, the one a simulcasting browser always sends.
+        if layer == 0:
+            track.forward(packet, header, arrival_ms)
+        level_id = track.ext_ids.audio_level
+        if level_id is not None and not track.video:  # the room's speaker: one byte read
+            level = header.extensions.get(level_id)
+            if level:
+                self.room.hear_audio(self.participant_id, level[0], track.muted, track.now)
+
+    def _record_unrouted(self, twcc: TransportFeedback, data: bytes, arrival_ms: int) -> None:
+        """A packet the demux does not forward (a padding probe, a stream not yet known) still
+        counts for the sender's estimate: unreported, it would look lost."""
+        try:
+            number = parse_header(data).extensions.get(self._twcc_id)
+        except ValueError:
+            return
+        if number is not None and twcc.record(int.from_bytes(number[:2], "big"), arrival_ms):
+            self._send_feedback(twcc, arrival_ms)
+
+    def _send_feedback(self, twcc: TransportFeedback, now_ms: int) -> None:
+        """Send the transport-cc feedback due (from the first track's RTCP sender, which shares
+        the publish transport with all of them)."""
+        first = next(iter(self.demux.by_mid.values()), None)
+        if first is None:  # no track yet to send through: kept a while (a probe's result)
+            if twcc.pending > MAX_PENDING:
+                twcc.build(0, 0, now_ms)  # let go
+            return
+        for packet in twcc.build(first.rtcp_ssrc, first.ssrc, now_ms):
+            first.send_to_publisher(packet)
 
     def _on_rtcp(self, data: bytes) -> None:
         try:
@@ -296,7 +363,14 @@ class Publisher:
                 track.set_muted(muted, now)
 
     def tick(self, now: float, report: bool) -> None:
-        """Periodic RTCP: deferred keyframe requests; receiver reports and REMB each second."""
+        """Periodic RTCP: deferred keyframe requests and transport-cc feedback still due;
+        receiver reports and REMB each second.
+
+        REMB stays on with transport-cc: libwebrtc's estimator takes a REMB as a ceiling on its
+        own, transport-cc driven, estimate (`SendSideBandwidthEstimation`'s receiver limit), so
+        the subscribers' downlink hint still caps what the publisher sends, while transport-cc
+        finds the publisher's own uplink.
+        """
         # Every participant, every 0.2 s (`MediaServer`): the demux's dict read once, not
         # through the `tracks` property each time.
         tracks = self.demux.by_mid
@@ -304,6 +378,8 @@ class Publisher:
             return
         for track in tracks.values():
             track.tick(now)
+        if self._twcc is not None:  # what arrived since the last feedback, if media stopped
+            self._send_feedback(self._twcc, int(now * 1000))
         if not report:
             return
         first = next(iter(tracks.values()))

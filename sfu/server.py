@@ -39,6 +39,8 @@ class MediaSettings:
 
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
+    twcc: bool = True
+    """Answer publishers' transport-cc offers and send them its feedback (`sfu.twcc`)."""
     ice: IceSettings = field(default_factory=IceSettings)
     """Host addresses, UDP port range, STUN/TURN."""
     max_sdp_bytes: int = 64 * 1024
@@ -92,7 +94,7 @@ class MediaServer:
         self._room_of: dict[str, MediaRoom] = {}
         """Each participant's room (theirs knows it only as a `ParticipantRoom`)."""
         self._ticker: asyncio.Task[None] | None = None
-        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0}
+        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0, "twcc_feedback": 0}
         self._ended_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         """Retransmissions refused to participants who left, by reason."""
         install(settings.ice)
@@ -173,6 +175,7 @@ class MediaServer:
         media.subscriber.retransmits = RetransmitBudget(
             share=self.settings.retransmit_share, max_age_s=self.settings.retransmit_max_age_s
         )
+        media.publisher.transport_cc = self.settings.twcc
         room.relay.join(media.data, user)
         room.participants[participant_id] = media
         self._room_of[participant_id] = room
@@ -192,6 +195,7 @@ class MediaServer:
             self._ended["retransmitted"] += track.retransmitted
         for reason, count in media.subscriber.retransmits.refused.items():
             self._ended_refused[reason] += count
+        self._ended["twcc_feedback"] += media.publisher.feedback_sent
         room = self._room_of.pop(participant_id)
         room.participants.pop(participant_id, None)
         room.relay.leave(participant_id)
@@ -264,6 +268,8 @@ class MediaServer:
             },
             "socket_receive_buffer_bytes": socket_buffers.receive,
             "socket_send_buffer_bytes": socket_buffers.send,
+            "twcc_feedback_packets": self._ended["twcc_feedback"]
+            + sum(m.publisher.feedback_sent for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }

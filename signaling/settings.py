@@ -100,6 +100,9 @@ class Settings:
     """Run the SFU in this node (audio/video and data channels); off: signalling only."""
     video_codecs: list[str] = field(default_factory=lambda: ["VP8", "H264"])
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
+    twcc: bool = True
+    """Answer publishers that offer transport-wide congestion control (transport-cc) with it and
+    send them its feedback, so their browser estimates its own uplink; off: REMB hints only."""
     ice_host_addresses: list[str] = field(default_factory=list)
     """Addresses the SFU gathers ICE host candidates on; empty: every non-loopback interface,
     and 127.0.0.1 too when `host` is a loopback address or the host has no other interface."""

@@ -23,6 +23,11 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 # Simulcast (RFC 8852): which layer a packet is, on media packets and on their RTX packets.
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+# Transport-wide congestion control (draft-holmer-rmcat-transport-wide-cc-extensions-01): one
+# 16-bit sequence number across every packet of the transport, for transport-cc feedback. Not
+# in `ExtensionIds`: it belongs to the transport, not to one media session (`sfu.publisher`
+# keeps the offer's id for all of them).
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 
 @dataclass(slots=True)
