@@ -550,16 +550,20 @@ def _client_frame(text: str) -> bytes:
 
 
 async def test_a_connection_lost_without_a_close_is_not_reported_as_a_shutdown(
-    dev_node: RunningNode,
+    tmp_path: Path,
 ) -> None:
-    chair, _ = await dev_node.join("dr-chair", "chair")
-    sock = await _raw_websocket(dev_node)
-    token = dev_node.token("dr-gone", "specialist")
-    sock.sendall(_client_frame(json.dumps({"type": "join", "token": token, "room": "mdt-1"})))
-    await next_message(chair, "participant_joined")
-    # The tab crashed: a TCP reset, no close frame.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-    left = await next_message(chair, "participant_left")
-    assert left["reason"] == "connection_lost"
-    assert ("leave", "connection_lost") in audit_actions(dev_node, sub="dr-gone")
+    # A short grace period: the participant is held for a resume first, then leaves.
+    async with running_node(node_settings(tmp_path / "data", resume_grace_s=0.5)) as dev_node:
+        chair, _ = await dev_node.join("dr-chair", "chair")
+        sock = await _raw_websocket(dev_node)
+        token = dev_node.token("dr-gone", "specialist")
+        frame = _client_frame(json.dumps({"type": "join", "token": token, "room": "mdt-1"}))
+        sock.sendall(frame)
+        await next_message(chair, "participant_joined")
+        # The tab crashed: a TCP reset, no close frame.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await next_message(chair, "participant_reconnecting")
+        left = await next_message(chair, "participant_left")
+        assert left["reason"] == "connection_lost"
+        assert ("leave", "connection_lost") in audit_actions(dev_node, sub="dr-gone")
