@@ -302,7 +302,10 @@ def test_a_case_export_holds_only_that_case(live_recording: LiveRecording, tmp_p
         assert frame.key_frame
     for stream in result.streams:
         assert 0 <= stream.first_ms < (1100 if stream.kind == "video" else 100), stream
-        assert stream.last_ms <= second - first + 50
+        # Media arriving after the case ended is cut (by arrival); frames are placed by their RTP
+        # time from the first frame's arrival, so a first frame that came late (a loaded
+        # machine: tens of ms) shifts the last frame's time by as much.
+        assert stream.last_ms <= second - first + 150
 
     sidecar = json.loads(result.annotations_path.read_text())
     assert sidecar["export"]["case"] == {"number": 1, "label": "case 1"}
