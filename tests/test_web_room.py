@@ -62,13 +62,16 @@ async def _text(tab: BrowserTab, selector: str) -> str:
     return str(await tab.page.locator(selector).inner_text())
 
 
-async def _still_decoding(tab: BrowserTab, sender: str, source: str = "camera") -> None:
-    """Video frames from `sender` keep being decoded by `tab` (over two seconds)."""
+async def _still_decoding(
+    tab: BrowserTab, sender: str, source: str = "camera", frames: int = 10
+) -> None:
+    """Video frames from `sender` keep being decoded by `tab`: more than `frames` over two
+    seconds."""
     sources = (source, "microphone")
     before = (await received_from(tab, sender, sources))["video"]["framesDecoded"]
     await asyncio.sleep(2.0)
     after = await received_from(tab, sender, sources)
-    assert after["video"]["framesDecoded"] > before + 10, (before, after)
+    assert after["video"]["framesDecoded"] > before + frames, (before, after)
     assert after["video"]["frameWidth"] > 0
 
 
@@ -289,7 +292,9 @@ async def test_a_shared_screen_reaches_the_other_participant(
     await specialist.until(f'document.querySelector("{shared}")', timeout_s=15)
     assert await _text(specialist, f"{shared} .tile-name") == "Screen shared by Dr Chen Wei"
     await specialist.until(f'document.querySelector("{shared} video").videoWidth > 0')
-    await _still_decoding(specialist, meeting.chair_id, source="screen")
+    # A screen is sent at the rate its content and the sender's estimate allow: a still fake
+    # desktop on a loaded machine (its estimator sees the queueing) may come at 2 fps.
+    await _still_decoding(specialist, meeting.chair_id, source="screen", frames=2)
     # The camera goes on alongside.
     await _still_decoding(specialist, meeting.chair_id)
     await screenshot(specialist, "room-screen-share")
