@@ -69,12 +69,15 @@ async def test_ten_subscribers_joining_at_once_cause_one_keyframe_request(
     track = next(iter(media.server.participants["pub"].tracks.values()))
     await eventually(lambda: all(slot.started for slot in track.slots), timeout=20)
     assert len(attached) >= 10 and plis, "the publisher was asked for a keyframe"
-    # At most one request per half second while the ten subscriptions arrived (on an idle
-    # machine they arrive within one interval or two: one request, perhaps a deferred second).
+    # The burst: at most one request per half second while the ten subscriptions arrived, and
+    # one deferred to the end of the interval (on an idle machine: one, perhaps two). Requests
+    # later than that answer something else (a subscriber whose first keyframe was cut by the
+    # SFU's real-time bound on a loaded machine asks again); they too keep the half second.
     interval = 0.5
     span = attached[-1] - attached[-10]
-    assert 1 <= len(sent) <= 2 + int(span / interval), (
-        f"{len(sent)} keyframe requests for 10 subscribers arriving over {span:.2f} s"
+    burst = [t for t in sent if t <= attached[-1] + interval * 1.2]
+    assert 1 <= len(burst) <= 2 + int(span / interval), (
+        f"{len(burst)} keyframe requests for 10 subscribers arriving over {span:.2f} s"
     )
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
     assert all(gap >= interval * 0.95 for gap in gaps), gaps
