@@ -1,7 +1,7 @@
 """Transport-cc with real Chromium: a publishing browser gets the SFU's transport feedback, and its
 own estimator (GCC) runs off it: `availableOutgoingBitrate` on the publish session's candidate
-pair is sensible on loopback, and through TURN it stays below 1 Mbps on an 800 kbps uplink
-where a clean one lets it climb above (nettest's proxy in front of coturn, the browser
+pair is sensible on loopback, and through TURN it stays near the link rate on a 400 kbps uplink
+where a clean one lets it climb well above (nettest's proxy in front of coturn, the browser
 relay-only)."""
 
 from __future__ import annotations
@@ -127,16 +127,23 @@ async def test_with_transport_cc_off_no_feedback_is_sent(
     print("without transport-cc, the browser's outgoing estimate:", seen[-1])
 
 
-@pytest.mark.parametrize("up_kbps", [None, 800])
-async def test_an_800_kbps_uplink_holds_the_estimate_below_1_mbps(
+# Between what a 400 kbps uplink lets the estimate reach and what a clean link's first probe
+# measures (Chromium probes at 3x and 6x its 300 kbps start).
+BETWEEN_BPS = 650_000
+
+
+@pytest.mark.parametrize("up_kbps", [None, 400])
+async def test_a_narrow_uplink_holds_the_estimate_down(
     up_kbps: float | None, turnserver: TurnServer, serve_process: Any, chromium: OpenTab
 ) -> None:
-    """Through TURN on a clean link the estimate climbs above 1 Mbps (seen: 1.1-3.7 Mbps); with
-    the uplink at 800 kbps from the start, the browser's probes meet the queue and it stays
-    below 1 Mbps (seen: 0.77-0.85 Mbps, then 0.2-0.7 after an overuse).
+    """Through TURN on a clean link the estimate climbs to the first probe's measure or above
+    (seen: 0.84-3.7 Mbps; 0.84 when a loaded machine spoilt the second probe, and the estimate
+    then stays put: the fake camera's ~200 kbps leaves the sender application-limited); with the
+    uplink at 400 kbps from the start, the probes meet the queue and it stays near the link rate
+    (at 800 kbps it was seen at 0.77-0.85 Mbps, too close to a spoilt clean run to tell apart).
 
     Not a cut in mid-call: Chromium's fake camera encodes ~200 kbps, so once the estimate is up,
-    a cut to 800 kbps congests nothing and no estimator (ours to feed or any) has cause to drop.
+    a cut congests little and no estimator (ours to feed or any) has cause to drop.
     """
     up, down = link(rtt_ms=20, up_kbps=up_kbps)
     proxy = ImpairedUdpProxy((TURN_HOST, turnserver.port), up=up, down=down, seed=15)
@@ -152,8 +159,8 @@ async def test_an_800_kbps_uplink_holds_the_estimate_below_1_mbps(
         known = [bps for bps in seen if bps is not None]
         assert len(known) > 10, seen
         if up_kbps is None:
-            assert max(known) > 1_000_000, seen
+            assert max(known) > BETWEEN_BPS, seen
         else:
-            assert max(known[-6:]) < 1_000_000, seen
+            assert max(known[-6:]) < BETWEEN_BPS, seen
     finally:
         proxy.close()
