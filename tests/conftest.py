@@ -5,5 +5,6 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.media",
     "tests.fixtures.browser",
+    "tests.fixtures.firefox",
     "tests.fixtures.turnserver",
 ]
