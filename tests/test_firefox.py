@@ -19,6 +19,7 @@ from tests.fixtures.browser import (
     ICE_ENV,
     MEDIA_TIMEOUT_S,
     ROOM,
+    SCREENSHOTS,
     BrowserTab,
     OpenTab,
     decoding,
@@ -28,7 +29,7 @@ from tests.fixtures.browser import (
 )
 from tests.fixtures.firefox import FirefoxTab, OpenFirefox
 from tests.fixtures.servers import ServeProcess
-from tests.fixtures.turnserver import TurnServer
+from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env, turn_url
 
 
@@ -113,6 +114,7 @@ async def meet_chromium_and_firefox(
     firefox: OpenFirefox,
     *,
     chromium_args: tuple[str, ...] = (),
+    **firefox_options: Any,
 ) -> MixedMeeting:
     """Dr Chen opens the room in Chromium; Dr Silva joins from Firefox's pre-join screen with
     its camera on, knocks, and is admitted by the chair's click; both decode each other."""
@@ -128,7 +130,9 @@ async def meet_chromium_and_firefox(
     await join_from_the_prejoin_screen(chair)
     await chair.until("window.consilium.state().screen === 'room'")
 
-    specialist = await firefox(f"{serve.url}/join/{ROOM}#token={specialist_token}")
+    specialist = await firefox(
+        f"{serve.url}/join/{ROOM}#token={specialist_token}", **firefox_options
+    )
     await specialist.until("window.consilium.state().screen === 'join'")
     assert "token" not in await specialist.url()
     # The camera is on before the click, as people arrive.
@@ -161,12 +165,15 @@ async def test_firefox_and_chromium_decode_each_other_through_the_sfu(
     for tab in (meeting.chair, meeting.specialist):
         connection = await evaluate(tab, "window.consilium.state().connection")
         assert (connection["publish"], connection["subscribe"]) == ("connected", "connected")
+    # What the room looks like in Firefox (look at it: test-output/web/firefox-room.png).
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await meeting.specialist.screenshot(SCREENSHOTS / "firefox-room.png")
     assert meeting.specialist.page_errors == []
     no_page_problems(meeting.chair)
 
 
 # How each browser names the way its relay candidate reaches the TURN server, by URL transport.
-RELAYED = {"udp": "udp", "tcp": "tcp"}
+RELAYED = {"udp": "udp", "tcp": "tcp", "tls": "tls"}
 
 
 @pytest.mark.parametrize("transport", sorted(RELAYED))
@@ -179,8 +186,19 @@ async def test_firefox_meets_chromium_through_turn_only(
 ) -> None:
     """A hospital network that lets no direct media through: both browsers may use relays only
     (`iceTransportPolicy: "relay"` from `joined`), over TURN/UDP or TURN/TCP."""
-    serve = serve_process(env=relay_env(turn_url(turnserver, transport), turnserver.secret))
-    meeting = await meet_chromium_and_firefox(serve, chromium, firefox)
+    url = turn_url(turnserver, transport)
+    if transport == "tls":
+        # Firefox refuses a `turns:` URL naming an IP address ("TLS requires FQDN"): it checks
+        # the certificate against a host name, here the one the fixture's certificate names.
+        url = url.replace(f"turns:{TURN_HOST}:", "turns:localhost:")
+    serve = serve_process(env=relay_env(url, turnserver.secret))
+    meeting = await meet_chromium_and_firefox(
+        serve,
+        chromium,
+        firefox,
+        chromium_args=turnserver.chromium_trusts_it,
+        accept_insecure_certs=True,
+    )
     relayed = {"candidateType": "relay", "relayProtocol": RELAYED[transport]}
     for name, tab in (("chair", meeting.chair), ("specialist", meeting.specialist)):
         paths = (await evaluate(tab, "window.consilium.stats()"))["paths"]
