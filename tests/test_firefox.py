@@ -26,11 +26,13 @@ from tests.fixtures.browser import (
     join_from_the_prejoin_screen,
     no_page_problems,
     schedule_room,
+    tile,
 )
 from tests.fixtures.firefox import FirefoxTab, OpenFirefox
 from tests.fixtures.servers import ServeProcess
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env, turn_url
+from tests.test_web_speaker import VOICE
 
 
 @dataclass
@@ -114,10 +116,12 @@ async def meet_chromium_and_firefox(
     firefox: OpenFirefox,
     *,
     chromium_args: tuple[str, ...] = (),
+    firefox_preload: str | None = None,
     **firefox_options: Any,
 ) -> MixedMeeting:
     """Dr Chen opens the room in Chromium; Dr Silva joins from Firefox's pre-join screen with
-    its camera on, knocks, and is admitted by the chair's click; both decode each other."""
+    its camera on, knocks, and is admitted by the chair's click; both decode each other.
+    `firefox_preload`: a script run in Firefox's page before the client's own."""
     idp = DevelopmentIdP.load_or_create(serve.data_dir)
     chair_token = idp.mint(
         sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"], rooms=[ROOM]
@@ -130,9 +134,10 @@ async def meet_chromium_and_firefox(
     await join_from_the_prejoin_screen(chair)
     await chair.until("window.consilium.state().screen === 'room'")
 
-    specialist = await firefox(
-        f"{serve.url}/join/{ROOM}#token={specialist_token}", **firefox_options
-    )
+    specialist = await firefox("about:blank", **firefox_options)
+    if firefox_preload is not None:
+        await specialist.add_preload_script(f"() => {{ {firefox_preload} }}")
+    await specialist.goto(f"{serve.url}/join/{ROOM}#token={specialist_token}")
     await specialist.until("window.consilium.state().screen === 'join'")
     assert "token" not in await specialist.url()
     # The camera is on before the click, as people arrive.
@@ -251,4 +256,30 @@ async def test_chat_typed_in_firefox_reaches_chromium_over_the_data_channel(
     await chair.page.press("#chat-text", "Enter")
     answer = json.dumps("Agreed: refer to cardiology")
     await specialist.until(f"window.consilium.state().chat.some((m) => m.text === {answer})", 15)
+    assert specialist.page_errors == []
+
+
+async def test_the_sfu_hears_firefox_speak_and_makes_it_the_rooms_speaker(
+    serve_process: Any, chromium: OpenTab, firefox: OpenFirefox
+) -> None:
+    """The SFU reads who speaks from Firefox's audio level header extension, as from
+    Chromium's: Firefox talks (a voice, not the fake microphone's steady tone, which is no
+    speech), the chair is muted, and both pages show Firefox's person as the speaker."""
+    # Only where there are media devices: the preload runs in the first about:blank too.
+    voice = f"if (navigator.mediaDevices) {VOICE}"
+    meeting = await meet_chromium_and_firefox(
+        serve_process(env=ICE_ENV), chromium, firefox, firefox_preload=voice
+    )
+    chair, specialist = meeting.chair, meeting.specialist
+    await chair.page.click("#mic-button")
+    await chair.until("window.consilium.state().media.audioMuted === true")
+    speaker = f"window.consilium.state().activeSpeaker === '{meeting.specialist_id}'"
+    try:
+        await chair.until(speaker, 15)
+        await specialist.until(speaker, 15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await diagnosis(meeting)}") from None
+    await chair.until(
+        f'document.querySelector("{tile(meeting.specialist_id)}").dataset.activeSpeaker === "true"'
+    )
     assert specialist.page_errors == []
