@@ -283,3 +283,34 @@ async def test_the_sfu_hears_firefox_speak_and_makes_it_the_rooms_speaker(
         f'document.querySelector("{tile(meeting.specialist_id)}").dataset.activeSpeaker === "true"'
     )
     assert specialist.page_errors == []
+
+
+async def test_firefox_turns_its_camera_off_and_on_and_chromium_sees_it_again(
+    serve_process: Any, chromium: OpenTab, firefox: OpenFirefox
+) -> None:
+    """Off is the stopped capture (a placeholder for the others), on is a new capture sent in
+    its place (`replaceTrack`, no renegotiation): Chromium decodes Firefox's camera again."""
+    meeting = await meet_chromium_and_firefox(serve_process(env=ICE_ENV), chromium, firefox)
+    chair, specialist = meeting.chair, meeting.specialist
+    theirs = tile(meeting.specialist_id)
+    answers = (await specialist.evaluate("window.consilium.state()"))["received"]["answer"]
+    await specialist.click("#camera-button")
+    await specialist.until(
+        "document.getElementById('camera-button').textContent === 'Turn camera on'"
+    )
+    await chair.until(f"document.querySelector(\"{theirs}\").classList.contains('no-picture')")
+    before = (await received_from(chair, meeting.specialist_id))["video"]["framesDecoded"]
+    await specialist.click("#camera-button")
+    await chair.until(f"!document.querySelector(\"{theirs}\").classList.contains('no-picture')", 15)
+    try:
+        await chair.until(
+            "window.consilium.stats().then((s) => s.inbound.some((i) =>"
+            f" i.participantId === '{meeting.specialist_id}' && i.kind === 'video'"
+            f" && i.framesDecoded > {before} + 10))",
+            15,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await diagnosis(meeting)}") from None
+    state = await specialist.evaluate("window.consilium.state()")
+    assert state["received"]["answer"] == answers, "renegotiated instead of replacing the track"
+    assert state["errors"] == [] and specialist.page_errors == []
