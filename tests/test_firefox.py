@@ -28,8 +28,8 @@ from tests.fixtures.browser import (
     schedule_room,
     tile,
 )
-from tests.fixtures.firefox import FirefoxTab, OpenFirefox
-from tests.fixtures.servers import ServeProcess
+from tests.fixtures.firefox import BiDiError, FirefoxTab, OpenFirefox
+from tests.fixtures.servers import ServeProcess, eventually
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env, turn_url
 from tests.test_web_speaker import VOICE
@@ -314,3 +314,18 @@ async def test_firefox_turns_its_camera_off_and_on_and_chromium_sees_it_again(
     state = await specialist.evaluate("window.consilium.state()")
     assert state["received"]["answer"] == answers, "renegotiated instead of replacing the track"
     assert state["errors"] == [] and specialist.page_errors == []
+
+
+async def test_the_firefox_fixture_reports_what_goes_wrong_in_the_page(
+    firefox: OpenFirefox,
+) -> None:
+    """The checks above can fail: an uncaught exception and a console error in Firefox's page
+    reach the tab, and a script that throws fails the test with its message."""
+    tab = await firefox("about:blank")
+    await tab.evaluate("setTimeout(() => { throw new Error('tile without a track') }, 0)")
+    await tab.evaluate("console.error('stats: no inbound-rtp')")
+    await eventually(lambda: tab.page_errors and tab.console, timeout=10)
+    assert any("tile without a track" in e for e in tab.page_errors), tab.page_errors
+    assert tab.console == ["error: stats: no inbound-rtp"]
+    with pytest.raises(BiDiError, match="consilium is undefined"):
+        await tab.evaluate("window.consilium.state()")
