@@ -163,7 +163,7 @@ async def test_hooked_receiver_gets_bytes_and_starts_no_decoder(loopback_ice: No
     parameters: list[object] = []
     hooks.bypass_receiver(transceiver.receiver, parameters.append)
     hooks.hook_transport(
-        hooks.transport_of(transceiver), lambda data, ms: received.append(data), None
+        hooks.transport_of(transceiver), lambda data, ms, late: received.append(data), None
     )
     await _answer(sender, receiver)
     try:
@@ -194,7 +194,7 @@ async def test_bypassed_sender_sends_what_we_give_it_and_never_encodes(
         ssrc, _ = hooks.sender_ssrcs(transceiver.sender)
         got: list[bytes] = []
         client_dtls = client.getTransceivers()[0].receiver.transport
-        hooks.hook_transport(client_dtls, lambda data, ms: got.append(data), None)
+        hooks.hook_transport(client_dtls, lambda data, ms, late: got.append(data), None)
         packet = bytes([0x80, 97, 0, 1, 0, 0, 0, 1]) + ssrc.to_bytes(4, "big") + b"\x10" * 50
         for _ in range(5):
             assert send(packet)
