@@ -21,6 +21,8 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is handed on marked
   late (`RtpHandler`'s third argument), so that a recording still stores it while the forwarder
   keeps it from live subscribers and asks its publisher for a keyframe (`sfu.queue_delay`).
+- `watch_received_rtp` shows a client (`consilium bot`) each RTP packet its receiver handles,
+  so it counts frames without decoding them.
 - `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
   both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
 
@@ -229,6 +231,19 @@ def _install_datagram_shortcut() -> None:
     path unchanged)."""
     if StunProtocol.datagram_received is not _datagram_received:
         StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
+
+
+def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> None:
+    """Call `on_packet(packet, now)` with each RTP packet (aiortc's `RtpPacket`, RTX still
+    wrapped) a receiver handles, and the monotonic time it did, before aiortc handles it: how a
+    client counts frames without decoding them (`bot.frames`). Must not raise."""
+    handle = receiver._handle_rtp_packet
+
+    async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+        on_packet(packet, time.monotonic())
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
 def bypass_receiver(
