@@ -24,7 +24,8 @@ Printed: one JSON line. Keys (a contract: scripts read them):
   receiver statistics (aiortc inbound-rtp: expected = received + lost), over the window;
   `packets_expected`, `packets_received`;
 - `freezes`: gaps over 0.5 s between received video frames, all subscriptions, over the
-  window; `freeze_share`: their total length over (subscriptions x window);
+  window; `freeze_share`: their total length over the total time the subscriptions were
+  measured (a subscription that never delivers a frame is frozen all along);
 - `node_cpu`: the node's CPU (utime + stime from /proc/<pid>/stat, all threads) over the
   window as a share of one core; `client_cpu`: the bot processes' together, the same way;
 - `retransmitted_ratio`: packets the node resent per packet it forwarded over the window;
@@ -283,7 +284,7 @@ def figures(config: MdtConfig, run: RoomRun) -> dict[str, Any]:
     lost = sum(max(0, int(report.get("packets_lost", 0))) for report in run.reports)
     expected = received + lost
     frozen_s = sum(float(report.get("frozen_s", 0.0)) for report in run.reports)
-    window = min((float(r.get("window_s_min", 0.0)) for r in run.reports), default=0.0)
+    video_s = sum(float(report.get("video_s", 0.0)) for report in run.reports)
     subscriptions = config.participants * (config.participants - 1)
     forwarded = run.counters.get("consilium_sfu_forwarded_packets", 0.0)
     resent = run.counters.get("consilium_sfu_retransmitted_packets", 0.0)
@@ -301,7 +302,7 @@ def figures(config: MdtConfig, run: RoomRun) -> dict[str, Any]:
         "packets_expected": expected,
         "packets_received": received,
         "freezes": sum(int(report.get("freezes", 0)) for report in run.reports),
-        "freeze_share": round(frozen_s / (subscriptions * window), 4) if window else None,
+        "freeze_share": round(frozen_s / video_s, 4) if video_s else None,
         "node_cpu": round(run.node_cpu_s / run.window_s, 3),
         "client_cpu": round(run.client_cpu_s / run.window_s, 3),
         "retransmitted_ratio": round(resent / forwarded, 4) if forwarded else None,

@@ -123,4 +123,5 @@ def aggregate(reports: Sequence[BotReport]) -> dict[str, Any]:
         "video_fps": [t.fps for r in joined for t in r.tracks if t.kind == "video"],
         "freezes": sum(t.freezes for r in reports for t in r.tracks),
         "frozen_s": round(sum(t.frozen_s for r in reports for t in r.tracks), 3),
+        "video_s": round(sum(r.window_s for r in joined for t in r.tracks if t.kind == "video"), 3),
     }

@@ -52,4 +52,4 @@ def test_many_bots_report_every_subscriptions_frame_rate_and_freezes() -> None:
     line = aggregate([bot("a", [29.5, 30.0], 0), bot("b", [12.0, 28.0], 2)])
     assert sorted(line["video_fps"]) == [12.0, 28.0, 29.5, 30.0]
     assert line["freezes"] == 4 and line["frozen_s"] == pytest.approx(2.4)
-    assert line["window_s_min"] == 10.0
+    assert line["window_s_min"] == 10.0 and line["video_s"] == 40.0
