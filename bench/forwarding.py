@@ -286,7 +286,7 @@ class ReceivedMedia:
                 hooks.hook_transport(hooks.transport_of(transceiver), self.on_rtp, None)
                 self._hooked = True
 
-    def on_rtp(self, data: bytes, _arrival_ms: int) -> None:
+    def on_rtp(self, data: bytes, _arrival_ms: int, _late: bool) -> None:
         """One decrypted RTP packet from the server."""
         # Per packet of every subscriber in this process, which shares two cores with the server.
         now = time.perf_counter()
