@@ -236,11 +236,14 @@ def _install_datagram_shortcut() -> None:
 def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> None:
     """Call `on_packet(packet, now)` with each RTP packet (aiortc's `RtpPacket`, RTX still
     wrapped) a receiver handles, and the monotonic time it did, before aiortc handles it: how a
-    client counts frames without decoding them (`bot.frames`). Must not raise."""
+    client counts frames without decoding them (`bot.frames`)."""
     handle = receiver._handle_rtp_packet
 
     async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
-        on_packet(packet, time.monotonic())
+        try:
+            on_packet(packet, time.monotonic())
+        except Exception:  # raised here it would end aiortc's receive loop: say it, go on
+            log.exception("RTP watcher failed")
         await handle(packet, arrival_time_ms)
 
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]

@@ -176,6 +176,27 @@ async def test_hooked_receiver_gets_bytes_and_starts_no_decoder(loopback_ice: No
         await receiver.close()
 
 
+async def test_a_watched_receiver_shows_each_packet_without_decoding(loopback_ice: None) -> None:
+    sender, receiver = await _pair()
+    transceiver = receiver.getTransceivers()[0]
+    hooks.bypass_receiver(transceiver.receiver, lambda parameters: None)
+    seen: list[tuple[bool, int, float]] = []
+    hooks.watch_received_rtp(
+        transceiver.receiver,
+        lambda packet, now: seen.append((packet.marker, packet.timestamp, now)),
+    )
+    await _answer(sender, receiver)
+    try:
+        # The last packet of each frame carries the marker: frames counted without a decoder.
+        await eventually(lambda: sum(marker for marker, _, _ in seen) > 10, timeout=15)
+        frames = [timestamp for marker, timestamp, _ in seen if marker]
+        assert len(set(frames)) == len(frames), "one marked packet per frame"
+        assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
 async def test_bypassed_sender_sends_what_we_give_it_and_never_encodes(
     loopback_ice: None,
 ) -> None:
