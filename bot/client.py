@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceServer
 
-from sfu.aiortc_hooks import bypass_receiver
+from bot.frames import ReceivedFrames
+from sfu.aiortc_hooks import bypass_receiver, watch_received_rtp
 
 log = logging.getLogger("consilium.sfu.client")
 
@@ -44,6 +46,8 @@ class ReceivedTrack:
     width: int = 0
     samples: int = 0
     participant_id: str = ""
+    received_frames: ReceivedFrames = field(default_factory=ReceivedFrames)
+    """Video frames counted as their last packets arrive, decoded or not (`bot.frames`)."""
 
 
 @dataclass
@@ -89,6 +93,8 @@ class MediaClient:
         self.data_channels = data_channels
         self.data_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         """Called with (label, message) for each data-channel message, as it arrives."""
+        self.window_start: float | None = None
+        """When the measured window began (`begin_window`): the frame counts start there."""
         self.subscribe_pc.on("track", self._on_track)
 
     async def publish(self, timeout: float = 10.0) -> None:
@@ -150,8 +156,24 @@ class MediaClient:
         received = ReceivedTrack(kind=track.kind, mid=mid,
                                  participant_id=self.mid_owner.get(mid, ""))  # fmt: skip
         self.stats.tracks[mid] = received
+        if track.kind == "video" and transceiver is not None:
+            if self.window_start is not None:
+                received.received_frames.begin(time.monotonic())
+            frames = received.received_frames
+            watch_received_rtp(
+                transceiver.receiver,
+                lambda packet, now: frames.on_packet(packet.marker, packet.timestamp, now),
+            )
         if self.decode:
             self._consumers.append(asyncio.ensure_future(self._consume(track, received)))
+
+    def begin_window(self, now: float) -> None:
+        """Start counting received video frames (and freezes) from `now`, for every track now
+        and later."""
+        self.window_start = now
+        for received in self.stats.tracks.values():
+            if received.kind == "video":
+                received.received_frames.begin(now)
 
     async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):

@@ -94,10 +94,50 @@ def add_bot_parser(
         help="gather ICE candidates on this address (repeat); default: 127.0.0.1 "
         "for a loopback server, else every interface",
     )
+    bot.add_argument(
+        "--prefix",
+        default="bot",
+        help="subject and label prefix of minted bots (default bot: bot-0, bot-1...); give each "
+        "process its own when several join one room",
+    )
+    bot.add_argument(
+        "--video-size",
+        type=_video_size,
+        default=(640, 480),
+        metavar="WxH",
+        help="size of the published test pattern (default 640x480)",
+    )
+    bot.add_argument(
+        "--video-bitrate",
+        type=int,
+        default=1_000_000,
+        metavar="BPS",
+        help="bitrate of the published test pattern, bits per second (default 1000000)",
+    )
+    bot.add_argument(
+        "--measure-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="start the measured window this long after the start (joins and first keyframes "
+        "left out): received packets, loss, frames and freezes cover the window only; SIGUSR1 "
+        "starts it afresh at any time",
+    )
     bot.add_argument("--json", action="store_true", help="print one JSON line of statistics")
     bot.add_argument("--cacert", help="CA bundle to trust for the server's certificate")
     bot.set_defaults(func=run_bot_command, mint=mint)
     return bot
+
+
+def _video_size(text: str) -> tuple[int, int]:
+    """`WxH` as (width, height): positive even numbers (VP8 in 4:2:0)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 320x240") from None
+    if width <= 0 or height <= 0 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: use positive even numbers")
+    return width, height
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
@@ -121,10 +161,12 @@ def bot_tokens(args: argparse.Namespace) -> list[str]:
     data_dir = Path(args.data_dir or os.environ.get("CONSILIUM_DATA_DIR") or DEFAULT_DATA_DIR)
     issuer = mint(data_dir)
     depts = _split(args.dept) or ["cardiology"]
+    prefix = getattr(args, "prefix", "bot")
     return [
-        issuer.mint(sub=f"bot-{i}", role=args.role, depts=depts, rooms=[args.room], name=f"Bot {i}")
+        issuer.mint(sub=f"{prefix}-{i}", role=args.role, depts=depts, rooms=[args.room],
+                    name=f"{prefix.title()} {i}")
         for i in range(args.count)
-    ]
+    ]  # fmt: skip
 
 
 def ice_addresses(server: str, given: Sequence[str] | None) -> tuple[str, ...]:
@@ -143,12 +185,22 @@ def ice_addresses(server: str, given: Sequence[str] | None) -> tuple[str, ...]:
 async def run_bots(
     settings: Sequence[BotSettings], seconds: float | None, stagger: float = 0.0
 ) -> list[BotReport]:
-    """Run bots concurrently until `seconds` pass or SIGINT/SIGTERM; their reports."""
+    """Run bots concurrently until `seconds` pass or SIGINT/SIGTERM; their reports. SIGUSR1
+    starts every bot's measured window afresh (a benchmark aligns its window with them)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    bots: list[Bot] = []
+
+    def begin_windows() -> None:
+        for bot in bots:
+            bot.begin_window()
+
+    handlers: dict[int, Callable[[], None]] = {
+        signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGUSR1: begin_windows,
+    }  # fmt: skip
+    for signum, handler in handlers.items():
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, handler)
     deadline = None if seconds is None else loop.time() + seconds
 
     async def one(index: int, bot_settings: BotSettings) -> BotReport:
@@ -156,6 +208,7 @@ async def run_bots(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), stagger * index)
         bot = Bot(bot_settings)
+        bots.append(bot)
         if stop.is_set():
             bot.report.error = "stopped before it started"
             return bot.report
@@ -165,7 +218,7 @@ async def run_bots(
     try:
         return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(settings))))
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
 
@@ -186,14 +239,19 @@ def run_bot_command(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     if not args.no_publish:
         # Encode the clip before the bots start, rather than in the first bot's event-loop turn.
-        encode_test_pattern()
+        if args.video_bitrate <= 0:
+            print("error: --video-bitrate must be positive", file=sys.stderr)
+            return 2
+        width, height = args.video_size
+        encode_test_pattern(width, height, bitrate=args.video_bitrate)
         encode_tone()
     settings = [
         BotSettings(
             room=args.room, token=token, server=args.server,
-            name=f"bot-{i}" if len(tokens) > 1 else "bot",
+            name=f"{args.prefix}-{i}" if len(tokens) > 1 else args.prefix,
             publish=not args.no_publish, subscribe=not args.no_subscribe,
-            decode=not args.no_decode, cacert=args.cacert,
+            decode=not args.no_decode, cacert=args.cacert, video_size=args.video_size,
+            video_bitrate=args.video_bitrate, measure_after=max(0.0, args.measure_after),
         )
         for i, token in enumerate(tokens)
     ]  # fmt: skip

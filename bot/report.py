@@ -25,11 +25,22 @@ class TrackReport:
     frames_decoded: int = 0
     """Video frames or audio frames decoded (0 with `decode` off)."""
     packets_received: int = 0
-    """RTP packets received (aiortc inbound-rtp `packetsReceived`)."""
+    """RTP packets received (aiortc inbound-rtp `packetsReceived`), over the measured window
+    when there is one (`--measure-after`)."""
     packets_lost: int = 0
-    """RTP packets lost (aiortc inbound-rtp `packetsLost`; negative with duplicates)."""
+    """RTP packets lost (aiortc inbound-rtp `packetsLost`; negative with duplicates), over the
+    measured window when there is one."""
     jitter_ms: float = 0.0
     """Interarrival jitter (RFC 3550), in milliseconds."""
+    frames_received: int = 0
+    """Video frames whose last packet arrived over the measured window, decoded or not
+    (`bot.frames`)."""
+    fps: float = 0.0
+    """`frames_received` per second of the window."""
+    freezes: int = 0
+    """Gaps of more than 0.5 s between received video frames over the window."""
+    frozen_s: float = 0.0
+    """Their total length, in seconds."""
 
 
 @dataclass(slots=True)
@@ -54,6 +65,9 @@ class BotReport:
     """RTP packets received over all subscribe tracks."""
     packets_lost: int = 0
     """RTP packets lost over all subscribe tracks."""
+    window_s: float = 0.0
+    """Length of the measured window the received figures cover (from `--measure-after`
+    seconds after the start, or from the join, to the end)."""
     ping_rtt_ms: list[float] = field(default_factory=list)
     """Round-trip time of each answered `ping`, in milliseconds."""
     tracks: list[TrackReport] = field(default_factory=list)
@@ -105,4 +119,9 @@ def aggregate(reports: Sequence[BotReport]) -> dict[str, Any]:
         "jitter_ms_max": max((t.jitter_ms for r in reports for t in r.tracks), default=0.0),
         "ping_rtt_ms_mean": statistics.mean(rtts) if rtts else None,
         "ping_rtt_ms_max": max(rtts, default=None),
+        "window_s_min": min((r.window_s for r in joined), default=0.0),
+        "video_fps": [t.fps for r in joined for t in r.tracks if t.kind == "video"],
+        "freezes": sum(t.freezes for r in reports for t in r.tracks),
+        "frozen_s": round(sum(t.frozen_s for r in reports for t in r.tracks), 3),
+        "video_s": round(sum(r.window_s for r in joined for t in r.tracks if t.kind == "video"), 3),
     }

@@ -71,6 +71,14 @@ class BotSettings:
     """Decode received media; without, packets are only counted (cheaper, for load tests)."""
     cacert: str | None = None
     """CA bundle to trust for an https server's certificate."""
+    video_size: tuple[int, int] = (640, 480)
+    """Width and height of the published test pattern."""
+    video_bitrate: int = 1_000_000
+    """Bitrate the test pattern is encoded at, in bits per second."""
+    measure_after: float = 0.0
+    """Seconds after the start at which the measured window begins (the joins and the first
+    keyframes left out); the received figures of the report cover the window only. 0: from
+    the join on."""
 
 
 class BotFailure(Exception):
@@ -93,6 +101,12 @@ class Bot:
         self._joined_at: float | None = None
         self._pings: dict[int, float] = {}
         self._leaving = False
+        self._started = time.monotonic()
+        """When the run began (the measured window starts `measure_after` seconds later)."""
+        self._window_start: float | None = None
+        """When the measured window began (monotonic clock)."""
+        self._at_window_start: dict[str, tuple[int, int]] = {}
+        """Per subscribe mid: (packets received, packets lost) when the window began."""
 
     async def run(
         self, seconds: float | None = None, stop: asyncio.Event | None = None
@@ -100,6 +114,7 @@ class Bot:
         """Join, stay until `seconds` after the start (or `stop`, or a failure), leave; report."""
         import aiohttp
 
+        self._started = time.monotonic()
         done = self._done = asyncio.Event()
         if stop is not None:
             self._spawn(self._relay(stop, done))
@@ -221,6 +236,8 @@ class Bot:
         log.info("%s: joined as %s", self.settings.name, self.report.participant_id)
         self._spawn(self._ping_forever())
         self.client = self._media_client(message.get("ice_servers") or [])
+        delay = self._started + self.settings.measure_after - time.monotonic()
+        self._spawn(self._begin_window(self.client, max(0.0, delay)))
         if self.settings.publish:
             self._spawn(self._publish(self.client))
 
@@ -267,10 +284,12 @@ class Bot:
         from aiortc import RTCIceServer
 
         from bot.client import MediaClient
-        from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
+        from bot.testsource import ReplayAudioTrack, ReplayVideoTrack, encode_test_pattern
 
         if self.settings.publish:
-            self._local_tracks = [ReplayVideoTrack(), ReplayAudioTrack()]
+            width, height = self.settings.video_size
+            clip = encode_test_pattern(width, height, bitrate=self.settings.video_bitrate)
+            self._local_tracks = [ReplayVideoTrack(clip), ReplayAudioTrack()]
         servers = [
             RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in ice_servers
@@ -300,6 +319,35 @@ class Bot:
         except BotFailure as exc:
             self._fail(str(exc))
 
+    def begin_window(self) -> None:
+        """Start the measured window afresh, now (SIGUSR1 to `consilium bot`)."""
+        if self.client is not None and self._done is not None and not self._done.is_set():
+            self._spawn(self._begin_window(self.client, 0.0))
+
+    async def _begin_window(self, client: MediaClient, delay: float) -> None:
+        """Start the measured window `delay` seconds from now."""
+        await asyncio.sleep(delay)
+        now = time.monotonic()
+        self._window_start = now
+        client.begin_window(now)
+        self._at_window_start = {
+            mid: (received, lost) for mid, received, lost in await self._packet_counts()
+        }
+
+    async def _packet_counts(self) -> list[tuple[str, int, int]]:
+        """(mid, packets received, packets lost) of each subscribe receiver, from aiortc's
+        inbound-rtp statistics."""
+        counts = []
+        if self.client is not None:
+            for transceiver in self.client.subscribe_pc.getTransceivers():
+                with contextlib.suppress(Exception):  # a receiver without a transport yet
+                    for stats in (await transceiver.receiver.getStats()).values():
+                        if stats.type == "inbound-rtp":
+                            counts.append(
+                                (transceiver.mid or "", stats.packetsReceived, stats.packetsLost)
+                            )
+        return counts
+
     async def _sample_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
@@ -311,6 +359,7 @@ class Bot:
         if client is None:
             return
         tracks: list[TrackReport] = []
+        now = time.monotonic()
         for transceiver in client.subscribe_pc.getTransceivers():
             mid = transceiver.mid or ""
             received = client.stats.tracks.get(mid)
@@ -323,9 +372,17 @@ class Bot:
             with contextlib.suppress(Exception):  # a receiver without a transport yet
                 for stats in (await transceiver.receiver.getStats()).values():
                     if stats.type == "inbound-rtp":
-                        track.packets_received = stats.packetsReceived
-                        track.packets_lost = stats.packetsLost
+                        # Counted from the window's start (from the join without a window).
+                        base_received, base_lost = self._at_window_start.get(mid, (0, 0))
+                        track.packets_received = stats.packetsReceived - base_received
+                        track.packets_lost = stats.packetsLost - base_lost
                         track.jitter_ms = stats.jitter * 1000 / CLOCK_RATES[transceiver.kind]
+            if received is not None and transceiver.kind == "video":
+                figures = received.received_frames.figures(now)
+                track.frames_received = figures.frames
+                track.freezes = figures.freezes
+                track.frozen_s = round(figures.frozen_s, 3)
+                track.fps = round(figures.fps, 2)
             tracks.append(track)
         if not tracks and self.report.tracks:
             return  # the session is gone: keep the last sample
@@ -337,3 +394,5 @@ class Bot:
         }
         report.packets_received = sum(t.packets_received for t in tracks)
         report.packets_lost = sum(t.packets_lost for t in tracks)
+        if self._window_start is not None:
+            report.window_s = round(now - self._window_start, 3)

@@ -18,8 +18,11 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
   what a transceiver negotiated;
 - the socket callback (`_datagram_received`, installed on aioice's `StunProtocol`) takes SRTP
   past the STUN parser, reads what is queued behind it, and reads the kernel's receive
-  timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is dropped there, before
-  SRTP, and its publisher asked for a keyframe (`sfu.queue_delay`).
+  timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is handed on marked
+  late (`RtpHandler`'s third argument), so that a recording still stores it while the forwarder
+  keeps it from live subscribers and asks its publisher for a keyframe (`sfu.queue_delay`).
+- `watch_received_rtp` shows a client (`consilium bot`) each RTP packet its receiver handles,
+  so it counts frames without decoding them.
 - `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
   both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
 
@@ -48,19 +51,18 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
-from core.media.keyframes import KeyframeRequests
 from core.media.rtp import TRANSPORT_CC_URI
 from sfu.queue_delay import QueueDelay
 
 log = logging.getLogger("consilium.sfu.hooks")
 
-RtpHandler = Callable[[bytes, int], None]
-"""Called with each decrypted RTP packet and its arrival time (ms of the monotonic clock: the
-forwarder's `now`)."""
+RtpHandler = Callable[[bytes, int, bool], None]
+"""Called with each decrypted RTP packet, its arrival time (ms of the monotonic clock: the
+forwarder's `now`) and whether it waited in the node past the real-time bound (`queue_delay`:
+a recording keeps it, live subscribers do not get it)."""
 RtcpHandler = Callable[[bytes], None]
 """Called with each decrypted RTCP compound packet."""
 
@@ -82,7 +84,7 @@ def hook_transport(
     # the transport another session.
     unprotector: list[Any] = [None, None]  # session, its unprotect
 
-    def data_received(data: bytes, component: int) -> None:
+    def data_received(data: bytes, component: int, late: bool = False) -> None:
         # Hot path, per received packet: watched by bench/forwarding.py.
         if data and 127 < data[0] < 192 and dtls._state is State.CONNECTED:
             session = dtls._rx_srtp
@@ -93,7 +95,7 @@ def hook_transport(
                 elif on_rtp is not None:
                     if unprotector[0] is not session:
                         unprotector[:] = [session, srtp_unprotector(session)]
-                    on_rtp(unprotector[1](data), time.monotonic_ns() // 1_000_000)
+                    on_rtp(unprotector[1](data), time.monotonic_ns() // 1_000_000, late)
             except pylibsrtp.Error:
                 pass  # not ours, replayed or tampered: SRTP refuses it
             except Exception:
@@ -101,32 +103,16 @@ def hook_transport(
             return
         original_data_received(data, component)
 
-    # Per publisher SSRC: keyframe requests after late packets were dropped (rate-limited).
-    keyframes: dict[int, KeyframeRequests] = {}
-
-    def late(data: bytes) -> None:
-        """An RTP datagram that waited too long was dropped (`queue_delay`): ask its sender for
-        a keyframe, so pictures resume from fresh media (audio SSRCs ignore a PLI)."""
-        if len(data) < 12 or dtls._state is not State.CONNECTED:
-            return
-        ssrc = int.from_bytes(data[8:12], "big")
-        requests = keyframes.get(ssrc)
-        if requests is None:
-            requests = keyframes[ssrc] = KeyframeRequests()
-        if requests.request(time.monotonic()):
-            send_rtcp(dtls, bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=ssrc)))
-
     connection.data_received = data_received  # type: ignore[method-assign]
     # The socket callback hands SRTP straight here, before aioice tries to parse it as STUN.
     connection._consilium_media = data_received  # type: ignore[attr-defined]
-    connection._consilium_late = late  # type: ignore[attr-defined]
     _install_datagram_shortcut()
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         # aiortc's arrival time is on its NTP wall clock; the forwarder's is monotonic.
         if on_rtp is not None:
             try:
-                on_rtp(data, time.monotonic_ns() // 1_000_000)
+                on_rtp(data, time.monotonic_ns() // 1_000_000, False)
             except Exception:
                 log.exception("RTP handler failed; packet dropped")
 
@@ -175,13 +161,12 @@ def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, .
             transport: Any = self.transport
             sock = getattr(transport, "_sock", None)
             waited = _waited_ms(sock) if sock is not None else 0
-            fresh = queue_delay.fresh(waited)
-            late = None if fresh else getattr(receiver, "_consilium_late", None)
-            if late is None or 191 < data[1] < 224:  # type: ignore[operator]
-                media(data, 1)
+            late = not queue_delay.fresh(waited)
+            if late and not 191 < data[1] < 224:  # type: ignore[operator]
+                queue_delay.drop()  # RTP only: RTCP feedback is never held back
+                media(data, 1, True)
             else:
-                queue_delay.drop()
-                late(data)
+                media(data, 1)
             taken = 1 + _read_queued(self, media, late) if sock is not None else 1
             queue_delay.record(waited, taken)
             return
@@ -201,17 +186,13 @@ def _waited_ms(sock: Any) -> int:
     return waited if 0 <= waited < 60_000 else 0
 
 
-def _read_queued(
-    protocol: StunProtocol,
-    media: Callable[[bytes, int], None],
-    late: Callable[[bytes], None] | None,
-) -> int:
+def _read_queued(protocol: StunProtocol, media: Callable[..., None], late: bool) -> int:
     """Take the datagrams already queued on this socket now, in this callback: a video frame's
     packets arrive back to back, and each event-loop wakeup (epoll, handle, callback) costs
     about as much as unprotecting a packet. Stops at the first EAGAIN; returns how many media
-    datagrams it took. `late`: where RTP goes instead of `media` when the first datagram of
-    this wakeup waited too long (those queued behind it waited about as long; the wait is
-    measured again every `RECHECK_LATE_EVERY` datagrams)."""
+    datagrams it took. `late`: the first datagram of this wakeup waited too long, so the RTP
+    queued behind it (which waited about as long) is handed on marked late too; the wait is
+    measured again every `RECHECK_LATE_EVERY` datagrams."""
     # Hot path, per event-loop wakeup on a media socket: watched by bench/forwarding.py.
     transport: Any = protocol.transport
     sock = getattr(transport, "_sock", None)
@@ -231,15 +212,14 @@ def _read_queued(
             return taken
         if data and 127 < data[0] < 192:
             taken += 1
-            if late is not None and not taken % RECHECK_LATE_EVERY:
+            if late and not taken % RECHECK_LATE_EVERY:
                 # The backlog may have drained: forward again as soon as media is fresh.
-                if queue_delay.fresh(_waited_ms(sock)):
-                    late = None
-            if late is None or 191 < data[1] < 224:
-                media(data, 1)
-            else:
+                late = not queue_delay.fresh(_waited_ms(sock))
+            if late and not 191 < data[1] < 224:
                 queue_delay.drop()
-                late(data)
+                media(data, 1, True)
+            else:
+                media(data, 1)
         else:
             _stun_datagram_received(protocol, data, addr)
     return taken
@@ -251,6 +231,22 @@ def _install_datagram_shortcut() -> None:
     path unchanged)."""
     if StunProtocol.datagram_received is not _datagram_received:
         StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
+
+
+def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> None:
+    """Call `on_packet(packet, now)` with each RTP packet (aiortc's `RtpPacket`, RTX still
+    wrapped) a receiver handles, and the monotonic time it did, before aiortc handles it: how a
+    client counts frames without decoding them (`bot.frames`)."""
+    handle = receiver._handle_rtp_packet
+
+    async def handle_rtp_packet(packet: Any, arrival_time_ms: int) -> None:
+        try:
+            on_packet(packet, time.monotonic())
+        except Exception:  # raised here it would end aiortc's receive loop: say it, go on
+            log.exception("RTP watcher failed")
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
 def bypass_receiver(

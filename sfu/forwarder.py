@@ -47,6 +47,9 @@ from sfu.sinks import MediaSink
 
 HISTORY_SIZE = 1024
 """Packets kept per track to answer NACKs (about 1 s of 1 Mbps video)."""
+LATE_ARRIVAL = float("-inf")
+"""The arrival time a late packet is kept under in the `RetransmissionBuffer`: older than any
+playout budget, so it is never resent (it already waited past the real-time bound)."""
 _SEQ_AT = struct.Struct("!H")
 _RTP_HEADER = struct.Struct("!BBHII")
 SendFn = Callable[[bytes], bool]
@@ -272,6 +275,8 @@ class PublishedTrack:
         self.received = 0
         self.forwarded = 0
         self.retransmitted = 0
+        self.late = 0
+        """Packets kept from the slots for waiting past the real-time bound."""
         self.base_seq: int | None = None
         self.max_seq = 0
         self.cycles = 0
@@ -286,14 +291,19 @@ class PublishedTrack:
 
     # -- the hot path --------------------------------------------------------------------------
 
-    def forward(self, data: bytes, header: RtpHeader, arrival_ms: int) -> None:
+    def forward(self, data: bytes, header: RtpHeader, arrival_ms: int, late: bool = False) -> None:
         """Send one packet to every slot carrying this track (and hand it to the sinks).
         `arrival_ms`: when it arrived, in ms of the monotonic clock (`aiortc_hooks`): the
-        forwarder's `now` for this packet."""
+        forwarder's `now` for this packet. `late`: it waited in the node past the real-time
+        bound (`sfu.queue_delay`): the sinks still get it (a recording is not played live, and
+        what it misses is missing for good), the slots do not, and a keyframe is asked for."""
         # Hot path, per received packet: watched by bench/forwarding.py.
         now = self.now = arrival_ms * 0.001
         sequence = header.sequence
-        self.history.put(sequence, data, now)
+        # A late packet is kept as too old to resend (`LATE_ARRIVAL`): a subscriber's NACK for
+        # it is refused as too late, not passed on to the publisher, whose repair would reach a
+        # recording a second time.
+        self.history.put(sequence, data, LATE_ARRIVAL if late else now)
         self._count(sequence)
         keyframe: bool | None = None
         if self.sinks:
@@ -308,6 +318,10 @@ class PublishedTrack:
             if waiting:  # a recording starts this track (or lost its place): ask, rate-limited
                 self.request_keyframe(now)
         if self.muted or not self.slots:
+            return
+        if late:
+            self.late += 1
+            self.request_keyframe(now)  # video only, rate-limited like every request
             return
         level_id = self.ext_ids.audio_level
         level = header.extensions.get(level_id) if level_id is not None else None

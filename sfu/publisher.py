@@ -297,7 +297,7 @@ class Publisher:
         self.demux.add(mid, track)
         self.room.track_published(track)
 
-    def _on_rtp(self, data: bytes, arrival_ms: int) -> None:
+    def _on_rtp(self, data: bytes, arrival_ms: int, late: bool = False) -> None:
         # Hot path, per received packet: watched by bench/forwarding.py.
         routed = self.demux.route(data)
         twcc = self._twcc
@@ -313,7 +313,7 @@ class Publisher:
         # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
         # forwards its lowest, the one a simulcasting browser always sends.
         if layer == 0:
-            track.forward(packet, header, arrival_ms)
+            track.forward(packet, header, arrival_ms, late)
         level_id = track.ext_ids.audio_level
         if level_id is not None and not track.video:  # the room's speaker: one byte read
             level = header.extensions.get(level_id)

@@ -6,9 +6,13 @@ after they had waited in the socket's receive queue for the event loop to come r
 late is useless to a live meeting (the receiver has long given up on it, or plays it as a burst
 seconds behind the speaker's voice), and forwarding it costs the CPU that is already short. So
 the time a media datagram waited between reaching the node (the kernel's receive timestamp) and
-being taken for forwarding is measured, and past `max_ms` its RTP is dropped rather than
-forwarded; the video's publisher is then asked for a keyframe (rate-limited), so pictures resume
-from fresh media instead of from repaired stale ones.
+being taken for forwarding is measured, and past `max_ms` its RTP is marked late: live
+subscribers do not get it (nor a resend of it), and the video's publisher is asked for a
+keyframe (at the usual rate), so pictures resume from fresh media instead of from repaired stale
+ones. A recording still stores every late packet (`sfu.forwarder.PublishedTrack.forward`): it is
+not played live, and a packet missing from it would be missing for good (measured when the bound
+dropped late media before the recorder saw it: an exported audio stream of a node loaded by the
+browser tests lacked 6 packets).
 
 Pure: the waiting time is measured by `sfu.aiortc_hooks` and passed in; no clock, no socket.
 """
@@ -28,14 +32,16 @@ class QueueDelay:
     """The node's media waiting times, and the bound past which RTP is dropped."""
 
     max_ms: int = 250
-    """Longest a media datagram may wait before forwarding; 0: no bound (measured only)."""
+    """Longest a media datagram may wait before it is forwarded to live subscribers; 0: no
+    bound (measured only)."""
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
     """Media (SRTP and SRTCP) datagrams per waiting-time bucket (`BUCKETS_MS`, then longer)."""
     dropped: int = 0
-    """RTP datagrams dropped for waiting longer than `max_ms`."""
+    """RTP datagrams kept from live subscribers for waiting longer than `max_ms` (a recording
+    still gets them)."""
 
     def fresh(self, waited_ms: int) -> bool:
-        """Whether RTP that waited `waited_ms` may still be forwarded."""
+        """Whether RTP that waited `waited_ms` may still be forwarded to live subscribers."""
         return not self.max_ms or waited_ms <= self.max_ms
 
     def record(self, waited_ms: int, datagrams: int) -> None:
@@ -43,7 +49,7 @@ class QueueDelay:
         self.counts[bisect_left(BUCKETS_MS, waited_ms)] += datagrams
 
     def drop(self) -> None:
-        """Count one RTP datagram dropped for waiting too long."""
+        """Count one RTP datagram kept from live subscribers for waiting too long."""
         self.dropped += 1
 
     def cumulative(self) -> list[tuple[str, int]]:

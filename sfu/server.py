@@ -78,9 +78,10 @@ class MediaSettings:
     retransmit_max_age_s: float = 0.4
     """Playout budget: a lost packet older than this (since it reached the SFU) is not resent,
     it could no longer be played."""
-    max_delay_s: float = 0.0
+    max_delay_s: float = 0.25
     """A packet that waited longer than this between reaching the SFU and being forwarded is
-    dropped (and a keyframe asked for) instead of delivered late; 0: never dropped."""
+    kept from live subscribers (and a keyframe asked for) instead of delivered late; the sinks
+    (a recording) still get it. 0: no bound."""
 
 
 class MediaServer:

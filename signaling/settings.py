@@ -130,11 +130,10 @@ class Settings:
     retransmit_max_age_s: float = 0.4
     """A lost packet older than this (since it reached the node) is not resent: it could no
     longer be played."""
-    media_max_delay_s: float = 0.0
+    media_max_delay_s: float = 0.25
     """A packet that waited longer than this between reaching the node and being forwarded is
-    dropped (and a keyframe asked for) rather than delivered late; 0 (the default): never
-    dropped. Off by default because the drop happens before the recorder sees the packet, so a
-    recording loses what the node was late with; 0.25 suits nodes that record nothing."""
+    not forwarded to live subscribers (a keyframe is asked for instead) rather than delivered
+    late; a running recording still stores it. 0: no bound."""
 
     kek_file: Path | None = None
     """Key-encryption key file wrapping every data key (rooms, recordings); unset:

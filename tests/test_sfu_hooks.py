@@ -163,7 +163,7 @@ async def test_hooked_receiver_gets_bytes_and_starts_no_decoder(loopback_ice: No
     parameters: list[object] = []
     hooks.bypass_receiver(transceiver.receiver, parameters.append)
     hooks.hook_transport(
-        hooks.transport_of(transceiver), lambda data, ms: received.append(data), None
+        hooks.transport_of(transceiver), lambda data, ms, late: received.append(data), None
     )
     await _answer(sender, receiver)
     try:
@@ -171,6 +171,27 @@ async def test_hooked_receiver_gets_bytes_and_starts_no_decoder(loopback_ice: No
         assert parameters, "the negotiated parameters were reported"
         assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
         assert received[0][0] >> 6 == 2, "plain RTP (already unprotected)"
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
+async def test_a_watched_receiver_shows_each_packet_without_decoding(loopback_ice: None) -> None:
+    sender, receiver = await _pair()
+    transceiver = receiver.getTransceivers()[0]
+    hooks.bypass_receiver(transceiver.receiver, lambda parameters: None)
+    seen: list[tuple[bool, int, float]] = []
+    hooks.watch_received_rtp(
+        transceiver.receiver,
+        lambda packet, now: seen.append((packet.marker, packet.timestamp, now)),
+    )
+    await _answer(sender, receiver)
+    try:
+        # The last packet of each frame carries the marker: frames counted without a decoder.
+        await eventually(lambda: sum(marker for marker, _, _ in seen) > 10, timeout=15)
+        frames = [timestamp for marker, timestamp, _ in seen if marker]
+        assert len(set(frames)) == len(frames), "one marked packet per frame"
+        assert transceiver.receiver._RTCRtpReceiver__decoder_thread is None
     finally:
         await sender.close()
         await receiver.close()
@@ -194,7 +215,7 @@ async def test_bypassed_sender_sends_what_we_give_it_and_never_encodes(
         ssrc, _ = hooks.sender_ssrcs(transceiver.sender)
         got: list[bytes] = []
         client_dtls = client.getTransceivers()[0].receiver.transport
-        hooks.hook_transport(client_dtls, lambda data, ms: got.append(data), None)
+        hooks.hook_transport(client_dtls, lambda data, ms, late: got.append(data), None)
         packet = bytes([0x80, 97, 0, 1, 0, 0, 0, 1]) + ssrc.to_bytes(4, "big") + b"\x10" * 50
         for _ in range(5):
             assert send(packet)

@@ -61,104 +61,89 @@ def bound() -> Iterator[QueueDelay]:
     hooks.queue_delay.max_ms = saved
 
 
-async def test_datagrams_that_waited_past_the_bound_are_dropped_not_forwarded(
-    bound: QueueDelay,
-) -> None:
-    loop = asyncio.get_running_loop()
-    forwarded: list[bytes] = []
-    late: list[bytes] = []
-    receiver = SimpleNamespace(
-        _consilium_media=lambda data, component: forwarded.append(data),
-        _consilium_late=late.append,
-        data_received=lambda data, component: None,
-        protocol_lost=lambda protocol: None,
-    )
+class _Receiver(SimpleNamespace):
+    """An ICE connection as the socket hook sees it: media handed on as (datagram, late)."""
+
+    def __init__(self) -> None:
+        handed: list[tuple[bytes, bool]] = []
+        super().__init__(
+            handed=handed,
+            _consilium_media=lambda data, component, late=False: handed.append((data, late)),
+            data_received=lambda data, component: None,
+            protocol_lost=lambda protocol: None,
+        )
+
+
+async def _listening(receiver: _Receiver) -> tuple[asyncio.DatagramTransport, tuple[str, int]]:
     hooks._install_datagram_shortcut()
-    transport, protocol = await loop.create_datagram_endpoint(
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
     )
     protocol.local_candidate = SimpleNamespace(component=1)
+    return transport, transport.get_extra_info("sockname")
+
+
+async def test_datagrams_that_waited_past_the_bound_are_handed_on_marked_late(
+    bound: QueueDelay,
+) -> None:
+    receiver = _Receiver()
+    transport, address = await _listening(receiver)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp = [bytes([0x80, 96, 0, n]) + bytes(1200) for n in range(4)]
     rtcp = bytes([0x80, 200]) + bytes(50)
     dropped_before = bound.dropped
     try:
-        address = transport.get_extra_info("sockname")
         sender.sendto(rtp[0], address)  # the first turns the socket's timestamps on
-        await eventually(lambda: len(forwarded) == 1, timeout=5)
+        await eventually(lambda: len(receiver.handed) == 1, timeout=5)
         for data in [rtp[1], rtcp, rtp[2]]:
             sender.sendto(data, address)
         time.sleep(0.15)  # the event loop is busy elsewhere: they wait in the socket
-        await eventually(lambda: len(late) == 2, timeout=5)
-        assert late == [rtp[1], rtp[2]]
-        assert forwarded == [rtp[0], rtcp], "RTCP still goes through (feedback is not media)"
+        await eventually(lambda: len(receiver.handed) == 4, timeout=5)
+        # Every datagram still reaches the transport (a recording must get it); the late RTP
+        # is marked so that the forwarder keeps it from live subscribers. RTCP is never late.
+        assert receiver.handed == [(rtp[0], False), (rtp[1], True), (rtcp, False), (rtp[2], True)]
         assert bound.dropped - dropped_before == 2
         sender.sendto(rtp[3], address)
-        await eventually(lambda: len(forwarded) == 3, timeout=5)
-        assert forwarded[-1] == rtp[3], "fresh media flows again"
+        await eventually(lambda: len(receiver.handed) == 5, timeout=5)
+        assert receiver.handed[-1] == (rtp[3], False), "fresh media flows again"
     finally:
         sender.close()
         transport.close()
 
 
-def test_dropping_late_rtp_asks_its_publisher_for_one_keyframe() -> None:
-    from aiortc.rtcdtlstransport import State
-    from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
-
-    sent: list[bytes] = []
-    protocol = StunProtocol.__new__(StunProtocol)  # a socket's protocol, without a loop
-    protocol.transport = SimpleNamespace(  # type: ignore[assignment]
-        _sock=None, sendto=lambda data, addr: sent.append(data)
-    )
-    pair = SimpleNamespace(protocol=protocol, remote_addr=("127.0.0.1", 9))
-    connection = SimpleNamespace(data_received=lambda data, component: None, _nominated={1: pair})
-    dtls = SimpleNamespace(
-        _state=State.CONNECTED, _tx_srtp=SimpleNamespace(protect_rtcp=lambda data: data),
-        transport=SimpleNamespace(_connection=connection),
-    )  # fmt: skip
-    hooks.hook_transport(dtls, None, None)  # type: ignore[arg-type]
-    late = connection._consilium_late  # type: ignore[attr-defined]
-
-    def rtp(ssrc: int, seq: int) -> bytes:
-        return bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
-
-    for seq in range(5):  # a late burst of one video stream: one request (rate-limited)
-        late(rtp(42, seq))
-    late(rtp(43, 0))
-    plis = [p for data in sent for p in RtcpPacket.parse(data)]
-    assert all(isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_PLI for p in plis)
-    assert [p.media_ssrc for p in plis] == [42, 43]  # type: ignore[union-attr]
-
-
-async def test_the_fresh_tail_of_a_drained_backlog_is_forwarded(bound: QueueDelay) -> None:
-    loop = asyncio.get_running_loop()
-    forwarded: list[bytes] = []
-    late: list[bytes] = []
-    receiver = SimpleNamespace(
-        _consilium_media=lambda data, component: forwarded.append(data),
-        _consilium_late=late.append,
-        data_received=lambda data, component: None,
-        protocol_lost=lambda protocol: None,
-    )
-    hooks._install_datagram_shortcut()
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
-    )
-    protocol.local_candidate = SimpleNamespace(component=1)
+async def test_the_fresh_tail_of_a_drained_backlog_is_not_marked_late(bound: QueueDelay) -> None:
+    receiver = _Receiver()
+    transport, address = await _listening(receiver)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp = [bytes([0x80, 96, 0, n]) + bytes(100) for n in range(13)]
     try:
-        address = transport.get_extra_info("sockname")
         sender.sendto(rtp[0], address)  # the first turns the socket's timestamps on
-        await eventually(lambda: len(forwarded) == 1, timeout=5)
+        await eventually(lambda: len(receiver.handed) == 1, timeout=5)
         sender.sendto(rtp[1], address)
         time.sleep(0.15)  # rtp[1] waits past the bound; the rest arrive just before the read
         for data in rtp[2:]:
             sender.sendto(data, address)
-        await eventually(lambda: len(late) + len(forwarded) == 13, timeout=5)
-        # Dropped with the first until the wait is measured again (every 8th queued datagram).
+        await eventually(lambda: len(receiver.handed) == 13, timeout=5)
+        assert [data for data, _ in receiver.handed] == rtp
+        # Late with the first until the wait is measured again (every 8th queued datagram).
+        late = [data for data, late in receiver.handed if late]
         assert late == rtp[1 : 1 + hooks.RECHECK_LATE_EVERY]
-        assert forwarded == [rtp[0], *rtp[1 + hooks.RECHECK_LATE_EVERY :]]
     finally:
         sender.close()
         transport.close()
+
+
+async def test_the_transport_hook_passes_lateness_to_the_rtp_handler() -> None:
+    from aiortc.rtcdtlstransport import State
+
+    handed: list[tuple[bytes, int, bool]] = []
+    connection = SimpleNamespace(data_received=lambda data, component: None, _nominated={})
+    session = SimpleNamespace(_srtp=None, _cdata=b"", _buffer=bytearray(0))
+    dtls = SimpleNamespace(
+        _state=State.CONNECTED, _rx_srtp=session,
+        transport=SimpleNamespace(_connection=connection),
+    )  # fmt: skip
+    hooks.hook_transport(dtls, lambda data, ms, late: handed.append((data, ms, late)), None)  # type: ignore[arg-type]
+    # aiortc's own path (no socket timestamp) is never late.
+    await dtls._handle_rtp_data(b"\x80\x60rtp", 0)
+    assert [(data, late) for data, _, late in handed] == [(b"\x80\x60rtp", False)]
