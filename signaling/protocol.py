@@ -247,6 +247,27 @@ class MediaFailed(Message, tag="media_failed"):
     the browser had no usable TURN server."""
 
 
+RENDER_SIZE_MAX_PX = 8192
+"""The largest width or height a `render_sizes` entry may give (device pixels: an 8K screen)."""
+
+RenderSize = tuple[
+    Annotated[int, msgspec.Meta(ge=0, le=RENDER_SIZE_MAX_PX)],
+    Annotated[int, msgspec.Meta(ge=0, le=RENDER_SIZE_MAX_PX)],
+]
+
+
+class RenderSizes(Message, tag="render_sizes"):
+    """The size my page shows each video I receive at, so that the SFU sends each the simulcast
+    layer it needs (a large tile the high one, a thumbnail the low one, a hidden tile nothing).
+    Sent when a size changes (debounced, a few times a second at most), and all of them again
+    after `resumed` or a new `joined`."""
+
+    sizes: Annotated[dict[str, RenderSize], msgspec.Meta(max_length=64)]
+    """Subscribe mid (as `tracks` lists it, video only) → `[width, height]` in device pixels
+    (CSS size × devicePixelRatio); `[0, 0]`: not shown (hidden, off screen, the page hidden). A
+    mid not given is shown at a size the client has not said."""
+
+
 ClientMessage = (
     Join
     | Resume
@@ -268,6 +289,7 @@ ClientMessage = (
     | StopRecording
     | MarkCase
     | MediaFailed
+    | RenderSizes
 )
 """Everything a client may send."""
 

@@ -182,43 +182,52 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             },
         },
     ),
-    "a lower layer than wanted for one (simulcast): fair, theirs": (
+    "a picture much smaller than its tile for one: fair, theirs": (
         {
             "streams": [
-                stream("a", layer={"received": 0, "wanted": 2}),
-                stream("b", layer={"received": 2, "wanted": 2}),
+                stream("a", layer={"received": 180, "wanted": 720}),
+                stream("b", layer={"received": 720, "wanted": 720}),
             ]
         },
         {
             "mine": rated(None),
             "others": {
                 "a": rated(
-                    "fair", ("quality.their_lower_layer", "fair", {"received": 0, "wanted": 2})
+                    "fair", ("quality.their_lower_layer", "fair", {"received": 180, "wanted": 720})
                 ),
                 "b": rated("good"),
             },
         },
     ),
-    "a lower layer for everyone: my bandwidth": (
+    "small pictures in large tiles for everyone: my bandwidth": (
         {
             "streams": [
-                stream("a", layer={"received": 0, "wanted": 2}),
-                stream("b", layer={"received": 1, "wanted": 2}),
+                stream("a", layer={"received": 180, "wanted": 720}),
+                stream("b", layer={"received": 360, "wanted": 800}),
             ]
         },
         {
             "mine": rated(
-                "fair", ("quality.mine_lower_layer", "fair", {"received": 0, "wanted": 2})
+                "fair", ("quality.mine_lower_layer", "fair", {"received": 180, "wanted": 720})
             ),
             "others": {
                 "a": rated(
-                    "fair", ("quality.mine_lower_layer", "fair", {"received": 0, "wanted": 2})
+                    "fair", ("quality.mine_lower_layer", "fair", {"received": 180, "wanted": 720})
                 ),
                 "b": rated(
-                    "fair", ("quality.mine_lower_layer", "fair", {"received": 1, "wanted": 2})
+                    "fair", ("quality.mine_lower_layer", "fair", {"received": 360, "wanted": 800})
                 ),
             },
         },
+    ),
+    "a picture drawn up to twice its size is not worth words (a thumbnail, a 360p camera)": (
+        {
+            "streams": [
+                stream("a", layer={"received": 360, "wanted": 700}),
+                stream("b", layer={"received": 180, "wanted": 135}),
+            ]
+        },
+        {"mine": rated(None), "others": {"a": rated("good"), "b": rated("good")}},
     ),
     "worst first: their loss (poor) before my slow round trip (fair)": (
         {"uplinkLoss": 0, "rttMs": 450, "streams": [stream("a", loss=0.2), stream("b")]},
@@ -328,6 +337,90 @@ async def test_rate_connection_and_the_frame_window(
         "jittery": "fair",
         "slowPicture": "fair",
     }
+
+
+async def test_the_picture_window_says_soft_only_when_soft_for_a_while(
+    dev_node: RunningNode, chromium: OpenTab
+) -> None:
+    """PictureWindow: the frame's height against the height its tile draws it at (device
+    pixels), its sharpest sample over LAYER_SPAN_MS: a layer switch in progress (the tile grew a
+    second ago) says nothing yet."""
+    tab = await chromium(f"{dev_node.url}/")
+    got = await tab.page.evaluate(
+        """import('/js/quality.js').then((q) => {
+            const sample = (w, h, tw, th) => ({
+              frameWidth: w, frameHeight: h, tileWidth: tw, tileHeight: th,
+            });
+            // The low layer (320x180) in a large tile (1280x720) for five seconds: soft.
+            const soft = new q.PictureWindow();
+            for (let t = 0; t <= 5000; t += 1000) soft.add(t, sample(320, 180, 1280, 720));
+            // The tile just grew: sharp until a second ago, then the low layer drawn large.
+            const growing = new q.PictureWindow();
+            for (let t = 0; t <= 3000; t += 1000) growing.add(t, sample(320, 180, 320, 180));
+            growing.add(4000, sample(320, 180, 1280, 720));
+            // Not long enough yet to say anything.
+            const young = new q.PictureWindow();
+            young.add(0, sample(320, 180, 1280, 720));
+            young.add(1000, sample(320, 180, 1280, 720));
+            // Hidden (no size) in between: the window starts again.
+            const hidden = new q.PictureWindow();
+            for (let t = 0; t <= 4000; t += 1000) hidden.add(t, sample(320, 180, 1280, 720));
+            hidden.add(5000, sample(320, 180, 0, 0));
+            hidden.add(6000, sample(320, 180, 1280, 720));
+            return {
+              soft: soft.layer(),
+              growing: growing.layer(),
+              young: young.layer(),
+              hidden: hidden.layer(),
+              // A 4:3 camera filling a 16:9 tile is drawn taller than the tile (cropped); a
+              // shared screen is fitted inside it.
+              cover: q.drawnHeight(sample(640, 480, 1280, 720)),
+              contain: q.drawnHeight(sample(1920, 1200, 1280, 720), "contain"),
+            };
+        })"""
+    )
+    assert got["soft"] == {"received": 180, "wanted": 720}
+    assert got["growing"] == {"received": 180, "wanted": 180}
+    assert got["young"] is None
+    assert got["hidden"] is None
+    assert got["cover"] == 960
+    assert got["contain"] == 720
+
+
+async def test_the_pictures_words_join_the_statistics_words(
+    dev_node: RunningNode, chromium: OpenTab
+) -> None:
+    """withLayers adds the pictures' figures (measured at the tiles) to what `assess` said from
+    the statistics: the same words, the same sides, worst first, my own entry kept."""
+    tab = await chromium(f"{dev_node.url}/")
+    got = await tab.page.evaluate(
+        """import('/js/quality.js').then((q) => {
+            const brief = (m) => Object.fromEntries([...m].map(([pid, { rating, problems }]) =>
+              [pid, [rating, problems.map((p) => p.key)]]));
+            const { mine, others } = q.assess({
+              uplinkLoss: 0, rttMs: 20,
+              streams: [q.incoming({ participantId: 'a', loss: 0.2 }),
+                        q.incoming({ participantId: 'b', loss: 0 })],
+            });
+            const quality = new Map([...others, ['me', mine]]);
+            const layers = new Map([['a', { received: 180, wanted: 720 }],
+                                    ['b', { received: 360, wanted: 360 }]]);
+            return {
+              before: brief(quality),
+              after: brief(q.withLayers(quality, 'me', layers)),
+              none: q.withLayers(quality, 'me', new Map()) === quality,
+            };
+        })"""
+    )
+    assert got["before"] == {
+        "a": ["poor", ["quality.their_loss"]],
+        "b": ["good", []],
+        "me": ["good", []],
+    }
+    assert got["after"]["a"] == ["poor", ["quality.their_loss", "quality.their_lower_layer"]]
+    assert got["after"]["b"] == ["good", []]
+    assert got["after"]["me"] == ["good", []]
+    assert got["none"] is True
 
 
 async def test_the_words_name_whose_network_in_both_languages(
