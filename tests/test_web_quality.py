@@ -1,12 +1,14 @@
 """The connection-quality indicator: rated from real statistics and said in words, with whose
-side the problem is on (web/js/quality.js, shown by web/js/grid.js).
+side the problem is on (web/js/quality.js, shown by web/js/grid.js), and the picture each tile
+receives against the size it draws it at (web/js/view.js).
 
 The rating and the attribution are pure functions of numbers: their table of cases runs in the
 served page (the module as the client loads it) with no media. Then one meeting through real
 coturn, with the specialist's link to it (nettest's proxy) clean at first, then losing a tenth
 of its datagrams both ways: the specialist's page says their own network is the problem, the
 chair's page says it is the specialist's network, and a third participant on a clean link stays
-good.
+good. And a camera that sends a small picture, shown large: its tile says the picture is lower than
+wanted, whose side it is on, and stops saying it when the tile is a thumbnail again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
+    ICE_ENV,
+    BrowserTab,
     OpenTab,
     admit_another,
     diagnosis,
@@ -538,3 +542,80 @@ async def test_a_lossy_link_is_shown_as_the_specialists_own_network(
             raise AssertionError(f"{exc}\n{details}") from None
     finally:
         proxy.close()
+
+
+SMALL_CAMERA = """
+(() => {
+  // A camera that sends a small picture (160x90): what a subscriber gets of a simulcast
+  // publisher whose high layers do not reach it.
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const stream = await getUserMedia(constraints);
+    for (const track of stream.getVideoTracks()) {
+      await track.applyConstraints({ width: 160, height: 90 });
+    }
+    return stream;
+  };
+})();
+"""
+
+
+def second_with_a_small_camera(chromium: OpenTab) -> OpenTab:
+    """`chromium`, whose second page (the specialist of `meet_through_the_lobby`) sends a small
+    picture."""
+    opened = 0
+
+    async def open_tab(url: str, **options: Any) -> BrowserTab:
+        nonlocal opened
+        opened += 1
+        if opened != 2:
+            return await chromium(url, **options)
+        tab = await chromium("about:blank", **options)
+        await tab.context.add_init_script(SMALL_CAMERA)
+        await tab.page.goto(url)
+        return tab
+
+    return open_tab  # type: ignore[return-value]
+
+
+LOWER = "lower picture quality"
+"""In the words of `quality.*_lower_layer` (en)."""
+
+
+async def test_a_small_picture_in_a_large_tile_is_said_and_a_thumbnail_of_it_is_not(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    browsers = second_with_a_small_camera(chromium)
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), browsers)
+    third, third_id = await admit_another(
+        meeting, chromium, sub="dr-okafor", role="radiologist", name="Dr Ngozi Okafor"
+    )
+    chair = meeting.chair
+    specialist_tile, third_tile = tile(meeting.specialist_id), tile(third_id)
+    why = WHY.format(tile=specialist_tile)
+    try:
+        await chair.until(
+            f'document.querySelector("{specialist_tile} video").videoHeight === 90', 20
+        )
+        # The specialist pinned large: a 90-pixel picture drawn several times its size, while
+        # Dr Okafor's arrives as large as her thumbnail draws it: the specialist's side.
+        # (Until Dr Okafor's picture has been compared for a few seconds too, there is nothing to
+        # compare with: the words say it is between us.)
+        await chair.until(f'document.querySelector("{third_tile} video").videoHeight === 360', 20)
+        await chair.page.click(f"{specialist_tile} .tile-pin")
+        theirs = "Dr Ana Silva's network"
+        await chair.until(f'{why}.includes("{LOWER}") && {why}.includes("{theirs}")', 15)
+        assert await chair.page.evaluate(RATING.format(tile=specialist_tile)) == "fair"
+        assert LOWER not in await chair.page.evaluate(WHY.format(tile=third_tile))
+        mine = await chair.page.evaluate("document.getElementById('my-quality').textContent")
+        assert LOWER not in mine
+        await chair.page.hover(specialist_tile)
+        await screenshot(chair, "quality-small-picture")
+        # My own tile pinned instead: the specialist is a thumbnail, as large as the picture.
+        await chair.page.click(f"{tile(meeting.chair_id)} .tile-pin")
+        await chair.until(f"!{why}.includes('{LOWER}')", 15)
+        for tab in (chair, third):
+            no_page_problems(tab)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await diagnosis(meeting)}") from None
