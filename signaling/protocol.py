@@ -247,25 +247,26 @@ class MediaFailed(Message, tag="media_failed"):
     the browser had no usable TURN server."""
 
 
-RENDER_SIZE_MAX_PX = 8192
-"""The largest width or height a `render_sizes` entry may give (device pixels: an 8K screen)."""
-
-RenderSize = tuple[
-    Annotated[int, msgspec.Meta(ge=0, le=RENDER_SIZE_MAX_PX)],
-    Annotated[int, msgspec.Meta(ge=0, le=RENDER_SIZE_MAX_PX)],
-]
+DevicePixels = Annotated[int, msgspec.Meta(ge=0, le=8192)]
+"""One side of a tile, in device pixels (CSS pixels times `devicePixelRatio`)."""
+MAX_RENDER_SIZES = 64
+"""Most tiles one `render_sizes` message may report."""
 
 
 class RenderSizes(Message, tag="render_sizes"):
-    """The size my page shows each video I receive at, so that the SFU sends each the simulcast
-    layer it needs (a large tile the high one, a thumbnail the low one, a hidden tile nothing).
-    Sent when a size changes (debounced, a few times a second at most), and all of them again
-    after `resumed` or a new `joined`."""
+    """The size at which my page shows each video track I receive, by the subscribe session's
+    media id: the SFU forwards each simulcast camera in the smallest layer that covers its tile
+    (within my bandwidth), and nothing at all for a tile that is hidden or off screen. A media
+    id never reported is taken as shown at an unknown size (it gets what the bandwidth allows).
+    Send it when the layout changes, not per frame; each message replaces the sizes it names."""
 
-    sizes: Annotated[dict[str, RenderSize], msgspec.Meta(max_length=64)]
-    """Subscribe mid (as `tracks` lists it, video only) → `[width, height]` in device pixels
-    (CSS size × devicePixelRatio); `[0, 0]`: not shown (hidden, off screen, the page hidden). A
-    mid not given is shown at a size the client has not said."""
+    sizes: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=32)],
+             Annotated[list[DevicePixels], msgspec.Meta(min_length=2, max_length=2)]],
+        msgspec.Meta(max_length=MAX_RENDER_SIZES),
+    ]  # fmt: skip
+    """`{"<mid>": [width, height]}`; `[0, 0]`: hidden or off screen (nothing is forwarded; a
+    keyframe is asked for when it shows again)."""
 
 
 ClientMessage = (

@@ -286,8 +286,8 @@ export class SignallingConnection {
   mediaFailed(cause, pc, candidates = []) {
     this.send("media_failed", { cause, pc, candidates });
   }
-  /** The size I show each received video at: subscribe mid → [width, height] in device pixels,
-   * [0, 0] when not shown (view.js decides when). */
+  /** The size each received video is shown at, by subscribe mid: `{mid: [width, height]}` in
+   * device pixels, `[0, 0]` for a hidden tile (the SFU then forwards it nothing). */
   renderSizes(sizes) {
     this.send("render_sizes", { sizes });
   }
