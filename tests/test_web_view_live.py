@@ -2,7 +2,8 @@
 Chromium sends them (Playwright's `framesent`): a grid of two gives the other person's tile size in
 device pixels; the speaker view makes it large and pinning my own tile makes it a thumbnail; a
 hidden page sends [0, 0] and showing it again the sizes; a window dragged to a new size sends the
-new size, a few messages and not one per frame; a resumed connection is told every size again."""
+new size, a few messages and not one per frame; a resumed connection is told every size again; a
+screen of twice the pixel density doubles the sizes."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def recording_sizes(chromium: OpenTab, sent: dict[int, Sent]) -> OpenTab:
         await tab.page.goto(url)
         return tab
 
-    return open_tab  # type: ignore[return-value]
+    return open_tab
 
 
 async def camera_mid(tab: BrowserTab, participant_id: str) -> str:
@@ -206,6 +207,24 @@ async def test_the_page_tells_the_sfu_the_size_of_each_tile(
         resent = await until_sent(record, lambda s: s.get(mid) == final, 0, "after the resume")
         assert record.sockets == socket + 1
         assert [s for _, sock, s in record.messages if sock == record.sockets][-1] == resent
+
+        # A screen of twice the pixel density (the window moved to a laptop's own screen): the
+        # same tile in CSS pixels, twice as many device pixels, told without any resize.
+        viewport = chair.page.viewport_size
+        assert viewport is not None
+        css = await chair.page.evaluate(
+            f'(() => {{ const r = document.querySelector("{tile(pid)} video")'
+            ".getBoundingClientRect(); return [r.width, r.height]; })()"
+        )
+        start = time.monotonic()
+        cdp = await chair.context.new_cdp_session(chair.page)
+        await cdp.send(
+            "Emulation.setDeviceMetricsOverride",
+            {**viewport, "deviceScaleFactor": 2, "mobile": False},
+        )
+        await chair.until("devicePixelRatio === 2")
+        doubled = [round(css[0] * 2), round(css[1] * 2)]
+        await until_sent(record, lambda s: s.get(mid) == doubled, start, "twice the density")
 
         no_page_problems(chair)
         assert (await page_state(chair))["errors"] == []
