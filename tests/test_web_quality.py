@@ -1,12 +1,14 @@
 """The connection-quality indicator: rated from real statistics and said in words, with whose
-side the problem is on (web/js/quality.js, shown by web/js/grid.js).
+side the problem is on (web/js/quality.js, shown by web/js/grid.js), and the picture each tile
+receives against the size it draws it at (web/js/view.js).
 
 The rating and the attribution are pure functions of numbers: their table of cases runs in the
 served page (the module as the client loads it) with no media. Then one meeting through real
 coturn, with the specialist's link to it (nettest's proxy) clean at first, then losing a tenth
 of its datagrams both ways: the specialist's page says their own network is the problem, the
 chair's page says it is the specialist's network, and a third participant on a clean link stays
-good.
+good. And a camera that sends a small picture, shown large: its tile says the picture is lower than
+wanted, whose side it is on, and stops saying it when the tile is a thumbnail again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
+    ICE_ENV,
+    BrowserTab,
     OpenTab,
     admit_another,
     diagnosis,
@@ -182,43 +186,52 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             },
         },
     ),
-    "a lower layer than wanted for one (simulcast): fair, theirs": (
+    "a picture much smaller than its tile for one: fair, theirs": (
         {
             "streams": [
-                stream("a", layer={"received": 0, "wanted": 2}),
-                stream("b", layer={"received": 2, "wanted": 2}),
+                stream("a", layer={"received": 180, "wanted": 720}),
+                stream("b", layer={"received": 720, "wanted": 720}),
             ]
         },
         {
             "mine": rated(None),
             "others": {
                 "a": rated(
-                    "fair", ("quality.their_lower_layer", "fair", {"received": 0, "wanted": 2})
+                    "fair", ("quality.their_lower_layer", "fair", {"received": 180, "wanted": 720})
                 ),
                 "b": rated("good"),
             },
         },
     ),
-    "a lower layer for everyone: my bandwidth": (
+    "small pictures in large tiles for everyone: my bandwidth": (
         {
             "streams": [
-                stream("a", layer={"received": 0, "wanted": 2}),
-                stream("b", layer={"received": 1, "wanted": 2}),
+                stream("a", layer={"received": 180, "wanted": 720}),
+                stream("b", layer={"received": 360, "wanted": 800}),
             ]
         },
         {
             "mine": rated(
-                "fair", ("quality.mine_lower_layer", "fair", {"received": 0, "wanted": 2})
+                "fair", ("quality.mine_lower_layer", "fair", {"received": 180, "wanted": 720})
             ),
             "others": {
                 "a": rated(
-                    "fair", ("quality.mine_lower_layer", "fair", {"received": 0, "wanted": 2})
+                    "fair", ("quality.mine_lower_layer", "fair", {"received": 180, "wanted": 720})
                 ),
                 "b": rated(
-                    "fair", ("quality.mine_lower_layer", "fair", {"received": 1, "wanted": 2})
+                    "fair", ("quality.mine_lower_layer", "fair", {"received": 360, "wanted": 800})
                 ),
             },
         },
+    ),
+    "a picture drawn up to twice its size is not worth words (a thumbnail, a 360p camera)": (
+        {
+            "streams": [
+                stream("a", layer={"received": 360, "wanted": 700}),
+                stream("b", layer={"received": 180, "wanted": 135}),
+            ]
+        },
+        {"mine": rated(None), "others": {"a": rated("good"), "b": rated("good")}},
     ),
     "worst first: their loss (poor) before my slow round trip (fair)": (
         {"uplinkLoss": 0, "rttMs": 450, "streams": [stream("a", loss=0.2), stream("b")]},
@@ -328,6 +341,90 @@ async def test_rate_connection_and_the_frame_window(
         "jittery": "fair",
         "slowPicture": "fair",
     }
+
+
+async def test_the_picture_window_says_soft_only_when_soft_for_a_while(
+    dev_node: RunningNode, chromium: OpenTab
+) -> None:
+    """PictureWindow: the frame's height against the height its tile draws it at (device
+    pixels), its sharpest sample over LAYER_SPAN_MS: a layer switch in progress (the tile grew a
+    second ago) says nothing yet."""
+    tab = await chromium(f"{dev_node.url}/")
+    got = await tab.page.evaluate(
+        """import('/js/quality.js').then((q) => {
+            const sample = (w, h, tw, th) => ({
+              frameWidth: w, frameHeight: h, tileWidth: tw, tileHeight: th,
+            });
+            // The low layer (320x180) in a large tile (1280x720) for five seconds: soft.
+            const soft = new q.PictureWindow();
+            for (let t = 0; t <= 5000; t += 1000) soft.add(t, sample(320, 180, 1280, 720));
+            // The tile just grew: sharp until a second ago, then the low layer drawn large.
+            const growing = new q.PictureWindow();
+            for (let t = 0; t <= 3000; t += 1000) growing.add(t, sample(320, 180, 320, 180));
+            growing.add(4000, sample(320, 180, 1280, 720));
+            // Not long enough yet to say anything.
+            const young = new q.PictureWindow();
+            young.add(0, sample(320, 180, 1280, 720));
+            young.add(1000, sample(320, 180, 1280, 720));
+            // Hidden (no size) in between: the window starts again.
+            const hidden = new q.PictureWindow();
+            for (let t = 0; t <= 4000; t += 1000) hidden.add(t, sample(320, 180, 1280, 720));
+            hidden.add(5000, sample(320, 180, 0, 0));
+            hidden.add(6000, sample(320, 180, 1280, 720));
+            return {
+              soft: soft.layer(),
+              growing: growing.layer(),
+              young: young.layer(),
+              hidden: hidden.layer(),
+              // A 4:3 camera filling a 16:9 tile is drawn taller than the tile (cropped); a
+              // shared screen is fitted inside it.
+              cover: q.drawnHeight(sample(640, 480, 1280, 720)),
+              contain: q.drawnHeight(sample(1920, 1200, 1280, 720), "contain"),
+            };
+        })"""
+    )
+    assert got["soft"] == {"received": 180, "wanted": 720}
+    assert got["growing"] == {"received": 180, "wanted": 180}
+    assert got["young"] is None
+    assert got["hidden"] is None
+    assert got["cover"] == 960
+    assert got["contain"] == 720
+
+
+async def test_the_pictures_words_join_the_statistics_words(
+    dev_node: RunningNode, chromium: OpenTab
+) -> None:
+    """withLayers adds the pictures' figures (measured at the tiles) to what `assess` said from
+    the statistics: the same words, the same sides, worst first, my own entry kept."""
+    tab = await chromium(f"{dev_node.url}/")
+    got = await tab.page.evaluate(
+        """import('/js/quality.js').then((q) => {
+            const brief = (m) => Object.fromEntries([...m].map(([pid, { rating, problems }]) =>
+              [pid, [rating, problems.map((p) => p.key)]]));
+            const { mine, others } = q.assess({
+              uplinkLoss: 0, rttMs: 20,
+              streams: [q.incoming({ participantId: 'a', loss: 0.2 }),
+                        q.incoming({ participantId: 'b', loss: 0 })],
+            });
+            const quality = new Map([...others, ['me', mine]]);
+            const layers = new Map([['a', { received: 180, wanted: 720 }],
+                                    ['b', { received: 360, wanted: 360 }]]);
+            return {
+              before: brief(quality),
+              after: brief(q.withLayers(quality, 'me', layers)),
+              none: q.withLayers(quality, 'me', new Map()) === quality,
+            };
+        })"""
+    )
+    assert got["before"] == {
+        "a": ["poor", ["quality.their_loss"]],
+        "b": ["good", []],
+        "me": ["good", []],
+    }
+    assert got["after"]["a"] == ["poor", ["quality.their_loss", "quality.their_lower_layer"]]
+    assert got["after"]["b"] == ["good", []]
+    assert got["after"]["me"] == ["good", []]
+    assert got["none"] is True
 
 
 async def test_the_words_name_whose_network_in_both_languages(
@@ -445,3 +542,80 @@ async def test_a_lossy_link_is_shown_as_the_specialists_own_network(
             raise AssertionError(f"{exc}\n{details}") from None
     finally:
         proxy.close()
+
+
+SMALL_CAMERA = """
+(() => {
+  // A camera that sends a small picture (160x90): what a subscriber gets of a simulcast
+  // publisher whose high layers do not reach it.
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const stream = await getUserMedia(constraints);
+    for (const track of stream.getVideoTracks()) {
+      await track.applyConstraints({ width: 160, height: 90 });
+    }
+    return stream;
+  };
+})();
+"""
+
+
+def second_with_a_small_camera(chromium: OpenTab) -> OpenTab:
+    """`chromium`, whose second page (the specialist of `meet_through_the_lobby`) sends a small
+    picture."""
+    opened = 0
+
+    async def open_tab(url: str, **options: Any) -> BrowserTab:
+        nonlocal opened
+        opened += 1
+        if opened != 2:
+            return await chromium(url, **options)
+        tab = await chromium("about:blank", **options)
+        await tab.context.add_init_script(SMALL_CAMERA)
+        await tab.page.goto(url)
+        return tab
+
+    return open_tab
+
+
+LOWER = "lower picture quality"
+"""In the words of `quality.*_lower_layer` (en)."""
+
+
+async def test_a_small_picture_in_a_large_tile_is_said_and_a_thumbnail_of_it_is_not(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    browsers = second_with_a_small_camera(chromium)
+    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), browsers)
+    third, third_id = await admit_another(
+        meeting, chromium, sub="dr-okafor", role="radiologist", name="Dr Ngozi Okafor"
+    )
+    chair = meeting.chair
+    specialist_tile, third_tile = tile(meeting.specialist_id), tile(third_id)
+    why = WHY.format(tile=specialist_tile)
+    try:
+        await chair.until(
+            f'document.querySelector("{specialist_tile} video").videoHeight === 90', 20
+        )
+        # The specialist pinned large: a 90-pixel picture drawn several times its size, while
+        # Dr Okafor's arrives as large as her thumbnail draws it: the specialist's side.
+        # (Until Dr Okafor's picture has been compared for a few seconds too, there is nothing to
+        # compare with: the words say it is between us.)
+        await chair.until(f'document.querySelector("{third_tile} video").videoHeight > 0', 20)
+        await chair.page.click(f"{specialist_tile} .tile-pin")
+        theirs = "Dr Ana Silva's network"
+        await chair.until(f'{why}.includes("{LOWER}") && {why}.includes("{theirs}")', 15)
+        assert await chair.page.evaluate(RATING.format(tile=specialist_tile)) == "fair"
+        assert LOWER not in await chair.page.evaluate(WHY.format(tile=third_tile))
+        mine = await chair.page.evaluate("document.getElementById('my-quality').textContent")
+        assert LOWER not in mine
+        await chair.page.hover(specialist_tile)
+        await screenshot(chair, "quality-small-picture")
+        # My own tile pinned instead: the specialist is a thumbnail, as large as the picture.
+        await chair.page.click(f"{tile(meeting.chair_id)} .tile-pin")
+        await chair.until(f"!{why}.includes('{LOWER}')", 15)
+        for tab in (chair, third):
+            no_page_problems(tab)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await diagnosis(meeting)}") from None

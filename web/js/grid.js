@@ -5,12 +5,15 @@
 // connection quality (and in words what is wrong, on whose side: quality.js), and a mark when
 // the room is recorded without them (recording.js); a pin button that makes the tile the large
 // one. My own connection also shows in the controls bar. Which layout shows (grid, speaker view,
-// presenter layout, a pinned tile) is layout.js's decision; this module draws it.
+// presenter layout, a pinned tile) is layout.js's decision; this module draws it, and view.js
+// tells the SFU the size each tile was drawn at (so a large tile gets a high simulcast layer).
 
 import { roleName, t } from "./i18n.js";
 import { chooseLayout, focusSizes } from "./layout.js";
+import { withLayers } from "./quality.js";
 import { notRecordedKey } from "./recording.js";
 import { changed, state as clientState } from "./state.js";
+import { pictureLayers, showTiles } from "./view.js";
 
 const ASPECT = 16 / 9; // tiles keep the camera's shape
 const GAP_PX = 8; // matches `gap` of .grid in app.css
@@ -196,6 +199,8 @@ export function renderGrid(state, localStream, remote) {
     }
   }
   shown = chooseLayout(state, wanted);
+  // The statistics' words, and the pictures' against their tiles (view.js measures those).
+  const quality = withLayers(state.quality, state.participantId, pictureLayers());
   if (shown.main !== null) {
     // The large tile first, then the strip in the usual order.
     wanted.sort((a, b) => Number(b.key === shown.main) - Number(a.key === shown.main));
@@ -239,7 +244,7 @@ export function renderGrid(state, localStream, remote) {
     tile.mic.classList.toggle("muted", Boolean(person.audio_muted));
     tile.mic.classList.toggle("on", !person.audio_muted && !speaking);
     tile.mic.hidden = source === "screen";
-    showQuality(tile, source === "screen" ? null : state.quality.get(pid), name);
+    showQuality(tile, source === "screen" ? null : quality.get(pid), name);
     const notRecorded = notRecordedKey(state, pid);
     tile.recording.hidden = !notRecorded;
     tile.recording.textContent = notRecorded ? t(notRecorded) : "";
@@ -258,7 +263,7 @@ export function renderGrid(state, localStream, remote) {
       name: tile.name.textContent,
     }));
   }
-  showMyQuality(state.quality.get(state.participantId), me?.name || me?.sub || "");
+  showMyQuality(quality.get(state.participantId), me?.name || me?.sub || "");
   grid.dataset.count = String(tiles.size);
   grid.dataset.layout = shown.mode;
   grid.classList.toggle("focus", shown.main !== null);
@@ -270,11 +275,21 @@ export function renderGrid(state, localStream, remote) {
     if (grid.children[i] !== figure) grid.insertBefore(figure, grid.children[i] ?? null);
   });
   layout();
+  showTiles(
+    wanted.map(({ key, person, source }) => ({
+      video: tiles.get(key).video,
+      figure: tiles.get(key).figure,
+      participantId: person.participant_id,
+      source,
+      mine: person.participant_id === state.participantId,
+    })),
+  );
 }
 
 /** Drop every tile (leaving the room). */
 export function clearGrid() {
   for (const tile of tiles.values()) tile.figure.remove();
   tiles.clear();
+  showTiles([]);
   showMyQuality(null, "");
 }

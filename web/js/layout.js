@@ -4,10 +4,13 @@
 // speaker; a screen share that starts beats an earlier pin (the room looks at it now).
 //
 // The grid stays the default: an MDT is a discussion among people who all need to be seen, and
-// twelve tiles fit a laptop's screen; until simulcast gives the large tile a better picture, a
-// speaker view makes the others smaller for no gain in sharpness. The speaker view is one click
-// away (and the presenter layout comes by itself when someone shares a screen). A shared image
-// has its own viewer above the tiles (images.js), which already puts the people in a strip.
+// twelve tiles fit a laptop's screen. The speaker view is one click away (and the presenter
+// layout comes by itself when someone shares a screen). A shared image has its own viewer above
+// the tiles (images.js), which already puts the people in a strip.
+//
+// The layout is also what the SFU sends: view.js reports the size each tile is drawn at, so the
+// large tile gets a high simulcast layer and the strip's thumbnails a low one, without any rule
+// here naming layers.
 
 export const STRIP_SHARE = 0.2; // of the stage's height, at most, for the strip of small tiles
 export const STRIP_MAX_PX = 240; // widest small tile

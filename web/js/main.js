@@ -17,6 +17,7 @@ import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
 import { changed, onChange, snapshot, state } from "./state.js";
+import { initView } from "./view.js";
 
 const SCREENS = ["home", "join", "lobby", "room", "ended"];
 const languageSelect = document.getElementById("language-select");
@@ -127,6 +128,7 @@ async function start() {
   initAnnotate();
   initChat();
   initConnectivity(call);
+  initView(call);
   initEnded(() => {
     state.ended = null;
     state.notice = "";

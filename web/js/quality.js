@@ -6,7 +6,8 @@
 // counters; outbound: what the SFU reports on what I send, RTCP receiver reports), round-trip
 // time to the SFU (the selected ICE candidate pair, else the receiver reports), freezes (video
 // frames not coming for more than FREEZE_MS while packets still arrive), frame rate, jitter,
-// and the simulcast layer received against the one wanted (when the SFU tells it).
+// and the picture received against the tile it is shown in (PictureWindow: with simulcast, a
+// layer lower than the tile wants shows as a picture much smaller than the tile).
 //
 // Whose side: what the SFU reports on what I send, and my round trip to it, are mine. Loss (or
 // freezes, or a lower layer) on one person's media while someone else's arrives clearly clean
@@ -178,10 +179,63 @@ export class FrameWindow {
   }
 }
 
+/** A picture drawn at more than this many times its own size (device pixels per pixel of the
+ * frame) looks soft: the tile could show a better layer. Twice leaves the usual cases alone (a
+ * 640×360 camera in a laptop's large tile, a thumbnail of any layer). */
+export const LAYER_SHARE = 0.5;
+
+/** How long a picture must stay soft before it is said: a layer switch waits for a keyframe of
+ * the new layer (a second or two after the tile grew), and a short dip is not worth words. */
+export const LAYER_SPAN_MS = 4000;
+
+/** The height, in device pixels, a `frameWidth`×`frameHeight` picture is drawn at in a
+ * `tileWidth`×`tileHeight` tile: filling it (`cover`, cameras: cropped to the tile's shape) or
+ * fitting in it (`contain`, shared screens). */
+export function drawnHeight({ frameWidth, frameHeight, tileWidth, tileHeight }, fit = "cover") {
+  const scales = [tileWidth / frameWidth, tileHeight / frameHeight];
+  const scale = fit === "cover" ? Math.max(...scales) : Math.min(...scales);
+  return frameHeight * scale;
+}
+
+/** The picture of one incoming video against the tile it is shown in, over the last `spanMs`:
+ * the `layer` figure of `incoming` ({received, wanted}: the frame's height and the height it is
+ * drawn at, device pixels). Samples are taken while the tile shows (not hidden, a picture
+ * decoded); a gap in them (hidden, camera off) starts the window again. */
+export class PictureWindow {
+  constructor(spanMs = LAYER_SPAN_MS) {
+    this.spanMs = spanMs;
+    this.history = []; // {now, received, wanted}
+  }
+
+  /** A sample at `now` (ms): the decoded frame's size and the tile's, in device pixels. */
+  add(now, { frameWidth, frameHeight, tileWidth, tileHeight }, fit = "cover") {
+    if (!(frameWidth > 0 && frameHeight > 0 && tileWidth > 0 && tileHeight > 0)) {
+      this.history = [];
+      return;
+    }
+    const wanted = drawnHeight({ frameWidth, frameHeight, tileWidth, tileHeight }, fit);
+    this.history.push({ now, received: frameHeight, wanted: Math.round(wanted) });
+    while (this.history.length > 2 && now - this.history[1].now >= this.spanMs) {
+      this.history.shift();
+    }
+  }
+
+  /** The sharpest sample of the window (the picture is said to be soft only when it was soft
+   * all along); null until the window spans `spanMs`. */
+  layer() {
+    const first = this.history[0];
+    const last = this.history[this.history.length - 1];
+    if (!first || last.now - first.now < this.spanMs) return null;
+    const sharpness = (sample) => sample.received / Math.max(1, sample.wanted);
+    const best = this.history.reduce((a, b) => (sharpness(b) > sharpness(a) ? b : a));
+    return { received: best.received, wanted: best.wanted };
+  }
+}
+
 /** How one other person's media reaches me. Every figure may be null (not known yet, or not
- * applicable: no video, audio only). `layer`: the simulcast layer I receive of their camera and
- * the one I would want for the size I show it at ({received, wanted}, 0 the lowest), null until
- * the SFU says (simulcast). */
+ * applicable: no video, audio only). `layer`: the picture I receive of their camera against the
+ * tile I show it in ({received, wanted}: heights in device pixels, PictureWindow); with
+ * simulcast, the layer the SFU forwards. */
 export function incoming({
   participantId,
   loss = null,
@@ -197,6 +251,24 @@ export function incoming({
  * threshold): loss just under the threshold on one stream and just over on another says more
  * about chance (what NACK happened to repair) than about whose network it is. */
 const CLEAN_SHARE = 0.5;
+
+/** The picture against its tile: much smaller than the tile (LAYER_SHARE) is a lower layer than
+ * wanted; clearly clean is a picture at least as large as the tile draws it. */
+const LAYER_CHECK = {
+  figure: "layer",
+  // Receiving less than wanted is never worse than fair: the picture is softer, not broken.
+  level: (s) => {
+    if (!s.layer) return null;
+    return s.layer.received < s.layer.wanted * LAYER_SHARE ? "fair" : "good";
+  },
+  clean: (s) => s.layer.received >= s.layer.wanted,
+  value: (s) => ({ received: s.layer.received, wanted: s.layer.wanted }),
+  keys: {
+    mine: "quality.mine_lower_layer",
+    theirs: "quality.their_lower_layer",
+    between: "quality.between_lower_layer",
+  },
+};
 
 /** The figures each incoming stream is checked on: its level, whether it is clearly clean (for
  * the comparison that tells whose side), and the words for each side: `mine` (my downlink),
@@ -247,18 +319,7 @@ const STREAM_CHECKS = [
       between: "quality.between_jitter",
     },
   },
-  {
-    figure: "layer",
-    // Receiving less than wanted is never worse than fair: the picture is softer, not broken.
-    level: (s) => (s.layer ? (s.layer.received < s.layer.wanted ? "fair" : "good") : null),
-    clean: (s) => s.layer.received >= s.layer.wanted,
-    value: (s) => ({ received: s.layer.received, wanted: s.layer.wanted }),
-    keys: {
-      mine: "quality.mine_lower_layer",
-      theirs: "quality.their_lower_layer",
-      between: "quality.between_lower_layer",
-    },
-  },
+  LAYER_CHECK,
 ];
 
 /** A problem: its i18n key and values (`name` is filled in by whoever shows it), whose side
@@ -276,10 +337,6 @@ function problem(check, side, stream, rating) {
  * for their tiles. Problems are worst first. A rating is null while nothing is known. */
 export function assess({ uplinkLoss = null, rttMs = null, streams = [] }) {
   const mine = { rating: null, problems: [] };
-  const add = (target, p) => {
-    target.problems.push(p);
-    target.rating = worse(target.rating, p.level);
-  };
   const ofMine = (key, values, rating, figure) => ({
     key,
     values,
@@ -291,14 +348,14 @@ export function assess({ uplinkLoss = null, rttMs = null, streams = [] }) {
   mine.rating = worse(mine.rating, uplink);
   if (isProblem(uplink)) {
     const percent = Math.round(uplinkLoss * 100);
-    add(mine, ofMine("quality.mine_uplink_loss", { percent }, uplink, "uplinkLoss"));
+    addProblem(mine, ofMine("quality.mine_uplink_loss", { percent }, uplink, "uplinkLoss"));
   }
   const rtt = level("rttMs", rttMs);
   const slow = isProblem(rtt)
     ? ofMine("quality.mine_rtt", { ms: Math.round(rttMs) }, rtt, "rttMs")
     : null;
   mine.rating = worse(mine.rating, rtt);
-  if (slow) add(mine, slow);
+  if (slow) addProblem(mine, slow);
 
   const others = new Map();
   for (const s of streams) {
@@ -306,31 +363,62 @@ export function assess({ uplinkLoss = null, rttMs = null, streams = [] }) {
     const entry = { rating: rtt, problems: slow ? [slow] : [] };
     others.set(s.participantId, entry);
   }
-  for (const check of STREAM_CHECKS) {
-    const rated = streams
-      .map((s) => ({ s, level: check.level(s) }))
-      .filter((r) => r.level !== null);
-    const bad = rated.filter((r) => r.level !== "good");
-    // One person's media is bad while someone else's is clearly clean: theirs. Bad everywhere
-    // (or nowhere clean to compare with): my downlink. One other person only: either of us.
-    const someClean = rated.some((r) => r.level === "good" && check.clean(r.s));
-    const side = rated.length < 2 ? "between" : someClean ? "theirs" : "mine";
-    for (const { s, level: rating } of rated) {
-      const entry = others.get(s.participantId);
-      if (rating === "good") {
-        entry.rating = worse(entry.rating, "good");
-        continue;
-      }
-      add(entry, problem(check, side, s, rating));
+  for (const check of STREAM_CHECKS) applyCheck(check, streams, mine, others);
+  sortProblems(mine, others);
+  return { mine, others };
+}
+
+/** Add a problem to an entry ({rating, problems}) and make its rating at least as bad. */
+function addProblem(target, p) {
+  target.problems.push(p);
+  target.rating = worse(target.rating, p.level);
+}
+
+/** Rate every stream on one figure and say whose side a problem is on: one person's media is
+ * bad while someone else's is clearly clean: theirs. Bad everywhere (or nowhere clean to compare
+ * with): my downlink. One other person only: either of us. */
+function applyCheck(check, streams, mine, others) {
+  const rated = streams.map((s) => ({ s, level: check.level(s) })).filter((r) => r.level !== null);
+  const bad = rated.filter((r) => r.level !== "good");
+  const someClean = rated.some((r) => r.level === "good" && check.clean(r.s));
+  const side = rated.length < 2 ? "between" : someClean ? "theirs" : "mine";
+  for (const { s, level: rating } of rated) {
+    const entry = others.get(s.participantId);
+    if (rating === "good") {
+      entry.rating = worse(entry.rating, "good");
+      continue;
     }
-    if (side === "mine" && bad.length) {
-      // Said once on my own indicator, with the worst of the streams' figures.
-      const worst = bad.reduce((a, b) => (worse(a.level, b.level) === a.level ? a : b));
-      add(mine, problem(check, "mine", worst.s, worst.level));
-    }
+    addProblem(entry, problem(check, side, s, rating));
   }
+  if (side === "mine" && bad.length) {
+    // Said once on my own indicator, with the worst of the streams' figures.
+    const worst = bad.reduce((a, b) => (worse(a.level, b.level) === a.level ? a : b));
+    addProblem(mine, problem(check, "mine", worst.s, worst.level));
+  }
+}
+
+/** Worst problems first, on my indicator and on every tile. */
+function sortProblems(mine, others) {
   const order = (p) => -LEVELS.indexOf(p.level);
   mine.problems.sort((a, b) => order(a) - order(b));
   for (const entry of others.values()) entry.problems.sort((a, b) => order(a) - order(b));
-  return { mine, others };
+}
+
+/** `quality` as `assess` left it in the state (participant id → {rating, problems}, mine under
+ * `me`) with the pictures' figures added: `layers`, participant id → the `layer` figure of their
+ * camera (PictureWindow, measured where the tiles are: view.js). The statistics poll knows
+ * nothing of tiles; the words and whose side are decided as `assess` decides them. */
+export function withLayers(quality, me, layers) {
+  if (layers.size === 0) return quality;
+  const copy = (entry) => ({ rating: entry?.rating ?? null, problems: [...(entry?.problems ?? [])] });
+  const mine = copy(quality.get(me));
+  const others = new Map();
+  for (const [pid, entry] of quality) if (pid !== me) others.set(pid, copy(entry));
+  const streams = [...layers].map(([pid, layer]) => incoming({ participantId: pid, layer }));
+  for (const s of streams) if (!others.has(s.participantId)) others.set(s.participantId, copy());
+  applyCheck(LAYER_CHECK, streams, mine, others);
+  sortProblems(mine, others);
+  const shown = new Map([...others].filter(([, entry]) => entry.rating !== null));
+  if (me && mine.rating !== null) shown.set(me, mine);
+  return shown;
 }
