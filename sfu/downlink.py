@@ -15,9 +15,11 @@ mediasoup do on their send side), in three parts:
   again (8 %/s, additively near the last link capacity seen) while the delay stays normal, and
   never stays below what was acknowledged without a queue or loss (what arrived so, the link
   carries: a link that recovers is seen as soon as the media through it grows).
-- loss: over each window of `LOSS_WINDOW_PACKETS` packets, more than 10 % lost cuts the estimate
-  to what was acknowledged less half the loss; 2-10 % holds it (no increase); below 2 % lets it
-  grow. Random loss on an idle link therefore holds the estimate, it does not sink it.
+- loss: over each window of `LOSS_WINDOW_PACKETS` packets, more than 10 % lost sets the estimate
+  to 0.85x what was acknowledged (what arrives through a lossy link is what it carries; not
+  compounded, as a sender that adapts could: the SFU cannot slow its publishers down, so the
+  loss goes on and a compounded cut would sink to nothing); 2-10 % holds it (no increase);
+  below 2 % lets it grow. Random loss on an idle link therefore holds the estimate.
 - the subscriber's REMB, when it sends one, caps the result.
 
 No probing: the SFU sends what publishers send, so the estimate is never raised above
@@ -32,7 +34,6 @@ Pure: packets, feedback and `now` in, an estimate out; no socket, no clock.
 
 from __future__ import annotations
 
-from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,9 +74,9 @@ RESPONSE_S = 0.3
 """Additive growth near the capacity: about a packet per frame per this long (GCC: RTT + 100 ms)."""
 ACKED_HEADROOM = 1.5
 """The estimate never exceeds this much of what was acknowledged (no probing: see above)."""
-ACKED_WINDOW_US = 500_000
+ACKED_WINDOW_US = 750_000
 """What was acknowledged: bytes received over this window of arrival times."""
-ACKED_MIN_SPAN_US = 250_000
+ACKED_MIN_SPAN_US = 400_000
 """Arrivals spanning less than this measure no rate yet."""
 LOSS_WINDOW_PACKETS = 60
 """Packets reported before the loss fraction is judged (fewer would make 5 % loss look like
@@ -93,7 +94,7 @@ class SentPackets:
     """One subscriber transport's transport-wide numbering: the next sequence number, and the send
     time and size of the last `HISTORY` packets."""
 
-    __slots__ = ("_sent_us", "_sequences", "_sizes", "extension_id", "next_sequence")
+    __slots__ = ("_entries", "extension_id", "next_sequence")
 
     def __init__(
         self, first_sequence: int = 1, extension_id: int = SUBSCRIBER_EXTENSION_ID
@@ -102,30 +103,26 @@ class SentPackets:
         """The transport-wide sequence number's header extension id on this transport."""
         self.next_sequence = first_sequence & 0xFFFF
         """The transport-wide sequence number the next packet gets."""
-        self._sent_us = array("q", bytes(8 * HISTORY))
-        self._sizes = array("i", bytes(4 * HISTORY))
-        self._sequences = array("i", [-1]) * HISTORY
-        """The sequence number each entry holds (-1: none): an overwritten entry is not mistaken
-        for the packet asked about."""
+        self._entries: list[int] = [-1] * HISTORY
+        """Per packet, one int (one store on the hot path): send time in us above bit 32, size
+        in bits 16-31, its sequence number below (so an overwritten entry is not mistaken for
+        the packet asked about); -1: none."""
 
     def stamp(self, size: int, now_us: int) -> int:
         """Number a packet of `size` RTP bytes leaving at `now_us`; returns its sequence number."""
         # Hot path, per packet sent to a subscriber: watched by bench/forwarding.py.
         sequence = self.next_sequence
         self.next_sequence = (sequence + 1) & 0xFFFF
-        index = sequence & _HISTORY_MASK
-        self._sent_us[index] = now_us
-        self._sizes[index] = size
-        self._sequences[index] = sequence
+        self._entries[sequence & _HISTORY_MASK] = now_us << 32 | (size & 0xFFFF) << 16 | sequence
         return sequence
 
     def lookup(self, sequence: int) -> tuple[int, int] | None:
         """When the packet with this sequence number left (us) and its size on the wire (bytes);
         None when it is no longer (or never was) kept."""
-        index = sequence & _HISTORY_MASK
-        if self._sequences[index] != sequence:
+        entry = self._entries[sequence & _HISTORY_MASK]
+        if entry < 0 or entry & 0xFFFF != sequence:
             return None
-        return self._sent_us[index], self._sizes[index] + PACKET_OVERHEAD_BYTES
+        return entry >> 32, (entry >> 16 & 0xFFFF) + PACKET_OVERHEAD_BYTES
 
 
 @dataclass(slots=True)
@@ -345,8 +342,10 @@ class DownlinkEstimator:
         self._window_lost = self._window_reported = 0
         acked = self.acked.bps()
         self._loss_hold = self.loss_fraction >= LOSS_LOW
-        if self.loss_fraction > LOSS_HIGH and acked is not None and self._estimate is not None:
-            self._estimate = min(self._estimate, acked * (1 - 0.5 * self.loss_fraction))
+        if self.loss_fraction > LOSS_HIGH and acked is not None:
+            # What arrives through a lossy link is what it carries: the estimate follows it (up
+            # or down, not compounded: the SFU cannot slow its publishers down to stop the loss).
+            self._estimate = DECREASE * acked
             self._state = "hold"
 
     def _control(self, usage: str, now: float) -> None:
@@ -400,7 +399,7 @@ class DownlinkEstimator:
 def estimate_buckets(estimates: Iterable[int | None]) -> dict[str, int]:
     """The node's `downlink_estimate_kbps_bucket{le="..."}`: how many subscribers' estimates are
     at most each bound now (cumulative, as Prometheus buckets; subscribers with no estimate are
-    left out)."""
+    left out), with their sum and count (one subscriber: the sum is its estimate)."""
     known = [bps for bps in estimates if bps is not None]
     buckets = {
         f'downlink_estimate_kbps_bucket{{le="{bound}"}}': sum(1 for bps in known
@@ -408,4 +407,6 @@ def estimate_buckets(estimates: Iterable[int | None]) -> dict[str, int]:
         for bound in ESTIMATE_BUCKETS_KBPS
     }  # fmt: skip
     buckets['downlink_estimate_kbps_bucket{le="+Inf"}'] = len(known)
+    buckets["downlink_estimate_kbps_sum"] = sum(known) // 1000
+    buckets["downlink_estimate_kbps_count"] = len(known)
     return buckets

@@ -25,7 +25,7 @@ from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, rea
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import RetransmitBudget
-from sfu.twcc import accepted_transport_cc, offer_transport_cc, read_transport_feedback
+from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
 from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -240,8 +240,8 @@ class Subscriber:
 
     def _on_rtcp(self, data: bytes) -> None:
         try:
-            decisions = read_feedback(data)
-            reports = read_transport_feedback(data) if self.transport_cc else []
+            reports, data = split_transport_feedback(data) if self.transport_cc else ([], data)
+            decisions = read_feedback(data) if data else []
         except ValueError:
             self.dropped += 1
             return

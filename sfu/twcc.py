@@ -335,19 +335,30 @@ class FeedbackReport:
 
 def read_transport_feedback(compound: bytes) -> list[FeedbackReport]:
     """The transport feedback packets (RTPFB, FMT 15) of an RTCP compound packet, parsed; other
-    packets are skipped. ValueError when a feedback packet is malformed (the compound is then
-    refused whole, as `sfu.feedback.read_feedback` does)."""
+    packets are skipped. ValueError when a feedback packet is malformed."""
+    return split_transport_feedback(compound)[0]
+
+
+def split_transport_feedback(compound: bytes) -> tuple[list[FeedbackReport], bytes]:
+    """The transport feedback packets of an RTCP compound packet, parsed, and the compound's
+    other packets (for `sfu.feedback.read_feedback`: aiortc's parser refuses the padding
+    Chromium puts on transport feedback, and would refuse the NACKs and PLIs beside it too).
+    ValueError when a feedback packet is malformed, or a length runs past the compound."""
     reports = []
+    rest = []
     position = 0
     size = len(compound)
     while position + 4 <= size:
         length = (int.from_bytes(compound[position + 2 : position + 4], "big") + 1) * 4
         if position + length > size:
             raise ValueError("RTCP packet longer than its compound packet")
-        if compound[position + 1] == _RTPFB and compound[position] & 0x1F == _FMT_TRANSPORT_CC:
-            reports.append(parse_transport_feedback(compound[position : position + length]))
+        packet = compound[position : position + length]
+        if packet[1] == _RTPFB and packet[0] & 0x1F == _FMT_TRANSPORT_CC:
+            reports.append(parse_transport_feedback(packet))
+        else:
+            rest.append(packet)
         position += length
-    return reports
+    return reports, compound if not reports else b"".join(rest)
 
 
 def parse_transport_feedback(packet: bytes) -> FeedbackReport:

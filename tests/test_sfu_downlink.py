@@ -225,3 +225,5 @@ def test_the_metric_counts_subscribers_by_estimate() -> None:
     assert buckets['downlink_estimate_kbps_bucket{le="2000"}'] == 2
     assert buckets['downlink_estimate_kbps_bucket{le="4000"}'] == 2
     assert buckets['downlink_estimate_kbps_bucket{le="+Inf"}'] == 3
+    assert buckets["downlink_estimate_kbps_sum"] == 10_750
+    assert buckets["downlink_estimate_kbps_count"] == 3

@@ -18,6 +18,7 @@ from sfu.twcc import (
     parse_transport_feedback,
     read_transport_cc_offers,
     read_transport_feedback,
+    split_transport_feedback,
 )
 
 
@@ -158,3 +159,58 @@ def test_an_answer_accepts_transport_cc_by_echoing_the_extension() -> None:
     answer = offer_transport_cc(AIORTC_OFFER).replace(f"a=extmap:5 {TRANSPORT_CC_URI}\r\n", "", 1)
     assert accepted_transport_cc(answer) == {"1": 5}
     assert accepted_transport_cc(AIORTC_OFFER) == {}
+
+
+# Transport feedback a real Chromium (156, subscribing through coturn on a 500 kbps link) sent
+# the SFU, captured from tests/test_sfu_downlink_browser.py. Chromium pads with the P bit set
+# (aiortc's RTCP parser refuses those: `split_transport_feedback` takes them out first).
+CHROMIUM_FEEDBACK = [
+    # P bit, 3 bytes of padding: three received, a run-length chunk, three small deltas
+    "afcd0006fa17fa175a471a4e000100030759d20020037e6527000003",
+    "afcd0005fa17fa177082b57a08ba0001075a6c962001aa01",
+    "afcd0006fa17fa177082b57a07bd0016075a5c8684108040d3556c01",
+    "afcd0007fa17fa175a471a4e04d8000f075a2e56a1c1200129101a5c2e000002",
+    "afcd000cfa17fa175a471a4e017300630759fb22a0008820800c861e0019b018c140b5000000000000010000000016"
+    "184f130c01",
+    # no P bit: Chromium's zero padding inside the length
+    "8fcd0007fa17fa175a471a4e02490016075a042ba300b8c0d401040100010100",
+    "8fcd0007fa17fa175a471a4e03bc0021075a1d4580308003d0104e551115500d",
+]
+
+
+def test_chromiums_padded_feedback_is_read_by_hand() -> None:
+    (report,) = read_transport_feedback(bytes.fromhex(CHROMIUM_FEEDBACK[0]))
+    reference_us = 0x0759D2 * 64_000
+    assert report.sequences == [1, 2, 3]
+    assert report.arrivals_us == [reference_us + 126 * 250, reference_us + 227 * 250,
+                                  reference_us + 266 * 250]  # fmt: skip
+    assert report.feedback_count == 0
+
+
+@pytest.mark.parametrize("hex_packet", CHROMIUM_FEEDBACK)
+def test_chromiums_feedback_parses_and_rebuilds_the_same(hex_packet: str) -> None:
+    """Each captured packet, fed back through our builder (same arrivals, in ms where Chromium
+    used 250 us steps), reports the same packets received and lost."""
+    (report,) = read_transport_feedback(bytes.fromhex(hex_packet))
+    assert len(report.sequences) == len(report.arrivals_us) > 0
+    received_by_chromium = [s for s, a in zip(report.sequences, report.arrivals_us, strict=True)
+                            if a is not None]  # fmt: skip
+    assert received_by_chromium, "every feedback reports at least one arrival"
+    builder = TransportFeedback()
+    builder.record(report.sequences[0] - 1 & 0xFFFF, 0)  # the window starts before this one
+    builder.build(1, 2, 0)
+    for sequence, arrival in zip(report.sequences, report.arrivals_us, strict=True):
+        if arrival is not None:
+            builder.record(sequence, arrival // 1000)
+    (rebuilt,) = read_transport_feedback(b"".join(builder.build(1, 2, 0)))
+    assert rebuilt.sequences == report.sequences
+    assert [a is None for a in rebuilt.arrivals_us] == [a is None for a in report.arrivals_us]
+
+
+def test_feedback_is_taken_out_of_a_compound_and_the_rest_kept() -> None:
+    receiver_report = struct.pack("!BBHI", 0x80, 201, 1, 9)
+    nack = struct.pack("!BBHIIHH", 0x81, 205, 3, 1, 2, 5, 0)
+    padded = bytes.fromhex(CHROMIUM_FEEDBACK[0])
+    reports, rest = split_transport_feedback(receiver_report + padded + nack)
+    assert len(reports) == 1 and rest == receiver_report + nack
+    assert split_transport_feedback(receiver_report) == ([], receiver_report)
