@@ -103,7 +103,7 @@ def constant(value: float | None) -> Callable[[float], float | None]:
     return lambda _t: value
 
 
-def test_no_estimate_before_feedback_spans_a_quarter_second() -> None:
+def test_no_estimate_before_the_feedback_spans_enough_time() -> None:
     trace = simulate(0.25, constant(1_500_000), constant(None))  # type: ignore[arg-type]
     assert trace.at(0.2) is None
 
