@@ -427,6 +427,12 @@ class SignallingPeer(BenchPeer):
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.ws is not None
+        if message.get("type") == "answer" and message.get("pc") == "subscribe":
+            # Take transport-cc as a browser's answer does (aiortc drops it): the SFU then
+            # numbers every packet it sends this subscriber, a cost browsers cause.
+            from sfu.twcc import offer_transport_cc
+
+            message = {**message, "sdp": offer_transport_cc(message["sdp"])}
         await self.ws.send_json(message)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:

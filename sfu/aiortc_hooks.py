@@ -24,7 +24,10 @@ decoder thread → track → encoder → sender) is what forwarding bypasses:
 - `watch_received_rtp` shows a client (`consilium bot`) each RTP packet its receiver handles,
   so it counts frames without decoding them.
 - `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
-  both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
+  both unknown to aiortc) where the offer proposes it (`sfu.twcc`);
+- `rtp_sender` numbers every packet it sends a subscriber in the transport-wide sequence
+  (`sfu.downlink.SentPackets`) as it leaves, so the subscriber's transport-cc feedback tells
+  the downlink estimator what arrived when.
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -54,7 +57,8 @@ from aiortc.rtcrtpparameters import (
 from pylibsrtp._binding import ffi as _ffi
 from pylibsrtp._binding import lib as _lib
 
-from core.media.rtp import TRANSPORT_CC_URI
+from core.media.rtp import TRANSPORT_CC_OFFSET, TRANSPORT_CC_URI
+from sfu.downlink import SentPackets
 from sfu.queue_delay import QueueDelay
 
 log = logging.getLogger("consilium.sfu.hooks")
@@ -386,15 +390,25 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
     return list(transceiver._codecs)
 
 
-def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
+def rtp_sender(dtls: RTCDtlsTransport, sent: SentPackets | None = None) -> Callable[[bytes], bool]:
     """A function that SRTP-protects and sends one RTP packet on `dtls` now (False when it
     cannot send).
 
     One Python frame per forwarded packet: the route (nominated pair, SRTP session, socket) is
     looked up again only when the pair or the session changes, and the packet is protected in
     the session's own buffer and handed to the socket from there (no copy out of the buffer).
+
+    `sent`: the transport's transport-wide numbering (one for all the senders of a transport).
+    A packet whose header extensions begin with the transport-wide sequence number placeholder
+    (`core.media.rtp.TRANSPORT_CC_OFFSET`) gets the next number written there as it is
+    protected, and its send time and size are recorded.
     """
     nominated = dtls.transport._connection._nominated
+    # The placeholder's element header, where a one-byte-form block without CSRCs puts it.
+    stamp_at = TRANSPORT_CC_OFFSET
+    element = -1 if sent is None else sent.extension_id << 4 | 1
+    stamp = sent.stamp if sent is not None else None
+    clock = time.monotonic_ns
     connected = State.CONNECTED
     length = _ffi.new("int *")
     protect_c = _lib.srtp_protect
@@ -425,7 +439,7 @@ def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         if sock is None:  # TURN, or no socket: the slower, general route
             protect = srtp_protector(session)
             sendto, to = _route(current)
-            other_route = lambda data: sendto(protect(data), to)  # noqa: E731
+            other_route = lambda data: sendto(protect(numbered(data)), to)  # noqa: E731
             sock_sendto = None
             return True
         other_route = None
@@ -453,6 +467,10 @@ def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
             raise ValueError("packet is too long")
         length[0] = size
         view[:size] = data
+        if size > stamp_at + 1 and data[stamp_at - 1] == element and data[0] & 0x1F == 0x10:
+            number = stamp(size, clock() // 1000)  # type: ignore[misc]
+            view[stamp_at] = number >> 8
+            view[stamp_at + 1] = number & 0xFF
         status = protect_c(srtp[0], cdata, length)
         if status:
             raise pylibsrtp.Error(f"srtp_protect failed: {status}")
@@ -469,6 +487,14 @@ def rtp_sender(dtls: RTCDtlsTransport) -> Callable[[bytes], bool]:
         except OSError:
             pass  # e.g. ICMP unreachable: like asyncio's transport, drop this datagram
         return True
+
+    def numbered(data: bytes) -> bytes:
+        """`data` with its transport-wide sequence number written (the general route's copy)."""
+        size = len(data)
+        if size > stamp_at + 1 and data[stamp_at - 1] == element and data[0] & 0x1F == 0x10:
+            number = stamp(size, clock() // 1000)  # type: ignore[misc]
+            return data[:stamp_at] + bytes((number >> 8, number & 0xFF)) + data[stamp_at + 2 :]
+        return data
 
     return send
 

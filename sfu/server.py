@@ -19,6 +19,7 @@ from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
 from sfu.aiortc_hooks import codec_guard, queue_delay
+from sfu.downlink import estimate_buckets
 from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
 from sfu.retransmit import Refusal, RetransmitBudget
@@ -40,7 +41,8 @@ class MediaSettings:
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
     twcc: bool = True
-    """Answer publishers' transport-cc offers and send them its feedback (`sfu.twcc`)."""
+    """Answer publishers' transport-cc offers and send them its feedback (`sfu.twcc`); offer it
+    to subscribers and estimate their downlink from theirs (`sfu.downlink`)."""
     ice: IceSettings = field(default_factory=IceSettings)
     """Host addresses, UDP port range, STUN/TURN."""
     max_sdp_bytes: int = 64 * 1024
@@ -177,6 +179,7 @@ class MediaServer:
             share=self.settings.retransmit_share, max_age_s=self.settings.retransmit_max_age_s
         )
         media.publisher.transport_cc = self.settings.twcc
+        media.subscriber.transport_cc = self.settings.twcc
         room.relay.join(media.data, user)
         room.participants[participant_id] = media
         self._room_of[participant_id] = room
@@ -271,6 +274,7 @@ class MediaServer:
             "socket_send_buffer_bytes": socket_buffers.send,
             "twcc_feedback_packets": self._ended["twcc_feedback"]
             + sum(m.publisher.feedback_sent for m in self.participants.values()),
+            **estimate_buckets(m.subscriber.downlink_bps for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }

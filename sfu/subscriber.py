@@ -17,13 +17,15 @@ import time
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
-from core.media.rtp import ExtensionIds
+from core.media.rtp import TRANSPORT_CC_URI, ExtensionIds
 from sfu import aiortc_hooks as hooks
+from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import RetransmitBudget
+from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
 from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
@@ -40,6 +42,7 @@ class Subscriber:
         "_transceivers",
         "closed",
         "configuration",
+        "downlink",
         "dropped",
         "notify",
         "owner",
@@ -49,6 +52,7 @@ class Subscriber:
         "room",
         "slot_by_ssrc",
         "slots",
+        "transport_cc",
     )
 
     def __init__(
@@ -81,6 +85,16 @@ class Subscriber:
         self._renegotiate = False
         self._negotiation_task: asyncio.Task[None] | None = None
         self._hooked = False
+        self.transport_cc = True
+        """Offer transport-cc and estimate the downlink from its feedback (the node's `twcc`)."""
+        self.downlink = DownlinkEstimator(SentPackets())
+        """This participant's downlink estimate, from the transport feedback on what the
+        transport numbered (`downlink.sent`, one numbering for every slot)."""
+
+    @property
+    def downlink_bps(self) -> int | None:
+        """Bits per second this participant's link can take now (None: no estimate yet)."""
+        return self.downlink.estimate_bps
 
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
@@ -118,7 +132,7 @@ class Subscriber:
         slot = OutboundSlot(
             subscriber_id=self.participant_id,
             kind=kind,
-            send_rtp=hooks.rtp_sender(dtls),
+            send_rtp=hooks.rtp_sender(dtls, self.downlink.sent if self.transport_cc else None),
             send_rtcp=functools.partial(hooks.send_rtcp, dtls),
         )
         hooks.bypass_sender(
@@ -177,7 +191,10 @@ class Subscriber:
             self._negotiating = False
             log.exception("subscribe offer failed", extra={"participant": self.participant_id})
             return
-        self.notify(SubscribeOffer(pc="subscribe", sdp=pc.localDescription.sdp))
+        sdp = pc.localDescription.sdp
+        if self.transport_cc:
+            sdp = offer_transport_cc(sdp, self.downlink.sent.extension_id)
+        self.notify(SubscribeOffer(pc="subscribe", sdp=sdp))
 
     async def answer(self, sdp: str) -> None:
         """Apply the client's answer to our subscribe offer."""
@@ -188,11 +205,24 @@ class Subscriber:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable subscribe answer: {exc}") from None
+        if self.transport_cc:
+            self._accept_transport_cc(sdp)
         self._negotiating = False
         self._announce_tracks()
         if self._renegotiate:
             self._renegotiate = False
             self._negotiation_needed()
+
+    def _accept_transport_cc(self, answer: str) -> None:
+        """Send the transport-wide sequence number on the sections whose answer took it: aiortc
+        dropped the extension it does not know from what it negotiated, and is told again
+        before its connect task hands the send parameters to the slots (`bypass_sender`)."""
+        accepted = accepted_transport_cc(answer)
+        for transceiver in self._transceivers.values():
+            if accepted.get(str(transceiver.mid)) == self.downlink.sent.extension_id:
+                hooks.negotiate_extensions(
+                    transceiver, {TRANSPORT_CC_URI: self.downlink.sent.extension_id}
+                )
 
     def _announce_tracks(self) -> None:
         """Tell the client which participant each of its subscribe transceivers carries."""
@@ -210,11 +240,14 @@ class Subscriber:
 
     def _on_rtcp(self, data: bytes) -> None:
         try:
-            decisions = read_feedback(data)
+            reports, data = split_transport_feedback(data) if self.transport_cc else ([], data)
+            decisions = read_feedback(data) if data else []
         except ValueError:
             self.dropped += 1
             return
         now = time.monotonic()
+        for report in reports:
+            self.downlink.on_feedback(report, now)
         slot_by_ssrc = self.slot_by_ssrc
         # The forwarded bytes the retransmission share is measured against, sampled at each
         # RTCP packet (never on the forwarding path).
@@ -226,6 +259,7 @@ class Subscriber:
                 if slot is not None and slot.source is not None:
                     slot.source.request_keyframe(now)
             elif isinstance(decision, BitrateEstimate):
+                self.downlink.on_remb(decision.bitrate)
                 for ssrc in decision.ssrcs:
                     slot = slot_by_ssrc.get(ssrc)
                     if slot is not None:

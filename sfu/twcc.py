@@ -31,7 +31,13 @@ SDP: aiortc negotiates neither the extension nor the `transport-cc` feedback typ
 `read_transport_cc_offers` reads what the offer proposes, and `sfu.aiortc_hooks` adds both to the
 answer (`negotiate_transport_cc`).
 
-Pure: packets and arrival times in, RTCP bytes out; no socket, no clock.
+The other direction (a subscriber's downlink): on the subscribe session the SFU is the offerer;
+`offer_transport_cc` adds the extension and the feedback type to the offer aiortc wrote, the
+transport hook numbers every packet sent (`sfu.aiortc_hooks.rtp_sender`), and the subscriber's
+feedback is read back by `read_transport_feedback` (the parser, beside the builder) for the
+estimator in `sfu.downlink`.
+
+Pure: packets and arrival times in, RTCP bytes out (and back); no socket, no clock.
 """
 
 from __future__ import annotations
@@ -264,3 +270,151 @@ def encode_chunks(symbols: list[int]) -> bytes:
             out += struct.pack("!H", 0xC000 | bits)
             index += 7
     return bytes(out)
+
+
+SUBSCRIBER_EXTENSION_ID = 5
+"""The transport-wide sequence number's extension id in our subscribe offers: free in every
+m-section aiortc writes (it uses 1 for MID, 2 for the audio level, 3 for abs-send-time), and one
+id for every section, as BUNDLE requires."""
+
+
+def offer_transport_cc(sdp: str, extension_id: int = SUBSCRIBER_EXTENSION_ID) -> str:
+    """aiortc's offer with transport-cc proposed in every audio and video m-section: the
+    transport-wide sequence number extension and `a=rtcp-fb:<pt> transport-cc` on each media
+    codec (RTX repairs, it is not fed back on). A section whose `extension_id` is taken by
+    another extension is left as it was."""
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    sections = sdp.split(newline + "m=")
+    out = [sections[0]]
+    for section in sections[1:]:
+        lines = section.split(newline)
+        kind = lines[0].split(" ", 1)[0]
+        taken = any(line.startswith(f"a=extmap:{extension_id} ")
+                    or line.startswith(f"a=extmap:{extension_id}/") for line in lines)  # fmt: skip
+        if kind not in ("audio", "video") or taken:
+            out.append(section)
+            continue
+        payload_types = [
+            line[9:].split()[0]
+            for line in lines
+            if line.startswith("a=rtpmap:") and not line.split()[-1].lower().startswith("rtx/")
+        ]
+        end = len(lines)
+        while end > 1 and not lines[end - 1]:
+            end -= 1  # the blank that ends the description stays last
+        added = [f"a=extmap:{extension_id} {TRANSPORT_CC_URI}"]
+        added += [f"a=rtcp-fb:{pt} transport-cc" for pt in payload_types]
+        out.append(newline.join([*lines[:end], *added, *lines[end:]]))
+    return (newline + "m=").join(out)
+
+
+def accepted_transport_cc(sdp: str) -> dict[str, int]:
+    """The sections of an answer to our offer that accepted transport-cc: the extension id by
+    media id (the answer must echo the extension; the feedback type alone numbers nothing)."""
+    return {
+        mid: offer.extension_id
+        for mid, offer in read_transport_cc_offers(sdp).items()
+        if offer.extension_id is not None
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackReport:
+    """One transport feedback packet as the media sender reads it."""
+
+    base_sequence: int
+    """Transport-wide sequence number of the first packet reported (16 bits)."""
+    feedback_count: int
+    """The receiver's count of feedback packets (8 bits, wrapping)."""
+    sequences: list[int]
+    """Each packet reported, in order: its transport-wide sequence number (16 bits)."""
+    arrivals_us: list[int | None]
+    """Index for index: its arrival in us on the receiver's clock (reference time plus the
+    deltas; only differences mean anything), None when reported not received."""
+
+
+def read_transport_feedback(compound: bytes) -> list[FeedbackReport]:
+    """The transport feedback packets (RTPFB, FMT 15) of an RTCP compound packet, parsed; other
+    packets are skipped. ValueError when a feedback packet is malformed."""
+    return split_transport_feedback(compound)[0]
+
+
+def split_transport_feedback(compound: bytes) -> tuple[list[FeedbackReport], bytes]:
+    """The transport feedback packets of an RTCP compound packet, parsed, and the compound's
+    other packets (for `sfu.feedback.read_feedback`: aiortc's parser refuses the padding
+    Chromium puts on transport feedback, and would refuse the NACKs and PLIs beside it too).
+    ValueError when a feedback packet is malformed, or a length runs past the compound."""
+    reports = []
+    rest = []
+    position = 0
+    size = len(compound)
+    while position + 4 <= size:
+        length = (int.from_bytes(compound[position + 2 : position + 4], "big") + 1) * 4
+        if position + length > size:
+            raise ValueError("RTCP packet longer than its compound packet")
+        packet = compound[position : position + length]
+        if packet[1] == _RTPFB and packet[0] & 0x1F == _FMT_TRANSPORT_CC:
+            reports.append(parse_transport_feedback(packet))
+        else:
+            rest.append(packet)
+        position += length
+    return reports, compound if not reports else b"".join(rest)
+
+
+def parse_transport_feedback(packet: bytes) -> FeedbackReport:
+    """One transport feedback packet (section 3.1), padding included; ValueError when it is not
+    well formed (too short, statuses or deltas running past its end, a vector chunk's unused
+    tail aside)."""
+    if len(packet) < _HEADER.size:
+        raise ValueError("transport feedback shorter than its header")
+    first, packet_type, words, _sender, _media, base, count, reference_and_count = (
+        _HEADER.unpack_from(packet)
+    )
+    if first >> 6 != 2 or packet_type != _RTPFB or first & 0x1F != _FMT_TRANSPORT_CC:
+        raise ValueError("not a transport feedback packet")
+    end = (words + 1) * 4
+    if end > len(packet):
+        raise ValueError("transport feedback longer than the packet")
+    if first & 0x20:
+        padding = packet[end - 1]
+        if not 0 < padding <= end - _HEADER.size:
+            raise ValueError("transport feedback with bad padding")
+        end -= padding
+    position = _HEADER.size
+    symbols: list[int] = []
+    while len(symbols) < count:
+        if position + 2 > end:
+            raise ValueError("transport feedback statuses run past its end")
+        chunk = packet[position] << 8 | packet[position + 1]
+        position += 2
+        if not chunk & 0x8000:  # run length: symbol, 13-bit count
+            symbols.extend([(chunk >> 13) & 0x3] * (chunk & _MAX_RUN))
+        elif not chunk & 0x4000:  # one-bit vector: 14 symbols
+            symbols.extend((chunk >> shift) & 1 for shift in range(13, -1, -1))
+        else:  # two-bit vector: 7 symbols
+            symbols.extend((chunk >> shift) & 0x3 for shift in range(12, -1, -2))
+    del symbols[count:]
+    reference = reference_and_count >> 8
+    time_us = reference * _REFERENCE_MS * 1000
+    sequences = []
+    arrivals: list[int | None] = []
+    for offset, symbol in enumerate(symbols):
+        sequences.append((base + offset) & 0xFFFF)
+        if symbol == NOT_RECEIVED:
+            arrivals.append(None)
+            continue
+        if symbol == SMALL_DELTA:
+            if position + 1 > end:
+                raise ValueError("transport feedback deltas run past its end")
+            delta = packet[position]
+            position += 1
+        elif symbol == LARGE_DELTA:
+            if position + 2 > end:
+                raise ValueError("transport feedback deltas run past its end")
+            delta = int.from_bytes(packet[position : position + 2], "big", signed=True)
+            position += 2
+        else:
+            raise ValueError("transport feedback with the reserved status symbol")
+        time_us += delta * 250
+        arrivals.append(time_us)
+    return FeedbackReport(base, reference_and_count & 0xFF, sequences, arrivals)

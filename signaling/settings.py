@@ -102,7 +102,8 @@ class Settings:
     """Video codecs in order of preference; a room uses the first its first publisher offers."""
     twcc: bool = True
     """Answer publishers that offer transport-wide congestion control (transport-cc) with it and
-    send them its feedback, so their browser estimates its own uplink; off: REMB hints only."""
+    send them its feedback, so their browser estimates its own uplink; offer it to subscribers
+    and estimate each one's downlink from their feedback; off: REMB hints only."""
     ice_host_addresses: list[str] = field(default_factory=list)
     """Addresses the SFU gathers ICE host candidates on; empty: every non-loopback interface,
     and 127.0.0.1 too when `host` is a loopback address or the host has no other interface."""

@@ -142,6 +142,9 @@ class ExtensionIds:
     """RTP stream id: the simulcast layer of a media packet (received only, never sent)."""
     repaired_rid: int | None = None
     """Repaired RTP stream id: the simulcast layer an RTX packet repairs (received only)."""
+    transport_cc: int | None = None
+    """Transport-wide sequence number: written first in a sent block as a zero placeholder,
+    which the transport numbers as the packet leaves (`TRANSPORT_CC_OFFSET`)."""
 
     @classmethod
     def from_uris(cls, uris: dict[str, int]) -> ExtensionIds:
@@ -152,6 +155,7 @@ class ExtensionIds:
             uris.get(AUDIO_LEVEL_URI),
             uris.get(RID_URI),
             uris.get(REPAIRED_RID_URI),
+            uris.get(TRANSPORT_CC_URI),
         )
 
 
@@ -159,7 +163,7 @@ def extension_block(
     ids: ExtensionIds, mid: bytes, abs_send_time: bytes | None, audio_level: bytes | None
 ) -> bytes:
     """A one-byte-form header-extension block (with its 4-byte header), padded to 32 bits."""
-    body = b""
+    body = _transport_cc_placeholder(ids)
     if ids.mid is not None and mid:
         body += bytes([ids.mid << 4 | (len(mid) - 1)]) + mid
     if ids.abs_send_time is not None and abs_send_time is not None:
@@ -180,8 +184,8 @@ def extension_template(ids: ExtensionIds, mid: bytes, *, audio_level: bool) -> b
     Formatting a template costs a twentieth of building the block element by element, and it
     runs per forwarded packet (bench/forwarding.py watches it).
     """
-    body = b""  # literal bytes escaped for %-formatting
-    size = 0
+    body = _literal(_transport_cc_placeholder(ids))  # literal bytes escaped for %-formatting
+    size = len(_transport_cc_placeholder(ids))
     if ids.mid is not None and mid:
         body += _literal(bytes([ids.mid << 4 | (len(mid) - 1)]) + mid)
         size += 1 + len(mid)
@@ -196,6 +200,18 @@ def extension_template(ids: ExtensionIds, mid: bytes, *, audio_level: bool) -> b
     padding = -size % 4
     header = struct.pack("!HH", _ONE_BYTE_PROFILE, (size + padding) // 4)
     return _literal(header) + body + b"\x00" * padding
+
+
+TRANSPORT_CC_OFFSET = 17
+"""Where the transport-wide sequence number sits in a packet built by `rewrite` with a block from
+`extension_block` / `extension_template` (no CSRCs; the block's 4-byte header; the element's
+one-byte header): the transport writes it there as the packet leaves."""
+
+
+def _transport_cc_placeholder(ids: ExtensionIds) -> bytes:
+    """The transport-wide sequence number element, zero until the transport numbers the packet
+    (first in the block, so it is always at `TRANSPORT_CC_OFFSET`)."""
+    return b"" if ids.transport_cc is None else bytes([ids.transport_cc << 4 | 1, 0, 0])
 
 
 def _literal(data: bytes) -> bytes:
