@@ -106,6 +106,11 @@ class ParticipantMedia:
         """Apply the client's answer to our subscribe offer."""
         await self.subscriber.answer(sdp)
 
+    async def restart_ice(self) -> None:
+        """Restart ICE on the subscribe session (the SFU re-offers with new credentials); the
+        client restarts the publish session itself, with an offer (`Publisher.offer`)."""
+        await self.subscriber.restart_ice()
+
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track` (on an idle slot of its kind, or a new one)."""
         self.subscriber.subscribe(track)

@@ -19,6 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
 from core.media.rtp import ExtensionIds
 from sfu import aiortc_hooks as hooks
+from sfu import ice_restart
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
@@ -37,6 +38,7 @@ class Subscriber:
         "_negotiating",
         "_negotiation_task",
         "_renegotiate",
+        "_restart",
         "_transceivers",
         "closed",
         "configuration",
@@ -81,6 +83,8 @@ class Subscriber:
         self._renegotiate = False
         self._negotiation_task: asyncio.Task[None] | None = None
         self._hooked = False
+        self._restart: ice_restart.IceRestart | None = None
+        """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
@@ -189,10 +193,31 @@ class Subscriber:
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable subscribe answer: {exc}") from None
         self._negotiating = False
+        restart = self._restart
+        if restart is not None and ice_restart.restarts(restart.transport, sdp):
+            self._restart = None
+            restart.start(sdp, self._request_keyframes)
         self._announce_tracks()
         if self._renegotiate:
             self._renegotiate = False
             self._negotiation_needed()
+
+    async def restart_ice(self) -> None:
+        """Offer again with new ICE credentials: the client's network changed (`restart_ice`)."""
+        transceiver = next(iter(self._transceivers.values()), None)
+        if transceiver is None or self.closed:
+            raise MediaError("no subscribe session to restart")
+        self._restart = ice_restart.IceRestart.begin(hooks.transport_of(transceiver).transport)
+        await self._restart.gather()
+        self._negotiation_needed()
+
+    def _request_keyframes(self) -> None:
+        """Ask each received video track for a keyframe (the path to this participant just
+        changed: what was lost on the dead one left its decoders waiting)."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.source is not None and slot.kind == "video":
+                slot.source.request_keyframe(now)
 
     def _announce_tracks(self) -> None:
         """Tell the client which participant each of its subscribe transceivers carries."""
