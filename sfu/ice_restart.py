@@ -117,6 +117,9 @@ class IceRestart:
             transport_policy=old._transport_policy,
         )
         """The connection that looks for the new path."""
+        self.kept = (old._local_username, old._local_password, old._local_candidates)
+        """The old generation's local credentials and candidates, put back if the restart is
+        dropped (a peer that answers without restarting keeps talking to those)."""
         self.done = False
 
     @classmethod
@@ -150,6 +153,12 @@ class IceRestart:
         old._local_username = fresh.local_username
         old._local_password = fresh.local_password
         old._local_candidates = fresh.local_candidates
+
+    def offered_in(self, sdp: str) -> bool:
+        """Whether a local description carries this restart's new credentials (so the answer
+        to it is the one that decides the restart)."""
+        credentials = remote_credentials(sdp)
+        return credentials is not None and credentials[0] == self.fresh.local_username
 
     def start(self, sdp: str, restored: Callable[[], None] | None = None) -> None:
         """Connect (in a task) with the remote credentials of the applied description `sdp`;
@@ -204,6 +213,7 @@ class IceRestart:
         self.done = True
         old = self.connection
         _restore(old)
+        old._local_username, old._local_password, old._local_candidates = self.kept
         # The old path's consent checks again: a dead path still ends the session.
         if not old._closing and old._query_consent_task is None and old._nominated:
             old._query_consent_task = asyncio.create_task(old.query_consent())

@@ -194,9 +194,12 @@ class Subscriber:
             raise MediaError(f"unusable subscribe answer: {exc}") from None
         self._negotiating = False
         restart = self._restart
-        if restart is not None and ice_restart.restarts(restart.transport, sdp):
-            self._restart = None
-            restart.start(sdp, self._request_keyframes)
+        if restart is not None and restart.offered_in(pc.localDescription.sdp):
+            self._restart = None  # the answer to the offer that carried the new credentials
+            if ice_restart.restarts(restart.transport, sdp):
+                restart.start(sdp, self._request_keyframes)
+            else:  # answered without restarting: the old generation goes on
+                restart.abandon()
         self._announce_tracks()
         if self._renegotiate:
             self._renegotiate = False

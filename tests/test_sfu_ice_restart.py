@@ -94,7 +94,7 @@ async def _value(count: Any) -> Any:
     return await result if asyncio.iscoroutine(result) else result
 
 
-def _answer_restarts(client: MediaClient) -> None:
+def answer_restarts(client: MediaClient) -> None:
     """Give the test client what a browser does: answer an offer with new ICE credentials by
     restarting its side of the subscribe session."""
     original = client.handle
@@ -149,7 +149,7 @@ async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarne
 async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHarness) -> None:
     await media.join("a", [VideoStreamTrack()])
     b = await media.join("b", [])
-    _answer_restarts(b)
+    answer_restarts(b)
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     subscriber = media.server.participants["b"].subscriber
     assert subscriber.pc is not None

@@ -1,7 +1,8 @@
 // One visit to a room: the signalling connection, the media sessions, the room events, and
 // coming back by itself after a network blip: first a `resume` of the same participant (media
 // sessions kept, nothing missed), then, if the server refuses it, a rejoin (the server lets an
-// admitted person skip the lobby).
+// admitted person skip the lobby). Media whose network changed restarts ICE on the same
+// sessions (`restartMedia`); only if media is not back in time does the page rejoin.
 
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { t } from "./i18n.js";
@@ -25,12 +26,20 @@ const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]
 // A socket gone without a close frame is resumed first (the server holds the participant for
 // its `resume_grace_s`); a short pause lets a network switch settle.
 const RESUME_DELAY_MS = 300;
+// How long an ICE restart may take to bring both media sessions back before the page rejoins.
+const ICE_RESTART_TIMEOUT_MS = 10_000;
+const RESTART_POLL_MS = 100;
 
 /** The room notice's key for a refused request: the code's own words (what happened, what to
  * do), or the generic refusal for a code this client has no words for (a newer server). */
 export function refusalNotice(code) {
   const key = `room.error_${code}`;
   return t(key) === key ? "room.refused" : key;
+}
+
+/** The ICE username fragment of a session's remote description (a restart changes it). */
+function remoteUfrag(pc) {
+  return /a=ice-ufrag:(\S+)/.exec(pc?.remoteDescription?.sdp ?? "")?.[1] ?? null;
 }
 
 /** A ParticipantInfo with its defaults filled (the server leaves default fields out). */
@@ -58,6 +67,10 @@ export class Call {
     // server gave no resume token.
     this.session = null;
     this.resuming = false; // a resume is under way on a new socket
+    // An ICE restart under way ({media, startedAt, timer}), or null; `restartPending`: one was
+    // asked for while the socket was away (sent once it is back).
+    this.iceRestart = null;
+    this.restartPending = false;
     dataChannels.on("closed", () => this.recoverData());
   }
 
@@ -147,6 +160,7 @@ export class Call {
         state.connection.signalling = "open";
         if (state.notice === "room.reconnecting") state.notice = "";
         state.resumes += 1;
+        if (this.restartPending) this.restartMedia("resumed");
         break;
       case "participant_updated":
         this.updated(person(msg.participant), msg.by);
@@ -227,6 +241,88 @@ export class Call {
     await localMedia.ready;
     await this.media.publish(localMedia.stream, state.media.videoMuted);
     if (this.screenTrack) await this.media.startScreen(this.screenTrack);
+  }
+
+  /** My network changed (connectivity.js: ICE disconnected or failed, the browser back online):
+   * restart ICE on my media sessions, keeping the room, consent and annotations. The publish
+   * session offers new ICE credentials (`restartIce()`); the SFU re-offers the subscribe session
+   * (`restart_ice`). "Reconnecting…" shows meanwhile; without media back in time, join again. */
+  restartMedia(reason) {
+    const media = this.media;
+    if (!media || this.leaving || state.screen !== "room" || this.iceRestart?.media === media) {
+      return;
+    }
+    if (this.resuming || state.connection.signalling !== "open") {
+      this.restartPending = true; // nothing can be sent yet: once the socket is back
+      return;
+    }
+    this.restartPending = false;
+    this.iceRestart = {
+      media,
+      reason,
+      startedAt: performance.now(),
+      // Back when each session is connected on the new generation: its remote credentials
+      // changed (a restart on a path that still worked never leaves "connected").
+      ufrags: { publish: remoteUfrag(media.publishPc), subscribe: remoteUfrag(media.subscribePc) },
+      timer: setTimeout(() => this.restartTimedOut(media), ICE_RESTART_TIMEOUT_MS),
+      poll: setInterval(() => this.checkRestart(), RESTART_POLL_MS),
+    };
+    state.iceRestarts = (state.iceRestarts ?? 0) + 1;
+    state.notice = "room.reconnecting";
+    changed();
+    this.sendRestart(media).catch((err) => this.fail(`ICE restart: ${err}`));
+  }
+
+  async sendRestart(media) {
+    const publish = media.publishPc;
+    if (publish && publish.signalingState !== "closed") {
+      publish.restartIce();
+      // An offer still waiting for its answer carries the old credentials: the flag set by
+      // restartIce() goes into the next one, made once that answer is in.
+      if (publish.signalingState === "stable") await media.offerPublish();
+    }
+    if (media.subscribePc) this.signalling.restartIce("subscribe");
+  }
+
+  /** Whether the restart under way brought both media sessions back; if so, say so. */
+  checkRestart() {
+    const restart = this.iceRestart;
+    if (!restart) return;
+    const sessions = { publish: restart.media.publishPc, subscribe: restart.media.subscribePc };
+    for (const [name, pc] of Object.entries(sessions)) {
+      if (!pc) continue;
+      if (!["connected", "completed"].includes(pc.iceConnectionState)) return;
+      const before = restart.ufrags[name];
+      if (before !== null && remoteUfrag(pc) === before) return;
+    }
+    this.stopRestart();
+    state.iceRestartMs = Math.round(performance.now() - restart.startedAt);
+    if (state.notice === "room.reconnecting" && !this.resuming) state.notice = "";
+    changed();
+  }
+
+  stopRestart() {
+    if (!this.iceRestart) return;
+    clearTimeout(this.iceRestart.timer);
+    clearInterval(this.iceRestart.poll);
+    this.iceRestart = null;
+  }
+
+  restartTimedOut(media) {
+    if (this.iceRestart?.media !== media || this.leaving) return;
+    this.stopRestart();
+    console.warn("media did not come back after an ICE restart; joining again");
+    state.iceRestartFallbacks = (state.iceRestartFallbacks ?? 0) + 1;
+    this.rejoin();
+  }
+
+  /** Join again as the same identity (the room lets an admitted person straight back in): new
+   * media sessions, when the old ones could not be restarted. */
+  rejoin() {
+    this.session = null; // not a resume: it would keep the media sessions that failed
+    this.resuming = false;
+    this.signalling?.abandon();
+    this.closed(CLOSE.abnormal, "");
   }
 
   /** Someone's state changed; if it is me and a chair muted me, follow (and say so). */
@@ -313,6 +409,7 @@ export class Call {
   leave() {
     this.leaving = true;
     this.resuming = false;
+    this.stopRestart();
     const signalling = this.signalling;
     signalling.leave();
     // The server closes with 1000; if it does not answer, close from here. This connection,
@@ -341,6 +438,8 @@ export class Call {
     leftRoom();
     this.media?.close();
     this.media = null;
+    this.stopRestart();
+    this.restartPending = false;
     const retry = RETRY_CODES.has(code) && !this.leaving && state.reconnects < MAX_RECONNECTS;
     if (retry) {
       const delay = RECONNECT_DELAY_MS[state.reconnects];
