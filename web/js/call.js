@@ -37,9 +37,15 @@ export function refusalNotice(code) {
   return t(key) === key ? "room.refused" : key;
 }
 
-/** The ICE username fragment of a session's remote description (a restart changes it). */
-function remoteUfrag(pc) {
-  return /a=ice-ufrag:(\S+)/.exec(pc?.remoteDescription?.sdp ?? "")?.[1] ?? null;
+/** The id of a session's selected ICE candidate pair (a restart that worked selects a pair of
+ * the new generation), or null. */
+async function selectedPair(pc) {
+  if (!pc || pc.signalingState === "closed") return null;
+  let id = null;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) id = s.selectedCandidatePairId;
+  });
+  return id;
 }
 
 /** A ParticipantInfo with its defaults filled (the server leaves default fields out). */
@@ -257,23 +263,28 @@ export class Call {
       return;
     }
     this.restartPending = false;
-    this.iceRestart = {
+    const restart = {
       media,
       reason,
       startedAt: performance.now(),
-      // Back when each session is connected on the new generation: its remote credentials
-      // changed (a restart on a path that still worked never leaves "connected").
-      ufrags: { publish: remoteUfrag(media.publishPc), subscribe: remoteUfrag(media.subscribePc) },
+      // Back when each session has selected a pair of the new generation: its state says
+      // "connected" on the dead pair until Chromium notices, and always on a working one.
+      pairs: null,
       timer: setTimeout(() => this.restartTimedOut(media), ICE_RESTART_TIMEOUT_MS),
-      poll: setInterval(() => this.checkRestart(), RESTART_POLL_MS),
+      poll: setInterval(() => this.checkRestart().catch(() => {}), RESTART_POLL_MS),
     };
+    this.iceRestart = restart;
     state.iceRestarts = (state.iceRestarts ?? 0) + 1;
     state.notice = "room.reconnecting";
     changed();
-    this.sendRestart(media).catch((err) => this.fail(`ICE restart: ${err}`));
+    this.sendRestart(media, restart).catch((err) => this.fail(`ICE restart: ${err}`));
   }
 
-  async sendRestart(media) {
+  async sendRestart(media, restart) {
+    restart.pairs = {
+      publish: await selectedPair(media.publishPc),
+      subscribe: await selectedPair(media.subscribePc),
+    };
     const publish = media.publishPc;
     if (publish && publish.signalingState !== "closed") {
       publish.restartIce();
@@ -285,16 +296,23 @@ export class Call {
   }
 
   /** Whether the restart under way brought both media sessions back; if so, say so. */
-  checkRestart() {
+  async checkRestart() {
     const restart = this.iceRestart;
-    if (!restart) return;
-    const sessions = { publish: restart.media.publishPc, subscribe: restart.media.subscribePc };
-    for (const [name, pc] of Object.entries(sessions)) {
-      if (!pc) continue;
-      if (!["connected", "completed"].includes(pc.iceConnectionState)) return;
-      const before = restart.ufrags[name];
-      if (before !== null && remoteUfrag(pc) === before) return;
+    if (!restart?.pairs || restart.checking) return;
+    restart.checking = true;
+    try {
+      const sessions = { publish: restart.media.publishPc, subscribe: restart.media.subscribePc };
+      for (const [name, pc] of Object.entries(sessions)) {
+        if (!pc) continue;
+        // Not iceConnectionState: Chromium may report the old pair's loss ("disconnected")
+        // for seconds after media moved to the new one.
+        const pair = await selectedPair(pc);
+        if (pair === null || pair === restart.pairs[name]) return;
+      }
+    } finally {
+      restart.checking = false;
     }
+    if (this.iceRestart !== restart) return;
     this.stopRestart();
     state.iceRestartMs = Math.round(performance.now() - restart.startedAt);
     if (state.notice === "room.reconnecting" && !this.resuming) state.notice = "";

@@ -55,7 +55,7 @@ function watchIce(pc) {
     clearTimeout(grace);
     if (ice === "connected" || ice === "completed") {
       connectedOnce.add(pc);
-      call?.checkRestart();
+      call?.checkRestart().catch(() => {}); // a session closed meanwhile: nothing to check
     } else if (connectedOnce.has(pc) && ice === "failed") {
       call?.restartMedia("ice_failed");
     } else if (connectedOnce.has(pc) && ice === "disconnected") {
