@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+from aiortc import RTCPeerConnection
 from aiortc.rtcicetransport import RTCIceTransport
 
 log = logging.getLogger("consilium.sfu.ice")
@@ -94,6 +95,18 @@ def pending(transport: RTCIceTransport) -> IceRestart | None:
     """The restart under way on `transport`, if any."""
     restart = getattr(transport._connection, _RESTART, None)
     return restart if isinstance(restart, IceRestart) else None
+
+
+def abandon_pending(pc: RTCPeerConnection) -> None:
+    """Drop any restart under way on a peer connection's transports (it is closing: a fresh
+    connection would otherwise hold its sockets until `RESTART_TIMEOUT_S`)."""
+    transports = [t.receiver.transport.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        transports.append(pc.sctp.transport.transport)
+    for transport in transports:
+        restart = pending(transport)
+        if restart is not None:
+            restart.abandon()
 
 
 class IceRestart:

@@ -23,6 +23,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
 from core.codes import ErrorCode
+from sfu import ice_restart
 from sfu.datachannels import AnnotationRelay, DataChannels
 from sfu.events import MediaRefused
 from sfu.forwarder import PublishedTrack
@@ -174,6 +175,9 @@ class ParticipantMedia:
         self.data.closed = True
         self.publisher.end_tracks()
         self.subscriber.stop()
+        for pc in (self.publisher.pc, self.subscriber.pc):
+            if pc is not None:
+                ice_restart.abandon_pending(pc)
         await self.publisher.close()
         await self.subscriber.close()
 

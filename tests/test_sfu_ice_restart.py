@@ -19,7 +19,7 @@ from aiortc.rtcicetransport import RTCIceTransport
 
 from bot.client import MediaClient
 from sfu import aiortc_hooks as hooks
-from sfu.ice_restart import _ATTRIBUTES, IceRestart, remote_credentials, restart_for
+from sfu.ice_restart import _ATTRIBUTES, IceRestart, pending, remote_credentials, restart_for
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
@@ -205,3 +205,20 @@ async def test_restarting_a_session_that_never_connected_is_refused(media: Media
         assert "no subscribe session" in str(exc)
     else:
         raise AssertionError("a restart without a subscribe session was accepted")
+
+
+async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarness) -> None:
+    a = await media.join("a", [VideoStreamTrack()])
+    await a.channels_open()
+    server_side = media.server.participants["a"].publisher
+    assert server_side.pc is not None
+    pc = a.publish_pc
+    client_restart = IceRestart.begin(_ice(pc))  # the client's side never checks: it hangs
+    await client_restart.gather()
+    await pc.setLocalDescription(await pc.createOffer())
+    await media.server.offer("a", "publish", pc.localDescription.sdp)
+    server_restart = pending(_ice(server_side.pc))
+    assert server_restart is not None and server_restart.fresh._protocols
+    await media.leave("a")
+    await eventually(lambda: not server_restart.fresh._protocols, timeout=5)
+    client_restart.abandon()
