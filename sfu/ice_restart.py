@@ -77,10 +77,14 @@ def remote_credentials(sdp: str) -> tuple[str, str] | None:
 
 def restarts(transport: RTCIceTransport, sdp: str) -> bool:
     """Whether a remote description restarts ICE on `transport`: the transport has connected
-    once with other remote credentials than the description's."""
+    once with other remote credentials than the description's (and than those of the restart
+    under way: a renegotiation during a restart carries the new ones again)."""
     current = transport._connection.remote_username
     credentials = remote_credentials(sdp)
-    return current is not None and credentials is not None and credentials[0] != current
+    if current is None or credentials is None or credentials[0] == current:
+        return False
+    restart = pending(transport)
+    return restart is None or restart.fresh.remote_username != credentials[0]
 
 
 def restart_for(transport: RTCIceTransport | None, sdp: str) -> IceRestart | None:

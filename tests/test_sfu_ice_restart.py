@@ -57,7 +57,7 @@ def _local_ports(connection: aioice.ice.Connection) -> set[int]:
     return {protocol.local_candidate.port for protocol in connection._protocols}
 
 
-async def _packets_received(pc: Any) -> int:
+async def packets_received(pc: Any) -> int:
     """SRTP and DTLS datagrams the peer connection's (bundled) DTLS transport received."""
     report = await pc.getStats()
     return sum(getattr(stats, "packetsReceived", 0) or 0 for stats in report.values()
@@ -92,6 +92,14 @@ async def _restart_publish(media: MediaHarness, participant_id: str, client: Med
 async def _value(count: Any) -> Any:
     result = count()
     return await result if asyncio.iscoroutine(result) else result
+
+
+async def pc_offer(media: MediaHarness, participant_id: str, client: MediaClient) -> None:
+    """The client offers its publish session again, as it is (a renegotiation)."""
+    pc = client.publish_pc
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await media.server.offer(participant_id, "publish", pc.localDescription.sdp)
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
 def answer_restarts(client: MediaClient) -> None:
@@ -136,8 +144,12 @@ async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarne
     print(f"\npublish ICE restart: media back {time.monotonic() - cut_at:.2f} s after restart")
 
     # A new path, the same DTLS association (no new handshake), the data channels still open.
-    assert not _local_ports(server_ice._connection) & old_ports
+    new_ports = _local_ports(server_ice._connection)
+    assert not new_ports & old_ports
     assert hooks.transport_of(server_side.pc.getTransceivers()[0]) is dtls
+    # A later offer with the same credentials renegotiates; it does not restart again.
+    await pc_offer(media, "a", a)
+    assert pending(server_ice) is None and _local_ports(server_ice._connection) == new_ports
     assert dtls.state == "connected" and server_side.pc.connectionState == "connected"
     snapshots = len(a.received())
     a.send_json("consilium-reliable", {"type": "sync", "since": -1})
@@ -160,12 +172,12 @@ async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHar
     _cut(server_ice._connection)
     # Packets, not decoded frames: aiortc's own jitter buffer (512 packets) holds frames back
     # behind the ones lost on the dead path for ~15 s, where a browser asks for a keyframe.
-    await _stalled(lambda: _packets_received(b.subscribe_pc))
-    received_at_cut, restart_at = await _packets_received(b.subscribe_pc), time.monotonic()
+    await _stalled(lambda: packets_received(b.subscribe_pc))
+    received_at_cut, restart_at = await packets_received(b.subscribe_pc), time.monotonic()
     await media.server.restart_ice("b", "subscribe")
 
     async def flowing() -> bool:
-        return await _packets_received(b.subscribe_pc) > received_at_cut + 50
+        return await packets_received(b.subscribe_pc) > received_at_cut + 50
 
     await eventually(flowing, timeout=10)
     print(f"\nsubscribe ICE restart: media back {time.monotonic() - restart_at:.2f} s after asking")
