@@ -73,8 +73,8 @@ export class Call {
     // server gave no resume token.
     this.session = null;
     this.resuming = false; // a resume is under way on a new socket
-    // An ICE restart under way ({media, startedAt, timer}), or null; `restartPending`: one was
-    // asked for while the socket was away (sent once it is back).
+    // An ICE restart under way ({media, reason, startedAt, pairs, timer, poll, publishOwed}), or
+    // null; `restartPending`: one was asked for while the socket was away (sent once it is back).
     this.iceRestart = null;
     this.restartPending = false;
     dataChannels.on("closed", () => this.recoverData());
@@ -185,6 +185,10 @@ export class Call {
         break;
       case "answer":
         if (msg.pc === "publish") await this.media?.onAnswer(msg.sdp);
+        if (msg.pc === "publish" && this.iceRestart?.publishOwed) {
+          this.iceRestart.publishOwed = false;
+          await this.media?.offerPublish(); // the restart's offer, held back until now
+        }
         break;
       case "image_shared":
         imageShared(msg);
@@ -288,9 +292,10 @@ export class Call {
     const publish = media.publishPc;
     if (publish && publish.signalingState !== "closed") {
       publish.restartIce();
-      // An offer still waiting for its answer carries the old credentials: the flag set by
-      // restartIce() goes into the next one, made once that answer is in.
+      // An offer still waiting for its answer carries the old credentials: the next one, with
+      // the new ones, is made once that answer is in (`answerApplied`).
       if (publish.signalingState === "stable") await media.offerPublish();
+      else restart.publishOwed = true;
     }
     if (media.subscribePc) this.signalling.restartIce("subscribe");
   }
