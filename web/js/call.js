@@ -29,6 +29,7 @@ const RESUME_DELAY_MS = 300;
 // How long an ICE restart may take to bring both media sessions back before the page rejoins.
 const ICE_RESTART_TIMEOUT_MS = 10_000;
 const RESTART_POLL_MS = 100;
+const RESTART_SETTLE_MS = 5000;
 
 /** The room notice's key for a refused request: the code's own words (what happened, what to
  * do), or the generic refusal for a code this client has no words for (a newer server). */
@@ -77,6 +78,7 @@ export class Call {
     // null; `restartPending`: one was asked for while the socket was away (sent once it is back).
     this.iceRestart = null;
     this.restartPending = false;
+    this.restartedAt = null; // when the last restart brought media back (performance.now())
     dataChannels.on("closed", () => this.recoverData());
   }
 
@@ -319,9 +321,16 @@ export class Call {
     }
     if (this.iceRestart !== restart) return;
     this.stopRestart();
-    state.iceRestartMs = Math.round(performance.now() - restart.startedAt);
+    this.restartedAt = performance.now();
+    state.iceRestartMs = Math.round(this.restartedAt - restart.startedAt);
     if (state.notice === "room.reconnecting" && !this.resuming) state.notice = "";
     changed();
+  }
+
+  /** Whether a restart brought media back a moment ago: Chromium may still report the old
+   * pair's loss ("disconnected") for a few seconds, which is no reason to restart again. */
+  restartedRecently() {
+    return performance.now() - (this.restartedAt ?? -Infinity) < RESTART_SETTLE_MS;
   }
 
   stopRestart() {

@@ -59,9 +59,13 @@ function watchIce(pc) {
     } else if (connectedOnce.has(pc) && ice === "failed") {
       call?.restartMedia("ice_failed");
     } else if (connectedOnce.has(pc) && ice === "disconnected") {
-      grace = setTimeout(() => {
-        if (pc.iceConnectionState === "disconnected") call?.restartMedia("ice_disconnected");
-      }, DISCONNECTED_GRACE_MS);
+      const stillDisconnected = () => {
+        if (pc.iceConnectionState !== "disconnected") return;
+        // Just restarted: the old pair's loss, reported late; look again in a while.
+        if (call?.restartedRecently()) grace = setTimeout(stillDisconnected, DISCONNECTED_GRACE_MS);
+        else call?.restartMedia("ice_disconnected");
+      };
+      grace = setTimeout(stillDisconnected, DISCONNECTED_GRACE_MS);
     }
   };
   pc.addEventListener("iceconnectionstatechange", changedIce);
