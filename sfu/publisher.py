@@ -24,6 +24,7 @@ from core.codes import ErrorCode
 from core.media.rtp import ExtensionIds, parse_header
 from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
+from sfu import ice_restart
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
@@ -161,9 +162,13 @@ class Publisher:
         if pc is None:
             pc = self.pc = RTCPeerConnection(self.configuration)
             self.owner.session_opened(pc, "publish")
+        dtls = self._transport(pc) if self._hooked else None
+        restart = ice_restart.restart_for(dtls.transport if dtls is not None else None, sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, AttributeError) as exc:
+            if restart is not None:
+                restart.abandon()
             raise MediaError(f"unusable publish offer: {exc}") from None
         simulcast = read_simulcast_offers(sdp)
         transport_cc = read_transport_cc_offers(sdp) if self.transport_cc else {}
@@ -182,8 +187,12 @@ class Publisher:
             if dtls is not None:
                 hooks.hook_transport(dtls, self._on_rtp, self._on_rtcp)
                 self._hooked = True
+        if restart is not None:  # new ICE credentials: the client's network changed
+            await restart.gather()
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
+        if restart is not None:
+            restart.start(sdp, self._request_keyframes)
         return answer_simulcast(pc.localDescription.sdp, self._simulcast)
 
     def _accept_simulcast(
@@ -296,6 +305,13 @@ class Publisher:
         track.muted = self.muted[transceiver.kind]
         self.demux.add(mid, track)
         self.room.track_published(track)
+
+    def _request_keyframes(self) -> None:
+        """Ask for a keyframe of each published video track (its media path just changed)."""
+        now = time.monotonic()
+        for track in self.tracks.values():
+            if track.video:
+                track.request_keyframe(now)
 
     def _on_rtp(self, data: bytes, arrival_ms: int, late: bool = False) -> None:
         # Hot path, per received packet: watched by bench/forwarding.py.

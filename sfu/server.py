@@ -232,6 +232,13 @@ class MediaServer:
         self._check_sdp(sdp)
         await self._media(participant_id).subscribe_answer(sdp)
 
+    async def restart_ice(self, participant_id: str, which: str) -> None:
+        """A client's network changed: restart ICE on its `subscribe` session (the client
+        restarts `publish` itself, offering new credentials)."""
+        if which != "subscribe":
+            raise MediaError("only the subscribe session is restarted on request")
+        await self._media(participant_id).restart_ice()
+
     async def candidate(
         self, participant_id: str, which: str, candidate: str, sdp_mid: str | None,
         sdp_mline_index: int | None,

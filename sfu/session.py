@@ -23,6 +23,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
 from core.codes import ErrorCode
+from sfu import ice_restart
 from sfu.datachannels import AnnotationRelay, DataChannels
 from sfu.events import MediaRefused
 from sfu.forwarder import PublishedTrack
@@ -106,6 +107,11 @@ class ParticipantMedia:
         """Apply the client's answer to our subscribe offer."""
         await self.subscriber.answer(sdp)
 
+    async def restart_ice(self) -> None:
+        """Restart ICE on the subscribe session (the SFU re-offers with new credentials); the
+        client restarts the publish session itself, with an offer (`Publisher.offer`)."""
+        await self.subscriber.restart_ice()
+
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track` (on an idle slot of its kind, or a new one)."""
         self.subscriber.subscribe(track)
@@ -169,6 +175,9 @@ class ParticipantMedia:
         self.data.closed = True
         self.publisher.end_tracks()
         self.subscriber.stop()
+        for pc in (self.publisher.pc, self.subscriber.pc):
+            if pc is not None:
+                ice_restart.abandon_pending(pc)
         await self.publisher.close()
         await self.subscriber.close()
 

@@ -19,6 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
 from core.media.rtp import TRANSPORT_CC_URI, ExtensionIds
 from sfu import aiortc_hooks as hooks
+from sfu import ice_restart
 from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
@@ -39,6 +40,7 @@ class Subscriber:
         "_negotiating",
         "_negotiation_task",
         "_renegotiate",
+        "_restart",
         "_transceivers",
         "closed",
         "configuration",
@@ -95,6 +97,8 @@ class Subscriber:
     def downlink_bps(self) -> int | None:
         """Bits per second this participant's link can take now (None: no estimate yet)."""
         return self.downlink.estimate_bps
+        self._restart: ice_restart.IceRestart | None = None
+        """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
@@ -208,6 +212,13 @@ class Subscriber:
         if self.transport_cc:
             self._accept_transport_cc(sdp)
         self._negotiating = False
+        restart = self._restart
+        if restart is not None and restart.offered_in(pc.localDescription.sdp):
+            self._restart = None  # the answer to the offer that carried the new credentials
+            if ice_restart.restarts(restart.transport, sdp):
+                restart.start(sdp, self._request_keyframes)
+            else:  # answered without restarting: the old generation goes on
+                restart.abandon()
         self._announce_tracks()
         if self._renegotiate:
             self._renegotiate = False
@@ -223,6 +234,23 @@ class Subscriber:
                 hooks.negotiate_extensions(
                     transceiver, {TRANSPORT_CC_URI: self.downlink.sent.extension_id}
                 )
+
+    async def restart_ice(self) -> None:
+        """Offer again with new ICE credentials: the client's network changed (`restart_ice`)."""
+        transceiver = next(iter(self._transceivers.values()), None)
+        if transceiver is None or self.closed:
+            raise MediaError("no subscribe session to restart")
+        self._restart = ice_restart.IceRestart.begin(hooks.transport_of(transceiver).transport)
+        await self._restart.gather()
+        self._negotiation_needed()
+
+    def _request_keyframes(self) -> None:
+        """Ask each received video track for a keyframe (the path to this participant just
+        changed: what was lost on the dead one left its decoders waiting)."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.source is not None and slot.kind == "video":
+                slot.source.request_keyframe(now)
 
     def _announce_tracks(self) -> None:
         """Tell the client which participant each of its subscribe transceivers carries."""

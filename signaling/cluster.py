@@ -78,7 +78,7 @@ class MuteMedia(NodeEvent, tag="mute", frozen=True):
     """Which of their media."""
 
 
-MediaOp = Literal["join", "leave", "offer", "answer", "candidate", "mute", "rec"]
+MediaOp = Literal["join", "leave", "offer", "answer", "candidate", "restart_ice", "mute", "rec"]
 """The media operations a `MediaRequest` names."""
 
 
@@ -110,7 +110,8 @@ class MediaRequest(NodeEvent, tag="media", frozen=True, kw_only=True):
     org: str | msgspec.UnsetType = msgspec.UNSET
     """`join`: their organisation (for the recording's manifest)."""
     pc: str | msgspec.UnsetType = msgspec.UNSET
-    """`offer`, `answer`, `candidate`: which media session (`publish` or `subscribe`)."""
+    """`offer`, `answer`, `candidate`, `restart_ice`: which media session (`publish` or
+    `subscribe`)."""
     sdp: str | msgspec.UnsetType = msgspec.UNSET
     """`offer`, `answer`: the SDP."""
     screen: list[str] | msgspec.UnsetType = msgspec.UNSET

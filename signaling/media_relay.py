@@ -54,7 +54,9 @@ class MediaRelay:
         self.recorder = recorder
         """Records the rooms whose media this node hosts (None without `media`)."""
 
-    async def message(self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate) -> None:
+    async def message(
+        self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate | p.RestartIce
+    ) -> None:
         """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
         if self.media is None or not conn.media_node:
             request = type_of(msg)
@@ -69,6 +71,8 @@ class MediaRelay:
             )  # fmt: skip
         elif isinstance(msg, p.Offer):
             await self.call(conn, "offer", pc=msg.pc, sdp=msg.sdp, screen=msg.screen[:8])
+        elif isinstance(msg, p.RestartIce):
+            await self.call(conn, "restart_ice", pc=msg.pc)
         else:
             await self.call(conn, "answer", pc=msg.pc, sdp=msg.sdp)
 
@@ -141,6 +145,9 @@ class MediaRelay:
                     None if op.sdp_mid is UNSET else op.sdp_mid,
                     None if op.sdp_mline_index is UNSET else op.sdp_mline_index,
                 )  # fmt: skip
+            elif kind == "restart_ice":
+                assert isinstance(op.pc, str)
+                await media.restart_ice(pid, op.pc)
             elif kind == "mute":
                 assert isinstance(op.kind, str) and isinstance(op.muted, bool)
                 media.set_muted(pid, op.kind, op.muted)

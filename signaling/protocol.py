@@ -180,6 +180,17 @@ class Candidate(Message, tag="candidate"):
     sdp_mline_index: int | None = None
 
 
+class RestartIce(Message, tag="restart_ice"):
+    """My network changed (ICE on a session went `disconnected` or `failed`, or the browser
+    went online again): restart ICE on the `subscribe` session, where the SFU is the offerer.
+    The SFU offers again (`offer`) with new ICE credentials; the client answers as usual, and
+    media moves to the new path with the same DTLS association, membership, consent and
+    annotations. The client restarts the `publish` session itself: an `offer` with new ICE
+    credentials (`RTCPeerConnection.restartIce()`) is answered with the SFU's new ones."""
+
+    pc: Literal["subscribe"] = "subscribe"
+
+
 CaseLabel = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
 """What the chair calls a case of the agenda ("case 3"). Prefer agenda numbers to patient names:
 labels are kept with the recording (its manifest) for as long as it is."""
@@ -283,6 +294,7 @@ ClientMessage = (
     | Offer
     | Answer
     | Candidate
+    | RestartIce
     | RequestConsent
     | Consent
     | VerbalConsent

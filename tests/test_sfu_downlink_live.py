@@ -72,7 +72,9 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
     transceiver = client.subscribe_pc.getTransceivers()[0]
     dtls = hooks.transport_of(transceiver)
     arrivals: list[tuple[bytes, int]] = []
-    hooks.hook_transport(dtls, lambda data, at: arrivals.append((data, at)), lambda data: None)
+    hooks.hook_transport(
+        dtls, lambda data, at, late: arrivals.append((data, at)), lambda data: None
+    )
     await eventually(lambda: len(arrivals) > 150, timeout=15)
 
     numbers = [transport_sequence(packet) for packet, _ in arrivals]
@@ -142,7 +144,7 @@ async def test_a_subscriber_that_declines_transport_cc_gets_unnumbered_packets(
     await eventually(lambda: client.subscribe_pc.connectionState == "connected", timeout=15)
     dtls = hooks.transport_of(client.subscribe_pc.getTransceivers()[0])
     arrivals: list[bytes] = []
-    hooks.hook_transport(dtls, lambda data, at: arrivals.append(data), lambda data: None)
+    hooks.hook_transport(dtls, lambda data, at, late: arrivals.append(data), lambda data: None)
     await eventually(lambda: len(arrivals) > 30, timeout=15)
     assert all(transport_sequence(packet) is None for packet in arrivals)
     assert all(len(packet) > 12 for packet in arrivals)

@@ -129,6 +129,7 @@ async def test_every_message_protocol_js_builds_is_valid_for_the_server(
             conn.candidate("publish", { candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host",
                                         sdpMid: "0", sdpMLineIndex: 0 });
             conn.candidate("subscribe", null);
+            conn.restartIce();
             conn.requestConsent();
             conn.consent("granted", "2026-12");
             conn.consent("declined");

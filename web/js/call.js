@@ -1,7 +1,8 @@
 // One visit to a room: the signalling connection, the media sessions, the room events, and
 // coming back by itself after a network blip: first a `resume` of the same participant (media
 // sessions kept, nothing missed), then, if the server refuses it, a rejoin (the server lets an
-// admitted person skip the lobby).
+// admitted person skip the lobby). Media whose network changed restarts ICE on the same
+// sessions (`restartMedia`); only if media is not back in time does the page rejoin.
 
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { t } from "./i18n.js";
@@ -25,12 +26,27 @@ const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]
 // A socket gone without a close frame is resumed first (the server holds the participant for
 // its `resume_grace_s`); a short pause lets a network switch settle.
 const RESUME_DELAY_MS = 300;
+// How long an ICE restart may take to bring both media sessions back before the page rejoins.
+const ICE_RESTART_TIMEOUT_MS = 10_000;
+const RESTART_POLL_MS = 100;
+const RESTART_SETTLE_MS = 5000;
 
 /** The room notice's key for a refused request: the code's own words (what happened, what to
  * do), or the generic refusal for a code this client has no words for (a newer server). */
 export function refusalNotice(code) {
   const key = `room.error_${code}`;
   return t(key) === key ? "room.refused" : key;
+}
+
+/** The id of a session's selected ICE candidate pair (a restart that worked selects a pair of
+ * the new generation), or null. */
+async function selectedPair(pc) {
+  if (!pc || pc.signalingState === "closed") return null;
+  let id = null;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) id = s.selectedCandidatePairId;
+  });
+  return id;
 }
 
 /** A ParticipantInfo with its defaults filled (the server leaves default fields out). */
@@ -58,6 +74,11 @@ export class Call {
     // server gave no resume token.
     this.session = null;
     this.resuming = false; // a resume is under way on a new socket
+    // An ICE restart under way ({media, reason, startedAt, pairs, timer, poll, publishOwed}), or
+    // null; `restartPending`: one was asked for while the socket was away (sent once it is back).
+    this.iceRestart = null;
+    this.restartPending = false;
+    this.restartedAt = null; // when the last restart brought media back (performance.now())
     dataChannels.on("closed", () => this.recoverData());
   }
 
@@ -147,6 +168,7 @@ export class Call {
         state.connection.signalling = "open";
         if (state.notice === "room.reconnecting") state.notice = "";
         state.resumes += 1;
+        if (this.restartPending) this.restartMedia("resumed");
         break;
       case "participant_updated":
         this.updated(person(msg.participant), msg.by);
@@ -165,6 +187,10 @@ export class Call {
         break;
       case "answer":
         if (msg.pc === "publish") await this.media?.onAnswer(msg.sdp);
+        if (msg.pc === "publish" && this.iceRestart?.publishOwed) {
+          this.iceRestart.publishOwed = false;
+          await this.media?.offerPublish(); // the restart's offer, held back until now
+        }
         break;
       case "image_shared":
         imageShared(msg);
@@ -227,6 +253,108 @@ export class Call {
     await localMedia.ready;
     await this.media.publish(localMedia.stream, state.media.videoMuted);
     if (this.screenTrack) await this.media.startScreen(this.screenTrack);
+  }
+
+  /** My network changed (connectivity.js: ICE disconnected or failed, the browser back online):
+   * restart ICE on my media sessions, keeping the room, consent and annotations. The publish
+   * session offers new ICE credentials (`restartIce()`); the SFU re-offers the subscribe session
+   * (`restart_ice`). "Reconnecting…" shows meanwhile; without media back in time, join again. */
+  restartMedia(reason) {
+    const media = this.media;
+    if (!media || this.leaving || state.screen !== "room" || this.iceRestart?.media === media) {
+      return;
+    }
+    if (this.resuming || state.connection.signalling !== "open") {
+      this.restartPending = true; // nothing can be sent yet: once the socket is back
+      return;
+    }
+    this.restartPending = false;
+    const restart = {
+      media,
+      reason,
+      startedAt: performance.now(),
+      // Back when each session has selected a pair of the new generation: its state says
+      // "connected" on the dead pair until Chromium notices, and always on a working one.
+      pairs: null,
+      timer: setTimeout(() => this.restartTimedOut(media), ICE_RESTART_TIMEOUT_MS),
+      poll: setInterval(() => this.checkRestart().catch(() => {}), RESTART_POLL_MS),
+    };
+    this.iceRestart = restart;
+    state.iceRestarts = (state.iceRestarts ?? 0) + 1;
+    state.notice = "room.reconnecting";
+    changed();
+    this.sendRestart(media, restart).catch((err) => this.fail(`ICE restart: ${err}`));
+  }
+
+  async sendRestart(media, restart) {
+    restart.pairs = {
+      publish: await selectedPair(media.publishPc),
+      subscribe: await selectedPair(media.subscribePc),
+    };
+    const publish = media.publishPc;
+    if (publish && publish.signalingState !== "closed") {
+      publish.restartIce();
+      // An offer still waiting for its answer carries the old credentials: the next one, with
+      // the new ones, is made once that answer is in (`answerApplied`).
+      if (publish.signalingState === "stable") await media.offerPublish();
+      else restart.publishOwed = true;
+    }
+    if (media.subscribePc) this.signalling.restartIce("subscribe");
+  }
+
+  /** Whether the restart under way brought both media sessions back; if so, say so. */
+  async checkRestart() {
+    const restart = this.iceRestart;
+    if (!restart?.pairs || restart.checking) return;
+    restart.checking = true;
+    try {
+      const sessions = { publish: restart.media.publishPc, subscribe: restart.media.subscribePc };
+      for (const [name, pc] of Object.entries(sessions)) {
+        if (!pc) continue;
+        // Not iceConnectionState: Chromium may report the old pair's loss ("disconnected")
+        // for seconds after media moved to the new one.
+        const pair = await selectedPair(pc);
+        if (pair === null || pair === restart.pairs[name]) return;
+      }
+    } finally {
+      restart.checking = false;
+    }
+    if (this.iceRestart !== restart) return;
+    this.stopRestart();
+    this.restartedAt = performance.now();
+    state.iceRestartMs = Math.round(this.restartedAt - restart.startedAt);
+    if (state.notice === "room.reconnecting" && !this.resuming) state.notice = "";
+    changed();
+  }
+
+  /** Whether a restart brought media back a moment ago: Chromium may still report the old
+   * pair's loss ("disconnected") for a few seconds, which is no reason to restart again. */
+  restartedRecently() {
+    return performance.now() - (this.restartedAt ?? -Infinity) < RESTART_SETTLE_MS;
+  }
+
+  stopRestart() {
+    if (!this.iceRestart) return;
+    clearTimeout(this.iceRestart.timer);
+    clearInterval(this.iceRestart.poll);
+    this.iceRestart = null;
+  }
+
+  restartTimedOut(media) {
+    if (this.iceRestart?.media !== media || this.leaving) return;
+    this.stopRestart();
+    console.warn("media did not come back after an ICE restart; joining again");
+    state.iceRestartFallbacks = (state.iceRestartFallbacks ?? 0) + 1;
+    this.rejoin();
+  }
+
+  /** Join again as the same identity (the room lets an admitted person straight back in): new
+   * media sessions, when the old ones could not be restarted. */
+  rejoin() {
+    this.session = null; // not a resume: it would keep the media sessions that failed
+    this.resuming = false;
+    this.signalling?.abandon();
+    this.closed(CLOSE.abnormal, "");
   }
 
   /** Someone's state changed; if it is me and a chair muted me, follow (and say so). */
@@ -313,6 +441,7 @@ export class Call {
   leave() {
     this.leaving = true;
     this.resuming = false;
+    this.stopRestart();
     const signalling = this.signalling;
     signalling.leave();
     // The server closes with 1000; if it does not answer, close from here. This connection,
@@ -341,6 +470,8 @@ export class Call {
     leftRoom();
     this.media?.close();
     this.media = null;
+    this.stopRestart();
+    this.restartPending = false;
     const retry = RETRY_CODES.has(code) && !this.leaving && state.reconnects < MAX_RECONNECTS;
     if (retry) {
       const delay = RECONNECT_DELAY_MS[state.reconnects];

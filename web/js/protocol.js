@@ -60,6 +60,7 @@ export const CLIENT_MESSAGES = {
   offer: { sdp: REQUIRED, pc: "publish", screen: [] },
   answer: { sdp: REQUIRED, pc: "publish" },
   candidate: { candidate: REQUIRED, pc: "publish", sdp_mid: null, sdp_mline_index: null },
+  restart_ice: { pc: "subscribe" },
   request_consent: {},
   consent: { decision: REQUIRED, notice_version: "" },
   verbal_consent: { participant_id: REQUIRED, decision: "granted" },
@@ -296,6 +297,10 @@ export class SignallingConnection {
   }
   answer(pc, sdp) {
     this.send("answer", { pc, sdp });
+  }
+  restartIce(pc = "subscribe") {
+    // The publish session restarts with its own offer (restartIce()); the SFU offers subscribe.
+    this.send("restart_ice", { pc });
   }
   candidate(pc, candidate) {
     // A null candidate ends gathering: sent as an empty `candidate`.
