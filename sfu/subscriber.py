@@ -92,13 +92,13 @@ class Subscriber:
         self.downlink = DownlinkEstimator(SentPackets())
         """This participant's downlink estimate, from the transport feedback on what the
         transport numbered (`downlink.sent`, one numbering for every slot)."""
+        self._restart: ice_restart.IceRestart | None = None
+        """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
     @property
     def downlink_bps(self) -> int | None:
         """Bits per second this participant's link can take now (None: no estimate yet)."""
         return self.downlink.estimate_bps
-        self._restart: ice_restart.IceRestart | None = None
-        """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
