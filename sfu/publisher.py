@@ -27,6 +27,7 @@ from sfu import aiortc_hooks as hooks
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
+from sfu.layered import LayeredTrack
 from sfu.simulcast import SimulcastOffer, answer_simulcast, read_simulcast_offers
 from sfu.twcc import (
     MAX_PENDING,
@@ -283,7 +284,7 @@ class Publisher:
             layers=self._simulcast[mid].layers if mid in self._simulcast else (),
         )
         dtls = hooks.transport_of(transceiver)
-        track = PublishedTrack(
+        track = (LayeredTrack if info.layers else PublishedTrack)(
             info,
             ssrc=ssrc,
             rtx_ssrc=rtx_ssrc,
@@ -310,9 +311,10 @@ class Publisher:
             number = header.extensions.get(self._twcc_id)
             if number is not None and twcc.record(int.from_bytes(number[:2], "big"), arrival_ms):
                 self._send_feedback(twcc, arrival_ms)
-        # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
-        # forwards its lowest, the one a simulcasting browser always sends.
-        if layer == 0:
+        if track.layered:  # a simulcast camera: each slot gets its own layer (sfu.layered)
+            assert isinstance(track, LayeredTrack)
+            track.forward_layer(packet, header, arrival_ms, layer)
+        else:
             track.forward(packet, header, arrival_ms)
         level_id = track.ext_ids.audio_level
         if level_id is not None and not track.video:  # the room's speaker: one byte read
@@ -350,9 +352,11 @@ class Publisher:
         now = time.monotonic()
         for decision in decisions:
             if isinstance(decision, SenderReport):
-                track = self.demux.media_track(decision.ssrc)
-                if track is not None:
-                    track.on_sender_report(decision.ntp_timestamp, decision.rtp_timestamp, now)
+                stream = self.demux.media_stream(decision.ssrc)
+                if stream is not None:  # a simulcast layer's SR goes to the slots on it
+                    stream.track.on_sender_report(
+                        decision.ntp_timestamp, decision.rtp_timestamp, now, stream.layer
+                    )
 
     def set_muted(self, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding this participant's audio or video."""
