@@ -247,6 +247,28 @@ class MediaFailed(Message, tag="media_failed"):
     the browser had no usable TURN server."""
 
 
+DevicePixels = Annotated[int, msgspec.Meta(ge=0, le=8192)]
+"""One side of a tile, in device pixels (CSS pixels times `devicePixelRatio`)."""
+MAX_RENDER_SIZES = 64
+"""Most tiles one `render_sizes` message may report."""
+
+
+class RenderSizes(Message, tag="render_sizes"):
+    """The size at which my page shows each video track I receive, by the subscribe session's
+    media id: the SFU forwards each simulcast camera in the smallest layer that covers its tile
+    (within my bandwidth), and nothing at all for a tile that is hidden or off screen. A media
+    id never reported is taken as shown at an unknown size (it gets what the bandwidth allows).
+    Send it when the layout changes, not per frame; each message replaces the sizes it names."""
+
+    sizes: Annotated[
+        dict[Annotated[str, msgspec.Meta(max_length=32)],
+             Annotated[list[DevicePixels], msgspec.Meta(min_length=2, max_length=2)]],
+        msgspec.Meta(max_length=MAX_RENDER_SIZES),
+    ]  # fmt: skip
+    """`{"<mid>": [width, height]}`; `[0, 0]`: hidden or off screen (nothing is forwarded; a
+    keyframe is asked for when it shows again)."""
+
+
 ClientMessage = (
     Join
     | Resume
@@ -268,6 +290,7 @@ ClientMessage = (
     | StopRecording
     | MarkCase
     | MediaFailed
+    | RenderSizes
 )
 """Everything a client may send."""
 

@@ -139,6 +139,7 @@ async def test_every_message_protocol_js_builds_is_valid_for_the_server(
             conn.markCase("case 3");
             conn.mediaFailed("ice_failed", "publish", ["host", "srflx"]);
             conn.mediaFailed("no_media", "subscribe");
+            conn.renderSizes({ "1": [320, 180], "3": [0, 0] });
             return sent;
         })"""
     )

@@ -67,6 +67,7 @@ export const CLIENT_MESSAGES = {
   stop_recording: {},
   mark_case: { label: REQUIRED },
   media_failed: { cause: REQUIRED, pc: "publish", candidates: [] },
+  render_sizes: { sizes: REQUIRED },
 };
 
 /** What the server sends; it leaves out every field that has its default. */
@@ -284,6 +285,11 @@ export class SignallingConnection {
   }
   mediaFailed(cause, pc, candidates = []) {
     this.send("media_failed", { cause, pc, candidates });
+  }
+  /** The size each received video is shown at, by subscribe mid: `{mid: [width, height]}` in
+   * device pixels, `[0, 0]` for a hidden tile (the SFU then forwards it nothing). */
+  renderSizes(sizes) {
+    this.send("render_sizes", { sizes });
   }
   offer(pc, sdp, screen = []) {
     this.send("offer", { pc, sdp, screen });
