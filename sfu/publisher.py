@@ -46,6 +46,10 @@ PERMISSION_OF_SOURCE = {
 }
 """The policy action each kind of published media needs."""
 
+LAYERED_CODECS = frozenset({"vp8", "h264"})
+"""Video codecs whose simulcast layers the SFU switches between (`sfu.layers` spots their
+keyframes); a room in another codec gets its cameras as one stream."""
+
 NO_MIDS: frozenset[str] = frozenset()
 """Where a publisher's sets of media ids start: one shared empty set, replaced at its first offer.
 
@@ -191,18 +195,25 @@ class Publisher:
         self, transceiver: RTCRtpTransceiver, offer: SimulcastOffer | None
     ) -> None:
         """Accept the layers a camera is offered in (with their RID extensions); a screen share
-        stays one layer (its text must stay sharp), as does an offer without the RID extension."""
+        stays one layer (its text must stay sharp), as does an offer without the RID extension
+        or in a codec whose layers the SFU cannot switch."""
         mid = str(transceiver.mid)
         if (
             offer is None
             or offer.rid_extension is None
             or transceiver.kind != "video"
             or mid in self._screen_mids
+            or not self._layered_codec(transceiver)
         ):
             self._simulcast.pop(mid, None)
             return
         hooks.negotiate_extensions(transceiver, offer.extensions)
         self._simulcast[mid] = offer
+
+    def _layered_codec(self, transceiver: RTCRtpTransceiver) -> bool:
+        """Whether the room's video codec, as this offer gets it, is one of `LAYERED_CODECS`."""
+        codec = self.room.choose_codec("video", hooks.negotiated_codecs(transceiver))
+        return codec is not None and codec.split("/")[-1].lower() in LAYERED_CODECS
 
     def _accept_transport_cc(
         self, transceiver: RTCRtpTransceiver, offer: TransportCcOffer | None
