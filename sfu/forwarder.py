@@ -170,6 +170,11 @@ class OutboundSlot:
             return
         if self.source is not None:
             self.source.detach(self)
+        switch = self.layer_switch
+        if switch is not None and switch.last_sent_at is not None:
+            # A simulcast source's numbering (kept by its switch): the next one continues it.
+            self.last_seq, self.last_ts = switch.last_sequence, switch.last_timestamp
+            self.last_sent_at = switch.last_sent_at
         self.source = track
         self.started = False
         self.remb_bps = 0
