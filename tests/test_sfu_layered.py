@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from random import Random
 
+from aiortc import RTCConfiguration
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 
 from core.media.rtp import ExtensionIds, parse_header, unwrap_rtx
@@ -15,6 +16,7 @@ from core.media.track import TrackInfo
 from sfu.forwarder import OutboundSlot
 from sfu.layer_choice import split_budget
 from sfu.layered import LayeredTrack
+from sfu.subscriber import Subscriber
 
 SSRCS = (1001, 2002, 3003)
 SIZES = ((160, 120), (320, 240), (640, 480))
@@ -179,3 +181,45 @@ def test_the_budget_is_split_with_the_speaker_getting_more() -> None:
     assert split_budget(None, [3, 1], 2) == [None, None]
     assert split_budget(1_080_000, [3, 1, 1, 1], 2) == [500_000, 166_666, 166_666, 166_666]
     assert split_budget(50_000, [1], 2) == [0], "audio first: nothing left is still a budget"
+
+
+def _measured(track: LayeredTrack, now: float) -> None:
+    """Layers as the meter would know them after a second of a browser's three encodings."""
+    for state, size, bitrate in zip(
+        track.meter.layers, SIZES, (150_000, 500_000, 1_400_000), strict=True
+    ):
+        state.width, state.height = size
+        state.bitrate, state.last_packet_at = bitrate, now
+
+
+def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
+    subscriber = Subscriber(None, "sub", RTCConfiguration(), lambda event: None, None)  # type: ignore[arg-type]
+    tracks = []
+    for n in range(3):
+        track = _track([])
+        track.info = TrackInfo("room", f"pub{n}", f"pub{n}:0", "video", "video/VP8", 90000, 96,
+                               layers=("q", "h", "f"))  # fmt: skip
+        slot = _slot([])
+        slot.assign(track, now=10.0)
+        subscriber.slots.append(slot)
+        tracks.append(track)
+
+    def choose(now: float, speaker: str | None) -> None:
+        for track in tracks:
+            _measured(track, now)
+        subscriber.choose_layers(now, speaker)
+
+    def layers() -> list[int | None]:
+        return [s.layer_switch.target for s in subscriber.slots if s.layer_switch is not None]
+
+    choose(10.0, speaker=None)
+    assert layers() == [2, 2, 2], "no estimate yet, tiles of unknown size: the top layer"
+    subscriber.downlink_bps = 3_500_000  # shares: 0.7, 2.1 and 0.7 Mbps
+    choose(10.5, speaker="pub1")
+    assert layers() == [1, 2, 1], "the speaker's share fits the top layer, the others' not"
+    subscriber.slots[0].show((160, 120), 11.0)
+    choose(11.0, speaker="pub1")
+    assert layers()[0] == 0, "a thumbnail needs no more than the lowest"
+    subscriber.slots[2].show((0, 0), 11.5)
+    choose(11.5, speaker="pub1")
+    assert layers()[2] is None and subscriber.slots[2] not in tracks[2].slots, "hidden: nothing"
