@@ -110,6 +110,12 @@ class Demux:
             return None
         return stream.track
 
+    def media_stream(self, ssrc: int) -> InboundStream | None:
+        """The media (not RTX) stream with this SSRC, of any layer (a sender report names it:
+        each layer's SR describes that layer's clock)."""
+        stream = self.by_ssrc.get(ssrc)
+        return None if stream is None or stream.rtx else stream
+
     def _learn_ssrc(self, data: bytes) -> InboundStream | None:
         """An SSRC the SDP did not announce: find its track by the MID header extension (and
         its layer by the RID extensions)."""

@@ -42,6 +42,7 @@ from core.media.rtp import (
     wrap_rtx,
 )
 from core.media.track import TrackInfo
+from sfu.layers import LayerSwitch, rewrite_vp8_descriptor
 from sfu.retransmit import RetransmitBudget
 from sfu.sinks import MediaSink
 
@@ -128,6 +129,14 @@ class OutboundSlot:
     """The subscriber's latest receiver-estimated maximum bitrate for this slot."""
     fraction_lost: int = 0
     """From the subscriber's latest receiver report (out of 256)."""
+    layer_switch: LayerSwitch | None = None
+    """For a simulcast source (`sfu.layered`): which of its layers this slot carries, and the
+    numbering that makes them one stream; None for a source sent as one stream."""
+    render_size: tuple[int, int] | None = None
+    """The size, in device pixels, the subscriber's page shows this track at (`render_sizes`;
+    None: never told, shown at an unknown size)."""
+    hidden: bool = False
+    """The page shows this track nowhere (a `render_sizes` of 0 x 0): nothing is forwarded."""
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)
@@ -164,23 +173,39 @@ class OutboundSlot:
             return
         if self.source is not None:
             self.source.detach(self)
+        switch = self.layer_switch
+        if switch is not None and switch.last_sent_at is not None:
+            # A simulcast source's numbering (kept by its switch): the next one continues it.
+            self.last_seq, self.last_ts = switch.last_sequence, switch.last_timestamp
+            self.last_sent_at = switch.last_sent_at
         self.source = track
         self.started = False
         self.remb_bps = 0
+        self.layer_switch = None
+        # The page reports sizes by media id: a new publisher on this slot is another tile.
+        self.render_size = None
+        self.hidden = False
         if track is not None:
             track.attach(self, now)
 
-    def rewritten(self, data: bytes, header: RtpHeader, ext: bytes) -> bytes:
-        """This slot's copy of a source packet."""
-        return rewrite(
-            data,
-            header,
-            payload_type=self.payload_type,
-            sequence=(header.sequence + self.seq_offset) & 0xFFFF,
-            timestamp=(header.timestamp + self.ts_offset) & 0xFFFFFFFF,
-            ssrc=self.ssrc,
-            extensions=ext,
-        )
+    def show(self, size: tuple[int, int], now: float) -> None:
+        """The page shows this slot's track at `size` (device pixels; 0 x 0: not at all). A
+        hidden track stops being forwarded; shown again, it restarts at a keyframe."""
+        self.render_size = size
+        hidden = size[0] <= 0 or size[1] <= 0
+        if hidden == self.hidden:
+            return
+        self.hidden = hidden
+        track = self.source
+        if track is None:
+            return
+        if hidden:
+            track.detach(self)
+            if self.layer_switch is not None:
+                self.layer_switch.want(None)
+        else:
+            self.started = False
+            track.attach(self, now)
 
     def retransmit(
         self,
@@ -195,27 +220,50 @@ class OutboundSlot:
         would exceed its share (`forwarded_bytes`: all bytes forwarded to the subscriber so
         far); None: every packet still held is resent."""
         track = self.source
-        if track is None or not self.started:
+        if track is None:
+            return []
+        switch = self.layer_switch
+        if switch is None and not self.started:
             return []
         if now is None:
             now = track.now
         missed: list[int] = []
-        history = track.history
+        layers_missed: dict[int, list[int]] = {}
+        histories = track.histories
         for out_seq in out_sequences:
-            in_seq = (out_seq - self.seq_offset) & 0xFFFF
-            data = history.get(in_seq)
+            prefix, skip = b"", 0
+            if switch is None:
+                layer, in_seq, ts_offset = 0, (out_seq - self.seq_offset) & 0xFFFF, self.ts_offset
+            else:
+                found = switch.source_of(out_seq)
+                if found is None:
+                    if budget is not None:
+                        budget.gone()
+                    continue
+                start, in_seq = found
+                layer, ts_offset = start.layer, start.timestamp_offset
+            data = histories[layer].get(in_seq)
             if data is None:
                 if budget is not None:
                     budget.gone()
-                missed.append(in_seq)
+                (missed if switch is None else layers_missed.setdefault(layer, [])).append(in_seq)
                 continue
             if budget is not None and budget.allow(
-                (self.ssrc << 16) | out_seq, history.arrived_at(in_seq), len(data),
+                (self.ssrc << 16) | out_seq, histories[layer].arrived_at(in_seq), len(data),
                 forwarded_bytes, now,
             ) is not None:  # fmt: skip
                 continue
             header = parse_header(data)
-            packet = self.rewritten(data, header, track.extensions_for(self, header, now))
+            if switch is not None and (start.picture_id_offset or start.tl0_offset):
+                prefix, skip, _, _ = rewrite_vp8_descriptor(
+                    data[header.payload_start : header.payload_end],
+                    start.picture_id_offset, start.tl0_offset,
+                )  # fmt: skip
+            packet = layer_copy(
+                data, header, payload_type=self.payload_type, sequence=out_seq,
+                timestamp=(header.timestamp + ts_offset) & 0xFFFFFFFF, ssrc=self.ssrc,
+                extensions=track.extensions_for(self, header, now), prefix=prefix, skip=skip,
+            )  # fmt: skip
             if self.rtx_payload_type is not None and self.rtx_ssrc:
                 packet = wrap_rtx(
                     packet, ssrc=self.rtx_ssrc, payload_type=self.rtx_payload_type,
@@ -224,17 +272,27 @@ class OutboundSlot:
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
             track.retransmitted += 1
             self.send_rtp(packet)
+        for layer, sequences in layers_missed.items():  # a layer's own publisher stream
+            track.nack_upstream(sequences, now, layer)
         return missed
 
-    def sender_report(self, ntp: int, rtp_timestamp: int) -> None:
-        """Forward the publisher's clock mapping, in this slot's timestamp space (lip sync)."""
-        if not (self.ready and self.started):
+    def sender_report(self, ntp: int, rtp_timestamp: int, layer: int = 0) -> None:
+        """Forward the publisher's clock mapping, in this slot's timestamp space (lip sync).
+        `layer`: the simulcast layer whose stream it describes (only the one forwarded counts)."""
+        switch = self.layer_switch
+        if switch is None:
+            if not (self.ready and self.started):
+                return
+            ts_offset = self.ts_offset
+        elif not self.ready or switch.current != layer:
             return
+        else:
+            ts_offset = switch.switch.timestamp_offset
         report = RtcpSrPacket(
             ssrc=self.ssrc,
             sender_info=RtcpSenderInfo(
                 ntp_timestamp=ntp,
-                rtp_timestamp=(rtp_timestamp + self.ts_offset) & 0xFFFFFFFF,
+                rtp_timestamp=(rtp_timestamp + ts_offset) & 0xFFFFFFFF,
                 packet_count=self.packets & 0xFFFFFFFF,
                 octet_count=self.octets & 0xFFFFFFFF,
             ),
@@ -244,6 +302,10 @@ class OutboundSlot:
 
 class PublishedTrack:
     """One stream a participant publishes, and the slots it is forwarded to."""
+
+    layered = False
+    """Published in simulcast layers (`sfu.layered.LayeredTrack`): its packets go through
+    `forward_layer`, not `forward`."""
 
     def __init__(
         self,
@@ -267,6 +329,8 @@ class PublishedTrack:
         self.sinks = sinks
         self.slots: list[OutboundSlot] = []
         self.history = RetransmissionBuffer()
+        self.histories = [self.history]
+        """Each layer's history (one for a track sent as one stream)."""
         self.keyframes = KeyframeRequests()
         self.muted = False
         self.video = info.kind == "video"
@@ -421,8 +485,9 @@ class PublishedTrack:
 
     # -- RTCP towards the publisher ------------------------------------------------------------
 
-    def request_keyframe(self, now: float) -> None:
-        """Ask the publisher for a keyframe, at most once per interval (deferred otherwise)."""
+    def request_keyframe(self, now: float, layer: int | None = None) -> None:
+        """Ask the publisher for a keyframe, at most once per interval (deferred otherwise).
+        `layer`: of which simulcast layer (a track sent as one stream has one)."""
         self.now = max(self.now, now)
         if self.video and self.keyframes.request(now):
             self._send_pli()
@@ -437,27 +502,35 @@ class PublishedTrack:
         packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
         self.send_to_publisher(bytes(packet))
 
-    def nack_upstream(self, sequences: list[int], now: float) -> None:
+    def nack_upstream(self, sequences: list[int], now: float, layer: int = 0) -> None:
         """Ask the publisher for packets a subscriber lost and our history lacks (once each
-        per 100 ms, so many subscribers missing one packet cause one request)."""
-        fresh = [s for s in sequences if now - self._nacked.get(s, -1.0) > 0.1]
-        if not fresh:
+        per 100 ms, so many subscribers missing one packet cause one request). `layer`: the
+        simulcast layer whose stream lost them."""
+        key = layer << 16
+        fresh = [s for s in sequences if now - self._nacked.get(key | s, -1.0) > 0.1]
+        media_ssrc = self.layer_ssrc(layer)
+        if not fresh or not media_ssrc:
             return
         for s in fresh:
-            self._nacked[s] = now
+            self._nacked[key | s] = now
         if len(self._nacked) > 4 * HISTORY_SIZE:
             self._nacked = {s: t for s, t in self._nacked.items() if now - t < 1.0}
-        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
+        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc, media_ssrc=media_ssrc)
         packet.lost = sorted(fresh)
         self.send_to_publisher(bytes(packet))
 
-    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
-        """The publisher's SR, received at `now`: remember it for our RR, forward it to every
-        slot."""
-        self.last_sr_ntp = ntp
-        self.last_sr_at = now
+    def layer_ssrc(self, layer: int) -> int:
+        """The publisher's SSRC for a layer's stream (0: not seen yet)."""
+        return self.ssrc if layer == 0 else 0
+
+    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float, layer: int = 0) -> None:
+        """The publisher's SR for `layer`'s stream, received at `now`: remember the lowest's
+        for our RR, forward each to the slots that carry its layer."""
+        if layer == 0:
+            self.last_sr_ntp = ntp
+            self.last_sr_at = now
         for slot in self.slots:
-            slot.sender_report(ntp, rtp_timestamp)
+            slot.sender_report(ntp, rtp_timestamp, layer)
 
     def receiver_report(self, now: float) -> RtcpReceiverInfo | None:
         """Our reception of this track at `now`, for an RR to the publisher (RFC 3550 A.3)."""
@@ -492,6 +565,32 @@ class PublishedTrack:
             return None
         median = estimates[len(estimates) // 2]
         return max(150_000, min(median, 4_000_000))
+
+
+def layer_copy(
+    data: bytes,
+    header: RtpHeader,
+    *,
+    payload_type: int,
+    sequence: int,
+    timestamp: int,
+    ssrc: int,
+    extensions: bytes,
+    prefix: bytes = b"",
+    skip: int = 0,
+) -> bytes:
+    """`rtp.rewrite`, with the first `skip` payload bytes replaced by `prefix` (a simulcast
+    layer's VP8 descriptor renumbered by `sfu.layers`)."""
+    if not skip:
+        return rewrite(
+            data, header, payload_type=payload_type, sequence=sequence, timestamp=timestamp,
+            ssrc=ssrc, extensions=extensions,
+        )  # fmt: skip
+    first = 0x80 | (data[0] & 0x20) | (0x10 if extensions else 0)
+    return b"".join((
+        _RTP_HEADER.pack(first, (data[1] & 0x80) | payload_type, sequence, timestamp, ssrc),
+        extensions, prefix, data[header.payload_start + skip :],
+    ))  # fmt: skip
 
 
 def receiver_report_packet(rtcp_ssrc: int, reports: list[RtcpReceiverInfo]) -> bytes:

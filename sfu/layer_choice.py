@@ -31,6 +31,11 @@ RATE_WINDOW_S = 1.0
 """How long each layer's bytes are counted for its bitrate."""
 UP_HEADROOM = 0.8
 """A subscriber climbs to a layer only when its bitrate fits in this share of the budget."""
+SPEAKER_WEIGHT = 3
+"""The active speaker's camera gets this many shares of a subscriber's video budget, every other
+video one (the speaker is shown large, the rest as thumbnails)."""
+AUDIO_BPS = 40_000
+"""What each audio track a subscriber receives is counted at before its video is budgeted."""
 COVERS = 0.9
 """A layer covers a tile when it is at least this share of the tile's width and height (a
 slightly smaller picture scaled up is not worth the next layer's bitrate)."""
@@ -125,3 +130,16 @@ def choose_layer(
         if layers[index].bitrate <= limit:
             chosen = index
     return chosen
+
+
+def split_budget(
+    downlink_bps: int | None, weights: Sequence[int], audio_tracks: int
+) -> list[int | None]:
+    """Each video track's share of a subscriber's downlink estimate (None: no estimate yet,
+    no budget), in proportion to `weights` (`SPEAKER_WEIGHT` for the speaker), after its
+    `audio_tracks` audio tracks."""
+    if downlink_bps is None:
+        return [None] * len(weights)
+    video = max(downlink_bps - audio_tracks * AUDIO_BPS, 0)
+    total = sum(weights) or 1
+    return [video * weight // total for weight in weights]

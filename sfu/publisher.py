@@ -28,6 +28,7 @@ from sfu import ice_restart
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
+from sfu.layered import LayeredTrack
 from sfu.simulcast import SimulcastOffer, answer_simulcast, read_simulcast_offers
 from sfu.twcc import (
     MAX_PENDING,
@@ -45,6 +46,10 @@ PERMISSION_OF_SOURCE = {
     "screen": Action.SHARE_SCREEN,
 }
 """The policy action each kind of published media needs."""
+
+LAYERED_CODECS = frozenset({"vp8", "h264"})
+"""Video codecs whose simulcast layers the SFU switches between (`sfu.layers` spots their
+keyframes); a room in another codec gets its cameras as one stream."""
 
 NO_MIDS: frozenset[str] = frozenset()
 """Where a publisher's sets of media ids start: one shared empty set, replaced at its first offer.
@@ -199,18 +204,25 @@ class Publisher:
         self, transceiver: RTCRtpTransceiver, offer: SimulcastOffer | None
     ) -> None:
         """Accept the layers a camera is offered in (with their RID extensions); a screen share
-        stays one layer (its text must stay sharp), as does an offer without the RID extension."""
+        stays one layer (its text must stay sharp), as does an offer without the RID extension
+        or in a codec whose layers the SFU cannot switch."""
         mid = str(transceiver.mid)
         if (
             offer is None
             or offer.rid_extension is None
             or transceiver.kind != "video"
             or mid in self._screen_mids
+            or not self._layered_codec(transceiver)
         ):
             self._simulcast.pop(mid, None)
             return
         hooks.negotiate_extensions(transceiver, offer.extensions)
         self._simulcast[mid] = offer
+
+    def _layered_codec(self, transceiver: RTCRtpTransceiver) -> bool:
+        """Whether the room's video codec, as this offer gets it, is one of `LAYERED_CODECS`."""
+        codec = self.room.choose_codec("video", hooks.negotiated_codecs(transceiver))
+        return codec is not None and codec.split("/")[-1].lower() in LAYERED_CODECS
 
     def _accept_transport_cc(
         self, transceiver: RTCRtpTransceiver, offer: TransportCcOffer | None
@@ -292,7 +304,7 @@ class Publisher:
             layers=self._simulcast[mid].layers if mid in self._simulcast else (),
         )
         dtls = hooks.transport_of(transceiver)
-        track = PublishedTrack(
+        track = (LayeredTrack if info.layers else PublishedTrack)(
             info,
             ssrc=ssrc,
             rtx_ssrc=rtx_ssrc,
@@ -326,9 +338,10 @@ class Publisher:
             number = header.extensions.get(self._twcc_id)
             if number is not None and twcc.record(int.from_bytes(number[:2], "big"), arrival_ms):
                 self._send_feedback(twcc, arrival_ms)
-        # Until each subscriber's slot picks its layer (sfu.layers), a simulcast track
-        # forwards its lowest, the one a simulcasting browser always sends.
-        if layer == 0:
+        if track.layered:  # a simulcast camera: each slot gets its own layer (sfu.layered)
+            assert isinstance(track, LayeredTrack)
+            track.forward_layer(packet, header, arrival_ms, layer, late)
+        else:
             track.forward(packet, header, arrival_ms, late)
         level_id = track.ext_ids.audio_level
         if level_id is not None and not track.video:  # the room's speaker: one byte read
@@ -366,9 +379,11 @@ class Publisher:
         now = time.monotonic()
         for decision in decisions:
             if isinstance(decision, SenderReport):
-                track = self.demux.media_track(decision.ssrc)
-                if track is not None:
-                    track.on_sender_report(decision.ntp_timestamp, decision.rtp_timestamp, now)
+                stream = self.demux.media_stream(decision.ssrc)
+                if stream is not None:  # a simulcast layer's SR goes to the slots on it
+                    stream.track.on_sender_report(
+                        decision.ntp_timestamp, decision.rtp_timestamp, now, stream.layer
+                    )
 
     def set_muted(self, kind: str, muted: bool) -> None:
         """Stop (or resume) forwarding this participant's audio or video."""

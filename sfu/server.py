@@ -252,6 +252,15 @@ class MediaServer:
         if media is not None:
             media.set_muted(kind, muted)
 
+    def show(self, participant_id: str, sizes: dict[str, tuple[int, int]]) -> None:
+        """The sizes a participant's page shows its received tracks at (`render_sizes`: device
+        pixels by subscribe media id; 0 x 0: hidden, nothing is forwarded to it)."""
+        media = self.participants.get(participant_id)
+        room = self._room_of.get(participant_id)
+        if media is not None:
+            speaker = room.speakers.speaker if room is not None else None
+            media.show(sizes, time.monotonic(), speaker)
+
     def stats(self) -> dict[str, int]:
         """Counters for the node's metrics (totals since start)."""
         tracks = [t for m in self.participants.values() for t in m.tracks.values()]
@@ -298,8 +307,10 @@ class MediaServer:
             await asyncio.sleep(0.2)
             count += 1
             now = time.monotonic()
-            for media in list(self.participants.values()):
+            for participant_id, media in list(self.participants.items()):
+                room = self._room_of.get(participant_id)
+                speaker = room.speakers.speaker if room is not None else None
                 try:
-                    media.tick(now, report=count % 5 == 0)
+                    media.tick(now, report=count % 5 == 0, speaker=speaker)
                 except Exception:
                     log.exception("RTCP tick failed", extra={"participant": media.participant_id})

@@ -146,9 +146,16 @@ class ParticipantMedia:
         """Stop (or resume) forwarding this participant's audio or video."""
         self.publisher.set_muted(kind, muted)
 
-    def tick(self, now: float, report: bool) -> None:
-        """Periodic RTCP towards the publisher (`Publisher.tick`)."""
+    def tick(self, now: float, report: bool, speaker: str | None = None) -> None:
+        """Periodic RTCP towards the publisher (`Publisher.tick`); the simulcast layers this
+        participant receives (`Subscriber.tick`; `speaker`: the room's active speaker)."""
         self.publisher.tick(now, report)
+        self.subscriber.tick(now, speaker)
+
+    def show(self, sizes: dict[str, tuple[int, int]], now: float, speaker: str | None) -> None:
+        """The sizes the page shows its received tracks at, by subscribe media id
+        (`Subscriber.show`)."""
+        self.subscriber.show(sizes, now, speaker)
 
     def send_data(self, label: str, message: str) -> None:
         """Send one message (JSON text) on this participant's data channel `label`, if open."""

@@ -24,6 +24,8 @@ from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
+from sfu.layer_choice import SPEAKER_WEIGHT, choose_layer, split_budget
+from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import RetransmitBudget
 from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
@@ -31,11 +33,16 @@ from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
 log = logging.getLogger("consilium.sfu.session")  # one log for a participant's media parts
 
+CHOOSE_EVERY_S = 0.5
+"""How often each subscriber's simulcast layers are chosen again (at the SFU's tick, never per
+packet): often enough to follow its link within ~2 s, and each switch costs a keyframe."""
+
 
 class Subscriber:
     """One participant's subscribe session: its slots, what each carries, their negotiation."""
 
     __slots__ = (
+        "_chosen_at",
         "_hooked",
         "_negotiating",
         "_negotiation_task",
@@ -92,6 +99,8 @@ class Subscriber:
         self.downlink = DownlinkEstimator(SentPackets())
         """This participant's downlink estimate, from the transport feedback on what the
         transport numbered (`downlink.sent`, one numbering for every slot)."""
+        self._chosen_at = 0.0
+        """When the layers were last chosen."""
         self._restart: ice_restart.IceRestart | None = None
         """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
@@ -119,6 +128,48 @@ class Subscriber:
             if slot.source is track:
                 slot.assign(None)
         self._announce_tracks()
+
+    def show(self, sizes: dict[str, tuple[int, int]], now: float, speaker: str | None) -> None:
+        """The page shows the tracks of these media ids at these sizes (device pixels; 0 x 0:
+        hidden, nothing is forwarded); the layers are chosen again at once."""
+        for slot in self.slots:
+            transceiver = self._transceivers.get(id(slot))
+            if transceiver is None or slot.kind != "video" or transceiver.mid not in sizes:
+                continue
+            slot.show(sizes[transceiver.mid], now)
+        self.choose_layers(now, speaker)
+
+    def tick(self, now: float, speaker: str | None) -> None:
+        """Periodic work: choose the simulcast layers again, every `CHOOSE_EVERY_S`."""
+        if now - self._chosen_at >= CHOOSE_EVERY_S:
+            self.choose_layers(now, speaker)
+
+    def choose_layers(self, now: float, speaker: str | None) -> None:
+        """Each shown simulcast track's layer: the smallest covering its tile, within its share
+        of the downlink (`speaker`'s camera gets the larger share)."""
+        self._chosen_at = now
+        shown = [
+            s for s in self.slots
+            if s.kind == "video" and s.source is not None and not s.hidden
+        ]  # fmt: skip
+        if not any(isinstance(slot.source, LayeredTrack) for slot in shown):
+            return
+        audio = sum(1 for s in self.slots if s.kind == "audio" and s.source is not None)
+        weights = [
+            SPEAKER_WEIGHT if s.source is not None and s.source.info.participant_id == speaker
+            else 1
+            for s in shown
+        ]  # fmt: skip
+        budgets = split_budget(self.downlink_bps, weights, audio)
+        for slot, budget in zip(shown, budgets, strict=True):
+            track, switch = slot.source, slot.layer_switch
+            if not isinstance(track, LayeredTrack) or switch is None:
+                continue
+            layer = choose_layer(
+                track.meter.layers, tile=slot.render_size or UNKNOWN_TILE, budget_bps=budget,
+                current=switch.current, now=now,
+            )  # fmt: skip
+            track.choose(slot, layer, now)
 
     def _session(self) -> RTCPeerConnection:
         if self.pc is None:
@@ -285,7 +336,8 @@ class Subscriber:
             if isinstance(decision, KeyframeRequest):
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None and slot.source is not None:
-                    slot.source.request_keyframe(now)
+                    switch = slot.layer_switch  # a simulcast source: the layer it carries
+                    slot.source.request_keyframe(now, None if switch is None else switch.target)
             elif isinstance(decision, BitrateEstimate):
                 self.downlink.on_remb(decision.bitrate)
                 for ssrc in decision.ssrcs:

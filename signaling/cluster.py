@@ -78,7 +78,9 @@ class MuteMedia(NodeEvent, tag="mute", frozen=True):
     """Which of their media."""
 
 
-MediaOp = Literal["join", "leave", "offer", "answer", "candidate", "restart_ice", "mute", "rec"]
+MediaOp = Literal[
+    "join", "leave", "offer", "answer", "candidate", "restart_ice", "mute", "rec", "render_sizes"
+]
 """The media operations a `MediaRequest` names."""
 
 
@@ -130,6 +132,9 @@ class MediaRequest(NodeEvent, tag="media", frozen=True, kw_only=True):
     """`rec`: the recording request's message type (`hello` when joining)."""
     fields: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     """`rec`: the recording request's fields."""
+    sizes: dict[str, list[int]] | msgspec.UnsetType = msgspec.UNSET
+    """`render_sizes`: the size each subscribed video is shown at, by media id (device pixels,
+    `[0, 0]`: hidden), as the client sent it (validated there)."""
     pid: str
     """The participant it is for."""
     origin: str

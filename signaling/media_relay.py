@@ -55,9 +55,14 @@ class MediaRelay:
         """Records the rooms whose media this node hosts (None without `media`)."""
 
     async def message(
-        self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate | p.RestartIce
+        self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate | p.RestartIce | p.RenderSizes
     ) -> None:
-        """SDP and ICE for the participant's sessions with the SFU hosting the room's media."""
+        """SDP and ICE for the participant's sessions with the SFU hosting the room's media, and
+        the sizes its page shows each received video at."""
+        if isinstance(msg, p.RenderSizes):
+            if self.media is not None and conn.media_node:  # a hint: no SFU, nothing to size
+                await self.call(conn, "render_sizes", sizes=msg.sizes)
+            return
         if self.media is None or not conn.media_node:
             request = type_of(msg)
             conn.send(
@@ -151,6 +156,9 @@ class MediaRelay:
             elif kind == "mute":
                 assert isinstance(op.kind, str) and isinstance(op.muted, bool)
                 media.set_muted(pid, op.kind, op.muted)
+            elif kind == "render_sizes":
+                assert isinstance(op.sizes, dict)
+                media.show(pid, {mid: (size[0], size[1]) for mid, size in op.sizes.items()})
             elif kind == "rec" and self.recorder is not None:
                 assert isinstance(op.action, str) and isinstance(op.fields, dict)
                 await self.recorder.handle(pid, op.action, op.fields)

@@ -378,7 +378,7 @@ class Rooms:
             effects = m.set_own_media(conn.room_id, me, msg.audio_muted, msg.video_muted)
         if effects is not None:
             await self._apply(effects, conn)
-        elif isinstance(msg, (p.Offer, p.Answer, p.Candidate, p.RestartIce)):
+        elif isinstance(msg, (p.Offer, p.Answer, p.Candidate, p.RestartIce, p.RenderSizes)):
             await self.relay.message(conn, msg)
         elif isinstance(msg, p.MediaFailed):
             self._media_failed(conn, msg)

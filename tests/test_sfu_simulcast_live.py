@@ -9,6 +9,7 @@ as raw RTP on its own (SRTP-protected) transport."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import struct
@@ -18,7 +19,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
 
-from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI
+from bot.client import MediaClient
+from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI, parse_header
 from sfu import aiortc_hooks as hooks
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
@@ -97,50 +99,176 @@ class LayerSender:
         return header + extensions + struct.pack("!H", sequence) + payload
 
 
-async def test_a_three_layer_camera_is_one_track_and_its_lowest_layer_decodes(
+class SimulcastPublisher:
+    """An aiortc publish session whose camera is sent as three real VP8 layers (30 fps, a
+    keyframe every half second on each, as the test sender decides)."""
+
+    def __init__(self, media: MediaHarness, participant_id: str = "a") -> None:
+        self.media = media
+        self.participant_id = participant_id
+        self.pc = RTCPeerConnection()
+        self.layers = [LayerSender(rid, size) for rid, size in LAYERS.items()]
+        self.frames = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Offer the simulcast camera, connect, and send the layers until `close`."""
+        await self.media.server.join("mdt-1", self.participant_id, frozenset({"publish_video"}))
+        transceiver = self.pc.addTransceiver("video", direction="sendonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await self.media.server.offer(
+            self.participant_id, "publish", simulcast_offer(self.pc.localDescription.sdp)
+        )
+        assert "a=simulcast:recv q;h;f" in answer and f"a=extmap:{RID_ID} {RID_URI}" in answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await eventually(lambda: self.pc.connectionState == "connected", timeout=15)
+        self.payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", answer)
+        self.rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={self.payload_type}", answer)
+        self.mid_id = _number(rf"a=extmap:(\d+) {MID_URI}", answer)
+        self.mid = str(transceiver.mid)
+        self.dtls = hooks.transport_of(transceiver)
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while True:
+            for layer in reversed(self.layers):  # the order does not matter: the RID says
+                for packet in layer.packets(self.frames, self.payload_type, self.mid_id, self.mid):
+                    hooks.send_rtp(self.dtls, packet)
+            self.frames += 1
+            await asyncio.sleep(1 / 30)
+
+    def retransmit(self, layer: int) -> None:
+        """Send one packet of `layer` again, on its RTX stream."""
+        sequence = next(iter(self.layers[layer].sent))
+        hooks.send_rtp(self.dtls, self.layers[layer].retransmission(
+            sequence, self.rtx_payload_type, self.mid_id, self.mid))  # fmt: skip
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.pc.close()
+
+
+class ReceivedSequence:
+    """The sequence numbers of the video a subscriber's transport receives (RTX unwrapped),
+    read where aiortc hands decrypted RTP to its receivers."""
+
+    def __init__(self, client: MediaClient) -> None:
+        self.numbers: list[int] = []
+        self.ssrcs: set[int] = set()
+        offer = client.subscribe_pc.remoteDescription.sdp
+        self.payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", offer)
+        self.rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={self.payload_type}", offer)
+        transceiver = next(t for t in client.subscribe_pc.getTransceivers() if t.kind == "video")
+        self.dtls = transceiver.receiver.transport
+        self.original = self.dtls._handle_rtp_data
+        self.dtls._handle_rtp_data = self._spy
+
+    async def _spy(self, data: bytes, arrival_time_ms: int) -> None:
+        header = parse_header(data)
+        payload = data[header.payload_start : header.payload_end]
+        if header.payload_type == self.payload_type:
+            self.numbers.append(header.sequence)
+            self.ssrcs.add(header.ssrc)
+        elif header.payload_type == self.rtx_payload_type and len(payload) > 2:
+            self.numbers.append(int.from_bytes(payload[:2], "big"))
+        await self.original(data, arrival_time_ms)
+
+    def gaps(self) -> int:
+        """Sequence numbers never received between the first and the last."""
+        unwrapped, base, previous = set(), 0, None
+        for number in self.numbers:
+            if previous is not None and number < previous and previous - number > 0x8000:
+                base += 0x10000
+            elif previous is not None and number > previous and number - previous > 0x8000:
+                number -= 0x10000  # a late one from before a wrap
+            unwrapped.add(base + number)
+            previous = number % 0x10000
+        return max(unwrapped) - min(unwrapped) + 1 - len(unwrapped)
+
+
+def _video_mid(client: MediaClient) -> str:
+    return next(str(t.mid) for t in client.subscribe_pc.getTransceivers() if t.kind == "video")
+
+
+def _width(client: MediaClient) -> int:
+    return next((t.width for t in client.stats.tracks.values() if t.kind == "video"), 0)
+
+
+async def test_a_three_layer_camera_is_one_track_and_every_layer_is_known(
     media: MediaHarness,
 ) -> None:
     subscriber = await media.join("b", [])
-    await media.server.join("mdt-1", "a", frozenset({"publish_video"}))
-    pc = RTCPeerConnection()
+    publisher = SimulcastPublisher(media)
     try:
-        transceiver = pc.addTransceiver("video", direction="sendonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await media.server.offer("a", "publish",
-                                          simulcast_offer(pc.localDescription.sdp))  # fmt: skip
-        assert "a=simulcast:recv q;h;f" in answer and f"a=extmap:{RID_ID} {RID_URI}" in answer
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        await eventually(lambda: pc.connectionState == "connected", timeout=15)
-
-        payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", answer)
-        rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={payload_type}", answer)
-        mid_id = _number(rf"a=extmap:(\d+) {MID_URI}", answer)
-        mid = str(transceiver.mid)
-        dtls = hooks.transport_of(transceiver)
-        layers = [LayerSender(rid, size) for rid, size in LAYERS.items()]
-        for index in range(60):  # two seconds at 30 fps
-            for layer in reversed(layers):  # the order does not matter: the RID says
-                for packet in layer.packets(index, payload_type, mid_id, mid):
-                    hooks.send_rtp(dtls, packet)
-            if index == 30:  # the middle layer answers a NACK
-                retransmitted = next(iter(layers[1].sent))
-                hooks.send_rtp(dtls, layers[1].retransmission(retransmitted, rtx_payload_type,
-                                                              mid_id, mid))  # fmt: skip
-            await asyncio.sleep(1 / 30)
-
+        await publisher.start()
+        await asyncio.sleep(1.0)
+        publisher.retransmit(1)  # the middle layer answers a NACK
+        await eventually(lambda: subscriber.stats.frames("video") > 10, timeout=10)
         track = next(iter(media.server.participants["a"].tracks.values()))
         assert track.info.layers == ("q", "h", "f")
         demux = media.server.participants["a"].publisher.demux
-        assert demux.layer_ssrcs(track) == [layer.ssrc for layer in layers]
-        rtx = demux.by_ssrc[layers[1].rtx_ssrc]
-        assert (rtx.rtx, rtx.layer, rtx.media_ssrc) == (True, 1, layers[1].ssrc)
+        assert demux.layer_ssrcs(track) == [layer.ssrc for layer in publisher.layers]
+        rtx = demux.by_ssrc[publisher.layers[1].rtx_ssrc]
+        assert (rtx.rtx, rtx.layer, rtx.media_ssrc) == (True, 1, publisher.layers[1].ssrc)
         assert demux.dropped == 0
-        await eventually(lambda: subscriber.stats.frames("video") > 10, timeout=10)
-        widths = {t.width for t in subscriber.stats.tracks.values() if t.kind == "video"}
-        assert widths == {160}, "the subscriber decodes one layer, the lowest, and only it"
+        # Its page never said how large it shows the camera: the budget alone decides, and
+        # loopback has room for the top layer.
+        await eventually(lambda: _width(subscriber) == 640, timeout=10)
         assert not media.errors
     finally:
-        await pc.close()
+        await publisher.close()
+
+
+async def test_a_subscriber_gets_the_layer_its_tile_needs_as_one_continuous_stream(
+    media: MediaHarness,
+) -> None:
+    subscriber = await media.join("b", [])
+    publisher = SimulcastPublisher(media)
+    try:
+        await publisher.start()
+        await eventually(lambda: subscriber.stats.frames("video") > 5, timeout=10)
+        received = ReceivedSequence(subscriber)
+        mid = _video_mid(subscriber)
+        media.server.show("b", {mid: (160, 120)})  # a thumbnail
+        await eventually(lambda: _width(subscriber) == 160, timeout=10)
+        frames = subscriber.stats.frames("video")
+        await eventually(lambda: subscriber.stats.frames("video") > frames + 15, timeout=10)
+        media.server.show("b", {mid: (1280, 720)})  # the speaker, large
+        await eventually(lambda: _width(subscriber) == 640, timeout=10)
+        frames = subscriber.stats.frames("video")
+        await eventually(lambda: subscriber.stats.frames("video") > frames + 15, timeout=10)
+
+        assert len(received.ssrcs) == 1, "three layers, one stream to the subscriber"
+        assert received.gaps() == 0, "sequence numbers continue across the switches"
+        assert not media.errors
+    finally:
+        await publisher.close()
+
+
+async def test_a_hidden_tile_gets_nothing_and_resumes_at_a_keyframe(media: MediaHarness) -> None:
+    subscriber = await media.join("b", [])
+    publisher = SimulcastPublisher(media)
+    try:
+        await publisher.start()
+        await eventually(lambda: subscriber.stats.frames("video") > 5, timeout=10)
+        received = ReceivedSequence(subscriber)
+        mid = _video_mid(subscriber)
+        media.server.show("b", {mid: (0, 0)})
+        await asyncio.sleep(0.3)  # what was in flight
+        count = len(received.numbers)
+        await asyncio.sleep(1.0)
+        assert len(received.numbers) == count, "nothing is forwarded to a hidden tile"
+
+        frames = subscriber.stats.frames("video")
+        media.server.show("b", {mid: (320, 240)})
+        await eventually(lambda: subscriber.stats.frames("video") > frames + 10, timeout=10)
+        assert _width(subscriber) == 320
+        assert received.gaps() == 0
+    finally:
+        await publisher.close()
 
 
 async def test_a_screen_share_offered_in_layers_is_answered_as_one(media: MediaHarness) -> None:

@@ -12,6 +12,34 @@ const SPEAKING_LEVEL = 0.03;
 const SPEAKING_HOLD_MS = 1000;
 const STATS_INTERVAL_MS = 500;
 
+// My camera, sent in simulcast layers (rid, lowest first: the SFU orders q;h;f by these names,
+// sfu/simulcast.py) so the SFU forwards each person the one that fits their tile and link: a
+// thumbnail, a half-size tile, the speaker shown large. Answered without simulcast (a room
+// whose codec the SFU does not layer), the browser keeps only the first encoding: then it is
+// set back to the full picture (`fullPictureIfSingle`).
+export const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+// Chromium (libwebrtc) encodes three layers of a picture 540 lines high or more, two from 270,
+// and drops the top ones beyond that: asked for q, h and f of a 640×360 camera it never sends
+// f (measured), and the large tile would get a 320×180 picture. So a camera gets the top layers
+// that its height allows.
+const LAYERS_FROM_HEIGHT = [
+  [540, 3],
+  [270, 2],
+];
+// What devices.js asks cameras for; a camera off at joining is sent in layers for this size.
+const CAMERA_HEIGHT = 360;
+
+/** The simulcast encodings for a camera `height` pixels high (none below two layers). */
+export function cameraEncodings(height = CAMERA_HEIGHT) {
+  const count = LAYERS_FROM_HEIGHT.find(([lines]) => height >= lines)?.[1] ?? 1;
+  if (count < 2) return undefined;
+  return CAMERA_LAYERS.slice(CAMERA_LAYERS.length - count).map((layer) => ({ ...layer }));
+}
+
 /** Publish and subscribe sessions for one signalling connection. */
 export class MediaSessions {
   /** `ice`: the peer connections' `{ iceServers, iceTransportPolicy }` from `joined` ("relay":
@@ -60,11 +88,12 @@ export class MediaSessions {
   async publish(stream, cameraOff = false) {
     this.publishPc = this.peerConnection("publish");
     for (const track of stream?.getTracks() ?? []) {
-      this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      this.publishPc.addTransceiver(track, MediaSessions.sending(track, stream));
     }
     if (stream && cameraOff && !stream.getVideoTracks().length) {
-      // My camera is off (stopped): a video sender without a track, for when it is turned on.
-      this.publishPc.addTransceiver("video", { direction: "sendonly", streams: [stream] });
+      // My camera is off (stopped): a video sender without a track, for when it is turned on
+      // (in layers too: turning it on is `replaceTrack`, with no new offer).
+      this.publishPc.addTransceiver("video", MediaSessions.sending(null, stream));
     }
     // Annotations, chat and pointers (protocol.js `dataChannels`; it asks for a snapshot with
     // `sync` as soon as the ordered channel opens).
@@ -101,8 +130,36 @@ export class MediaSessions {
     this.signalling.offer("publish", this.publishPc.localDescription.sdp, screen);
   }
 
+  /** How a camera or microphone track is sent (null: the camera, off for now): the camera
+   * in simulcast layers. */
+  static sending(track, stream) {
+    const init = { direction: "sendonly", streams: [stream] };
+    if (track?.kind !== "audio") {
+      const encodings = cameraEncodings(track?.getSettings().height);
+      if (encodings) init.sendEncodings = encodings;
+    }
+    return init;
+  }
+
   async onAnswer(sdp) {
     await this.publishPc?.setRemoteDescription({ type: "answer", sdp });
+    await this.fullPictureIfSingle();
+  }
+
+  /** A camera the SFU answered without simulcast is sent as the one encoding the browser kept,
+   * the first (a quarter-size picture): send the full picture on it instead. */
+  async fullPictureIfSingle() {
+    for (const transceiver of this.publishPc?.getTransceivers() ?? []) {
+      if (transceiver === this.screenTransceiver || transceiver.receiver.track.kind !== "video") {
+        continue;
+      }
+      const params = transceiver.sender.getParameters();
+      const [only] = params.encodings ?? [];
+      if (params.encodings?.length !== 1 || (only.scaleResolutionDownBy ?? 1) === 1) continue;
+      only.scaleResolutionDownBy = 1;
+      delete only.maxBitrate;
+      await transceiver.sender.setParameters(params);
+    }
   }
 
   async onOffer(sdp) {
@@ -116,13 +173,23 @@ export class MediaSessions {
     this.onRemoteMedia();
   }
 
-  /** Start a screen share: an extra sendonly transceiver, named in the offer's `screen`. */
+  /** Start a screen share: an extra sendonly transceiver, named in the offer's `screen`. One
+   * encoding, never layers: text must stay sharp, so the browser keeps the resolution and drops
+   * frame rate when the link is short. */
   async startScreen(track) {
+    track.contentHint = "detail";
     if (this.screenTransceiver) {
       await this.screenTransceiver.sender.replaceTrack(track);
       this.screenTransceiver.direction = "sendonly";
     } else {
       this.screenTransceiver = this.publishPc.addTransceiver(track, { direction: "sendonly" });
+    }
+    const sender = this.screenTransceiver.sender;
+    const params = sender.getParameters();
+    if (params.degradationPreference !== "maintain-resolution") {
+      params.degradationPreference = "maintain-resolution";
+      // Where the browser cannot set it, the "detail" hint asks for the same.
+      await sender.setParameters(params).catch(() => {});
     }
     await this.offerPublish();
   }
