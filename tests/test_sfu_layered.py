@@ -177,6 +177,31 @@ def test_the_recording_gets_the_highest_layer_sent_from_a_keyframe() -> None:
     assert {parse_header(p).ssrc for p, _ in recording.packets} == {SSRCS[0]}
 
 
+def test_a_late_layer_packet_is_recorded_but_kept_from_the_slots() -> None:
+    """Past the node's real-time bound (sfu.queue_delay): the recording still stores the packet,
+    the subscriber does not get it seconds late, and its layer is asked for a keyframe."""
+    rtcp: list[bytes] = []
+    recording = Recording()
+    track = _track(rtcp, [recording])
+    _send(track, 0, 10.0, keyframe=True)
+    track.tick(10.1)
+    sent: list[bytes] = []
+    slot = _slot(sent)
+    slot.assign(track, now=10.1)
+    _send(track, 1, 10.13, keyframe=True)
+    recorded, forwarded = len(recording.packets), len(sent)
+    assert forwarded == 1 and recorded >= 1
+    rtcp.clear()
+    for layer, ssrc in enumerate(SSRCS):
+        data = struct.pack("!BBHII", 0x80, 96, (layer * 20_000 + 2) & 0xFFFF, 6000, ssrc)
+        data += DELTA + bytes([layer]) * 100
+        track.forward_layer(data, parse_header(data), 12_000, layer, late=True)
+    assert len(sent) == forwarded, "not forwarded late"
+    assert len(recording.packets) == recorded + 1, "the recorded layer's late packet is stored"
+    assert track.late == 1, "counted once: only the slot's layer had a slot to keep it from"
+    assert _plis(rtcp) == [SSRCS[2]], "a keyframe asked of the late layer the slot carries"
+
+
 def test_the_budget_is_split_with_the_speaker_getting_more() -> None:
     assert split_budget(None, [3, 1], 2) == [None, None]
     assert split_budget(1_080_000, [3, 1, 1, 1], 2) == [500_000, 166_666, 166_666, 166_666]
@@ -214,7 +239,9 @@ def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
 
     choose(10.0, speaker=None)
     assert layers() == [2, 2, 2], "no estimate yet, tiles of unknown size: the top layer"
-    subscriber.downlink_bps = 3_500_000  # shares: 0.7, 2.1 and 0.7 Mbps
+    subscriber.downlink.on_remb(
+        3_500_000
+    )  # (its REMB, no transport feedback): shares 0.7, 2.1 and 0.7 Mbps
     choose(10.5, speaker="pub1")
     assert layers() == [1, 2, 1], "the speaker's share fits the top layer, the others' not"
     subscriber.slots[0].show((160, 120), 11.0)
