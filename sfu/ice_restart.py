@@ -138,6 +138,10 @@ class IceRestart:
         """The old generation's local credentials and candidates, put back if the restart is
         dropped (a peer that answers without restarting keeps talking to those)."""
         self.done = False
+        self.ended: Callable[[], None] | None = None
+        """Called once when the restart is over: swapped to the new path, given up, or dropped
+        (not when a newer restart of the same transport replaces it: that one carries on). Its
+        session sets it (`SessionOwner.ice_restart_began`)."""
 
     @classmethod
     def begin(cls, transport: RTCIceTransport) -> IceRestart:
@@ -146,6 +150,7 @@ class IceRestart:
         fresh connection."""
         previous = pending(transport)
         if previous is not None:
+            previous.ended = None  # the media is still reconnecting: the new one says when not
             previous.abandon()
         restart = cls(transport)
         old, fresh = restart.connection, restart.fresh
@@ -226,8 +231,15 @@ class IceRestart:
         self._keep_old_path()
         await self.fresh.close()
 
-    def _keep_old_path(self) -> None:
+    def _end(self) -> None:
+        """The restart is decided (either way): say so, once."""
         self.done = True
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
+
+    def _keep_old_path(self) -> None:
+        self._end()
         old = self.connection
         _restore(old)
         old._local_username, old._local_password, old._local_candidates = self.kept
@@ -237,7 +249,7 @@ class IceRestart:
 
     async def _swap_path(self) -> None:
         """Move the fresh connection's nominated path into the transport's connection."""
-        self.done = True
+        self._end()
         old, fresh = self.connection, self.fresh
         _cancel_consent(fresh)
         retired = old._protocols
