@@ -198,17 +198,18 @@ class IceRestart:
         _spawn(run())
 
     async def connect(
-        self, remote_username: str, remote_password: str, timeout_s: float = RESTART_TIMEOUT_S
+        self, remote_username: str, remote_password: str, timeout_s: float | None = None
     ) -> bool:
         """Check the new candidates with the remote side's new credentials; on success swap the
         nominated path into the transport's connection. False when ICE failed (the old path is
-        kept, and its consent checks run again)."""
+        kept, and its consent checks run again). `timeout_s`: `RESTART_TIMEOUT_S` unless given
+        (read at each call)."""
         fresh = self.fresh
         fresh.remote_username = remote_username
         fresh.remote_password = remote_password
         fresh.remote_is_lite = False
         try:
-            await asyncio.wait_for(fresh.connect(), timeout_s)
+            await asyncio.wait_for(fresh.connect(), timeout_s or RESTART_TIMEOUT_S)
         except (ConnectionError, TimeoutError):
             if not self.done:
                 log.info("ICE restart failed: no candidate pair of the new generation works")

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
+import pytest
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.rtcicetransport import RTCIceTransport
 
 from bot.client import MediaClient
 from sfu import aiortc_hooks as hooks
+from sfu import ice_restart
+from sfu.events import MediaReconnecting, Notification
 from sfu.ice_restart import _ATTRIBUTES, IceRestart, pending, remote_credentials, restart_for
 from sfu.session import ParticipantMedia
 from tests.fixtures.media import MediaHarness
@@ -145,19 +148,19 @@ async def pc_offer(media: MediaHarness, participant_id: str, client: MediaClient
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
-def reconnecting_told(client: MediaClient) -> list[tuple[str, bool]]:
-    """What the client is told of others' media reconnecting (`participant_reconnecting`
-    with `media` true), in order: (whose, reconnecting)."""
+def reconnecting_told(media: MediaHarness, participant_id: str) -> list[tuple[str, bool]]:
+    """What the SFU tells a participant of others' media reconnecting, in order, as it tells
+    it: (whose, reconnecting)."""
     told: list[tuple[str, bool]] = []
-    original = client.handle
+    participant = media.server.participants[participant_id]
+    original = participant.notify
 
-    async def handle(message: dict[str, Any]) -> None:
-        if message.get("type") == "participant_reconnecting":
-            assert message["media"] is True
-            told.append((message["participant_id"], message["reconnecting"]))
-        await original(message)
+    def notify(event: Notification) -> None:
+        if isinstance(event, MediaReconnecting):
+            told.append((event.participant_id, event.reconnecting))
+        original(event)
 
-    client.handle = handle  # type: ignore[method-assign]
+    participant.notify = notify
     return told
 
 
@@ -186,7 +189,7 @@ def answer_restarts(client: MediaClient) -> None:
 async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarness) -> None:
     a = await media.join("a", [AudioStreamTrack(), VideoStreamTrack()])
     b = await media.join("b", [])
-    told_b, told_a = reconnecting_told(b), reconnecting_told(a)
+    told_b, told_a = reconnecting_told(media, "b"), reconnecting_told(media, "a")
     await a.sync()
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     server_side = media.server.participants["a"].publisher
@@ -223,9 +226,9 @@ async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarne
 
 
 async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHarness) -> None:
-    a = await media.join("a", [VideoStreamTrack()])
+    await media.join("a", [VideoStreamTrack()])
     b = await media.join("b", [])
-    told_a = reconnecting_told(a)
+    told_a = reconnecting_told(media, "a")
     answer_restarts(b)
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     subscriber = media.server.participants["b"].subscriber
@@ -252,10 +255,13 @@ async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHar
     assert not media.errors
 
 
-async def test_a_restart_whose_checks_fail_keeps_the_old_path(media: MediaHarness) -> None:
+async def test_a_restart_whose_checks_fail_keeps_the_old_path(
+    media: MediaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ice_restart, "RESTART_TIMEOUT_S", 3.0)  # the SFU's side gives up sooner
     a = await media.join("a", [VideoStreamTrack()])
     b = await media.join("b", [])
-    told_b = reconnecting_told(b)
+    told_b = reconnecting_told(media, "b")
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     pc = a.publish_pc
     connection = _ice(pc)._connection
@@ -270,8 +276,9 @@ async def test_a_restart_whose_checks_fail_keeps_the_old_path(media: MediaHarnes
     # The wrong password: every check of the new generation is refused (401).
     assert not await restart.connect(credentials[0], "x" * 22, timeout_s=3)
     assert connection._nominated[1] is path
-    # The SFU's side gives up too (its own timeout): a's tile is back on the old path then.
+    # The SFU's side gives up too: a's tile is back, on the old path.
     assert told_b[:1] == [("a", True)]
+    await eventually(lambda: told_b == [("a", True), ("a", False)], timeout=10)
     assert connection._query_consent_task is not None  # a dead path would still end it
     assert "add_remote_candidate" not in vars(connection)
     frames = b.stats.frames("video")
@@ -290,8 +297,8 @@ async def test_restarting_a_session_that_never_connected_is_refused(media: Media
 
 async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarness) -> None:
     a = await media.join("a", [VideoStreamTrack()])
-    b = await media.join("b", [])
-    told_b = reconnecting_told(b)
+    await media.join("b", [])
+    told_b = reconnecting_told(media, "b")
     await a.channels_open()
     server_side = media.server.participants["a"].publisher
     assert server_side.pc is not None
@@ -303,7 +310,17 @@ async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarne
     server_restart = pending(_ice(server_side.pc))
     assert server_restart is not None and server_restart.fresh._protocols
     assert told_b == [("a", True)]
-    await media.leave("a")
+    # The network changes again before that restart is done: a newer one replaces it, and
+    # the others still see one reconnecting, not a flicker back and forth.
+    client_restart = IceRestart.begin(_ice(pc))
+    await client_restart.gather()
+    await pc.setLocalDescription(await pc.createOffer())
+    await media.server.offer("a", "publish", pc.localDescription.sdp)
+    newer = pending(_ice(server_side.pc))
+    assert newer is not None and newer is not server_restart
     await eventually(lambda: not server_restart.fresh._protocols, timeout=5)
+    assert told_b == [("a", True)]
+    await media.leave("a")
+    await eventually(lambda: not newer.fresh._protocols, timeout=5)
     assert told_b == [("a", True), ("a", False)]  # gone, not left "reconnecting" for ever
     client_restart.abandon()
