@@ -213,6 +213,13 @@ async def test_a_restart_that_cannot_work_falls_back_to_rejoining_without_the_lo
         assert state["received"].get("lobby") == 1, "waited in the lobby a second time"
         rejoined_id = state["participantId"]
         await until_frames_grow(meeting, rejoined_id, (0, 0), timeout_s=30)
+        # The chair saw the specialist's media reconnecting; after the rejoin nobody is left
+        # shown so (the old participant's restart ended when they were replaced).
+        chair = meeting.chair
+        await chair.until("window.consilium.state().mediaReconnecting.length === 0", 10)
+        chair_state = await page_state(chair)
+        assert chair_state["received"].get("participant_reconnecting", 0) >= 1
+        assert chair_state["reconnecting"] == []
         print(
             f"\nfailed ICE restart: rejoined with media after {time.monotonic() - changed_at:.1f} s"
         )
