@@ -209,7 +209,9 @@ class IceRestart:
         fresh.remote_password = remote_password
         fresh.remote_is_lite = False
         try:
-            await asyncio.wait_for(fresh.connect(), timeout_s or RESTART_TIMEOUT_S)
+            await asyncio.wait_for(
+                fresh.connect(), RESTART_TIMEOUT_S if timeout_s is None else timeout_s
+            )
         except (ConnectionError, TimeoutError):
             if not self.done:
                 log.info("ICE restart failed: no candidate pair of the new generation works")
@@ -240,13 +242,13 @@ class IceRestart:
             ended()
 
     def _keep_old_path(self) -> None:
-        self._end()
         old = self.connection
         _restore(old)
         old._local_username, old._local_password, old._local_candidates = self.kept
         # The old path's consent checks again: a dead path still ends the session.
         if not old._closing and old._query_consent_task is None and old._nominated:
             old._query_consent_task = asyncio.create_task(old.query_consent())
+        self._end()
 
     async def _swap_path(self) -> None:
         """Move the fresh connection's nominated path into the transport's connection."""

@@ -113,6 +113,7 @@ class ParticipantMedia:
         self.restarting = self.restarting | {which}
 
     def _ice_restart_ended(self, which: str) -> None:
+        """The `which` session's restart is over: the room sees the media back with the last."""
         self.restarting = self.restarting - {which}
         if not self.restarting:
             self.room.media_reconnecting(self.participant_id, False)
