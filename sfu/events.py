@@ -80,5 +80,21 @@ class ActiveSpeaker(SfuEvent, tag="active_speaker", frozen=True):
     """Who speaks now; None when the speaker stopped publishing audio and nobody else spoke."""
 
 
-Notification = SubscribeOffer | PublishAnswer | Tracks | MediaRefused | ActiveSpeaker
+class MediaReconnecting(SfuEvent, tag="participant_reconnecting", frozen=True):
+    """Someone's media is looking for a new network path (an ICE restart of one of their
+    sessions: `sfu.ice_restart`), or has its path back; sent to everyone else in the room."""
+
+    participant_id: str
+    """Whose media."""
+    reconnecting: bool
+    """True from the first of their sessions' restarts; False once none is under way (each
+    swapped to its new path, was given up with the old path kept, or they left)."""
+    media: bool = True
+    """Always true: the ICE side of `participant_reconnecting`, told apart from signalling's
+    (a dropped WebSocket held for a resume), which says nothing of this."""
+
+
+Notification = (
+    SubscribeOffer | PublishAnswer | Tracks | MediaRefused | ActiveSpeaker | MediaReconnecting
+)
 """Every notification the SFU sends."""

@@ -138,6 +138,10 @@ class IceRestart:
         """The old generation's local credentials and candidates, put back if the restart is
         dropped (a peer that answers without restarting keeps talking to those)."""
         self.done = False
+        self.ended: Callable[[], None] | None = None
+        """Called once when the restart is over: swapped to the new path, given up, or dropped
+        (not when a newer restart of the same transport replaces it: that one carries on). Its
+        session sets it (`SessionOwner.ice_restart_began`)."""
 
     @classmethod
     def begin(cls, transport: RTCIceTransport) -> IceRestart:
@@ -146,6 +150,7 @@ class IceRestart:
         fresh connection."""
         previous = pending(transport)
         if previous is not None:
+            previous.ended = None  # the media is still reconnecting: the new one says when not
             previous.abandon()
         restart = cls(transport)
         old, fresh = restart.connection, restart.fresh
@@ -193,17 +198,20 @@ class IceRestart:
         _spawn(run())
 
     async def connect(
-        self, remote_username: str, remote_password: str, timeout_s: float = RESTART_TIMEOUT_S
+        self, remote_username: str, remote_password: str, timeout_s: float | None = None
     ) -> bool:
         """Check the new candidates with the remote side's new credentials; on success swap the
         nominated path into the transport's connection. False when ICE failed (the old path is
-        kept, and its consent checks run again)."""
+        kept, and its consent checks run again). `timeout_s`: `RESTART_TIMEOUT_S` unless given
+        (read at each call)."""
         fresh = self.fresh
         fresh.remote_username = remote_username
         fresh.remote_password = remote_password
         fresh.remote_is_lite = False
         try:
-            await asyncio.wait_for(fresh.connect(), timeout_s)
+            await asyncio.wait_for(
+                fresh.connect(), RESTART_TIMEOUT_S if timeout_s is None else timeout_s
+            )
         except (ConnectionError, TimeoutError):
             if not self.done:
                 log.info("ICE restart failed: no candidate pair of the new generation works")
@@ -226,18 +234,25 @@ class IceRestart:
         self._keep_old_path()
         await self.fresh.close()
 
-    def _keep_old_path(self) -> None:
+    def _end(self) -> None:
+        """The restart is decided (either way): say so, once."""
         self.done = True
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
+
+    def _keep_old_path(self) -> None:
         old = self.connection
         _restore(old)
         old._local_username, old._local_password, old._local_candidates = self.kept
         # The old path's consent checks again: a dead path still ends the session.
         if not old._closing and old._query_consent_task is None and old._nominated:
             old._query_consent_task = asyncio.create_task(old.query_consent())
+        self._end()
 
     async def _swap_path(self) -> None:
         """Move the fresh connection's nominated path into the transport's connection."""
-        self.done = True
+        self._end()
         old, fresh = self.connection, self.fresh
         _cancel_consent(fresh)
         retired = old._protocols

@@ -169,6 +169,8 @@ class Publisher:
             self.owner.session_opened(pc, "publish")
         dtls = self._transport(pc) if self._hooked else None
         restart = ice_restart.restart_for(dtls.transport if dtls is not None else None, sdp)
+        if restart is not None:
+            self.owner.ice_restart_began(restart, "publish")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except (ValueError, KeyError, AttributeError) as exc:

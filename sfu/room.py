@@ -13,7 +13,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from annotations.room import RoomAnnotations
 from sfu.datachannels import AnnotationRelay
-from sfu.events import ActiveSpeaker
+from sfu.events import ActiveSpeaker, MediaReconnecting
 from sfu.forwarder import PublishedTrack
 from sfu.session import ParticipantMedia
 from sfu.sinks import MediaSink
@@ -118,6 +118,14 @@ class MediaRoom:
             if not only_newcomers or participant_id not in self._told:
                 participant.notify(event)
         self._told = set(self.participants)
+
+    def media_reconnecting(self, participant_id: str, reconnecting: bool) -> None:
+        """Tell everyone else in the room that a participant's media is looking for a new
+        network path (an ICE restart), or has one again (`events.MediaReconnecting`)."""
+        event = MediaReconnecting(participant_id=participant_id, reconnecting=reconnecting)
+        for other_id, other in self.participants.items():
+            if other_id != participant_id:
+                other.notify(event)
 
     def tracks(self) -> list[PublishedTrack]:
         """Every published track in the room."""

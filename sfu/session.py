@@ -27,6 +27,7 @@ from sfu import ice_restart
 from sfu.datachannels import AnnotationRelay, DataChannels
 from sfu.events import MediaRefused
 from sfu.forwarder import PublishedTrack
+from sfu.ice_restart import IceRestart
 from sfu.publisher import Publisher
 from sfu.subscriber import Subscriber
 from sfu.types import MediaError, Notify, ParticipantRoom
@@ -47,6 +48,7 @@ class ParticipantMedia:
         "participant_id",
         "permissions",
         "publisher",
+        "restarting",
         "room",
         "subscriber",
     )
@@ -72,6 +74,8 @@ class ParticipantMedia:
         self.subscriber = Subscriber(room, participant_id, configuration, notify, self)
         self.data = DataChannels(participant_id, permissions, relay, self.report_error)
         self.closed = False
+        self.restarting: frozenset[str] = frozenset()
+        """The sessions (`publish`, `subscribe`) whose ICE restart is under way."""
 
     @property
     def tracks(self) -> dict[str, PublishedTrack]:
@@ -98,6 +102,21 @@ class ParticipantMedia:
         if which == "publish":
             pc.on("datachannel", self.data.accept)
         pc.on("connectionstatechange", lambda: self._on_state(pc, which))
+
+    def ice_restart_began(self, restart: IceRestart, which: str) -> None:
+        """An ICE restart of the `which` session began: the room sees this participant's media
+        as reconnecting from the first of its sessions' restarts until the last is over (a
+        network change restarts both, and they end apart)."""
+        restart.ended = lambda: self._ice_restart_ended(which)
+        if not self.restarting:
+            self.room.media_reconnecting(self.participant_id, True)
+        self.restarting = self.restarting | {which}
+
+    def _ice_restart_ended(self, which: str) -> None:
+        """The `which` session's restart is over: the room sees the media back with the last."""
+        self.restarting = self.restarting - {which}
+        if not self.restarting:
+            self.room.media_reconnecting(self.participant_id, False)
 
     async def publish_offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
         """Apply the client's publish offer; returns the SFU's answer (`Publisher.offer`)."""

@@ -292,6 +292,7 @@ class Subscriber:
         if transceiver is None or self.closed:
             raise MediaError("no subscribe session to restart")
         self._restart = ice_restart.IceRestart.begin(hooks.transport_of(transceiver).transport)
+        self.owner.ice_restart_began(self._restart, "subscribe")
         await self._restart.gather()
         self._negotiation_needed()
 

@@ -16,6 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from core.codes import ErrorCode
 from sfu.events import Notification
 from sfu.forwarder import PublishedTrack
+from sfu.ice_restart import IceRestart
 from sfu.sinks import MediaSink
 
 Notify = Callable[[Notification], None]
@@ -44,6 +45,10 @@ class SessionOwner(Protocol):
         """The `which` session's peer connection was created: the participant watches its
         state (and takes the publish session's data channels)."""
 
+    def ice_restart_began(self, restart: IceRestart, which: str) -> None:
+        """An ICE restart of the `which` session began: the room sees the participant's media
+        as reconnecting until it is over (`IceRestart.ended`)."""
+
 
 class ParticipantRoom(Protocol):
     """What a participant's media needs of its room."""
@@ -66,6 +71,10 @@ class ParticipantRoom(Protocol):
 
     def hear_audio(self, participant_id: str, level: int, muted: bool, now: float) -> None:
         """One audio packet's level byte (RFC 6464) from a publisher: the room's speaker."""
+
+    def media_reconnecting(self, participant_id: str, reconnecting: bool) -> None:
+        """Tell everyone else in the room that a participant's media is looking for a new
+        network path (an ICE restart), or has one again (`events.MediaReconnecting`)."""
 
     async def remove(self, participant_id: str) -> None:
         """Drop a participant's media (their session failed)."""

@@ -103,6 +103,8 @@ class Messenger:
                 out = p.Error(code, text, request)
             case events.ActiveSpeaker(participant_id=speaker):
                 out = p.ActiveSpeaker(participant_id=speaker)
+            case events.MediaReconnecting(participant_id=who, reconnecting=reconnecting):
+                out = p.ParticipantReconnecting(who, reconnecting=reconnecting, media=True)
             case ServerText(text=text):  # already encoded (the recorder's notices)
                 conn.send(text)
                 return

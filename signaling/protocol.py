@@ -368,10 +368,17 @@ class ParticipantReconnecting(Message, tag="participant_reconnecting"):
     """Someone's connection dropped and the server holds them for a resume (`reconnecting`
     true: show their tile as reconnecting; their media stays as it is), or they resumed
     (`reconnecting` false). Not resumed within `resume_grace_s`, they leave
-    (`participant_left`, reason `connection_lost`). Not repeated to a later joiner."""
+    (`participant_left`, reason `connection_lost`). Not repeated to a later joiner. With
+    `media` true, the same news from the SFU while their connection stays up: their media is
+    looking for a new network path (an ICE restart: `reconnecting` true), or has one again, or
+    gave up looking and kept the old one, or they left (false). The two sources are
+    independent: show the tile as reconnecting while either says so (a resume does not end an
+    ICE restart, nor the other way round)."""
 
     participant_id: str
     reconnecting: bool
+    media: bool = False
+    """True when the SFU says it (an ICE restart), false (left out) when signalling does."""
 
 
 class Lobby(Message, tag="lobby"):

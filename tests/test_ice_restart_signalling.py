@@ -59,6 +59,19 @@ async def test_restart_ice_brings_a_subscribe_offer_with_new_credentials(
 
         await eventually(flowing, timeout=10)
         assert not [m for m in specialist.messages if m["type"] in ("error", "participant_left")]
+        # The chair was told the specialist's media was reconnecting, then that it is back.
+        pid = specialist.joined["participant_id"]
+
+        def told_chair() -> list[dict[str, object]]:
+            return [m for m in chair.messages if m["type"] == "participant_reconnecting"]
+
+        await eventually(lambda: len(told_chair()) == 2, timeout=10)
+        assert told_chair() == [
+            {"type": "participant_reconnecting", "participant_id": pid, "reconnecting": value,
+             "media": True}
+            for value in (True, False)
+        ]  # fmt: skip
+        assert not [m for m in specialist.messages if m["type"] == "participant_reconnecting"]
     finally:
         await specialist.close()
         await chair.close()

@@ -69,3 +69,11 @@ def test_an_unknown_error_code_is_refused_when_read_back() -> None:
     raw = {"type": "error", "code": "no_such_code", "message": "", "request": ""}
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(raw, events.Notification)
+
+
+def test_media_reconnecting_is_participant_reconnecting_said_by_the_sfu() -> None:
+    event = events.MediaReconnecting(participant_id="p-1", reconnecting=True)
+    expected = {"type": "participant_reconnecting", "participant_id": "p-1",
+                "reconnecting": True, "media": True}  # fmt: skip
+    assert _wire(event) == json.dumps(expected)
+    assert msgspec.convert(msgspec.to_builtins(event), events.Notification) == event

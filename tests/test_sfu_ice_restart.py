@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice
-from aiortc import RTCSessionDescription
+import pytest
+from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from aiortc.rtcicetransport import RTCIceTransport
 
 from bot.client import MediaClient
 from sfu import aiortc_hooks as hooks
+from sfu import ice_restart
+from sfu.events import MediaReconnecting, Notification
 from sfu.ice_restart import _ATTRIBUTES, IceRestart, pending, remote_credentials, restart_for
+from sfu.session import ParticipantMedia
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
@@ -39,6 +44,47 @@ def test_aioice_internals_a_restart_relies_on_still_exist() -> None:
     for name in ("query_consent", "gather_candidates", "connect", "add_remote_candidate"):
         assert callable(getattr(connection, name)), name
     assert callable(aioice.ice.unref_mdns_protocol)
+
+
+class RoomThatListens:
+    """The room's side of a participant's media, as far as reconnecting goes: what it tells
+    the others."""
+
+    room_id = "mdt-1"
+    sinks: list[Any] = []
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, bool]] = []
+
+    def media_reconnecting(self, participant_id: str, reconnecting: bool) -> None:
+        self.told.append((participant_id, reconnecting))
+
+
+class Decided:
+    """Where a restart's `ended` is read (the restart itself is exercised live below)."""
+
+    ended: Callable[[], None] | None = None
+
+
+def test_the_room_sees_a_participant_reconnecting_until_both_sessions_restarted() -> None:
+    room = RoomThatListens()
+    participant = ParticipantMedia(
+        room,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        "a", frozenset(), lambda event: None, RTCConfiguration(),
+    )  # fmt: skip
+    publish, subscribe = Decided(), Decided()
+    participant.ice_restart_began(publish, "publish")  # type: ignore[arg-type]
+    participant.ice_restart_began(subscribe, "subscribe")  # type: ignore[arg-type]
+    assert room.told == [("a", True)]  # one network change, one "reconnecting"
+    assert publish.ended is not None and subscribe.ended is not None
+    publish.ended()
+    assert room.told == [("a", True)]  # the subscribe session is still looking
+    subscribe.ended()
+    assert room.told == [("a", True), ("a", False)]
+    again = Decided()
+    participant.ice_restart_began(again, "publish")  # type: ignore[arg-type]
+    assert room.told[-1] == ("a", True)
 
 
 def _ice(pc: Any) -> RTCIceTransport:
@@ -102,6 +148,22 @@ async def pc_offer(media: MediaHarness, participant_id: str, client: MediaClient
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
 
+def reconnecting_told(media: MediaHarness, participant_id: str) -> list[tuple[str, bool]]:
+    """What the SFU tells a participant of others' media reconnecting, in order, as it tells
+    it: (whose, reconnecting)."""
+    told: list[tuple[str, bool]] = []
+    participant = media.server.participants[participant_id]
+    original = participant.notify
+
+    def notify(event: Notification) -> None:
+        if isinstance(event, MediaReconnecting):
+            told.append((event.participant_id, event.reconnecting))
+        original(event)
+
+    participant.notify = notify
+    return told
+
+
 def answer_restarts(client: MediaClient) -> None:
     """Give the test client what a browser does: answer an offer with new ICE credentials by
     restarting its side of the subscribe session."""
@@ -127,6 +189,7 @@ def answer_restarts(client: MediaClient) -> None:
 async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarness) -> None:
     a = await media.join("a", [AudioStreamTrack(), VideoStreamTrack()])
     b = await media.join("b", [])
+    told_b, told_a = reconnecting_told(media, "b"), reconnecting_told(media, "a")
     await a.sync()
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     server_side = media.server.participants["a"].publisher
@@ -140,6 +203,9 @@ async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarne
     await _stalled(lambda: b.stats.frames("video"))
     cut_at, frames_at_cut = time.monotonic(), b.stats.frames("video")
     assert await _restart_publish(media, "a", a)
+    # The others saw a's tile as reconnecting from the restart's offer until its swap.
+    await eventually(lambda: told_b == [("a", True), ("a", False)], timeout=5)
+    assert told_a == []  # a itself shows its own "Reconnecting…" (the page knows)
     await eventually(lambda: b.stats.frames("video") > frames_at_cut + 10, timeout=10)
     print(f"\npublish ICE restart: media back {time.monotonic() - cut_at:.2f} s after restart")
 
@@ -155,12 +221,14 @@ async def test_publish_restart_brings_media_back_on_a_new_path(media: MediaHarne
     a.send_json("consilium-reliable", {"type": "sync", "since": -1})
     await eventually(lambda: len(a.received()) > snapshots, timeout=10)
     assert media.server.participants.keys() == {"a", "b"}
+    assert told_b == [("a", True), ("a", False)]  # the renegotiation was no restart
     assert not media.errors
 
 
 async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHarness) -> None:
     await media.join("a", [VideoStreamTrack()])
     b = await media.join("b", [])
+    told_a = reconnecting_told(media, "a")
     answer_restarts(b)
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     subscriber = media.server.participants["b"].subscriber
@@ -181,14 +249,19 @@ async def test_subscribe_restart_brings_media_back_on_a_new_path(media: MediaHar
 
     await eventually(flowing, timeout=10)
     print(f"\nsubscribe ICE restart: media back {time.monotonic() - restart_at:.2f} s after asking")
+    await eventually(lambda: told_a == [("b", True), ("b", False)], timeout=5)
     assert not _local_ports(server_ice._connection) & old_ports
     assert subscriber.pc.connectionState == "connected"
     assert not media.errors
 
 
-async def test_a_restart_whose_checks_fail_keeps_the_old_path(media: MediaHarness) -> None:
+async def test_a_restart_whose_checks_fail_keeps_the_old_path(
+    media: MediaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ice_restart, "RESTART_TIMEOUT_S", 3.0)  # the SFU's side gives up sooner
     a = await media.join("a", [VideoStreamTrack()])
     b = await media.join("b", [])
+    told_b = reconnecting_told(media, "b")
     await eventually(lambda: b.stats.frames("video") > 10, timeout=20)
     pc = a.publish_pc
     connection = _ice(pc)._connection
@@ -203,6 +276,9 @@ async def test_a_restart_whose_checks_fail_keeps_the_old_path(media: MediaHarnes
     # The wrong password: every check of the new generation is refused (401).
     assert not await restart.connect(credentials[0], "x" * 22, timeout_s=3)
     assert connection._nominated[1] is path
+    # The SFU's side gives up too: a's tile is back, on the old path.
+    assert told_b[:1] == [("a", True)]
+    await eventually(lambda: told_b == [("a", True), ("a", False)], timeout=10)
     assert connection._query_consent_task is not None  # a dead path would still end it
     assert "add_remote_candidate" not in vars(connection)
     frames = b.stats.frames("video")
@@ -221,6 +297,8 @@ async def test_restarting_a_session_that_never_connected_is_refused(media: Media
 
 async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarness) -> None:
     a = await media.join("a", [VideoStreamTrack()])
+    await media.join("b", [])
+    told_b = reconnecting_told(media, "b")
     await a.channels_open()
     server_side = media.server.participants["a"].publisher
     assert server_side.pc is not None
@@ -231,6 +309,18 @@ async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarne
     await media.server.offer("a", "publish", pc.localDescription.sdp)
     server_restart = pending(_ice(server_side.pc))
     assert server_restart is not None and server_restart.fresh._protocols
-    await media.leave("a")
+    assert told_b == [("a", True)]
+    # The network changes again before that restart is done: a newer one replaces it, and
+    # the others still see one reconnecting, not a flicker back and forth.
+    client_restart = IceRestart.begin(_ice(pc))
+    await client_restart.gather()
+    await pc.setLocalDescription(await pc.createOffer())
+    await media.server.offer("a", "publish", pc.localDescription.sdp)
+    newer = pending(_ice(server_side.pc))
+    assert newer is not None and newer is not server_restart
     await eventually(lambda: not server_restart.fresh._protocols, timeout=5)
+    assert told_b == [("a", True)]
+    await media.leave("a")
+    await eventually(lambda: not newer.fresh._protocols, timeout=5)
+    assert told_b == [("a", True), ("a", False)]  # gone, not left "reconnecting" for ever
     client_restart.abandon()

@@ -57,6 +57,28 @@ NETWORK = """
 """
 
 
+# On the chair's page: each change of whether the specialist's camera tile is shown reconnecting
+# (its `data-reconnecting`, with the "Reconnecting…" label visible), in order.
+TILE_MARKS = """
+((pid) => {
+  const shown = (figure) =>
+    figure.dataset.reconnecting === "true" &&
+    figure.querySelector(".tile-reconnecting")?.hidden === false;
+  const tile = `figure[data-participant-id="${pid}"][data-source="camera"]`;
+  window.__tileMarks = [shown(document.querySelector(tile))];
+  new MutationObserver((records) => {
+    for (const { target } of records) {
+      if (target.dataset.participantId !== pid || target.dataset.source !== "camera") continue;
+      const mark = shown(target);
+      if (window.__tileMarks.at(-1) !== mark) window.__tileMarks.push(mark);
+    }
+  }).observe(document.body, {
+    subtree: true, attributes: true, attributeFilter: ["data-reconnecting"],
+  });
+})(%s);
+"""
+
+
 def specialist_on_a_network(chromium: OpenTab, direct_url: str, first_url: str) -> OpenTab:
     """`chromium`, except that the second browser it opens (the specialist) reaches coturn
     through `first_url` until the test changes its network."""
@@ -130,6 +152,7 @@ async def test_a_network_change_restarts_ice_and_media_comes_back_without_rejoin
         await second.start()
         first.close()  # the first network is gone: nothing more crosses it
         frames = await frames_both_ways(meeting, meeting.specialist_id)
+        await chair.page.evaluate(TILE_MARKS % json.dumps(meeting.specialist_id))
         changed_at = time.monotonic()
         await change_network(specialist, turn_url(second.port), turn_url(second.port))
         await until_frames_grow(meeting, meeting.specialist_id, frames, timeout_s=20)
@@ -147,7 +170,15 @@ async def test_a_network_change_restarts_ice_and_media_comes_back_without_rejoin
         assert after["received"].get("consent_requested", 0) == 0
         assert after["iceRestarts"] == 1 and "iceRestartFallbacks" not in after
         assert after["notice"] != "room.reconnecting"
+        # The chair saw the specialist's tile as reconnecting during the restart (their
+        # WebSocket never dropped: the SFU said so), and not after it.
+        await chair.until("window.consilium.state().mediaReconnecting.length === 0", 10)
+        await chair.until("window.__tileMarks.at(-1) === false", 5)
+        marks = await chair.page.evaluate("window.__tileMarks")
+        assert marks == [False, True, False], marks
         chair_state = await page_state(chair)
+        assert chair_state["received"].get("participant_reconnecting", 0) >= 2
+        assert chair_state["reconnecting"] == []  # signalling held nobody
         assert chair_state["received"].get("participant_left", 0) == 0
         # Media really crossed the second network, relayed both ways (a few seconds of it).
         await asyncio.sleep(3)
@@ -182,6 +213,13 @@ async def test_a_restart_that_cannot_work_falls_back_to_rejoining_without_the_lo
         assert state["received"].get("lobby") == 1, "waited in the lobby a second time"
         rejoined_id = state["participantId"]
         await until_frames_grow(meeting, rejoined_id, (0, 0), timeout_s=30)
+        # The chair saw the specialist's media reconnecting; after the rejoin nobody is left
+        # shown so (the old participant's restart ended when they were replaced).
+        chair = meeting.chair
+        await chair.until("window.consilium.state().mediaReconnecting.length === 0", 10)
+        chair_state = await page_state(chair)
+        assert chair_state["received"].get("participant_reconnecting", 0) >= 1
+        assert chair_state["reconnecting"] == []
         print(
             f"\nfailed ICE restart: rejoined with media after {time.monotonic() - changed_at:.1f} s"
         )

@@ -158,11 +158,16 @@ export class Call {
       case "participant_left":
         state.participants.delete(msg.participant_id);
         state.reconnecting.delete(msg.participant_id);
+        state.mediaReconnecting.delete(msg.participant_id);
         break;
-      case "participant_reconnecting":
-        if (msg.reconnecting) state.reconnecting.add(msg.participant_id);
-        else state.reconnecting.delete(msg.participant_id);
+      case "participant_reconnecting": {
+        // Two independent sources: signalling holding a dropped connection, and the SFU
+        // restarting ICE (`media`); the tile shows reconnecting while either says so.
+        const held = msg.media ? state.mediaReconnecting : state.reconnecting;
+        if (msg.reconnecting) held.add(msg.participant_id);
+        else held.delete(msg.participant_id);
         break;
+      }
       case "resumed":
         this.resuming = false;
         state.connection.signalling = "open";
@@ -226,6 +231,7 @@ export class Call {
     state.participants = new Map(msg.participants.map((p) => [p.participant_id, person(p)]));
     state.participants.set(msg.participant_id, person(msg.you));
     state.reconnecting = new Set();
+    state.mediaReconnecting = new Set();
     state.lobby = new Map(msg.lobby.map((p) => [p.participant_id, person(p)]));
     state.tracks = [];
     resetRecording();

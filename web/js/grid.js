@@ -249,8 +249,9 @@ export function renderGrid(state, localStream, remote) {
     tile.recording.hidden = !notRecorded;
     tile.recording.textContent = notRecorded ? t(notRecorded) : "";
     figure.dataset.notRecorded = String(Boolean(notRecorded));
-    // Their connection dropped and the server holds them for a resume (their media stays).
-    const away = state.reconnecting.has(pid);
+    // Their connection dropped and the server holds them for a resume (their media stays),
+    // or their media is looking for a new network path (an ICE restart).
+    const away = state.reconnecting.has(pid) || state.mediaReconnecting.has(pid);
     figure.dataset.reconnecting = String(away);
     tile.reconnecting.hidden = !away;
     tile.reconnecting.textContent = away ? t("tile.reconnecting") : "";

@@ -85,7 +85,7 @@ export const SERVER_MESSAGES = {
     resume_token: "",
   },
   resumed: { participant_id: REQUIRED, last_seq: REQUIRED },
-  participant_reconnecting: { participant_id: REQUIRED, reconnecting: REQUIRED },
+  participant_reconnecting: { participant_id: REQUIRED, reconnecting: REQUIRED, media: false },
   lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
   knock: { participant: REQUIRED },
   lobby_left: { participant_id: REQUIRED, outcome: REQUIRED },

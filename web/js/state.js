@@ -12,6 +12,7 @@ export const state = {
   room: null, // RoomState
   participants: new Map(), // participant id → ParticipantInfo (others and me)
   reconnecting: new Set(), // participant ids the server holds while their connection is back
+  mediaReconnecting: new Set(), // participant ids whose media is restarting ICE (the SFU says)
   lobby: new Map(), // participant id → ParticipantInfo waiting (chairs only)
   tracks: [], // the last `tracks` message
   lobbyReason: null, // connecting | reconnecting | lobby_enabled | room_not_open
@@ -95,6 +96,7 @@ export function snapshot() {
     lobby: [...state.lobby.values()],
     speaking: [...state.speaking],
     reconnecting: [...state.reconnecting],
+    mediaReconnecting: [...state.mediaReconnecting],
     quality: Object.fromEntries(state.quality),
     annotations: {
       ...state.annotations,
