@@ -211,6 +211,8 @@ async def test_a_three_layer_camera_is_one_track_and_every_layer_is_known(
         assert track.info.layers == ("q", "h", "f")
         demux = media.server.participants["a"].publisher.demux
         assert demux.layer_ssrcs(track) == [layer.ssrc for layer in publisher.layers]
+        # (the frames counted may all precede the resent packet on a loaded machine)
+        await eventually(lambda: publisher.layers[1].rtx_ssrc in demux.by_ssrc, timeout=5)
         rtx = demux.by_ssrc[publisher.layers[1].rtx_ssrc]
         assert (rtx.rtx, rtx.layer, rtx.media_ssrc) == (True, 1, publisher.layers[1].ssrc)
         assert demux.dropped == 0
