@@ -22,9 +22,16 @@ mediasoup do on their send side), in three parts:
   below 2 % lets it grow. Random loss on an idle link therefore holds the estimate.
 - the subscriber's REMB, when it sends one, caps the result.
 
-No probing: the SFU sends what publishers send, so the estimate is never raised above
+No padding probes: the SFU sends what publishers send, so the estimate is held to
 `ACKED_HEADROOM` times what was acknowledged (libwebrtc's rule for an application-limited
-sender): a link can be shown to carry what was sent, not more.
+sender): a link can be shown to carry what was sent, not more. Held there alone, a subscriber
+moved down to a low layer could never be shown that a higher one fits again (what it receives
+is what the low layer sends). So the layers themselves are the probe: while layer choice holds
+a track below what its tile wants for lack of budget (`wanting`), after `TRIAL_AFTER_S` at that
+ceiling with neither queue nor loss, the estimate is allowed twice as high (a trial), and
+layer choice may climb; a climb the link cannot carry builds a queue, overuse cuts the estimate
+back to what arrived, and the next trial waits twice as long (up to `TRIAL_AFTER_MAX_S`), so a
+link that is really narrow is tried seldom and a link that recovered is found within seconds.
 
 Hysteresis: `estimate_bps` (what layer choice reads) moves only when the estimate differs from
 it by more than `REPORT_STEP`; the rate control itself holds after every decrease.
@@ -74,6 +81,14 @@ RESPONSE_S = 0.3
 """Additive growth near the capacity: about a packet per frame per this long (GCC: RTT + 100 ms)."""
 ACKED_HEADROOM = 1.5
 """The estimate never exceeds this much of what was acknowledged (no probing: see above)."""
+TRIAL_AFTER_S = 3.0
+"""Calm (no overuse, no loss cut) at the acknowledged ceiling this long: a trial step up."""
+TRIAL_AFTER_MAX_S = 30.0
+"""The longest wait between trials, after failed ones."""
+TRIAL_FACTOR = 2.0
+"""A trial allows the estimate this many times the ceiling."""
+TRIAL_FAILED_WITHIN_S = 5.0
+"""Overuse or a loss cut this soon after a trial counts as the trial failing."""
 ACKED_WINDOW_US = 750_000
 """What was acknowledged: bytes received over this window of arrival times."""
 ACKED_MIN_SPAN_US = 400_000
@@ -272,6 +287,19 @@ class DownlinkEstimator:
         the estimate with hysteresis (`REPORT_STEP`)."""
         self.overuses = 0
         """Times overuse was detected."""
+        self._calm_since: float | None = None
+        """Since when neither overuse nor a loss cut was seen (None: not yet measuring)."""
+        self._setback = False
+        """A loss cut since the last control step (judged without a clock)."""
+        self._trial_bps: float | None = None
+        """The ceiling a trial allows (None: no trial under way)."""
+        self._trial_at: float | None = None
+        self._trial_wait_s = TRIAL_AFTER_S
+        self.trials = 0
+        """Trial steps taken."""
+        self.wanting = False
+        """Whether layer choice holds some track below what its tile wants, for lack of budget
+        (set by the subscriber at each choice): only then are trials taken."""
 
     def on_remb(self, bitrate: int) -> None:
         """The subscriber's receiver-estimated maximum bitrate: a cap on the estimate."""
@@ -347,6 +375,7 @@ class DownlinkEstimator:
             # or down, not compounded: the SFU cannot slow its publishers down to stop the loss).
             self._estimate = DECREASE * acked
             self._state = "hold"
+            self._setback = True
 
     def _control(self, usage: str, now: float) -> None:
         """GCC's rate control (AIMD), driven by the delay usage, gated by loss."""
@@ -358,6 +387,8 @@ class DownlinkEstimator:
         estimate = self._estimate
         if estimate is None:
             estimate = acked * ACKED_HEADROOM
+        if usage == "overusing" or self._setback:
+            self._set_back(now)
         if usage == "overusing":
             self.overuses += 1
             estimate = min(estimate, DECREASE * acked)
@@ -373,9 +404,33 @@ class DownlinkEstimator:
                 estimate = max(self._grown(estimate, elapsed), acked)
                 if self._capacity_bps is not None and acked > 1.5 * self._capacity_bps:
                     self._capacity_bps = None  # the link is not what it was: grow fast again
-        estimate = min(estimate, acked * ACKED_HEADROOM + 10_000)
+        ceiling = acked * ACKED_HEADROOM + 10_000
+        if self._trial_bps is not None:
+            ceiling = max(ceiling, self._trial_bps)
+        estimate = min(estimate, ceiling)
+        if self._calm_since is None:
+            self._calm_since = now
+        elif (
+            self.wanting and usage == "normal" and not self._loss_hold
+            and estimate >= ceiling * 0.95
+            and now - self._calm_since >= self._trial_wait_s
+        ):  # fmt: skip
+            if self._trial_at is not None and now - self._trial_at >= TRIAL_FAILED_WITHIN_S:
+                self._trial_wait_s = TRIAL_AFTER_S  # the last trial held: try again soon
+            estimate = self._trial_bps = TRIAL_FACTOR * ceiling
+            self._trial_at = self._calm_since = now
+            self.trials += 1
         self._estimate = min(max(estimate, MIN_BPS), MAX_BPS)
         self._report()
+
+    def _set_back(self, now: float) -> None:
+        """Overuse or a loss cut: any trial ends, and one that just began failed (the next
+        waits twice as long)."""
+        self._setback = False
+        if self._trial_at is not None and now - self._trial_at < TRIAL_FAILED_WITHIN_S:
+            self._trial_wait_s = min(self._trial_wait_s * 2, TRIAL_AFTER_MAX_S)
+        self._trial_bps = self._trial_at = None
+        self._calm_since = now
 
     def _grown(self, estimate: float, elapsed: float) -> float:
         capacity = self._capacity_bps

@@ -161,15 +161,22 @@ class Subscriber:
             for s in shown
         ]  # fmt: skip
         budgets = split_budget(self.downlink_bps, weights, audio)
+        wanting = False
         for slot, budget in zip(shown, budgets, strict=True):
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
                 continue
+            tile = slot.render_size or UNKNOWN_TILE
             layer = choose_layer(
-                track.meter.layers, tile=slot.render_size or UNKNOWN_TILE, budget_bps=budget,
-                current=switch.current, now=now,
-            )  # fmt: skip
+                track.meter.layers, tile=tile, budget_bps=budget, current=switch.current, now=now
+            )
+            if budget is not None and layer is not None:
+                wanted = choose_layer(
+                    track.meter.layers, tile=tile, budget_bps=None, current=switch.current, now=now
+                )
+                wanting |= wanted is not None and wanted > layer
             track.choose(slot, layer, now)
+        self.downlink.wanting = wanting  # the estimate's trials step up only then
 
     def _session(self) -> RTCPeerConnection:
         if self.pc is None:

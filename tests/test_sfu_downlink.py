@@ -56,12 +56,14 @@ def simulate(
     loss: float = 0.0,
     seed: int = 15,
     frames: bool = False,
+    wanting: bool = False,
 ) -> Trace:
     """Send paced media at `send_bps(t)` (or, with `frames`, 30 frames a second, each frame's
     packets back to back) over a link whose rate is `link_kbps(t)`; feed the estimator."""
     rng = random.Random(seed)
     sent = SentPackets()
     estimator = DownlinkEstimator(sent)
+    estimator.wanting = wanting  # layer choice holds a track below its tile's layer
     builder = TransportFeedback()
     trace = Trace(estimator=estimator)
     direction = ImpairedDirection(Impairment(loss=loss, delay_ms=ONE_WAY_S * 1000), rng)
@@ -165,6 +167,19 @@ def test_a_link_that_recovers_is_seen_once_media_through_it_grows() -> None:
     )
     assert max(trace.between(7, 10)) < 600_000
     assert min(trace.between(14, 20)) >= 1_300_000, trace.estimates
+
+
+def test_a_subscriber_held_on_a_low_layer_is_let_climb_by_trials() -> None:
+    """200 kbps arrive (a thumbnail layer and audio) over a clean 3 Mbps link while a tile wants
+    more: trials raise the estimate step by step (the layers are the probe); when no tile wants
+    more, the estimate stays near what arrives."""
+    held = simulate(12, constant(200_000), constant(3_000), wanting=True)  # type: ignore[arg-type]
+    assert max(held.between(0, 2.5)) < 400_000, "no trial before a calm while"
+    assert max(held.between(9, 12)) > 1_000_000, held.estimates
+    assert held.estimator.trials >= 2
+    content = simulate(12, constant(200_000), constant(3_000))  # type: ignore[arg-type]
+    assert max(content.between(1, 12)) < 400_000, content.estimates
+    assert content.estimator.trials == 0
 
 
 def test_the_estimate_does_not_oscillate_on_a_steady_link() -> None:
