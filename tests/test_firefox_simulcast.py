@@ -2,22 +2,36 @@
 client's simulcast layers and the SFU forwards Chromium's tiles the layer each needs; and
 Firefox, as a subscriber, reports its tiles' sizes (`render_sizes`) and gets the layer its tile
 needs of Chromium's camera. The picture height each page decodes (and the frameWidth of its
-inbound-rtp stats) tells which layer arrived."""
+inbound-rtp stats) tells which layer arrived. And Firefox restarts ICE on its existing sessions
+when its network changes (relay-only, through coturn), as tests/test_web_ice_restart.py does
+with Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
+import time
 from typing import Any
 
 import pytest
 
+from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import ICE_ENV, BrowserTab, OpenTab, tile
 from tests.fixtures.firefox import FirefoxTab, OpenFirefox
-from tests.test_firefox import MixedMeeting, diagnosis, evaluate, meet_chromium_and_firefox
+from tests.fixtures.turnserver import TURN_HOST, TurnServer
+from tests.test_firefox import (
+    MixedMeeting,
+    diagnosis,
+    evaluate,
+    meet_chromium_and_firefox,
+    received_from,
+)
 from tests.test_sfu_simulcast_browser import WATCHED_PEER_CONNECTIONS
+from tests.test_turn import relay_env
+from tests.test_web_ice_restart import NETWORK, turn_url
 
-pytestmark = pytest.mark.skipif(
+needs_layers = pytest.mark.skipif(
     importlib.util.find_spec("sfu.layered") is None,
     reason="the SFU forwards no simulcast layers here (sfu/layered.py)",
 )
@@ -77,6 +91,7 @@ def width_of(height: int) -> int:
     return height * 16 // 9
 
 
+@needs_layers
 async def test_firefox_publishes_its_camera_in_layers_and_chromium_tiles_get_the_one_they_need(
     serve_process: Any, chromium: OpenTab, firefox: OpenFirefox
 ) -> None:
@@ -112,6 +127,7 @@ async def test_firefox_publishes_its_camera_in_layers_and_chromium_tiles_get_the
     assert specialist.page_errors == []
 
 
+@needs_layers
 async def test_firefox_reports_its_tile_sizes_and_gets_the_layer_of_chromiums_camera_they_need(
     serve_process: Any, chromium: OpenTab, firefox: OpenFirefox
 ) -> None:
@@ -136,3 +152,67 @@ async def test_firefox_reports_its_tile_sizes_and_gets_the_layer_of_chromiums_ca
     assert await inbound_frame_width(specialist, cid) == width_of(full)
     assert specialist.page_errors == []
     assert (await evaluate(chair, "window.consilium.state()"))["errors"] == []
+
+
+async def firefox_frames_both_ways(meeting: MixedMeeting) -> tuple[int, int]:
+    """Video frames decoded (Chromium's of Firefox's camera, Firefox's of Chromium's)."""
+    at_chair = (await received_from(meeting.chair, meeting.specialist_id)).get("video", {})
+    at_specialist = (await received_from(meeting.specialist, meeting.chair_id)).get("video", {})
+    return at_chair.get("framesDecoded", 0), at_specialist.get("framesDecoded", 0)
+
+
+async def test_firefox_restarts_ice_on_a_new_network_and_media_comes_back_without_rejoining(
+    turnserver: TurnServer, serve_process: Any, chromium: OpenTab, firefox: OpenFirefox
+) -> None:
+    """As tests/test_web_ice_restart.py with Firefox as the person whose network changes:
+    relay-only through coturn, the first network (a UDP proxy) goes away, the page restarts ICE
+    on its existing sessions through the second, and media comes back both ways."""
+    first, second = ImpairedUdpProxy((TURN_HOST, turnserver.port)), None
+    await first.start()
+    try:
+        serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
+        network = NETWORK % json.dumps([turnserver.udp_url, turn_url(first.port)])
+        meeting = await meet_chromium_and_firefox(
+            serve, chromium, firefox, firefox_preload=f"if (window.RTCPeerConnection) {network}"
+        )
+        specialist = meeting.specialist
+        before = await specialist.evaluate("window.consilium.state()")
+
+        second = ImpairedUdpProxy((TURN_HOST, turnserver.port), seed=2)
+        await second.start()
+        first.close()  # the first network is gone: nothing more crosses it
+        frames = await firefox_frames_both_ways(meeting)
+        route = json.dumps(turn_url(second.port))
+        await specialist.evaluate(
+            f"(() => {{ window.__changeNetwork({route}, {route});"
+            " window.dispatchEvent(new Event('online')); })()"
+        )
+        deadline = time.monotonic() + 20
+        while (now := await firefox_frames_both_ways(meeting)) and not (
+            now[0] > frames[0] + 10 and now[1] > frames[1] + 10
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"media did not come back both ways\n{await diagnosis(meeting)}"
+                )
+            await asyncio.sleep(0.2)
+        await specialist.until("window.consilium.state().iceRestartMs !== undefined", 10)
+        after = await specialist.evaluate("window.consilium.state()")
+        print(
+            f"\nFirefox's ICE restart: both sessions on a new pair after {after['iceRestartMs']} ms"
+        )
+        # The same participant: no rejoin, no lobby; the restart, not its fallback.
+        assert after["participantId"] == before["participantId"] == meeting.specialist_id
+        assert after["received"].get("joined") == 1 and after["received"].get("lobby") == 1
+        assert after["iceRestarts"] == 1 and "iceRestartFallbacks" not in after
+        # Media really crossed the second network, relayed both ways.
+        await asyncio.sleep(3)
+        up, down = second.counters["up"], second.counters["down"]
+        assert up.passed_bytes > 30_000 and down.passed_bytes > 30_000, second.counters
+        stats = await specialist.evaluate("window.consilium.stats()")
+        assert {p["candidateType"] for p in stats["paths"].values()} == {"relay"}
+        assert specialist.page_errors == []
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
