@@ -16,11 +16,11 @@ from nettest.impairment import link
 from nettest.tcp_proxy import ImpairedTcpProxy
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
-    BrowserTab,
     OpenTab,
     diagnosis,
     meet_through_the_lobby,
     received_from,
+    second_tab_with,
 )
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env
@@ -47,19 +47,7 @@ BEHIND_PROXY = """
 def second_browser_behind(chromium: OpenTab, direct_url: str, impaired_url: str) -> OpenTab:
     """`chromium`, except that the second browser it opens (the specialist, in
     meet_through_the_lobby) sends its TURN traffic to `impaired_url` instead of `direct_url`."""
-    opened = 0
-
-    async def open_tab(url: str, **options: Any) -> BrowserTab:
-        nonlocal opened
-        opened += 1
-        if opened != 2:
-            return await chromium(url, **options)
-        tab = await chromium("about:blank", **options)
-        await tab.context.add_init_script(BEHIND_PROXY % json.dumps([direct_url, impaired_url]))
-        await tab.page.goto(url)
-        return tab
-
-    return open_tab  # type: ignore[return-value]
+    return second_tab_with(chromium, BEHIND_PROXY % json.dumps([direct_url, impaired_url]))
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -22,6 +22,7 @@ from tests.fixtures.browser import (
     meet_through_the_lobby,
     page_state,
     received_from,
+    second_tab_with,
 )
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
 from tests.test_turn import relay_env
@@ -82,19 +83,7 @@ TILE_MARKS = """
 def specialist_on_a_network(chromium: OpenTab, direct_url: str, first_url: str) -> OpenTab:
     """`chromium`, except that the second browser it opens (the specialist) reaches coturn
     through `first_url` until the test changes its network."""
-    opened = 0
-
-    async def open_tab(url: str, **options: Any) -> BrowserTab:
-        nonlocal opened
-        opened += 1
-        if opened != 2:
-            return await chromium(url, **options)
-        tab = await chromium("about:blank", **options)
-        await tab.context.add_init_script(NETWORK % json.dumps([direct_url, first_url]))
-        await tab.page.goto(url)
-        return tab
-
-    return open_tab  # type: ignore[return-value]
+    return second_tab_with(chromium, NETWORK % json.dumps([direct_url, first_url]))
 
 
 def turn_url(port: int) -> str:

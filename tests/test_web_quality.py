@@ -23,7 +23,6 @@ from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
 from tests.fixtures.browser import (
     ICE_ENV,
-    BrowserTab,
     OpenTab,
     admit_another,
     diagnosis,
@@ -31,6 +30,7 @@ from tests.fixtures.browser import (
     no_axe_violations,
     no_page_problems,
     screenshot,
+    second_tab_with,
     tile,
 )
 from tests.fixtures.servers import RunningNode
@@ -564,19 +564,7 @@ SMALL_CAMERA = """
 def second_with_a_small_camera(chromium: OpenTab) -> OpenTab:
     """`chromium`, whose second page (the specialist of `meet_through_the_lobby`) sends a small
     picture."""
-    opened = 0
-
-    async def open_tab(url: str, **options: Any) -> BrowserTab:
-        nonlocal opened
-        opened += 1
-        if opened != 2:
-            return await chromium(url, **options)
-        tab = await chromium("about:blank", **options)
-        await tab.context.add_init_script(SMALL_CAMERA)
-        await tab.page.goto(url)
-        return tab
-
-    return open_tab
+    return second_tab_with(chromium, SMALL_CAMERA)
 
 
 LOWER = "lower picture quality"
