@@ -82,11 +82,18 @@ def kek_location(settings: Settings) -> Path:
 
 
 def audit_witness(settings: Settings) -> SyslogWitness | None:
-    """The syslog-over-TLS witness of the audit checkpoints, if one is configured."""
+    """The syslog-over-TLS witness of the audit checkpoints (and the SIEM's copy of the
+    entries), if one is configured."""
     address = settings.witness_address()
     if address is None:
         return None
-    return SyslogWitness(*address, node=settings.node_id, cafile=settings.audit_witness_ca)
+    return SyslogWitness(
+        *address,
+        node=settings.node_id,
+        cafile=settings.audit_witness_ca,
+        entries=settings.audit_siem_entries,
+        app_name=settings.audit_siem_app_name,
+    )
 
 
 def build_node(settings: Settings) -> Node:

@@ -102,7 +102,8 @@ class AuditLog:
 
         `fsync=True` syncs every entry to disk; by default only checkpoints, rotation and
         close sync. `clock` returns aware datetimes (tests pass a fixed one). `heads_file`
-        (outside `directory`) keeps every checkpoint's statement; `witness` is sent each one.
+        (outside `directory`) keeps every checkpoint's statement; `witness` is sent each one,
+        and each entry (for the SIEM, `signaling.siem`).
         Raises `ConfigError` if another writer holds the lock, the existing log's tail does
         not agree with its last signed checkpoint, or the log does not hold the head kept in
         `heads_file` (entries removed, the log wiped or replaced, entries appended while the
@@ -214,9 +215,7 @@ class AuditLog:
             self._segment_size += len(line)
             self._count += 1
             self._head = digest
-            if self._count - self._checkpointed >= self._checkpoint_every:
-                self._checkpoint_locked()
-            return AuditEntry(
+            entry = AuditEntry(
                 seq=body["seq"],
                 ts=body["ts"],
                 action=action,
@@ -228,6 +227,12 @@ class AuditLog:
                 prev=body["prev"],
                 hash=digest,
             )
+            if self._witness is not None:
+                # Queued under the lock, so the stream has entries and checkpoints in order.
+                self._witness.send_entry(entry)
+            if self._count - self._checkpointed >= self._checkpoint_every:
+                self._checkpoint_locked()
+            return entry
 
     def checkpoint(self) -> None:
         """Sign the current count and head into ``checkpoints.jsonl`` and sync both to disk."""
@@ -556,10 +561,14 @@ def iter_entries(
 
 
 class CheckpointWitness(Protocol):
-    """Where checkpoints are copied off the machine (`signaling.witness.SyslogWitness`)."""
+    """Where checkpoints (and entries) are copied off the machine
+    (`signaling.witness.SyslogWitness`)."""
 
     def send(self, statement: dict[str, Any]) -> None:
         """Queue one signed checkpoint statement (count, head, ts, sig); never raises."""
+
+    def send_entry(self, entry: AuditEntry) -> None:
+        """Queue one entry just written (the sender decides what of it leaves); never raises."""
 
     def close(self) -> object:
         """Deliver what is queued (bounded wait), then stop."""

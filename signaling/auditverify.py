@@ -1,6 +1,7 @@
 """Checking an audit log after the fact, with only the public key: the whole chain and every
 checkpoint (`verify_log`), and the log against what its external witness received
-(`compare_with_witness`). Neither raises for what it finds in the files: a report names it.
+(`compare_with_witness`, the checkpoints and the SIEM's copy of the entries). Neither raises
+for what it finds in the files: a report names it.
 """
 
 from __future__ import annotations
@@ -127,8 +128,10 @@ class WitnessReport:
     """Checkpoint lines in the witness file not signed by the key (other nodes, or forged)."""
     unwitnessed: int = 0
     """Entries after the last witnessed checkpoint (not yet copied off the machine)."""
+    entries_matched: int = 0
+    """Entries the SIEM holds (from this key's nodes) that the log holds with the same hash."""
     problems: list[str] = field(default_factory=list)
-    """Each witnessed checkpoint the log no longer holds, one sentence each."""
+    """Each witnessed checkpoint or entry the log no longer holds, one sentence each."""
 
     @property
     def ok(self) -> bool:
@@ -137,12 +140,17 @@ class WitnessReport:
 
 
 def compare_with_witness(
-    directory: Path, public_key: Ed25519PublicKey, witness: Iterable[WitnessedStatement]
+    directory: Path,
+    public_key: Ed25519PublicKey,
+    witness: Iterable[WitnessedStatement],
+    entries: Iterable[WitnessedRecord] = (),
 ) -> WitnessReport:
     """Check that the log still holds every checkpoint the witness received: entry count-1
     with the witnessed head. Finds a log cut short or wiped (fewer entries than witnessed)
-    and entries rewritten, inserted or removed before a witnessed head. Never raises for
-    what it finds in the files."""
+    and entries rewritten, inserted or removed before a witnessed head. Then each entry the
+    SIEM received from a node whose checkpoints this key signed must be in the log with the
+    same hash (entries are not signed: a node is trusted by its checkpoints). Never raises
+    for what it finds in the files."""
     report = WitnessReport()
     witnessed = []
     for item in witness:
@@ -180,6 +188,23 @@ def compare_with_witness(
         else:
             report.matched += 1
     report.unwitnessed = max(0, len(heads) - max(item.count for item in witnessed))
+    nodes = {item.node for item in witnessed}
+    for record in entries:
+        if record.node not in nodes:
+            continue
+        where = f"witness line {record.line} ({record.action}, seq {record.seq})"
+        if record.seq >= len(heads):
+            report.problems.append(
+                f"{where}: the SIEM holds an entry the log does not ({len(heads)} entries): "
+                "entries removed"
+            )
+        elif heads[record.seq] != record.hash:
+            report.problems.append(
+                f"{where}: the SIEM's hash {record.hash[:16]}... differs from the log's: "
+                "the entry was rewritten, or entries inserted or removed before it"
+            )
+        else:
+            report.entries_matched += 1
     return report
 
 
@@ -194,6 +219,23 @@ class WitnessedStatement(Protocol):
     def ts(self) -> str: ...
     @property
     def sig(self) -> str: ...
+    @property
+    def line(self) -> int: ...
+    @property
+    def node(self) -> str: ...
+
+
+class WitnessedRecord(Protocol):
+    """An entry as the SIEM holds it (`signaling.siem.WitnessedEntry`)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def action(self) -> str: ...
     @property
     def line(self) -> int: ...
 

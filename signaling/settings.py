@@ -185,6 +185,11 @@ class Settings:
     every signed audit checkpoint; unset: no witness."""
     audit_witness_ca: Path | None = None
     """CA certificate (PEM) the witness's certificate must chain to; unset: the system's CAs."""
+    audit_siem_entries: bool = True
+    """Send every audit entry to `audit_witness` as well (RFC 5424 with structured data, no
+    PHI: `signaling.siem`), interleaved with the checkpoints; false: the checkpoints alone."""
+    audit_siem_app_name: str = "consilium"
+    """The RFC 5424 APP-NAME of the witness's messages (what the SIEM filters on)."""
 
     metrics_token: str | None = None
     """Bearer token for `GET /metrics` from other hosts and through a reverse proxy (a direct

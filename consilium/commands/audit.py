@@ -17,6 +17,7 @@ from core.errors import ConfigError
 from signaling.audit import PUBLIC_KEY_FILE, iter_entries, load_public_key, parse_time
 from signaling.auditformat import AuditEntry
 from signaling.auditverify import compare_with_witness, verify_log
+from signaling.siem import parse_witnessed_entries
 from signaling.witness import parse_witness
 
 AUDIT_NOT_AUTHENTICATED = 3
@@ -27,7 +28,7 @@ no --public-key was given: who signed it is not established (0 intact under the 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the audit log's hash chain and signed checkpoints (and, with --witness, that it
-    still holds every checkpoint the witness received); exit 1 on any tampering."""
+    still holds every checkpoint and entry the witness received); exit 1 on any tampering."""
     data = data_dir(args)
     key_path = Path(args.public_key) if args.public_key else key_dir(args) / PUBLIC_KEY_FILE
     try:
@@ -45,17 +46,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.witness:
         try:
             witnessed = list(parse_witness(Path(args.witness)))
+            siem_entries = list(parse_witnessed_entries(Path(args.witness)))
         except OSError as exc:
             print(f"error: cannot read the witness file: {exc}", file=sys.stderr)
             return 2
-        compared = compare_with_witness(data / "audit", public_key, witnessed)
+        compared = compare_with_witness(data / "audit", public_key, witnessed, siem_entries)
         for problem in compared.problems:
             print(f"FAILED: witness: {problem}", file=sys.stderr)
         failed = failed or not compared.ok
         if compared.ok:
             print(
                 f"witness: the log holds all {compared.matched} witnessed checkpoint(s); "
-                f"{compared.unwitnessed} entries after the last one are not witnessed yet"
+                f"{compared.unwitnessed} entries after the last one are not witnessed yet; "
+                f"it holds all {compared.entries_matched} entries the witness received"
             )
     if failed:
         return 1
