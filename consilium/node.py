@@ -32,6 +32,7 @@ from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
 from signaling.state.opening import open_store
 from signaling.tokens import KeySource, TokenVerifier
+from signaling.webhooks import WebhookDispatcher, load_subscribers
 from signaling.witness import SyslogWitness
 
 
@@ -102,6 +103,9 @@ def build_node(settings: Settings) -> Node:
     data_dir.mkdir(parents=True, exist_ok=True)
     key_dir = settings.keys_directory()
     audit_key = generate_audit_key(key_dir)
+    webhooks = WebhookDispatcher(
+        load_subscribers(settings.webhooks), settings.node_id, data_dir / "webhooks"
+    )
     audit = AuditLog(
         data_dir / "audit",
         audit_key,
@@ -109,6 +113,7 @@ def build_node(settings: Settings) -> Node:
         fsync=settings.audit_fsync,
         heads_file=key_dir / HEADS_FILE,
         witness=audit_witness(settings),
+        on_entry=webhooks.observe,
     )
     policy = Policy.load(settings.policy_file)
     dev_idp: DevelopmentIdP | None = None
@@ -220,6 +225,7 @@ def build_node(settings: Settings) -> Node:
             settings.export_scratch(),
             watermark_key,
         ),
+        webhooks=webhooks,
     )
 
 

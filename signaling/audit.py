@@ -97,13 +97,15 @@ class AuditLog:
         clock: Callable[[], datetime] | None = None,
         heads_file: Path | None = None,
         witness: CheckpointWitness | None = None,
+        on_entry: Callable[[AuditEntry], None] | None = None,
     ) -> None:
         """Open (or create) the log in `directory` and take its lock.
 
         `fsync=True` syncs every entry to disk; by default only checkpoints, rotation and
         close sync. `clock` returns aware datetimes (tests pass a fixed one). `heads_file`
         (outside `directory`) keeps every checkpoint's statement; `witness` is sent each one,
-        and each entry (for the SIEM, `signaling.siem`).
+        and each entry (for the SIEM, `signaling.siem`). `on_entry` is called with each entry
+        once written, in the appending thread (the webhooks); it must not block or raise.
         Raises `ConfigError` if another writer holds the lock, the existing log's tail does
         not agree with its last signed checkpoint, or the log does not hold the head kept in
         `heads_file` (entries removed, the log wiped or replaced, entries appended while the
@@ -130,6 +132,7 @@ class AuditLog:
         self._checkpoint_fd = -1
         self._heads_file = Path(heads_file) if heads_file is not None else None
         self._witness = witness
+        self._on_entry = on_entry
         self._last_statement: dict[str, Any] | None = None
 
         self._directory.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
@@ -232,7 +235,9 @@ class AuditLog:
                 self._witness.send_entry(entry)
             if self._count - self._checkpointed >= self._checkpoint_every:
                 self._checkpoint_locked()
-            return entry
+        if self._on_entry is not None:
+            self._on_entry(entry)
+        return entry
 
     def checkpoint(self) -> None:
         """Sign the current count and head into ``checkpoints.jsonl`` and sync both to disk."""

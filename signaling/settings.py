@@ -190,6 +190,9 @@ class Settings:
     PHI: `signaling.siem`), interleaved with the checkpoints; false: the checkpoints alone."""
     audit_siem_app_name: str = "consilium"
     """The RFC 5424 APP-NAME of the witness's messages (what the SIEM filters on)."""
+    webhooks: list[str] = field(default_factory=list)
+    """Receivers of signed webhook events, `URL SECRET_FILE [EVENT ...]` each (all events when
+    none is named); see "Webhooks" for the events, headers and the signature."""
 
     metrics_token: str | None = None
     """Bearer token for `GET /metrics` from other hosts and through a reverse proxy (a direct

@@ -139,6 +139,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ).hexdigest(),
         stale_entries_purged=purged,
     )
+    await node.webhooks.start(node.audit.append)
     sweeper = asyncio.get_running_loop().create_task(sweep_revocations(node))
     image_sweeper = asyncio.get_running_loop().create_task(sweep_retention(node))
     node.ready = True
@@ -160,6 +161,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await node.store.purge_node(node.settings.node_id)
         with contextlib.suppress(Exception):
             await node.store.close()
+        with contextlib.suppress(Exception):
+            await node.webhooks.close()
         await asyncio.to_thread(node.image_work.close)
     finally:
         # Whatever failed above, the audit log gets its final signed checkpoint.

@@ -23,6 +23,7 @@ from signaling.rooms import Rooms
 from signaling.settings import Settings
 from signaling.state.store import StateStore
 from signaling.tokens import KeySource, TokenVerifier
+from signaling.webhooks import WebhookDispatcher
 
 IMAGE_QUEUE_PER_WORKER = 8
 """Image requests that may wait per worker; the next is refused with 429 (docs/operations.md,
@@ -99,6 +100,8 @@ class Node:
     """The node's Ed25519 key: signs the audit log's checkpoints and recording manifests."""
     archive: ArchiveService
     """The recordings, as the archive's API serves them."""
+    webhooks: WebhookDispatcher
+    """Signed webhook events to the hospital's systems (none without subscribers)."""
     ready: bool = False
     """Serving: set once started, cleared as the node stops (`/readyz`, `/healthz`)."""
     retention_swept: asyncio.Event = field(default_factory=asyncio.Event)
