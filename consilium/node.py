@@ -106,13 +106,14 @@ def build_node(settings: Settings) -> Node:
     webhooks = WebhookDispatcher(
         load_subscribers(settings.webhooks), settings.node_id, data_dir / "webhooks"
     )
+    witness = audit_witness(settings)
     audit = AuditLog(
         data_dir / "audit",
         audit_key,
         checkpoint_every=settings.audit_checkpoint_every,
         fsync=settings.audit_fsync,
         heads_file=key_dir / HEADS_FILE,
-        witness=audit_witness(settings),
+        witness=witness,
         on_entry=webhooks.observe,
     )
     policy = Policy.load(settings.policy_file)
@@ -226,6 +227,7 @@ def build_node(settings: Settings) -> Node:
             watermark_key,
         ),
         webhooks=webhooks,
+        witness=witness,
     )
 
 

@@ -6,6 +6,7 @@ that the log lost."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -235,6 +236,16 @@ async def test_a_node_sends_its_entries_to_the_siem_unless_told_not_to(
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{node.url}/api/audit") as response:
                 assert response.status == 401  # refused: audited
+            assert node.node is not None and node.node.witness is not None
+            node.node.audit.checkpoint()
+            for _ in range(100):  # genesis, config_loaded, api_refused, the checkpoint
+                if node.node.witness.sent >= 4:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.get(f"{node.url}/metrics") as response:
+                metrics = dict(line.split(" ") for line in (await response.text()).splitlines())
+            assert int(metrics["consilium_audit_witness_sent_total"]) >= 4
+            assert metrics["consilium_audit_witness_dropped_entries_total"] == "0"
     syslog_receiver.wait_for_lines(ENTRY_MARK, 3)
     apps = {RFC5424.fullmatch(line)["app"] for line in  # type: ignore[index]
             syslog_receiver.output.read_text().splitlines()}  # fmt: skip

@@ -207,6 +207,11 @@ async def test_a_failing_receiver_gets_the_same_event_on_the_third_attempt(
             await eventually(lambda: len(his.deliveries) >= 3, timeout=15)
             assert node.node is not None
             await eventually(lambda: node.node.webhooks.delivered == 1, timeout=5)  # type: ignore[union-attr]
+            http = await node.session()
+            async with http.get(f"{node.url}/metrics") as response:
+                metrics = dict(line.split(" ") for line in (await response.text()).splitlines())
+            assert metrics["consilium_webhooks_delivered_total"] == "1"
+            assert metrics["consilium_webhooks_dead_lettered_total"] == "0"
     assert [e["type"] for e in his.events()] == ["meeting.started"] * 3
     assert len({headers[wf.ID_HEADER] for headers, _ in his.deliveries}) == 1
     assert all(verify_webhook(SECRET, h, b) for h, b in his.deliveries)

@@ -24,6 +24,7 @@ from signaling.settings import Settings
 from signaling.state.store import StateStore
 from signaling.tokens import KeySource, TokenVerifier
 from signaling.webhooks import WebhookDispatcher
+from signaling.witness import SyslogWitness
 
 IMAGE_QUEUE_PER_WORKER = 8
 """Image requests that may wait per worker; the next is refused with 429 (docs/operations.md,
@@ -102,6 +103,8 @@ class Node:
     """The recordings, as the archive's API serves them."""
     webhooks: WebhookDispatcher
     """Signed webhook events to the hospital's systems (none without subscribers)."""
+    witness: SyslogWitness | None
+    """The audit log's syslog-over-TLS witness and SIEM stream, if configured (its counters)."""
     ready: bool = False
     """Serving: set once started, cleared as the node stops (`/readyz`, `/healthz`)."""
     retention_swept: asyncio.Event = field(default_factory=asyncio.Event)

@@ -65,7 +65,16 @@ async def metrics(request: web.Request) -> web.Response:
         "consilium_rooms_on_node": float(len(node.rooms.by_room)),
         "consilium_pending_connections": float(node.door.pending),
         "consilium_audit_entries": float(node.audit.count),
+        "consilium_webhooks_delivered_total": float(node.webhooks.delivered),
+        "consilium_webhooks_dead_lettered_total": float(node.webhooks.dead_lettered),
+        "consilium_webhooks_dropped_total": float(node.webhooks.dropped),
     }
+    if node.witness is not None:
+        values["consilium_audit_witness_sent_total"] = float(node.witness.sent)
+        values["consilium_audit_witness_queued"] = float(node.witness.queued)
+        values["consilium_audit_witness_dropped_entries_total"] = float(
+            node.witness.dropped_entries
+        )
     for cause, count in node.rooms.media_failures.items():
         values[f'consilium_media_failures_total{{cause="{cause}"}}'] = float(count)
     if node.rooms.media is not None:
