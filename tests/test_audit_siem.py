@@ -30,6 +30,7 @@ from signaling.siem import (
 from signaling.witness import MESSAGE_MARK, SyslogWitness, parse_witness
 from tests.fixtures.rsyslog import SyslogReceiver, syslog_receiver
 from tests.fixtures.servers import REPO, node_settings, running_node
+from tests.test_images import ct_bytes, fetch, meeting, upload
 
 __all__ = ["syslog_receiver"]  # the fixture, imported for this module
 
@@ -265,3 +266,37 @@ async def test_a_node_sends_its_entries_to_the_siem_unless_told_not_to(
     node_b = [w for w in parse_witnessed_entries(syslog_receiver.output) if w.node == quiet.node_id]
     assert node_b == []
     assert any(w.node == quiet.node_id for w in parse_witness(syslog_receiver.output))
+
+
+async def test_a_real_meeting_with_a_patients_ct_leaves_no_phi_in_the_siem(
+    tmp_path: Path, syslog_receiver: SyslogReceiver
+) -> None:
+    """The field's path: people join (their tokens carry display names), a CT whose header
+    names the patient is shared and viewed; the SIEM gets every entry, and none of it."""
+    settings = node_settings(
+        tmp_path / "data",
+        media=False,
+        max_image_bytes=512 * 1024,
+        audit_witness=syslog_receiver.address,
+        audit_witness_ca=str(syslog_receiver.ca_file),
+    )
+    ct = ct_bytes(
+        PatientName="WANGFANG^MEILING", PatientID="MRN55501234",
+        StudyDescription="CT THORAX SUSPECTED LESION", PatientBirthDate="19570102",
+    )  # fmt: skip
+    async with running_node(settings) as node:
+        await meeting(node)
+        status, body = await upload(node, "dr-heart", ct)
+        assert status == 201, body
+        assert (await fetch(node, "dr-chair", body["image_id"])).status == 200
+    logged = list(iter_entries(tmp_path / "data" / "audit"))
+    syslog_receiver.wait_for_lines(ENTRY_MARK, len(logged))
+    received = syslog_receiver.output.read_text()
+    for secret in ("WANGFANG", "MEILING", "55501234", "THORAX", "LESION", "19570102",
+                   "Dr-Chair", "Dr-Heart"):  # fmt: skip
+        assert secret not in received, secret
+    witnessed = {w.seq: w for w in parse_witnessed_entries(syslog_receiver.output)}
+    assert [(w.seq, w.hash) for w in witnessed.values()] == [(e.seq, e.hash) for e in logged]
+    shared = next(e for e in logged if e.action == "image_shared")
+    line = received.splitlines()[witnessed[shared.seq].line - 1]
+    assert f'image="{body["image_id"]}"' in line and 'sub="dr-heart"' in line
