@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from signaling import witness as witness_module
 from signaling.audit import AuditLog, iter_entries
 from signaling.auditformat import AuditEntry
 from signaling.auditverify import compare_with_witness, verify_log
@@ -107,6 +109,25 @@ def test_an_entry_is_one_rfc5424_message_with_structured_data() -> None:
     assert params["seq"] == "7" and params["reason"] == "policy" and params["ip"] == "::1"
     assert "by" not in params  # not identifier-shaped: withheld
     assert parsed["msg"].startswith(ENTRY_MARK + " {")
+
+
+def test_a_full_queue_drops_new_entries_counted_and_logged_never_a_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(witness_module, "MAX_QUEUED_ENTRIES", 5)
+    monkeypatch.setattr(witness_module, "MAX_QUEUED", 2)
+    witness = SyslogWitness("127.0.0.1", 9, node="node-a")  # nothing listens: all waits
+    try:
+        statement = {"count": 0, "head": "0" * 64, "ts": "2026-12-07T09:00:00.000Z", "sig": "x"}
+        for seq in range(8):
+            witness.send_entry(entry(seq=seq))
+        for count in (1, 2, 3):
+            witness.send({**statement, "count": count})
+        assert witness.dropped_entries == 3 and witness.dropped_checkpoints == 1
+        assert witness.queued == 5 + 2
+        assert "entry seq 5 not queued for the SIEM" in caplog.text
+    finally:
+        witness.close(timeout=0.1)
 
 
 # --- with a real rsyslog over TLS -------------------------------------------------------------
