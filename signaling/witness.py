@@ -146,6 +146,8 @@ class SyslogWitness:
         self._pid = os.getpid()
         self.sent = 0
         """Messages (checkpoints and entries) the receiver has taken (written to its socket)."""
+        self.connections = 0
+        """TLS connections opened to the receiver (one, unless it went away)."""
         self._thread = threading.Thread(target=self._run, name="audit-witness", daemon=True)
         self._thread.start()
 
@@ -239,6 +241,7 @@ class SyslogWitness:
             raw = socket.create_connection((self.host, self.port), timeout=_CONNECT_TIMEOUT_S)
             try:
                 self._socket = self._context.wrap_socket(raw, server_hostname=self.host)
+                self.connections += 1
             except BaseException:
                 raw.close()
                 raise
@@ -254,10 +257,23 @@ class SyslogWitness:
 
 
 def _closed_by_peer(sock: ssl.SSLSocket) -> bool:
-    """Whether the receiver has closed the connection: it never sends, so a socket that is
-    readable holds only the end of the stream (or an error)."""
+    """Whether the receiver has closed the connection. It never sends anything but TLS's own
+    records (a TLS 1.3 session ticket after the handshake), so a readable socket is read
+    without waiting: the end of the stream or an error means closed; a TLS record that
+    carried no data (`SSLWantReadError`) means still open."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    if not readable:
+        return False
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return sock.recv(1) == b""
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except (OSError, ssl.SSLError):
+        return True
+    finally:
+        sock.settimeout(timeout)

@@ -140,8 +140,8 @@ def witness_for(receiver: SyslogReceiver) -> SyslogWitness:
 def test_entries_and_checkpoints_reach_the_siem_in_order_without_phi(
     tmp_path: Path, syslog_receiver: SyslogReceiver
 ) -> None:
-    with AuditLog(tmp_path / "audit", KEY, checkpoint_every=3,
-                  witness=witness_for(syslog_receiver)) as log:  # fmt: skip
+    witness = witness_for(syslog_receiver)
+    with AuditLog(tmp_path / "audit", KEY, checkpoint_every=3, witness=witness) as log:
         for i in range(4):
             log.append("join", "allow", sub=f"dr-{i}", room="mdt-1", jti=f"j-{i}")
         write_phi_bait(log)
@@ -171,6 +171,7 @@ def test_entries_and_checkpoints_reach_the_siem_in_order_without_phi(
                       ("e", 5), ("c", 6), ("e", 6), ("c", 7)]  # fmt: skip
     witnessed = [(w.seq, w.hash) for w in parse_witnessed_entries(syslog_receiver.output)]
     assert witnessed == [(e.seq, e.hash) for e in logged]
+    assert witness.connections == 1  # one TLS connection carries the whole stream
     bait = next(w for w in parse_witnessed_entries(syslog_receiver.output) if w.seq == 4)
     assert '"withheld":5' in lines[bait.line - 1]  # the five patient-ish fields
 
@@ -192,6 +193,7 @@ def test_a_siem_that_was_down_gets_the_queued_entries_in_order(
     seqs = [w.seq for w in parse_witnessed_entries(syslog_receiver.output)]
     assert seqs == list(range(40))
     assert witness.dropped_entries == 0 and len(lines) == 40
+    assert witness.connections == 2  # before and after the receiver's restart
 
 
 def test_an_entry_the_siem_holds_and_the_log_lost_fails_verify(
