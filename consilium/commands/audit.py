@@ -126,7 +126,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--public-key", help="the audit public key (PEM) kept apart from the server"
     )
     verify.add_argument(
-        "--witness", metavar="FILE", help="the witness's copy of the checkpoints (syslog file)"
+        "--witness",
+        metavar="FILE",
+        help="the witness's (SIEM's) copy of the checkpoints and entries (syslog file)",
     )
     verify.set_defaults(func=cmd_audit_verify)
     show = audit_sub.add_parser("show", help="list entries with filters")
