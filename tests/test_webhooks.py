@@ -129,6 +129,8 @@ class Receiver:
     deliveries: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)
     """Statuses to answer with, in order; 200 once they run out."""
+    held: asyncio.Event | None = None
+    """While set to an unset event, every request waits for it (a receiver that hangs)."""
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.deliveries]
@@ -140,7 +142,10 @@ async def receiver() -> AsyncIterator[Receiver]:
     got = Receiver(f"http://127.0.0.1:{port}/hooks")
 
     async def hooks(request: web.Request) -> web.Response:
-        got.deliveries.append((dict(request.headers), await request.read()))
+        body = await request.read()
+        if got.held is not None:
+            await got.held.wait()
+        got.deliveries.append((dict(request.headers), body))
         return web.Response(status=got.answers.pop(0) if got.answers else 200)
 
     app = web.Application()
@@ -190,6 +195,24 @@ async def test_a_meeting_reaches_the_his_signed_and_without_names(tmp_path: Path
     # A body changed on the way no longer verifies.
     headers, body = his.deliveries[0]
     assert not verify_webhook(SECRET, headers, body.replace(b"mdt-1", b"mdt-2"))
+
+
+async def test_a_receiver_that_hangs_holds_up_no_one(tmp_path: Path) -> None:
+    async with receiver() as his:
+        his.held = asyncio.Event()
+        settings = node_settings(
+            tmp_path / "data", media=False, webhooks=subscription(tmp_path, his.url)
+        )
+        async with running_node(settings) as node:
+            for sub, role in (("dr-chair", "chair"), ("dr-a", "specialist"),
+                              ("dr-b", "specialist"), ("dr-c", "specialist")):  # fmt: skip
+                _, joined = await node.join(sub, role)
+                assert joined["type"] == "joined"  # each answered while the HIS hangs
+            assert his.deliveries == []
+            his.held.set()
+            await eventually(lambda: len(his.deliveries) >= 5, timeout=10)
+            kinds = sorted(e["type"] for e in his.events())
+    assert kinds == ["meeting.started"] + ["participant.joined"] * 4
 
 
 async def test_a_failing_receiver_gets_the_same_event_on_the_third_attempt(
