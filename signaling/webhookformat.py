@@ -10,7 +10,8 @@ retry carries the same id; an auditor can find the entry).
 A delivery is a POST of the event's JSON with three headers (`ID_HEADER`, `TIMESTAMP_HEADER`,
 `SIGNATURE_HEADER`): the signature is ``v1=`` and the hex HMAC-SHA256, keyed with the
 subscriber's secret, of ``timestamp + "." + body`` (the timestamp is Unix seconds as sent in
-its header, the body the exact bytes). `verify` is the subscriber's side; docs/operations.md
+its header, the body the exact bytes); while a secret is being replaced, one such signature per
+secret, separated by spaces. `verify` is the subscriber's side; docs/operations.md
 carries the same recipe in a dozen lines of Python.
 
 Pure: `now` and the random draw for jitter are passed in.
@@ -32,7 +33,7 @@ ID_HEADER = "Consilium-Webhook-Id"
 TIMESTAMP_HEADER = "Consilium-Webhook-Timestamp"
 """Unix time in seconds when this attempt was signed."""
 SIGNATURE_HEADER = "Consilium-Webhook-Signature"
-"""``v1=<hex HMAC-SHA256 of timestamp + "." + body>``."""
+"""``v1=<hex HMAC-SHA256 of timestamp + "." + body>``, one per secret, space-separated."""
 REPLAY_WINDOW_S = 300
 """A subscriber refuses a delivery whose timestamp is further than this from its clock."""
 
@@ -78,8 +79,8 @@ class Subscriber:
 
     url: str
     """Where events are POSTed (https, or http on loopback)."""
-    secret: bytes
-    """The HMAC key shared with the receiver."""
+    secrets: tuple[bytes, ...]
+    """The HMAC keys shared with the receiver: one, or the new and the old while replacing it."""
     events: frozenset[str]
     """The event types it wants."""
 
@@ -122,22 +123,24 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
-def headers(event_id: str, secret: bytes, now_s: float, body: bytes) -> dict[str, str]:
-    """The headers of one attempt, signed at `now_s`."""
+def headers(event_id: str, secrets: tuple[bytes, ...], now_s: float, body: bytes) -> dict[str, str]:
+    """The headers of one attempt, signed at `now_s` with each secret."""
     timestamp = int(now_s)
     return {
         "Content-Type": "application/json",
         ID_HEADER: event_id,
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(secret, timestamp, body),
+        SIGNATURE_HEADER: " ".join(sign(secret, timestamp, body) for secret in secrets),
     }
 
 
 def verify(secret: bytes, timestamp: str, signature: str, body: bytes, now_s: float) -> bool:
-    """The receiver's check: the signature matches and the timestamp is within the window."""
+    """The receiver's check: one of the signatures is by `secret` and the timestamp is within
+    the window."""
     if not timestamp.isdigit() or abs(now_s - int(timestamp)) > REPLAY_WINDOW_S:
         return False
-    return hmac.compare_digest(sign(secret, int(timestamp), body), signature)
+    expected = sign(secret, int(timestamp), body)
+    return any(hmac.compare_digest(expected, given) for given in signature.split())
 
 
 def retryable(status: int | None) -> bool:

@@ -39,14 +39,16 @@ IN_FLIGHT = 8
 ATTEMPT_TIMEOUT_S = 10.0
 """A receiver that has not answered by then counts as a failed attempt."""
 DEAD_LETTER_FILE = "dead-letter.jsonl"
+MAX_SECRETS = 2
+"""Secrets per receiver: the current one, and its successor while the receiver switches."""
 
 AuditAppend = Callable[..., object]
 """`AuditLog.append`: where dead letters are recorded."""
 
 
 def load_subscribers(entries: list[str]) -> list[wf.Subscriber]:
-    """The `webhooks` setting's entries (``URL SECRET_FILE [EVENT ...]``), secrets read.
-    Raises `ConfigError` naming what is wrong."""
+    """The `webhooks` setting's entries (``URL SECRET_FILE [EVENT ...]``), secrets read (one a
+    line: two while replacing one). Raises `ConfigError` naming what is wrong."""
     subscribers = []
     for item in entries:
         words = item.split()
@@ -63,13 +65,17 @@ def load_subscribers(entries: list[str]) -> list[wf.Subscriber]:
                 f"webhooks: unknown event(s) {sorted(unknown)}; known: {', '.join(wf.EVENT_TYPES)}"
             )
         try:
-            secret = Path(secret_file).read_bytes().strip()
+            lines = Path(secret_file).read_bytes().splitlines()
         except OSError as exc:
             raise ConfigError(f"webhooks: cannot read the secret of {url}: {exc}") from None
-        if len(secret) < 16:
-            raise ConfigError(f"webhooks: the secret in {secret_file} is under 16 bytes")
+        secrets = tuple(line.strip() for line in lines if line.strip())
+        if not 1 <= len(secrets) <= MAX_SECRETS or any(len(s) < 16 for s in secrets):
+            raise ConfigError(
+                f"webhooks: {secret_file} must hold 1 to {MAX_SECRETS} secrets of at least "
+                "16 bytes, one a line"
+            )
         subscribers.append(
-            wf.Subscriber(url, secret, frozenset(events) if events else frozenset(wf.EVENT_TYPES))
+            wf.Subscriber(url, secrets, frozenset(events) if events else frozenset(wf.EVENT_TYPES))
         )
     return subscribers
 
@@ -187,7 +193,7 @@ class WebhookDispatcher:
             attempt += 1
             status: int | None = None
             try:
-                headers = wf.headers(event.id, subscriber.secret, time.time(), body)
+                headers = wf.headers(event.id, subscriber.secrets, time.time(), body)
                 async with self._session.post(subscriber.url, data=body, headers=headers) as r:
                     status = r.status
                     await r.read()

@@ -76,7 +76,7 @@ def test_audited_happenings_become_events_with_identifiers_only() -> None:
 def test_the_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
     verify_webhook = docs_recipe()
     body = b'{"id":"evt_1","type":"meeting.started"}'
-    headers = wf.headers("evt_1", SECRET, 1_765_000_000.7, body)
+    headers = wf.headers("evt_1", (SECRET,), 1_765_000_000.7, body)
     assert headers[wf.TIMESTAMP_HEADER] == "1765000000"
     assert wf.verify(SECRET, "1765000000", headers[wf.SIGNATURE_HEADER], body, 1_765_000_100)
     assert verify_webhook(SECRET, headers, body, now=1_765_000_100)
@@ -86,6 +86,13 @@ def test_the_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
     assert not verify_webhook(b"another-secret-0123456789", headers, body, now=1_765_000_100)
     assert not verify_webhook(SECRET, headers, body, now=1_765_000_000 + 301)  # replayed later
     assert not verify_webhook(SECRET, headers, body, now=1_765_000_000 - 301)
+    # Replacing the secret: signed with both, either verifies; the header alone proves nothing.
+    new = b"whsec-next-fedcba9876543210fedc"
+    both = wf.headers("evt_1", (new, SECRET), 1_765_000_000, body)
+    assert both[wf.SIGNATURE_HEADER].count("v1=") == 2
+    assert verify_webhook(SECRET, both, body, now=1_765_000_100)
+    assert verify_webhook(new, both, body, now=1_765_000_100)
+    assert not verify_webhook(b"whsec-other-0123456789abcdef", both, body, now=1_765_000_100)
 
 
 def test_retries_back_off_with_jitter_and_stop() -> None:
@@ -105,13 +112,16 @@ def test_a_subscriber_needs_https_known_events_and_a_real_secret(tmp_path: Path)
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET + b"\n")
     [sub] = load_subscribers([f"https://his.example/hooks {secret} meeting.started"])
-    assert sub.secret == SECRET and sub.events == {"meeting.started"}
+    assert sub.secrets == (SECRET,) and sub.events == {"meeting.started"}
     [every] = load_subscribers([f"http://127.0.0.1:9/hooks {secret}"])
+    short = tmp_path / "short"
+    short.write_bytes(b"hunter2\n")
     assert every.events == set(wf.EVENT_TYPES)
     for bad, why in (
         (f"http://his.example/hooks {secret}", "must be https"),
         (f"https://his.example/hooks {secret} meeting.paused", "unknown event"),
         (f"https://his.example/hooks {tmp_path / 'none'}", "cannot read the secret"),
+        (f"https://his.example/hooks {short}", "1 to 2 secrets of at least 16 bytes"),
         ("https://his.example/hooks", "is not 'URL SECRET_FILE"),
     ):
         with pytest.raises(ConfigError, match=why):
