@@ -115,6 +115,10 @@ class Revocation:
     """When, seconds since the epoch."""
     expires_at: float | None = None
     """When it stops mattering (a jti: when the token expires); None for never."""
+    lifted: bool = False
+    """Withdrawn (a SCIM re-activation lifts the revocation a deactivation made): kept as the
+    latest record of its key, so that every copy (journals, Redis, each node) forgets the
+    revocation it supersedes, and revokes nothing."""
 
     @property
     def key(self) -> str:
