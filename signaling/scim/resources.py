@@ -156,6 +156,7 @@ def group_resource(record: DirectoryGroup, base_url: str) -> Group:
     """The SCIM Group of a record; its members name users by their SCIM id."""
     group = Group.model_validate({**record.resource, "members": None})
     group.id = record.group_id
+    group.display_name = record.display_name
     # `members` (the ids) is what counts; the stored resource keeps what the client said of each.
     said = {m.get("value"): m for m in record.resource.get("members") or () if isinstance(m, dict)}
     group.members = [
