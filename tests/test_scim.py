@@ -3,6 +3,7 @@ records, what a leaver's status does to their revocation, departments, lifted re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,12 @@ from signaling.scim.patching import apply_patch
 from signaling.scim.query import ListQuery, matching, page, parse_list_query
 from signaling.state.directory_records import DirectoryGroup, DirectoryUser, departments_of
 from signaling.state.records import Revocation
-from signaling.state.revocations import RevocationIndex
+from signaling.state.revocations import (
+    REVOCATIONS_FILE,
+    RevocationIndex,
+    append_revocations,
+    load_revocation_log,
+)
 
 BASE = "https://consilium.example/scim/v2"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -206,3 +212,18 @@ def test_a_lifted_revocation_revokes_nothing_and_wins_over_what_it_lifts() -> No
     # The tombstone is kept (journals and Redis must forget the revocation too).
     assert index.live(65.0) == [lifted]
     assert Revocation.from_dict(lifted.to_dict()) == lifted
+
+
+def test_a_lifted_revocation_survives_the_journal_and_its_compaction(tmp_path: Path) -> None:
+    path = tmp_path / REVOCATIONS_FILE
+    revoked = Revocation("sub", "alice", "deactivated", SCIM_REVOKER, 50.0)
+    lifted = Revocation("sub", "alice", "re-activated", SCIM_REVOKER, 60.0, lifted=True)
+    append_revocations(path, [revoked, lifted])
+    assert load_revocation_log(path, 70.0) == [lifted]  # compacted: the tombstone alone
+    index = RevocationIndex()
+    for r in load_revocation_log(path, 80.0):
+        index.add(r)
+    index.add(revoked)  # a copy that missed the lifting (another node's journal, Redis)
+    assert index.lookup(jti="", sub="alice", now=90.0) is None
+    # An ordinary revocation's bytes are unchanged by the new field.
+    assert "lifted" not in revoked.to_dict() and lifted.to_dict()["lifted"] is True

@@ -50,3 +50,10 @@ async def test_deactivation_closes_the_leaver_on_every_node(redis_url: str, tmp_
             for node in (a, b):
                 _, back = await node.join("dr-leaver")
                 assert back["type"] in ("joined", "lobby")
+
+        # A node started afterwards, with an empty journal, learns the lifting from Redis.
+        trusting_a["scim_token_file"] = token_file
+        async with running_node(node_settings(tmp_path / "c", redis=redis_url, **trusting_a)) as c:
+            c.idp = a.idp
+            _, fresh = await c.join("dr-leaver", room="mdt-3")
+            assert fresh["type"] in ("joined", "lobby")

@@ -130,8 +130,12 @@ class Revocation:
         return self.expires_at is not None and self.expires_at <= now
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable copy. `lifted` only when set: a revocation's bytes (journal line,
+        Redis value, event) are what every node version has always written."""
+        d = dataclasses.asdict(self)
+        if not self.lifted:
+            del d["lifted"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Revocation:
