@@ -64,8 +64,9 @@ class Directory:
         if person is None:
             return identity
         if not person.active:
+            # "revoked" in the words: the web client shows its "access withdrawn" screen.
             raise AuthenticationError(
-                "this person has been deactivated in the hospital directory", reason="deactivated"
+                "access revoked: deactivated in the hospital directory", reason="deactivated"
             )
         return dataclasses.replace(identity, depts=person.departments)
 

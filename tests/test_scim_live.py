@@ -129,6 +129,9 @@ async def test_leaver_is_closed_refused_and_lifted_on_reactivation(
     assert await close_code(ws) == 4401
     _, refused = await scim_node.join("dr-heart")
     assert refused == {"type": "closed", "code": 4401}
+    # The directory refuses the person itself, before (and whatever) the revocation list says.
+    reasons = [e.reason for e in audit_actions(scim_node, "join_refused")]
+    assert reasons == ["deactivated"]
     admin = {"Authorization": f"Bearer {scim_node.token('it-1', 'admin', depts=['it'])}"}
     http = await scim_node.session()
     async with http.get(scim_node.url + "/api/revocations", headers=admin) as r:
