@@ -22,6 +22,7 @@ from signaling.rooms import Rooms
 from signaling.scim import resources as res
 from signaling.scim.leavers import access_changes
 from signaling.scim.patching import apply_patch
+from signaling.scim.query import Lookup
 from signaling.state.directory_records import DirectoryGroup, DirectoryUser
 from signaling.state.store import StateStore
 
@@ -73,10 +74,16 @@ class Provisioning:
         groups = await self.store.directory.list_groups()
         return res.user_resource(record, groups, base_url), record
 
-    async def users(self, base_url: str) -> list[User]:
-        """Every User, oldest first."""
+    async def users(self, base_url: str, narrow: Lookup | None = None) -> list[User]:
+        """Every User, oldest first; only those `narrow` may select, when given."""
         groups = await self.store.directory.list_groups()
         users = await self.store.directory.list_users()
+        if narrow is not None:
+            users = [
+                u for u in users
+                if narrow.keeps(u.user_id, u.user_name, str(u.resource.get("externalId") or ""),
+                                u.display_name)
+            ]  # fmt: skip
         return [res.user_resource(u, groups, base_url) for u in users]
 
     async def create_user(self, body: object, base_url: str) -> User:
@@ -190,9 +197,16 @@ class Provisioning:
             raise _not_found("Group", group_id)
         return res.group_resource(record, base_url), record
 
-    async def groups(self, base_url: str) -> list[Group]:
-        """Every Group, oldest first."""
-        return [res.group_resource(g, base_url) for g in await self.store.directory.list_groups()]
+    async def groups(self, base_url: str, narrow: Lookup | None = None) -> list[Group]:
+        """Every Group, oldest first; only those `narrow` may select, when given."""
+        groups = await self.store.directory.list_groups()
+        if narrow is not None:
+            groups = [
+                g for g in groups
+                if narrow.keeps(g.group_id, "", str(g.resource.get("externalId") or ""),
+                                g.display_name)
+            ]  # fmt: skip
+        return [res.group_resource(g, base_url) for g in groups]
 
     async def create_group(self, body: object, base_url: str) -> Group:
         """Provision a group (a department, if `scim_department_prefix` says so)."""

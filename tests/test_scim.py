@@ -12,7 +12,7 @@ from scim2_models import Context, Group, SCIMException, User
 from signaling.scim import resources as res
 from signaling.scim.leavers import SCIM_REVOKER, access_changes
 from signaling.scim.patching import apply_patch
-from signaling.scim.query import ListQuery, matching, page, parse_list_query
+from signaling.scim.query import ListQuery, lookup_of, matching, page, parse_list_query
 from signaling.state.directory_records import DirectoryGroup, DirectoryUser, departments_of
 from signaling.state.records import Revocation
 from signaling.state.revocations import (
@@ -64,6 +64,29 @@ PEOPLE = [
 )
 def test_user_filters_select_the_right_people(expression: str, expected: list[str]) -> None:
     assert [u.id for u in matching(User, PEOPLE, expression)] == expected
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ['userName eq "ALICE@h.example"', 'externalId eq "e-1"', 'externalId eq "E-1"',
+     'displayName eq "carol"', 'id eq "u2"', 'USERNAME EQ "bob@h.example"',
+     'userName eq "a\\"b"'],
+)  # fmt: skip
+def test_an_identifying_lookup_narrows_to_what_the_full_filter_selects(expression: str) -> None:
+    lookup = lookup_of(expression)
+    assert lookup is not None
+    narrowed = [
+        u for u in PEOPLE
+        if lookup.keeps(str(u.id), str(u.user_name), u.external_id or "", u.display_name or "")
+    ]  # fmt: skip
+    assert matching(User, narrowed, expression) == matching(User, PEOPLE, expression)
+
+
+@pytest.mark.parametrize(
+    "expression", ['userName co "a"', 'userName eq "a" or userName eq "b"', "active eq true", ""]
+)
+def test_other_filters_are_not_lookups(expression: str) -> None:
+    assert lookup_of(expression) is None
 
 
 def test_group_filter_on_members_value() -> None:

@@ -8,6 +8,8 @@ and value paths such as `members[value eq "..."]`. A filter that does not parse 
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +71,45 @@ def matching(
         raise SCIMException.from_error(
             Error(status=400, scim_type="invalidFilter", detail=str(exc)[:300])
         ) from None
+
+
+_LOOKUP = re.compile(
+    r'^\s*(userName|externalId|displayName|id)\s+eq\s+("(?:[^"\\]|\\.)*")\s*$', re.I
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A filter that is one `eq` on an identifying attribute, as IdPs send before each write
+    (`userName eq "..."`): the directory is narrowed on its records before any resource is
+    built, instead of building every resource to match each one."""
+
+    attribute: str
+    """`userName`, `externalId`, `displayName` or `id`, as the RFC spells it."""
+    value: str
+    """The value compared with (case-insensitive for userName and displayName, RFC 7643)."""
+
+    def keeps(self, resource_id: str, user_name: str, external_id: str, display_name: str) -> bool:
+        """Whether a record with these values may match (the full filter still decides)."""
+        if self.attribute == "id":
+            return resource_id == self.value
+        if self.attribute == "externalId":
+            return external_id == self.value
+        wanted = user_name if self.attribute == "userName" else display_name
+        return wanted.casefold() == self.value.casefold()
+
+
+def lookup_of(text: str | None) -> Lookup | None:
+    """The `Lookup` a filter amounts to, or None for any other filter."""
+    found = _LOOKUP.match(text or "")
+    if found is None:
+        return None
+    try:
+        value = json.loads(found.group(2))
+    except ValueError:
+        return None
+    names = {"username": "userName", "externalid": "externalId", "displayname": "displayName"}
+    return Lookup(names.get(found.group(1).lower(), "id"), value)
 
 
 def page(items: Sequence[Any], query: ListQuery) -> list[Any]:

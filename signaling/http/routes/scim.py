@@ -197,7 +197,8 @@ def _listed(
 @scim_endpoint
 async def list_users(request: web.Request) -> web.Response:
     """GET /scim/v2/Users: filter, startIndex, count."""
-    found = await request.app[SCIM].users(_base_url(request))
+    narrow = q.lookup_of(request.query.get("filter"))
+    found = await request.app[SCIM].users(_base_url(request), narrow)
     return _listed(User, found, dict(request.query))
 
 
@@ -248,7 +249,8 @@ async def delete_user(request: web.Request) -> web.Response:
 @scim_endpoint
 async def list_groups(request: web.Request) -> web.Response:
     """GET /scim/v2/Groups: filter (e.g. `members.value eq "<id>"`), startIndex, count."""
-    found = await request.app[SCIM].groups(_base_url(request))
+    narrow = q.lookup_of(request.query.get("filter"))
+    found = await request.app[SCIM].groups(_base_url(request), narrow)
     return _listed(Group, found, dict(request.query))
 
 
