@@ -3,13 +3,19 @@ re-activation, departments from the directory deciding who joins a department's 
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from pathlib import Path
 from typing import Any
 
+import pytest
 from multidict import CIMultiDict
 
+from core.errors import ConfigError
 from signaling.auditverify import iter_entries
+from signaling.http.routes.scim import read_token_digest
 from tests.fixtures.scim import SCIM_TOKEN
-from tests.fixtures.servers import RunningNode, close_code
+from tests.fixtures.servers import RunningNode, close_code, node_settings, running_node
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -64,6 +70,7 @@ async def test_only_the_provisioning_token_opens_scim(scim_node: RunningNode) ->
         assert headers["Content-Type"].startswith("application/scim+json")
         assert body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
         assert body["status"] == "401"
+        assert headers["WWW-Authenticate"].startswith("Bearer")
     refused = [
         e for e in audit_actions(scim_node, "api_refused") if e.reason == "scim_token_invalid"
     ]
@@ -204,3 +211,23 @@ async def test_directory_departments_decide_who_joins_a_departments_room(
     status, _, user = await scim(scim_node, "GET", f"/Users/{heart}")
     assert not user.get("groups")
     await chair.close()
+
+
+async def test_the_token_file_may_hold_only_the_tokens_hash(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(32)
+    hashed = tmp_path / "scim-token.sha256"
+    hashed.write_text("sha256:" + hashlib.sha256(token.encode()).hexdigest() + "\n")
+    settings = node_settings(tmp_path / "data", scim_token_file=str(hashed))
+    async with running_node(settings) as node:
+        status, _, _ = await scim(node, "GET", "/Users", token=token)
+        assert status == 200
+        status, _, _ = await scim(node, "GET", "/Users", token=hashed.read_text().strip())
+        assert status == 401
+
+
+def test_an_unusable_token_file_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "short").write_text("guessable\n")
+    (tmp_path / "bad-hash").write_text("sha256:abc\n")
+    for name in ("short", "bad-hash", "missing"):
+        with pytest.raises(ConfigError):
+            read_token_digest(tmp_path / name)

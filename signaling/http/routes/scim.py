@@ -110,11 +110,13 @@ def scim_endpoint(handler: Handler) -> Handler:
             )
         if not _authorised(request):
             audit_refusal(request, "scim_token_invalid", ip=peer_address(request))
-            return scim_error(
+            refused = scim_error(
                 SCIMException.from_error(
                     Error(status=401, detail="the SCIM provisioning bearer token is required")
                 )
             )
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="scim"'  # RFC 6750 §3
+            return refused
         try:
             return await handler(request)
         except SCIMException as exc:
