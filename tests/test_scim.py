@@ -250,3 +250,30 @@ def test_a_lifted_revocation_survives_the_journal_and_its_compaction(tmp_path: P
     assert index.lookup(jti="", sub="alice", now=90.0) is None
     # An ordinary revocation's bytes are unchanged by the new field.
     assert "lifted" not in revoked.to_dict() and lifted.to_dict()["lifted"] is True
+
+
+def test_entra_shaped_requests_are_accepted() -> None:
+    # Entra ID sends the EnterpriseUser extension by default: accepted, its attributes dropped.
+    enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    user = res.read_resource(
+        User,
+        {"schemas": [USER_SCHEMA, enterprise], "userName": "alice@h.example", "active": True,
+         enterprise: {"department": "Cardiology", "employeeNumber": "4711"}},
+        Context.RESOURCE_CREATION_REQUEST,
+    )  # fmt: skip
+    record = res.user_record(user, user_id="u1", subject_attribute="userName", now=1.0)
+    assert record.resource["schemas"] == [USER_SCHEMA] and enterprise not in record.resource
+    # A member removed by a value rather than a path filter, as Entra removes group members.
+    group = res.group_resource(DirectoryGroup("g1", "dept-cardiology", ["u1", "u2"]), BASE)
+    body = {"schemas": [PATCH_SCHEMA], "Operations": [
+        {"op": "Remove", "path": "members", "value": [{"value": "u1"}]}]}  # fmt: skip
+    assert [m.value for m in apply_patch(Group, group, body).members or []] == ["u2"]
+    # Booleans as strings, and a filtered path creating the entry it names.
+    shown = res.user_resource(record, [], BASE)
+    body = {"schemas": [PATCH_SCHEMA], "Operations": [
+        {"op": "Replace", "path": "active", "value": "False"},
+        {"op": "Add", "path": 'emails[type eq "work"].value', "value": "alice@h.example"},
+    ]}  # fmt: skip
+    patched = apply_patch(User, shown, body)
+    assert patched.active is False
+    assert [str(e.value) for e in patched.emails or []] == ["alice@h.example"]

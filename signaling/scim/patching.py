@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from scim2_models import Context, Error, PatchOp, Resource, SCIMException
 
-from signaling.scim.resources import refusal
+from signaling.scim.resources import TOLERANCE, refusal
 
 ResourceT = TypeVar("ResourceT", bound=Resource[Any])
 
@@ -36,13 +36,13 @@ def apply_patch(model: type[ResourceT], resource: ResourceT, body: object) -> Re
         )
     try:
         patch = PatchOp[model].model_validate(  # type: ignore[valid-type]
-            dict(body), scim_ctx=Context.RESOURCE_PATCH_REQUEST
+            dict(body), scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=TOLERANCE
         )
     except ValidationError as exc:
         raise refusal(exc) from None
     patched = resource.model_copy(deep=True)
     try:
-        patch.patch(patched)
+        patch.patch(patched, scim_policy=TOLERANCE)
     except ValidationError as exc:
         raise refusal(exc) from None
     return patched

@@ -28,6 +28,7 @@ from scim2_models import (
     ResourceType,
     Schema,
     SCIMException,
+    ScimPolicy,
     ServiceProviderConfig,
     Sort,
     User,
@@ -41,6 +42,17 @@ SCIM_MEDIA_TYPE = "application/scim+json"
 MAX_RESULTS = 200
 """Most resources one list response holds (`count` is lowered to it; ServiceProviderConfig
 announces it as `filter.maxResults`)."""
+
+TOLERANCE = ScimPolicy(
+    unknown=ScimPolicy.Unknown.ignore,
+    remove_value_as_filter=ScimPolicy.RemoveValue.apply,
+    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
+)
+"""What the provisioning clients hospitals use send beyond the strict RFC, accepted: attributes
+and extensions no model here declares are dropped (Entra ID sends the EnterpriseUser extension,
+`department`, `manager`...: departments come from Groups here), a PATCH `remove` whose `value`
+selects the members to remove, and a path filter matching nothing creating the entry (both as
+Microsoft Entra ID sends them)."""
 
 RESOURCE_MODELS: dict[str, type[Resource[Any]]] = {"Users": User, "Groups": Group}
 """The resource endpoints this server serves, by their path under `/scim/v2`."""
@@ -61,7 +73,7 @@ def read_resource(model: type[ResourceT], body: object, context: Context) -> Res
             Error(status=400, scim_type="invalidSyntax", detail="the body must be a JSON object")
         )
     try:
-        return model.model_validate(dict(body), scim_ctx=context)
+        return model.model_validate(dict(body), scim_ctx=context, scim_policy=TOLERANCE)
     except ValidationError as exc:
         raise refusal(exc) from None
 
@@ -80,6 +92,8 @@ def _stored(resource: Resource[Any]) -> dict[str, Any]:
     kept = resource.model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
     for name in ("id", "meta", "groups"):
         kept.pop(name, None)
+    # Only the core schema: the extensions a client sent were dropped (`TOLERANCE`).
+    kept["schemas"] = [str(type(resource).__schema__)]
     return kept
 
 
