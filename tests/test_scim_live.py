@@ -108,6 +108,15 @@ async def test_joiners_are_listed_filtered_paged_and_unique(scim_node: RunningNo
     assert status == 409 and clash["scimType"] == "uniqueness"
     status, _, missing = await scim(scim_node, "POST", "/Users", {"schemas": [USER]})
     assert status == 400 and missing["scimType"] == "invalidValue"
+    # Bodies that are not a resource at all: each a SCIM error, and the node serves on.
+    http = await scim_node.session()
+    auth = {"Authorization": f"Bearer {SCIM_TOKEN}", "Content-Type": "application/scim+json"}
+    for raw, expected in ((b"{not json", 400), (b"[" * 100_000, 400), (b"[1]", 400),
+                          (b"x" * (5 << 20), 413)):  # fmt: skip
+        async with http.post(scim_node.url + "/scim/v2/Users", data=raw, headers=auth) as r:
+            assert r.status == expected and r.content_type == "application/scim+json"
+    status, _, listed = await scim(scim_node, "GET", "/Users")
+    assert status == 200 and listed["totalResults"] == 3
 
 
 async def test_versions_guard_concurrent_writes(scim_node: RunningNode) -> None:
@@ -231,3 +240,11 @@ def test_an_unusable_token_file_stops_the_start(tmp_path: Path) -> None:
     for name in ("short", "bad-hash", "missing"):
         with pytest.raises(ConfigError):
             read_token_digest(tmp_path / name)
+
+
+async def test_a_large_departments_full_member_list_is_accepted(scim_node: RunningNode) -> None:
+    # Above the REST API's 64 KiB body bound: a bridge that PUTs whole groups is not refused.
+    members = [{"value": f"{i:032x}"} for i in range(3000)]
+    body = {"schemas": [GROUP], "displayName": "nursing", "members": members}
+    status, _, created = await scim(scim_node, "POST", "/Groups", body)
+    assert status == 201 and len(created["members"]) == 3000

@@ -43,6 +43,10 @@ log = logging.getLogger("consilium.server")
 PREFIX = "/scim/v2"
 """Where the SCIM endpoints live (the IdP's "tenant URL" is `<public_url>/scim/v2`)."""
 
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest SCIM request body: a Group PUT naming some 40 000 members (a whole hospital's staff
+group), far below what would strain a node (413 beyond)."""
+
 SCIM = web.AppKey("scim", Provisioning)
 """The node's provisioning executor, when SCIM is configured."""
 SCIM_TOKEN_SHA256 = web.AppKey("scim_token_sha256", bytes)
@@ -136,13 +140,21 @@ def _base_url(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> object:
-    if request.content_length is not None and (
-        request.content_length > request.app[NODE].settings.max_request_bytes
-    ):
-        raise SCIMException.from_error(Error(status=413, detail="request body too large"))
+    """The JSON body, at most `MAX_BODY_BYTES` (read here: the app's `max_request_bytes` is too
+    small for a department's full member list)."""
+    too_large = SCIMException.from_error(
+        Error(status=413, detail=f"request body larger than {MAX_BODY_BYTES} bytes")
+    )
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large
     try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SCIMException.from_error(
             Error(status=400, scim_type="invalidSyntax", detail="the body must be JSON")
         ) from None
