@@ -148,6 +148,11 @@ async def test_leaver_is_closed_refused_and_lifted_on_reactivation(
     # The directory refuses the person itself, before (and whatever) the revocation list says.
     reasons = [e.reason for e in audit_actions(scim_node, "join_refused")]
     assert reasons == ["deactivated"]
+    # Their tokens open no API either.
+    leaver = {"Authorization": f"Bearer {scim_node.token('dr-heart')}"}
+    http = await scim_node.session()
+    async with http.get(scim_node.url + "/api/rooms/mdt-1/admission", headers=leaver) as r:
+        assert r.status == 401
     admin = {"Authorization": f"Bearer {scim_node.token('it-1', 'admin', depts=['it'])}"}
     http = await scim_node.session()
     async with http.get(scim_node.url + "/api/revocations", headers=admin) as r:
