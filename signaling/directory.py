@@ -13,6 +13,7 @@ later) asks `Directory.admit` once it has an `Identity`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.errors import AuthenticationError
@@ -74,8 +75,21 @@ class Directory:
 class DirectoryVerifier(TokenVerifier):
     """A `TokenVerifier` whose identities pass through the directory (`Directory.admit`)."""
 
-    def __init__(self, source: KeySource, *, directory: Directory, **kwargs: object) -> None:
-        super().__init__(source, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        source: KeySource,
+        *,
+        directory: Directory,
+        issuer: str,
+        audience: str,
+        leeway_s: int = 30,
+        on_key_refresh: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """As `TokenVerifier`, with the `directory` every identity passes through."""
+        super().__init__(
+            source, issuer=issuer, audience=audience, leeway_s=leeway_s,
+            on_key_refresh=on_key_refresh,
+        )  # fmt: skip
         self.directory = directory
         """The directory every verified identity is checked against."""
 

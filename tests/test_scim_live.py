@@ -148,6 +148,11 @@ async def test_leaver_is_closed_refused_and_lifted_on_reactivation(
     # The directory refuses the person itself, before (and whatever) the revocation list says.
     reasons = [e.reason for e in audit_actions(scim_node, "join_refused")]
     assert reasons == ["deactivated"]
+    # The close says "revoked": the web client shows its "access withdrawn" screen (ended.js).
+    again = await scim_node.connect()
+    await again.send_json({"type": "join", "token": scim_node.token("dr-heart"), "room": "mdt-1"})
+    closing = await again.receive(timeout=5.0)
+    assert closing.data == 4401 and "revoked" in closing.extra
     # Their tokens open no API either.
     leaver = {"Authorization": f"Bearer {scim_node.token('dr-heart')}"}
     http = await scim_node.session()
