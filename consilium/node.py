@@ -20,6 +20,7 @@ from sfu.ice import IceSettings, client_ice_servers
 from sfu.server import MediaServer, MediaSettings
 from signaling.audit import HEADS_FILE, AuditLog, generate_audit_key
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from signaling.directory import Directory, DirectoryVerifier
 from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
 from signaling.http.door import Door
@@ -31,7 +32,7 @@ from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
 from signaling.state.opening import open_store
-from signaling.tokens import KeySource, TokenVerifier
+from signaling.tokens import KeySource
 from signaling.webhooks import WebhookDispatcher, load_subscribers
 from signaling.witness import SyslogWitness
 
@@ -133,14 +134,21 @@ def build_node(settings: Settings) -> Node:
     def on_key_refresh(reason: str, n_keys: int) -> None:
         audit.append("token_key_refresh", "info", reason=reason, keys=n_keys)
 
-    verifier = TokenVerifier(
+    store = open_store(settings.redis, data_dir, settings.node_id)
+    # Every verified identity passes through the SCIM directory (leavers refused, departments).
+    directory = Directory(
+        store.directory,
+        enabled=settings.scim_token_file is not None,
+        department_prefix=settings.scim_department_prefix,
+    )
+    verifier = DirectoryVerifier(
         source,
+        directory=directory,
         issuer=issuer,
         audience=audience,
         leeway_s=settings.jwt_leeway_s,
         on_key_refresh=on_key_refresh,
     )
-    store = open_store(settings.redis, data_dir, settings.node_id)
     ice = ice_settings(settings)
     room_keys = RoomKeys(open_keyring(data_dir, kek_location(settings)))
     images = ImageStore(
@@ -200,6 +208,7 @@ def build_node(settings: Settings) -> Node:
         store=store,
         policy=policy,
         verifier=verifier,
+        directory=directory,
         audit=audit,
         rooms=rooms,
         key_source=source,

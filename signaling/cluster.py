@@ -165,7 +165,8 @@ class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):
     drops the connections it covers (4401). Tagged `type`, not `k` (it is older than the rest)."""
 
     revocation: dict[str, Any]
-    """The revocation: `kind` (`jti` or `sub`), `value`, `reason`, `by`, `at`, `expires_at`."""
+    """The revocation: `kind` (`jti` or `sub`), `value`, `reason`, `by`, `at`, `expires_at`, and
+    `lifted: true` when it withdraws the revocation of the same key (a SCIM re-activation)."""
 
 
 Event = RoomMessage | CloseConnection | Admitted | MuteMedia | MediaRequest | MediaOut | RoomOpened

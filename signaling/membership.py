@@ -496,6 +496,8 @@ def set_own_media(
 
 def revocation_covers(revocation: Mapping[str, Any], identity: Identity) -> bool:
     """Whether a revocation (as `cluster.Revoked` carries it) covers this identity's token."""
+    if revocation.get("lifted"):
+        return False
     if revocation.get("kind") == "jti":
         return identity.jti == revocation.get("value")
     return identity.sub == revocation.get("value")

@@ -90,6 +90,15 @@ of reach, nothing took effect, try again). Refusals are audited.
 | `POST /api/revocations` | `revoke` (admin) | `{"jti": ...}` or `{"sub": ...}`, optional `reason`, `expires_at`; 201; live connections closed with 4401 on every node; 503 while Redis is out of reach |
 | `GET /api/revocations` | `revoke` (admin) | the revocations in force |
 | `GET /api/audit` | `read_audit` (auditor) | audit entries; filters `sub`, `room`, `action`, `since`, `until` (ISO-8601 with zone), `limit` |
+| `GET /scim/v2/ServiceProviderConfig`, `/ResourceTypes[/{id}]`, `/Schemas[/{id}]` | the SCIM provisioning token | SCIM discovery (RFC 7644 §4): PATCH, filter (at most 200 results) and ETags supported; no bulk, sort or password change |
+| `GET`, `POST /scim/v2/Users`; `GET`, `PUT`, `PATCH`, `DELETE /scim/v2/Users/{id}` | the SCIM provisioning token | people (RFC 7643 User); list with `filter`, `startIndex`, `count`, `attributes`, `excludedAttributes`; `If-Match` honoured (412), `ETag` sent; 409 `uniqueness` for a taken `userName`; `active: false` or DELETE revokes the person's subject on every node (live connections closed with 4401), `active: true` lifts that revocation |
+| `GET`, `POST /scim/v2/Groups`; `GET`, `PUT`, `PATCH`, `DELETE /scim/v2/Groups/{id}` | the SCIM provisioning token | groups (RFC 7643 Group), members by User id (`members[value eq "..."]` in PATCH paths and filters); department groups set the departments of their members |
+| `POST /scim/v2/.search`, `/scim/v2/Users/.search`, `/scim/v2/Groups/.search` | the SCIM provisioning token | the same listing from a SearchRequest body (RFC 7644 §3.4.3) |
+
+SCIM answers in `application/scim+json`, errors included: `{"schemas": [".../Error"], "status": "400",
+"scimType": "invalidFilter", "detail": ...}` (RFC 7644 §3.12); a missing or wrong provisioning token
+gets 401 (audited as `api_refused`, reason `scim_token_invalid`), and every path answers 404 while
+`scim_token_file` is unset.
 """
 
 

@@ -24,6 +24,9 @@ ENV_PREFIX = "CONSILIUM_"
 IceTransportPolicy = Literal["all", "relay"]
 """The browser's `RTCConfiguration.iceTransportPolicy`, as handed out in `joined`."""
 
+ScimSubjectAttribute = Literal["userName", "externalId"]
+"""The SCIM User attribute that is a token's `sub` (`scim_subject_attribute`)."""
+
 
 @dataclass(slots=True)
 class Settings:
@@ -198,6 +201,16 @@ class Settings:
     """Bearer token for `GET /metrics` from other hosts and through a reverse proxy (a direct
     loopback client, with no forwarding header, needs none)."""
 
+    scim_token_file: Path | None = None
+    """File holding the SCIM provisioning client's bearer token, or only its SHA-256 as
+    `sha256:<hex>`; unset: the `/scim/v2` endpoints answer 404 (no directory is kept)."""
+    scim_subject_attribute: ScimSubjectAttribute = "userName"
+    """Which attribute of a SCIM User is the token's `sub`: `userName` (e.g. the UPN) or
+    `externalId` (e.g. Entra ID's objectId)."""
+    scim_department_prefix: str = ""
+    """A SCIM Group is a department when its displayName starts with this prefix (removed to
+    give the department's name); empty: every group is a department."""
+
     log_level: str = "info"
     """debug, info, warning or error. Logs are JSON lines on stderr and never hold a token."""
 
@@ -287,6 +300,11 @@ class Settings:
             raise ConfigError("retransmit_max_age_s must be positive")
         if self.media_max_delay_s < 0:
             raise ConfigError("media_max_delay_s must not be negative")
+        if self.scim_subject_attribute not in ("userName", "externalId"):
+            raise ConfigError(
+                f"scim_subject_attribute must be userName or externalId, "
+                f"not {self.scim_subject_attribute!r}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(

@@ -16,6 +16,7 @@ from imaging.worker import ImageWorkers
 from recorder.roomkeys import RoomKeys
 from signaling.audit import AuditLog
 from signaling.devidp import DevelopmentIdP
+from signaling.directory import Directory
 from signaling.http.archive_service import ArchiveService
 from signaling.http.door import Door
 from signaling.policy import Policy
@@ -79,6 +80,9 @@ class Node:
     """Who may do what, where (the role × action table, departments, grants)."""
     verifier: TokenVerifier
     """Turns a bearer token into an `Identity`, or refuses it."""
+    directory: Directory
+    """The SCIM directory as the gate reads it (`Directory.admit`: leavers, departments); the
+    verifier already applies it to every token."""
     audit: AuditLog
     """The node's hash-chained, signed audit log."""
     rooms: Rooms

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.errors import NotFound
 from signaling.cluster import Revoked, to_wire
+from signaling.state.directory import MemoryDirectory
 from signaling.state.records import (
     ParticipantRecord,
     Revocation,
@@ -31,6 +32,7 @@ class MemoryStore(StateStore):
         self._participants: dict[str, dict[str, ParticipantRecord]] = {}
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
         self._media_nodes: dict[str, tuple[str, float]] = {}
+        self.directory = MemoryDirectory()
 
     # Every method below runs without awaiting between its check and its change, so each is
     # atomic on the event loop.
@@ -116,7 +118,8 @@ class MemoryStore(StateStore):
         await self.publish(to_wire(Revoked(revocation=r.to_dict())))
 
     async def list_revocations(self) -> list[Revocation]:
-        return [dataclasses.replace(r) for r in self._revocations.live(time.time())]
+        live = self._revocations.live(time.time())
+        return [dataclasses.replace(r) for r in live if not r.lifted]
 
     async def purge_node(self, node_id: str) -> int:
         removed = 0

@@ -115,6 +115,10 @@ class Revocation:
     """When, seconds since the epoch."""
     expires_at: float | None = None
     """When it stops mattering (a jti: when the token expires); None for never."""
+    lifted: bool = False
+    """Withdrawn (a SCIM re-activation lifts the revocation a deactivation made): kept as the
+    latest record of its key, so that every copy (journals, Redis, each node) forgets the
+    revocation it supersedes, and revokes nothing."""
 
     @property
     def key(self) -> str:
@@ -126,8 +130,12 @@ class Revocation:
         return self.expires_at is not None and self.expires_at <= now
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable copy. `lifted` only when set: a revocation's bytes (journal line,
+        Redis value, event) are what every node version has always written."""
+        d = dataclasses.asdict(self)
+        if not self.lifted:
+            del d["lifted"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Revocation:

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import NotFound, Unavailable
 from signaling.cluster import REVOKED_EVENT, Revoked, to_wire
+from signaling.state.directory import RedisDirectory
 from signaling.state.records import (
     ParticipantRecord,
     Revocation,
@@ -142,17 +143,18 @@ return 0
 class RedisStore(StateStore):
     """State in Redis, shared by every node pointed at the same server and prefix.
 
-    Keys (after `prefix`): `room:{<id>}` (hash, one JSON value per field),
-    `room:{<id>}:participants` and `room:{<id>}:lobby` (hashes: participant id -> JSON),
-    `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON), `instance` (a random
-    value set by the first node to see this Redis: a different value later means the data was
-    lost); events go on the channel `events`. The braces keep one room's keys apart from any
-    other room's whatever its id holds, and in one hash slot should the deployment move to
-    Redis Cluster.
+        Keys (after `prefix`): `room:{<id>}` (hash, one JSON value per field),
+        `room:{<id>}:participants` and `room:{<id>}:lobby` (hashes: participant id -> JSON),
+        `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON), `directory:*` (the
+    SCIM directory, `signaling.state.directory`), `instance` (a random
+        value set by the first node to see this Redis: a different value later means the data was
+        lost); events go on the channel `events`. The braces keep one room's keys apart from any
+        other room's whatever its id holds, and in one hash slot should the deployment move to
+        Redis Cluster.
 
-    Each node keeps a copy of what it put in: every revocation it has seen (its journal), the
-    participants and lobby entries it holds, and the records of their rooms. When it finds
-    Redis emptied (a restart without persistence), it writes them back.
+        Each node keeps a copy of what it put in: every revocation it has seen (its journal), the
+        participants and lobby entries it holds, and the records of their rooms. When it finds
+        Redis emptied (a restart without persistence), it writes them back.
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class RedisStore(StateStore):
         self._delete_if_unchanged = self._redis.register_script(_DELETE_IF_UNCHANGED)
         self._claim_media = self._redis.register_script(_CLAIM)
         self._delete_if_holder = self._redis.register_script(_RELEASE)
+        self.directory = RedisDirectory(self._redis, prefix)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -451,7 +454,7 @@ class RedisStore(StateStore):
 
     async def list_revocations(self) -> list[Revocation]:
         try:
-            return await self._sync_revocations()
+            return [r for r in await self._sync_revocations() if not r.lifted]
         except (RedisError, OSError) as exc:
             raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
 

@@ -24,8 +24,9 @@ REVOCATIONS_FILE = "revocations.jsonl"
 class RevocationIndex:
     """The live revocations by `kind:value`: the local copy every `is_revoked` reads.
 
-    Revocations are never withdrawn, only expire, so merging any two copies is a union; for the
-    same key the later revocation (by `at`) wins, whatever order copies arrive in.
+    Revocations are never deleted, only expire, so merging any two copies is a union; for the
+    same key the later revocation (by `at`) wins, whatever order copies arrive in. A withdrawal
+    is a later record marked `lifted`, which wins the same way and revokes nothing.
     """
 
     def __init__(self) -> None:
@@ -47,10 +48,12 @@ class RevocationIndex:
         # tests/test_state.py::test_is_revoked_does_not_ask_redis keeps it local.
         if jti:
             r = self._live("jti:" + jti, now)
-            if r is not None:
+            if r is not None and not r.lifted:
                 return r
         if sub:
-            return self._live("sub:" + sub, now)
+            r = self._live("sub:" + sub, now)
+            if r is not None and not r.lifted:
+                return r
         return None
 
     def _live(self, key: str, now: float) -> Revocation | None:
@@ -68,7 +71,8 @@ class RevocationIndex:
         return expired
 
     def live(self, now: float) -> list[Revocation]:
-        """The revocations that apply at `now`, oldest first."""
+        """The revocations that have not expired at `now`, oldest first; lifted ones included
+        (they are what a journal and Redis must keep, not what anyone is refused by)."""
         self.prune(now)
         return sorted(self._by_key.values(), key=lambda r: (r.at, r.key))
 
