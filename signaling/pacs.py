@@ -76,13 +76,14 @@ class PacsClient:
         self.max_instance_bytes = settings.max_image_bytes
         """Largest instance accepted (as an upload)."""
         self._headers: dict[str, str] = {}
-        self._auth: aiohttp.BasicAuth | None = None
         if settings.pacs_token_file is not None:
             token = _read_secret(settings.pacs_token_file, "pacs_token_file")
             self._headers["Authorization"] = f"Bearer {token}"
         elif settings.pacs_username is not None:
             password = _read_secret(settings.pacs_password_file, "pacs_password_file")
-            self._auth = aiohttp.BasicAuth(settings.pacs_username, password)
+            self._headers["Authorization"] = aiohttp.encode_basic_auth(
+                settings.pacs_username, password
+            )
         self._ssl: ssl.SSLContext | bool = True
         if settings.pacs_ca_file is not None:
             try:
@@ -94,7 +95,6 @@ class PacsClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                auth=self._auth,
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=self.timeout_s, sock_read=self.timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, web
@@ -123,12 +124,25 @@ async def share_image(request: web.Request) -> web.Response:
             participant=participant.participant_id,
         )
         raise
+    audit_shared(node, identity.sub, room_id, participant.participant_id, record)
+    if record.held:
+        # Only the uploader sees it until they redact what is left and confirm (202).
+        return web.json_response(record.to_wire(), status=202)
+    await announce_image(node, room_id, record)
+    return web.json_response(record.to_wire(), status=201)
+
+
+def audit_shared(
+    node: Node, sub: str, room_id: str, participant_id: str, record: SharedImage, **more: Any
+) -> None:
+    """Audit an image shared (or held for its uploader's redaction): what de-identification
+    and the burned-in text check did, never what the image shows."""
     node.audit.append(
         "image_held" if record.held else "image_shared",
         "info" if record.held else "allow",
-        sub=identity.sub,
+        sub=sub,
         room=room_id,
-        participant=participant.participant_id,
+        participant=participant_id,
         image=record.image_id,
         kind=record.kind,
         frames=record.frames,
@@ -136,12 +150,8 @@ async def share_image(request: web.Request) -> web.Response:
         burned_in_confirmed=record.burned_in_confirmed,
         text_blanked=record.text_blanked,
         held_reasons=list(record.held_reasons),
+        **more,
     )
-    if record.held:
-        # Only the uploader sees it until they redact what is left and confirm (202).
-        return web.json_response(record.to_wire(), status=202)
-    await announce_image(node, room_id, record)
-    return web.json_response(record.to_wire(), status=201)
 
 
 async def announce_image(node: Node, room_id: str, record: SharedImage) -> None:

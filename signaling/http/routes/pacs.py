@@ -41,7 +41,7 @@ from signaling import protocol as p
 from signaling.http.auth import audit_refusal
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE, Node
-from signaling.http.routes.images import announce_image, room_participant
+from signaling.http.routes.images import announce_image, audit_shared, room_participant
 from signaling.identity import Identity
 from signaling.membership import room_scope
 from signaling.pacs import PacsClient, PacsNotConfigured
@@ -303,6 +303,8 @@ async def _run_share(node: Node, client: PacsClient, order: ShareOrder) -> None:
                 # capture) does not stop the series: it is counted, not shared.
                 counts["skipped"] += 1
                 continue
+            audit_shared(node, order.sub, order.room_id, order.participant_id, record,
+                         share=order.share_id)  # fmt: skip
             if record.held:
                 counts["held"] += 1  # only the sharer sees it until they redact it
             else:
