@@ -219,10 +219,9 @@ class SeriesMatch:
         }
 
 
-class MalformedMultipart(BadMessage):
-    """The PACS answered with a body that is not the multipart/related it announced."""
-
-    code = "pacs_bad_answer"
+class MalformedMultipart(ValueError):
+    """The PACS answered with a body that is not the multipart/related it announced (the
+    client turns it into its own error: the PACS's fault, not the person's request)."""
 
 
 def multipart_boundary(content_type: str) -> bytes:

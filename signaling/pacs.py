@@ -20,9 +20,10 @@ from typing import Any
 
 import aiohttp
 
-from core.errors import BadMessage, ConfigError, Unavailable
+from core.errors import ConfigError, Unavailable
 from imaging.dicomweb import (
     SERIES_FIELDS,
+    MalformedMultipart,
     MultipartRelated,
     SearchRequest,
     SeriesMatch,
@@ -173,8 +174,8 @@ class PacsClient:
                         multipart_boundary(response.headers.get("Content-Type", "")),
                         self.max_instance_bytes,
                     )
-                except BadMessage as exc:
-                    raise PacsUnavailable(exc.message) from None
+                except MalformedMultipart as exc:
+                    raise PacsUnavailable(str(exc)) from None
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     for instance in self._feed(parser, chunk):
                         yield instance
@@ -187,5 +188,5 @@ class PacsClient:
     def _feed(parser: MultipartRelated, chunk: bytes) -> list[bytes]:
         try:
             return parser.feed(chunk)
-        except BadMessage as exc:
-            raise PacsUnavailable(exc.message) from None
+        except MalformedMultipart as exc:
+            raise PacsUnavailable(str(exc)) from None
