@@ -242,3 +242,37 @@ async def test_a_node_without_a_pacs_says_so(dev_node: RunningNode) -> None:
         assert await response.json() == {"configured": False, "allowed": False}
     status, error = await post(dev_node, "dr-rad", "radiologist", "search", {"patient_id": "P"})
     assert status == 503 and error["error"] == "pacs_not_configured"
+
+
+async def test_a_series_beyond_the_share_bound_or_the_rooms_is_refused_whole(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    series = jane(orthanc)
+    uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
+    cases = [({"pacs_max_instances": 4}, 413, "too_large"),
+             ({"max_images_per_room": 4}, 429, "too_many_images")]  # fmt: skip
+    for bound, http_status, code in cases:
+        settings = pacs_settings(tmp_path / code, orthanc.dicomweb_url, orthanc.password_file,
+                                 **bound)  # fmt: skip
+        async with running_node(settings) as node:
+            await meeting(node)
+            status, error = await post(node, "dr-rad", "radiologist", "shares", uids)
+            assert (status, error["error"], error["limit"]) == (http_status, code, 4)
+            assert audit(node, "pacs_share_refused")[0].reason == code
+            assert node.node is not None and node.node.images.list("mdt-1") == []
+
+
+async def test_a_whole_study_is_shared_when_no_series_is_named(
+    node: RunningNode, orthanc: OrthancServer
+) -> None:
+    sockets = await meeting(node)
+    other = next(s for s in orthanc.loaded if s.patient_id == "PAT-0002")
+    status, started = await post(node, "dr-rad", "radiologist", "shares",
+                                 {"study_uid": other.study_uid})  # fmt: skip
+    assert status == 202 and started["total"] == 3
+    ws = sockets["dr-chair"]
+    while (message := await next_message(ws, "pacs_share_progress", timeout=30))["state"] == (
+        "running"
+    ):
+        pass
+    assert (message["state"], message["shared"]) == ("done", 3)

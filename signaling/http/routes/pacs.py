@@ -76,6 +76,8 @@ class PacsShares:
     """None when no `pacs_url` is set."""
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Shares in flight, by share id."""
+    starting: int = 0
+    """Share requests between their checks and their start (they count against the bound)."""
 
     def require(self) -> PacsClient:
         """The client, or `PacsNotConfigured` (HTTP 503)."""
@@ -192,22 +194,13 @@ async def share_series(request: web.Request) -> web.Response:
     if series_uid:
         digests["series_sha256"] = _uid_digest(series_uid)
     try:
-        if len(shares.running) >= node.settings.pacs_concurrent_shares:
+        if len(shares.running) + shares.starting >= node.settings.pacs_concurrent_shares:
             raise RateLimited("the server is already sharing from the PACS; try again shortly")
-        total = sum(s.instances for s in await client.search_series(study_uid, series_uid))
-        if total == 0:
-            raise NotFound("the PACS has no instances for this series")
-        if total > node.settings.pacs_max_instances:
-            raise PayloadTooLarge(
-                "the series has more instances than one share may bring",
-                limit=node.settings.pacs_max_instances,
-            )
-        held = len(await asyncio.to_thread(node.images.list, room_id))
-        if held + total > node.settings.max_images_per_room:
-            raise TooManyImages(
-                "the room cannot hold this many more images",
-                limit=node.settings.max_images_per_room,
-            )
+        shares.starting += 1  # counted while the PACS is asked, so parallel requests cannot pass
+        try:
+            total = await _instances_to_share(node, client, room_id, study_uid, series_uid)
+        finally:
+            shares.starting -= 1
     except ConsiliumError as exc:
         node.audit.append(
             "pacs_share_refused",
@@ -238,13 +231,34 @@ async def share_series(request: web.Request) -> web.Response:
         total=total,
         **digests,
     )
-    await _progress(node, order, "running", 0)
     task = asyncio.get_running_loop().create_task(_run_share(node, client, order))
     shares.running[order.share_id] = task
     task.add_done_callback(lambda _: shares.running.pop(order.share_id, None))
     return web.json_response(
         {"share_id": order.share_id, "total": total, "state": "running"}, status=202
     )
+
+
+async def _instances_to_share(
+    node: Node, client: PacsClient, room_id: str, study_uid: str, series_uid: str
+) -> int:
+    """How many instances the PACS holds for the series (or study), once it is clear they may
+    all come into the room: within `pacs_max_instances` and the room's `max_images_per_room`."""
+    total = sum(s.instances for s in await client.search_series(study_uid, series_uid))
+    if total == 0:
+        raise NotFound("the PACS has no instances for this series")
+    if total > node.settings.pacs_max_instances:
+        raise PayloadTooLarge(
+            "the series has more instances than one share may bring",
+            limit=node.settings.pacs_max_instances,
+        )
+    held = len(await asyncio.to_thread(node.images.list, room_id))
+    if held + total > node.settings.max_images_per_room:
+        raise TooManyImages(
+            "the room cannot hold this many more images",
+            limit=node.settings.max_images_per_room,
+        )
+    return total
 
 
 ShareState = Literal["running", "done", "failed"]
@@ -292,6 +306,7 @@ async def _run_share(node: Node, client: PacsClient, order: ShareOrder) -> None:
     title = ""
     error = ""
     try:
+        await _progress(node, order, "running", 0)
         instances: AsyncIterator[bytes] = client.retrieve(order.study_uid, order.series_uid)
         async for data in instances:
             if sum(counts.values()) >= order.total:
