@@ -14,7 +14,7 @@ import pytest
 from imaging.watermark import identify, load_or_create_watermark_key
 from signaling.audit import iter_entries
 from signaling.auditformat import AuditEntry
-from tests.fixtures.orthanc import USER, CtSeries, OrthancServer, start_orthanc
+from tests.fixtures.orthanc import USER, CtSeries, OrthancServer, ct_series, start_orthanc
 from tests.fixtures.servers import (
     RunningNode,
     next_message,
@@ -276,3 +276,34 @@ async def test_a_whole_study_is_shared_when_no_series_is_named(
     ):
         pass
     assert (message["state"], message["shared"]) == ("done", 3)
+
+
+async def test_a_pacs_that_dies_during_a_share_fails_it_and_keeps_what_arrived(
+    tmp_path: Path,
+) -> None:
+    pacs = start_orthanc(tmp_path / "orthanc-dying")
+    try:
+        series = pacs.store(*ct_series(60, size=512))
+        settings = pacs_settings(tmp_path, pacs.dicomweb_url, pacs.password_file)
+        async with running_node(settings) as node:
+            sockets = await meeting(node)
+            uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
+            status, _ = await post(node, "dr-rad", "radiologist", "shares", uids)
+            assert status == 202
+            await next_message(sockets["dr-chair"], "image_shared", timeout=30)
+            pacs.proc.kill()  # the PACS crashes mid-series
+            while (message := await next_message(sockets["dr-chair"], "pacs_share_progress",
+                                                 timeout=60))["state"] == "running":  # fmt: skip
+                pass
+            assert message["state"] == "failed" and message["error"] == "pacs_unavailable"
+            assert 1 <= message["shared"] < 60
+            assert node.node is not None
+            assert len(node.node.images.list("mdt-1")) == message["shared"]
+            (failed,) = audit(node, "pacs_share_failed")
+            assert failed.reason == "pacs_unavailable"
+            assert failed.fields["shared"] == message["shared"]
+            # The meeting goes on.
+            await sockets["dr-rad"].send_json({"type": "ping", "id": 3})
+            assert (await next_message(sockets["dr-rad"], "pong"))["id"] == 3
+    finally:
+        pacs.stop()
