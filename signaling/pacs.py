@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -160,7 +160,7 @@ class PacsClient:
         found = (SeriesMatch.from_json(item, study_uid) for item in items[:SEARCH_LIMIT])
         return [match for match in found if match is not None]
 
-    async def retrieve(self, study_uid: str, series_uid: str = "") -> AsyncIterator[bytes]:
+    async def retrieve(self, study_uid: str, series_uid: str = "") -> AsyncGenerator[bytes, None]:
         """Each instance of a series (or of a whole study) as a DICOM Part 10 file, in the
         order the PACS sends them (WADO-RS), one at a time as its part arrives."""
         path = f"/studies/{study_uid}" + (f"/series/{series_uid}" if series_uid else "")

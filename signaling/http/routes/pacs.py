@@ -307,26 +307,29 @@ async def _run_share(node: Node, client: PacsClient, order: ShareOrder) -> None:
     error = ""
     try:
         await _progress(node, order, "running", 0)
-        instances: AsyncIterator[bytes] = client.retrieve(order.study_uid, order.series_uid)
-        async for data in instances:
-            if sum(counts.values()) >= order.total:
-                break  # the PACS sends more than it counted: never more than was checked
-            try:
-                record = await _share_one(node, order, data)
-            except (UnsupportedImage, BurnedInAnnotation, ImageTooLarge):
-                # One unreadable or unconfirmed instance (a report, a burned-in secondary
-                # capture) does not stop the series: it is counted, not shared.
-                counts["skipped"] += 1
-                continue
-            audit_shared(node, order.sub, order.room_id, order.participant_id, record,
-                         share=order.share_id)  # fmt: skip
-            if record.held:
-                counts["held"] += 1  # only the sharer sees it until they redact it
-            else:
-                counts["shared"] += 1
-                title = title or record.title
-                await announce_image(node, order.room_id, record)
-            await _progress(node, order, "running", counts["shared"], title)
+        # Closed on every exit (a break included): the PACS's connection is released at once.
+        async with contextlib.aclosing(
+            client.retrieve(order.study_uid, order.series_uid)
+        ) as instances:
+            async for data in instances:
+                if sum(counts.values()) >= order.total:
+                    break  # the PACS sends more than it counted: never more than was checked
+                try:
+                    record = await _share_one(node, order, data)
+                except (UnsupportedImage, BurnedInAnnotation, ImageTooLarge):
+                    # One unreadable or unconfirmed instance (a report, a burned-in secondary
+                    # capture) does not stop the series: it is counted, not shared.
+                    counts["skipped"] += 1
+                    continue
+                audit_shared(node, order.sub, order.room_id, order.participant_id, record,
+                             share=order.share_id)  # fmt: skip
+                if record.held:
+                    counts["held"] += 1  # only the sharer sees it until they redact it
+                else:
+                    counts["shared"] += 1
+                    title = title or record.title
+                    await announce_image(node, order.room_id, record)
+                await _progress(node, order, "running", counts["shared"], title)
     except asyncio.CancelledError:
         error = "server_shutdown"
         raise
@@ -348,9 +351,12 @@ async def _run_share(node: Node, client: PacsClient, order: ShareOrder) -> None:
             **counts,
         )
         if error != "server_shutdown":
-            await _progress(
-                node, order, "failed" if error else "done", counts["shared"], title, error
-            )
+            try:
+                await _progress(
+                    node, order, "failed" if error else "done", counts["shared"], title, error
+                )
+            except Exception:  # the shared state is out of reach: the audit entry stands
+                log.warning("the end of a PACS share could not be announced to the room")
 
 
 def add_pacs_routes(app: web.Application) -> None:
