@@ -17,6 +17,7 @@ from tests.fixtures.browser import (
     ROOM,
     OpenTab,
     join_from_the_prejoin_screen,
+    no_axe_violations,
     no_page_problems,
     page_state,
     screenshot,
@@ -81,4 +82,5 @@ async def test_the_chair_finds_a_series_in_the_pacs_and_shares_it_with_the_room(
     state = await page_state(chair)
     assert all("Doe" not in image["title"] for image in state["images"])
     await screenshot(chair, "pacs-shared")
+    await no_axe_violations(chair, "PACS panel with results and progress")
     no_page_problems(chair)
