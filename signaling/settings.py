@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError
 
@@ -316,8 +317,11 @@ class Settings:
         """The PACS settings: a URL the node may reach safely, one way to authenticate."""
         if self.pacs_url is None:
             return
-        scheme, _, rest = self.pacs_url.partition("://")
-        host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        try:
+            parts = urlsplit(self.pacs_url)
+            scheme, host = parts.scheme, parts.hostname or ""
+        except ValueError:
+            scheme, host = "", ""
         if scheme not in ("http", "https") or not host:
             raise ConfigError("pacs_url must be an https:// URL (the PACS's DICOMweb root)")
         if scheme == "http" and not is_loopback(host):

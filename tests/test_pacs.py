@@ -1,13 +1,15 @@
 """DICOMweb without the network (imaging.dicomweb): search requests, QIDO answers, and the
-streamed multipart/related body of a WADO-RS retrieve. No event loop, no socket."""
+streamed multipart/related body of a WADO-RS retrieve; and the PACS settings. No event loop,
+no socket."""
 
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
 
-from core.errors import BadMessage, PayloadTooLarge
+from core.errors import BadMessage, ConfigError, PayloadTooLarge
 from imaging.dicomweb import (
     MalformedMultipart,
     MultipartRelated,
@@ -17,6 +19,8 @@ from imaging.dicomweb import (
     check_uid,
     multipart_boundary,
 )
+from signaling.pacs import PacsClient
+from signaling.settings import load_settings
 
 BOUNDARY = b"a1b2c3-boundary"
 
@@ -153,3 +157,43 @@ def test_uids_are_checked_before_they_reach_a_url() -> None:
     for wrong in ("", "1..2", "1.2/../3", "1.2?x=1", "1" * 65):
         with pytest.raises(BadMessage):
             check_uid(wrong, "study_uid")
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"pacs_url": "http://pacs.hospital.local/dicom-web"}, "https"),
+        ({"pacs_url": "ftp://pacs"}, "https"),
+        ({"pacs_url": "https://pacs/dicom-web", "pacs_username": "c"}, "together"),
+        (
+            {
+                "pacs_url": "https://pacs/dicom-web",
+                "pacs_username": "c",
+                "pacs_password_file": "/p",
+                "pacs_token_file": "/t",
+            },
+            "not both",
+        ),
+        ({"pacs_url": "https://pacs/dicom-web", "pacs_max_instances": 0}, "positive"),
+    ],
+)
+def test_unsafe_or_contradictory_pacs_settings_refuse_to_start(
+    settings: dict[str, object], complaint: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings({"data_dir": str(tmp_path), **settings}, env={})
+
+
+def test_a_missing_pacs_secret_fails_the_start_and_the_url_is_redacted(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "data_dir": str(tmp_path),
+            "pacs_url": "http://user:pw@127.0.0.1:8042/dicom-web",
+            "pacs_username": "c",
+            "pacs_password_file": str(tmp_path / "absent"),
+        },
+        env={},
+    )
+    with pytest.raises(ConfigError, match="pacs_password_file"):
+        PacsClient(settings)
+    assert "pw" not in settings.summary()["pacs_url"]

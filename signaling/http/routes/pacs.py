@@ -64,7 +64,9 @@ class ShareOrder:
     total: int
     """Instances the PACS said it holds for it."""
     sub: str
+    """Who shares (`sub`): the uploader of every instance, the one who sees a held one."""
     participant_id: str
+    """Their participant id in the room (`shared_by`)."""
 
 
 @dataclass
