@@ -105,10 +105,14 @@ function studyItem(study) {
   const open = document.createElement("button");
   open.type = "button";
   open.textContent = t("pacs.show_series");
+  const whole = document.createElement("button");
+  whole.type = "button";
+  whole.textContent = t("pacs.share_study");
+  whole.addEventListener("click", () => shareSeries({ study_uid: study.study_uid }, whole));
   const list = document.createElement("ul");
   list.className = "pacs-series";
   open.addEventListener("click", () => showSeries(study, list, open));
-  item.append(label, open, list);
+  item.append(label, open, whole, list);
   return item;
 }
 
@@ -146,10 +150,10 @@ async function shareSeries(series, button) {
   status.textContent = t("pacs.starting");
   let response;
   try {
-    response = await api("/shares", {
-      study_uid: series.study_uid,
-      series_uid: series.series_uid,
-    });
+    // No series_uid: the whole study.
+    const body = { study_uid: series.study_uid };
+    if (series.series_uid) body.series_uid = series.series_uid;
+    response = await api("/shares", body);
   } catch {
     status.textContent = t("pacs.unavailable");
     button.disabled = false;
