@@ -483,6 +483,25 @@ class ImageShared(Message, tag="image_shared"):
     """The DICOM declares identifiers burned into its pixels and the uploader confirmed."""
 
 
+class PacsShareProgress(Message, tag="pacs_share_progress"):
+    """A series (or study) is being shared from the PACS (`POST /api/rooms/{room}/pacs/shares`):
+    sent to everyone in the room when it starts, after each instance, and when it ends. Each
+    instance shared arrives as its own `image_shared`, the first as soon as it is ready."""
+
+    share_id: str
+    state: Literal["running", "done", "failed"]
+    shared: int
+    """Instances shared into the room so far."""
+    total: int
+    """Instances the PACS said the series has (0: not known)."""
+    title: str = ""
+    """Modality and series description (no patient data)."""
+    shared_by: str = ""
+    """Participant id of whoever shared it."""
+    error: str = ""
+    """When `failed`: the error code (e.g. `pacs_unavailable`, `too_many_images`)."""
+
+
 class ConsentRequested(Message, tag="consent_requested"):
     """Please answer the recording notice (`consent`): sent to everyone when the chair asks,
     and to each late joiner while recording is requested or running. Until you agree your
@@ -553,6 +572,7 @@ ServerMessage = (
     | Tracks
     | ActiveSpeaker
     | ImageShared
+    | PacsShareProgress
     | ConsentRequested
     | RecordingState
     | StorageLow

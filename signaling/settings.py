@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError
 
@@ -151,6 +152,28 @@ class Settings:
     """Shared-image uploads and watermarked fetches processed at once (the rest wait)."""
     image_retention_days: float = 30.0
     """Days a shared image is kept after it was shared; then it is deleted (audited)."""
+    pacs_url: str | None = None
+    """DICOMweb root of the hospital PACS (e.g. `https://pacs.hospital.local/dicom-web`): rooms
+    search it (QIDO-RS) and share studies or series from it (WADO-RS). Unset: no PACS panel.
+    Plain http only to a loopback address."""
+    pacs_username: str | None = None
+    """User name for HTTP basic authentication to the PACS (with `pacs_password_file`)."""
+    pacs_password_file: Path | None = None
+    """File holding the PACS password (basic authentication); keep it readable by Consilium only."""
+    pacs_token_file: Path | None = None
+    """File holding a bearer token for the PACS, instead of a user name and password."""
+    pacs_ca_file: Path | None = None
+    """CA certificate (PEM) the PACS's HTTPS certificate must chain to; unset: the system's CAs."""
+    pacs_search_roles: list[str] = field(
+        default_factory=lambda: ["chair", "radiologist", "specialist"]
+    )
+    """Roles that may search the PACS and share from it (with `share_image` in the room too)."""
+    pacs_max_instances: int = 300
+    """Most instances (slices) one share from the PACS may bring into a room (HTTP 413 beyond)."""
+    pacs_concurrent_shares: int = 2
+    """Shares from the PACS running at once on this node (HTTP 429 beyond)."""
+    pacs_timeout_s: float = 30.0
+    """Longest wait for the PACS to answer a search, or to send the next bytes of a retrieve."""
     annotation_retention_days: float = 30.0
     """Days a room's annotation and chat log is kept after its last entry; then it is deleted
     (audited). A room in session keeps its log."""
@@ -265,6 +288,8 @@ class Settings:
             "max_images_per_room",
             "image_workers",
             "disk_reserve_mb",
+            "pacs_max_instances",
+            "pacs_concurrent_shares",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -278,6 +303,7 @@ class Settings:
             "annotation_retention_days",
             "recording_segment_seconds",
             "recording_retention_days",
+            "pacs_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -305,12 +331,31 @@ class Settings:
                 f"scim_subject_attribute must be userName or externalId, "
                 f"not {self.scim_subject_attribute!r}"
             )
+        self._validate_pacs()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and not self.redis.startswith(
             ("redis://", "rediss://", "unix://")
         ):
             raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+
+    def _validate_pacs(self) -> None:
+        """The PACS settings: a URL the node may reach safely, one way to authenticate."""
+        if self.pacs_url is None:
+            return
+        try:
+            parts = urlsplit(self.pacs_url)
+            scheme, host = parts.scheme, parts.hostname or ""
+        except ValueError:
+            scheme, host = "", ""
+        if scheme not in ("http", "https") or not host:
+            raise ConfigError("pacs_url must be an https:// URL (the PACS's DICOMweb root)")
+        if scheme == "http" and not is_loopback(host):
+            raise ConfigError("pacs_url must be https:// (plain http only to a loopback address)")
+        if self.pacs_token_file is not None and self.pacs_username is not None:
+            raise ConfigError("give pacs_token_file or pacs_username, not both")
+        if (self.pacs_username is None) != (self.pacs_password_file is None):
+            raise ConfigError("pacs_username and pacs_password_file must be given together")
 
     def keys_directory(self) -> Path:
         """The folder `key_dir` names, or its default `<data_dir>/keys`."""
@@ -356,7 +401,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "redis" and value:
+            if f.name in ("redis", "pacs_url") and value:
                 value = _redact_url(value)
             if f.name in ("turn_secret", "metrics_token") and value:
                 value = "***"

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.firefox",
     "tests.fixtures.turnserver",
     "tests.fixtures.scim",
+    "tests.fixtures.orthanc",
 ]

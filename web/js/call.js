@@ -7,6 +7,7 @@
 import { closeDevices, localMedia, startCamera, stopCamera } from "./devices.js";
 import { t } from "./i18n.js";
 import { imageShared, loadImages } from "./images.js";
+import { loadPacs, pacsShareProgress } from "./pacs.js";
 import { MediaSessions } from "./media.js";
 import { CLOSE, OBJECTS, SignallingConnection, dataChannels, withDefaults } from "./protocol.js";
 import {
@@ -200,6 +201,9 @@ export class Call {
       case "image_shared":
         imageShared(msg);
         break;
+      case "pacs_share_progress":
+        pacsShareProgress(msg);
+        break;
       case "consent_requested":
         consentRequested(msg);
         break;
@@ -241,6 +245,7 @@ export class Call {
     changed();
     // Images shared before I joined, or while I was away.
     loadImages().catch((err) => this.fail(`images: ${err}`));
+    loadPacs().catch(() => {}); // no PACS panel: the meeting does not depend on it
     // A rejoin keeps my own mute choices: tell the room again.
     if (state.media.audioMuted || state.media.videoMuted) {
       this.signalling.setMedia({

@@ -12,6 +12,7 @@ import { endingKind, initEnded, renderEnded, setLinkToken } from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
+import { initPacs } from "./pacs.js";
 import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
@@ -125,6 +126,7 @@ async function start() {
   initRoom(call);
   initChair(call);
   initImages(call);
+  initPacs(call);
   initAnnotate();
   initChat();
   initConnectivity(call);

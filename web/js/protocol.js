@@ -108,6 +108,15 @@ export const SERVER_MESSAGES = {
     title: REQUIRED,
     burned_in_confirmed: false,
   },
+  pacs_share_progress: {
+    share_id: REQUIRED,
+    state: REQUIRED,
+    shared: REQUIRED,
+    total: REQUIRED,
+    title: "",
+    shared_by: "",
+    error: "",
+  },
   consent_requested: { notice_version: REQUIRED, requested_by: "" },
   recording_state: {
     recording: REQUIRED,

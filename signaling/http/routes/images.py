@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from aiohttp import BodyPartReader, web
@@ -30,7 +31,7 @@ _UPLOAD_FIELD_BYTES = 64
 _MULTIPART_OVERHEAD = 64 * 1024
 
 
-async def _room_participant(
+async def room_participant(
     request: web.Request, action: str
 ) -> tuple[Identity, str, ParticipantRecord]:
     """The caller, the room and the caller's participant record, for every image route.
@@ -101,7 +102,7 @@ async def _read_upload(request: web.Request, max_bytes: int) -> tuple[bytes, boo
 async def share_image(request: web.Request) -> web.Response:
     """`POST /api/rooms/{room}/images`: share an image into the room (`share_image`)."""
     node = request.app[NODE]
-    identity, room_id, participant = await _room_participant(request, "share_image")
+    identity, room_id, participant = await room_participant(request, "share_image")
     try:
         data, confirm = await _read_upload(request, node.settings.max_image_bytes)
         record: SharedImage = await node.image_work.run(
@@ -123,12 +124,25 @@ async def share_image(request: web.Request) -> web.Response:
             participant=participant.participant_id,
         )
         raise
+    audit_shared(node, identity.sub, room_id, participant.participant_id, record)
+    if record.held:
+        # Only the uploader sees it until they redact what is left and confirm (202).
+        return web.json_response(record.to_wire(), status=202)
+    await announce_image(node, room_id, record)
+    return web.json_response(record.to_wire(), status=201)
+
+
+def audit_shared(
+    node: Node, sub: str, room_id: str, participant_id: str, record: SharedImage, **more: Any
+) -> None:
+    """Audit an image shared (or held for its uploader's redaction): what de-identification
+    and the burned-in text check did, never what the image shows."""
     node.audit.append(
         "image_held" if record.held else "image_shared",
         "info" if record.held else "allow",
-        sub=identity.sub,
+        sub=sub,
         room=room_id,
-        participant=participant.participant_id,
+        participant=participant_id,
         image=record.image_id,
         kind=record.kind,
         frames=record.frames,
@@ -136,15 +150,12 @@ async def share_image(request: web.Request) -> web.Response:
         burned_in_confirmed=record.burned_in_confirmed,
         text_blanked=record.text_blanked,
         held_reasons=list(record.held_reasons),
+        **more,
     )
-    if record.held:
-        # Only the uploader sees it until they redact what is left and confirm (202).
-        return web.json_response(record.to_wire(), status=202)
-    await _announce_image(node, room_id, record)
-    return web.json_response(record.to_wire(), status=201)
 
 
-async def _announce_image(node: Node, room_id: str, record: SharedImage) -> None:
+async def announce_image(node: Node, room_id: str, record: SharedImage) -> None:
+    """Tell the room (every node) an image is shared, and the room's recording if one runs."""
     await node.rooms.announce(room_id, p.ImageShared(**record.announcement()))
     if node.rooms.recorder is not None:
         await node.rooms.recorder.image_shared(room_id, record.image_id)
@@ -174,7 +185,7 @@ async def release_image(request: web.Request) -> web.Response:
     """`POST /api/rooms/{room}/images/{image_id}/release`: the uploader of a held image blanks
     the boxes they drew and confirms that nothing identifying is left; it is then shared."""
     node = request.app[NODE]
-    identity, room_id, participant = await _room_participant(request, "share_image")
+    identity, room_id, participant = await room_participant(request, "share_image")
     image_id = request.match_info["image_id"]
     try:
         body = msgspec.convert(await json_body(request), Redaction)
@@ -201,14 +212,14 @@ async def release_image(request: web.Request) -> web.Response:
         redacted=len(boxes),
         held_reasons=list(record.held_reasons),
     )
-    await _announce_image(node, room_id, record)
+    await announce_image(node, room_id, record)
     return web.json_response(record.to_wire())
 
 
 async def list_images(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images`: the room's images in sharing order (participants)."""
     node = request.app[NODE]
-    identity, room_id, _participant = await _room_participant(request, "join_room")
+    identity, room_id, _participant = await room_participant(request, "join_room")
     node.image_work.workers.warm()  # every client lists the images on joining: a share may follow
     # The first call reads disk. The caller's own held images are listed for them alone.
     images = await asyncio.to_thread(node.images.list, room_id, uploader=identity.sub)
@@ -227,7 +238,7 @@ async def get_image(request: web.Request) -> web.Response:
     """`GET /api/rooms/{room}/images/{image_id}?frame=N[&purpose=export]`: one frame,
     watermarked for this viewer (participants); every fetch is audited."""
     node = request.app[NODE]
-    identity, room_id, participant = await _room_participant(request, "join_room")
+    identity, room_id, participant = await room_participant(request, "join_room")
     image_id = request.match_info["image_id"]
     try:
         index = int(request.query.get("frame", "0"))
