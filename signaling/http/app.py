@@ -19,6 +19,7 @@ from signaling.http.node import NODE, Node
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
+from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
 from signaling.keysources import JwksFile
 from signaling.logs import scrub
@@ -193,6 +194,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_get("/api/audit", audit.read_audit)
     add_archive_routes(app)
     add_dev_routes(app)
+    add_meeting_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", pages.api_not_found)
     app.router.add_get("/join/{room}", pages.join_page)
     app.router.add_get("/archive", pages.archive_page)

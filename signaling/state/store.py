@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from signaling.cluster import REVOKED_EVENT
+from signaling.state.meetings import MeetingBook
 from signaling.state.records import ParticipantRecord, Revocation, RoomRecord
 from signaling.state.revocations import RevocationIndex, append_revocations, load_revocation_log
 
@@ -56,6 +57,8 @@ class StateStore(abc.ABC):
 
     node_id: str
     """Id of this node; participants it holds carry it in `ParticipantRecord.node`."""
+    meetings: MeetingBook
+    """The meetings the HIS scheduled (`signaling.state.meetings`); each backend sets its own."""
 
     def __init__(self, node_id: str | None, revocations_path: Path | None = None) -> None:
         """`revocations_path`: this node's revocation journal; None keeps them in memory only."""
