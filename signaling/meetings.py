@@ -163,14 +163,15 @@ class MeetingList(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MeetingQuery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Query parameters of `GET /api/v1/meetings`."""
+    """Query parameters of `GET /api/v1/meetings` (each optional; UNSET when absent, so that
+    no text such as `null` ever stands for "absent")."""
 
-    starts_after: Stamp | None = None
+    starts_after: Stamp | msgspec.UnsetType = msgspec.UNSET
     """Meetings starting at or after this point."""
-    starts_before: Stamp | None = None
+    starts_before: Stamp | msgspec.UnsetType = msgspec.UNSET
     """Meetings starting before this point."""
-    status: MeetingStatus | None = None
-    external_id: ExternalId | None = None
+    status: MeetingStatus | msgspec.UnsetType = msgspec.UNSET
+    external_id: ExternalId | msgspec.UnsetType = msgspec.UNSET
     """The meeting booked with this HIS id."""
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIST_LIMIT)] = 100
 
@@ -389,13 +390,13 @@ def matching(
     selected = []
     for r in records:
         starts = r.request.starts_at
-        if query.starts_after is not None and starts < query.starts_after:
+        if query.starts_after is not msgspec.UNSET and starts < query.starts_after:
             continue
-        if query.starts_before is not None and starts >= query.starts_before:
+        if query.starts_before is not msgspec.UNSET and starts >= query.starts_before:
             continue
-        if query.status is not None and r.status != query.status:
+        if query.status is not msgspec.UNSET and r.status != query.status:
             continue
-        if query.external_id is not None and r.request.external_id != query.external_id:
+        if query.external_id is not msgspec.UNSET and r.request.external_id != query.external_id:
             continue
         selected.append(r)
     selected.sort(key=lambda r: (r.request.starts_at, r.meeting_id))

@@ -64,8 +64,10 @@ async def errors_and_headers(
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status, "bad_request"
         )
+        # Its headers (Allow for a 405) without its text/plain Content-Type: the body is JSON.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
         response = web.json_response(
-            {"error": code, "message": exc.reason}, status=exc.status, headers=exc.headers
+            {"error": code, "message": exc.reason}, status=exc.status, headers=headers
         )
     except asyncio.CancelledError:
         raise

@@ -72,6 +72,11 @@ class Operation:
     etag: bool = False
     """The successful answer carries an `ETag` header."""
     description: str = ""
+    example: dict[str, Any] | None = None
+    """An example request body (shown in the document, tried first by schemathesis)."""
+    links: Mapping[str, Mapping[str, str]] | None = None
+    """OpenAPI links of the successful answer: a name -> operation id and the path
+    parameters it takes from this answer (`{"operationId": ..., "meeting_id": expr}`)."""
 
 
 def _components(operations: Iterable[Operation], error_body: type) -> dict[str, Any]:
@@ -151,6 +156,14 @@ def _operation(
                     "schema": {"type": "string"},
                 }
             }
+        if op.links:
+            ok["links"] = {
+                name: {
+                    "operationId": link["operationId"],
+                    "parameters": {k: v for k, v in link.items() if k != "operationId"},
+                }
+                for name, link in op.links.items()
+            }
         responses[str(status)] = ok
     for status in sorted({*op.errors, *COMMON_ERRORS}):
         responses[str(status)] = {
@@ -167,7 +180,10 @@ def _operation(
     if parameters:
         described["parameters"] = parameters
     if op.body is not None:
-        described["requestBody"] = {"required": True, "content": _json(_ref(op.body))}
+        content = _json(_ref(op.body))
+        if op.example is not None:
+            content["application/json"]["example"] = op.example
+        described["requestBody"] = {"required": True, "content": content}
     return described
 
 

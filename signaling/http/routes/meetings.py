@@ -49,9 +49,9 @@ IF_MATCH = Header(
 )
 
 
-def _decode(data: Any, cls: type[T], what: str) -> T:
+def _decode(data: Any, cls: type[T], what: str, *, strict: bool = True) -> T:
     try:
-        return msgspec.convert(data, cls, strict=False)
+        return msgspec.convert(data, cls, strict=strict)
     except msgspec.ValidationError as exc:
         raise BadMessage(f"invalid {what}: {exc}") from None
 
@@ -61,6 +61,13 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is not None and not (0 < len(key) <= 128 and all("!" <= c <= "~" for c in key)):
         raise BadMessage("Idempotency-Key is 1-128 printable ASCII characters without spaces")
     return key
+
+
+def _if_match(request: web.Request) -> str | None:
+    value = request.headers.get(IF_MATCH.name)
+    if value is not None and not 0 < len(value) <= 512:
+        raise BadMessage("If-Match is 1-512 characters: the ETag the meeting was read with")
+    return value
 
 
 async def _meeting(node: Node, request: web.Request) -> m.MeetingRecord:
@@ -207,7 +214,15 @@ async def list_meetings(request: web.Request) -> web.Response:
     """Meetings by start time, filtered."""
     node = request.app[NODE]
     await authenticate(request, ACTION)
-    query = _decode(dict(request.query), m.MeetingQuery, "query")
+    if len(set(request.query)) != len(request.query):
+        raise BadMessage("each query parameter may be given once")
+    params: dict[str, Any] = dict(request.query)
+    # Strict, so that a number never passes for a time; only the limit is a number.
+    if "limit" in params:
+        if not (params["limit"].isascii() and params["limit"].isdigit()):
+            raise BadMessage("invalid query: limit is a whole number")
+        params["limit"] = int(params["limit"])
+    query = _decode(params, m.MeetingQuery, "query")
     records, truncated = m.matching(await node.store.meetings.list(), query)
     now = time.time()
     answer = m.MeetingList(
@@ -224,7 +239,7 @@ async def replace_meeting(request: web.Request) -> web.Response:
     identity = await authenticate(request, ACTION)
     body = _decode(await json_body(request), m.MeetingRequest, "meeting")
     record = await _meeting(node, request)
-    m.check_if_match(request.headers.get(IF_MATCH.name), record)
+    m.check_if_match(_if_match(request), record)
     now = time.time()
     booking = m.checked(body, now)
     if booking.external_id is None:
@@ -254,7 +269,7 @@ async def cancel_meeting(request: web.Request) -> web.Response:
     node = request.app[NODE]
     identity = await authenticate(request, ACTION)
     record = await _meeting(node, request)
-    m.check_if_match(request.headers.get(IF_MATCH.name), record)
+    m.check_if_match(_if_match(request), record)
     now = time.time()
     change = m.cancelled(record, now)
     if change.record.version != record.version:
@@ -285,7 +300,7 @@ async def issue_invitations(request: web.Request) -> web.Response:
     node = request.app[NODE]
     identity = await authenticate(request, ACTION)
     record = await _meeting(node, request)
-    m.check_if_match(request.headers.get(IF_MATCH.name), record)
+    m.check_if_match(_if_match(request), record)
     now = time.time()
     change = m.reissued(record, now)
     links = _plan_links(change.record, change.to_invite, now)
@@ -305,11 +320,33 @@ async def issue_invitations(request: web.Request) -> web.Response:
 MEETINGS = "/api/v1/meetings"
 MEETING = MEETINGS + "/{meeting_id}"
 
+EXAMPLE_BOOKING: dict[str, Any] = {
+    "title": "Thoracic tumour board",
+    "starts_at": "2099-03-05T14:00:00+08:00",
+    "ends_at": "2099-03-05T15:30:00+08:00",
+    "departments": ["oncology", "radiology"],
+    "cases": [{"case_id": "EP-2041", "label": "Case 1: lung nodule"}],
+    "participants": [
+        {"sub": "u1024", "role": "chair", "name": "Dr Chen"},
+        {"sub": "u2048", "role": "radiologist", "name": "Dr Wu"},
+    ],
+    "external_id": "HIS-APPT-9001",
+}
+"""A booking as docs/operations.md shows it (and the document's request example)."""
+
+_FROM_ANSWER = "$response.body#/meeting_id"
+_LINKS = {
+    "getMeeting": {"operationId": "getMeeting", "meeting_id": _FROM_ANSWER},
+    "replaceMeeting": {"operationId": "replaceMeeting", "meeting_id": _FROM_ANSWER},
+    "cancelMeeting": {"operationId": "cancelMeeting", "meeting_id": _FROM_ANSWER},
+    "issueInvitations": {"operationId": "issueInvitations", "meeting_id": _FROM_ANSWER},
+}
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST", MEETINGS, create_meeting, "createMeeting", "Book a meeting",
         m.Meeting, statuses=(201, 200), body=m.MeetingRequest, headers=(IDEMPOTENCY_KEY,),
-        errors=(400, 409, 413, 429), etag=True,
+        errors=(400, 409, 413, 429), etag=True, example=EXAMPLE_BOOKING, links=_LINKS,
         description="201 with the new meeting and a minted link per invitee; 200 (and "
         "`Idempotent-Replayed: true`) when the `Idempotency-Key` or `external_id` names a "
         "meeting already booked with the same request, 409 if with another.",
@@ -325,20 +362,20 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "PUT", MEETING, replace_meeting, "replaceMeeting", "Change a meeting", m.Meeting,
         body=m.MeetingRequest, headers=(IF_MATCH,), errors=(400, 404, 409, 412, 413),
-        etag=True,
+        etag=True, example=EXAMPLE_BOOKING, links=_LINKS,
         description="The whole request is replaced; the room follows. Invitees removed or "
         "changed lose their link; added or changed ones get a new link in this answer.",
     ),
     Operation(
         "POST", MEETING + "/cancel", cancel_meeting, "cancelMeeting", "Cancel a meeting",
-        m.Meeting, headers=(IF_MATCH,), errors=(404, 409, 412), etag=True,
+        m.Meeting, headers=(IF_MATCH,), errors=(400, 404, 409, 412), etag=True,
         description="Every link is revoked; the room is removed, or locked if people are in "
         "it. Cancelling a cancelled meeting answers it unchanged.",
     ),
     Operation(
         "POST", MEETING + "/invitations", issue_invitations, "issueInvitations",
         "Issue new links to every invitee", m.Meeting, headers=(IF_MATCH,),
-        errors=(404, 409, 412), etag=True,
+        errors=(400, 404, 409, 412), etag=True,
         description="The previous links are revoked. Tokens are minted only by a node whose "
         "development IdP signs them; elsewhere `join_url` is the room's page, where the "
         "person signs in at the hospital's IdP.",
