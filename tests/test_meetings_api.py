@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from signaling.audit import iter_entries
-from tests.fixtures.servers import RunningNode, close_code
+from signaling.devidp import DEV_ISSUER
+from tests.fixtures.servers import RunningNode, close_code, node_settings, running_node
 
 MEETINGS = "/api/v1/meetings"
 
@@ -237,3 +239,23 @@ async def test_list_filters_by_window_and_status(dev_node: RunningNode) -> None:
     assert len((await r.json())["meetings"]) == 1
     r = await _call(dev_node, "GET", MEETINGS, params={"limit": "0"})
     assert r.status == 400
+
+
+async def test_a_retry_that_lands_on_another_node_finds_the_meeting(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with running_node(node_settings(tmp_path / "a", redis=redis_url)) as a:
+        # Node B trusts node A's development IdP, as every node trusts the hospital's one IdP.
+        settings_b = node_settings(
+            tmp_path / "b", redis=redis_url, jwks=str(a.idp.jwks_path), jwt_issuer=DEV_ISSUER
+        )
+        async with running_node(settings_b) as b:
+            headers = {**_his(a), "Idempotency-Key": "his-appt-88"}
+            first = await _call(a, "POST", MEETINGS, headers, json=booking())
+            again = await _call(b, "POST", MEETINGS, headers, json=booking())
+            assert (first.status, again.status) == (201, 200)
+            meeting_id = (await first.json())["meeting_id"]
+            read = await _call(b, "GET", f"{MEETINGS}/{meeting_id}", headers)
+            assert read.status == 200 and read.headers["ETag"] == first.headers["ETag"]
+            # Node B mints no token (no development IdP there): its links are the join page.
+            assert (await read.json())["invitations"][0]["join_url"].endswith(f"/join/{meeting_id}")
