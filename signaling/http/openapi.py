@@ -64,6 +64,9 @@ class Operation:
     """The successful statuses (all with `response`)."""
     body: type | None = None
     """The msgspec type of the JSON request body, if it takes one."""
+    foreign_body: tuple[str, dict[str, Any]] | None = None
+    """A body defined by another standard (a FHIR resource): its media type and JSON Schema,
+    for what this server does not type itself."""
     query: type | None = None
     """A msgspec Struct whose fields are the query parameters."""
     headers: tuple[Header, ...] = ()
@@ -179,6 +182,9 @@ def _operation(
         described["description"] = op.description
     if parameters:
         described["parameters"] = parameters
+    if op.foreign_body is not None:
+        media_type, schema = op.foreign_body
+        described["requestBody"] = {"required": True, "content": {media_type: {"schema": schema}}}
     if op.body is not None:
         content = _json(_ref(op.body))
         if op.example is not None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from core.errors import BadMessage, Conflict, NotFound, RateLimited
 from core.rooms import new_room_id
 from signaling import meetings as m
+from signaling.fhir_appointment import meeting_body, parse_appointment
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE, Node
@@ -170,12 +171,12 @@ async def _sync_room(node: Node, record: m.MeetingRecord) -> None:
     await node.store.save_room(room_of(record, room))
 
 
-async def create_meeting(request: web.Request) -> web.Response:
-    """Book a meeting: its room, and a link per invitee."""
+async def _book(request: web.Request, identity: Identity, data: Any) -> web.Response:
+    """Book the meeting `data` (the API's body) asks for: its room, and a link per invitee;
+    or answer the meeting a retried booking already made."""
     node = request.app[NODE]
-    identity = await authenticate(request, ACTION)
     key = _idempotency_key(request)
-    body = _decode(await json_body(request), m.MeetingRequest, "meeting")
+    body = _decode(data, m.MeetingRequest, "meeting")
     now = time.time()
     booking = m.checked(body, now)
     keys = m.idempotency_keys(identity.sub, booking, key)
@@ -201,6 +202,19 @@ async def create_meeting(request: web.Request) -> web.Response:
         external_id=booking.external_id,
     )
     return _respond(node, record, links, now, status=201)
+
+
+async def create_meeting(request: web.Request) -> web.Response:
+    """Book a meeting: its room, and a link per invitee."""
+    identity = await authenticate(request, ACTION)
+    return await _book(request, identity, await json_body(request))
+
+
+async def book_fhir_appointment(request: web.Request) -> web.Response:
+    """Book a meeting from an HL7 FHIR R4 `Appointment` (`signaling.fhir_appointment`)."""
+    identity = await authenticate(request, ACTION)
+    appointment = parse_appointment(await json_body(request))
+    return await _book(request, identity, meeting_body(appointment))
 
 
 async def get_meeting(request: web.Request) -> web.Response:
@@ -334,6 +348,15 @@ EXAMPLE_BOOKING: dict[str, Any] = {
 }
 """A booking as docs/operations.md shows it (and the document's request example)."""
 
+FHIR_APPOINTMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An HL7 FHIR R4 Appointment resource "
+    "(https://hl7.org/fhir/R4/appointment.html), validated against FHIR by the server.",
+    "properties": {"resourceType": {"const": "Appointment"}},
+    "required": ["resourceType", "status", "participant"],
+}
+"""The FHIR body as the document gives it: the resource's own definition is FHIR's."""
+
 _FROM_ANSWER = "$response.body#/meeting_id"
 _LINKS = {
     "getMeeting": {"operationId": "getMeeting", "meeting_id": _FROM_ANSWER},
@@ -350,6 +373,14 @@ OPERATIONS: tuple[Operation, ...] = (
         description="201 with the new meeting and a minted link per invitee; 200 (and "
         "`Idempotent-Replayed: true`) when the `Idempotency-Key` or `external_id` names a "
         "meeting already booked with the same request, 409 if with another.",
+    ),
+    Operation(
+        "POST", "/api/v1/fhir/Appointment", book_fhir_appointment, "bookFhirAppointment",
+        "Book a meeting from a FHIR R4 Appointment", m.Meeting, statuses=(201, 200),
+        foreign_body=("application/fhir+json", FHIR_APPOINTMENT_SCHEMA),
+        headers=(IDEMPOTENCY_KEY,), errors=(400, 409, 413, 429), etag=True, links=_LINKS,
+        description="The Appointment is validated as FHIR R4 and mapped onto a booking "
+        "(docs/operations.md, \"Booking in FHIR\"); then as `createMeeting`.",
     ),
     Operation(
         "GET", MEETINGS, list_meetings, "listMeetings", "List meetings by start time",
