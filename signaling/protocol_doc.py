@@ -91,7 +91,7 @@ of reach, nothing took effect, try again). Refusals are audited.
 | `GET /api/revocations` | `revoke` (admin) | the revocations in force |
 | `GET /api/audit` | `read_audit` (auditor) | audit entries; filters `sub`, `room`, `action`, `since`, `until` (ISO-8601 with zone), `limit` |
 | `GET /api/openapi.json` | anyone | the OpenAPI 3.1 document of the versioned API below (`/api/v1`), generated from its routes and msgspec types |
-| `POST /api/v1/meetings`, `GET /api/v1/meetings`, `GET` / `PUT /api/v1/meetings/{meeting_id}`, `POST .../cancel`, `POST .../invitations` | `schedule_meetings` (scheduler: the HIS) | the scheduling API: meetings (title, times, departments, cases, invitees) each mapped onto a room, with invitation links; `Idempotency-Key`, `ETag` / `If-Match` (412 `precondition_failed`); described by the OpenAPI document, for the integrator in docs/operations.md ("Meetings from the HIS") |
+| `POST /api/v1/meetings`, `POST /api/v1/fhir/Appointment`, `GET /api/v1/meetings`, `GET` / `PUT /api/v1/meetings/{meeting_id}`, `POST .../cancel`, `POST .../invitations` | `schedule_meetings` (scheduler: the HIS) | the scheduling API: meetings (title, times, departments, cases, invitees) each mapped onto a room, with invitation links; `Idempotency-Key`, `ETag` / `If-Match` (412 `precondition_failed`); described by the OpenAPI document, for the integrator in docs/operations.md ("Meetings from the HIS") |
 """
 
 
