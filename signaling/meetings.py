@@ -354,8 +354,8 @@ def room_grants(request: MeetingRequest) -> list[str]:
 
 def room_fields(record: MeetingRecord) -> dict[str, Any]:
     """What the meeting sets on the room it maps onto (the room's id is the meeting's): its
-    title, departments, lobby, grants and start. The room's lock, admissions and opening are
-    the room's own."""
+    title, departments, lobby, grants, start and case list (shown in the room). The room's
+    lock, admissions and opening are the room's own."""
     request = record.request
     return {
         "departments": list(request.departments),
@@ -363,6 +363,7 @@ def room_fields(record: MeetingRecord) -> dict[str, Any]:
         "title": request.title,
         "grants": room_grants(request),
         "starts_at": request.starts_at.timestamp(),
+        "cases": [{"case_id": c.case_id, "label": c.label} for c in request.cases],
     }
 
 

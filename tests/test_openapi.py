@@ -98,7 +98,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
          "--max-examples", "25", "--workers", "1", "--request-timeout", "10",
          "--suppress-health-check", "too_slow"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
