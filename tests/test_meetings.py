@@ -168,6 +168,7 @@ def test_the_room_carries_the_title_departments_and_a_grant_per_invitee() -> Non
     assert fields["departments"] == ["oncology", "radiology"]
     assert fields["grants"] == ["sub:dr-chen", "sub:dr-wu", "sub:nurse-li"]
     assert fields["lobby"] is False
+    assert fields["cases"] == [{"case_id": "EP-2041", "label": "Case 1: lung nodule"}]
     assert fields["starts_at"] == datetime(2030, 3, 5, 6, 0, tzinfo=UTC).timestamp()
 
 

@@ -92,9 +92,11 @@ async def test_his_books_a_meeting_and_each_invitee_joins_its_room_with_their_li
     assert stored is not None and stored.title == "Thoracic tumour board"
     assert stored.departments == ["oncology", "radiology"]
     assert sorted(stored.grants) == ["sub:dr-chen", "sub:dr-wu", "sub:nurse-li"]
+    assert [c["case_id"] for c in stored.cases] == ["EP-2041", "EP-2042"]
     # The chair's link opens the room; the radiologist's joins it (lobby on: waits to be let in).
     _, joined = await _join(dev_node, links["dr-chen"]["token"], room)
     assert joined["type"] == "joined" and joined["room"]["title"] == "Thoracic tumour board"
+    assert joined["room"]["cases"][0] == {"case_id": "EP-2041", "label": "Case 1: lung nodule"}
     _, waiting = await _join(dev_node, links["dr-wu"]["token"], room)
     assert waiting["type"] == "lobby"
     entries = list(iter_entries(dev_node.data_dir / "audit", action="meeting_scheduled"))
