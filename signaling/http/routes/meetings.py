@@ -50,9 +50,10 @@ IF_MATCH = Header(
 )
 
 
-def _decode(data: Any, cls: type[T], what: str, *, strict: bool = True) -> T:
+def _decode(data: Any, cls: type[T], what: str) -> T:
+    """`data` as `cls`, strictly (a number never passes for a time); `BadMessage` saying why."""
     try:
-        return msgspec.convert(data, cls, strict=strict)
+        return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
         raise BadMessage(f"invalid {what}: {exc}") from None
 
