@@ -79,13 +79,13 @@ class RedisMeetingBook(MeetingBook):
         return bool(stored)
 
     async def list(self) -> list[MeetingRecord]:
-        ids = cast(set[str], await self._redis.smembers(self._ids_key))
-        records = []
-        for meeting_id in sorted(ids):
-            record = await self.get(meeting_id)
-            if record is not None:
-                records.append(record)
-        return records
+        ids = sorted(cast(set[str], await self._redis.smembers(self._ids_key)))
+        # One round trip for all of them, not one per meeting.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for meeting_id in ids:
+                pipe.hget(self._meeting_key(meeting_id), "record")
+            found = await pipe.execute()
+        return [decode_meeting(data) for data in found if data is not None]
 
     async def count(self) -> int:
         return int(await self._redis.scard(self._ids_key))
