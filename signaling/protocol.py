@@ -435,7 +435,8 @@ class ParticipantUpdated(Message, tag="participant_updated"):
 
 
 class RoomUpdated(Message, tag="room_updated"):
-    """The room's settings changed (lobby, lock)."""
+    """The room's settings changed (lobby, lock; or its meeting's title and cases, changed by
+    the HIS)."""
 
     room: RoomState
 

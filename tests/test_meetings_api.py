@@ -12,7 +12,13 @@ import aiohttp
 
 from signaling.audit import iter_entries
 from signaling.devidp import DEV_ISSUER
-from tests.fixtures.servers import RunningNode, close_code, node_settings, running_node
+from tests.fixtures.servers import (
+    RunningNode,
+    close_code,
+    next_message,
+    node_settings,
+    running_node,
+)
 
 MEETINGS = "/api/v1/meetings"
 
@@ -171,6 +177,19 @@ async def test_a_removed_invitee_loses_their_link_and_a_cancelled_meeting_closes
     again = await _call(dev_node, "POST", path + "/cancel")
     assert again.status == 200 and again.headers["ETag"] == cancelled.headers["ETag"]
     assert (await _call(dev_node, "PUT", path, json=booking())).status == 409
+
+
+async def test_people_in_the_room_see_the_meeting_change(dev_node: RunningNode) -> None:
+    created = await (await _call(dev_node, "POST", MEETINGS, json=booking())).json()
+    room = created["meeting_id"]
+    chair_token = next(i["token"] for i in created["invitations"] if i["sub"] == "dr-chen")
+    chair, joined = await _join(dev_node, chair_token, room)
+    assert joined["type"] == "joined"
+    moved = booking(title="Thoracic board (case 2 added)", cases=[{"case_id": "EP-2050"}])
+    assert (await _call(dev_node, "PUT", f"{MEETINGS}/{room}", json=moved)).status == 200
+    update = await next_message(chair, "room_updated")
+    assert update["room"]["title"] == "Thoracic board (case 2 added)"
+    assert update["room"]["cases"] == [{"case_id": "EP-2050", "label": ""}]
 
 
 async def test_reissued_links_replace_the_old_ones(dev_node: RunningNode) -> None:

@@ -20,12 +20,14 @@ from aiohttp import web
 from core.errors import BadMessage, Conflict, NotFound, RateLimited
 from core.rooms import new_room_id
 from signaling import meetings as m
+from signaling import protocol as p
 from signaling.fhir_appointment import meeting_body, parse_appointment
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE, Node
 from signaling.http.openapi import Header, Operation, add_operations, openapi_document
 from signaling.identity import Identity
+from signaling.membership import room_state
 from signaling.state.records import Revocation, RoomRecord
 
 T = TypeVar("T")
@@ -94,23 +96,23 @@ def _invitations(
     page = f"{node.settings.own_origin}/join/{record.meeting_id}"
     by_sub = {link.sub: link for link in minted}
     invitations = []
-    for p in record.request.participants:
-        link = by_sub.get(p.sub)
+    for invitee in record.request.participants:
+        link = by_sub.get(invitee.sub)
         if link is None or node.dev_idp is None:
-            invitations.append(m.Invitation(sub=p.sub, role=p.role, join_url=page))
+            invitations.append(m.Invitation(sub=invitee.sub, role=invitee.role, join_url=page))
             continue
         token = node.dev_idp.mint(
-            sub=p.sub,
-            role=p.role,
+            sub=invitee.sub,
+            role=invitee.role,
             rooms=[record.meeting_id],
-            name=p.name or p.sub,
+            name=invitee.name or invitee.sub,
             ttl_s=max(1, int(link.expires_at - now)),
             extra={"jti": link.jti, "exp": int(link.expires_at)},
         )
         invitations.append(
             m.Invitation(
-                sub=p.sub,
-                role=p.role,
+                sub=invitee.sub,
+                role=invitee.role,
                 join_url=f"{page}#token={token}",
                 token=token,
                 expires_at=m.stamp(int(link.expires_at)),
@@ -167,9 +169,11 @@ def room_of(record: m.MeetingRecord, room: RoomRecord | None) -> RoomRecord:
 
 
 async def _sync_room(node: Node, record: m.MeetingRecord) -> None:
-    """The meeting's room made to match it (created if it is gone)."""
-    room = await node.store.get_room(record.meeting_id)
-    await node.store.save_room(room_of(record, room))
+    """The meeting's room made to match it (created if it is gone), and the people in it told
+    (`room_updated`, on every node)."""
+    room = room_of(record, await node.store.get_room(record.meeting_id))
+    await node.store.save_room(room)
+    await node.rooms.messenger.announce(room.room_id, p.RoomUpdated(room_state(room)))
 
 
 async def _book(request: web.Request, identity: Identity, data: Any) -> web.Response:
@@ -189,7 +193,7 @@ async def _book(request: web.Request, identity: Identity, data: Any) -> web.Resp
     if existing is not None:
         m.replay_of(existing, booking)
         return _respond(node, existing, [], now, headers={"Idempotent-Replayed": "true"})
-    links = _plan_links(record, [p.sub for p in booking.participants], now)
+    links = _plan_links(record, [invitee.sub for invitee in booking.participants], now)
     await _store(node, m.with_links(record, links), record.version)
     await node.store.save_room(room_of(record, None))
     node.audit.append(
@@ -198,7 +202,7 @@ async def _book(request: web.Request, identity: Identity, data: Any) -> web.Resp
         sub=identity.sub,
         room=record.meeting_id,
         departments=booking.departments,
-        participants=[p.sub for p in booking.participants],
+        participants=[invitee.sub for invitee in booking.participants],
         cases=len(booking.cases),
         external_id=booking.external_id,
     )
