@@ -211,6 +211,8 @@ class MeetingRecord(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     """Hash of the creating request's body: a retry with another body is a conflict."""
     links: list[IssuedLink] = msgspec.field(default_factory=list)
     """The join tokens in force, at most one per invitee."""
+    keys: list[str] = msgspec.field(default_factory=list)
+    """The idempotency keys it was created under (deleted with it)."""
 
 
 # --- Rules -------------------------------------------------------------------------------------
@@ -250,9 +252,14 @@ def request_digest(request: MeetingRequest) -> str:
 
 
 def new_record(
-    meeting_id: str, request: MeetingRequest, *, scheduled_by: str, now: float
+    meeting_id: str,
+    request: MeetingRequest,
+    *,
+    scheduled_by: str,
+    now: float,
+    keys: list[str] | None = None,
 ) -> MeetingRecord:
-    """The record of a meeting just booked with a `checked` request."""
+    """The record of a meeting just booked with a `checked` request under idempotency `keys`."""
     return MeetingRecord(
         meeting_id=meeting_id,
         status="scheduled",
@@ -261,7 +268,15 @@ def new_record(
         created_at=now,
         updated_at=now,
         request_sha256=request_digest(request),
+        keys=list(keys or ()),
     )
+
+
+def expired(record: MeetingRecord, now: float, retention_s: float) -> bool:
+    """Whether the meeting is past its retention at `now`: `retention_s` after its end, or
+    after its cancellation for a cancelled one."""
+    over = record.updated_at if record.status == "cancelled" else record.request.ends_at.timestamp()
+    return over + retention_s <= now
 
 
 def idempotency_keys(sub: str, request: MeetingRequest, header_key: str | None) -> list[str]:

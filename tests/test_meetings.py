@@ -199,3 +199,14 @@ def test_the_stored_record_survives_a_round_trip_and_ignores_newer_fields() -> N
     assert msgspec.json.decode(data, type=m.MeetingRecord) == record
     newer = msgspec.json.encode({**msgspec.to_builtins(record), "reminder_sent": True})
     assert msgspec.json.decode(newer, type=m.MeetingRecord) == record
+
+
+def test_a_meeting_expires_its_retention_after_its_end_or_its_cancellation() -> None:
+    record = booked()
+    ends = datetime(2030, 3, 5, 7, 30, tzinfo=UTC).timestamp()
+    day = 86_400.0
+    assert not m.expired(record, ends + day - 1, day)
+    assert m.expired(record, ends + day, day)
+    # Cancelled long before it was due: counted from the cancellation.
+    cancelled = m.cancelled(record, NOW - 10 * day).record
+    assert m.expired(cancelled, NOW - 9 * day, day)

@@ -4,6 +4,7 @@ the links it hands out open (and stop opening) the meeting's room."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import aiohttp
 
 from signaling.audit import iter_entries
 from signaling.devidp import DEV_ISSUER
+from signaling.http.routes.meetings import delete_expired_meetings
 from tests.fixtures.servers import (
     RunningNode,
     close_code,
@@ -280,3 +282,24 @@ async def test_a_retry_that_lands_on_another_node_finds_the_meeting(
             assert read.status == 200 and read.headers["ETag"] == first.headers["ETag"]
             # Node B mints no token (no development IdP there): its links are the join page.
             assert (await read.json())["invitations"][0]["join_url"].endswith(f"/join/{meeting_id}")
+
+
+async def test_meetings_past_their_retention_are_deleted_with_their_rooms(
+    dev_node: RunningNode,
+) -> None:
+    node = dev_node.node
+    assert node is not None
+    created = await (await _call(dev_node, "POST", MEETINGS, json=booking())).json()
+    room = created["meeting_id"]
+    in_session = await (await _call(dev_node, "POST", MEETINGS, json=booking())).json()
+    chair_token = next(i["token"] for i in in_session["invitations"] if i["sub"] == "dr-chen")
+    _, joined = await _join(dev_node, chair_token, in_session["meeting_id"])
+    assert joined["type"] == "joined"
+    later = time.time() + (node.settings.meeting_retention_days + 1) * 86_400
+    assert await delete_expired_meetings(node, later) == [room]
+    assert await node.store.get_room(room) is None
+    assert (await _call(dev_node, "GET", f"{MEETINGS}/{room}")).status == 404
+    # The room in session stays until it empties.
+    assert await node.store.meetings.get(in_session["meeting_id"]) is not None
+    entries = list(iter_entries(dev_node.data_dir / "audit", action="meetings_deleted"))
+    assert entries and entries[-1].fields["meetings"] == [room]

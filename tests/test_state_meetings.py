@@ -109,3 +109,13 @@ async def test_every_node_lists_the_same_meetings(open_node: OpenNode) -> None:
     held.links.append(m.IssuedLink("x", "y", 1.0))
     again = await a.meetings.get("m-1")
     assert again is not None and again.links == []
+
+
+async def test_a_deleted_meeting_frees_its_keys(open_node: OpenNode) -> None:
+    a, b = await open_node("node-a"), await open_node("node-b")
+    first = msgspec.structs.replace(record("m-1"), keys=["key:his:k1"])
+    assert await a.meetings.create(first, first.keys) is None
+    await b.meetings.delete(first)
+    assert await a.meetings.get("m-1") is None and await a.meetings.count() == 0
+    # The key books anew once its meeting is gone.
+    assert await a.meetings.create(record("m-2"), ["key:his:k1"]) is None

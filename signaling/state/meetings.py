@@ -47,6 +47,10 @@ class MeetingBook(abc.ABC):
         changes) if another change came first or the meeting is gone."""
 
     @abc.abstractmethod
+    async def delete(self, record: MeetingRecord) -> None:
+        """Remove the meeting and its idempotency keys (`record.keys`)."""
+
+    @abc.abstractmethod
     async def list(self) -> list[MeetingRecord]:
         """Every meeting, in no particular order."""
 
@@ -87,6 +91,13 @@ class MemoryMeetingBook(MeetingBook):
         self._meetings[record.meeting_id] = encode_meeting(record)
         self._versions[record.meeting_id] = record.version
         return True
+
+    async def delete(self, record: MeetingRecord) -> None:
+        self._meetings.pop(record.meeting_id, None)
+        self._versions.pop(record.meeting_id, None)
+        for key in record.keys:
+            if self._keys.get(key) == record.meeting_id:
+                del self._keys[key]
 
     async def list(self) -> list[MeetingRecord]:
         return [decode_meeting(data) for data in self._meetings.values()]

@@ -39,6 +39,16 @@ redis.call('HSET', KEYS[1], 'record', ARGV[2], 'version', ARGV[3])
 return 1
 """
 
+_DELETE = """
+-- KEYS: meeting hash, set of ids, keys hash. ARGV: id, idempotency keys...
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[1] then redis.call('HDEL', KEYS[3], ARGV[i]) end
+end
+return 1
+"""
+
 
 class RedisMeetingBook(MeetingBook):
     """Meetings in Redis, on the Redis store's client and under its prefix."""
@@ -50,6 +60,7 @@ class RedisMeetingBook(MeetingBook):
         self._keys_key = prefix + "meeting-keys"
         self._create = client.register_script(_CREATE)
         self._replace = client.register_script(_REPLACE)
+        self._delete = client.register_script(_DELETE)
 
     def _meeting_key(self, meeting_id: str) -> str:
         return f"{self._prefix}meeting:{{{meeting_id}}}"
@@ -77,6 +88,12 @@ class RedisMeetingBook(MeetingBook):
             args=[str(read_version), encode_meeting(record), str(record.version)],
         )
         return bool(stored)
+
+    async def delete(self, record: MeetingRecord) -> None:
+        await self._delete(
+            keys=[self._meeting_key(record.meeting_id), self._ids_key, self._keys_key],
+            args=[record.meeting_id, *record.keys],
+        )
 
     async def list(self) -> list[MeetingRecord]:
         ids = sorted(cast(set[str], await self._redis.smembers(self._ids_key)))

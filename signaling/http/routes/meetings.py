@@ -188,7 +188,7 @@ async def _book(request: web.Request, identity: Identity, data: Any) -> web.Resp
     bound = node.settings.max_scheduled_rooms
     if await node.store.meetings.count() >= bound or await node.store.count_rooms() >= bound:
         raise RateLimited("too many meetings are scheduled")
-    record = m.new_record(new_room_id(), booking, scheduled_by=identity.sub, now=now)
+    record = m.new_record(new_room_id(), booking, scheduled_by=identity.sub, now=now, keys=keys)
     existing = await node.store.meetings.create(record, keys)
     if existing is not None:
         m.replay_of(existing, booking)
@@ -334,6 +334,26 @@ async def issue_invitations(request: web.Request) -> web.Response:
         revoked_links=len(change.revoked),
     )
     return _respond(node, change.record, links, now)
+
+
+async def delete_expired_meetings(node: Node, now: float | None = None) -> list[str]:
+    """Delete the meetings past `meeting_retention_days`, with their rooms (a room still in
+    session is left for the next sweep); audited as `meetings_deleted`. The ids deleted."""
+    now = time.time() if now is None else now
+    retention_s = node.settings.meeting_retention_days * 86_400
+    deleted = []
+    for record in await node.store.meetings.list():
+        if not m.expired(record, now, retention_s):
+            continue
+        room_id = record.meeting_id
+        if await node.store.list_participants(room_id) or await node.store.list_lobby(room_id):
+            continue
+        await node.store.delete_room(room_id)
+        await node.store.meetings.delete(record)
+        deleted.append(room_id)
+    if deleted:
+        node.audit.append("meetings_deleted", "info", reason="retention", meetings=deleted)
+    return deleted
 
 
 MEETINGS = "/api/v1/meetings"
