@@ -32,3 +32,4 @@ class Action(StrEnum):
     RUN_RETENTION = "run_retention"
     READ_AUDIT = "read_audit"
     REVOKE = "revoke"
+    SCHEDULE_MEETINGS = "schedule_meetings"

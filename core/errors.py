@@ -68,6 +68,12 @@ class Conflict(ConsiliumError):
     code = "conflict"
 
 
+class PreconditionFailed(ConsiliumError):
+    """A conditional request's precondition does not hold (an `If-Match` naming an old version)."""
+
+    code = "precondition_failed"
+
+
 class PayloadTooLarge(ConsiliumError):
     """A message or request body exceeds its bound."""
 

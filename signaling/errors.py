@@ -37,6 +37,8 @@ ANSWERS: dict[str, Answer] = {
     "resume_refused": Answer(CloseCode.RESUME_REFUSED, 410),
     "conflict": Answer(CloseCode.REPLACED, 409),
     "too_large": Answer(CloseCode.BAD_MESSAGE, 413),
+    # Raised by the scheduling API: an update whose If-Match names an older version.
+    "precondition_failed": Answer(CloseCode.REPLACED, 412),
     "rate_limited": Answer(CloseCode.RATE_LIMITED, 429),
     "unavailable": Answer(CloseCode.SERVER_ERROR, 503),
     # Raised by imaging: content we cannot read is not a malformed request (415), and a DICOM

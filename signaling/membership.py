@@ -166,6 +166,7 @@ def room_state(room: RoomRecord) -> p.RoomState:
         lobby=room.lobby,
         locked=room.locked,
         title=room.title,
+        cases=[p.RoomCase(case["case_id"], case.get("label", "")) for case in room.cases],
     )
 
 

@@ -30,6 +30,7 @@ ROLES: tuple[str, ...] = (
     "archivist",
     "admin",
     "auditor",
+    "scheduler",
 )
 """Every role a token may carry, in the order tables and docs list them."""
 
@@ -63,6 +64,12 @@ _SEPARATION_OF_DUTIES: tuple[tuple[frozenset[str], frozenset[str], str], ...] = 
         frozenset({"auditor"}),
         _ACTION_SET - {"read_audit"},
         "auditor reads the audit log and nothing else",
+    ),
+    # The HIS's service client: it books meetings and mints their invitations, nothing else.
+    (
+        frozenset({"scheduler"}),
+        _ACTION_SET - {"schedule_meetings"},
+        "scheduler (a service client) schedules meetings and does nothing else",
     ),
 )
 

@@ -324,6 +324,13 @@ class ParticipantInfo(msgspec.Struct, omit_defaults=True):
     waiting: bool = False
 
 
+class RoomCase(msgspec.Struct):
+    """One case on a scheduled meeting's list: the HIS's reference and a non-identifying label."""
+
+    case_id: str
+    label: str = ""
+
+
 class RoomState(msgspec.Struct, omit_defaults=True):
     """The room's settings as participants see them."""
 
@@ -333,6 +340,8 @@ class RoomState(msgspec.Struct, omit_defaults=True):
     locked: bool = False
     title: str = ""
     recording: bool = False
+    cases: list[RoomCase] = msgspec.field(default_factory=list)
+    """The case list of a meeting the HIS scheduled (absent for other rooms)."""
 
 
 class Joined(Message, tag="joined"):
@@ -426,7 +435,8 @@ class ParticipantUpdated(Message, tag="participant_updated"):
 
 
 class RoomUpdated(Message, tag="room_updated"):
-    """The room's settings changed (lobby, lock)."""
+    """The room's settings changed (lobby, lock; or its meeting's title and cases, changed by
+    the HIS)."""
 
     room: RoomState
 

@@ -177,6 +177,9 @@ class Settings:
     annotation_retention_days: float = 30.0
     """Days a room's annotation and chat log is kept after its last entry; then it is deleted
     (audited). A room in session keeps its log."""
+    meeting_retention_days: float = 30.0
+    """Days a meeting the HIS scheduled is kept after its end (or its cancellation); then it
+    and its room are deleted (audited). A room in session is kept until it empties."""
 
     recording_notice_version: str = "2026-12"
     """Version of the recording notice text every client shows before asking for consent
@@ -301,6 +304,7 @@ class Settings:
             "jwks_refetch_interval_s",
             "image_retention_days",
             "annotation_retention_days",
+            "meeting_retention_days",
             "recording_segment_seconds",
             "recording_retention_days",
             "pacs_timeout_s",

@@ -25,6 +25,7 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     errors.TimedOut: (4408, 408),
     errors.Replaced: (4409, 409),
     errors.Conflict: (4409, 409),
+    errors.PreconditionFailed: (4409, 412),
     errors.PayloadTooLarge: (4400, 413),
     errors.RateLimited: (4429, 429),
     errors.Unavailable: (4500, 503),

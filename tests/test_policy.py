@@ -46,6 +46,8 @@ def breaks_separation_of_duties(role: str, action: str) -> bool:
         return True
     if role == "archivist" and action in ("manage_keys", "run_retention"):
         return True
+    if role == "scheduler":
+        return action != "schedule_meetings"
     if action == "read_audit":
         return role != "auditor"
     return role == "auditor"
@@ -97,6 +99,7 @@ def test_default_table_grants_what_the_design_says(policy: Policy) -> None:
         "archivist": set(RECORDINGS),
         "admin": {"manage_keys", "run_retention", "revoke"},
         "auditor": {"read_audit"},
+        "scheduler": {"schedule_meetings"},
     }
     assert {role: set(policy.permissions(person(role))) for role in ROLES} == expected
 
@@ -121,6 +124,14 @@ def test_archivist_admin_and_auditor_never_join_a_live_room(policy: Policy, role
     decision = policy.decide(person(role), "join_room", ROOM)
     assert not decision
     assert decision.reason == f"separation_of_duties: {role} never joins a live room"
+
+
+def test_scheduler_only_schedules_meetings_and_needs_no_second_factor(policy: Policy) -> None:
+    # The HIS is a service client (client credentials): no person, so no `amr` to show.
+    his = person("scheduler", amr=(), depts=(), rooms=())
+    assert policy.permissions(his) == {"schedule_meetings"}
+    assert policy.decide(his, "join_room", ROOM).code == "separation_of_duties"
+    assert not policy.may_open_room(his)
 
 
 def test_archivist_never_joins_a_live_room(policy: Policy) -> None:

@@ -19,6 +19,7 @@ from signaling.http.node import NODE, Node
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
+from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.routes.pacs import add_pacs_routes
 from signaling.http.routes.scim import add_scim_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
@@ -65,8 +66,10 @@ async def errors_and_headers(
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status, "bad_request"
         )
+        # Its headers (Allow for a 405) without its text/plain Content-Type: the body is JSON.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
         response = web.json_response(
-            {"error": code, "message": exc.reason}, status=exc.status, headers=exc.headers
+            {"error": code, "message": exc.reason}, status=exc.status, headers=headers
         )
     except asyncio.CancelledError:
         raise
@@ -200,6 +203,7 @@ def create_app(node: Node) -> web.Application:
     add_dev_routes(app)
     add_scim_routes(app)
     add_pacs_routes(app)
+    add_meeting_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", pages.api_not_found)
     app.router.add_get("/join/{room}", pages.join_page)
     app.router.add_get("/archive", pages.archive_page)

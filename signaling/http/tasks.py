@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from signaling.http.node import Node
+from signaling.http.routes.meetings import delete_expired_meetings
 
 log = logging.getLogger("consilium.server")
 
@@ -62,8 +63,8 @@ async def delete_expired_annotations(node: Node) -> list[str]:
 
 
 async def sweep_retention(node: Node) -> None:
-    """Apply retention at start, then: shared images and annotation logs every
-    `IMAGE_SWEEP_S`, recordings every `RECORDING_SWEEP_S` (legal holds are kept)."""
+    """Apply retention at start, then: shared images, annotation logs and scheduled meetings
+    every `IMAGE_SWEEP_S`, recordings every `RECORDING_SWEEP_S` (legal holds are kept)."""
     archive = node.archive
     last_recordings = -RECORDING_SWEEP_S
     while True:
@@ -72,6 +73,10 @@ async def sweep_retention(node: Node) -> None:
             await delete_expired_annotations(node)
         except Exception:
             log.exception("retention sweep of shared images and annotations failed")
+        try:
+            await delete_expired_meetings(node)
+        except Exception:
+            log.exception("retention sweep of scheduled meetings failed")
         if time.monotonic() - last_recordings >= RECORDING_SWEEP_S:
             last_recordings = time.monotonic()
             try:

@@ -12,6 +12,7 @@ from typing import Any
 from core.errors import NotFound
 from signaling.cluster import Revoked, to_wire
 from signaling.state.directory import MemoryDirectory
+from signaling.state.meetings import MemoryMeetingBook
 from signaling.state.records import (
     ParticipantRecord,
     Revocation,
@@ -33,6 +34,7 @@ class MemoryStore(StateStore):
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
         self._media_nodes: dict[str, tuple[str, float]] = {}
         self.directory = MemoryDirectory()
+        self.meetings = MemoryMeetingBook()
 
     # Every method below runs without awaiting between its check and its change, so each is
     # atomic on the event loop.

@@ -46,6 +46,9 @@ class RoomRecord:
     admitted: list[str] = field(default_factory=list)
     """`sub`s a chair admitted from the lobby: they rejoin (after a network blip, or from a
     second device) without waiting again, until removed or the room closes."""
+    cases: list[dict[str, str]] = field(default_factory=list)
+    """A scheduled meeting's case list (`case_id` and `label` each), set by the scheduling API
+    (`signaling.meetings`); never patient-identifying."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -58,6 +61,8 @@ class RoomRecord:
         for name in ("departments", "grants"):
             if name in kwargs:
                 kwargs[name] = list(kwargs[name])
+        if "cases" in kwargs:
+            kwargs["cases"] = [dict(case) for case in kwargs["cases"]]
         return cls(**kwargs)
 
 
@@ -150,7 +155,12 @@ class Revocation:
 
 def copy_room(room: RoomRecord) -> RoomRecord:
     """A copy sharing no list with `room`."""
-    return dataclasses.replace(room, departments=list(room.departments), grants=list(room.grants))
+    return dataclasses.replace(
+        room,
+        departments=list(room.departments),
+        grants=list(room.grants),
+        cases=[dict(case) for case in room.cases],
+    )
 
 
 def copy_participant(p: ParticipantRecord) -> ParticipantRecord:

@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.errors import NotFound, Unavailable
 from signaling.cluster import REVOKED_EVENT, Revoked, to_wire
 from signaling.state.directory import RedisDirectory
+from signaling.state.meetings_redis import RedisMeetingBook
 from signaling.state.records import (
     ParticipantRecord,
     Revocation,
@@ -200,6 +201,7 @@ class RedisStore(StateStore):
         self.directory = RedisDirectory(self._redis, prefix)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self.meetings = RedisMeetingBook(self._redis, prefix)
 
     def _room_key(self, room_id: str) -> str:
         return f"{self._prefix}room:{{{room_id}}}"

@@ -29,6 +29,7 @@ from typing import Any
 
 from signaling.cluster import REVOKED_EVENT
 from signaling.state.directory import DirectoryStore
+from signaling.state.meetings import MeetingBook
 from signaling.state.records import ParticipantRecord, Revocation, RoomRecord
 from signaling.state.revocations import RevocationIndex, append_revocations, load_revocation_log
 
@@ -59,6 +60,8 @@ class StateStore(abc.ABC):
     """Id of this node; participants it holds carry it in `ParticipantRecord.node`."""
     directory: DirectoryStore
     """The people and groups the hospital's IdP provisions (SCIM), shared as the rooms are."""
+    meetings: MeetingBook
+    """The meetings the HIS scheduled (`signaling.state.meetings`); each backend sets its own."""
 
     def __init__(self, node_id: str | None, revocations_path: Path | None = None) -> None:
         """`revocations_path`: this node's revocation journal; None keeps them in memory only."""

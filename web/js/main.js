@@ -24,6 +24,8 @@ const SCREENS = ["home", "join", "lobby", "room", "ended"];
 const languageSelect = document.getElementById("language-select");
 const roomTitle = document.getElementById("room-title");
 const connectionStatus = document.getElementById("connection-status");
+const roomCases = document.getElementById("room-cases");
+const roomCasesList = document.getElementById("room-cases-list");
 
 let call = null;
 let shownScreen = null;
@@ -33,6 +35,7 @@ function render(s) {
     document.getElementById(`screen-${name}`).hidden = s.screen !== name;
   }
   roomTitle.textContent = s.room?.title || s.roomId || "";
+  renderCases(s.room?.cases ?? []);
   languageSelect.value = s.lang;
   if (s.screen === "join") renderJoin();
   if (s.screen === "lobby") renderLobby(s);
@@ -56,6 +59,21 @@ function render(s) {
     heading?.setAttribute("tabindex", "-1");
     heading?.focus({ preventScroll: true });
   }
+}
+
+/** A scheduled meeting's case list: each case's reference and its label, in the HIS's order. */
+function renderCases(cases) {
+  roomCases.hidden = cases.length === 0;
+  const shown = cases.map((c) => (c.label ? `${c.case_id}: ${c.label}` : c.case_id));
+  const current = [...roomCasesList.children].map((item) => item.textContent);
+  if (shown.join("\n") === current.join("\n")) return;
+  roomCasesList.replaceChildren(
+    ...shown.map((text) => {
+      const item = document.createElement("li");
+      item.textContent = text;
+      return item;
+    }),
+  );
 }
 
 async function showHome() {

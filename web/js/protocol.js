@@ -155,6 +155,11 @@ export const OBJECTS = {
     locked: false,
     title: "",
     recording: false,
+    cases: [],
+  },
+  RoomCase: {
+    case_id: REQUIRED,
+    label: "",
   },
   TrackInfo: {
     mid: REQUIRED,
