@@ -26,7 +26,8 @@ from signaling.http.door import Door
 from signaling.http.node import ImageWork, Node
 from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
 from signaling.messenger import Messenger
-from signaling.policy import Policy
+from signaling.oidc_client import OidcClient
+from signaling.policy import ROLES, Policy
 from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
@@ -213,6 +214,7 @@ def build_node(settings: Settings) -> Node:
             settings.export_scratch(),
             watermark_key,
         ),
+        signin=OidcClient(settings, ROLES) if settings.oidc_client_id is not None else None,
     )
 
 

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.firefox",
     "tests.fixtures.turnserver",
+    "tests.fixtures.oidc_provider",
 ]

@@ -18,6 +18,7 @@ from signaling.audit import AuditLog
 from signaling.devidp import DevelopmentIdP
 from signaling.http.archive_service import ArchiveService
 from signaling.http.door import Door
+from signaling.oidc_client import OidcClient
 from signaling.policy import Policy
 from signaling.rooms import Rooms
 from signaling.settings import Settings
@@ -99,6 +100,8 @@ class Node:
     """The node's Ed25519 key: signs the audit log's checkpoints and recording manifests."""
     archive: ArchiveService
     """The recordings, as the archive's API serves them."""
+    signin: OidcClient | None = None
+    """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
     ready: bool = False
     """Serving: set once started, cleared as the node stops (`/readyz`, `/healthz`)."""
     retention_swept: asyncio.Event = field(default_factory=asyncio.Event)
