@@ -33,6 +33,10 @@ PENDING_TTL_S = 600
 SESSION_COOKIE = "consilium_session"
 """The cookie naming the sign-in session (HttpOnly, SameSite=Lax, Secure over TLS)."""
 
+SIGNIN_COOKIE = "consilium_signin"
+"""The cookie binding a started sign-in to the browser that started it (its `state`; HttpOnly,
+SameSite=Lax, path `/auth/`, as long as the sign-in may take)."""
+
 SESSION_JTI_PREFIX = "session:"
 """An `Identity.jti` of a sign-in session: `session:<id>` (revoking that jti ends the session)."""
 
@@ -134,10 +138,16 @@ def authorization_url(
 
 
 def code_from_callback(
-    pending: PendingSignIn | None, query: Mapping[str, str], *, now: float
+    pending: PendingSignIn | None,
+    query: Mapping[str, str],
+    *,
+    now: float,
+    browser_state: str | None,
 ) -> str:
     """The authorization code of a callback for `pending` (None: its state is unknown or was
-    used already). Raises SignInError with the reason."""
+    used already), in the browser that started it (`browser_state`: the state its
+    `SIGNIN_COOKIE` holds; another browser's callback is login CSRF). Raises SignInError with
+    the reason."""
     if "error" in query:
         raise SignInError(
             "the identity provider refused the sign-in",
@@ -148,6 +158,10 @@ def code_from_callback(
         raise SignInError("this sign-in is unknown, expired or already used", reason="bad_state")
     if query.get("state") != pending.state:
         raise SignInError("the sign-in answer does not match its request", reason="bad_state")
+    if browser_state != pending.state:
+        raise SignInError(
+            "this sign-in was started in another browser; start again", reason="other_browser"
+        )
     if now - pending.created_at > PENDING_TTL_S:
         raise SignInError("the sign-in took too long; start again", reason="expired")
     code = query.get("code", "")

@@ -96,32 +96,48 @@ def test_return_path_keeps_a_local_path() -> None:
 
 def test_callback_with_unknown_state_is_refused() -> None:
     with pytest.raises(oidc.SignInError) as caught:
-        oidc.code_from_callback(None, {"state": "x", "code": "c"}, now=NOW)
+        oidc.code_from_callback(None, {"state": "x", "code": "c"}, now=NOW, browser_state="x")
     assert caught.value.details["reason"] == "bad_state"
 
 
 def test_callback_with_another_state_is_refused() -> None:
     with pytest.raises(oidc.SignInError) as caught:
-        oidc.code_from_callback(pending(), {"state": "other", "code": "c"}, now=NOW)
+        oidc.code_from_callback(
+            pending(), {"state": "other", "code": "c"}, now=NOW, browser_state="other"
+        )
     assert caught.value.details["reason"] == "bad_state"
 
 
 def test_callback_after_the_pending_lifetime_is_expired() -> None:
     with pytest.raises(oidc.SignInError) as caught:
         oidc.code_from_callback(
-            pending(), {"state": "s" * 43, "code": "c"}, now=NOW + oidc.PENDING_TTL_S + 1
-        )
+            pending(), {"state": "s" * 43, "code": "c"}, now=NOW + oidc.PENDING_TTL_S + 1,
+            browser_state="s" * 43,
+        )  # fmt: skip
     assert caught.value.details["reason"] == "expired"
 
 
 def test_provider_error_is_reported_as_such() -> None:
     with pytest.raises(oidc.SignInError) as caught:
-        oidc.code_from_callback(pending(), {"error": "access_denied", "state": "s" * 43}, now=NOW)
+        oidc.code_from_callback(
+            pending(), {"error": "access_denied", "state": "s" * 43}, now=NOW, browser_state=None
+        )
     assert caught.value.details["reason"] == "provider_error"
 
 
+def test_callback_in_another_browser_is_refused() -> None:
+    # Login CSRF: someone else's callback URL opened in this browser.
+    for browser_state in (None, "t" * 43):
+        with pytest.raises(oidc.SignInError) as caught:
+            oidc.code_from_callback(
+                pending(), {"state": "s" * 43, "code": "c"}, now=NOW, browser_state=browser_state
+            )
+        assert caught.value.details["reason"] == "other_browser"
+
+
 def test_callback_yields_the_code() -> None:
-    assert oidc.code_from_callback(pending(), {"state": "s" * 43, "code": "abc"}, now=NOW) == "abc"
+    query = {"state": "s" * 43, "code": "abc"}
+    assert oidc.code_from_callback(pending(), query, now=NOW, browser_state="s" * 43) == "abc"
 
 
 # -- the ID token ------------------------------------------------------------------------------

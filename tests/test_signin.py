@@ -174,6 +174,45 @@ async def test_a_replayed_callback_gives_no_second_session(entra: RunningNode) -
     assert len(audited(entra, "sign_in")) == 1
 
 
+async def test_a_callback_opened_in_another_browser_is_refused(entra: RunningNode) -> None:
+    """Login CSRF: someone's callback URL (their code) opened in a victim's browser does not
+    sign the victim in as them."""
+    async with browser_session() as attacker:
+        to_callback = await sign_in_at_provider(
+            attacker, entra.url + "/auth/signin?return=/join/mdt-1", "bob", follow_callback=False
+        )
+        callback = str(to_callback.url.join(aiohttp.client.URL(to_callback.headers["Location"])))
+    async with browser_session() as victim:
+        async with victim.get(callback, allow_redirects=False) as r:
+            assert signin_error(r) == "other_browser"
+            assert oidc.SESSION_COOKIE not in r.cookies
+        assert (await session_info(entra, victim))["signed_in"] is False
+    assert audited(entra, "sign_in") == []
+
+
+async def test_a_session_is_seen_by_every_node_sharing_redis(
+    tmp_path: Path, oidc_provider: StartProvider, redis_url: str
+) -> None:
+    _, settings_a = await signed_in_node(tmp_path, oidc_provider, "entra", redis=redis_url)
+    settings_b = node_settings(
+        tmp_path / "data-b", media=False, redis=redis_url,
+        **{k: getattr(settings_a, k) for k in (
+            "oidc_signin_issuer", "oidc_client_id", "oidc_claims", "oidc_role_map",
+        )},
+    )  # fmt: skip
+    async with running_node(settings_a) as a, running_node(settings_b) as b:
+        async with browser_session() as s:
+            await sign_in_at_provider(s, a.url + "/auth/signin?return=/join/mdt-1", "alice")
+            # The cookie is for 127.0.0.1 (any port), as a load balancer's one name would be.
+            info = await session_info(b, s)
+            assert info["signed_in"] and info["role"] == "chair"
+            _, answer = await join_signed_in(b, s)
+            assert answer["type"] == "joined", answer
+            async with s.post(b.url + "/auth/signout") as r:
+                assert (await r.json())["signed_out"] is True
+            assert (await session_info(a, s))["signed_in"] is False
+
+
 async def test_a_tampered_id_token_is_refused(tmp_path: Path, oidc_provider: StartProvider) -> None:
     provider, settings = await signed_in_node(tmp_path, oidc_provider, "entra")
     async with running_node(settings) as node, browser_session() as s:

@@ -18,6 +18,7 @@ const KNOWN_ERRORS = new Set([
   "revoked_sub",
   "revoked_jti",
   "session_expired",
+  "other_browser",
 ]);
 
 /** What the server says about sign-in for this browser: {enabled, provider_name, signed_in,

@@ -50,6 +50,12 @@ def _wants_json(request: web.Request) -> bool:
 
 def _failure(request: web.Request, error: ConsiliumError, return_to: str) -> web.Response:
     """A failed sign-in, audited, as JSON or as a redirect back with the reason in the fragment."""
+    response = _failure_answer(request, error, return_to)
+    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+    return response
+
+
+def _failure_answer(request: web.Request, error: ConsiliumError, return_to: str) -> web.Response:
     node = request.app[NODE]
     reason = str(error.details.get("reason", error.code))
     node.audit.append(
@@ -92,7 +98,13 @@ async def start(request: web.Request) -> web.StreamResponse:
         )
     except ConsiliumError as exc:
         return _failure(request, exc, return_to)
-    return _redirect(url, 302)
+    response = _redirect(url, 302)
+    # The state in this browser too: a callback reaching another browser (login CSRF) fails.
+    response.set_cookie(
+        oidc.SIGNIN_COOKIE, pending.state, max_age=oidc.PENDING_TTL_S, path="/auth/",
+        httponly=True, samesite="Lax", secure=node.settings.own_origin.startswith("https://"),
+    )  # fmt: skip
+    return response
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
@@ -110,7 +122,10 @@ async def callback(request: web.Request) -> web.StreamResponse:
             pending = None if stored is None else oidc.PendingSignIn.from_dict(stored)
         if pending is not None:
             return_to = pending.return_to
-        code = oidc.code_from_callback(pending, request.query, now=now)
+        code = oidc.code_from_callback(
+            pending, request.query, now=now,
+            browser_state=request.cookies.get(oidc.SIGNIN_COOKIE),
+        )  # fmt: skip
         assert pending is not None
         tokens = await client.exchange(code, pending)
         claims = await client.verified_claims(tokens, pending, now=time.time())
@@ -137,6 +152,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     else:
         response = _redirect(return_to)
     set_session_cookie(request, response, secret)
+    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
     return response
 
 
