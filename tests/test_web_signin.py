@@ -5,8 +5,11 @@ claims), and is in the room; in Chinese as in English; sign-out."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from signaling.audit import iter_entries
+from signaling.http.sessions import SESSION_KEY_PREFIX, session_id_of
 from tests.fixtures.browser import (
     ICE_ENV,
     ROOM,
@@ -18,7 +21,15 @@ from tests.fixtures.browser import (
     screenshot,
 )
 from tests.fixtures.oidc_provider import PASSWORD, OidcProvider
-from tests.fixtures.servers import ServeProcess, free_port
+from tests.fixtures.recordings import record
+from tests.fixtures.servers import (
+    ServeProcess,
+    eventually,
+    free_port,
+    node_settings,
+    running_node,
+)
+from tests.test_signin import ONCOLOGIST
 
 
 def signed_in_serve(serve_process: Any, oidc_provider: Any) -> tuple[ServeProcess, OidcProvider]:
@@ -95,3 +106,69 @@ async def test_the_sign_in_screen_in_chinese_and_its_error_words(
     problem = await tab.page.locator("#signin-error").inner_text()
     assert "没有角色" in problem
     assert (await page_state(tab))["screen"] == "signin"
+
+
+async def test_the_archive_asks_for_a_recent_sign_in_and_returns_to_the_recording(
+    tmp_path: Path, oidc_provider: Any, chromium: OpenTab
+) -> None:
+    """RFC 9470 step-up in the archive page: an archivist signed in long ago opens a recording;
+    the page signs them in again with max_age and reopens that recording."""
+    port = free_port()
+    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
+    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
+    async with running_node(settings) as node:
+        assert node.node is not None
+        keyring = node.node.room_keys.keyring
+        record(
+            node.data_dir / "recordings", "rec-1", keyring.create("rec-1"), node.node.audit_key,
+            seconds=3.0, participants=(ONCOLOGIST,),
+        )  # fmt: skip
+        tab = await chromium(f"{node.url}/archive", viewport=(1280, 900))
+        # No link: the archive sends the archivist to the provider at once.
+        await tab.page.wait_for_selector("#login", timeout=15_000)
+        await tab.page.fill("#login", "erin")
+        await tab.page.fill("#password", PASSWORD)
+        await tab.page.click("#submit")
+        await tab.page.wait_for_url(f"{node.url}/archive", timeout=15_000)
+        await tab.until("window.consiliumArchive?.state().recordings.length === 1")
+        # The sign-in is now older than step_up_max_age_min.
+        secret = next(
+            c["value"] for c in await tab.context.cookies() if c["name"] == "consilium_session"
+        )
+        key = SESSION_KEY_PREFIX + session_id_of(secret)
+        session = await node.node.store.get_expiring(key)
+        assert session is not None
+        session["auth_time"] = time.time() - node.node.settings.step_up_max_age_min * 60 - 60
+        await node.node.store.put_expiring(key, session, 600)
+        requests: list[str] = []
+        tab.page.on("request", lambda request: requests.append(request.url))
+        await tab.page.locator("tr[data-recording-id='rec-1'] button").click()
+
+        # Asked again (the provider's own session is recent: no password this time), and back.
+        def back_at_the_archive_after_step_up() -> bool:
+            asked = [i for i, u in enumerate(requests) if "/auth/signin?" in u and "max_age=" in u]
+            return bool(asked) and f"{node.url}/archive" in requests[asked[0] :]
+
+        await eventually(back_at_the_archive_after_step_up, 15)
+        await tab.page.wait_for_url(f"{node.url}/archive", timeout=15_000)
+        await tab.page.wait_for_load_state()
+        await tab.until("window.consiliumArchive?.state().selected === 'rec-1'", 15)
+        await tab.until("window.consiliumArchive.state().detail !== null", 15)
+        refused = [
+            e for e in iter_entries(node.data_dir / "audit", action="api_refused")
+            if e.reason == "insufficient_user_authentication"
+        ]  # fmt: skip
+        assert refused
+        signed_in = [
+            e.fields["step_up"] for e in iter_entries(node.data_dir / "audit", action="sign_in")
+        ]
+        assert signed_in == [False, True]
+        # The recording plays now (no second step-up).
+        await tab.until(
+            "['ready', 'failed'].includes(window.consiliumArchive.state().player.status)", 20
+        )
+        again = [
+            e for e in iter_entries(node.data_dir / "audit", action="api_refused")
+            if e.reason == "insufficient_user_authentication"
+        ]  # fmt: skip
+        assert len(again) == len(refused)

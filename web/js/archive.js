@@ -128,7 +128,11 @@ const RETURN_KEY = "consilium.archive.return"; // what the person was doing, acr
 
 /** Playing or exporting needs a recent sign-in: keep what the person was looking at, then ask
  * the hospital's provider again (`max_age`), which brings the browser back to the archive. */
+let steppingUp = false; // the page is on its way to the provider (several calls may be refused)
+
 function stepUp(maxAge) {
+  if (steppingUp) return;
+  steppingUp = true;
   try {
     const doing = { selected: archive.selected, range: archive.range, view: archive.view };
     sessionStorage.setItem(RETURN_KEY, JSON.stringify(doing));
