@@ -9,6 +9,7 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.oidc
 import signaling.resume
 from core import errors
 from core.errors import ConsiliumError
@@ -40,6 +41,8 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     recorder.retention.RecordingInProgress: (4409, 409),
     recorder.holds.NotOnHold: (4409, 409),
     signaling.resume.ResumeRefused: (4410, 410),
+    signaling.oidc.SignInError: (4401, 401),
+    signaling.oidc.StepUpRequired: (4401, 401),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 

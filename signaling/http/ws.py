@@ -103,7 +103,12 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     try:
         # A browser signed in at the hospital's provider joins with an empty token: its session
         # (the cookie on this upgrade) stands in for the token, through the same gate.
-        session = await current_session(request) if oidc.SESSION_COOKIE in request.cookies else None
+        session = None
+        if oidc.SESSION_COOKIE in request.cookies:
+            # The shared state out of reach: no session, so the join is refused (4401) and the
+            # client may retry; a token in the join still works.
+            with contextlib.suppress(ConsiliumError):
+                session = await current_session(request)
         joined = await _first_message(node, conn, session.identity if session else None)
     finally:
         node.door.leave()
