@@ -172,3 +172,32 @@ async def test_the_archive_asks_for_a_recent_sign_in_and_returns_to_the_recordin
             if e.reason == "insufficient_user_authentication"
         ]  # fmt: skip
         assert len(again) == len(refused)
+
+
+async def test_a_session_that_ended_brings_the_sign_in_back_for_the_same_room(
+    tmp_path: Path, oidc_provider: Any, chromium: OpenTab
+) -> None:
+    port = free_port()
+    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
+    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
+    async with running_node(settings) as node:
+        assert node.node is not None
+        tab = await chromium(f"{node.url}/join/{ROOM}")
+        await sign_in_at_the_provider(tab, "bob")
+        await tab.until("window.consilium.state().screen === 'join'")
+        # The session's lifetime is over before the person presses Join.
+        cookies = await tab.context.cookies()
+        secret = next(c["value"] for c in cookies if c["name"] == "consilium_session")
+        key = SESSION_KEY_PREFIX + session_id_of(secret)
+        session = await node.node.store.get_expiring(key)
+        assert session is not None
+        session["expires_at"] = time.time() - 1
+        await node.node.store.put_expiring(key, session, 600)
+        await tab.page.click("#join-button")
+        await tab.until("window.consilium.state().screen === 'signin'")
+        await tab.until(
+            "document.getElementById('screen-signin').dataset.error === 'session_expired'"
+        )
+        assert "Sign in again" in await tab.page.locator("#signin-error").inner_text()
+        href = await tab.page.locator("#signin-link").get_attribute("href")
+        assert href == f"/auth/signin?return=%2Fjoin%2F{ROOM}"
