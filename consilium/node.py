@@ -27,7 +27,8 @@ from signaling.http.door import Door
 from signaling.http.node import ImageWork, Node
 from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
 from signaling.messenger import Messenger
-from signaling.policy import Policy
+from signaling.oidc_client import OidcClient
+from signaling.policy import ROLES, Policy
 from signaling.recording_control import Recorder, recorder_audit
 from signaling.rooms import Rooms
 from signaling.settings import Settings, is_loopback
@@ -237,6 +238,7 @@ def build_node(settings: Settings) -> Node:
         ),
         webhooks=webhooks,
         witness=witness,
+        signin=OidcClient(settings, ROLES) if settings.oidc_client_id is not None else None,
     )
 
 

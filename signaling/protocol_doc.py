@@ -35,7 +35,8 @@ such as bots, are allowed), and limits join attempts per client address (HTTP 42
 
 ## Life of a connection
 
-1. **Join.** The first message must be `join` with a signed token and a room id, within
+1. **Join.** The first message must be `join` with a signed token (or `""` from a browser signed
+   in at the hospital's provider: see "Sign-in") and a room id, within
    `join_timeout_s` (10 s by default; 4408 after). Anything else first closes with 4401.
 2. The server verifies the token (signature, issuer, audience, expiry), checks revocations, and asks
    the policy whether this role, department, room grant and second factor may join the room.
@@ -105,6 +106,32 @@ SCIM answers in `application/scim+json`, errors included: `{"schemas": [".../Err
 "scimType": "invalidFilter", "detail": ...}` (RFC 7644 §3.12); a missing or wrong provisioning token
 gets 401 (audited as `api_refused`, reason `scim_token_invalid`), and every path answers 404 while
 `scim_token_file` is unset.
+
+## Sign-in (OpenID Connect)
+
+With `oidc_client_id` set, a person with no link signs in at the hospital's identity provider
+(authorization code flow with PKCE S256, `state` and `nonce`; docs/operations.md, "Sign-in with
+the hospital's identity provider"). The browser then holds an HttpOnly, SameSite=Lax cookie
+`consilium_session` (Secure over TLS) naming a short server-side session; it never sees a token.
+
+| method and path | what |
+|---|---|
+| `GET /auth/signin?return=<path>[&max_age=<s>]` | starts a sign-in: 302 to the provider's authorization endpoint (`max_age` asks it for an authentication that recent: step-up). `return` is a path on this node (anything else becomes `/`) |
+| `GET /auth/callback?code=&state=` | the provider's answer: the code is exchanged, the ID token checked (signature by the provider's JWKS, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`, `at_hash` where present, `auth_time` for `max_age`) and its claims mapped; 303 to `return` with the session cookie. A failure is a 303 to `return` with `#signin_error=<reason>` (`bad_state`, `expired`, `provider_error`, `code_refused`, `id_token_<reason>`, `wrong_nonce`, `missing_claim`, `revoked_sub`, `idp_unreachable`, ...); with `Accept: application/json` it is the JSON error (401 `sign_in_failed` with `reason`, 503 `unavailable` when the provider is out of reach) |
+| `GET /auth/session` | `{"enabled", "provider_name", "signed_in", "step_up_max_age_s"}`, and while signed in `sub`, `name`, `role`, `dept`, `org`, `expires_at`, `auth_time` (Unix seconds); never the session id |
+| `POST /auth/signout` | ends the session here; `{"signed_out": bool, "logout_url": <the provider's end_session URL or null>}` |
+
+A signed-in browser sends `join` (and `resume`) with `"token": ""`: the session its cookie names
+stands in for the token, and everything after is the token's path (revocation, policy, second
+factor, lobby, audit). With no `Authorization` header, `/api/` calls are authenticated by the
+session cookie the same way. No session and no token: 4401.
+
+**Step-up (RFC 9470).** Playing, verifying or exporting a recording (`play_recording`) with a
+session needs an authentication no older than `step_up_max_age_min`; otherwise 401
+`{"error": "insufficient_user_authentication", "max_age": <s>}` with
+`WWW-Authenticate: Bearer error="insufficient_user_authentication", error_description="...",
+max_age=<s>`. The client signs in again with `/auth/signin?max_age=<s>` and retries. Requests
+with a bearer token are not subject to it.
 """
 
 

@@ -21,7 +21,9 @@ from signaling import protocol as p
 from signaling import resume
 from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
+from signaling.identity import Identity
 from signaling.messenger import Messenger
+from signaling.oidc import identity_in_room
 from signaling.settings import Settings
 from signaling.state.store import StateStore
 from signaling.tokens import TokenVerifier
@@ -97,16 +99,22 @@ class Reconnects:
         _expiring.add(task)
         task.add_done_callback(_expiring.discard)
 
-    async def resume(self, conn: Connection, msg: p.Resume) -> None:
+    async def resume(
+        self, conn: Connection, msg: p.Resume, *, signed_in: Identity | None = None
+    ) -> None:
         """Handle a `resume` as a new connection's first message: take the held participant
-        over and replay what they missed.
+        over and replay what they missed. `signed_in` (a sign-in session's identity) stands in
+        for an empty token, as at `join`.
 
         Raises (audited) AuthenticationError for a bearer token that is invalid, expired or
         revoked, as a join does, and ResumeRefused when the rules refuse (4410).
         """
         where: dict[str, Any] = {"participant": msg.participant_id, "ip": conn.peer}
         try:
-            identity = await self.verifier.verify(msg.token)
+            if signed_in is not None and not msg.token:
+                identity = signed_in
+            else:
+                identity = await self.verifier.verify(msg.token)
         except AuthenticationError as exc:
             reason = str(exc.details.get("reason", "invalid_token"))
             self.audit.append("resume", "deny", reason=reason, **where)
@@ -135,6 +143,9 @@ class Reconnects:
             raise resume.ResumeRefused(refusal.value)
         assert held is not None
         self._take_over(conn, held, msg.last_seq)
+        if signed_in is not None and not msg.token:
+            # A sign-in session names no room; it resumes in the room it held (oidc).
+            identity = identity_in_room(identity, conn.room_id)
         conn.identity = identity  # the token it resumed with: a renewed one is checked from now
         self.audit.append("resume", "allow", sub=identity.sub, room=room, **where)
         if held.held_since is not None:

@@ -43,6 +43,7 @@ from signaling.logs import scrub
 from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
 from signaling.messenger import Messenger
+from signaling.oidc import identity_in_room
 from signaling.policy import Policy
 from signaling.reconnects import Reconnects
 from signaling.recording_control import Recorder
@@ -147,16 +148,23 @@ class Rooms:
 
     # -- joining ------------------------------------------------------------------------------
 
-    async def join(self, conn: Connection, msg: p.Join) -> None:
+    async def join(
+        self, conn: Connection, msg: p.Join, *, signed_in: Identity | None = None
+    ) -> None:
         """Handle the first message: authenticate, authorise, then join or wait in the lobby.
 
+        `signed_in`: the identity of the browser's sign-in session (`signaling.oidc`), taken
+        when the join's token is empty; every check after that is the token's.
         Raises a ConsiliumError (already audited) when the connection must be closed.
         """
         if not valid_room_id(msg.room):
             self.audit.append("join_refused", "deny", reason="bad_room_id", ip=conn.peer)
             raise BadMessage("room id must be 1-64 letters, digits, '.', '_' or '-'")
         try:
-            identity = await self.verifier.verify(msg.token)
+            if signed_in is not None and not msg.token:
+                identity = identity_in_room(signed_in, msg.room)
+            else:
+                identity = await self.verifier.verify(msg.token)
         except AuthenticationError as exc:
             self.audit.append(
                 "join_refused",

@@ -65,6 +65,43 @@ class Settings:
     jwks_refetch_interval_s: float = 30.0
     """Least time between two JWKS fetches triggered by an unknown `kid`."""
 
+    oidc_client_id: str | None = None
+    """Sign-in at the hospital's OpenID provider (authorization code + PKCE): this node's client
+    id there. None: no sign-in, join links only."""
+    oidc_client_secret_file: Path | None = None
+    """File holding the client secret (a confidential client); None: a public client (PKCE)."""
+    oidc_signin_issuer: str | None = None
+    """Issuer people sign in at (discovery: `/.well-known/openid-configuration`); default
+    `oidc_issuer`."""
+    oidc_scopes: list[str] = field(default_factory=lambda: ["openid", "profile", "email"])
+    """Scopes asked for at sign-in (`openid` is always asked for)."""
+    oidc_redirect_url: str | None = None
+    """Redirect URI registered at the provider; default `<public URL>/auth/callback`."""
+    oidc_provider_name: str = ""
+    """The name on the sign-in button ("Sign in with <name>"), e.g. the hospital's."""
+    oidc_claims: str = "standard"
+    """Claim map preset: `standard`, `entra` (oid, roles, groups) or `keycloak`
+    (realm_access.roles, department); the `oidc_claim_*` settings override single claims."""
+    oidc_claim_subject: str = ""
+    """Claim path (dotted) of the stable person id; "" : the preset's."""
+    oidc_claim_name: str = ""
+    """Claim path of the display name; "" : the preset's."""
+    oidc_claim_roles: str = ""
+    """Claim path of the role values; "" : the preset's."""
+    oidc_claim_departments: str = ""
+    """Claim path of the departments; "" : the preset's."""
+    oidc_role_map: list[str] = field(default_factory=list)
+    """Provider role value -> Consilium role, `value=role`, first match wins (e.g.
+    `MDT.Chair=chair`); values that are Consilium roles need no entry."""
+    oidc_mfa_acr_values: list[str] = field(default_factory=list)
+    """`acr` values that count as a second factor (they add `mfa` to `amr`), e.g. Keycloak's
+    `2`; Entra ID says `mfa` in `amr` itself."""
+    session_lifetime_min: int = 60
+    """Minutes a sign-in session lasts (then the person signs in again); revocable at once."""
+    step_up_max_age_min: int = 15
+    """Minutes an authentication counts as recent for playing or exporting a recording
+    (RFC 9470 step-up; the provider is asked again with `max_age`)."""
+
     policy_file: Path | None = None
     """Role × action policy table (TOML); default: the packaged `signaling/policy.toml`."""
 
@@ -261,6 +298,16 @@ class Settings:
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def signin_issuer(self) -> str | None:
+        """The issuer people sign in at: `oidc_signin_issuer`, else `oidc_issuer`."""
+        return self.oidc_signin_issuer or self.oidc_issuer
+
+    @property
+    def signin_redirect_url(self) -> str:
+        """The redirect URI: `oidc_redirect_url`, else `<own origin>/auth/callback`."""
+        return self.oidc_redirect_url or self.own_origin + "/auth/callback"
+
     def validate(self) -> None:
         """Refuse settings that cannot work or would be unsafe; raises ConfigError."""
         if not 0 < self.port < 65536:
@@ -311,6 +358,19 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for name in ("session_lifetime_min", "step_up_max_age_min"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.oidc_client_id is not None and self.signin_issuer is None:
+            raise ConfigError("oidc_client_id needs oidc_signin_issuer or oidc_issuer")
+        if self.oidc_claims not in ("standard", "entra", "keycloak"):
+            raise ConfigError(
+                f"oidc_claims must be standard, entra or keycloak, not {self.oidc_claims!r}"
+            )
+        for item in self.oidc_role_map:
+            value, sep, role = item.rpartition("=")
+            if not sep or not value.strip() or not role.strip():
+                raise ConfigError(f"oidc_role_map: {item!r} is not provider-value=role")
         if not 0 <= self.resume_grace_s <= 300:
             raise ConfigError("resume_grace_s must be between 0 and 300 seconds")
         self.retention_classes()  # raises on a malformed entry

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.turnserver",
     "tests.fixtures.scim",
     "tests.fixtures.orthanc",
+    "tests.fixtures.oidc_provider",
 ]

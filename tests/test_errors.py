@@ -9,6 +9,7 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.oidc
 import signaling.pacs
 import signaling.resume
 from core import errors
@@ -44,6 +45,8 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     signaling.resume.ResumeRefused: (4410, 410),
     signaling.pacs.PacsUnavailable: (4500, 503),
     signaling.pacs.PacsNotConfigured: (4500, 503),
+    signaling.oidc.SignInError: (4401, 401),
+    signaling.oidc.StepUpRequired: (4401, 401),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 

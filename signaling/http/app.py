@@ -16,7 +16,7 @@ from core.errors import ConfigError, ConsiliumError, IntegrityError, ServerError
 from signaling.errors import http_status_of
 from signaling.http import ws
 from signaling.http.node import NODE, Node
-from signaling.http.routes import audit, images, metrics, pages, revocations, rooms
+from signaling.http.routes import audit, images, metrics, pages, revocations, rooms, signin
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
 from signaling.http.routes.meetings import add_meeting_routes
@@ -25,6 +25,7 @@ from signaling.http.routes.scim import add_scim_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
 from signaling.keysources import JwksFile
 from signaling.logs import scrub
+from signaling.oidc import StepUpRequired, step_up_challenge
 
 log = logging.getLogger("consilium.server")
 
@@ -53,6 +54,8 @@ async def errors_and_headers(
         response = await handler(request)
     except ConsiliumError as exc:
         response = web.json_response(exc.to_json(), status=http_status_of(exc))
+        if isinstance(exc, StepUpRequired):
+            response.headers["WWW-Authenticate"] = step_up_challenge(exc.details["max_age"])
     except IntegrityError as exc:
         # Stored data failed its check (a manifest signed by another key, a damaged file):
         # say what failed, as `verify` would, rather than "internal error".
@@ -205,6 +208,7 @@ def create_app(node: Node) -> web.Application:
     add_pacs_routes(app)
     add_meeting_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", pages.api_not_found)
+    signin.add_signin_routes(app)
     app.router.add_get("/join/{room}", pages.join_page)
     app.router.add_get("/archive", pages.archive_page)
     app.router.add_get("/{path:.*}", pages.static_file)

@@ -9,8 +9,10 @@ from aiohttp import web
 from core.errors import AuthenticationError, PolicyDenied
 from signaling import protocol as p
 from signaling.http.node import NODE
+from signaling.http.sessions import REQUEST_SESSION, current_session
 from signaling.identity import Identity
 from signaling.logs import scrub
+from signaling.oidc import identity_in_room
 from signaling.policy import RoomScope
 
 
@@ -27,20 +29,28 @@ def audit_refusal(request: web.Request, reason: str, **fields: Any) -> None:
 
 
 async def authenticate(request: web.Request, action: str | None) -> Identity:
-    """The identity behind `Authorization: Bearer <token>`, allowed to do `action`."""
+    """The identity behind `Authorization: Bearer <token>` (or, with no Authorization header,
+    the sign-in session the cookie names), allowed to do `action`."""
     node = request.app[NODE]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    session = None if header else await current_session(request)
+    if session is not None:
+        # Signed in at the hospital's provider (a cookie, no bearer token): the session's
+        # identity goes through the same checks below as a token's.
+        identity = session.identity
+        request[REQUEST_SESSION] = session
+    elif scheme.lower() != "bearer" or not token.strip():
         audit_refusal(request, "no_bearer_token", ip=peer_address(request))
         raise AuthenticationError("an Authorization: Bearer token is required", reason="missing")
-    try:
-        identity = await node.verifier.verify(token.strip())
-    except AuthenticationError as exc:
-        audit_refusal(
-            request, str(exc.details.get("reason", "invalid_token")), ip=peer_address(request)
-        )
-        raise
+    else:
+        try:
+            identity = await node.verifier.verify(token.strip())
+        except AuthenticationError as exc:
+            audit_refusal(
+                request, str(exc.details.get("reason", "invalid_token")), ip=peer_address(request)
+            )
+            raise
     revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
     if revoked is not None:
         audit_refusal(request, f"revoked_{revoked.kind}", sub=identity.sub)
@@ -65,6 +75,8 @@ def decide_in_room(
     first refusal is audited and raised as `refused` with the refusal's code only (the policy's
     detail stays in the audit log)."""
     node = request.app[NODE]
+    if request.get(REQUEST_SESSION) is not None:
+        identity = identity_in_room(identity, room_id)
     for action in dict.fromkeys(actions):
         decision = node.policy.decide(identity, action, scope)
         if not decision:

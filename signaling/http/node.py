@@ -19,6 +19,7 @@ from signaling.devidp import DevelopmentIdP
 from signaling.directory import Directory
 from signaling.http.archive_service import ArchiveService
 from signaling.http.door import Door
+from signaling.oidc_client import OidcClient
 from signaling.policy import Policy
 from signaling.rooms import Rooms
 from signaling.settings import Settings
@@ -109,6 +110,8 @@ class Node:
     """Signed webhook events to the hospital's systems (none without subscribers)."""
     witness: SyslogWitness | None
     """The audit log's syslog-over-TLS witness and SIEM stream, if configured (its counters)."""
+    signin: OidcClient | None = None
+    """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
     ready: bool = False
     """Serving: set once started, cleared as the node stops (`/readyz`, `/healthz`)."""
     retention_swept: asyncio.Event = field(default_factory=asyncio.Event)

@@ -20,6 +20,7 @@ from core.errors import (
     TimedOut,
 )
 from core.ratelimit import TokenBucket
+from signaling import oidc
 from signaling import protocol as p
 from signaling.connection import CLOSE_HANDSHAKE_S, Connection
 from signaling.errors import close_code_of
@@ -27,6 +28,8 @@ from signaling.http.auth import peer_address
 from signaling.http.bodies import short
 from signaling.http.door import Refuse
 from signaling.http.node import NODE, Node
+from signaling.http.sessions import current_session
+from signaling.identity import Identity
 from signaling.logs import scrub
 
 log = logging.getLogger("consilium.server")
@@ -98,7 +101,15 @@ async def signalling(request: web.Request) -> web.StreamResponse:
     reason = "left"
     node.door.enter()
     try:
-        joined = await _first_message(node, conn)
+        # A browser signed in at the hospital's provider joins with an empty token: its session
+        # (the cookie on this upgrade) stands in for the token, through the same gate.
+        session = None
+        if oidc.SESSION_COOKIE in request.cookies:
+            # The shared state out of reach: no session, so the join is refused (4401) and the
+            # client may retry; a token in the join still works.
+            with contextlib.suppress(ConsiliumError):
+                session = await current_session(request)
+        joined = await _first_message(node, conn, session.identity if session else None)
     finally:
         node.door.leave()
     if not joined:
@@ -135,8 +146,9 @@ _cleanups: set[asyncio.Future[None]] = set()
 """Disconnect clean-ups running on after their handler was cancelled."""
 
 
-async def _first_message(node: Node, conn: Connection) -> bool:
-    """Wait for `join` (or `resume`); False when the connection was closed instead."""
+async def _first_message(node: Node, conn: Connection, signed_in: Identity | None) -> bool:
+    """Wait for `join` (or `resume`); False when the connection was closed instead.
+    `signed_in`: the identity of the connection's sign-in session, used when the token is empty."""
     try:
         msg = await conn.ws.receive(timeout=node.settings.join_timeout_s)
     except TimeoutError:
@@ -152,13 +164,13 @@ async def _first_message(node: Node, conn: Connection) -> bool:
         except (msgspec.DecodeError, msgspec.ValidationError):
             join = None
     if isinstance(join, p.Resume):
-        return await _resume(node, conn, join)
+        return await _resume(node, conn, join, signed_in)
     if not isinstance(join, p.Join):
         node.audit.append("join_refused", "deny", reason="first_message_not_join", ip=conn.peer)
         await conn.close(close_code_of(AuthenticationError), "first message must be join")
         return False
     try:
-        await node.rooms.join(conn, join)
+        await node.rooms.join(conn, join, signed_in=signed_in)
     except ConsiliumError as exc:
         await node.rooms.disconnect(conn, "refused")
         await conn.close(close_code_of(exc), exc.message)
@@ -173,10 +185,10 @@ async def _first_message(node: Node, conn: Connection) -> bool:
     return True
 
 
-async def _resume(node: Node, conn: Connection, msg: p.Resume) -> bool:
+async def _resume(node: Node, conn: Connection, msg: p.Resume, signed_in: Identity | None) -> bool:
     """Take over a held participant (`signaling.reconnects`); False when refused and closed."""
     try:
-        await node.rooms.reconnects.resume(conn, msg)
+        await node.rooms.reconnects.resume(conn, msg, signed_in=signed_in)
     except ConsiliumError as exc:
         await conn.close(close_code_of(exc), exc.message)
         return False

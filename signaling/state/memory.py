@@ -35,6 +35,8 @@ class MemoryStore(StateStore):
         self._media_nodes: dict[str, tuple[str, float]] = {}
         self.directory = MemoryDirectory()
         self.meetings = MemoryMeetingBook()
+        self._expiring: dict[str, tuple[str, float]] = {}
+        """Short-lived records: key -> (JSON, monotonic expiry)."""
 
     # Every method below runs without awaiting between its check and its change, so each is
     # atomic on the event loop.
@@ -145,6 +147,27 @@ class MemoryStore(StateStore):
         holder = self._media_nodes.get(room_id)
         if holder is not None and holder[0] == node_id:
             del self._media_nodes[room_id]
+
+    async def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        now = time.monotonic()
+        # Expired entries go as new ones come: the table stays as small as the live sessions.
+        for stale in [k for k, (_, until) in self._expiring.items() if until <= now]:
+            del self._expiring[stale]
+        self._expiring[key] = (json.dumps(value), now + ttl_s)
+
+    async def get_expiring(self, key: str) -> dict[str, Any] | None:
+        entry = self._expiring.get(key)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return dict(json.loads(entry[0]))
+
+    async def take_expiring(self, key: str) -> dict[str, Any] | None:
+        value = await self.get_expiring(key)
+        self._expiring.pop(key, None)
+        return value
+
+    async def delete_expiring(self, key: str) -> None:
+        self._expiring.pop(key, None)
 
     async def publish(self, event: dict[str, Any]) -> None:
         # The JSON round trip gives handlers their own copy and refuses what Redis would refuse.

@@ -504,6 +504,39 @@ class RedisStore(StateStore):
     def _media_node_key(self, room_id: str) -> str:
         return f"{self._room_key(room_id)}:media-node"
 
+    # short-lived records (sign-in sessions): plain keys with a Redis expiry
+
+    def _expiring_key(self, key: str) -> str:
+        return self._prefix + "expiring:" + key
+
+    async def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        try:
+            await self._redis.set(
+                self._expiring_key(key), json.dumps(value), px=max(1, int(ttl_s * 1000))
+            )
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
+
+    async def get_expiring(self, key: str) -> dict[str, Any] | None:
+        return await self._read_expiring(key, take=False)
+
+    async def take_expiring(self, key: str) -> dict[str, Any] | None:
+        return await self._read_expiring(key, take=True)
+
+    async def _read_expiring(self, key: str, *, take: bool) -> dict[str, Any] | None:
+        name = self._expiring_key(key)
+        try:
+            raw = await (self._redis.getdel(name) if take else self._redis.get(name))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
+        return None if raw is None else dict(json.loads(raw))
+
+    async def delete_expiring(self, key: str) -> None:
+        try:
+            await self._redis.delete(self._expiring_key(key))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach; try again") from exc
+
     # events
 
     async def publish(self, event: dict[str, Any]) -> None:

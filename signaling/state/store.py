@@ -233,6 +233,25 @@ class StateStore(abc.ABC):
     async def release_media_node(self, room_id: str, node_id: str) -> None:
         """Give up the claim on a room's media (only if `node_id` holds it)."""
 
+    # short-lived records: sign-in sessions and started sign-ins (signaling.oidc)
+
+    @abc.abstractmethod
+    async def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        """Keep a JSON object under `key` for `ttl_s` seconds (every node reads it)."""
+
+    @abc.abstractmethod
+    async def get_expiring(self, key: str) -> dict[str, Any] | None:
+        """The object under `key`, None once it expired or was deleted."""
+
+    @abc.abstractmethod
+    async def take_expiring(self, key: str) -> dict[str, Any] | None:
+        """The object under `key`, deleted in the same step: of two nodes taking it at once,
+        one gets it (a sign-in's state is used once)."""
+
+    @abc.abstractmethod
+    async def delete_expiring(self, key: str) -> None:
+        """Forget the object under `key` (a sign-out)."""
+
     # events between nodes
 
     @abc.abstractmethod

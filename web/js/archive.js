@@ -16,6 +16,7 @@
 
 import { preferredLanguage, roleName, setLanguage, t } from "./i18n.js";
 import { applyOp, drawShape, shapeKey } from "./shapes.js";
+import { authHeaders, fetchSignIn, signInUrl, takeSignInError } from "./signin.js";
 
 const BOARD_BACKGROUND = "#2b3138"; // neutral grey: every author colour stays readable on it
 const BOARD_MIN_EXTENT = 100; // image pixels shown at least, when the shapes are small
@@ -93,7 +94,7 @@ class ApiError extends Error {
 /** Call the API with the bearer token; the JSON body, or the response for files. */
 async function api(path, { method = "GET", raw = false, body = undefined } = {}) {
   let response;
-  const headers = { Authorization: `Bearer ${token}` };
+  const headers = authHeaders(token);
   if (body !== undefined) headers["Content-Type"] = "application/json";
   try {
     response = await fetch(path, {
@@ -101,7 +102,8 @@ async function api(path, { method = "GET", raw = false, body = undefined } = {})
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
-      credentials: "omit",
+      // With a link's token, no cookie; signed in (no token), the session cookie.
+      credentials: token ? "omit" : "same-origin",
     });
   } catch (err) {
     throw new ApiError(0, "unreachable", String(err));
@@ -113,9 +115,44 @@ async function api(path, { method = "GET", raw = false, body = undefined } = {})
     } catch {
       // a body that is not JSON: the status says enough
     }
+    if (response.status === 401 && body.error === STEP_UP_ERROR) stepUp(body.max_age ?? null);
     throw new ApiError(response.status, body.error ?? "", body.message ?? "");
   }
   return raw ? response : response.json();
+}
+
+// -- step-up (RFC 9470) -------------------------------------------------------------------------
+
+const STEP_UP_ERROR = "insufficient_user_authentication";
+const RETURN_KEY = "consilium.archive.return"; // what the person was doing, across the sign-in
+
+/** Playing or exporting needs a recent sign-in: keep what the person was looking at, then ask
+ * the hospital's provider again (`max_age`), which brings the browser back to the archive. */
+let steppingUp = false; // the page is on its way to the provider (several calls may be refused)
+
+function stepUp(maxAge) {
+  if (steppingUp) return;
+  steppingUp = true;
+  try {
+    const doing = { selected: archive.selected, range: archive.range, view: archive.view };
+    sessionStorage.setItem(RETURN_KEY, JSON.stringify(doing));
+  } catch {
+    // Storage off: the person comes back to the search instead of the recording.
+  }
+  archive.action = { kind: "step_up", status: "working", message: message("archive.step_up") };
+  render();
+  location.assign(signInUrl("/archive", maxAge));
+}
+
+/** After a step-up sign-in: the recording (and part, and view) the person was at, once. */
+function takeReturn() {
+  try {
+    const raw = sessionStorage.getItem(RETURN_KEY);
+    sessionStorage.removeItem(RETURN_KEY);
+    return raw ? JSON.parse(raw) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A message to show, kept as its catalogue key (and values) so it follows a language change;
@@ -946,6 +983,7 @@ function snapshot() {
 }
 
 async function start() {
+  const signInError = takeSignInError(); // before the fragment is cleared
   token = readToken();
   await setLanguage(preferredLanguage());
   languageSelect.addEventListener("change", async () => {
@@ -977,10 +1015,29 @@ async function start() {
     video.addEventListener(event, syncFollowers);
   }
   if (!token) {
-    deny("no_token");
-    return;
+    // No link: signed in at the hospital's provider (the session cookie), or sign in now.
+    const signIn = await fetchSignIn();
+    if (signIn?.enabled && !signIn.signed_in && signInError === null) {
+      location.assign(signInUrl("/archive"));
+      return;
+    }
+    if (!signIn?.signed_in) {
+      deny("no_token");
+      return;
+    }
   }
   await search();
+  const doing = takeReturn();
+  if (doing?.selected) {
+    await select(doing.selected);
+    if (doing.range || doing.view !== "grid") {
+      archive.range = doing.range ?? "";
+      archive.view = doing.view ?? "grid";
+      caseSelect.value = archive.range;
+      viewSelect.value = archive.view;
+      await loadRange();
+    }
+  }
 }
 
 /** The test hook: automation reads the state without `eval` (the CSP forbids it). */

@@ -7,6 +7,7 @@
 
 import { t } from "./i18n.js";
 import { initRedaction, openRedaction } from "./redact.js";
+import { authHeaders } from "./signin.js";
 import { changed, state } from "./state.js";
 
 const ZOOM_STEP = 1.25;
@@ -48,7 +49,7 @@ export function setOverlay(theOverlay) {
 }
 
 function api(path, options = {}) {
-  const headers = { Authorization: `Bearer ${call.token}`, ...(options.headers ?? {}) };
+  const headers = { ...authHeaders(call.token), ...(options.headers ?? {}) };
   return fetch(`/api/rooms/${encodeURIComponent(call.roomId)}/images${path}`, {
     ...options,
     headers,

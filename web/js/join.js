@@ -4,6 +4,7 @@
 import { addMeter, addPickers, localMedia, onLocalMediaChange, openDevices } from "./devices.js";
 import { roleName, t } from "./i18n.js";
 import { CLOSE, JOIN_REFUSED } from "./protocol.js";
+import { authHeaders } from "./signin.js";
 import { changed, state } from "./state.js";
 
 const preview = document.getElementById("preview-video");
@@ -27,7 +28,7 @@ export async function checkAdmission(token, roomId) {
   let body;
   try {
     response = await fetch(`/api/rooms/${encodeURIComponent(roomId)}/admission`, {
-      headers: { Authorization: `Bearer ${token}` },
+      headers: authHeaders(token),
       cache: "no-store",
     });
     body = await response.json();

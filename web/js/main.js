@@ -1,6 +1,8 @@
 // The router: reads the join link, shows one screen at a time, and wires the modules together.
 // Reached as /join/<room>#token=<JWT>: the token stays in the fragment (never in a request line,
-// a server log or a Referer) and leaves the address bar as soon as it is read.
+// a server log or a Referer) and leaves the address bar as soon as it is read. Reached as
+// /join/<room> with no token, it offers the sign-in at the hospital's provider (signin.js); a
+// signed-in browser joins with an empty token and its session cookie.
 
 import { initAnnotate, renderAnnotate } from "./annotate.js";
 import { Call } from "./call.js";
@@ -17,10 +19,11 @@ import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
+import { fetchSignIn, initSignOut, renderSignIn, takeSignInError } from "./signin.js";
 import { changed, onChange, snapshot, state } from "./state.js";
 import { initView } from "./view.js";
 
-const SCREENS = ["home", "join", "lobby", "room", "ended"];
+const SCREENS = ["home", "signin", "join", "lobby", "room", "ended"];
 const languageSelect = document.getElementById("language-select");
 const roomTitle = document.getElementById("room-title");
 const connectionStatus = document.getElementById("connection-status");
@@ -29,6 +32,7 @@ const roomCasesList = document.getElementById("room-cases-list");
 
 let call = null;
 let shownScreen = null;
+let signInInfo = null; // what /auth/session said, when the visit has no link token
 
 function render(s) {
   for (const name of SCREENS) {
@@ -37,6 +41,7 @@ function render(s) {
   roomTitle.textContent = s.room?.title || s.roomId || "";
   renderCases(s.room?.cases ?? []);
   languageSelect.value = s.lang;
+  if (s.screen === "signin") renderSignIn(s.signIn);
   if (s.screen === "join") renderJoin();
   if (s.screen === "lobby") renderLobby(s);
   if (s.screen === "room") {
@@ -51,6 +56,11 @@ function render(s) {
   }
   renderConnectivity(s);
   if (s.screen === "ended") renderEnded(s);
+  if (s.screen === "ended" && s.signedIn && endingKind(s.ended?.code, s.ended?.reason) === "expired") {
+    // The sign-in session ended (its lifetime, or a sign-out elsewhere): sign in again, and
+    // come back to this room.
+    queueMicrotask(() => showSignIn(signInInfo ?? {}, "session_expired"));
+  }
   connectionStatus.textContent = "";
   if (shownScreen !== s.screen) {
     shownScreen = s.screen;
@@ -74,6 +84,14 @@ function renderCases(cases) {
       return item;
     }),
   );
+}
+
+/** The "Sign in with <hospital>" screen (`info` from /auth/session), coming back to this room,
+ * with the reason the last attempt failed (or null). */
+function showSignIn(info, error) {
+  state.signIn = { provider: info.provider_name || "", returnPath: location.pathname, error };
+  state.screen = "signin";
+  changed();
 }
 
 async function showHome() {
@@ -113,6 +131,7 @@ function readJoinLink() {
 }
 
 async function start() {
+  const signInError = takeSignInError(); // before the link's fragment is cleared
   const { roomId, token } = readJoinLink();
   onChange(render);
   state.lang = await setLanguage(preferredLanguage());
@@ -124,22 +143,39 @@ async function start() {
   if (!roomId) return showHome();
   state.roomId = roomId;
   if (!token) {
-    state.ended = { code: "no_token", reason: "" };
-    state.screen = "ended";
-    changed();
-    return;
+    // No link: the person may have signed in at the hospital's provider (a session cookie), or
+    // may do so now.
+    signInInfo = await fetchSignIn();
+    if (signInInfo?.enabled && (!signInInfo.signed_in || signInError !== null)) {
+      return showSignIn(signInInfo, signInError);
+    }
+    if (!signInInfo?.signed_in) {
+      state.ended = { code: "no_token", reason: "" };
+      state.screen = "ended";
+      changed();
+      return;
+    }
+    state.signedIn = true;
+    state.claims = {
+      sub: signInInfo.sub,
+      name: signInInfo.name,
+      role: signInInfo.role,
+      dept: signInInfo.dept,
+    };
+    initSignOut(document.getElementById("signout-button"), location.pathname);
+  } else {
+    state.claims = decodeClaims(token);
   }
-  state.claims = decodeClaims(token);
-  setLinkToken(token);
+  setLinkToken(token ?? "");
   // A refusal is said before the camera check: no device is opened for a visit that cannot be.
-  const refused = await checkAdmission(token, roomId);
+  const refused = await checkAdmission(token ?? "", roomId);
   if (refused) {
     state.ended = refused;
     state.screen = "ended";
     changed();
     return;
   }
-  call = new Call(token, roomId);
+  call = new Call(token ?? "", roomId);
   initLobby(call);
   initRoom(call);
   initChair(call);

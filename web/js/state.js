@@ -3,7 +3,9 @@
 
 /** Everything the client knows; `snapshot()` is what automation reads. */
 export const state = {
-  screen: "home", // home | join | lobby | room | ended
+  screen: "home", // home | signin | join | lobby | room | ended
+  signIn: null, // {provider, returnPath, error}: the sign-in screen (signin.js)
+  signedIn: false, // true: joined through a sign-in session (its cookie), not a link's token
   lang: "en",
   roomId: null,
   claims: {}, // the token's claims, decoded without verification: display only

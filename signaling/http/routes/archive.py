@@ -57,6 +57,7 @@ from signaling.audit import parse_time
 from signaling.http.auth import authenticate
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
+from signaling.http.sessions import require_recent_authentication
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.policy import RecordingScope
@@ -146,6 +147,9 @@ async def authorised(request: web.Request, action: str) -> tuple[Identity, Recor
     node = request.app[NODE]
     service = node.archive
     identity = await authenticate(request, action)
+    if action == "play_recording":
+        # Playing, verifying or exporting needs a recent authentication (RFC 9470 step-up).
+        require_recent_authentication(request)
     summary = await service.run(service.archive.summary, _recording_id(request))
     decision = node.policy.decide_recording(identity, action, recording_scope(summary))
     if not decision:
