@@ -27,7 +27,7 @@ from signaling.keysources import JwksUrl
 from signaling.settings import Settings
 from signaling.tokens import read_header, select_key, verify_signature
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("consilium.signin")
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 """Largest discovery document or token response read from the provider."""
