@@ -357,7 +357,7 @@ class PublishedTrack:
 
     def forward(self, data: bytes, header: RtpHeader, arrival_ms: int, late: bool = False) -> None:
         """Send one packet to every slot carrying this track (and hand it to the sinks).
-        `arrival_ms`: when it arrived, in ms of the monotonic clock (`aiortc_hooks`): the
+        `arrival_ms`: when it arrived, in ms of the monotonic clock (`socket_receive`): the
         forwarder's `now` for this packet. `late`: it waited in the node past the real-time
         bound (`sfu.queue_delay`): the sinks still get it (a recording is not played live, and
         what it misses is missing for good), the slots do not, and a keyframe is asked for."""

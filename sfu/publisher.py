@@ -24,7 +24,7 @@ from core.codes import ErrorCode
 from core.media.rtp import ExtensionIds, parse_header
 from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
-from sfu import ice_restart
+from sfu import ice_restart, srtp_send
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
@@ -313,7 +313,7 @@ class Publisher:
             rtx_payload_type=rtx.payloadType if rtx else None,
             ext_ids=ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions}),
             rtcp_ssrc=hooks.sender_ssrcs(transceiver.sender)[0],
-            send_rtcp=lambda data: hooks.send_rtcp(dtls, data),
+            send_rtcp=lambda data: srtp_send.send_rtcp(dtls, data),
             sinks=self.room.sinks,
         )
         track.muted = self.muted[transceiver.kind]

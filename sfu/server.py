@@ -18,7 +18,7 @@ from pathlib import Path
 from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
-from sfu.aiortc_hooks import codec_guard, queue_delay
+from sfu.aiortc_hooks import codec_guard
 from sfu.downlink import estimate_buckets
 from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
@@ -26,6 +26,7 @@ from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.room import MediaRoom
 from sfu.session import ParticipantMedia, bundle_configuration
 from sfu.sinks import MediaSink
+from sfu.socket_receive import queue_delay
 from sfu.types import MediaError
 
 log = logging.getLogger("consilium.sfu")

@@ -19,7 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
 from core.media.rtp import TRANSPORT_CC_URI, ExtensionIds
 from sfu import aiortc_hooks as hooks
-from sfu import ice_restart
+from sfu import ice_restart, srtp_send
 from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
@@ -194,8 +194,8 @@ class Subscriber:
         slot = OutboundSlot(
             subscriber_id=self.participant_id,
             kind=kind,
-            send_rtp=hooks.rtp_sender(dtls, self.downlink.sent if self.transport_cc else None),
-            send_rtcp=functools.partial(hooks.send_rtcp, dtls),
+            send_rtp=srtp_send.rtp_sender(dtls, self.downlink.sent if self.transport_cc else None),
+            send_rtcp=functools.partial(srtp_send.send_rtcp, dtls),
         )
         hooks.bypass_sender(
             transceiver.sender,

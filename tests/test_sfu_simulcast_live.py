@@ -22,6 +22,7 @@ from av import VideoFrame
 from bot.client import MediaClient
 from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI, parse_header
 from sfu import aiortc_hooks as hooks
+from sfu import srtp_send
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
@@ -133,14 +134,14 @@ class SimulcastPublisher:
         while True:
             for layer in reversed(self.layers):  # the order does not matter: the RID says
                 for packet in layer.packets(self.frames, self.payload_type, self.mid_id, self.mid):
-                    hooks.send_rtp(self.dtls, packet)
+                    srtp_send.send_rtp(self.dtls, packet)
             self.frames += 1
             await asyncio.sleep(1 / 30)
 
     def retransmit(self, layer: int) -> None:
         """Send one packet of `layer` again, on its RTX stream."""
         sequence = next(iter(self.layers[layer].sent))
-        hooks.send_rtp(self.dtls, self.layers[layer].retransmission(
+        srtp_send.send_rtp(self.dtls, self.layers[layer].retransmission(
             sequence, self.rtx_payload_type, self.mid_id, self.mid))  # fmt: skip
 
     async def close(self) -> None:
