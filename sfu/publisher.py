@@ -416,7 +416,9 @@ class Publisher:
         if not report:
             return
         first = next(iter(tracks.values()))
-        reports = [r for r in (t.receiver_report(now) for t in tracks.values()) if r]
+        # One block per stream received, each simulcast layer's too (at most 31 fit an RR: a
+        # participant publishes a microphone, a camera in three layers and a screen).
+        reports = [block for track in tracks.values() for block in track.receiver_reports(now)][:31]
         if reports:
             first.send_to_publisher(receiver_report_packet(first.rtcp_ssrc, reports))
         for track in tracks.values():

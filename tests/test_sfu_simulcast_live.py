@@ -17,6 +17,7 @@ import struct
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtp import RtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
 from av import VideoFrame
 
 from bot.client import MediaClient
@@ -144,6 +145,31 @@ class SimulcastPublisher:
         srtp_send.send_rtp(self.dtls, self.layers[layer].retransmission(
             sequence, self.rtx_payload_type, self.mid_id, self.mid))  # fmt: skip
 
+    def watch_receiver_reports(self) -> list[RtcpReceiverInfo]:
+        """The report blocks of the RRs the SFU sends this publisher, as they arrive (read where
+        aiortc hands decrypted RTCP to its transport)."""
+        blocks: list[RtcpReceiverInfo] = []
+        original = self.dtls._handle_rtcp_data
+
+        async def spy(data: bytes) -> None:
+            blocks.extend(
+                block
+                for packet in RtcpPacket.parse(data)
+                if isinstance(packet, RtcpRrPacket)
+                for block in packet.reports
+            )
+            await original(data)
+
+        self.dtls._handle_rtcp_data = spy
+        return blocks
+
+    def send_sender_report(self, layer: int, ntp: int) -> None:
+        """Send an SR for `layer`'s stream, stamped `ntp` (64-bit NTP time)."""
+        sender = self.layers[layer]
+        info = RtcpSenderInfo(ntp_timestamp=ntp, rtp_timestamp=sender.timestamp,
+                              packet_count=len(sender.sent), octet_count=0)  # fmt: skip
+        srtp_send.send_rtcp(self.dtls, bytes(RtcpSrPacket(ssrc=sender.ssrc, sender_info=info)))
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -221,6 +247,33 @@ async def test_a_three_layer_camera_is_one_track_and_every_layer_is_known(
         # loopback has room for the top layer.
         await eventually(lambda: _width(subscriber) == 640, timeout=10)
         assert not media.errors
+    finally:
+        await publisher.close()
+
+
+async def test_the_publisher_gets_a_receiver_report_block_for_every_layer(
+    media: MediaHarness,
+) -> None:
+    """The browser's own view of its upper layers (their loss, and the round trip from the echo
+    of each layer's sender report) needs a block for each layer's SSRC, not the lowest's only."""
+    await media.join("b", [])
+    publisher = SimulcastPublisher(media)
+    try:
+        await publisher.start()
+        blocks = publisher.watch_receiver_reports()
+        ssrcs = [layer.ssrc for layer in publisher.layers]
+        await asyncio.sleep(0.5)  # every layer's first packets have reached the SFU
+        ntp = 0x0000_ABCD_1234_0000
+        publisher.send_sender_report(2, ntp)
+        await eventually(lambda: {block.ssrc for block in blocks} >= set(ssrcs), timeout=5)
+        await eventually(
+            lambda: any(b.ssrc == ssrcs[2] and b.lsr == (ntp >> 16) for b in blocks), timeout=5
+        )
+        latest = {block.ssrc: block for block in blocks}
+        assert latest[ssrcs[2]].dlsr < 65536 * 2, "the top layer's SR echoed, with its delay"
+        assert latest[ssrcs[0]].lsr == 0, "no SR was sent for the lowest layer"
+        assert all(latest[ssrc].highest_sequence for ssrc in ssrcs)
+        assert all(latest[ssrc].packets_lost == 0 for ssrc in ssrcs), "loopback loses nothing"
     finally:
         await publisher.close()
 
