@@ -45,6 +45,7 @@ from core.media.track import TrackInfo
 from sfu.layers import LayerSwitch, rewrite_vp8_descriptor
 from sfu.reception import StreamReception
 from sfu.retransmit import RetransmitBudget
+from sfu.round_trip import RoundTrip
 from sfu.sinks import MediaSink
 
 HISTORY_SIZE = 1024
@@ -138,6 +139,9 @@ class OutboundSlot:
     None: never told, shown at an unknown size)."""
     hidden: bool = False
     """The page shows this track nowhere (a `render_sizes` of 0 x 0): nothing is forwarded."""
+    round_trip: RoundTrip | None = None
+    """The subscriber's round trip (shared by its slots), told of each sender report sent
+    here: its receiver reports echo them (`sfu.round_trip`)."""
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)
@@ -277,9 +281,13 @@ class OutboundSlot:
             track.nack_upstream(sequences, now, layer)
         return missed
 
-    def sender_report(self, ntp: int, rtp_timestamp: int, layer: int = 0) -> None:
+    def sender_report(
+        self, ntp: int, rtp_timestamp: int, layer: int = 0, now: float | None = None
+    ) -> None:
         """Forward the publisher's clock mapping, in this slot's timestamp space (lip sync).
-        `layer`: the simulcast layer whose stream it describes (only the one forwarded counts)."""
+        `layer`: the simulcast layer whose stream it describes (only the one forwarded counts).
+        `now`: when it is sent, for the subscriber's round trip (`round_trip`; None: not
+        measured from this one)."""
         switch = self.layer_switch
         if switch is None:
             if not (self.ready and self.started):
@@ -299,6 +307,8 @@ class OutboundSlot:
             ),
         )
         self.send_rtcp(bytes(report))
+        if self.round_trip is not None and now is not None:
+            self.round_trip.sender_report_sent(self.ssrc, ntp, now)
 
 
 class PublishedTrack:
@@ -520,7 +530,7 @@ class PublishedTrack:
         if layer < len(self.receptions):
             self.receptions[layer].sender_report(ntp, now)
         for slot in self.slots:
-            slot.sender_report(ntp, rtp_timestamp, layer)
+            slot.sender_report(ntp, rtp_timestamp, layer, now)
 
     def receiver_reports(self, now: float) -> list[RtcpReceiverInfo]:
         """Our reception of this track at `now`: a report block per stream received (each
