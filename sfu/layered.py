@@ -102,7 +102,7 @@ class LayeredTrack(PublishedTrack):
         keyframe = self.video and keyframe_start(self.codec_name, payload)
         if keyframe:
             self.layer_keyframes[layer].keyframe_seen()
-            meter.on_keyframe(layer, payload)
+            meter.on_keyframe(layer, payload, self.codec_name)
         if self.sinks:
             self._record(layer, data, header, payload, keyframe, arrival_ms)
         if self.muted or not self.by_layer[layer]:

@@ -182,11 +182,11 @@ class ReceivedSequence:
     """The sequence numbers of the video a subscriber's transport receives (RTX unwrapped),
     read where aiortc hands decrypted RTP to its receivers."""
 
-    def __init__(self, client: MediaClient) -> None:
+    def __init__(self, client: MediaClient, codec: str = "VP8") -> None:
         self.numbers: list[int] = []
         self.ssrcs: set[int] = set()
         offer = client.subscribe_pc.remoteDescription.sdp
-        self.payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", offer)
+        self.payload_type = _number(rf"a=rtpmap:(\d+) {codec}/90000", offer)
         self.rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={self.payload_type}", offer)
         transceiver = next(t for t in client.subscribe_pc.getTransceivers() if t.kind == "video")
         self.dtls = transceiver.receiver.transport
