@@ -1,33 +1,28 @@
-"""Every place the SFU reaches into aiortc's internals, in one module (checked at each upgrade).
+"""Where the SFU reaches into aiortc's objects (transports, receivers, senders, transceivers).
 
 aiortc gives us ICE, DTLS, SRTP, SCTP and SDP. Its media pipeline (receiver → jitter buffer →
-decoder thread → track → encoder → sender) is what forwarding bypasses:
+decoder thread → track → encoder → sender) is what forwarding bypasses. The touches of aiortc's,
+aioice's and pylibsrtp's internals are in three modules, each checked at an upgrade: this one
+(aiortc's objects), `sfu.socket_receive` (the socket callback: SRTP past the STUN parser, the
+kernel's receive timestamps, the time bound) and `sfu.srtp_send` (protect and send on the
+nominated pair, transport-wide numbering).
 
 - a publisher's DTLS transport hands each decrypted RTP/RTCP datagram to `_handle_rtp_data` /
   `_handle_rtcp_data`; `hook_transport` replaces both on that transport instance, so packets go
-  to the forwarder as bytes, unparsed, and no jitter buffer or decoder ever sees them;
+  to the forwarder as bytes, unparsed, and no jitter buffer or decoder ever sees them (and
+  installs `sfu.socket_receive`'s socket callback, which hands SRTP straight to it);
 - `RTCRtpReceiver.receive` would start a decoder thread; `bypass_receiver` starts the receiver
   without it (registration with the transport and the RTCP task stay aiortc's);
 - `RTCRtpSender.send` would start an RTP loop that pulls frames from a track and encodes them,
   and an RTCP loop that reports its own (empty) counters; `bypass_sender` parks both loops, keeps
   what `stop()` waits for, and reports the negotiated send parameters to the forwarder;
-- `send_rtp` SRTP-protects and sends one datagram on the nominated ICE pair synchronously,
-  skipping aiortc's coroutine chain (measured: a quarter of a forwarder's CPU);
 - `restrict_codecs` narrows a transceiver's negotiated codecs to the room's codec;
 - `negotiate_extensions` adds header extensions aiortc does not know (simulcast's RID ones) to
   what a transceiver negotiated;
-- the socket callback (`_datagram_received`, installed on aioice's `StunProtocol`) takes SRTP
-  past the STUN parser, reads what is queued behind it, and reads the kernel's receive
-  timestamp once per wakeup: RTP that waited past `queue_delay`'s bound is handed on marked
-  late (`RtpHandler`'s third argument), so that a recording still stores it while the forwarder
-  keeps it from live subscribers and asks its publisher for a keyframe (`sfu.queue_delay`).
 - `watch_received_rtp` shows a client (`consilium bot`) each RTP packet its receiver handles,
   so it counts frames without decoding them.
 - `negotiate_transport_cc` accepts transport-cc (its header extension and RTCP feedback type,
-  both unknown to aiortc) where the offer proposes it (`sfu.twcc`);
-- `rtp_sender` numbers every packet it sends a subscriber in the transport-wide sequence
-  (`sfu.downlink.SentPackets`) as it leaves, so the subscriber's transport-cc feedback tells
-  the downlink estimator what arrived when.
+  both unknown to aiortc) where the offer proposes it (`sfu.twcc`).
 
 aiortc versions tested: 1.16.x (pinned in pyproject.toml). `tests/test_sfu_hooks.py` has a test
 per hook.
@@ -36,15 +31,12 @@ per hook.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pylibsrtp
-from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpparameters import (
@@ -54,12 +46,9 @@ from aiortc.rtcrtpparameters import (
     RTCRtpReceiveParameters,
     RTCRtpSendParameters,
 )
-from pylibsrtp._binding import ffi as _ffi
-from pylibsrtp._binding import lib as _lib
 
-from core.media.rtp import TRANSPORT_CC_OFFSET, TRANSPORT_CC_URI
-from sfu.downlink import SentPackets
-from sfu.queue_delay import QueueDelay
+from core.media.rtp import TRANSPORT_CC_URI
+from sfu.socket_receive import install_datagram_shortcut, srtp_unprotector
 
 log = logging.getLogger("consilium.sfu.hooks")
 
@@ -110,7 +99,7 @@ def hook_transport(
     connection.data_received = data_received  # type: ignore[method-assign]
     # The socket callback hands SRTP straight here, before aioice tries to parse it as STUN.
     connection._consilium_media = data_received  # type: ignore[attr-defined]
-    _install_datagram_shortcut()
+    install_datagram_shortcut()
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         # aiortc's arrival time is on its NTP wall clock; the forwarder's is monotonic.
@@ -129,112 +118,6 @@ def hook_transport(
 
     dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
-
-
-_stun_datagram_received = StunProtocol.datagram_received
-
-DATAGRAM_BUFFER = 65536
-"""Bytes asked of each `recvfrom` that `_read_queued` makes: every UDP datagram fits (IPv4 and
-IPv6 payloads end below 65,536 bytes). Not asyncio's 256 KiB: in a small process that size
-costs ~9 us per call to allocate and trim (measured: 8.8 us against 0.65 us for 64 KiB; the
-server's larger heap did not show it, so asyncio's own first read is left as it is)."""
-DATAGRAMS_PER_WAKEUP = 32
-"""Most datagrams one socket's reader callback takes before other sockets and timers run."""
-
-RECHECK_LATE_EVERY = 8
-"""While a wakeup's media is late, its wait is measured again every this many datagrams (a
-syscall each time), so the tail of a drained backlog is forwarded."""
-queue_delay = QueueDelay(max_ms=0)
-"""The process's media waiting times and late drops. No bound until the MediaServer sets one
-from its settings: a client of these hooks (the benchmark's receivers) measures what arrives,
-late or not."""
-_SIOCGSTAMPNS = 0x8907
-"""Linux ioctl: the receive timestamp (struct timespec) of the last datagram read."""
-_TIMESPEC = struct.Struct("@qq")
-_TIMESPEC_BUF = bytes(_TIMESPEC.size)
-_ioctl = fcntl.ioctl
-
-
-def _datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
-    # Hot path, per received datagram: watched by bench/forwarding.py. SRTP/SRTCP (first byte
-    # 128-191) can never be STUN (first two bits zero), so skip aioice's failed STUN parse.
-    if data and 127 < data[0] < 192:  # type: ignore[operator]
-        receiver = self.receiver
-        media = getattr(receiver, "_consilium_media", None)
-        if media is not None:
-            transport: Any = self.transport
-            sock = getattr(transport, "_sock", None)
-            waited = _waited_ms(sock) if sock is not None else 0
-            late = not queue_delay.fresh(waited)
-            if late and not 191 < data[1] < 224:  # type: ignore[operator]
-                queue_delay.drop()  # RTP only: RTCP feedback is never held back
-                media(data, 1, True)
-            else:
-                media(data, 1)
-            taken = 1 + _read_queued(self, media, late) if sock is not None else 1
-            queue_delay.record(waited, taken)
-            return
-    _stun_datagram_received(self, data, addr)
-
-
-def _waited_ms(sock: Any) -> int:
-    """How long the datagram just read from `sock` waited in the node, in ms: from the
-    kernel's receive timestamp (SIOCGSTAMPNS, one syscall per wakeup, ~1 us) to now. 0 when
-    unknown: the first datagram of a socket (the call turns its timestamps on), or a step of
-    the wall clock the kernel stamps with."""
-    try:
-        seconds, nanoseconds = _TIMESPEC.unpack(_ioctl(sock.fileno(), _SIOCGSTAMPNS, _TIMESPEC_BUF))
-    except OSError:
-        return 0
-    waited = (time.time_ns() - seconds * 1_000_000_000 - nanoseconds) // 1_000_000
-    return waited if 0 <= waited < 60_000 else 0
-
-
-def _read_queued(protocol: StunProtocol, media: Callable[..., None], late: bool) -> int:
-    """Take the datagrams already queued on this socket now, in this callback: a video frame's
-    packets arrive back to back, and each event-loop wakeup (epoll, handle, callback) costs
-    about as much as unprotecting a packet. Stops at the first EAGAIN; returns how many media
-    datagrams it took. `late`: the first datagram of this wakeup waited too long, so the RTP
-    queued behind it (which waited about as long) is handed on marked late too; the wait is
-    measured again every `RECHECK_LATE_EVERY` datagrams."""
-    # Hot path, per event-loop wakeup on a media socket: watched by bench/forwarding.py.
-    transport: Any = protocol.transport
-    sock = getattr(transport, "_sock", None)
-    if sock is None:
-        return 0
-    recvfrom = sock.recvfrom
-    taken = 0
-    for _ in range(DATAGRAMS_PER_WAKEUP - 1):
-        if transport.is_closing():
-            return taken
-        try:
-            data, addr = recvfrom(DATAGRAM_BUFFER)
-        except (BlockingIOError, InterruptedError):
-            return taken
-        except OSError as exc:
-            protocol.error_received(exc)
-            return taken
-        if data and 127 < data[0] < 192:
-            taken += 1
-            if late and not taken % RECHECK_LATE_EVERY:
-                # The backlog may have drained: forward again as soon as media is fresh.
-                late = not queue_delay.fresh(_waited_ms(sock))
-            if late and not 191 < data[1] < 224:
-                queue_delay.drop()
-                media(data, 1, True)
-            else:
-                media(data, 1)
-        else:
-            _stun_datagram_received(protocol, data, addr)
-    return taken
-
-
-def _install_datagram_shortcut() -> None:
-    """Route SRTP datagrams of hooked connections past the STUN parser, reading what is queued
-    in the same callback (process-wide, once; connections that are not hooked take aioice's
-    path unchanged)."""
-    if StunProtocol.datagram_received is not _datagram_received:
-        StunProtocol.datagram_received = _datagram_received  # type: ignore[method-assign]
 
 
 def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> None:
@@ -388,226 +271,6 @@ def negotiate_transport_cc(
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
     """The codecs aiortc negotiated for this transceiver."""
     return list(transceiver._codecs)
-
-
-def rtp_sender(dtls: RTCDtlsTransport, sent: SentPackets | None = None) -> Callable[[bytes], bool]:
-    """A function that SRTP-protects and sends one RTP packet on `dtls` now (False when it
-    cannot send).
-
-    One Python frame per forwarded packet: the route (nominated pair, SRTP session, socket) is
-    looked up again only when the pair or the session changes, and the packet is protected in
-    the session's own buffer and handed to the socket from there (no copy out of the buffer).
-
-    `sent`: the transport's transport-wide numbering (one for all the senders of a transport).
-    A packet whose header extensions begin with the transport-wide sequence number placeholder
-    (`core.media.rtp.TRANSPORT_CC_OFFSET`) gets the next number written there as it is
-    protected, and its send time and size are recorded.
-    """
-    nominated = dtls.transport._connection._nominated
-    # The placeholder's element header, where a one-byte-form block without CSRCs puts it.
-    stamp_at = TRANSPORT_CC_OFFSET
-    element = -1 if sent is None else sent.extension_id << 4 | 1
-    stamp = sent.stamp if sent is not None else None
-    clock = time.monotonic_ns
-    connected = State.CONNECTED
-    length = _ffi.new("int *")
-    protect_c = _lib.srtp_protect
-    # The route, rebound by `reroute`. `session` also keeps its cdata alive: pylibsrtp frees
-    # libsrtp's context when the session is collected.
-    pair: Any = None
-    session: Any = None
-    srtp: Any = None
-    cdata: Any = None
-    view: memoryview = memoryview(b"")
-    limit = 0
-    transport: Any = None
-    address: Any = None
-    sock_sendto: Callable[[Any, Any], int] | None = None
-    other_route: Callable[[bytes], None] | None = None
-
-    def reroute(current: Any) -> bool:
-        nonlocal pair, session, srtp, cdata, view, limit, transport, address, sock_sendto
-        nonlocal other_route
-        pair, session = current, dtls._tx_srtp
-        if current is None or session is None:
-            pair = session = sock_sendto = other_route = None
-            return False
-        address = current.remote_addr
-        protocol = current.protocol
-        transport = getattr(protocol, "transport", None)
-        sock = getattr(transport, "_sock", None) if isinstance(protocol, StunProtocol) else None
-        if sock is None:  # TURN, or no socket: the slower, general route
-            protect = srtp_protector(session)
-            sendto, to = _route(current)
-            other_route = lambda data: sendto(protect(numbered(data)), to)  # noqa: E731
-            sock_sendto = None
-            return True
-        other_route = None
-        srtp, cdata = session._srtp, session._cdata
-        view = memoryview(session._buffer)
-        limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-        sock_sendto = sock.sendto
-        return True
-
-    def send(data: bytes) -> bool:
-        # Hot path, per forwarded packet and subscriber: watched by bench/forwarding.py.
-        if dtls._state is not connected:
-            return False
-        if (nominated.get(1) is not pair or dtls._tx_srtp is not session) and not reroute(
-            nominated.get(1)
-        ):
-            return False
-        if sock_sendto is None:
-            if other_route is None:
-                return False
-            other_route(data)
-            return True
-        size = len(data)
-        if size > limit:
-            raise ValueError("packet is too long")
-        length[0] = size
-        view[:size] = data
-        if size > stamp_at + 1 and data[stamp_at - 1] == element and data[0] & 0x1F == 0x10:
-            number = stamp(size, clock() // 1000)  # type: ignore[misc]
-            view[stamp_at] = number >> 8
-            view[stamp_at + 1] = number & 0xFF
-        status = protect_c(srtp[0], cdata, length)
-        if status:
-            raise pylibsrtp.Error(f"srtp_protect failed: {status}")
-        packet = view[: length[0]]
-        # The socket itself while the kernel takes the datagram (skipping asyncio's checks);
-        # asyncio's transport, which buffers (a copy), when it would block or has a backlog.
-        if transport._buffer:
-            transport.sendto(bytes(packet), address)
-            return True
-        try:
-            sock_sendto(packet, address)
-        except (BlockingIOError, InterruptedError):
-            transport.sendto(bytes(packet), address)
-        except OSError:
-            pass  # e.g. ICMP unreachable: like asyncio's transport, drop this datagram
-        return True
-
-    def numbered(data: bytes) -> bytes:
-        """`data` with its transport-wide sequence number written (the general route's copy)."""
-        size = len(data)
-        if size > stamp_at + 1 and data[stamp_at - 1] == element and data[0] & 0x1F == 0x10:
-            number = stamp(size, clock() // 1000)  # type: ignore[misc]
-            return data[:stamp_at] + bytes((number >> 8, number & 0xFF)) + data[stamp_at + 2 :]
-        return data
-
-    return send
-
-
-def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
-    """`session.protect` without pylibsrtp's per-call allocation (same libsrtp call, same
-    buffer; measured at about a third of the wrapper's cost per packet)."""
-    # Hold the session's own cdata (not just the raw pointer): it frees libsrtp's context when
-    # garbage-collected, so the closure must keep it alive.
-    srtp = session._srtp
-    cdata = session._cdata
-    buffer = session._buffer
-    limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-    length = _ffi.new("int *")
-    protect = _lib.srtp_protect
-
-    def protect_packet(data: bytes) -> bytes:
-        size = len(data)
-        if size > limit:
-            raise ValueError("packet is too long")
-        length[0] = size
-        buffer[0:size] = data
-        status = protect(srtp[0], cdata, length)
-        if status:
-            raise pylibsrtp.Error(f"srtp_protect failed: {status}")
-        return buffer[0 : length[0]]
-
-    return protect_packet
-
-
-def srtp_unprotector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
-    """`session.unprotect` without pylibsrtp's per-call allocation (same libsrtp call, same
-    buffer); raises `pylibsrtp.Error` as it does."""
-    srtp = session._srtp
-    cdata = session._cdata  # kept alive by the closure: it frees libsrtp's context
-    buffer = session._buffer
-    view = memoryview(buffer)
-    limit = len(cdata)
-    length = _ffi.new("int *")
-    unprotect = _lib.srtp_unprotect
-
-    def unprotect_packet(data: bytes) -> bytes:
-        # Hot path, per received packet: watched by bench/forwarding.py.
-        size = len(data)
-        if size > limit:
-            raise ValueError("packet is too long")
-        length[0] = size
-        view[:size] = data
-        status = unprotect(srtp[0], cdata, length)
-        if status:
-            raise pylibsrtp.Error(f"srtp_unprotect failed: {status}")
-        return buffer[0 : length[0]]
-
-    return unprotect_packet
-
-
-def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
-    """SRTP-protect and send one RTP packet now; False when the transport cannot send."""
-    if dtls._state is not State.CONNECTED:
-        return False
-    return _sendto(dtls, dtls._tx_srtp.protect(data))
-
-
-def send_rtcp(dtls: RTCDtlsTransport, data: bytes) -> bool:
-    """SRTCP-protect and send one RTCP compound packet now."""
-    if dtls._state is not State.CONNECTED:
-        return False
-    return _sendto(dtls, dtls._tx_srtp.protect_rtcp(data))
-
-
-def _route(pair: Any) -> tuple[Callable[[bytes, Any], Any], Any]:
-    """How to send on a nominated pair: the datagram transport's sendto, or (TURN) a task."""
-    protocol = pair.protocol
-    address = pair.remote_addr
-    if isinstance(protocol, StunProtocol):
-        transport = protocol.transport
-        sock = getattr(transport, "_sock", None)
-        if sock is None:
-            return transport.sendto, address
-
-        def sendto(data: bytes, addr: Any) -> None:
-            # The socket itself while the kernel takes the datagram (skipping asyncio's checks);
-            # asyncio's transport, which buffers, when it would block or has a backlog.
-            if transport._buffer:  # type: ignore[attr-defined]
-                transport.sendto(data, addr)
-                return
-            try:
-                sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                transport.sendto(data, addr)
-            except OSError:
-                pass  # e.g. ICMP unreachable: like asyncio's transport, drop this datagram
-
-        return sendto, address
-    return (lambda data, addr: _spawn(protocol.send_data(data, addr))), address
-
-
-def _sendto(dtls: RTCDtlsTransport, data: bytes) -> bool:
-    pair = dtls.transport._connection._nominated.get(1)
-    if pair is None:
-        return False
-    sendto, address = _route(pair)
-    sendto(data, address)
-    return True
-
-
-_tasks: set[asyncio.Future[Any]] = set()
-
-
-def _spawn(coro: Awaitable[Any]) -> None:
-    task = asyncio.ensure_future(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
 
 
 def transport_of(transceiver: RTCRtpTransceiver) -> RTCDtlsTransport:

@@ -2,9 +2,9 @@
 
 Pure: bytes in, a list of typed requests out, in the order the packet carries them; no socket, no
 clock. From a subscriber: keyframe requests (PLI, FIR), retransmissions (generic NACK), its
-bandwidth estimate (REMB) and its loss (receiver reports). From a publisher: its sender reports
-(the clock mapping forwarded for lip sync). `sfu.subscriber` and `sfu.publisher` apply them to
-their slots and tracks.
+bandwidth estimate (REMB), its loss and its echo of our sender reports (receiver reports). From
+a publisher: its sender reports (the clock mapping forwarded for lip sync). `sfu.subscriber` and
+`sfu.publisher` apply them to their slots and tracks.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class Loss:
     """The media SSRC reported on."""
     fraction_lost: int
     """Lost since the previous report, out of 256."""
+    lsr: int = 0
+    """The middle 32 bits of the NTP time of the latest sender report received on the stream
+    (0: none yet): what the round trip is measured from (`sfu.round_trip`)."""
+    dlsr: int = 0
+    """How long the receiver held that sender report before this block, in 1/65536 s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +109,7 @@ def read_feedback(data: bytes) -> list[Feedback]:
             decisions.append(Retransmit(packet.media_ssrc, tuple(packet.lost)))
         elif isinstance(packet, RtcpRrPacket):
             for report in packet.reports:
-                decisions.append(Loss(report.ssrc, report.fraction_lost))
+                decisions.append(Loss(report.ssrc, report.fraction_lost, report.lsr, report.dlsr))
         elif isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             decisions.append(SenderReport(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp))

@@ -43,7 +43,9 @@ from core.media.rtp import (
 )
 from core.media.track import TrackInfo
 from sfu.layers import LayerSwitch, rewrite_vp8_descriptor
+from sfu.reception import StreamReception
 from sfu.retransmit import RetransmitBudget
+from sfu.round_trip import RoundTrip
 from sfu.sinks import MediaSink
 
 HISTORY_SIZE = 1024
@@ -137,6 +139,9 @@ class OutboundSlot:
     None: never told, shown at an unknown size)."""
     hidden: bool = False
     """The page shows this track nowhere (a `render_sizes` of 0 x 0): nothing is forwarded."""
+    round_trip: RoundTrip | None = None
+    """The subscriber's round trip (shared by its slots), told of each sender report sent
+    here: its receiver reports echo them (`sfu.round_trip`)."""
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)
@@ -276,9 +281,13 @@ class OutboundSlot:
             track.nack_upstream(sequences, now, layer)
         return missed
 
-    def sender_report(self, ntp: int, rtp_timestamp: int, layer: int = 0) -> None:
+    def sender_report(
+        self, ntp: int, rtp_timestamp: int, layer: int = 0, now: float | None = None
+    ) -> None:
         """Forward the publisher's clock mapping, in this slot's timestamp space (lip sync).
-        `layer`: the simulcast layer whose stream it describes (only the one forwarded counts)."""
+        `layer`: the simulcast layer whose stream it describes (only the one forwarded counts).
+        `now`: when it is sent, for the subscriber's round trip (`round_trip`; None: not
+        measured from this one)."""
         switch = self.layer_switch
         if switch is None:
             if not (self.ready and self.started):
@@ -298,6 +307,8 @@ class OutboundSlot:
             ),
         )
         self.send_rtcp(bytes(report))
+        if self.round_trip is not None and now is not None:
+            self.round_trip.sender_report_sent(self.ssrc, ntp, now)
 
 
 class PublishedTrack:
@@ -335,29 +346,24 @@ class PublishedTrack:
         self.muted = False
         self.video = info.kind == "video"
         self.codec_name = info.codec.split("/")[-1]
-        # Receive statistics, for our receiver reports to the publisher.
-        self.received = 0
+        self.receptions = [StreamReception()]
+        """What arrived of each layer's stream (one for a track sent as one stream): a block
+        of our receiver reports each."""
+        self.reception = self.receptions[0]
         self.forwarded = 0
         self.retransmitted = 0
         self.late = 0
         """Packets kept from the slots for waiting past the real-time bound."""
-        self.base_seq: int | None = None
-        self.max_seq = 0
-        self.cycles = 0
-        self.last_sr_ntp = 0
-        self.last_sr_at: float | None = None
         self.now = 0.0
         """The latest time this track was handed (a packet's arrival, a tick, a request): what
         the few calls made without a `now` of their own go by."""
-        self._expected_prior = 0
-        self._received_prior = 0
         self._nacked: dict[int, float] = {}
 
     # -- the hot path --------------------------------------------------------------------------
 
     def forward(self, data: bytes, header: RtpHeader, arrival_ms: int, late: bool = False) -> None:
         """Send one packet to every slot carrying this track (and hand it to the sinks).
-        `arrival_ms`: when it arrived, in ms of the monotonic clock (`aiortc_hooks`): the
+        `arrival_ms`: when it arrived, in ms of the monotonic clock (`socket_receive`): the
         forwarder's `now` for this packet. `late`: it waited in the node past the real-time
         bound (`sfu.queue_delay`): the sinks still get it (a recording is not played live, and
         what it misses is missing for good), the slots do not, and a keyframe is asked for."""
@@ -368,7 +374,7 @@ class PublishedTrack:
         # it is refused as too late, not passed on to the publisher, whose repair would reach a
         # recording a second time.
         self.history.put(sequence, data, LATE_ARRIVAL if late else now)
-        self._count(sequence)
+        self.reception.count(sequence)
         keyframe: bool | None = None
         if self.sinks:
             keyframe = self.video and keyframe_start(
@@ -449,15 +455,10 @@ class PublishedTrack:
         )
         return extension_block(slot.ext_ids, slot.mid, abs_send_time(now), level)
 
-    def _count(self, seq: int) -> None:
-        self.received += 1
-        if self.base_seq is None:
-            self.base_seq = seq
-            self.max_seq = seq
-        elif ((seq - self.max_seq) & 0xFFFF) < 0x8000:
-            if seq < self.max_seq:
-                self.cycles += 1 << 16
-            self.max_seq = seq
+    @property
+    def received(self) -> int:
+        """Packets received, every layer's stream."""
+        return sum(reception.received for reception in self.receptions)
 
     # -- slots ---------------------------------------------------------------------------------
 
@@ -524,35 +525,21 @@ class PublishedTrack:
         return self.ssrc if layer == 0 else 0
 
     def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float, layer: int = 0) -> None:
-        """The publisher's SR for `layer`'s stream, received at `now`: remember the lowest's
-        for our RR, forward each to the slots that carry its layer."""
-        if layer == 0:
-            self.last_sr_ntp = ntp
-            self.last_sr_at = now
+        """The publisher's SR for `layer`'s stream, received at `now`: remember it for that
+        stream's block of our RR, forward it to the slots that carry its layer."""
+        if layer < len(self.receptions):
+            self.receptions[layer].sender_report(ntp, now)
         for slot in self.slots:
-            slot.sender_report(ntp, rtp_timestamp, layer)
+            slot.sender_report(ntp, rtp_timestamp, layer, now)
 
-    def receiver_report(self, now: float) -> RtcpReceiverInfo | None:
-        """Our reception of this track at `now`, for an RR to the publisher (RFC 3550 A.3)."""
-        if self.base_seq is None:
-            return None
-        extended_max = self.cycles + self.max_seq
-        expected = extended_max - self.base_seq + 1
-        lost = max(expected - self.received, 0)
-        expected_interval = expected - self._expected_prior
-        received_interval = self.received - self._received_prior
-        self._expected_prior, self._received_prior = expected, self.received
-        lost_interval = expected_interval - received_interval
-        fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min((lost_interval << 8) // expected_interval, 255)
-        lsr = (self.last_sr_ntp >> 16) & 0xFFFFFFFF
-        dlsr = int((now - self.last_sr_at) * 65536) if self.last_sr_at is not None else 0
-        return RtcpReceiverInfo(
-            ssrc=self.ssrc, fraction_lost=fraction, packets_lost=min(lost, 0x7FFFFF),
-            highest_sequence=extended_max & 0xFFFFFFFF, jitter=0, lsr=lsr,
-            dlsr=dlsr & 0xFFFFFFFF,
-        )  # fmt: skip
+    def receiver_reports(self, now: float) -> list[RtcpReceiverInfo]:
+        """Our reception of this track at `now`: a report block per stream received (each
+        simulcast layer's), for an RR to the publisher (RFC 3550 A.3)."""
+        blocks = (
+            reception.report(self.layer_ssrc(layer), now)
+            for layer, reception in enumerate(self.receptions)
+        )
+        return [block for block in blocks if block is not None]
 
     def bitrate_hint(self) -> int | None:
         """What the publisher should aim for, from its subscribers' REMB estimates.

@@ -23,7 +23,7 @@ transport's own connection object:
 3. `connect` (with the remote credentials of the new description): the fresh connection runs
    its checks. Once a pair is nominated, its path is *swapped into* the transport's connection
    (`_swap_path`): sockets, check list, remote credentials and candidates, the nominated pair
-   (in the same dict object: `aiortc_hooks.rtp_sender` holds it), a new consent task. The old
+   (in the same dict object: `srtp_send.rtp_sender` holds it), a new consent task. The old
    sockets close. If the checks fail, the transport's connection is left with its old path and
    its consent checks run again, so a dead path still ends the session as before; the client
    falls back to rejoining.

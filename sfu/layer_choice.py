@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.media.h264_sps import rtp_sps, sps_picture_size
 from core.media.payloads import parse_vp8_descriptor, vp8_picture_size
 
 ACTIVE_WITHIN_S = 1.0
@@ -46,7 +47,7 @@ class LayerState:
     """One simulcast layer as the SFU receives it."""
 
     width: int = 0
-    """Picture width from its latest keyframe (0: not known yet, or not VP8)."""
+    """Picture width from its latest keyframe (0: not known yet, or neither VP8 nor H.264)."""
     height: int = 0
     """Picture height from its latest keyframe."""
     bitrate: int = 0
@@ -88,8 +89,15 @@ class LayerMeter:
             state.window_start = now
             state.window_bytes = 0
 
-    def on_keyframe(self, layer: int, payload: bytes) -> None:
-        """The first packet of a VP8 keyframe on `layer`: its picture size (others ignored)."""
+    def on_keyframe(self, layer: int, payload: bytes, codec: str = "VP8") -> None:
+        """The first packet of a keyframe on `layer`: its picture size (VP8: from the frame's
+        header; H.264: from the SPS sent in front of the IDR picture; others ignored)."""
+        if codec.upper() == "H264":
+            sps = rtp_sps(payload)
+            size = sps_picture_size(sps) if sps is not None else None
+            if size is not None:
+                self.layers[layer].width, self.layers[layer].height = size
+            return
         try:
             descriptor = parse_vp8_descriptor(payload)
         except ValueError:

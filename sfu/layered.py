@@ -31,6 +31,7 @@ from sfu.forwarder import (
 )
 from sfu.layer_choice import LayerMeter, choose_layer
 from sfu.layers import LayerSwitch
+from sfu.reception import StreamReception
 from sfu.sinks import MediaSink
 
 UNKNOWN_TILE = (1 << 16, 1 << 16)
@@ -62,6 +63,7 @@ class LayeredTrack(PublishedTrack):
         )  # fmt: skip
         count = len(info.layers)
         self.histories = [self.history, *(RetransmissionBuffer() for _ in range(count - 1))]
+        self.receptions += [StreamReception() for _ in range(count - 1)]
         self.meter = LayerMeter(count)
         """Each layer's bitrate, picture size and whether it is being sent."""
         self.layer_keyframes = [self.keyframes, *(KeyframeRequests() for _ in range(count - 1))]
@@ -90,9 +92,8 @@ class LayeredTrack(PublishedTrack):
         now = self.now = arrival_ms * 0.001
         sequence = header.sequence
         self.histories[layer].put(sequence, data, LATE_ARRIVAL if late else now)
-        if layer == 0:  # our receiver reports describe the lowest layer's stream
-            self._count(sequence)
-        elif not self.layer_ssrcs[layer] and header.ssrc != self.ssrc:
+        self.receptions[layer].count(sequence)  # a block of our receiver reports per layer
+        if layer and not self.layer_ssrcs[layer] and header.ssrc != self.ssrc:
             # (an RTX packet unwrapped before its layer's media was seen carries the track's)
             self.layer_ssrcs[layer] = header.ssrc
         payload = data[header.payload_start : header.payload_end]
@@ -101,7 +102,7 @@ class LayeredTrack(PublishedTrack):
         keyframe = self.video and keyframe_start(self.codec_name, payload)
         if keyframe:
             self.layer_keyframes[layer].keyframe_seen()
-            meter.on_keyframe(layer, payload)
+            meter.on_keyframe(layer, payload, self.codec_name)
         if self.sinks:
             self._record(layer, data, header, payload, keyframe, arrival_ms)
         if self.muted or not self.by_layer[layer]:

@@ -24,7 +24,7 @@ from core.codes import ErrorCode
 from core.media.rtp import ExtensionIds, parse_header
 from core.media.track import TrackInfo
 from sfu import aiortc_hooks as hooks
-from sfu import ice_restart
+from sfu import ice_restart, srtp_send
 from sfu.demux import Demux
 from sfu.feedback import SenderReport, read_feedback
 from sfu.forwarder import PublishedTrack, receiver_report_packet, remb_packet
@@ -313,7 +313,7 @@ class Publisher:
             rtx_payload_type=rtx.payloadType if rtx else None,
             ext_ids=ExtensionIds.from_uris({e.uri: e.id for e in params.headerExtensions}),
             rtcp_ssrc=hooks.sender_ssrcs(transceiver.sender)[0],
-            send_rtcp=lambda data: hooks.send_rtcp(dtls, data),
+            send_rtcp=lambda data: srtp_send.send_rtcp(dtls, data),
             sinks=self.room.sinks,
         )
         track.muted = self.muted[transceiver.kind]
@@ -416,7 +416,9 @@ class Publisher:
         if not report:
             return
         first = next(iter(tracks.values()))
-        reports = [r for r in (t.receiver_report(now) for t in tracks.values()) if r]
+        # One block per stream received, each simulcast layer's too (at most 31 fit an RR: a
+        # participant publishes a microphone, a camera in three layers and a screen).
+        reports = [block for track in tracks.values() for block in track.receiver_reports(now)][:31]
         if reports:
             first.send_to_publisher(receiver_report_packet(first.rtcp_ssrc, reports))
         for track in tracks.values():

@@ -14,7 +14,7 @@ not played live, and a packet missing from it would be missing for good (measure
 dropped late media before the recorder saw it: an exported audio stream of a node loaded by the
 browser tests lacked 6 packets).
 
-Pure: the waiting time is measured by `sfu.aiortc_hooks` and passed in; no clock, no socket.
+Pure: the waiting time is measured by `sfu.socket_receive` and passed in; no clock, no socket.
 """
 
 from __future__ import annotations

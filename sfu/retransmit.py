@@ -7,8 +7,9 @@ it can still be played, has not just been sent, and leaves the link to the fresh
 subscriber answers a NACK for a packet only when all of these hold:
 
 - in time: the packet arrived at the SFU less than `max_age_s` ago, less half the subscriber's
-  round trip when known (the resend still has that one-way trip to make): older than that, the
-  receiver's jitter buffer has given up on it and the bytes are wasted;
+  round trip when known (measured from its receiver reports, `sfu.round_trip`; the resend still
+  has that one-way trip to make): older than that, the receiver's jitter buffer has given up on
+  it and the bytes are wasted;
 - not again so soon: this subscriber was not sent this packet within the last round trip (or
   `repeat_interval_s` while the round trip is unknown): the first resend may still be on its way;
 - within its share: the bytes resent to this subscriber over the last second stay within
@@ -58,7 +59,9 @@ class RetransmitBudget:
     """Least time between two resends of one packet to this subscriber while its round trip is
     unknown."""
     rtt_s: float | None = None
-    """The subscriber's round-trip time, when measured."""
+    """The subscriber's round-trip time, when measured (`sfu.round_trip`, from the echo of our
+    sender reports in its receiver reports; None until the first: no time allowed for the
+    resend's way, `repeat_interval_s` between repeats)."""
     refused: dict[Refusal, int] = field(default_factory=lambda: dict.fromkeys(Refusal, 0))
     """Lost packets not resent, by reason."""
     resent: int = 0

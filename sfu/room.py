@@ -127,6 +127,16 @@ class MediaRoom:
             if other_id != participant_id:
                 other.notify(event)
 
+    def tell_newcomer(self, participant_id: str) -> None:
+        """Tell a participant who just joined whose media is reconnecting now (an ICE restart
+        under way): they missed its start, and their roster would show the tile as normal."""
+        newcomer = self.participants.get(participant_id)
+        if newcomer is None:
+            return
+        for other_id, other in self.participants.items():
+            if other_id != participant_id and other.restarting:
+                newcomer.notify(MediaReconnecting(participant_id=other_id, reconnecting=True))
+
     def tracks(self) -> list[PublishedTrack]:
         """Every published track in the room."""
         return [t for p in self.participants.values() for t in p.tracks.values()]

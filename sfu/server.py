@@ -18,14 +18,16 @@ from pathlib import Path
 from annotations.log import AnnotationLog, LogError, log_path
 from annotations.room import RoomAnnotations
 from core.imageref import ImageRef
-from sfu.aiortc_hooks import codec_guard, queue_delay
+from sfu.aiortc_hooks import codec_guard
 from sfu.downlink import estimate_buckets
 from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.room import MediaRoom
+from sfu.round_trip import round_trip_buckets
 from sfu.session import ParticipantMedia, bundle_configuration
 from sfu.sinks import MediaSink
+from sfu.socket_receive import queue_delay
 from sfu.types import MediaError
 
 log = logging.getLogger("consilium.sfu")
@@ -291,6 +293,7 @@ class MediaServer:
             "twcc_feedback_packets": self._ended["twcc_feedback"]
             + sum(m.publisher.feedback_sent for m in self.participants.values()),
             **estimate_buckets(m.subscriber.downlink_bps for m in self.participants.values()),
+            **round_trip_buckets(m.subscriber.rtt_s for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }

@@ -44,6 +44,7 @@ class ParticipantMedia:
     __slots__ = (
         "closed",
         "data",
+        "greeted",
         "notify",
         "participant_id",
         "permissions",
@@ -76,6 +77,8 @@ class ParticipantMedia:
         self.closed = False
         self.restarting: frozenset[str] = frozenset()
         """The sessions (`publish`, `subscribe`) whose ICE restart is under way."""
+        self.greeted = False
+        """Told, at its first publish offer, whose media in the room is reconnecting."""
 
     @property
     def tracks(self) -> dict[str, PublishedTrack]:
@@ -119,7 +122,14 @@ class ParticipantMedia:
             self.room.media_reconnecting(self.participant_id, False)
 
     async def publish_offer(self, sdp: str, *, screen: Sequence[str] = ()) -> str:
-        """Apply the client's publish offer; returns the SFU's answer (`Publisher.offer`)."""
+        """Apply the client's publish offer; returns the SFU's answer (`Publisher.offer`).
+
+        The first one also tells the participant whose media in the room is reconnecting now
+        (`participant_reconnecting`, `media` true): a client offers only after reading its
+        `joined`, so the news comes after the roster it amends, whichever node signals it."""
+        if not self.greeted:
+            self.greeted = True
+            self.room.tell_newcomer(self.participant_id)
         return await self.publisher.offer(sdp, screen=screen)
 
     async def subscribe_answer(self, sdp: str) -> None:

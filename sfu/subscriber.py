@@ -19,7 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
 from core.media.rtp import TRANSPORT_CC_URI, ExtensionIds
 from sfu import aiortc_hooks as hooks
-from sfu import ice_restart
+from sfu import ice_restart, srtp_send
 from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
@@ -28,6 +28,7 @@ from sfu.layer_choice import SPEAKER_WEIGHT, choose_layer, split_budget
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import RetransmitBudget
+from sfu.round_trip import RoundTrip
 from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
 from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
 
@@ -59,6 +60,7 @@ class Subscriber:
         "pc",
         "retransmits",
         "room",
+        "round_trip",
         "slot_by_ssrc",
         "slots",
         "transport_cc",
@@ -87,7 +89,10 @@ class Subscriber:
         """RTCP compound packets refused as malformed."""
         self.retransmits = RetransmitBudget()
         """Which lost packets this participant is sent again (the server sets it from its
-        settings)."""
+        settings); its round trip is `round_trip`'s, kept up to date at each receiver report."""
+        self.round_trip = RoundTrip()
+        """This participant's round trip, from the echo of the sender reports its slots send
+        in its receiver reports (RFC 3550 6.4.1)."""
         self._transceivers: dict[int, RTCRtpTransceiver] = {}
         """Each slot's transceiver, by id(slot)."""
         self._negotiating = False
@@ -103,6 +108,11 @@ class Subscriber:
         """When the layers were last chosen."""
         self._restart: ice_restart.IceRestart | None = None
         """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
+
+    @property
+    def rtt_s(self) -> float | None:
+        """This participant's round-trip time in seconds (None: not measured yet)."""
+        return self.round_trip.rtt_s
 
     @property
     def downlink_bps(self) -> int | None:
@@ -194,8 +204,9 @@ class Subscriber:
         slot = OutboundSlot(
             subscriber_id=self.participant_id,
             kind=kind,
-            send_rtp=hooks.rtp_sender(dtls, self.downlink.sent if self.transport_cc else None),
-            send_rtcp=functools.partial(hooks.send_rtcp, dtls),
+            send_rtp=srtp_send.rtp_sender(dtls, self.downlink.sent if self.transport_cc else None),
+            send_rtcp=functools.partial(srtp_send.send_rtcp, dtls),
+            round_trip=self.round_trip,
         )
         hooks.bypass_sender(
             transceiver.sender,
@@ -364,6 +375,10 @@ class Subscriber:
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None:
                     slot.fraction_lost = decision.fraction_lost
+                # Whether a resend can still arrive in time depends on it (`sfu.retransmit`).
+                self.retransmits.rtt_s = self.round_trip.on_report(
+                    decision.ssrc, decision.lsr, decision.dlsr, now
+                )
 
     def stop(self) -> None:
         """Stop every slot and any negotiation (the participant is leaving)."""

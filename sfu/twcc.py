@@ -33,7 +33,7 @@ answer (`negotiate_transport_cc`).
 
 The other direction (a subscriber's downlink): on the subscribe session the SFU is the offerer;
 `offer_transport_cc` adds the extension and the feedback type to the offer aiortc wrote, the
-transport hook numbers every packet sent (`sfu.aiortc_hooks.rtp_sender`), and the subscriber's
+transport hook numbers every packet sent (`sfu.srtp_send.rtp_sender`), and the subscriber's
 feedback is read back by `read_transport_feedback` (the parser, beside the builder) for the
 estimator in `sfu.downlink`.
 

@@ -76,5 +76,8 @@ class ParticipantRoom(Protocol):
         """Tell everyone else in the room that a participant's media is looking for a new
         network path (an ICE restart), or has one again (`events.MediaReconnecting`)."""
 
+    def tell_newcomer(self, participant_id: str) -> None:
+        """Tell a participant who just joined whose media in the room is reconnecting now."""
+
     async def remove(self, participant_id: str) -> None:
         """Drop a participant's media (their session failed)."""

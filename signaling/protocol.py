@@ -380,9 +380,10 @@ class ParticipantReconnecting(Message, tag="participant_reconnecting"):
     (`participant_left`, reason `connection_lost`). Not repeated to a later joiner. With
     `media` true, the same news from the SFU while their connection stays up: their media is
     looking for a new network path (an ICE restart: `reconnecting` true), or has one again, or
-    gave up looking and kept the old one, or they left (false). The two sources are
-    independent: show the tile as reconnecting while either says so (a resume does not end an
-    ICE restart, nor the other way round)."""
+    gave up looking and kept the old one, or they left (false); a later joiner is told of each
+    ICE restart still under way (`reconnecting` true) when it sends its first publish `offer`,
+    so after its `joined`. The two sources are independent: show the tile as reconnecting
+    while either says so (a resume does not end an ICE restart, nor the other way round)."""
 
     participant_id: str
     reconnecting: bool

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.media.rtp import RtpHeader, parse_header
 from recorder.sink import RecordingSink
 from recorder.verify import iter_packets, verify_recording
-from sfu import aiortc_hooks
+from sfu import socket_receive
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.server import MediaServer
 from tests.fixtures.media import Participant
@@ -38,12 +38,12 @@ HOLDS = 4
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
-    saved = aiortc_hooks.queue_delay.max_ms
+    saved = socket_receive.queue_delay.max_ms
     async with running_node(
         node_settings(tmp_path / "data", ice_host_addresses=["127.0.0.1"])
     ) as n:
         yield n
-    aiortc_hooks.queue_delay.max_ms = saved
+    socket_receive.queue_delay.max_ms = saved
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ async def test_a_recording_keeps_every_packet_a_loaded_node_kept_from_subscriber
 ) -> None:
     assert node.node is not None
     media: MediaServer | None = node.node.rooms.media
-    assert media is not None and aiortc_hooks.queue_delay.max_ms == 250, "the default bound"
+    assert media is not None and socket_receive.queue_delay.max_ms == 250, "the default bound"
     key = Ed25519PrivateKey.generate()
     sink = RecordingSink(tmp_path, "late-1", "mdt-1", DATA_KEY, key, record_everyone=True)
     sink.start()
@@ -111,7 +111,7 @@ async def test_a_recording_keeps_every_packet_a_loaded_node_kept_from_subscriber
         for slot in subscriber().slots:
             watched.add(id(slot))
             _watch_sends(slot, sent)
-        dropped_before = aiortc_hooks.queue_delay.dropped
+        dropped_before = socket_receive.queue_delay.dropped
         for _ in range(HOLDS):
             await asyncio.sleep(0.8)
             time.sleep(HOLD_S)  # the node's loop is busy elsewhere: media waits in its socket
@@ -119,7 +119,7 @@ async def test_a_recording_keeps_every_packet_a_loaded_node_kept_from_subscriber
         media.detach_sink("mdt-1", sink)
         room = media.room("mdt-1")
         received = {t.info.track_id: t.received for t in room.tracks()}
-        late_dropped = aiortc_hooks.queue_delay.dropped - dropped_before
+        late_dropped = socket_receive.queue_delay.dropped - dropped_before
     finally:
         bot.terminate()
         output, _ = await asyncio.to_thread(bot.communicate)

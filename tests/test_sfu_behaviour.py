@@ -15,7 +15,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket, unpack_remb_fc
 
 from bot.client import MediaClient
 from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
-from sfu import aiortc_hooks as hooks
+from sfu import srtp_send
 from sfu.forwarder import PublishedTrack
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
@@ -158,12 +158,12 @@ async def test_garbage_rtp_and_rtcp_floods_affect_nobody_else(media: MediaHarnes
     await eventually(lambda: dtls.state == "connected", timeout=20)
     for i in range(500):
         # Garbage behind a valid SRTP envelope: wrong version, unknown SSRCs, truncated headers.
-        hooks.send_rtp(dtls, bytes([0x80, 0x60]) + os.urandom(10 + i % 50))
-        hooks.send_rtp(dtls, bytes([0x80, 0x7F]) + i.to_bytes(2, "big") + os.urandom(40))
+        srtp_send.send_rtp(dtls, bytes([0x80, 0x60]) + os.urandom(10 + i % 50))
+        srtp_send.send_rtp(dtls, bytes([0x80, 0x7F]) + i.to_bytes(2, "big") + os.urandom(40))
     pli = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=2))
     sub_dtls = viewer.subscribe_pc.getTransceivers()[0].receiver.transport
     for _ in range(2000):
-        hooks.send_rtcp(sub_dtls, pli)
+        srtp_send.send_rtcp(sub_dtls, pli)
     counter: dict[str, Any] = {"before": 0}
 
     def good_track_packets() -> int:

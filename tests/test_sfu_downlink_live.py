@@ -20,6 +20,7 @@ from bot.client import MediaClient
 from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 from core.media.rtp import TRANSPORT_CC_URI, parse_header
 from sfu import aiortc_hooks as hooks
+from sfu import srtp_send
 from sfu.downlink import ACKED_HEADROOM, ACKED_WINDOW_US, PACKET_OVERHEAD_BYTES
 from sfu.twcc import SUBSCRIBER_EXTENSION_ID, TransportFeedback, offer_transport_cc
 from tests.fixtures.media import MediaHarness
@@ -94,7 +95,7 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
     nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=video.ssrc)
     nack.lost = [video.sequence]
     before = len(arrivals)
-    hooks.send_rtcp(dtls, bytes(nack))
+    srtp_send.send_rtcp(dtls, bytes(nack))
     await eventually(
         lambda: any(parse_header(p).ssrc not in kinds for p, _ in arrivals[before:]), timeout=5
     )
@@ -114,7 +115,7 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
             if number is not None:
                 feedback.record(number, at)
         for packet in feedback.build(1, 0, max((at for _, at in batch), default=0)):
-            hooks.send_rtcp(dtls, packet)
+            srtp_send.send_rtcp(dtls, packet)
         await asyncio.sleep(0.1)
     await eventually(lambda: subscriber.downlink_bps is not None, timeout=5)
     estimate = subscriber.downlink_bps

@@ -1,5 +1,6 @@
-"""One test per hook into aiortc/pylibsrtp internals (sfu/aiortc_hooks.py): an aiortc upgrade
-that moves something we rely on fails here first, by name."""
+"""One test per hook into aiortc/aioice/pylibsrtp internals (sfu/aiortc_hooks.py,
+sfu/socket_receive.py, sfu/srtp_send.py): an aiortc upgrade that moves something we rely on fails
+here first, by name."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from bot.testsource import ReplayVideoTrack
 from sfu import aiortc_hooks as hooks
+from sfu import socket_receive, srtp_send
 from tests.fixtures.servers import eventually
 
 KEY = bytes(range(30))
@@ -41,7 +43,7 @@ def test_internals_we_rely_on_still_exist() -> None:
 
 def test_srtp_protector_matches_pylibsrtp() -> None:
     packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload" * 20
-    protect = hooks.srtp_protector(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    protect = srtp_send.srtp_protector(_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
     gc.collect()  # the protector keeps its session alive
     ours = protect(packet)
     theirs = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(packet)
@@ -55,7 +57,7 @@ def test_srtp_unprotector_matches_pylibsrtp() -> None:
     ]
     outbound = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
     protected = [outbound.protect(packet) for packet in packets]
-    unprotect = hooks.srtp_unprotector(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    unprotect = socket_receive.srtp_unprotector(_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     gc.collect()  # the unprotector keeps its session alive
     first = unprotect(protected[0])
     assert [first, unprotect(protected[1])] == packets
@@ -78,7 +80,7 @@ async def test_queued_datagrams_are_read_in_one_callback() -> None:
     receiver = SimpleNamespace(
         _consilium_media=media, data_received=lambda data, component: others.append(data)
     )
-    hooks._install_datagram_shortcut()
+    socket_receive.install_datagram_shortcut()
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
     )
@@ -119,7 +121,7 @@ async def test_rtp_sender_follows_the_nominated_pair_and_session() -> None:
             _state=State.CONNECTED, _tx_srtp=_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND),
             transport=SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated)),
         )  # fmt: skip
-        send = hooks.rtp_sender(dtls)  # type: ignore[arg-type]
+        send = srtp_send.rtp_sender(dtls)  # type: ignore[arg-type]
         packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 42]) + b"payload"
         assert not send(packet), "no nominated pair yet"
         nominated[1] = pair(receivers[0])
@@ -211,7 +213,7 @@ async def test_bypassed_sender_sends_what_we_give_it_and_never_encodes(
     try:
         await eventually(lambda: parameters, timeout=15)
         dtls = hooks.transport_of(transceiver)
-        send = hooks.rtp_sender(dtls)
+        send = srtp_send.rtp_sender(dtls)
         ssrc, _ = hooks.sender_ssrcs(transceiver.sender)
         got: list[bytes] = []
         client_dtls = client.getTransceivers()[0].receiver.transport
@@ -223,7 +225,7 @@ async def test_bypassed_sender_sends_what_we_give_it_and_never_encodes(
         await eventually(lambda: got, timeout=5)
         assert got[0] == packet
         assert transceiver.sender._RTCRtpSender__encoder is None
-        assert hooks.send_rtcp(dtls, bytes([0x81, 201, 0, 1]) + ssrc.to_bytes(4, "big"))
+        assert srtp_send.send_rtcp(dtls, bytes([0x81, 201, 0, 1]) + ssrc.to_bytes(4, "big"))
     finally:
         await server.close()
         await client.close()

@@ -324,3 +324,48 @@ async def test_leaving_during_a_restart_closes_its_new_sockets(media: MediaHarne
     await eventually(lambda: not newer.fresh._protocols, timeout=5)
     assert told_b == [("a", True), ("a", False)]  # gone, not left "reconnecting" for ever
     client_restart.abandon()
+
+
+async def test_someone_joining_during_a_restart_is_told_after_their_first_offer(
+    media: MediaHarness,
+) -> None:
+    """A late joiner's roster shows everyone as normal: the SFU tells it whose media is still
+    reconnecting at its first publish offer (which a client sends only after `joined`)."""
+    a = await media.join("a", [VideoStreamTrack()])
+    await a.channels_open()
+    pc = a.publish_pc
+    client_restart = IceRestart.begin(_ice(pc))  # the client's side never checks: it hangs
+    await client_restart.gather()
+    await pc.setLocalDescription(await pc.createOffer())
+    await media.server.offer("a", "publish", pc.localDescription.sdp)
+    assert media.server.participants["a"].restarting == {"publish"}
+    told: dict[str, list[tuple[str, bool]]] = {}
+    original = media.server.notify
+
+    def notify(participant_id: str, event: Notification) -> None:
+        if isinstance(event, MediaReconnecting):
+            told.setdefault(participant_id, []).append((event.participant_id, event.reconnecting))
+        original(participant_id, event)
+
+    media.server.notify = notify  # type: ignore[method-assign]
+    await media.server.join("mdt-1", "c", frozenset())
+    assert "c" not in told, "not before its joined (it has not offered yet)"
+    c = MediaClient(lambda message: _offer_as(media, "c", c, message), [])
+    media.clients["c"] = c
+    await c.publish()
+    assert told["c"] == [("a", True)], "the newcomer learns a's tile is reconnecting"
+    await pc_offer(media, "c", c)  # a later offer is no news
+    assert told["c"] == [("a", True)]
+    await media.leave("a")
+    assert told["c"] == [("a", True), ("a", False)]
+    client_restart.abandon()
+
+
+async def _offer_as(
+    media: MediaHarness, participant_id: str, client: MediaClient, message: dict[str, Any]
+) -> None:
+    if message["type"] == "offer":
+        sdp = await media.server.offer(participant_id, message.get("pc", "publish"), message["sdp"])
+        await client.handle({"type": "answer", "pc": "publish", "sdp": sdp})
+    elif message["type"] == "answer":
+        await media.server.answer(participant_id, message.get("pc", "subscribe"), message["sdp"])

@@ -250,3 +250,29 @@ def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
     subscriber.slots[2].show((0, 0), 11.5)
     choose(11.5, speaker="pub1")
     assert layers()[2] is None and subscriber.slots[2] not in tracks[2].slots, "hidden: nothing"
+
+
+def test_receiver_reports_have_a_block_for_each_layer_with_its_own_loss_and_sender_report() -> None:
+    track = _track([])
+    for frame in range(10):
+        if frame not in (3, 4):
+            _send(track, frame, at_s=1.0 + frame / 30)
+    # Layer 2 loses two more packets than the others (frames 3 and 4 lost by all).
+    for frame in (10, 13):
+        seq = 40_000 + frame
+        data = struct.pack("!BBHII", 0x80, 96, seq, frame * 3000, SSRCS[2]) + DELTA
+        track.forward_layer(data, parse_header(data), 2000, 2)
+    track.on_sender_report(0x1111_2222_3333_4444, 0, now=2.0, layer=1)
+    blocks = {block.ssrc: block for block in track.receiver_reports(now=2.25)}
+    assert set(blocks) == set(SSRCS), "one block per layer's stream"
+    assert blocks[SSRCS[0]].packets_lost == 2 and blocks[SSRCS[0]].highest_sequence == 9
+    assert blocks[SSRCS[2]].packets_lost == 4 and blocks[SSRCS[2]].highest_sequence == 40_013
+    assert (blocks[SSRCS[1]].lsr, blocks[SSRCS[1]].dlsr) == (0x2222_3333, 65536 // 4)
+    assert blocks[SSRCS[0]].lsr == 0 and blocks[SSRCS[0]].dlsr == 0, "no SR of its own yet"
+
+
+def test_a_layer_not_received_yet_has_no_block() -> None:
+    track = _track([])
+    data = struct.pack("!BBHII", 0x80, 96, 5, 0, SSRCS[0]) + _key(0)
+    track.forward_layer(data, parse_header(data), 1000, 0)
+    assert [block.ssrc for block in track.receiver_reports(now=1.5)] == [SSRCS[0]]

@@ -13,6 +13,7 @@ import pytest
 from aioice.ice import StunProtocol
 
 from sfu import aiortc_hooks as hooks
+from sfu import socket_receive
 from sfu.queue_delay import QueueDelay, percentile_ms
 from tests.fixtures.servers import eventually
 
@@ -55,10 +56,10 @@ def test_p95_is_read_back_from_the_buckets() -> None:
 @pytest.fixture
 def bound() -> Iterator[QueueDelay]:
     """The process's queue delay with a 50 ms bound, put back afterwards."""
-    saved = hooks.queue_delay.max_ms
-    hooks.queue_delay.max_ms = 50
-    yield hooks.queue_delay
-    hooks.queue_delay.max_ms = saved
+    saved = socket_receive.queue_delay.max_ms
+    socket_receive.queue_delay.max_ms = 50
+    yield socket_receive.queue_delay
+    socket_receive.queue_delay.max_ms = saved
 
 
 class _Receiver(SimpleNamespace):
@@ -75,7 +76,7 @@ class _Receiver(SimpleNamespace):
 
 
 async def _listening(receiver: _Receiver) -> tuple[asyncio.DatagramTransport, tuple[str, int]]:
-    hooks._install_datagram_shortcut()
+    socket_receive.install_datagram_shortcut()
     transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: StunProtocol(receiver), local_addr=("127.0.0.1", 0)
     )
@@ -127,7 +128,7 @@ async def test_the_fresh_tail_of_a_drained_backlog_is_not_marked_late(bound: Que
         assert [data for data, _ in receiver.handed] == rtp
         # Late with the first until the wait is measured again (every 8th queued datagram).
         late = [data for data, late in receiver.handed if late]
-        assert late == rtp[1 : 1 + hooks.RECHECK_LATE_EVERY]
+        assert late == rtp[1 : 1 + socket_receive.RECHECK_LATE_EVERY]
     finally:
         sender.close()
         transport.close()

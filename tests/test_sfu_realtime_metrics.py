@@ -6,21 +6,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from sfu import aiortc_hooks
+from sfu import socket_receive
 from sfu.ice import uninstall
 from sfu.server import MediaServer, MediaSettings
 
 
 @pytest.fixture
 def server() -> Iterator[MediaServer]:
-    saved = aiortc_hooks.queue_delay.max_ms
+    saved = socket_receive.queue_delay.max_ms
     yield MediaServer(MediaSettings(max_delay_s=0.1), lambda participant, message: None)
-    aiortc_hooks.queue_delay.max_ms = saved
+    socket_receive.queue_delay.max_ms = saved
     uninstall()
 
 
 def test_the_time_bound_follows_the_settings(server: MediaServer) -> None:
-    assert aiortc_hooks.queue_delay.max_ms == 100
+    assert socket_receive.queue_delay.max_ms == 100
 
 
 def test_stats_name_the_real_time_counters(server: MediaServer) -> None:

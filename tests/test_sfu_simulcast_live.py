@@ -17,11 +17,13 @@ import struct
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtp import RtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
 from av import VideoFrame
 
 from bot.client import MediaClient
 from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI, parse_header
 from sfu import aiortc_hooks as hooks
+from sfu import srtp_send
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
@@ -133,15 +135,40 @@ class SimulcastPublisher:
         while True:
             for layer in reversed(self.layers):  # the order does not matter: the RID says
                 for packet in layer.packets(self.frames, self.payload_type, self.mid_id, self.mid):
-                    hooks.send_rtp(self.dtls, packet)
+                    srtp_send.send_rtp(self.dtls, packet)
             self.frames += 1
             await asyncio.sleep(1 / 30)
 
     def retransmit(self, layer: int) -> None:
         """Send one packet of `layer` again, on its RTX stream."""
         sequence = next(iter(self.layers[layer].sent))
-        hooks.send_rtp(self.dtls, self.layers[layer].retransmission(
+        srtp_send.send_rtp(self.dtls, self.layers[layer].retransmission(
             sequence, self.rtx_payload_type, self.mid_id, self.mid))  # fmt: skip
+
+    def watch_receiver_reports(self) -> list[RtcpReceiverInfo]:
+        """The report blocks of the RRs the SFU sends this publisher, as they arrive (read where
+        aiortc hands decrypted RTCP to its transport)."""
+        blocks: list[RtcpReceiverInfo] = []
+        original = self.dtls._handle_rtcp_data
+
+        async def spy(data: bytes) -> None:
+            blocks.extend(
+                block
+                for packet in RtcpPacket.parse(data)
+                if isinstance(packet, RtcpRrPacket)
+                for block in packet.reports
+            )
+            await original(data)
+
+        self.dtls._handle_rtcp_data = spy
+        return blocks
+
+    def send_sender_report(self, layer: int, ntp: int) -> None:
+        """Send an SR for `layer`'s stream, stamped `ntp` (64-bit NTP time)."""
+        sender = self.layers[layer]
+        info = RtcpSenderInfo(ntp_timestamp=ntp, rtp_timestamp=sender.timestamp,
+                              packet_count=len(sender.sent), octet_count=0)  # fmt: skip
+        srtp_send.send_rtcp(self.dtls, bytes(RtcpSrPacket(ssrc=sender.ssrc, sender_info=info)))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -155,11 +182,11 @@ class ReceivedSequence:
     """The sequence numbers of the video a subscriber's transport receives (RTX unwrapped),
     read where aiortc hands decrypted RTP to its receivers."""
 
-    def __init__(self, client: MediaClient) -> None:
+    def __init__(self, client: MediaClient, codec: str = "VP8") -> None:
         self.numbers: list[int] = []
         self.ssrcs: set[int] = set()
         offer = client.subscribe_pc.remoteDescription.sdp
-        self.payload_type = _number(r"a=rtpmap:(\d+) VP8/90000", offer)
+        self.payload_type = _number(rf"a=rtpmap:(\d+) {codec}/90000", offer)
         self.rtx_payload_type = _number(rf"a=fmtp:(\d+) apt={self.payload_type}", offer)
         transceiver = next(t for t in client.subscribe_pc.getTransceivers() if t.kind == "video")
         self.dtls = transceiver.receiver.transport
@@ -220,6 +247,33 @@ async def test_a_three_layer_camera_is_one_track_and_every_layer_is_known(
         # loopback has room for the top layer.
         await eventually(lambda: _width(subscriber) == 640, timeout=10)
         assert not media.errors
+    finally:
+        await publisher.close()
+
+
+async def test_the_publisher_gets_a_receiver_report_block_for_every_layer(
+    media: MediaHarness,
+) -> None:
+    """The browser's own view of its upper layers (their loss, and the round trip from the echo
+    of each layer's sender report) needs a block for each layer's SSRC, not the lowest's only."""
+    await media.join("b", [])
+    publisher = SimulcastPublisher(media)
+    try:
+        await publisher.start()
+        blocks = publisher.watch_receiver_reports()
+        ssrcs = [layer.ssrc for layer in publisher.layers]
+        await asyncio.sleep(0.5)  # every layer's first packets have reached the SFU
+        ntp = 0x0000_ABCD_1234_0000
+        publisher.send_sender_report(2, ntp)
+        await eventually(lambda: {block.ssrc for block in blocks} >= set(ssrcs), timeout=5)
+        await eventually(
+            lambda: any(b.ssrc == ssrcs[2] and b.lsr == (ntp >> 16) for b in blocks), timeout=5
+        )
+        latest = {block.ssrc: block for block in blocks}
+        assert latest[ssrcs[2]].dlsr < 65536 * 2, "the top layer's SR echoed, with its delay"
+        assert latest[ssrcs[0]].lsr == 0, "no SR was sent for the lowest layer"
+        assert all(latest[ssrc].highest_sequence for ssrc in ssrcs)
+        assert all(latest[ssrc].packets_lost == 0 for ssrc in ssrcs), "loopback loses nothing"
     finally:
         await publisher.close()
 

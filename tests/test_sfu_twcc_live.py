@@ -16,6 +16,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from core.media.rtp import MID_URI, TRANSPORT_CC_URI
 from sfu import aiortc_hooks as hooks
+from sfu import srtp_send
 from sfu.ice import IceSettings
 from sfu.server import MediaSettings
 from tests.fixtures.media import MediaHarness
@@ -82,7 +83,7 @@ async def publish_with_transport_cc(
             ssrc, named = (0x9999, "") if index == 20 else (0x1234, mid)
             header = struct.pack("!BBHII", 0x90, payload_type, index, index * 3000, ssrc)
             payload = bytes([0x10, 0x00]) + bytes(100)  # a VP8 descriptor and some bytes
-            hooks.send_rtp(dtls, header + _extensions(int(mid_id.group(1)), named, sequence)
+            srtp_send.send_rtp(dtls, header + _extensions(int(mid_id.group(1)), named, sequence)
                            + payload)  # fmt: skip
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.5)  # the tick sends what is left
