@@ -253,6 +253,22 @@ def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
+def watch_received_rtcp(dtls: RTCDtlsTransport, on_rtcp: Callable[[bytes], None]) -> None:
+    """Call `on_rtcp(compound)` with each RTCP compound packet a transport receives (decrypted),
+    before aiortc routes it: how a client that sends RTP itself (`bot.simulcast`) hears the
+    keyframe requests for SSRCs aiortc does not know."""
+    handle = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            on_rtcp(data)
+        except Exception:  # raised here it would end aiortc's receive loop: say it, go on
+            log.exception("RTCP watcher failed")
+        await handle(data)
+
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
 def bypass_receiver(
     receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
 ) -> None:
@@ -549,6 +565,11 @@ def srtp_unprotector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
         return buffer[0 : length[0]]
 
     return unprotect_packet
+
+
+def send_ready(dtls: RTCDtlsTransport) -> bool:
+    """Whether the transport has its SRTP keys and can send (DTLS connected)."""
+    return dtls._state is State.CONNECTED
 
 
 def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
