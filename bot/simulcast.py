@@ -109,7 +109,7 @@ def _encode_layers(width: int, height: int, bitrate: int, seconds: float) -> tup
 def _encode(
     pictures: Sequence[np.ndarray], width: int, height: int, bitrate: int, keyframe_interval: int
 ) -> tuple[EncodedFrame, ...]:
-    codec = vp8_encoder(width, height, FPS, bitrate, keyframe_interval)
+    codec = vp8_encoder(width, height, FPS, bitrate, keyframe_interval, error_resilient=True)
     packets: list[av.Packet] = []
     for index, picture in enumerate(pictures):
         frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")

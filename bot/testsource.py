@@ -142,10 +142,21 @@ def _encode_test_pattern(
 
 
 def vp8_encoder(
-    width: int, height: int, fps: int, bitrate: int, keyframe_interval: int
+    width: int,
+    height: int,
+    fps: int,
+    bitrate: int,
+    keyframe_interval: int,
+    *,
+    error_resilient: bool = False,
 ) -> VideoCodecContext:
     """A libvpx VP8 encoder set up as a live camera's: constant bitrate, no look-ahead, a
-    keyframe every `keyframe_interval` frames and wherever a frame is marked `I`."""
+    keyframe every `keyframe_interval` frames and wherever a frame is marked `I`.
+
+    `error_resilient`: each frame's entropy coding starts from its keyframe's probabilities,
+    not from the previous frame's updates (VP8's `refresh_entropy_probs` off, as WebRTC's
+    encoders run with temporal layers): a frame still decodes after another keyframe of the same
+    picture is put in the stream in place of one (`bot.simulcast`)."""
     codec = av.CodecContext.create("libvpx", "w")
     assert isinstance(codec, VideoCodecContext)
     codec.width = width
@@ -169,6 +180,8 @@ def vp8_encoder(
         "maxrate": str(bitrate),
         "bufsize": str(bitrate),
     }
+    if error_resilient:
+        codec.options = {**codec.options, "error-resilient": "default"}
     return codec
 
 
