@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceServer
 
 from bot.frames import ReceivedFrames
+from bot.simulcast import SimulcastSender, simulcast_offer
 from sfu.aiortc_hooks import bypass_receiver, watch_received_rtp
 
 log = logging.getLogger("consilium.sfu.client")
@@ -76,9 +77,12 @@ class MediaClient:
         ice_servers: list[RTCIceServer] | None = None,
         data_channels: bool = True,
         decode: bool = True,
+        simulcast: SimulcastSender | None = None,
     ) -> None:
         self.send = send
         self.local_tracks = tracks or []
+        self.simulcast = simulcast
+        """A camera sent in simulcast layers (`bot.simulcast`), offered before `tracks`."""
         config = RTCConfiguration(
             iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
         )
@@ -99,6 +103,9 @@ class MediaClient:
 
     async def publish(self, timeout: float = 10.0) -> None:
         """Offer the local tracks (and data channels) and apply the SFU's answer."""
+        camera = None
+        if self.simulcast is not None:
+            camera = self.publish_pc.addTransceiver("video", direction="sendonly")
         for track in self.local_tracks:
             self.publish_pc.addTransceiver(track, direction="sendonly")
         # Data channels after the transceivers: aiortc (1.16) with max-bundle drops the shared
@@ -115,11 +122,14 @@ class MediaClient:
         offer = await self.publish_pc.createOffer()
         await self.publish_pc.setLocalDescription(offer)
         self._answer = asyncio.get_running_loop().create_future()
-        await self.send(
-            {"type": "offer", "pc": "publish", "sdp": self.publish_pc.localDescription.sdp}
-        )
+        offered = self.publish_pc.localDescription.sdp
+        if self.simulcast is not None:
+            offered = simulcast_offer(offered)
+        await self.send({"type": "offer", "pc": "publish", "sdp": offered})
         sdp = await asyncio.wait_for(self._answer, timeout)
         await self.publish_pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        if self.simulcast is not None and camera is not None:
+            self.simulcast.start(camera, sdp)
 
     async def handle(self, message: dict[str, Any]) -> None:
         """A media message from the server."""
@@ -223,5 +233,7 @@ class MediaClient:
         """Close both sessions."""
         for task in self._consumers:
             task.cancel()
+        if self.simulcast is not None:
+            await self.simulcast.close()
         for pc in (self.publish_pc, self.subscribe_pc):
             await pc.close()

@@ -115,6 +115,13 @@ def add_bot_parser(
         help="bitrate of the published test pattern, bits per second (default 1000000)",
     )
     bot.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publish the camera in three simulcast layers (a quarter, half and full size; "
+        "--video-bitrate is the full layer's) with keyframes only when the SFU asks, as a "
+        "browser does",
+    )
+    bot.add_argument(
         "--measure-after",
         type=float,
         default=0.0,
@@ -225,6 +232,7 @@ async def run_bots(
 
 def run_bot_command(args: argparse.Namespace) -> int:
     """`consilium bot`: 0 when every bot joined and kept its media, 1 if one failed, 2 on usage."""
+    from bot.simulcast import encode_layers
     from bot.testsource import encode_test_pattern, encode_tone
     from sfu import ice
 
@@ -243,7 +251,10 @@ def run_bot_command(args: argparse.Namespace) -> int:
             print("error: --video-bitrate must be positive", file=sys.stderr)
             return 2
         width, height = args.video_size
-        encode_test_pattern(width, height, bitrate=args.video_bitrate)
+        if args.simulcast:
+            encode_layers(width, height, args.video_bitrate)
+        else:
+            encode_test_pattern(width, height, bitrate=args.video_bitrate)
         encode_tone()
     settings = [
         BotSettings(
@@ -252,6 +263,7 @@ def run_bot_command(args: argparse.Namespace) -> int:
             publish=not args.no_publish, subscribe=not args.no_subscribe,
             decode=not args.no_decode, cacert=args.cacert, video_size=args.video_size,
             video_bitrate=args.video_bitrate, measure_after=max(0.0, args.measure_after),
+            simulcast=args.simulcast,
         )
         for i, token in enumerate(tokens)
     ]  # fmt: skip

@@ -74,7 +74,11 @@ class BotSettings:
     video_size: tuple[int, int] = (640, 480)
     """Width and height of the published test pattern."""
     video_bitrate: int = 1_000_000
-    """Bitrate the test pattern is encoded at, in bits per second."""
+    """Bitrate the test pattern is encoded at, in bits per second (the full layer's with
+    `simulcast`)."""
+    simulcast: bool = False
+    """Publish the camera in three simulcast layers as a browser does (`bot.simulcast`):
+    keyframes only when the SFU asks."""
     measure_after: float = 0.0
     """Seconds after the start at which the measured window begins (the joins and the first
     keyframes left out); the received figures of the report cover the window only. 0: from
@@ -284,9 +288,16 @@ class Bot:
         from aiortc import RTCIceServer
 
         from bot.client import MediaClient
+        from bot.simulcast import SimulcastSender, encode_layers
         from bot.testsource import ReplayAudioTrack, ReplayVideoTrack, encode_test_pattern
 
-        if self.settings.publish:
+        simulcast = None
+        if self.settings.publish and self.settings.simulcast:
+            width, height = self.settings.video_size
+            layers = encode_layers(width, height, self.settings.video_bitrate)
+            simulcast = SimulcastSender(layers)
+            self._local_tracks = [ReplayAudioTrack()]
+        elif self.settings.publish:
             width, height = self.settings.video_size
             clip = encode_test_pattern(width, height, bitrate=self.settings.video_bitrate)
             self._local_tracks = [ReplayVideoTrack(clip), ReplayAudioTrack()]
@@ -295,7 +306,11 @@ class Bot:
             for s in ice_servers
         ]
         client = MediaClient(
-            self._send, self._local_tracks, ice_servers=servers, decode=self.settings.decode
+            self._send,
+            self._local_tracks,
+            ice_servers=servers,
+            decode=self.settings.decode,
+            simulcast=simulcast,
         )
         for which, pc in (("publish", client.publish_pc), ("subscribe", client.subscribe_pc)):
             pc.on("connectionstatechange", self._watch(which, pc))

@@ -119,6 +119,44 @@ def _encode_test_pattern(
     if fps <= 0 or bitrate <= 0 or keyframe_interval <= 0:
         raise ValueError("fps, bitrate and keyframe_interval must be positive")
     count = max(1, round(seconds * fps))
+    codec = vp8_encoder(width, height, fps, bitrate, keyframe_interval)
+    packets: list[av.Packet] = []
+    for index in range(count):
+        frame = av.VideoFrame.from_ndarray(draw_test_pattern(index, width, height), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = index
+        frame.time_base = codec.time_base
+        if index % keyframe_interval == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets.extend(codec.encode(frame))
+    packets.extend(codec.encode(None))
+    if len(packets) != count:
+        raise RuntimeError(f"libvpx returned {len(packets)} packets for {count} frames")
+    if not packets[0].is_keyframe:
+        raise RuntimeError("libvpx did not start the clip with a keyframe")
+    ticks = [round(i * VIDEO_CLOCK_RATE / fps) for i in range(count + 1)]
+    return tuple(
+        EncodedFrame(bytes(packet), bool(packet.is_keyframe), ticks[i + 1] - ticks[i])
+        for i, packet in enumerate(packets)
+    )
+
+
+def vp8_encoder(
+    width: int,
+    height: int,
+    fps: int,
+    bitrate: int,
+    keyframe_interval: int,
+    *,
+    error_resilient: bool = False,
+) -> VideoCodecContext:
+    """A libvpx VP8 encoder set up as a live camera's: constant bitrate, no look-ahead, a
+    keyframe every `keyframe_interval` frames and wherever a frame is marked `I`.
+
+    `error_resilient`: each frame's entropy coding starts from its keyframe's probabilities,
+    not from the previous frame's updates (VP8's `refresh_entropy_probs` off, as WebRTC's
+    encoders run with temporal layers): a frame still decodes after another keyframe of the same
+    picture is put in the stream in place of one (`bot.simulcast`)."""
     codec = av.CodecContext.create("libvpx", "w")
     assert isinstance(codec, VideoCodecContext)
     codec.width = width
@@ -142,25 +180,9 @@ def _encode_test_pattern(
         "maxrate": str(bitrate),
         "bufsize": str(bitrate),
     }
-    packets: list[av.Packet] = []
-    for index in range(count):
-        frame = av.VideoFrame.from_ndarray(draw_test_pattern(index, width, height), format="rgb24")
-        frame = frame.reformat(format="yuv420p")
-        frame.pts = index
-        frame.time_base = codec.time_base
-        if index % keyframe_interval == 0:
-            frame.pict_type = av.video.frame.PictureType.I
-        packets.extend(codec.encode(frame))
-    packets.extend(codec.encode(None))
-    if len(packets) != count:
-        raise RuntimeError(f"libvpx returned {len(packets)} packets for {count} frames")
-    if not packets[0].is_keyframe:
-        raise RuntimeError("libvpx did not start the clip with a keyframe")
-    ticks = [round(i * VIDEO_CLOCK_RATE / fps) for i in range(count + 1)]
-    return tuple(
-        EncodedFrame(bytes(packet), bool(packet.is_keyframe), ticks[i + 1] - ticks[i])
-        for i, packet in enumerate(packets)
-    )
+    if error_resilient:
+        codec.options = {**codec.options, "error-resilient": "default"}
+    return codec
 
 
 def encode_tone(seconds: float = 2.0, frequency: float = 440.0) -> list[EncodedFrame]:

@@ -136,6 +136,22 @@ def watch_received_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
+def watch_received_rtcp(dtls: RTCDtlsTransport, on_rtcp: Callable[[bytes], None]) -> None:
+    """Call `on_rtcp(compound)` with each RTCP compound packet a transport receives (decrypted),
+    before aiortc routes it: how a client that sends RTP itself (`bot.simulcast`) hears the
+    keyframe requests for SSRCs aiortc does not know."""
+    handle = dtls._handle_rtcp_data
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            on_rtcp(data)
+        except Exception:  # raised here it would end aiortc's receive loop: say it, go on
+            log.exception("RTCP watcher failed")
+        await handle(data)
+
+    dtls._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
 def bypass_receiver(
     receiver: RTCRtpReceiver, on_parameters: Callable[[RTCRtpReceiveParameters], None]
 ) -> None:

@@ -123,10 +123,12 @@ def choose_layer(
     active = [index for index, state in enumerate(layers) if state.active(now)]
     if not active:
         return current  # nothing arrives: nothing to switch to
-    sized = [index for index in active if layers[index].width]
-    largest = active[-1]
-    if sized:
-        largest = next((index for index in sized if layers[index].covers(tile)), sized[-1])
+    # The smallest layer known to cover the tile; when none is, the top one. A layer whose
+    # size is not known yet (none of its keyframes seen: a browser sends one only when asked)
+    # is taken to be larger than the known ones below it, as simulcast layers ascend; taking
+    # the largest known size instead would hold every subscriber at the one layer whose
+    # keyframe happened to pass.
+    largest = next((index for index in active if layers[index].covers(tile)), active[-1])
     if budget_bps is None:
         return largest
     chosen = active[0]

@@ -167,6 +167,11 @@ def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
     return protect_packet
 
 
+def send_ready(dtls: RTCDtlsTransport) -> bool:
+    """Whether the transport has its SRTP keys and can send (DTLS connected)."""
+    return dtls._state is State.CONNECTED
+
+
 def send_rtp(dtls: RTCDtlsTransport, data: bytes) -> bool:
     """SRTP-protect and send one RTP packet now; False when the transport cannot send."""
     if dtls._state is not State.CONNECTED:

@@ -71,6 +71,19 @@ def test_unknown_picture_sizes_leave_the_choice_to_the_budget() -> None:
     assert _choose(unsized, (160, 90), budget=800_000) == 1
 
 
+def test_a_layer_whose_size_is_not_known_yet_is_taken_as_larger_than_those_below() -> None:
+    """Only the thumbnail layer's keyframe was seen (the others' came before the SFU knew the
+    layers, and a browser sends no more unasked): a large tile must still climb."""
+    only_low_sized = _layers(150_000, 500_000, 1_500_000,
+                             sizes=((320, 180), (0, 0), (0, 0)))  # fmt: skip
+    assert _choose(only_low_sized, (1280, 720)) == 2
+    assert _choose(only_low_sized, (1280, 720), budget=800_000) == 1
+    assert _choose(only_low_sized, (320, 180)) == 0, "a known layer that covers it is enough"
+    top_unknown = _layers(150_000, 500_000, 1_500_000, sizes=((320, 180), (640, 360), (0, 0)))
+    assert _choose(top_unknown, (600, 340)) == 1
+    assert _choose(top_unknown, (1280, 720)) == 2
+
+
 def _vp8_keyframe(width: int, height: int) -> bytes:
     descriptor = bytes([0x90, 0x80, 0x80, 0x01])  # X, S, 15-bit picture id
     return descriptor + b"\x10\x02\x00\x9d\x01\x2a" + struct.pack("<HH", width, height) + b"data"
