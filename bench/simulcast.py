@@ -88,6 +88,8 @@ WARM_UP_S = 12.0
 """After every page decodes every camera: the estimates settle, the layers are chosen."""
 SETTLE_S = 8.0
 """clean_b at 3 Mbps before its drop."""
+SWITCH_WAIT_S = 10.0
+"""How long after the drop the layers it decodes are watched."""
 QUICK = {"seconds": 4.0, "warm_up_s": 3.0, "settle_s": 3.0}
 """`--quick`: the same run with short waits (a smoke test of the bench, not figures)."""
 GAP_S = 0.5
@@ -332,15 +334,18 @@ async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> 
 
 
 def decoded_widths(samples: list[Any], after_ms: float) -> list[tuple[float, list[int]]]:
-    """(time, widths of every camera) for each sample after `after_ms` where each camera has
-    decoded a frame since the previous sample (a width that is still arriving)."""
-    found, previous = [], {}
+    """(time, the width each camera last decoded a frame at since `after_ms`) for each sample
+    after `after_ms` by which every camera has decoded one (a frozen camera's width is old news:
+    it counts only once it decodes again)."""
+    found, previous, latest = [], {}, {}
     for t, videos in samples:
-        frames = {p: (f, w) for p, f, w in videos if p}
-        fresh = all(frames[p][0] > previous.get(p, (-1, 0))[0] for p in frames)
-        previous = frames
-        if t > after_ms and fresh and len(frames) >= PUBLISHERS:
-            found.append((t, sorted(w for _, w in frames.values())))
+        for participant, frames, width in videos:
+            if participant and t > after_ms and frames > previous.get(participant, frames):
+                latest[participant] = width
+            if participant:
+                previous[participant] = frames
+        if t > after_ms and len(latest) >= PUBLISHERS:
+            found.append((t, sorted(latest.values())))
     return found
 
 
@@ -356,7 +361,7 @@ async def layer_switch(subscriber: Subscriber, settle_s: float) -> dict[str, Any
     before = decoded_widths(await subscriber.samples(), time.time() * 1000 - 1000)
     dropped_ms = time.time() * 1000
     subscriber.proxy.down.impairment = Impairment(rate_kbps=SWITCH_TO_KBPS)
-    await asyncio.sleep(8.0)
+    await asyncio.sleep(SWITCH_WAIT_S)
     after = decoded_widths(await subscriber.samples(), dropped_ms)
     fits = [t for t, widths in after if nominal_bps(widths) <= SWITCH_TO_KBPS * 1000]
     return {
