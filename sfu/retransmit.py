@@ -29,6 +29,10 @@ WINDOW_S = 1.0
 MIN_BURST_BYTES = 4 * 1200
 """Resent bytes allowed in a window whatever was forwarded in it (a few packets): a subscriber
 whose stream just started may still get its first losses repaired."""
+MIN_REPEAT_S = 0.02
+"""Least time between two resends of one packet to a subscriber, however short its round trip:
+a receiver on a LAN (a round trip of a millisecond) may repeat its NACK every few milliseconds
+while the first resend is still in its jitter buffer's hands."""
 _FORGET_AFTER = 512
 """Remembered (stream, sequence) resends beyond which the stale ones are forgotten."""
 
@@ -87,7 +91,7 @@ class RetransmitBudget:
         if now - arrived_at + (rtt * 0.5 if rtt is not None else 0.0) > self.max_age_s:
             return self._refuse(Refusal.TOO_LATE)
         last = self._resent_at.get(key)
-        interval = rtt if rtt is not None else self.repeat_interval_s
+        interval = max(rtt, MIN_REPEAT_S) if rtt is not None else self.repeat_interval_s
         if last is not None and now - last < interval:
             return self._refuse(Refusal.REPEATED)
         self.observe(forwarded_bytes, now)

@@ -56,6 +56,15 @@ def test_a_known_round_trip_shortens_the_age_and_sets_the_repeat_interval() -> N
     assert budget.allow(2, arrived_at=1.9, size=PACKET, forwarded_bytes=forwarded, now=2.31) is None
 
 
+def test_a_round_trip_of_a_millisecond_still_spaces_repeats() -> None:
+    budget = RetransmitBudget(max_age_s=0.6, repeat_interval_s=0.1, rtt_s=0.001)
+    forwarded = _fed(budget, 1_000_000, until=2.0)
+    assert budget.allow(2, arrived_at=1.99, size=PACKET, forwarded_bytes=forwarded, now=2.0) is None
+    again = budget.allow(2, arrived_at=1.99, size=PACKET, forwarded_bytes=forwarded, now=2.005)
+    assert again is Refusal.REPEATED, "a LAN receiver's NACK repeated within 20 ms"
+    assert budget.allow(2, arrived_at=1.99, size=PACKET, forwarded_bytes=forwarded, now=2.03) is None
+
+
 def test_resent_bytes_stay_within_the_share_of_forwarded_bytes_over_a_second() -> None:
     budget = RetransmitBudget(share=0.25, max_age_s=10.0)
     rate = 400_000  # bytes per second forwarded to the subscriber
