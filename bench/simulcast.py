@@ -15,7 +15,8 @@ sending a keyframe only when the SFU asks, as a browser does; and three subscrib
 headless Chromium (own profile) at 1600x900 in the web client, relay-only through coturn behind
 its own proxy, camera and microphone turned off once in (they publish nothing):
 - `constrained`: 800 kbps down, 5% loss each way, 100 ms RTT (the issue's hotel link);
-- `clean_a`, `clean_b`: no impairment.
+- `clean_a`, `clean_b`: no impairment;
+- `dropping`: 3 Mbps down (for the layer switch below; not in the window's figures).
 
 Each page samples its own inbound video statistics (the web client's `consilium.stats()`) every
 100 ms: frames decoded and the decoded width, per camera. From those, over a window:
@@ -26,8 +27,8 @@ Each page samples its own inbound video statistics (the web client's `consilium.
 - `*_layer_share`: share of samples per decoded width (`{"160": 0.9, ...}`): which layer arrived.
 
 Then, with the same room (simulcast run only):
-- `switch_s`: clean_b's link is held at 3 Mbps for `SETTLE_S`, then dropped to 500 kbps: the time
-  until the layers it decodes fit (their nominal bitrates sum to no more than 500 kbps);
+- `switch_s`: after the window, `dropping`'s link (3 Mbps since it joined) drops to 500 kbps: the
+  time until the layers it decodes fit (their nominal bitrates sum to no more than 500 kbps);
   `switch_layers_before` and `switch_layers_after`: the widths decoded before and after.
 - `ice_restart_s`: clean_a's network changes (its proxy closes, a new one is the only way, the
   page hears `online`): the time until frames are decoded again from every camera;
@@ -83,14 +84,13 @@ LAYER_BPS = {160: 80_000, 320: 267_000, 640: 800_000}
 """Each layer's nominal bitrate by its decoded width (bot.simulcast: 1/10, 1/3, 1 of the top)."""
 CONSTRAINED = link(loss=0.05, rtt_ms=100, down_kbps=800)
 SWITCH_FROM_KBPS, SWITCH_TO_KBPS = 3000, 500
+DROPPING = link(down_kbps=SWITCH_FROM_KBPS)
 VIEWPORT = (1600, 900)
 WARM_UP_S = 12.0
 """After every page decodes every camera: the estimates settle, the layers are chosen."""
-SETTLE_S = 8.0
-"""clean_b at 3 Mbps before its drop."""
 SWITCH_WAIT_S = 10.0
 """How long after the drop the layers it decodes are watched."""
-QUICK = {"seconds": 4.0, "warm_up_s": 3.0, "settle_s": 3.0}
+QUICK = {"seconds": 4.0, "warm_up_s": 3.0}
 """`--quick`: the same run with short waits (a smoke test of the bench, not figures)."""
 GAP_S = 0.5
 """A gap between decoded frames longer than this is a freeze (the issue's measure)."""
@@ -278,7 +278,6 @@ class Timing:
     seconds: float = 20.0
     """The measured window."""
     warm_up_s: float = WARM_UP_S
-    settle_s: float = SETTLE_S
 
 
 async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> dict[str, Any]:
@@ -295,8 +294,11 @@ async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> 
         node.wait_ready()
         cameras = publishers(node, simulcast)
         async with async_playwright() as playwright:
-            for name, impairment in (("constrained", CONSTRAINED), ("clean_a", (CLEAN, CLEAN)),
-                                     ("clean_b", (CLEAN, CLEAN))):  # fmt: skip
+            links = [("constrained", CONSTRAINED), ("clean_a", (CLEAN, CLEAN)),
+                     ("clean_b", (CLEAN, CLEAN))]  # fmt: skip
+            if extras:
+                links.append(("dropping", DROPPING))
+            for name, impairment in links:
                 subscribers.append(
                     await open_subscriber(playwright, workdir, node, turn, name, impairment)
                 )
@@ -313,7 +315,7 @@ async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> 
                 "node_cpu": round(node_cpu, 3),
             }
             if extras:
-                found.update(await layer_switch(subscribers[2], timing.settle_s))
+                found.update(await layer_switch(subscribers[3]))
                 found.update(await ice_restart(subscribers[1], turn))
             for subscriber in subscribers:
                 await subscriber.context.close()
@@ -354,10 +356,8 @@ def nominal_bps(widths: list[int]) -> int:
     return sum(LAYER_BPS.get(width, CAMERA_BPS) for width in widths)
 
 
-async def layer_switch(subscriber: Subscriber, settle_s: float) -> dict[str, Any]:
-    """3 Mbps for `settle_s`, then 500 kbps: how long until the layers decoded fit."""
-    subscriber.proxy.down.impairment = Impairment(rate_kbps=SWITCH_FROM_KBPS)
-    await asyncio.sleep(settle_s)
+async def layer_switch(subscriber: Subscriber) -> dict[str, Any]:
+    """3 Mbps, then 500 kbps: how long until the layers decoded fit."""
     before = decoded_widths(await subscriber.samples(), time.time() * 1000 - 1000)
     dropped_ms = time.time() * 1000
     subscriber.proxy.down.impairment = Impairment(rate_kbps=SWITCH_TO_KBPS)

@@ -28,7 +28,8 @@ sender): a link can be shown to carry what was sent, not more. Held there alone,
 moved down to a low layer could never be shown that a higher one fits again (what it receives
 is what the low layer sends). So the layers themselves are the probe: while layer choice holds
 a track below what its tile wants for lack of budget (`wanting`), after `TRIAL_AFTER_S` at that
-ceiling with neither queue nor loss, the estimate is allowed twice as high (a trial), and
+ceiling with neither queue nor loss (no loss window at 2 % or more all that while: random loss
+is not calm), the estimate is allowed twice as high (a trial), and
 layer choice may climb; a climb the link cannot carry builds a queue, overuse cuts the estimate
 back to what arrived, and the next trial waits twice as long (up to `TRIAL_AFTER_MAX_S`), so a
 link that is really narrow is tried seldom and a link that recovered is found within seconds.
@@ -370,6 +371,11 @@ class DownlinkEstimator:
         self._window_lost = self._window_reported = 0
         acked = self.acked.bps()
         self._loss_hold = self.loss_fraction >= LOSS_LOW
+        if self._loss_hold:
+            # Not calm: a trial needs `TRIAL_AFTER_S` without loss too. A window is only 60
+            # packets: on a link losing 5 % at random, one window in five shows under 2 %, and
+            # a trial taken then (twice the rate at once) floods a link already near its limit.
+            self._calm_since = None
         if self.loss_fraction > LOSS_HIGH and acked is not None:
             # What arrives through a lossy link is what it carries: the estimate follows it (up
             # or down, not compounded: the SFU cannot slow its publishers down to stop the loss).

@@ -27,7 +27,7 @@ from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.layer_choice import SPEAKER_WEIGHT, choose_layer, split_budget
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.publisher import media_and_rtx
-from sfu.retransmit import RetransmitBudget
+from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.round_trip import RoundTrip
 from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
 from sfu.types import MediaError, Notify, ParticipantRoom, SessionOwner
@@ -366,11 +366,18 @@ class Subscriber:
             elif isinstance(decision, Retransmit):
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None and slot.source is not None:
+                    late = self.retransmits.refused[Refusal.TOO_LATE]
                     missed = slot.retransmit(
                         list(decision.sequences), now, self.retransmits, forwarded
                     )
                     if missed:
                         slot.source.nack_upstream(missed, now)
+                    if slot.kind == "video" and self.retransmits.refused[Refusal.TOO_LATE] > late:
+                        # A lost packet too old to resend: the subscriber's decoder would wait
+                        # for it (a browser asks for a keyframe only after seconds of that).
+                        # A keyframe lets it go on (rate-limited per publisher, as any request).
+                        switch = slot.layer_switch
+                        slot.source.request_keyframe(now, None if switch is None else switch.target)
             elif isinstance(decision, Loss):
                 slot = slot_by_ssrc.get(decision.ssrc)
                 if slot is not None:

@@ -182,6 +182,17 @@ def test_a_subscriber_held_on_a_low_layer_is_let_climb_by_trials() -> None:
     assert content.estimator.trials == 0
 
 
+def test_no_trial_on_a_link_that_keeps_losing_packets() -> None:
+    """5 % random loss on a link barely wider than what arrives: some 60-packet windows show
+    under 2 % by chance, but a trial needs a calm while without loss, so none is taken (one
+    would double the rate into a link that cannot carry it)."""
+    lossy = simulate(20, constant(600_000), constant(800), loss=0.05, wanting=True)  # type: ignore[arg-type]
+    assert lossy.estimator is not None and lossy.estimator.trials == 0, lossy.estimates
+    assert max(lossy.between(5, 20)) < 1_000_000, lossy.estimates
+    clean = simulate(20, constant(600_000), constant(3_000), wanting=True)  # type: ignore[arg-type]
+    assert clean.estimator is not None and clean.estimator.trials >= 1
+
+
 def test_the_estimate_does_not_oscillate_on_a_steady_link() -> None:
     trace = simulate(20, constant(1_000_000), constant(None))  # type: ignore[arg-type]
     steady = trace.between(3, 20)
