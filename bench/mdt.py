@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from process import ServerProcess, free_port
+from process import ServerProcess, cpu_s, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -164,18 +164,6 @@ class NodeProcess(ServerProcess):
             name: float(value)
             for name, value in (line.split() for line in text.splitlines() if line.strip())
         }
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds; 0 once it is gone."""
-    from process import CLOCK_TICK_S
-
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
 
 
 def client_processes(config: MdtConfig, node: NodeProcess) -> list[subprocess.Popen[bytes]]:

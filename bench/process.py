@@ -20,6 +20,16 @@ CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 """The unit of utime and stime in /proc/<pid>/stat."""
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds; 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from process import ServerProcess, free_port
+from process import ServerProcess, cpu_s, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -258,17 +258,6 @@ def summary(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         f"{prefix}_freeze_share": round(statistics.mean(freeze), 4) if freeze else None,
         f"{prefix}_layer_share": shares,
     }
-
-
-def cpu_s(pid: int) -> float:
-    from process import CLOCK_TICK_S
-
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) * CLOCK_TICK_S
 
 
 @dataclass(frozen=True)
