@@ -25,6 +25,7 @@ from tests.fixtures.browser import (
     no_axe_violations,
     no_page_problems,
     page_state,
+    recording_id_of,
     screenshot,
     tile,
 )
@@ -194,7 +195,7 @@ async def test_the_chair_records_with_everyones_answer_and_every_page_shows_it(
     await until_text(specialist, "#recording-my-status", "You are being recorded.")
     await until_text(nurse, "#recording-my-status", "You are not being recorded: you declined.")
     assert await has_no_recording_controls(specialist)
-    recording_id = (await page_state(chair))["recording"]["recording_id"]
+    recording_id = await recording_id_of(chair)
     assert recording_id.startswith("rec-tumour-board-")
     await asyncio.sleep(RECORDED_S)
     await no_axe_violations(specialist, "room while recording")
@@ -286,7 +287,7 @@ async def test_the_chair_records_a_spoken_answer_and_the_notice_is_in_chinese(
     await specialist.until("!document.getElementById('recording-indicator').hidden")
     assert await specialist.page.locator("#recording-indicator").inner_text() == "正在录制"
     await until_text(specialist, "#recording-my-status", "您正在被录制。")
-    recording_id = (await page_state(chair))["recording"]["recording_id"]
+    recording_id = await recording_id_of(chair)
     await asyncio.sleep(RECORDED_S)
     await no_axe_violations(specialist, "room while recording (zh-CN)")
     await screenshot(specialist, "recording-specialist-zh-CN")

@@ -23,7 +23,6 @@ from tests.fixtures.browser import (
     OpenTab,
     meet_through_the_lobby,
     no_page_problems,
-    page_state,
     start_recording_with_consent,
 )
 
@@ -64,8 +63,7 @@ async def test_cameras_on_before_start_are_recorded_and_exported(
     # The cameras' first keyframes are long gone by the time anyone presses Start.
     await asyncio.sleep(3)
 
-    await start_recording_with_consent(meeting)
-    recording_id = (await page_state(chair))["recording"]["recording_id"]
+    recording_id = await start_recording_with_consent(meeting)
     await asyncio.sleep(RECORDED_S / 3)
     # A screen share that starts while recording is recorded too (its own track).
     await chair.page.click("#screen-button")
