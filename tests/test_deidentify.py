@@ -240,7 +240,6 @@ def test_text_file_named_dcm_is_refused(tmp_path: Path) -> None:
     [
         "rtplan.dcm",  # no pixel data
         "image_dfl.dcm",  # deflated: unbounded inflation
-        "JPEGLSNearLossless_08.dcm",  # no JPEG-LS decoder installed
         "MR_truncated.dcm",  # pixel data cut short
         "ExplVR_BigEndNoMeta.dcm",  # big-endian bare dataset
     ],
@@ -276,6 +275,7 @@ def test_bounds_are_checked_before_decoding() -> None:
         "SC_rgb_rle_2frame.dcm",
         "J2K_pixelrep_mismatch.dcm",
         "liver_1frame.dcm",
+        "JPEGLSNearLossless_08.dcm",  # JPEG-LS, decoded by pyjpegls (highdicom's dependency)
     ],
 )
 def test_every_profile_attribute_in_a_real_file_gets_its_action(name: str) -> None:
@@ -478,6 +478,22 @@ def test_frame_renders_losslessly_with_the_images_window() -> None:
     assert (shown[values <= low] == 0).all() and (shown[values > high] == 255).all()
     expected = np.round(np.clip(((values - (center - 0.5)) / (width - 1) + 0.5) * 255, 0, 255))
     assert np.array_equal(shown, expected.astype(np.uint8))
+
+
+def test_jpeg_ls_image_renders_from_its_decoded_pixels() -> None:
+    # PACSes store CT and MR as JPEG-LS: with a decoder installed (pyjpegls) it is shared like
+    # any other image, every pixel kept in order (brighter stays brighter), nothing made up.
+    data = bundled("JPEGLSNearLossless_08.dcm")
+    original = dcmread(BytesIO(data))
+    assert original.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.81"
+    result = shared(data)
+    assert result.media_type == "image/png"
+    shown = decoded(result.render_frame(0)).astype(int)
+    values = pixel_array(original).astype(int)
+    assert shown.shape == values.shape == (original.Rows, original.Columns)
+    assert shown.min() == 0 and shown.max() == 255  # no window: its own range
+    order = np.argsort(values, axis=None, kind="stable")
+    assert (np.diff(shown.ravel()[order]) >= 0).all()
 
 
 def test_frame_without_a_window_uses_its_range() -> None:
