@@ -17,6 +17,7 @@ class Action(StrEnum):
     PUBLISH_VIDEO = "publish_video"
     SHARE_SCREEN = "share_screen"
     SHARE_IMAGE = "share_image"
+    PACS_WRITE = "pacs_write"
     ANNOTATE = "annotate"
     MODERATE_ANNOTATIONS = "moderate_annotations"
     ADMIT = "admit"

@@ -53,6 +53,7 @@ from imaging.burnedin import (
 )
 from imaging.deidentified import DeidentifiedImage
 from imaging.deidentify import deidentify
+from imaging.pacs_source import DicomSource
 from imaging.render import display_mode
 from imaging.sniff import DEFAULT_LIMITS, FrameNotFound, ImageLimits
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
@@ -135,6 +136,10 @@ class SharedImage:
     """Regions blanked by the burned-in text check (device regions and text read)."""
     redacted: int = 0
     """Boxes the uploader blanked by hand before releasing a held image."""
+    source: DicomSource | None = None
+    """For an image shared from the PACS, the original UIDs of each frame (annotations are
+    written back against them, `imaging.presentation_state`); None for an upload. Kept in the
+    encrypted record only: never in `to_wire` or the announcement."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object of the REST API (`201` body, list entries)."""
@@ -162,7 +167,9 @@ class SharedImage:
 
     def encode(self) -> bytes:
         """The metadata record as stored (JSON, encrypted by the store)."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        record = asdict(self)
+        record["source"] = self.source.to_record() if self.source else None
+        return json.dumps(record, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> SharedImage:
@@ -171,6 +178,8 @@ class SharedImage:
         spacing = raw.get("pixel_spacing_mm")
         raw["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
         raw["held_reasons"] = tuple(raw.get("held_reasons", ()))
+        source = raw.get("source")
+        raw["source"] = DicomSource.from_record(source) if source else None
         return cls(**raw)
 
 
@@ -346,13 +355,15 @@ class ImageStore:
         uid_secret: bytes | None = None,
         confirm_burned_in: bool = False,
         prepare: Callable[..., PreparedImage] = prepare_image,
+        source: DicomSource | None = None,
     ) -> SharedImage:
         """De-identify, render, encrypt and store an uploaded image; the stored record.
 
         `uid_secret` replaces DICOM UIDs (default: derived from the room's data key, see
         `room_uid_secret`). `prepare` does the decoding (`prepare_image`, here or in an image
         worker). Raises what `deidentify` raises (`UnsupportedImage`, `ImageTooLarge`,
-        `BurnedInAnnotation`) and `TooManyImages`.
+        `BurnedInAnnotation`) and `TooManyImages`. `source`: the original UIDs of a share
+        from the PACS (`imaging.pacs_source`), kept only when they name every frame.
         """
         images_dir = self.images_dir(room_id)
         self._reserve(room_id)
@@ -393,6 +404,7 @@ class ImageStore:
                 held=image.burned_in_text.held,
                 held_reasons=image.burned_in_text.reasons,
                 text_blanked=len(image.burned_in_text.blanked),
+                source=source if source and len(source.frames) == len(image.frames) else None,
             )
             self._write(
                 partial / META_FILE,

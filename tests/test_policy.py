@@ -32,6 +32,7 @@ LIVE = (
     "remove_participant",
     "start_recording",
     "stop_recording",
+    "pacs_write",  # annotations written back to the PACS: from a live room
 )
 RECORDINGS = ("list_recordings", "play_recording", "export_recording", "hold_recording")
 
@@ -92,7 +93,7 @@ def test_default_table_grants_what_the_design_says(policy: Policy) -> None:
     expected = {
         "chair": set(LIVE),
         "specialist": {*LIVE[:6]},
-        "radiologist": {*LIVE[:6]},
+        "radiologist": {*LIVE[:6], "pacs_write"},
         "nurse": {"join_room", "publish_audio", "publish_video", "share_image", "annotate"},
         "trainee": {"join_room", "publish_audio", "publish_video"},
         "patient": {"join_room", "publish_audio", "publish_video"},
