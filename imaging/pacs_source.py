@@ -23,11 +23,18 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from core.errors import Conflict
 from imaging.dicomweb import UID_PATTERN
 from imaging.sniff import UnsupportedImage
 
 _SOURCE_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
                 "NumberOfFrames"]  # fmt: skip
+
+
+class NotFromPacs(Conflict):
+    """The image was uploaded, not shared from the PACS: there is nothing to write back to."""
+
+    code = "not_from_pacs"
 
 
 def _uid(value: Any, what: str) -> str:

@@ -1,4 +1,5 @@
-"""The hospital PACS over DICOMweb: QIDO-RS search and WADO-RS retrieve, with aiohttp.
+"""The hospital PACS over DICOMweb: QIDO-RS search and WADO-RS retrieve (and STOW-RS store, for
+the annotations written back), with aiohttp.
 
 Only the network is here; the queries, the answers and the multipart bodies are read by the pure
 `imaging.dicomweb`. A retrieve is streamed: the body is read in chunks and each instance handed
@@ -30,6 +31,7 @@ from imaging.dicomweb import (
     StudyMatch,
     multipart_boundary,
 )
+from imaging.stow import StoreOutcome, stow_request
 from signaling.settings import Settings
 
 log = logging.getLogger("consilium.pacs")
@@ -183,6 +185,39 @@ class PacsClient:
                     raise PacsUnavailable("the PACS's answer ended in the middle of an instance")
         except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             raise self._unreachable(exc) from None
+
+    # -- write-back (STOW-RS): what `signaling.http.routes.pacs_store` needs -----------------
+
+    async def instance_metadata(
+        self, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> dict[str, Any]:
+        """One instance's header as the PACS holds it (WADO-RS metadata, DICOM JSON)."""
+        path = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/metadata"
+        items = await self._json(path, [])
+        if not items:
+            raise PacsUnavailable("the PACS has no such instance (any more)")
+        return items[0]
+
+    async def store(self, instances: list[bytes]) -> StoreOutcome:
+        """Store Part 10 instances in the PACS (STOW-RS `POST {root}/studies`); what it kept.
+        Its answer's body is read as DICOM JSON only, never logged."""
+        content_type, body = stow_request(instances)
+        try:
+            async with self._client().post(
+                self.root + "/studies",
+                data=body,
+                headers={"Content-Type": content_type, "Accept": _DICOM_JSON},
+            ) as response:
+                # 409: every instance refused, 202: some; the body says which (PS3.18 10.5.3).
+                if response.status not in (409, 202):
+                    self._check(response)
+                answer = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self._unreachable(exc) from None
+        try:
+            return StoreOutcome.from_json(json.loads(answer) if answer.strip() else {})
+        except ValueError:
+            raise PacsUnavailable("the PACS did not answer the store with DICOM JSON") from None
 
     @staticmethod
     def _feed(parser: MultipartRelated, chunk: bytes) -> list[bytes]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+import imaging.pacs_source
+import imaging.presentation_state
 import imaging.sniff
 import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.http.routes.pacs_store
 import signaling.oidc
 import signaling.pacs
 import signaling.resume
@@ -45,6 +48,10 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     signaling.resume.ResumeRefused: (4410, 410),
     signaling.pacs.PacsUnavailable: (4500, 503),
     signaling.pacs.PacsNotConfigured: (4500, 503),
+    imaging.pacs_source.NotFromPacs: (4409, 409),
+    imaging.presentation_state.NothingToWrite: (4409, 409),
+    imaging.presentation_state.UnsupportedForWriteBack: (4409, 409),
+    signaling.http.routes.pacs_store.AnnotationsNotHere: (4409, 409),
     signaling.oidc.SignInError: (4401, 401),
     signaling.oidc.StepUpRequired: (4401, 401),
 }

@@ -297,3 +297,38 @@ def test_header_from_the_pacs_metadata_fills_type_2_attributes() -> None:
     assert back.SOPInstanceUID == ds.SOPInstanceUID and back.PatientBirthDate == ""
     with pytest.raises(ValueError):
         header_from_json({"00100010": {"vr": "XX", "Value": 3}})
+
+
+# -- STOW-RS -----------------------------------------------------------------------------------
+
+
+def test_stow_request_is_a_multipart_related_body_of_the_instances() -> None:
+    from imaging.dicomweb import MultipartRelated, multipart_boundary
+    from imaging.stow import stow_request
+
+    source, refs = ct()
+    first = encode(presentation_state(source, refs, [GraphicShape(0, "line", ((1, 1), (2, 2)))],
+                                      AUTHOR, NOW))  # fmt: skip
+    second = b"DICM-like" + first
+    content_type, body = stow_request([first, second])
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    parts = MultipartRelated(multipart_boundary(content_type), len(body)).feed(body)
+    assert parts == [first, second]
+    with pytest.raises(ValueError):
+        stow_request([b"--x--"], boundary="x")
+
+
+def test_store_outcome_reads_what_the_pacs_kept_and_refused() -> None:
+    from imaging.stow import StoreOutcome
+
+    def sop(uid: str, reason: int | None = None) -> dict[str, object]:
+        item: dict[str, object] = {"00081155": {"vr": "UI", "Value": [uid]}}
+        if reason is not None:
+            item["00081197"] = {"vr": "US", "Value": [reason]}
+        return item
+
+    kept = StoreOutcome.from_json({"00081199": {"vr": "SQ", "Value": [sop("1.2.3")]}})
+    assert kept.kept(["1.2.3"]) and not kept.kept(["1.2.4"])
+    refused = StoreOutcome.from_json([{"00081198": {"vr": "SQ", "Value": [sop("1.2.3", 0xA700)]}}])
+    assert refused.failed == (("1.2.3", 0xA700),) and not refused.kept(["1.2.3"])
+    assert not StoreOutcome.from_json("<xml/>").kept(["1.2.3"])

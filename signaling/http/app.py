@@ -21,6 +21,7 @@ from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
 from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.routes.pacs import add_pacs_routes
+from signaling.http.routes.pacs_store import add_pacs_store_routes
 from signaling.http.routes.scim import add_scim_routes
 from signaling.http.tasks import sweep_retention, sweep_revocations
 from signaling.keysources import JwksFile
@@ -206,6 +207,7 @@ def create_app(node: Node) -> web.Application:
     add_dev_routes(app)
     add_scim_routes(app)
     add_pacs_routes(app)
+    add_pacs_store_routes(app)
     add_meeting_routes(app)
     app.router.add_route("*", "/api/{tail:.*}", pages.api_not_found)
     signin.add_signin_routes(app)

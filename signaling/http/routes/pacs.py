@@ -35,6 +35,7 @@ from core.errors import (
     RateLimited,
 )
 from imaging.dicomweb import SearchRequest, check_uid
+from imaging.pacs_source import read_source
 from imaging.sniff import BurnedInAnnotation, ImageTooLarge, UnsupportedImage
 from imaging.store import SharedImage, TooManyImages
 from signaling import protocol as p
@@ -285,6 +286,8 @@ async def _progress(
 
 async def _share_one(node: Node, order: ShareOrder, data: bytes) -> SharedImage:
     """One instance through the upload's path; retried while the image work queue is full."""
+    # Its original UIDs, kept encrypted with the image for the annotations' write-back.
+    source = await asyncio.to_thread(read_source, data)
     while True:
         try:
             record: SharedImage = await node.image_work.run(
@@ -294,6 +297,7 @@ async def _share_one(node: Node, order: ShareOrder, data: bytes) -> SharedImage:
                 shared_by_participant=order.participant_id,
                 uploader=order.sub,
                 prepare=node.image_work.workers.prepare,
+                source=source,
             )
             return record
         except RateLimited as exc:
