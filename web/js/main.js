@@ -15,6 +15,7 @@ import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
 import { initPacs } from "./pacs.js";
+import { initPacsWrite, renderPacsWrite } from "./pacswrite.js";
 import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
@@ -49,6 +50,7 @@ function render(s) {
     renderChair(s);
     renderImages(s);
     renderAnnotate(s);
+    renderPacsWrite(s);
     renderChat(s);
     renderGrid(s, localMedia.stream, call?.remoteTracks() ?? new Map());
   } else {
@@ -181,6 +183,7 @@ async function start() {
   initChair(call);
   initImages(call);
   initPacs(call);
+  initPacsWrite(call);
   initAnnotate();
   initChat();
   initConnectivity(call);
