@@ -2,7 +2,7 @@
 
 A GSPS (PS3.3 A.33.1) is how a PACS viewer keeps what someone drew on an image without changing
 the image: it references the original instances by their UIDs and carries graphic and text
-objects in image pixel space, in layers. `presentation_state` builds one, with `highdicom`,
+objects in image pixel space, in layers. `presentation_states` builds it, with `highdicom`,
 from what the room drew on a PACS-sourced image:
 
 - where: each annotated frame of the shared image maps to its original instance and frame
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -219,19 +219,24 @@ def graphic_objects(
     return [GraphicObject(kind, _clip(outline, columns, rows), pixel)], texts
 
 
-def presentation_state(
+def presentation_states(
     source: DicomSource,
     referenced: Mapping[str, Dataset],
     shapes: Sequence[GraphicShape],
     author: Authorship,
     now: datetime,
-) -> Dataset:
+    new_uid: Callable[[], str] = hd.UID,
+) -> list[Dataset]:
     """The GSPS of `shapes` drawn on a PACS-sourced image whose frames come from `source`.
 
     `referenced`: the PACS's header of every instance an annotated frame comes from, by original
     SOPInstanceUID (its patient and study attributes are repeated in the GSPS, as PS3.3 asks).
     Shapes on frames the source does not name are left out; `NothingToWrite` when nothing is
     left, `UnsupportedForWriteBack` for a colour image or a header that does not fit.
+
+    Usually one presentation state. A GSPS carries one Modality LUT for all it references, so
+    slices whose rescale differs (CT slices can) get one each per rescale, in the same series:
+    the first is `author.sop_instance_uid`, the others' UIDs come from `new_uid`.
     """
     by_place: dict[tuple[str, int, str], list[GraphicShape]] = {}
     for shape in shapes:
@@ -246,51 +251,72 @@ def presentation_state(
                              display_color=hd.color.CIELabColor.from_rgb(*_rgb(colour)))
         for index, colour in enumerate(colours)
     }  # fmt: skip
-    annotations: list[GraphicAnnotation] = []
-    images: dict[str, Dataset] = {}
+    groups: dict[tuple[str, ...], list[tuple[Dataset, str, GraphicAnnotation]]] = {}
     for (sop, number, colour), placed in by_place.items():
         image = referenced[sop]
         _check_image(image, source)
-        columns, rows = int(image.Columns), int(image.Rows)
-        graphics: list[GraphicObject] = []
-        texts: list[TextObject] = []
-        for shape in placed:
-            drawn, written = graphic_objects(shape, columns, rows)
-            graphics += drawn
-            texts += written
-        if not graphics and not texts:
-            continue
-        # A frame number when the instance's IOD has frames (enhanced CT/MR...), as PS3.3 asks.
-        multiframe = is_multiframe_image(image)
-        annotations.append(
-            GraphicAnnotation(
-                [image],
-                layers[colour],
-                referenced_frame_number=number if multiframe else None,
-                graphic_objects=graphics or None,
-                text_objects=texts or None,
-            )
-        )
-        images[sop] = image
-    if not annotations:
+        annotation = _annotation(image, number, layers[colour], placed)
+        if annotation is not None:
+            groups.setdefault(_modality_lut(image, sop), []).append((image, colour, annotation))
+    if not groups:
         raise NothingToWrite("this image has no annotations to write back to the PACS")
     title = " ".join(author.meeting_title.split())
     when = now.strftime("%Y-%m-%d")
     description = f"MDT annotations: {title}, {when}" if title else f"MDT annotations, {when}"
-    try:
-        state = _gsps(list(images.values()), annotations, [layers[c] for c in colours], author,
-                      title, description)  # fmt: skip
-    except (ValueError, AttributeError) as exc:  # the images disagree (rescale, LUTs) or lack
-        # what highdicom needs of them (an enhanced image without its functional groups)
-        raise UnsupportedForWriteBack(
-            f"the PACS's instances cannot share one presentation state: {exc}"[:300]
-        ) from None
-    # highdicom stamps its own clock: the time passed in is the one written.
-    date, time = DA(now.strftime("%Y%m%d")), TM(now.strftime("%H%M%S"))
-    state.PresentationCreationDate, state.PresentationCreationTime = date, time
-    state.ContentDate, state.ContentTime = date, time
-    state.SeriesDescription = "MDT annotations (Consilium)"
-    return state
+    series_uid = author.series_uid or new_uid()
+    states: list[Dataset] = []
+    for number, placed_in_group in enumerate(groups.values(), start=1):
+        images = {id(image): image for image, _colour, _annotation in placed_in_group}
+        used = sorted({colour for _image, colour, _annotation in placed_in_group})
+        uid = author.sop_instance_uid if number == 1 and author.sop_instance_uid else new_uid()
+        try:
+            state = _gsps(list(images.values()), [a for _i, _c, a in placed_in_group],
+                          [layers[c] for c in used], author, series_uid, uid, number, title,
+                          description)  # fmt: skip
+        except (ValueError, AttributeError) as exc:  # the images disagree (their VOI LUTs) or
+            # lack what highdicom needs of them (an enhanced image without its functional groups)
+            raise UnsupportedForWriteBack(
+                f"the PACS's instances cannot carry a presentation state: {exc}"[:300]
+            ) from None
+        # highdicom stamps its own clock: the time passed in is the one written.
+        date, time = DA(now.strftime("%Y%m%d")), TM(now.strftime("%H%M%S"))
+        state.PresentationCreationDate, state.PresentationCreationTime = date, time
+        state.ContentDate, state.ContentTime = date, time
+        state.SeriesDescription = "MDT annotations (Consilium)"
+        states.append(state)
+    return states
+
+
+def _annotation(
+    image: Dataset, number: int, layer: GraphicLayer, placed: list[GraphicShape]
+) -> GraphicAnnotation | None:
+    """The graphic annotation of the shapes on one frame of one instance in one colour."""
+    columns, rows = int(image.Columns), int(image.Rows)
+    graphics: list[GraphicObject] = []
+    texts: list[TextObject] = []
+    for shape in placed:
+        drawn, written = graphic_objects(shape, columns, rows)
+        graphics += drawn
+        texts += written
+    if not graphics and not texts:
+        return None
+    # A frame number when the instance's IOD has frames (enhanced CT/MR...), as PS3.3 asks.
+    multiframe = is_multiframe_image(image)
+    return GraphicAnnotation(
+        [image],
+        layer,
+        referenced_frame_number=number if multiframe else None,
+        graphic_objects=graphics or None,
+        text_objects=texts or None,
+    )
+
+
+def _modality_lut(image: Dataset, sop: str) -> tuple[str, ...]:
+    """What one presentation state's instances must share: their rescale (a multi-frame
+    instance goes alone, as highdicom takes its Modality LUT from its functional groups)."""
+    if is_multiframe_image(image):
+        return ("instance", sop)
+    return tuple(str(image.get(k, "")) for k in ("RescaleSlope", "RescaleIntercept", "RescaleType"))
 
 
 def _gsps(
@@ -298,15 +324,18 @@ def _gsps(
     annotations: list[GraphicAnnotation],
     layers: list[GraphicLayer],
     author: Authorship,
+    series_uid: str,
+    sop_instance_uid: str,
+    instance_number: int,
     title: str,
     description: str,
 ) -> GrayscaleSoftcopyPresentationState:
     return GrayscaleSoftcopyPresentationState(
         referenced_images=images,
-        series_instance_uid=author.series_uid or hd.UID(),
+        series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
-        sop_instance_uid=author.sop_instance_uid or hd.UID(),
-        instance_number=1,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL,
         software_versions=author.software_version,

@@ -26,7 +26,7 @@ from imaging.presentation_state import (
     encode,
     header_from_json,
     person_name,
-    presentation_state,
+    presentation_states,
 )
 from imaging.sniff import UnsupportedImage
 from imaging.store import ImageStore
@@ -65,7 +65,8 @@ def written(state: Dataset) -> Dataset:
 def build(source: DicomSource, refs: dict[str, Dataset], shapes: list[GraphicShape]) -> Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # highdicom warns on a badly formed name: none here
-        return written(presentation_state(source, refs, shapes, AUTHOR, NOW))
+        (state,) = presentation_states(source, refs, shapes, AUTHOR, NOW)
+        return written(state)
 
 
 def multiframe(frames: int = 10) -> bytes:
@@ -264,6 +265,36 @@ def test_a_stacked_series_references_each_slice_drawn_on() -> None:
                for a in state.GraphicAnnotationSequence)  # fmt: skip
 
 
+def test_slices_with_another_rescale_get_a_presentation_state_each() -> None:
+    # One GSPS has one Modality LUT: CT slices whose intercept differs cannot share one.
+    data = bundled("CT_small.dcm")
+    slices, refs = [], {}
+    for n, intercept in enumerate((-1024, -1024, -1000)):
+        ds = header(data)
+        ds.SOPInstanceUID = generate_uid()
+        ds.RescaleIntercept = intercept
+        ds.WindowCenter, ds.WindowWidth = 40 + n, 400  # a window of its own each: one state
+        refs[ds.SOPInstanceUID] = ds
+        frame = SourceFrame(ds.SOPInstanceUID, ds.SOPClassUID, 1)
+        slices.append(DicomSource(ds.StudyInstanceUID, ds.SeriesInstanceUID, (frame,)))
+    source = DicomSource.stacked(slices)
+    shapes = [GraphicShape(i, "line", ((1.0, 1.0), (5.0, 5.0))) for i in range(3)]
+    extra = iter(["1.2.826.0.1.3680043.8.498.3"])
+    states = [written(s) for s in presentation_states(source, refs, shapes, AUTHOR, NOW,
+                                                      new_uid=lambda: next(extra))]  # fmt: skip
+    assert [s.SOPInstanceUID for s in states] == [AUTHOR.sop_instance_uid,
+                                                   "1.2.826.0.1.3680043.8.498.3"]  # fmt: skip
+    assert {s.SeriesInstanceUID for s in states} == {AUTHOR.series_uid}
+    assert [s.InstanceNumber for s in states] == [1, 2]
+    assert [float(s.RescaleIntercept) for s in states] == [-1024.0, -1000.0]
+    referenced = [
+        {r.ReferencedSOPInstanceUID for r in s.ReferencedSeriesSequence[0].ReferencedImageSequence}
+        for s in states
+    ]
+    uids = [f.sop_instance_uid for f in source.frames]
+    assert referenced == [{uids[0], uids[1]}, {uids[2]}]
+
+
 def test_points_outside_the_image_are_clipped_to_it() -> None:
     source, refs = ct()
     state = build(source, refs, [GraphicShape(0, "line", ((-5.0, 10.0), (500.0, 600.0)))])
@@ -276,9 +307,9 @@ def test_points_outside_the_image_are_clipped_to_it() -> None:
 def test_nothing_to_write_is_refused() -> None:
     source, refs = ct()
     with pytest.raises(NothingToWrite):
-        presentation_state(source, refs, [], AUTHOR, NOW)
+        presentation_states(source, refs, [], AUTHOR, NOW)
     with pytest.raises(NothingToWrite):  # a frame the source does not name
-        presentation_state(source, refs, [GraphicShape(4, "line", ((1, 1), (2, 2)))], AUTHOR, NOW)
+        presentation_states(source, refs, [GraphicShape(4, "line", ((1, 1), (2, 2)))], AUTHOR, NOW)
 
 
 def test_a_colour_image_is_refused_for_a_grayscale_state() -> None:
@@ -286,7 +317,7 @@ def test_a_colour_image_is_refused_for_a_grayscale_state() -> None:
     source = read_source(data)
     refs = {source.frames[0].sop_instance_uid: header(data)}
     with pytest.raises(UnsupportedForWriteBack):
-        presentation_state(source, refs, [GraphicShape(0, "line", ((1, 1), (2, 2)))], AUTHOR, NOW)
+        presentation_states(source, refs, [GraphicShape(0, "line", ((1, 1), (2, 2)))], AUTHOR, NOW)
 
 
 def test_header_from_the_pacs_metadata_fills_type_2_attributes() -> None:
@@ -307,8 +338,9 @@ def test_stow_request_is_a_multipart_related_body_of_the_instances() -> None:
     from imaging.stow import stow_request
 
     source, refs = ct()
-    first = encode(presentation_state(source, refs, [GraphicShape(0, "line", ((1, 1), (2, 2)))],
-                                      AUTHOR, NOW))  # fmt: skip
+    (state,) = presentation_states(source, refs, [GraphicShape(0, "line", ((1, 1), (2, 2)))],
+                                   AUTHOR, NOW)  # fmt: skip
+    first = encode(state)
     second = b"DICM-like" + first
     content_type, body = stow_request([first, second])
     assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')

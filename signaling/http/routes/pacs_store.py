@@ -15,7 +15,8 @@ ORIGINAL instances, authored in their name, and the PACS stores it. The path, in
 
 Audited as `pacs_store` (allow, or deny with the reason) with no patient data: the image id,
 the counts, and SHA-256 digests of the study UID and of the new presentation state's UID, which
-IT can match against the PACS. The answer names no UID either.
+IT can match against the PACS (one presentation state, or one per rescale when the slices
+drawn on differ in it). The answer names no UID either.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from imaging.presentation_state import (
     NothingToWrite,
     encode,
     header_from_json,
-    presentation_state,
+    presentation_states,
 )
 from imaging.store import IMAGE_ID_PATTERN
 from signaling.http.bodies import json_body
@@ -131,15 +132,21 @@ def _build(
     shapes: list[GraphicShape],
     author: Authorship,
     now: datetime,
-) -> tuple[bytes, int]:
-    """The GSPS as a Part 10 file, and how many annotated frames it covers."""
-    state = presentation_state(source, headers, shapes, author, now)
-    return encode(state), len(state.GraphicAnnotationSequence)
+) -> tuple[list[bytes], list[str], int]:
+    """The presentation state(s) as Part 10 files, their SOPInstanceUIDs, and how many graphic
+    annotations (instance, frame, colour) they carry."""
+    states = presentation_states(source, headers, shapes, author, now)
+    annotated = sum(len(state.GraphicAnnotationSequence) for state in states)
+    return (
+        [encode(state) for state in states],
+        [state.SOPInstanceUID for state in states],
+        annotated,
+    )
 
 
 async def store_annotations(request: web.Request) -> web.Response:
     """`POST /api/rooms/{room}/pacs/annotations` `{"image_id"}`: `201 {"state": "stored",
-    "shapes", "annotations"}`; refused with a typed error (see the module)."""
+    "shapes", "annotations", "states"}`; refused with a typed error (see the module)."""
     node = request.app[NODE]
     identity, room_id, participant = await room_participant(request, "pacs_write")
     body = await json_body(request)
@@ -166,13 +173,13 @@ async def store_annotations(request: web.Request) -> web.Response:
         headers = await _headers(client, source, shapes)
         room = await node.store.get_room(room_id)
         author = authorship(identity, room.title if room else "", node.settings.node_id)
-        data, annotated = await asyncio.to_thread(
+        files, uids, annotated = await asyncio.to_thread(
             _build, source, headers, shapes, author, datetime.now(UTC)
         )
         fields["annotations"] = annotated
-        fields["state_sha256"] = _digest(author.sop_instance_uid)
-        outcome = await client.store([data])
-        if not outcome.kept([author.sop_instance_uid]):
+        fields["states_sha256"] = [_digest(uid) for uid in uids]
+        outcome = await client.store(files)
+        if not outcome.kept(uids):
             raise PacsUnavailable("the PACS did not keep the presentation state")
     except ConsiliumError as exc:
         node.audit.append("pacs_store", "deny", sub=identity.sub, room=room_id,
@@ -183,7 +190,8 @@ async def store_annotations(request: web.Request) -> web.Response:
             writes.discard((room_id, image_id))
     node.audit.append("pacs_store", "allow", sub=identity.sub, room=room_id, **fields)
     return web.json_response(
-        {"state": "stored", "shapes": len(shapes), "annotations": annotated}, status=201
+        {"state": "stored", "shapes": len(shapes), "annotations": annotated, "states": len(uids)},
+        status=201,
     )
 
 
