@@ -276,6 +276,7 @@ def test_bounds_are_checked_before_decoding() -> None:
         "J2K_pixelrep_mismatch.dcm",
         "liver_1frame.dcm",
         "JPEGLSNearLossless_08.dcm",  # JPEG-LS, decoded by pyjpegls (highdicom's dependency)
+        "MR_small_jpeg_ls_lossless.dcm",
     ],
 )
 def test_every_profile_attribute_in_a_real_file_gets_its_action(name: str) -> None:
