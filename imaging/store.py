@@ -21,7 +21,6 @@ import builtins
 import contextlib
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
@@ -30,32 +29,26 @@ import secrets
 import shutil
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
-
-import numpy as np
-from PIL import Image
+from typing import Any, Literal
 
 from core.errors import Conflict, IntegrityError, NotFound, RateLimited
 from core.imageref import ImageRef
 from core.rooms import valid_room_id
-from imaging.burnedin import (
-    NOT_CHECKED,
-    Box,
-    BurnedInText,
-    HeaderFindings,
-    blank,
-    clean_frame,
-    decide,
-)
-from imaging.deidentified import DeidentifiedImage
-from imaging.deidentify import deidentify
-from imaging.render import display_mode
+from imaging.burnedin import Box
+from imaging.prepare import PreparedImage, image_title, prepare_image, redact_frame
 from imaging.sniff import DEFAULT_LIMITS, FrameNotFound, ImageLimits
+from imaging.stack import SeriesStacks, SliceImage, SlicePlace, SliceRefused, slice_refusal
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
+
+__all__ = [
+    "ImageNotHeld", "ImageStore", "PreparedImage", "SharedImage", "TooManyImages", "UnknownImage",
+    "image_title", "prepare_image", "redact_frame", "room_uid_secret",
+]  # fmt: skip
+"""`PreparedImage`, `prepare_image`, `image_title` and `redact_frame` live in `imaging.prepare`;
+named here too, where the store's callers have always found them."""
 
 log = logging.getLogger("consilium.images")
 
@@ -63,8 +56,6 @@ IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 """What an image id looks like (ids are `secrets.token_urlsafe(16)`): never a path."""
 META_FILE = "meta.seg"
 """The encrypted metadata record in an image's folder."""
-TITLE_LIMIT = 200
-"""Characters of an image's title."""
 _PARTIAL_PREFIX = ".partial-"
 _CONTEXT_TRACK_META = "image-meta"
 _CONTEXT_TRACK_FRAME = "image-frame"
@@ -91,7 +82,7 @@ class TooManyImages(RateLimited):
 
 _ANNOUNCED = (
     "image_id", "kind", "frames", "width", "height", "pixel_spacing_mm", "shared_by", "title",
-    "burned_in_confirmed",
+    "burned_in_confirmed", "slice_order", "frames_pending",
 )  # fmt: skip
 """The fields of `SharedImage.to_wire` that the `image_shared` message carries."""
 
@@ -135,6 +126,11 @@ class SharedImage:
     """Regions blanked by the burned-in text check (device regions and text read)."""
     redacted: int = 0
     """Boxes the uploader blanked by hand before releasing a held image."""
+    slice_order: tuple[int, ...] = ()
+    """A series shared from the PACS as one stacked image (`imaging.stack`): its frame indexes
+    (arrival order, never renumbered) in anatomical order. Empty: frames in index order."""
+    frames_pending: int = 0
+    """Slices of a stacked series still on their way from the PACS (0: complete)."""
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object of the REST API (`201` body, list entries)."""
@@ -151,6 +147,8 @@ class SharedImage:
             "held": self.held,
             "held_reasons": list(self.held_reasons),
             "text_blanked": self.text_blanked,
+            "slice_order": list(self.slice_order),
+            "frames_pending": self.frames_pending,
         }
 
     def announcement(self) -> dict[str, Any]:
@@ -171,6 +169,7 @@ class SharedImage:
         spacing = raw.get("pixel_spacing_mm")
         raw["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
         raw["held_reasons"] = tuple(raw.get("held_reasons", ()))
+        raw["slice_order"] = tuple(raw.get("slice_order", ()))
         return cls(**raw)
 
 
@@ -178,111 +177,6 @@ def room_uid_secret(room_key: bytes, room_id: str) -> bytes:
     """The secret that replaces DICOM UIDs in one room: the same UID maps alike within the
     room (two slices of a series stay one series), differently in any other room."""
     return hmac.new(room_key, _UID_SECRET_LABEL + room_id.encode(), hashlib.sha256).digest()
-
-
-def image_title(image: DeidentifiedImage) -> str:
-    """A title for people: the modality and series description of a de-identified DICOM (what
-    de-identification left of them), "Image" for a photo. Never a patient identifier."""
-    if image.dataset is None:
-        return "Image"
-    parts = [
-        " ".join(str(image.dataset.get(keyword, "") or "").split())
-        for keyword in ("Modality", "SeriesDescription")
-    ]
-    title = " ".join(part for part in parts if part)
-    return title[:TITLE_LIMIT] or "DICOM image"
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedImage:
-    """An upload de-identified and rendered, ready to store: what an image worker returns."""
-
-    kind: Literal["dicom", "png", "jpeg"]
-    """What was uploaded, by content."""
-    frames: tuple[bytes, ...]
-    """Each frame as served (PNG, or the cleaned JPEG of a photo)."""
-    media_type: str
-    """MIME type of each frame."""
-    width: int
-    """Columns in pixels."""
-    height: int
-    """Rows in pixels."""
-    pixel_spacing_mm: tuple[float, float] | None
-    """Row and column spacing in mm; None when the image has none."""
-    title: str
-    """See `SharedImage.title`."""
-    burned_in_confirmed: bool
-    """The DICOM declared burned-in identifiers and the uploader confirmed sharing it."""
-    removed_tags: int
-    """How many attributes or metadata items de-identification removed or replaced."""
-    burned_in_text: BurnedInText = NOT_CHECKED
-    """What the burned-in text check blanked, and whether the image is held."""
-
-
-def prepare_image(
-    data: bytes,
-    *,
-    uid_secret: bytes,
-    confirm_burned_in: bool = False,
-    limits: ImageLimits = DEFAULT_LIMITS,
-) -> PreparedImage:
-    """De-identify and render an upload: all the decoding an upload needs, in one pure call
-    (the node runs it in a memory-capped worker, `imaging.worker`, whose output goes
-    nowhere). Decoder warnings are dropped here too: pydicom's quote the values they parse."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        image = deidentify(
-            data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
-        )
-        if image.text_check is None:
-            frames = tuple(image.render_frame(index) for index in image.frames)
-            text = NOT_CHECKED
-        else:
-            frames, text = _without_burned_in_text(image, image.text_check)
-    spacing = image.pixel_spacing
-    return PreparedImage(
-        kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
-        frames=frames,
-        media_type=image.media_type,
-        width=image.columns,
-        height=image.rows,
-        pixel_spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
-        title=image_title(image),
-        burned_in_confirmed=image.burned_in_confirmed,
-        removed_tags=len(image.removed),
-        burned_in_text=text,
-    )
-
-
-def _without_burned_in_text(
-    image: DeidentifiedImage, header: HeaderFindings
-) -> tuple[tuple[bytes, ...], BurnedInText]:
-    """Every frame with device regions and readable text blanked (`imaging.burnedin`), one
-    frame in memory at a time; a frame nothing was found in is kept as rendered."""
-    frames: list[bytes] = []
-    blanked: list[tuple[int, Box]] = []
-    remains = False
-    for index in image.frames:
-        pixels = image.frame_pixels(index)
-        boxes, still = clean_frame(pixels, header.regions)
-        keep = not boxes and image.photo is not None  # a photo as cleaned, not re-encoded
-        frames.append(image.render_frame(index) if keep else image.encode_frame(pixels))
-        blanked += [(index, box) for box in boxes]
-        remains = remains or still
-    return tuple(frames), decide(header, blanked, remains)
-
-
-def redact_frame(data: bytes, media_type: str, boxes: Sequence[Box]) -> bytes:
-    """A stored frame (PNG or JPEG, as rendered) with `boxes` blanked, in the same format."""
-    with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
-        pixels = np.array(display_mode(img))
-    blank(pixels, boxes)
-    out = io.BytesIO()
-    if media_type == "image/jpeg":
-        Image.fromarray(pixels).convert("RGB").save(out, format="JPEG", quality=95)
-    else:
-        Image.fromarray(pixels).save(out, format="PNG", compress_level=6)
-    return out.getvalue()
 
 
 def _context(room_id: str, image_id: str, track: str, index: int) -> bytes:
@@ -354,20 +248,111 @@ class ImageStore:
         worker). Raises what `deidentify` raises (`UnsupportedImage`, `ImageTooLarge`,
         `BurnedInAnnotation`) and `TooManyImages`.
         """
-        images_dir = self.images_dir(room_id)
+        self.images_dir(room_id)
         self._reserve(room_id)
-        partial: Path | None = None
         try:
-            key = self.room_key(room_id)
-            image = prepare(
-                data,
-                uid_secret=uid_secret or room_uid_secret(key, room_id),
-                confirm_burned_in=confirm_burned_in,
-                limits=self.limits,
-            )
-            image_id = secrets.token_urlsafe(16)
-            images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
+            image = self._prepare(room_id, data, prepare, uid_secret, confirm_burned_in)
+            return self._store_new(room_id, image, shared_by_participant, uploader)
+        finally:
+            self._unreserve(room_id)
+
+    def share_slice(
+        self,
+        room_id: str,
+        data: bytes,
+        stacks: SeriesStacks,
+        *,
+        shared_by_participant: str,
+        uploader: str,
+        prepare: Callable[..., PreparedImage] = prepare_image,
+    ) -> SharedImage:
+        """One instance of a series from the PACS, through the upload's path (`_prepare`): the
+        next frame of its series' stacked image (`imaging.stack`: appended, never renumbered),
+        or frame 0 of a new one. The record returned is the stacked image as it now stands.
+
+        A held instance becomes an image of its own, held for the sharer as an upload is; one
+        that cannot stack raises `SliceRefused` (nothing stored). Only the share calls this, one
+        instance at a time, so a stack has one writer; the record is replaced, never edited.
+        """
+        image = self._prepare(room_id, data, prepare)
+        if image.burned_in_text.held:
+            self._reserve(room_id)
+            try:
+                return self._store_new(room_id, image, shared_by_participant, uploader)
+            finally:
+                self._unreserve(room_id)
+        one = SliceImage(image.kind, len(image.frames), image.width, image.height,
+                         image.media_type)  # fmt: skip
+        place = image.place or SlicePlace(series="")
+        stack = stacks.stack_for(place.series)
+        if stack is None:
+            if reason := slice_refusal(one):
+                raise SliceRefused(reason)
+            pending = max(0, stacks.expected.get(place.series, 0) - 1)
+            self._reserve(room_id)  # a series counts once against max_images_per_room
+            try:
+                record = self._store_new(room_id, image, shared_by_participant, uploader,
+                                         slice_order=(0,), frames_pending=pending)  # fmt: skip
+            finally:
+                self._unreserve(room_id)
+            stacks.start(record.image_id, place, one)
+            return record
+        if reason := stack.refusal(one):
+            raise SliceRefused(reason)
+        record = self.info(room_id, stack.image_id)
+        key = self.room_key(room_id)
+        index = record.frames
+        context = _context(room_id, record.image_id, _CONTEXT_TRACK_FRAME, index)
+        self._replace(self._image_dir(room_id, record.image_id) / _frame_file(index),
+                      image.frames[0], key, context)  # fmt: skip
+        stack.add(place)
+        return self._update(room_id, record, frames=index + 1, slice_order=stack.order(),
+                            frames_pending=stack.pending)  # fmt: skip
+
+    def finish_stack(self, room_id: str, image_id: str) -> SharedImage:
+        """A stacked image whose share ended (done, failed or cancelled): no slice is pending;
+        it keeps the slices that arrived."""
+        record = self.info(room_id, image_id)
+        return record if not record.frames_pending else self._update(room_id, record,
+                                                                     frames_pending=0)  # fmt: skip
+
+    def _prepare(
+        self,
+        room_id: str,
+        data: bytes,
+        prepare: Callable[..., PreparedImage],
+        uid_secret: bytes | None = None,
+        confirm_burned_in: bool = False,
+    ) -> PreparedImage:
+        """De-identified and rendered by `prepare`, UIDs replaced for the room (the one path
+        every image takes, uploaded or from the PACS)."""
+        images_dir = self.images_dir(room_id)
+        key = self.room_key(room_id)
+        image = prepare(
+            data,
+            uid_secret=uid_secret or room_uid_secret(key, room_id),
+            confirm_burned_in=confirm_burned_in,
+            limits=self.limits,
+        )
+        images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return image
+
+    def _store_new(
+        self,
+        room_id: str,
+        image: PreparedImage,
+        shared_by_participant: str,
+        uploader: str,
+        **stacked: Any,
+    ) -> SharedImage:
+        """Encrypt and store a prepared image as a new one (in a hidden folder renamed into
+        place once complete); `stacked`: a stack's `slice_order` and `frames_pending`."""
+        images_dir = self.images_dir(room_id)
+        key = self.room_key(room_id)
+        image_id = secrets.token_urlsafe(16)
+        partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
+        stored = False
+        try:
             partial.mkdir(mode=0o700)
             for index, frame in enumerate(image.frames):
                 self._write(
@@ -393,6 +378,7 @@ class ImageStore:
                 held=image.burned_in_text.held,
                 held_reasons=image.burned_in_text.reasons,
                 text_blanked=len(image.burned_in_text.blanked),
+                **stacked,
             )
             self._write(
                 partial / META_FILE,
@@ -401,17 +387,35 @@ class ImageStore:
                 _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
             )
             os.replace(partial, images_dir / image_id)
-            partial = None
+            stored = True
             with self._lock:
                 self._load(room_id).append(record)
             return record
         finally:
-            if partial is not None:
+            if not stored:
                 shutil.rmtree(partial, ignore_errors=True)
-            with self._lock:
-                self._pending[room_id] -= 1
-                if not self._pending[room_id]:
-                    del self._pending[room_id]
+
+    def _update(self, room_id: str, record: SharedImage, **changes: Any) -> SharedImage:
+        """Replace an image's record (on disk atomically, then in memory); the new record."""
+        updated = replace(record, **changes)
+        self._replace(
+            self._image_dir(room_id, record.image_id) / META_FILE,
+            updated.encode(),
+            self.room_key(room_id),
+            _context(room_id, record.image_id, _CONTEXT_TRACK_META, 0),
+        )
+        with self._lock:
+            records = self._load(room_id)
+            for position, known in enumerate(records):
+                if known.image_id == record.image_id:
+                    records[position] = updated
+        return updated
+
+    def _unreserve(self, room_id: str) -> None:
+        with self._lock:
+            self._pending[room_id] -= 1
+            if not self._pending[room_id]:
+                del self._pending[room_id]
 
     def _reserve(self, room_id: str) -> None:
         """Count an upload in flight against the room's bound (so parallel ones cannot pass it)."""
@@ -478,17 +482,7 @@ class ImageStore:
             plain = decrypt_segment(path.read_bytes(), key, context)
             redacted = redact_frame(plain, record.media_type, frame_boxes)
             self._replace(path, redacted, key, context)
-        released = replace(record, held=False, redacted=len(boxes))
-        self._replace(
-            folder / META_FILE,
-            released.encode(),
-            key,
-            _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
-        )
-        with self._lock:
-            records = self._load(room_id)
-            records[records.index(record)] = released
-        return released
+        return self._update(room_id, record, held=False, redacted=len(boxes))
 
     def _replace(self, path: Path, plaintext: bytes, key: bytes, context: bytes) -> None:
         fresh = path.with_name(path.name + ".new")
@@ -547,7 +541,10 @@ class ImageStore:
                 context = _context(room_id, folder.name, _CONTEXT_TRACK_META, 0)
                 try:
                     meta = decrypt_segment((folder / META_FILE).read_bytes(), key, context)
-                    records.append(SharedImage.decode(meta))
+                    record = SharedImage.decode(meta)
+                    # Read from disk: no share of this process is adding to it (a share that
+                    # stopped with the node keeps the slices that arrived).
+                    records.append(replace(record, frames_pending=0))
                 except (OSError, IntegrityError, ValueError, TypeError, KeyError) as exc:
                     # One damaged image must not hide the room's others; it stays on disk.
                     log.error("shared image %s/%s unreadable: %s", room_id, folder.name, exc)
