@@ -25,21 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import BadMessage
-
 _PARALLEL = 0.999
 """Cosine above which two slice normals count as the same direction (about 2.5 degrees)."""
 
 
-class SliceRefused(BadMessage):
+class SliceRefused(ValueError):
     """An instance cannot be a slice of its series' stacked image (`reason` says why: a
     different size or kind, several frames of its own, the image's frame limit); the share
-    skips it and goes on."""
-
-    code = "slice_refused"
+    skips it, names the reason in its progress and goes on. Never an answer to a request, so
+    not a `ConsiliumError`."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"this instance cannot join its series ({reason})", reason=reason)
+        super().__init__(f"this instance cannot join its series ({reason})")
         self.reason = reason
         """The reason code (`slice_refusal`'s, or `series_frame_limit`)."""
 

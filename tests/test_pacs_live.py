@@ -17,6 +17,8 @@ import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from imaging.watermark import identify, load_or_create_watermark_key
 from signaling.audit import iter_entries
@@ -89,12 +91,37 @@ async def until_share_ends(
     return images, last
 
 
-def store_shuffled(pacs: OrthancServer, slices: int, size: int, patient_id: str) -> CtSeries:
-    """A CT series loaded into the PACS in a shuffled order (as a modality's sends may be)."""
+def store_shuffled(
+    pacs: OrthancServer, slices: int, size: int, patient_id: str, *, with_report: bool = False
+) -> CtSeries:
+    """A CT series loaded into the PACS in a shuffled order (as a modality's sends may be);
+    `with_report`: plus a structured report in the same series (an instance with no image)."""
     info, instances = ct_series(slices, size=size, patient_id=patient_id)
     shuffled = list(instances)
+    if with_report:
+        shuffled.append(report_in(info))
     random.Random(slices).shuffle(shuffled)
     return pacs.store(info, iter(shuffled))
+
+
+def report_in(series: CtSeries) -> bytes:
+    """A Basic Text SR of the series' patient, filed in the series: DICOM, but no image."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = BasicTextSRStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientName = series.patient_id, series.patient_name
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = series.study_uid, series.series_uid
+    ds.AccessionNumber, ds.StudyDate = series.accession, series.study_date
+    ds.Modality = "CT"
+    ds.InstanceNumber = 999
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def bright_row(png: bytes) -> int:
@@ -375,18 +402,18 @@ async def test_a_pacs_that_dies_during_a_share_fails_it_and_keeps_what_arrived(
 async def test_a_shuffled_series_streams_in_as_one_image_in_anatomical_order(
     tmp_path: Path, orthanc: OrthancServer
 ) -> None:
-    series = store_shuffled(orthanc, 60, 512, "PAT-0003")
+    series = store_shuffled(orthanc, 60, 512, "PAT-0003", with_report=True)
     async with running_node(
         pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file)
     ) as node:
         sockets = await meeting(node)
         uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
         status, started = await post(node, "dr-rad", "radiologist", "shares", uids)
-        assert status == 202 and started["total"] == 60
+        assert status == 202 and started["total"] == 61
         ws = sockets["dr-chair"]
         first = await next_message(ws, "image_shared", timeout=30)
         assert first["frames"] == 1 and first["slice_order"] == [0]
-        assert first["frames_pending"] == 59
+        assert first["frames_pending"] == 60  # the PACS counted the report among them
         # The first slice is there for everyone while the rest are on their way.
         status, png = await get_frame(node, first["image_id"], 0)
         assert status == 200
@@ -395,6 +422,8 @@ async def test_a_shuffled_series_streams_in_as_one_image_in_anatomical_order(
         images, last = await until_share_ends(ws, started["share_id"])
         assert any(image["frames"] < 60 for image in images), "the rest did not stream in"
         assert (last["state"], last["shared"], last["images"]) == ("done", 60, [first["image_id"]])
+        # The report is left out, and the room is told why; the series is whole without it.
+        assert (last["skipped"], last["skipped_reasons"]) == (1, ["unsupported_image"])
         # Paced: far fewer updates than slices (a few a second at most).
         assert len(images) < 60
         final = images[-1]

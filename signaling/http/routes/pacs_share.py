@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from core.errors import ConsiliumError, RateLimited
+from core.errors import ConsiliumError, NotFound, RateLimited
 from imaging.sniff import BurnedInAnnotation, ImageTooLarge, UnsupportedImage
 from imaging.stack import SeriesStacks, SliceRefused, UpdatePacer
 from imaging.store import SharedImage, TooManyImages
@@ -156,8 +156,12 @@ class RoomUpdates:
         to the room and the recording with all its frames), then the last progress."""
         node, order = self.node, self.run.order
         for stack in self.run.stacks.stacks():
-            record = await asyncio.to_thread(node.images.finish_stack, order.room_id,
-                                             stack.image_id)  # fmt: skip
+            try:
+                record = await asyncio.to_thread(node.images.finish_stack, order.room_id,
+                                                 stack.image_id)  # fmt: skip
+            except NotFound:  # deleted meanwhile (retention, the room's data removed)
+                self.run.unannounced.pop(stack.image_id, None)
+                continue
             self.run.announced.discard(record.image_id)  # announce_image: the recording too
             self.run.unannounced[record.image_id] = record
         await self._send_images()
