@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -476,3 +477,31 @@ async def test_the_sharer_cancels_and_the_room_keeps_what_arrived(
         assert len(audit(node, "pacs_share_cancelled")) == 1
         async with session.delete(path, headers=bearer(node, "dr-rad", "radiologist")) as response:
             assert response.status == 404  # over
+
+
+async def test_a_study_of_two_series_becomes_two_stacked_images(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    chest, chest_slices = ct_series(4, size=64, patient_id="PAT-0005")
+    _abdomen, abdomen_slices = ct_series(3, size=96, patient_id="PAT-0005")
+    for data in chest_slices:
+        orthanc.store_instance(data)
+    for data in abdomen_slices:  # the second series, filed in the first one's study
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyInstanceUID = chest.study_uid
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        orthanc.store_instance(out.getvalue())
+    async with running_node(
+        pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file, max_images_per_room=2)
+    ) as node:
+        sockets = await meeting(node)
+        status, started = await post(node, "dr-rad", "radiologist", "shares",
+                                     {"study_uid": chest.study_uid})  # fmt: skip
+        assert status == 202 and started["total"] == 7
+        images, last = await until_share_ends(sockets["dr-chair"], started["share_id"])
+        assert (last["state"], last["shared"], len(last["images"])) == ("done", 7, 2)
+        final = {image["image_id"]: image for image in images}
+        assert sorted((i["frames"], i["width"]) for i in final.values()) == [(3, 96), (4, 64)]
+        assert all(not i.get("frames_pending") for i in final.values())
+        assert node.node is not None and len(node.node.images.list("mdt-1")) == 2
