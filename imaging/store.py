@@ -11,8 +11,12 @@ room's data key (`recorder.roomkeys`), in the segment cipher's container (`recor
 Each object's cipher context names the room, the image and the frame, so an object copied to
 another room, image or position fails to decrypt. Plaintext is only ever in memory: an image is
 written in a hidden folder and renamed into place once complete, so a crash never leaves half
-an image listed. Everything here is synchronous file I/O and CPU work: the server runs it off
-the event loop. Watermarking per viewer happens when a frame is served, not here.
+an image listed. A series from the PACS is the exception that grows in place
+(`share_slice`, `imaging.stack`): its first slice is stored as above, each later one is written
+as the next frame file (atomically, by rename) before the record that counts it is replaced, so
+a reader never sees a frame the record does not have, and a crash leaves the slices that had
+arrived. Everything here is synchronous file I/O and CPU work: the server runs it off the event
+loop. Watermarking per viewer happens when a frame is served, not here.
 """
 
 from __future__ import annotations
@@ -326,16 +330,13 @@ class ImageStore:
     ) -> PreparedImage:
         """De-identified and rendered by `prepare`, UIDs replaced for the room (the one path
         every image takes, uploaded or from the PACS)."""
-        images_dir = self.images_dir(room_id)
         key = self.room_key(room_id)
-        image = prepare(
+        return prepare(
             data,
             uid_secret=uid_secret or room_uid_secret(key, room_id),
             confirm_burned_in=confirm_burned_in,
             limits=self.limits,
         )
-        images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return image
 
     def _store_new(
         self,
@@ -350,6 +351,7 @@ class ImageStore:
         images_dir = self.images_dir(room_id)
         key = self.room_key(room_id)
         image_id = secrets.token_urlsafe(16)
+        images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
         stored = False
         try:
