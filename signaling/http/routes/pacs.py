@@ -226,6 +226,7 @@ async def share_series(request: web.Request) -> web.Response:
     def ended(_: asyncio.Task[None]) -> None:
         shares.running.pop(order.share_id, None)
         shares.orders.pop(order.share_id, None)
+        shares.cancelled.discard(order.share_id)
 
     task.add_done_callback(ended)
     return web.json_response(
@@ -246,6 +247,8 @@ async def cancel_share(request: web.Request) -> web.Response:
     if order.sub != identity.sub:
         audit_refusal(request, "pacs_not_sharer", sub=identity.sub, room=room_id)
         raise PolicyDenied("only whoever started a share may stop it")
+    if share_id in shares.cancelled:  # a second click: the share is already ending
+        return web.json_response({"share_id": share_id, "state": "cancelling"}, status=202)
     shares.cancelled.add(share_id)
     shares.running[share_id].cancel()
     node.audit.append(

@@ -191,7 +191,9 @@ async def _share_one(node: Node, run: ShareRun, data: bytes) -> SharedImage:
 
 async def run_share(node: Node, client: PacsClient, order: ShareOrder, cancelled: set[str]) -> None:
     """Retrieve the instances one by one and stack each as it comes (the background task).
-    `cancelled` holds the ids of shares someone stopped (a cancel, not a shutdown)."""
+    `cancelled` holds the ids of shares someone stopped (a cancel, not a shutdown); the caller
+    removes this one once the task is over (so a second stop while it ends is not a second
+    cancel)."""
     run = ShareRun(order, SeriesStacks(node.images.limits.max_frames, dict(order.expected)))
     updates = RoomUpdates(node, run)
     error = ""
@@ -236,7 +238,6 @@ async def run_share(node: Node, client: PacsClient, order: ShareOrder, cancelled
         log.exception("share from the PACS failed")
         error = "server_error"
     finally:
-        cancelled.discard(order.share_id)
         await updates.stop()
         node.audit.append(
             "pacs_share_failed" if error else "pacs_share_finished",
