@@ -1,19 +1,25 @@
 """PACS share benchmark: a CT series from a real Orthanc into a room, against a file upload.
 
 Starts Orthanc with its DICOMweb plugin (tests/fixtures/orthanc.py) loaded with one CT series
-(`--slices`, 512x512 16-bit by default), and a real `consilium serve` process (development IdP,
-no media). A chair and a radiologist join the room over WebSockets. It prints one JSON line:
+(`--slices`, 512x512 16-bit by default, stored in a shuffled order), and a real `consilium serve`
+process (development IdP, no media) with the default `max_images_per_room`: the series is ONE
+stacked image. A chair and a radiologist join the room over WebSockets. It prints one JSON line:
 
 - `first_slice_s`: from the radiologist's `POST .../pacs/shares` until BOTH participants have
-  fetched the first slice shared (its `image_shared` received, then its frame, watermarked for
-  them, downloaded): the first slice visible to everyone. The aim is under 2 s.
-- `all_slices_s`: until both have received `pacs_share_progress` `done` with every slice shared.
+  fetched the first slice shared (the series' first `image_shared` received, then its frame 0,
+  watermarked for them, downloaded): the first slice visible to everyone. The aim is under 2 s.
+- `all_slices_s`: until both have received `pacs_share_progress` `done` and the series' image
+  with every slice.
 - `node_peak_rss_mb`: the node process's peak resident memory while sharing (sampled every
   10 ms); `workers_peak_rss_mb` the image workers' (its child processes) together.
+- `pacs_images`: images the share made in the room (1: one series, one image);
+  `image_updates` and `progress_messages`: the `image_shared` and `pacs_share_progress`
+  messages one participant received for it (paced: a few a second, not one per slice).
 - `baseline_*`: the same series the way it was shared before a PACS link: the client retrieves
   the whole series from the PACS (WADO-RS, into memory) and uploads each file
-  (`POST .../images`, one at a time); first slice visible, all, and the node's peak RSS,
-  measured in the same run on the same node (another room).
+  (`POST .../images`, one at a time, each its own image); first slice visible, all, and the
+  node's peak RSS, measured in the same run on a second node started afterwards with the same
+  settings but a `max_images_per_room` that lets one image per slice in.
 - `series_mb`: the series' size as DICOM files; `slices`.
 
     python bench/pacs_share.py             # 200 slices of 512x512
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -133,24 +140,45 @@ class Participant:
             raise RuntimeError(f"the connection ended: {message.type.name}")
         return dict(json.loads(message.data))
 
-    async def watch(self, slices: int, started: float, pacs: bool) -> tuple[float, float]:
-        """Seconds from `started` until this person saw the first slice (frame fetched) and
-        until every slice was announced (and, for a PACS share, `done`)."""
+    async def watch(self, slices: int, started: float) -> tuple[float, float]:
+        """Seconds from `started` until this person saw the first uploaded slice (frame
+        fetched) and until every slice was announced (one image each)."""
         first = 0.0
         announced = 0
-        done = not pacs
-        while announced < slices or not done:
+        while announced < slices:
             message = await self.next()
             if message["type"] == "image_shared":
                 announced += 1
                 if announced == 1:
                     await self.fetch(message["image_id"])
                     first = time.monotonic() - started
-            elif message["type"] == "pacs_share_progress" and message["state"] != "running":
-                if message["state"] != "done":
-                    raise RuntimeError(f"the share failed: {message}")
-                done = True
         return first, time.monotonic() - started
+
+    async def watch_series(self, slices: int, started: float) -> dict[str, Any]:
+        """Seconds from `started` until this person saw the series' first slice (frame 0
+        fetched) and until the share was `done` with every slice in the one image; the
+        messages it took."""
+        first = 0.0
+        images: set[str] = set()
+        frames = updates = progress = 0
+        done = False
+        while frames < slices or not done:
+            message = await self.next()
+            if message["type"] == "image_shared":
+                updates += 1
+                images.add(message["image_id"])
+                frames = max(frames, message["frames"])
+                if updates == 1:
+                    await self.fetch(message["image_id"])
+                    first = time.monotonic() - started
+            elif message["type"] == "pacs_share_progress":
+                progress += 1
+                if message["state"] != "running":
+                    if message["state"] != "done":
+                        raise RuntimeError(f"the share failed: {message}")
+                    done = True
+        return {"first": first, "all": time.monotonic() - started, "images": len(images),
+                "updates": updates, "progress": progress}  # fmt: skip
 
     async def fetch(self, image_id: str) -> None:
         async with self.session.get(
@@ -194,13 +222,16 @@ async def pacs_share(
         ) as response:
             assert response.status == 202, await response.text()
         seen = await asyncio.gather(
-            chair.watch(slices, started, True), radiologist.watch(slices, started, True)
+            chair.watch_series(slices, started), radiologist.watch_series(slices, started)
         )
     return {
-        "first_slice_s": round(max(s[0] for s in seen), 3),
-        "all_slices_s": round(max(s[1] for s in seen), 3),
+        "first_slice_s": round(max(s["first"] for s in seen), 3),
+        "all_slices_s": round(max(s["all"] for s in seen), 3),
         "node_peak_rss_mb": round(memory.node_peak / 2**20, 1),
         "workers_peak_rss_mb": round(memory.workers_peak / 2**20, 1),
+        "pacs_images": max(s["images"] for s in seen),
+        "image_updates": seen[0]["updates"],
+        "progress_messages": seen[0]["progress"],
     }
 
 
@@ -211,9 +242,7 @@ async def upload_share(
     chair, radiologist = await meeting(session, node, "mdt-upload")
     with PeakMemory(pid) as memory:
         started = time.monotonic()
-        watching = asyncio.gather(
-            chair.watch(slices, started, False), radiologist.watch(slices, started, False)
-        )
+        watching = asyncio.gather(chair.watch(slices, started), radiologist.watch(slices, started))
         # Before a PACS link: the whole series fetched first, then uploaded file by file.
         files = await asyncio.to_thread(pacs.retrieve_series, study, series)
         for data in files:
@@ -236,24 +265,29 @@ async def run(slices: int, size: int, folder: Path) -> dict[str, Any]:
     node: ServeProcess | None = None
     try:
         info, instances = ct_series(slices, size=size)
-        series_bytes = 0
-        for data in instances:
-            series_bytes += len(data)
+        shuffled = list(instances)  # a modality's sends arrive in any order: so does the PACS's
+        random.Random(slices).shuffle(shuffled)
+        series_bytes = sum(len(data) for data in shuffled)
+        for data in shuffled:
             pacs.store_instance(data)
+        del shuffled
         env = {
             "CONSILIUM_MEDIA": "false",
             "CONSILIUM_PACS_URL": pacs.dicomweb_url,
             "CONSILIUM_PACS_USERNAME": USER,
             "CONSILIUM_PACS_PASSWORD_FILE": str(pacs.password_file),
-            "CONSILIUM_MAX_IMAGES_PER_ROOM": str(slices + 10),
-            "CONSILIUM_PACS_MAX_INSTANCES": str(slices),
+            "CONSILIUM_PACS_MAX_INSTANCES": str(max(slices, 300)),
         }
-        node = start_serve(folder / "node" / "data", env=env)
-        pid = node.proc.pid
+        result: dict[str, Any] = {"slices": slices, "series_mb": round(series_bytes / 2**20, 1)}
         async with aiohttp.ClientSession() as session:
-            result: dict[str, Any] = {"slices": slices, "series_mb": round(series_bytes / 2**20, 1)}
-            result |= await pacs_share(session, node, pid, info.study_uid, info.series_uid, slices)
-            result |= await upload_share(session, node, pid, pacs, info.study_uid,
+            node = start_serve(folder / "node" / "data", env=env)  # max_images_per_room default
+            result |= await pacs_share(session, node, node.proc.pid, info.study_uid,
+                                       info.series_uid, slices)  # fmt: skip
+            node.stop()
+            # One image per uploaded file: the baseline needs the room bound raised.
+            env["CONSILIUM_MAX_IMAGES_PER_ROOM"] = str(slices + 10)
+            node = start_serve(folder / "baseline" / "data", env=env)
+            result |= await upload_share(session, node, node.proc.pid, pacs, info.study_uid,
                                          info.series_uid, slices)  # fmt: skip
         return result
     finally:

@@ -11,8 +11,12 @@ room's data key (`recorder.roomkeys`), in the segment cipher's container (`recor
 Each object's cipher context names the room, the image and the frame, so an object copied to
 another room, image or position fails to decrypt. Plaintext is only ever in memory: an image is
 written in a hidden folder and renamed into place once complete, so a crash never leaves half
-an image listed. Everything here is synchronous file I/O and CPU work: the server runs it off
-the event loop. Watermarking per viewer happens when a frame is served, not here.
+an image listed. A series from the PACS is the exception that grows in place
+(`share_slice`, `imaging.stack`): its first slice is stored as above, each later one is written
+as the next frame file (atomically, by rename) before the record that counts it is replaced, so
+a reader never sees a frame the record does not have, and a crash leaves the slices that had
+arrived. Everything here is synchronous file I/O and CPU work: the server runs it off the event
+loop. Watermarking per viewer happens when a frame is served, not here.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import builtins
 import contextlib
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
@@ -30,33 +33,27 @@ import secrets
 import shutil
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
-
-import numpy as np
-from PIL import Image
+from typing import Any, Literal
 
 from core.errors import Conflict, IntegrityError, NotFound, RateLimited
 from core.imageref import ImageRef
 from core.rooms import valid_room_id
-from imaging.burnedin import (
-    NOT_CHECKED,
-    Box,
-    BurnedInText,
-    HeaderFindings,
-    blank,
-    clean_frame,
-    decide,
-)
-from imaging.deidentified import DeidentifiedImage
-from imaging.deidentify import deidentify
+from imaging.burnedin import Box
 from imaging.pacs_source import DicomSource
-from imaging.render import display_mode
+from imaging.prepare import PreparedImage, image_title, prepare_image, redact_frame
 from imaging.sniff import DEFAULT_LIMITS, FrameNotFound, ImageLimits
+from imaging.stack import SeriesStacks, SliceImage, SlicePlace, SliceRefused, slice_refusal
 from recorder.segments import decrypt_segment, open_segment_writer, segment_context
+
+__all__ = [
+    "ImageNotHeld", "ImageStore", "PreparedImage", "SharedImage", "TooManyImages", "UnknownImage",
+    "image_title", "prepare_image", "redact_frame", "room_uid_secret",
+]  # fmt: skip
+"""`PreparedImage`, `prepare_image`, `image_title` and `redact_frame` live in `imaging.prepare`;
+named here too, where the store's callers have always found them."""
 
 log = logging.getLogger("consilium.images")
 
@@ -64,8 +61,6 @@ IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 """What an image id looks like (ids are `secrets.token_urlsafe(16)`): never a path."""
 META_FILE = "meta.seg"
 """The encrypted metadata record in an image's folder."""
-TITLE_LIMIT = 200
-"""Characters of an image's title."""
 _PARTIAL_PREFIX = ".partial-"
 _CONTEXT_TRACK_META = "image-meta"
 _CONTEXT_TRACK_FRAME = "image-frame"
@@ -92,7 +87,7 @@ class TooManyImages(RateLimited):
 
 _ANNOUNCED = (
     "image_id", "kind", "frames", "width", "height", "pixel_spacing_mm", "shared_by", "title",
-    "burned_in_confirmed",
+    "burned_in_confirmed", "slice_order", "frames_pending",
 )  # fmt: skip
 """The fields of `SharedImage.to_wire` that the `image_shared` message carries."""
 
@@ -136,6 +131,11 @@ class SharedImage:
     """Regions blanked by the burned-in text check (device regions and text read)."""
     redacted: int = 0
     """Boxes the uploader blanked by hand before releasing a held image."""
+    slice_order: tuple[int, ...] = ()
+    """A series shared from the PACS as one stacked image (`imaging.stack`): its frame indexes
+    (arrival order, never renumbered) in anatomical order. Empty: frames in index order."""
+    frames_pending: int = 0
+    """Slices of a stacked series still on their way from the PACS (0: complete)."""
     source: DicomSource | None = None
     """For an image shared from the PACS, the original UIDs of each frame (annotations are
     written back against them, `imaging.presentation_state`); None for an upload. Kept in the
@@ -156,6 +156,8 @@ class SharedImage:
             "held": self.held,
             "held_reasons": list(self.held_reasons),
             "text_blanked": self.text_blanked,
+            "slice_order": list(self.slice_order),
+            "frames_pending": self.frames_pending,
         }
 
     def announcement(self) -> dict[str, Any]:
@@ -178,6 +180,7 @@ class SharedImage:
         spacing = raw.get("pixel_spacing_mm")
         raw["pixel_spacing_mm"] = (float(spacing[0]), float(spacing[1])) if spacing else None
         raw["held_reasons"] = tuple(raw.get("held_reasons", ()))
+        raw["slice_order"] = tuple(raw.get("slice_order", ()))
         source = raw.get("source")
         raw["source"] = DicomSource.from_record(source) if source else None
         return cls(**raw)
@@ -189,113 +192,26 @@ def room_uid_secret(room_key: bytes, room_id: str) -> bytes:
     return hmac.new(room_key, _UID_SECRET_LABEL + room_id.encode(), hashlib.sha256).digest()
 
 
-def image_title(image: DeidentifiedImage) -> str:
-    """A title for people: the modality and series description of a de-identified DICOM (what
-    de-identification left of them), "Image" for a photo. Never a patient identifier."""
-    if image.dataset is None:
-        return "Image"
-    parts = [
-        " ".join(str(image.dataset.get(keyword, "") or "").split())
-        for keyword in ("Modality", "SeriesDescription")
-    ]
-    title = " ".join(part for part in parts if part)
-    return title[:TITLE_LIMIT] or "DICOM image"
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedImage:
-    """An upload de-identified and rendered, ready to store: what an image worker returns."""
-
-    kind: Literal["dicom", "png", "jpeg"]
-    """What was uploaded, by content."""
-    frames: tuple[bytes, ...]
-    """Each frame as served (PNG, or the cleaned JPEG of a photo)."""
-    media_type: str
-    """MIME type of each frame."""
-    width: int
-    """Columns in pixels."""
-    height: int
-    """Rows in pixels."""
-    pixel_spacing_mm: tuple[float, float] | None
-    """Row and column spacing in mm; None when the image has none."""
-    title: str
-    """See `SharedImage.title`."""
-    burned_in_confirmed: bool
-    """The DICOM declared burned-in identifiers and the uploader confirmed sharing it."""
-    removed_tags: int
-    """How many attributes or metadata items de-identification removed or replaced."""
-    burned_in_text: BurnedInText = NOT_CHECKED
-    """What the burned-in text check blanked, and whether the image is held."""
-
-
-def prepare_image(
-    data: bytes,
-    *,
-    uid_secret: bytes,
-    confirm_burned_in: bool = False,
-    limits: ImageLimits = DEFAULT_LIMITS,
-) -> PreparedImage:
-    """De-identify and render an upload: all the decoding an upload needs, in one pure call
-    (the node runs it in a memory-capped worker, `imaging.worker`, whose output goes
-    nowhere). Decoder warnings are dropped here too: pydicom's quote the values they parse."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        image = deidentify(
-            data, uid_secret=uid_secret, confirm_burned_in=confirm_burned_in, limits=limits
-        )
-        if image.text_check is None:
-            frames = tuple(image.render_frame(index) for index in image.frames)
-            text = NOT_CHECKED
-        else:
-            frames, text = _without_burned_in_text(image, image.text_check)
-    spacing = image.pixel_spacing
-    return PreparedImage(
-        kind=cast(Literal["dicom", "png", "jpeg"], image.kind.value),
-        frames=frames,
-        media_type=image.media_type,
-        width=image.columns,
-        height=image.rows,
-        pixel_spacing_mm=(spacing.row_mm, spacing.column_mm) if spacing else None,
-        title=image_title(image),
-        burned_in_confirmed=image.burned_in_confirmed,
-        removed_tags=len(image.removed),
-        burned_in_text=text,
-    )
-
-
-def _without_burned_in_text(
-    image: DeidentifiedImage, header: HeaderFindings
-) -> tuple[tuple[bytes, ...], BurnedInText]:
-    """Every frame with device regions and readable text blanked (`imaging.burnedin`), one
-    frame in memory at a time; a frame nothing was found in is kept as rendered."""
-    frames: list[bytes] = []
-    blanked: list[tuple[int, Box]] = []
-    remains = False
-    for index in image.frames:
-        pixels = image.frame_pixels(index)
-        boxes, still = clean_frame(pixels, header.regions)
-        keep = not boxes and image.photo is not None  # a photo as cleaned, not re-encoded
-        frames.append(image.render_frame(index) if keep else image.encode_frame(pixels))
-        blanked += [(index, box) for box in boxes]
-        remains = remains or still
-    return tuple(frames), decide(header, blanked, remains)
-
-
-def redact_frame(data: bytes, media_type: str, boxes: Sequence[Box]) -> bytes:
-    """A stored frame (PNG or JPEG, as rendered) with `boxes` blanked, in the same format."""
-    with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
-        pixels = np.array(display_mode(img))
-    blank(pixels, boxes)
-    out = io.BytesIO()
-    if media_type == "image/jpeg":
-        Image.fromarray(pixels).convert("RGB").save(out, format="JPEG", quality=95)
-    else:
-        Image.fromarray(pixels).save(out, format="PNG", compress_level=6)
-    return out.getvalue()
-
-
 def _context(room_id: str, image_id: str, track: str, index: int) -> bytes:
     return segment_context(f"room-image:{room_id}:{image_id}", track, index)
+
+
+def _naming_every_frame(source: DicomSource | None, frames: int) -> DicomSource | None:
+    """`source` if it names each of an image's `frames`, else None (no guessing)."""
+    return source if source is not None and len(source.frames) == frames else None
+
+
+def _stacked_source(
+    stacked: DicomSource | None, slice_source: DicomSource | None, frames: int
+) -> DicomSource | None:
+    """The per-frame sources of a stacked image of `frames` frames once a slice is appended:
+    None as soon as any slice's are missing or of another series."""
+    if stacked is None or slice_source is None or len(stacked.frames) != frames:
+        return None
+    try:
+        return DicomSource.stacked([stacked, slice_source])
+    except ValueError:
+        return None
 
 
 def _frame_file(index: int) -> str:
@@ -362,23 +278,122 @@ class ImageStore:
         `uid_secret` replaces DICOM UIDs (default: derived from the room's data key, see
         `room_uid_secret`). `prepare` does the decoding (`prepare_image`, here or in an image
         worker). Raises what `deidentify` raises (`UnsupportedImage`, `ImageTooLarge`,
-        `BurnedInAnnotation`) and `TooManyImages`. `source`: the original UIDs of a share
+        `BurnedInAnnotation`) and `TooManyImages`. `source`: the original UIDs of an instance
         from the PACS (`imaging.pacs_source`), kept only when they name every frame.
         """
-        images_dir = self.images_dir(room_id)
+        self.images_dir(room_id)
         self._reserve(room_id)
-        partial: Path | None = None
         try:
-            key = self.room_key(room_id)
-            image = prepare(
-                data,
-                uid_secret=uid_secret or room_uid_secret(key, room_id),
-                confirm_burned_in=confirm_burned_in,
-                limits=self.limits,
-            )
-            image_id = secrets.token_urlsafe(16)
-            images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
+            image = self._prepare(room_id, data, prepare, uid_secret, confirm_burned_in)
+            source = _naming_every_frame(source, len(image.frames))
+            return self._store_new(room_id, image, shared_by_participant, uploader, source=source)
+        finally:
+            self._unreserve(room_id)
+
+    def share_slice(
+        self,
+        room_id: str,
+        data: bytes,
+        stacks: SeriesStacks,
+        *,
+        shared_by_participant: str,
+        uploader: str,
+        prepare: Callable[..., PreparedImage] = prepare_image,
+        source: DicomSource | None = None,
+    ) -> SharedImage:
+        """One instance of a series from the PACS, through the upload's path (`_prepare`): the
+        next frame of its series' stacked image (`imaging.stack`: appended, never renumbered),
+        or frame 0 of a new one. The record returned is the stacked image as it now stands.
+
+        A held instance becomes an image of its own, held for the sharer as an upload is; one
+        that cannot stack raises `SliceRefused` (nothing stored). Only the share calls this, one
+        instance at a time, so a stack has one writer; the record is replaced, never edited.
+        `source`: the instance's original UIDs (`imaging.pacs_source`), appended to the stacked
+        image's per-frame sources (dropped for the whole image if one slice lacks them, so a
+        frame never maps to another slice's instance).
+        """
+        image = self._prepare(room_id, data, prepare)
+        source = _naming_every_frame(source, len(image.frames))
+        if image.burned_in_text.held:
+            self._reserve(room_id)
+            try:
+                return self._store_new(room_id, image, shared_by_participant, uploader,
+                                       source=source)  # fmt: skip
+            finally:
+                self._unreserve(room_id)
+        one = SliceImage(image.kind, len(image.frames), image.width, image.height,
+                         image.media_type)  # fmt: skip
+        place = image.place or SlicePlace(series="")
+        stack = stacks.stack_for(place.series)
+        if stack is None:
+            if reason := slice_refusal(one):
+                raise SliceRefused(reason)
+            pending = max(0, stacks.expected.get(place.series, 0) - 1)
+            self._reserve(room_id)  # a series counts once against max_images_per_room
+            try:
+                record = self._store_new(room_id, image, shared_by_participant, uploader,
+                                         slice_order=(0,), frames_pending=pending,
+                                         source=source)  # fmt: skip
+            finally:
+                self._unreserve(room_id)
+            stacks.start(record.image_id, place, one)
+            return record
+        if reason := stack.refusal(one):
+            raise SliceRefused(reason)
+        record = self.info(room_id, stack.image_id)
+        key = self.room_key(room_id)
+        index = record.frames
+        context = _context(room_id, record.image_id, _CONTEXT_TRACK_FRAME, index)
+        self._replace(self._image_dir(room_id, record.image_id) / _frame_file(index),
+                      image.frames[0], key, context)  # fmt: skip
+        stack.add(place)
+        return self._update(room_id, record, frames=index + 1, slice_order=stack.order(),
+                            frames_pending=stack.pending,
+                            source=_stacked_source(record.source, source, index))  # fmt: skip
+
+    def finish_stack(self, room_id: str, image_id: str) -> SharedImage:
+        """A stacked image whose share ended (done, failed or cancelled): no slice is pending;
+        it keeps the slices that arrived."""
+        record = self.info(room_id, image_id)
+        return record if not record.frames_pending else self._update(room_id, record,
+                                                                     frames_pending=0)  # fmt: skip
+
+    def _prepare(
+        self,
+        room_id: str,
+        data: bytes,
+        prepare: Callable[..., PreparedImage],
+        uid_secret: bytes | None = None,
+        confirm_burned_in: bool = False,
+    ) -> PreparedImage:
+        """De-identified and rendered by `prepare`, UIDs replaced for the room (the one path
+        every image takes, uploaded or from the PACS)."""
+        key = self.room_key(room_id)
+        return prepare(
+            data,
+            uid_secret=uid_secret or room_uid_secret(key, room_id),
+            confirm_burned_in=confirm_burned_in,
+            limits=self.limits,
+        )
+
+    def _store_new(
+        self,
+        room_id: str,
+        image: PreparedImage,
+        shared_by_participant: str,
+        uploader: str,
+        **stacked: Any,
+    ) -> SharedImage:
+        """Encrypt and store a prepared image as a new one (in a hidden folder renamed into
+        place once complete); `stacked`: a stack's `slice_order` and `frames_pending`, and the
+        image's `source` (`imaging.pacs_source`)."""
+        images_dir = self.images_dir(room_id)
+        key = self.room_key(room_id)
+        image_id = secrets.token_urlsafe(16)
+        images_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = images_dir / f"{_PARTIAL_PREFIX}{image_id}"
+        stored = False
+        try:
             partial.mkdir(mode=0o700)
             for index, frame in enumerate(image.frames):
                 self._write(
@@ -404,7 +419,7 @@ class ImageStore:
                 held=image.burned_in_text.held,
                 held_reasons=image.burned_in_text.reasons,
                 text_blanked=len(image.burned_in_text.blanked),
-                source=source if source and len(source.frames) == len(image.frames) else None,
+                **stacked,
             )
             self._write(
                 partial / META_FILE,
@@ -413,17 +428,35 @@ class ImageStore:
                 _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
             )
             os.replace(partial, images_dir / image_id)
-            partial = None
+            stored = True
             with self._lock:
                 self._load(room_id).append(record)
             return record
         finally:
-            if partial is not None:
+            if not stored:
                 shutil.rmtree(partial, ignore_errors=True)
-            with self._lock:
-                self._pending[room_id] -= 1
-                if not self._pending[room_id]:
-                    del self._pending[room_id]
+
+    def _update(self, room_id: str, record: SharedImage, **changes: Any) -> SharedImage:
+        """Replace an image's record (on disk atomically, then in memory); the new record."""
+        updated = replace(record, **changes)
+        self._replace(
+            self._image_dir(room_id, record.image_id) / META_FILE,
+            updated.encode(),
+            self.room_key(room_id),
+            _context(room_id, record.image_id, _CONTEXT_TRACK_META, 0),
+        )
+        with self._lock:
+            records = self._load(room_id)
+            for position, known in enumerate(records):
+                if known.image_id == record.image_id:
+                    records[position] = updated
+        return updated
+
+    def _unreserve(self, room_id: str) -> None:
+        with self._lock:
+            self._pending[room_id] -= 1
+            if not self._pending[room_id]:
+                del self._pending[room_id]
 
     def _reserve(self, room_id: str) -> None:
         """Count an upload in flight against the room's bound (so parallel ones cannot pass it)."""
@@ -490,17 +523,7 @@ class ImageStore:
             plain = decrypt_segment(path.read_bytes(), key, context)
             redacted = redact_frame(plain, record.media_type, frame_boxes)
             self._replace(path, redacted, key, context)
-        released = replace(record, held=False, redacted=len(boxes))
-        self._replace(
-            folder / META_FILE,
-            released.encode(),
-            key,
-            _context(room_id, image_id, _CONTEXT_TRACK_META, 0),
-        )
-        with self._lock:
-            records = self._load(room_id)
-            records[records.index(record)] = released
-        return released
+        return self._update(room_id, record, held=False, redacted=len(boxes))
 
     def _replace(self, path: Path, plaintext: bytes, key: bytes, context: bytes) -> None:
         fresh = path.with_name(path.name + ".new")
@@ -559,7 +582,10 @@ class ImageStore:
                 context = _context(room_id, folder.name, _CONTEXT_TRACK_META, 0)
                 try:
                     meta = decrypt_segment((folder / META_FILE).read_bytes(), key, context)
-                    records.append(SharedImage.decode(meta))
+                    record = SharedImage.decode(meta)
+                    # Read from disk: no share of this process is adding to it (a share that
+                    # stopped with the node keeps the slices that arrived).
+                    records.append(replace(record, frames_pending=0))
                 except (OSError, IntegrityError, ValueError, TypeError, KeyError) as exc:
                     # One damaged image must not hide the room's others; it stays on disk.
                     log.error("shared image %s/%s unreadable: %s", room_id, folder.name, exc)

@@ -477,7 +477,10 @@ class ActiveSpeaker(Message, tag="active_speaker"):
 
 class ImageShared(Message, tag="image_shared"):
     """Someone shared an image into the room (`POST /api/rooms/{room}/images`): the same fields
-    as that request's answer. Fetch its frames with `GET /api/rooms/{room}/images/{image_id}`."""
+    as that request's answer. Fetch its frames with `GET /api/rooms/{room}/images/{image_id}`.
+    Sent again with the same `image_id` when the image changes: a held image released, or a
+    series from the PACS growing as its slices arrive (`frames`, `slice_order` and
+    `frames_pending` updated, a few times a second at most); the latest one wins."""
 
     image_id: str
     kind: Literal["dicom", "png", "jpeg"]
@@ -492,12 +495,19 @@ class ImageShared(Message, tag="image_shared"):
     """[row_mm, column_mm] for measurements, or null when the image has no calibrated spacing."""
     burned_in_confirmed: bool = False
     """The DICOM declares identifiers burned into its pixels and the uploader confirmed."""
+    slice_order: list[int] = []
+    """A series shared from the PACS as one stacked image: its frame indexes in anatomical
+    order, to scroll through (a frame index, the `frame` of fetches and annotations, never
+    changes meaning; a slice arriving later may sort before it). Empty: frames in index order."""
+    frames_pending: int = 0
+    """Slices of that series still on their way (0: complete, or not a series)."""
 
 
 class PacsShareProgress(Message, tag="pacs_share_progress"):
     """A series (or study) is being shared from the PACS (`POST /api/rooms/{room}/pacs/shares`):
-    sent to everyone in the room when it starts, after each instance, and when it ends. Each
-    instance shared arrives as its own `image_shared`, the first as soon as it is ready."""
+    sent to everyone in the room when it starts, as instances arrive (a few times a second at
+    most) and when it ends. Each series becomes ONE stacked image: its `image_shared` comes as
+    soon as its first slice is ready and again as it grows."""
 
     share_id: str
     state: Literal["running", "done", "failed"]
@@ -510,7 +520,17 @@ class PacsShareProgress(Message, tag="pacs_share_progress"):
     shared_by: str = ""
     """Participant id of whoever shared it."""
     error: str = ""
-    """When `failed`: the error code (e.g. `pacs_unavailable`, `too_many_images`)."""
+    """When `failed`: the error code (e.g. `pacs_unavailable`, `too_many_images`); `cancelled`
+    when the sharer or a chair stopped it. The slices that arrived stay shared."""
+    skipped: int = 0
+    """Instances left out (not an image, another size than the series, several frames of its
+    own, burned-in annotation declared, beyond the frame limit)."""
+    skipped_reasons: list[str] = []
+    """Why, each reason code once: `unsupported_image`, `burned_in_annotation`,
+    `image_too_large`, `slice_size_differs`, `slice_kind_differs`, `multi_frame_in_series`,
+    `series_frame_limit`."""
+    images: list[str] = []
+    """The stacked images this share made (one per series), by `image_id`."""
 
 
 class ConsentRequested(Message, tag="consent_requested"):

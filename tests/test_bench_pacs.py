@@ -24,3 +24,6 @@ def test_quick_pacs_share_bench_prints_its_json_contract() -> None:
                 "baseline_all_slices_s", "baseline_node_peak_rss_mb"):  # fmt: skip
         assert isinstance(line[key], int | float) and line[key] > 0, (key, line[key])
     assert line["first_slice_s"] <= line["all_slices_s"]
+    # The series is one stacked image, announced a few times rather than once per slice.
+    assert line["pacs_images"] == 1
+    assert 1 <= line["image_updates"] <= 10 and line["progress_messages"] >= 2

@@ -256,14 +256,16 @@ async def test_a_shared_dicom_reaches_everyone_and_is_served_watermarked(
     assert status == 201, body
     assert set(body) == {"image_id", "kind", "frames", "width", "height", "pixel_spacing_mm",
                          "shared_by", "title", "burned_in_confirmed", "held", "held_reasons",
-                         "text_blanked"}  # fmt: skip
+                         "text_blanked", "slice_order", "frames_pending"}  # fmt: skip
+    assert body["slice_order"] == [] and body["frames_pending"] == 0  # an upload: not a stack
     assert body["held"] is False and body["text_blanked"] == 0  # a CT: not an OCR candidate
     assert body["kind"] == "dicom" and body["frames"] == 1 and body["title"] == "CT"
     assert len(body["pixel_spacing_mm"]) == 2 and body["burned_in_confirmed"] is False
     for ws in sockets.values():  # the uploader's own connection too
         shared = await next_message(ws, "image_shared")
         # Fields at their default (null spacing, not confirmed) are left out on the WebSocket.
-        defaults = {"pixel_spacing_mm": None, "burned_in_confirmed": False}
+        defaults = {"pixel_spacing_mm": None, "burned_in_confirmed": False, "slice_order": [],
+                    "frames_pending": 0}  # fmt: skip
         announced = {**defaults, **{k: v for k, v in shared.items() if k != "type"}}
         assert announced == {k: v for k, v in body.items() if k in announced}
         assert set(body) - set(announced) == {"held", "held_reasons", "text_blanked"}

@@ -1,15 +1,25 @@
 """Images from a real PACS: Orthanc with its DICOMweb plugin (tests/fixtures/orthanc.py), a real
 in-process node, real HTTP and signalling WebSockets. Search from a room, share a series into
-it through the upload's path, refusals, and a PACS that is down while the room goes on."""
+it through the upload's path as ONE stacked image (slices uploaded to Orthanc shuffled end up in
+anatomical order, the first viewable while the rest stream in), cancel, refusals, and a PACS
+that is down or dies while the room goes on."""
 
 from __future__ import annotations
 
+import io
+import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+import pydicom
 import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
 from imaging.watermark import identify, load_or_create_watermark_key
 from signaling.audit import iter_entries
@@ -66,6 +76,71 @@ def jane(orthanc: OrthancServer) -> CtSeries:
     return next(s for s in orthanc.loaded if s.patient_id == "PAT-0001")
 
 
+async def until_share_ends(
+    ws: aiohttp.ClientWebSocketResponse, share_id: str, timeout: float = 60
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every `image_shared` until the share's last `pacs_share_progress`, and that one."""
+    images: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    while last.get("state") not in ("done", "failed"):
+        message = await next_message(ws, timeout=timeout)
+        if message["type"] == "image_shared":
+            images.append(message)
+        elif message["type"] == "pacs_share_progress":
+            assert message["share_id"] == share_id
+            last = message
+    return images, last
+
+
+def store_shuffled(
+    pacs: OrthancServer, slices: int, size: int, patient_id: str, *, with_report: bool = False
+) -> CtSeries:
+    """A CT series loaded into the PACS in a shuffled order (as a modality's sends may be);
+    `with_report`: plus a structured report in the same series (an instance with no image)."""
+    info, instances = ct_series(slices, size=size, patient_id=patient_id)
+    shuffled = list(instances)
+    if with_report:
+        shuffled.append(report_in(info))
+    random.Random(slices).shuffle(shuffled)
+    return pacs.store(info, iter(shuffled))
+
+
+def report_in(series: CtSeries) -> bytes:
+    """A Basic Text SR of the series' patient, filed in the series: DICOM, but no image."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = BasicTextSRStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientName = series.patient_id, series.patient_name
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = series.study_uid, series.series_uid
+    ds.AccessionNumber, ds.StudyDate = series.accession, series.study_date
+    ds.Modality = "CT"
+    ds.InstanceNumber = 999
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def bright_row(png: bytes) -> int:
+    """Each test slice has a bright row at its InstanceNumber (5 mm along z per number)."""
+    with Image.open(io.BytesIO(png)) as img:
+        return int(np.asarray(img.convert("L"), dtype=np.float64).mean(axis=1).argmax())
+
+
+async def get_frame(node: RunningNode, image_id: str, frame: int) -> tuple[int, bytes]:
+    session = await node.session()
+    async with session.get(
+        f"{node.url}/api/rooms/mdt-1/images/{image_id}",
+        params={"frame": str(frame)},
+        headers=bearer(node, "dr-chair", "chair"),
+    ) as response:
+        return response.status, await response.read()
+
+
 async def test_search_by_patient_id_accession_and_date(
     node: RunningNode, orthanc: OrthancServer
 ) -> None:
@@ -119,19 +194,16 @@ async def test_a_shared_series_reaches_everyone_de_identified_and_watermarked(
     assert started["total"] == 5 and started["state"] == "running"
 
     for sub, ws in sockets.items():
-        images: list[dict[str, Any]] = []
-        last: dict[str, Any] = {}
-        while last.get("state") not in ("done", "failed"):
-            message = await next_message(ws, timeout=30)
-            if message["type"] == "image_shared":
-                images.append(message)
-            elif message["type"] == "pacs_share_progress":
-                assert message["share_id"] == started["share_id"]
-                last = message
+        images, last = await until_share_ends(ws, started["share_id"])
         assert last["state"] == "done" and last["shared"] == 5 and last["total"] == 5, last
-        assert len(images) == 5
+        # One series, one image: announced as it grew, the last time complete.
+        assert {image["image_id"] for image in images} == set(last["images"])
+        assert len(last["images"]) == 1 and last.get("skipped", 0) == 0
+        final = images[-1]
+        assert final["frames"] == 5 and final.get("frames_pending", 0) == 0
+        assert sorted(final["slice_order"]) == [0, 1, 2, 3, 4]
         for image in images:
-            assert image["kind"] == "dicom" and image["frames"] == 1
+            assert image["kind"] == "dicom" and 1 <= image["frames"] <= 5
             assert image["width"] == 256 and image["pixel_spacing_mm"] == [0.7, 0.7]
             text = repr(image) + repr(last)
             for phi in ("Doe", "Jane", "PAT-0001", "ACC-1001", series.series_uid):
@@ -147,12 +219,14 @@ async def test_a_shared_series_reaches_everyone_de_identified_and_watermarked(
             mark = identify(await response.read(), load_or_create_watermark_key(node.data_dir))
         assert mark is not None and (mark.viewer, mark.room) == (sub, "mdt-1")
 
-    # The upload's path: de-identified (tags removed, nothing identifying in what is stored).
+    # The upload's path for every slice: de-identified (tags removed, nothing identifying in
+    # what is stored), each audited.
     shared = audit(node, "image_shared")
     assert len(shared) == 5 and all(e.fields["removed_tags"] > 0 for e in shared)
+    assert [e.fields["frames"] for e in shared] == [1, 2, 3, 4, 5]
     assert node.node is not None
-    for record in node.node.images.list("mdt-1"):
-        assert "Doe" not in record.title and record.uploader == "dr-rad"
+    (record,) = node.node.images.list("mdt-1")
+    assert "Doe" not in record.title and record.uploader == "dr-rad" and record.frames == 5
     (finished,) = audit(node, "pacs_share_finished")
     assert (finished.fields["shared"], finished.fields["skipped"]) == (5, 0)
     (started_entry,) = audit(node, "pacs_share_started")
@@ -249,17 +323,30 @@ async def test_a_series_beyond_the_share_bound_or_the_rooms_is_refused_whole(
 ) -> None:
     series = jane(orthanc)
     uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
-    cases = [({"pacs_max_instances": 4}, 413, "too_large"),
-             ({"max_images_per_room": 4}, 429, "too_many_images")]  # fmt: skip
-    for bound, http_status, code in cases:
-        settings = pacs_settings(tmp_path / code, orthanc.dicomweb_url, orthanc.password_file,
-                                 **bound)  # fmt: skip
+    cases = [({"pacs_max_instances": 4}, 413, "too_large", 4),
+             ({"max_images_per_room": 1}, 429, "too_many_images", 1),
+             ({}, 413, "too_large", 4)]  # fmt: skip
+    for bound, http_status, code, limit in cases:
+        settings = pacs_settings(tmp_path / f"{code}-{limit}", orthanc.dicomweb_url,
+                                 orthanc.password_file, **bound)  # fmt: skip
         async with running_node(settings) as node:
-            await meeting(node)
+            sockets = await meeting(node)
+            assert node.node is not None
+            if code == "too_many_images":
+                # The room holds one image already: the 5-slice series would be a second.
+                other = next(s for s in orthanc.loaded if s.patient_id == "PAT-0002")
+                status, started = await post(node, "dr-rad", "radiologist", "shares",
+                                             {"study_uid": other.study_uid})  # fmt: skip
+                assert status == 202
+                await until_share_ends(sockets["dr-chair"], started["share_id"])
+            if not bound:  # a series of more slices than one image may hold frames
+                images = node.node.images
+                images.limits = replace(images.limits, max_frames=4)
+            held = node.node.images.list("mdt-1")
             status, error = await post(node, "dr-rad", "radiologist", "shares", uids)
-            assert (status, error["error"], error["limit"]) == (http_status, code, 4)
+            assert (status, error["error"], error["limit"]) == (http_status, code, limit)
             assert audit(node, "pacs_share_refused")[0].reason == code
-            assert node.node is not None and node.node.images.list("mdt-1") == []
+            assert node.node.images.list("mdt-1") == held
 
 
 async def test_a_whole_study_is_shared_when_no_series_is_named(
@@ -298,7 +385,11 @@ async def test_a_pacs_that_dies_during_a_share_fails_it_and_keeps_what_arrived(
             assert message["state"] == "failed" and message["error"] == "pacs_unavailable"
             assert 1 <= message["shared"] < 60
             assert node.node is not None
-            assert len(node.node.images.list("mdt-1")) == message["shared"]
+            # One image, consistent: the slices that arrived, none pending any more.
+            (image,) = node.node.images.list("mdt-1")
+            assert (image.frames, image.frames_pending) == (message["shared"], 0)
+            assert sorted(image.slice_order) == list(range(image.frames))
+            assert message["images"] == [image.image_id]
             (failed,) = audit(node, "pacs_share_failed")
             assert failed.reason == "pacs_unavailable"
             assert failed.fields["shared"] == message["shared"]
@@ -307,3 +398,113 @@ async def test_a_pacs_that_dies_during_a_share_fails_it_and_keeps_what_arrived(
             assert (await next_message(sockets["dr-rad"], "pong"))["id"] == 3
     finally:
         pacs.stop()
+
+
+async def test_a_shuffled_series_streams_in_as_one_image_in_anatomical_order(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    series = store_shuffled(orthanc, 60, 512, "PAT-0003", with_report=True)
+    async with running_node(
+        pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file)
+    ) as node:
+        sockets = await meeting(node)
+        uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
+        status, started = await post(node, "dr-rad", "radiologist", "shares", uids)
+        assert status == 202 and started["total"] == 61
+        ws = sockets["dr-chair"]
+        first = await next_message(ws, "image_shared", timeout=30)
+        assert first["frames"] == 1 and first["slice_order"] == [0]
+        assert first["frames_pending"] == 60  # the PACS counted the report among them
+        # The first slice is there for everyone while the rest are on their way.
+        status, png = await get_frame(node, first["image_id"], 0)
+        assert status == 200
+        status, _ = await get_frame(node, first["image_id"], 59)
+        assert status == 404  # not yet arrived: no such frame (yet)
+        images, last = await until_share_ends(ws, started["share_id"])
+        assert any(image["frames"] < 60 for image in images), "the rest did not stream in"
+        assert (last["state"], last["shared"], last["images"]) == ("done", 60, [first["image_id"]])
+        # The report is left out, and the room is told why; the series is whole without it.
+        assert (last["skipped"], last["skipped_reasons"]) == (1, ["unsupported_image"])
+        # Paced: far fewer updates than slices (a few a second at most).
+        assert len(images) < 60
+        final = images[-1]
+        assert final["frames"] == 60 and final.get("frames_pending", 0) == 0
+        assert node.node is not None
+        assert [r.image_id for r in node.node.images.list("mdt-1")] == [first["image_id"]]
+        # Frame 0 is still the slice that was served first; scrolling slice_order walks the
+        # slices along z, though they came from the PACS in another order.
+        order = final["slice_order"]
+        assert order != list(range(60)), "the PACS sent them in order: nothing was sorted"
+        rows = {}
+        for frame in (*order[:3], *order[-3:], 0):
+            status, body = await get_frame(node, first["image_id"], frame)
+            assert status == 200
+            rows[frame] = bright_row(body)
+        assert rows[0] == bright_row(png)
+        assert [rows[f] for f in order[:3]] == [1, 2, 3]
+        assert [rows[f] for f in order[-3:]] == [58, 59, 60]
+
+
+async def test_the_sharer_cancels_and_the_room_keeps_what_arrived(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    series = store_shuffled(orthanc, 50, 512, "PAT-0004")
+    async with running_node(
+        pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file)
+    ) as node:
+        sockets = await meeting(node)
+        uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
+        status, started = await post(node, "dr-rad", "radiologist", "shares", uids)
+        assert status == 202
+        await next_message(sockets["dr-chair"], "image_shared", timeout=30)
+        session = await node.session()
+        path = f"{node.url}/api/rooms/mdt-1/pacs/shares/{started['share_id']}"
+        # Only the sharer may stop it.
+        async with session.delete(path, headers=bearer(node, "dr-chair", "chair")) as response:
+            assert response.status == 403
+        for _click in range(2):  # a second click while it ends changes nothing
+            async with session.delete(
+                path, headers=bearer(node, "dr-rad", "radiologist")
+            ) as response:
+                assert response.status == 202
+        images, last = await until_share_ends(sockets["dr-chair"], started["share_id"])
+        assert (last["state"], last["error"]) == ("failed", "cancelled")
+        assert 1 <= last["shared"] < 50
+        final = images[-1]
+        assert final["frames"] == last["shared"] and final.get("frames_pending", 0) == 0
+        assert node.node is not None
+        (image,) = node.node.images.list("mdt-1")
+        assert (image.frames, image.frames_pending) == (last["shared"], 0)
+        (failed,) = audit(node, "pacs_share_failed")
+        assert failed.reason == "cancelled"
+        assert len(audit(node, "pacs_share_cancelled")) == 1
+        async with session.delete(path, headers=bearer(node, "dr-rad", "radiologist")) as response:
+            assert response.status == 404  # over
+
+
+async def test_a_study_of_two_series_becomes_two_stacked_images(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    chest, chest_slices = ct_series(4, size=64, patient_id="PAT-0005")
+    _abdomen, abdomen_slices = ct_series(3, size=96, patient_id="PAT-0005")
+    for data in chest_slices:
+        orthanc.store_instance(data)
+    for data in abdomen_slices:  # the second series, filed in the first one's study
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyInstanceUID = chest.study_uid
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        orthanc.store_instance(out.getvalue())
+    async with running_node(
+        pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file, max_images_per_room=2)
+    ) as node:
+        sockets = await meeting(node)
+        status, started = await post(node, "dr-rad", "radiologist", "shares",
+                                     {"study_uid": chest.study_uid})  # fmt: skip
+        assert status == 202 and started["total"] == 7
+        images, last = await until_share_ends(sockets["dr-chair"], started["share_id"])
+        assert (last["state"], last["shared"], len(last["images"])) == ("done", 7, 2)
+        final = {image["image_id"]: image for image in images}
+        assert sorted((i["frames"], i["width"]) for i in final.values()) == [(3, 96), (4, 64)]
+        assert all(not i.get("frames_pending") for i in final.values())
+        assert node.node is not None and len(node.node.images.list("mdt-1")) == 2

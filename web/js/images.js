@@ -2,6 +2,11 @@
 // shared in the room, and the viewer with zoom and pan. Each person's view (which image, which
 // frame, zoom, position) is their own; only the annotations (annotate.js) are shared.
 //
+// A series from the PACS is one stacked image that grows while its slices arrive: `image_shared`
+// comes again with more `frames`, its `slice_order` (frame indexes in anatomical order) and
+// `frames_pending`. The viewer pages through `slice_order`; `state.viewer.frame` stays a frame
+// index (what fetches and annotations name), which never changes meaning as slices arrive.
+//
 // Every frame is fetched with the bearer token and watermarked by the server for this viewer
 // (docs/protocol.md, "Shared images"); nothing is cached beyond this page.
 
@@ -29,6 +34,7 @@ const canvasBox = canvas.parentElement;
 const frameField = document.getElementById("image-frame-field");
 const frameLabel = document.getElementById("image-frame");
 const zoomLabel = document.getElementById("image-zoom");
+const frameSlider = document.createElement("input");
 
 let call = null;
 const bitmaps = new Map(); // "image id/frame" → ImageBitmap (this viewer's watermarked copy)
@@ -66,10 +72,17 @@ export async function fetchFrame(imageId, frame, purpose = "view") {
   return createImageBitmap(await response.blob());
 }
 
-/** An image shared in the room (the upload's answer, `image_shared`, or the list). */
+/** An image shared in the room (the upload's answer, `image_shared`, or the list); a known one
+ * is updated (a series growing as its slices arrive). */
 export function imageShared(image) {
   const { type, ...fields } = image;
-  if (state.images.some((i) => i.image_id === fields.image_id)) return;
+  const known = state.images.find((i) => i.image_id === fields.image_id);
+  if (known) {
+    // Only ever grows: an update overtaken by a fresher list is not allowed to shrink it.
+    if (fields.frames >= known.frames) Object.assign(known, fields);
+    changed();
+    return;
+  }
   state.images.push(fields);
   // Nothing open yet: show what was just shared (then everyone looks at it at once).
   if (!state.viewer) openImage(fields.image_id);
@@ -91,8 +104,10 @@ export async function loadImages() {
     if (image.held) {
       if (!state.heldImages.some((i) => i.image_id === image.image_id))
         state.heldImages.push(image);
-    } else if (!state.images.some((i) => i.image_id === image.image_id)) {
-      state.images.push(image);
+    } else {
+      const known = state.images.find((i) => i.image_id === image.image_id);
+      if (!known) state.images.push(image);
+      else if (image.frames >= known.frames) Object.assign(known, image);
     }
   }
   if (!state.viewer && state.images.length)
@@ -107,6 +122,17 @@ function nameOf(participantId) {
 
 function imageTitle(image) {
   return image.title || t("images.untitled");
+}
+
+/** The frame indexes in the order the viewer pages through them (a series: anatomical). */
+export function sliceOrder(image) {
+  if (image.slice_order?.length) return image.slice_order;
+  return Array.from({ length: image.frames }, (_, i) => i);
+}
+
+/** Whether the image is a stacked series (paged as slices, maybe still arriving). */
+function isSeries(image) {
+  return Boolean(image.slice_order?.length);
 }
 
 /** Upload a file; a DICOM with burned-in annotation needs the uploader to confirm. */
@@ -182,8 +208,10 @@ function redact(image) {
   });
 }
 
-/** Show an image (frame 0 unless told) fitted into the viewer. */
-export function openImage(imageId, frame = 0) {
+/** Show an image (its first slice unless told) fitted into the viewer. */
+export function openImage(imageId, frame = null) {
+  const image = state.images.find((i) => i.image_id === imageId);
+  frame ??= image ? sliceOrder(image)[0] ?? 0 : 0;
   state.viewer = { imageId, frame, scale: 0, x: 0, y: 0 }; // scale 0: fit when it arrives
   failed.delete(`${imageId}/${frame}`);
   changed();
@@ -253,9 +281,18 @@ function pan(dx, dy) {
   changed();
 }
 
-function showFrame(frame) {
+/** Move `step` slices (frames) along the image's order; the others may still be arriving. */
+function stepFrame(step) {
   const image = currentImage();
   if (!image) return;
+  const order = sliceOrder(image);
+  showFrame(order[Math.min(order.length - 1, Math.max(0, order.indexOf(state.viewer.frame) + step))]);
+}
+
+/** Show frame index `frame` (one that has arrived). */
+function showFrame(frame) {
+  const image = currentImage();
+  if (!image || frame === undefined) return;
   const next = Math.min(image.frames - 1, Math.max(0, frame));
   if (next === state.viewer.frame) return;
   overlay?.cancel();
@@ -328,12 +365,18 @@ export function initImages(theCall) {
     redraw();
     changed();
   });
-  document
-    .getElementById("image-previous")
-    .addEventListener("click", () => showFrame(state.viewer.frame - 1));
-  document
-    .getElementById("image-next")
-    .addEventListener("click", () => showFrame(state.viewer.frame + 1));
+  document.getElementById("image-previous").addEventListener("click", () => stepFrame(-1));
+  document.getElementById("image-next").addEventListener("click", () => stepFrame(1));
+  // Any slice that has arrived, at once: the slider's position is the place in the order.
+  frameSlider.type = "range";
+  frameSlider.id = "image-slice";
+  frameSlider.min = "0";
+  frameSlider.step = "1";
+  frameSlider.addEventListener("input", () => {
+    const image = currentImage();
+    if (image) showFrame(sliceOrder(image)[Number(frameSlider.value)]);
+  });
+  frameLabel.after(frameSlider);
 
   canvas.addEventListener(
     "wheel",
@@ -389,8 +432,8 @@ export function initImages(theCall) {
       ArrowRight: () => pan(-PAN_STEP_PX, 0),
       ArrowUp: () => pan(0, PAN_STEP_PX),
       ArrowDown: () => pan(0, -PAN_STEP_PX),
-      PageUp: () => showFrame(state.viewer.frame - 1),
-      PageDown: () => showFrame(state.viewer.frame + 1),
+      PageUp: () => stepFrame(-1),
+      PageDown: () => stepFrame(1),
       Escape: () => overlay?.cancel(),
     };
     if (!actions[event.key]) return;
@@ -411,9 +454,10 @@ export function renderImages(s) {
     button.type = "button";
     button.className = "image-open";
     button.dataset.imageId = image.image_id;
-    button.textContent = t("images.item", {
+    button.textContent = t(isSeries(image) ? "images.item_series" : "images.item", {
       title: imageTitle(image),
       name: nameOf(image.shared_by),
+      count: image.frames,
     });
     button.setAttribute("aria-pressed", String(image.image_id === s.viewer?.imageId));
     button.addEventListener("click", () => openImage(image.image_id));
@@ -442,8 +486,24 @@ export function renderImages(s) {
   stage.classList.toggle("with-image", Boolean(image));
   if (!image) return;
   title.textContent = imageTitle(image);
-  frameField.hidden = image.frames <= 1;
-  frameLabel.textContent = t("images.frame", { n: s.viewer.frame + 1, count: image.frames });
+  frameField.hidden = image.frames <= 1 && !image.frames_pending;
+  const order = sliceOrder(image);
+  const position = Math.max(0, order.indexOf(s.viewer.frame));
+  if (!isSeries(image)) {
+    frameLabel.textContent = t("images.frame", { n: position + 1, count: image.frames });
+  } else if (image.frames_pending) {
+    frameLabel.textContent = t("images.slice_loading", {
+      n: position + 1,
+      count: image.frames,
+      pending: image.frames_pending,
+    });
+  } else {
+    frameLabel.textContent = t("images.slice", { n: position + 1, count: image.frames });
+  }
+  frameSlider.max = String(Math.max(0, order.length - 1));
+  frameSlider.value = String(position);
+  frameSlider.hidden = order.length <= 1;
+  frameSlider.setAttribute("aria-label", frameLabel.textContent);
   zoomLabel.textContent = s.viewer.scale
     ? t("images.zoom", { percent: Math.round(s.viewer.scale * 100) })
     : "";

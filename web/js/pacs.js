@@ -1,9 +1,11 @@
 // Images from the hospital PACS (docs/protocol.md, the `/api/rooms/{room}/pacs` routes): search
 // by patient id or accession (a date range, a modality), pick a study's series and share it.
-// The server de-identifies and watermarks every slice as it does an upload; the slices arrive
-// as `image_shared` (images.js shows the first at once) and `pacs_share_progress` tells
-// everyone in the room how far the share is. Shown only when the node has a PACS and my role
-// may search it. Search results (patient names) stay in this panel: never in the room.
+// The server de-identifies and watermarks every slice as it does an upload; a series is one
+// stacked image whose `image_shared` comes with its first slice (images.js shows it at once)
+// and again as it grows, and `pacs_share_progress` tells everyone in the room how far the share
+// is and what was left out. The sharer may stop it (what arrived stays). Shown only when the
+// node has a PACS and my role may search it. Search results (patient names) stay in this
+// panel: never in the room.
 
 import { t } from "./i18n.js";
 import { state } from "./state.js";
@@ -14,14 +16,17 @@ const status = document.getElementById("pacs-status");
 const results = document.getElementById("pacs-results");
 const progress = document.getElementById("pacs-progress");
 
+const cancel = document.createElement("button");
+
 let call = null;
 const shares = new Map(); // share id → its last `pacs_share_progress`
 
-function api(path, body = null) {
+function api(path, body = null, method = null) {
   const options = {
     headers: { Authorization: `Bearer ${call.token}` },
     cache: "no-store",
   };
+  if (method) options.method = method;
   if (body) {
     options.method = "POST";
     options.headers["Content-Type"] = "application/json";
@@ -177,18 +182,52 @@ export function pacsShareProgress(msg) {
       shared: share.shared,
       total: share.total,
     };
-    if (share.state === "running") lines.push(t("pacs.progress", vars));
-    else if (share.state === "done") lines.push(t("pacs.done", vars));
-    else lines.push(t("pacs.share_failed", vars));
+    let line;
+    if (share.state === "running") line = t("pacs.progress", vars);
+    else if (share.state === "done") line = t("pacs.done", vars);
+    else if (share.error === "cancelled") line = t("pacs.cancelled", vars);
+    else line = t("pacs.share_failed", vars);
+    if (share.skipped) {
+      const reasons = (share.skipped_reasons ?? []).map((code) => t(`pacs.skip_${code}`));
+      line += " " + t("pacs.skipped", { count: share.skipped, reasons: reasons.join(", ") });
+    }
+    lines.push(line);
   }
   progress.textContent = lines.join(" · ");
   progress.hidden = !lines.length;
   if (msg.state !== "running" && msg.shared_by === state.participantId) {
     for (const button of results.querySelectorAll("button")) button.disabled = false;
   }
+  const mine = [...shares.values()].filter(
+    (share) => share.state === "running" && share.shared_by === state.participantId,
+  );
+  cancel.hidden = !mine.length;
+  cancel.dataset.shareId = mine.at(-1)?.share_id ?? "";
+}
+
+/** Stop my running share; the room hears the end from `pacs_share_progress`. */
+async function stopShare() {
+  const shareId = cancel.dataset.shareId;
+  if (!shareId) return;
+  cancel.disabled = true;
+  try {
+    const response = await api(`/shares/${encodeURIComponent(shareId)}`, null, "DELETE");
+    if (!response.ok && response.status !== 404) status.textContent = await failure(response);
+  } catch {
+    status.textContent = t("pacs.unavailable");
+  } finally {
+    cancel.disabled = false;
+  }
 }
 
 export function initPacs(theCall) {
   call = theCall;
   form.addEventListener("submit", search);
+  cancel.type = "button";
+  cancel.id = "pacs-cancel";
+  cancel.hidden = true;
+  cancel.dataset.i18n = "pacs.cancel"; // re-translated with the page
+  cancel.textContent = t("pacs.cancel");
+  cancel.addEventListener("click", stopShare);
+  progress.after(cancel);
 }

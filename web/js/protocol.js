@@ -107,6 +107,8 @@ export const SERVER_MESSAGES = {
     shared_by: REQUIRED,
     title: REQUIRED,
     burned_in_confirmed: false,
+    slice_order: [],
+    frames_pending: 0,
   },
   pacs_share_progress: {
     share_id: REQUIRED,
@@ -116,6 +118,9 @@ export const SERVER_MESSAGES = {
     title: "",
     shared_by: "",
     error: "",
+    skipped: 0,
+    skipped_reasons: [],
+    images: [],
   },
   consent_requested: { notice_version: REQUIRED, requested_by: "" },
   recording_state: {

@@ -6,12 +6,13 @@ and whose role is one of `pacs_search_roles`. A search needs an exact patient id
 number: nobody lists the PACS's patients at large from a meeting.
 
 A share takes exactly the upload's path: each instance the PACS sends (`signaling.pacs`, one at
-a time) goes through `ImageStore.share` in a memory-capped image worker (de-identified, burned-in
-text checked, rendered, encrypted at rest), is announced with `image_shared` like an upload, and
-is watermarked per viewer when fetched. The share runs in the background so the room carries on;
-the first slice is in the room as soon as it is ready, and `pacs_share_progress` tells everyone
-how far it is. Every search and share is audited, with no patient data: the criteria's names
-(never their values), counts, and the SHA-256 of the UIDs shared.
+a time) goes through the upload's de-identification, burned-in text check and rendering in a
+memory-capped image worker and is watermarked per viewer when fetched. A series becomes ONE
+stacked image in the room (`imaging.stack`), its slices frames in anatomical order; the share
+runs in the background (`pacs_share`) so the room carries on, the first slice is in the room as
+soon as it is ready, and the image and `pacs_share_progress` grow as the rest arrive. The sharer
+may cancel it; what arrived stays. Every search and share is audited, with no patient data: the
+criteria's names (never their values), counts, and the SHA-256 of the UIDs shared.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 from aiohttp import web
 
@@ -34,40 +34,19 @@ from core.errors import (
     PolicyDenied,
     RateLimited,
 )
+from imaging.deidentify import replace_uid
 from imaging.dicomweb import SearchRequest, check_uid
-from imaging.pacs_source import read_source
-from imaging.sniff import BurnedInAnnotation, ImageTooLarge, UnsupportedImage
-from imaging.store import SharedImage, TooManyImages
-from signaling import protocol as p
+from imaging.store import TooManyImages, room_uid_secret
 from signaling.http.auth import audit_refusal
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE, Node
-from signaling.http.routes.images import announce_image, audit_shared, room_participant
+from signaling.http.routes.images import room_participant
+from signaling.http.routes.pacs_share import ShareOrder, run_share
 from signaling.identity import Identity
 from signaling.membership import room_scope
 from signaling.pacs import PacsClient, PacsNotConfigured
 
 log = logging.getLogger("consilium.pacs")
-
-_BUSY_RETRY_S = 0.2
-"""Wait before retrying an instance when the image work queue is full (uploads run too)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShareOrder:
-    """One share from the PACS into a room, as decided by the route."""
-
-    share_id: str
-    room_id: str
-    study_uid: str
-    series_uid: str
-    """Empty: the whole study."""
-    total: int
-    """Instances the PACS said it holds for it."""
-    sub: str
-    """Who shares (`sub`): the uploader of every instance, the one who sees a held one."""
-    participant_id: str
-    """Their participant id in the room (`shared_by`)."""
 
 
 @dataclass
@@ -79,6 +58,10 @@ class PacsShares:
     """None when no `pacs_url` is set."""
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Shares in flight, by share id."""
+    orders: dict[str, ShareOrder] = field(default_factory=dict)
+    """What each share in flight is (its room, its sharer), by share id."""
+    cancelled: set[str] = field(default_factory=set)
+    """Shares someone stopped (their task ends as `cancelled`, not as a shutdown)."""
     starting: int = 0
     """Share requests between their checks and their start (they count against the bound)."""
 
@@ -201,7 +184,7 @@ async def share_series(request: web.Request) -> web.Response:
             raise RateLimited("the server is already sharing from the PACS; try again shortly")
         shares.starting += 1  # counted while the PACS is asked, so parallel requests cannot pass
         try:
-            total = await _instances_to_share(node, client, room_id, study_uid, series_uid)
+            expected = await _instances_to_share(node, client, room_id, study_uid, series_uid)
         finally:
             shares.starting -= 1
     except ConsiliumError as exc:
@@ -220,9 +203,10 @@ async def share_series(request: web.Request) -> web.Response:
         room_id,
         study_uid,
         series_uid,
-        total,
+        sum(expected.values()),
         identity.sub,
         participant_id,
+        expected,
     )
     node.audit.append(
         "pacs_share_started",
@@ -231,23 +215,63 @@ async def share_series(request: web.Request) -> web.Response:
         room=room_id,
         participant=participant_id,
         share=order.share_id,
-        total=total,
+        total=order.total,
+        series=len(expected),
         **digests,
     )
-    task = asyncio.get_running_loop().create_task(_run_share(node, client, order))
+    task = asyncio.get_running_loop().create_task(run_share(node, client, order, shares.cancelled))
     shares.running[order.share_id] = task
-    task.add_done_callback(lambda _: shares.running.pop(order.share_id, None))
+    shares.orders[order.share_id] = order
+
+    def ended(_: asyncio.Task[None]) -> None:
+        shares.running.pop(order.share_id, None)
+        shares.orders.pop(order.share_id, None)
+        shares.cancelled.discard(order.share_id)
+
+    task.add_done_callback(ended)
     return web.json_response(
-        {"share_id": order.share_id, "total": total, "state": "running"}, status=202
+        {"share_id": order.share_id, "total": order.total, "state": "running"}, status=202
     )
+
+
+async def cancel_share(request: web.Request) -> web.Response:
+    """`DELETE /api/rooms/{room}/pacs/shares/{share_id}`: the sharer stops their share; the
+    slices that arrived stay (the room's `pacs_share_progress` ends `failed`, `cancelled`)."""
+    node = request.app[NODE]
+    identity, room_id, participant = await room_participant(request, "share_image")
+    shares = request.app[PACS]
+    share_id = request.match_info["share_id"]
+    order = shares.orders.get(share_id)
+    if order is None or order.room_id != room_id:
+        raise NotFound("no such share running in this room")
+    if order.sub != identity.sub:
+        audit_refusal(request, "pacs_not_sharer", sub=identity.sub, room=room_id)
+        raise PolicyDenied("only whoever started a share may stop it")
+    if share_id in shares.cancelled:  # a second click: the share is already ending
+        return web.json_response({"share_id": share_id, "state": "cancelling"}, status=202)
+    shares.cancelled.add(share_id)
+    shares.running[share_id].cancel()
+    node.audit.append(
+        "pacs_share_cancelled",
+        "allow",
+        sub=identity.sub,
+        room=room_id,
+        participant=participant.participant_id,
+        share=share_id,
+    )
+    return web.json_response({"share_id": share_id, "state": "cancelling"}, status=202)
 
 
 async def _instances_to_share(
     node: Node, client: PacsClient, room_id: str, study_uid: str, series_uid: str
-) -> int:
-    """How many instances the PACS holds for the series (or study), once it is clear they may
-    all come into the room: within `pacs_max_instances` and the room's `max_images_per_room`."""
-    total = sum(s.instances for s in await client.search_series(study_uid, series_uid))
+) -> dict[str, int]:
+    """How many instances each series to share holds (by its UID as replaced for the room),
+    once it is clear they may all come into the room: within `pacs_max_instances`, each series
+    within the frames one image may hold (`ImageLimits.max_frames`: a larger series is refused
+    whole rather than cut, so a stack never silently lacks slices), and the room's
+    `max_images_per_room` (a series is one image)."""
+    found = [s for s in await client.search_series(study_uid, series_uid) if s.instances]
+    total = sum(s.instances for s in found)
     if total == 0:
         raise NotFound("the PACS has no instances for this series")
     if total > node.settings.pacs_max_instances:
@@ -255,114 +279,23 @@ async def _instances_to_share(
             "the series has more instances than one share may bring",
             limit=node.settings.pacs_max_instances,
         )
+    max_frames = node.images.limits.max_frames
+    if any(s.instances > max_frames for s in found):
+        raise PayloadTooLarge("the series has more slices than one image may hold",
+                              limit=max_frames)  # fmt: skip
     held = len(await asyncio.to_thread(node.images.list, room_id))
-    if held + total > node.settings.max_images_per_room:
+    if held + len(found) > node.settings.max_images_per_room:
         raise TooManyImages(
             "the room cannot hold this many more images",
             limit=node.settings.max_images_per_room,
         )
-    return total
-
-
-ShareState = Literal["running", "done", "failed"]
-
-
-async def _progress(
-    node: Node, order: ShareOrder, state: ShareState, shared: int, title: str = "", error: str = ""
-) -> None:
-    await node.rooms.announce(
-        order.room_id,
-        p.PacsShareProgress(
-            share_id=order.share_id,
-            state=state,
-            shared=shared,
-            total=order.total,
-            title=title,
-            shared_by=order.participant_id,
-            error=error,
-        ),
-    )
-
-
-async def _share_one(node: Node, order: ShareOrder, data: bytes) -> SharedImage:
-    """One instance through the upload's path; retried while the image work queue is full."""
-    # Its original UIDs, kept encrypted with the image for the annotations' write-back.
-    source = await asyncio.to_thread(read_source, data)
-    while True:
-        try:
-            record: SharedImage = await node.image_work.run(
-                node.images.share,
-                order.room_id,
-                data,
-                shared_by_participant=order.participant_id,
-                uploader=order.sub,
-                prepare=node.image_work.workers.prepare,
-                source=source,
-            )
-            return record
-        except RateLimited as exc:
-            if isinstance(exc, TooManyImages):
-                raise
-            await asyncio.sleep(_BUSY_RETRY_S)
-
-
-async def _run_share(node: Node, client: PacsClient, order: ShareOrder) -> None:
-    """Retrieve the instances one by one and share each as it comes (the background task)."""
-    counts = {"shared": 0, "held": 0, "skipped": 0}
-    title = ""
-    error = ""
-    try:
-        await _progress(node, order, "running", 0)
-        # Closed on every exit (a break included): the PACS's connection is released at once.
-        async with contextlib.aclosing(
-            client.retrieve(order.study_uid, order.series_uid)
-        ) as instances:
-            async for data in instances:
-                if sum(counts.values()) >= order.total:
-                    break  # the PACS sends more than it counted: never more than was checked
-                try:
-                    record = await _share_one(node, order, data)
-                except (UnsupportedImage, BurnedInAnnotation, ImageTooLarge):
-                    # One unreadable or unconfirmed instance (a report, a burned-in secondary
-                    # capture) does not stop the series: it is counted, not shared.
-                    counts["skipped"] += 1
-                    continue
-                audit_shared(node, order.sub, order.room_id, order.participant_id, record,
-                             share=order.share_id)  # fmt: skip
-                if record.held:
-                    counts["held"] += 1  # only the sharer sees it until they redact it
-                else:
-                    counts["shared"] += 1
-                    title = title or record.title
-                    await announce_image(node, order.room_id, record)
-                await _progress(node, order, "running", counts["shared"], title)
-    except asyncio.CancelledError:
-        error = "server_shutdown"
-        raise
-    except ConsiliumError as exc:
-        error = exc.code
-    except Exception:
-        log.exception("share from the PACS failed")
-        error = "server_error"
-    finally:
-        node.audit.append(
-            "pacs_share_failed" if error else "pacs_share_finished",
-            "deny" if error else "allow",
-            sub=order.sub,
-            room=order.room_id,
-            reason=error or None,
-            participant=order.participant_id,
-            share=order.share_id,
-            total=order.total,
-            **counts,
-        )
-        if error != "server_shutdown":
-            try:
-                await _progress(
-                    node, order, "failed" if error else "done", counts["shared"], title, error
-                )
-            except Exception:  # the shared state is out of reach: the audit entry stands
-                log.warning("the end of a PACS share could not be announced to the room")
+    key = await asyncio.to_thread(node.images.room_key, room_id)
+    secret = room_uid_secret(key, room_id)
+    expected: dict[str, int] = {}
+    for series in found:
+        mapped = replace_uid(series.series_uid, secret)
+        expected[mapped] = expected.get(mapped, 0) + series.instances
+    return expected
 
 
 def add_pacs_routes(app: web.Application) -> None:
@@ -381,3 +314,4 @@ def add_pacs_routes(app: web.Application) -> None:
     app.router.add_post("/api/rooms/{room}/pacs/search", search_studies)
     app.router.add_post("/api/rooms/{room}/pacs/series", list_series)
     app.router.add_post("/api/rooms/{room}/pacs/shares", share_series)
+    app.router.add_delete("/api/rooms/{room}/pacs/shares/{share_id}", cancel_share)
