@@ -73,7 +73,8 @@ def _redirect(location: str, status: int = 303) -> web.Response:
 
 
 async def start(request: web.Request) -> web.StreamResponse:
-    """`GET /auth/signin?return=<path>[&max_age=<s>]`: start a sign-in at the provider."""
+    """`GET /auth/signin?return=<path>[&max_age=<s>][&dpop_jkt=<thumbprint>]`: start a sign-in
+    at the provider (bound to the browser's DPoP key when it names one)."""
     node = request.app[NODE]
     client = _client(request)
     return_to = oidc.safe_return_path(request.query.get("return"))
@@ -83,15 +84,17 @@ async def start(request: web.Request) -> web.StreamResponse:
             max_age = max(0, min(int(request.query["max_age"]), 86_400))
         except ValueError:
             max_age = node.settings.step_up_max_age_min * 60
-    pending = oidc.start_sign_in(
-        state=secrets.token_urlsafe(32),
-        nonce=secrets.token_urlsafe(32),
-        code_verifier=secrets.token_urlsafe(48),
-        return_to=return_to,
-        now=time.time(),
-        max_age_s=max_age,
-    )
     try:
+        pending = oidc.start_sign_in(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            code_verifier=secrets.token_urlsafe(48),
+            return_to=return_to,
+            now=time.time(),
+            max_age_s=max_age,
+            dpop_jkt=request.query.get("dpop_jkt") or None,
+            dpop_required=node.settings.dpop_required,
+        )
         url = await client.authorization_url(pending)
         await node.store.put_expiring(
             PENDING_KEY_PREFIX + pending.state, pending.to_dict(), oidc.PENDING_TTL_S
@@ -134,6 +137,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         session = oidc.new_session(
             claims, client.claim_map, session_id=session_id_of(secret), now=time.time(),
             lifetime_s=lifetime_s, known_roles=client.known_roles, id_token=tokens.id_token,
+            dpop_jkt=pending.dpop_jkt,
         )  # fmt: skip
         identity = session.identity
         revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
