@@ -127,6 +127,10 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
         refused = await join(node, stolen, proof=thief.proof("GET", node.ws_url))
         assert refused["code"] == 4401 and refused["reason"].endswith("wrong_key")
 
+    # The node redeemed the code with DPoP at the provider (its own key, nonce answered): the
+    # provider requires it of this client, and bound the access token it issued.
+    [signed_in] = audited(node, "sign_in")
+    assert signed_in["device_bound"] is True and signed_in["idp_dpop"] is True
     reasons = [e["reason"] for e in audited(node, "api_refused")]
     assert reasons == [
         "dpop_replayed", "dpop_wrong_htu", "dpop_wrong_htm", "dpop_stale", "dpop_missing",

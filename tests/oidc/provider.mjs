@@ -11,6 +11,12 @@
 // is "secret". Two clients: "consilium-public" (public, PKCE only) and "consilium-confidential"
 // (client_secret_basic, secret "confidential-secret").
 //
+// DPoP (RFC 9449) is on, with server nonces required (section 8): the public client's access
+// tokens must be DPoP-bound (`dpop_bound_access_tokens`), so Consilium exchanges its codes with
+// proofs by its own key and answers the `use_dpop_nonce` challenge. The "consilium-device" client
+// (public, DPoP-bound, refresh-less) is for a device that gets its own bound access token: a JWT
+// for the resource `urn:consilium` with Consilium's claims (role, depts, rooms) and `cnf.jkt`.
+//
 // Test controls (this is a test double's switchboard, not part of any provider):
 //   POST /test/tamper-id-token?on=1  the token endpoint's ID token gets a changed claim (its
 //                                    signature no longer matches)
@@ -79,7 +85,11 @@ const client = (extra) => ({
 
 const provider = new Provider(issuer, {
   clients: [
-    client({ client_id: "consilium-public", token_endpoint_auth_method: "none" }),
+    client({
+      client_id: "consilium-public",
+      token_endpoint_auth_method: "none",
+      dpop_bound_access_tokens: true,
+    }),
     client({ client_id: "consilium-confidential", client_secret: "confidential-secret" }),
   ],
   jwks: { keys: [jwk] },
@@ -96,7 +106,10 @@ const provider = new Provider(issuer, {
     profile: ["name", "preferred_username"],
     email: ["email"],
   },
-  features: { devInteractions: { enabled: false } },
+  features: {
+    devInteractions: { enabled: false },
+    dPoP: { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true },
+  },
   pkce: { required: () => true },
   ttl: { AuthorizationCode: 60, IdToken: 300, AccessToken: 300, Interaction: 600, Session: 3600, Grant: 3600 },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },

@@ -150,6 +150,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         "sign_in", "allow", sub=identity.sub, role=identity.role, session=identity.jti,
         mfa=bool(node.policy.mfa_methods.intersection(identity.amr)),
         step_up=pending.max_age_s is not None, ip=peer_address(request),
+        device_bound=pending.dpop_jkt is not None, idp_dpop=tokens.dpop_bound,
     )  # fmt: skip
     if _wants_json(request):
         response = web.json_response({"signed_in": True, "return": return_to}, headers=NO_STORE)
