@@ -93,6 +93,9 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
         assert done.status == 303 and signin_error(done) is None
         [(_, stored)] = await stored_sessions(node, s)
         assert stored["dpop_jkt"] == device.jkt
+        info_url = node.url + "/auth/session"
+        async with s.get(info_url, headers={"DPoP": device.proof("GET", info_url)}) as r:
+            assert (await r.json())["signed_in"] is True
         cookie = next(c.value for c in s.cookie_jar if c.key == "consilium_session")
 
         # The device: each call with a fresh proof by its key.
@@ -115,8 +118,10 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
         joined = await join(node, s, proof=device.proof("GET", node.ws_url))
         assert joined["type"] == "joined", joined
 
-    # The cookie copied to another machine, with no key or with the thief's own key.
+    # The cookie copied to another machine, with no key or with the thief's own key: not even
+    # who is signed in is told.
     async with aiohttp.ClientSession(headers={"Cookie": f"consilium_session={cookie}"}) as stolen:
+        assert (await session_info(node, stolen))["signed_in"] is False
         status, body, challenge = await api(stolen, url)
         assert status == 401 and body["reason"] == "missing"
         assert challenge.startswith('DPoP error="invalid_dpop_proof"')
@@ -133,8 +138,9 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
     assert signed_in["device_bound"] is True and signed_in["idp_dpop"] is True
     reasons = [e["reason"] for e in audited(node, "api_refused")]
     assert reasons == [
-        "dpop_replayed", "dpop_wrong_htu", "dpop_wrong_htm", "dpop_stale", "dpop_missing",
-        "dpop_wrong_key",
+        "dpop_replayed", "dpop_wrong_htu", "dpop_wrong_htm", "dpop_stale",
+        "dpop_missing",  # /auth/session asked with the copied cookie
+        "dpop_missing", "dpop_wrong_key",
     ]  # fmt: skip
     dpop_joins = [e["reason"] for e in audited(node, "join_refused") if "dpop" in e["reason"]]
     assert dpop_joins == ["dpop_missing", "dpop_wrong_key"]

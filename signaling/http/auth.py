@@ -43,7 +43,7 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
         # Signed in at the hospital's provider (a cookie, no bearer token): the session's
         # identity goes through the same checks below as a token's.
         identity = session.identity
-        _check_binding(request, identity.sub, device_binding.check_session_request, session)
+        check_binding(request, identity.sub, device_binding.check_session_request, session)
         request[REQUEST_SESSION] = session
     elif scheme.lower() not in ("bearer", "dpop") or not token.strip():
         audit_refusal(request, "no_bearer_token", ip=peer_address(request))
@@ -56,7 +56,7 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
                 request, str(exc.details.get("reason", "invalid_token")), ip=peer_address(request)
             )
             raise
-        _check_binding(
+        check_binding(
             request, identity.sub, device_binding.check_token_request, scheme.lower(),
             token.strip(),
         )  # fmt: skip
@@ -72,7 +72,7 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
     return identity
 
 
-def _check_binding(request: web.Request, sub: str, check: Callable[..., None], *args: Any) -> None:
+def check_binding(request: web.Request, sub: str, check: Callable[..., None], *args: Any) -> None:
     """Run a device-binding `check` (`signaling.http.device_binding`), auditing its refusal
     as `api_refused` with reason `dpop_<reason>`."""
     try:

@@ -116,7 +116,8 @@ export async function dpopProof(method, url, accessToken = null) {
 }
 
 /** Give every same-origin API call of this page that carries no `Authorization` (the ones the
- * session cookie authenticates) a `DPoP` proof header, made for its method and URL. */
+ * session cookie authenticates), and the question who is signed in (`/auth/session`, answered
+ * only to the device of a bound session), a `DPoP` proof header made for its method and URL. */
 export function installDpopFetch() {
   if (window.fetch.dpop) return;
   const plainFetch = window.fetch.bind(window);
@@ -128,7 +129,7 @@ export function installDpopFetch() {
       device &&
       target &&
       target.origin === location.origin &&
-      target.pathname.startsWith("/api/") &&
+      (target.pathname.startsWith("/api/") || target.pathname === "/auth/session") &&
       !headers.has("Authorization")
     ) {
       headers.set("DPoP", await dpopProof(init.method ?? "GET", target.href));

@@ -17,8 +17,10 @@ from aiohttp import web
 
 from core.errors import ConsiliumError, NotFound
 from signaling import oidc
+from signaling.dpop import InvalidDpopProof
 from signaling.errors import http_status_of
-from signaling.http.auth import peer_address
+from signaling.http.auth import check_binding, peer_address
+from signaling.http.device_binding import check_session_request
 from signaling.http.node import NODE, Node
 from signaling.http.sessions import (
     PENDING_KEY_PREFIX,
@@ -185,6 +187,12 @@ async def session_info(request: web.Request) -> web.Response:
     if session is not None:
         revoked = await node.store.is_revoked(jti=session.identity.jti, sub=session.identity.sub)
         if revoked is not None:
+            session = None
+    if session is not None and session.dpop_jkt is not None:
+        # A device-bound session is shown only to its device (a copied cookie learns nothing).
+        try:
+            check_binding(request, session.identity.sub, check_session_request, session)
+        except InvalidDpopProof:
             session = None
     return web.json_response(_session_json(node, session), headers=NO_STORE)
 
