@@ -67,6 +67,22 @@ async def join(
     return {"type": "closed", "code": int(msg.data), "reason": msg.extra}
 
 
+async def resume(
+    node: RunningNode, s: aiohttp.ClientSession, joined: dict[str, Any], proof: str = ""
+) -> dict[str, Any]:
+    """Take over the signed-in participant `joined` on a new socket (`resume`, empty token)."""
+    ws = await s.ws_connect(node.ws_url)
+    node.sockets.append(ws)
+    await ws.send_json({
+        "type": "resume", "token": "", "participant_id": joined["participant_id"],
+        "resume_token": joined["resume_token"], "last_seq": 0, "dpop": proof,
+    })  # fmt: skip
+    msg = await ws.receive(timeout=5.0)
+    if msg.type is aiohttp.WSMsgType.TEXT:
+        return dict(json.loads(msg.data))
+    return {"type": "closed", "code": int(msg.data), "reason": msg.extra}
+
+
 async def api(
     s: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any], str]:
@@ -131,6 +147,14 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
         assert refused == {"type": "closed", "code": 4401, "reason": "invalid_dpop_proof: missing"}
         refused = await join(node, stolen, proof=thief.proof("GET", node.ws_url))
         assert refused["code"] == 4401 and refused["reason"].endswith("wrong_key")
+        # Nor can it take over the device's participant with a resume (the resume token too).
+        refused = await resume(node, stolen, joined)
+        assert refused == {"type": "closed", "code": 4401, "reason": "invalid_dpop_proof: missing"}
+    # The device itself resumes with a fresh proof.
+    async with browser_session() as s2:
+        s2.cookie_jar.update_cookies({"consilium_session": cookie})
+        resumed = await resume(node, s2, joined, device.proof("GET", node.ws_url))
+        assert resumed["type"] == "resumed", resumed
 
     # The node redeemed the code with DPoP at the provider (its own key, nonce answered): the
     # provider requires it of this client, and bound the access token it issued.
@@ -143,7 +167,7 @@ async def test_a_bound_session_needs_the_devices_proof_and_a_stolen_cookie_is_re
         "dpop_missing", "dpop_wrong_key",
     ]  # fmt: skip
     dpop_joins = [e["reason"] for e in audited(node, "join_refused") if "dpop" in e["reason"]]
-    assert dpop_joins == ["dpop_missing", "dpop_wrong_key"]
+    assert dpop_joins == ["dpop_missing", "dpop_wrong_key", "dpop_missing"]
 
 
 async def test_an_unbound_session_still_works_unless_dpop_is_required(
