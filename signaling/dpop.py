@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.api_jws import PyJWS
 
 from core.errors import AuthenticationError
@@ -131,7 +131,9 @@ class SeenProofs:
     11.1): a proof replayed within it is refused. Bounded: past `capacity` entries the oldest
     go first (a flood of valid proofs costs the flooder its own keys' signatures)."""
 
-    def __init__(self, window_s: float = PROOF_MAX_AGE_S + PROOF_FUTURE_S, capacity: int = 100_000):
+    def __init__(
+        self, window_s: float = PROOF_MAX_AGE_S + PROOF_FUTURE_S, capacity: int = 100_000
+    ) -> None:
         self.window_s = window_s
         """Seconds a jti is remembered (a proof older than this is refused as stale anyway)."""
         self.capacity = capacity
@@ -190,7 +192,7 @@ def _public_key_of(jwk: Mapping[str, Any], alg: str) -> Any:
         raise _refuse("bad_jwk", "the proof's jwk is not a usable public key") from None
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name != "secp256r1":
         raise _refuse("wrong_key_type", "ES256 needs a P-256 key")
-    if hasattr(key, "key_size") and jwk.get("kty") == "RSA" and key.key_size < _MIN_RSA_BITS:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < _MIN_RSA_BITS:
         raise _refuse("weak_key", "RSA keys under 2048 bits are refused")
     return key
 

@@ -187,6 +187,10 @@ def test_other_curves_and_weak_rsa_are_refused_but_rsa_2048_is_fine() -> None:
     assert refusal(proof(p384, alg="ES384", jwk=jwk)) == "algorithm_not_allowed"
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     check(proof(rsa_key, alg="PS256"))
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.warns(jwt.warnings.InsecureKeyLengthWarning):
+        weak_proof = proof(weak, alg="RS256")
+    assert refusal(weak_proof) == "weak_key"
 
 
 def test_a_proof_made_by_this_node_passes_the_check() -> None:
