@@ -4,6 +4,7 @@ HTTP client (no key) is refused; a reload keeps the key (IndexedDB) and joins ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -67,3 +68,30 @@ async def test_signed_in_with_a_device_key_and_a_stolen_cookie_is_refused(
     await tab.until("window.consilium.state().screen === 'room'", timeout_s=20)
     state = json.loads(await tab.page.evaluate("JSON.stringify(window.consilium.state())"))
     assert state["signedIn"] is True
+
+
+async def thumbprint_once_loaded(page: Any) -> str | None:
+    """The device key's thumbprint once the page's client shows its sign-in screen."""
+    for _ in range(150):
+        if await page.evaluate("window.consilium?.state().screen === 'signin'"):
+            break
+        await asyncio.sleep(0.1)
+    value = await page.evaluate(f"{DPOP_MODULE}.then((m) => m.deviceThumbprint())")
+    return value if isinstance(value, str) else None
+
+
+async def test_two_tabs_opened_at_once_share_one_device_key(
+    serve_process: Any, oidc_provider: Any, chromium: OpenTab
+) -> None:
+    serve, _ = signed_in_serve(serve_process, oidc_provider)
+    # A page of the same origin that loads no client: no key is made yet.
+    tab = await chromium(f"{serve.url}/auth/session")
+    pages = [await tab.context.new_page() for _ in range(2)]
+    await asyncio.gather(*(page.goto(f"{serve.url}/join/{ROOM}") for page in pages))
+    thumbprints = {await thumbprint_once_loaded(page) for page in pages}
+    # Both tabs made a key at once; one was kept, and both use it.
+    [jkt] = thumbprints
+    assert isinstance(jkt, str) and len(jkt) == 43
+    reloaded = pages[0]
+    await reloaded.reload()
+    assert await thumbprint_once_loaded(reloaded) == jkt

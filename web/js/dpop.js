@@ -57,7 +57,13 @@ async function load() {
         "sign",
         "verify",
       ]);
-      await idb(db, "readwrite", (store) => store.put(keys, KEY_ID));
+      try {
+        // `add`, not `put`: two tabs opened at once must not each keep a different key.
+        await idb(db, "readwrite", (store) => store.add(keys, KEY_ID));
+      } catch {
+        keys = await idb(db, "readonly", (store) => store.get(KEY_ID));
+        if (!keys) throw new Error("device key not stored");
+      }
     }
     const full = await crypto.subtle.exportKey("jwk", keys.publicKey);
     const jwk = { kty: full.kty, crv: full.crv, x: full.x, y: full.y };
