@@ -9,6 +9,8 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.dpop
+import signaling.http.device_binding
 import signaling.oidc
 import signaling.pacs
 import signaling.resume
@@ -47,6 +49,8 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     signaling.pacs.PacsNotConfigured: (4500, 503),
     signaling.oidc.SignInError: (4401, 401),
     signaling.oidc.StepUpRequired: (4401, 401),
+    signaling.dpop.InvalidDpopProof: (4401, 401),
+    signaling.http.device_binding.TokenBindingRefused: (4401, 401),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 
