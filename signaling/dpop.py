@@ -69,14 +69,11 @@ _MIN_RSA_BITS = 2048
 
 class InvalidDpopProof(AuthenticationError):
     """A request's DPoP proof is missing or fails a check; `reason` names which (`replayed`,
-    `wrong_htu`, `stale`, `wrong_key`, ...). Answered 401 with `WWW-Authenticate: DPoP
-    error="invalid_dpop_proof"`, or a WebSocket close 4401 `invalid_dpop_proof: <reason>`."""
+    `wrong_htu`, `stale`, `wrong_key`, ...). Answered as an `AuthenticationError` (401, close
+    4401) with RFC 9449's error code, which is also the `error` of its `WWW-Authenticate: DPoP`
+    challenge; a WebSocket closes with the reason `invalid_dpop_proof: <reason>`."""
 
-    challenge_error = "invalid_dpop_proof"
-    """The `error` of the `WWW-Authenticate: DPoP` challenge answering it."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message, reason=reason)
+    code = "invalid_dpop_proof"
 
 
 def b64url(data: bytes) -> str:

@@ -155,10 +155,10 @@ SHA-256 of the token). Each proof is accepted once. No server nonce is issued.
 - With `dpop_required`, a sign-in without `dpop_jkt` is refused (`#signin_error=dpop_required`),
   and so are unbound sessions and tokens on the API and at the join.
 
-A refused API call is 401 `{"error": "not_authenticated", "reason": <reason>}` with
-`WWW-Authenticate: DPoP error="invalid_dpop_proof", error_description="...", algs="ES256 PS256
-RS256 EdDSA"` (`error="invalid_token"` for a bound token sent as `Bearer` or an unbound one where
-required); a refused join closes with 4401 and the reason `invalid_dpop_proof: <reason>`. Reasons:
+A refused API call is 401 `{"error": "invalid_dpop_proof", "message": ..., "reason": <reason>}`
+with `WWW-Authenticate: DPoP error="invalid_dpop_proof", error_description="...", algs="ES256
+PS256 RS256 EdDSA"` (`invalid_token` in both for a bound token sent as `Bearer` or an unbound one
+where required); a refused join closes with 4401 and the reason `<that error>: <reason>`. Reasons:
 `missing`, `malformed`, `wrong_typ`, `algorithm_not_allowed`, `no_jwk`, `private_key`,
 `wrong_key_type`, `wrong_key_use`, `bad_jwk`, `bad_signature`, `missing_claim`, `wrong_htm`,
 `wrong_htu`, `stale`, `future`, `wrong_ath`, `wrong_key`, `replayed`, `several_proofs`,

@@ -49,7 +49,7 @@ def check(text: str | None, **kwargs: Any) -> dpop.Proof:
 def refusal(text: str | None, **kwargs: Any) -> str:
     with pytest.raises(dpop.InvalidDpopProof) as refused:
         check(text, **kwargs)
-    assert refused.value.code == "not_authenticated"
+    assert refused.value.code == "invalid_dpop_proof"
     return str(refused.value.details["reason"])
 
 

@@ -59,7 +59,7 @@ async def errors_and_headers(
         if isinstance(exc, StepUpRequired):
             response.headers["WWW-Authenticate"] = step_up_challenge(exc.details["max_age"])
         elif isinstance(exc, InvalidDpopProof):
-            response.headers["WWW-Authenticate"] = dpop_challenge(exc.challenge_error, exc.message)
+            response.headers["WWW-Authenticate"] = dpop_challenge(exc.code, exc.message)
     except IntegrityError as exc:
         # Stored data failed its check (a manifest signed by another key, a damaged file):
         # say what failed, as `verify` would, rather than "internal error".

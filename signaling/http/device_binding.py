@@ -26,7 +26,7 @@ class TokenBindingRefused(dpop.InvalidDpopProof):
     with `Authorization: Bearer` (RFC 9449 section 7.2: its binding must not be dropped), or an
     unbound one where `dpop_required`; answered `WWW-Authenticate: DPoP error="invalid_token"`."""
 
-    challenge_error = "invalid_token"
+    code = "invalid_token"
 
 
 def api_url(node: Node, request: web.Request) -> str:

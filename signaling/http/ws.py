@@ -173,7 +173,7 @@ async def _first_message(node: Node, conn: Connection, session: oidc.SignInSessi
         except InvalidDpopProof as exc:
             reason = str(exc.details.get("reason", "invalid"))
             node.audit.append("join_refused", "deny", reason=f"dpop_{reason}", ip=conn.peer)
-            await conn.close(close_code_of(exc), f"{exc.challenge_error}: {reason}")
+            await conn.close(close_code_of(exc), f"{exc.code}: {reason}")
             return False
     if isinstance(join, p.Resume):
         return await _resume(node, conn, join, signed_in)
