@@ -227,7 +227,7 @@ def check_proof(
     proof: str | None,
     *,
     method: str,
-    url: str,
+    url: str | tuple[str, ...],
     now: float,
     seen: SeenProofs,
     access_token: str | None = None,
@@ -236,8 +236,9 @@ def check_proof(
 ) -> Proof:
     """Check one request's proof (RFC 9449 section 4.3) and record its jti.
 
-    `method` and `url`: the request as this node sees it (`url` from the configured public
-    origin, not the Host header, behind a proxy). `access_token`: the token it presents (its
+    `method` and `url`: the request as this node sees it; `url` may be several spellings of the
+    one request (the configured public origin, and the address the request came to), any of
+    which `htu` may name. `access_token`: the token it presents (its
     `ath` must match). `expected_jkt`: the thumbprint of the key the session or token is bound
     to. Raises `InvalidDpopProof` with the failing check as `reason`.
     """
@@ -263,7 +264,8 @@ def check_proof(
         raise _refuse("missing_claim", "the proof needs a numeric iat")
     if htm != method.upper():
         raise _refuse("wrong_htm", f"the proof is for {htm[:16]!r}, not {method.upper()}")
-    if not normalized_url(htu) or normalized_url(htu) != normalized_url(url):
+    urls = (url,) if isinstance(url, str) else url
+    if not normalized_url(htu) or normalized_url(htu) not in {normalized_url(u) for u in urls}:
         raise _refuse("wrong_htu", "the proof is for another URL")
     if iat > now + PROOF_FUTURE_S + leeway_s:
         raise _refuse("future", "the proof is dated in the future (check the device's clock)")

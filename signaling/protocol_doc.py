@@ -143,7 +143,8 @@ carries `cnf.jkt` (an identity provider's DPoP-bound access token, RFC 9449 §6.
 
 A DPoP proof is a JWS with header `typ: dpop+jwt`, `alg` one of ES256, PS256, RS256, EdDSA, and
 `jwk` (the public key); claims `jti` (unique, 8-256 characters), `htm` (the method), `htu` (the
-URL on this node's public origin, without query and fragment), `iat` (within 60 s before and
+request's URL without query and fragment, on the node's `public_url` or on the address the
+request reached), `iat` (within 60 s before and
 5 s after the node's clock, widened by `jwt_leeway_s`) and, presenting a token, `ath` (base64url
 SHA-256 of the token). Each proof is accepted once. No server nonce is issued.
 

@@ -105,6 +105,11 @@ def test_the_method_and_url_must_be_the_requests() -> None:
     check(proof(url=URL + "?x=1#y"))
     check(proof(url="HTTPS://MDT.example.org:443/api/rooms/mdt-1/admission"))
     assert refusal(proof(url="http://mdt.example.org/api/rooms/mdt-1/admission")) == "wrong_htu"
+    # Several spellings of the one request (public origin, address reached): any may be named.
+    local = "http://10.0.0.5:8443/api/rooms/mdt-1/admission"
+    check(proof(url=local), url=(URL, local))
+    elsewhere = proof(url="http://10.0.0.6:8443/api/rooms/mdt-1/admission")
+    assert refusal(elsewhere, url=(URL, local)) == "wrong_htu"
 
 
 def test_a_stale_or_future_proof_is_refused() -> None:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from signaling import dpop
 from tests.fixtures.oidc_provider import OidcProvider, browser_session, sign_in_at_provider
-from tests.fixtures.servers import RunningNode, running_node
+from tests.fixtures.servers import RunningNode, free_port, node_settings, running_node
 from tests.test_signin import (
     StartProvider,
     audited,
@@ -238,3 +238,33 @@ async def test_a_dpop_bound_token_needs_its_keys_proof(
     assert refused["reason"] == "invalid_dpop_proof: wrong_key"
     joined = await join(node, s, token, device.proof("GET", node.ws_url, token))
     assert joined["type"] == "joined", joined
+
+
+async def test_a_proof_may_name_the_public_url_or_the_address_the_request_came_to(
+    tmp_path: Path,
+) -> None:
+    """Behind a proxy the browser's URL is `public_url`; reached directly, the node's address:
+    either is the request's URL. Any other host is not."""
+    port = free_port()
+    settings = node_settings(
+        tmp_path / "data", port=port, media=False, public_url=f"http://localhost:{port}"
+    )
+    device = Device()
+    async with running_node(settings) as node:
+        token = node.idp.mint(
+            sub="dr-bound", role="chair", depts=["cardiology"], rooms=["mdt-1"],
+            extra={"cnf": {"jkt": device.jkt}},
+        )  # fmt: skip
+        s = await node.session()
+        bound = {"Authorization": f"DPoP {token}"}
+        reached = node.url + ADMISSION  # http://127.0.0.1:<port>/...
+        public = f"http://localhost:{port}{ADMISSION}"
+        for htu in (reached, public):
+            status, _, _ = await api(s, reached, {**bound, "DPoP": device.proof("GET", htu, token)})
+            assert status == 200, htu
+        other = f"http://elsewhere.example:{port}{ADMISSION}"
+        elsewhere = {**bound, "DPoP": device.proof("GET", other, token)}
+        status, body, _ = await api(s, reached, elsewhere)
+        assert (status, body["reason"]) == (401, "wrong_htu")
+        joined = await join(node, s, token, device.proof("GET", f"ws://localhost:{port}/ws", token))
+        assert joined["type"] == "joined", joined

@@ -7,7 +7,8 @@ proof in the `DPoP` header (a bound token with `Authorization: DPoP <token>`, ne
 WebSocket join, whose browser cannot set headers, in the `dpop` field of `join`/`resume`, made
 for `GET` on the socket's `ws(s)://` URL. Each proof is accepted once (this node's `SeenProofs`)
 within `dpop.PROOF_MAX_AGE_S` of its `iat`. With `dpop_required`, unbound sessions and tokens
-are refused too. URLs are this node's public origin (`own_origin`), never the Host header.
+are refused too. A proof's URL is this node's public origin (`public_url`) or the address the
+request came to (`api_urls`).
 """
 
 from __future__ import annotations
@@ -29,16 +30,24 @@ class TokenBindingRefused(dpop.InvalidDpopProof):
     code = "invalid_token"
 
 
-def api_url(node: Node, request: web.Request) -> str:
-    """The URL a browser's proof for this API request names (`htu`): public origin + path."""
-    return node.settings.own_origin + request.path
+def api_urls(node: Node, request: web.Request) -> tuple[str, ...]:
+    """The URLs a browser's proof for this API request may name (`htu`): on the public origin
+    (`public_url`: behind a TLS-terminating proxy the request itself says `http`), or on the
+    address the request came to (a node reached under a name `public_url` does not give). A
+    proof is signed by the device key, so naming the Host the request carried lends nothing
+    to someone without it."""
+    own = node.settings.own_origin + request.path
+    return (own, f"{request.scheme}://{request.host}{request.path}")
 
 
-def socket_url(node: Node) -> str:
-    """The URL a join's proof names: the signalling socket on the public origin, `ws(s)://`."""
-    origin = node.settings.own_origin
-    scheme, _, rest = origin.partition("://")
-    return ("wss" if scheme == "https" else "ws") + "://" + rest + "/ws"
+def _as_socket(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return ("wss" if scheme == "https" else "ws") + "://" + rest
+
+
+def socket_urls(node: Node, request: web.Request) -> tuple[str, ...]:
+    """The URLs a join's proof may name: the signalling socket, `ws(s)://`, as `api_urls`."""
+    return tuple(_as_socket(url) for url in api_urls(node, request))
 
 
 def token_binding(token: str) -> str | None:
@@ -47,7 +56,13 @@ def token_binding(token: str) -> str | None:
 
 
 def _check(
-    node: Node, proof: str | None, *, method: str, url: str, jkt: str, token: str | None
+    node: Node,
+    proof: str | None,
+    *,
+    method: str,
+    url: tuple[str, ...],
+    jkt: str,
+    token: str | None,
 ) -> dpop.Proof:
     return dpop.check_proof(
         proof, method=method, url=url, now=time.time(), seen=node.seen_proofs,
@@ -72,7 +87,7 @@ def check_session_request(node: Node, request: web.Request, session: SignInSessi
             )
         return
     _check(
-        node, _one_header(request), method=request.method, url=api_url(node, request),
+        node, _one_header(request), method=request.method, url=api_urls(node, request),
         jkt=session.dpop_jkt, token=None,
     )  # fmt: skip
 
@@ -98,14 +113,17 @@ def check_token_request(node: Node, request: web.Request, scheme: str, token: st
             reason="bound_token_as_bearer",
         )  # fmt: skip
     _check(
-        node, _one_header(request), method=request.method, url=api_url(node, request),
+        node, _one_header(request), method=request.method, url=api_urls(node, request),
         jkt=jkt, token=token,
     )  # fmt: skip
 
 
-def check_join(node: Node, proof: str, *, token: str, session: SignInSession | None) -> None:
+def check_join(
+    node: Node, proof: str, *, token: str, session: SignInSession | None, urls: tuple[str, ...]
+) -> None:
     """A `join`/`resume` with `token` (or, empty, the connection's `session`): its `dpop` proof
-    by the bound key, for GET on the socket URL; refused unbound when `dpop_required`."""
+    by the bound key, for GET on the socket (`urls`: `socket_urls` of the upgrade); refused
+    unbound when `dpop_required`."""
     if token:
         jkt, access_token = token_binding(token), token
     else:
@@ -118,4 +136,4 @@ def check_join(node: Node, proof: str, *, token: str, session: SignInSession | N
                 "this node requires device-bound sign-ins and tokens", reason="dpop_required"
             )
         return
-    _check(node, proof or None, method="GET", url=socket_url(node), jkt=jkt, token=access_token)
+    _check(node, proof or None, method="GET", url=urls, jkt=jkt, token=access_token)

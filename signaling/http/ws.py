@@ -111,7 +111,9 @@ async def signalling(request: web.Request) -> web.StreamResponse:
             # client may retry; a token in the join still works.
             with contextlib.suppress(ConsiliumError):
                 session = await current_session(request)
-        joined = await _first_message(node, conn, session)
+        joined = await _first_message(
+            node, conn, session, device_binding.socket_urls(node, request)
+        )
     finally:
         node.door.leave()
     if not joined:
@@ -148,10 +150,13 @@ _cleanups: set[asyncio.Future[None]] = set()
 """Disconnect clean-ups running on after their handler was cancelled."""
 
 
-async def _first_message(node: Node, conn: Connection, session: oidc.SignInSession | None) -> bool:
+async def _first_message(
+    node: Node, conn: Connection, session: oidc.SignInSession | None, urls: tuple[str, ...]
+) -> bool:
     """Wait for `join` (or `resume`); False when the connection was closed instead.
     `session`: the connection's sign-in session, whose identity is used when the token is empty
-    (and whose device key, if bound, must have signed the message's `dpop` proof)."""
+    (and whose device key, if bound, must have signed the message's `dpop` proof for one of the
+    socket's `urls`)."""
     signed_in = session.identity if session is not None else None
     try:
         msg = await conn.ws.receive(timeout=node.settings.join_timeout_s)
@@ -169,7 +174,7 @@ async def _first_message(node: Node, conn: Connection, session: oidc.SignInSessi
             join = None
     if isinstance(join, p.Join | p.Resume):
         try:
-            device_binding.check_join(node, join.dpop, token=join.token, session=session)
+            device_binding.check_join(node, join.dpop, token=join.token, session=session, urls=urls)
         except InvalidDpopProof as exc:
             reason = str(exc.details.get("reason", "invalid"))
             node.audit.append("join_refused", "deny", reason=f"dpop_{reason}", ip=conn.peer)
