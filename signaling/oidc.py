@@ -12,6 +12,10 @@ The flow (OpenID Connect Core 1.0, RFC 7636 PKCE, RFC 9470 step-up):
    (`check_id_token_claims`) and maps them to an `Identity` (`ClaimMap.identity`).
 3. The result is a `SignInSession` kept server-side; the browser holds only its random id in an
    HttpOnly cookie.
+
+Device binding (DPoP, RFC 9449): a browser that holds a key names its thumbprint (`dpop_jkt`)
+when it starts; the pending sign-in and then the session carry it, and the HTTP edge
+(`signaling.http.device_binding`) honours that session only with a fresh proof by that key.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from core.errors import AuthenticationError
+from signaling.dpop import is_thumbprint
 from signaling.identity import Identity
 from signaling.tokens import display_name
 
@@ -91,6 +96,9 @@ class PendingSignIn:
     """When the sign-in started (Unix seconds)."""
     max_age_s: int | None = None
     """Step-up: the provider was asked for an authentication no older than this."""
+    dpop_jkt: str | None = None
+    """The RFC 7638 thumbprint of the browser's DPoP key (RFC 9449 section 10's `dpop_jkt`):
+    the session will be bound to it. None: the browser offered no key."""
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in the shared state."""
@@ -104,12 +112,22 @@ class PendingSignIn:
 
 def start_sign_in(
     *, state: str, nonce: str, code_verifier: str, return_to: str | None, now: float,
-    max_age_s: int | None = None,
+    max_age_s: int | None = None, dpop_jkt: str | None = None, dpop_required: bool = False,
 ) -> PendingSignIn:  # fmt: skip
-    """A new pending sign-in from fresh random values (at least 43 characters of verifier)."""
+    """A new pending sign-in from fresh random values (at least 43 characters of verifier),
+    bound to the browser's key `dpop_jkt` when it names one. `SignInError` for a `dpop_jkt`
+    that is not a thumbprint (`bad_dpop_jkt`), or none when `dpop_required` (`dpop_required`)."""
     if not 43 <= len(code_verifier) <= 128:
         raise ValueError("an RFC 7636 code verifier is 43-128 characters")
-    return PendingSignIn(state, nonce, code_verifier, safe_return_path(return_to), now, max_age_s)
+    if dpop_jkt is not None and not is_thumbprint(dpop_jkt):
+        raise SignInError("the browser's key thumbprint is malformed", reason="bad_dpop_jkt")
+    if dpop_jkt is None and dpop_required:
+        raise SignInError(
+            "this browser offered no device key, and this node requires one", reason="dpop_required"
+        )
+    return PendingSignIn(
+        state, nonce, code_verifier, safe_return_path(return_to), now, max_age_s, dpop_jkt
+    )
 
 
 def authorization_url(
@@ -360,6 +378,9 @@ class SignInSession:
     """When the session ends (Unix seconds); short, by `session_lifetime_min`."""
     id_token_hint: str = ""
     """The ID token, for the provider's logout (`id_token_hint`); never logged."""
+    dpop_jkt: str | None = None
+    """The thumbprint of the browser key the session is bound to: every request it
+    authenticates carries a DPoP proof by that key. None: an unbound session (cookie only)."""
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in the shared state."""
@@ -374,6 +395,7 @@ class SignInSession:
             "auth_time": self.auth_time,
             "expires_at": self.expires_at,
             "id_token_hint": self.id_token_hint,
+            "dpop_jkt": self.dpop_jkt,
         }  # fmt: skip
 
     @classmethod
@@ -388,6 +410,7 @@ class SignInSession:
         return cls(
             d["session_id"], identity, float(d["auth_time"]), float(d["expires_at"]),
             str(d.get("id_token_hint", "")),
+            str(d["dpop_jkt"]) if d.get("dpop_jkt") else None,
         )  # fmt: skip
 
     def expired(self, now: float) -> bool:
@@ -408,6 +431,7 @@ def new_session(
     lifetime_s: int,
     known_roles: Sequence[str],
     id_token: str = "",
+    dpop_jkt: str | None = None,
 ) -> SignInSession:
     """The session for a checked ID token's claims, ending `lifetime_s` from now (on its own
     clock: an ID token lives minutes). The provider's `auth_time` (else now) is what step-up
@@ -419,7 +443,9 @@ def new_session(
     auth_time = identity_claims.get("auth_time")
     if not isinstance(auth_time, int | float) or isinstance(auth_time, bool) or auth_time > now:
         auth_time = now
-    return SignInSession(session_id, identity, float(auth_time), float(expires_at), id_token)
+    return SignInSession(
+        session_id, identity, float(auth_time), float(expires_at), id_token, dpop_jkt
+    )
 
 
 def identity_in_room(identity: Identity, room_id: str) -> Identity:

@@ -3,6 +3,13 @@ code exchange and the ID token's signature. The rules themselves are in `signali
 
 Every failure to reach the provider is `Unavailable` (503, "try again"); every answer that
 fails a check is `oidc.SignInError` (401) with its reason. Neither is ever a 500.
+
+DPoP (RFC 9449) at the token endpoint: when the provider's discovery offers ES256 DPoP, the code
+is exchanged with a proof by this node's own key (made at start, in memory only), answering the
+provider's `use_dpop_nonce` once with its `DPoP-Nonce` (section 8); the provider then binds the
+access token to the node. It is the node that redeems the code, so it is the node's key, not the
+browser's: the browser's key binds Consilium's own session instead (`dpop_jkt` of `/auth/signin`,
+`signaling.http.device_binding`). A provider that requires DPoP-bound clients works this way.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,9 +28,10 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.errors import AuthenticationError, ConfigError, Unavailable
-from signaling import oidc
+from signaling import dpop, oidc
 from signaling.keysources import JwksUrl
 from signaling.settings import Settings
 from signaling.tokens import read_header, select_key, verify_signature
@@ -53,6 +62,8 @@ class ProviderMetadata:
     """The provider's signing keys."""
     end_session_endpoint: str | None
     """RP-initiated logout, if the provider offers it."""
+    dpop_algorithms: tuple[str, ...] = ()
+    """The DPoP proof algorithms the provider accepts (`dpop_signing_alg_values_supported`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,8 @@ class TokenResponse:
     """The signed ID token."""
     access_token: str | None
     """The access token, to check the ID token's `at_hash` against (not kept)."""
+    dpop_bound: bool = False
+    """The provider bound the access token to this node's DPoP key (`token_type` `DPoP`)."""
 
 
 def unreachable() -> Unavailable:
@@ -116,6 +129,8 @@ class OidcClient:
         self._jwks: JwksUrl | None = None
         self._refetch_interval_s = settings.jwks_refetch_interval_s
         self._lock = asyncio.Lock()
+        self._dpop_key = ec.generate_private_key(ec.SECP256R1())
+        self._dpop_nonce: str | None = None
 
     # -- the provider's documents ---------------------------------------------------------------
 
@@ -169,7 +184,22 @@ class OidcClient:
         headers = {}
         if self.client_secret is not None:
             headers["Authorization"] = client_secret_basic(self.client_id, self.client_secret)
-        document = await _request_json("POST", metadata.token_endpoint, form=form, headers=headers)
+        use_dpop = "ES256" in metadata.dpop_algorithms
+        document: Any = None
+        for _ in range(2):  # a second time only to answer use_dpop_nonce
+            answer_headers: dict[str, str] = {}
+            if use_dpop:
+                headers[dpop.HEADER] = self._token_endpoint_proof(metadata.token_endpoint)
+            document = await _request_json(
+                "POST", metadata.token_endpoint, form=form, headers=headers,
+                answer_headers=answer_headers,
+            )  # fmt: skip
+            nonce = answer_headers.get("dpop-nonce")
+            if nonce:
+                self._dpop_nonce = nonce[:256]
+            wants_nonce = isinstance(document, dict) and document.get("error") == "use_dpop_nonce"
+            if not (use_dpop and wants_nonce and nonce):
+                break
         if isinstance(document, dict) and "error" in document:
             # invalid_grant: a code used twice, expired, or a verifier that does not match.
             raise oidc.SignInError(
@@ -180,7 +210,15 @@ class OidcClient:
         if not isinstance(id_token, str):
             raise oidc.SignInError("the provider sent no ID token", reason="no_id_token")
         access = document.get("access_token")
-        return TokenResponse(id_token, access if isinstance(access, str) else None)
+        bound = str(document.get("token_type", "")).lower() == "dpop"
+        return TokenResponse(id_token, access if isinstance(access, str) else None, bound)
+
+    def _token_endpoint_proof(self, url: str) -> str:
+        """A proof by this node's key for POST to the provider's token endpoint."""
+        return dpop.make_proof(
+            self._dpop_key, method="POST", url=url, now=time.time(),
+            jti=base64.urlsafe_b64encode(os.urandom(18)).decode("ascii"), nonce=self._dpop_nonce,
+        )  # fmt: skip
 
     async def verified_claims(
         self, tokens: TokenResponse, pending: oidc.PendingSignIn, *, now: float
@@ -262,12 +300,14 @@ def _metadata_from(document: object, issuer: str) -> ProviderMetadata:
         log.error("OIDC discovery document of %s lacks an endpoint", issuer)
         raise unreachable()
     end = document.get("end_session_endpoint")
+    algorithms = document.get("dpop_signing_alg_values_supported")
     return ProviderMetadata(
         issuer,
         document["authorization_endpoint"],
         document["token_endpoint"],
         document["jwks_uri"],
         end if isinstance(end, str) else None,
+        tuple(a for a in algorithms if isinstance(a, str)) if isinstance(algorithms, list) else (),
     )
 
 
@@ -277,8 +317,10 @@ async def _request_json(
     *,
     form: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    answer_headers: dict[str, str] | None = None,
 ) -> Any:
-    """One bounded request to the provider; its JSON body (also for a 400 error answer)."""
+    """One bounded request to the provider; its JSON body (also for a 400 error answer), and
+    its headers (names in lower case) into `answer_headers` when given."""
     body = bytearray()
     try:
         async with (
@@ -290,6 +332,8 @@ async def _request_json(
         ):  # fmt: skip
             if response.status not in (200, 400, 401):
                 raise ValueError(f"status {response.status}")
+            if answer_headers is not None:
+                answer_headers.update({k.lower(): v for k, v in response.headers.items()})
             async for chunk in response.content.iter_chunked(64 * 1024):
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:

@@ -77,6 +77,11 @@ class Join(Message, tag="join"):
 
     token: str
     room: str
+    dpop: str = ""
+    """A DPoP proof (RFC 9449) for `GET` on this socket's `ws(s)://` URL, signed by the device
+    key the session or token is bound to (with `ath` for a token); required only then (or when
+    the node's `dpop_required` is on). A browser cannot set the upgrade's headers, so it goes
+    here; a missing or failing one closes the socket 4401 `invalid_dpop_proof: <reason>`."""
 
 
 class Resume(Message, tag="resume"):
@@ -97,6 +102,8 @@ class Resume(Message, tag="resume"):
     this participant): every server message after `joined` counts 1, 2, 3... in the order
     received, `resumed` excepted. The number is not carried on the messages (WebSocket delivery
     is ordered): the client counts."""
+    dpop: str = ""
+    """A DPoP proof, as in `join` (a fresh one: each proof is accepted once)."""
 
 
 class Ping(Message, tag="ping"):

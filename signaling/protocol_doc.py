@@ -118,9 +118,9 @@ the hospital's identity provider"). The browser then holds an HttpOnly, SameSite
 
 | method and path | what |
 |---|---|
-| `GET /auth/signin?return=<path>[&max_age=<s>]` | starts a sign-in: 302 to the provider's authorization endpoint (`max_age` asks it for an authentication that recent: step-up). `return` is a path on this node (anything else becomes `/`) |
+| `GET /auth/signin?return=<path>[&max_age=<s>][&dpop_jkt=<thumbprint>]` | starts a sign-in: 302 to the provider's authorization endpoint (`max_age` asks it for an authentication that recent: step-up; `dpop_jkt` binds the session to the browser's key, see "Device binding"). `return` is a path on this node (anything else becomes `/`) |
 | `GET /auth/callback?code=&state=` | the provider's answer: the code is exchanged, the ID token checked (signature by the provider's JWKS, `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`, `at_hash` where present, `auth_time` for `max_age`) and its claims mapped; 303 to `return` with the session cookie. A failure is a 303 to `return` with `#signin_error=<reason>` (`bad_state`, `expired`, `provider_error`, `code_refused`, `id_token_<reason>`, `wrong_nonce`, `missing_claim`, `revoked_sub`, `idp_unreachable`, ...); with `Accept: application/json` it is the JSON error (401 `sign_in_failed` with `reason`, 503 `unavailable` when the provider is out of reach) |
-| `GET /auth/session` | `{"enabled", "provider_name", "signed_in", "step_up_max_age_s"}`, and while signed in `sub`, `name`, `role`, `dept`, `org`, `expires_at`, `auth_time` (Unix seconds); never the session id |
+| `GET /auth/session` | `{"enabled", "provider_name", "signed_in", "step_up_max_age_s"}`, and while signed in `sub`, `name`, `role`, `dept`, `org`, `expires_at`, `auth_time` (Unix seconds); never the session id; a device-bound session counts as signed in only with its key's `DPoP` proof |
 | `POST /auth/signout` | ends the session here; `{"signed_out": bool, "logout_url": <the provider's end_session URL or null>}` |
 
 A signed-in browser sends `join` (and `resume`) with `"token": ""`: the session its cookie names
@@ -134,6 +134,39 @@ session needs an authentication no older than `step_up_max_age_min`; otherwise 4
 `WWW-Authenticate: Bearer error="insufficient_user_authentication", error_description="...",
 max_age=<s>`. The client signs in again with `/auth/signin?max_age=<s>` and retries. Requests
 with a bearer token are not subject to it.
+
+## Device binding (DPoP, RFC 9449)
+
+A session or token may be bound to a device's key, so that a copy of the cookie or the token is
+useless without that key. A browser holds a non-extractable ECDSA P-256 key and starts its
+sign-in with `GET /auth/signin?...&dpop_jkt=<thumbprint>` (the key's RFC 7638 SHA-256
+thumbprint, RFC 9449 §10); the session is then bound to that key. A token is bound when it
+carries `cnf.jkt` (an identity provider's DPoP-bound access token, RFC 9449 §6.1).
+
+A DPoP proof is a JWS with header `typ: dpop+jwt`, `alg` one of ES256, PS256, RS256, EdDSA, and
+`jwk` (the public key); claims `jti` (unique, 8-256 characters), `htm` (the method), `htu` (the
+request's URL without query and fragment, on the node's `public_url` or on the address the
+request reached), `iat` (within 60 s before and
+5 s after the node's clock, widened by `jwt_leeway_s`) and, presenting a token, `ath` (base64url
+SHA-256 of the token). Each proof is accepted once. No server nonce is issued.
+
+- **API calls** of a bound session carry the header `DPoP: <proof>` (with the cookie). A bound
+  token goes as `Authorization: DPoP <token>` with `DPoP: <proof>` (with `ath`); presenting it as
+  `Bearer` is refused.
+- **The WebSocket** cannot carry headers from a browser: `join` and `resume` carry the proof in
+  their `dpop` field, for `htm` `GET` and `htu` `ws(s)://<host>/ws`.
+- With `dpop_required`, a sign-in without `dpop_jkt` is refused (`#signin_error=dpop_required`),
+  and so are unbound sessions and tokens on the API and at the join.
+
+A refused API call is 401 `{"error": "invalid_dpop_proof", "message": ..., "reason": <reason>}`
+with `WWW-Authenticate: DPoP error="invalid_dpop_proof", error_description="...", algs="ES256
+PS256 RS256 EdDSA"` (`invalid_token` in both for a bound token sent as `Bearer` or an unbound one
+where required); a refused join closes with 4401 and the reason `<that error>: <reason>`. Reasons:
+`missing`, `malformed`, `wrong_typ`, `algorithm_not_allowed`, `no_jwk`, `private_key`,
+`wrong_key_type`, `wrong_key_use`, `bad_jwk`, `bad_signature`, `missing_claim`, `wrong_htm`,
+`wrong_htu`, `stale`, `future`, `wrong_ath`, `wrong_key`, `replayed`, `several_proofs`,
+`bound_token_as_bearer`, `token_not_bound`, `bad_cnf`, `dpop_required`. Every refusal is audited
+(`api_refused` or `join_refused`, reason `dpop_<reason>`).
 """
 
 

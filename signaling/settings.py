@@ -101,6 +101,10 @@ class Settings:
     step_up_max_age_min: int = 15
     """Minutes an authentication counts as recent for playing or exporting a recording
     (RFC 9470 step-up; the provider is asked again with `max_age`)."""
+    dpop_required: bool = False
+    """Device binding (DPoP, RFC 9449) required: a sign-in whose browser offers no key, and a
+    bearer token without `cnf.jkt`, are refused. Off: bound sessions and tokens still need their
+    key's proof, unbound ones are accepted as before."""
 
     policy_file: Path | None = None
     """Role × action policy table (TOML); default: the packaged `signaling/policy.toml`."""

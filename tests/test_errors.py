@@ -11,6 +11,8 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.dpop
+import signaling.http.device_binding
 import signaling.http.routes.pacs_store
 import signaling.oidc
 import signaling.pacs
@@ -54,6 +56,8 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     signaling.http.routes.pacs_store.AnnotationsNotHere: (4409, 409),
     signaling.oidc.SignInError: (4401, 401),
     signaling.oidc.StepUpRequired: (4401, 401),
+    signaling.dpop.InvalidDpopProof: (4401, 401),
+    signaling.http.device_binding.TokenBindingRefused: (4401, 401),
 }
 """Close code and HTTP status of every error class, as docs/protocol.md and clients know them."""
 

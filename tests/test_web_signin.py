@@ -200,4 +200,6 @@ async def test_a_session_that_ended_brings_the_sign_in_back_for_the_same_room(
         )
         assert "Sign in again" in await tab.page.locator("#signin-error").inner_text()
         href = await tab.page.locator("#signin-link").get_attribute("href")
-        assert href == f"/auth/signin?return=%2Fjoin%2F{ROOM}"
+        # The sign-in binds the session to the browser's device key (test_web_dpop.py).
+        jkt = await tab.page.evaluate("import('/js/dpop.js').then((m) => m.deviceThumbprint())")
+        assert href == f"/auth/signin?return=%2Fjoin%2F{ROOM}&dpop_jkt={jkt}"

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from core.errors import ConfigError, ConsiliumError, IntegrityError, ServerError
+from signaling.dpop import InvalidDpopProof
+from signaling.dpop import challenge as dpop_challenge
 from signaling.errors import http_status_of
 from signaling.http import ws
 from signaling.http.node import NODE, Node
@@ -57,6 +59,8 @@ async def errors_and_headers(
         response = web.json_response(exc.to_json(), status=http_status_of(exc))
         if isinstance(exc, StepUpRequired):
             response.headers["WWW-Authenticate"] = step_up_challenge(exc.details["max_age"])
+        elif isinstance(exc, InvalidDpopProof):
+            response.headers["WWW-Authenticate"] = dpop_challenge(exc.code, exc.message)
     except IntegrityError as exc:
         # Stored data failed its check (a manifest signed by another key, a damaged file):
         # say what failed, as `verify` would, rather than "internal error".

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from core.errors import AuthenticationError, PolicyDenied
+from signaling import dpop
 from signaling import protocol as p
+from signaling.http import device_binding
 from signaling.http.node import NODE
 from signaling.http.sessions import REQUEST_SESSION, current_session
 from signaling.identity import Identity
@@ -29,8 +32,9 @@ def audit_refusal(request: web.Request, reason: str, **fields: Any) -> None:
 
 
 async def authenticate(request: web.Request, action: str | None) -> Identity:
-    """The identity behind `Authorization: Bearer <token>` (or, with no Authorization header,
-    the sign-in session the cookie names), allowed to do `action`."""
+    """The identity behind `Authorization: Bearer <token>` (a DPoP-bound token: `Authorization:
+    DPoP <token>` and its proof), or, with no Authorization header, the sign-in session the
+    cookie names (a device-bound one with its key's `DPoP` proof), allowed to do `action`."""
     node = request.app[NODE]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -39,8 +43,9 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
         # Signed in at the hospital's provider (a cookie, no bearer token): the session's
         # identity goes through the same checks below as a token's.
         identity = session.identity
+        check_binding(request, identity.sub, device_binding.check_session_request, session)
         request[REQUEST_SESSION] = session
-    elif scheme.lower() != "bearer" or not token.strip():
+    elif scheme.lower() not in ("bearer", "dpop") or not token.strip():
         audit_refusal(request, "no_bearer_token", ip=peer_address(request))
         raise AuthenticationError("an Authorization: Bearer token is required", reason="missing")
     else:
@@ -51,6 +56,10 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
                 request, str(exc.details.get("reason", "invalid_token")), ip=peer_address(request)
             )
             raise
+        check_binding(
+            request, identity.sub, device_binding.check_token_request, scheme.lower(),
+            token.strip(),
+        )  # fmt: skip
     revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
     if revoked is not None:
         audit_refusal(request, f"revoked_{revoked.kind}", sub=identity.sub)
@@ -61,6 +70,19 @@ async def authenticate(request: web.Request, action: str | None) -> Identity:
             audit_refusal(request, decision.reason, sub=identity.sub, requested=action)
             raise PolicyDenied(decision.reason)
     return identity
+
+
+def check_binding(request: web.Request, sub: str, check: Callable[..., None], *args: Any) -> None:
+    """Run a device-binding `check` (`signaling.http.device_binding`), auditing its refusal
+    as `api_refused` with reason `dpop_<reason>`."""
+    try:
+        check(request.app[NODE], request, *args)
+    except dpop.InvalidDpopProof as exc:
+        audit_refusal(
+            request, f"dpop_{exc.details.get('reason', 'invalid')}", sub=sub,
+            ip=peer_address(request),
+        )  # fmt: skip
+        raise
 
 
 def decide_in_room(

@@ -17,6 +17,7 @@ from recorder.roomkeys import RoomKeys
 from signaling.audit import AuditLog
 from signaling.devidp import DevelopmentIdP
 from signaling.directory import Directory
+from signaling.dpop import SeenProofs
 from signaling.http.archive_service import ArchiveService
 from signaling.http.door import Door
 from signaling.oidc_client import OidcClient
@@ -112,6 +113,8 @@ class Node:
     """The audit log's syslog-over-TLS witness and SIEM stream, if configured (its counters)."""
     signin: OidcClient | None = None
     """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
+    seen_proofs: SeenProofs = field(default_factory=SeenProofs)
+    """The DPoP proofs this node accepted within their window (a replay is refused)."""
     ready: bool = False
     """Serving: set once started, cleared as the node stops (`/readyz`, `/healthz`)."""
     retention_swept: asyncio.Event = field(default_factory=asyncio.Event)

@@ -23,7 +23,9 @@ from core.ratelimit import TokenBucket
 from signaling import oidc
 from signaling import protocol as p
 from signaling.connection import CLOSE_HANDSHAKE_S, Connection
+from signaling.dpop import InvalidDpopProof
 from signaling.errors import close_code_of
+from signaling.http import device_binding
 from signaling.http.auth import peer_address
 from signaling.http.bodies import short
 from signaling.http.door import Refuse
@@ -109,7 +111,9 @@ async def signalling(request: web.Request) -> web.StreamResponse:
             # client may retry; a token in the join still works.
             with contextlib.suppress(ConsiliumError):
                 session = await current_session(request)
-        joined = await _first_message(node, conn, session.identity if session else None)
+        joined = await _first_message(
+            node, conn, session, device_binding.socket_urls(node, request)
+        )
     finally:
         node.door.leave()
     if not joined:
@@ -146,9 +150,14 @@ _cleanups: set[asyncio.Future[None]] = set()
 """Disconnect clean-ups running on after their handler was cancelled."""
 
 
-async def _first_message(node: Node, conn: Connection, signed_in: Identity | None) -> bool:
+async def _first_message(
+    node: Node, conn: Connection, session: oidc.SignInSession | None, urls: tuple[str, ...]
+) -> bool:
     """Wait for `join` (or `resume`); False when the connection was closed instead.
-    `signed_in`: the identity of the connection's sign-in session, used when the token is empty."""
+    `session`: the connection's sign-in session, whose identity is used when the token is empty
+    (and whose device key, if bound, must have signed the message's `dpop` proof for one of the
+    socket's `urls`)."""
+    signed_in = session.identity if session is not None else None
     try:
         msg = await conn.ws.receive(timeout=node.settings.join_timeout_s)
     except TimeoutError:
@@ -163,6 +172,14 @@ async def _first_message(node: Node, conn: Connection, signed_in: Identity | Non
             join = p.client_decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             join = None
+    if isinstance(join, p.Join | p.Resume):
+        try:
+            device_binding.check_join(node, join.dpop, token=join.token, session=session, urls=urls)
+        except InvalidDpopProof as exc:
+            reason = str(exc.details.get("reason", "invalid"))
+            node.audit.append("join_refused", "deny", reason=f"dpop_{reason}", ip=conn.peer)
+            await conn.close(close_code_of(exc), f"{exc.code}: {reason}")
+            return False
     if isinstance(join, p.Resume):
         return await _resume(node, conn, join, signed_in)
     if not isinstance(join, p.Join):

@@ -11,6 +11,12 @@
 // is "secret". Two clients: "consilium-public" (public, PKCE only) and "consilium-confidential"
 // (client_secret_basic, secret "confidential-secret").
 //
+// DPoP (RFC 9449) is on, with server nonces required (section 8): the public client's access
+// tokens must be DPoP-bound (`dpop_bound_access_tokens`), so Consilium exchanges its codes with
+// proofs by its own key and answers the `use_dpop_nonce` challenge. The "consilium-device" client
+// (public, DPoP-bound, refresh-less) is for a device that gets its own bound access token: a JWT
+// for the resource `urn:consilium` with Consilium's claims (role, depts, rooms) and `cnf.jkt`.
+//
 // Test controls (this is a test double's switchboard, not part of any provider):
 //   POST /test/tamper-id-token?on=1  the token endpoint's ID token gets a changed claim (its
 //                                    signature no longer matches)
@@ -19,7 +25,7 @@ import crypto from "node:crypto";
 import http from "node:http";
 import { parseArgs } from "node:util";
 
-import Provider from "oidc-provider";
+import Provider, { errors } from "oidc-provider";
 
 const { values } = parseArgs({
   options: {
@@ -29,6 +35,7 @@ const { values } = parseArgs({
   },
 });
 const port = Number(values.port);
+const CONSILIUM_RESOURCE = "urn:consilium";
 const issuer = `http://127.0.0.1:${port}`;
 
 // People in the directory, by login; `mfa`: whether they sign in with a second factor.
@@ -79,8 +86,17 @@ const client = (extra) => ({
 
 const provider = new Provider(issuer, {
   clients: [
-    client({ client_id: "consilium-public", token_endpoint_auth_method: "none" }),
+    client({
+      client_id: "consilium-public",
+      token_endpoint_auth_method: "none",
+      dpop_bound_access_tokens: true,
+    }),
     client({ client_id: "consilium-confidential", client_secret: "confidential-secret" }),
+    client({
+      client_id: "consilium-device",
+      token_endpoint_auth_method: "none",
+      dpop_bound_access_tokens: true,
+    }),
   ],
   jwks: { keys: [jwk] },
   cookies: { keys: ["consilium-test-provider-cookie-key"] },
@@ -96,10 +112,39 @@ const provider = new Provider(issuer, {
     profile: ["name", "preferred_username"],
     email: ["email"],
   },
-  features: { devInteractions: { enabled: false } },
+  features: {
+    devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: (ctx, client, oneOf) =>
+        oneOf ?? (client.clientId === "consilium-device" ? CONSILIUM_RESOURCE : undefined),
+      useGrantedResource: () => true,
+      getResourceServerInfo: (_ctx, resource) => {
+        if (resource !== CONSILIUM_RESOURCE) throw new errors.InvalidTarget();
+        return {
+          scope: "mdt",
+          audience: CONSILIUM_RESOURCE,
+          accessTokenFormat: "jwt",
+          accessTokenTTL: 300,
+          jwt: { sign: { alg: "RS256" } },
+        };
+      },
+    },
+    dPoP: { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true },
+  },
   pkce: { required: () => true },
   ttl: { AuthorizationCode: 60, IdToken: 300, AccessToken: 300, Interaction: 600, Session: 3600, Grant: 3600 },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  // Consilium's claims in the device's JWT access token (the people's Consilium roles).
+  async extraTokenClaims(_ctx, token) {
+    const person = PEOPLE[token.accountId];
+    const audience = token.aud ?? token.resourceServer?.audience;
+    if (!person || audience !== CONSILIUM_RESOURCE) return undefined;
+    return {
+      role: person.role, name: person.name, dept: [person.dept], room: ["mdt-1"],
+      amr: person.mfa ? ["pwd", "mfa"] : ["pwd"],
+    };
+  },
   async findAccount(_ctx, id) {
     if (!PEOPLE[id]) return undefined;
     return { accountId: id, claims: async () => ({ sub: id, ...directoryClaims(id) }) };
@@ -111,6 +156,9 @@ const provider = new Provider(issuer, {
       accountId: ctx.oidc.session.accountId,
     });
     grant.addOIDCScope("openid profile email");
+    if (ctx.oidc.client.clientId === "consilium-device") {
+      grant.addResourceScope(CONSILIUM_RESOURCE, "mdt");
+    }
     await grant.save();
     return grant;
   },

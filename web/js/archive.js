@@ -16,6 +16,7 @@
 
 import { preferredLanguage, roleName, setLanguage, t } from "./i18n.js";
 import { applyOp, drawShape, shapeKey } from "./shapes.js";
+import { initDeviceBinding } from "./dpop.js";
 import { authHeaders, fetchSignIn, signInUrl, takeSignInError } from "./signin.js";
 
 const BOARD_BACKGROUND = "#2b3138"; // neutral grey: every author colour stays readable on it
@@ -1015,7 +1016,9 @@ async function start() {
     video.addEventListener(event, syncFollowers);
   }
   if (!token) {
-    // No link: signed in at the hospital's provider (the session cookie), or sign in now.
+    // No link: signed in at the hospital's provider (the session cookie), or sign in now; the
+    // device key binds the sign-in and signs the calls (dpop.js).
+    await initDeviceBinding();
     const signIn = await fetchSignIn();
     if (signIn?.enabled && !signIn.signed_in && signInError === null) {
       location.assign(signInUrl("/archive"));

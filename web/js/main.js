@@ -20,6 +20,7 @@ import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
+import { initDeviceBinding } from "./dpop.js";
 import { fetchSignIn, initSignOut, renderSignIn, takeSignInError } from "./signin.js";
 import { changed, onChange, snapshot, state } from "./state.js";
 import { initView } from "./view.js";
@@ -146,7 +147,8 @@ async function start() {
   state.roomId = roomId;
   if (!token) {
     // No link: the person may have signed in at the hospital's provider (a session cookie), or
-    // may do so now.
+    // may do so now. Its device key binds the sign-in and signs its calls (dpop.js).
+    await initDeviceBinding();
     signInInfo = await fetchSignIn();
     if (signInInfo?.enabled && (!signInInfo.signed_in || signInError !== null)) {
       return showSignIn(signInInfo, signInError);

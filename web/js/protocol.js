@@ -4,6 +4,8 @@
 // The declarations below mirror the server's (signaling/protocol.py, msgspec Structs);
 // tests/test_web_protocol.py checks that they match, field for field and default for default.
 
+import { dpopProof } from "./dpop.js";
+
 const PING_INTERVAL_MS = 15_000; // docs/protocol.md: one ping every 15 s
 
 /** Close codes (docs/protocol.md, "Close codes"; 1006 is the browser's own: no close frame). */
@@ -42,12 +44,13 @@ export const REQUIRED = "<required>";
 
 /** What the client sends: each message's fields and their defaults. */
 export const CLIENT_MESSAGES = {
-  join: { token: REQUIRED, room: REQUIRED },
+  join: { token: REQUIRED, room: REQUIRED, dpop: "" },
   resume: {
     token: REQUIRED,
     participant_id: REQUIRED,
     resume_token: REQUIRED,
     last_seq: REQUIRED,
+    dpop: "",
   },
   ping: { id: null },
   leave: {},
@@ -218,16 +221,22 @@ export class SignallingConnection {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const ws = new WebSocket(`${scheme}://${location.host}/ws`);
     this.ws = ws;
-    ws.addEventListener("open", () => {
+    ws.addEventListener("open", async () => {
+      // Signed in (no token): a proof by this browser's device key, for a session bound to it
+      // (dpop.js; a browser cannot set the upgrade's headers, so it goes in the message).
+      const proof = token ? null : await dpopProof("GET", ws.url);
+      if (this.ws !== ws || ws.readyState !== WebSocket.OPEN) return;
+      const binding = proof ? { dpop: proof } : {};
       if (resume) {
         this.send("resume", {
           token,
           participant_id: resume.participantId,
           resume_token: resume.resumeToken,
           last_seq: resume.lastSeq,
+          ...binding,
         });
       } else {
-        this.send("join", { token, room });
+        this.send("join", { token, room, ...binding });
       }
       this.pingTimer = setInterval(
         () => this.send("ping", { id: ++this.pingId }),

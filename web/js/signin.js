@@ -4,6 +4,7 @@
 // The server does the OpenID Connect flow (docs/protocol.md, "Sign-in"); this module only moves
 // the browser and says what happened in the person's language.
 
+import { deviceThumbprint } from "./dpop.js";
 import { t } from "./i18n.js";
 
 // Reasons a sign-in can fail with (`#signin_error=<reason>`) that have their own words; any
@@ -19,6 +20,7 @@ const KNOWN_ERRORS = new Set([
   "revoked_jti",
   "session_expired",
   "other_browser",
+  "dpop_required",
 ]);
 
 /** What the server says about sign-in for this browser: {enabled, provider_name, signed_in,
@@ -37,6 +39,8 @@ export async function fetchSignIn() {
 export function signInUrl(returnPath, maxAge = null) {
   const query = new URLSearchParams({ return: returnPath });
   if (maxAge !== null) query.set("max_age", String(maxAge));
+  // Bind the session to this browser's device key (dpop.js), when it has one.
+  if (deviceThumbprint()) query.set("dpop_jkt", deviceThumbprint());
   return `/auth/signin?${query}`;
 }
 

@@ -17,8 +17,10 @@ from aiohttp import web
 
 from core.errors import ConsiliumError, NotFound
 from signaling import oidc
+from signaling.dpop import InvalidDpopProof
 from signaling.errors import http_status_of
-from signaling.http.auth import peer_address
+from signaling.http.auth import check_binding, peer_address
+from signaling.http.device_binding import check_session_request
 from signaling.http.node import NODE, Node
 from signaling.http.sessions import (
     PENDING_KEY_PREFIX,
@@ -73,7 +75,8 @@ def _redirect(location: str, status: int = 303) -> web.Response:
 
 
 async def start(request: web.Request) -> web.StreamResponse:
-    """`GET /auth/signin?return=<path>[&max_age=<s>]`: start a sign-in at the provider."""
+    """`GET /auth/signin?return=<path>[&max_age=<s>][&dpop_jkt=<thumbprint>]`: start a sign-in
+    at the provider (bound to the browser's DPoP key when it names one)."""
     node = request.app[NODE]
     client = _client(request)
     return_to = oidc.safe_return_path(request.query.get("return"))
@@ -83,15 +86,17 @@ async def start(request: web.Request) -> web.StreamResponse:
             max_age = max(0, min(int(request.query["max_age"]), 86_400))
         except ValueError:
             max_age = node.settings.step_up_max_age_min * 60
-    pending = oidc.start_sign_in(
-        state=secrets.token_urlsafe(32),
-        nonce=secrets.token_urlsafe(32),
-        code_verifier=secrets.token_urlsafe(48),
-        return_to=return_to,
-        now=time.time(),
-        max_age_s=max_age,
-    )
     try:
+        pending = oidc.start_sign_in(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            code_verifier=secrets.token_urlsafe(48),
+            return_to=return_to,
+            now=time.time(),
+            max_age_s=max_age,
+            dpop_jkt=request.query.get("dpop_jkt") or None,
+            dpop_required=node.settings.dpop_required,
+        )
         url = await client.authorization_url(pending)
         await node.store.put_expiring(
             PENDING_KEY_PREFIX + pending.state, pending.to_dict(), oidc.PENDING_TTL_S
@@ -134,6 +139,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         session = oidc.new_session(
             claims, client.claim_map, session_id=session_id_of(secret), now=time.time(),
             lifetime_s=lifetime_s, known_roles=client.known_roles, id_token=tokens.id_token,
+            dpop_jkt=pending.dpop_jkt,
         )  # fmt: skip
         identity = session.identity
         revoked = await node.store.is_revoked(jti=identity.jti, sub=identity.sub)
@@ -146,6 +152,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         "sign_in", "allow", sub=identity.sub, role=identity.role, session=identity.jti,
         mfa=bool(node.policy.mfa_methods.intersection(identity.amr)),
         step_up=pending.max_age_s is not None, ip=peer_address(request),
+        device_bound=pending.dpop_jkt is not None, idp_dpop=tokens.dpop_bound,
     )  # fmt: skip
     if _wants_json(request):
         response = web.json_response({"signed_in": True, "return": return_to}, headers=NO_STORE)
@@ -180,6 +187,12 @@ async def session_info(request: web.Request) -> web.Response:
     if session is not None:
         revoked = await node.store.is_revoked(jti=session.identity.jti, sub=session.identity.sub)
         if revoked is not None:
+            session = None
+    if session is not None and session.dpop_jkt is not None:
+        # A device-bound session is shown only to its device (a copied cookie learns nothing).
+        try:
+            check_binding(request, session.identity.sub, check_session_request, session)
+        except InvalidDpopProof:
             session = None
     return web.json_response(_session_json(node, session), headers=NO_STORE)
 
