@@ -9,6 +9,7 @@ import imaging.store
 import recorder.holds
 import recorder.keyring
 import recorder.retention
+import signaling.meeting_end
 import signaling.oidc
 import signaling.pacs
 import signaling.resume
@@ -43,6 +44,7 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     recorder.retention.RecordingInProgress: (4409, 409),
     recorder.holds.NotOnHold: (4409, 409),
     signaling.resume.ResumeRefused: (4410, 410),
+    signaling.meeting_end.MeetingEnded: (4411, 410),
     signaling.pacs.PacsUnavailable: (4500, 503),
     signaling.pacs.PacsNotConfigured: (4500, 503),
     signaling.oidc.SignInError: (4401, 401),
