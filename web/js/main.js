@@ -10,7 +10,16 @@ import { initChair, renderChair } from "./chair.js";
 import { initChat, renderChat } from "./chat.js";
 import { initConnectivity, renderConnectivity } from "./connectivity.js";
 import { localMedia, openDevices, translatePickers } from "./devices.js";
-import { endingKind, initEnded, renderEnded, setLinkToken } from "./ended.js";
+import {
+  endingKind,
+  forgetEnding,
+  initEnded,
+  isMeetingEnd,
+  rememberEnding,
+  rememberedEnding,
+  renderEnded,
+  setLinkToken,
+} from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
@@ -56,6 +65,8 @@ function render(s) {
   }
   renderConnectivity(s);
   if (s.screen === "ended") renderEnded(s);
+  // The meeting ended (the chair, or its schedule): a reload of this page shows it again.
+  if (s.screen === "ended" && isMeetingEnd(s.ended)) rememberEnding(s.roomId, s.ended);
   if (s.screen === "ended" && s.signedIn && endingKind(s.ended?.code, s.ended?.reason) === "expired") {
     // The sign-in session ended (its lifetime, or a sign-out elsewhere): sign in again, and
     // come back to this room.
@@ -118,6 +129,7 @@ function readJoinLink() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (location.hash) history.replaceState(null, "", location.pathname);
   let token = fragment.get("token");
+  if (roomId && token) forgetEnding(roomId); // a new link: a new visit
   if (roomId) {
     const key = `consilium.token.${roomId}`;
     try {
@@ -142,6 +154,14 @@ async function start() {
   });
   if (!roomId) return showHome();
   state.roomId = roomId;
+  const over = rememberedEnding(roomId);
+  if (over) {
+    // This tab saw the meeting end: say so again rather than joining (or reconnecting).
+    state.ended = over;
+    state.screen = "ended";
+    changed();
+    return;
+  }
   if (!token) {
     // No link: the person may have signed in at the hospital's provider (a session cookie), or
     // may do so now.
