@@ -35,7 +35,13 @@ SESSION_COOKIE = "consilium_session"
 
 SIGNIN_COOKIE = "consilium_signin"
 """The cookie binding a started sign-in to the browser that started it (its `state`; HttpOnly,
-SameSite=Lax, path `/auth/`, as long as the sign-in may take)."""
+SameSite=Lax, path `/auth/`, as long as the sign-in may take). One per started sign-in, named
+by `signin_cookie_name`, so that two tabs signing in at once do not overwrite each other's; a
+cookie of this bare name is still read (a sign-in started before an upgrade)."""
+
+STATE_NAME_CHARS = 16
+"""Characters of the state that name its binding cookie (unique enough among one browser's
+sign-ins; the cookie's value is the whole state, compared in full)."""
 
 SESSION_JTI_PREFIX = "session:"
 """An `Identity.jti` of a sign-in session: `session:<id>` (revoking that jti ends the session)."""
@@ -110,6 +116,26 @@ def start_sign_in(
     if not 43 <= len(code_verifier) <= 128:
         raise ValueError("an RFC 7636 code verifier is 43-128 characters")
     return PendingSignIn(state, nonce, code_verifier, safe_return_path(return_to), now, max_age_s)
+
+
+def signin_cookie_name(state: str) -> str:
+    """The name of the cookie that binds the sign-in started with `state` to its browser."""
+    return f"{SIGNIN_COOKIE}_{state[:STATE_NAME_CHARS]}"
+
+
+def replay_destination(
+    completed: Mapping[str, Any] | None, current_session_id: str | None
+) -> str | None:
+    """Where a callback whose state was used already goes: back to where the sign-in was going,
+    if that sign-in completed (`completed`: what the callback kept, `session_id` and
+    `return_to`) and this browser still holds the session it made (a reload of the callback,
+    the back button, a restored tab). None otherwise: the callback fails as `bad_state` (a
+    callback replayed in another browser gets nothing)."""
+    if completed is None or current_session_id is None:
+        return None
+    if completed.get("session_id") != current_session_id:
+        return None
+    return safe_return_path(str(completed.get("return_to", "/")))
 
 
 def authorization_url(

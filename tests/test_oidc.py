@@ -140,6 +140,26 @@ def test_callback_yields_the_code() -> None:
     assert oidc.code_from_callback(pending(), query, now=NOW, browser_state="s" * 43) == "abc"
 
 
+def test_each_started_sign_in_has_its_own_binding_cookie() -> None:
+    # Two tabs of one browser: the second start must not overwrite the first one's binding.
+    first, second = "a" * 43, "b" * 43
+    assert oidc.signin_cookie_name(first) != oidc.signin_cookie_name(second)
+    assert oidc.signin_cookie_name(first).startswith(oidc.SIGNIN_COOKIE + "_")
+    assert len(oidc.signin_cookie_name(first)) == len(oidc.SIGNIN_COOKIE) + 1 + 16
+
+
+def test_a_completed_callback_opened_again_goes_on_only_in_the_browser_it_signed_in() -> None:
+    completed = {"session_id": "sess-1", "return_to": "/join/mdt-1"}
+    assert oidc.replay_destination(completed, "sess-1") == "/join/mdt-1"
+    # Another browser (no session, or another one) gets nothing: the callback fails as before.
+    assert oidc.replay_destination(completed, None) is None
+    assert oidc.replay_destination(completed, "sess-2") is None
+    assert oidc.replay_destination(None, "sess-1") is None
+    # The kept destination is a local path, whatever was stored.
+    evil = {"session_id": "sess-1", "return_to": "https://evil.example/"}
+    assert oidc.replay_destination(evil, "sess-1") == "/"
+
+
 # -- the ID token ------------------------------------------------------------------------------
 
 

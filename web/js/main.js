@@ -28,7 +28,13 @@ import { checkAdmission, renderJoin, showJoin } from "./join.js";
 import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
-import { fetchSignIn, initSignOut, renderSignIn, takeSignInError } from "./signin.js";
+import {
+  fetchSignIn,
+  initSignOut,
+  renderSignIn,
+  signInErrorText,
+  takeSignInError,
+} from "./signin.js";
 import { changed, onChange, snapshot, state } from "./state.js";
 import { initView } from "./view.js";
 
@@ -42,6 +48,7 @@ const roomCasesList = document.getElementById("room-cases-list");
 let call = null;
 let shownScreen = null;
 let signInInfo = null; // what /auth/session said, when the visit has no link token
+let homeSignInError = null; // a failed sign-in that came back to the home page, or null
 
 function render(s) {
   for (const name of SCREENS) {
@@ -51,6 +58,7 @@ function render(s) {
   renderCases(s.room?.cases ?? []);
   languageSelect.value = s.lang;
   if (s.screen === "signin") renderSignIn(s.signIn);
+  if (s.screen === "home") renderHomeError();
   if (s.screen === "join") renderJoin();
   if (s.screen === "lobby") renderLobby(s);
   if (s.screen === "room") {
@@ -82,6 +90,13 @@ function render(s) {
   }
 }
 
+/** A failed sign-in that came back to the home page, in the page's language. */
+function renderHomeError() {
+  const problem = document.getElementById("home-signin-error");
+  problem.hidden = homeSignInError === null;
+  problem.textContent = homeSignInError === null ? "" : signInErrorText(homeSignInError);
+}
+
 /** A scheduled meeting's case list: each case's reference and its label, in the HIS's order. */
 function renderCases(cases) {
   roomCases.hidden = cases.length === 0;
@@ -105,7 +120,10 @@ function showSignIn(info, error) {
   changed();
 }
 
-async function showHome() {
+/** The home page; `signInError`: a sign-in that came back here failed (its page is unknown,
+ * e.g. an old callback opened in another browser), said in the person's language. */
+async function showHome(signInError = null) {
+  homeSignInError = signInError;
   state.screen = "home";
   changed();
   const status = document.getElementById("home-status");
@@ -152,7 +170,7 @@ async function start() {
     await translatePickers();
     changed();
   });
-  if (!roomId) return showHome();
+  if (!roomId) return showHome(signInError);
   state.roomId = roomId;
   const over = rememberedEnding(roomId);
   if (over) {

@@ -21,6 +21,7 @@ from signaling.errors import http_status_of
 from signaling.http.auth import peer_address
 from signaling.http.node import NODE, Node
 from signaling.http.sessions import (
+    COMPLETED_KEY_PREFIX,
     PENDING_KEY_PREFIX,
     clear_session_cookie,
     current_session,
@@ -48,10 +49,26 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def _state_of(request: web.Request) -> str:
+    """The callback's `state`, if it can be one of ours (else empty)."""
+    state = request.query.get("state", "")
+    return state if 0 < len(state) <= 128 else ""
+
+
+def _forget_binding(request: web.Request, response: web.StreamResponse) -> None:
+    """Remove the browser's binding cookie of this callback's sign-in (its other sign-ins,
+    in other tabs, keep theirs)."""
+    state = _state_of(request)
+    if state:
+        response.del_cookie(oidc.signin_cookie_name(state), path="/auth/")
+    if request.cookies.get(oidc.SIGNIN_COOKIE) == state or not state:
+        response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+
+
 def _failure(request: web.Request, error: ConsiliumError, return_to: str) -> web.Response:
     """A failed sign-in, audited, as JSON or as a redirect back with the reason in the fragment."""
     response = _failure_answer(request, error, return_to)
-    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+    _forget_binding(request, response)
     return response
 
 
@@ -100,8 +117,10 @@ async def start(request: web.Request) -> web.StreamResponse:
         return _failure(request, exc, return_to)
     response = _redirect(url, 302)
     # The state in this browser too: a callback reaching another browser (login CSRF) fails.
+    # A cookie per sign-in: a second tab's start leaves the first tab's binding in place.
     response.set_cookie(
-        oidc.SIGNIN_COOKIE, pending.state, max_age=oidc.PENDING_TTL_S, path="/auth/",
+        oidc.signin_cookie_name(pending.state), pending.state, max_age=oidc.PENDING_TTL_S,
+        path="/auth/",
         httponly=True, samesite="Lax", secure=node.settings.own_origin.startswith("https://"),
     )  # fmt: skip
     return response
@@ -112,19 +131,24 @@ async def callback(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     client = _client(request)
     now = time.time()
-    state = request.query.get("state", "")
+    state = _state_of(request)
     pending: oidc.PendingSignIn | None = None
     return_to = "/"
     try:
-        if state and len(state) <= 128:
+        if state:
             # Taken, not read: a state (and so its code verifier) serves one callback only.
             stored = await node.store.take_expiring(PENDING_KEY_PREFIX + state)
             pending = None if stored is None else oidc.PendingSignIn.from_dict(stored)
         if pending is not None:
             return_to = pending.return_to
+        elif state and "error" not in request.query:
+            replayed = await _replayed(request, state)
+            if replayed is not None:
+                return replayed
+        binding = request.cookies.get(oidc.signin_cookie_name(state)) if state else None
         code = oidc.code_from_callback(
             pending, request.query, now=now,
-            browser_state=request.cookies.get(oidc.SIGNIN_COOKIE),
+            browser_state=binding or request.cookies.get(oidc.SIGNIN_COOKIE),
         )  # fmt: skip
         assert pending is not None
         tokens = await client.exchange(code, pending)
@@ -140,6 +164,11 @@ async def callback(request: web.Request) -> web.StreamResponse:
         if revoked is not None:
             raise oidc.SignInError("your access has been revoked", reason=f"revoked_{revoked.kind}")
         await keep_session(request, session, lifetime_s)
+        await node.store.put_expiring(
+            COMPLETED_KEY_PREFIX + state,
+            {"session_id": session.session_id, "return_to": return_to},
+            oidc.PENDING_TTL_S,
+        )
     except ConsiliumError as exc:
         return _failure(request, exc, return_to)
     node.audit.append(
@@ -152,8 +181,24 @@ async def callback(request: web.Request) -> web.StreamResponse:
     else:
         response = _redirect(return_to)
     set_session_cookie(request, response, secret)
-    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+    _forget_binding(request, response)
     return response
+
+
+async def _replayed(request: web.Request, state: str) -> web.Response | None:
+    """A callback whose sign-in completed already, opened again in the browser it signed in
+    (a reload, the back button, a restored tab): on to where it was going; None otherwise."""
+    node = request.app[NODE]
+    completed = await node.store.get_expiring(COMPLETED_KEY_PREFIX + state)
+    session = await current_session(request) if completed is not None else None
+    destination = oidc.replay_destination(
+        completed, None if session is None else session.session_id
+    )
+    if destination is None:
+        return None
+    if _wants_json(request):
+        return web.json_response({"signed_in": True, "return": destination}, headers=NO_STORE)
+    return _redirect(destination)
 
 
 def _session_json(node: Node, session: oidc.SignInSession | None) -> dict[str, object]:
