@@ -8,18 +8,23 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
+
 from signaling.audit import iter_entries
+from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (
     ICE_ENV,
     BrowserTab,
     OpenTab,
+    api,
     meet_through_the_lobby,
     no_page_problems,
     page_state,
     screenshot,
     start_recording_with_consent,
 )
-from tests.fixtures.servers import REPO
+from tests.fixtures.servers import REPO, close_code
+from tests.test_meetings_api import booking
 
 CATALOGUES = {
     lang: json.loads((REPO / "web" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
@@ -79,6 +84,9 @@ async def test_the_chair_ends_the_meeting_and_a_reload_does_not_get_back_in(
     state = await page_state(specialist)
     assert state["screen"] == "ended" and state["participantId"] in (None, "")
     no_page_problems(specialist)
+    # The chair reloads too: their own words again.
+    await chair.page.reload()
+    await _says(chair, "ended.meeting_ended_by_you")
     no_page_problems(chair)
 
     # The recording was stopped and sealed before the room closed; the meeting ended once.
@@ -88,3 +96,30 @@ async def test_the_chair_ends_the_meeting_and_a_reload_does_not_get_back_in(
     assert [e.fields.get("recording") for e in stopped] == [recording_id]
     assert len(closed) == 1 and closed[0].sub == "dr-chen"
     assert closed[0].reason == "ended_by_chair" and stopped[0].seq < closed[0].seq
+
+
+async def test_a_link_to_a_meeting_that_ended_says_so_in_a_new_browser(
+    serve_process: Any, chromium: OpenTab
+) -> None:
+    """No memory of the ending in this browser: the server's answer (the admission check's 410)
+    is what the page shows, before the camera check."""
+    serve = serve_process(env=ICE_ENV)
+    idp = DevelopmentIdP.load_or_create(serve.data_dir)
+    his = idp.mint(sub="his-scheduler", role="scheduler", amr=[], depts=[], rooms=[], name="HIS")
+    meeting = api(serve.url, his, "POST", "/api/v1/meetings", booking(lobby=False))
+    links = {i["sub"]: i["join_url"] for i in meeting["invitations"]}
+    chair_token = links["dr-chen"].split("#token=")[1]
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(serve.url.replace("http", "ws", 1) + "/ws")
+        await ws.send_json({"type": "join", "token": chair_token, "room": meeting["meeting_id"]})
+        assert (await ws.receive_json(timeout=10))["type"] == "joined"
+        await ws.send_json({"type": "end_meeting"})
+        assert await close_code(ws, timeout=10) == 4411
+    for lang in ("en", "zh-CN"):
+        tab = await chromium(links["dr-wu"], locale=lang)
+        await _says(tab, "ended.meeting_ended_by_chair", lang)
+        assert (await page_state(tab))["ended"]["code"] == 4411
+        assert await tab.page.locator("#screen-join").is_hidden()
+        no_page_problems(tab)
+    ended = api(serve.url, his, "GET", f"/api/v1/meetings/{meeting['meeting_id']}")
+    assert ended["status"] == "ended" and ended["ended_reason"] == "ended_by_chair"

@@ -103,7 +103,8 @@ export function rememberEnding(roomId, ending) {
 export function rememberedEnding(roomId) {
   try {
     const ending = JSON.parse(sessionStorage.getItem(ENDED_MEETING + roomId) ?? "null");
-    return isMeetingEnd(ending) ? { code: ending.code, reason: String(ending.reason ?? "") } : null;
+    if (!isMeetingEnd(ending)) return null;
+    return { code: ending.code, reason: String(ending.reason ?? ""), byMe: ending.byMe === true };
   } catch {
     return null;
   }

@@ -74,7 +74,9 @@ function render(s) {
   renderConnectivity(s);
   if (s.screen === "ended") renderEnded(s);
   // The meeting ended (the chair, or its schedule): a reload of this page shows it again.
-  if (s.screen === "ended" && isMeetingEnd(s.ended)) rememberEnding(s.roomId, s.ended);
+  if (s.screen === "ended" && isMeetingEnd(s.ended)) {
+    rememberEnding(s.roomId, { ...s.ended, byMe: s.endedByMe });
+  }
   if (s.screen === "ended" && s.signedIn && endingKind(s.ended?.code, s.ended?.reason) === "expired") {
     // The sign-in session ended (its lifetime, or a sign-out elsewhere): sign in again, and
     // come back to this room.
@@ -175,7 +177,8 @@ async function start() {
   const over = rememberedEnding(roomId);
   if (over) {
     // This tab saw the meeting end: say so again rather than joining (or reconnecting).
-    state.ended = over;
+    state.ended = { code: over.code, reason: over.reason };
+    state.endedByMe = over.byMe;
     state.screen = "ended";
     changed();
     return;
