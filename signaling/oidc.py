@@ -124,18 +124,25 @@ def signin_cookie_name(state: str) -> str:
 
 
 def replay_destination(
-    completed: Mapping[str, Any] | None, current_session_id: str | None
+    used: Mapping[str, Any] | None, current_session_id: str | None, *, started_here: bool
 ) -> str | None:
-    """Where a callback whose state was used already goes: back to where the sign-in was going,
-    if that sign-in completed (`completed`: what the callback kept, `session_id` and
-    `return_to`) and this browser still holds the session it made (a reload of the callback,
-    the back button, a restored tab). None otherwise: the callback fails as `bad_state` (a
-    callback replayed in another browser gets nothing)."""
-    if completed is None or current_session_id is None:
+    """Where a callback whose state was used already goes, rather than failing as `bad_state`.
+
+    `used`: what the first callback of this state kept (`return_to`, and `session_id` once it
+    made a session). In the browser holding that session (a reload of the callback, the back
+    button, a restored tab): on to `return_to`. In the browser that started the sign-in
+    (`started_here`: it holds the state's binding cookie) but never got the session (it
+    reloaded while the first callback was still being answered, so that answer was dropped):
+    a new sign-in to the same place, which the provider usually completes at once. None
+    otherwise: another browser gets nothing from someone's callback."""
+    if used is None:
         return None
-    if completed.get("session_id") != current_session_id:
-        return None
-    return safe_return_path(str(completed.get("return_to", "/")))
+    return_to = safe_return_path(str(used.get("return_to", "/")))
+    if current_session_id is not None and used.get("session_id") == current_session_id:
+        return return_to
+    if started_here:
+        return "/auth/signin?" + urlencode({"return": return_to})
+    return None
 
 
 def authorization_url(

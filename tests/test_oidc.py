@@ -148,16 +148,24 @@ def test_each_started_sign_in_has_its_own_binding_cookie() -> None:
     assert len(oidc.signin_cookie_name(first)) == len(oidc.SIGNIN_COOKIE) + 1 + 16
 
 
-def test_a_completed_callback_opened_again_goes_on_only_in_the_browser_it_signed_in() -> None:
-    completed = {"session_id": "sess-1", "return_to": "/join/mdt-1"}
-    assert oidc.replay_destination(completed, "sess-1") == "/join/mdt-1"
-    # Another browser (no session, or another one) gets nothing: the callback fails as before.
-    assert oidc.replay_destination(completed, None) is None
-    assert oidc.replay_destination(completed, "sess-2") is None
-    assert oidc.replay_destination(None, "sess-1") is None
+def test_a_callback_opened_again_goes_on_only_in_the_browser_it_belongs_to() -> None:
+    used = {"session_id": "sess-1", "return_to": "/join/mdt-1"}
+    # The browser it signed in: on to the room (a reload of the callback, the back button).
+    assert oidc.replay_destination(used, "sess-1", started_here=False) == "/join/mdt-1"
+    # The browser that started it but never got the answer (reloaded while it was answered):
+    # a fresh sign-in to the same place.
+    again = "/auth/signin?return=%2Fjoin%2Fmdt-1"
+    assert oidc.replay_destination(used, None, started_here=True) == again
+    started_only = {"return_to": "/join/mdt-1"}  # the first callback has not finished
+    assert oidc.replay_destination(started_only, None, started_here=True) == again
+    # Another browser (no session or another one, no binding cookie) gets nothing.
+    assert oidc.replay_destination(used, None, started_here=False) is None
+    assert oidc.replay_destination(used, "sess-2", started_here=False) is None
+    assert oidc.replay_destination(started_only, "sess-1", started_here=False) is None
+    assert oidc.replay_destination(None, "sess-1", started_here=True) is None
     # The kept destination is a local path, whatever was stored.
     evil = {"session_id": "sess-1", "return_to": "https://evil.example/"}
-    assert oidc.replay_destination(evil, "sess-1") == "/"
+    assert oidc.replay_destination(evil, "sess-1", started_here=False) == "/"
 
 
 # -- the ID token ------------------------------------------------------------------------------

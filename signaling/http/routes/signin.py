@@ -21,8 +21,8 @@ from signaling.errors import http_status_of
 from signaling.http.auth import peer_address
 from signaling.http.node import NODE, Node
 from signaling.http.sessions import (
-    COMPLETED_KEY_PREFIX,
     PENDING_KEY_PREFIX,
+    USED_KEY_PREFIX,
     clear_session_cookie,
     current_session,
     end_session,
@@ -139,13 +139,17 @@ async def callback(request: web.Request) -> web.StreamResponse:
             # Taken, not read: a state (and so its code verifier) serves one callback only.
             stored = await node.store.take_expiring(PENDING_KEY_PREFIX + state)
             pending = None if stored is None else oidc.PendingSignIn.from_dict(stored)
+        binding = request.cookies.get(oidc.signin_cookie_name(state)) if state else None
         if pending is not None:
             return_to = pending.return_to
+            # Kept a while: this callback opened again finds where it was going.
+            await node.store.put_expiring(
+                USED_KEY_PREFIX + state, {"return_to": return_to}, oidc.PENDING_TTL_S
+            )
         elif state and "error" not in request.query:
-            replayed = await _replayed(request, state)
+            replayed = await _replayed(request, state, started_here=binding == state)
             if replayed is not None:
                 return replayed
-        binding = request.cookies.get(oidc.signin_cookie_name(state)) if state else None
         code = oidc.code_from_callback(
             pending, request.query, now=now,
             browser_state=binding or request.cookies.get(oidc.SIGNIN_COOKIE),
@@ -165,7 +169,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             raise oidc.SignInError("your access has been revoked", reason=f"revoked_{revoked.kind}")
         await keep_session(request, session, lifetime_s)
         await node.store.put_expiring(
-            COMPLETED_KEY_PREFIX + state,
+            USED_KEY_PREFIX + state,
             {"session_id": session.session_id, "return_to": return_to},
             oidc.PENDING_TTL_S,
         )
@@ -185,19 +189,21 @@ async def callback(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _replayed(request: web.Request, state: str) -> web.Response | None:
-    """A callback whose sign-in completed already, opened again in the browser it signed in
-    (a reload, the back button, a restored tab): on to where it was going; None otherwise."""
+async def _replayed(request: web.Request, state: str, *, started_here: bool) -> web.Response | None:
+    """A callback whose state was used already, opened again (a reload, the back button, a
+    restored tab): on to where it was going, or a fresh sign-in (`oidc.replay_destination`);
+    None when it is no business of this browser's (the callback then fails)."""
     node = request.app[NODE]
-    completed = await node.store.get_expiring(COMPLETED_KEY_PREFIX + state)
-    session = await current_session(request) if completed is not None else None
+    used = await node.store.get_expiring(USED_KEY_PREFIX + state)
+    session = await current_session(request) if used is not None else None
     destination = oidc.replay_destination(
-        completed, None if session is None else session.session_id
+        used, None if session is None else session.session_id, started_here=started_here
     )
     if destination is None:
         return None
     if _wants_json(request):
-        return web.json_response({"signed_in": True, "return": destination}, headers=NO_STORE)
+        return web.json_response({"signed_in": session is not None, "return": destination},
+                                 headers=NO_STORE)  # fmt: skip
     return _redirect(destination)
 
 
