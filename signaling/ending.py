@@ -1,21 +1,24 @@
 """Meetings ending, carried out: the decisions of `signaling.meeting_end` against the store, the
 audit log and the other nodes.
 
-`end_meeting` is the one way a meeting ends while people may be in it (a chair's `end_meeting`,
-or the sweep of scheduled meetings that are over); `close_empty_room` the way an ad-hoc room goes
-when its last person leaves. Each decides the winner with one atomic step of the shared state,
-so of several nodes (or chairs) ending the same meeting at once exactly one audits `room_closed`,
-the entry the `meeting.ended` webhook is made from.
+`end_meeting` is the one way a meeting ends while people may be in it (a chair's `end_meeting`
+through `end_for_everyone`, or the sweep of scheduled meetings that are over); `close_empty_room`
+the way an ad-hoc room goes when its last person leaves. Each decides the winner with one atomic
+step of the shared state, so of several nodes (or chairs) ending the same meeting at once exactly
+one audits `room_closed`, the entry the `meeting.ended` webhook is made from.
 """
 
 from __future__ import annotations
 
 import logging
 
+from core.actions import Action
 from signaling import cluster, membership
 from signaling import meeting_end as me
 from signaling import meetings as m
 from signaling.audit import AuditLog
+from signaling.connection import Connection
+from signaling.media_relay import MediaRelay
 from signaling.state.store import StateStore
 
 log = logging.getLogger("consilium.rooms")
@@ -68,6 +71,26 @@ async def end_meeting(
         cluster.to_wire(cluster.MeetingEnded(room=room_id, reason=me.CLOSE_REASONS[reason]))
     )
     return True
+
+
+async def end_for_everyone(
+    store: StateStore, audit: AuditLog, relay: MediaRelay, chair: Connection, *, now: float
+) -> bool:
+    """A chair's `end_meeting`: a running recording stopped first (the chair's own
+    `stop_recording`, carried out on the room's media node), then `end_meeting`."""
+    identity = chair.identity
+    assert identity is not None
+    recorder = relay.recorder
+    local = recorder is not None and chair.media_node == store.node_id
+    idle_here = local and recorder is not None and not recorder.is_recording(chair.room_id)
+    may_stop = relay.media is not None and chair.media_node and not idle_here
+    if may_stop and Action.STOP_RECORDING in chair.permissions:
+        # On another node, the stop is an event published before the ending's: that node
+        # carries it out (the recording sealed) before it closes anyone.
+        await relay.call(chair, "rec", action="stop_recording", fields={})
+    return await end_meeting(
+        store, audit, chair.room_id, me.ENDED_BY_CHAIR, by=identity.sub, now=now
+    )
 
 
 async def close_empty_room(store: StateStore, audit: AuditLog, room_id: str) -> None:

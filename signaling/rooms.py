@@ -372,7 +372,7 @@ class Rooms:
             await self._apply(m.not_allowed(actor, msg, action, decision.reason), conn)
             return
         if isinstance(msg, p.EndMeeting):
-            await self._end_for_everyone(conn, identity)
+            await ending.end_for_everyone(self.store, self.audit, self.relay, conn, now=time.time())
             return
         effects: list[m.Effect] | None = None
         if isinstance(msg, p.Admit):
@@ -462,22 +462,6 @@ class Rooms:
         await ending.close_if_done(
             self.store, self.audit, room_id, grace_s=grace_s, now=time.time()
         )
-
-    async def _end_for_everyone(self, conn: Connection, identity: Identity) -> None:
-        """A chair ends the meeting for everyone: a running recording stopped first (the
-        chair's own `stop_recording`, on the room's media node), then `ending.end_meeting`."""
-        recorder = self.recorder
-        local = recorder is not None and conn.media_node == self.store.node_id
-        idle_here = local and recorder is not None and not recorder.is_recording(conn.room_id)
-        may_stop = self.media is not None and conn.media_node and not idle_here
-        if may_stop and Action.STOP_RECORDING in conn.permissions:
-            # On another node, the stop is an event published before the ending's: that node
-            # carries it out (the recording sealed) before it closes anyone.
-            await self.relay.call(conn, "rec", action="stop_recording", fields={})
-        await ending.end_meeting(
-            self.store, self.audit, conn.room_id, me.ENDED_BY_CHAIR, by=identity.sub,
-            now=time.time(),
-        )  # fmt: skip
 
     # -- revocation ----------------------------------------------------------------------------
 
