@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from signaling import ending
 from signaling import meeting_end as me
 from signaling.audit import iter_entries
@@ -230,3 +232,28 @@ async def test_two_nodes_end_a_meeting_once_and_close_everyone_on_both(
                 await asyncio.sleep(1.0)  # a duplicate from the other node would be here by now
     ended = [(e["room"], e["data"].get("reason")) for e in his.events()]
     assert sorted(ended) == sorted([(room, "ended_by_chair"), (over, "scheduled_end")])
+
+
+async def test_each_nodes_sweep_ends_a_meeting_nobody_came_to_once(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node task itself (`http.tasks.sweep_meeting_ends`), on two nodes sweeping often."""
+    monkeypatch.setattr(me, "SWEEP_S", 0.2)
+    async with receiver() as his:
+        hooks = subscription(tmp_path, his.url, "meeting.ended")
+        common = {"media": False, "redis": redis_url, "webhooks": hooks,
+                  "meeting_end_grace_min": 0}  # fmt: skip
+        async with running_node(node_settings(tmp_path / "a", **common)) as a:
+            trusting_a = {"jwks": str(a.idp.jwks_path), "jwt_issuer": DEV_ISSUER,
+                          "jwt_audience": DEV_AUDIENCE}  # fmt: skip
+            async with running_node(node_settings(tmp_path / "b", **common, **trusting_a)):
+                room, _ = await _book(a, _ending_soon(2))
+
+                async def ended() -> bool:
+                    answer = await (await _call(a, "GET", f"{MEETINGS}/{room}")).json()
+                    return bool(answer["status"] == "ended")
+
+                await eventually(ended, timeout=10)
+                await eventually(lambda: len(his.deliveries) >= 1, timeout=10)
+                await asyncio.sleep(1.0)  # a second meeting.ended would be here by now
+    assert [(e["room"], e["data"]) for e in his.events()] == [(room, {"reason": "scheduled_end"})]
