@@ -9,13 +9,14 @@ A failure reaches a browser as a redirect back to where it came from with `#sign
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from urllib.parse import quote
 
 from aiohttp import web
 
-from core.errors import ConsiliumError, NotFound
+from core.errors import ConsiliumError, NotFound, ServerError
 from signaling import oidc
 from signaling.errors import http_status_of
 from signaling.http.auth import peer_address
@@ -32,6 +33,8 @@ from signaling.http.sessions import (
     set_session_cookie,
 )
 from signaling.oidc_client import OidcClient
+
+log = logging.getLogger("consilium.signin")
 
 NO_STORE = {"Cache-Control": "no-store"}
 """Sign-in answers are never cached (they set or name a session)."""
@@ -175,6 +178,10 @@ async def callback(request: web.Request) -> web.StreamResponse:
         )
     except ConsiliumError as exc:
         return _failure(request, exc, return_to)
+    except Exception:
+        # A person at the end of a sign-in sees words, not a server error page.
+        log.exception("sign-in callback failed")
+        return _failure(request, ServerError("the sign-in failed on this server"), return_to)
     node.audit.append(
         "sign_in", "allow", sub=identity.sub, role=identity.role, session=identity.jti,
         mfa=bool(node.policy.mfa_methods.intersection(identity.amr)),
