@@ -160,6 +160,16 @@ class RoomOpened(NodeEvent, tag="room_opened", frozen=True):
     """The room id."""
 
 
+class MeetingEnded(NodeEvent, tag="meeting_ended", frozen=True):
+    """The meeting in this room ended (`signaling.ending`): every node closes its connections
+    in the room, joined and waiting, with 4411 and `reason`."""
+
+    room: str
+    """The room id."""
+    reason: str
+    """The close reason (`ended by the chair` or `meeting ended`)."""
+
+
 class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):
     """A token or an identity was revoked: every node updates its copy of the revocations and
     drops the connections it covers (4401). Tagged `type`, not `k` (it is older than the rest)."""
@@ -169,7 +179,10 @@ class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):
     `lifted: true` when it withdraws the revocation of the same key (a SCIM re-activation)."""
 
 
-Event = RoomMessage | CloseConnection | Admitted | MuteMedia | MediaRequest | MediaOut | RoomOpened
+Event = (
+    RoomMessage | CloseConnection | Admitted | MuteMedia | MediaRequest | MediaOut | RoomOpened
+    | MeetingEnded
+)  # fmt: skip
 """Every event tagged `k`."""
 
 ALL_EVENTS: tuple[type[msgspec.Struct], ...] = (*Event.__args__, Revoked)

@@ -36,6 +36,8 @@ ANSWERS: dict[str, Answer] = {
     # Raised by a `resume` (signaling.resume): the held participant is gone for this client.
     "resume_refused": Answer(CloseCode.RESUME_REFUSED, 410),
     "conflict": Answer(CloseCode.REPLACED, 409),
+    # Raised by a join to a meeting that has ended (signaling.meeting_end): gone for good.
+    "meeting_ended": Answer(CloseCode.MEETING_ENDED, 410),
     "too_large": Answer(CloseCode.BAD_MESSAGE, 413),
     # Raised by the scheduling API: an update whose If-Match names an older version.
     "precondition_failed": Answer(CloseCode.REPLACED, 412),

@@ -69,7 +69,12 @@ Stamp = Annotated[datetime, msgspec.Meta(tz=True)]
 InviteeRole = Literal["chair", "specialist", "radiologist", "nurse", "trainee", "patient"]
 """The live roles a meeting may invite (the policy's privileged roles never join a room)."""
 
-MeetingStatus = Literal["scheduled", "cancelled"]
+MeetingStatus = Literal["scheduled", "cancelled", "ended"]
+"""`scheduled` until it is cancelled, or it ended (the chair ended it for everyone, or its room
+stayed empty past its end: `signaling.meeting_end`); an ended meeting admits no one."""
+
+EndReason = Literal["ended_by_chair", "scheduled_end"]
+"""Why a meeting ended: a chair ended it for everyone, or it was over (empty past its end)."""
 
 
 class Case(msgspec.Struct, forbid_unknown_fields=True):
@@ -152,6 +157,10 @@ class Meeting(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     updated_at: Stamp
     invitations: list[Invitation]
     """One per participant, in the same order."""
+    ended_at: Stamp | None = None
+    """When the meeting ended (status `ended`); null before."""
+    ended_reason: EndReason | None = None
+    """Why it ended: `ended_by_chair` or `scheduled_end`; null before."""
 
 
 class MeetingList(msgspec.Struct, forbid_unknown_fields=True):
@@ -213,6 +222,10 @@ class MeetingRecord(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     """The join tokens in force, at most one per invitee."""
     keys: list[str] = msgspec.field(default_factory=list)
     """The idempotency keys it was created under (deleted with it)."""
+    ended_at: float | None = None
+    """When it ended (seconds since the epoch), once `status` is `ended`."""
+    ended_reason: EndReason | None = None
+    """Why it ended, once `status` is `ended`."""
 
 
 # --- Rules -------------------------------------------------------------------------------------
@@ -273,10 +286,32 @@ def new_record(
 
 
 def expired(record: MeetingRecord, now: float, retention_s: float) -> bool:
-    """Whether the meeting is past its retention at `now`: `retention_s` after its end, or
-    after its cancellation for a cancelled one."""
+    """Whether the meeting is past its retention at `now`: `retention_s` after its end (its
+    scheduled end, or when it ended if later), or after its cancellation for a cancelled one."""
     over = record.updated_at if record.status == "cancelled" else record.request.ends_at.timestamp()
+    if record.ended_at is not None:
+        over = max(over, record.ended_at)
     return over + retention_s <= now
+
+
+def _still_open(record: MeetingRecord) -> None:
+    """`Conflict` unless the meeting may still change (neither cancelled nor ended)."""
+    if record.status == "cancelled":
+        raise Conflict("the meeting is cancelled")
+    if record.status == "ended":
+        raise Conflict("the meeting has ended")
+
+
+def ended(record: MeetingRecord, now: float, reason: EndReason) -> MeetingRecord | None:
+    """The meeting ended at `now` for `reason`: its links dropped (they admit no one now, and
+    joins are refused as `meeting_ended`); None if it is not `scheduled` (already ended, or
+    cancelled: nothing to do, and no second `meeting.ended`)."""
+    if record.status != "scheduled":
+        return None
+    return msgspec.structs.replace(
+        record, status="ended", updated_at=now, version=record.version + 1, links=[],
+        ended_at=now, ended_reason=reason,
+    )  # fmt: skip
 
 
 def idempotency_keys(sub: str, request: MeetingRequest, header_key: str | None) -> list[str]:
@@ -313,10 +348,9 @@ class Change(msgspec.Struct, frozen=True):
 
 
 def replaced(record: MeetingRecord, request: MeetingRequest, now: float) -> Change:
-    """The meeting with its request replaced by a `checked` one (a cancelled meeting stays
-    cancelled: `Conflict`)."""
-    if record.status == "cancelled":
-        raise Conflict("the meeting is cancelled")
+    """The meeting with its request replaced by a `checked` one (a cancelled or ended meeting
+    stays so: `Conflict`)."""
+    _still_open(record)
     before = {p.sub: p for p in record.request.participants}
     after = {p.sub: p for p in request.participants}
     changed = {sub for sub, p in after.items() if before.get(sub) != p}
@@ -330,9 +364,12 @@ def replaced(record: MeetingRecord, request: MeetingRequest, now: float) -> Chan
 
 
 def cancelled(record: MeetingRecord, now: float) -> Change:
-    """The meeting cancelled: every link revoked. Cancelling twice changes nothing."""
+    """The meeting cancelled: every link revoked. Cancelling twice changes nothing; an ended
+    meeting cannot be cancelled (`Conflict`)."""
     if record.status == "cancelled":
         return Change(record, [], [])
+    if record.status == "ended":
+        raise Conflict("the meeting has ended")
     new = msgspec.structs.replace(
         record, status="cancelled", updated_at=now, version=record.version + 1, links=[]
     )
@@ -342,8 +379,7 @@ def cancelled(record: MeetingRecord, now: float) -> Change:
 def reissued(record: MeetingRecord, now: float) -> Change:
     """Every invitee gets a new link and the old ones are revoked (the HIS lost them, or a
     retried create answered without them)."""
-    if record.status == "cancelled":
-        raise Conflict("the meeting is cancelled")
+    _still_open(record)
     new = msgspec.structs.replace(record, updated_at=now, version=record.version + 1, links=[])
     return Change(new, list(record.links), [p.sub for p in record.request.participants])
 
@@ -442,4 +478,6 @@ def answer(record: MeetingRecord, invitations: list[Invitation]) -> Meeting:
         created_at=stamp(record.created_at),
         updated_at=stamp(record.updated_at),
         invitations=invitations,
+        ended_at=None if record.ended_at is None else stamp(record.ended_at),
+        ended_reason=record.ended_reason,
     )

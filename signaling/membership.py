@@ -523,6 +523,7 @@ MESSAGE_ACTIONS: dict[type[p.Message], Action] = {
     p.UpdateRoom: Action.ADMIT,
     p.Mute: Action.MUTE_OTHERS,
     p.Remove: Action.REMOVE_PARTICIPANT,
+    p.EndMeeting: Action.REMOVE_PARTICIPANT,
     p.RequestConsent: Action.START_RECORDING,
     p.VerbalConsent: Action.START_RECORDING,
     p.StartRecording: Action.START_RECORDING,

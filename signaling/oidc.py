@@ -40,7 +40,13 @@ SESSION_COOKIE = "consilium_session"
 
 SIGNIN_COOKIE = "consilium_signin"
 """The cookie binding a started sign-in to the browser that started it (its `state`; HttpOnly,
-SameSite=Lax, path `/auth/`, as long as the sign-in may take)."""
+SameSite=Lax, path `/auth/`, as long as the sign-in may take). One per started sign-in, named
+by `signin_cookie_name`, so that two tabs signing in at once do not overwrite each other's; a
+cookie of this bare name is still read (a sign-in started before an upgrade)."""
+
+STATE_NAME_CHARS = 16
+"""Characters of the state that name its binding cookie (unique enough among one browser's
+sign-ins; the cookie's value is the whole state, compared in full)."""
 
 SESSION_JTI_PREFIX = "session:"
 """An `Identity.jti` of a sign-in session: `session:<id>` (revoking that jti ends the session)."""
@@ -128,6 +134,33 @@ def start_sign_in(
     return PendingSignIn(
         state, nonce, code_verifier, safe_return_path(return_to), now, max_age_s, dpop_jkt
     )
+
+
+def signin_cookie_name(state: str) -> str:
+    """The name of the cookie that binds the sign-in started with `state` to its browser."""
+    return f"{SIGNIN_COOKIE}_{state[:STATE_NAME_CHARS]}"
+
+
+def replay_destination(
+    used: Mapping[str, Any] | None, current_session_id: str | None, *, started_here: bool
+) -> str | None:
+    """Where a callback whose state was used already goes, rather than failing as `bad_state`.
+
+    `used`: what the first callback of this state kept (`return_to`, and `session_id` once it
+    made a session). In the browser holding that session (a reload of the callback, the back
+    button, a restored tab): on to `return_to`. In the browser that started the sign-in
+    (`started_here`: it holds the state's binding cookie) but never got the session (it
+    reloaded while the first callback was still being answered, so that answer was dropped):
+    a new sign-in to the same place, which the provider usually completes at once. None
+    otherwise: another browser gets nothing from someone's callback."""
+    if used is None:
+        return None
+    return_to = safe_return_path(str(used.get("return_to", "/")))
+    if current_session_id is not None and used.get("session_id") == current_session_id:
+        return return_to
+    if started_here:
+        return "/auth/signin?" + urlencode({"return": return_to})
+    return None
 
 
 def authorization_url(

@@ -28,6 +28,7 @@ class CloseCode(IntEnum):
     TIMED_OUT = 4408
     REPLACED = 4409
     RESUME_REFUSED = 4410
+    MEETING_ENDED = 4411
     RATE_LIMITED = 4429
     SERVER_ERROR = 4500
 
@@ -54,6 +55,10 @@ CLOSE_CODES: dict[CloseCode, str] = {
     "(`bad_resume_token`), the bearer token names another identity (`other_identity`), or the "
     "messages missed are no longer kept (`messages_lost`); the reason says which. The client "
     "joins again (an admitted participant skips the lobby)",
+    CloseCode.MEETING_ENDED: "meeting ended: the chair ended the meeting for everyone (reason "
+    "`ended by the chair`; sent to everyone joined and waiting in the lobby), or the scheduled "
+    "meeting is over (`meeting ended`, also the answer to a join after its end). The client does "
+    "not reconnect",
     CloseCode.RATE_LIMITED: "rate-limited: too many messages per second, room or lobby full, or "
     "too many rooms",
     CloseCode.SERVER_ERROR: "server error: an unexpected failure; the client may retry",
@@ -156,6 +161,13 @@ class UpdateRoom(Message, tag="update_room"):
 
     lobby: bool | None = None
     locked: bool | None = None
+
+
+class EndMeeting(Message, tag="end_meeting"):
+    """Chair: end the meeting for everyone (`remove_participant` permission: it removes
+    everyone). A running recording is stopped first; everyone joined or waiting in the lobby,
+    on every node, is closed with 4411 `ended by the chair`; a scheduled meeting turns `ended`
+    and admits no one after."""
 
 
 class Offer(Message, tag="offer"):
@@ -298,6 +310,7 @@ ClientMessage = (
     | Remove
     | SetMedia
     | UpdateRoom
+    | EndMeeting
     | Offer
     | Answer
     | Candidate

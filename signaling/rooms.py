@@ -32,7 +32,8 @@ from core.errors import (
 )
 from core.rooms import valid_room_id
 from sfu.server import MediaServer
-from signaling import cluster, moderation
+from signaling import cluster, ending, moderation
+from signaling import meeting_end as me
 from signaling import membership as m
 from signaling import protocol as p
 from signaling.audit import AuditLog
@@ -178,6 +179,11 @@ class Rooms:
         if revoked is not None:
             await self._apply([m.refused(identity, msg.room, conn.peer, f"revoked_{revoked.kind}")])
             raise AuthenticationError("this token or identity has been revoked", reason="revoked")
+
+        over = me.refusal(await self.store.meetings.get(msg.room))
+        if over is not None:
+            await self._apply([m.refused(identity, msg.room, conn.peer, over.code)])
+            raise over
 
         room = await self.store.get_room(msg.room)
         decision = self.policy.decide(identity, Action.JOIN_ROOM, room_scope(room, msg.room))
@@ -365,6 +371,9 @@ class Rooms:
             decision = self.policy.decide(identity, action, room_scope(room, conn.room_id))
             await self._apply(m.not_allowed(actor, msg, action, decision.reason), conn)
             return
+        if isinstance(msg, p.EndMeeting):
+            await ending.end_for_everyone(self.store, self.audit, self.relay, conn, now=time.time())
+            return
         effects: list[m.Effect] | None = None
         if isinstance(msg, p.Admit):
             taken = await self.store.remove_from_lobby(conn.room_id, msg.participant_id)
@@ -448,15 +457,11 @@ class Rooms:
         await self._close_room_if_done(conn.room_id)
 
     async def _close_room_if_done(self, room_id: str) -> None:
-        """An ad-hoc room (opened by a chair arriving, never scheduled) ends when empty."""
-        room = await self.store.get_room(room_id)
-        if room is None or room.scheduled_by:
-            return
-        participants = await self.store.list_participants(room_id)
-        waiting = await self.store.list_lobby(room_id) if not participants else []
-        if m.room_done(room, participants, waiting):
-            await self.store.delete_room(room_id)
-            self.audit.append("room_closed", "info", room=room_id)
+        """The room ends if empty and its kind says so (`ending.close_if_done`)."""
+        grace_s = self.settings.meeting_end_grace_min * 60.0
+        await ending.close_if_done(
+            self.store, self.audit, room_id, grace_s=grace_s, now=time.time()
+        )
 
     # -- revocation ----------------------------------------------------------------------------
 
@@ -550,6 +555,9 @@ class Rooms:
                 self.messenger.deliver(event.pid, event.msg)
             elif isinstance(event, cluster.RoomOpened):
                 await self._room_opened(event.room)
+            elif isinstance(event, cluster.MeetingEnded):
+                for conn in list(self.by_room.get(event.room, ())):
+                    await self._drop(conn, p.CloseCode.MEETING_ENDED, event.reason)
         except Exception:
             log.exception("event failed", extra={"event_kind": wire.get("k")})
 

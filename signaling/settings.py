@@ -221,6 +221,10 @@ class Settings:
     meeting_retention_days: float = 30.0
     """Days a meeting the HIS scheduled is kept after its end (or its cancellation); then it
     and its room are deleted (audited). A room in session is kept until it empties."""
+    meeting_end_grace_min: float = 5.0
+    """Minutes a scheduled meeting's room must stay empty after its scheduled end before the
+    meeting ends (status `ended`, links refused, `meeting.ended` sent); 0 ends it as the last
+    person leaves after its end. A room that empties before its end stays open."""
 
     recording_notice_version: str = "2026-12"
     """Version of the recording notice text every client shows before asking for consent
@@ -394,6 +398,8 @@ class Settings:
             raise ConfigError("retransmit_max_age_s must be positive")
         if self.media_max_delay_s < 0:
             raise ConfigError("media_max_delay_s must not be negative")
+        if self.meeting_end_grace_min < 0:
+            raise ConfigError("meeting_end_grace_min must not be negative")
         if self.scim_subject_attribute not in ("userName", "externalId"):
             raise ConfigError(
                 f"scim_subject_attribute must be userName or externalId, "

@@ -88,7 +88,7 @@ class Subscriber:
 # audit action -> (webhook type, the entry's fields the event carries, outcome required)
 _FROM_AUDIT: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "room_opened": ("meeting.started", ("sub",), None),
-    "room_closed": ("meeting.ended", (), None),
+    "room_closed": ("meeting.ended", ("sub", "reason"), None),
     "join": ("participant.joined", ("sub", "participant", "role", "admitted_by"), "allow"),
     "leave": ("participant.left", ("sub", "participant", "reason"), None),
     "recording_stopped": ("recording.ready", ("recording", "manifest_sha256"), None),

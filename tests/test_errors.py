@@ -14,6 +14,7 @@ import recorder.retention
 import signaling.dpop
 import signaling.http.device_binding
 import signaling.http.routes.pacs_store
+import signaling.meeting_end
 import signaling.oidc
 import signaling.pacs
 import signaling.resume
@@ -48,6 +49,7 @@ DOCUMENTED: dict[type[ConsiliumError], tuple[int, int]] = {
     recorder.retention.RecordingInProgress: (4409, 409),
     recorder.holds.NotOnHold: (4409, 409),
     signaling.resume.ResumeRefused: (4410, 410),
+    signaling.meeting_end.MeetingEnded: (4411, 410),
     signaling.pacs.PacsUnavailable: (4500, 503),
     signaling.pacs.PacsNotConfigured: (4500, 503),
     imaging.pacs_source.NotFromPacs: (4409, 409),

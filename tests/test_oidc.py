@@ -140,6 +140,34 @@ def test_callback_yields_the_code() -> None:
     assert oidc.code_from_callback(pending(), query, now=NOW, browser_state="s" * 43) == "abc"
 
 
+def test_each_started_sign_in_has_its_own_binding_cookie() -> None:
+    # Two tabs of one browser: the second start must not overwrite the first one's binding.
+    first, second = "a" * 43, "b" * 43
+    assert oidc.signin_cookie_name(first) != oidc.signin_cookie_name(second)
+    assert oidc.signin_cookie_name(first).startswith(oidc.SIGNIN_COOKIE + "_")
+    assert len(oidc.signin_cookie_name(first)) == len(oidc.SIGNIN_COOKIE) + 1 + 16
+
+
+def test_a_callback_opened_again_goes_on_only_in_the_browser_it_belongs_to() -> None:
+    used = {"session_id": "sess-1", "return_to": "/join/mdt-1"}
+    # The browser it signed in: on to the room (a reload of the callback, the back button).
+    assert oidc.replay_destination(used, "sess-1", started_here=False) == "/join/mdt-1"
+    # The browser that started it but never got the answer (reloaded while it was answered):
+    # a fresh sign-in to the same place.
+    again = "/auth/signin?return=%2Fjoin%2Fmdt-1"
+    assert oidc.replay_destination(used, None, started_here=True) == again
+    started_only = {"return_to": "/join/mdt-1"}  # the first callback has not finished
+    assert oidc.replay_destination(started_only, None, started_here=True) == again
+    # Another browser (no session or another one, no binding cookie) gets nothing.
+    assert oidc.replay_destination(used, None, started_here=False) is None
+    assert oidc.replay_destination(used, "sess-2", started_here=False) is None
+    assert oidc.replay_destination(started_only, "sess-1", started_here=False) is None
+    assert oidc.replay_destination(None, "sess-1", started_here=True) is None
+    # The kept destination is a local path, whatever was stored.
+    evil = {"session_id": "sess-1", "return_to": "https://evil.example/"}
+    assert oidc.replay_destination(evil, "sess-1", started_here=False) == "/"
+
+
 # -- the ID token ------------------------------------------------------------------------------
 
 

@@ -355,3 +355,55 @@ async def test_a_bearer_token_still_plays_recordings_without_step_up(entra: Runn
         entra.url + "/api/recordings/rec-2/media", headers={"Authorization": f"Bearer {token}"}
     ) as r:
         assert r.status == 200
+
+
+async def _callback_of(s: aiohttp.ClientSession, node: RunningNode, login: str) -> str:
+    to_callback = await sign_in_at_provider(
+        s, node.url + "/auth/signin?return=/join/mdt-1", login, follow_callback=False
+    )
+    return str(to_callback.url.join(aiohttp.client.URL(to_callback.headers["Location"])))
+
+
+async def test_a_callback_opened_again_in_its_own_browser_goes_on_to_the_room(
+    entra: RunningNode,
+) -> None:
+    async with browser_session() as s:
+        callback = await _callback_of(s, entra, "alice")
+        async with s.get(callback, allow_redirects=False) as first:
+            assert first.status == 303 and first.headers["Location"] == "/join/mdt-1"
+        # A reload of the callback, the back button: on to the room, no second session.
+        async with s.get(callback, allow_redirects=False) as again:
+            assert again.status == 303 and again.headers["Location"] == "/join/mdt-1"
+            assert oidc.SESSION_COOKIE not in again.cookies
+        assert (await session_info(entra, s))["signed_in"] is True
+    assert len(audited(entra, "sign_in")) == 1
+
+
+async def test_a_callback_whose_answer_the_browser_dropped_signs_in_afresh(
+    entra: RunningNode,
+) -> None:
+    """The person reloads while the callback is being answered: the browser drops that answer
+    (and its session cookie). The reload's callback, its state used, starts the sign-in again
+    (the provider knows the person: no second login) instead of an error."""
+    async with browser_session() as s:
+        callback = await _callback_of(s, entra, "alice")
+        cookies = s.cookie_jar.filter_cookies(aiohttp.client.URL(callback))
+        header = "; ".join(f"{k}={m.value}" for k, m in cookies.items())
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as dropped:
+            async with dropped.get(
+                callback, headers={"Cookie": header}, allow_redirects=False
+            ) as lost:
+                assert lost.status == 303 and lost.headers["Location"] == "/join/mdt-1"
+        async with s.get(callback, allow_redirects=False) as reload:
+            assert reload.status == 303
+            restart = reload.headers["Location"]
+        assert restart == "/auth/signin?return=%2Fjoin%2Fmdt-1"
+        assert (await session_info(entra, s))["signed_in"] is False
+        done = await sign_in_at_provider(s, entra.url + restart, "alice")
+        assert done.status == 303 and done.headers["Location"] == "/join/mdt-1"
+        assert (await session_info(entra, s))["signed_in"] is True
+    # A stranger with the same URL gets nothing from it.
+    async with browser_session() as stranger:
+        async with stranger.get(callback, allow_redirects=False) as r:
+            assert signin_error(r) == "bad_state"
+    assert len(audited(entra, "sign_in")) == 2

@@ -124,6 +124,7 @@ async def test_every_message_protocol_js_builds_is_valid_for_the_server(
             conn.setMedia({ audioMuted: false, videoMuted: true });
             conn.updateRoom({ locked: true });
             conn.updateRoom({ lobby: false });
+            conn.endMeeting();
             conn.offer("publish", "v=0", ["2"]);
             conn.answer("subscribe", "v=0");
             conn.candidate("publish", { candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host",

@@ -376,6 +376,8 @@ async def test_every_close_the_server_sends_has_words(
         (4408, "keepalive missed", "timeout"),
         (4408, "no join in time", "timeout"),
         (4409, "replaced", "elsewhere"),
+        (4411, "ended by the chair", "meeting_ended_by_chair"),
+        (4411, "meeting ended", "meeting_ended"),
         (4429, "the room is full", "full"),
         (4429, "the lobby is full", "full"),
         (4429, "this server holds as many rooms as it may", "busy"),

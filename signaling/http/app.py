@@ -25,7 +25,7 @@ from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.routes.pacs import add_pacs_routes
 from signaling.http.routes.pacs_store import add_pacs_store_routes
 from signaling.http.routes.scim import add_scim_routes
-from signaling.http.tasks import sweep_retention, sweep_revocations
+from signaling.http.tasks import sweep_meeting_ends, sweep_retention, sweep_revocations
 from signaling.keysources import JwksFile
 from signaling.logs import scrub
 from signaling.oidc import StepUpRequired, step_up_challenge
@@ -155,11 +155,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await node.webhooks.start(node.audit.append)
     sweeper = asyncio.get_running_loop().create_task(sweep_revocations(node))
     image_sweeper = asyncio.get_running_loop().create_task(sweep_retention(node))
+    meeting_sweeper = asyncio.get_running_loop().create_task(sweep_meeting_ends(node))
     node.ready = True
     yield
     node.ready = False
     sweeper.cancel()
     image_sweeper.cancel()
+    meeting_sweeper.cancel()
     try:
         if node.rooms.recorder is not None:
             # Recordings end cleanly (complete, final segments sealed) before the media goes.

@@ -24,6 +24,11 @@ SESSION_KEY_PREFIX = "session:"
 PENDING_KEY_PREFIX = "signin:"
 """Shared-state key of a started sign-in: `signin:<state>`."""
 
+USED_KEY_PREFIX = "signin-used:"
+"""Shared-state key of a sign-in whose callback came: `signin-used:<state>` (where it returns,
+and the session it made once it made one), kept `oidc.PENDING_TTL_S` so that the callback opened
+again goes on instead of failing (`oidc.replay_destination`)."""
+
 REQUEST_SESSION = web.RequestKey("signin_session", oidc.SignInSession)
 """The session that authenticated this request, when a cookie (not a bearer token) did."""
 

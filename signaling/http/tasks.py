@@ -1,5 +1,5 @@
-"""The node's periodic sweeps: revocations and media claims, and retention (shared images,
-annotation logs, recordings)."""
+"""The node's periodic sweeps: revocations and media claims, retention (shared images,
+annotation logs, recordings), and the ends of scheduled meetings."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import logging
 import time
 from pathlib import Path
 
+from signaling import ending
+from signaling import meeting_end as me
 from signaling.http.node import Node
 from signaling.http.routes.meetings import delete_expired_meetings
 
@@ -103,3 +105,18 @@ async def sweep_revocations(node: Node) -> None:
                 await node.rooms.refresh_media_claims()
         except Exception:
             log.exception("periodic sweep failed")
+
+
+async def sweep_meeting_ends(node: Node) -> None:
+    """Every `meeting_end.SWEEP_S`, end the scheduled meetings whose room has stayed empty
+    `meeting_end_grace_min` past their end (once in the cluster: `ending.end_meeting`)."""
+    empty = me.EmptyRooms()
+    while True:
+        await asyncio.sleep(me.SWEEP_S)
+        try:
+            await ending.end_meetings_over(
+                node.store, node.audit, empty,
+                grace_s=node.settings.meeting_end_grace_min * 60.0, now=time.time(),
+            )  # fmt: skip
+        except Exception:
+            log.exception("sweep of scheduled meetings' ends failed")

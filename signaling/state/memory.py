@@ -58,10 +58,10 @@ class MemoryStore(StateStore):
         self._participants.setdefault(room.room_id, {})
         self._lobby.setdefault(room.room_id, {})
 
-    async def delete_room(self, room_id: str) -> None:
-        self._rooms.pop(room_id, None)
+    async def delete_room(self, room_id: str) -> bool:
         self._participants.pop(room_id, None)
         self._lobby.pop(room_id, None)
+        return self._rooms.pop(room_id, None) is not None
 
     async def list_rooms(self) -> list[RoomRecord]:
         rooms = sorted(self._rooms.values(), key=lambda r: (r.created_at, r.room_id))

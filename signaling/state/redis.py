@@ -283,16 +283,17 @@ class RedisStore(StateStore):
             await pipe.execute()
         self._remember_room(room)
 
-    async def delete_room(self, room_id: str) -> None:
+    async def delete_room(self, room_id: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(
                 self._room_key(room_id), self._participants_key(room_id), self._lobby_key(room_id)
             )
             pipe.srem(self._rooms_key, room_id)
-            await pipe.execute()
+            _, removed = await pipe.execute()
         self._known_rooms.pop(room_id, None)
         self._held.pop((room_id, "participants"), None)
         self._held.pop((room_id, "lobby"), None)
+        return bool(removed)
 
     async def list_rooms(self) -> list[RoomRecord]:
         room_ids = await self._room_ids()

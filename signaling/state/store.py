@@ -103,8 +103,9 @@ class StateStore(abc.ABC):
         """Store the room, replacing any record with the same id."""
 
     @abc.abstractmethod
-    async def delete_room(self, room_id: str) -> None:
-        """Remove the room with its participants and lobby."""
+    async def delete_room(self, room_id: str) -> bool:
+        """Remove the room with its participants and lobby; True if this call removed it (of
+        two nodes deleting it at once, one gets True: the one that audits its closing)."""
 
     @abc.abstractmethod
     async def list_rooms(self) -> list[RoomRecord]:

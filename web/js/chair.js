@@ -1,8 +1,9 @@
 // The chair's controls: admit or deny people waiting in the lobby, mute or remove participants
-// (a removal is confirmed first), lock the room. Each is shown only if the permission is in `joined.permissions`; the server
+// (a removal is confirmed first), lock the room, end the meeting for everyone (confirmed first). Each is shown only if the permission is in `joined.permissions`; the server
 // refuses them anyway (an `error`, shown as a notice).
 
 import { t } from "./i18n.js";
+import { state as appState } from "./state.js";
 
 const panel = document.getElementById("chair-panel");
 const lobbyList = document.getElementById("lobby-list");
@@ -14,6 +15,10 @@ const removeHeading = document.getElementById("remove-dialog-heading");
 const removeBody = document.getElementById("remove-dialog-body");
 const removeConfirm = document.getElementById("remove-confirm");
 const removeCancel = document.getElementById("remove-cancel");
+const endButton = document.getElementById("end-meeting-button");
+const endDialog = document.getElementById("end-dialog");
+const endConfirm = document.getElementById("end-confirm");
+const endCancel = document.getElementById("end-cancel");
 
 let call = null;
 let locked = false;
@@ -35,6 +40,19 @@ export function initChair(theCall) {
     removeDialog.close();
   });
   removeCancel.addEventListener("click", () => removeDialog.close());
+  endButton.addEventListener("click", () => {
+    endDialog.showModal();
+    // The safe choice has the focus: Enter by habit does not end anyone's meeting.
+    endCancel.focus();
+  });
+  endConfirm.addEventListener("click", () => {
+    if (endDialog.open) endMeeting();
+    endDialog.close();
+  });
+  endCancel.addEventListener("click", () => endDialog.close());
+  endDialog.addEventListener("close", () => {
+    if (endButton.isConnected && !endButton.hidden) endButton.focus();
+  });
   removeDialog.addEventListener("close", () => {
     // The close event is queued: after Escape and a quick Enter on Remove, it arrives when the
     // dialog already asks again, and must not forget that newer question.
@@ -75,6 +93,15 @@ export function mute(participantId) {
 /** Remove a participant from the room. */
 export function remove(participantId) {
   call.signalling.remove(participantId);
+}
+
+/** End the meeting for everyone: asked once (a second click while the server closes sends
+ * nothing more); the server closes every connection, mine too, with 4411. */
+export function endMeeting() {
+  if (appState.endedByMe) return;
+  appState.endedByMe = true;
+  endButton.disabled = true;
+  call.signalling.endMeeting();
 }
 
 /** Lock the room (nobody else may join, not even through the lobby) or unlock it. */
@@ -177,6 +204,7 @@ export function renderChair(state) {
   const mayAdmit = state.permissions.includes("admit");
   panel.hidden = !mayAdmit;
   if (!mayAdmit) return;
+  endButton.hidden = !state.permissions.includes("remove_participant");
   locked = Boolean(state.room?.locked);
   lockButton.textContent = t(locked ? "chair.unlock" : "chair.lock");
   const rows = [];

@@ -61,6 +61,8 @@ export function endingKind(code, reason = "") {
       return "rate_limited";
     case CLOSE.timedOut:
       return "timeout";
+    case CLOSE.meetingEnded:
+      return why === "ended by the chair" ? "meeting_ended_by_chair" : "meeting_ended";
     case "no_token":
       return "no_token";
     default:
@@ -79,6 +81,44 @@ const MAY_REJOIN = new Set([
   "rate_limited",
 ]);
 
+const ENDED_MEETING = "consilium.ended.";
+
+/** Whether this ending is the meeting's end (the chair's, or the schedule's): the page does not
+ * reconnect, and a reload shows it again instead of joining (`rememberEnding`). */
+export function isMeetingEnd(ending) {
+  return ending?.code === CLOSE.meetingEnded;
+}
+
+/** Remember, for this tab, that the meeting in `roomId` ended: a reload shows the ended screen
+ * again rather than the pre-join screen (a new link for the room forgets it: `forgetEnding`). */
+export function rememberEnding(roomId, ending) {
+  try {
+    sessionStorage.setItem(ENDED_MEETING + roomId, JSON.stringify(ending));
+  } catch {
+    // Storage switched off: a reload asks the server, which refuses an ended scheduled meeting.
+  }
+}
+
+/** The meeting end remembered for `roomId` in this tab, or null. */
+export function rememberedEnding(roomId) {
+  try {
+    const ending = JSON.parse(sessionStorage.getItem(ENDED_MEETING + roomId) ?? "null");
+    if (!isMeetingEnd(ending)) return null;
+    return { code: ending.code, reason: String(ending.reason ?? ""), byMe: ending.byMe === true };
+  } catch {
+    return null;
+  }
+}
+
+/** Forget the meeting end remembered for `roomId` (a new link was opened for it). */
+export function forgetEnding(roomId) {
+  try {
+    sessionStorage.removeItem(ENDED_MEETING + roomId);
+  } catch {
+    // Nothing was kept.
+  }
+}
+
 /** Wire the rejoin button. */
 export function initEnded(onRejoin) {
   rejoinButton.addEventListener("click", onRejoin);
@@ -88,7 +128,8 @@ export function initEnded(onRejoin) {
 export function renderEnded(state) {
   const kind = endingKind(state.ended?.code, state.ended?.reason);
   const refusal = refusalOf(state.ended?.code, state.ended?.reason);
-  const key = refusalKey(refusal, state.claims?.role) ?? `ended.${kind}`;
+  const shown = kind === "meeting_ended_by_chair" && state.endedByMe ? "meeting_ended_by_you" : kind;
+  const key = refusalKey(refusal, state.claims?.role) ?? `ended.${shown}`;
   heading.textContent = t(`${key}_heading`);
   body.textContent = t(key);
   const section = heading.closest("section");

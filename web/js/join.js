@@ -38,6 +38,10 @@ export async function checkAdmission(token, roomId) {
   if (response.status === 401) {
     return { code: CLOSE.notAuthenticated, reason: body.reason || body.message || "" };
   }
+  if (response.status === 410 && body.error === "meeting_ended") {
+    const reason = body.reason === "ended_by_chair" ? "ended by the chair" : "meeting ended";
+    return { code: CLOSE.meetingEnded, reason };
+  }
   if (response.status === 403 && body.reason) {
     return { code: CLOSE.notAllowed, reason: `${JOIN_REFUSED}: ${body.reason}` };
   }

@@ -10,7 +10,16 @@ import { initChair, renderChair } from "./chair.js";
 import { initChat, renderChat } from "./chat.js";
 import { initConnectivity, renderConnectivity } from "./connectivity.js";
 import { localMedia, openDevices, translatePickers } from "./devices.js";
-import { endingKind, initEnded, renderEnded, setLinkToken } from "./ended.js";
+import {
+  endingKind,
+  forgetEnding,
+  initEnded,
+  isMeetingEnd,
+  rememberEnding,
+  rememberedEnding,
+  renderEnded,
+  setLinkToken,
+} from "./ended.js";
 import { clearGrid, renderGrid } from "./grid.js";
 import { preferredLanguage, setLanguage, t } from "./i18n.js";
 import { initImages, renderImages } from "./images.js";
@@ -21,7 +30,13 @@ import { initLobby, renderLobby } from "./lobby.js";
 import { dataChannels, decodeClaims } from "./protocol.js";
 import { initRoom, renderRoom } from "./room.js";
 import { initDeviceBinding } from "./dpop.js";
-import { fetchSignIn, initSignOut, renderSignIn, takeSignInError } from "./signin.js";
+import {
+  fetchSignIn,
+  initSignOut,
+  renderSignIn,
+  signInErrorText,
+  takeSignInError,
+} from "./signin.js";
 import { changed, onChange, snapshot, state } from "./state.js";
 import { initView } from "./view.js";
 
@@ -35,6 +50,7 @@ const roomCasesList = document.getElementById("room-cases-list");
 let call = null;
 let shownScreen = null;
 let signInInfo = null; // what /auth/session said, when the visit has no link token
+let homeSignInError = null; // a failed sign-in that came back to the home page, or null
 
 function render(s) {
   for (const name of SCREENS) {
@@ -44,6 +60,7 @@ function render(s) {
   renderCases(s.room?.cases ?? []);
   languageSelect.value = s.lang;
   if (s.screen === "signin") renderSignIn(s.signIn);
+  if (s.screen === "home") renderHomeError();
   if (s.screen === "join") renderJoin();
   if (s.screen === "lobby") renderLobby(s);
   if (s.screen === "room") {
@@ -59,6 +76,10 @@ function render(s) {
   }
   renderConnectivity(s);
   if (s.screen === "ended") renderEnded(s);
+  // The meeting ended (the chair, or its schedule): a reload of this page shows it again.
+  if (s.screen === "ended" && isMeetingEnd(s.ended)) {
+    rememberEnding(s.roomId, { ...s.ended, byMe: s.endedByMe });
+  }
   if (s.screen === "ended" && s.signedIn && endingKind(s.ended?.code, s.ended?.reason) === "expired") {
     // The sign-in session ended (its lifetime, or a sign-out elsewhere): sign in again, and
     // come back to this room.
@@ -72,6 +93,13 @@ function render(s) {
     heading?.setAttribute("tabindex", "-1");
     heading?.focus({ preventScroll: true });
   }
+}
+
+/** A failed sign-in that came back to the home page, in the page's language. */
+function renderHomeError() {
+  const problem = document.getElementById("home-signin-error");
+  problem.hidden = homeSignInError === null;
+  problem.textContent = homeSignInError === null ? "" : signInErrorText(homeSignInError);
 }
 
 /** A scheduled meeting's case list: each case's reference and its label, in the HIS's order. */
@@ -97,7 +125,10 @@ function showSignIn(info, error) {
   changed();
 }
 
-async function showHome() {
+/** The home page; `signInError`: a sign-in that came back here failed (its page is unknown,
+ * e.g. an old callback opened in another browser), said in the person's language. */
+async function showHome(signInError = null) {
+  homeSignInError = signInError;
   state.screen = "home";
   changed();
   const status = document.getElementById("home-status");
@@ -121,6 +152,7 @@ function readJoinLink() {
   const fragment = new URLSearchParams(location.hash.slice(1));
   if (location.hash) history.replaceState(null, "", location.pathname);
   let token = fragment.get("token");
+  if (roomId && token) forgetEnding(roomId); // a new link: a new visit
   if (roomId) {
     const key = `consilium.token.${roomId}`;
     try {
@@ -143,8 +175,17 @@ async function start() {
     await translatePickers();
     changed();
   });
-  if (!roomId) return showHome();
+  if (!roomId) return showHome(signInError);
   state.roomId = roomId;
+  const over = rememberedEnding(roomId);
+  if (over) {
+    // This tab saw the meeting end: say so again rather than joining (or reconnecting).
+    state.ended = { code: over.code, reason: over.reason };
+    state.endedByMe = over.byMe;
+    state.screen = "ended";
+    changed();
+    return;
+  }
   if (!token) {
     // No link: the person may have signed in at the hospital's provider (a session cookie), or
     // may do so now. Its device key binds the sign-in and signs its calls (dpop.js).

@@ -20,6 +20,7 @@ export const CLOSE = {
   timedOut: 4408,
   replaced: 4409,
   resumeRefused: 4410,
+  meetingEnded: 4411,
   rateLimited: 4429,
   serverError: 4500,
 };
@@ -60,6 +61,7 @@ export const CLIENT_MESSAGES = {
   remove: { participant_id: REQUIRED, reason: "" },
   set_media: { audio_muted: null, video_muted: null },
   update_room: { lobby: null, locked: null },
+  end_meeting: {},
   offer: { sdp: REQUIRED, pc: "publish", screen: [] },
   answer: { sdp: REQUIRED, pc: "publish" },
   candidate: { candidate: REQUIRED, pc: "publish", sdp_mid: null, sdp_mline_index: null },
@@ -293,6 +295,9 @@ export class SignallingConnection {
   }
   updateRoom({ lobby = null, locked = null }) {
     this.send("update_room", { lobby, locked });
+  }
+  endMeeting() {
+    this.send("end_meeting");
   }
   requestConsent() {
     this.send("request_consent");

@@ -66,6 +66,20 @@ export function signInErrorText(reason) {
     : t("signin.error.other", { reason });
 }
 
+// A second click (a double click, an impatient one) while the browser is already on its way to
+// the provider starts nothing more: each start is a new round trip at the provider.
+let onTheWay = false;
+addEventListener("pageshow", () => {
+  onTheWay = false; // back on this page (the back button): the link works again
+});
+
+function startOnce(event) {
+  const plain = event.button === 0 && !event.ctrlKey && !event.metaKey && !event.shiftKey;
+  if (!plain) return; // a new tab or window: its own sign-in
+  if (onTheWay) event.preventDefault();
+  onTheWay = true;
+}
+
 /** Draw the "Sign in with <hospital>" screen for `signIn`: {provider, returnPath, error}
  * (where to come back to, and the reason the last attempt failed, or null). */
 export function renderSignIn(signIn) {
@@ -73,6 +87,10 @@ export function renderSignIn(signIn) {
   const link = document.getElementById("signin-link");
   link.textContent = provider ? t("signin.button", { provider }) : t("signin.button_generic");
   link.href = signInUrl(signIn?.returnPath ?? location.pathname);
+  if (!link.dataset.once) {
+    link.dataset.once = "1";
+    link.addEventListener("click", startOnce);
+  }
   const problem = document.getElementById("signin-error");
   const error = signIn?.error ?? null;
   problem.hidden = error === null;

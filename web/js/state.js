@@ -28,6 +28,7 @@ export const state = {
   layout: { choice: null, pinned: null },
   quality: new Map(), // participant id → {rating: "good" | "fair" | "poor", problems} (quality.js)
   ended: null, // {kind, code, reason}
+  endedByMe: false, // I ended the meeting for everyone (chair.js): the ended screen says so
   reconnects: 0,
   resumes: 0, // how many times my connection resumed (`resumed`) in this visit
   notice: "", // i18n key of the last notice shown in the room

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from core.errors import BadMessage, Conflict, NotFound, PolicyDenied, RateLimited
 from core.rooms import new_room_id, valid_room_id
+from signaling import meeting_end
 from signaling.http.auth import audit_refusal, authenticate, decide_in_room
 from signaling.http.bodies import json_body
 from signaling.http.node import NODE
@@ -100,8 +101,12 @@ async def _may_join(request: web.Request) -> tuple[str, RoomRecord | None]:
 
 async def room_admission(request: web.Request) -> web.Response:
     """Whether the caller's token may join the room now, asked by the web client before it opens
-    any camera or microphone: `{"allowed": true}`, or the refusal the join would give."""
-    await _may_join(request)
+    any camera or microphone: `{"allowed": true}`, or the refusal the join would give (410
+    `meeting_ended` once the meeting has ended)."""
+    room_id, _ = await _may_join(request)
+    over = meeting_end.refusal(await request.app[NODE].store.meetings.get(room_id))
+    if over is not None:
+        raise over
     return web.json_response({"allowed": True})
 
 

@@ -9,13 +9,14 @@ A failure reaches a browser as a redirect back to where it came from with `#sign
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from urllib.parse import quote
 
 from aiohttp import web
 
-from core.errors import ConsiliumError, NotFound
+from core.errors import ConsiliumError, NotFound, ServerError
 from signaling import oidc
 from signaling.dpop import InvalidDpopProof
 from signaling.errors import http_status_of
@@ -24,6 +25,7 @@ from signaling.http.device_binding import check_session_request
 from signaling.http.node import NODE, Node
 from signaling.http.sessions import (
     PENDING_KEY_PREFIX,
+    USED_KEY_PREFIX,
     clear_session_cookie,
     current_session,
     end_session,
@@ -33,6 +35,8 @@ from signaling.http.sessions import (
     set_session_cookie,
 )
 from signaling.oidc_client import OidcClient
+
+log = logging.getLogger("consilium.signin")
 
 NO_STORE = {"Cache-Control": "no-store"}
 """Sign-in answers are never cached (they set or name a session)."""
@@ -50,10 +54,26 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def _state_of(request: web.Request) -> str:
+    """The callback's `state`, if it can be one of ours (else empty)."""
+    state = request.query.get("state", "")
+    return state if 0 < len(state) <= 128 else ""
+
+
+def _forget_binding(request: web.Request, response: web.StreamResponse) -> None:
+    """Remove the browser's binding cookie of this callback's sign-in (its other sign-ins,
+    in other tabs, keep theirs)."""
+    state = _state_of(request)
+    if state:
+        response.del_cookie(oidc.signin_cookie_name(state), path="/auth/")
+    if request.cookies.get(oidc.SIGNIN_COOKIE) == state or not state:
+        response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+
+
 def _failure(request: web.Request, error: ConsiliumError, return_to: str) -> web.Response:
     """A failed sign-in, audited, as JSON or as a redirect back with the reason in the fragment."""
     response = _failure_answer(request, error, return_to)
-    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+    _forget_binding(request, response)
     return response
 
 
@@ -105,8 +125,10 @@ async def start(request: web.Request) -> web.StreamResponse:
         return _failure(request, exc, return_to)
     response = _redirect(url, 302)
     # The state in this browser too: a callback reaching another browser (login CSRF) fails.
+    # A cookie per sign-in: a second tab's start leaves the first tab's binding in place.
     response.set_cookie(
-        oidc.SIGNIN_COOKIE, pending.state, max_age=oidc.PENDING_TTL_S, path="/auth/",
+        oidc.signin_cookie_name(pending.state), pending.state, max_age=oidc.PENDING_TTL_S,
+        path="/auth/",
         httponly=True, samesite="Lax", secure=node.settings.own_origin.startswith("https://"),
     )  # fmt: skip
     return response
@@ -117,19 +139,28 @@ async def callback(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     client = _client(request)
     now = time.time()
-    state = request.query.get("state", "")
+    state = _state_of(request)
     pending: oidc.PendingSignIn | None = None
     return_to = "/"
     try:
-        if state and len(state) <= 128:
+        if state:
             # Taken, not read: a state (and so its code verifier) serves one callback only.
             stored = await node.store.take_expiring(PENDING_KEY_PREFIX + state)
             pending = None if stored is None else oidc.PendingSignIn.from_dict(stored)
+        binding = request.cookies.get(oidc.signin_cookie_name(state)) if state else None
         if pending is not None:
             return_to = pending.return_to
+            # Kept a while: this callback opened again finds where it was going.
+            await node.store.put_expiring(
+                USED_KEY_PREFIX + state, {"return_to": return_to}, oidc.PENDING_TTL_S
+            )
+        elif state and "error" not in request.query:
+            replayed = await _replayed(request, state, started_here=binding == state)
+            if replayed is not None:
+                return replayed
         code = oidc.code_from_callback(
             pending, request.query, now=now,
-            browser_state=request.cookies.get(oidc.SIGNIN_COOKIE),
+            browser_state=binding or request.cookies.get(oidc.SIGNIN_COOKIE),
         )  # fmt: skip
         assert pending is not None
         tokens = await client.exchange(code, pending)
@@ -146,8 +177,17 @@ async def callback(request: web.Request) -> web.StreamResponse:
         if revoked is not None:
             raise oidc.SignInError("your access has been revoked", reason=f"revoked_{revoked.kind}")
         await keep_session(request, session, lifetime_s)
+        await node.store.put_expiring(
+            USED_KEY_PREFIX + state,
+            {"session_id": session.session_id, "return_to": return_to},
+            oidc.PENDING_TTL_S,
+        )
     except ConsiliumError as exc:
         return _failure(request, exc, return_to)
+    except Exception:
+        # A person at the end of a sign-in sees words, not a server error page.
+        log.exception("sign-in callback failed")
+        return _failure(request, ServerError("the sign-in failed on this server"), return_to)
     node.audit.append(
         "sign_in", "allow", sub=identity.sub, role=identity.role, session=identity.jti,
         mfa=bool(node.policy.mfa_methods.intersection(identity.amr)),
@@ -159,8 +199,26 @@ async def callback(request: web.Request) -> web.StreamResponse:
     else:
         response = _redirect(return_to)
     set_session_cookie(request, response, secret)
-    response.del_cookie(oidc.SIGNIN_COOKIE, path="/auth/")
+    _forget_binding(request, response)
     return response
+
+
+async def _replayed(request: web.Request, state: str, *, started_here: bool) -> web.Response | None:
+    """A callback whose state was used already, opened again (a reload, the back button, a
+    restored tab): on to where it was going, or a fresh sign-in (`oidc.replay_destination`);
+    None when it is no business of this browser's (the callback then fails)."""
+    node = request.app[NODE]
+    used = await node.store.get_expiring(USED_KEY_PREFIX + state)
+    session = await current_session(request) if used is not None else None
+    destination = oidc.replay_destination(
+        used, None if session is None else session.session_id, started_here=started_here
+    )
+    if destination is None:
+        return None
+    if _wants_json(request):
+        return web.json_response({"signed_in": session is not None, "return": destination},
+                                 headers=NO_STORE)  # fmt: skip
+    return _redirect(destination)
 
 
 def _session_json(node: Node, session: oidc.SignInSession | None) -> dict[str, object]:
