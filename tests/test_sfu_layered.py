@@ -238,6 +238,10 @@ def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
         return [s.layer_switch.target for s in subscriber.slots if s.layer_switch is not None]
 
     choose(10.0, speaker=None)
+    assert layers() == [0, 0, 0], "the start estimate (300 kbps, `sfu.probing`): the lowest"
+    # A subscriber whose answer took no transport-cc (REMB only): no start value.
+    subscriber.downlink.forget_start()
+    choose(10.2, speaker=None)
     assert layers() == [2, 2, 2], "no estimate yet, tiles of unknown size: the top layer"
     subscriber.downlink.on_remb(
         3_500_000
