@@ -34,7 +34,7 @@ layers, so a narrow link is not flooded at join), which the start probes correct
 
 (Before probing, layer "trials" let the estimate double after 3 s of calm while a track was held
 below its tile's layer. They are gone: a trial moved the whole media stream up for seconds to
-learn what a 30 ms probe learns, flooded a link that could not carry it, and waited up to 30 s
+learn what a 50 ms probe learns, flooded a link that could not carry it, and waited up to 30 s
 after failures; a probe that fails costs a few tens of milliseconds of queue.)
 
 Hysteresis: `estimate_bps` (what layer choice reads) moves only when the estimate differs from
@@ -337,6 +337,8 @@ class DownlinkEstimator:
                 continue
             self.acked.add(arrival_us, size)
             usage = self._arrived(sent_us, arrival_us) or usage
+            if usage == "overusing" and self.probes.sheltered(sent_us):
+                usage = "normal"  # the queue a probe built: it drains by itself
             overused |= usage == "overusing"
         self._judge_loss()
         self._control("overusing" if overused else usage, now)

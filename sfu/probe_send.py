@@ -16,7 +16,8 @@ padding cleanly; a padding packet on the media SSRC would have to take media seq
 and shift every later one.
 
 `ProbeSender` paces a cluster over `ProbeCluster.duration_s` in steps of `STEP_S` (the bytes due
-by the time each step runs: a late timer sends more at once rather than lowering the rate),
+by the time each step runs, the last one included: a late timer sends more at once rather than
+lowering the rate over the cluster's span, which is what its feedback is measured against),
 padding on top of the media so the whole transport runs at the cluster's target, and tells
 the estimator (`sfu.probing.ProbeBitrateEstimator`) the stretch of transport-wide numbers its
 padding spans. Never on the forwarding path: a cluster is a few dozen packets, a few times a
@@ -123,8 +124,12 @@ class ProbeSender:
             return
         now = self._clock()
         elapsed = now - active.started_at
-        done = elapsed >= active.cluster.duration_s
-        due = active.padding_bps * min(elapsed + STEP_S, active.cluster.duration_s) / 8
+        duration = active.cluster.duration_s
+        done = elapsed >= duration
+        # The bytes due by now (a step ahead while under way): a late timer on a busy loop
+        # sends more at once, so the rate over the cluster's actual span stays the target
+        # (capped: after a long stall the cluster ends, bunched, rather than flooding).
+        due = active.padding_bps * min(elapsed if done else elapsed + STEP_S, 3 * duration) / 8
         while active.bytes < due or (done and active.packets < active.cluster.min_packets):
             if not self._send_one(active, now):
                 self.probes.abandon(active.cluster)

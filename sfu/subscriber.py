@@ -24,7 +24,13 @@ from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
-from sfu.layer_choice import AUDIO_BPS, SPEAKER_WEIGHT, UP_HEADROOM, choose_layer, split_budget
+from sfu.layer_choice import (
+    SPEAKER_WEIGHT,
+    UP_HEADROOM,
+    choose_layer,
+    needed_bps,
+    split_budget,
+)
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.probe_send import ProbeSender, probe_slot
 from sfu.probing import START_BPS, ProbeController
@@ -211,10 +217,25 @@ class Subscriber:
             else 1
             for s in shown
         ]  # fmt: skip
-        budgets = split_budget(self.downlink_bps, weights, audio)
+        # What each track's tile wants: its layer's bitrate, over the climbing headroom.
+        wanted_layers: list[int | None] = []
+        wants: list[int | None] = []
+        for slot in shown:
+            track, switch = slot.source, slot.layer_switch
+            if not isinstance(track, LayeredTrack) or switch is None:
+                wanted_layers.append(None)
+                wants.append(None)
+                continue
+            wanted = choose_layer(
+                track.meter.layers, tile=slot.render_size or UNKNOWN_TILE, budget_bps=None,
+                current=switch.current, now=now,
+            )  # fmt: skip
+            wanted_layers.append(wanted)
+            rate = track.meter.layers[wanted].bitrate if wanted is not None else 0
+            wants.append(int(rate / UP_HEADROOM) if rate else None)
+        budgets = split_budget(self.downlink_bps, weights, audio, wants)
         wanting = False
-        needed = 0.0  # the estimate at which every track may climb to its tile's layer
-        for slot, budget, weight in zip(shown, budgets, weights, strict=True):
+        for slot, budget, wanted in zip(shown, budgets, wanted_layers, strict=True):
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
                 continue
@@ -222,17 +243,10 @@ class Subscriber:
             layer = choose_layer(
                 track.meter.layers, tile=tile, budget_bps=budget, current=switch.current, now=now
             )
-            wanted = choose_layer(
-                track.meter.layers, tile=tile, budget_bps=None, current=switch.current, now=now
-            )
-            if wanted is not None:
-                # Its share of the video budget is weight / sum(weights) of the estimate.
-                share = track.meter.layers[wanted].bitrate / UP_HEADROOM * sum(weights) / weight
-                needed = max(needed, share)
             if budget is not None and layer is not None:
                 wanting |= wanted is not None and wanted > layer
             track.choose(slot, layer, now)
-        self._needed_bps = int(needed + audio * AUDIO_BPS) if needed else None
+        self._needed_bps = needed_bps(wants, audio)
         self._wanting = wanting  # the downlink is probed only then (and at start)
 
     def _session(self) -> RTCPeerConnection:
@@ -447,6 +461,12 @@ class Subscriber:
         for result in self.downlink.probes.take_results():
             raised |= self.downlink.on_probe(result)
             self.probe_control.on_result(result, now)
+            log.debug(
+                "probe %d at %d bps: %s (sent at %s bps, received at %s, %d of %d arrived)",
+                result.cluster.cluster_id, result.cluster.target_bps, result.bps,
+                result.send_bps, result.receive_bps, result.received, result.packets,
+                extra={"participant": self.participant_id},
+            )  # fmt: skip
         if raised:
             self.choose_layers(now, self._speaker)
 

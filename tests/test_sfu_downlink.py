@@ -238,7 +238,7 @@ def test_start_probes_find_a_clean_link_within_a_second_or_two() -> None:
 def test_start_probes_on_a_narrow_link_find_its_capacity_without_flooding_it() -> None:
     """A 500 kbps link, 250 kbps of media (the lowest layers the start value allows): the start
     probes saturate it for a few tens of milliseconds, measure it near its capacity, and lose
-    nothing (the link's queue takes a 30 ms burst); the estimate settles near 500 kbps."""
+    nothing (the link's queue takes a 50 ms burst); the estimate settles near 500 kbps."""
     trace = simulate(10, constant(250_000), constant(500), needed_bps=3_000_000)  # type: ignore[arg-type]
     assert trace.direction is not None and trace.direction.counters.dropped == 0
     settled = trace.between(2, 10)

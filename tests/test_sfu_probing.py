@@ -87,7 +87,7 @@ def test_a_cluster_whose_feedback_never_comes_is_judged_failed_when_overdue() ->
     probes.judge(5.5)
     assert probes.take_results() == []
     probes.judge(7.0)
-    assert probes.take_results() == [ProbeResult(cluster, None)]
+    assert probes.take_results() == [ProbeResult(cluster, None, packets=10, received=0)]
 
 
 def test_a_result_above_the_estimate_raises_it_and_one_below_does_not() -> None:
@@ -162,3 +162,18 @@ def test_a_padding_packet_is_padding_only_and_numbered_by_the_transport() -> Non
     with pytest.raises(ValueError):
         padding_packet(ssrc=1, payload_type=97, sequence=1, timestamp=1, extensions=b"",
                        padding=256)  # fmt: skip
+
+
+def test_a_large_drop_while_tracks_are_held_down_is_probed_once_at_once() -> None:
+    """The estimate falls from 3 Mbps to 1 Mbps (a delay spike cut it to what the media used):
+    one probe at 0.85x the highest of the last 5 s, without waiting for the usual interval;
+    not again for the same drop; none when no track is held down."""
+    control = ProbeController()
+    (start,) = control.process(0.0, START_BPS, 4_000_000, wanting=True)
+    control.on_result(ProbeResult(start, 3_000_000, saturated=True), 0.2)  # no further probe
+    assert control.process(0.4, 3_000_000, 4_000_000, wanting=False) == []
+    assert control.process(1.0, 1_000_000, 4_000_000, wanting=False) == [], "nothing held down"
+    (after_drop,) = control.process(1.2, 1_000_000, 4_000_000, wanting=True)
+    assert after_drop.target_bps == 2_550_000
+    control.on_result(ProbeResult(after_drop, 900_000, saturated=True), 1.4)
+    assert control.process(1.6, 1_000_000, 4_000_000, wanting=True) == [], "once per drop"
