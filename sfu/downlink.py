@@ -289,6 +289,12 @@ class DownlinkEstimator:
         self.probe_raises = 0
         """Times a probe's result raised the estimate."""
 
+    @property
+    def measured(self) -> bool:
+        """Whether the estimate comes from the subscriber (its transport feedback or REMB), not
+        only from the start value."""
+        return self._last_update is not None or self.remb_bps is not None
+
     def forget_start(self) -> None:
         """No transport feedback will come (the subscriber's answer took no transport-cc):
         drop the start value, which nothing could correct; REMB alone, or no estimate."""
@@ -433,8 +439,12 @@ class DownlinkEstimator:
 
     def _report(self) -> None:
         """Move `estimate_bps` if the estimate (capped by REMB; REMB alone while there is no
-        transport feedback) left its band."""
-        candidates = [v for v in (self._estimate, self.remb_bps) if v is not None]
+        transport feedback: a receiver that sends REMB and no feedback, as aiortc does, is not
+        held at the start value) left its band."""
+        estimate = self._estimate
+        if self._last_update is None and self.remb_bps is not None:
+            estimate = None  # no transport feedback yet: the start value yields to a REMB
+        candidates = [v for v in (estimate, self.remb_bps) if v is not None]
         if not candidates:
             return
         value = min(candidates)

@@ -293,7 +293,9 @@ class MediaServer:
             "socket_send_buffer_bytes": socket_buffers.send,
             "twcc_feedback_packets": self._ended["twcc_feedback"]
             + sum(m.publisher.feedback_sent for m in self.participants.values()),
-            **estimate_buckets(m.subscriber.downlink_bps for m in self.participants.values()),
+            **estimate_buckets(
+                m.subscriber.measured_downlink_bps for m in self.participants.values()
+            ),
             **probe_counts(m.subscriber.probe_control for m in self.participants.values()),
             **round_trip_buckets(m.subscriber.rtt_s for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,

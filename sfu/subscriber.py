@@ -144,6 +144,12 @@ class Subscriber:
         """Bits per second this participant's link can take now (None: no estimate yet)."""
         return self.downlink.estimate_bps
 
+    @property
+    def measured_downlink_bps(self) -> int | None:
+        """`downlink_bps` once it comes from this participant's feedback or REMB (None before:
+        the start value is no measurement; the node's metric counts only these)."""
+        return self.downlink.estimate_bps if self.downlink.measured else None
+
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
         if self.closed or any(slot.source is track for slot in self.slots):

@@ -177,3 +177,12 @@ def test_a_large_drop_while_tracks_are_held_down_is_probed_once_at_once() -> Non
     assert after_drop.target_bps == 2_550_000
     control.on_result(ProbeResult(after_drop, 900_000, saturated=True), 1.4)
     assert control.process(1.6, 1_000_000, 4_000_000, wanting=True) == [], "once per drop"
+
+
+def test_the_start_value_yields_to_a_remb_when_no_transport_feedback_comes() -> None:
+    """A receiver that sends REMB and no transport feedback (aiortc) is not held at 300 kbps;
+    until either comes, the estimate is the start value, and not counted as measured."""
+    estimator = DownlinkEstimator(SentPackets(), start_bps=START_BPS)
+    assert estimator.estimate_bps == START_BPS and not estimator.measured
+    estimator.on_remb(2_500_000)
+    assert estimator.estimate_bps == 2_500_000 and estimator.measured
