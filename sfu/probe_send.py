@@ -59,12 +59,21 @@ def padding_packet(
 
 def probe_slot(slots: list[OutboundSlot]) -> OutboundSlot | None:
     """A slot probes can be sent on: video, negotiated with RTX and the transport-wide sequence
-    number, ready to send (every slot shares one transport: any such slot will do)."""
+    number, ready to send, and carrying video now (every slot shares one transport, so any such
+    slot will do; but padding on an idle or hidden slot's RTX stream makes the browser report
+    an inbound stream for it, a tile with no frames)."""
     return next((
         slot for slot in slots
         if slot.kind == "video" and slot.ready and slot.rtx_ssrc
         and slot.rtx_payload_type is not None and slot.ext_ids.transport_cc is not None
+        and slot.source is not None and not slot.hidden and _carrying(slot)
     ), None)  # fmt: skip
+
+
+def _carrying(slot: OutboundSlot) -> bool:
+    """Whether the slot has begun sending its source (a simulcast one: some layer)."""
+    switch = slot.layer_switch
+    return slot.started if switch is None else switch.current is not None
 
 
 class ProbeSender:

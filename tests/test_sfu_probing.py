@@ -8,7 +8,8 @@ import pytest
 
 from core.media.rtp import TRANSPORT_CC_OFFSET, ExtensionIds, extension_block, parse_header
 from sfu.downlink import DownlinkEstimator, SentPackets
-from sfu.probe_send import padding_packet
+from sfu.forwarder import OutboundSlot
+from sfu.probe_send import padding_packet, probe_slot
 from sfu.probing import (
     START_BPS,
     WANT_EVERY_MAX_S,
@@ -186,3 +187,24 @@ def test_the_start_value_yields_to_a_remb_when_no_transport_feedback_comes() -> 
     assert estimator.estimate_bps == START_BPS and not estimator.measured
     estimator.on_remb(2_500_000)
     assert estimator.estimate_bps == 2_500_000 and estimator.measured
+
+
+def test_probes_go_only_on_a_slot_that_carries_video() -> None:
+    """Padding on an idle or hidden slot's RTX stream would make the browser report an inbound
+    stream for it (a tile with no frames): probes take a slot that is sending."""
+
+    def slot(**fields: object) -> OutboundSlot:
+        made = OutboundSlot(subscriber_id="s", kind="video", send_rtp=lambda _d: True,
+                            send_rtcp=lambda _d: True, ready=True, rtx_ssrc=7,
+                            rtx_payload_type=97, ext_ids=ExtensionIds(transport_cc=5))  # fmt: skip
+        for name, value in fields.items():
+            setattr(made, name, value)
+        return made
+
+    idle = slot()
+    track = object()
+    hidden = slot(source=track, started=True, hidden=True)
+    waiting = slot(source=track, started=False)
+    sending = slot(source=track, started=True)
+    assert probe_slot([idle, hidden, waiting]) is None
+    assert probe_slot([idle, hidden, waiting, sending]) is sending
