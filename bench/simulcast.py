@@ -32,11 +32,11 @@ Then, with the same room (simulcast run only):
   `switch_layers_before` and `switch_layers_after`: the widths decoded before and after;
   `switch_back_s`, `switch_layers_back`: then the link returns to 3 Mbps: the time until the
   layers decoded need more than 500 kbps again (probes find the room), and the widths then.
-- `join_dropped`: per subscriber, the datagrams its proxy dropped on the way down in its first
-  3 s in the room (a subscriber starts at 300 kbps and probes its link, so a narrow link is
-  not flooded at join); `clean_top_layer_s`: per clean subscriber, the seconds from joining
-  until every camera is decoded at 640 wide (None: not within the run); `probes`: the node's
-  probe counters after the window (`sent`, `succeeded`, `failed`).
+- `join_dropped`: per subscriber, the datagrams its proxy dropped on the way down by 3 s after
+  its subscribe session connected (a subscriber starts at 300 kbps and probes its link, so a
+  narrow link is not flooded at join); `clean_top_layer_s`: per clean subscriber, the seconds
+  from joining until every camera is decoded at 640 wide (None: not within the run); `probes`:
+  the node's probe counters after the window (`sent`, `succeeded`, `failed`).
 - `ice_restart_s`: clean_a's network changes (its proxy closes, a new one is the only way, the
   page hears `online`): the time until frames are decoded again from every camera;
   `ice_restart_page_ms`: what the page itself measured (both sessions on a new pair);
@@ -101,7 +101,7 @@ SWITCH_WAIT_S = 10.0
 QUICK = {"seconds": 4.0, "warm_up_s": 3.0}
 """`--quick`: the same run with short waits (a smoke test of the bench, not figures)."""
 JOIN_DROPS_S = 3.0
-"""`join_dropped`: datagrams each subscriber's proxy dropped in its first this many seconds."""
+"""`join_dropped`: datagrams each subscriber's proxy dropped by this long after it connected."""
 GAP_S = 0.5
 """A gap between decoded frames longer than this is a freeze (the issue's measure)."""
 JOIN_TIMEOUT_S = 60.0
@@ -174,7 +174,7 @@ class Subscriber:
     joined_ms: float = 0.0
     """When it clicked Join (wall clock ms, as the page's samples)."""
     join_dropped: asyncio.Task[int] | None = None
-    """Datagrams its proxy dropped on the way down in its first `JOIN_DROPS_S` in the room."""
+    """Datagrams its proxy dropped on the way down by `JOIN_DROPS_S` after it connected."""
 
     async def samples(self) -> list[Any]:
         return list(await self.page.evaluate("window.__samples"))
@@ -213,16 +213,18 @@ async def open_subscriber(
     await tab.until("document.getElementById('preview-video').videoWidth > 0", 30)
     joined_ms = time.time() * 1000
     await page.click("#join-button")
-    dropped = asyncio.get_running_loop().create_task(drops_after(proxy, JOIN_DROPS_S))
+    dropped = asyncio.get_running_loop().create_task(drops_at_join(tab, proxy))
     await tab.until("window.consilium.state().screen === 'room'", 30)
     await page.click("#camera-button")
     await page.click("#mic-button")
     return Subscriber(name, proxy, page, context, joined_ms, dropped)
 
 
-async def drops_after(proxy: ImpairedUdpProxy, seconds: float) -> int:
-    """The datagrams `proxy` dropped on the way down by `seconds` from now."""
-    await asyncio.sleep(seconds)
+async def drops_at_join(tab: BrowserTab, proxy: ImpairedUdpProxy) -> int:
+    """The datagrams `proxy` dropped on the way down by `JOIN_DROPS_S` after the page's
+    subscribe session connected (when the media starts)."""
+    await tab.until("window.consilium.state().connection.subscribe === 'connected'", 60)
+    await asyncio.sleep(JOIN_DROPS_S)
     return proxy.counters["down"].dropped
 
 

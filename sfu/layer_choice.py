@@ -12,7 +12,8 @@ paused sends nothing). `choose_layer` is the rule, the same for every subscriber
   layer is climbed to only when it fits in `UP_HEADROOM` of the budget, and left only when it
   no longer fits the whole budget, so an estimate wobbling around one layer's rate does not
   switch (and ask for a keyframe) every second;
-- the lowest layer being sent is always allowed: a small picture beats a frozen one.
+- the lowest layer being sent is always allowed: a small picture beats a frozen one; a layer
+  whose bitrate is not measured yet is not climbed to while a budget is known.
 
 The switch the choice leads to happens at the new layer's next keyframe (`sfu.layers`). Pure:
 packet sizes and keyframes in with `now`, a layer index out.
@@ -136,6 +137,11 @@ def choose_layer(
         if index > largest:
             break
         staying = current is not None and index <= current
+        if not staying and layers[index].bitrate == 0:
+            # Not measured yet (its first second is not over: a publisher that just started):
+            # not climbed to on a budget, or a subscriber joining with it gets its top layer's
+            # keyframe whatever its link.
+            continue
         limit = budget_bps if staying else budget_bps * UP_HEADROOM
         if layers[index].bitrate <= limit:
             chosen = index

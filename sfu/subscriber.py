@@ -160,7 +160,13 @@ class Subscriber:
         transceiver = self._transceivers.get(id(slot))
         if transceiver is not None:
             hooks.set_stream_id(transceiver.sender, track.info.participant_id, track.info.track_id)
-        slot.assign(track, time.monotonic())
+        now = time.monotonic()
+        slot.assign(track, now)
+        if isinstance(track, LayeredTrack):
+            # Attaching chose a layer by the tile alone (the top one, for a tile of unknown
+            # size); the budget applies now, before any of it is forwarded: a narrow link is
+            # not sent a top layer's keyframe at join.
+            self.choose_layers(now, self._speaker)
         self._negotiation_needed()
 
     def unsubscribe(self, track: PublishedTrack) -> None:

@@ -9,6 +9,7 @@ import pytest
 from core.media.rtp import TRANSPORT_CC_OFFSET, ExtensionIds, extension_block, parse_header
 from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.forwarder import OutboundSlot
+from sfu.layer_choice import LayerState, choose_layer
 from sfu.probe_send import padding_packet, probe_slot
 from sfu.probing import (
     START_BPS,
@@ -208,3 +209,13 @@ def test_probes_go_only_on_a_slot_that_carries_video() -> None:
     sending = slot(source=track, started=True)
     assert probe_slot([idle, hidden, waiting]) is None
     assert probe_slot([idle, hidden, waiting, sending]) is sending
+
+
+def test_a_layer_not_yet_measured_is_not_climbed_to_on_a_budget() -> None:
+    """A publisher that just started: its layers are sent but their bitrates not measured yet.
+    A subscriber with a budget (the start estimate) gets the lowest, not the top layer's
+    keyframe; with no estimate at all, the tile's layer as before."""
+    layers = [LayerState(width=w, height=w * 9 // 16, last_packet_at=9.9) for w in (160, 320, 640)]
+    assert choose_layer(layers, tile=(640, 360), budget_bps=260_000, current=None, now=10.0) == 0
+    assert choose_layer(layers, tile=(640, 360), budget_bps=None, current=None, now=10.0) == 2
+    assert choose_layer(layers, tile=(640, 360), budget_bps=260_000, current=1, now=10.0) == 1
