@@ -136,8 +136,8 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
     estimate = subscriber.downlink_bps
     assert estimate is not None
     sent_bps = sum(len(p) for p, _ in arrivals) * 8 / ((arrivals[-1][1] - arrivals[0][1]) / 1000)
-    # The estimate can be up to ACKED_HEADROOM x what was acknowledged over its window (no
-    # probing), on the wire (SRTP, UDP, IP): bounded by the busiest such window of the media.
+    # The estimate grows to at most ACKED_HEADROOM x what was acknowledged over its window,
+    # on the wire (SRTP, UDP, IP): bounded by the busiest such window of the media.
     window_ms = ACKED_WINDOW_US // 1000
     busiest_bps = max(
         sum(len(p) + PACKET_OVERHEAD_BYTES for p, at in arrivals if start <= at < start + window_ms)
@@ -146,9 +146,23 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
         / window_ms
         for _, start in arrivals
     )
+    # A probe (`sfu.probing`: the start one, on this link of loopback) may have raised it
+    # above that: to at most the rate its cluster was sent and received at, a 50 ms burst.
+    burst_ms = 60
+    peak_bps = max(
+        sum(len(p) + PACKET_OVERHEAD_BYTES for p, at in arrivals if start <= at < start + burst_ms)
+        * 8
+        * 1000
+        / burst_ms
+        for _, start in arrivals
+    )
     print(f"downlink estimate {estimate} bps; media sent {sent_bps:.0f} bps on average,",
-          f"{busiest_bps:.0f} bps at most over {window_ms} ms")  # fmt: skip
-    assert 0.5 * sent_bps < estimate <= ACKED_HEADROOM * busiest_bps + 10_000
+          f"{busiest_bps:.0f} bps at most over {window_ms} ms, {peak_bps:.0f} over {burst_ms}",
+          f"ms; {subscriber.downlink.probe_raises} probe raises")  # fmt: skip
+    bound = ACKED_HEADROOM * busiest_bps + 10_000
+    if subscriber.downlink.probe_raises:
+        bound = max(bound, 1.25 * peak_bps)
+    assert 0.5 * sent_bps < estimate <= bound
 
 
 async def test_a_subscriber_that_declines_transport_cc_gets_unnumbered_packets(
