@@ -29,7 +29,14 @@ Each page samples its own inbound video statistics (the web client's `consilium.
 Then, with the same room (simulcast run only):
 - `switch_s`: after the window, `dropping`'s link (3 Mbps since it joined) drops to 500 kbps: the
   time until the layers it decodes fit (their nominal bitrates sum to no more than 500 kbps);
-  `switch_layers_before` and `switch_layers_after`: the widths decoded before and after.
+  `switch_layers_before` and `switch_layers_after`: the widths decoded before and after;
+  `switch_back_s`, `switch_layers_back`: then the link returns to 3 Mbps: the time until the
+  layers decoded need more than 500 kbps again (probes find the room), and the widths then.
+- `join_dropped`: per subscriber, the datagrams its proxy dropped on the way down by 3 s after
+  its subscribe session connected (a subscriber starts at 300 kbps and probes its link, so a
+  narrow link is not flooded at join); `clean_top_layer_s`: per clean subscriber, the seconds
+  from joining until every camera is decoded at 640 wide (None: not within the run); `probes`:
+  the node's probe counters after the window (`sent`, `succeeded`, `failed`).
 - `ice_restart_s`: clean_a's network changes (its proxy closes, a new one is the only way, the
   page hears `online`): the time until frames are decoded again from every camera;
   `ice_restart_page_ms`: what the page itself measured (both sessions on a new pair);
@@ -56,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +100,8 @@ SWITCH_WAIT_S = 10.0
 """How long after the drop the layers it decodes are watched."""
 QUICK = {"seconds": 4.0, "warm_up_s": 3.0}
 """`--quick`: the same run with short waits (a smoke test of the bench, not figures)."""
+JOIN_DROPS_S = 3.0
+"""`join_dropped`: datagrams each subscriber's proxy dropped by this long after it connected."""
 GAP_S = 0.5
 """A gap between decoded frames longer than this is a freeze (the issue's measure)."""
 JOIN_TIMEOUT_S = 60.0
@@ -161,6 +171,10 @@ class Subscriber:
     proxy: ImpairedUdpProxy
     page: Any
     context: Any
+    joined_ms: float = 0.0
+    """When it clicked Join (wall clock ms, as the page's samples)."""
+    join_dropped: asyncio.Task[int] | None = None
+    """Datagrams its proxy dropped on the way down by `JOIN_DROPS_S` after it connected."""
 
     async def samples(self) -> list[Any]:
         return list(await self.page.evaluate("window.__samples"))
@@ -197,11 +211,41 @@ async def open_subscriber(
     await page.goto(f"{node.url}/join/{ROOM}#token={token}")
     await tab.until("window.consilium?.state().screen === 'join'", 30)
     await tab.until("document.getElementById('preview-video').videoWidth > 0", 30)
+    joined_ms = time.time() * 1000
     await page.click("#join-button")
+    dropped = asyncio.get_running_loop().create_task(drops_at_join(tab, proxy))
     await tab.until("window.consilium.state().screen === 'room'", 30)
     await page.click("#camera-button")
     await page.click("#mic-button")
-    return Subscriber(name, proxy, page, context)
+    return Subscriber(name, proxy, page, context, joined_ms, dropped)
+
+
+async def drops_at_join(tab: BrowserTab, proxy: ImpairedUdpProxy) -> int:
+    """The datagrams `proxy` dropped on the way down by `JOIN_DROPS_S` after the page's
+    subscribe session connected (when the media starts)."""
+    await tab.until("window.consilium.state().connection.subscribe === 'connected'", 60)
+    await asyncio.sleep(JOIN_DROPS_S)
+    return proxy.counters["down"].dropped
+
+
+def probe_metrics(url: str) -> dict[str, int]:
+    """The node's `consilium_sfu_downlink_probes_*` counters now (`sent`, `succeeded`,
+    `failed`, over the subscribers connected)."""
+    with urllib.request.urlopen(url + "/metrics") as response:
+        lines = response.read().decode().splitlines()
+    prefix = "consilium_sfu_downlink_probes_"
+    return {
+        line.split()[0].removeprefix(prefix): int(float(line.split()[1]))
+        for line in lines if line.startswith(prefix)
+    }  # fmt: skip
+
+
+def top_layer_s(subscriber: Subscriber, samples: list[Any]) -> float | None:
+    """Seconds from joining until every camera is decoded at the top layer's width."""
+    top = max(LAYER_BPS)
+    reached = [t for t, widths in decoded_widths(samples, subscriber.joined_ms)
+               if widths and min(widths) >= top]  # fmt: skip
+    return round((reached[0] - subscriber.joined_ms) / 1000, 2) if reached else None
 
 
 def cameras_in(samples: list[Any]) -> set[str]:
@@ -302,7 +346,12 @@ async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> 
                 **summary("constrained", [window["constrained"]]),
                 **summary("clean", [window["clean_a"], window["clean_b"]]),
                 "node_cpu": round(node_cpu, 3),
-            }
+                "join_dropped": {s.name: await s.join_dropped for s in subscribers
+                                 if s.join_dropped is not None},
+                "clean_top_layer_s": [top_layer_s(s, await s.samples()) for s in subscribers
+                                      if s.name.startswith("clean")],
+                "probes": probe_metrics(node.url),
+            }  # fmt: skip
             if extras:
                 found.update(await layer_switch(subscribers[3]))
                 found.update(await ice_restart(subscribers[1], turn))
@@ -353,10 +402,18 @@ async def layer_switch(subscriber: Subscriber) -> dict[str, Any]:
     await asyncio.sleep(SWITCH_WAIT_S)
     after = decoded_widths(await subscriber.samples(), dropped_ms)
     fits = [t for t, widths in after if nominal_bps(widths) <= SWITCH_TO_KBPS * 1000]
+    # And back: the link returns to 3 Mbps; how long until it is on more than 500 kbps fits.
+    returned_ms = time.time() * 1000
+    subscriber.proxy.down.impairment = DROPPING[1]
+    await asyncio.sleep(SWITCH_WAIT_S)
+    back = decoded_widths(await subscriber.samples(), returned_ms)
+    climbed = [t for t, widths in back if nominal_bps(widths) > SWITCH_TO_KBPS * 1000]
     return {
         "switch_s": round((fits[0] - dropped_ms) / 1000, 2) if fits else None,
         "switch_layers_before": before[-1][1] if before else None,
         "switch_layers_after": after[-1][1] if after else None,
+        "switch_back_s": round((climbed[0] - returned_ms) / 1000, 2) if climbed else None,
+        "switch_layers_back": back[-1][1] if back else None,
     }
 
 

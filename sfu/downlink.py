@@ -22,17 +22,20 @@ mediasoup do on their send side), in three parts:
   below 2 % lets it grow. Random loss on an idle link therefore holds the estimate.
 - the subscriber's REMB, when it sends one, caps the result.
 
-No padding probes: the SFU sends what publishers send, so the estimate is held to
-`ACKED_HEADROOM` times what was acknowledged (libwebrtc's rule for an application-limited
-sender): a link can be shown to carry what was sent, not more. Held there alone, a subscriber
-moved down to a low layer could never be shown that a higher one fits again (what it receives
-is what the low layer sends). So the layers themselves are the probe: while layer choice holds
-a track below what its tile wants for lack of budget (`wanting`), after `TRIAL_AFTER_S` at that
-ceiling with neither queue nor loss (no loss window at 2 % or more all that while: random loss
-is not calm), the estimate is allowed twice as high (a trial), and
-layer choice may climb; a climb the link cannot carry builds a queue, overuse cuts the estimate
-back to what arrived, and the next trial waits twice as long (up to `TRIAL_AFTER_MAX_S`), so a
-link that is really narrow is tried seldom and a link that recovered is found within seconds.
+Application-limited: the SFU sends what publishers send, so growth is held to `ACKED_HEADROOM`
+times what was acknowledged (libwebrtc's rule for an application-limited sender: a link is
+shown to carry what was sent, not more); the hold limits growth only, it never pulls an
+estimate down. What lifts the estimate above it is a probe (`sfu.probing`): padding sent on top
+of the media for a few tens of milliseconds at a target rate, the feedback on that stretch of
+the transport-wide sequence measured (`probes`, a `ProbeBitrateEstimator`); a result above the
+estimate sets it at once (`on_probe`), as libwebrtc's delay-based estimator takes a probe's.
+Before any feedback the estimate is the start value the subscriber gives (300 kbps: the lowest
+layers, so a narrow link is not flooded at join), which the start probes correct within ~1 s.
+
+(Before probing, layer "trials" let the estimate double after 3 s of calm while a track was held
+below its tile's layer. They are gone: a trial moved the whole media stream up for seconds to
+learn what a 50 ms probe learns, flooded a link that could not carry it, and waited up to 30 s
+after failures; a probe that fails costs a few tens of milliseconds of queue.)
 
 Hysteresis: `estimate_bps` (what layer choice reads) moves only when the estimate differs from
 it by more than `REPORT_STEP`; the rate control itself holds after every decrease.
@@ -47,6 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.media.rtp import Unwrapper
+from sfu.probing import ProbeBitrateEstimator, ProbeResult
 from sfu.twcc import SUBSCRIBER_EXTENSION_ID, FeedbackReport
 
 HISTORY = 4096
@@ -81,15 +85,7 @@ INCREASE_PER_S = 0.08
 RESPONSE_S = 0.3
 """Additive growth near the capacity: about a packet per frame per this long (GCC: RTT + 100 ms)."""
 ACKED_HEADROOM = 1.5
-"""The estimate never exceeds this much of what was acknowledged (no probing: see above)."""
-TRIAL_AFTER_S = 3.0
-"""Calm (no overuse, no loss cut) at the acknowledged ceiling this long: a trial step up."""
-TRIAL_AFTER_MAX_S = 30.0
-"""The longest wait between trials, after failed ones."""
-TRIAL_FACTOR = 2.0
-"""A trial allows the estimate this many times the ceiling."""
-TRIAL_FAILED_WITHIN_S = 5.0
-"""Overuse or a loss cut this soon after a trial counts as the trial failing."""
+"""The estimate grows to at most this much of what was acknowledged (probes go beyond)."""
 ACKED_WINDOW_US = 750_000
 """What was acknowledged: bytes received over this window of arrival times."""
 ACKED_MIN_SPAN_US = 400_000
@@ -259,9 +255,9 @@ class AckedBitrate:
 
 class DownlinkEstimator:
     """One subscriber's downlink estimate, from its transport feedback on the packets in `sent`
-    (and its REMB, if any)."""
+    (and its REMB, if any), raised by probes (`probes`, `on_probe`)."""
 
-    def __init__(self, sent: SentPackets) -> None:
+    def __init__(self, sent: SentPackets, start_bps: int | None = None) -> None:
         self.sent = sent
         self._unwrapper = Unwrapper(16)
         self._highest: int | None = None
@@ -271,7 +267,7 @@ class DownlinkEstimator:
         self._previous: _Group | None = None
         self.trendline = Trendline()
         self.acked = AckedBitrate()
-        self._estimate: float | None = None
+        self._estimate: float | None = start_bps
         self._state = "increase"
         self._capacity_bps: float | None = None
         """The acknowledged rate when overuse was last seen: near it, growth is additive."""
@@ -283,24 +279,41 @@ class DownlinkEstimator:
         """The last loss window's fraction lost."""
         self.remb_bps: int | None = None
         """The subscriber's latest REMB (None: it sends none)."""
-        self.estimate_bps: int | None = None
-        """The downlink estimate layer choice reads (bits per second; None: none yet). Follows
-        the estimate with hysteresis (`REPORT_STEP`)."""
+        self.estimate_bps: int | None = start_bps
+        """The downlink estimate layer choice reads (bits per second; None: none yet, and no
+        start value given). Follows the estimate with hysteresis (`REPORT_STEP`)."""
         self.overuses = 0
         """Times overuse was detected."""
-        self._calm_since: float | None = None
-        """Since when neither overuse nor a loss cut was seen (None: not yet measuring)."""
-        self._setback = False
-        """A loss cut since the last control step (judged without a clock)."""
-        self._trial_bps: float | None = None
-        """The ceiling a trial allows (None: no trial under way)."""
-        self._trial_at: float | None = None
-        self._trial_wait_s = TRIAL_AFTER_S
-        self.trials = 0
-        """Trial steps taken."""
-        self.wanting = False
-        """Whether layer choice holds some track below what its tile wants, for lack of budget
-        (set by the subscriber at each choice): only then are trials taken."""
+        self.probes = ProbeBitrateEstimator()
+        """The probe clusters sent on this transport awaiting their feedback (`sfu.probing`)."""
+        self.probe_raises = 0
+        """Times a probe's result raised the estimate."""
+
+    @property
+    def measured(self) -> bool:
+        """Whether the estimate comes from the subscriber (its transport feedback or REMB), not
+        only from the start value."""
+        return self._last_update is not None or self.remb_bps is not None
+
+    def forget_start(self) -> None:
+        """No transport feedback will come (the subscriber's answer took no transport-cc):
+        drop the start value, which nothing could correct; REMB alone, or no estimate."""
+        if self._last_update is None:
+            self._estimate = None
+            self.estimate_bps = None
+            self._report()
+
+    def on_probe(self, result: ProbeResult) -> bool:
+        """A probe cluster's result: one above the estimate sets it (the link carried that
+        much); a failed one, or one below, changes nothing. Returns whether it raised."""
+        if result.bps is None or (self._estimate is not None and result.bps <= self._estimate):
+            return False
+        self._estimate = min(float(result.bps), MAX_BPS)
+        if result.saturated:
+            self._capacity_bps = result.bps  # measured at the link's limit: grow gently past it
+        self.probe_raises += 1
+        self._report()
+        return True
 
     def on_remb(self, bitrate: int) -> None:
         """The subscriber's receiver-estimated maximum bitrate: a cap on the estimate."""
@@ -312,6 +325,7 @@ class DownlinkEstimator:
         monotonic clock); returns `estimate_bps`."""
         usage = self.trendline.usage
         overused = False
+        probes = self.probes if self.probes.open else None
         for sequence, arrival_us in zip(report.sequences, report.arrivals_us, strict=True):
             extended = self._unwrapper.unwrap(sequence)
             if self._highest is not None and extended <= self._highest:
@@ -321,15 +335,21 @@ class DownlinkEstimator:
             if sent is None:
                 continue
             self._window_reported += 1
+            sent_us, size = sent
+            if probes is not None:
+                probes.on_packet(sequence, sent_us, size, arrival_us)
             if arrival_us is None:
                 self._window_lost += 1
                 continue
-            sent_us, size = sent
             self.acked.add(arrival_us, size)
             usage = self._arrived(sent_us, arrival_us) or usage
+            if usage == "overusing" and self.probes.sheltered(sent_us):
+                usage = "normal"  # the queue a probe built: it drains by itself
             overused |= usage == "overusing"
         self._judge_loss()
         self._control("overusing" if overused else usage, now)
+        if probes is not None:
+            probes.judge(now)
         return self.estimate_bps
 
     def _arrived(self, sent_us: int, arrival_us: int) -> str | None:
@@ -371,17 +391,11 @@ class DownlinkEstimator:
         self._window_lost = self._window_reported = 0
         acked = self.acked.bps()
         self._loss_hold = self.loss_fraction >= LOSS_LOW
-        if self._loss_hold:
-            # Not calm: a trial needs `TRIAL_AFTER_S` without loss too. A window is only 60
-            # packets: on a link losing 5 % at random, one window in five shows under 2 %, and
-            # a trial taken then (twice the rate at once) floods a link already near its limit.
-            self._calm_since = None
         if self.loss_fraction > LOSS_HIGH and acked is not None:
             # What arrives through a lossy link is what it carries: the estimate follows it (up
             # or down, not compounded: the SFU cannot slow its publishers down to stop the loss).
             self._estimate = DECREASE * acked
             self._state = "hold"
-            self._setback = True
 
     def _control(self, usage: str, now: float) -> None:
         """GCC's rate control (AIMD), driven by the delay usage, gated by loss."""
@@ -393,8 +407,6 @@ class DownlinkEstimator:
         estimate = self._estimate
         if estimate is None:
             estimate = acked * ACKED_HEADROOM
-        if usage == "overusing" or self._setback:
-            self._set_back(now)
         if usage == "overusing":
             self.overuses += 1
             estimate = min(estimate, DECREASE * acked)
@@ -406,37 +418,17 @@ class DownlinkEstimator:
             if self._state != "increase":
                 self._state = "hold" if self._state == "decrease" else "increase"
             elif not self._loss_hold:
-                # What just arrived without a queue or loss, the link demonstrably carries.
-                estimate = max(self._grown(estimate, elapsed), acked)
+                # What just arrived without a queue or loss, the link demonstrably carries; it
+                # grows to at most `ACKED_HEADROOM` of that (a limit on growth only: an estimate
+                # a probe set above it stays until a queue or loss says otherwise).
+                ceiling = acked * ACKED_HEADROOM + 10_000
+                if estimate < ceiling:
+                    estimate = min(self._grown(estimate, elapsed), ceiling)
+                estimate = max(estimate, acked)
                 if self._capacity_bps is not None and acked > 1.5 * self._capacity_bps:
                     self._capacity_bps = None  # the link is not what it was: grow fast again
-        ceiling = acked * ACKED_HEADROOM + 10_000
-        if self._trial_bps is not None:
-            ceiling = max(ceiling, self._trial_bps)
-        estimate = min(estimate, ceiling)
-        if self._calm_since is None:
-            self._calm_since = now
-        elif (
-            self.wanting and usage == "normal" and not self._loss_hold
-            and estimate >= ceiling * 0.95
-            and now - self._calm_since >= self._trial_wait_s
-        ):  # fmt: skip
-            if self._trial_at is not None and now - self._trial_at >= TRIAL_FAILED_WITHIN_S:
-                self._trial_wait_s = TRIAL_AFTER_S  # the last trial held: try again soon
-            estimate = self._trial_bps = TRIAL_FACTOR * ceiling
-            self._trial_at = self._calm_since = now
-            self.trials += 1
         self._estimate = min(max(estimate, MIN_BPS), MAX_BPS)
         self._report()
-
-    def _set_back(self, now: float) -> None:
-        """Overuse or a loss cut: any trial ends, and one that just began failed (the next
-        waits twice as long)."""
-        self._setback = False
-        if self._trial_at is not None and now - self._trial_at < TRIAL_FAILED_WITHIN_S:
-            self._trial_wait_s = min(self._trial_wait_s * 2, TRIAL_AFTER_MAX_S)
-        self._trial_bps = self._trial_at = None
-        self._calm_since = now
 
     def _grown(self, estimate: float, elapsed: float) -> float:
         capacity = self._capacity_bps
@@ -447,8 +439,12 @@ class DownlinkEstimator:
 
     def _report(self) -> None:
         """Move `estimate_bps` if the estimate (capped by REMB; REMB alone while there is no
-        transport feedback) left its band."""
-        candidates = [v for v in (self._estimate, self.remb_bps) if v is not None]
+        transport feedback: a receiver that sends REMB and no feedback, as aiortc does, is not
+        held at the start value) left its band."""
+        estimate = self._estimate
+        if self._last_update is None and self.remb_bps is not None:
+            estimate = None  # no transport feedback yet: the start value yields to a REMB
+        candidates = [v for v in (estimate, self.remb_bps) if v is not None]
         if not candidates:
             return
         value = min(candidates)

@@ -12,7 +12,8 @@ paused sends nothing). `choose_layer` is the rule, the same for every subscriber
   layer is climbed to only when it fits in `UP_HEADROOM` of the budget, and left only when it
   no longer fits the whole budget, so an estimate wobbling around one layer's rate does not
   switch (and ask for a keyframe) every second;
-- the lowest layer being sent is always allowed: a small picture beats a frozen one.
+- the lowest layer being sent is always allowed: a small picture beats a frozen one; a layer
+  whose bitrate is not measured yet is not climbed to while a budget is known.
 
 The switch the choice leads to happens at the new layer's next keyframe (`sfu.layers`). Pure:
 packet sizes and keyframes in with `now`, a layer index out.
@@ -136,6 +137,11 @@ def choose_layer(
         if index > largest:
             break
         staying = current is not None and index <= current
+        if not staying and layers[index].bitrate == 0:
+            # Not measured yet (its first second is not over: a publisher that just started):
+            # not climbed to on a budget, or a subscriber joining with it gets its top layer's
+            # keyframe whatever its link.
+            continue
         limit = budget_bps if staying else budget_bps * UP_HEADROOM
         if layers[index].bitrate <= limit:
             chosen = index
@@ -143,13 +149,42 @@ def choose_layer(
 
 
 def split_budget(
-    downlink_bps: int | None, weights: Sequence[int], audio_tracks: int
+    downlink_bps: int | None,
+    weights: Sequence[int],
+    audio_tracks: int,
+    wants: Sequence[int | None] | None = None,
 ) -> list[int | None]:
     """Each video track's share of a subscriber's downlink estimate (None: no estimate yet,
     no budget), in proportion to `weights` (`SPEAKER_WEIGHT` for the speaker), after its
-    `audio_tracks` audio tracks."""
+    `audio_tracks` audio tracks.
+
+    `wants`: per track, the budget past which it has nothing more to gain (the layer its tile
+    wants, over `UP_HEADROOM`; None: no bound). A track's share beyond that goes to the others,
+    in proportion to their weights (water-filling): the speaker's three shares of a 4 Mbps link
+    are more than its top layer takes, and the rest lets the thumbnails climb."""
     if downlink_bps is None:
         return [None] * len(weights)
     video = max(downlink_bps - audio_tracks * AUDIO_BPS, 0)
-    total = sum(weights) or 1
-    return [video * weight // total for weight in weights]
+    bounds = list(wants) if wants is not None else [None] * len(weights)
+    budgets: list[int | None] = [None] * len(weights)
+    open_tracks = list(range(len(weights)))
+    while open_tracks:
+        total = sum(weights[index] for index in open_tracks) or 1
+        shares = {index: video * weights[index] // total for index in open_tracks}
+        capped = [i for i in open_tracks if (bound := bounds[i]) is not None and shares[i] >= bound]
+        if not capped:
+            for index in open_tracks:
+                budgets[index] = shares[index]
+            break
+        for index in capped:
+            budgets[index] = bounds[index]
+            video -= bounds[index] or 0
+            open_tracks.remove(index)
+    return budgets
+
+
+def needed_bps(wants: Sequence[int | None], audio_tracks: int) -> int | None:
+    """The estimate at which every video track gets the budget its tile's layer wants (what
+    probing aims at; None: no track's want is known)."""
+    known = [want for want in wants if want is not None]
+    return sum(known) + audio_tracks * AUDIO_BPS if known else None

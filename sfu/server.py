@@ -22,6 +22,7 @@ from sfu.aiortc_hooks import codec_guard
 from sfu.downlink import estimate_buckets
 from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
+from sfu.probing import probe_counts
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.room import MediaRoom
 from sfu.round_trip import round_trip_buckets
@@ -292,7 +293,10 @@ class MediaServer:
             "socket_send_buffer_bytes": socket_buffers.send,
             "twcc_feedback_packets": self._ended["twcc_feedback"]
             + sum(m.publisher.feedback_sent for m in self.participants.values()),
-            **estimate_buckets(m.subscriber.downlink_bps for m in self.participants.values()),
+            **estimate_buckets(
+                m.subscriber.measured_downlink_bps for m in self.participants.values()
+            ),
+            **probe_counts(m.subscriber.probe_control for m in self.participants.values()),
             **round_trip_buckets(m.subscriber.rtt_s for m in self.participants.values()),
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,

@@ -24,8 +24,16 @@ from sfu.downlink import DownlinkEstimator, SentPackets
 from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
-from sfu.layer_choice import SPEAKER_WEIGHT, choose_layer, split_budget
+from sfu.layer_choice import (
+    SPEAKER_WEIGHT,
+    UP_HEADROOM,
+    choose_layer,
+    needed_bps,
+    split_budget,
+)
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
+from sfu.probe_send import ProbeSender, probe_slot
+from sfu.probing import START_BPS, ProbeController
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.round_trip import RoundTrip
@@ -45,11 +53,14 @@ class Subscriber:
     __slots__ = (
         "_chosen_at",
         "_hooked",
+        "_needed_bps",
         "_negotiating",
         "_negotiation_task",
         "_renegotiate",
         "_restart",
+        "_speaker",
         "_transceivers",
+        "_wanting",
         "closed",
         "configuration",
         "downlink",
@@ -58,6 +69,8 @@ class Subscriber:
         "owner",
         "participant_id",
         "pc",
+        "probe_control",
+        "prober",
         "retransmits",
         "room",
         "round_trip",
@@ -101,11 +114,23 @@ class Subscriber:
         self._hooked = False
         self.transport_cc = True
         """Offer transport-cc and estimate the downlink from its feedback (the node's `twcc`)."""
-        self.downlink = DownlinkEstimator(SentPackets())
+        self.downlink = DownlinkEstimator(SentPackets(), start_bps=START_BPS)
         """This participant's downlink estimate, from the transport feedback on what the
-        transport numbered (`downlink.sent`, one numbering for every slot)."""
+        transport numbered (`downlink.sent`, one numbering for every slot); `START_BPS` until
+        the feedback and the start probes say more (its lowest layers: a narrow link is not
+        flooded at join)."""
+        self.probe_control = ProbeController(START_BPS)
+        """When this participant's downlink is probed (`sfu.probing`)."""
+        self.prober = ProbeSender(self.downlink.sent, self.downlink.probes)
+        """Sends the probe clusters (`sfu.probe_send`)."""
         self._chosen_at = 0.0
         """When the layers were last chosen."""
+        self._speaker: str | None = None
+        """The room's active speaker at the last choice."""
+        self._needed_bps: int | None = None
+        """What the shown tracks need for the layers their tiles want (None: not known)."""
+        self._wanting = False
+        """Layer choice holds some track below what its tile wants, for lack of budget."""
         self._restart: ice_restart.IceRestart | None = None
         """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
@@ -119,6 +144,12 @@ class Subscriber:
         """Bits per second this participant's link can take now (None: no estimate yet)."""
         return self.downlink.estimate_bps
 
+    @property
+    def measured_downlink_bps(self) -> int | None:
+        """`downlink_bps` once it comes from this participant's feedback or REMB (None before:
+        the start value is no measurement; the node's metric counts only these)."""
+        return self.downlink.estimate_bps if self.downlink.measured else None
+
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
         if self.closed or any(slot.source is track for slot in self.slots):
@@ -129,7 +160,13 @@ class Subscriber:
         transceiver = self._transceivers.get(id(slot))
         if transceiver is not None:
             hooks.set_stream_id(transceiver.sender, track.info.participant_id, track.info.track_id)
-        slot.assign(track, time.monotonic())
+        now = time.monotonic()
+        slot.assign(track, now)
+        if isinstance(track, LayeredTrack):
+            # Attaching chose a layer by the tile alone (the top one, for a tile of unknown
+            # size); the budget applies now, before any of it is forwarded: a narrow link is
+            # not sent a top layer's keyframe at join.
+            self.choose_layers(now, self._speaker)
         self._negotiation_needed()
 
     def unsubscribe(self, track: PublishedTrack) -> None:
@@ -150,14 +187,36 @@ class Subscriber:
         self.choose_layers(now, speaker)
 
     def tick(self, now: float, speaker: str | None) -> None:
-        """Periodic work: choose the simulcast layers again, every `CHOOSE_EVERY_S`."""
+        """Periodic work: choose the simulcast layers again, every `CHOOSE_EVERY_S`; send the
+        probe clusters the controller asks for."""
         if now - self._chosen_at >= CHOOSE_EVERY_S:
             self.choose_layers(now, speaker)
+        self._probe(now)
+
+    def _probe(self, now: float) -> None:
+        """Probe the downlink when the controller says so (at start; when a track is held below
+        its tile's layer), on a slot that can carry probes (RTX, transport-wide numbers)."""
+        if not self.transport_cc or self.closed:
+            return
+        slot = probe_slot(self.slots)
+        transceiver = None if slot is None else self._transceivers.get(id(slot))
+        if slot is None or transceiver is None:
+            return
+        if not srtp_send.send_ready(hooks.transport_of(transceiver)):
+            return  # DTLS not up yet: the start probes wait for it
+        clusters = self.probe_control.process(
+            now, self.downlink.estimate_bps, self._needed_bps, self._wanting
+        )
+        if clusters:
+            self.prober.media_bps = self.downlink.acked.bps() or 0
+        for cluster in clusters:
+            self.prober.send(cluster, slot)
 
     def choose_layers(self, now: float, speaker: str | None) -> None:
         """Each shown simulcast track's layer: the smallest covering its tile, within its share
         of the downlink (`speaker`'s camera gets the larger share)."""
         self._chosen_at = now
+        self._speaker = speaker
         shown = [
             s for s in self.slots
             if s.kind == "video" and s.source is not None and not s.hidden
@@ -170,9 +229,25 @@ class Subscriber:
             else 1
             for s in shown
         ]  # fmt: skip
-        budgets = split_budget(self.downlink_bps, weights, audio)
+        # What each track's tile wants: its layer's bitrate, over the climbing headroom.
+        wanted_layers: list[int | None] = []
+        wants: list[int | None] = []
+        for slot in shown:
+            track, switch = slot.source, slot.layer_switch
+            if not isinstance(track, LayeredTrack) or switch is None:
+                wanted_layers.append(None)
+                wants.append(None)
+                continue
+            wanted = choose_layer(
+                track.meter.layers, tile=slot.render_size or UNKNOWN_TILE, budget_bps=None,
+                current=switch.current, now=now,
+            )  # fmt: skip
+            wanted_layers.append(wanted)
+            rate = track.meter.layers[wanted].bitrate if wanted is not None else 0
+            wants.append(int(rate / UP_HEADROOM) if rate else None)
+        budgets = split_budget(self.downlink_bps, weights, audio, wants)
         wanting = False
-        for slot, budget in zip(shown, budgets, strict=True):
+        for slot, budget, wanted in zip(shown, budgets, wanted_layers, strict=True):
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
                 continue
@@ -181,12 +256,10 @@ class Subscriber:
                 track.meter.layers, tile=tile, budget_bps=budget, current=switch.current, now=now
             )
             if budget is not None and layer is not None:
-                wanted = choose_layer(
-                    track.meter.layers, tile=tile, budget_bps=None, current=switch.current, now=now
-                )
                 wanting |= wanted is not None and wanted > layer
             track.choose(slot, layer, now)
-        self.downlink.wanting = wanting  # the estimate's trials step up only then
+        self._needed_bps = needed_bps(wants, audio)
+        self._wanting = wanting  # the downlink is probed only then (and at start)
 
     def _session(self) -> RTCPeerConnection:
         if self.pc is None:
@@ -280,6 +353,8 @@ class Subscriber:
             raise MediaError(f"unusable subscribe answer: {exc}") from None
         if self.transport_cc:
             self._accept_transport_cc(sdp)
+        else:
+            self.downlink.forget_start()  # no transport feedback will correct it
         self._negotiating = False
         restart = self._restart
         if restart is not None and restart.offered_in(pc.localDescription.sdp):
@@ -298,6 +373,8 @@ class Subscriber:
         dropped the extension it does not know from what it negotiated, and is told again
         before its connect task hands the send parameters to the slots (`bypass_sender`)."""
         accepted = accepted_transport_cc(answer)
+        if self.downlink.sent.extension_id not in accepted.values():
+            self.downlink.forget_start()  # no transport feedback will correct it
         for transceiver in self._transceivers.values():
             if accepted.get(str(transceiver.mid)) == self.downlink.sent.extension_id:
                 hooks.negotiate_extensions(
@@ -346,6 +423,8 @@ class Subscriber:
         now = time.monotonic()
         for report in reports:
             self.downlink.on_feedback(report, now)
+        if reports:
+            self._probe_results(now)
         slot_by_ssrc = self.slot_by_ssrc
         # The forwarded bytes the retransmission share is measured against, sampled at each
         # RTCP packet (never on the forwarding path).
@@ -387,9 +466,26 @@ class Subscriber:
                     decision.ssrc, decision.lsr, decision.dlsr, now
                 )
 
+    def _probe_results(self, now: float) -> None:
+        """Hand the probe results to the estimate and the controller; a probe that raised the
+        estimate has the layers chosen again at once (the switch up at the next keyframe)."""
+        raised = False
+        for result in self.downlink.probes.take_results():
+            raised |= self.downlink.on_probe(result)
+            self.probe_control.on_result(result, now)
+            log.debug(
+                "probe %d at %d bps: %s (sent at %s bps, received at %s, %d of %d arrived)",
+                result.cluster.cluster_id, result.cluster.target_bps, result.bps,
+                result.send_bps, result.receive_bps, result.received, result.packets,
+                extra={"participant": self.participant_id},
+            )  # fmt: skip
+        if raised:
+            self.choose_layers(now, self._speaker)
+
     def stop(self) -> None:
         """Stop every slot and any negotiation (the participant is leaving)."""
         self.closed = True
+        self.prober.stop()
         for slot in self.slots:
             slot.assign(None)
             slot.ready = False

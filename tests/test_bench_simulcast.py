@@ -40,6 +40,10 @@ def test_quick_simulcast_bench_prints_its_json_contract() -> None:
     assert max(line["constrained_layer_share"], key=line["constrained_layer_share"].get) == "160"
     assert line["baseline_constrained_layer_share"].get("640", 0) > 0.5, line
     assert line["switch_s"] is not None and line["switch_layers_after"] is not None, line
+    assert "switch_back_s" in line and "clean_top_layer_s" in line, line
+    # Probing: the node sent probes, and every subscriber's first seconds were counted.
+    assert line["probes"]["sent"] > 0, line
+    assert set(line["join_dropped"]) == {"constrained", "clean_a", "clean_b", "dropping"}, line
     assert line["ice_restart_s"] is not None, line
     assert not line["ice_restart_rejoined"] and not line["ice_restart_lobby"], line
     assert not line["ice_restart_consent"], line

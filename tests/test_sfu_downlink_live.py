@@ -22,6 +22,7 @@ from core.media.rtp import TRANSPORT_CC_URI, parse_header
 from sfu import aiortc_hooks as hooks
 from sfu import srtp_send
 from sfu.downlink import ACKED_HEADROOM, ACKED_WINDOW_US, PACKET_OVERHEAD_BYTES
+from sfu.probing import START_BPS
 from sfu.twcc import SUBSCRIBER_EXTENSION_ID, TransportFeedback, offer_transport_cc
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
@@ -53,6 +54,12 @@ async def join_subscriber_with_transport_cc(
     return client, offers
 
 
+def is_media(packet: bytes) -> bool:
+    """Whether an RTP packet has a payload (a probe's padding has none)."""
+    header = parse_header(packet)
+    return header.payload_end > header.payload_start
+
+
 def transport_sequence(packet: bytes) -> int | None:
     number = parse_header(packet).extensions.get(SUBSCRIBER_EXTENSION_ID)
     return int.from_bytes(number[:2], "big") if number else None
@@ -79,9 +86,14 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
     await eventually(lambda: len(arrivals) > 150, timeout=15)
 
     numbers = [transport_sequence(packet) for packet, _ in arrivals]
-    assert None not in numbers, "audio and video alike"
-    kinds = {parse_header(packet).ssrc for packet, _ in arrivals}
+    assert None not in numbers, "audio and video alike, and the start probe's padding"
+    headers = [parse_header(packet) for packet, _ in arrivals]
+    kinds = {h.ssrc for h in headers if h.payload_end > h.payload_start}
     assert len(kinds) >= 2
+    # The start probe (`sfu.probing`; it may have passed before the hook was in place):
+    # padding-only packets on the video's RTX stream, numbered like the rest (above).
+    padding = [h for h in headers if h.payload_end == h.payload_start]
+    assert len({h.ssrc for h in padding} - kinds) == len({h.ssrc for h in padding}) <= 1
     known = [n for n in numbers if n is not None]
     assert len(set(known)) == len(known), "one number per packet, across streams"
     assert max(known) - min(known) + 1 == len(known), "one counter for the transport, no gaps"
@@ -96,16 +108,19 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
     nack.lost = [video.sequence]
     before = len(arrivals)
     srtp_send.send_rtcp(dtls, bytes(nack))
-    await eventually(
-        lambda: any(parse_header(p).ssrc not in kinds for p, _ in arrivals[before:]), timeout=5
-    )
-    resent = next(p for p, _ in arrivals[before:] if parse_header(p).ssrc not in kinds)
+
+    def resends() -> list[bytes]:
+        return [p for p, _ in arrivals[before:]
+                if parse_header(p).ssrc not in kinds and is_media(p)]  # fmt: skip
+
+    await eventually(resends, timeout=5)
+    resent = resends()[0]
     resent_number = transport_sequence(resent)
     assert resent_number is not None and resent_number not in known
 
     # Feedback on what arrived, as a browser sends it every 100 ms.
     subscriber = media.server.participants["b"].subscriber
-    assert subscriber.downlink_bps is None
+    assert subscriber.downlink_bps == START_BPS, "the start value until feedback comes"
     feedback = TransportFeedback()
     reported = 0
     for _ in range(30):
@@ -117,12 +132,12 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
         for packet in feedback.build(1, 0, max((at for _, at in batch), default=0)):
             srtp_send.send_rtcp(dtls, packet)
         await asyncio.sleep(0.1)
-    await eventually(lambda: subscriber.downlink_bps is not None, timeout=5)
+    await eventually(lambda: subscriber.downlink_bps != START_BPS, timeout=5)
     estimate = subscriber.downlink_bps
     assert estimate is not None
     sent_bps = sum(len(p) for p, _ in arrivals) * 8 / ((arrivals[-1][1] - arrivals[0][1]) / 1000)
-    # The estimate can be up to ACKED_HEADROOM x what was acknowledged over its window (no
-    # probing), on the wire (SRTP, UDP, IP): bounded by the busiest such window of the media.
+    # The estimate grows to at most ACKED_HEADROOM x what was acknowledged over its window,
+    # on the wire (SRTP, UDP, IP): bounded by the busiest such window of the media.
     window_ms = ACKED_WINDOW_US // 1000
     busiest_bps = max(
         sum(len(p) + PACKET_OVERHEAD_BYTES for p, at in arrivals if start <= at < start + window_ms)
@@ -131,9 +146,23 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
         / window_ms
         for _, start in arrivals
     )
+    # A probe (`sfu.probing`: the start one, on this link of loopback) may have raised it
+    # above that: to at most the rate its cluster was sent and received at, a 50 ms burst.
+    burst_ms = 60
+    peak_bps = max(
+        sum(len(p) + PACKET_OVERHEAD_BYTES for p, at in arrivals if start <= at < start + burst_ms)
+        * 8
+        * 1000
+        / burst_ms
+        for _, start in arrivals
+    )
     print(f"downlink estimate {estimate} bps; media sent {sent_bps:.0f} bps on average,",
-          f"{busiest_bps:.0f} bps at most over {window_ms} ms")  # fmt: skip
-    assert 0.5 * sent_bps < estimate <= ACKED_HEADROOM * busiest_bps + 10_000
+          f"{busiest_bps:.0f} bps at most over {window_ms} ms, {peak_bps:.0f} over {burst_ms}",
+          f"ms; {subscriber.downlink.probe_raises} probe raises")  # fmt: skip
+    bound = ACKED_HEADROOM * busiest_bps + 10_000
+    if subscriber.downlink.probe_raises:
+        bound = max(bound, 1.25 * peak_bps)
+    assert 0.5 * sent_bps < estimate <= bound
 
 
 async def test_a_subscriber_that_declines_transport_cc_gets_unnumbered_packets(

@@ -14,7 +14,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 from core.media.rtp import ExtensionIds, parse_header, unwrap_rtx
 from core.media.track import TrackInfo
 from sfu.forwarder import OutboundSlot
-from sfu.layer_choice import split_budget
+from sfu.layer_choice import needed_bps, split_budget
 from sfu.layered import LayeredTrack
 from sfu.subscriber import Subscriber
 
@@ -208,6 +208,19 @@ def test_the_budget_is_split_with_the_speaker_getting_more() -> None:
     assert split_budget(50_000, [1], 2) == [0], "audio first: nothing left is still a budget"
 
 
+def test_a_share_beyond_what_a_tile_wants_goes_to_the_others() -> None:
+    """4 Mbps, the speaker's top layer wanting 1 Mbps of its 2 Mbps share: the rest is split
+    among the three others (water-filling), who then get 1 Mbps each, not 666 kbps."""
+    wants = [1_000_000, 1_000_000, 1_000_000, 1_000_000]
+    budgets = split_budget(4_080_000, [3, 1, 1, 1], 2, wants)
+    assert budgets == [1_000_000, 1_000_000, 1_000_000, 1_000_000]
+    assert split_budget(3_080_000, [3, 1, 1, 1], 2, [100_000, None, None, None]) == [
+        100_000, 966_666, 966_666, 966_666,
+    ]  # fmt: skip
+    assert needed_bps(wants, 2) == 4_080_000
+    assert needed_bps([None, None], 2) is None
+
+
 def _measured(track: LayeredTrack, now: float) -> None:
     """Layers as the meter would know them after a second of a browser's three encodings."""
     for state, size, bitrate in zip(
@@ -238,6 +251,10 @@ def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
         return [s.layer_switch.target for s in subscriber.slots if s.layer_switch is not None]
 
     choose(10.0, speaker=None)
+    assert layers() == [0, 0, 0], "the start estimate (300 kbps, `sfu.probing`): the lowest"
+    # A subscriber whose answer took no transport-cc (REMB only): no start value.
+    subscriber.downlink.forget_start()
+    choose(10.2, speaker=None)
     assert layers() == [2, 2, 2], "no estimate yet, tiles of unknown size: the top layer"
     subscriber.downlink.on_remb(
         3_500_000

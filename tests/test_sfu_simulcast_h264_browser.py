@@ -71,8 +71,12 @@ async def test_a_browser_camera_in_h264_layers_is_forwarded_as_one_stream(
     strict=False,
     reason="known gap: with Chromium's OpenH264 layers a switch between layers (down to the "
     "thumbnail's, or back up) sometimes does not happen within 15 s while the browser sends "
-    "both layers (1 run in 4 passed); not yet diagnosed (keyframe of the new layer requested "
-    "but not seen, or the layer's size not read from its SPS)",
+    "both layers (1 run in 4 passed). Seen in the SFU (session 15): both layers' keyframes "
+    "arrive with their sizes read from the SPS (320x180, 640x360), a PLI per layer is sent and "
+    "answered, and a switch starts at the new layer's SPS/PPS STAP-A; in a failing run the SFU "
+    "did not re-target the top layer when the tile grew again: this aiortc viewer sends REMB "
+    "and no transport feedback, so its REMB alone caps the estimate and probes cannot lift it; "
+    "in another the SFU switched but the viewer reported no 640-wide frame within 20 s",
 )
 async def test_a_browser_camera_in_h264_layers_reaches_each_tile_in_the_layer_it_needs(
     serve_process: Any, chromium: OpenTab, loopback_ice: None
