@@ -6,17 +6,20 @@ that is down or dies while the room goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 import pydicom
 import pytest
+from aiohttp import web
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
@@ -445,13 +448,85 @@ async def test_a_shuffled_series_streams_in_as_one_image_in_anatomical_order(
         assert [rows[f] for f in order[-3:]] == [58, 59, 60]
 
 
+class HeldRetrieve:
+    """A forwarder in front of the real Orthanc that passes each answer's first `open_bytes`
+    and holds the rest until `release()`: the share is then surely still running when the test
+    acts on it (a quiet machine shares a 50-slice series before a DELETE could reach it)."""
+
+    def __init__(self, dicomweb_url: str, open_bytes: int) -> None:
+        parsed = urlsplit(dicomweb_url)
+        self.upstream = f"{parsed.scheme}://{parsed.netloc}"
+        self.path = parsed.path
+        self.open_bytes = open_bytes
+        self.released = asyncio.Event()
+        self.url = ""
+        """The DICOMweb root to give the node (set by `start`)."""
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}{self.path}"
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def stop(self) -> None:
+        self.release()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")
+        }
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=await request.read(),
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            response.content_type = upstream.content_type
+            if "Content-Type" in upstream.headers:
+                response.headers["Content-Type"] = upstream.headers["Content-Type"]
+            await response.prepare(request)
+            sent = 0
+            async for chunk in upstream.content.iter_chunked(64 * 1024):
+                if sent >= self.open_bytes:
+                    await self.released.wait()
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+            return response
+
+
 async def test_the_sharer_cancels_and_the_room_keeps_what_arrived(
     tmp_path: Path, orthanc: OrthancServer
 ) -> None:
     series = store_shuffled(orthanc, 50, 512, "PAT-0004")
-    async with running_node(
-        pacs_settings(tmp_path, orthanc.dicomweb_url, orthanc.password_file)
-    ) as node:
+    held = HeldRetrieve(orthanc.dicomweb_url, open_bytes=3 * 512 * 512 * 2)
+    await held.start()
+    try:
+        await _cancel_a_share(tmp_path, orthanc, held, series)
+    finally:
+        await held.stop()
+
+
+async def _cancel_a_share(
+    tmp_path: Path, orthanc: OrthancServer, held: HeldRetrieve, series: CtSeries
+) -> None:
+    async with running_node(pacs_settings(tmp_path, held.url, orthanc.password_file)) as node:
         sockets = await meeting(node)
         uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
         status, started = await post(node, "dr-rad", "radiologist", "shares", uids)
@@ -467,6 +542,7 @@ async def test_the_sharer_cancels_and_the_room_keeps_what_arrived(
                 path, headers=bearer(node, "dr-rad", "radiologist")
             ) as response:
                 assert response.status == 202
+        held.release()  # the rest of the series would now come: the share must not take it
         images, last = await until_share_ends(sockets["dr-chair"], started["share_id"])
         assert (last["state"], last["error"]) == ("failed", "cancelled")
         assert 1 <= last["shared"] < 50
