@@ -20,14 +20,12 @@ from tests.fixtures.browser import (
     page_state,
     screenshot,
 )
-from tests.fixtures.oidc_provider import PASSWORD, OidcProvider
+from tests.fixtures.oidc_provider import PASSWORD, OidcProvider, node_signing_in_at
 from tests.fixtures.recordings import record
 from tests.fixtures.servers import (
     ServeProcess,
     eventually,
     free_port,
-    node_settings,
-    running_node,
 )
 from tests.test_signin import ONCOLOGIST
 
@@ -113,10 +111,7 @@ async def test_the_archive_asks_for_a_recent_sign_in_and_returns_to_the_recordin
 ) -> None:
     """RFC 9470 step-up in the archive page: an archivist signed in long ago opens a recording;
     the page signs them in again with max_age and reopens that recording."""
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         assert node.node is not None
         keyring = node.node.room_keys.keyring
         record(
@@ -177,10 +172,7 @@ async def test_the_archive_asks_for_a_recent_sign_in_and_returns_to_the_recordin
 async def test_a_session_that_ended_brings_the_sign_in_back_for_the_same_room(
     tmp_path: Path, oidc_provider: Any, chromium: OpenTab
 ) -> None:
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         assert node.node is not None
         tab = await chromium(f"{node.url}/join/{ROOM}")
         await sign_in_at_the_provider(tab, "bob")

@@ -15,8 +15,8 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Page, Request, Route
 
 from tests.fixtures.browser import ROOM, BrowserTab, OpenTab, no_page_problems, page_state
-from tests.fixtures.oidc_provider import PASSWORD
-from tests.fixtures.servers import REPO, free_port, node_settings, running_node
+from tests.fixtures.oidc_provider import PASSWORD, node_signing_in_at
+from tests.fixtures.servers import REPO
 
 CATALOGUES = {
     lang: json.loads((REPO / "web" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
@@ -54,10 +54,7 @@ async def _signed_in_at_the_room(tab: BrowserTab) -> None:
 async def test_a_double_click_on_sign_in_starts_one_round_trip(
     tmp_path: Path, oidc_provider: Any, chromium: OpenTab
 ) -> None:
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         tab = await chromium(f"{node.url}/join/{ROOM}")
         requests = _starts(tab.page)
         await tab.until("window.consilium.state().screen === 'signin'")
@@ -83,10 +80,7 @@ async def test_a_double_click_on_sign_in_starts_one_round_trip(
 async def test_reloading_the_provider_page_or_the_callback_still_signs_in(
     tmp_path: Path, oidc_provider: Any, chromium: OpenTab
 ) -> None:
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         tab = await chromium(f"{node.url}/join/{ROOM}")
         requests = _starts(tab.page)
         await tab.until("window.consilium.state().screen === 'signin'")
@@ -118,10 +112,7 @@ async def test_reloading_the_provider_page_or_the_callback_still_signs_in(
 async def test_the_back_button_after_signing_in_does_not_show_an_error(
     tmp_path: Path, oidc_provider: Any, chromium: OpenTab
 ) -> None:
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         tab = await chromium(f"{node.url}/join/{ROOM}")
         await tab.until("window.consilium.state().screen === 'signin'")
         await tab.page.click("#signin-link")
@@ -145,10 +136,7 @@ async def test_the_back_button_after_signing_in_does_not_show_an_error(
 async def test_two_tabs_signing_in_at_once_both_complete(
     tmp_path: Path, oidc_provider: Any, chromium: OpenTab
 ) -> None:
-    port = free_port()
-    provider = oidc_provider("entra", [f"http://127.0.0.1:{port}/auth/callback"])
-    settings = node_settings(tmp_path / "data", port=port, media=False, **provider.node_settings())
-    async with running_node(settings) as node:
+    async with node_signing_in_at(oidc_provider, tmp_path) as node:
         first = await chromium(f"{node.url}/join/{ROOM}")
         # A second tab of the same browser (same cookies), opened on the same room.
         second_page = await first.context.new_page()
