@@ -28,15 +28,17 @@ Each page samples its own inbound video statistics (the web client's `consilium.
 
 Then, with the same room (simulcast run only):
 - `switch_s`: after the window, `dropping`'s link (3 Mbps since it joined) drops to 500 kbps: the
-  time until the layers it decodes fit (their nominal bitrates sum to no more than 500 kbps);
+  time until the layers it decodes fit (their nominal bitrates sum to no more than 500 kbps; a
+  camera the SFU paused for that link counts as 0, width 0);
   `switch_layers_before` and `switch_layers_after`: the widths decoded before and after;
   `switch_back_s`, `switch_layers_back`: then the link returns to 3 Mbps: the time until the
   layers decoded need more than 500 kbps again (probes find the room), and the widths then.
 - `join_dropped`: per subscriber, the datagrams its proxy dropped on the way down by 3 s after
   its subscribe session connected (a subscriber starts at 300 kbps and probes its link, so a
   narrow link is not flooded at join); `clean_top_layer_s`: per clean subscriber, the seconds
-  from joining until every camera is decoded at 640 wide (None: not within the run); `probes`:
-  the node's probe counters after the window (`sent`, `succeeded`, `failed`).
+  from joining (the cameras already on, as in a meeting under way) until every camera is
+  decoded at 640 wide (None: not within the run); `probes`: the node's probe counters after the
+  window (`sent`, `succeeded`, `failed`).
 - `ice_restart_s`: clean_a's network changes (its proxy closes, a new one is the only way, the
   page hears `online`): the time until frames are decoded again from every camera;
   `ice_restart_page_ms`: what the page itself measured (both sessions on a new pair);
@@ -106,16 +108,27 @@ GAP_S = 0.5
 """A gap between decoded frames longer than this is a freeze (the issue's measure)."""
 JOIN_TIMEOUT_S = 60.0
 
-# Every 100 ms: [wall ms, [[participant, frames decoded, width] per camera]].
+# Every 100 ms: [wall ms, [[participant, frames decoded, width, paused] per camera that is on]];
+# paused: the SFU said it sends nothing of that camera for now (this page's link cannot carry
+# it).
 SAMPLER = """
 (() => {
   window.__samples = [];
   setInterval(async () => {
     if (!window.consilium?.stats) return;
     const stats = await window.consilium.stats();
-    const videos = stats.inbound.filter((s) => s.kind === "video" && s.source === "camera");
+    const state = window.consilium.state();
+    const paused = new Set(state.tracks
+      .filter((t) => t.kind === "video" && t.source === "camera" && t.paused)
+      .map((t) => t.participant_id));
+    // The other subscribers' cameras, turned off once they are in, are no cameras to watch.
+    const off = new Set(state.participants.filter((p) => p.video_muted)
+      .map((p) => p.participant_id));
+    const videos = stats.inbound.filter((s) => s.kind === "video" && s.source === "camera"
+                                        && !off.has(s.participantId));
     window.__samples.push([Date.now(), videos.map((s) => [s.participantId, s.framesDecoded,
-                                                          s.frameWidth])]);
+                                                          s.frameWidth,
+                                                          paused.has(s.participantId)])]);
   }, 100);
 })();
 """
@@ -126,7 +139,7 @@ class Node(ServerProcess):
 
     name = "consilium serve"
 
-    def __init__(self, workdir: Path, turn: TurnServer) -> None:
+    def __init__(self, workdir: Path, turn: TurnServer, log_level: str = "warning") -> None:
         self.data_dir = workdir / "data"
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
@@ -136,7 +149,7 @@ class Node(ServerProcess):
                 "CONSILIUM_TURN_URLS": turn.udp_url,
                 "CONSILIUM_TURN_SECRET": turn.secret,
                 "CONSILIUM_ICE_TRANSPORT_POLICY": "relay",
-                "CONSILIUM_LOG_LEVEL": "warning",
+                "CONSILIUM_LOG_LEVEL": log_level,
                 "CONSILIUM_JOIN_ATTEMPTS_PER_IP_PER_MIN": "1000000",
             }
         )
@@ -240,6 +253,30 @@ def probe_metrics(url: str) -> dict[str, int]:
     }  # fmt: skip
 
 
+def node_metric(url: str, name: str) -> float:
+    """One of the node's metrics now (`consilium_sfu_<name>`; 0 when absent)."""
+    with urllib.request.urlopen(url + "/metrics") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"consilium_sfu_{name} "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def until_publishing(url: str, tracks: int, timeout_s: float) -> None:
+    """The node has `tracks` published tracks and media arrives (the cameras are on before the
+    subscribers join, as in a meeting under way; the bot process encodes its clips first),
+    then a second more: each layer's bitrate is measured over its first second."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        published = await asyncio.to_thread(node_metric, url, "published_tracks")
+        received = await asyncio.to_thread(node_metric, url, "received_packets")
+        if published >= tracks and received > 0:
+            await asyncio.sleep(1.5)
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the cameras did not publish within {timeout_s:.0f} s")
+
+
 def top_layer_s(subscriber: Subscriber, samples: list[Any]) -> float | None:
     """Seconds from joining until every camera is decoded at the top layer's width."""
     top = max(LAYER_BPS)
@@ -249,7 +286,7 @@ def top_layer_s(subscriber: Subscriber, samples: list[Any]) -> float | None:
 
 
 def cameras_in(samples: list[Any]) -> set[str]:
-    return {participant for _, videos in samples for participant, _, _ in videos if participant}
+    return {participant for _, videos in samples for participant, *_ in videos if participant}
 
 
 async def until_every_camera(subscribers: list[Subscriber], timeout_s: float) -> None:
@@ -259,7 +296,7 @@ async def until_every_camera(subscribers: list[Subscriber], timeout_s: float) ->
         ready = 0
         for subscriber in subscribers:
             latest = (await subscriber.samples())[-1:]
-            decoding = {p for p, frames, _ in (latest[0][1] if latest else []) if frames > 0}
+            decoding = {p for p, frames, *_ in (latest[0][1] if latest else []) if frames > 0}
             ready += len(decoding) >= PUBLISHERS
         if ready == len(subscribers):
             return
@@ -272,7 +309,7 @@ def figures(samples: list[Any], start_ms: float, end_ms: float) -> dict[str, Any
     inside = [(t, videos) for t, videos in samples if start_ms <= t <= end_ms]
     per_camera: dict[str, list[tuple[float, int, int]]] = {}
     for t, videos in inside:
-        for participant, frames, width in videos:
+        for participant, frames, width, *_ in videos:
             if participant:
                 per_camera.setdefault(participant, []).append((t, frames, width))
     span_s = (end_ms - start_ms) / 1000
@@ -313,19 +350,22 @@ class Timing:
     warm_up_s: float = WARM_UP_S
 
 
-async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> dict[str, Any]:
+async def room(
+    workdir: Path, timing: Timing, simulcast: bool, extras: bool, log_level: str = "warning"
+) -> dict[str, Any]:
     """One room on a fresh node and coturn: the window, then (with `extras`) the switch and
     the ICE restart."""
     from playwright.async_api import async_playwright
 
     workdir.mkdir(parents=True)  # noqa: ASYNC240 (before anything runs)
     turn = start_turnserver(workdir / "coturn")
-    node = Node(workdir, turn)
+    node = Node(workdir, turn, log_level)
     cameras: subprocess.Popen[bytes] | None = None
     subscribers: list[Subscriber] = []
     try:
         node.wait_ready()
         cameras = publishers(node, simulcast)
+        await until_publishing(node.url, 2 * PUBLISHERS, JOIN_TIMEOUT_S)
         async with async_playwright() as playwright:
             links = [("constrained", CONSTRAINED), ("clean_a", (CLEAN, CLEAN)),
                      ("clean_b", (CLEAN, CLEAN))]  # fmt: skip
@@ -376,11 +416,15 @@ async def room(workdir: Path, timing: Timing, simulcast: bool, extras: bool) -> 
 def decoded_widths(samples: list[Any], after_ms: float) -> list[tuple[float, list[int]]]:
     """(time, the width each camera last decoded a frame at since `after_ms`) for each sample
     after `after_ms` by which every camera has decoded one (a frozen camera's width is old news:
-    it counts only once it decodes again)."""
-    found, previous, latest = [], {}, {}
+    it counts only once it decodes again) or is paused for this link (width 0: nothing sent)."""
+    found: list[tuple[float, list[int]]] = []
+    previous: dict[str, int] = {}
+    latest: dict[str, int] = {}
     for t, videos in samples:
-        for participant, frames, width in videos:
-            if participant and t > after_ms and frames > previous.get(participant, frames):
+        for participant, frames, width, paused in videos:
+            if participant and t > after_ms and paused:
+                latest[participant] = 0
+            elif participant and t > after_ms and frames > previous.get(participant, frames):
                 latest[participant] = width
             if participant:
                 previous[participant] = frames
@@ -390,8 +434,8 @@ def decoded_widths(samples: list[Any], after_ms: float) -> list[tuple[float, lis
 
 
 def nominal_bps(widths: list[int]) -> int:
-    """What the layers of these decoded widths are sent at, together."""
-    return sum(LAYER_BPS.get(width, CAMERA_BPS) for width in widths)
+    """What the layers of these decoded widths are sent at, together (0: a paused camera)."""
+    return sum(LAYER_BPS.get(width, CAMERA_BPS) for width in widths if width)
 
 
 async def layer_switch(subscriber: Subscriber) -> dict[str, Any]:
@@ -437,8 +481,8 @@ async def ice_restart(subscriber: Subscriber, turn: TurnServer) -> dict[str, Any
             samples = await subscriber.samples()
             # Back: every camera has decoded more frames than at the change, twice in a row.
             at_change = next((v for t, v in reversed(samples) if t <= changed_ms), [])
-            base = {p: f for p, f, _ in at_change}
-            later = [(t, {p: f for p, f, _ in v}) for t, v in samples if t > changed_ms]
+            base = {p: f for p, f, *_ in at_change}
+            later = [(t, {p: f for p, f, *_ in v}) for t, v in samples if t > changed_ms]
             for (t, frames), (_, next_frames) in itertools.pairwise(later):
                 if all(next_frames.get(p, 0) > frames.get(p, 0) > base.get(p, 0) for p in base):
                     back_ms = t
@@ -459,15 +503,22 @@ async def ice_restart(subscriber: Subscriber, turn: TurnServer) -> dict[str, Any
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     timing = Timing(**QUICK) if args.quick else Timing(seconds=args.seconds)
-    with tempfile.TemporaryDirectory(prefix="consilium-bench-simulcast-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.keep or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="consilium-bench-simulcast-")
+        )
         found: dict[str, Any] = {
             "publishers": PUBLISHERS,
             "seconds": timing.seconds,
             "constrained_link": "800 kbps down, 5% loss, 100 ms RTT",
         }
-        found.update(await room(Path(tmp, "simulcast"), timing, True, extras=True))
+        found.update(
+            await room(Path(tmp, "simulcast"), timing, True, extras=True, log_level=args.log_level)
+        )
         if not args.no_baseline:
-            baseline = await room(Path(tmp, "baseline"), timing, False, extras=False)
+            baseline = await room(
+                Path(tmp, "baseline"), timing, False, extras=False, log_level=args.log_level
+            )
             found.update({f"baseline_{key}": value for key, value in baseline.items()})
         return found
 
@@ -477,6 +528,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="window length (20)")
     parser.add_argument("--quick", action="store_true", help="smoke run: short waits and window")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-layer room")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="work in DIR and keep it (each node's serve.log)"
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+        help="the nodes' log level (warning; debug: each probe's result, each estimate change)",
+    )  # fmt: skip
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args))), flush=True)
 

@@ -277,6 +277,9 @@ class DownlinkEstimator:
         self._loss_hold = False
         self.loss_fraction = 0.0
         """The last loss window's fraction lost."""
+        self.smoothed_loss = 0.0
+        """The loss windows' fractions, smoothed (half the last window, half the past): what
+        pausing a camera is judged on (`sfu.pausing`)."""
         self.remb_bps: int | None = None
         """The subscriber's latest REMB (None: it sends none)."""
         self.estimate_bps: int | None = start_bps
@@ -388,6 +391,7 @@ class DownlinkEstimator:
         if self._window_reported < LOSS_WINDOW_PACKETS:
             return
         self.loss_fraction = self._window_lost / self._window_reported
+        self.smoothed_loss = (self.smoothed_loss + self.loss_fraction) / 2
         self._window_lost = self._window_reported = 0
         acked = self.acked.bps()
         self._loss_hold = self.loss_fraction >= LOSS_LOW

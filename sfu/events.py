@@ -50,6 +50,9 @@ class SubscribedTrack(msgspec.Struct, frozen=True, kw_only=True):
     """The published track's id."""
     source: str
     """What the publisher captures: `microphone`, `camera` or `screen`."""
+    paused: bool = False
+    """Nothing is sent on it for now: the subscriber's link cannot carry it beside the rest
+    (`sfu.pausing`); it resumes by itself when the link allows."""
 
 
 class Tracks(SfuEvent, tag="tracks", frozen=True):

@@ -129,6 +129,10 @@ class OutboundSlot:
     octets: int = 0
     remb_bps: int = 0
     """The subscriber's latest receiver-estimated maximum bitrate for this slot."""
+    rate_mark: tuple[int, float] | None = None
+    """(`octets`, when) at the last `sending_bps` measure."""
+    sending_bps: int = 0
+    """What the slot sent per second between the last two measures (`measure_rate`)."""
     fraction_lost: int = 0
     """From the subscriber's latest receiver report (out of 256)."""
     layer_switch: LayerSwitch | None = None
@@ -142,6 +146,17 @@ class OutboundSlot:
     round_trip: RoundTrip | None = None
     """The subscriber's round trip (shared by its slots), told of each sender report sent
     here: its receiver reports echo them (`sfu.round_trip`)."""
+
+    def measure_rate(self, now: float, every_s: float = 0.4) -> int:
+        """`sending_bps` (payload bytes sent, per second), measured again when `every_s` has
+        passed since the last measure (called at each layer choice, never per packet)."""
+        mark = self.rate_mark
+        if mark is None:
+            self.rate_mark = (self.octets, now)
+        elif now - mark[1] >= every_s:
+            self.sending_bps = int((self.octets - mark[0]) * 8 / (now - mark[1]))
+            self.rate_mark = (self.octets, now)
+        return self.sending_bps
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)

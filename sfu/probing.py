@@ -69,6 +69,11 @@ DROP_BELOW = 0.66
 """An estimate under this share of that highest is a large drop."""
 DROP_PROBE_SCALE = 0.85
 """After a large drop, the probe aims at this share of the highest."""
+LOSSY = 0.10
+"""A loss fraction above this (the estimator's "decrease" level) says the link is over its
+capacity now: no probe is sent (a cluster into a full queue only adds loss to the media's)."""
+DROP_CLEAN_LOSS = 0.02
+"""A drop is probed only when loss is under this: a drop that came with loss was the link."""
 MAX_TARGET_BPS = 20_000_000
 """No cluster aims higher."""
 CLUSTER_S = 0.05
@@ -149,11 +154,13 @@ class ProbeController:
         """Clusters that failed (loss, too few packets, no feedback, or a result well short)."""
 
     def process(
-        self, now: float, estimate_bps: int | None, needed_bps: int | None, wanting: bool
-    ) -> list[ProbeCluster]:
+        self, now: float, estimate_bps: int | None, needed_bps: int | None, wanting: bool,
+        loss_fraction: float = 0.0,
+    ) -> list[ProbeCluster]:  # fmt: skip
         """The clusters to send now. `estimate_bps`: the downlink estimate; `needed_bps`: what
         the subscriber's tiles need for the layers they want (None: not known yet);
-        `wanting`: layer choice holds a track below its tile's layer for lack of budget."""
+        `wanting`: layer choice holds a track below its tile's layer for lack of budget;
+        `loss_fraction`: the share of packets lost in the estimator's last loss window."""
         for cluster, at in list(self._pending.values()):
             if now - at > RESULT_WITHIN_S + 0.5:  # never judged: the feedback did not come
                 self.on_result(ProbeResult(cluster, None), now)
@@ -169,12 +176,15 @@ class ProbeController:
         recent.append((now, estimate_bps))
         while recent[0][0] < now - DROP_WINDOW_S:
             recent.popleft()
-        if self._pending:
+        if self._pending or loss_fraction > LOSSY:
             return []
         highest = max(bps for _, bps in recent)
         if (
-            wanting and estimate_bps < DROP_BELOW * highest and self._drop_probed != highest
-        ):  # a large drop while tracks are held down: was it the link?
+            wanting
+            and estimate_bps < DROP_BELOW * highest
+            and self._drop_probed != highest
+            and loss_fraction < DROP_CLEAN_LOSS
+        ):  # a large drop while tracks are held down, without loss: was it the link?
             self._drop_probed = highest
             return [self._cluster(int(DROP_PROBE_SCALE * highest), now)]
         further, self._further_bps = self._further_bps, None

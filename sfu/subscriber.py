@@ -25,6 +25,7 @@ from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.layer_choice import (
+    AUDIO_BPS,
     SPEAKER_WEIGHT,
     UP_HEADROOM,
     choose_layer,
@@ -32,6 +33,7 @@ from sfu.layer_choice import (
     split_budget,
 )
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
+from sfu.pausing import Candidate, PauseControl
 from sfu.probe_send import ProbeSender, probe_slot
 from sfu.probing import START_BPS, ProbeController
 from sfu.publisher import media_and_rtx
@@ -53,6 +55,7 @@ class Subscriber:
     __slots__ = (
         "_chosen_at",
         "_hooked",
+        "_logged_layers",
         "_needed_bps",
         "_negotiating",
         "_negotiation_task",
@@ -68,6 +71,7 @@ class Subscriber:
         "notify",
         "owner",
         "participant_id",
+        "pausing",
         "pc",
         "probe_control",
         "prober",
@@ -123,6 +127,8 @@ class Subscriber:
         """When this participant's downlink is probed (`sfu.probing`)."""
         self.prober = ProbeSender(self.downlink.sent, self.downlink.probes)
         """Sends the probe clusters (`sfu.probe_send`)."""
+        self.pausing = PauseControl()
+        """Which cameras are paused for this participant's link (`sfu.pausing`)."""
         self._chosen_at = 0.0
         """When the layers were last chosen."""
         self._speaker: str | None = None
@@ -131,6 +137,8 @@ class Subscriber:
         """What the shown tracks need for the layers their tiles want (None: not known)."""
         self._wanting = False
         """Layer choice holds some track below what its tile wants, for lack of budget."""
+        self._logged_layers: list[tuple[int | None, int | None] | None] = []
+        """The layers last logged at debug level."""
         self._restart: ice_restart.IceRestart | None = None
         """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
 
@@ -205,8 +213,9 @@ class Subscriber:
         if not srtp_send.send_ready(hooks.transport_of(transceiver)):
             return  # DTLS not up yet: the start probes wait for it
         clusters = self.probe_control.process(
-            now, self.downlink.estimate_bps, self._needed_bps, self._wanting
-        )
+            now, self.downlink.estimate_bps, self._needed_bps, self._wanting,
+            self.downlink.loss_fraction,
+        )  # fmt: skip
         if clusters:
             self.prober.media_bps = self.downlink.acked.bps() or 0
         for cluster in clusters:
@@ -235,31 +244,89 @@ class Subscriber:
         for slot in shown:
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
+                # One stream (a screen, a publisher without simulcast): the SFU cannot thin
+                # it, so it takes what it sends, and the rest of the budget is the layers'.
                 wanted_layers.append(None)
-                wants.append(None)
+                wants.append(slot.measure_rate(now))
                 continue
-            wanted = choose_layer(
+            wanted = None if track.muted else choose_layer(
                 track.meter.layers, tile=slot.render_size or UNKNOWN_TILE, budget_bps=None,
                 current=switch.current, now=now,
             )  # fmt: skip
             wanted_layers.append(wanted)
-            rate = track.meter.layers[wanted].bitrate if wanted is not None else 0
-            wants.append(int(rate / UP_HEADROOM) if rate else None)
-        budgets = split_budget(self.downlink_bps, weights, audio, wants)
-        wanting = False
+            if wanted is None or not track.meter.layers[wanted].active(now):
+                wants.append(0)  # a camera turned off (nothing arrives): no share of the budget
+                continue
+            rate = track.meter.layers[wanted].bitrate
+            wants.append(int(rate / UP_HEADROOM) if rate else None)  # None: not measured yet
+        paused = self._pause(now, shown, wants, weights, audio)
+        budgets = split_budget(
+            self.downlink_bps, weights, audio,
+            [0 if id(slot) in paused else want for slot, want in zip(shown, wants, strict=True)],
+        )  # fmt: skip
+        wanting = bool(paused)
         for slot, budget, wanted in zip(shown, budgets, wanted_layers, strict=True):
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
                 continue
             tile = slot.render_size or UNKNOWN_TILE
-            layer = choose_layer(
+            layer = None if id(slot) in paused else choose_layer(
                 track.meter.layers, tile=tile, budget_bps=budget, current=switch.current, now=now
-            )
+            )  # fmt: skip
             if budget is not None and layer is not None:
                 wanting |= wanted is not None and wanted > layer
             track.choose(slot, layer, now)
         self._needed_bps = needed_bps(wants, audio)
         self._wanting = wanting  # the downlink is probed only then (and at start)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_layers(shown, budgets)
+
+    def _pause(
+        self, now: float, shown: list[OutboundSlot], wants: list[int | None], weights: list[int],
+        audio: int,
+    ) -> set[int]:  # fmt: skip
+        """The cameras paused for this link now (`sfu.pausing`: when even their lowest layers
+        do not fit); the page is told when that changes."""
+        video_bps = self.downlink_bps
+        candidates = []
+        for index, (slot, want, weight) in enumerate(zip(shown, wants, weights, strict=True)):
+            track = slot.source
+            if not isinstance(track, LayeredTrack) or slot.layer_switch is None:
+                if video_bps is not None:  # one stream: it takes what it sends
+                    video_bps -= want or 0
+                continue
+            lowest = next((layer for layer in track.meter.layers if layer.active(now)), None)
+            if lowest is None or track.muted:
+                continue  # nothing arrives: nothing to pause
+            width, height = slot.render_size or UNKNOWN_TILE
+            candidates.append(Candidate(id(slot), lowest.bitrate, (weight, width * height, -index)))
+        if video_bps is not None:
+            video_bps = max(video_bps - audio * AUDIO_BPS, 0)
+        before = set(self.pausing.paused)
+        paused = self.pausing.decide(now, video_bps, candidates, self.downlink.smoothed_loss)
+        if paused != before:
+            log.info(
+                "%d of %d cameras paused for the participant's link (estimate %s bps, loss %.2f)",
+                len(paused), len(candidates), self.downlink_bps, self.downlink.smoothed_loss,
+                extra={"participant": self.participant_id},
+            )  # fmt: skip
+            self._announce_tracks()
+        return paused
+
+    def _log_layers(self, shown: list[OutboundSlot], budgets: list[int | None]) -> None:
+        """At debug level: the layers chosen, when they changed (what a bench's log reads)."""
+        chosen = [
+            (slot.layer_switch.current, slot.layer_switch.target)
+            if slot.layer_switch is not None else None
+            for slot in shown
+        ]  # fmt: skip
+        if chosen != self._logged_layers:
+            self._logged_layers = chosen
+            log.debug(
+                "layers (current, target) %s, budgets %s, estimate %s, needed %s, wanting %s",
+                chosen, budgets, self.downlink_bps, self._needed_bps, self._wanting,
+                extra={"participant": self.participant_id},
+            )  # fmt: skip
 
     def _session(self) -> RTCPeerConnection:
         if self.pc is None:
@@ -410,6 +477,7 @@ class Subscriber:
             tracks.append(SubscribedTrack(
                 mid=transceiver.mid, participant_id=info.participant_id, kind=info.kind,
                 track_id=info.track_id, source=info.source,
+                paused=id(slot) in self.pausing.paused,
             ))  # fmt: skip
         self.notify(Tracks(tracks=tracks))
 
@@ -421,10 +489,13 @@ class Subscriber:
             self.dropped += 1
             return
         now = time.monotonic()
-        for report in reports:
-            self.downlink.on_feedback(report, now)
         if reports:
+            before = self.downlink.estimate_bps
+            for report in reports:
+                self.downlink.on_feedback(report, now)
             self._probe_results(now)
+            if self.downlink.estimate_bps != before:
+                self._log_estimate(before)
         slot_by_ssrc = self.slot_by_ssrc
         # The forwarded bytes the retransmission share is measured against, sampled at each
         # RTCP packet (never on the forwarding path).
@@ -465,6 +536,15 @@ class Subscriber:
                 self.retransmits.rtt_s = self.round_trip.on_report(
                     decision.ssrc, decision.lsr, decision.dlsr, now
                 )
+
+    def _log_estimate(self, before: int | None) -> None:
+        downlink = self.downlink
+        log.debug(
+            "downlink estimate %s -> %s bps (acknowledged %s, loss %.3f, overuses %d, "
+            "probe raises %d, remb %s)", before, downlink.estimate_bps, downlink.acked.bps(),
+            downlink.loss_fraction, downlink.overuses, downlink.probe_raises, downlink.remb_bps,
+            extra={"participant": self.participant_id},
+        )  # fmt: skip
 
     def _probe_results(self, now: float) -> None:
         """Hand the probe results to the estimate and the controller; a probe that raised the

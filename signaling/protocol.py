@@ -477,6 +477,10 @@ class TrackInfo(msgspec.Struct):
     kind: Literal["audio", "video"]
     track_id: str
     source: Literal["microphone", "camera", "screen"] = "camera"
+    paused: bool = False
+    """The SFU sends nothing on it for now: this participant's link cannot carry it beside the
+    rest (least important cameras first); it resumes by itself when the link allows. The page
+    shows the tile as paused for the viewer's own connection."""
 
 
 class Tracks(Message, tag="tracks"):

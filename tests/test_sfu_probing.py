@@ -181,6 +181,24 @@ def test_a_large_drop_while_tracks_are_held_down_is_probed_once_at_once() -> Non
     assert control.process(1.6, 1_000_000, 4_000_000, wanting=True) == [], "once per drop"
 
 
+def test_a_link_losing_what_it_gets_is_not_probed() -> None:
+    """Over 10 % lost: the link is over capacity now, a cluster would only add to the loss
+    (a 500 kbps link with the lowest layers of four cameras); a drop that came with loss was the
+    link, not a delay spike: not probed either. The link clearing lets the probes go again."""
+    control = ProbeController()
+    (start,) = control.process(0.0, START_BPS, 4_000_000, wanting=True)
+    control.on_result(ProbeResult(start, 3_000_000, saturated=True), 0.2)
+    assert control.process(0.4, 3_000_000, 4_000_000, wanting=False) == []
+    assert control.process(1.0, 500_000, 4_000_000, wanting=True, loss_fraction=0.3) == []
+    assert control.process(1.2, 500_000, 4_000_000, wanting=True, loss_fraction=0.05) == [], (
+        "a drop with loss is not probed"
+    )
+    for now in (3.0, 6.0, 10.0):
+        assert control.process(now, 500_000, 4_000_000, wanting=True, loss_fraction=0.2) == []
+    (cluster,) = control.process(10.2, 500_000, 4_000_000, wanting=True, loss_fraction=0.0)
+    assert cluster.target_bps == 1_000_000, "the usual probe for what the tiles need"
+
+
 def test_the_start_value_yields_to_a_remb_when_no_transport_feedback_comes() -> None:
     """A receiver that sends REMB and no transport feedback (aiortc) is not held at 300 kbps;
     until either comes, the estimate is the start value, and not counted as measured."""

@@ -227,13 +227,19 @@ export function renderGrid(state, localStream, remote) {
     figure.dataset.audioMuted = String(person.audio_muted);
     figure.dataset.videoMuted = String(person.video_muted);
     const cameraOff = source === "camera" && Boolean(person.video_muted);
-    tile.noCamera = cameraOff || tracks.length === 0;
+    // The SFU sends nothing of it for now: this viewer's link cannot carry it beside the rest.
+    const paused = !mine && state.tracks.some((track) => track.participant_id === pid
+      && track.kind === "video" && track.source === source && track.paused);
+    figure.dataset.paused = String(paused);
+    tile.noCamera = cameraOff || paused || tracks.length === 0;
     picture(tile);
     const speaking = state.speaking.has(pid) && !person.audio_muted;
     figure.classList.toggle("speaking", source === "camera" && speaking);
     const name = person.name || person.sub;
     tile.avatar.textContent = initials(name);
-    tile.reason.textContent = cameraOff ? t("tile.camera_off") : t("tile.no_video");
+    tile.reason.textContent = t(
+      cameraOff ? "tile.camera_off" : paused ? "tile.paused_for_link" : "tile.no_video",
+    );
     tile.name.textContent =
       source === "screen" ? t("room.screen_of", { name }) : mine ? t("room.you", { name }) : name;
     tile.details.textContent = [roleName(person.role), (person.depts ?? []).join(", ")]

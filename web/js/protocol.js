@@ -177,6 +177,7 @@ export const OBJECTS = {
     kind: REQUIRED,
     track_id: REQUIRED,
     source: "camera",
+    paused: false,
   },
 };
 
