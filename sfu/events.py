@@ -37,8 +37,9 @@ class PublishAnswer(SfuEvent, tag="answer", frozen=True):
     """The SFU's answer."""
 
 
-class SubscribedTrack(msgspec.Struct, frozen=True, kw_only=True):
-    """Which participant's media one subscribe transceiver carries."""
+class SubscribedTrack(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which participant's media one subscribe transceiver carries (`paused` only when true:
+    the message is key for key what it was before pausing existed)."""
 
     mid: str
     """The transceiver's media id in the subscribe session."""
