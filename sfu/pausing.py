@@ -41,7 +41,7 @@ OVER_LOSS = 0.2
 """Smoothed loss above this: the link is over capacity (random loss on a link that carries
 everything stays well under it; the start probes' burst on a narrow link may reach it, hence
 `START_GRACE_S`)."""
-PAUSE_AFTER_S = 0.9
+PAUSE_AFTER_S = 0.5
 """How long the link must be over capacity before cameras are paused (two layer choices)."""
 START_GRACE_S = 5.0
 """Nothing is paused this soon after the first decision (the subscriber's start: its estimate
