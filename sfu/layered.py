@@ -119,11 +119,12 @@ class LayeredTrack(PublishedTrack):
         pack = _RTP_HEADER.pack
         join = b"".join
         sent = 0
+        rewrites: dict[tuple[int, int], tuple[bytes, int]] = {}
         for slot in self.by_layer[layer]:
             switch = slot.layer_switch
             if not slot.ready or switch is None:
                 continue
-            out = switch.forward(layer, header, payload, now)
+            out = switch.forward(layer, header, payload, now, rewrites)
             if out is None:
                 continue
             out_seq, out_ts, prefix, skip = out

@@ -129,10 +129,14 @@ class LayerSwitch:
         return layer != self.current
 
     def forward(
-        self, layer: int, header: RtpHeader, payload: bytes, now: float
-    ) -> Forwarded | None:
+        self, layer: int, header: RtpHeader, payload: bytes, now: float,
+        rewrites: dict[tuple[int, int], tuple[bytes, int]] | None = None,
+    ) -> Forwarded | None:  # fmt: skip
         """How to send this packet of `layer` to the subscriber, or None when it is not sent.
-        `payload`: the packet's payload (from `header.payload_start` to `header.payload_end`)."""
+        `payload`: the packet's payload (from `header.payload_start` to `header.payload_end`);
+        `rewrites`: this packet's rewritten VP8 descriptors by (picture id, TL0PICIDX)
+        offsets, shared by the slots it is sent to (subscribers that switched at the same
+        keyframe share offsets: the descriptor is rewritten once for all of them)."""
         # Per forwarded packet of a simulcast track and subscriber: bench/forwarding.py.
         sequence = header.sequence
         if layer != self.current:
@@ -152,10 +156,17 @@ class LayerSwitch:
             self.newest_payload = payload
         if not self.rewrite:
             return out_sequence, out_timestamp, b"", 0
-        prefix, skip, _, _ = rewrite_vp8_descriptor(
-            payload, switch.picture_id_offset, switch.tl0_offset
-        )
-        return out_sequence, out_timestamp, prefix, skip
+        if rewrites is None:
+            prefix, skip, _, _ = rewrite_vp8_descriptor(
+                payload, switch.picture_id_offset, switch.tl0_offset
+            )
+            return out_sequence, out_timestamp, prefix, skip
+        offsets = (switch.picture_id_offset, switch.tl0_offset)
+        rewritten = rewrites.get(offsets)
+        if rewritten is None:
+            prefix, skip, _, _ = rewrite_vp8_descriptor(payload, *offsets)
+            rewritten = rewrites[offsets] = (prefix, skip)
+        return out_sequence, out_timestamp, rewritten[0], rewritten[1]
 
     def source_of(self, out_sequence: int) -> tuple[Switch, int] | None:
         """Which layer's packet a subscriber-side sequence number was, and its publisher-side

@@ -4,6 +4,7 @@ picture ids and TL0PICIDX continuous across every switch. Built VP8 packets, no 
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 
@@ -252,3 +253,28 @@ def test_without_chosen_starting_numbers_the_first_layer_goes_out_unrewritten() 
     assert first[0].picture_id == 7_003 and first[0].tl0 == 43, "the publisher's own numbers"
     switch.want(1)
     assert_one_stream(first + run(switch, [p for p in packets if p.frame >= 5]))
+
+
+def test_subscribers_sharing_a_packet_get_each_their_own_rewrite() -> None:
+    """The rewritten descriptors of one packet are shared by the slots it goes to (keyed by
+    their offsets): two subscribers that came to layer 1 from different layers (different
+    picture id offsets) and a third that came as the first did get what each would get alone."""
+    packets = publish(range(12), {0: {0, 1, 2}, 4: {1}})
+    switches = []
+    for started_on in (0, 2, 0):
+        switch = LayerSwitch("video/VP8", CLOCK, first_sequence=900, first_timestamp=5)
+        switch.want(started_on)
+        for packet in (p for p in packets if p.frame < 8):  # to layer 1 at frame 4's keyframe
+            if packet.frame == 2 and packet.layer == 0:
+                switch.want(1)
+            switch.forward(packet.layer, packet.header, packet.payload, packet.frame / 30)
+        assert switch.current == 1
+        switches.append(switch)
+    assert switches[0].switch.picture_id_offset != switches[1].switch.picture_id_offset
+    alone = [copy.deepcopy(s) for s in switches]
+    for packet in (p for p in packets if p.frame >= 8 and p.layer == 1):
+        rewrites: dict[tuple[int, int], tuple[bytes, int]] = {}
+        shared = [s.forward(1, packet.header, packet.payload, 0.5, rewrites) for s in switches]
+        own = [s.forward(1, packet.header, packet.payload, 0.5) for s in alone]
+        assert shared == own and None not in shared
+        assert len(rewrites) == 2, "the third subscriber's rewrite is the first's"
