@@ -69,14 +69,12 @@ async def test_a_browser_camera_in_h264_layers_is_forwarded_as_one_stream(
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known gap: with Chromium's OpenH264 layers a switch between layers (down to the "
-    "thumbnail's, or back up) sometimes does not happen within 15 s while the browser sends "
-    "both layers (1 run in 4 passed). Seen in the SFU (session 15): both layers' keyframes "
-    "arrive with their sizes read from the SPS (320x180, 640x360), a PLI per layer is sent and "
-    "answered, and a switch starts at the new layer's SPS/PPS STAP-A; in a failing run the SFU "
-    "did not re-target the top layer when the tile grew again: this aiortc viewer sends REMB "
-    "and no transport feedback, so its REMB alone caps the estimate and probes cannot lift it; "
-    "in another the SFU switched but the viewer reported no 640-wide frame within 20 s",
+    reason="known gap, diagnosed (session 16, the node's debug log): down to the thumbnail's "
+    "layer works, but back up does not: this aiortc viewer sends REMB and no transport "
+    "feedback, and aiortc's REMB, application-limited, stays near 1.5x what it receives "
+    "(137 kbps on the small layer), which caps its estimate; probes need transport feedback, "
+    "so nothing lifts it. Browsers send transport feedback (probed: "
+    "tests/test_sfu_probe_browser.py); a REMB-only subscriber cannot climb yet",
 )
 async def test_a_browser_camera_in_h264_layers_reaches_each_tile_in_the_layer_it_needs(
     serve_process: Any, chromium: OpenTab, loopback_ice: None
