@@ -291,12 +291,20 @@ class DownlinkEstimator:
         """The probe clusters sent on this transport awaiting their feedback (`sfu.probing`)."""
         self.probe_raises = 0
         """Times a probe's result raised the estimate."""
+        self.remb_grant: int | None = None
+        """While a subscriber without transport feedback climbs (`sfu.probing.RembClimb`): the
+        estimate its REMB is taken to be at least."""
 
     @property
     def measured(self) -> bool:
         """Whether the estimate comes from the subscriber (its transport feedback or REMB), not
         only from the start value."""
         return self._last_update is not None or self.remb_bps is not None
+
+    @property
+    def remb_only(self) -> bool:
+        """Whether the subscriber sends REMB and (so far) no transport feedback."""
+        return self._last_update is None and self.remb_bps is not None
 
     def forget_start(self) -> None:
         """No transport feedback will come (the subscriber's answer took no transport-cc):
@@ -322,6 +330,15 @@ class DownlinkEstimator:
         """The subscriber's receiver-estimated maximum bitrate: a cap on the estimate."""
         self.remb_bps = bitrate if bitrate > 0 else None
         self._report()
+
+    def grant(self, bps: int | None) -> None:
+        """A REMB-only subscriber's climb (`sfu.probing.RembClimb`) grants `bps` (None: ends):
+        without transport feedback, the estimate is at least that meanwhile."""
+        if bps != self.remb_grant:
+            self.remb_grant = bps
+            if bps is None and self._last_update is None and self.remb_bps is not None:
+                self.estimate_bps = self.remb_bps  # back to what the receiver says at once
+            self._report()
 
     def on_feedback(self, report: FeedbackReport, now: float) -> int | None:
         """One transport feedback packet from the subscriber, received at `now` (seconds of a
@@ -452,6 +469,8 @@ class DownlinkEstimator:
         if not candidates:
             return
         value = min(candidates)
+        if self.remb_grant is not None and self._last_update is None:
+            value = max(value, self.remb_grant)  # a REMB-only subscriber's climb
         reported = self.estimate_bps
         if reported is None or abs(value - reported) > REPORT_STEP * reported:
             self.estimate_bps = int(value)

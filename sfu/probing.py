@@ -326,6 +326,86 @@ def _judged(stretch: _Stretch) -> ProbeResult:
     return replace(measured, bps=min(send_bps, receive_bps))
 
 
+CLIMB_HEADROOM = 1.3
+"""A REMB at least this many times what the SFU sends the subscriber is the receiver's estimate
+held by what it gets (application-limited), not by its link."""
+CLIMB_EVERY_S = 4.0
+"""Between climbs, after a success (and after the subscriber's start)."""
+CLIMB_EVERY_MAX_S = 32.0
+"""The longest wait, after failed climbs."""
+CLIMB_FELL = 0.95
+"""A REMB under this share of the one before during a climb: the receiver saw overuse."""
+CLIMB_MAX_S = 30.0
+"""A climb ends after this long whatever its REMB does."""
+
+
+class RembClimb:
+    """Climbing for a subscriber that sends REMB and no transport feedback (aiortc, older
+    clients): probes cannot be measured there (their feedback is what measures them), and a
+    receive-side estimator with little to receive is held by it: aiortc's grows at most to 1.5x
+    what arrives, and after an overuse (a burst of keyframes at a layer switch) it restarts from
+    0.85x that. Held on a thumbnail's layer, such a subscriber would never be shown a larger
+    tile's. So, while layer choice holds a track below its tile's layer and the REMB is
+    application-limited (`CLIMB_HEADROOM`), the SFU grants what the tiles need for a climb:
+    the estimate layer choice reads is at least the grant, and the receiver's estimator, now
+    given more, grows towards it (8 %/s in libwebrtc's and aiortc's rate control). The climb
+    ends when the REMB reaches the grant (success), or falls (`CLIMB_FELL`: the receiver saw a
+    queue or loss: failed, and the next climb waits twice as long, up to `CLIMB_EVERY_MAX_S`),
+    or after `CLIMB_MAX_S`. Pure: REMBs and `now` in, a grant out."""
+
+    __slots__ = ("_began_at", "_every_s", "_last_remb", "_next_at", "climbs", "failed",
+                 "granted_bps")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.granted_bps: int | None = None
+        """The estimate granted for the climb under way (None: none)."""
+        self._began_at = 0.0
+        self._last_remb: int | None = None
+        self._next_at: float | None = None
+        self._every_s = CLIMB_EVERY_S
+        self.climbs = 0
+        """Climbs begun."""
+        self.failed = 0
+        """Climbs that ended with the REMB falling."""
+
+    def on_remb(self, remb_bps: int, now: float) -> None:
+        """The subscriber's REMB."""
+        last, self._last_remb = self._last_remb, remb_bps
+        if self.granted_bps is None:
+            return
+        if last is not None and remb_bps < CLIMB_FELL * last:
+            self.failed += 1
+            self._every_s = min(self._every_s * 2, CLIMB_EVERY_MAX_S)
+            self._end(now)
+        elif remb_bps >= self.granted_bps:
+            self._every_s = CLIMB_EVERY_S
+            self._end(now)
+
+    def process(
+        self, now: float, sending_bps: int, needed_bps: int | None, wanting: bool
+    ) -> int | None:
+        """The grant now. `sending_bps`: what the SFU sends the subscriber; `needed_bps`,
+        `wanting`: as for `ProbeController.process`."""
+        if self._next_at is None:
+            self._next_at = now + CLIMB_EVERY_S  # its first REMBs first
+        if self.granted_bps is not None and now - self._began_at > CLIMB_MAX_S:
+            self._end(now)
+        remb = self._last_remb
+        if (
+            self.granted_bps is None and wanting and needed_bps and remb and sending_bps
+            and remb >= CLIMB_HEADROOM * sending_bps and needed_bps > remb
+            and now >= self._next_at
+        ):  # fmt: skip
+            self.granted_bps = needed_bps
+            self._began_at = now
+            self.climbs += 1
+        return self.granted_bps
+
+    def _end(self, now: float) -> None:
+        self.granted_bps = None
+        self._next_at = now + self._every_s
+
+
 def probe_counts(controllers: Iterable[ProbeController]) -> dict[str, int]:
     """The node's probe metrics over its subscribers now: clusters sent, those that showed the
     link carried them, those that failed (a node whose probes mostly fail serves narrow links;

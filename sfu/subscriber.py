@@ -35,7 +35,7 @@ from sfu.layer_choice import (
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.pausing import Candidate, PauseControl
 from sfu.probe_send import ProbeSender, probe_slot
-from sfu.probing import START_BPS, ProbeController
+from sfu.probing import START_BPS, ProbeController, RembClimb
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.round_trip import RoundTrip
@@ -75,6 +75,7 @@ class Subscriber:
         "pc",
         "probe_control",
         "prober",
+        "remb_climb",
         "retransmits",
         "room",
         "round_trip",
@@ -127,6 +128,8 @@ class Subscriber:
         """When this participant's downlink is probed (`sfu.probing`)."""
         self.prober = ProbeSender(self.downlink.sent, self.downlink.probes)
         """Sends the probe clusters (`sfu.probe_send`)."""
+        self.remb_climb = RembClimb()
+        """Climbs for a subscriber that sends only REMB (`sfu.probing.RembClimb`)."""
         self.pausing = PauseControl()
         """Which cameras are paused for this participant's link (`sfu.pausing`)."""
         self._chosen_at = 0.0
@@ -203,8 +206,18 @@ class Subscriber:
 
     def _probe(self, now: float) -> None:
         """Probe the downlink when the controller says so (at start; when a track is held below
-        its tile's layer), on a slot that can carry probes (RTX, transport-wide numbers)."""
-        if not self.transport_cc or self.closed:
+        its tile's layer), on a slot that can carry probes (RTX, transport-wide numbers); for a
+        subscriber that sends only REMB, climb instead."""
+        if self.closed:
+            return
+        if self.downlink.remb_only:
+            sending = sum(slot.measure_rate(now) for slot in self.slots)
+            granted = self.remb_climb.process(now, sending, self._needed_bps, self._wanting)
+            if granted != self.downlink.remb_grant:
+                self.downlink.grant(granted)
+                self.choose_layers(now, self._speaker)
+            return
+        if not self.transport_cc:
             return
         slot = probe_slot(self.slots)
         transceiver = None if slot is None else self._transceivers.get(id(slot))
@@ -508,7 +521,10 @@ class Subscriber:
                     switch = slot.layer_switch  # a simulcast source: the layer it carries
                     slot.source.request_keyframe(now, None if switch is None else switch.target)
             elif isinstance(decision, BitrateEstimate):
+                self.remb_climb.on_remb(decision.bitrate, now)
                 self.downlink.on_remb(decision.bitrate)
+                if self.remb_climb.granted_bps != self.downlink.remb_grant:
+                    self.downlink.grant(self.remb_climb.granted_bps)  # the climb ended
                 for ssrc in decision.ssrcs:
                     slot = slot_by_ssrc.get(ssrc)
                     if slot is not None:
@@ -538,6 +554,9 @@ class Subscriber:
                 )
 
     def _log_estimate(self, before: int | None) -> None:
+        """At debug level: the downlink estimate moved (what a bench's log reads)."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         downlink = self.downlink
         log.debug(
             "downlink estimate %s -> %s bps (acknowledged %s, loss %.3f, overuses %d, "

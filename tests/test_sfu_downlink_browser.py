@@ -22,11 +22,15 @@ from bot.client import MediaClient
 from bot.testsource import ReplayAudioTrack, ReplayVideoTrack, encode_test_pattern
 from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
-from signaling.devidp import DevelopmentIdP
-from tests.fixtures.browser import ROOM, OpenTab, join_from_the_prejoin_screen, schedule_room
+from tests.fixtures.browser import (
+    ROOM,
+    OpenTab,
+    chair_schedules,
+    join_from_the_prejoin_screen,
+    open_through,
+)
 from tests.fixtures.servers import ServeProcess, eventually
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
-from tests.test_sfu_twcc_browser import WATCHED_PEER_CONNECTIONS
 from tests.test_turn import relay_env
 
 PUBLISHED_BPS = 1_500_000
@@ -79,16 +83,9 @@ async def test_the_sfu_estimates_a_chromium_subscribers_downlink(
     client: MediaClient | None = None
     try:
         serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
-        idp = DevelopmentIdP.load_or_create(serve.data_dir)
-        chair = idp.mint(sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"],
-                         rooms=[ROOM])  # fmt: skip
-        schedule_room(serve.url, chair, ROOM, lobby=False)
-        tab = await chromium("about:blank")
+        idp, chair = chair_schedules(serve)
         impaired = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
-        await tab.context.add_init_script(
-            WATCHED_PEER_CONNECTIONS % json.dumps([turnserver.udp_url, impaired])
-        )
-        await tab.page.goto(f"{serve.url}/join/{ROOM}#token={chair}")
+        tab = await open_through(chromium, serve, chair, turnserver.udp_url, impaired)
         await join_from_the_prejoin_screen(tab)
         await tab.until("window.consilium.state().connection.publish === 'connected'", 20)
 

@@ -10,19 +10,20 @@ such a link (a third of the packets lost, retransmissions and keyframes adding t
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 from nettest.impairment import Impairment
 from nettest.udp_proxy import ImpairedUdpProxy
-from signaling.devidp import DevelopmentIdP
-from tests.fixtures.browser import ROOM, OpenTab, join_from_the_prejoin_screen, schedule_room
-from tests.fixtures.servers import REPO, eventually
+from tests.fixtures.browser import (
+    OpenTab,
+    chair_schedules,
+    join_from_the_prejoin_screen,
+    open_through,
+)
+from tests.fixtures.servers import eventually
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
-from tests.test_sfu_twcc_browser import WATCHED_PEER_CONNECTIONS
+from tests.test_sfu_probe_browser import start_camera
 from tests.test_turn import relay_env
 
 CAMERAS = 4
@@ -51,19 +52,6 @@ async () => {
 """
 
 
-def start_cameras(url: str, data_dir: str) -> subprocess.Popen[bytes]:
-    """Four simulcast bot cameras publishing into the room (they receive nothing)."""
-    argv = [
-        sys.executable, "-m", "consilium.cli", "bot", "--server", url, "--room", ROOM,
-        "--count", str(CAMERAS), "--prefix", "cam", "--data-dir", data_dir, "--no-subscribe",
-        "--video-size", "640x360", "--video-bitrate", "800000", "--ice-address", "127.0.0.1",
-        "--simulcast",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSILIUM_")}
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-
-
 async def test_a_link_too_narrow_for_every_camera_pauses_some_and_says_so(
     loopback_ice: None,
     turnserver: TurnServer,
@@ -75,17 +63,10 @@ async def test_a_link_too_narrow_for_every_camera_pauses_some_and_says_so(
     cameras: subprocess.Popen[bytes] | None = None
     try:
         serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
-        idp = DevelopmentIdP.load_or_create(serve.data_dir)
-        chair = idp.mint(sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"],
-                         rooms=[ROOM])  # fmt: skip
-        schedule_room(serve.url, chair, ROOM, lobby=False)
-        cameras = start_cameras(serve.url, str(serve.data_dir))
-        tab = await chromium("about:blank")
+        _, chair = chair_schedules(serve)
+        cameras = start_camera(serve.url, str(serve.data_dir), CAMERAS)
         impaired = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
-        await tab.context.add_init_script(
-            WATCHED_PEER_CONNECTIONS % json.dumps([turnserver.udp_url, impaired])
-        )
-        await tab.page.goto(f"{serve.url}/join/{ROOM}#token={chair}")
+        tab = await open_through(chromium, serve, chair, turnserver.udp_url, impaired)
         await join_from_the_prejoin_screen(tab)
 
         async def tiles() -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ Levels, not speed: generous windows, the figures printed for a human."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -28,11 +27,15 @@ import pytest
 
 from nettest.impairment import Impairment
 from nettest.udp_proxy import ImpairedUdpProxy
-from signaling.devidp import DevelopmentIdP
-from tests.fixtures.browser import ROOM, OpenTab, join_from_the_prejoin_screen, schedule_room
+from tests.fixtures.browser import (
+    ROOM,
+    OpenTab,
+    chair_schedules,
+    join_from_the_prejoin_screen,
+    open_through,
+)
 from tests.fixtures.servers import REPO, eventually
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
-from tests.test_sfu_twcc_browser import WATCHED_PEER_CONNECTIONS
 from tests.test_turn import relay_env
 
 LAYER_BPS = {160: 80_000, 320: 267_000, 640: 800_000}
@@ -53,11 +56,12 @@ SAMPLER = """
 """
 
 
-def start_camera(url: str, data_dir: str) -> subprocess.Popen[bytes]:
-    """One simulcast bot camera publishing into the room (it receives nothing)."""
+def start_camera(url: str, data_dir: str, count: int = 1) -> subprocess.Popen[bytes]:
+    """Simulcast bot cameras (one unless told) publishing into the room, in one process (they
+    receive nothing)."""
     argv = [
         sys.executable, "-m", "consilium.cli", "bot", "--server", url, "--room", ROOM,
-        "--count", "1", "--prefix", "cam", "--data-dir", data_dir, "--no-subscribe",
+        "--count", str(count), "--prefix", "cam", "--data-dir", data_dir, "--no-subscribe",
         "--video-size", "640x360", "--video-bitrate", "800000", "--ice-address", "127.0.0.1",
         "--simulcast",
     ]  # fmt: skip
@@ -108,18 +112,10 @@ async def test_probing_finds_a_chromium_subscribers_link(
     camera: subprocess.Popen[bytes] | None = None
     try:
         serve = serve_process(env=relay_env(turnserver.udp_url, turnserver.secret))
-        idp = DevelopmentIdP.load_or_create(serve.data_dir)
-        chair = idp.mint(sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"],
-                         rooms=[ROOM])  # fmt: skip
-        schedule_room(serve.url, chair, ROOM, lobby=False)
+        _, chair = chair_schedules(serve)
         camera = start_camera(serve.url, str(serve.data_dir))
-        tab = await chromium("about:blank")
         impaired = f"turn:{TURN_HOST}:{proxy.port}?transport=udp"
-        await tab.context.add_init_script(
-            WATCHED_PEER_CONNECTIONS % json.dumps([turnserver.udp_url, impaired])
-        )
-        await tab.context.add_init_script(SAMPLER)
-        await tab.page.goto(f"{serve.url}/join/{ROOM}#token={chair}")
+        tab = await open_through(chromium, serve, chair, turnserver.udp_url, impaired, SAMPLER)
         joined_ms = time.time() * 1000
         await join_from_the_prejoin_screen(tab)
         await tab.until("window.consilium.state().connection.subscribe === 'connected'", 30)

@@ -19,6 +19,7 @@ from sfu.probing import (
     ProbeCluster,
     ProbeController,
     ProbeResult,
+    RembClimb,
 )
 from sfu.twcc import TransportFeedback, read_transport_feedback
 
@@ -237,3 +238,41 @@ def test_a_layer_not_yet_measured_is_not_climbed_to_on_a_budget() -> None:
     assert choose_layer(layers, tile=(640, 360), budget_bps=260_000, current=None, now=10.0) == 0
     assert choose_layer(layers, tile=(640, 360), budget_bps=None, current=None, now=10.0) == 2
     assert choose_layer(layers, tile=(640, 360), budget_bps=260_000, current=1, now=10.0) == 1
+
+
+def test_a_remb_only_subscriber_held_by_what_it_gets_climbs_to_what_its_tiles_need() -> None:
+    """aiortc's REMB is at most 1.5x what arrives: on a thumbnail's 90 kbps it says ~137 kbps.
+    Held below a tile's layer with a REMB well above what it is sent, the SFU grants what the
+    tiles need; the climb ends when the REMB gets there, and a REMB that falls (the receiver saw
+    overuse) ends it at once, the next one waiting twice as long."""
+    climb = RembClimb()
+    assert climb.process(0.0, 90_000, 900_000, wanting=True) is None, "its first REMBs first"
+    climb.on_remb(137_000, 1.0)
+    assert climb.process(2.0, 90_000, 900_000, wanting=True) is None, "not before 4 s"
+    assert climb.process(4.5, 90_000, 900_000, wanting=False) is None, "nothing wanted"
+    assert climb.process(4.5, 120_000, 900_000, wanting=True) is None, "held by its link"
+    assert climb.process(4.5, 90_000, 900_000, wanting=True) == 900_000
+    climb.on_remb(148_000, 5.5)  # growing: the receiver gets more and says so
+    assert climb.process(6.0, 600_000, 900_000, wanting=True) == 900_000
+    climb.on_remb(950_000, 20.0)
+    assert climb.granted_bps is None and climb.failed == 0, "it reached the grant"
+    assert climb.process(20.5, 600_000, 2_000_000, wanting=True) is None, "waits 4 s again"
+    assert climb.process(24.5, 600_000, 2_000_000, wanting=True) == 2_000_000
+    climb.on_remb(800_000, 25.0)  # fell: overuse at the receiver
+    assert climb.granted_bps is None and climb.failed == 1
+    assert climb.process(32.5, 600_000, 2_000_000, wanting=True) is None, "8 s after a failure"
+    assert climb.process(33.5, 600_000, 2_000_000, wanting=True) == 2_000_000
+    assert climb.process(64.0, 600_000, 2_000_000, wanting=True) is None, "ends after 30 s"
+
+
+def test_a_climb_grant_lifts_a_remb_only_estimate_and_yields_when_it_ends() -> None:
+    estimator = DownlinkEstimator(SentPackets(), start_bps=START_BPS)
+    estimator.forget_start()
+    estimator.on_remb(137_000)
+    assert estimator.remb_only and estimator.estimate_bps == 137_000
+    estimator.grant(900_000)
+    assert estimator.estimate_bps == 900_000
+    estimator.on_remb(300_000)
+    assert estimator.estimate_bps == 900_000, "the receiver's estimate grows towards it"
+    estimator.grant(None)
+    assert estimator.estimate_bps == 300_000

@@ -7,7 +7,6 @@ relay-only)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.request
 from typing import Any
@@ -16,14 +15,13 @@ import pytest
 
 from nettest.impairment import link
 from nettest.udp_proxy import ImpairedUdpProxy
-from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (
     ICE_ENV,
-    ROOM,
     BrowserTab,
     OpenTab,
+    chair_schedules,
     join_from_the_prejoin_screen,
-    schedule_room,
+    open_through,
 )
 from tests.fixtures.servers import ServeProcess
 from tests.fixtures.turnserver import TURN_HOST, TurnServer
@@ -31,23 +29,6 @@ from tests.test_turn import relay_env
 
 # Every peer connection the page makes is kept for the test to read its stats; the TURN URL
 # `direct` (when given) is replaced by `impaired`, the proxy's.
-WATCHED_PEER_CONNECTIONS = """
-(([direct, impaired]) => {
-  const Original = window.RTCPeerConnection;
-  window.__watchedPcs = [];
-  window.RTCPeerConnection = function (config = {}) {
-    const iceServers = (config.iceServers ?? []).map((server) => ({
-      ...server,
-      urls: [server.urls].flat().map((url) => (url === direct ? impaired : url)),
-    }));
-    const pc = new Original({ ...config, iceServers });
-    window.__watchedPcs.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Original.prototype;
-})(%s);
-"""
-
 # The publish session's selected candidate pair: what the browser's estimator says it may send.
 OUTGOING_ESTIMATE = """
 (async () => {
@@ -75,13 +56,8 @@ async def publish_alone(
     serve: ServeProcess, chromium: OpenTab, turn: tuple[str, str] = ("", "")
 ) -> BrowserTab:
     """Dr Chen opens the room alone and publishes camera and microphone."""
-    idp = DevelopmentIdP.load_or_create(serve.data_dir)
-    token = idp.mint(sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"],
-                     rooms=[ROOM])  # fmt: skip
-    schedule_room(serve.url, token, ROOM)
-    tab = await chromium("about:blank")
-    await tab.context.add_init_script(WATCHED_PEER_CONNECTIONS % json.dumps(list(turn)))
-    await tab.page.goto(f"{serve.url}/join/{ROOM}#token={token}")
+    _, token = chair_schedules(serve, lobby=True)
+    tab = await open_through(chromium, serve, token, *turn)
     await join_from_the_prejoin_screen(tab)
     await tab.until("window.consilium.state().connection.publish === 'connected'", 20)
     return tab
