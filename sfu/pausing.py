@@ -19,10 +19,11 @@ wrong with them).
   5 % loss test link) pauses nothing: its smoothed loss stays near 5 %, a burst of it passes.
 - Importance: the active speaker's camera, then the larger tile, then the order of the slots.
   One camera is always kept.
-- Resumed one at a time, most important first, when the loss is not high (under
-  `CLEAR_LOSS`: a link with random loss is not held paused for it), the budget holds the
-  lowest layers with the resumed one inside `UP_HEADROOM` of it, and `resume_after_s` has
-  passed since the last pause or resume. A resume followed by a pause within
+- Resumed most important first, as many as the budget holds (their lowest layers with the
+  resumed ones inside `UP_HEADROOM` of it: one at a time while the estimate climbs, all at
+  once when a probe found the link back), when the loss is not high (under `CLEAR_LOSS`: a
+  link with random loss is not held paused for it) and `resume_after_s` has passed since the
+  last pause or resume. A resume followed by a pause within
   `FAILED_RESUME_S` failed: the wait doubles (up to `RESUME_AFTER_MAX_S`), so a link that
   cannot carry one more camera is not flooded every few seconds; a pause that is not one
   resets it.
@@ -119,9 +120,11 @@ class PauseControl:
             )
             self._changed_at = now
         elif self.paused and loss < CLEAR_LOSS and now - self._changed_at >= self.resume_after_s:
-            first = next(c for c in ordered if c.key in self.paused)
-            if _need([*kept, first]) <= video_bps * UP_HEADROOM:
-                self.paused.discard(first.key)
+            for candidate in (c for c in ordered if c.key in self.paused):
+                if _need([*kept, candidate]) > video_bps * UP_HEADROOM:
+                    break
+                kept.append(candidate)
+                self.paused.discard(candidate.key)
                 self._resumed_at = self._changed_at = now
         return self.paused
 

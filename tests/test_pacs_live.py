@@ -526,7 +526,11 @@ async def test_the_sharer_cancels_and_the_room_keeps_what_arrived(
 async def _cancel_a_share(
     tmp_path: Path, orthanc: OrthancServer, held: HeldRetrieve, series: CtSeries
 ) -> None:
-    async with running_node(pacs_settings(tmp_path, held.url, orthanc.password_file)) as node:
+    # The held answer stalls the node's read until `release()`: on a loaded machine the steps
+    # before it may take longer than the PACS read timeout (30 s), which would end the share
+    # as failed before the sharer's click (CI saw a 404 so, once, loaded).
+    settings = pacs_settings(tmp_path, held.url, orthanc.password_file, pacs_timeout_s=300.0)
+    async with running_node(settings) as node:
         sockets = await meeting(node)
         uids = {"study_uid": series.study_uid, "series_uid": series.series_uid}
         status, started = await post(node, "dr-rad", "radiologist", "shares", uids)

@@ -108,7 +108,7 @@ async def test_a_link_too_narrow_for_every_camera_pauses_some_and_says_so(
               f"paused, {len(moving)} kept moving; link {proxy.counters['down']}")  # fmt: skip
 
         proxy.down.impairment = Impairment()
-        await eventually(every_camera_moving, timeout=45, interval=0.5)
+        await eventually(every_camera_moving, timeout=60, interval=0.5)
         assert not any(t["paused"] for t in await tiles()), "every camera resumed"
     finally:
         if cameras is not None:

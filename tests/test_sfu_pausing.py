@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sfu.layer_choice import UP_HEADROOM
 from sfu.pausing import (
     FAILED_RESUME_S,
     PAUSE_AFTER_S,
@@ -79,19 +80,21 @@ def test_one_camera_is_always_kept() -> None:
     assert control.pauses == 1
 
 
-def test_resumes_one_at_a_time_once_the_loss_is_gone_and_the_budget_has_room() -> None:
+def test_resumes_what_the_budget_holds_once_the_loss_is_gone() -> None:
     control = started()
     assert overfull(control, 0.0, int(LOWEST * WIRE_OVERHEAD), cameras()) == {1, 2, 3}
-    roomy = 10 * LOWEST
-    assert control.decide(1.0, roomy, cameras(), loss=0.0) == {1, 2, 3}, "waits after a pause"
-    assert control.decide(RESUME_AFTER_S, roomy, cameras(), loss=0.12) == {1, 2, 3}, "lossy"
-    assert control.decide(RESUME_AFTER_S, roomy, cameras(), loss=0.0) == {2, 3}, "most important"
-    assert control.decide(RESUME_AFTER_S + 1, roomy, cameras(), loss=0.0) == {2, 3}
-    assert control.decide(2 * RESUME_AFTER_S, roomy, cameras(), loss=0.0) == {3}
-    # A budget that would not hold one more inside the climbing headroom: no resume.
-    tight = int(3 * LOWEST * WIRE_OVERHEAD)
-    assert control.decide(4 * RESUME_AFTER_S, tight, cameras(), loss=0.0) == {3}
-    assert control.decide(5 * RESUME_AFTER_S, roomy, cameras(), loss=0.0) == set()
+    room_for = [int(n * LOWEST * WIRE_OVERHEAD / UP_HEADROOM) + 1 for n in range(5)]
+    assert control.decide(1.0, room_for[4], cameras(), loss=0.0) == {1, 2, 3}, "waits first"
+    assert control.decide(RESUME_AFTER_S, room_for[4], cameras(), loss=0.12) == {1, 2, 3}, "lossy"
+    # The estimate climbing: one more as the budget holds it, most important first ...
+    assert control.decide(RESUME_AFTER_S, room_for[2], cameras(), loss=0.0) == {2, 3}
+    assert control.decide(RESUME_AFTER_S + 1, room_for[4], cameras(), loss=0.0) == {2, 3}, (
+        "not again before the wait"
+    )
+    # ... a budget that would not hold one more inside the climbing headroom: no resume ...
+    assert control.decide(2 * RESUME_AFTER_S, room_for[2], cameras(), loss=0.0) == {2, 3}
+    # ... and all that fit at once when the link is back (a probe found it).
+    assert control.decide(3 * RESUME_AFTER_S, room_for[4], cameras(), loss=0.0) == set()
 
 
 def test_a_resume_the_link_cannot_carry_makes_the_next_wait_longer() -> None:
