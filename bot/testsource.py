@@ -203,9 +203,10 @@ def _encode_tone(seconds: float, frequency: float) -> tuple[EncodedFrame, ...]:
     codec.layout = "stereo"
     codec.format = "s16"
     # What a browser sends for a microphone (WebRTC's Opus default for speech), so that a load
-    # test's audio weighs on a link what a person's does (the SFU budgets about that much per
-    # audio track, `sfu.layer_choice.AUDIO_BPS`).
+    # test's audio weighs on a link what a person's does. Constrained VBR: libopus's default
+    # (unconstrained) VBR spends ~48 kbps on a pure tone, half as much again as a voice.
     codec.bit_rate = 32000
+    codec.options = {"vbr": "constrained"}
     codec.time_base = fractions.Fraction(1, AUDIO_CLOCK_RATE)
     # Whole packets only, so the clip loops on a packet boundary.
     count = max(1, round(seconds * AUDIO_CLOCK_RATE / OPUS_FRAME_SAMPLES))

@@ -48,6 +48,10 @@ from sfu.retransmit import RetransmitBudget
 from sfu.round_trip import RoundTrip
 from sfu.sinks import MediaSink
 
+WIRE_BYTES_PER_PACKET = 12 + 20 + 38
+"""What a forwarded packet takes on the link beyond its payload: the RTP header, its
+header-extension block (MID, transport-wide number, audio level or send time: ~20 bytes), and
+what `sfu.downlink.PACKET_OVERHEAD_BYTES` counts (SRTP tag, UDP, IPv4)."""
 HISTORY_SIZE = 1024
 """Packets kept per track to answer NACKs (about 1 s of 1 Mbps video)."""
 LATE_ARRIVAL = float("-inf")
@@ -129,10 +133,12 @@ class OutboundSlot:
     octets: int = 0
     remb_bps: int = 0
     """The subscriber's latest receiver-estimated maximum bitrate for this slot."""
-    rate_mark: tuple[int, float] | None = None
-    """(`octets`, when) at the last `sending_bps` measure."""
+    rate_mark: tuple[int, int, float] | None = None
+    """(`octets`, `packets`, when) at the last `sending_bps` measure."""
     sending_bps: int = 0
     """What the slot sent per second between the last two measures (`measure_rate`)."""
+    sending_pps: float = 0.0
+    """Packets it sent per second over the same span."""
     fraction_lost: int = 0
     """From the subscriber's latest receiver report (out of 256)."""
     layer_switch: LayerSwitch | None = None
@@ -152,11 +158,21 @@ class OutboundSlot:
         passed since the last measure (called at each layer choice, never per packet)."""
         mark = self.rate_mark
         if mark is None:
-            self.rate_mark = (self.octets, now)
-        elif now - mark[1] >= every_s:
-            self.sending_bps = int((self.octets - mark[0]) * 8 / (now - mark[1]))
-            self.rate_mark = (self.octets, now)
+            self.rate_mark = (self.octets, self.packets, now)
+        elif now - mark[2] >= every_s:
+            elapsed = now - mark[2]
+            self.sending_bps = int((self.octets - mark[0]) * 8 / elapsed)
+            self.sending_pps = (self.packets - mark[1]) / elapsed
+            self.rate_mark = (self.octets, self.packets, now)
         return self.sending_bps
+
+    def measure_wire_rate(self, now: float) -> int:
+        """What the slot takes on the subscriber's link per second (`measure_rate` with each
+        packet's RTP header, header extensions, SRTP tag, UDP and IP: `WIRE_BYTES_PER_PACKET`);
+        what the downlink estimate counts, so what a budget must subtract. For audio it is
+        most of the difference: a 32 kbps Opus stream in 20 ms packets takes ~58 kbps."""
+        payload = self.measure_rate(now)
+        return payload + int(self.sending_pps * WIRE_BYTES_PER_PACKET * 8)
 
     def __post_init__(self) -> None:
         self.set_extensions(self.ext_ids, self.mid)

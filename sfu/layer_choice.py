@@ -21,7 +21,7 @@ packet sizes and keyframes in with `now`, a layer index out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from core.media.h264_sps import rtp_sps, sps_picture_size
@@ -37,7 +37,11 @@ SPEAKER_WEIGHT = 3
 """The active speaker's camera gets this many shares of a subscriber's video budget, every other
 video one (the speaker is shown large, the rest as thumbnails)."""
 AUDIO_BPS = 40_000
-"""What each audio track a subscriber receives is counted at before its video is budgeted."""
+"""The least each audio track a subscriber receives is counted at before its video is budgeted
+(`audio_reserve`: what it is measured taking on the wire, when more)."""
+DOWN_CONFIRM_S = 1.0
+"""A step down that only the budget asks for, on a link losing nothing, waits this long
+(`confirm_down`)."""
 COVERS = 0.9
 """A layer covers a tile when it is at least this share of the tile's width and height (a
 slightly smaller picture scaled up is not worth the next layer's bitrate)."""
@@ -148,15 +152,51 @@ def choose_layer(
     return chosen
 
 
+def confirm_down(
+    layer: int | None, current: int | None, wanted: int | None, held_since: float | None,
+    now: float, *, clean: bool,
+) -> tuple[int | None, float | None]:  # fmt: skip
+    """Whether a step down to `layer` from `current` happens now: (the layer to take now, since
+    when a step down has been held). `wanted`: the layer the tile wants, budget aside;
+    `clean`: the link lost (next to) nothing in its last loss window.
+
+    A step down for the tile (it shrank; `wanted` below `current`), for a lossy link, or after
+    `DOWN_CONFIRM_S` happens at once. One the budget alone asks for on a clean link (the delay
+    detector cut the estimate: a delay spike on Wi-Fi, a relay or a loaded receiver bunching
+    packets as often as a narrower link) is held while a probe checks the link
+    (`ProbeController.process(confirming=True)`): a link that still carries the layer keeps it
+    without a keyframe and seconds on a smaller picture; one that does not is left within
+    `DOWN_CONFIRM_S` (a real drop brings loss within a few hundred milliseconds anyway)."""
+    cut = (
+        layer is not None and current is not None and layer < current
+        and wanted is not None and wanted >= current
+    )  # fmt: skip
+    if not cut or not clean:
+        return layer, None
+    since = now if held_since is None else held_since
+    if now - since >= DOWN_CONFIRM_S:
+        return layer, None
+    return current, since
+
+
+def audio_reserve(wire_rates: Iterable[int]) -> int:
+    """What a subscriber's audio tracks take from its downlink before video is budgeted: each
+    at what it is measured taking on the wire (`OutboundSlot.measure_wire_rate`), at least
+    `AUDIO_BPS` (a muted or silent microphone sends little, and may speak up at any moment).
+    Measured, not assumed: a browser's 32 kbps Opus takes ~58 kbps on the wire in 20 ms
+    packets, stereo or redundant audio (RED) more."""
+    return sum(max(rate, AUDIO_BPS) for rate in wire_rates)
+
+
 def split_budget(
     downlink_bps: int | None,
     weights: Sequence[int],
-    audio_tracks: int,
+    audio_bps: int,
     wants: Sequence[int | None] | None = None,
 ) -> list[int | None]:
     """Each video track's share of a subscriber's downlink estimate (None: no estimate yet,
     no budget), in proportion to `weights` (`SPEAKER_WEIGHT` for the speaker), after its
-    `audio_tracks` audio tracks.
+    audio (`audio_bps`: `audio_reserve`).
 
     `wants`: per track, the budget past which it has nothing more to gain (the layer its tile
     wants, over `UP_HEADROOM`; None: no bound). A track's share beyond that goes to the others,
@@ -164,7 +204,7 @@ def split_budget(
     are more than its top layer takes, and the rest lets the thumbnails climb."""
     if downlink_bps is None:
         return [None] * len(weights)
-    video = max(downlink_bps - audio_tracks * AUDIO_BPS, 0)
+    video = max(downlink_bps - audio_bps, 0)
     bounds = list(wants) if wants is not None else [None] * len(weights)
     budgets: list[int | None] = [None] * len(weights)
     open_tracks = list(range(len(weights)))
@@ -183,8 +223,8 @@ def split_budget(
     return budgets
 
 
-def needed_bps(wants: Sequence[int | None], audio_tracks: int) -> int | None:
-    """The estimate at which every video track gets the budget its tile's layer wants (what
-    probing aims at; None: no track's want is known)."""
+def needed_bps(wants: Sequence[int | None], audio_bps: int) -> int | None:
+    """The estimate at which every video track gets the budget its tile's layer wants, after
+    `audio_bps` of audio (what probing aims at; None: no track's want is known)."""
     known = [want for want in wants if want is not None]
-    return sum(known) + audio_tracks * AUDIO_BPS if known else None
+    return sum(known) + audio_bps if known else None

@@ -25,8 +25,10 @@ wrong with them).
   link with random loss is not held paused for it) and `resume_after_s` has passed since the
   last pause or resume. A resume followed by a pause within
   `FAILED_RESUME_S` failed: the wait doubles (up to `RESUME_AFTER_MAX_S`), so a link that
-  cannot carry one more camera is not flooded every few seconds; a pause that is not one
-  resets it.
+  cannot carry one more camera is not flooded every few seconds; a resume that held for
+  `FAILED_RESUME_S`, or a pause that does not follow a resume, resets it (the link came back:
+  the cameras still paused follow every `RESUME_AFTER_S` as the estimate climbs, not one per
+  doubled wait).
 
 Pure: budgets, candidates and `now` in, the paused set out.
 """
@@ -74,8 +76,8 @@ class Candidate:
 class PauseControl:
     """Which of one subscriber's cameras are paused for its link."""
 
-    __slots__ = ("_changed_at", "_over_since", "_resumed_at", "_started_at", "paused", "pauses",
-                 "resume_after_s")  # fmt: skip
+    __slots__ = ("_changed_at", "_over_since", "_paused_at", "_resumed_at", "_started_at",
+                 "paused", "pauses", "resume_after_s")  # fmt: skip
 
     def __init__(self) -> None:
         self.paused: set[int] = set()
@@ -84,6 +86,7 @@ class PauseControl:
         """The wait before the next resume."""
         self._changed_at = float("-inf")
         self._resumed_at = float("-inf")
+        self._paused_at = float("-inf")
         self._over_since: float | None = None
         """Since when the link has been over capacity (None: it is not)."""
         self._started_at: float | None = None
@@ -102,6 +105,8 @@ class PauseControl:
         if video_bps is None or now - self._started_at < START_GRACE_S:
             self.paused.clear()
             return self.paused
+        if self._resumed_at > self._paused_at and now - self._resumed_at >= FAILED_RESUME_S:
+            self.resume_after_s = RESUME_AFTER_S  # the last resume held: the link carries it
         ordered = sorted(candidates, key=lambda c: c.priority, reverse=True)
         kept = [c for c in ordered if c.key not in self.paused]
         over = loss > OVER_LOSS and len(kept) > 1 and _need(kept) > video_bps
@@ -114,6 +119,7 @@ class PauseControl:
             while len(kept) > 1 and _need(kept) > video_bps:
                 self.paused.add(kept.pop().key)
             self.pauses += 1
+            self._paused_at = now
             failed = now - self._resumed_at < FAILED_RESUME_S
             self.resume_after_s = (
                 min(self.resume_after_s * 2, RESUME_AFTER_MAX_S) if failed else RESUME_AFTER_S

@@ -155,12 +155,15 @@ class ProbeController:
 
     def process(
         self, now: float, estimate_bps: int | None, needed_bps: int | None, wanting: bool,
-        loss_fraction: float = 0.0,
+        loss_fraction: float = 0.0, *, confirming: bool = False,
     ) -> list[ProbeCluster]:  # fmt: skip
         """The clusters to send now. `estimate_bps`: the downlink estimate; `needed_bps`: what
         the subscriber's tiles need for the layers they want (None: not known yet);
         `wanting`: layer choice holds a track below its tile's layer for lack of budget;
-        `loss_fraction`: the share of packets lost in the estimator's last loss window."""
+        `loss_fraction`: the share of packets lost in the estimator's last loss window;
+        `confirming`: a step down the estimate asks for is held until a probe says whether the
+        link still carries the layer (`layer_choice.confirm_down`): probed as after a large
+        drop, whatever its size."""
         for cluster, at in list(self._pending.values()):
             if now - at > RESULT_WITHIN_S + 0.5:  # never judged: the feedback did not come
                 self.on_result(ProbeResult(cluster, None), now)
@@ -179,12 +182,12 @@ class ProbeController:
         if self._pending or loss_fraction > LOSSY:
             return []
         highest = max(bps for _, bps in recent)
+        dropped = wanting and estimate_bps < DROP_BELOW * highest
         if (
-            wanting
-            and estimate_bps < DROP_BELOW * highest
+            (dropped or (confirming and estimate_bps < highest))
             and self._drop_probed != highest
             and loss_fraction < DROP_CLEAN_LOSS
-        ):  # a large drop while tracks are held down, without loss: was it the link?
+        ):  # a drop while tracks are held down, without loss: was it the link?
             self._drop_probed = highest
             return [self._cluster(int(DROP_PROBE_SCALE * highest), now)]
         further, self._further_bps = self._further_bps, None

@@ -25,17 +25,18 @@ from sfu.events import SubscribedTrack, SubscribeOffer, Tracks
 from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, read_feedback
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.layer_choice import (
-    AUDIO_BPS,
     SPEAKER_WEIGHT,
     UP_HEADROOM,
+    audio_reserve,
     choose_layer,
+    confirm_down,
     needed_bps,
     split_budget,
 )
 from sfu.layered import UNKNOWN_TILE, LayeredTrack
 from sfu.pausing import Candidate, PauseControl
 from sfu.probe_send import ProbeSender, probe_slot
-from sfu.probing import START_BPS, ProbeController, RembClimb
+from sfu.probing import DROP_CLEAN_LOSS, START_BPS, ProbeController, RembClimb
 from sfu.publisher import media_and_rtx
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.round_trip import RoundTrip
@@ -54,6 +55,8 @@ class Subscriber:
 
     __slots__ = (
         "_chosen_at",
+        "_confirming",
+        "_held_down",
         "_hooked",
         "_logged_layers",
         "_needed_bps",
@@ -138,6 +141,11 @@ class Subscriber:
         """The room's active speaker at the last choice."""
         self._needed_bps: int | None = None
         """What the shown tracks need for the layers their tiles want (None: not known)."""
+        self._held_down: dict[int, float] = {}
+        """By id(slot): since when a step down the budget asks for has been held
+        (`layer_choice.confirm_down`)."""
+        self._confirming = False
+        """A step down is held: the downlink is probed to confirm it."""
         self._wanting = False
         """Layer choice holds some track below what its tile wants, for lack of budget."""
         self._logged_layers: list[tuple[int | None, int | None] | None] = []
@@ -227,7 +235,7 @@ class Subscriber:
             return  # DTLS not up yet: the start probes wait for it
         clusters = self.probe_control.process(
             now, self.downlink.estimate_bps, self._needed_bps, self._wanting,
-            self.downlink.loss_fraction,
+            self.downlink.loss_fraction, confirming=self._confirming,
         )  # fmt: skip
         if clusters:
             self.prober.media_bps = self.downlink.acked.bps() or 0
@@ -245,7 +253,11 @@ class Subscriber:
         ]  # fmt: skip
         if not any(isinstance(slot.source, LayeredTrack) for slot in shown):
             return
-        audio = sum(1 for s in self.slots if s.kind == "audio" and s.source is not None)
+        audio = audio_reserve(
+            slot.measure_wire_rate(now)
+            for slot in self.slots
+            if slot.kind == "audio" and slot.source is not None
+        )
         weights = [
             SPEAKER_WEIGHT if s.source is not None and s.source.info.participant_id == speaker
             else 1
@@ -278,6 +290,8 @@ class Subscriber:
             [0 if id(slot) in paused else want for slot, want in zip(shown, wants, strict=True)],
         )  # fmt: skip
         wanting = bool(paused)
+        clean = self.downlink.loss_fraction < DROP_CLEAN_LOSS
+        held: dict[int, float] = {}
         for slot, budget, wanted in zip(shown, budgets, wanted_layers, strict=True):
             track, switch = slot.source, slot.layer_switch
             if not isinstance(track, LayeredTrack) or switch is None:
@@ -286,9 +300,24 @@ class Subscriber:
             layer = None if id(slot) in paused else choose_layer(
                 track.meter.layers, tile=tile, budget_bps=budget, current=switch.current, now=now
             )  # fmt: skip
+            current, target = switch.current, switch.target
+            if (
+                current is not None
+                and target is not None
+                and target >= current
+                and track.meter.layers[current].active(now)
+            ):  # fmt: skip  (not while a step down decided before waits for its keyframe)
+                layer, since = confirm_down(
+                    layer, current, wanted, self._held_down.get(id(slot)), now, clean=clean
+                )  # fmt: skip
+                if since is not None:
+                    held[id(slot)] = since
             if budget is not None and layer is not None:
                 wanting |= wanted is not None and wanted > layer
             track.choose(slot, layer, now)
+        self._held_down = held
+        self._confirming = bool(held)
+        wanting |= self._confirming
         self._needed_bps = needed_bps(wants, audio)
         self._wanting = wanting  # the downlink is probed only then (and at start)
         if log.isEnabledFor(logging.DEBUG):
@@ -296,10 +325,10 @@ class Subscriber:
 
     def _pause(
         self, now: float, shown: list[OutboundSlot], wants: list[int | None], weights: list[int],
-        audio: int,
+        audio_bps: int,
     ) -> set[int]:  # fmt: skip
         """The cameras paused for this link now (`sfu.pausing`: when even their lowest layers
-        do not fit); the page is told when that changes."""
+        do not fit beside `audio_bps` of audio); the page is told when that changes."""
         video_bps = self.downlink_bps
         candidates = []
         for index, (slot, want, weight) in enumerate(zip(shown, wants, weights, strict=True)):
@@ -314,7 +343,7 @@ class Subscriber:
             width, height = slot.render_size or UNKNOWN_TILE
             candidates.append(Candidate(id(slot), lowest.bitrate, (weight, width * height, -index)))
         if video_bps is not None:
-            video_bps = max(video_bps - audio * AUDIO_BPS, 0)
+            video_bps = max(video_bps - audio_bps, 0)
         before = set(self.pausing.paused)
         paused = self.pausing.decide(now, video_bps, candidates, self.downlink.smoothed_loss)
         if paused != before:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import struct
 
-from sfu.layer_choice import LayerMeter, LayerState, choose_layer
+from sfu.layer_choice import (
+    DOWN_CONFIRM_S,
+    LayerMeter,
+    LayerState,
+    choose_layer,
+    confirm_down,
+)
 
 NOW = 100.0
 
@@ -101,3 +107,20 @@ def test_the_meter_learns_rates_sizes_and_which_layers_are_sent() -> None:
     assert 230_000 < state.bitrate < 250_000  # 30,000 bytes in 1 s, the first packet's included
     assert [s.active(NOW) for s in meter.layers] == [True, False, False]
     assert meter.layers[1].width == 0
+
+
+def test_a_step_down_the_budget_alone_asks_for_on_a_clean_link_is_held_a_moment() -> None:
+    """The estimate dipped under the top layer (a delay spike): the top layer is kept for
+    `DOWN_CONFIRM_S` while a probe checks the link, then left if the dip is still there."""
+    assert confirm_down(1, 2, 2, None, NOW, clean=True) == (2, NOW)
+    assert confirm_down(1, 2, 2, NOW, NOW + 0.5, clean=True) == (2, NOW)
+    assert confirm_down(1, 2, 2, NOW, NOW + DOWN_CONFIRM_S, clean=True) == (1, None)
+    # The probe found the link: the budget holds the layer again, the hold is over.
+    assert confirm_down(2, 2, 2, NOW, NOW + 0.6, clean=True) == (2, None)
+
+
+def test_a_step_down_for_the_tile_or_a_lossy_link_is_not_held() -> None:
+    assert confirm_down(1, 2, 2, None, NOW, clean=False) == (1, None), "loss: the link dropped"
+    assert confirm_down(0, 2, 0, None, NOW, clean=True) == (0, None), "the tile shrank"
+    assert confirm_down(None, 2, None, None, NOW, clean=True) == (None, None), "hidden"
+    assert confirm_down(2, 1, 2, None, NOW, clean=True) == (2, None), "a step up"

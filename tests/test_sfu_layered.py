@@ -14,7 +14,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 from core.media.rtp import ExtensionIds, parse_header, unwrap_rtx
 from core.media.track import TrackInfo
 from sfu.forwarder import OutboundSlot
-from sfu.layer_choice import needed_bps, split_budget
+from sfu.layer_choice import AUDIO_BPS, audio_reserve, needed_bps, split_budget
 from sfu.layered import LayeredTrack
 from sfu.subscriber import Subscriber
 
@@ -202,23 +202,35 @@ def test_a_late_layer_packet_is_recorded_but_kept_from_the_slots() -> None:
     assert _plis(rtcp) == [SSRCS[2]], "a keyframe asked of the late layer the slot carries"
 
 
+TWO_VOICES = 2 * AUDIO_BPS
+"""Two audio tracks, each at the floor `audio_reserve` counts them at."""
+
+
 def test_the_budget_is_split_with_the_speaker_getting_more() -> None:
-    assert split_budget(None, [3, 1], 2) == [None, None]
-    assert split_budget(1_080_000, [3, 1, 1, 1], 2) == [500_000, 166_666, 166_666, 166_666]
-    assert split_budget(50_000, [1], 2) == [0], "audio first: nothing left is still a budget"
+    assert split_budget(None, [3, 1], TWO_VOICES) == [None, None]
+    assert split_budget(1_080_000, [3, 1, 1, 1], TWO_VOICES) == [500_000, 166_666, 166_666, 166_666]
+    nothing_left = split_budget(50_000, [1], TWO_VOICES)
+    assert nothing_left == [0], "audio first: nothing left is still a budget"
 
 
 def test_a_share_beyond_what_a_tile_wants_goes_to_the_others() -> None:
     """4 Mbps, the speaker's top layer wanting 1 Mbps of its 2 Mbps share: the rest is split
     among the three others (water-filling), who then get 1 Mbps each, not 666 kbps."""
     wants = [1_000_000, 1_000_000, 1_000_000, 1_000_000]
-    budgets = split_budget(4_080_000, [3, 1, 1, 1], 2, wants)
+    budgets = split_budget(4_080_000, [3, 1, 1, 1], TWO_VOICES, wants)
     assert budgets == [1_000_000, 1_000_000, 1_000_000, 1_000_000]
-    assert split_budget(3_080_000, [3, 1, 1, 1], 2, [100_000, None, None, None]) == [
+    assert split_budget(3_080_000, [3, 1, 1, 1], TWO_VOICES, [100_000, None, None, None]) == [
         100_000, 966_666, 966_666, 966_666,
     ]  # fmt: skip
-    assert needed_bps(wants, 2) == 4_080_000
-    assert needed_bps([None, None], 2) is None
+    assert needed_bps(wants, TWO_VOICES) == 4_080_000
+    assert needed_bps([None, None], TWO_VOICES) is None
+
+
+def test_audio_is_counted_at_what_it_takes_on_the_wire_at_least_its_floor() -> None:
+    """A browser's 32 kbps Opus takes ~58 kbps on the wire; a silent one still has room kept."""
+    assert audio_reserve([]) == 0
+    assert audio_reserve([58_000, 0]) == 58_000 + AUDIO_BPS
+    assert audio_reserve([90_000, 90_000]) == 180_000
 
 
 def _measured(track: LayeredTrack, now: float) -> None:

@@ -119,6 +119,33 @@ def test_a_resume_the_link_cannot_carry_makes_the_next_wait_longer() -> None:
     assert control.resume_after_s == RESUME_AFTER_S
 
 
+def test_once_a_resume_holds_the_rest_follow_without_the_long_wait() -> None:
+    """Resumes failed while the link was narrow (the wait grew to its longest); the link comes
+    back: the first resume after the long wait holds, and the cameras still paused follow
+    `RESUME_AFTER_S` apart as the estimate climbs, not one per long wait."""
+    control = started()
+    one = int(1.5 * LOWEST * WIRE_OVERHEAD)
+    overfull(control, 0.0, one, cameras(4))
+    now = 0.0
+    while control.resume_after_s < RESUME_AFTER_MAX_S:
+        now += control.resume_after_s
+        assert control.decide(now, 10 * LOWEST, cameras(4), loss=0.0) == set()
+        now += FAILED_RESUME_S / 2
+        assert overfull(control, now, one, cameras(4), loss=0.4) == {1, 2, 3}
+    # The link is back, the estimate climbing: room for one more camera at a time.
+    now += RESUME_AFTER_MAX_S
+    two = int(2 * LOWEST * WIRE_OVERHEAD / UP_HEADROOM) + 1
+    assert control.decide(now, two, cameras(4), loss=0.0) == {2, 3}
+    three = int(3 * LOWEST * WIRE_OVERHEAD / UP_HEADROOM) + 1
+    not_yet_held = control.decide(now + RESUME_AFTER_S, three, cameras(4), loss=0.0)
+    assert not_yet_held == {2, 3}, "the resume has not held for FAILED_RESUME_S yet"
+    assert control.decide(now + FAILED_RESUME_S, three, cameras(4), loss=0.0) == {3}
+    four = int(4 * LOWEST * WIRE_OVERHEAD / UP_HEADROOM) + 1
+    later = now + FAILED_RESUME_S + RESUME_AFTER_S
+    assert control.decide(later - 0.1, four, cameras(4), loss=0.0) == {3}
+    assert control.decide(later, four, cameras(4), loss=0.0) == set()
+
+
 def test_no_estimate_pauses_nothing_and_gone_cameras_are_forgotten() -> None:
     control = started()
     assert overfull(control, 1.0, 0, cameras(), loss=0.9) == {1, 2, 3}

@@ -182,6 +182,22 @@ def test_a_large_drop_while_tracks_are_held_down_is_probed_once_at_once() -> Non
     assert control.process(1.6, 1_000_000, 4_000_000, wanting=True) == [], "once per drop"
 
 
+def test_a_small_cut_that_would_cost_a_layer_is_probed_at_once_when_confirming() -> None:
+    """The delay detector cut 1.4 Mbps to 1.2 Mbps, under the top layer's budget: not a
+    large drop, but layer choice holds the step down (`confirm_down`) and asks whether the
+    link still carries it: one probe at once, at 0.85x the highest; not for a lossy link."""
+    control = ProbeController()
+    (start,) = control.process(0.0, START_BPS, 1_300_000, wanting=True)
+    control.on_result(ProbeResult(start, 1_400_000, saturated=True), 0.2)
+    assert control.process(0.4, 1_400_000, 1_300_000, wanting=False) == []
+    assert control.process(1.0, 1_200_000, 1_300_000, wanting=True) == [], "not a large drop"
+    lossy = control.process(1.1, 1_200_000, 1_300_000, True, 0.05, confirming=True)
+    assert lossy == [], "a cut that came with loss was the link"
+    (confirm,) = control.process(1.2, 1_200_000, 1_300_000, wanting=True, confirming=True)
+    assert confirm.target_bps == 1_190_000
+    control.on_result(ProbeResult(confirm, 1_350_000), 1.5)
+
+
 def test_a_link_losing_what_it_gets_is_not_probed() -> None:
     """Over 10 % lost: the link is over capacity now, a cluster would only add to the loss
     (a 500 kbps link with the lowest layers of four cameras); a drop that came with loss was the

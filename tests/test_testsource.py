@@ -77,6 +77,9 @@ def test_tone_decodes_to_48_khz_audio_in_20_ms_packets() -> None:
     frames = decode("libopus", [packet.data for packet in clip])
     assert {frame.sample_rate for frame in frames} == {AUDIO_CLOCK_RATE}
     assert sum(frame.samples for frame in frames) == 50 * 960
+    # A voice's bitrate (what a browser's microphone sends), not a pure tone's VBR overshoot.
+    payload_bps = sum(len(packet.data) for packet in clip) * 8
+    assert 28_000 <= payload_bps <= 36_000, payload_bps
 
 
 async def test_replayed_video_has_increasing_pts_at_about_30_fps() -> None:
