@@ -385,12 +385,26 @@ class PublishedTrack:
         self.retransmitted = 0
         self.late = 0
         """Packets kept from the slots for waiting past the real-time bound."""
+        self.duplicates = 0
+        """Packets dropped as already received (`is_duplicate`)."""
         self.now = 0.0
         """The latest time this track was handed (a packet's arrival, a tick, a request): what
         the few calls made without a `now` of their own go by."""
         self._nacked: dict[int, float] = {}
 
     # -- the hot path --------------------------------------------------------------------------
+
+    def is_duplicate(self, history: RetransmissionBuffer, sequence: int) -> bool:
+        """Whether a packet with this sequence number was already received (its history keeps
+        it): counted, and neither forwarded nor recorded again. A browser's pacer pads its
+        sending rate by resending recent packets over RTX (libwebrtc's "payload padding", most
+        of what an OpenH264 camera sends under its target rate); forwarded, each reached the
+        subscribers as a second copy of a number they had, which their SRTP replay check
+        drops unseen: to the subscriber's transport feedback, a third of its packets lost."""
+        if history.get(sequence) is None:
+            return False
+        self.duplicates += 1
+        return True
 
     def forward(self, data: bytes, header: RtpHeader, arrival_ms: int, late: bool = False) -> None:
         """Send one packet to every slot carrying this track (and hand it to the sinks).
@@ -401,6 +415,8 @@ class PublishedTrack:
         # Hot path, per received packet: watched by bench/forwarding.py.
         now = self.now = arrival_ms * 0.001
         sequence = header.sequence
+        if self.is_duplicate(self.history, sequence):
+            return
         # A late packet is kept as too old to resend (`LATE_ARRIVAL`): a subscriber's NACK for
         # it is refused as too late, not passed on to the publisher, whose repair would reach a
         # recording a second time.

@@ -91,7 +91,10 @@ class LayeredTrack(PublishedTrack):
         # Hot path, per received packet of a simulcast track: watched by bench/forwarding.py.
         now = self.now = arrival_ms * 0.001
         sequence = header.sequence
-        self.histories[layer].put(sequence, data, LATE_ARRIVAL if late else now)
+        history = self.histories[layer]
+        if self.is_duplicate(history, sequence):
+            return
+        history.put(sequence, data, LATE_ARRIVAL if late else now)
         self.receptions[layer].count(sequence)  # a block of our receiver reports per layer
         if layer and not self.layer_ssrcs[layer] and header.ssrc != self.ssrc:
             # (an RTX packet unwrapped before its layer's media was seen carries the track's)

@@ -100,7 +100,9 @@ class MediaServer:
         self._room_of: dict[str, MediaRoom] = {}
         """Each participant's room (theirs knows it only as a `ParticipantRoom`)."""
         self._ticker: asyncio.Task[None] | None = None
-        self._ended = {"forwarded": 0, "received": 0, "retransmitted": 0, "twcc_feedback": 0}
+        self._ended = {
+            "forwarded": 0, "received": 0, "retransmitted": 0, "twcc_feedback": 0, "duplicates": 0
+        }  # fmt: skip
         self._ended_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         """Retransmissions refused to participants who left, by reason."""
         install(settings.ice)
@@ -200,6 +202,7 @@ class MediaServer:
             self._ended["forwarded"] += track.forwarded
             self._ended["received"] += track.received
             self._ended["retransmitted"] += track.retransmitted
+            self._ended["duplicates"] += track.duplicates
         for reason, count in media.subscriber.retransmits.refused.items():
             self._ended_refused[reason] += count
         self._ended["twcc_feedback"] += media.publisher.feedback_sent
@@ -280,6 +283,7 @@ class MediaServer:
             "retransmitted_packets": self._ended["retransmitted"]
             + sum(t.retransmitted for t in tracks),
             "dropped_packets": sum(m.dropped for m in self.participants.values()),
+            "duplicate_packets": self._ended["duplicates"] + sum(t.duplicates for t in tracks),
             **{
                 f'retransmissions_refused{{reason="{reason}"}}': count
                 for reason, count in refused.items()

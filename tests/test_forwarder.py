@@ -130,3 +130,20 @@ def test_receiver_report_loss_and_delay_since_the_senders_report() -> None:
     _forward(track, 10, at_s=6.0, pt=111)
     [again] = track.receiver_reports(now=6.5)
     assert again.fraction_lost == 0, "loss is per interval"
+
+
+def test_a_packet_received_twice_is_forwarded_once() -> None:
+    """A browser pads its sending rate by resending recent packets over RTX: unwrapped, each is
+    a second copy of a number the subscriber has (its SRTP would drop it unseen, and its
+    transport feedback call it lost). Forwarded once, counted; a packet that was missing (the
+    repair of a real loss) still goes out."""
+    sent: list[bytes] = []
+    track = _track([])
+    _slot(sent).assign(track, now=10.0)
+    for seq in (500, 501, 503):
+        _forward(track, seq, 10.0 + (seq - 500) * 0.033)
+    _forward(track, 501, 10.2)  # padding: the same packet again
+    _forward(track, 502, 10.25)  # the repair of 502, lost on the way
+    sequences = [parse_header(packet).sequence for packet in sent]
+    assert len(sequences) == len(set(sequences)) == 4, sequences
+    assert track.duplicates == 1

@@ -14,7 +14,13 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 from core.media.rtp import ExtensionIds, parse_header, unwrap_rtx
 from core.media.track import TrackInfo
 from sfu.forwarder import OutboundSlot
-from sfu.layer_choice import AUDIO_BPS, audio_reserve, needed_bps, split_budget
+from sfu.layer_choice import (
+    AUDIO_BPS,
+    DOWN_CONFIRM_S,
+    audio_reserve,
+    needed_bps,
+    split_budget,
+)
 from sfu.layered import LayeredTrack
 from sfu.subscriber import Subscriber
 
@@ -279,6 +285,63 @@ def test_a_subscriber_s_budget_goes_mostly_to_the_speaker() -> None:
     subscriber.slots[2].show((0, 0), 11.5)
     choose(11.5, speaker="pub1")
     assert layers()[2] is None and subscriber.slots[2] not in tracks[2].slots, "hidden: nothing"
+
+
+def test_a_dip_in_the_estimate_on_a_clean_link_is_confirmed_before_the_layer_drops() -> None:
+    """The estimate falls under the top layer's rate with no loss (the delay detector's cut):
+    the top layer is kept for `DOWN_CONFIRM_S` while a probe is asked for, then left; with
+    loss, at once."""
+    subscriber = Subscriber(None, "sub", RTCConfiguration(), lambda event: None, None)  # type: ignore[arg-type]
+    track = _track([])
+    track.info = TrackInfo("room", "pub", "pub:0", "video", "video/VP8", 90000, 96,
+                           layers=("q", "h", "f"))  # fmt: skip
+    slot = _slot([])
+    slot.assign(track, now=10.0)
+    subscriber.slots.append(slot)
+    subscriber.downlink.forget_start()
+    switch = slot.layer_switch
+    assert switch is not None
+
+    def choose(now: float) -> int | None:
+        _measured(track, now)
+        subscriber.choose_layers(now, None)
+        return switch.target
+
+    subscriber.downlink.on_remb(2_500_000)
+    assert choose(10.0) == 2
+    switch.current = 2  # its keyframe came: the top layer is forwarded
+    subscriber.downlink.on_remb(1_200_000)
+    assert choose(11.0) == 2, "held: the link may still carry it"
+    assert subscriber._confirming, "a probe is asked for"
+    assert choose(11.5) == 2
+    assert choose(11.0 + DOWN_CONFIRM_S) == 1, "not confirmed: the step down"
+    assert not subscriber._confirming
+    switch.current = 1
+    subscriber.downlink.on_remb(2_500_000)
+    assert choose(13.0) == 2
+    switch.current = 2
+    subscriber.downlink.on_remb(1_200_000)
+    subscriber.downlink.loss_fraction = 0.1
+    assert choose(14.0) == 1, "a dip with loss: the link dropped, at once"
+
+
+def test_a_layer_s_packet_received_twice_is_forwarded_once() -> None:
+    """An OpenH264 layer's padding resends its recent packets over RTX: each reached the
+    subscriber a second time (half of what one got in an H.264 room, seen by its transport
+    feedback as a third lost, so its estimate sat at 120 kbps on loopback)."""
+    sent: list[bytes] = []
+    track = _track([])
+    slot = _slot(sent)
+    slot.assign(track, now=10.0)
+    track.choose(slot, 0, 10.0)
+    _send(track, 0, at_s=10.0, keyframe=True)
+    _send(track, 1, at_s=10.033)
+    count = len(sent)
+    _send(track, 1, at_s=10.05)  # every layer's frame 1 again
+    assert len(sent) == count, "nothing forwarded twice"
+    assert track.duplicates == 3, "one per layer"
+    _send(track, 2, at_s=10.066)
+    assert len(sent) == count + 1
 
 
 def test_receiver_reports_have_a_block_for_each_layer_with_its_own_loss_and_sender_report() -> None:

@@ -228,6 +228,7 @@ def test_muted_track_is_not_forwarded() -> None:
     track.forward(data, parse_header(data), 0)
     assert sent == []
     track.set_muted(False)
+    data = _packet(seq=2)
     track.forward(data, parse_header(data), 0)
     assert len(sent) == 1
 

@@ -4,8 +4,11 @@ an aiortc subscriber joined over the real WebSocket gets the layer its tile need
 continuous stream it decodes throughout. H.264 has no picture id to renumber: a switch happens
 at the new layer's keyframe (its SPS, PPS and IDR picture; `core.media.keyframes`), with
 sequence numbers and timestamps continuing, and each layer's picture size is read from its SPS
-(`core.media.h264_sps`), which is how a thumbnail gets the small layer. Switching between the
-layers is not yet reliable with H.264 (the second test, marked as a known gap)."""
+(`core.media.h264_sps`), which is how a thumbnail gets the small layer.
+
+What kept these tests failing now and then (sequence numbers missing, no switch seen): the
+browser pads its sending rate by resending recent packets over RTX, and the SFU forwarded each
+as a second copy of a number the subscriber had (`PublishedTrack.is_duplicate` drops them)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import json
 from typing import Any
 
 import aiohttp
-import pytest
 
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (
@@ -56,27 +58,12 @@ OUTBOUND_LAYERS = """
 """
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap, the same as the switching test's: now and then (2 runs in 8, under load) "
-    "the stream reaches the subscriber with 64 sequence numbers missing; not yet diagnosed",
-)
 async def test_a_browser_camera_in_h264_layers_is_forwarded_as_one_stream(
     serve_process: Any, chromium: OpenTab, loopback_ice: None
 ) -> None:
     await _h264_simulcast(serve_process, chromium, switching=False)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (1 run in 3 passed, session 16): the node's debug log shows the SFU "
-    "switching (the slot's layer changes at the new layer's SPS/PPS/IDR, sizes read from the "
-    "SPS), but this aiortc viewer then reports no decoded frame of the new size within 15 s; "
-    "in one run it sent no REMB at all. What was found before (its REMB, application-limited, "
-    "capped its estimate after the thumbnail) is mended: REMB-only subscribers climb "
-    "(sfu.probing.RembClimb). Not yet known whether aiortc's H.264 decoding of the switched "
-    "stream or the forwarded stream is at fault; Chromium viewers are not tested with H.264",
-)
 async def test_a_browser_camera_in_h264_layers_reaches_each_tile_in_the_layer_it_needs(
     serve_process: Any, chromium: OpenTab, loopback_ice: None
 ) -> None:

@@ -52,16 +52,22 @@ async def until_picture(tab: BrowserTab, participant_id: str, height: int, what:
         raise AssertionError(f"{what}: a picture {seen} lines high, not {height}") from None
 
 
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_the_large_tile_gets_the_full_picture_a_thumbnail_the_low_layer(
-    serve_process: Any, chromium: Any
+    codec: str, serve_process: Any, chromium: Any
 ) -> None:
-    meeting = await meet_through_the_lobby(serve_process(env=ICE_ENV), chromium)
+    """In a VP8 room and in an H.264 room (Debian's Chromium encodes each H.264 layer with
+    OpenH264; a switch happens at the new layer's SPS, PPS and IDR picture)."""
+    env = {**ICE_ENV, "CONSILIUM_VIDEO_CODECS": codec}
+    meeting = await meet_through_the_lobby(serve_process(env=env), chromium)
     chair, pid = meeting.chair, meeting.specialist_id
     try:
         # The speaker view: the specialist large, the full picture.
         await chair.page.click("#layout-button")
         await chair.until("document.getElementById('grid').dataset.layout === 'speaker'")
         await until_picture(chair, pid, FULL, "large in the speaker view")
+        video = (await received_from(chair, pid))["video"]
+        assert video["codec"] == f"video/{codec}", video
 
         # My own tile pinned: the specialist is a thumbnail of the strip, the low layer.
         await chair.page.click(f"{tile(meeting.chair_id)} .tile-pin")

@@ -241,6 +241,7 @@ export class MediaSessions {
         participantId: track?.participant_id ?? null,
         source: track?.source ?? null,
         kind: s.kind,
+        codec: report.get(s.codecId)?.mimeType ?? null,
         packetsReceived: s.packetsReceived ?? 0,
         packetsLost: s.packetsLost ?? 0,
         framesDecoded: s.framesDecoded ?? 0,
