@@ -71,6 +71,16 @@ the SFU twice: with its time bound (the main keys) and without it, `media_max_de
 keys `unbounded_*` (loss, latency p95, queue delay p95, frames per second): late media dropped
 against late media delivered, in the same run.
 
+`--simulcast` measures the SFU once more, the same room with every publisher's camera in three
+simulcast layers (`bot.simulcast`: 160x120, 320x240 and 640x480, the full one at the clip's
+1 Mbps, as a browser sends them; each subscriber is forwarded the one layer its estimate and
+tile allow): `simulcast_us_per_pkt` and `simulcast_us_per_frame` (server CPU per packet and per
+frame forwarded, the layers it receives and does not forward included), `simulcast_cost_ratio`
+(that over `us_per_pkt`: what layer selection costs per forwarded packet, in the full
+pipeline), `simulcast_fwd_pkts_per_s`, `simulcast_fwd_frames_per_s`, `simulcast_cpu_s_per_s`.
+No loss or latency for that run: its video is sent by bot.simulcast, not through aiortc's
+sender where the bench counts and stamps what is sent.
+
 `--profile FILE` also records the SFU with py-spy (if installed) over the measured window
 (`.svg` flame graph, `.json` speedscope, anything else raw collapsed stacks). py-spy pauses the
 server for each sample (for consistent stacks) and takes its own share of the two cores: the
@@ -84,6 +94,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -129,6 +140,9 @@ WARM_FRAMES = 5
 """Frames each video subscription must have delivered before the window starts."""
 JOIN_TIMEOUT_S = 20.0
 """How long one join (or one publish) may take."""
+LAYERED_SIZE = (640, 480)
+"""The simulcast publishers' camera (`--simulcast`): layers of 160x120, 320x240 and 640x480,
+the full one at `SOURCE_BITRATE`, as the one-stream clip."""
 SENT_GENERATION = 8192
 """Video send stamps kept per publisher generation (two generations: about two minutes)."""
 
@@ -154,6 +168,11 @@ class BenchConfig:
     load: int = 0
     """Busy processes (one Python loop each) competing for the CPU during the SFU's runs; with
     any, the SFU is also measured with its time bound off (`media_max_delay_s = 0`)."""
+    simulcast: bool = False
+    """Also measure the SFU with the publishers' cameras in three simulcast layers (`--simulcast`:
+    the `simulcast_*` keys)."""
+    layered: bool = False
+    """This run's publishers send their camera in simulcast layers (`bot.simulcast`)."""
 
     @property
     def participants(self) -> int:
@@ -359,17 +378,26 @@ class BenchPeer:
     """One participant of the bench: a `MediaClient`, what it sends and what it receives."""
 
     def __init__(
-        self, name: str, publish: bool, subscribe: bool, publishers: dict[str, PublishedMedia]
-    ) -> None:
+        self, name: str, publish: bool, subscribe: bool, publishers: dict[str, PublishedMedia],
+        layered: bool = False,
+    ) -> None:  # fmt: skip
         from bot.client import MediaClient
+        from bot.simulcast import SimulcastSender, encode_layers
         from bot.testsource import ReplayAudioTrack, ReplayVideoTrack
 
         self.participant_id = name
         self.publish = publish
         self.subscribe = subscribe
         self.publishers = publishers
-        self.tracks = [ReplayAudioTrack(), ReplayVideoTrack()] if publish else []
-        self.client = MediaClient(self.send, list(self.tracks), data_channels=False, decode=False)
+        simulcast = None
+        if publish and layered:  # the camera in three layers, sent by bot.simulcast
+            simulcast = SimulcastSender(encode_layers(*LAYERED_SIZE, SOURCE_BITRATE))
+            self.tracks = [ReplayAudioTrack()]
+        else:
+            self.tracks = [ReplayAudioTrack(), ReplayVideoTrack()] if publish else []
+        self.client = MediaClient(
+            self.send, list(self.tracks), data_channels=False, decode=False, simulcast=simulcast
+        )
         self.published = PublishedMedia() if publish else None
         self.received = ReceivedMedia(self.client, publishers) if subscribe else None
         if self.received is not None:
@@ -402,9 +430,9 @@ class SignallingPeer(BenchPeer):
 
     def __init__(
         self, http: aiohttp.ClientSession, ws_url: str, token: str, name: str, publish: bool,
-        subscribe: bool, publishers: dict[str, PublishedMedia],
+        subscribe: bool, publishers: dict[str, PublishedMedia], layered: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(name, publish, subscribe, publishers)
+        super().__init__(name, publish, subscribe, publishers, layered)
         self.http = http
         self.ws_url = ws_url
         self.token = token
@@ -885,7 +913,7 @@ async def run_sfu(config: BenchConfig, server: ServeProcess) -> tuple[Window, di
                 token = idp.mint(sub=f"bench-{i}", role="chair", depts=["cardiology"],
                                  rooms=[ROOM], ttl_s=3600)  # fmt: skip
                 peer = SignallingPeer(http, server.ws_url, token, f"bench-{i}", publish,
-                                      subscribe, publishers)  # fmt: skip
+                                      subscribe, publishers, config.layered)  # fmt: skip
                 peers.append(peer)
                 await asyncio.wait_for(peer.join(), JOIN_TIMEOUT_S)
             window = await measure(
@@ -980,6 +1008,7 @@ def result_line(
     metrics: dict[str, float],
     baseline: Window | None,
     unbounded: Window | None = None,
+    layered: Window | None = None,
 ) -> dict[str, Any]:
     """The JSON line."""
     us_per_pkt, us_per_frame = ours.us_per_pkt, ours.us_per_frame
@@ -1044,6 +1073,23 @@ def result_line(
         )
     if ours.errors:
         line["errors"] = ours.errors[:5]
+    if layered is not None:
+        s_pkt = layered.us_per_pkt
+        line.update(
+            {
+                "simulcast_us_per_pkt": _round(s_pkt),
+                "simulcast_us_per_frame": _round(layered.us_per_frame),
+                "simulcast_cost_ratio": _round(
+                    s_pkt / us_per_pkt if s_pkt and us_per_pkt else None, 3
+                ),
+                "simulcast_fwd_pkts_per_s": _round(layered.server_packets / layered.seconds, 1),
+                "simulcast_fwd_frames_per_s": _round(layered.video_frames / layered.seconds, 1),
+                "simulcast_cpu_s_per_s": _round(layered.server_cpu_s / layered.seconds, 3),
+                "simulcast_warmed_up": layered.warmed_up,
+            }
+        )
+        if layered.errors:
+            line["simulcast_errors"] = layered.errors[:5]
     if baseline is not None:
         b_pkt, b_frame = baseline.us_per_pkt, baseline.us_per_frame
         line.update(
@@ -1089,6 +1135,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         default=0,
         help="busy processes competing for the CPU; also measures the SFU with its time bound off",
     )
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="also measure the SFU with every camera in three simulcast layers (simulcast_* keys)",
+    )
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server is not None:
@@ -1118,6 +1169,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         baseline=not args.no_baseline,
         profile=args.profile,
         load=max(0, args.load),
+        simulcast=args.simulcast,
     )
 
 
@@ -1151,6 +1203,10 @@ def main(argv: list[str] | None = None) -> int:
     # Encode the clip now, not inside the first join.
     encode_test_pattern(bitrate=SOURCE_BITRATE)
     encode_tone()
+    if config.simulcast:
+        from bot.simulcast import encode_layers
+
+        encode_layers(*LAYERED_SIZE, SOURCE_BITRATE)
     workdir = Path(tempfile.mkdtemp(prefix="consilium-bench-forwarding-"))
     started = time.monotonic()
     hogs = start_load(config.load)
@@ -1164,6 +1220,14 @@ def main(argv: list[str] | None = None) -> int:
             unbounded, _ = _run_serve(
                 config, workdir / "unbounded", {"CONSILIUM_MEDIA_MAX_DELAY_S": "0"}
             )
+        layered = None
+        if config.simulcast:
+            # The same room with every camera in three layers (each subscriber is forwarded
+            # one): the cost of layer selection and switching, against the run above.
+            layered, _ = _run_serve(
+                dataclasses.replace(config, layered=True), workdir / "simulcast",
+                {"CONSILIUM_MEDIA_MAX_DELAY_S": str(BOUND_S)},
+            )  # fmt: skip
         stop_load(hogs)
 
         baseline = None
@@ -1180,7 +1244,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_load(hogs)
         shutil.rmtree(workdir, ignore_errors=True)
-    line = result_line(config, ours, metrics, baseline, unbounded)
+    line = result_line(config, ours, metrics, baseline, unbounded, layered)
     line["bench_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line), flush=True)
     return 0

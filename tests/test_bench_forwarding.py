@@ -60,3 +60,22 @@ def test_quick_forwarding_bench_prints_its_json_contract() -> None:
     )
     # The SFU under test forwarded without a codec, as the design requires.
     assert line["server_codecs_created"] == 0
+
+
+def test_quick_forwarding_bench_measures_simulcast_publishers_too() -> None:
+    """`--simulcast`: the same room once more with every camera in three layers; the cost per
+    forwarded packet of both, and their ratio."""
+    result = subprocess.run(
+        [sys.executable, "bench/forwarding.py", "--quick", "--simulcast", "--no-baseline"],
+        capture_output=True, text=True, cwd=REPO, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = json.loads(result.stdout.splitlines()[-1])
+    assert line["simulcast_warmed_up"], line
+    for key in ("simulcast_us_per_pkt", "simulcast_fwd_pkts_per_s", "simulcast_fwd_frames_per_s"):
+        assert isinstance(line[key], int | float) and line[key] > 0, (key, line[key])
+    assert math.isclose(
+        line["simulcast_cost_ratio"], line["simulcast_us_per_pkt"] / line["us_per_pkt"],
+        rel_tol=0.02,
+    )  # fmt: skip
+    assert line["baseline_us_per_pkt"] is None, "--no-baseline"
