@@ -49,6 +49,10 @@ from signaling.pacs import PacsClient, PacsNotConfigured
 log = logging.getLogger("consilium.pacs")
 
 
+STOPPED_KEPT = 64
+"""Stopped shares remembered for a repeated stop (`PacsShares.stopped`)."""
+
+
 @dataclass
 class PacsShares:
     """The node's PACS client and the shares it is running (bounded by
@@ -62,6 +66,9 @@ class PacsShares:
     """What each share in flight is (its room, its sharer), by share id."""
     cancelled: set[str] = field(default_factory=set)
     """Shares someone stopped (their task ends as `cancelled`, not as a shutdown)."""
+    stopped: dict[str, ShareOrder] = field(default_factory=dict)
+    """The last `STOPPED_KEPT` shares that ended stopped, by share id: a second click on "Stop"
+    arriving after the share ended is answered as done, not as an unknown share."""
     starting: int = 0
     """Share requests between their checks and their start (they count against the bound)."""
 
@@ -226,7 +233,11 @@ async def share_series(request: web.Request) -> web.Response:
     def ended(_: asyncio.Task[None]) -> None:
         shares.running.pop(order.share_id, None)
         shares.orders.pop(order.share_id, None)
-        shares.cancelled.discard(order.share_id)
+        if order.share_id in shares.cancelled:
+            shares.cancelled.discard(order.share_id)
+            shares.stopped[order.share_id] = order
+            while len(shares.stopped) > STOPPED_KEPT:
+                del shares.stopped[next(iter(shares.stopped))]
 
     task.add_done_callback(ended)
     return web.json_response(
@@ -242,6 +253,12 @@ async def cancel_share(request: web.Request) -> web.Response:
     shares = request.app[PACS]
     share_id = request.match_info["share_id"]
     order = shares.orders.get(share_id)
+    stopped = shares.stopped.get(share_id)
+    if order is None and stopped is not None and stopped.room_id == room_id:
+        if stopped.sub != identity.sub:
+            raise PolicyDenied("only whoever started a share may stop it")
+        # A second click that arrived after the share ended: done already.
+        return web.json_response({"share_id": share_id, "state": "cancelled"}, status=200)
     if order is None or order.room_id != room_id:
         raise NotFound("no such share running in this room")
     if order.sub != identity.sub:
