@@ -31,7 +31,7 @@ from signaling.siem import (
 )
 from signaling.witness import MESSAGE_MARK, SyslogWitness, parse_witness
 from tests.fixtures.rsyslog import SyslogReceiver, syslog_receiver
-from tests.fixtures.servers import REPO, node_settings, running_node
+from tests.fixtures.servers import REPO, eventually, node_settings, running_node
 from tests.test_images import ct_bytes, fetch, meeting, upload
 
 __all__ = ["syslog_receiver"]  # the fixture, imported for this module
@@ -287,9 +287,14 @@ async def test_a_node_sends_its_entries_to_the_siem_unless_told_not_to(
     )
     async with running_node(quiet):
         pass
+
+    def witnessed_b() -> bool:
+        return any(w.node == quiet.node_id for w in parse_witness(syslog_receiver.output))
+
+    # rsyslog writes what it got a moment later (CI once read the file before B's lines).
+    await eventually(witnessed_b, timeout=10, interval=0.1)
     node_b = [w for w in parse_witnessed_entries(syslog_receiver.output) if w.node == quiet.node_id]
-    assert node_b == []
-    assert any(w.node == quiet.node_id for w in parse_witness(syslog_receiver.output))
+    assert node_b == [], "its checkpoints reach the witness, its entries do not"
 
 
 async def test_a_real_meeting_with_a_patients_ct_leaves_no_phi_in_the_siem(
