@@ -252,18 +252,14 @@ async def cancel_share(request: web.Request) -> web.Response:
     identity, room_id, participant = await room_participant(request, "share_image")
     shares = request.app[PACS]
     share_id = request.match_info["share_id"]
-    order = shares.orders.get(share_id)
-    stopped = shares.stopped.get(share_id)
-    if order is None and stopped is not None and stopped.room_id == room_id:
-        if stopped.sub != identity.sub:
-            raise PolicyDenied("only whoever started a share may stop it")
-        # A second click that arrived after the share ended: done already.
-        return web.json_response({"share_id": share_id, "state": "cancelled"}, status=200)
+    order = shares.orders.get(share_id) or shares.stopped.get(share_id)
     if order is None or order.room_id != room_id:
         raise NotFound("no such share running in this room")
     if order.sub != identity.sub:
         audit_refusal(request, "pacs_not_sharer", sub=identity.sub, room=room_id)
         raise PolicyDenied("only whoever started a share may stop it")
+    if share_id not in shares.orders:  # a second click that came after it ended: done
+        return web.json_response({"share_id": share_id, "state": "cancelled"}, status=200)
     if share_id in shares.cancelled:  # a second click: the share is already ending
         return web.json_response({"share_id": share_id, "state": "cancelling"}, status=202)
     shares.cancelled.add(share_id)
