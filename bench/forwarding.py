@@ -23,7 +23,10 @@ subscribers publish nothing and the publishers leave the SFU's subscribe offers 
 Publishers send the pre-encoded 640x480 30 fps ~1 Mbps VP8 test pattern and the Opus tone of
 `bot.testsource` (packetised by aiortc, never encoded here); subscribers count what arrives at
 their DTLS transport (`sfu.aiortc_hooks.hook_transport` on the client side, receivers started
-without their decoder), so no client decodes anything.
+without their decoder), so no client decodes anything. As a browser does, each subscriber takes
+transport-cc in its answer and sends transport-wide feedback on every packet (`sfu.twcc`, every
+100 ms or 100 packets): the SFU numbers, reads and estimates from it, the cost browsers cause
+(figures before 2026-12-07 had the numbering and no feedback: about 5 us less per packet).
 
 What is measured, over a window that starts once every subscription is flowing (each subscriber
 has seen frames on every video track and packets on every audio track) and one more second:
@@ -74,12 +77,21 @@ against late media delivered, in the same run.
 `--simulcast` measures the SFU once more, the same room with every publisher's camera in three
 simulcast layers (`bot.simulcast`: 160x120, 320x240 and 640x480, the full one at the clip's
 1 Mbps, as a browser sends them; each subscriber is forwarded the one layer its estimate and
-tile allow): `simulcast_us_per_pkt` and `simulcast_us_per_frame` (server CPU per packet and per
-frame forwarded, the layers it receives and does not forward included), `simulcast_cost_ratio`
-(that over `us_per_pkt`: what layer selection costs per forwarded packet, in the full
-pipeline), `simulcast_fwd_pkts_per_s`, `simulcast_fwd_frames_per_s`, `simulcast_cpu_s_per_s`.
-No loss or latency for that run: its video is sent by bot.simulcast, not through aiortc's
-sender where the bench counts and stamps what is sent.
+tile allow). Its subscribers report every camera's tile at 640x480 (`render_sizes`, as a page
+showing each in a large tile) and its window starts once each has climbed to the top layer of
+every camera (the first packet of each keyframe names its width; `simulcast_warm_up_s`, up to
+60 s), so both runs forward the same 640x480 frames and packets: `simulcast_us_per_pkt` and
+`simulcast_us_per_frame` (server CPU per packet and per frame forwarded, the layers it receives
+and does not forward included), `simulcast_top_layer_share` (of the video packets received in
+the window, those of the top layer), `simulcast_fwd_pkts_per_s`, `simulcast_fwd_frames_per_s`,
+`simulcast_cpu_s_per_s`, and `received_pkts_per_s` / `simulcast_received_pkts_per_s` (what the
+node received: with simulcast also the layers it forwards to nobody). `--rounds N` (default 3)
+measures N such pairs (one stream, then simulcast, each on a fresh node; the main keys are the
+first pair's): `simulcast_cost_ratios`, each pair's simulcast over one-stream CPU per forwarded
+packet, and `simulcast_cost_ratio`, their median (what simulcast costs per forwarded packet in
+the full pipeline, receiving the unforwarded layers included: one run's figure moves by up to
+20 % on a quiet two-core machine). No loss or latency for the simulcast run: its video is sent
+by bot.simulcast, not through aiortc's sender where the bench counts and stamps what is sent.
 
 `--profile FILE` also records the SFU with py-spy (if installed) over the measured window
 (`.svg` flame graph, `.json` speedscope, anything else raw collapsed stacks). py-spy pauses the
@@ -98,11 +110,12 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +134,9 @@ if str(REPO) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from core.media.keyframes import vp8_keyframe_start  # noqa: E402
+from core.media.payloads import parse_vp8_descriptor, vp8_picture_size  # noqa: E402
+
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
     from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -137,6 +153,9 @@ BASELINE_WARM_UP_TIMEOUT_S = 90.0
 SETTLE_S = 1.0
 """Wait between "every subscription flows" and the start of the window."""
 WARM_FRAMES = 5
+LAYERED_WARM_UP_TIMEOUT_S = 60.0
+"""`--simulcast`: how long the subscribers may take to climb to every camera's top layer (REMB
+only, as aiortc: the SFU's climbs grow the estimate ~8 %/s) before the window starts anyway."""
 """Frames each video subscription must have delivered before the window starts."""
 JOIN_TIMEOUT_S = 20.0
 """How long one join (or one publish) may take."""
@@ -173,6 +192,9 @@ class BenchConfig:
     the `simulcast_*` keys)."""
     layered: bool = False
     """This run's publishers send their camera in simulcast layers (`bot.simulcast`)."""
+    rounds: int = 1
+    """`--simulcast`: pairs of runs (one stream, then simulcast) measured; the cost ratio is the
+    median of the pairs' (one run's figure moves by up to 20 % on a quiet two-core machine)."""
 
     @property
     def participants(self) -> int:
@@ -192,6 +214,36 @@ class BenchConfig:
 
 
 # -- what the clients count -------------------------------------------------------------------
+
+
+def vp8_width(payload: bytes) -> int | None:
+    """The width of the VP8 keyframe whose first packet's payload this is."""
+    size = vp8_picture_size(payload[parse_vp8_descriptor(payload).size :])
+    return size[0] if size else None
+
+
+def transport_sequence(data: bytes) -> int | None:
+    """The transport-wide sequence number the SFU wrote in an RTP packet (one-byte header
+    extensions, `sfu.twcc.SUBSCRIBER_EXTENSION_ID`), None without one."""
+    from sfu.twcc import SUBSCRIBER_EXTENSION_ID
+
+    b0 = data[0]
+    if not b0 & 0x10:
+        return None
+    pos = 12 + 4 * (b0 & 0x0F)
+    if data[pos : pos + 2] != b"\xbe\xde":
+        return None
+    end = pos + 4 + 4 * int.from_bytes(data[pos + 2 : pos + 4], "big")
+    pos += 4
+    while pos < end:
+        byte = data[pos]
+        if byte == 0:
+            pos += 1
+            continue
+        if byte >> 4 == SUBSCRIBER_EXTENSION_ID:
+            return int.from_bytes(data[pos + 1 : pos + 3], "big")
+        pos += 2 + (byte & 0x0F)
+    return None
 
 
 def payload_offset(data: bytes) -> int:
@@ -275,6 +327,9 @@ class InboundStream:
     """Video packets with the marker bit: frames delivered."""
     publisher: PublishedMedia | None = None
     """Whose media it is, once known (for latency)."""
+    width: int = 0
+    """Video: the width of the last keyframe that began arriving (which simulcast layer the
+    server forwards now; 0 until one did)."""
 
 
 class ReceivedMedia:
@@ -290,6 +345,14 @@ class ReceivedMedia:
         self.sampling = False
         """Record latencies (during the measured window)."""
         self.latencies: list[float] = []
+        self.packets_by_width: dict[int, int] = {}
+        """Video packets received while sampling, by the width of the layer they belong to."""
+        from sfu.twcc import TransportFeedback
+
+        self.feedback = TransportFeedback()
+        """Transport-cc feedback on every packet, as a browser sends it (the subscribe answer
+        takes transport-cc): the SFU estimates this subscriber's downlink from it."""
+        self._dtls: RTCDtlsTransport | None = None
         self._hooked = False
         self._parsed_sdp = ""
         self._announced: dict[int, tuple[str, str]] = {}
@@ -302,13 +365,21 @@ class ReceivedMedia:
         for transceiver in pc.getTransceivers():
             hooks.bypass_receiver(transceiver.receiver, lambda _params: None)
             if not self._hooked:
-                hooks.hook_transport(hooks.transport_of(transceiver), self.on_rtp, None)
+                self._dtls = hooks.transport_of(transceiver)
+                hooks.hook_transport(self._dtls, self.on_rtp, None)
                 self._hooked = True
 
-    def on_rtp(self, data: bytes, _arrival_ms: int, _late: bool) -> None:
+    def on_rtp(self, data: bytes, arrival_ms: int, _late: bool) -> None:
         """One decrypted RTP packet from the server."""
         # Per packet of every subscriber in this process, which shares two cores with the server.
         now = time.perf_counter()
+        number = transport_sequence(data)
+        if number is not None and self.feedback.record(number, arrival_ms):
+            from sfu import srtp_send
+
+            assert self._dtls is not None
+            for packet in self.feedback.build(1, 0, arrival_ms):
+                srtp_send.send_rtcp(self._dtls, packet)
         ssrc = int.from_bytes(data[8:12], "big")
         stream = self.streams.get(ssrc)
         if stream is None:
@@ -321,15 +392,19 @@ class ReceivedMedia:
             return
         if data[1] & 0x80:
             stream.frames += 1
+        offset = payload_offset(data)
+        if vp8_keyframe_start(data[offset:]):
+            stream.width = vp8_width(data[offset:]) or stream.width
         if not self.sampling:
             return
+        self.packets_by_width[stream.width] = self.packets_by_width.get(stream.width, 0) + 1
         publisher = stream.publisher
         if publisher is None:
             owner = self.client.mid_owner.get(stream.mid)
             publisher = stream.publisher = self.publishers.get(owner) if owner else None
             if publisher is None:
                 return
-        sent = publisher.sent_at(hash(data[payload_offset(data) :]))
+        sent = publisher.sent_at(hash(data[offset:]))
         if sent is not None:
             self.latencies.append(now - sent)
 
@@ -353,10 +428,13 @@ class ReceivedMedia:
         stream = self.streams[ssrc] = InboundStream(*announced)
         return stream
 
-    def flowing(self, tracks: int) -> bool:
-        """Frames on `tracks` video streams and packets on `tracks` audio streams."""
+    def flowing(self, tracks: int, width: int = 0) -> bool:
+        """Frames on `tracks` video streams (their layer at least `width` wide) and packets on
+        `tracks` audio streams."""
         video = sum(
-            1 for s in self.streams.values() if s.kind == "video" and s.frames >= WARM_FRAMES
+            1
+            for s in self.streams.values()
+            if s.kind == "video" and s.frames >= WARM_FRAMES and s.width >= width
         )
         audio = sum(1 for s in self.streams.values() if s.kind == "audio" and s.packets > 0)
         return video >= tracks and audio >= tracks
@@ -389,6 +467,7 @@ class BenchPeer:
         self.publish = publish
         self.subscribe = subscribe
         self.publishers = publishers
+        self.layered = layered
         simulcast = None
         if publish and layered:  # the camera in three layers, sent by bot.simulcast
             simulcast = SimulcastSender(encode_layers(*LAYERED_SIZE, SOURCE_BITRATE))
@@ -474,6 +553,11 @@ class SignallingPeer(BenchPeer):
                     continue  # a publisher of a fan-out room declines the others' media
                 if kind in ("offer", "answer", "tracks"):
                     await self.client.handle(data)
+                    if kind == "tracks" and self.layered and self.subscribe:
+                        # As a page showing every camera in a tile of the top layer's size.
+                        sizes = {t["mid"]: list(LAYERED_SIZE) for t in data["tracks"]
+                                 if t["kind"] == "video"}  # fmt: skip
+                        await ws.send_json({"type": "render_sizes", "sizes": sizes})
                 elif kind == "error":
                     self.errors.append(f"{data.get('code')}: {data.get('message')}")
             except Exception as exc:
@@ -735,6 +819,13 @@ class Window:
     errors: list[str] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)
     """How much each of the server's own counters grew over the window."""
+    packets_by_width: dict[int, int] = field(default_factory=dict)
+    """Video packets the subscribers received, by the width of their layer."""
+
+    def width_share(self, width: int) -> float | None:
+        """The share of the video packets received that belong to layers `width` wide or more."""
+        wide = sum(n for w, n in self.packets_by_width.items() if w >= width)
+        return _ratio(wide, sum(self.packets_by_width.values()))
 
     @property
     def us_per_pkt(self) -> float | None:
@@ -825,14 +916,18 @@ async def measure(
     seconds: float,
     warm_up_timeout: float,
     profile: Path | None = None,
+    width: int = 0,
 ) -> Window:
-    """Wait for every subscription to flow, then count over `seconds`."""
+    """Wait for every subscription to flow (each video at a layer `width` wide or more), then
+    count over `seconds`."""
     publishers = sum(1 for p in peers if p.publish)
     subscribers = [p for p in peers if p.received is not None]
     started = time.monotonic()
     warmed_up = False
     while time.monotonic() - started < warm_up_timeout:
-        if all(p.received.flowing(publishers - p.publish) for p in subscribers if p.received):
+        if all(
+            p.received.flowing(publishers - p.publish, width) for p in subscribers if p.received
+        ):
             warmed_up = True
             break
         await asyncio.sleep(0.1)
@@ -871,7 +966,24 @@ async def measure(
         warm_up_s=warm_up_s,
         errors=[e for p in peers for e in p.errors],
         counters={k: v - before.counters.get(k, 0.0) for k, v in after.counters.items()},
+        packets_by_width=_sum_counts(
+            p.received.packets_by_width for p in subscribers if p.received
+        ),
     )
+
+
+def _received_per_s(window: Window) -> float | None:
+    """RTP packets the node received per second over the window (its publishers' layers)."""
+    received = window.counters.get("consilium_sfu_received_packets")
+    return _round(received / window.seconds, 1) if received is not None else None
+
+
+def _sum_counts(counts: Iterable[dict[int, int]]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for each in counts:
+        for key, n in each.items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 def _start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -916,8 +1028,10 @@ async def run_sfu(config: BenchConfig, server: ServeProcess) -> tuple[Window, di
                                       subscribe, publishers, config.layered)  # fmt: skip
                 peers.append(peer)
                 await asyncio.wait_for(peer.join(), JOIN_TIMEOUT_S)
+            top = LAYERED_SIZE[0] if config.layered else 0
+            timeout = LAYERED_WARM_UP_TIMEOUT_S if config.layered else WARM_UP_TIMEOUT_S
             window = await measure(
-                http, server, peers, config.seconds, WARM_UP_TIMEOUT_S, config.profile
+                http, server, peers, config.seconds, timeout, config.profile, top
             )
             metrics = await server.metrics(http)
         finally:
@@ -1085,7 +1199,11 @@ def result_line(
                 "simulcast_fwd_pkts_per_s": _round(layered.server_packets / layered.seconds, 1),
                 "simulcast_fwd_frames_per_s": _round(layered.video_frames / layered.seconds, 1),
                 "simulcast_cpu_s_per_s": _round(layered.server_cpu_s / layered.seconds, 3),
+                "received_pkts_per_s": _received_per_s(ours),
+                "simulcast_received_pkts_per_s": _received_per_s(layered),
                 "simulcast_warmed_up": layered.warmed_up,
+                "simulcast_warm_up_s": _round(layered.warm_up_s, 1),
+                "simulcast_top_layer_share": _round(layered.width_share(LAYERED_SIZE[0]), 3),
             }
         )
         if layered.errors:
@@ -1140,6 +1258,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         action="store_true",
         help="also measure the SFU with every camera in three simulcast layers (simulcast_* keys)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--simulcast: pairs of one-stream and simulcast runs; the cost ratio is their median",
+    )
     parser.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server is not None:
@@ -1170,6 +1294,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig | int:
         profile=args.profile,
         load=max(0, args.load),
         simulcast=args.simulcast,
+        rounds=max(1, args.rounds),
     )
 
 
@@ -1221,13 +1346,21 @@ def main(argv: list[str] | None = None) -> int:
                 config, workdir / "unbounded", {"CONSILIUM_MEDIA_MAX_DELAY_S": "0"}
             )
         layered = None
+        pairs: list[tuple[Window, Window]] = []
         if config.simulcast:
             # The same room with every camera in three layers (each subscriber is forwarded
             # one): the cost of layer selection and switching, against the run above.
+            bound = {"CONSILIUM_MEDIA_MAX_DELAY_S": str(BOUND_S)}
             layered, _ = _run_serve(
-                dataclasses.replace(config, layered=True), workdir / "simulcast",
-                {"CONSILIUM_MEDIA_MAX_DELAY_S": str(BOUND_S)},
-            )  # fmt: skip
+                dataclasses.replace(config, layered=True), workdir / "simulcast", bound
+            )
+            pairs.append((ours, layered))
+            for n in range(1, config.rounds):  # more pairs, for the cost ratio alone
+                one, _ = _run_serve(config, workdir / f"bounded-{n}", bound)
+                three, _ = _run_serve(
+                    dataclasses.replace(config, layered=True), workdir / f"simulcast-{n}", bound
+                )
+                pairs.append((one, three))
         stop_load(hogs)
 
         baseline = None
@@ -1245,6 +1378,13 @@ def main(argv: list[str] | None = None) -> int:
         stop_load(hogs)
         shutil.rmtree(workdir, ignore_errors=True)
     line = result_line(config, ours, metrics, baseline, unbounded, layered)
+    if pairs:
+        ratios = [_ratio(b.us_per_pkt or 0.0, a.us_per_pkt or 0.0) for a, b in pairs]
+        known = [r for r in ratios if r is not None]
+        line["simulcast_cost_ratios"] = [_round(r, 3) for r in ratios]
+        line["simulcast_cost_ratio"] = _round(statistics.median(known), 3) if known else None
+        line["simulcast_top_layer_shares"] = [_round(b.width_share(LAYERED_SIZE[0]), 3)
+                                              for _, b in pairs]  # fmt: skip
     line["bench_seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line), flush=True)
     return 0
