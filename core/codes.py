@@ -21,6 +21,7 @@ class ErrorCode(StrEnum):
     BAD_MEDIA_REQUEST = "bad_media_request"
     MEDIA_FAILED = "media_failed"
     CODEC_UNSUPPORTED = "codec_unsupported"
+    RECEIVE_CODEC_UNSUPPORTED = "receive_codec_unsupported"
     DATA_CHANNEL_CLOSED = "data_channel_closed"
     RECORDING_UNAVAILABLE = "recording_unavailable"
     RECORDING_RUNNING = "recording_running"
@@ -49,6 +50,10 @@ _MEANINGS: dict[ErrorCode, str] = {
     "fail or close (its network died) and dropped the participant's media",
     ErrorCode.CODEC_UNSUPPORTED: "(request `offer`) a published track offers none of the room's "
     "codecs; that track is not received (the others are)",
+    ErrorCode.RECEIVE_CODEC_UNSUPPORTED: "(request `answer`) the browser's subscribe answer "
+    "rejected the media of a kind (port 0: it cannot decode the room's codec for it, e.g. H.264 "
+    "in a Firefox without its OpenH264 plugin); the rest of the answer is applied, and no media "
+    "of that kind is offered to this participant again",
     ErrorCode.DATA_CHANNEL_CLOSED: "(request `data`) the SFU saw the participant's ordered data "
     "channel close; the client opens a new one (which asks `sync`), or joins again",
     ErrorCode.RECORDING_UNAVAILABLE: "a recording request to a node with no SFU (so no recorder)",

@@ -252,9 +252,9 @@ class Publisher:
         if permission not in self.permissions or codec is None:
             transceiver.direction = "inactive"
             reason = ErrorCode.NOT_ALLOWED if codec else ErrorCode.CODEC_UNSUPPORTED
-            self.owner.report_error(
-                reason, f"{source} cannot be published here ({reason})", "offer"
-            )
+            why = (f"this browser offered none of the room's {kind} codecs "
+                   f"({self.room.codec_name(kind)})" if codec is None else reason)  # fmt: skip
+            self.owner.report_error(reason, f"{source} cannot be published here ({why})", "offer")
             return
         hooks.restrict_codecs(transceiver, codec)
         transceiver.direction = "recvonly"

@@ -68,6 +68,13 @@ class MediaRoom:
             return f"video/{self.video_codec}"
         return None
 
+    def codec_name(self, kind: str) -> str:
+        """The codec this room uses for `kind`, for a message (the choices, in order, while no
+        publisher has fixed it)."""
+        if kind == "audio":
+            return self.audio_codec
+        return self.video_codec or " or ".join(self.video_codecs)
+
     def codec_capability(self, kind: str) -> list[RTCRtpCodecCapability]:
         """Codec preferences for a subscribe transceiver: the room's codec and its RTX."""
         name = self.audio_codec if kind == "audio" else (self.video_codec or "VP8")

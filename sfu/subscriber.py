@@ -17,6 +17,7 @@ import time
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 
+from core.codes import ErrorCode
 from core.media.rtp import TRANSPORT_CC_URI, ExtensionIds
 from sfu import aiortc_hooks as hooks
 from sfu import ice_restart, srtp_send
@@ -38,6 +39,7 @@ from sfu.pausing import Candidate, PauseControl
 from sfu.probe_send import ProbeSender, probe_slot
 from sfu.probing import DROP_CLEAN_LOSS, START_BPS, ProbeController, RembClimb
 from sfu.publisher import media_and_rtx
+from sfu.rejected import accept_rejections, rejected_mids
 from sfu.retransmit import Refusal, RetransmitBudget
 from sfu.round_trip import RoundTrip
 from sfu.twcc import accepted_transport_cc, offer_transport_cc, split_transport_feedback
@@ -69,6 +71,7 @@ class Subscriber:
         "_wanting",
         "closed",
         "configuration",
+        "declined",
         "downlink",
         "dropped",
         "notify",
@@ -152,6 +155,9 @@ class Subscriber:
         """The layers last logged at debug level."""
         self._restart: ice_restart.IceRestart | None = None
         """An ICE restart whose offer awaits the client's answer (`restart_ice`)."""
+        self.declined: set[str] = set()
+        """Kinds of media this participant's browser rejected in an answer (it cannot decode
+        the room's codec: `sfu.rejected`): no track of that kind is offered to it again."""
 
     @property
     def rtt_s(self) -> float | None:
@@ -171,7 +177,9 @@ class Subscriber:
 
     def subscribe(self, track: PublishedTrack) -> None:
         """Receive `track`: on an idle slot of its kind, or on a new one (renegotiating)."""
-        if self.closed or any(slot.source is track for slot in self.slots):
+        if self.closed or track.info.kind in self.declined:
+            return
+        if any(slot.source is track for slot in self.slots):
             return
         slot = next((s for s in self.slots if s.source is None and s.kind == track.info.kind), None)
         if slot is None:
@@ -456,10 +464,15 @@ class Subscriber:
         pc = self.pc
         if pc is None or not self._negotiating:
             raise MediaError("no subscribe offer is waiting for an answer")
+        rejected = rejected_mids(sdp)
+        if rejected:
+            sdp = accept_rejections(pc.localDescription.sdp, sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except (ValueError, KeyError, AttributeError) as exc:
             raise MediaError(f"unusable subscribe answer: {exc}") from None
+        if rejected:
+            self._decline(rejected)
         if self.transport_cc:
             self._accept_transport_cc(sdp)
         else:
@@ -476,6 +489,30 @@ class Subscriber:
         if self._renegotiate:
             self._renegotiate = False
             self._negotiation_needed()
+
+    def _decline(self, rejected: dict[str, str]) -> None:
+        """The answer rejected these sections (mid -> kind): the browser cannot receive the
+        room's codec for that kind. Their slots go idle for good (inactive: nothing is sent on
+        them), no track of that kind is offered again, and the participant is told once."""
+        for slot in self.slots:
+            transceiver = self._transceivers.get(id(slot))
+            if transceiver is None or str(transceiver.mid) not in rejected:
+                continue
+            slot.assign(None)
+            slot.ready = False
+            kind = rejected[str(transceiver.mid)]
+            if kind not in self.declined:
+                self.declined.add(kind)
+                codec = self.room.codec_name(kind)
+                log.warning(
+                    "subscriber cannot receive the room's codec",
+                    extra={"participant": self.participant_id, "kind": kind, "codec": codec},
+                )
+                self.owner.report_error(
+                    ErrorCode.RECEIVE_CODEC_UNSUPPORTED,
+                    f"this browser cannot receive the room's {kind} codec ({codec})",
+                    "answer",
+                )
 
     def _accept_transport_cc(self, answer: str) -> None:
         """Send the transport-wide sequence number on the sections whose answer took it: aiortc

@@ -60,6 +60,9 @@ class ParticipantRoom(Protocol):
     def choose_codec(self, kind: str, offered: list[RTCRtpCodecParameters]) -> str | None:
         """The codec this room uses for `kind` if the publisher offers it (else None)."""
 
+    def codec_name(self, kind: str) -> str:
+        """The codec this room sends for `kind`."""
+
     def codec_capability(self, kind: str) -> list[RTCRtpCodecCapability]:
         """Codec preferences for a subscribe transceiver: the room's codec and its RTX."""
 

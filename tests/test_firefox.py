@@ -117,11 +117,13 @@ async def meet_chromium_and_firefox(
     *,
     chromium_args: tuple[str, ...] = (),
     firefox_preload: str | None = None,
+    decoding: bool = True,
     **firefox_options: Any,
 ) -> MixedMeeting:
     """Dr Chen opens the room in Chromium; Dr Silva joins from Firefox's pre-join screen with
-    its camera on, knocks, and is admitted by the chair's click; both decode each other.
-    `firefox_preload`: a script run in Firefox's page before the client's own."""
+    its camera on, knocks, and is admitted by the chair's click; both decode each other (not
+    waited for with `decoding=False`). `firefox_preload`: a script run in Firefox's page
+    before the client's own."""
     idp = DevelopmentIdP.load_or_create(serve.data_dir)
     chair_token = idp.mint(
         sub="dr-chen", role="chair", name="Dr Chen Wei", depts=["oncology"], rooms=[ROOM]
@@ -156,7 +158,8 @@ async def meet_chromium_and_firefox(
         str(await evaluate(chair, "window.consilium.state().participantId")),
         str(await evaluate(specialist, "window.consilium.state().participantId")),
     )
-    await until_decoding_both_ways(meeting)
+    if decoding:
+        await until_decoding_both_ways(meeting)
     return meeting
 
 
