@@ -442,7 +442,8 @@ class ParticipantJoined(Message, tag="participant_joined"):
 class ParticipantLeft(Message, tag="participant_left"):
     """Someone left the room: `left`, `removed`, `revoked`, `replaced`, `timed_out`,
     `connection_lost` (no close: a crashed tab, a reset), `slow_consumer` (dropped: it did not
-    read what the server sent, 4408)..."""
+    read what the server sent, 4408), `node_lost` (the server node holding their connection
+    died: another node cleaned up after it)..."""
 
     participant_id: str
     reason: str = "left"

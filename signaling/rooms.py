@@ -40,6 +40,7 @@ from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
 from signaling.errors import close_code_of
 from signaling.identity import Identity
+from signaling.liveness import NODE_LOST
 from signaling.logs import scrub
 from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
@@ -462,6 +463,43 @@ class Rooms:
         await ending.close_if_done(
             self.store, self.audit, room_id, grace_s=grace_s, now=time.time()
         )
+
+    # -- a node that died ---------------------------------------------------------------------
+
+    async def reap_node(self, node_id: str) -> tuple[int, int]:
+        """Clean up after a dead node (`signaling.liveness`): its participants leave their rooms
+        (everyone told, reason `node_lost`; media this node hosted for them closed), its lobby
+        entries go (the admitters told), and the rooms whose media it hosted are released for
+        another node to claim. (participants, lobby entries) removed by this call: another node
+        doing the same at once removes the rest, each entry once."""
+        left = waiting = 0
+        for room in await self.store.list_rooms():
+            room_id = room.room_id
+            touched = False
+            for record in await self.store.list_participants(room_id):
+                if record.node != node_id:
+                    continue
+                removed = await self.store.remove_participant(room_id, record.participant_id)
+                if self.media is not None:
+                    await self.media.leave(record.participant_id)
+                left += removed is not None
+                touched = True
+                await self._apply(m.left_room(room_id, record.participant_id, record.sub,
+                                              NODE_LOST, removed is not None))  # fmt: skip
+            for record in await self.store.list_lobby(room_id):
+                if record.node != node_id:
+                    continue
+                taken = await self.store.remove_from_lobby(room_id, record.participant_id)
+                waiting += taken is not None
+                touched = True
+                await self._apply(m.left_lobby(room_id, record.participant_id, taken is not None))
+            await self.store.release_media_node(room_id, node_id)
+            if touched:
+                await self._close_room_if_done(room_id)
+        if left or waiting:
+            self.audit.append("node_lost", "error", node=node_id, participants=left,
+                              lobby=waiting, by=self.store.node_id)  # fmt: skip
+        return left, waiting
 
     # -- revocation ----------------------------------------------------------------------------
 

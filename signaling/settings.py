@@ -138,6 +138,10 @@ class Settings:
     resume_grace_s: float = 20.0
     """How long a participant whose connection dropped without leaving is held for a `resume`
     (seen as reconnecting, media kept) before they leave; 0: they leave at once."""
+    node_dead_after_s: float = 4.0
+    """With a shared Redis: a node whose heartbeat (every second) has been missing this long is
+    dead; the others remove its participants and lobby entries (everyone told) and release the
+    rooms whose media it hosted (`signaling.liveness`)."""
     max_request_bytes: int = 64 * 1024
     """Largest REST request body."""
 
@@ -381,6 +385,8 @@ class Settings:
                 raise ConfigError(f"oidc_role_map: {item!r} is not provider-value=role")
         if not 0 <= self.resume_grace_s <= 300:
             raise ConfigError("resume_grace_s must be between 0 and 300 seconds")
+        if not 2 <= self.node_dead_after_s <= 120:
+            raise ConfigError("node_dead_after_s must be between 2 and 120 seconds")
         self.retention_classes()  # raises on a malformed entry
         self.witness_address()  # raises on a malformed address
         if self.ice_transport_policy not in ("all", "relay"):

@@ -377,6 +377,25 @@ async def test_purge_node_removes_only_that_nodes_entries(store: StateStore) -> 
     assert await store.purge_node("node-a") == 0
 
 
+async def test_a_node_whose_heartbeat_runs_out_is_dead_until_forgotten(store: StateStore) -> None:
+    assert await store.dead_nodes() == []
+    await store.heartbeat("node-a", 0.3)
+    await store.heartbeat("node-b", 30)
+    assert await store.dead_nodes() == []
+    await asyncio.sleep(0.4)
+    assert await store.dead_nodes() == ["node-a"]
+    await store.heartbeat("node-a", 30)  # back (a restart under the same id)
+    assert await store.dead_nodes() == []
+    await store.heartbeat("node-a", 0.1)
+    await asyncio.sleep(0.2)
+    assert await store.dead_nodes() == ["node-a"]
+    await store.forget_node("node-a")
+    assert await store.dead_nodes() == []
+    await store.forget_node("node-b")  # stopped cleanly: never listed as dead
+    await asyncio.sleep(0.1)
+    assert await store.dead_nodes() == []
+
+
 # two nodes sharing one Redis
 
 

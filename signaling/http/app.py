@@ -25,7 +25,12 @@ from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.routes.pacs import add_pacs_routes
 from signaling.http.routes.pacs_store import add_pacs_store_routes
 from signaling.http.routes.scim import add_scim_routes
-from signaling.http.tasks import sweep_meeting_ends, sweep_retention, sweep_revocations
+from signaling.http.tasks import (
+    sweep_meeting_ends,
+    sweep_retention,
+    sweep_revocations,
+    watch_nodes,
+)
 from signaling.keysources import JwksFile
 from signaling.logs import scrub
 from signaling.oidc import StepUpRequired, step_up_challenge
@@ -141,6 +146,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if node.rooms.media is not None:
         await node.rooms.media.start()
     purged = await node.store.purge_node(node.settings.node_id)
+    # Alive before taking anyone in: a node that joined someone without ever heartbeating
+    # would not be cleaned up after if it died at once.
+    await node.store.heartbeat(node.settings.node_id, node.settings.node_dead_after_s)
     node.audit.append(
         "config_loaded",
         "info",
@@ -156,12 +164,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper = asyncio.get_running_loop().create_task(sweep_revocations(node))
     image_sweeper = asyncio.get_running_loop().create_task(sweep_retention(node))
     meeting_sweeper = asyncio.get_running_loop().create_task(sweep_meeting_ends(node))
+    node_watch = asyncio.get_running_loop().create_task(watch_nodes(node))
     node.ready = True
     yield
     node.ready = False
     sweeper.cancel()
     image_sweeper.cancel()
     meeting_sweeper.cancel()
+    node_watch.cancel()
     try:
         if node.rooms.recorder is not None:
             # Recordings end cleanly (complete, final segments sealed) before the media goes.
@@ -174,6 +184,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await node.rooms.media.close()
         with contextlib.suppress(Exception):
             await node.store.purge_node(node.settings.node_id)
+        with contextlib.suppress(Exception):  # stopped cleanly: nothing left to clean up after
+            await node.store.forget_node(node.settings.node_id)
         with contextlib.suppress(Exception):
             await node.store.close()
         with contextlib.suppress(Exception):

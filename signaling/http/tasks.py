@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from signaling import ending
+from signaling import ending, liveness
 from signaling import meeting_end as me
 from signaling.http.node import Node
 from signaling.http.routes.meetings import delete_expired_meetings
@@ -120,3 +120,32 @@ async def sweep_meeting_ends(node: Node) -> None:
             )  # fmt: skip
         except Exception:
             log.exception("sweep of scheduled meetings' ends failed")
+
+
+async def watch_nodes(node: Node) -> None:
+    """Heartbeat this node every `liveness.HEARTBEAT_EVERY_S`, and clean up after the nodes
+    whose heartbeats ran out (`signaling.liveness`; with a shared Redis: the memory store has
+    only this node)."""
+    watch = liveness.LivenessWatch(node.settings.node_dead_after_s)
+    own = node.settings.node_id
+    while True:
+        sent_at = time.monotonic()
+        try:
+            await node.store.heartbeat(own, node.settings.node_dead_after_s)
+        except Exception as exc:
+            watch.beat_failed()
+            log.warning("node heartbeat failed: %s", type(exc).__name__)
+        else:
+            watch.beat_ok(sent_at, time.monotonic())
+            if watch.may_judge(time.monotonic()):
+                try:
+                    for dead in liveness.judged_dead(await node.store.dead_nodes(), own):
+                        left, waiting = await node.rooms.reap_node(dead)
+                        await node.store.forget_node(dead)
+                        log.warning(
+                            "node lost: cleaned up after it",
+                            extra={"node": dead, "participants": left, "lobby": waiting},
+                        )
+                except Exception:
+                    log.exception("cleaning up after a lost node failed; tried again next beat")
+        await asyncio.sleep(liveness.HEARTBEAT_EVERY_S)

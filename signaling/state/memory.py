@@ -33,6 +33,8 @@ class MemoryStore(StateStore):
         self._participants: dict[str, dict[str, ParticipantRecord]] = {}
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
         self._media_nodes: dict[str, tuple[str, float]] = {}
+        self._heartbeats: dict[str, float] = {}
+        """Node id -> when its last heartbeat runs out (monotonic)."""
         self.directory = MemoryDirectory()
         self.meetings = MemoryMeetingBook()
         self._expiring: dict[str, tuple[str, float]] = {}
@@ -134,6 +136,16 @@ class MemoryStore(StateStore):
                     del entries[pid]
                 removed += len(held)
         return removed
+
+    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+        self._heartbeats[node_id] = time.monotonic() + ttl_s
+
+    async def dead_nodes(self) -> list[str]:
+        now = time.monotonic()
+        return sorted(node for node, until in self._heartbeats.items() if until <= now)
+
+    async def forget_node(self, node_id: str) -> None:
+        self._heartbeats.pop(node_id, None)
 
     async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
         now = time.monotonic()

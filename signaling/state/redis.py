@@ -146,7 +146,8 @@ class RedisStore(StateStore):
 
         Keys (after `prefix`): `room:{<id>}` (hash, one JSON value per field),
         `room:{<id>}:participants` and `room:{<id>}:lobby` (hashes: participant id -> JSON),
-        `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON), `directory:*` (the
+        `rooms` (set of room ids), `revocations` (hash: `kind:value` -> JSON), `nodes` (set of
+        node ids seen) and `node:<id>` (expiring while that node is alive), `directory:*` (the
     SCIM directory, `signaling.state.directory`), `instance` (a random
         value set by the first node to see this Redis: a different value later means the data was
         lost); events go on the channel `events`. The braces keep one room's keys apart from any
@@ -172,6 +173,7 @@ class RedisStore(StateStore):
         self._revocations_key = prefix + "revocations"
         self._instance_key = prefix + "instance"
         self._channel = prefix + "events"
+        self._nodes_key = prefix + "nodes"
         self._instance: str | None = None
         """The `instance` value this node last saw; None before its first look."""
         self._known_rooms: dict[str, RoomRecord] = {}
@@ -490,6 +492,42 @@ class RedisStore(StateStore):
 
     def _entry_keys(self, room_id: str) -> tuple[str, str]:
         return self._participants_key(room_id), self._lobby_key(room_id)
+
+    # node liveness: `node:<id>` (expiring) while a node is alive, `nodes` (set) of those seen
+
+    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._node_key(node_id), "1", px=max(1, int(ttl_s * 1000)))
+                pipe.sadd(self._nodes_key, node_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def dead_nodes(self) -> list[str]:
+        try:
+            known = sorted(cast(set[str], await self._redis.smembers(self._nodes_key)))
+            if not known:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node_id in known:
+                    pipe.exists(self._node_key(node_id))
+                alive = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        return [node_id for node_id, up in zip(known, alive, strict=True) if not up]
+
+    async def forget_node(self, node_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(self._nodes_key, node_id)
+                pipe.delete(self._node_key(node_id))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    def _node_key(self, node_id: str) -> str:
+        return f"{self._prefix}node:{node_id}"
 
     # media nodes
 

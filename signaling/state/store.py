@@ -222,6 +222,21 @@ class StateStore(abc.ABC):
         before `close`.
         """
 
+    # which nodes are alive (signaling.liveness)
+
+    @abc.abstractmethod
+    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+        """`node_id` is alive for the next `ttl_s` seconds (and is known: `dead_nodes` lists it
+        once it stops saying so)."""
+
+    @abc.abstractmethod
+    async def dead_nodes(self) -> list[str]:
+        """Nodes that have heartbeated and whose last heartbeat ran out, until `forget_node`."""
+
+    @abc.abstractmethod
+    async def forget_node(self, node_id: str) -> None:
+        """`node_id` is no longer known (cleaned up after it died, or it stopped cleanly)."""
+
     # which node hosts a room's media
 
     @abc.abstractmethod

@@ -1,0 +1,67 @@
+"""Node liveness: which nodes of a cluster are dead, and when this node may say so.
+
+Every node sharing a Redis heartbeats (`StateStore.heartbeat`) every `HEARTBEAT_EVERY_S`: a key
+that expires `node_dead_after_s` later. A node whose key has expired is dead (`dead_nodes`): a
+SIGKILL, a power cut, a network cut from Redis. Any surviving node then cleans up after it
+(`signaling.rooms.Rooms.reap_node`): its participants leave their rooms (everyone told, reason
+`node_lost`), its lobby entries go, the rooms whose media it hosted are released; then it is
+forgotten. Two nodes may do it at once: every removal is atomic, so each entry is removed and
+announced once. A node that stops cleanly (SIGTERM) removes its own entries and forgets itself.
+
+The danger is a false death. When Redis itself was out of reach (stopped, paused, cut off)
+for longer than `node_dead_after_s`, every heartbeat key has run out when it comes back, and the
+first node to look would take every other live node for dead. So a node only judges others
+(`LivenessWatch.may_judge`) after its own heartbeats have succeeded without a failure for
+longer than `node_dead_after_s` plus one beat: by then every live node has heartbeated again.
+The same wait applies after this node starts (it may have just been out of reach itself), and
+after a heartbeat answered late (Redis paused: the answer comes once it runs again).
+
+Pure: times in, decisions out; `signaling.http.app` runs the loop.
+"""
+
+from __future__ import annotations
+
+HEARTBEAT_EVERY_S = 1.0
+"""How often each node says it is alive."""
+NODE_LOST = "node_lost"
+"""The `participant_left` reason of a participant whose node died."""
+
+
+class LivenessWatch:
+    """This node's view of its own heartbeats: whether it may judge other nodes dead now."""
+
+    __slots__ = ("_healthy_since", "dead_after_s")
+
+    def __init__(self, dead_after_s: float) -> None:
+        self.dead_after_s = dead_after_s
+        self._healthy_since: float | None = None
+        """When the current run of successful heartbeats began (None: the last one failed, or
+        none yet)."""
+
+    def beat_ok(self, sent_at: float, now: float) -> None:
+        """A heartbeat sent at `sent_at` reached the shared state, answered at `now`. A slow
+        answer counts as a failure: the shared state was out of reach for a while (paused,
+        cut off, swapping) and the others' heartbeats may have run out meanwhile, theirs
+        queued behind this one."""
+        if now - sent_at > self.dead_after_s / 2:
+            self._healthy_since = None
+        elif self._healthy_since is None:
+            self._healthy_since = now
+
+    def beat_failed(self) -> None:
+        """A heartbeat did not reach it: others' keys may run out meanwhile, through no fault
+        of theirs."""
+        self._healthy_since = None
+
+    def may_judge(self, now: float) -> bool:
+        """Whether a node whose heartbeat key ran out is really dead, as far as this node can
+        tell: its own heartbeats have reached the shared state for longer than any live node
+        needs to heartbeat again after an outage."""
+        since = self._healthy_since
+        return since is not None and now - since >= self.dead_after_s + HEARTBEAT_EVERY_S
+
+
+def judged_dead(dead: list[str], own_node_id: str) -> list[str]:
+    """The nodes to clean up after: every expired one but this node (its own key may have run
+    out while it was cut off; it is alive, since it is asking)."""
+    return [node_id for node_id in dead if node_id != own_node_id]

@@ -1,0 +1,35 @@
+"""`signaling.liveness`: when a node may judge others dead (pure)."""
+
+from __future__ import annotations
+
+from signaling.liveness import HEARTBEAT_EVERY_S, LivenessWatch, judged_dead
+
+DEAD_AFTER_S = 4.0
+
+
+def test_a_node_judges_only_after_a_run_of_good_heartbeats_longer_than_the_timeout() -> None:
+    watch = LivenessWatch(DEAD_AFTER_S)
+    assert not watch.may_judge(0.0), "nothing sent yet"
+    watch.beat_ok(0.0, 0.01)
+    assert not watch.may_judge(1.0), "just started: the others may not have beaten yet"
+    for t in range(1, 6):
+        watch.beat_ok(float(t), t + 0.01)
+    assert watch.may_judge(DEAD_AFTER_S + HEARTBEAT_EVERY_S + 0.01)
+
+
+def test_after_a_failed_or_late_heartbeat_it_waits_again() -> None:
+    watch = LivenessWatch(DEAD_AFTER_S)
+    watch.beat_ok(0.0, 0.01)
+    assert watch.may_judge(10.0)
+    watch.beat_failed()  # Redis out of reach: the others' keys may run out meanwhile
+    assert not watch.may_judge(10.0)
+    watch.beat_ok(11.0, 11.01)
+    assert not watch.may_judge(12.0)
+    assert watch.may_judge(11.02 + DEAD_AFTER_S + HEARTBEAT_EVERY_S)
+    # An answer that came late (Redis paused, then resumed) is no proof of a live link.
+    watch.beat_ok(20.0, 20.0 + DEAD_AFTER_S)
+    assert not watch.may_judge(30.0)
+
+
+def test_a_node_never_judges_itself_dead() -> None:
+    assert judged_dead(["node-a", "node-b"], "node-a") == ["node-b"]
