@@ -713,9 +713,21 @@ async def test_redis_restarted_empty_gets_revocations_rooms_and_rosters_back(
             await newcomer.close()
 
 
+@pytest.mark.parametrize("disk", ["quick", "slow"])
 async def test_a_node_never_forgets_a_revocation_it_heard_of(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, disk: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`slow`: the journal's file exists before the line is in it (a loaded machine: CI saw
+    it); the node stopped meanwhile still has it on disk when it starts again."""
+    if disk == "slow":
+        from signaling.state import store as store_module
+
+        def slow_append(path: Path, revocations: list[Revocation]) -> None:
+            path.touch()
+            time.sleep(0.5)
+            append_revocations(path, revocations)
+
+        monkeypatch.setattr(store_module, "append_revocations", slow_append)
     a = await _journalled_redis_node(redis_url, "node-a", tmp_path / "a")
     b = await _journalled_redis_node(redis_url, "node-b", tmp_path / "b")
     await a.revoke(revocation("sub", "dr-li"))

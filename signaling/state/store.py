@@ -69,6 +69,9 @@ class StateStore(abc.ABC):
         self._revocations = RevocationIndex()
         self._revocations_path = revocations_path
         self._journal_lock = asyncio.Lock()
+        self._journal_writes: set[asyncio.Future[None]] = set()
+        """Journal appends under way (in a thread): `close` waits for them, so a revocation
+        heard just before a stop is on disk when the next start reads the journal."""
         self._handlers: list[EventHandler] = []
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_BOUND)
         self._dispatcher: asyncio.Task[None] | None = None
@@ -87,6 +90,8 @@ class StateStore(abc.ABC):
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
             self._dispatcher = None
+        if self._journal_writes:
+            await asyncio.gather(*self._journal_writes, return_exceptions=True)
 
     # rooms
 
@@ -195,7 +200,14 @@ class StateStore(abc.ABC):
         new = [r for r in revocations if not r.expired(now) and self._revocations.add(r)]
         if new and self._revocations_path is not None:
             async with self._journal_lock:
-                await asyncio.to_thread(append_revocations, self._revocations_path, new)
+                # Shielded: a listener cancelled at shutdown does not leave the write behind
+                # unwaited for (`close` waits for it); the thread would finish it anyway.
+                write = asyncio.ensure_future(
+                    asyncio.to_thread(append_revocations, self._revocations_path, new)
+                )
+                self._journal_writes.add(write)
+                write.add_done_callback(self._journal_writes.discard)
+                await asyncio.shield(write)
 
     async def is_revoked(self, *, jti: str, sub: str) -> Revocation | None:
         """The revocation that applies to this token, if any. Answers from the local copy."""
