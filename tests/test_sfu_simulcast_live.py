@@ -24,6 +24,7 @@ from bot.client import MediaClient
 from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI, parse_header
 from sfu import aiortc_hooks as hooks
 from sfu import srtp_send
+from sfu.forwarder import OutboundSlot
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
@@ -205,15 +206,39 @@ class ReceivedSequence:
 
     def gaps(self) -> int:
         """Sequence numbers never received between the first and the last."""
-        unwrapped, base, previous = set(), 0, None
-        for number in self.numbers:
-            if previous is not None and number < previous and previous - number > 0x8000:
-                base += 0x10000
-            elif previous is not None and number > previous and number - previous > 0x8000:
-                number -= 0x10000  # a late one from before a wrap
-            unwrapped.add(base + number)
-            previous = number % 0x10000
-        return max(unwrapped) - min(unwrapped) + 1 - len(unwrapped)
+        return sequence_gaps(self.numbers)
+
+
+def sequence_gaps(numbers: list[int]) -> int:
+    """Sequence numbers missing between the first and the last of these (wraps unwrapped)."""
+    unwrapped, base, previous = set(), 0, None
+    for number in numbers:
+        if previous is not None and number < previous and previous - number > 0x8000:
+            base += 0x10000
+        elif previous is not None and number > previous and number - previous > 0x8000:
+            number -= 0x10000  # a late one from before a wrap
+        unwrapped.add(base + number)
+        previous = number % 0x10000
+    return max(unwrapped) - min(unwrapped) + 1 - len(unwrapped)
+
+
+class SentSequence:
+    """The sequence numbers the SFU sends on a subscriber's video slot (media, not RTX),
+    read where the slot hands its packets to SRTP: what the SFU numbered, whatever the
+    transport then lost."""
+
+    def __init__(self, slot: OutboundSlot) -> None:
+        self.numbers: list[int] = []
+        self.slot = slot
+        original = slot.send_rtp
+
+        def spy(packet: bytes) -> bool:
+            header = parse_header(packet)
+            if header.payload_type == slot.payload_type:
+                self.numbers.append(header.sequence)
+            return bool(original(packet))
+
+        slot.send_rtp = spy
 
 
 def _video_mid(client: MediaClient) -> str:
@@ -287,6 +312,8 @@ async def test_a_subscriber_gets_the_layer_its_tile_needs_as_one_continuous_stre
         await publisher.start()
         await eventually(lambda: subscriber.stats.frames("video") > 5, timeout=10)
         received = ReceivedSequence(subscriber)
+        server_side = media.server.participants["b"].subscriber
+        sent = SentSequence(next(slot for slot in server_side.slots if slot.kind == "video"))
         mid = _video_mid(subscriber)
         media.server.show("b", {mid: (160, 120)})  # a thumbnail
         await eventually(lambda: _width(subscriber) == 160, timeout=10)
@@ -307,7 +334,11 @@ async def test_a_subscriber_gets_the_layer_its_tile_needs_as_one_continuous_stre
         await eventually(lambda: subscriber.stats.frames("video") > frames + 15, timeout=10)
 
         assert len(received.ssrcs) == 1, "three layers, one stream to the subscriber"
-        assert received.gaps() == 0, "sequence numbers continue across the switches"
+        assert sequence_gaps(sent.numbers) == 0, "sequence numbers continue across the switches"
+        # What the subscriber missed is what was lost and could no longer be resent in time
+        # (on a loaded machine a stalled loop overflows a socket buffer now and then).
+        refused = sum(server_side.retransmits.refused.values())
+        assert received.gaps() <= refused, (received.gaps(), server_side.retransmits.refused)
         assert not media.errors
     finally:
         await publisher.close()
