@@ -136,6 +136,8 @@ import aiohttp  # noqa: E402
 
 from core.media.keyframes import vp8_keyframe_start  # noqa: E402
 from core.media.payloads import parse_vp8_descriptor, vp8_picture_size  # noqa: E402
+from core.media.rtp import parse_header  # noqa: E402
+from sfu.twcc import SUBSCRIBER_EXTENSION_ID  # noqa: E402
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
@@ -220,30 +222,6 @@ def vp8_width(payload: bytes) -> int | None:
     """The width of the VP8 keyframe whose first packet's payload this is."""
     size = vp8_picture_size(payload[parse_vp8_descriptor(payload).size :])
     return size[0] if size else None
-
-
-def transport_sequence(data: bytes) -> int | None:
-    """The transport-wide sequence number the SFU wrote in an RTP packet (one-byte header
-    extensions, `sfu.twcc.SUBSCRIBER_EXTENSION_ID`), None without one."""
-    from sfu.twcc import SUBSCRIBER_EXTENSION_ID
-
-    b0 = data[0]
-    if not b0 & 0x10:
-        return None
-    pos = 12 + 4 * (b0 & 0x0F)
-    if data[pos : pos + 2] != b"\xbe\xde":
-        return None
-    end = pos + 4 + 4 * int.from_bytes(data[pos + 2 : pos + 4], "big")
-    pos += 4
-    while pos < end:
-        byte = data[pos]
-        if byte == 0:
-            pos += 1
-            continue
-        if byte >> 4 == SUBSCRIBER_EXTENSION_ID:
-            return int.from_bytes(data[pos + 1 : pos + 3], "big")
-        pos += 2 + (byte & 0x0F)
-    return None
 
 
 def payload_offset(data: bytes) -> int:
@@ -373,8 +351,9 @@ class ReceivedMedia:
         """One decrypted RTP packet from the server."""
         # Per packet of every subscriber in this process, which shares two cores with the server.
         now = time.perf_counter()
-        number = transport_sequence(data)
-        if number is not None and self.feedback.record(number, arrival_ms):
+        header = parse_header(data)
+        number = header.extensions.get(SUBSCRIBER_EXTENSION_ID)
+        if number is not None and self.feedback.record(int.from_bytes(number[:2]), arrival_ms):
             from sfu import srtp_send
 
             assert self._dtls is not None
@@ -392,9 +371,9 @@ class ReceivedMedia:
             return
         if data[1] & 0x80:
             stream.frames += 1
-        offset = payload_offset(data)
-        if vp8_keyframe_start(data[offset:]):
-            stream.width = vp8_width(data[offset:]) or stream.width
+        payload = data[header.payload_start : header.payload_end]
+        if vp8_keyframe_start(payload):
+            stream.width = vp8_width(payload) or stream.width
         if not self.sampling:
             return
         self.packets_by_width[stream.width] = self.packets_by_width.get(stream.width, 0) + 1
@@ -404,7 +383,7 @@ class ReceivedMedia:
             publisher = stream.publisher = self.publishers.get(owner) if owner else None
             if publisher is None:
                 return
-        sent = publisher.sent_at(hash(data[offset:]))
+        sent = publisher.sent_at(hash(data[header.payload_start :]))  # as the sender hashed it
         if sent is not None:
             self.latencies.append(now - sent)
 

@@ -65,10 +65,10 @@ def rejected_mids(answer: str) -> dict[str, str]:
     }
 
 
-def accept_rejections(offer: str, answer: str) -> str:
-    """The answer with each rejected section replaced by an inactive one aiortc accepts (the
-    answer unchanged when it rejects nothing, or accepts nothing to take a transport from)."""
-    rejected = rejected_mids(answer)
+def accept_rejections(offer: str, answer: str, rejected: dict[str, str]) -> str:
+    """The answer with each rejected section (`rejected_mids`) replaced by an inactive one
+    aiortc accepts (the answer unchanged when it rejects nothing, or accepts nothing to take a
+    transport from)."""
     session, sections = _split(answer)
     accepted = next((s for s in sections if not _rejected(s)), None)
     if not rejected or accepted is None:

@@ -466,7 +466,7 @@ class Subscriber:
             raise MediaError("no subscribe offer is waiting for an answer")
         rejected = rejected_mids(sdp)
         if rejected:
-            sdp = accept_rejections(pc.localDescription.sdp, sdp)
+            sdp = accept_rejections(pc.localDescription.sdp, sdp, rejected)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except (ValueError, KeyError, AttributeError) as exc:

@@ -93,14 +93,14 @@ def test_a_rejected_section_is_found_by_its_port_zero() -> None:
 
 def test_an_answer_rejecting_nothing_is_left_as_it_is() -> None:
     accepted = ANSWER.replace("m=video 0 UDP/TLS/RTP/SAVPF 120", "m=video 9 UDP/TLS/RTP/SAVPF 99")
-    assert accept_rejections(OFFER, accepted) == accepted
+    assert accept_rejections(OFFER, accepted, rejected_mids(accepted)) == accepted
 
 
 def test_the_rejected_section_becomes_an_inactive_bundled_one_with_the_offered_codecs() -> None:
     aiortc_refuses = SessionDescription.parse(ANSWER)
     assert not aiortc_refuses.media[1].ice.usernameFragment  # what aiortc refused
 
-    fixed = accept_rejections(OFFER, ANSWER)
+    fixed = accept_rejections(OFFER, ANSWER, rejected_mids(ANSWER))
     description = SessionDescription.parse(fixed)
     audio, video = description.media
     assert [g.items for g in description.group if g.semantic == "BUNDLE"] == [["0", "1"]]
