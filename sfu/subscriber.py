@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+from dataclasses import replace
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
@@ -518,14 +519,22 @@ class Subscriber:
         """Send the transport-wide sequence number on the sections whose answer took it: aiortc
         dropped the extension it does not know from what it negotiated, and is told again
         before its connect task hands the send parameters to the slots (`bypass_sender`)."""
+        extension_id = self.downlink.sent.extension_id
         accepted = accepted_transport_cc(answer)
-        if self.downlink.sent.extension_id not in accepted.values():
+        if extension_id not in accepted.values():
             self.downlink.forget_start()  # no transport feedback will correct it
-        for transceiver in self._transceivers.values():
-            if accepted.get(str(transceiver.mid)) == self.downlink.sent.extension_id:
-                hooks.negotiate_extensions(
-                    transceiver, {TRANSPORT_CC_URI: self.downlink.sent.extension_id}
-                )
+        slots = {id(slot): slot for slot in self.slots}
+        for key, transceiver in self._transceivers.items():
+            if accepted.get(str(transceiver.mid)) != extension_id:
+                continue
+            hooks.negotiate_extensions(transceiver, {TRANSPORT_CC_URI: extension_id})
+            slot = slots.get(key)
+            if slot is not None and slot.ready and slot.ext_ids.transport_cc != extension_id:
+                # Its send parameters were taken while aiortc had the extension dropped (a
+                # renegotiation's answer applied while the first connection was still being
+                # made): the slot would send unnumbered, unseen by the estimate and unusable
+                # for probes.
+                slot.set_extensions(replace(slot.ext_ids, transport_cc=extension_id), slot.mid)
 
     async def restart_ice(self) -> None:
         """Offer again with new ICE credentials: the client's network changed (`restart_ice`)."""

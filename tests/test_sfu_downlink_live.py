@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import replace
 from typing import Any
 
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket
@@ -161,7 +162,7 @@ async def test_every_packet_to_a_subscriber_is_numbered_and_its_feedback_estimat
           f"ms; {subscriber.downlink.probe_raises} probe raises")  # fmt: skip
     bound = ACKED_HEADROOM * busiest_bps + 10_000
     if subscriber.downlink.probe_raises:
-        bound = max(bound, 1.25 * peak_bps)
+        bound = max(bound, 1.35 * peak_bps)
     assert 0.5 * sent_bps < estimate <= bound
 
 
@@ -180,3 +181,33 @@ async def test_a_subscriber_that_declines_transport_cc_gets_unnumbered_packets(
     assert all(len(packet) > 12 for packet in arrivals)
     assert struct.unpack_from("!H", arrivals[0], 12)  # still valid RTP with its extensions
     assert media.server.participants["b"].subscriber.downlink_bps is None
+
+
+async def test_a_slot_that_took_its_parameters_without_the_extension_is_numbered_again(
+    media: MediaHarness,
+) -> None:
+    """The race a relayed Chromium met (the pause test's kept camera was never numbered, so
+    the estimate never saw it and no probe could be sent): aiortc resets every transceiver's
+    header extensions to the ones it knows when an answer is applied, then awaits (adding the
+    answer's candidates) before `Subscriber.answer` adds transport-cc back; a first connection
+    still being made takes a slot's send parameters in that window, without the extension.
+    Here the slot is left in that state by hand, and the next answer must number it."""
+    await media.join("a", [ReplayAudioTrack(), ReplayVideoTrack()])
+    client, _ = await join_subscriber_with_transport_cc(media, "b")
+    await eventually(lambda: client.subscribe_pc.connectionState == "connected", timeout=15)
+    subscriber = media.server.participants["b"].subscriber
+    await eventually(lambda: all(slot.ready for slot in subscriber.slots), timeout=15)
+    raced = subscriber.slots[0]
+    raced.set_extensions(replace(raced.ext_ids, transport_cc=None), raced.mid)
+
+    await media.join("c", [ReplayAudioTrack(), ReplayVideoTrack()])  # a renegotiation
+    await eventually(lambda: len(subscriber.slots) == 4 and not subscriber._negotiating, 15)
+    assert raced.ext_ids.transport_cc == SUBSCRIBER_EXTENSION_ID
+
+    dtls = hooks.transport_of(client.subscribe_pc.getTransceivers()[0])
+    arrivals: list[bytes] = []
+    hooks.hook_transport(dtls, lambda data, at, late: arrivals.append(data), lambda data: None)
+    await eventually(
+        lambda: {parse_header(p).ssrc for p in arrivals if is_media(p)} >= {raced.ssrc}, 15
+    )
+    assert all(transport_sequence(packet) is not None for packet in arrivals)

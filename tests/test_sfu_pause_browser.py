@@ -111,7 +111,14 @@ async def test_a_link_too_narrow_for_every_camera_pauses_some_and_says_so(
               f"paused, {len(moving)} kept moving; link {proxy.counters['down']}")  # fmt: skip
 
         proxy.down.impairment = Impairment()
-        await eventually(every_camera_moving, timeout=60, interval=0.5)
+        try:
+            await eventually(every_camera_moving, timeout=60, interval=0.5)
+        except AssertionError:
+            decisions = [line for line in serve.output().splitlines() if "paused for" in line]
+            raise AssertionError(
+                f"not every camera resumed and moving 60 s after the link came back: "
+                f"{await tiles()}; the node's decisions: {decisions[-12:]}"
+            ) from None
         assert not any(t["paused"] for t in await tiles()), "every camera resumed"
     finally:
         if cameras is not None:
