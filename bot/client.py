@@ -61,9 +61,13 @@ class ClientStats:
     by_label: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """The same, per data-channel label."""
 
+    earlier: list[ReceivedTrack] = field(default_factory=list)
+    """The tracks received on media sessions closed since (`MediaClient.renew`)."""
+
     def frames(self, kind: str) -> int:
-        """Frames decoded over all tracks of a kind."""
-        return sum(t.frames for t in self.tracks.values() if t.kind == kind)
+        """Frames decoded over all tracks of a kind (on earlier sessions too)."""
+        tracks = [*self.earlier, *self.tracks.values()]
+        return sum(t.frames for t in tracks if t.kind == kind)
 
 
 class MediaClient:
@@ -78,16 +82,25 @@ class MediaClient:
         data_channels: bool = True,
         decode: bool = True,
         simulcast: SimulcastSender | None = None,
+        track_factory: Callable[[], list[MediaStreamTrack]] | None = None,
     ) -> None:
         self.send = send
         self.local_tracks = tracks or []
+        self.track_factory = track_factory
+        """New local tracks for `renew` (aiortc stops a sender's track when its session
+        closes); None: none are published again."""
+        self.renewed: list[Callable[[MediaClient], None]] = []
+        """Called after `renew` opened the new sessions (before offering)."""
         self.simulcast = simulcast
         """A camera sent in simulcast layers (`bot.simulcast`), offered before `tracks`."""
-        config = RTCConfiguration(
+        self._config = RTCConfiguration(
             iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
         )
-        self.publish_pc = RTCPeerConnection(config)
-        self.subscribe_pc = RTCPeerConnection(config)
+        self.publish_pc = RTCPeerConnection(self._config)
+        self.subscribe_pc = RTCPeerConnection(self._config)
+        self.renewals = 0
+        """Times the sessions were opened again (`renew`)."""
+        self._renewal: asyncio.Future[None] | None = None
         self.decode = decode
         self.stats = ClientStats()
         self.channels: dict[str, RTCDataChannel] = {}
@@ -131,10 +144,40 @@ class MediaClient:
         if self.simulcast is not None and camera is not None:
             self.simulcast.start(camera, sdp)
 
+    async def renew(self, timeout: float = 10.0) -> None:
+        """Close both media sessions and open new ones (`media_moved`: the room's media now
+        lives on another node): new tracks from `track_factory`, the simulcast camera and the
+        data channels, offered again. What was received so far stays counted
+        (`ClientStats.earlier`)."""
+        for task in self._consumers:
+            task.cancel()
+        self._consumers = []
+        if self.simulcast is not None:
+            await self.simulcast.close()
+        old = (self.publish_pc, self.subscribe_pc)
+        self.stats.earlier.extend(self.stats.tracks.values())
+        self.stats.tracks = {}
+        self.channels = {}
+        self.mid_owner = {}
+        self.publish_pc = RTCPeerConnection(self._config)
+        self.subscribe_pc = RTCPeerConnection(self._config)
+        self.subscribe_pc.on("track", self._on_track)
+        self.local_tracks = self.track_factory() if self.track_factory is not None else []
+        self.renewals += 1
+        for listener in self.renewed:
+            listener(self)
+        for pc in old:
+            await pc.close()
+        await self.publish(timeout)
+
     async def handle(self, message: dict[str, Any]) -> None:
-        """A media message from the server."""
+        """A media message from the server (`media_moved`: `renew`, without waiting)."""
         kind = message.get("type")
-        if kind == "answer" and message.get("pc", "publish") == "publish":
+        if kind == "media_moved":
+            # In the background: the new publish answer comes through this same handler.
+            self._renewal = asyncio.ensure_future(self.renew())
+            self._renewal.add_done_callback(_log_failure)
+        elif kind == "answer" and message.get("pc", "publish") == "publish":
             if self._answer is not None and not self._answer.done():
                 self._answer.set_result(message["sdp"])
         elif kind == "offer" and message.get("pc", "publish") == "subscribe":
@@ -231,9 +274,16 @@ class MediaClient:
 
     async def close(self) -> None:
         """Close both sessions."""
+        if self._renewal is not None:
+            self._renewal.cancel()
         for task in self._consumers:
             task.cancel()
         if self.simulcast is not None:
             await self.simulcast.close()
         for pc in (self.publish_pc, self.subscribe_pc):
             await pc.close()
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("opening the media sessions again failed: %r", task.exception())

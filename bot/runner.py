@@ -224,7 +224,7 @@ class Bot:
             if message.get("request") in MEDIA_REQUESTS:
                 raise BotFailure(f"media refused ({text})")
             log.warning("%s: server error %s", self.settings.name, text)
-        elif kind in ("offer", "answer", "tracks") and self.client is not None:
+        elif kind in ("offer", "answer", "tracks", "media_moved") and self.client is not None:
             if kind == "offer" and not self.settings.subscribe:
                 # Leaving the subscribe offer unanswered is how a bot declines others' media:
                 # the SFU's subscribe session never connects, so nothing is sent to it.
@@ -296,11 +296,24 @@ class Bot:
             width, height = self.settings.video_size
             layers = encode_layers(width, height, self.settings.video_bitrate)
             simulcast = SimulcastSender(layers)
-            self._local_tracks = [ReplayAudioTrack()]
+
+            def tracks() -> list[MediaStreamTrack]:
+                return [ReplayAudioTrack()]
+
+            self._local_tracks = tracks()
         elif self.settings.publish:
             width, height = self.settings.video_size
             clip = encode_test_pattern(width, height, bitrate=self.settings.video_bitrate)
-            self._local_tracks = [ReplayVideoTrack(clip), ReplayAudioTrack()]
+
+            def tracks() -> list[MediaStreamTrack]:
+                return [ReplayVideoTrack(clip), ReplayAudioTrack()]
+
+            self._local_tracks = tracks()
+        else:
+
+            def tracks() -> list[MediaStreamTrack]:
+                return []
+
         servers = [
             RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in ice_servers
@@ -311,17 +324,25 @@ class Bot:
             ice_servers=servers,
             decode=self.settings.decode,
             simulcast=simulcast,
+            track_factory=tracks,
         )
-        for which, pc in (("publish", client.publish_pc), ("subscribe", client.subscribe_pc)):
-            pc.on("connectionstatechange", self._watch(which, pc))
+        client.renewed.append(self._watch_sessions)
+        self._watch_sessions(client)
         return client
 
-    def _watch(self, which: str, pc: RTCPeerConnection) -> Callable[[], None]:
-        """A connection-state handler that ends the run when a media session fails."""
+    def _watch_sessions(self, client: MediaClient) -> None:
+        """Watch the client's media sessions (again after `media_moved` opened new ones)."""
+        for which, pc in (("publish", client.publish_pc), ("subscribe", client.subscribe_pc)):
+            pc.on("connectionstatechange", self._watch(which, pc, client))
+
+    def _watch(self, which: str, pc: RTCPeerConnection, client: MediaClient) -> Callable[[], None]:
+        """A connection-state handler that ends the run when a media session fails (not one
+        closed because the room's media moved and a new one replaced it)."""
 
         def on_state() -> None:
             # A dead network can end in "closed" without "failed" (see ParticipantMedia._on_state).
-            if pc.connectionState in ("failed", "closed") and not self._leaving:
+            current = pc in (client.publish_pc, client.subscribe_pc)
+            if pc.connectionState in ("failed", "closed") and current and not self._leaving:
                 self._fail(f"the {which} media session failed (ICE or DTLS)")
 
         return on_state

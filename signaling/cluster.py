@@ -170,6 +170,21 @@ class MeetingEnded(NodeEvent, tag="meeting_ended", frozen=True):
     """The close reason (`ended by the chair` or `meeting ended`)."""
 
 
+class MediaMoved(NodeEvent, tag="media_moved", frozen=True, kw_only=True):
+    """The node hosting this room's media died (`signaling.liveness`) and the room's media now
+    lives on `to`: every node moves its connections in the room whose media was on `gone`
+    there (they join the new node's SFU, and their clients are told to open new media
+    sessions). Sent by each node that cleaned up after the dead one; a connection already
+    moved is left alone."""
+
+    room: str
+    """The room id."""
+    gone: str
+    """The dead node that hosted the room's media."""
+    to: str
+    """The node that claimed it."""
+
+
 class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):
     """A token or an identity was revoked: every node updates its copy of the revocations and
     drops the connections it covers (4401). Tagged `type`, not `k` (it is older than the rest)."""
@@ -181,7 +196,7 @@ class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):
 
 Event = (
     RoomMessage | CloseConnection | Admitted | MuteMedia | MediaRequest | MediaOut | RoomOpened
-    | MeetingEnded
+    | MeetingEnded | MediaMoved
 )  # fmt: skip
 """Every event tagged `k`."""
 

@@ -16,13 +16,27 @@ longer than `node_dead_after_s` plus one beat: by then every live node has heart
 The same wait applies after this node starts (it may have just been out of reach itself), and
 after a heartbeat answered late (Redis paused: the answer comes once it runs again).
 
-Pure: times in, decisions out; `signaling.http.app` runs the loop.
+A heartbeat runs out `node_dead_after_s` after a node's last one: a node that crashed is found
+sooner by its connections. Every connection a node makes to Redis carries its name
+(`StateStore.connected_nodes`); a node whose heartbeat still runs but which has held no
+connection for `GONE_AFTER_S` is dead too (`Disconnections`): the kernel closes a killed
+process's sockets at once, while a node that is only slow (a stalled event loop) keeps them.
+Where Redis does not say (an ACL without `CLIENT LIST`, a proxy), the heartbeat alone decides.
+
+Pure: times in, decisions out; `signaling.http.tasks.watch_nodes` runs the loop.
 """
 
 from __future__ import annotations
 
 HEARTBEAT_EVERY_S = 1.0
 """How often each node says it is alive."""
+CHECK_EVERY_S = 0.25
+"""How often a node looks for dead ones (between its heartbeats too)."""
+GONE_AFTER_S = 2.0
+"""A node with no connection to the shared state for this long, while its heartbeat has not
+run out yet, is dead: its process ended (a SIGKILL, a crash: the kernel closed its sockets).
+A live node whose connections dropped (a network blip, Redis closing idle clients) makes a new
+one within a heartbeat; two heartbeats is the margin."""
 NODE_LOST = "node_lost"
 """The `participant_left` reason of a participant whose node died."""
 
@@ -65,3 +79,35 @@ def judged_dead(dead: list[str], own_node_id: str) -> list[str]:
     """The nodes to clean up after: every expired one but this node (its own key may have run
     out while it was cut off; it is alive, since it is asking)."""
     return [node_id for node_id in dead if node_id != own_node_id]
+
+
+def choose_media_node(live: dict[str, int | None], dead: str) -> str | None:
+    """Where a room's media moves when the node hosting it died: the live node with an SFU
+    hosting the fewest media participants (ties: the lowest node id, so that every node asked
+    picks the same one); None when no live node has an SFU. `live`: each live node's load as
+    its heartbeat reported it (None: no SFU)."""
+    candidates = [(load, node) for node, load in live.items() if load is not None and node != dead]
+    return min(candidates)[1] if candidates else None
+
+
+class Disconnections:
+    """Since when each live-looking node has held no connection to the shared state."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since: dict[str, float] = {}
+
+    def update(self, now: float, heartbeating: set[str], connected: set[str]) -> list[str]:
+        """The nodes to take for dead now: heartbeating (their key has not run out) but with no
+        connection for `GONE_AFTER_S`. `heartbeating` excludes this node."""
+        for node in list(self._since):
+            if node not in heartbeating or node in connected:
+                del self._since[node]
+        gone = []
+        for node in sorted(heartbeating - connected):
+            since = self._since.setdefault(node, now)
+            if now - since >= GONE_AFTER_S:
+                gone.append(node)
+                del self._since[node]
+        return gone

@@ -411,6 +411,18 @@ class ParticipantReconnecting(Message, tag="participant_reconnecting"):
     """True when the SFU says it (an ICE restart), false (left out) when signalling does."""
 
 
+class MediaMoved(Message, tag="media_moved"):
+    """The room's media moved to another node (the node that hosted it was lost): my media
+    sessions lead nowhere now. Close both and open new ones as after `joined` (a publish
+    `offer` with my camera, microphone, screen share and data channels; the SFU offers the
+    subscribe session); membership, permissions and the signalling connection stay, and
+    nothing goes through the lobby again. Messages about the media sessions before this one
+    are about the old ones."""
+
+    reason: Literal["node_lost"]
+    """Why: `node_lost`, the node hosting the media stopped answering."""
+
+
 class Lobby(Message, tag="lobby"):
     """You are waiting: the room has a lobby (`lobby_enabled`) or is not open yet
     (`room_not_open`); you will get `joined` when admitted or when the room opens."""
@@ -617,6 +629,7 @@ ServerMessage = (
     Joined
     | Resumed
     | ParticipantReconnecting
+    | MediaMoved
     | Lobby
     | Knock
     | LobbyLeft

@@ -40,7 +40,7 @@ from signaling.audit import AuditLog
 from signaling.connection import Connection, ConnectionState
 from signaling.errors import close_code_of
 from signaling.identity import Identity
-from signaling.liveness import NODE_LOST
+from signaling.liveness import NODE_LOST, choose_media_node
 from signaling.logs import scrub
 from signaling.media_relay import MEDIA_CLAIM_TTL_S, MediaRelay
 from signaling.membership import participant_info, room_scope, room_state
@@ -304,19 +304,7 @@ class Rooms:
             conn.media_node = await self.store.claim_media_node(
                 room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
             )
-            await self.relay.call(
-                conn,
-                "join",
-                room=room.room_id,
-                permissions=sorted(conn.permissions),
-                audio_muted=record.audio_muted,
-                video_muted=record.video_muted,
-                user=identity.sub,
-                name=record.name,
-                role=record.role,
-                depts=list(record.depts),
-                org=record.org,
-            )
+            await self._join_media(conn, record)
         if self.settings.resume_grace_s > 0:
             conn.resume_token = secrets.token_urlsafe(24)
         conn.send(
@@ -457,6 +445,24 @@ class Rooms:
             )  # fmt: skip
         await self._close_room_if_done(conn.room_id)
 
+    async def _join_media(self, conn: Connection, record: ParticipantRecord) -> None:
+        """Join the participant to the SFU of its room's media node (`conn.media_node`)."""
+        identity = conn.identity
+        assert identity is not None
+        await self.relay.call(
+            conn,
+            "join",
+            room=conn.room_id,
+            permissions=sorted(conn.permissions),
+            audio_muted=record.audio_muted,
+            video_muted=record.video_muted,
+            user=identity.sub,
+            name=record.name,
+            role=record.role,
+            depts=list(record.depts),
+            org=record.org,
+        )
+
     async def _close_room_if_done(self, room_id: str) -> None:
         """The room ends if empty and its kind says so (`ending.close_if_done`)."""
         grace_s = self.settings.meeting_end_grace_min * 60.0
@@ -466,13 +472,15 @@ class Rooms:
 
     # -- a node that died ---------------------------------------------------------------------
 
-    async def reap_node(self, node_id: str) -> tuple[int, int]:
-        """Clean up after a dead node (`signaling.liveness`): its participants leave their rooms
-        (everyone told, reason `node_lost`; media this node hosted for them closed), its lobby
-        entries go (the admitters told), and the rooms whose media it hosted are released for
-        another node to claim. (participants, lobby entries) removed by this call: another node
+    async def reap_node(self, node_id: str, found: str = "heartbeat") -> tuple[int, int]:
+        """Clean up after a dead node (`signaling.liveness`; `found`: how, `heartbeat` run out
+        or `disconnected`): its participants leave their rooms (everyone told, reason
+        `node_lost`; media this node hosted for them closed), its lobby entries go (the
+        admitters told), and the rooms whose media it hosted move to the least loaded live
+        node (`_move_media`). (participants, lobby entries) removed by this call: another node
         doing the same at once removes the rest, each entry once."""
-        left = waiting = 0
+        left = waiting = moved = 0
+        live = await self.store.live_nodes()
         for room in await self.store.list_rooms():
             room_id = room.room_id
             touched = False
@@ -493,13 +501,56 @@ class Rooms:
                 waiting += taken is not None
                 touched = True
                 await self._apply(m.left_lobby(room_id, record.participant_id, taken is not None))
+            holder = await self.store.media_node_of(room_id)
             await self.store.release_media_node(room_id, node_id)
             if touched:
                 await self._close_room_if_done(room_id)
-        if left or waiting:
+            if holder in (node_id, None):
+                moved += await self._move_media(room_id, node_id, live)
+        if left or waiting or moved:
             self.audit.append("node_lost", "error", node=node_id, participants=left,
-                              lobby=waiting, by=self.store.node_id)  # fmt: skip
+                              lobby=waiting, rooms_moved=moved, found=found,
+                              by=self.store.node_id)  # fmt: skip
         return left, waiting
+
+    async def _move_media(self, room_id: str, dead: str, live: dict[str, int | None]) -> int:
+        """The room's media was on `dead` (its claim named it, or had run out): unless the
+        room is empty now, claim it for the live node with an SFU and the least load
+        (`liveness.choose_media_node`), and tell every node to move its connections whose
+        media was on `dead` there (`cluster.MediaMoved`)
+        (1: the room moved; 0: it had nobody left, or no live node has an SFU.)"""
+        if not await self.store.list_participants(room_id):
+            return 0
+        chosen = choose_media_node(live, dead)
+        if chosen is None:
+            log.error("no live node has an SFU: the room's media cannot move",
+                      extra={"room": room_id, "node": dead})  # fmt: skip
+            return 0
+        holder = await self.store.claim_media_node(room_id, chosen, MEDIA_CLAIM_TTL_S)
+        await self._publish(cluster.MediaMoved(room=room_id, gone=dead, to=holder))
+        return 1
+
+    async def _media_moved(self, event: cluster.MediaMoved) -> None:
+        """Move this node's connections in the room whose media was on the dead node to the
+        node that claimed it: each joins that node's SFU, and its client is told to open new
+        media sessions (`media_moved`; a participant held for a resume gets it in the replay).
+        A connection already moved (a second node's event) is left alone."""
+        moved = 0
+        for conn in list(self.by_room.get(event.room, ())):
+            if conn.state is not ConnectionState.JOINED or conn.media_node != event.gone:
+                continue
+            record = await self.store.get_participant(event.room, conn.participant_id)
+            if record is None:
+                continue
+            conn.media_node = event.to
+            await self._join_media(conn, record)
+            conn.send(p.encode(p.MediaMoved(reason="node_lost")))
+            moved += 1
+        if moved:
+            log.warning(
+                "room media moved after its node was lost",
+                extra={"room": event.room, "node": event.gone, "to": event.to, "moved": moved},
+            )
 
     # -- revocation ----------------------------------------------------------------------------
 
@@ -593,6 +644,8 @@ class Rooms:
                 self.messenger.deliver(event.pid, event.msg)
             elif isinstance(event, cluster.RoomOpened):
                 await self._room_opened(event.room)
+            elif isinstance(event, cluster.MediaMoved):
+                await self._media_moved(event)
             elif isinstance(event, cluster.MeetingEnded):
                 for conn in list(self.by_room.get(event.room, ())):
                     await self._drop(conn, p.CloseCode.MEETING_ENDED, event.reason)

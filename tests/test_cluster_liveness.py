@@ -1,7 +1,8 @@
 """Node liveness (issue 13, part 1), with two real `consilium serve` processes on one real
 redis-server: a node killed with SIGKILL is found dead by the other within seconds, which
 removes its participants (everyone told, reason `node_lost`) and its lobby entries, releases the
-rooms whose media it hosted, and audits it; a Redis that stops answering for longer than the
+rooms whose media it hosted (they move to the survivor: tests/test_cluster_failover.py), and
+audits it; a Redis that stops answering for longer than the
 timeout does not make the live nodes take each other for dead; a node stopped cleanly is not
 taken for dead afterwards."""
 
@@ -71,8 +72,8 @@ async def _chair_on_a_specialist_on_b(
     return chair, spec, joined_a["you"]["participant_id"], joined_b["you"]["participant_id"]
 
 
-async def _is_none(value: Any) -> bool:
-    return await value is None
+async def _is(value: Any, expected: Any) -> bool:
+    return await value == expected
 
 
 async def _known_nodes_are(client: aioredis.Redis, expected: set[str]) -> bool:
@@ -104,9 +105,12 @@ async def test_a_killed_node_is_cleaned_up_after_and_everyone_is_told(
         assert left == {"type": "participant_left", "participant_id": chair_id,
                         "reason": "node_lost"}  # fmt: skip
 
-        # A's claim on the room's media is released (not left to run out in 30 s)...
-        await eventually(lambda: _is_none(client.get(MEDIA_NODE)), timeout=2)
-        # ...no ghost: a newcomer on B sees only who is there, and B takes the room's media.
+        # A's claim on the room's media is not left to run out in 30 s: the room moves to B
+        # (the only live node), and the specialist there is told to open new media sessions...
+        await eventually(lambda: _is(client.get(MEDIA_NODE), node_b), timeout=2)
+        assert await next_message(spec, "media_moved") == {"type": "media_moved",
+                                                           "reason": "node_lost"}  # fmt: skip
+        # ...no ghost: a newcomer on B sees only who is there, and joins B's media.
         newcomer, joined_new = await _join(http, b.url, _token(idp, "dr-new", "chair"))
         assert joined_new["type"] == "joined"
         assert {p["sub"] for p in joined_new["participants"]} == {"dr-heart", "dr-new"}

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from signaling.liveness import HEARTBEAT_EVERY_S, LivenessWatch, judged_dead
+from signaling.liveness import (
+    GONE_AFTER_S,
+    HEARTBEAT_EVERY_S,
+    Disconnections,
+    LivenessWatch,
+    choose_media_node,
+    judged_dead,
+)
 
 DEAD_AFTER_S = 4.0
 
@@ -33,3 +40,25 @@ def test_after_a_failed_or_late_heartbeat_it_waits_again() -> None:
 
 def test_a_node_never_judges_itself_dead() -> None:
     assert judged_dead(["node-a", "node-b"], "node-a") == ["node-b"]
+
+
+def test_a_rooms_media_moves_to_the_least_loaded_live_node_with_an_sfu() -> None:
+    live = {"node-b": 12, "node-c": 3, "node-d": None, "node-a": 0}
+    assert choose_media_node(live, "node-a") == "node-c", "not the dead one, nor one without SFU"
+    assert choose_media_node({"node-c": 3, "node-b": 3}, "node-a") == "node-b", "ties: lowest id"
+    assert choose_media_node({"node-d": None}, "node-a") is None
+
+
+def test_a_node_without_a_connection_for_long_enough_is_dead_a_blip_is_not() -> None:
+    gone = Disconnections()
+    both = {"node-b", "node-c"}
+    assert gone.update(0.0, both, {"node-b", "node-c"}) == []
+    assert gone.update(1.0, both, {"node-b"}) == [], "node-c just lost its connections"
+    assert gone.update(1.5, both, {"node-b", "node-c"}) == [], "and made a new one: a blip"
+    assert gone.update(2.0, both, {"node-b"}) == []
+    assert gone.update(2.0 + GONE_AFTER_S - 0.01, both, {"node-b"}) == []
+    assert gone.update(2.0 + GONE_AFTER_S, both, {"node-b"}) == ["node-c"]
+    # Reported once; a node whose heartbeat ran out (forgotten) is no longer watched.
+    assert gone.update(5.0, {"node-b"}, {"node-b"}) == []
+    assert gone.update(5.0, both, set()) == []
+    assert gone.update(5.0 + GONE_AFTER_S, both, set()) == ["node-b", "node-c"]

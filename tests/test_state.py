@@ -396,6 +396,37 @@ async def test_a_node_whose_heartbeat_runs_out_is_dead_until_forgotten(store: St
     assert await store.dead_nodes() == []
 
 
+async def test_live_nodes_carry_the_load_their_heartbeat_reported(store: StateStore) -> None:
+    await store.heartbeat("node-a", 30, 4)
+    await store.heartbeat("node-b", 30)  # no SFU
+    await store.heartbeat("node-c", 0.1, 0)
+    await asyncio.sleep(0.2)
+    assert await store.live_nodes() == {"node-a": 4, "node-b": None}
+    await store.heartbeat("node-a", 30, 7)
+    assert (await store.live_nodes())["node-a"] == 7
+    await store.forget_node("node-a")
+    assert "node-a" not in await store.live_nodes()
+
+
+async def test_the_media_node_of_a_room_is_its_live_claim(store: StateStore) -> None:
+    assert await store.media_node_of("mdt-1") is None
+    assert await store.claim_media_node("mdt-1", "node-a", 0.2) == "node-a"
+    assert await store.media_node_of("mdt-1") == "node-a"
+    await asyncio.sleep(0.3)
+    assert await store.media_node_of("mdt-1") is None
+
+
+async def test_redis_says_which_nodes_hold_a_connection(
+    two_redis_nodes: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = two_redis_nodes
+    await a.heartbeat("node-a", 30)
+    await b.heartbeat("node-b", 30)
+    assert await a.connected_nodes() == {"node-a", "node-b"}
+    await b.close()  # what a process's end does to its sockets
+    assert await a.connected_nodes() == {"node-a"}
+
+
 # two nodes sharing one Redis
 
 

@@ -26,6 +26,7 @@ from signaling.http.routes.pacs import add_pacs_routes
 from signaling.http.routes.pacs_store import add_pacs_store_routes
 from signaling.http.routes.scim import add_scim_routes
 from signaling.http.tasks import (
+    media_load,
     sweep_meeting_ends,
     sweep_retention,
     sweep_revocations,
@@ -148,7 +149,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     purged = await node.store.purge_node(node.settings.node_id)
     # Alive before taking anyone in: a node that joined someone without ever heartbeating
     # would not be cleaned up after if it died at once.
-    await node.store.heartbeat(node.settings.node_id, node.settings.node_dead_after_s)
+    await node.store.heartbeat(
+        node.settings.node_id, node.settings.node_dead_after_s, media_load(node)
+    )
     node.audit.append(
         "config_loaded",
         "info",

@@ -122,30 +122,61 @@ async def sweep_meeting_ends(node: Node) -> None:
             log.exception("sweep of scheduled meetings' ends failed")
 
 
+def media_load(node: Node) -> int | None:
+    """What this node's heartbeat reports as its load: the media participants its SFU hosts
+    (None: it has no SFU, and hosts no room's media)."""
+    media = node.rooms.media
+    return None if media is None else len(media.participants)
+
+
 async def watch_nodes(node: Node) -> None:
     """Heartbeat this node every `liveness.HEARTBEAT_EVERY_S`, and clean up after the nodes
     whose heartbeats ran out (`signaling.liveness`; with a shared Redis: the memory store has
     only this node)."""
     watch = liveness.LivenessWatch(node.settings.node_dead_after_s)
+    disconnections = liveness.Disconnections()
     own = node.settings.node_id
+    next_beat = 0.0
     while True:
-        sent_at = time.monotonic()
-        try:
-            await node.store.heartbeat(own, node.settings.node_dead_after_s)
-        except Exception as exc:
-            watch.beat_failed()
-            log.warning("node heartbeat failed: %s", type(exc).__name__)
-        else:
-            watch.beat_ok(sent_at, time.monotonic())
-            if watch.may_judge(time.monotonic()):
-                try:
-                    for dead in liveness.judged_dead(await node.store.dead_nodes(), own):
-                        left, waiting = await node.rooms.reap_node(dead)
-                        await node.store.forget_node(dead)
-                        log.warning(
-                            "node lost: cleaned up after it",
-                            extra={"node": dead, "participants": left, "lobby": waiting},
-                        )
-                except Exception:
-                    log.exception("cleaning up after a lost node failed; tried again next beat")
-        await asyncio.sleep(liveness.HEARTBEAT_EVERY_S)
+        if time.monotonic() >= next_beat:
+            sent_at = time.monotonic()
+            next_beat = sent_at + liveness.HEARTBEAT_EVERY_S
+            try:
+                await node.store.heartbeat(own, node.settings.node_dead_after_s, media_load(node))
+            except Exception as exc:
+                watch.beat_failed()
+                log.warning("node heartbeat failed: %s", type(exc).__name__)
+            else:
+                watch.beat_ok(sent_at, time.monotonic())
+        if watch.may_judge(time.monotonic()):
+            try:
+                await _reap_dead(node, watch, disconnections)
+            except Exception:
+                log.exception("cleaning up after a lost node failed; tried again shortly")
+        await asyncio.sleep(liveness.CHECK_EVERY_S)
+
+
+async def _reap_dead(
+    node: Node, watch: liveness.LivenessWatch, disconnections: liveness.Disconnections
+) -> None:
+    """Clean up after the nodes found dead: heartbeat run out, or no connection left. What
+    the shared state answered late is not believed (`LivenessWatch.beat_ok`: it was out of
+    reach meanwhile, and the others' heartbeats may have run out through no fault of theirs)."""
+    own = node.settings.node_id
+    asked_at = time.monotonic()
+    dead = dict.fromkeys(liveness.judged_dead(await node.store.dead_nodes(), own), "heartbeat")
+    connected = await node.store.connected_nodes()
+    heartbeating = set(await node.store.live_nodes()) - {own} if connected is not None else set()
+    watch.beat_ok(asked_at, time.monotonic())
+    if not watch.may_judge(time.monotonic()):
+        return
+    if connected is not None:
+        for gone in disconnections.update(time.monotonic(), heartbeating, connected):
+            dead.setdefault(gone, "disconnected")
+    for gone, found in dead.items():
+        left, waiting = await node.rooms.reap_node(gone, found)
+        await node.store.forget_node(gone)
+        log.warning(
+            "node lost: cleaned up after it",
+            extra={"node": gone, "participants": left, "lobby": waiting, "found": found},
+        )

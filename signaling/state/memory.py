@@ -35,6 +35,8 @@ class MemoryStore(StateStore):
         self._media_nodes: dict[str, tuple[str, float]] = {}
         self._heartbeats: dict[str, float] = {}
         """Node id -> when its last heartbeat runs out (monotonic)."""
+        self._loads: dict[str, int | None] = {}
+        """Node id -> the load its last heartbeat reported."""
         self.directory = MemoryDirectory()
         self.meetings = MemoryMeetingBook()
         self._expiring: dict[str, tuple[str, float]] = {}
@@ -137,8 +139,15 @@ class MemoryStore(StateStore):
                 removed += len(held)
         return removed
 
-    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+    async def heartbeat(self, node_id: str, ttl_s: float, load: int | None = None) -> None:
         self._heartbeats[node_id] = time.monotonic() + ttl_s
+        self._loads[node_id] = load
+
+    async def live_nodes(self) -> dict[str, int | None]:
+        now = time.monotonic()
+        return {
+            node: self._loads.get(node) for node, until in self._heartbeats.items() if until > now
+        }
 
     async def dead_nodes(self) -> list[str]:
         now = time.monotonic()
@@ -146,6 +155,7 @@ class MemoryStore(StateStore):
 
     async def forget_node(self, node_id: str) -> None:
         self._heartbeats.pop(node_id, None)
+        self._loads.pop(node_id, None)
 
     async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
         now = time.monotonic()
@@ -159,6 +169,10 @@ class MemoryStore(StateStore):
         holder = self._media_nodes.get(room_id)
         if holder is not None and holder[0] == node_id:
             del self._media_nodes[room_id]
+
+    async def media_node_of(self, room_id: str) -> str | None:
+        holder = self._media_nodes.get(room_id)
+        return holder[0] if holder is not None and holder[1] >= time.monotonic() else None
 
     async def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         now = time.monotonic()

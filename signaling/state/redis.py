@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import NotFound, Unavailable
@@ -184,6 +184,9 @@ class RedisStore(StateStore):
         self._redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
+            # Every connection of this node carries its name: a node whose process ended has
+            # none left (`connected_nodes`), seconds before its heartbeat runs out.
+            client_name=self._client_name(self.node_id),
             socket_connect_timeout=5,
             socket_timeout=10,
             socket_keepalive=True,
@@ -495,10 +498,12 @@ class RedisStore(StateStore):
 
     # node liveness: `node:<id>` (expiring) while a node is alive, `nodes` (set) of those seen
 
-    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+    async def heartbeat(self, node_id: str, ttl_s: float, load: int | None = None) -> None:
+        # The key's value is the load ("-": no SFU); the version before this one wrote "1".
+        value = "-" if load is None else str(load)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._node_key(node_id), "1", px=max(1, int(ttl_s * 1000)))
+                pipe.set(self._node_key(node_id), value, px=max(1, int(ttl_s * 1000)))
                 pipe.sadd(self._nodes_key, node_id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -516,6 +521,38 @@ class RedisStore(StateStore):
         except (RedisError, OSError) as exc:
             raise Unavailable("the shared state (Redis) is out of reach") from exc
         return [node_id for node_id, up in zip(known, alive, strict=True) if not up]
+
+    async def live_nodes(self) -> dict[str, int | None]:
+        try:
+            known = sorted(cast(set[str], await self._redis.smembers(self._nodes_key)))
+            if not known:
+                return {}
+            values = await self._redis.mget([self._node_key(node_id) for node_id in known])
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        return {
+            node_id: _load(value)
+            for node_id, value in zip(known, values, strict=True)
+            if value is not None
+        }
+
+    async def connected_nodes(self) -> set[str] | None:
+        try:
+            listing = await self._redis.client_list()
+        except ResponseError:
+            return None  # CLIENT LIST refused (an ACL without it) or not served (a proxy)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        marker = self._client_name("")
+        return {
+            name[len(marker) :]
+            for name in (client.get("name", "") for client in listing)
+            if name.startswith(marker)
+        }
+
+    def _client_name(self, node_id: str) -> str:
+        """The connection name of a node (Redis names hold no spaces)."""
+        return "".join("_" if c.isspace() else c for c in f"{self._prefix}node:{node_id}")
 
     async def forget_node(self, node_id: str) -> None:
         try:
@@ -539,6 +576,13 @@ class RedisStore(StateStore):
 
     async def release_media_node(self, room_id: str, node_id: str) -> None:
         await self._delete_if_holder(keys=[self._media_node_key(room_id)], args=[node_id])
+
+    async def media_node_of(self, room_id: str) -> str | None:
+        try:
+            holder = await self._redis.get(self._media_node_key(room_id))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        return cast(str | None, holder)
 
     def _media_node_key(self, room_id: str) -> str:
         return f"{self._room_key(room_id)}:media-node"
@@ -634,3 +678,9 @@ class RedisStore(StateStore):
             except (KeyError, TypeError, ValueError):
                 pass  # _receive logs it
         self._receive(event)
+
+
+def _load(value: str | bytes) -> int | None:
+    """A heartbeat's load ("-": no SFU; anything unreadable counts as no SFU)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    return int(text) if text.isdigit() else None

@@ -237,13 +237,25 @@ class StateStore(abc.ABC):
     # which nodes are alive (signaling.liveness)
 
     @abc.abstractmethod
-    async def heartbeat(self, node_id: str, ttl_s: float) -> None:
+    async def heartbeat(self, node_id: str, ttl_s: float, load: int | None = None) -> None:
         """`node_id` is alive for the next `ttl_s` seconds (and is known: `dead_nodes` lists it
-        once it stops saying so)."""
+        once it stops saying so). `load`: the media participants its SFU hosts now (None: it
+        has no SFU), what `live_nodes` tells the node choosing where a room's media moves."""
+
+    @abc.abstractmethod
+    async def live_nodes(self) -> dict[str, int | None]:
+        """The nodes whose heartbeat has not run out, each with the load it last reported
+        (None: no SFU)."""
 
     @abc.abstractmethod
     async def dead_nodes(self) -> list[str]:
         """Nodes that have heartbeated and whose last heartbeat ran out, until `forget_node`."""
+
+    async def connected_nodes(self) -> set[str] | None:
+        """The nodes that hold a connection to the shared state now (a node whose process
+        ended holds none, while its heartbeat has seconds to run); None: not known here (no
+        shared state, or it does not say)."""
+        return None
 
     @abc.abstractmethod
     async def forget_node(self, node_id: str) -> None:
@@ -260,6 +272,10 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def release_media_node(self, room_id: str, node_id: str) -> None:
         """Give up the claim on a room's media (only if `node_id` holds it)."""
+
+    @abc.abstractmethod
+    async def media_node_of(self, room_id: str) -> str | None:
+        """The node whose claim on the room's media holds now (None: nobody's)."""
 
     # short-lived records: sign-in sessions and started sign-ins (signaling.oidc)
 

@@ -169,6 +169,8 @@ export class Call {
         else held.delete(msg.participant_id);
         break;
       }
+      case "media_moved":
+        return this.moveMedia();
       case "resumed":
         this.resuming = false;
         state.connection.signalling = "open";
@@ -253,17 +255,40 @@ export class Call {
         videoMuted: state.media.videoMuted,
       });
     }
-    this.media = new MediaSessions(
-      this.signalling,
-      { iceServers: msg.ice_servers, iceTransportPolicy: msg.ice_transport_policy },
-      () => changed(),
-    );
+    this.ice = { iceServers: msg.ice_servers, iceTransportPolicy: msg.ice_transport_policy };
     localMedia.onTrackReplaced = (kind, track) => this.media?.replaceTrack(kind, track);
+    await this.openMedia();
+  }
+
+  /** Open my media sessions with the SFU hosting the room: publish my camera, microphone and
+   * screen share (and the data channels); the SFU offers the subscribe session. */
+  async openMedia() {
+    const media = new MediaSessions(this.signalling, this.ice, () => changed());
+    this.media = media;
     // Join may be pressed (and the chair may admit) before the camera and microphone are open:
     // publish what the devices give, not an offer without them.
     await localMedia.ready;
-    await this.media.publish(localMedia.stream, state.media.videoMuted);
-    if (this.screenTrack) await this.media.startScreen(this.screenTrack);
+    if (this.media !== media) return; // moved again, or left, meanwhile
+    await media.publish(localMedia.stream, state.media.videoMuted);
+    if (this.screenTrack) await media.startScreen(this.screenTrack);
+  }
+
+  /** `media_moved`: the node hosting the room's media was lost and another took the room.
+   * My sessions lead nowhere: close them and open new ones there (an ICE restart under way
+   * toward the dead node is dropped). The room, consent and this signalling connection stay:
+   * no rejoin, no lobby. */
+  async moveMedia() {
+    if (this.leaving || state.screen !== "room" || !this.media) return;
+    this.stopRestart();
+    this.restartPending = false;
+    this.media.close();
+    this.media = null;
+    state.tracks = [];
+    state.mediaReconnecting = new Set();
+    state.mediaMoves = (state.mediaMoves ?? 0) + 1;
+    if (state.notice === "room.reconnecting") state.notice = "";
+    changed();
+    await this.openMedia();
   }
 
   /** My network changed (connectivity.js: ICE disconnected or failed, the browser back online):

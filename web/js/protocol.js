@@ -91,6 +91,7 @@ export const SERVER_MESSAGES = {
   },
   resumed: { participant_id: REQUIRED, last_seq: REQUIRED },
   participant_reconnecting: { participant_id: REQUIRED, reconnecting: REQUIRED, media: false },
+  media_moved: { reason: REQUIRED },
   lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
   knock: { participant: REQUIRED },
   lobby_left: { participant_id: REQUIRED, outcome: REQUIRED },

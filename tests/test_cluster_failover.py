@@ -1,0 +1,129 @@
+"""Room failover (issue 13, part 2), with two real `consilium serve` processes on one real
+redis-server and real aiortc participants sending encoded media: a four-person room whose media
+lives on node A, two people connected to A and two to B. Node A is killed (SIGKILL); B finds it
+dead, claims the room's media, and B's two participants open new media sessions on B's SFU
+(`media_moved`) without leaving the room: their video to each other comes back, on the same
+signalling connections, with the two lost participants gone from the roster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from signaling.audit import iter_entries
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from tests.fixtures.media import Participant, join_over_ws, pid
+from tests.fixtures.servers import eventually
+
+DEAD_AFTER_S = 4.0
+"""`node_dead_after_s` (its default): a killed node is found sooner, by its connections."""
+ROOM = "mdt-1"
+MEDIA_NODE = "consilium:room:{mdt-1}:media-node"
+
+
+def _two_nodes(serve_process: Any, redis_url: str, tmp_path: Path) -> tuple[Any, Any, Any]:
+    env = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
+    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=env)
+    idp = DevelopmentIdP.load_or_create(a.data_dir)
+    b = serve_process(
+        "--redis", redis_url, data_dir=tmp_path / "b",
+        env={**env, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
+             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
+    )  # fmt: skip
+    return a, b, idp
+
+
+def _video_from(receiver: Participant, sender: Participant) -> int:
+    """Video frames `receiver` decoded of `sender`'s camera, on its current media sessions."""
+    return sum(
+        track.frames
+        for track in receiver.client.stats.tracks.values()
+        if track.kind == "video" and track.participant_id == pid(sender)
+    )
+
+
+async def test_killing_the_node_hosting_a_rooms_media_moves_it_and_media_comes_back(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None
+) -> None:
+    a, b, idp = _two_nodes(serve_process, redis_url, tmp_path)
+    started = time.monotonic()
+
+    def token(sub: str, role: str = "specialist") -> str:
+        return idp.mint(sub=sub, role=role, depts=["cardiology"], rooms=[ROOM])
+
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    people: list[Participant] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            chair = await join_over_ws(http, a.url, token("dr-chair", "chair"), ROOM)
+            people.append(chair)
+            host = await redis.get(MEDIA_NODE)
+            for url, sub in ((a.url, "dr-a2"), (b.url, "dr-b1"), (b.url, "dr-b2")):
+                people.append(await join_over_ws(http, url, token(sub), ROOM))
+            _, on_a, b1, b2 = people
+            assert await redis.get(MEDIA_NODE) == host, "one node hosts the room's media"
+
+            def everyone_sees_everyone() -> bool:
+                return all(
+                    _video_from(receiver, sender) > 5
+                    for receiver in people
+                    for sender in people
+                    if receiver is not sender
+                )
+
+            await eventually(everyone_sees_everyone, timeout=45, interval=0.2)
+            b_ws = (b1.ws, b2.ws)
+
+            # A node judges others only once its own heartbeats have gone through for longer
+            # than the timeout (`LivenessWatch`): B, just started, has to be past that.
+            await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
+            a.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+
+            def both_moved() -> bool:
+                return b1.client.renewals == 1 and b2.client.renewals == 1
+
+            await eventually(both_moved, timeout=DEAD_AFTER_S + 10, interval=0.05)
+            moved_after = time.monotonic() - killed_at
+
+            def media_back() -> bool:
+                return _video_from(b1, b2) > 5 and _video_from(b2, b1) > 5
+
+            await eventually(media_back, timeout=20, interval=0.05)
+            back_after = time.monotonic() - killed_at
+            print(f"\nmedia moved {moved_after:.2f} s and back {back_after:.2f} s after the kill")
+
+            # The same signalling connections, the lost participants gone, nobody else.
+            assert (b1.ws, b2.ws) == b_ws and not b1.ws.closed and not b2.ws.closed
+            for person in (b1, b2):
+                left = {m["participant_id"]: m.get("reason") for m in person.messages
+                        if m["type"] == "participant_left"}  # fmt: skip
+                assert left == {pid(chair): "node_lost", pid(on_a): "node_lost"}
+                moved = [m for m in person.messages if m["type"] == "media_moved"]
+                assert moved == [{"type": "media_moved", "reason": "node_lost"}]
+                assert not any(m["type"] == "lobby" for m in person.messages)
+            assert await redis.get(MEDIA_NODE) == await _node_id(http, b.url)
+            async with http.get(b.url + "/metrics") as r:
+                metrics = await r.text()
+            assert "consilium_sfu_participants 2" in metrics.splitlines()
+            lost = list(iter_entries(b.data_dir / "audit", action="node_lost"))
+            assert len(lost) == 1
+            fields = lost[0].fields
+            assert (fields["participants"], fields["rooms_moved"]) == (2, 1), fields
+            assert fields["found"] == "disconnected", "its connections told, before its heartbeat"
+        finally:
+            for person in people:
+                await person.close()
+            await redis.aclose()
+
+
+async def _node_id(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/readyz") as r:
+        return str(json.loads(await r.text()).get("node", ""))

@@ -1,0 +1,98 @@
+"""Room failover with a real browser (issue 13, part 2): Dr Chen's Chromium is connected to node
+B, the room's media lives on node A (someone joined there first), and node A is killed
+(SIGKILL). The page is told `media_moved`, closes its media sessions and opens new ones on B's
+SFU, on the same signalling connection and without the lobby: it decodes the other
+participant's video again, and that participant decodes Dr Chen's camera again (Chromium sends
+a keyframe only when asked: the new SFU must ask)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from tests.fixtures.browser import (
+    ROOM,
+    BrowserTab,
+    OpenTab,
+    join_from_the_prejoin_screen,
+    no_page_problems,
+    page_state,
+    received_from,
+    schedule_room,
+)
+from tests.fixtures.media import Participant, join_over_ws, pid
+from tests.fixtures.servers import eventually
+
+DEAD_AFTER_S = 4.0
+"""`node_dead_after_s`, its default."""
+
+
+async def _page_decodes(tab: BrowserTab, sender: str) -> bool:
+    """Whether the page's video from `sender` is decoding now (frames rise over 0.5 s)."""
+    before = (await received_from(tab, sender)).get("video", {}).get("framesDecoded", 0)
+    await asyncio.sleep(0.5)
+    after = (await received_from(tab, sender)).get("video", {}).get("framesDecoded", 0)
+    return bool(after > before)
+
+
+def _video_from(receiver: Participant, sender: str) -> int:
+    return sum(
+        track.frames
+        for track in receiver.client.stats.tracks.values()
+        if track.kind == "video" and track.participant_id == sender
+    )
+
+
+async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_another(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, chromium: OpenTab
+) -> None:
+    ice = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
+    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=ice)
+    idp = DevelopmentIdP.load_or_create(a.data_dir)
+    b = serve_process(
+        "--redis", redis_url, data_dir=tmp_path / "b",
+        env={**ice, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
+             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
+    )  # fmt: skip
+    started = time.monotonic()
+
+    def token(sub: str, role: str) -> str:
+        return idp.mint(sub=sub, role=role, depts=["oncology"], rooms=[ROOM])
+
+    chair = token("dr-chen", "chair")
+    schedule_room(a.url, chair, ROOM, lobby=False)
+    async with aiohttp.ClientSession() as http:
+        on_a = await join_over_ws(http, a.url, token("dr-a", "chair"), ROOM)  # opens it
+        on_b = await join_over_ws(http, b.url, token("dr-b", "specialist"), ROOM)
+        try:
+            tab = await chromium(f"{b.url}/join/{ROOM}#token={chair}")
+            await join_from_the_prejoin_screen(tab)
+            me = await tab.until("window.consilium.state().participantId")
+            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
+            await eventually(lambda: _video_from(on_b, me) > 5, timeout=30)
+
+            await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
+            a.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await tab.until("window.consilium.state().mediaMoves === 1", timeout_s=15)
+            frames_before = _video_from(on_b, me)
+            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
+            await eventually(lambda: _video_from(on_b, me) > frames_before + 5, timeout=20)
+            print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
+                  " the kill")  # fmt: skip
+
+            state = await page_state(tab)
+            assert state["screen"] == "room"
+            assert state["reconnects"] == 0 and state["resumes"] == 0, "no rejoin, no resume"
+            present = {person["participant_id"] for person in state["participants"]}
+            assert present == {me, pid(on_b)}, "the lost participant is gone, nobody else"
+            no_page_problems(tab)
+        finally:
+            await on_a.close()
+            await on_b.close()
