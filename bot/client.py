@@ -152,6 +152,8 @@ class MediaClient:
         for task in self._consumers:
             task.cancel()
         self._consumers = []
+        if self._answer is not None and not self._answer.done():
+            self._answer.cancel()  # an offer to the old node: its answer will not come
         if self.simulcast is not None:
             await self.simulcast.close()
         old = (self.publish_pc, self.subscribe_pc)

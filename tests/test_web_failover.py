@@ -3,7 +3,8 @@ B, the room's media lives on node A (someone joined there first), and node A is 
 (SIGKILL). The page is told `media_moved`, closes its media sessions and opens new ones on B's
 SFU, on the same signalling connection and without the lobby: it decodes the other
 participant's video again, and that participant decodes Dr Chen's camera again (Chromium sends
-a keyframe only when asked: the new SFU must ask)."""
+a keyframe only when asked: the new SFU must ask). The recording that ran on A is shown as
+ended with its node, not as still running."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from tests.fixtures.browser import (
     received_from,
     schedule_room,
 )
-from tests.fixtures.media import Participant, join_over_ws, pid
+from tests.fixtures.media import Participant, join_over_ws, last, pid, send
+from tests.fixtures.media import state as recording_of
 from tests.fixtures.servers import eventually
 
 DEAD_AFTER_S = 4.0
@@ -76,6 +78,23 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
             me = await tab.until("window.consilium.state().participantId")
             await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
             await eventually(lambda: _video_from(on_b, me) > 5, timeout=30)
+            # The chair on A records, with everyone's consent (the recording runs on A).
+            await send(on_a, "request_consent")
+            await tab.until("document.getElementById('consent-dialog').open")
+            await tab.page.click("#consent-agree")
+            for person in (on_a, on_b):
+                await eventually(lambda p=person: last(p, "consent_requested"), timeout=5)
+                await send(person, "consent", decision="granted")
+            everyone = (pid(on_a), pid(on_b), me)
+            await eventually(
+                lambda: all(
+                    recording_of(on_a).get("consent", {}).get(x) == "granted" for x in everyone
+                ),
+                timeout=10,
+            )
+            await send(on_a, "start_recording")
+            await tab.until("!document.getElementById('recording-indicator').hidden")
+            recording_id = (await page_state(tab))["recording"]["recording_id"]
 
             await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
             a.stop(signal.SIGKILL)
@@ -87,10 +106,15 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
             print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
                   " the kill")  # fmt: skip
 
-            state = await page_state(tab)
-            assert state["screen"] == "room"
-            assert state["reconnects"] == 0 and state["resumes"] == 0, "no rejoin, no resume"
-            present = {person["participant_id"] for person in state["participants"]}
+            # The recording ended with its node: the page says so instead of showing it on.
+            await tab.until("document.getElementById('recording-indicator').hidden")
+            seen = await page_state(tab)
+            assert seen["recording"]["recording"] is False
+            assert seen["recording"]["failure"] == "node_lost"
+            assert seen["recording"]["failed_recording_id"] == recording_id
+            assert seen["screen"] == "room"
+            assert seen["reconnects"] == 0 and seen["resumes"] == 0, "no rejoin, no resume"
+            present = {person["participant_id"] for person in seen["participants"]}
             assert present == {me, pid(on_b)}, "the lost participant is gone, nobody else"
             no_page_problems(tab)
         finally:

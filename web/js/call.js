@@ -286,6 +286,17 @@ export class Call {
     state.tracks = [];
     state.mediaReconnecting = new Set();
     state.mediaMoves = (state.mediaMoves ?? 0) + 1;
+    // A recording ran on the lost node: it ended there (what it stored stays in that node's
+    // archive), and the consent asked for it went with it. Say so; the chair may ask again.
+    if (state.recording.recording) {
+      recordingState({
+        recording: false,
+        failure: "node_lost",
+        failed_recording_id: state.recording.recording_id,
+      });
+    } else {
+      recordingState({ recording: false });
+    }
     if (state.notice === "room.reconnecting") state.notice = "";
     changed();
     await this.openMedia();

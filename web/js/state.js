@@ -63,7 +63,7 @@ export function noRecording() {
     consent: {}, // participant id → "granted" | "declined" | "pending"
     cases: [],
     notice_version: "",
-    failure: "", // "disk_full" | "write_failed": the last recording stopped by itself
+    failure: "", // "disk_full" | "write_failed" | "node_lost": the last recording stopped by itself
     failed_recording_id: "",
   };
 }
