@@ -11,6 +11,7 @@ from consilium.commands import (
     audit,
     bot,
     doctor,
+    drain,
     keys,
     policy,
     recordings,
@@ -36,6 +37,7 @@ COMMANDS = (
     retention,
     bot,
     doctor,
+    drain,
 )
 """The subcommand modules, in the order `consilium --help` lists them."""
 

@@ -171,18 +171,20 @@ class MeetingEnded(NodeEvent, tag="meeting_ended", frozen=True):
 
 
 class MediaMoved(NodeEvent, tag="media_moved", frozen=True, kw_only=True):
-    """The node hosting this room's media died (`signaling.liveness`) and the room's media now
-    lives on `to`: every node moves its connections in the room whose media was on `gone`
-    there (they join the new node's SFU, and their clients are told to open new media
-    sessions). Sent by each node that cleaned up after the dead one; a connection already
-    moved is left alone."""
+    """The node hosting this room's media died (`signaling.liveness`) or is draining
+    (`signaling.http.drain`), and the room's media now lives on `to`: every node moves its
+    connections in the room whose media was on `gone` there (they join the new node's SFU, and
+    their clients are told to open new media sessions). Sent by each node that cleaned up after
+    the dead one, or by the draining node; a connection already moved is left alone."""
 
     room: str
     """The room id."""
     gone: str
-    """The dead node that hosted the room's media."""
+    """The node that hosted the room's media (dead, or draining)."""
     to: str
     """The node that claimed it."""
+    why: Literal["node_lost", "drain"] = "node_lost"
+    """`node_lost`: `gone` died; `drain`: it is stopping and moved its rooms first."""
 
 
 class Revoked(msgspec.Struct, tag_field="type", tag=REVOKED_EVENT, frozen=True):

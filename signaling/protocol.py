@@ -412,15 +412,16 @@ class ParticipantReconnecting(Message, tag="participant_reconnecting"):
 
 
 class MediaMoved(Message, tag="media_moved"):
-    """The room's media moved to another node (the node that hosted it was lost): my media
-    sessions lead nowhere now. Close both and open new ones as after `joined` (a publish
-    `offer` with my camera, microphone, screen share and data channels; the SFU offers the
-    subscribe session); membership, permissions and the signalling connection stay, and
-    nothing goes through the lobby again. Messages about the media sessions before this one
-    are about the old ones."""
+    """The room's media moved to another node (the node that hosted it was lost, or is being
+    stopped): my media sessions lead nowhere now. Close both and open new ones as after
+    `joined` (a publish `offer` with my camera, microphone, screen share and data channels; the
+    SFU offers the subscribe session); membership, permissions and the signalling connection
+    stay, and nothing goes through the lobby again. Messages about the media sessions before
+    this one are about the old ones."""
 
-    reason: Literal["node_lost"]
-    """Why: `node_lost`, the node hosting the media stopped answering."""
+    reason: Literal["node_lost", "drain"]
+    """Why: `node_lost`, the node hosting the media stopped answering; `drain`, it is being
+    stopped (a planned restart) and moved its rooms first."""
 
 
 class Lobby(Message, tag="lobby"):

@@ -83,7 +83,8 @@ of reach, nothing took effect, try again). Refusals are audited.
 | method and path | who | what |
 |---|---|---|
 | `GET /healthz` | anyone | 200 `{"status": "ok"}` when ready, 503 while starting |
-| `GET /readyz` | anyone | 200 `{"status": "ready"}` when the node can take new clients, 503 `{"status": "not_ready"}` while starting or while its shared state (Redis) is out of reach |
+| `GET /readyz` | anyone | 200 `{"status": "ready"}` when the node can take new clients, 503 `{"status": "not_ready"}` while starting or while its shared state (Redis) is out of reach, 503 `{"status": "draining"}` while it drains before a stop |
+| `POST /api/node/drain` | the node's own host (direct loopback) | drain and stop this node (`consilium drain`): 202 `{"state": "draining"}`; its rooms' media moves to the other nodes first |
 | `GET /api/info` | anyone | version and whether the node runs the development IdP |
 | `POST /api/rooms` | roles that open rooms (chair) | schedule a room: `room_id`, `departments`, `lobby` (default true), `title`, `grants` (`sub:`/`dept:`/`org:`), `starts_at`; 201 with the room, 409 if it exists; 403 unless the token grants the room id (a server-made id is new) and shares one of the room's departments, as for a join |
 | `GET /api/rooms/{room}` | whoever may join it | the room, whether it is open, how many are in it and in its lobby (refusals audited) |

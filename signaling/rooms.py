@@ -95,6 +95,10 @@ class Rooms:
         """This node's connections per room."""
         self.media_failures: dict[str, int] = dict.fromkeys(p.MEDIA_FAILURE_CAUSES, 0)
         """Media sessions clients reported as not connecting, by cause, since start."""
+        self.draining = False
+        """Stopping (`signaling.http.drain`): no room's media is taken here any more."""
+        self.drained = False
+        """The drain has run (it runs once: on SIGTERM, or before the stop it led to)."""
         self.reconnects = Reconnects(
             settings, store, verifier, audit, messenger, self.by_room, self.disconnect
         )
@@ -301,9 +305,7 @@ class Rooms:
             ]
         # Media first: the client may offer as soon as it reads `joined`.
         if self.media is not None:
-            conn.media_node = await self.store.claim_media_node(
-                room.room_id, self.store.node_id, MEDIA_CLAIM_TTL_S
-            )
+            conn.media_node = await self._media_node_for(room.room_id)
             await self._join_media(conn, record)
         if self.settings.resume_grace_s > 0:
             conn.resume_token = secrets.token_urlsafe(24)
@@ -542,15 +544,57 @@ class Rooms:
             record = await self.store.get_participant(event.room, conn.participant_id)
             if record is None:
                 continue
+            if event.why == "drain":
+                await self.relay.call(conn, "leave")  # off the draining node's SFU
             conn.media_node = event.to
             await self._join_media(conn, record)
-            conn.send(p.encode(p.MediaMoved(reason="node_lost")))
+            conn.send(p.encode(p.MediaMoved(reason=event.why)))
             moved += 1
         if moved:
             log.warning(
-                "room media moved after its node was lost",
+                "room media moved after its node was lost" if event.why == "node_lost"
+                else "room media moved off a draining node",
                 extra={"room": event.room, "node": event.gone, "to": event.to, "moved": moved},
-            )
+            )  # fmt: skip
+
+    # -- draining (a planned stop) --------------------------------------------------------------
+
+    async def move_hosted_media(self) -> int:
+        """Drain (`signaling.http.drain`): move the media of every room this node's SFU hosts to
+        the least loaded other live node with an SFU, the way a dead node's rooms move
+        (`cluster.MediaMoved`, why `drain`), and take no new room's media from now on
+        (`draining`). The rooms moved; none when no other node has an SFU."""
+        self.draining = True
+        media = self.media
+        if media is None:
+            return 0
+        own = self.store.node_id
+        others = {node: load for node, load in (await self.store.live_nodes()).items()
+                  if node != own}  # fmt: skip
+        moved = 0
+        for room_id, room in list(media.rooms.items()):
+            chosen = choose_media_node(others, own)
+            if chosen is None:
+                log.error("draining: no other live node has an SFU; the rooms' media stays")
+                return moved
+            await self.store.release_media_node(room_id, own)
+            holder = await self.store.claim_media_node(room_id, chosen, MEDIA_CLAIM_TTL_S)
+            await self._publish(cluster.MediaMoved(room=room_id, gone=own, to=holder,
+                                                   why="drain"))  # fmt: skip
+            # The next room goes where the load is least, counting this one's people.
+            others[holder] = (others.get(holder) or 0) + len(room.participants)
+            moved += 1
+        return moved
+
+    async def _media_node_for(self, room_id: str) -> str:
+        """The node to host a room's media when someone joins: the node holding it, else this
+        one (a draining node claims it for the least loaded other node instead)."""
+        own = self.store.node_id
+        claimant = own
+        if self.draining:
+            others = {n: load for n, load in (await self.store.live_nodes()).items() if n != own}
+            claimant = choose_media_node(others, own) or own
+        return await self.store.claim_media_node(room_id, claimant, MEDIA_CLAIM_TTL_S)
 
     # -- revocation ----------------------------------------------------------------------------
 

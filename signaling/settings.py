@@ -140,8 +140,13 @@ class Settings:
     (seen as reconnecting, media kept) before they leave; 0: they leave at once."""
     node_dead_after_s: float = 4.0
     """With a shared Redis: a node whose heartbeat (every second) has been missing this long is
-    dead; the others remove its participants and lobby entries (everyone told) and release the
-    rooms whose media it hosted (`signaling.liveness`)."""
+    dead; the others remove its participants and lobby entries (everyone told) and move the
+    media of the rooms it hosted to a live node (`signaling.liveness`)."""
+    drain_timeout_s: float = 30.0
+    """SIGTERM or `consilium drain`: after moving the media of the rooms it hosts to other
+    nodes, how long a node waits for every participant to leave its SFU (their clients open
+    new sessions on the new node) before it closes its own connections (1001: their clients
+    join again through another node) and stops (`signaling.http.drain`)."""
     max_request_bytes: int = 64 * 1024
     """Largest REST request body."""
 
@@ -387,6 +392,8 @@ class Settings:
             raise ConfigError("resume_grace_s must be between 0 and 300 seconds")
         if not 2 <= self.node_dead_after_s <= 120:
             raise ConfigError("node_dead_after_s must be between 2 and 120 seconds")
+        if not 0 <= self.drain_timeout_s <= 600:
+            raise ConfigError("drain_timeout_s must be between 0 and 600 seconds")
         self.retention_classes()  # raises on a malformed entry
         self.witness_address()  # raises on a malformed address
         if self.ice_transport_policy not in ("all", "relay"):

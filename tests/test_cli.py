@@ -68,7 +68,7 @@ def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[t
 
 def test_every_command_runs_a_handler() -> None:
     commands = dict(leaf_commands(build_parser()))
-    assert len(commands) == 22, sorted(commands)
+    assert len(commands) == 23, sorted(commands)
     for name, handler in commands.items():
         assert callable(handler), f"`consilium {name}` has no handler"
 
@@ -77,7 +77,7 @@ def test_help_lists_the_commands_in_their_order() -> None:
     listed = [name for name, _ in leaf_commands(build_parser())]
     firsts = list(dict.fromkeys(name.split()[0] for name in listed))
     assert firsts == ["serve", "token", "audit", "keys", "revoke", "policy", "watermark",
-                      "recordings", "retention", "bot", "doctor"]  # fmt: skip
+                      "recordings", "retention", "bot", "doctor", "drain"]  # fmt: skip
     assert [n for n in listed if n.startswith("keys ")] == [
         "keys list", "keys export-audit-public", "keys rotate", "keys data"
     ]  # fmt: skip

@@ -94,6 +94,18 @@ async def test_metrics_through_a_proxy_on_the_same_host_need_the_token(tmp_path:
         assert (await http.get(node.url + "/metrics", headers=with_token)).status == 200
 
 
+async def test_a_node_is_drained_from_its_own_host_only(tmp_path: Path) -> None:
+    settings = node_settings(tmp_path / "d", media=False)
+    async with running_node(settings) as node:
+        http = await node.session()
+        proxied = {"X-Forwarded-For": "203.0.113.9"}
+        r = await http.post(node.url + "/api/node/drain", headers=proxied)
+        assert r.status == 403
+        assert (await r.json())["error"] == "not_allowed"
+        assert not node.node.rooms.draining
+        assert (await http.get(node.url + "/readyz")).status == 200
+
+
 async def test_hsts_is_sent_when_the_node_is_reached_over_https(tmp_path: Path) -> None:
     settings = node_settings(tmp_path / "d", public_url="https://mdt.hospital.example", media=False)
     async with running_node(settings) as node:

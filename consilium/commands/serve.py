@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     print(f"Open {url}", flush=True)
 
+    app.on_startup.append(_drain_on_sigterm)
     web.run_app(
         app,
         host=settings.host,
@@ -97,6 +98,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_timeout=5.0,
     )
     return 0
+
+
+async def _drain_on_sigterm(app: Any) -> None:
+    """SIGTERM drains the node while it still serves (`signaling.http.drain.begin`), then stops
+    it; this replaces aiohttp's own handler (installed just before startup), which would close
+    the listener at once. SIGINT (Ctrl-C) still stops at once."""
+    import asyncio
+    import signal
+
+    from signaling.http import drain
+    from signaling.http.node import NODE
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, drain.begin, app[NODE])
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

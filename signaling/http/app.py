@@ -17,6 +17,7 @@ from signaling.dpop import InvalidDpopProof
 from signaling.dpop import challenge as dpop_challenge
 from signaling.errors import http_status_of
 from signaling.http import ws
+from signaling.http.drain import drain
 from signaling.http.node import NODE, Node
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms, signin
 from signaling.http.routes.archive import add_archive_routes
@@ -126,11 +127,16 @@ async def _load_trusted_keys(node: Node) -> None:
 
 
 async def _shut_down(app: web.Application) -> None:
-    """SIGTERM: recordings end as `server_shutdown` first. aiohttp cancels the WebSocket handlers
-    after this and runs `_lifecycle`'s clean-up later; without it their rooms would empty first
-    and each recording be audited as `room_ended`. Then every connection is closed (1001) while
-    the handlers still run, so each client hears why."""
+    """SIGTERM: first the drain (`signaling.http.drain`: unready, the rooms' media moved to other
+    nodes, this node's SFU emptied); then the recordings still here end as `server_shutdown`.
+    aiohttp cancels the WebSocket handlers after this and runs `_lifecycle`'s clean-up later;
+    without it their rooms would empty first and each recording be audited as `room_ended`.
+    Then every connection is closed (1001) while the handlers still run, so each client hears
+    why."""
     node = app[NODE]
+    # The rooms' media moved to other nodes first (`drain`: already done when SIGTERM went
+    # through `drain.begin`, as under `consilium serve`).
+    await drain(node)
     node.ready = False
     if node.rooms.recorder is not None:
         try:
@@ -211,6 +217,7 @@ def create_app(node: Node) -> web.Application:
     app.on_shutdown.append(_shut_down)
     app.router.add_get("/healthz", metrics.healthz)
     app.router.add_get("/readyz", metrics.readyz)
+    app.router.add_post("/api/node/drain", metrics.drain)
     app.router.add_get("/ws", ws.signalling)
     app.router.add_get("/api/info", pages.api_info)
     app.router.add_get("/metrics", metrics.metrics)

@@ -124,9 +124,11 @@ async def sweep_meeting_ends(node: Node) -> None:
 
 def media_load(node: Node) -> int | None:
     """What this node's heartbeat reports as its load: the media participants its SFU hosts
-    (None: it has no SFU, and hosts no room's media)."""
+    (None: it has no SFU, or is draining: no room's media goes there)."""
     media = node.rooms.media
-    return None if media is None else len(media.participants)
+    if media is None or node.rooms.draining:
+        return None  # a draining node takes no room's media (`signaling.http.drain`)
+    return len(media.participants)
 
 
 async def watch_nodes(node: Node) -> None:

@@ -92,6 +92,10 @@ async def signalling(request: web.Request) -> web.StreamResponse:
         max_msg_size=settings.max_message_bytes, compress=False, timeout=CLOSE_HANDSHAKE_S
     )
     await ws.prepare(request)
+    if node.rooms.draining:
+        # Stopping (`signaling.http.drain`): the client tries again, through another node.
+        await ws.close(code=1001, message=b"node draining")
+        return ws
     limit_send_buffer(request.transport)
     conn = Connection(
         ws,

@@ -1,0 +1,155 @@
+"""Draining a node (issue 13, part 3), with two real `consilium serve` processes on one real
+redis-server and real aiortc participants: a four-person room whose media lives on node A, two
+people connected to A and two to B. A is stopped the way a rolling upgrade does it, with SIGTERM
+or with `consilium drain`: it turns unready at once, moves the room's media to B first (B's two
+are told `media_moved`, reason `drain`, and reopen their sessions there), waits until its SFU is
+empty, then closes its own connections with 1001 (their clients join again through B) and
+exits cleanly. Nobody is reported lost, and everyone receives everyone again."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from signaling.audit import iter_entries
+from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from tests.fixtures.media import Participant, join_over_ws, pid
+from tests.fixtures.servers import REPO, eventually
+
+ROOM = "mdt-1"
+MEDIA_NODE = "consilium:room:{mdt-1}:media-node"
+
+
+def _video_from(receiver: Participant, sender: Participant) -> int:
+    """Video frames `receiver` decoded of `sender`'s camera, on every session so far."""
+    tracks = [*receiver.client.stats.earlier, *receiver.client.stats.tracks.values()]
+    return sum(t.frames for t in tracks if t.kind == "video" and t.participant_id == pid(sender))
+
+
+def _readyz(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _watch_readiness(url: str, answers: list[str]) -> None:
+    """Ask `/readyz` every 10 ms (in a thread: the test's loop stays free) until the node is
+    gone; each answer as `<status> <status word>`, then `gone`."""
+    while True:
+        try:
+            status, body = _readyz(url)
+        except (urllib.error.URLError, OSError):
+            answers.append("gone")
+            return
+        answers.append(f"{status} {body['status']}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "command"])
+async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, how: str
+) -> None:
+    env = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
+    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=env)
+    idp = DevelopmentIdP.load_or_create(a.data_dir)
+    b = serve_process(
+        "--redis", redis_url, data_dir=tmp_path / "b",
+        env={**env, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
+             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
+    )  # fmt: skip
+
+    def token(sub: str, role: str = "specialist") -> str:
+        return idp.mint(sub=sub, role=role, depts=["cardiology"], rooms=[ROOM])
+
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    people: list[Participant] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            for url, sub, role in ((a.url, "dr-chair", "chair"), (a.url, "dr-a2", "specialist"),
+                                   (b.url, "dr-b1", "specialist"),
+                                   (b.url, "dr-b2", "specialist")):  # fmt: skip
+                people.append(await join_over_ws(http, url, token(sub, role), ROOM))
+            on_a, b_people = people[:2], people[2:]
+            node_a = (_readyz(a.url))[1]["node"]
+            assert await redis.get(MEDIA_NODE) == node_a
+
+            def everyone_sees(group: list[Participant], more: int = 5) -> bool:
+                return all(_video_from(r, s) > more for r in group for s in group if r is not s)
+
+            await eventually(lambda: everyone_sees(people), timeout=45, interval=0.2)
+
+            # What a load balancer sees of A from now on, every 10 ms until A is gone.
+            answers: list[str] = []
+            watcher = threading.Thread(target=_watch_readiness, args=(a.url, answers), daemon=True)
+            watcher.start()
+            await eventually(lambda: answers, timeout=5)
+            if how == "sigterm":
+                a.proc.send_signal(signal.SIGTERM)
+            else:
+                drained = subprocess.run(
+                    [sys.executable, "-m", "consilium.cli", "drain", "--server", a.url],
+                    capture_output=True, text=True, timeout=30, cwd=REPO,
+                )  # fmt: skip
+                assert drained.returncode == 0, drained.stderr
+                assert "is draining" in drained.stdout
+
+            # B's two reopen their media on B, without leaving the room.
+            for person in b_people:
+                moved = await eventually(
+                    lambda p=person: [m for m in p.messages if m["type"] == "media_moved"], 15
+                )
+                assert moved == [{"type": "media_moved", "reason": "drain"}]
+            node_b = (_readyz(b.url))[1]["node"]
+            assert await redis.get(MEDIA_NODE) == node_b
+            # A's own connections close with 1001 once the media moved, and A exits cleanly.
+            for person in on_a:
+                await eventually(lambda p=person: p.ws.closed, timeout=40)
+                assert person.ws.close_code == 1001
+            assert a.proc.wait(timeout=40) == 0
+            watcher.join(timeout=5)
+            # Ready, then unready (draining) while still answering, then gone: never ready again.
+            assert answers[0] == "200 ready" and answers[-1] == "gone", answers
+            seen = [answer for i, answer in enumerate(answers) if answers[i - 1 : i] != [answer]]
+            assert seen == ["200 ready", "503 draining", "gone"], seen
+
+            # A's two join again through B (what their client does on 1001).
+            for person in on_a:
+                await person.close()
+            rejoined = [
+                await join_over_ws(http, b.url, token(sub, role), ROOM)
+                for sub, role in (("dr-chair", "chair"), ("dr-a2", "specialist"))
+            ]
+            people = [*rejoined, *b_people]
+            counts = {(r, s): _video_from(r, s) for r in people for s in people if r is not s}
+            await eventually(
+                lambda: all(_video_from(r, s) > n + 5 for (r, s), n in counts.items()),
+                timeout=30, interval=0.2,
+            )  # fmt: skip
+
+            for person in b_people:
+                reasons = {m.get("reason") for m in person.messages
+                           if m["type"] == "participant_left"}  # fmt: skip
+                assert "node_lost" not in reasons, "a drain is no death"
+            drained_entries = list(iter_entries(a.data_dir / "audit", action="node_drained"))
+            assert len(drained_entries) == 1
+            fields = drained_entries[0].fields
+            assert (fields["rooms_moved"], fields["participants_left_behind"]) == (1, 0), fields
+            assert list(iter_entries(b.data_dir / "audit", action="node_lost")) == []
+        finally:
+            for person in people:
+                await person.close()
+            await redis.aclose()
