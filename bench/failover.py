@@ -17,19 +17,28 @@ in all), through B (what a load balancer in front of both would do). Media is ba
 (receiver, sender) when three new frames of the sender's camera reached the receiver after the
 kill; media is back for everyone when it is back for every pair of the four (A's two rejoined).
 
-Prints one JSON line. The keys `runs`, `participants`, `sigkill_media_back_s` (per run, for
-everyone), `sigkill_media_back_p50_s`, `sigkill_media_back_max_s` and `aim_s` are a contract
-other tools read; the rest are extras: `survivors_media_back_s` (per run, among B's two only),
-`moved_after_s` (per run, when B's first participant was told `media_moved`), and the baseline
-measured in the same runs, `fresh_join_media_s`: how long the same four took to receive each
-other when they first joined (a fresh meeting, on the same nodes). Before failover existed, media
-never came back after the kill (the issue: everyone at 0 frames for as long as anyone watched).
+Then as many runs of a planned stop: SIGTERM to A, which drains (`signaling/http/drain.py`: its
+room's media moves to B, B's two reopen their sessions there; A closes its own connections with
+1001 and exits), and A's two join again through B once their socket closed (after the web
+client's 500 ms). `drain_max_frame_gap_s` (per run) is the longest any of B's two went without
+a frame of the other, sampled every 10 ms from just before the SIGTERM until a second after
+everyone is back (the aim: 1 s); `drain_rejoined_media_back_s` when A's two had everyone's
+media again, after the SIGTERM.
 
-    python bench/failover.py             # 5 runs
+Prints one JSON line. The keys `runs`, `participants`, `sigkill_media_back_s` (per run, for
+everyone), `sigkill_media_back_p50_s`, `sigkill_media_back_max_s`, `aim_s`,
+`drain_max_frame_gap_s` and `drain_frame_gap_aim_s` are a contract other tools read; the rest are
+extras: `survivors_media_back_s` (per run, among B's two only), `moved_after_s` (per run, when B's
+first participant was told `media_moved`), and the baseline measured in the same runs,
+`fresh_join_media_s`: how long the same four took to receive each other when they first joined (a
+fresh meeting, on the same nodes). Before failover existed, media never came back after the kill
+(the issue: everyone at 0 frames for as long as anyone watched).
+
+    python bench/failover.py             # 5 runs of each
     python bench/failover.py --runs 1    # a quick look
 
-It measures; it does not judge. Run it where ICE sees only loopback, or as is: the nodes and
-this process gather on 127.0.0.1 only.
+It measures; it does not judge. Run it where ICE sees only loopback, or as is: the nodes and this
+process gather on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP  # noqa: E
 
 AIM_S = 5.0
 """The issue's aim: media back for everyone within this long after a SIGKILL."""
+DRAIN_GAP_AIM_S = 1.0
+"""The issue's aim: a drain leaves no frame gap longer than this."""
 DEAD_AFTER_S = 4.0
 """`node_dead_after_s`, the default: a node judges others only this plus a second after it
 started."""
@@ -109,6 +120,17 @@ class Person:
                 self.moved_at = time.monotonic()
             if data["type"] in ("offer", "answer", "tracks", "media_moved"):
                 await self.client.handle(data)
+
+    def last_frame_from(self, sender: Person) -> float | None:
+        """When the latest frame of `sender`'s camera arrived, on any session so far."""
+        tracks = [*self.client.stats.earlier, *self.client.stats.tracks.values()]
+        times = [
+            t.received_frames.last_frame_at
+            for t in tracks
+            if t.kind == "video" and t.participant_id == sender.pid
+            and t.received_frames.last_frame_at is not None
+        ]  # fmt: skip
+        return max(times, default=None)
 
     def frames_from(self, sender: Person) -> int:
         """Video frames of `sender` that reached this participant, on every session so far."""
@@ -183,7 +205,24 @@ class Node(ServerProcess):
         )  # fmt: skip
 
 
-async def one_run(workdir: Path, redis_url: str, room: str) -> dict[str, float]:
+async def watch_gaps(group: list[Person], stop: asyncio.Event) -> float:
+    """The longest time any participant of `group` went without a new frame from any other,
+    sampled every 10 ms until `stop` is set."""
+    longest = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        for r, s in pairs(group):
+            last = r.last_frame_from(s)
+            if last is not None:
+                longest = max(longest, now - last)
+        await asyncio.sleep(0.01)
+    return longest
+
+
+async def one_run(
+    workdir: Path, redis_url: str, room: str, *, drain: bool = False
+) -> dict[str, float]:
+    """One meeting and one stop of node A: SIGKILL, or (`drain`) SIGTERM, which drains it."""
     a = Node(workdir / "a", redis_url, {})
     a.wait_ready()
     idp = DevelopmentIdP.load_or_create(a.data_dir)
@@ -208,11 +247,13 @@ async def one_run(workdir: Path, redis_url: str, room: str) -> dict[str, float]:
             flowing = await until(lambda: all(r.frames_from(s) > 5 for r, s in everyone), 60)
             fresh_join_s = flowing - began
             await asyncio.sleep(max(0.0, b_started + DEAD_AFTER_S + 1.5 - time.monotonic()))
+            survivors = people[2:]
+            if drain:
+                return await drain_a(http, a, b, people, token, room)
 
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait()
             killed_at = time.monotonic()
-            survivors = people[2:]
             await asyncio.sleep(REJOIN_AFTER_S)
             for lost in people[:2]:
                 await lost.close()
@@ -246,6 +287,42 @@ async def one_run(workdir: Path, redis_url: str, room: str) -> dict[str, float]:
             a.proc.kill()
 
 
+async def drain_a(
+    http: aiohttp.ClientSession, a: Node, b: Node, people: list[Person], token: Any, room: str
+) -> dict[str, float]:
+    """SIGTERM to A: it drains (its room's media moves to B), closes its own connections with
+    1001 and exits. B's two keep their signalling: the longest frame gap between them is the
+    drain's cost to them. A's two join again through B as soon as their socket closes (1001:
+    the web client's first reconnect delay, 500 ms)."""
+    survivors, on_a = people[2:], people[:2]
+    stop = asyncio.Event()
+    gaps = asyncio.ensure_future(watch_gaps(survivors, stop))
+    await asyncio.sleep(0.5)
+    a.proc.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    await until(lambda: all(p.ws.closed for p in on_a), 60)
+    closed_at = time.monotonic()
+    await asyncio.sleep(0.5)
+    for lost in on_a:
+        await lost.close()
+    rejoined = [await join(http, b.url, p.sub, token(p.sub), room) for p in on_a]
+    now_present = [*rejoined, *survivors]
+    counts = {(r, s): r.frames_from(s) for r, s in pairs(now_present)}
+    back = await until(
+        lambda: all(r.frames_from(s) >= counts[(r, s)] + NEW_FRAMES for r, s in counts), 30
+    )
+    await asyncio.sleep(1.0)  # the survivors' frames go on after everyone is back
+    stop.set()
+    gap = await gaps
+    a.proc.wait(timeout=30)
+    people[:] = now_present
+    return {
+        "gap_s": gap,
+        "closed_after_s": closed_at - stopped_at,
+        "rejoined_back_s": back - stopped_at,
+    }
+
+
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -277,10 +354,14 @@ async def main(runs: int) -> dict[str, Any]:
     install(IceSettings(host_addresses=("127.0.0.1",)))
     workdir = Path(tempfile.mkdtemp(prefix="consilium-failover-"))
     redis, redis_url = start_redis(workdir)
-    results = []
+    results, drains = [], []
     try:
         for run in range(runs):
             results.append(await one_run(workdir / f"run{run}", redis_url, f"failover-{run}"))
+        for run in range(runs):
+            drains.append(
+                await one_run(workdir / f"drain{run}", redis_url, f"drain-{run}", drain=True)
+            )
     finally:
         redis.kill()
         redis.wait()
@@ -296,6 +377,10 @@ async def main(runs: int) -> dict[str, Any]:
         "survivors_media_back_s": _round([r["survivors_back_s"] for r in results]),
         "moved_after_s": _round([r["moved_after_s"] for r in results]),
         "fresh_join_media_s": _round([r["fresh_join_s"] for r in results]),
+        "drain_max_frame_gap_s": _round([r["gap_s"] for r in drains]),
+        "drain_frame_gap_aim_s": DRAIN_GAP_AIM_S,
+        "drain_connections_closed_after_s": _round([r["closed_after_s"] for r in drains]),
+        "drain_rejoined_media_back_s": _round([r["rejoined_back_s"] for r in drains]),
     }
 
 
