@@ -14,11 +14,13 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from tests.fixtures.media import join_over_ws
 from tests.fixtures.redis_server import RedisProcess
 from tests.fixtures.servers import (
+    LOOPBACK_ICE,
     close_code,
     eventually,
     next_message,
     node_settings,
     running_node,
+    two_nodes,
 )
 
 
@@ -213,14 +215,7 @@ async def test_media_of_a_room_spanning_two_nodes_flows_through_one_sfu(
 ) -> None:
     """Participants of one room whose signalling lands on different nodes exchange media: the
     room's media lives on the first node that claimed it; the other node relays SDP/ICE."""
-    ice = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=ice)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**ice, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
 
     def token(sub: str) -> str:
         return idp.mint(sub=sub, role="chair", depts=["cardiology"], rooms=["span"])

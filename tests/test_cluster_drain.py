@@ -24,18 +24,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from signaling.audit import iter_entries
-from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
-from tests.fixtures.media import Participant, join_over_ws, pid
-from tests.fixtures.servers import REPO, eventually
+from tests.fixtures.media import Participant, join_over_ws, pid, video_frames_from
+from tests.fixtures.servers import LOOPBACK_ICE, REPO, eventually, two_nodes
 
 ROOM = "mdt-1"
 MEDIA_NODE = "consilium:room:{mdt-1}:media-node"
-
-
-def _video_from(receiver: Participant, sender: Participant) -> int:
-    """Video frames `receiver` decoded of `sender`'s camera, on every session so far."""
-    tracks = [*receiver.client.stats.earlier, *receiver.client.stats.tracks.values()]
-    return sum(t.frames for t in tracks if t.kind == "video" and t.participant_id == pid(sender))
 
 
 def _readyz(url: str) -> tuple[int, dict[str, Any]]:
@@ -63,14 +56,7 @@ def _watch_readiness(url: str, answers: list[str]) -> None:
 async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
     serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, how: str
 ) -> None:
-    env = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=env)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**env, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
 
     def token(sub: str, role: str = "specialist") -> str:
         return idp.mint(sub=sub, role=role, depts=["cardiology"], rooms=[ROOM])
@@ -88,7 +74,9 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
             assert await redis.get(MEDIA_NODE) == node_a
 
             def everyone_sees(group: list[Participant], more: int = 5) -> bool:
-                return all(_video_from(r, s) > more for r in group for s in group if r is not s)
+                return all(
+                    video_frames_from(r, pid(s)) > more for r in group for s in group if r is not s
+                )
 
             await eventually(lambda: everyone_sees(people), timeout=45, interval=0.2)
 
@@ -134,9 +122,11 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
                 for sub, role in (("dr-chair", "chair"), ("dr-a2", "specialist"))
             ]
             people = [*rejoined, *b_people]
-            counts = {(r, s): _video_from(r, s) for r in people for s in people if r is not s}
+            counts = {
+                (r, s): video_frames_from(r, pid(s)) for r in people for s in people if r is not s
+            }
             await eventually(
-                lambda: all(_video_from(r, s) > n + 5 for (r, s), n in counts.items()),
+                lambda: all(video_frames_from(r, pid(s)) > n + 5 for (r, s), n in counts.items()),
                 timeout=30, interval=0.2,
             )  # fmt: skip
 

@@ -18,9 +18,8 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from signaling.audit import iter_entries
-from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
-from tests.fixtures.media import Participant, join_over_ws, pid
-from tests.fixtures.servers import eventually
+from tests.fixtures.media import Participant, join_over_ws, pid, video_frames_from
+from tests.fixtures.servers import LOOPBACK_ICE, eventually, two_nodes
 
 DEAD_AFTER_S = 4.0
 """`node_dead_after_s` (its default): a killed node is found sooner, by its connections."""
@@ -28,31 +27,10 @@ ROOM = "mdt-1"
 MEDIA_NODE = "consilium:room:{mdt-1}:media-node"
 
 
-def _two_nodes(serve_process: Any, redis_url: str, tmp_path: Path) -> tuple[Any, Any, Any]:
-    env = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=env)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**env, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
-    return a, b, idp
-
-
-def _video_from(receiver: Participant, sender: Participant) -> int:
-    """Video frames `receiver` decoded of `sender`'s camera, on its current media sessions."""
-    return sum(
-        track.frames
-        for track in receiver.client.stats.tracks.values()
-        if track.kind == "video" and track.participant_id == pid(sender)
-    )
-
-
 async def test_killing_the_node_hosting_a_rooms_media_moves_it_and_media_comes_back(
     serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None
 ) -> None:
-    a, b, idp = _two_nodes(serve_process, redis_url, tmp_path)
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
     started = time.monotonic()
 
     def token(sub: str, role: str = "specialist") -> str:
@@ -72,7 +50,7 @@ async def test_killing_the_node_hosting_a_rooms_media_moves_it_and_media_comes_b
 
             def everyone_sees_everyone() -> bool:
                 return all(
-                    _video_from(receiver, sender) > 5
+                    video_frames_from(receiver, pid(sender), current=True) > 5
                     for receiver in people
                     for sender in people
                     if receiver is not sender
@@ -94,7 +72,10 @@ async def test_killing_the_node_hosting_a_rooms_media_moves_it_and_media_comes_b
             moved_after = time.monotonic() - killed_at
 
             def media_back() -> bool:
-                return _video_from(b1, b2) > 5 and _video_from(b2, b1) > 5
+                return (
+                    video_frames_from(b1, pid(b2), current=True) > 5
+                    and video_frames_from(b2, pid(b1), current=True) > 5
+                )
 
             await eventually(media_back, timeout=20, interval=0.05)
             back_after = time.monotonic() - killed_at

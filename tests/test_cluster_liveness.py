@@ -19,9 +19,9 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from signaling.audit import iter_entries
-from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
+from signaling.devidp import DevelopmentIdP
 from tests.fixtures.redis_server import RedisProcess
-from tests.fixtures.servers import eventually, next_message
+from tests.fixtures.servers import eventually, next_message, two_nodes
 
 DEAD_AFTER_S = 2.0
 """`node_dead_after_s` in these tests (its lowest allowed value: quick tests)."""
@@ -41,14 +41,7 @@ async def _join(
 
 def _two_nodes(serve_process: Any, redis_url: str, tmp_path: Path) -> tuple[Any, Any, Any]:
     env = {"CONSILIUM_NODE_DEAD_AFTER_S": str(DEAD_AFTER_S)}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=env)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**env, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
-    return a, b, idp
+    return two_nodes(serve_process, redis_url, tmp_path, env)
 
 
 def _token(idp: DevelopmentIdP, sub: str, role: str) -> str:

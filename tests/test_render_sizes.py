@@ -14,9 +14,8 @@ import msgspec
 import pytest
 
 from signaling import protocol as p
-from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from tests.fixtures.media import Participant, join_over_ws
-from tests.fixtures.servers import RunningNode, eventually
+from tests.fixtures.servers import LOOPBACK_ICE, RunningNode, eventually, two_nodes
 
 
 def test_render_sizes_are_decoded() -> None:
@@ -93,14 +92,7 @@ async def test_a_hidden_tile_gets_no_video_until_shown_again(
 async def test_render_sizes_reach_the_sfu_from_another_node(
     serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None
 ) -> None:
-    ice = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=ice)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**ice, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
 
     def token(sub: str) -> str:
         return idp.mint(sub=sub, role="chair", depts=["cardiology"], rooms=["span"])

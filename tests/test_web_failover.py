@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 
-from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from tests.fixtures.browser import (
     ROOM,
     BrowserTab,
@@ -27,9 +26,9 @@ from tests.fixtures.browser import (
     received_from,
     schedule_room,
 )
-from tests.fixtures.media import Participant, join_over_ws, last, pid, send
+from tests.fixtures.media import join_over_ws, last, pid, send, video_frames_from
 from tests.fixtures.media import state as recording_of
-from tests.fixtures.servers import eventually
+from tests.fixtures.servers import LOOPBACK_ICE, eventually, two_nodes
 
 DEAD_AFTER_S = 4.0
 """`node_dead_after_s`, its default."""
@@ -43,25 +42,10 @@ async def _page_decodes(tab: BrowserTab, sender: str) -> bool:
     return bool(after > before)
 
 
-def _video_from(receiver: Participant, sender: str) -> int:
-    return sum(
-        track.frames
-        for track in receiver.client.stats.tracks.values()
-        if track.kind == "video" and track.participant_id == sender
-    )
-
-
 async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_another(
     serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, chromium: OpenTab
 ) -> None:
-    ice = {"CONSILIUM_ICE_HOST_ADDRESSES": "127.0.0.1"}
-    a = serve_process("--redis", redis_url, data_dir=tmp_path / "a", env=ice)
-    idp = DevelopmentIdP.load_or_create(a.data_dir)
-    b = serve_process(
-        "--redis", redis_url, data_dir=tmp_path / "b",
-        env={**ice, "CONSILIUM_JWKS": str(idp.jwks_path), "CONSILIUM_JWT_ISSUER": DEV_ISSUER,
-             "CONSILIUM_JWT_AUDIENCE": DEV_AUDIENCE},
-    )  # fmt: skip
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
     started = time.monotonic()
 
     def token(sub: str, role: str) -> str:
@@ -77,7 +61,7 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
             await join_from_the_prejoin_screen(tab)
             me = await tab.until("window.consilium.state().participantId")
             await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
-            await eventually(lambda: _video_from(on_b, me) > 5, timeout=30)
+            await eventually(lambda: video_frames_from(on_b, me, current=True) > 5, timeout=30)
             # The chair on A records, with everyone's consent (the recording runs on A).
             await send(on_a, "request_consent")
             await tab.until("document.getElementById('consent-dialog').open")
@@ -100,9 +84,11 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
             a.stop(signal.SIGKILL)
             killed_at = time.monotonic()
             await tab.until("window.consilium.state().mediaMoves === 1", timeout_s=15)
-            frames_before = _video_from(on_b, me)
+            frames_before = video_frames_from(on_b, me, current=True)
             await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
-            await eventually(lambda: _video_from(on_b, me) > frames_before + 5, timeout=20)
+            await eventually(
+                lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
+            )
             print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
                   " the kill")  # fmt: skip
 

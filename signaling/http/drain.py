@@ -18,7 +18,7 @@ did (recordings closed cleanly, connections closed with 1001):
    another node (their media is already there).
 
 With no other node (one node, or none with an SFU), nothing moves and the stop is the old one.
-Audited: `node_drained` (rooms moved, participants left behind, seconds).
+Audited when rooms moved: `node_drained` (rooms moved, participants left behind, seconds).
 """
 
 from __future__ import annotations
@@ -86,10 +86,11 @@ async def drain(node: Node) -> None:
             await asyncio.sleep(POLL_S)
     left_behind = len(media.participants) if media is not None else 0
     seconds = round(time.monotonic() - started, 3)
-    if moved or left_behind:
-        log.warning(
-            "drained: rooms moved to other nodes",
-            extra={"rooms": moved, "left_behind": left_behind, "seconds": seconds},
-        )
+    if not moved:
+        return  # nothing hosted here, or nowhere to move it: the stop is the old one
+    log.warning(
+        "drained: rooms moved to other nodes",
+        extra={"rooms": moved, "left_behind": left_behind, "seconds": seconds},
+    )
     node.audit.append("node_drained", "info", node=node.settings.node_id, rooms_moved=moved,
                       participants_left_behind=left_behind, seconds=seconds)  # fmt: skip
