@@ -21,6 +21,7 @@ packet sizes and keyframes in with `now`, a layer index out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -150,6 +151,17 @@ def choose_layer(
         if layers[index].bitrate <= limit:
             chosen = index
     return chosen
+
+
+def budget_to_climb(bitrate: int) -> int:
+    """The least whole budget on which `choose_layer` climbs to a layer of `bitrate`:
+    `bitrate / UP_HEADROOM` rounded up. (Rounded down, as a track's want once was, the climb's
+    own check refused it for most bitrates, and a loaded subscriber flapped between two
+    layers below the one its tile wanted.)"""
+    budget = math.ceil(bitrate / UP_HEADROOM)
+    while budget * UP_HEADROOM < bitrate:  # float rounding
+        budget += 1
+    return budget
 
 
 def confirm_down(

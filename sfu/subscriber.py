@@ -28,8 +28,8 @@ from sfu.feedback import BitrateEstimate, KeyframeRequest, Loss, Retransmit, rea
 from sfu.forwarder import OutboundSlot, PublishedTrack
 from sfu.layer_choice import (
     SPEAKER_WEIGHT,
-    UP_HEADROOM,
     audio_reserve,
+    budget_to_climb,
     choose_layer,
     confirm_down,
     needed_bps,
@@ -292,7 +292,7 @@ class Subscriber:
                 wants.append(0)  # a camera turned off (nothing arrives): no share of the budget
                 continue
             rate = track.meter.layers[wanted].bitrate
-            wants.append(int(rate / UP_HEADROOM) if rate else None)  # None: not measured yet
+            wants.append(budget_to_climb(rate) if rate else None)  # None: not measured yet
         paused = self._pause(now, shown, wants, weights, audio)
         budgets = split_budget(
             self.downlink_bps, weights, audio,

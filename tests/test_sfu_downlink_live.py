@@ -193,15 +193,21 @@ async def test_a_slot_that_took_its_parameters_without_the_extension_is_numbered
     still being made takes a slot's send parameters in that window, without the extension.
     Here the slot is left in that state by hand, and the next answer must number it."""
     await media.join("a", [ReplayAudioTrack(), ReplayVideoTrack()])
-    client, _ = await join_subscriber_with_transport_cc(media, "b")
+    client, offers = await join_subscriber_with_transport_cc(media, "b")
     await eventually(lambda: client.subscribe_pc.connectionState == "connected", timeout=15)
     subscriber = media.server.participants["b"].subscriber
     await eventually(lambda: all(slot.ready for slot in subscriber.slots), timeout=15)
     raced = subscriber.slots[0]
     raced.set_extensions(replace(raced.ext_ids, transport_cc=None), raced.mid)
 
+    offered = len(offers)
     await media.join("c", [ReplayAudioTrack(), ReplayVideoTrack()])  # a renegotiation
-    await eventually(lambda: len(subscriber.slots) == 4 and not subscriber._negotiating, 15)
+    await eventually(
+        lambda: (
+            len(offers) > offered and len(subscriber.slots) == 4 and not subscriber._negotiating
+        ),
+        15,
+    )  # fmt: skip  (its offer sent and its answer applied)
     assert raced.ext_ids.transport_cc == SUBSCRIBER_EXTENSION_ID
 
     dtls = hooks.transport_of(client.subscribe_pc.getTransceivers()[0])

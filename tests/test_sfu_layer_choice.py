@@ -10,6 +10,7 @@ from sfu.layer_choice import (
     DOWN_CONFIRM_S,
     LayerMeter,
     LayerState,
+    budget_to_climb,
     choose_layer,
     confirm_down,
 )
@@ -124,3 +125,13 @@ def test_a_step_down_for_the_tile_or_a_lossy_link_is_not_held() -> None:
     assert confirm_down(0, 2, 0, None, NOW, clean=True) == (0, None), "the tile shrank"
     assert confirm_down(None, 2, None, None, NOW, clean=True) == (None, None), "hidden"
     assert confirm_down(2, 1, 2, None, NOW, clean=True) == (2, None), "a step up"
+
+
+def test_the_budget_a_track_wants_for_its_layer_is_enough_to_climb_to_it() -> None:
+    # Rounded down (int(rate / UP_HEADROOM)), the want missed its own layer for most bitrates:
+    # a loaded subscriber flapped between the two layers below the one its tile wanted.
+    for top in range(300_001, 2_000_000, 997):
+        layers = _layers(100_000, 300_000, top)
+        budget = budget_to_climb(top)
+        assert _choose(layers, (1280, 720), budget, current=1) == 2, top
+        assert _choose(layers, (1280, 720), budget - 1, current=1) == 1, top  # the least such

@@ -13,8 +13,10 @@ import contextlib
 import random
 import re
 import struct
+from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtcpPacket, RtcpReceiverInfo, RtcpRrPacket, RtcpSenderInfo, RtcpSrPacket
@@ -25,11 +27,31 @@ from core.media.rtp import MID_URI, REPAIRED_RID_URI, RID_URI, parse_header
 from sfu import aiortc_hooks as hooks
 from sfu import srtp_send
 from sfu.forwarder import OutboundSlot
+from sfu.ice import IceSettings
+from sfu.server import MediaSettings
 from tests.fixtures.media import MediaHarness
 from tests.fixtures.servers import eventually
 
 LAYERS = {"q": (160, 120), "h": (320, 240), "f": (640, 480)}
 RID_ID, REPAIRED_RID_ID = 10, 11
+
+
+@pytest.fixture
+async def media() -> AsyncIterator[MediaHarness]:
+    """The media harness with the SFU's real-time bound off (`max_delay_s = 0`). With it on, a
+    loaded machine whose event loop stalls past 0.25 s has the SFU keep a packet from the
+    subscriber and refuse its NACK as too late (by design: tests/test_sfu_late_media.py), and
+    this aiortc subscriber, unlike a browser, does not resume at the next keyframe: its jitter
+    buffer waits in sequence order for the hole until 512 packets later (~20 s here), so its
+    frame count stops. These tests are about layers and numbering, not about that bound."""
+    harness = MediaHarness(
+        MediaSettings(ice=IceSettings(host_addresses=("127.0.0.1",)), max_delay_s=0)
+    )
+    await harness.server.start()
+    try:
+        yield harness
+    finally:
+        await harness.close()
 
 
 def simulcast_offer(sdp: str) -> str:
