@@ -11,18 +11,20 @@ everyone receives everyone, and B has run long enough to judge other nodes (its 
 
 What happens then is what a hospital's clients do: B's participants are told `media_moved` and
 open new media sessions on B (`bot.client.MediaClient.renew`); A's participants see their
-WebSocket close and join again, as the web client does (it tries to resume after 300 ms, is
-refused by a node that never held them, and joins after its first reconnect delay, 500 ms: 0.8 s
-in all), through B (what a load balancer in front of both would do). Media is back for a pair
-(receiver, sender) when three new frames of the sender's camera reached the receiver after the
-kill; media is back for everyone when it is back for every pair of the four (A's two rejoined).
+WebSocket close and resume, as the web client does, 300 ms later, through B (what a load
+balancer in front of both would do): B holds them once it finds A dead and takes them over as
+the same participants (`resumed` with `replayed` false, a new `joined`), and they open new media
+sessions there. Media is back for a pair (receiver, sender) when three new frames of the
+sender's camera reached the receiver after the kill; media is back for everyone when it is back
+for every pair of the four (A's two resumed).
 
 Then as many runs of a planned stop: SIGTERM to A, which drains (`signaling/http/drain.py`: its
-room's media moves to B, B's two reopen their sessions there; A closes its own connections with
-1001 and exits), and A's two join again through B once their socket closed (after the web
-client's 500 ms). `drain_max_frame_gap_s` (per run) is the longest any of B's two went without
-a frame of the other, sampled every 10 ms from just before the SIGTERM until a second after
-everyone is back (the aim: 1 s); `drain_rejoined_media_back_s` when A's two had everyone's
+room's media moves to B, B's two reopen their sessions there; A hands its own participants over,
+closes their connections with 1001 and exits), and A's two resume through B once their socket
+closed (after the web client's 300 ms), as the same participants. `drain_max_frame_gap_s` (per
+run) is the longest any of B's two went without a frame of the other, sampled every 10 ms from
+just before the SIGTERM until a second after everyone is back (the aim: 1 s);
+`drain_rejoined_media_back_s` (the name kept: other tools read it) when A's two had everyone's
 media again, after the SIGTERM.
 
 Prints one JSON line. The keys `runs`, `participants`, `sigkill_media_back_s` (per run, for
@@ -80,9 +82,8 @@ DRAIN_GAP_AIM_S = 1.0
 DEAD_AFTER_S = 4.0
 """`node_dead_after_s`, the default: a node judges others only this plus a second after it
 started."""
-REJOIN_AFTER_S = 0.8
-"""The web client's way back when its node died: a resume attempt after 300 ms (refused), then a
-join after 500 ms."""
+RESUME_AFTER_S = 0.3
+"""The web client's way back when its node died: a resume after 300 ms (web/js/call.js)."""
 NEW_FRAMES = 3
 """Frames of a sender that must arrive after the kill for its media to count as back."""
 
@@ -96,7 +97,6 @@ class Person:
         self.joined = joined
         self.pid = str(joined["participant_id"])
         self.moved_at: float | None = None
-        self.publishing: asyncio.Future[None] | None = None
         self.client = MediaClient(
             self._send, self._tracks(), decode=False, track_factory=self._tracks
         )
@@ -121,6 +121,23 @@ class Person:
             if data["type"] in ("offer", "answer", "tracks", "media_moved"):
                 await self.client.handle(data)
 
+    async def resume(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
+        """Their node died: resume on the node at `url` (which takes them over once it found
+        the node dead: no replay, a new `joined`), and open new media sessions."""
+        ws = await http.ws_connect(url.replace("http", "ws", 1) + "/ws")
+        await ws.send_json({
+            "type": "resume", "token": token, "participant_id": self.pid,
+            "resume_token": self.joined["resume_token"], "last_seq": 0,
+        })  # fmt: skip
+        resumed = json.loads((await ws.receive(timeout=15)).data)
+        if resumed.get("replayed", True) is not False:
+            raise RuntimeError(f"{self.sub} was not taken over: {resumed}")
+        self.joined = json.loads((await ws.receive(timeout=10)).data)
+        self.ws = ws
+        # Renewed first: the new sessions must be there for the offers that follow.
+        await self.client.handle(resumed)
+        self.reader = asyncio.ensure_future(self._read())
+
     def last_frame_from(self, sender: Person) -> float | None:
         """When the latest frame of `sender`'s camera arrived, on any session so far."""
         tracks = [*self.client.stats.earlier, *self.client.stats.tracks.values()]
@@ -142,8 +159,6 @@ class Person:
         )
 
     async def close(self) -> None:
-        if self.publishing is not None:
-            self.publishing.cancel()
         self.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reader
@@ -152,23 +167,15 @@ class Person:
             await self.ws.close()
 
 
-async def join(
-    http: aiohttp.ClientSession, url: str, sub: str, token: str, room: str, *, wait: bool = True
-) -> Person:
-    """Join `room` on the node at `url` and publish (`wait`: until the SFU answered; a
-    rejoin while the room's media still names the dead node is answered only once it moved,
-    so a rejoiner, like the web client, does not wait)."""
+async def join(http: aiohttp.ClientSession, url: str, sub: str, token: str, room: str) -> Person:
+    """Join `room` on the node at `url` and publish (until the SFU answered)."""
     ws = await http.ws_connect(url.replace("http", "ws", 1) + "/ws")
     await ws.send_json({"type": "join", "token": token, "room": room})
     joined = json.loads((await ws.receive(timeout=10)).data)
     if joined["type"] != "joined":
         raise RuntimeError(f"{sub} was not let in: {joined}")
     person = Person(sub, ws, joined)
-    if wait:
-        await person.client.publish()
-    else:
-        person.publishing = asyncio.ensure_future(person.client.publish())
-        person.publishing.add_done_callback(lambda task: task.cancelled() or task.exception())
+    await person.client.publish()
     return person
 
 
@@ -254,14 +261,10 @@ async def one_run(
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait()
             killed_at = time.monotonic()
-            await asyncio.sleep(REJOIN_AFTER_S)
-            for lost in people[:2]:
-                await lost.close()
-            rejoined = [
-                await join(http, b.url, p.sub, token(p.sub), room, wait=False) for p in people[:2]
-            ]
-            now_present = [*rejoined, *survivors]
-            counts = {(r, s): r.frames_from(s) for r, s in pairs(now_present)}
+            await asyncio.sleep(RESUME_AFTER_S)
+            counts = {(r, s): r.frames_from(s) for r, s in everyone}
+            await asyncio.gather(*(p.resume(http, b.url, token(p.sub)) for p in people[:2]))
+            now_present = people
 
             def back(group: list[Person]) -> bool:
                 return all(
@@ -271,7 +274,6 @@ async def one_run(
             survivors_back = await until(lambda: back(survivors), 30) - killed_at
             all_back = await until(lambda: back(now_present), 30) - killed_at
             moved = [p.moved_at for p in survivors if p.moved_at is not None]
-            people = now_present
             return {
                 "back_s": all_back,
                 "survivors_back_s": survivors_back,
@@ -290,10 +292,10 @@ async def one_run(
 async def drain_a(
     http: aiohttp.ClientSession, a: Node, b: Node, people: list[Person], token: Any, room: str
 ) -> dict[str, float]:
-    """SIGTERM to A: it drains (its room's media moves to B), closes its own connections with
-    1001 and exits. B's two keep their signalling: the longest frame gap between them is the
-    drain's cost to them. A's two join again through B as soon as their socket closes (1001:
-    the web client's first reconnect delay, 500 ms)."""
+    """SIGTERM to A: it drains (its room's media moves to B), hands its own participants over,
+    closes their connections with 1001 and exits. B's two keep their signalling: the longest
+    frame gap between them is the drain's cost to them. A's two resume through B once their
+    socket closed (the web client's resume delay, 300 ms), as the same participants."""
     survivors, on_a = people[2:], people[:2]
     stop = asyncio.Event()
     gaps = asyncio.ensure_future(watch_gaps(survivors, stop))
@@ -302,12 +304,9 @@ async def drain_a(
     stopped_at = time.monotonic()
     await until(lambda: all(p.ws.closed for p in on_a), 60)
     closed_at = time.monotonic()
-    await asyncio.sleep(0.5)
-    for lost in on_a:
-        await lost.close()
-    rejoined = [await join(http, b.url, p.sub, token(p.sub), room) for p in on_a]
-    now_present = [*rejoined, *survivors]
-    counts = {(r, s): r.frames_from(s) for r, s in pairs(now_present)}
+    await asyncio.sleep(RESUME_AFTER_S)
+    counts = {(r, s): r.frames_from(s) for r, s in pairs(people)}
+    await asyncio.gather(*(p.resume(http, b.url, token(p.sub)) for p in on_a))
     back = await until(
         lambda: all(r.frames_from(s) >= counts[(r, s)] + NEW_FRAMES for r, s in counts), 30
     )
@@ -315,7 +314,6 @@ async def drain_a(
     stop.set()
     gap = await gaps
     a.proc.wait(timeout=30)
-    people[:] = now_present
     return {
         "gap_s": gap,
         "closed_after_s": closed_at - stopped_at,

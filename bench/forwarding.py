@@ -634,7 +634,8 @@ class ServeProcess(MediaServerProcess):
         async with http.get(self.url + "/metrics") as response:
             response.raise_for_status()
             text = await response.text()
-        return {name: float(value) for name, value in (line.split() for line in text.splitlines())}
+        lines = (line for line in text.splitlines() if line and not line.startswith("#"))
+        return {name: float(value) for name, value in (line.split() for line in lines)}
 
     async def sent_packets(self, http: aiohttp.ClientSession) -> float:
         return (await self.metrics(http))["consilium_sfu_forwarded_packets"]

@@ -162,7 +162,9 @@ class NodeProcess(ServerProcess):
             text = response.read().decode()
         return {
             name: float(value)
-            for name, value in (line.split() for line in text.splitlines() if line.strip())
+            for name, value in (
+                line.split() for line in text.splitlines() if line.strip() and line[0] != "#"
+            )
         }
 
 

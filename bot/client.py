@@ -173,9 +173,10 @@ class MediaClient:
         await self.publish(timeout)
 
     async def handle(self, message: dict[str, Any]) -> None:
-        """A media message from the server (`media_moved`: `renew`, without waiting)."""
+        """A media message from the server (`media_moved`, and `resumed` on another node after
+        one's node was lost: `renew`, without waiting)."""
         kind = message.get("type")
-        if kind == "media_moved":
+        if kind == "media_moved" or (kind == "resumed" and message.get("replayed") is False):
             # In the background: the new publish answer comes through this same handler.
             self._renewal = asyncio.ensure_future(self.renew())
             self._renewal.add_done_callback(_log_failure)

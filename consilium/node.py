@@ -191,6 +191,8 @@ def build_node(settings: Settings) -> Node:
             notify=messenger.notify_message,
             images=lambda room_id, image_id: _image_frames(images, room_id, image_id),
             disk=DiskSpace(settings.disk_reserve_mb * MIB),
+            store=store,
+            node_id=settings.node_id,
         )
     rooms = Rooms(
         settings,
@@ -203,6 +205,8 @@ def build_node(settings: Settings) -> Node:
         recorder=recorder,
         ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
     )
+    if recorder is not None:
+        recorder.draining = lambda: rooms.draining  # what it keeps says why the media moved
     watermark_key = load_or_create_watermark_key(data_dir)
     return Node(
         settings=settings,

@@ -245,6 +245,22 @@ class ConsentRecord:
     """For a verbal consent: the participant id of the chair who recorded it."""
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """A recording that carries on another one, whose node stopped recording it: lost (its
+    process died) or drained (a planned stop moved the room's media). The media between the
+    two is missing: `verify` reports the gap."""
+
+    recording_id: str
+    """The recording this one continues (in the archive of `node`)."""
+    node: str
+    """The node that recorded it."""
+    reason: Literal["node_lost", "drain"]
+    last_seen: str
+    """UTC time the room's recording state was last confirmed on that node, ISO 8601: what it
+    recorded ended at or after this (node lost), at most a few seconds later."""
+
+
 @dataclass
 class RecordingManifest:
     """Everything that says what a recording holds; signed as a whole."""
@@ -283,6 +299,8 @@ class RecordingManifest:
     stopped_at_ms: int | None = None
     """Where a `failed` recording's stored media ends (ms since start: the end of its last
     completed segment); nothing after it was kept."""
+    continues: Continuation | None = None
+    """The recording this one continues on another node (issue 13), if any."""
     format: str = MANIFEST_FORMAT
     """See `MANIFEST_FORMAT`."""
 
@@ -307,6 +325,8 @@ class RecordingManifest:
             del body["failure"]
         if self.stopped_at_ms is None:
             del body["stopped_at_ms"]
+        if self.continues is None:
+            del body["continues"]
         for track in body["tracks"]:  # likewise a track's count of packets before a keyframe
             if not track["before_keyframe"]:
                 del track["before_keyframe"]
@@ -348,6 +368,9 @@ class RecordingManifest:
                         RecordedParticipant(**p) for p in document.get("participants", [])
                     ],
                     "consent": [ConsentRecord(**c) for c in document.get("consent", [])],
+                    "continues": (
+                        Continuation(**document["continues"]) if document.get("continues") else None
+                    ),
                 }
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:

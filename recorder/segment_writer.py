@@ -185,6 +185,8 @@ class SegmentWriter:
         self._queued_bytes = 0
         self._wake = threading.Condition(threading.Lock())
         self._open: dict[str, OpenSegment] = {}
+        self._closed_bytes = 0
+        """Bytes of the segments closed so far (the writer thread adds to it)."""
         self._thread = threading.Thread(
             target=self._write_loop, name=f"recorder-{self.recording_id}", daemon=True
         )
@@ -195,6 +197,12 @@ class SegmentWriter:
     def started(self) -> bool:
         """Whether the thread was started."""
         return self._thread.ident is not None
+
+    @property
+    def bytes_written(self) -> int:
+        """Segment bytes (ciphertext) written so far, read from another thread for the node's
+        metrics: the closed segments' and the open ones' so far."""
+        return self._closed_bytes + sum(s.out.size for s in tuple(self._open.values()))
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -365,6 +373,7 @@ class SegmentWriter:
         if segment is None:
             return
         segment.encryptor.close()
+        self._closed_bytes += segment.out.size
         file = segment.out.file
         file.flush()
         os.fsync(file.fileno())

@@ -46,6 +46,7 @@ from recorder.manifest import (
     AuditCallback,
     CaseMarker,
     ConsentRecord,
+    Continuation,
     RecordedParticipant,
     RecordingManifest,
     TrackEntry,
@@ -99,6 +100,7 @@ class RecordingSink:
         settings: RecordingSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         recording_class: str = "mdt",
+        continues: Continuation | None = None,
         record_everyone: bool = False,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -126,8 +128,9 @@ class RecordingSink:
         self._record_everyone = record_everyone
         """Record every participant's media without a consent step (tests and tools only)."""
         manifest = RecordingManifest(
-            recording_id, room_id, started=utc_now(), recording_class=recording_class
-        )
+            recording_id, room_id, started=utc_now(), recording_class=recording_class,
+            continues=continues,
+        )  # fmt: skip
         self._writer = SegmentWriter(
             self.directory, manifest, data_key, signing_key,
             max_queued_bytes=self.settings.max_queued_bytes, report=self._report,
@@ -138,6 +141,11 @@ class RecordingSink:
     def dropped_records(self) -> int:
         """Records dropped because the writer fell behind (counted in the manifest)."""
         return self._writer.dropped_records
+
+    @property
+    def bytes_written(self) -> int:
+        """Segment bytes written to disk so far (the node's metrics)."""
+        return self._writer.bytes_written
 
     @property
     def failure(self) -> BaseException | None:

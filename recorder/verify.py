@@ -23,12 +23,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core.canonical import parse_stamp
 from core.errors import IntegrityError
 from recorder.chunked import SegmentIntegrityError
 from recorder.depacketize import Frame, FrameAssembler, decoded_size, depacketizer_for
 from recorder.manifest import (
     EVENTS_STREAM,
     SEGMENT_SUFFIX,
+    Continuation,
     RecordingManifest,
     RecordingStatus,
     SegmentEntry,
@@ -74,6 +76,20 @@ class VerifyReport:
     """Why a `failed` recording stopped by itself (`disk_full`, `write_failed`)."""
     stopped_at_ms: int | None = None
     """Where a `failed` recording's stored media ends (ms since its start)."""
+    continues: Continuation | None = None
+    """The recording on another node this one continues, after a gap (issue 13)."""
+    started: str = ""
+    """The manifest's UTC start time."""
+
+    @property
+    def gap_max_s(self) -> float | None:
+        """For a continuation: the longest the media between the two recordings can have been
+        missing (from the earlier node's last confirmed state to this one's start)."""
+        if self.continues is None or not self.started:
+            return None
+        gap = parse_stamp(self.started) - parse_stamp(self.continues.last_seen)
+        seconds = gap.total_seconds()
+        return round(max(0.0, seconds), 3)
 
     @property
     def failed(self) -> bool:
@@ -107,6 +123,7 @@ def verify_recording(
         return report
     report.status = manifest.status
     report.failure, report.stopped_at_ms = manifest.failure, manifest.stopped_at_ms
+    report.continues, report.started = manifest.continues, manifest.started
     try:
         manifest.check_signature(signature, public_key)
     except IntegrityError as error:

@@ -387,6 +387,9 @@ class PublishedTrack:
         """Packets kept from the slots for waiting past the real-time bound."""
         self.duplicates = 0
         """Packets dropped as already received (`is_duplicate`)."""
+        self.keyframe_requests = 0
+        """Keyframe requests (PLI) sent to the publisher: a subscriber that could not go on
+        decoding (a frozen picture), a new subscriber, a layer switch (the node's metrics)."""
         self.now = 0.0
         """The latest time this track was handed (a packet's arrival, a tick, a request): what
         the few calls made without a `now` of their own go by."""
@@ -547,6 +550,7 @@ class PublishedTrack:
             self._send_pli()
 
     def _send_pli(self) -> None:
+        self.keyframe_requests += 1
         packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=self.ssrc)
         self.send_to_publisher(bytes(packet))
 

@@ -265,6 +265,7 @@ class LayeredTrack(PublishedTrack):
         media_ssrc = self.layer_ssrc(layer)
         if media_ssrc:
             packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc, media_ssrc=media_ssrc)
+            self.keyframe_requests += 1
             self.send_to_publisher(bytes(packet))
 
     def bitrate_hint(self) -> None:

@@ -49,6 +49,14 @@ class StreamReception:
                 self.cycles += 1 << 16
             self.max_seq = seq
 
+    @property
+    def lost(self) -> int:
+        """Packets lost in all (expected by sequence number, not received; RFC 3550 A.3), read
+        by the node's metrics, never per packet."""
+        if self.base_seq is None:
+            return 0
+        return max(self.cycles + self.max_seq - self.base_seq + 1 - self.received, 0)
+
     def sender_report(self, ntp: int, now: float) -> None:
         """The stream's sender reported at `ntp` (its 64-bit NTP time); it arrived at `now`."""
         self.last_sr_ntp = ntp

@@ -24,7 +24,7 @@ from sfu.events import Notification
 from sfu.ice import IceSettings, install, server_ice_servers, socket_buffers, uninstall
 from sfu.probing import probe_counts
 from sfu.retransmit import Refusal, RetransmitBudget
-from sfu.room import MediaRoom
+from sfu.room import MediaRoom, RoomFigures
 from sfu.round_trip import round_trip_buckets
 from sfu.session import ParticipantMedia, bundle_configuration
 from sfu.sinks import MediaSink
@@ -207,6 +207,7 @@ class MediaServer:
             self._ended_refused[reason] += count
         self._ended["twcc_feedback"] += media.publisher.feedback_sent
         room = self._room_of.pop(participant_id)
+        room.keep_totals(media)
         room.participants.pop(participant_id, None)
         room.relay.leave(participant_id)
         await media.close()
@@ -305,6 +306,11 @@ class MediaServer:
             "codec_encoders_created": codec_guard.encoders,
             "codec_decoders_created": codec_guard.decoders,
         }
+
+    def room_figures(self) -> dict[str, RoomFigures]:
+        """Each media room's figures now, by room id (the node's per-room metrics; the room id
+        is for the caller to hide: it may name a patient)."""
+        return {room_id: room.figures() for room_id, room in self.rooms.items()}
 
     def _check_sdp(self, sdp: str) -> None:
         if len(sdp.encode()) > self.settings.max_sdp_bytes:

@@ -22,6 +22,10 @@ relay as their SDP (`MediaRelay.call`). The rules, in the order a meeting meets 
    alone; the label goes to the manifest, not to the audit log (it may name a patient).
 5. It stops when the chair stops it, when the room's media ends (everyone left), or when the
    node shuts down; a crash leaves it to `recover_interrupted` at the next start.
+   When the room's media moves to another node (its node was lost, or drained), that node
+   takes the room's consent over from the shared state (`kept`, `take_over`): the answers
+   stand, and a recording that was running goes on there as a continuation of the same
+   recording (a new recording whose manifest names the one it continues: `Continuation`).
 6. It fails when its writes fail (a full disk) or when the data folder's free space falls below
    the floor (`recorder.diskspace`): everyone is told at once (`recording_state` with `failure`),
    the manifest says `failed` and where it stopped, the audit log `recording_failed` (outcome
@@ -41,7 +45,7 @@ from typing import Any, Literal
 from core.canonical import stamp_compact
 from core.codes import ErrorCode
 from recorder.diskspace import MIB, DiskLevel
-from recorder.manifest import ConsentRecord, RecordedParticipant
+from recorder.manifest import ConsentRecord, Continuation, RecordedParticipant
 from signaling import protocol as p
 
 Decision = Literal["granted", "declined", "pending"]
@@ -134,6 +138,8 @@ class OpenRecording:
     recording_class: str
     started_by: str
     """Token subject of the chair who starts it."""
+    continues: Continuation | None = None
+    """The recording it continues, from another node (`take_over`)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,24 @@ Effect = (
 
 
 @dataclass
+class Kept:
+    """A room's consent and recording state as its media node keeps it in the shared state, for
+    the node its media moves to (`RecordingConsent.kept`, `take_over`)."""
+
+    node: str
+    """The node that hosts the room's media (and records it)."""
+    at: str
+    """UTC time this was kept, ISO 8601 (kept again on every change and periodically)."""
+    draining: bool
+    """The node is draining: the room's media is moving on purpose."""
+    requested: bool
+    requested_by: str
+    answers: list[ConsentRecord]
+    cases: list[str]
+    recording: RunningRecording | None
+
+
+@dataclass
 class RunningRecording:
     """A room's recording while its sink records."""
 
@@ -229,6 +253,7 @@ class RunningRecording:
     started_by: str
     """Token subject of the chair who started it (warned, on each of their connections in the
     room, when the disk runs low: a chair who reconnected is still told)."""
+    recording_class: str = "mdt"
 
 
 @dataclass
@@ -477,8 +502,14 @@ class RecordingConsent:
                 effects.append(RecordConsent(recording_id, consent))
         effects.append(AttachSink(room_id, recording_id))
         started_at = now.utc.isoformat(timespec="milliseconds")
-        room.recording = RunningRecording(recording_id, started_at, opening.started_by)
-        room.cases = []
+        room.recording = RunningRecording(
+            recording_id, started_at, opening.started_by, opening.recording_class
+        )
+        if opening.continues is not None and room.cases:
+            # The case under discussion when the other node stopped goes on in this part.
+            effects.append(StartCase(recording_id, room.cases[-1]))
+        else:
+            room.cases = []
         room.failure = room.failed_recording_id = ""
         declined = sum(1 for x in room.present.values() if room.decision_of(x.sub) != "granted")
         effects.append(
@@ -568,6 +599,57 @@ class RecordingConsent:
             elif level == "full":
                 effects.append(FailRecording(room.room_id, recording.recording_id, "disk_full"))
         return effects
+
+    # -- another node takes the room over (issue 13) -------------------------------------------
+
+    def kept(self, room_id: str, node: str, now: Now, *, draining: bool = False) -> Kept | None:
+        """What another node needs to take this room's consent over, should its media move
+        there: kept in the shared state by the executor on every change (None: nothing to keep,
+        the room's media is not here)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return None
+        recording = room.recording
+        return Kept(
+            node=node,
+            at=now.utc.isoformat(timespec="milliseconds"),
+            draining=draining,
+            requested=room.requested,
+            requested_by=room.requested_by,
+            answers=list(room.answers.values()),
+            cases=list(room.cases),
+            recording=replace(recording) if recording is not None else None,
+        )
+
+    def take_over(self, room_id: str, kept: Kept, now: Now, nonce: str) -> list[Effect]:
+        """The room's media has come here from the node that kept `kept` (before anyone's media
+        joins here): its answers stand, and a recording running there goes on here as a new
+        recording continuing it (opened at once: those whose media joins are added to it, their
+        answers with them)."""
+        room = self.rooms.setdefault(room_id, RoomConsent(room_id))
+        room.requested = room.requested or kept.requested
+        room.requested_by = room.requested_by or kept.requested_by
+        for answer in kept.answers:
+            room.answers.setdefault(answer.sub, answer)
+        room.cases = room.cases or list(kept.cases)
+        previous = kept.recording
+        if previous is None or room.recording is not None or room.opening is not None:
+            return []
+        reason: Literal["node_lost", "drain"] = "drain" if kept.draining else "node_lost"
+        stamp = stamp_compact(now.utc)
+        recording_id = f"rec-{room_id}-{stamp}-{nonce}"
+        continues = Continuation(previous.recording_id, kept.node, reason, kept.at)
+        room.opening = OpenRecording(
+            room_id, recording_id, previous.recording_class, previous.started_by, continues
+        )
+        return [
+            Audit("recording_continued", "info", {
+                "sub": previous.started_by, "room": room_id, "recording": recording_id,
+                "continues": previous.recording_id, "node": kept.node, "reason": reason,
+                "last_seen": kept.at,
+            }),
+            room.opening,
+        ]  # fmt: skip
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -23,6 +23,13 @@ connection for `GONE_AFTER_S` is dead too (`Disconnections`): the kernel closes 
 process's sockets at once, while a node that is only slow (a stalled event loop) keeps them.
 Where Redis does not say (an ACL without `CLIENT LIST`, a proxy), the heartbeat alone decides.
 
+A Sentinel failover (`signaling.state.sentinel`) is the same danger twice over: the promoted
+replica's heartbeat keys may be a few seconds stale (replication is asynchronous), and its
+`CLIENT LIST` holds none of the other nodes' connections until each reconnects. So the server
+behind the shared state is noted at every look (`StateStore.server_identity`: Redis's run id);
+when it changes, this node waits as after a failed heartbeat (`LivenessWatch.server_seen`), and
+the watch on connections starts afresh (`Disconnections.clear`) whenever it may not judge.
+
 Pure: times in, decisions out; `signaling.http.tasks.watch_nodes` runs the loop.
 """
 
@@ -44,13 +51,15 @@ NODE_LOST = "node_lost"
 class LivenessWatch:
     """This node's view of its own heartbeats: whether it may judge other nodes dead now."""
 
-    __slots__ = ("_healthy_since", "dead_after_s")
+    __slots__ = ("_healthy_since", "_server", "dead_after_s")
 
     def __init__(self, dead_after_s: float) -> None:
         self.dead_after_s = dead_after_s
         self._healthy_since: float | None = None
         """When the current run of successful heartbeats began (None: the last one failed, or
         none yet)."""
+        self._server: str | None = None
+        """The shared state's server as last seen (`server_seen`)."""
 
     def beat_ok(self, sent_at: float, now: float) -> None:
         """A heartbeat sent at `sent_at` reached the shared state, answered at `now`. A slow
@@ -66,6 +75,20 @@ class LivenessWatch:
         """A heartbeat did not reach it: others' keys may run out meanwhile, through no fault
         of theirs."""
         self._healthy_since = None
+
+    def server_seen(self, server: str | None) -> bool:
+        """The shared state answered from `server` (None: it does not say which); whether it
+        is another one than before (Sentinel promoted a replica, or Redis restarted). That
+        counts as a failure: the heartbeats it holds may be seconds stale (replication is
+        asynchronous) and the other nodes have not all reconnected to it yet; judge nobody
+        until every live node has had time to heartbeat to it."""
+        if server is None:
+            return False
+        changed = self._server is not None and server != self._server
+        if changed:
+            self._healthy_since = None
+        self._server = server
+        return changed
 
     def may_judge(self, now: float) -> bool:
         """Whether a node whose heartbeat key ran out is really dead, as far as this node can
@@ -97,6 +120,12 @@ class Disconnections:
 
     def __init__(self) -> None:
         self._since: dict[str, float] = {}
+
+    def clear(self) -> None:
+        """Forget every observation: while this node may not judge (`LivenessWatch`), it does
+        not watch either, and a node missing before then is watched afresh (a failover: no
+        connection is on the new primary until each node reconnects)."""
+        self._since.clear()
 
     def update(self, now: float, heartbeating: set[str], connected: set[str]) -> list[str]:
         """The nodes to take for dead now: heartbeating (their key has not run out) but with no

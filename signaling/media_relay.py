@@ -112,6 +112,9 @@ class MediaRelay:
                 assert isinstance(op.permissions, list)
                 if op.origin != self.store.node_id:
                     self.messenger.guests[pid] = op.origin
+                if self.recorder is not None:
+                    # The room's media may come from a node lost or drained: its consent too.
+                    await self.recorder.arrive(op.room)
                 await media.join(
                     op.room, pid, frozenset(op.permissions),
                     audio_muted=op.audio_muted is True, video_muted=op.video_muted is True,

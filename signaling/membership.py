@@ -155,6 +155,7 @@ def participant_info(rec: ParticipantRecord, *, waiting: bool = False) -> p.Part
         audio_muted=rec.audio_muted,
         video_muted=rec.video_muted,
         waiting=waiting,
+        reconnecting=rec.lost_at > 0,
     )
 
 

@@ -36,7 +36,8 @@ class CloseCode(IntEnum):
 CLOSE_CODES: dict[CloseCode, str] = {
     CloseCode.NORMAL: "normal: the client left (`leave`)",
     CloseCode.GOING_AWAY: "going away: the server is shutting down; reconnect to another node "
-    "or later",
+    "or later (also: this node was taken for dead by the others, a stalled process, and the "
+    "participant let go meanwhile: join again)",
     CloseCode.BAD_MESSAGE: "bad message: not JSON, not a known message, a binary frame, or larger "
     "than the bound",
     CloseCode.NOT_AUTHENTICATED: "not authenticated: first message was not `join` or `resume`, "
@@ -48,7 +49,8 @@ CLOSE_CODES: dict[CloseCode, str] = {
     "keepalive timeout, or too slow to read what the server sends",
     CloseCode.NOT_FOUND: "not found: the room was closed while the connection was joining",
     CloseCode.REPLACED: "replaced: a newer connection of the same identity joined the same room, "
-    "or a `resume` took this participant over on a new connection",
+    "or a `resume` took this participant over on a new connection (on this node, or on another "
+    "while this one was taken for dead)",
     CloseCode.RESUME_REFUSED: "resume refused: the first message was `resume` but no participant "
     "is held for it here (`unknown_participant`: never joined, already gone, or held by another "
     "node), the grace period is over (`grace_period_over`), the resume token is wrong "
@@ -342,6 +344,9 @@ class ParticipantInfo(msgspec.Struct, omit_defaults=True):
     audio_muted: bool = False
     video_muted: bool = False
     waiting: bool = False
+    reconnecting: bool = False
+    """Held for a resume since their node was lost (`participant_reconnecting` says when it
+    changes)."""
 
 
 class RoomCase(msgspec.Struct):
@@ -391,6 +396,11 @@ class Resumed(Message, tag="resumed"):
     participant_id: str
     last_seq: int
     """The number of the last message sent before this answer (the replay ends there)."""
+    replayed: bool = True
+    """False when the participant's node was lost and another node took them over (issue 13):
+    nothing is replayed, their media sessions are gone. A `joined` follows at once (the same
+    participant id, the room as it is now, a new resume token; messages are counted from after
+    it), and the client opens new media sessions, as after `media_moved`."""
 
 
 class ParticipantReconnecting(Message, tag="participant_reconnecting"):
@@ -456,7 +466,8 @@ class ParticipantLeft(Message, tag="participant_left"):
     """Someone left the room: `left`, `removed`, `revoked`, `replaced`, `timed_out`,
     `connection_lost` (no close: a crashed tab, a reset), `slow_consumer` (dropped: it did not
     read what the server sent, 4408), `node_lost` (the server node holding their connection
-    died: another node cleaned up after it)..."""
+    died, and they did not resume on another node within `resume_grace_s`), `node_stopped` (it
+    stopped for an upgrade and handed them over, and they did not resume elsewhere)..."""
 
     participant_id: str
     reason: str = "left"

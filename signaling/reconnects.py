@@ -3,9 +3,11 @@ executor of `signaling.resume` (whose rules it calls) beside `signaling.rooms`.
 
 A held participant stays in the room and in the shared state, with their media sessions as they
 are; what is sent to them is numbered and kept (`Connection.replay`). Holds live on the node that
-held the connection: a `resume` that reaches another node is refused (`unknown_participant`), and
-the client's join that follows replaces the held participant on whichever node holds it, as any
-second connection of the same identity does.
+held the connection: a `resume` that reaches another node while that node is alive is refused
+(`unknown_participant`), and the client's join that follows replaces the held participant on
+whichever node holds it, as any second connection of the same identity does. When the node was
+lost, its participants are held in the shared state instead, and any node takes one over
+(`Rooms.adopt`: no replay, a new `joined`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from core.errors import AuthenticationError
 from signaling import protocol as p
@@ -31,6 +33,14 @@ from signaling.tokens import TokenVerifier
 log = logging.getLogger("consilium.rooms")
 
 
+class Adopt(Protocol):
+    """Takes over a participant whose node was lost (`Rooms.adopt`)."""
+
+    async def __call__(
+        self, conn: Connection, msg: p.Resume, identity: Identity, *, session: bool
+    ) -> None: ...
+
+
 class Reconnects:
     """Holds this node's participants whose connection dropped, and hands one to a `resume`."""
 
@@ -43,6 +53,7 @@ class Reconnects:
         messenger: Messenger,
         by_room: dict[str, set[Connection]],
         leave: Callable[[Connection, str], Coroutine[Any, Any, None]],
+        adopt: Adopt | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,6 +66,8 @@ class Reconnects:
         """`Rooms.by_room`: the connections per room, which a resume swaps."""
         self.leave = leave
         """`Rooms.disconnect`: how a held participant whose grace period ends leaves."""
+        self.adopt = adopt
+        """`Rooms.adopt`: how a resume of a participant whose node was lost is taken over."""
         self.timers: dict[Connection, asyncio.TimerHandle] = {}
         """The end of each held connection's grace period."""
 
@@ -125,6 +138,11 @@ class Reconnects:
                               reason=f"revoked_{revoked.kind}", **where)  # fmt: skip
             raise AuthenticationError("this token or identity has been revoked", reason="revoked")
         held = self.connections.get(msg.participant_id)
+        if held is None and self.adopt is not None:
+            # Not held here: held in the shared state if their node was lost.
+            session = signed_in is not None and not msg.token
+            await self.adopt(conn, msg, identity, session=session)
+            return
         hold: resume.Hold | None = None
         now = time.monotonic()
         if held is not None and held.state is ConnectionState.JOINED and held.identity:

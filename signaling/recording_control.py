@@ -29,6 +29,7 @@ from sfu.server import MediaServer
 from signaling import consent as c
 from signaling import protocol as p
 from signaling.audit import AuditLog
+from signaling.state.store import StateStore
 
 log = logging.getLogger("consilium.recording")
 
@@ -38,6 +39,12 @@ Notify = Callable[[str, p.Message], None]
 """Send a message to one participant, wherever their signalling connection is."""
 ImageFrames = Callable[[str, str | None], list[tuple[dict[str, Any], list[bytes]]]]
 """A room's shared images (all, or the one named) as (metadata, rendered frames): blocking."""
+
+KEEP_EVERY_S = 1.0
+"""How often the state of a room being recorded is kept again in the shared state: the node its
+media moves to after this one is lost knows the recording ran until at most this long before."""
+KEPT_FOR_S = 60.0
+"""How long a room's kept state outlives its node's last keeping (then nobody continues it)."""
 
 _RequestMessage = (
     p.RequestConsent | p.Consent | p.VerbalConsent | p.StartRecording | p.StopRecording
@@ -79,6 +86,9 @@ class Recorder:
         notify: Notify,
         images: ImageFrames | None = None,
         disk: DiskSpace | None = None,
+        store: StateStore | None = None,
+        node_id: str = "",
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.recordings_dir = recordings_dir
         self.keyring = keyring
@@ -93,8 +103,19 @@ class Recorder:
         what they were drawn on."""
         self.consent = c.RecordingConsent(notice_version)
         """The rules: every room's consent and recording state."""
+        self.store = store
+        """Where each room's state is kept for the node its media may move to (None: one node)."""
+        self.node_id = node_id
+        self.draining = draining
+        """Whether the node is draining (its rooms' media is moving on purpose)."""
+        self._kept: set[str] = set()
+        """Rooms whose state this node has kept (and forgets when their media ends here)."""
+        self._keeper: asyncio.Task[None] | None = None
+        """Keeps the recorded rooms' state every `KEEP_EVERY_S`, while anything is recorded."""
         self.sinks: dict[str, RecordingSink] = {}
         """Each open recording's sink, by recording id."""
+        self.closed_bytes = 0
+        """Segment bytes written by the recordings closed since start (the node's metrics)."""
         self._ending: set[asyncio.Task[None]] = set()
         """Recordings being stopped because their room's media ended, or failing."""
         self._lock = asyncio.Lock()
@@ -111,12 +132,84 @@ class Recorder:
 
     # -- events --------------------------------------------------------------------------------
 
+    async def arrive(self, room_id: str) -> None:
+        """Someone's media is about to join the room here. If the room is new here and another
+        node kept its state (its media was there: that node was lost, or drained), take it
+        over: the answers stand, and a recording running there continues here (`take_over`)."""
+        if self.store is None or room_id in self.consent.rooms:
+            return
+        async with self._lock:
+            if room_id in self.consent.rooms:
+                return
+            try:
+                text = await self.store.kept_consent(room_id)
+                kept = msgspec.json.decode(text, type=c.Kept) if text else None
+            except Exception:
+                log.warning("the room's kept consent state could not be read",
+                            extra={"room": room_id}, exc_info=True)  # fmt: skip
+                return
+            if kept is None or kept.node == self.node_id:
+                return
+            log.warning(
+                "taking the room's consent over from another node",
+                extra={"room": room_id, "node": kept.node, "recording": bool(kept.recording)},
+            )
+            nonce = secrets.token_hex(3)
+            await self._carry_out(self.consent.take_over(room_id, kept, self._now(None), nonce))
+        await self.keep(room_id)
+
+    async def keep(self, room_id: str | None) -> None:
+        """Keep the room's consent and recording state in the shared state, for the node its
+        media moves to should this one be lost or drained; forget it when the room's media
+        ended here. Never raises (a meeting does not stop for it)."""
+        if self.store is None or room_id is None:
+            return
+        now = self._now(room_id)
+        kept = self.consent.kept(room_id, self.node_id, now, draining=self.draining())
+        worth = kept is not None and (kept.requested or kept.answers or kept.recording)
+        try:
+            if not worth and (room_id not in self._kept or self.draining()):
+                return  # nothing to keep; a draining node leaves it for the next one
+            holder = await self.store.media_node_of(room_id)
+            if holder not in (None, self.node_id):
+                self._kept.discard(room_id)
+                return  # the room's media moved: its new node keeps it now
+            if worth and kept is not None:
+                await self.store.keep_consent(
+                    room_id, msgspec.json.encode(kept).decode(), KEPT_FOR_S
+                )
+                self._kept.add(room_id)
+            else:
+                await self.store.keep_consent(room_id, None, 0)
+                self._kept.discard(room_id)
+        except Exception:
+            log.warning("the room's consent state could not be kept", extra={"room": room_id},
+                        exc_info=True)  # fmt: skip
+
+    async def _keep_recorded(self) -> None:
+        """Every `KEEP_EVERY_S` while anything is recorded: keep the recorded rooms' state."""
+        try:
+            while self.sinks:
+                await asyncio.sleep(KEEP_EVERY_S)
+                recorded = [r for r, room in self.consent.rooms.items() if room.recording]
+                for room_id in recorded:
+                    await self.keep(room_id)
+        finally:
+            self._keeper = None
+
     def joined(self, room_id: str, person: RecordedParticipant) -> None:
         """Someone's media joined the room (before their `joined` is sent)."""
         self.consent.joined(room_id, person)
 
     async def left(self, participant_id: str) -> None:
         """Someone's media left; when the room's media has ended, so does its recording."""
+        room_id = self.consent.room_of.get(participant_id)
+        try:
+            await self._left(participant_id)
+        finally:
+            await self.keep(room_id)
+
+    async def _left(self, participant_id: str) -> None:
         effects = self.consent.left(participant_id)
         if not any(isinstance(effect, c.CloseRecording) for effect in effects):
             await self._carry_out(effects)
@@ -145,6 +238,7 @@ class Recorder:
                 # Only a start names a new recording; the Hello of every join draws nothing.
                 nonce = secrets.token_hex(3) if isinstance(request, p.StartRecording) else ""
                 await self._carry_out(self.consent.request(participant_id, request, now, nonce))
+            await self.keep(room_id)
         except Exception:
             action = "hello" if isinstance(request, c.Hello) else request.__struct_config__.tag
             log.exception("recording request failed", extra={"room": room_id, "action": action})
@@ -176,6 +270,7 @@ class Recorder:
     async def _fail(self, room_id: str, recording_id: str, code: c.Failure) -> None:
         async with self._lock:
             await self._carry_out(self.consent.failed(room_id, recording_id, code))
+        await self.keep(room_id)
 
     async def _disk_level(self, level: DiskLevel, free: int) -> None:
         """The disk watcher's news, for the rules to act on."""
@@ -241,6 +336,7 @@ class Recorder:
                 audit=recorder_audit(self.audit),
                 settings=self.settings,
                 recording_class=effect.recording_class,
+                continues=effect.continues,
                 on_failure=writer_failed,
             )
             await asyncio.to_thread(sink.start)
@@ -249,6 +345,8 @@ class Recorder:
             raise
         self.sinks[recording_id] = sink
         await self._carry_out(self.consent.opened(room_id, recording_id, self._now(room_id)))
+        if self.store is not None and self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_recorded())
 
     async def _attach(self, room_id: str, sink: RecordingSink) -> None:
         """The room's shared images into the recording, then the sink into the SFU room."""
@@ -265,6 +363,8 @@ class Recorder:
         sink = self.sinks.pop(effect.recording_id, None)
         if sink is None:
             return
+        written = sink.bytes_written
+        self.closed_bytes += written  # counted at once: the node's total never goes back
         if effect.failure:
             log.error("recording failed", extra={"room": effect.room_id, "failure": effect.failure})
             manifest = await asyncio.to_thread(sink.stop, 30.0, effect.failure)
@@ -274,6 +374,7 @@ class Recorder:
             )
         else:
             manifest = await asyncio.to_thread(sink.stop)
+        self.closed_bytes += sink.bytes_written - written  # its last segments
         if self.disk_watcher is not None and not self.sinks:
             await self.disk_watcher.stop()  # nothing is recorded any more
         await self._carry_out(
@@ -301,5 +402,7 @@ class Recorder:
     async def close(self) -> None:
         """Stop every recording cleanly and the disk watcher (the node has stopped)."""
         await self.shut_down()
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self.disk_watcher is not None:
             await self.disk_watcher.stop()

@@ -15,6 +15,7 @@ WebSocket delivery is ordered, so the client counts what it processed and sends 
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections import deque
 from dataclasses import dataclass
@@ -109,8 +110,9 @@ class ResumeRefusal(StrEnum):
     audit entry's reason and the close reason."""
 
     UNKNOWN = "unknown_participant"
-    """No participant held by that id on this node: never there, already gone, or held by
-    another node (a resume must reach the node that held it)."""
+    """No participant held by that id: never there, already gone, or held by another node that
+    is alive (a resume must reach the node that holds it; one whose node was lost is taken over
+    by any node, `decide_adoption`)."""
     LATE = "grace_period_over"
     """The participant was held, but longer ago than `resume_grace_s`."""
     BAD_TOKEN = "bad_resume_token"
@@ -150,4 +152,42 @@ def decide(
         return ResumeRefusal.LATE
     if not buffer.covers(last_seq):
         return ResumeRefusal.GAP
+    return None
+
+
+# -- a participant whose node was lost (issue 13, part 2) -------------------------------------
+
+
+def token_digest(resume_token: str) -> str:
+    """What the shared state keeps of a resume token (`ParticipantRecord.resume_digest`): enough
+    for any node to check a `resume`, not enough to make one."""
+    return hashlib.sha256(resume_token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A participant held in the shared state since their node was lost (another node may take
+    them over: their replay buffer went with the node)."""
+
+    participant_id: str
+    sub: str
+    resume_digest: str
+    lost_at: float
+    """Seconds since the epoch (the shared state's clock is wall time: nodes differ)."""
+    grace_s: float
+
+
+def decide_adoption(
+    lost: Lost | None, *, participant_id: str, resume_token: str, sub: str, now: float
+) -> ResumeRefusal | None:
+    """Whether a `resume` (its bearer token already verified as `sub`) takes over a participant
+    whose node was lost; None: it does (without a replay), else why not. `now`: wall time."""
+    if lost is None or lost.participant_id != participant_id or not lost.resume_digest:
+        return ResumeRefusal.UNKNOWN
+    if not hmac.compare_digest(lost.resume_digest, token_digest(resume_token)):
+        return ResumeRefusal.BAD_TOKEN
+    if lost.sub != sub:
+        return ResumeRefusal.OTHER_IDENTITY
+    if now - lost.lost_at >= lost.grace_s:
+        return ResumeRefusal.LATE
     return None

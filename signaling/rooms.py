@@ -32,7 +32,7 @@ from core.errors import (
 )
 from core.rooms import valid_room_id
 from sfu.server import MediaServer
-from signaling import cluster, ending, moderation
+from signaling import cluster, ending, moderation, resume
 from signaling import meeting_end as me
 from signaling import membership as m
 from signaling import protocol as p
@@ -56,6 +56,16 @@ from signaling.state.store import StateStore
 from signaling.tokens import TokenVerifier
 
 log = logging.getLogger("consilium.rooms")
+
+NODE_STOPPED = "node_stopped"
+"""Why a participant handed over by a draining node leaves, if they do not resume elsewhere."""
+OWN_CHECK_S = 2.0
+"""How often a node compares its participants with the shared state (`Rooms.check_own`)."""
+LOST_SWEEP_S = 5.0
+"""How often a node looks for lost nodes' participants whom nobody let go (`Rooms.sweep_lost`)."""
+
+_background: set[asyncio.Task[None]] = set()
+"""Work started from timers, running (the loop keeps only a weak reference)."""
 
 _RECORDING_MESSAGES = (
     p.RequestConsent, p.Consent, p.VerbalConsent, p.StartRecording, p.StopRecording, p.MarkCase,
@@ -97,10 +107,21 @@ class Rooms:
         """Media sessions clients reported as not connecting, by cause, since start."""
         self.draining = False
         """Stopping (`signaling.http.drain`): no room's media is taken here any more."""
+        self.nodes_lost = 0
+        """Dead nodes this node cleaned up after (`reap_node` found something), since start."""
+        self.rooms_moved: dict[str, int] = {"node_lost": 0, "drain": 0}
+        """Rooms whose media this node sent to another node, by why (`cluster.MediaMoved`)."""
+        self.connections_moved: dict[str, int] = {"node_lost": 0, "drain": 0}
+        """This node's connections whose media moved to another node, by why."""
         self.drained = False
+        self._missing: set[str] = set()
+        """Participants of this node's found missing from the shared state at the last
+        `check_own` (closed if still missing at the next, from the same Redis server)."""
+        self._server: str | None = None
+        """The Redis server `check_own` last looked at (`StateStore.server_identity`)."""
         """The drain has run (it runs once: on SIGTERM, or before the stop it led to)."""
         self.reconnects = Reconnects(
-            settings, store, verifier, audit, messenger, self.by_room, self.disconnect
+            settings, store, verifier, audit, messenger, self.by_room, self.disconnect, self.adopt
         )
         """Participants held while their connection is gone, for a `resume`."""
         store.subscribe(self.on_event)
@@ -291,39 +312,20 @@ class Rooms:
         identity = conn.identity
         assert identity is not None
         record = self._record(conn)
+        if self.settings.resume_grace_s > 0:
+            conn.resume_token = secrets.token_urlsafe(24)
+            record.resume_digest = resume.token_digest(conn.resume_token)
         if not await self.store.add_participant(
             room.room_id, record, max_participants=self.settings.max_participants_per_room
         ):
             await self._apply(m.room_full(identity, room.room_id, conn.peer))
         conn.permissions = self.policy.permissions(identity, room_scope(room, room.room_id))
         self._attach(conn, ConnectionState.JOINED)
-        participants = await self.store.list_participants(room.room_id)
-        lobby: list[p.ParticipantInfo] = []
-        if Action.ADMIT in conn.permissions:
-            lobby = [
-                participant_info(w, waiting=True) for w in await self.store.list_lobby(room.room_id)
-            ]
         # Media first: the client may offer as soon as it reads `joined`.
         if self.media is not None:
             conn.media_node = await self._media_node_for(room.room_id)
             await self._join_media(conn, record)
-        if self.settings.resume_grace_s > 0:
-            conn.resume_token = secrets.token_urlsafe(24)
-        conn.send(
-            p.encode(
-                p.Joined(
-                    participant_id=conn.participant_id,
-                    you=participant_info(record),
-                    permissions=sorted(conn.permissions),
-                    room=room_state(room),
-                    participants=[participant_info(x) for x in participants],
-                    lobby=lobby,
-                    ice_servers=self.ice_servers(identity),
-                    ice_transport_policy=self.settings.ice_transport_policy,
-                    resume_token=conn.resume_token,
-                )
-            )
-        )
+        conn.send(await self._joined_message(conn, room, record))
         if conn.resume_token:
             conn.replay = ReplayBuffer()  # numbered from the message after `joined`
         announced, audited = m.entered(record, identity, room.room_id, conn.peer, admitted_by)
@@ -332,6 +334,33 @@ class Rooms:
             # Where the room's recording stands, and the notice if it asks for consent.
             await self.relay.call(conn, "rec", action="hello", fields={})
         await self._apply([audited])
+
+    async def _joined_message(
+        self, conn: Connection, room: RoomRecord, record: ParticipantRecord
+    ) -> str:
+        """`joined`: who they are, the room and everyone in it now (then, with a resume token,
+        what follows is numbered: `Connection.replay`)."""
+        identity = conn.identity
+        assert identity is not None
+        participants = await self.store.list_participants(room.room_id)
+        lobby: list[p.ParticipantInfo] = []
+        if Action.ADMIT in conn.permissions:
+            lobby = [
+                participant_info(w, waiting=True) for w in await self.store.list_lobby(room.room_id)
+            ]
+        return p.encode(
+            p.Joined(
+                participant_id=conn.participant_id,
+                you=participant_info(record),
+                permissions=sorted(conn.permissions),
+                room=room_state(room),
+                participants=[participant_info(x) for x in participants],
+                lobby=lobby,
+                ice_servers=self.ice_servers(identity),
+                ice_transport_policy=self.settings.ice_transport_policy,
+                resume_token=conn.resume_token,
+            )
+        )
 
     def _attach(self, conn: Connection, state: ConnectionState) -> None:
         conn.state = state
@@ -418,20 +447,20 @@ class Rooms:
 
     async def disconnect(self, conn: Connection, reason: str) -> None:
         """Clean up after a connection closed, however it closed: a participant whose network
-        ended it is held for a resume instead (`Reconnects.hold`)."""
+        ended it is held for a resume instead (`Reconnects.hold`). A participant the shared
+        state no longer has as this node's (`_taken_from_us`) is only dropped here."""
+        if await self._taken_from_us(conn):
+            self.reconnects.release(conn)
+            conn.state = ConnectionState.CLOSED
+            self._detach(conn)
+            return
         if await self.reconnects.hold(conn, reason):
             return
         self.reconnects.release(conn)
         previous = conn.state
         conn.state = ConnectionState.CLOSED
-        if not conn.participant_id or self.connections.get(conn.participant_id) is not conn:
+        if not self._detach(conn):
             return
-        del self.connections[conn.participant_id]
-        members = self.by_room.get(conn.room_id)
-        if members is not None:
-            members.discard(conn)
-            if not members:
-                del self.by_room[conn.room_id]
         identity = conn.identity
         assert identity is not None
         if previous is ConnectionState.WAITING:
@@ -446,6 +475,79 @@ class Rooms:
                             removed is not None)
             )  # fmt: skip
         await self._close_room_if_done(conn.room_id)
+
+    def _detach(self, conn: Connection) -> bool:
+        """Forget a connection here; False if it was not (or no longer) its participant's."""
+        if not conn.participant_id or self.connections.get(conn.participant_id) is not conn:
+            return False
+        del self.connections[conn.participant_id]
+        members = self.by_room.get(conn.room_id)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self.by_room[conn.room_id]
+        return True
+
+    async def _taken_from_us(self, conn: Connection) -> bool:
+        """Whether a joined connection's participant is another node's now: this node was taken
+        for dead meanwhile (a stalled process), and they are held for a resume elsewhere or were
+        taken over there. Their record, their media and the room's view of them are not this
+        node's to change any more."""
+        if conn.state is not ConnectionState.JOINED or not conn.participant_id:
+            return False
+        record = await self.store.get_participant(conn.room_id, conn.participant_id)
+        return record is not None and (record.node != self.store.node_id or record.lost_at > 0)
+
+    async def check_own(self) -> None:
+        """This node's joined participants as the shared state has them (periodic): when this
+        node was taken for dead (a stalled process: its heartbeat ran out while its connections
+        lived on), one held for a resume elsewhere is this node's again (the room told they are
+        back); one taken over by another node (their client resumed there) or let go meanwhile
+        is closed here (`replaced`, or `going away`: their client joins again). A record found
+        missing is closed only if still missing at the next look, from the same Redis server: a
+        restarted Redis that lost data, or a replica promoted before it had the last writes,
+        gets this node's records back from it (`StateStore`'s rebuild) meanwhile."""
+        own = self.store.node_id
+        server = await self.store.server_identity()
+        missing = self._missing if server == self._server else set()
+        self._missing, self._server = set(), server
+        for room_id, members in list(self.by_room.items()):
+            joined = [c for c in members if c.state is ConnectionState.JOINED and not c.closing]
+            if not joined:
+                continue
+            records = {r.participant_id: r for r in await self.store.list_participants(room_id)}
+            for conn in joined:
+                if (
+                    conn.held_since is not None
+                    or self.connections.get(conn.participant_id) is not conn
+                ):
+                    continue
+                record = records.get(conn.participant_id)
+                if record is not None and record.node == own and not record.lost_at:
+                    continue
+                if record is not None and record.node == own:
+                    record.lost_at, record.lost_media, record.lost_reason = 0.0, False, ""
+                    await self.store.update_participant(room_id, record)
+                    log.warning(
+                        "taken for dead, yet alive: a participant held for a resume elsewhere "
+                        "is this node's again",
+                        extra={"room": room_id, "participant": conn.participant_id},
+                    )
+                    await self.messenger.announce(
+                        room_id, p.ParticipantReconnecting(conn.participant_id, reconnecting=False),
+                        exclude=conn.participant_id,
+                    )  # fmt: skip
+                elif record is not None:
+                    conn.close_soon(p.CloseCode.REPLACED, "resumed on another node")
+                elif conn.participant_id not in missing:
+                    self._missing.add(conn.participant_id)  # look again next time
+                else:
+                    log.warning(
+                        "taken for dead, yet alive: a participant let go meanwhile is closed",
+                        extra={"room": room_id, "participant": conn.participant_id},
+                    )
+                    conn.close_soon(p.CloseCode.GOING_AWAY,
+                                    "this node was taken for dead: join again")  # fmt: skip
 
     async def _join_media(self, conn: Connection, record: ParticipantRecord) -> None:
         """Join the participant to the SFU of its room's media node (`conn.media_node`)."""
@@ -481,13 +583,19 @@ class Rooms:
         admitters told), and the rooms whose media it hosted move to the least loaded live
         node (`_move_media`). (participants, lobby entries) removed by this call: another node
         doing the same at once removes the rest, each entry once."""
-        left = waiting = moved = 0
+        left = waiting = moved = held = 0
         live = await self.store.live_nodes()
         for room in await self.store.list_rooms():
             room_id = room.room_id
             touched = False
+            holder = await self.store.media_node_of(room_id)
             for record in await self.store.list_participants(room_id):
-                if record.node != node_id:
+                if record.node != node_id or record.lost_at:
+                    continue
+                if record.resume_digest and self.settings.resume_grace_s > 0:
+                    # Held for their client's `resume` on another node (`adopt`).
+                    await self._hold_lost(room_id, record, lost_media=holder in (node_id, None))
+                    held += 1
                     continue
                 removed = await self.store.remove_participant(room_id, record.participant_id)
                 if self.media is not None:
@@ -503,17 +611,162 @@ class Rooms:
                 waiting += taken is not None
                 touched = True
                 await self._apply(m.left_lobby(room_id, record.participant_id, taken is not None))
-            holder = await self.store.media_node_of(room_id)
             await self.store.release_media_node(room_id, node_id)
             if touched:
                 await self._close_room_if_done(room_id)
             if holder in (node_id, None):
                 moved += await self._move_media(room_id, node_id, live)
-        if left or waiting or moved:
+        if left or waiting or moved or held:
+            self.nodes_lost += 1
             self.audit.append("node_lost", "error", node=node_id, participants=left,
-                              lobby=waiting, rooms_moved=moved, found=found,
-                              by=self.store.node_id)  # fmt: skip
+                              lobby=waiting, rooms_moved=moved, held_for_resume=held,
+                              found=found, by=self.store.node_id)  # fmt: skip
         return left, waiting
+
+    # -- taking over a lost node's participants -------------------------------------------------
+
+    async def _hold_lost(
+        self, room_id: str, record: ParticipantRecord, *, lost_media: bool, reason: str = NODE_LOST
+    ) -> None:
+        """Hold a lost node's participant for `resume_grace_s`: the room sees them as
+        reconnecting, and their client may resume on any node (`adopt`); then they leave
+        (`_let_go`). Their media stays where it is meanwhile (gone if `lost_media`)."""
+        record.lost_at = time.time()
+        record.lost_media = lost_media
+        record.lost_reason = reason
+        await self.store.update_participant(room_id, record)
+        pid = record.participant_id
+        await self.messenger.announce(
+            room_id, p.ParticipantReconnecting(pid, reconnecting=True), exclude=pid
+        )
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.resume_grace_s, self._spawn,
+                        self._let_go(room_id, pid, record.lost_at))  # fmt: skip
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _let_go(self, room_id: str, participant_id: str, lost_at: float) -> None:
+        """The grace period of a lost node's participant is over: unless their client resumed
+        on a node meanwhile, they leave the room (reason `node_lost`, everyone told)."""
+        try:
+            record = await self.store.get_participant(room_id, participant_id)
+            if record is None or record.lost_at != lost_at:
+                return  # resumed, gone, or held again by a later finding
+            removed = await self.store.remove_participant(room_id, participant_id)
+            if self.media is not None:
+                await self.media.leave(participant_id)
+            reason = record.lost_reason or NODE_LOST
+            await self._apply(m.left_room(room_id, participant_id, record.sub, reason,
+                                          removed is not None))  # fmt: skip
+            await self._close_room_if_done(room_id)
+        except Exception:
+            log.exception("could not let a lost node's participant go",
+                          extra={"room": room_id, "participant": participant_id})  # fmt: skip
+
+    async def sweep_lost(self) -> None:
+        """Let go of the lost node's participants whose grace period ended long ago: the node
+        that held them for a resume died too (its `_let_go` never ran). Periodic."""
+        late = time.time() - self.settings.resume_grace_s - LOST_SWEEP_S
+        for room in await self.store.list_rooms():
+            for record in await self.store.list_participants(room.room_id):
+                if record.lost_at and record.lost_at < late:
+                    await self._let_go(room.room_id, record.participant_id, record.lost_at)
+
+    async def _find_lost(self, participant_id: str) -> tuple[str, ParticipantRecord] | None:
+        """Where the shared state keeps a participant a `resume` names, once their node is found
+        lost: a resume may come sooner than the finding (`node_dead_after_s`), so while their
+        node looks gone (no connection to the shared state, or no heartbeat) the record is
+        asked again until then. None: not there, or their node is alive."""
+        deadline = time.monotonic() + self.settings.node_dead_after_s + 1.0
+        while True:
+            found = None
+            for room_id in [r.room_id for r in await self.store.list_rooms()]:
+                record = await self.store.get_participant(room_id, participant_id)
+                if record is not None:
+                    found = (room_id, record)
+                    break
+            if found is None or found[1].lost_at or found[1].node == self.store.node_id:
+                return found
+            if time.monotonic() >= deadline or await self._looks_alive(found[1].node):
+                return None
+            await asyncio.sleep(0.1)
+
+    async def _looks_alive(self, node_id: str) -> bool:
+        """Whether a node both heartbeats and holds a connection to the shared state (a killed
+        node's connections close at once; its heartbeat runs for seconds). False when the
+        shared state does not list connections: only the finding decides then."""
+        connected = await self.store.connected_nodes()
+        return (
+            connected is not None
+            and node_id in connected
+            and (node_id in await self.store.live_nodes())
+        )
+
+    async def adopt(
+        self, conn: Connection, msg: p.Resume, identity: Identity, *, session: bool
+    ) -> None:
+        """A `resume` of a participant this node does not hold: take them over if their node
+        was lost (`resume.decide_adoption`). They keep their participant id, their place in the
+        room and its consent answers, without the lobby; nothing is replayed (it went with
+        their node): `resumed` (`replayed` false), a new `joined`, and their client opens new
+        media sessions. `session`: the identity is a sign-in session's (it names no room).
+
+        Raises (audited) ResumeRefused when the rules refuse (4410)."""
+        where: dict[str, Any] = {"participant": msg.participant_id, "ip": conn.peer}
+        found = await self._find_lost(msg.participant_id)
+        lost = None
+        if found is not None and found[1].lost_at:
+            record = found[1]
+            lost = resume.Lost(record.participant_id, record.sub, record.resume_digest,
+                               record.lost_at, self.settings.resume_grace_s)  # fmt: skip
+        refusal = resume.decide_adoption(
+            lost, participant_id=msg.participant_id, resume_token=msg.resume_token,
+            sub=identity.sub, now=time.time(),
+        )  # fmt: skip
+        room = None if found is None else await self.store.get_room(found[0])
+        if refusal is None and room is None:
+            refusal = resume.ResumeRefusal.UNKNOWN
+        if refusal is not None:
+            room_id = found[0] if found else None
+            self.audit.append("resume", "deny", sub=identity.sub, room=room_id, reason=refusal,
+                              **where)  # fmt: skip
+            raise resume.ResumeRefused(refusal.value)
+        assert found is not None and room is not None
+        room_id, record = found
+        lost_node, lost_media = record.node, record.lost_media
+        conn.participant_id = record.participant_id
+        conn.room_id = room_id
+        conn.identity = identity_in_room(identity, room_id) if session else identity
+        conn.resume_token = secrets.token_urlsafe(24)
+        record.node = self.store.node_id
+        record.lost_at, record.lost_media, record.lost_reason = 0.0, False, ""
+        record.resume_digest = resume.token_digest(conn.resume_token)
+        await self.store.update_participant(room_id, record)
+        conn.permissions = self.policy.permissions(conn.identity, room_scope(room, room_id))
+        if self.media is not None:
+            conn.media_node = await self._media_node_for(room_id)
+            if not lost_media:
+                # Off the SFU that kept their sessions (their answers to consent stay with the
+                # room), then on again, as this node's: their client opens new sessions.
+                await self.relay.call(conn, "leave")
+            await self._join_media(conn, record)
+        joined = await self._joined_message(conn, room, record)
+        # From here to `joined`, no await: nothing the room sends can come before them.
+        self._attach(conn, ConnectionState.JOINED)
+        conn.write(p.encode(p.Resumed(conn.participant_id, last_seq=0, replayed=False)))
+        conn.send(joined)
+        conn.replay = ReplayBuffer()  # numbered from the message after `joined`
+        self.audit.append("resume", "allow", sub=identity.sub, room=room_id, replayed=False,
+                          lost_node=lost_node, **where)  # fmt: skip
+        await self.messenger.announce(
+            room_id, p.ParticipantReconnecting(conn.participant_id, reconnecting=False),
+            exclude=conn.participant_id,
+        )  # fmt: skip
+        if self.media is not None:
+            await self.relay.call(conn, "rec", action="hello", fields={})
 
     async def _move_media(self, room_id: str, dead: str, live: dict[str, int | None]) -> int:
         """The room's media was on `dead` (its claim named it, or had run out): unless the
@@ -530,6 +783,7 @@ class Rooms:
             return 0
         holder = await self.store.claim_media_node(room_id, chosen, MEDIA_CLAIM_TTL_S)
         await self._publish(cluster.MediaMoved(room=room_id, gone=dead, to=holder))
+        self.rooms_moved["node_lost"] += 1
         return 1
 
     async def _media_moved(self, event: cluster.MediaMoved) -> None:
@@ -549,6 +803,10 @@ class Rooms:
             conn.media_node = event.to
             await self._join_media(conn, record)
             conn.send(p.encode(p.MediaMoved(reason=event.why)))
+            # Where the room's recording stands there (it continues a recording that ran on
+            # the node the media left), and their part in it.
+            await self.relay.call(conn, "rec", action="hello", fields={})
+            self.connections_moved[event.why] += 1
             moved += 1
         if moved:
             log.warning(
@@ -577,14 +835,39 @@ class Rooms:
             if chosen is None:
                 log.error("draining: no other live node has an SFU; the rooms' media stays")
                 return moved
+            if self.recorder is not None:
+                # What the next node takes over, marked as a drain's (its recording continues).
+                await self.recorder.keep(room_id)
             await self.store.release_media_node(room_id, own)
             holder = await self.store.claim_media_node(room_id, chosen, MEDIA_CLAIM_TTL_S)
             await self._publish(cluster.MediaMoved(room=room_id, gone=own, to=holder,
                                                    why="drain"))  # fmt: skip
             # The next room goes where the load is least, counting this one's people.
             others[holder] = (others.get(holder) or 0) + len(room.participants)
+            self.rooms_moved["drain"] += 1
             moved += 1
         return moved
+
+    async def hand_over(self) -> int:
+        """The drain's last step, before this node closes its own connections (1001): hold
+        its joined participants in the shared state for a resume on another node, as if the
+        node had been lost (their media already moved there): their clients resume through
+        another node as the same participants (`adopt`), and the room sees them reconnecting,
+        not leaving. Those who do not resume are let go by the other nodes (`sweep_lost`).
+        How many were handed over (none without a resume grace period)."""
+        own = self.store.node_id
+        if self.settings.resume_grace_s <= 0 or not set(await self.store.live_nodes()) - {own}:
+            return 0  # no other node to resume on: they leave, as at any stop
+        handed = 0
+        for conn in list(self.connections.values()):
+            if conn.state is not ConnectionState.JOINED or conn.closing or not conn.resume_token:
+                continue
+            record = await self.store.get_participant(conn.room_id, conn.participant_id)
+            if record is None or record.node != own or record.lost_at:
+                continue
+            await self._hold_lost(conn.room_id, record, lost_media=False, reason=NODE_STOPPED)
+            handed += 1
+        return handed
 
     async def _media_node_for(self, room_id: str) -> str:
         """The node to host a room's media when someone joins: the node holding it, else this

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_type_hints
 from urllib.parse import urlsplit
 
 from core.errors import ConfigError
+from signaling.state.sentinel import is_sentinel_url, parse_sentinel_url
 
 ENV_PREFIX = "CONSILIUM_"
 
@@ -40,7 +41,9 @@ class Settings:
     data_dir: Path = Path("./consilium-data")
     """Folder for the audit log, keys, revocations and (later) recordings."""
     redis: str | None = None
-    """Redis URL (`redis://host:6379/0`); shared state for several nodes. None: in memory."""
+    """Redis URL (`redis://host:6379/0`), or its Sentinels
+    (`sentinel://host1:26379,host2:26379,host3:26379/<service>`); shared state for several
+    nodes. None: in memory."""
     tls_cert: Path | None = None
     """PEM certificate chain for HTTPS."""
     tls_key: Path | None = None
@@ -145,8 +148,9 @@ class Settings:
     drain_timeout_s: float = 30.0
     """SIGTERM or `consilium drain`: after moving the media of the rooms it hosts to other
     nodes, how long a node waits for every participant to leave its SFU (their clients open
-    new sessions on the new node) before it closes its own connections (1001: their clients
-    join again through another node) and stops (`signaling.http.drain`)."""
+    new sessions on the new node) before it hands its own participants over and closes their
+    connections (1001: their clients resume through another node) and stops
+    (`signaling.http.drain`)."""
     max_request_bytes: int = 64 * 1024
     """Largest REST request body."""
 
@@ -421,10 +425,17 @@ class Settings:
         self._validate_pacs()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
-        if self.redis is not None and not self.redis.startswith(
+        if self.redis is not None and is_sentinel_url(self.redis):
+            try:
+                parse_sentinel_url(self.redis)
+            except ValueError as exc:
+                raise ConfigError(f"redis: {exc}") from None
+        elif self.redis is not None and not self.redis.startswith(
             ("redis://", "rediss://", "unix://")
         ):
-            raise ConfigError("redis must be a redis://, rediss:// or unix:// URL")
+            raise ConfigError(
+                "redis must be a redis://, rediss://, unix:// or sentinel:// (sentinels://) URL"
+            )
 
     def _validate_pacs(self) -> None:
         """The PACS settings: a URL the node may reach safely, one way to authenticate."""
@@ -507,7 +518,10 @@ def is_loopback(host: str) -> bool:
 
 
 def _redact_url(url: str) -> str:
-    # A Redis URL may carry a password; the audit log and logs get it without.
+    # A Redis URL may carry a password (a Sentinel URL a second one, in its query); the audit
+    # log and logs get it without.
+    if is_sentinel_url(url):
+        url = url.partition("?")[0]
     if "@" in url:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.split('@', 1)[1]}"

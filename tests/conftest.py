@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.redis_server",
+    "tests.fixtures.redis_sentinel",
     "tests.fixtures.servers",
     "tests.fixtures.media",
     "tests.fixtures.browser",

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from tests.fixtures.media import join_over_ws
+from tests.fixtures.metrics import samples
 from tests.fixtures.redis_server import RedisProcess
 from tests.fixtures.servers import (
     LOOPBACK_ICE,
@@ -242,4 +243,4 @@ async def test_media_of_a_room_spanning_two_nodes_flows_through_one_sfu(
 
 async def _metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     async with http.get(url + "/metrics") as r:
-        return {k: float(v) for k, v in (line.split(" ") for line in (await r.text()).splitlines())}
+        return samples(await r.text())

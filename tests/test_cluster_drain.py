@@ -3,8 +3,10 @@ redis-server and real aiortc participants: a four-person room whose media lives 
 people connected to A and two to B. A is stopped the way a rolling upgrade does it, with SIGTERM
 or with `consilium drain`: it turns unready at once, moves the room's media to B first (B's two
 are told `media_moved`, reason `drain`, and reopen their sessions there), waits until its SFU is
-empty, then closes its own connections with 1001 (their clients join again through B) and
-exits cleanly. Nobody is reported lost, and everyone receives everyone again."""
+empty, hands its own participants over (held in Redis for a resume elsewhere), closes their
+connections with 1001 and exits cleanly; their clients resume through B as the same
+participants. Nobody leaves, nobody is reported lost, the recording goes on at B as a
+continuation with everyone's consent standing, and everyone receives everyone again."""
 
 from __future__ import annotations
 
@@ -24,7 +26,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from signaling.audit import iter_entries
-from tests.fixtures.media import Participant, join_over_ws, pid, video_frames_from
+from tests.fixtures.media import (
+    Participant,
+    join_over_ws,
+    pid,
+    record_with_consent,
+    state,
+    video_frames_from,
+)
 from tests.fixtures.servers import LOOPBACK_ICE, REPO, eventually, two_nodes
 
 ROOM = "mdt-1"
@@ -79,6 +88,8 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
                 )
 
             await eventually(lambda: everyone_sees(people), timeout=45, interval=0.2)
+            # Recorded, with everyone's consent, on A.
+            first = await record_with_consent(*people)
 
             # What a load balancer sees of A from now on, every 10 ms until A is gone.
             answers: list[str] = []
@@ -95,12 +106,18 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
                 assert drained.returncode == 0, drained.stderr
                 assert "is draining" in drained.stdout
 
-            # B's two reopen their media on B, without leaving the room.
+            # B's two reopen their media on B, without leaving the room; the recording goes on
+            # there as a continuation, their consent standing.
             for person in b_people:
                 moved = await eventually(
                     lambda p=person: [m for m in p.messages if m["type"] == "media_moved"], 15
                 )
                 assert moved == [{"type": "media_moved", "reason": "drain"}]
+                await eventually(
+                    lambda p=person: state(p).get("recording")
+                    and state(p)["recording_id"] != first, 15
+                )  # fmt: skip
+            second = state(b_people[0])["recording_id"]
             node_b = (_readyz(b.url))[1]["node"]
             assert await redis.get(MEDIA_NODE) == node_b
             # A's own connections close with 1001 once the media moved, and A exits cleanly.
@@ -114,14 +131,11 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
             seen = [answer for i, answer in enumerate(answers) if answers[i - 1 : i] != [answer]]
             assert seen == ["200 ready", "503 draining", "gone"], seen
 
-            # A's two join again through B (what their client does on 1001).
-            for person in on_a:
-                await person.close()
-            rejoined = [
-                await join_over_ws(http, b.url, token(sub, role), ROOM)
-                for sub, role in (("dr-chair", "chair"), ("dr-a2", "specialist"))
-            ]
-            people = [*rejoined, *b_people]
+            # A's two resume through B (what their client does on 1001), as the same people.
+            for person, sub, role in zip(on_a, ("dr-chair", "dr-a2"), ("chair", "specialist"),
+                                         strict=True):  # fmt: skip
+                resumed = await person.resume(http, b.url, token(sub, role))
+                assert (resumed["participant_id"], resumed["replayed"]) == (pid(person), False)
             counts = {
                 (r, s): video_frames_from(r, pid(s)) for r in people for s in people if r is not s
             }
@@ -131,14 +145,29 @@ async def test_draining_the_node_hosting_a_room_moves_it_and_nobody_is_lost(
             )  # fmt: skip
 
             for person in b_people:
-                reasons = {m.get("reason") for m in person.messages
-                           if m["type"] == "participant_left"}  # fmt: skip
-                assert "node_lost" not in reasons, "a drain is no death"
+                assert [m for m in person.messages if m["type"] == "participant_left"] == []
+                reconnecting = [(m["participant_id"], m["reconnecting"]) for m in person.messages
+                                if m["type"] == "participant_reconnecting"]  # fmt: skip
+                for handed in on_a:
+                    assert [r for i, r in reconnecting if i == pid(handed)] == [True, False]
             drained_entries = list(iter_entries(a.data_dir / "audit", action="node_drained"))
             assert len(drained_entries) == 1
             fields = drained_entries[0].fields
-            assert (fields["rooms_moved"], fields["participants_left_behind"]) == (1, 0), fields
+            assert (fields["rooms_moved"], fields["participants_left_behind"],
+                    fields["handed_over"]) == (1, 0, 2), fields  # fmt: skip
             assert list(iter_entries(b.data_dir / "audit", action="node_lost")) == []
+            continued = list(iter_entries(b.data_dir / "audit", action="recording_continued"))
+            assert [(e.fields["continues"], e.fields["recording"], e.reason)
+                    for e in continued] == [(first, second, "drain")]  # fmt: skip
+            # Nobody was asked to consent again, the rejoined included (answers are theirs).
+            for person in people:
+                assert state(person)["consent"].get(pid(person)) == "granted"
+            assert [sum(m["type"] == "consent_requested" for m in x.messages) for x in people] == [
+                1,
+                1,
+                1,
+                1,
+            ], "asked once, before the recording, never again"
         finally:
             for person in people:
                 await person.close()

@@ -2,8 +2,10 @@
 redis-server and real aiortc participants sending encoded media: a four-person room whose media
 lives on node A, two people connected to A and two to B. Node A is killed (SIGKILL); B finds it
 dead, claims the room's media, and B's two participants open new media sessions on B's SFU
-(`media_moved`) without leaving the room: their video to each other comes back, on the same
-signalling connections, with the two lost participants gone from the roster."""
+(`media_moved`) without leaving the room, on the same signalling connections; A's two
+participants, held for a resume (B's people see them reconnecting), resume on B as the same
+participants, without the lobby, and open new media sessions there: everyone's video to
+everyone comes back."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import redis.asyncio as aioredis
 
 from signaling.audit import iter_entries
 from tests.fixtures.media import Participant, join_over_ws, pid, video_frames_from
+from tests.fixtures.metrics import samples
 from tests.fixtures.servers import LOOPBACK_ICE, eventually, two_nodes
 
 DEAD_AFTER_S = 4.0
@@ -68,37 +71,50 @@ async def test_killing_the_node_hosting_a_rooms_media_moves_it_and_media_comes_b
             def both_moved() -> bool:
                 return b1.client.renewals == 1 and b2.client.renewals == 1
 
+            # A's two clients come back as the same participants, through B (a client tries
+            # again at once: B waits for A to be found dead before it takes them over).
+            lost_ids = (pid(chair), pid(on_a))
+            for person, sub, role in ((chair, "dr-chair", "chair"), (on_a, "dr-a2", "specialist")):
+                resumed = await person.resume(http, b.url, token(sub, role))
+                assert resumed == {"type": "resumed", "participant_id": pid(person),
+                                   "last_seq": 0, "replayed": False}  # fmt: skip
+                assert {x["participant_id"] for x in person.joined["participants"]} == {
+                    *lost_ids, pid(b1), pid(b2)}  # fmt: skip
+            assert (pid(chair), pid(on_a)) == lost_ids
+
             await eventually(both_moved, timeout=DEAD_AFTER_S + 10, interval=0.05)
             moved_after = time.monotonic() - killed_at
 
-            def media_back() -> bool:
-                return (
-                    video_frames_from(b1, pid(b2), current=True) > 5
-                    and video_frames_from(b2, pid(b1), current=True) > 5
-                )
-
-            await eventually(media_back, timeout=20, interval=0.05)
+            await eventually(everyone_sees_everyone, timeout=20, interval=0.05)
             back_after = time.monotonic() - killed_at
-            print(f"\nmedia moved {moved_after:.2f} s and back {back_after:.2f} s after the kill")
+            print(f"\nmedia moved {moved_after:.2f} s and back for everyone {back_after:.2f} s"
+                  " after the kill")  # fmt: skip
 
-            # The same signalling connections, the lost participants gone, nobody else.
+            # The same signalling connections on B; nobody left, nobody waited in the lobby.
             assert (b1.ws, b2.ws) == b_ws and not b1.ws.closed and not b2.ws.closed
             for person in (b1, b2):
-                left = {m["participant_id"]: m.get("reason") for m in person.messages
-                        if m["type"] == "participant_left"}  # fmt: skip
-                assert left == {pid(chair): "node_lost", pid(on_a): "node_lost"}
+                assert [m for m in person.messages if m["type"] == "participant_left"] == []
+                reconnecting = [(m["participant_id"], m["reconnecting"]) for m in person.messages
+                                if m["type"] == "participant_reconnecting"]  # fmt: skip
+                for lost_id in lost_ids:
+                    assert [r for i, r in reconnecting if i == lost_id] == [True, False]
                 moved = [m for m in person.messages if m["type"] == "media_moved"]
                 assert moved == [{"type": "media_moved", "reason": "node_lost"}]
+            for person in people:
                 assert not any(m["type"] == "lobby" for m in person.messages)
             assert await redis.get(MEDIA_NODE) == await _node_id(http, b.url)
             async with http.get(b.url + "/metrics") as r:
                 metrics = await r.text()
-            assert "consilium_sfu_participants 2" in metrics.splitlines()
+            assert samples(metrics)["consilium_sfu_participants"] == 4
             lost = list(iter_entries(b.data_dir / "audit", action="node_lost"))
             assert len(lost) == 1
             fields = lost[0].fields
-            assert (fields["participants"], fields["rooms_moved"]) == (2, 1), fields
+            assert (fields["participants"], fields["held_for_resume"], fields["rooms_moved"]) == (
+                0, 2, 1), fields  # fmt: skip
             assert fields["found"] == "disconnected", "its connections told, before its heartbeat"
+            resumes = list(iter_entries(b.data_dir / "audit", action="resume"))
+            assert sorted(e.fields["participant"] for e in resumes) == sorted(lost_ids)
+            assert {(e.outcome, e.fields["replayed"]) for e in resumes} == {("allow", False)}
         finally:
             for person in people:
                 await person.close()

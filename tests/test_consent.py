@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from recorder.diskspace import MIB
-from recorder.manifest import RecordedParticipant
+from recorder.manifest import Continuation, RecordedParticipant
 from signaling import protocol as p
 from signaling.consent import (
     AddParticipant,
@@ -23,6 +24,7 @@ from signaling.consent import (
     Effect,
     FailRecording,
     Hello,
+    Kept,
     Now,
     OpenRecording,
     RecordConsent,
@@ -437,3 +439,67 @@ def test_a_failing_writer_keeps_the_disk_reserve() -> None:
 )  # fmt: skip
 def test_relayed_requests_become_typed(action: str, fields: dict, typed: object) -> None:  # type: ignore[type-arg]
     assert recording_request(action, fields) == typed
+
+
+# -- the room's media moving to another node (issue 13) ---------------------------------------
+
+
+def test_what_is_kept_for_the_next_node_round_trips_and_it_continues_the_recording() -> None:
+    old = meeting(CHAIR, ONC, RAD)
+    old.request(CHAIR.participant_id, p.RequestConsent(), at(), "")
+    all_granted(old, CHAIR, ONC)
+    old.request(RAD.participant_id, p.Consent("declined"), at(1), "")
+    effects = old.request(CHAIR.participant_id, p.StartRecording("tumour"), at(2), "abc123")
+    (open_,) = of(OpenRecording, effects)
+    old.opened(ROOM, open_.recording_id, at(2.5))
+    old.request(CHAIR.participant_id, p.MarkCase("case 1"), at(3), "")
+    kept = old.kept(ROOM, "node-a", at(4))
+    assert kept is not None and old.kept("elsewhere", "node-a", at(4)) is None
+    # As the shared state holds it (JSON), and back.
+    kept = msgspec.json.decode(msgspec.json.encode(kept), type=Kept)
+
+    new = RecordingConsent(NOTICE)
+    effects = new.take_over(ROOM, kept, at(10), "def456")
+    (open_again,) = of(OpenRecording, effects)
+    assert open_again.recording_class == "tumour" and open_again.started_by == "dr-chair"
+    assert open_again.continues == Continuation(
+        open_.recording_id, "node-a", "node_lost", "2026-03-02T09:30:04.000+00:00"
+    )
+    assert open_again.recording_id == "rec-tumour-board-20260302T093010Z-def456"
+    (entry,) = audited(effects, "recording_continued")
+    assert entry.fields["continues"] == open_.recording_id and entry.fields["reason"] == "node_lost"
+    effects = new.opened(ROOM, open_again.recording_id, at(10.2))
+    assert of(StartCase, effects) == [StartCase(open_again.recording_id, "case 1")], "goes on"
+    # Whoever arrives is recorded with the answer they gave on the old node: nobody is asked.
+    for x in (CHAIR, ONC, RAD):
+        new.joined(ROOM, x)
+        effects = new.request(x.participant_id, Hello(), at(11), "")
+        assert not of(Send, effects), "no notice: their answer stands"
+        (answer,) = of(RecordConsent, effects)
+        assert answer.consent.decision == ("declined" if x is RAD else "granted")
+    assert state(effects).cases == ["case 1"]
+    assert new.recording_of(ROOM) == open_again.recording_id
+
+
+def test_a_drain_is_kept_as_such_and_nothing_is_continued_without_a_recording() -> None:
+    old = meeting(CHAIR, ONC)
+    old.request(CHAIR.participant_id, p.RequestConsent(), at(), "")
+    all_granted(old, CHAIR)
+    kept = old.kept(ROOM, "node-a", at(2), draining=True)
+    assert kept is not None and kept.draining and kept.recording is None
+    new = RecordingConsent(NOTICE)
+    assert new.take_over(ROOM, kept, at(3), "def456") == [], "answers only: nothing to open"
+    new.joined(ROOM, ONC)
+    effects = new.request(ONC.participant_id, Hello(), at(4), "")
+    assert of(Send, effects), "the one who had not answered is asked"
+    assert state(effects).requested
+
+
+def test_a_drained_recording_continues_as_a_drains() -> None:
+    old = meeting(CHAIR)
+    all_granted(old, CHAIR)
+    start(old)
+    kept = old.kept(ROOM, "node-a", at(5), draining=True)
+    assert kept is not None
+    (open_again,) = of(OpenRecording, RecordingConsent(NOTICE).take_over(ROOM, kept, at(6), "x"))
+    assert open_again.continues is not None and open_again.continues.reason == "drain"

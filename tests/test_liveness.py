@@ -62,3 +62,28 @@ def test_a_node_without_a_connection_for_long_enough_is_dead_a_blip_is_not() -> 
     assert gone.update(5.0, {"node-b"}, {"node-b"}) == []
     assert gone.update(5.0, both, set()) == []
     assert gone.update(5.0 + GONE_AFTER_S, both, set()) == ["node-b", "node-c"]
+
+
+def test_another_redis_server_behind_the_shared_state_makes_a_node_wait_again() -> None:
+    watch = LivenessWatch(DEAD_AFTER_S)
+    watch.beat_ok(0.0, 0.01)
+    assert watch.server_seen("run-1") is False, "the first server seen is no change"
+    assert watch.may_judge(10.0)
+    assert watch.server_seen("run-1") is False
+    assert watch.server_seen(None) is False, "a server that does not say changes nothing"
+    assert watch.may_judge(10.0)
+    # Sentinel promoted the replica: its heartbeats may be stale, nobody has reconnected yet.
+    assert watch.server_seen("run-2") is True
+    assert not watch.may_judge(10.0)
+    watch.beat_ok(11.0, 11.01)
+    assert not watch.may_judge(11.0 + DEAD_AFTER_S)
+    assert watch.may_judge(11.02 + DEAD_AFTER_S + HEARTBEAT_EVERY_S)
+
+
+def test_connections_missing_before_a_pause_in_judging_are_watched_afresh() -> None:
+    gone = Disconnections()
+    both = {"node-b", "node-c"}
+    assert gone.update(0.0, both, {"node-b"}) == []
+    gone.clear()  # a failover: node-c's connection is not on the new primary yet
+    assert gone.update(5.0, both, {"node-b"}) == [], "missing since 5 s, not since 0 s"
+    assert gone.update(5.0 + GONE_AFTER_S, both, {"node-b"}) == ["node-c"]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from signaling.resume import Hold, ReplayBuffer, ResumeRefusal, decide, holds
+from signaling.resume import (
+    Hold,
+    Lost,
+    ReplayBuffer,
+    ResumeRefusal,
+    decide,
+    decide_adoption,
+    holds,
+    token_digest,
+)
 
 
 def _hold(**kw: Any) -> Hold:
@@ -108,3 +117,31 @@ def test_a_gap_the_buffer_no_longer_covers_is_refused() -> None:
 
 def test_a_client_claiming_more_than_was_sent_is_refused() -> None:
     assert _decide(_hold(), _buffer(3), last_seq=4) is ResumeRefusal.GAP
+
+
+def _lost(**kw: Any) -> Lost:
+    values: dict[str, Any] = {"participant_id": "p1", "sub": "dr-li",
+                              "resume_digest": token_digest("secret"), "lost_at": 1000.0,
+                              "grace_s": 20.0, **kw}  # fmt: skip
+    return Lost(**values)
+
+
+def _adopt(lost: Lost | None, **kw: Any) -> ResumeRefusal | None:
+    values: dict[str, Any] = {"participant_id": "p1", "resume_token": "secret", "sub": "dr-li",
+                              "now": 1010.0, **kw}  # fmt: skip
+    return decide_adoption(lost, **values)
+
+
+def test_a_lost_nodes_participant_is_taken_over_with_the_secret_their_record_hashes() -> None:
+    assert _adopt(_lost()) is None
+    assert token_digest("secret") != "secret" and len(token_digest("secret")) == 64
+
+
+def test_taking_over_a_lost_nodes_participant_is_refused_as_a_resume_would_be() -> None:
+    assert _adopt(None) is ResumeRefusal.UNKNOWN
+    assert _adopt(_lost(participant_id="p2")) is ResumeRefusal.UNKNOWN
+    assert _adopt(_lost(resume_digest="")) is ResumeRefusal.UNKNOWN, "no secret was given"
+    assert _adopt(_lost(), resume_token="guess") is ResumeRefusal.BAD_TOKEN
+    assert _adopt(_lost(), sub="dr-other") is ResumeRefusal.OTHER_IDENTITY
+    assert _adopt(_lost(), now=1020.0) is ResumeRefusal.LATE
+    assert _adopt(_lost(), now=1019.9) is None

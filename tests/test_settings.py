@@ -8,6 +8,7 @@ import pytest
 
 from core.errors import ConfigError
 from signaling.settings import Settings, load_settings
+from signaling.state.sentinel import parse_sentinel_url
 
 
 def test_defaults_are_safe_for_a_fresh_machine() -> None:
@@ -69,3 +70,45 @@ def test_summary_hides_redis_password_and_turn_secret() -> None:
     s = Settings(redis="redis://user:hunter2@db:6379/0", turn_secret="sesame")
     summary = str(s.summary())
     assert "hunter2" not in summary and "sesame" not in summary
+
+
+def test_redis_may_name_its_sentinels() -> None:
+    url = "sentinel://consilium:s%40cret@10.0.0.1:26379,10.0.0.2,[fd00::3]:26380/mdt/2"
+    s = load_settings({"redis": url}, env={})
+    where = parse_sentinel_url(s.redis or "")
+    assert where.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("fd00::3", 26380))
+    assert (where.service, where.db, where.tls) == ("mdt", 2, False)
+    assert (where.username, where.password) == ("consilium", "s@cret")
+    assert (where.sentinel_username, where.sentinel_password) == (None, None)
+    env = {"CONSILIUM_REDIS": "sentinels://:pw@h1,h2,h3/mdt?sentinel_password=guard"}
+    where = parse_sentinel_url(load_settings({}, env=env).redis or "")
+    assert (where.db, where.tls, where.username, where.password) == (0, True, None, "pw")
+    assert where.sentinel_password == "guard"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sentinel://h1:26379,h2:26379", "names the monitored service"),
+        ("sentinel://h1:26379/", "names the monitored service"),
+        ("sentinel://h1:26379/mdt/zero", "database number"),
+        ("sentinel://h1:26379/mdt/0/extra", "database number"),
+        ("sentinel://h1:port/mdt", "no valid port"),
+        ("sentinel://h1:0/mdt", "no valid port"),
+        ("sentinel://h1,,h3/mdt", "no host"),
+        ("sentinel://[fd00::1/mdt", "Invalid IPv6"),
+        ("sentinel://[fd00::1]x/mdt", r"\[host\]:port"),
+        ("sentinel://h1/mdt?password=x", "unknown Sentinel URL parameter"),
+        ("sentinel://h1/mdt?sentinel_password=a&sentinel_password=b", "given twice"),
+    ],
+)
+def test_malformed_sentinel_urls_are_refused_saying_why(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"redis": url}, env={})
+
+
+def test_summary_hides_both_passwords_of_a_sentinel_url() -> None:
+    s = Settings(redis="sentinel://:hunter2@h1,h2/mdt?sentinel_password=opensesame")
+    summary = str(s.summary())
+    assert "hunter2" not in summary and "opensesame" not in summary
+    assert "h1,h2/mdt" in summary

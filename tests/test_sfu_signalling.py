@@ -13,6 +13,7 @@ import pytest
 
 from signaling.devidp import DevelopmentIdP
 from tests.fixtures.media import Participant, join_over_ws
+from tests.fixtures.metrics import samples
 from tests.fixtures.servers import RunningNode, eventually, node_settings, running_node
 
 
@@ -101,7 +102,7 @@ async def test_four_party_room_runs_without_any_codec_on_the_server(
 
             await eventually(everyone_sees_everyone, timeout=40)
             async with http.get(serve.url + "/metrics") as r:
-                metrics = dict(line.split(" ") for line in (await r.text()).splitlines())
+                metrics = samples(await r.text())
         finally:
             for p in people:
                 await p.close()

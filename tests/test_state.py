@@ -662,8 +662,12 @@ def test_redis_values_keep_the_format_every_node_version_reads() -> None:
     assert encode_participant(p) == (
         '{"participant_id":"p1","sub":"sub-p1","role":"specialist","name":"Dr p1",'
         '"depts":["cardiology"],"org":"hospital","node":"node-a","joined_at":1.0,'
-        '"audio_muted":false,"video_muted":false}'
+        '"audio_muted":false,"video_muted":false,"resume_digest":"","lost_at":0.0,'
+        '"lost_media":false,"lost_reason":""}'
     )
+    # What a node of the version before resumes across nodes wrote: read with the defaults.
+    older = encode_participant(p).split(',"resume_digest"')[0] + "}"
+    assert decode_participants({"p1": older}) == [p]
     later = person("p0", at=2.0)
     entries = {"p0": encode_participant(later), "p1": encode_participant(p)}
     assert decode_participants(entries) == [p, later]

@@ -3,8 +3,8 @@ B, the room's media lives on node A (someone joined there first), and node A is 
 (SIGKILL). The page is told `media_moved`, closes its media sessions and opens new ones on B's
 SFU, on the same signalling connection and without the lobby: it decodes the other
 participant's video again, and that participant decodes Dr Chen's camera again (Chromium sends
-a keyframe only when asked: the new SFU must ask). The recording that ran on A is shown as
-ended with its node, not as still running."""
+a keyframe only when asked: the new SFU must ask). The recording that ran on A goes on at B as
+a continuation, consent standing (no dialog again), and the page shows it running."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tests.fixtures.browser import (
     received_from,
     schedule_room,
 )
+from tests.fixtures.haproxy import start_load_balancer
 from tests.fixtures.media import join_over_ws, last, pid, send, video_frames_from
 from tests.fixtures.media import state as recording_of
 from tests.fixtures.servers import LOOPBACK_ICE, eventually, two_nodes
@@ -92,17 +93,84 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
             print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
                   " the kill")  # fmt: skip
 
-            # The recording ended with its node: the page says so instead of showing it on.
-            await tab.until("document.getElementById('recording-indicator').hidden")
+            # The recording goes on at B, as a continuation of the one A was making (consent
+            # stood: no dialog again); the page shows it running under its new id.
+            await tab.until(
+                f"!['', '{recording_id}'].includes(window.consilium.state().recording"
+                ".recording_id) && window.consilium.state().recording.recording"
+            )
+            await tab.until("!document.getElementById('recording-indicator').hidden")
             seen = await page_state(tab)
-            assert seen["recording"]["recording"] is False
-            assert seen["recording"]["failure"] == "node_lost"
-            assert seen["recording"]["failed_recording_id"] == recording_id
+            assert seen["recording"]["failure"] == ""
+            assert not await tab.page.evaluate("document.getElementById('consent-dialog').open")
             assert seen["screen"] == "room"
             assert seen["reconnects"] == 0 and seen["resumes"] == 0, "no rejoin, no resume"
             present = {person["participant_id"] for person in seen["participants"]}
-            assert present == {me, pid(on_b)}, "the lost participant is gone, nobody else"
+            assert present == {me, pid(on_a), pid(on_b)}, "nobody else"
+            # The lost node's participant is held for a resume elsewhere: shown reconnecting.
+            assert seen["reconnecting"] == [pid(on_a)]
             no_page_problems(tab)
         finally:
             await on_a.close()
             await on_b.close()
+
+
+async def test_a_browser_whose_own_node_dies_resumes_through_the_load_balancer(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, chromium: OpenTab
+) -> None:
+    """Dr Chen's Chromium reaches the nodes through a load balancer (HAProxy, as
+    deploy/compose has it) and is on node A, which also hosts the room's media, when A is
+    killed. The page's socket drops; it resumes through the same address 300 ms later, which
+    now leads to B: B takes Dr Chen over as the same participant once it finds A dead (no
+    lobby, no rejoin), and the page opens new media sessions there, both ways."""
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
+    balancer = start_load_balancer(tmp_path / "balancer", a.url, b.url)
+    started = time.monotonic()
+
+    def token(sub: str, role: str) -> str:
+        return idp.mint(sub=sub, role=role, depts=["oncology"], rooms=[ROOM])
+
+    chair = token("dr-chen", "chair")
+    schedule_room(a.url, chair, ROOM, lobby=False)
+    async with aiohttp.ClientSession() as http:
+        on_a = await join_over_ws(http, a.url, token("dr-a", "chair"), ROOM)  # media on A
+        on_b = await join_over_ws(http, b.url, token("dr-b", "specialist"), ROOM)
+        try:
+            tab = await chromium(f"{balancer.url}/join/{ROOM}#token={chair}")
+            await join_from_the_prejoin_screen(tab)
+            me = await tab.until("window.consilium.state().participantId")
+            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
+            await eventually(lambda: video_frames_from(on_b, me, current=True) > 5, timeout=30)
+
+            await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
+            a.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await on_a.close()
+            await tab.until("window.consilium.state().resumes === 1", timeout_s=20)
+            frames_before = video_frames_from(on_b, me, current=True)
+            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
+            await eventually(
+                lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
+            )
+            print(f"\nthe page resumed on B, its media back both ways"
+                  f" {time.monotonic() - killed_at:.2f} s after the kill")  # fmt: skip
+
+            seen = await page_state(tab)
+            assert seen["participantId"] == me, "the same participant"
+            assert seen["screen"] == "room"
+            assert seen["reconnects"] == 0, "resumed, not joined again"
+            present = {person["participant_id"] for person in seen["participants"]}
+            assert present == {me, pid(on_a), pid(on_b)}
+            assert seen["reconnecting"] == [pid(on_a)], "A's other participant, still held"
+            # Dr B saw Dr Chen reconnecting, then back; never leaving.
+            kinds = ("participant_reconnecting", "participant_left")
+            about_me = [m for m in on_b.messages
+                        if m.get("participant_id") == me and m["type"] in kinds]  # fmt: skip
+            assert [(m["type"], m.get("reconnecting")) for m in about_me] == [
+                ("participant_reconnecting", True), ("participant_reconnecting", False)
+            ]  # fmt: skip
+            no_page_problems(tab)
+        finally:
+            await on_a.close()
+            await on_b.close()
+            balancer.stop()

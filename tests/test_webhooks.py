@@ -22,6 +22,7 @@ from signaling import webhookformat as wf
 from signaling.auditformat import AuditEntry
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER
 from signaling.webhooks import DEAD_LETTER_FILE, load_subscribers
+from tests.fixtures.metrics import samples
 from tests.fixtures.servers import REPO, eventually, free_port, node_settings, running_node
 
 SECRET = b"whsec-test-0123456789abcdef0123"
@@ -242,9 +243,9 @@ async def test_a_failing_receiver_gets_the_same_event_on_the_third_attempt(
             await eventually(lambda: node.node.webhooks.delivered == 1, timeout=5)  # type: ignore[union-attr]
             http = await node.session()
             async with http.get(f"{node.url}/metrics") as response:
-                metrics = dict(line.split(" ") for line in (await response.text()).splitlines())
-            assert metrics["consilium_webhooks_delivered_total"] == "1"
-            assert metrics["consilium_webhooks_dead_lettered_total"] == "0"
+                metrics = samples(await response.text())
+            assert metrics["consilium_webhooks_delivered_total"] == 1
+            assert metrics["consilium_webhooks_dead_lettered_total"] == 0
     assert [e["type"] for e in his.events()] == ["meeting.started"] * 3
     assert len({headers[wf.ID_HEADER] for headers, _ in his.deliveries}) == 1
     assert all(verify_webhook(SECRET, h, b) for h, b in his.deliveries)

@@ -83,10 +83,19 @@ def verify_verdict(recording_id: str, report: dict[str, Any]) -> list[str]:
         ]
     if report["ok"]:
         note = " (interrupted: closed by crash recovery)" if report["interrupted"] else ""
-        return [
+        lines = [
             f"OK: {recording_id}: {report['segments_checked']} segments verified, manifest "
             f"signed and in the audit log{note}"
         ]
+        continues = report.get("continues")
+        if continues:
+            why = "was lost" if continues["reason"] == "node_lost" else "was drained"
+            lines.append(
+                f"GAP: it continues recording {continues['recording_id']}, recorded on node "
+                f"{continues['node']} until that node {why}: up to {continues['gap_max_s']} s "
+                "of the meeting between the two were not recorded"
+            )
+        return lines
     return [f"FAILED: {recording_id}", *(f"  - {problem}" for problem in report["problems"])]
 
 

@@ -120,7 +120,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
     serve.add_argument("--data-dir", help=f"data folder (default {DEFAULT_DATA_DIR})")
     serve.add_argument("--key-dir", help="key folder, apart from the data (default <data>/keys)")
-    serve.add_argument("--redis", metavar="URL", help="Redis URL for shared state across nodes")
+    serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis URL for shared state across nodes (redis://host:6379/0), or its Sentinels "
+        "(sentinel://host1:26379,host2:26379,host3:26379/<service>)",
+    )
     serve.add_argument("--tls-cert", help="PEM certificate chain for HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for HTTPS")
     serve.add_argument("--public-url", help="the URL users open, if not host:port")

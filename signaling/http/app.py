@@ -19,6 +19,7 @@ from signaling.errors import http_status_of
 from signaling.http import ws
 from signaling.http.drain import drain
 from signaling.http.node import NODE, Node
+from signaling.http.node_metrics import METRICS_REGISTRY, node_registry
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms, signin
 from signaling.http.routes.archive import add_archive_routes
 from signaling.http.routes.dev import add_dev_routes
@@ -28,6 +29,7 @@ from signaling.http.routes.pacs_store import add_pacs_store_routes
 from signaling.http.routes.scim import add_scim_routes
 from signaling.http.tasks import (
     media_load,
+    sweep_lost_participants,
     sweep_meeting_ends,
     sweep_retention,
     sweep_revocations,
@@ -173,6 +175,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper = asyncio.get_running_loop().create_task(sweep_revocations(node))
     image_sweeper = asyncio.get_running_loop().create_task(sweep_retention(node))
     meeting_sweeper = asyncio.get_running_loop().create_task(sweep_meeting_ends(node))
+    lost_sweeper = asyncio.get_running_loop().create_task(sweep_lost_participants(node))
     node_watch = asyncio.get_running_loop().create_task(watch_nodes(node))
     node.ready = True
     yield
@@ -180,6 +183,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     sweeper.cancel()
     image_sweeper.cancel()
     meeting_sweeper.cancel()
+    lost_sweeper.cancel()
     node_watch.cancel()
     try:
         if node.rooms.recorder is not None:
@@ -220,6 +224,7 @@ def create_app(node: Node) -> web.Application:
     app.router.add_post("/api/node/drain", metrics.drain)
     app.router.add_get("/ws", ws.signalling)
     app.router.add_get("/api/info", pages.api_info)
+    app[METRICS_REGISTRY] = node_registry(node)
     app.router.add_get("/metrics", metrics.metrics)
     app.router.add_post("/api/rooms", rooms.create_room)
     app.router.add_get("/api/rooms/{room}", rooms.get_room)

@@ -7,6 +7,7 @@ remuxing) runs here, in worker threads, at most two heavy jobs at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -180,6 +181,12 @@ class ArchiveService:
             "interrupted": report.interrupted,
             "failure": report.failure,
             "stopped_at_ms": report.stopped_at_ms,
+            "continues": None
+            if report.continues is None
+            else {
+                **dataclasses.asdict(report.continues),
+                "gap_max_s": report.gap_max_s,
+            },
             "segments_checked": report.segments_checked,
             "records": report.records,
             "manifest_sha256": digest,

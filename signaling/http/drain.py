@@ -14,10 +14,14 @@ did (recordings closed cleanly, connections closed with 1001):
    told `media_moved` (reason `drain`) and opens new media sessions on the new node, and each
    node takes its participants off this node's SFU as it moves them;
 3. it waits until its SFU hosts nobody, or `drain_timeout_s`;
-4. then its own signalling connections close with 1001 and their clients join again through
-   another node (their media is already there).
+4. its own joined participants are handed over (`Rooms.hand_over`): held in the shared state
+   for a resume, as a lost node's are (the room sees them reconnecting, not leaving);
+5. then its own signalling connections close with 1001, and their clients resume through
+   another node as the same participants (`Rooms.adopt`; a client that joins again instead
+   replaces its held self, as any second connection does).
 
-With no other node (one node, or none with an SFU), nothing moves and the stop is the old one.
+With no other node (one node, or none with an SFU), nothing moves, nobody is handed over, and the
+stop is the old one.
 Audited when rooms moved: `node_drained` (rooms moved, participants left behind, seconds).
 """
 
@@ -86,11 +90,18 @@ async def drain(node: Node) -> None:
             await asyncio.sleep(POLL_S)
     left_behind = len(media.participants) if media is not None else 0
     seconds = round(time.monotonic() - started, 3)
-    if not moved:
-        return  # nothing hosted here, or nowhere to move it: the stop is the old one
+    try:
+        handed_over = await rooms.hand_over()
+    except Exception:
+        log.exception("draining: handing the participants over failed; they join again")
+        handed_over = 0
+    if not moved and not handed_over:
+        return  # nothing here, or no other node to go to: the stop is the old one
     log.warning(
-        "drained: rooms moved to other nodes",
-        extra={"rooms": moved, "left_behind": left_behind, "seconds": seconds},
-    )
+        "drained: rooms moved to other nodes, participants handed over",
+        extra={"rooms": moved, "left_behind": left_behind, "handed_over": handed_over,
+               "seconds": seconds},
+    )  # fmt: skip
     node.audit.append("node_drained", "info", node=node.settings.node_id, rooms_moved=moved,
-                      participants_left_behind=left_behind, seconds=seconds)  # fmt: skip
+                      participants_left_behind=left_behind, handed_over=handed_over,
+                      seconds=seconds)  # fmt: skip

@@ -8,10 +8,12 @@ import logging
 import time
 from pathlib import Path
 
+from core.errors import Unavailable
 from signaling import ending, liveness
 from signaling import meeting_end as me
 from signaling.http.node import Node
 from signaling.http.routes.meetings import delete_expired_meetings
+from signaling.rooms import LOST_SWEEP_S, OWN_CHECK_S
 
 log = logging.getLogger("consilium.server")
 
@@ -122,6 +124,25 @@ async def sweep_meeting_ends(node: Node) -> None:
             log.exception("sweep of scheduled meetings' ends failed")
 
 
+async def sweep_lost_participants(node: Node) -> None:
+    """Every `rooms.OWN_CHECK_S`, look at this node's participants as the shared state has them
+    (`Rooms.check_own`: after this node was taken for dead); every `rooms.LOST_SWEEP_S`, let go
+    of lost nodes' participants whom the node holding them for a resume never let go (it died
+    too: `Rooms.sweep_lost`)."""
+    swept = time.monotonic()
+    while True:
+        await asyncio.sleep(OWN_CHECK_S)
+        try:
+            await node.rooms.check_own()
+            if time.monotonic() - swept >= LOST_SWEEP_S:
+                swept = time.monotonic()
+                await node.rooms.sweep_lost()
+        except Unavailable:
+            pass  # Redis out of reach: nothing to compare with (`/readyz` says so)
+        except Exception:
+            log.exception("sweep of lost nodes' participants failed")
+
+
 def media_load(node: Node) -> int | None:
     """What this node's heartbeat reports as its load: the media participants its SFU hosts
     (None: it has no SFU, or is draining: no room's media goes there)."""
@@ -155,6 +176,8 @@ async def watch_nodes(node: Node) -> None:
                 await _reap_dead(node, watch, disconnections)
             except Exception:
                 log.exception("cleaning up after a lost node failed; tried again shortly")
+        else:
+            disconnections.clear()
         await asyncio.sleep(liveness.CHECK_EVERY_S)
 
 
@@ -170,7 +193,16 @@ async def _reap_dead(
     connected = await node.store.connected_nodes()
     heartbeating = set(await node.store.live_nodes()) - {own} if connected is not None else set()
     watch.beat_ok(asked_at, time.monotonic())
+    # Asked last: answers above from a server other than the one of the last look (a
+    # failover between them) are not believed either.
+    if watch.server_seen(await node.store.server_identity()):
+        log.warning(
+            "the shared state is served by another Redis server (failover or restart): "
+            "judging no node for %.0f s",
+            watch.dead_after_s + liveness.HEARTBEAT_EVERY_S,
+        )
     if not watch.may_judge(time.monotonic()):
+        disconnections.clear()
         return
     if connected is not None:
         for gone in disconnections.update(time.monotonic(), heartbeating, connected):

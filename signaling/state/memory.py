@@ -33,6 +33,8 @@ class MemoryStore(StateStore):
         self._participants: dict[str, dict[str, ParticipantRecord]] = {}
         self._lobby: dict[str, dict[str, ParticipantRecord]] = {}
         self._media_nodes: dict[str, tuple[str, float]] = {}
+        self._consent: dict[str, tuple[str, float]] = {}
+        """Each room's kept consent state and when it runs out (monotonic)."""
         self._heartbeats: dict[str, float] = {}
         """Node id -> when its last heartbeat runs out (monotonic)."""
         self._loads: dict[str, int | None] = {}
@@ -133,7 +135,7 @@ class MemoryStore(StateStore):
         removed = 0
         for table in (self._participants, self._lobby):
             for entries in table.values():
-                held = [pid for pid, p in entries.items() if p.node == node_id]
+                held = [pid for pid, p in entries.items() if p.node == node_id and not p.lost_at]
                 for pid in held:
                     del entries[pid]
                 removed += len(held)
@@ -173,6 +175,16 @@ class MemoryStore(StateStore):
     async def media_node_of(self, room_id: str) -> str | None:
         holder = self._media_nodes.get(room_id)
         return holder[0] if holder is not None and holder[1] >= time.monotonic() else None
+
+    async def keep_consent(self, room_id: str, kept: str | None, ttl_s: float) -> None:
+        if kept is None:
+            self._consent.pop(room_id, None)
+        else:
+            self._consent[room_id] = (kept, time.monotonic() + ttl_s)
+
+    async def kept_consent(self, room_id: str) -> str | None:
+        kept = self._consent.get(room_id)
+        return kept[0] if kept is not None and kept[1] > time.monotonic() else None
 
     async def put_expiring(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         now = time.monotonic()

@@ -90,6 +90,18 @@ class ParticipantRecord:
     """Microphone muted (by the participant or the chair)."""
     video_muted: bool = False
     """Camera off (by the participant or the chair)."""
+    resume_digest: str = ""
+    """SHA-256 (hex) of the resume token the participant was given at `joined` (empty: the
+    node held no one for a resume). Lets another node take the participant over after their
+    node was lost (`signaling.resume.decide_adoption`); the token itself is not stored."""
+    lost_at: float = 0.0
+    """When their node was found lost, seconds since the epoch (0: not lost). The participant
+    is then held for `resume_grace_s`, for a `resume` on another node, before they leave."""
+    lost_media: bool = False
+    """Their media sessions went with their node (it hosted the room's media)."""
+    lost_reason: str = ""
+    """Why they are held (`participant_left`'s reason if they do not resume): `node_lost`, or
+    `node_stopped` (their node drained and handed them over)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -35,6 +36,7 @@ from signaling.state.records import (
     copy_participant,
     copy_room,
 )
+from signaling.state.sentinel import is_sentinel_url, parse_sentinel_url
 from signaling.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,12 @@ def encode_participant(p: ParticipantRecord) -> str:
     return json.dumps(p.to_dict(), separators=(",", ":"))
 
 
+def _held_by(entry: Mapping[str, Any], node_id: str) -> bool:
+    """Whether a stored participant is held by `node_id`: not one held for a resume elsewhere
+    since their node was lost (`ParticipantRecord.lost_at`), which a restart must not drop."""
+    return entry.get("node") == node_id and not entry.get("lost_at")
+
+
 def decode_participants(entries: Mapping[str, str]) -> list[ParticipantRecord]:
     """The entries of a participants or lobby hash, in order of joining."""
     records = (ParticipantRecord.from_dict(json.loads(v)) for v in entries.values())
@@ -180,22 +188,12 @@ class RedisStore(StateStore):
         """The last record this node read or wrote of each room (rebuilds what Redis lost)."""
         self._held: dict[tuple[str, str], dict[str, ParticipantRecord]] = {}
         """This node's entries by (room id, "participants" or "lobby"): participant id -> record."""
+        self._sentinel: Sentinel | None = None
+        """The Sentinels' client when `url` names Sentinels (`signaling.state.sentinel`)."""
+        self._server: str | None = None
+        """The run id of the Redis server at the last (re)connection (`_resync`)."""
         # Connections are made on first use, so building the client here does no I/O.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            # Every connection of this node carries its name: a node whose process ended has
-            # none left (`connected_nodes`), seconds before its heartbeat runs out.
-            client_name=self._client_name(self.node_id),
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            socket_keepalive=True,
-            health_check_interval=15,
-            # A pooled connection Redis closed (restart, failover) is retried on a fresh one
-            # instead of failing the request that happened to pick it.
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        self._redis = self._client(url)
         self._create_room = self._redis.register_script(_CREATE_ROOM)
         self._add_bounded = self._redis.register_script(_ADD_BOUNDED)
         self._pop_field = self._redis.register_script(_POP_FIELD)
@@ -207,6 +205,49 @@ class RedisStore(StateStore):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.meetings = RedisMeetingBook(self._redis, prefix)
+
+    def _client(self, url: str) -> aioredis.Redis:
+        """The client of one Redis server, or of the primary its Sentinels name (asked again
+        on each new connection: after a failover, the promoted replica)."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            # Every connection of this node carries its name: a node whose process ended has
+            # none left (`connected_nodes`), seconds before its heartbeat runs out.
+            "client_name": self._client_name(self.node_id),
+            "socket_connect_timeout": 5,
+            "socket_timeout": 10,
+            "socket_keepalive": True,
+            "health_check_interval": 15,
+            # A pooled connection Redis closed (restart, failover) is retried on a fresh one
+            # instead of failing the request that happened to pick it.
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        if not is_sentinel_url(url):
+            return aioredis.Redis.from_url(url, **options)
+        where = parse_sentinel_url(url)
+        asking: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 2,
+            "username": where.sentinel_username,
+            "password": where.sentinel_password,
+            "decode_responses": True,
+        }
+        if where.tls:
+            asking["ssl"] = True
+        self._sentinel = Sentinel(where.sentinels, sentinel_kwargs=asking)
+        return cast(
+            aioredis.Redis,
+            self._sentinel.master_for(
+                where.service,
+                redis_class=aioredis.Redis,
+                db=where.db,
+                username=where.username,
+                password=where.password,
+                ssl=where.tls,
+                **options,
+            ),
+        )
 
     def _room_key(self, room_id: str) -> str:
         return f"{self._prefix}room:{{{room_id}}}"
@@ -243,6 +284,8 @@ class RedisStore(StateStore):
             self._listener = None
         await super().close()
         await self._redis.aclose()
+        if self._sentinel is not None:
+            await self._sentinel.aclose()
 
     # The client decodes every reply to str (decode_responses=True); its stubs cannot know that.
 
@@ -354,8 +397,13 @@ class RedisStore(StateStore):
             args=[p.participant_id, encode_participant(p)],
         )
         held = self._held.get((room_id, "participants"), {})
-        if p.participant_id in held:
-            held[p.participant_id] = copy_participant(p)
+        if p.node == self.node_id and not p.lost_at:
+            # Kept for a rebuild; one taken over from a lost node is this node's from now on.
+            self._held.setdefault((room_id, "participants"), {})[p.participant_id] = (
+                copy_participant(p)
+            )
+        else:
+            held.pop(p.participant_id, None)
 
     async def get_participant(self, room_id: str, participant_id: str) -> ParticipantRecord | None:
         value = await self._redis.hget(self._participants_key(room_id), participant_id)
@@ -430,12 +478,15 @@ class RedisStore(StateStore):
 
     async def _resync(self) -> None:
         """After (re)connecting: merge the revocations both ways, and if Redis lost its data
-        since this node last looked, write back the rooms and entries this node holds."""
+        since this node last looked, write back the rooms and entries this node holds. So too
+        when another server answers (a replica promoted by Sentinel, a restart with AOF): it
+        may lack the last writes before the change (replication is asynchronous)."""
         await self._sync_revocations()
         instance = cast(str | None, await self._redis.get(self._instance_key))
         if instance is None:
             await self._redis.set(self._instance_key, secrets.token_hex(8), nx=True)
             instance = cast(str | None, await self._redis.get(self._instance_key))
+        server = await self._run_id()
         if self._instance is not None and instance != self._instance:
             rebuilt = await self._rebuild_held()
             log.warning(
@@ -443,7 +494,16 @@ class RedisStore(StateStore):
                 self.node_id,
                 rebuilt,
             )
-        self._instance = instance
+        elif None not in (self._server, server) and server != self._server:
+            rebuilt = await self._rebuild_held()
+            if rebuilt:
+                log.warning(
+                    "node %s wrote back %d participants and lobby entries the new Redis "
+                    "server lacked (lost in a failover)",
+                    self.node_id,
+                    rebuilt,
+                )
+        self._instance, self._server = instance, server
 
     async def _rebuild_held(self) -> int:
         """Write back the rooms this node holds entries in, and those entries (each only if
@@ -486,7 +546,7 @@ class RedisStore(StateStore):
         removed = 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, entries in zip(keys, tables, strict=True):
-                held = [pid for pid, v in entries.items() if json.loads(v).get("node") == node_id]
+                held = [pid for pid, v in entries.items() if _held_by(json.loads(v), node_id)]
                 if held:
                     pipe.hdel(key, *held)
                     removed += len(held)
@@ -550,6 +610,20 @@ class RedisStore(StateStore):
             if name.startswith(marker)
         }
 
+    async def server_identity(self) -> str | None:
+        try:
+            return await self._run_id()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def _run_id(self) -> str | None:
+        """The answering server's run id (new at each start), None if it does not say."""
+        try:
+            info = await self._redis.info("server")
+        except ResponseError:
+            return None  # INFO refused (an ACL without it) or not served (a proxy)
+        return str(info.get("run_id") or "") or None
+
     def _client_name(self, node_id: str) -> str:
         """The connection name of a node (Redis names hold no spaces)."""
         return "".join("_" if c.isspace() else c for c in f"{self._prefix}node:{node_id}")
@@ -586,6 +660,17 @@ class RedisStore(StateStore):
 
     def _media_node_key(self, room_id: str) -> str:
         return f"{self._room_key(room_id)}:media-node"
+
+    async def keep_consent(self, room_id: str, kept: str | None, ttl_s: float) -> None:
+        key = f"{self._room_key(room_id)}:consent"
+        if kept is None:
+            await self._redis.delete(key)
+        else:
+            await self._redis.set(key, kept, px=max(1, int(ttl_s * 1000)))
+
+    async def kept_consent(self, room_id: str) -> str | None:
+        value = await self._redis.get(f"{self._room_key(room_id)}:consent")
+        return None if value is None else str(value)
 
     # short-lived records (sign-in sessions): plain keys with a Redis expiry
 

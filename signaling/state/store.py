@@ -228,7 +228,9 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def purge_node(self, node_id: str) -> int:
-        """Remove the participants and lobby entries held by a node; returns how many.
+        """Remove the participants and lobby entries held by a node; returns how many. Those
+        held for a resume since the node was found lost (`ParticipantRecord.lost_at`) stay:
+        they are another node's to hand over or let go.
 
         The server calls it for its own node id after `start` (what a crashed run left) and
         before `close`.
@@ -257,6 +259,14 @@ class StateStore(abc.ABC):
         shared state, or it does not say)."""
         return None
 
+    async def server_identity(self) -> str | None:
+        """Which server holds the shared state now (Redis: the run id of the one answering,
+        new after a restart or a failover to a replica); None: not known here. Right after it
+        changes, what the shared state says of the other nodes (heartbeats last written to
+        the previous server, connections not remade yet) is not to be believed
+        (`signaling.liveness.LivenessWatch.server_seen`)."""
+        return None
+
     @abc.abstractmethod
     async def forget_node(self, node_id: str) -> None:
         """`node_id` is no longer known (cleaned up after it died, or it stopped cleanly)."""
@@ -276,6 +286,17 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def media_node_of(self, room_id: str) -> str | None:
         """The node whose claim on the room's media holds now (None: nobody's)."""
+
+    # a room's consent and recording state, kept by its media node for the next one
+
+    @abc.abstractmethod
+    async def keep_consent(self, room_id: str, kept: str | None, ttl_s: float) -> None:
+        """Keep a room's consent and recording state (JSON, `signaling.consent.Kept`) for
+        `ttl_s`, or (None) forget it."""
+
+    @abc.abstractmethod
+    async def kept_consent(self, room_id: str) -> str | None:
+        """The room's consent and recording state last kept, unless it ran out."""
 
     # short-lived records: sign-in sessions and started sign-ins (signaling.oidc)
 

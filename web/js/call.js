@@ -24,8 +24,9 @@ const MAX_RECONNECTS = 5;
 const RECONNECT_DELAY_MS = [500, 1000, 2000, 4000, 8000];
 // Closes after which trying again makes sense; the others are final (refusals, replaced, left).
 const RETRY_CODES = new Set([CLOSE.goingAway, CLOSE.abnormal, CLOSE.serverError]);
-// A socket gone without a close frame is resumed first (the server holds the participant for
-// its `resume_grace_s`); a short pause lets a network switch settle.
+// A socket gone without a close frame, or closed by a node going away (1001), is resumed first
+// (the server holds the participant for its `resume_grace_s`, another node takes over one whose
+// node was lost or drained); a short pause lets a network switch settle.
 const RESUME_DELAY_MS = 300;
 // How long an ICE restart may take to bring both media sessions back before the page rejoins.
 const ICE_RESTART_TIMEOUT_MS = 10_000;
@@ -176,6 +177,17 @@ export class Call {
         state.connection.signalling = "open";
         if (state.notice === "room.reconnecting") state.notice = "";
         state.resumes += 1;
+        if (msg.replayed === false) {
+          // My node was lost and another took me over: nothing was replayed, and a `joined`
+          // follows with the room as it is now. My media sessions went with that node's hold:
+          // close them; `joined` opens new ones (same participant, no lobby, consent kept).
+          this.stopRestart();
+          this.restartPending = false;
+          this.media?.close();
+          this.media = null;
+          state.tracks = [];
+          break;
+        }
         if (this.restartPending) this.restartMedia("resumed");
         break;
       case "participant_updated":
@@ -236,7 +248,10 @@ export class Call {
     state.room = roomState(msg.room);
     state.participants = new Map(msg.participants.map((p) => [p.participant_id, person(p)]));
     state.participants.set(msg.participant_id, person(msg.you));
-    state.reconnecting = new Set();
+    // Those held for a resume since their node was lost (others say so as it changes).
+    state.reconnecting = new Set(
+      msg.participants.filter((p) => p.reconnecting).map((p) => p.participant_id),
+    );
     state.mediaReconnecting = new Set();
     state.lobby = new Map(msg.lobby.map((p) => [p.participant_id, person(p)]));
     state.tracks = [];
@@ -287,7 +302,8 @@ export class Call {
     state.mediaReconnecting = new Set();
     state.mediaMoves = (state.mediaMoves ?? 0) + 1;
     // A recording ran on the lost node: it ended there (what it stored stays in that node's
-    // archive), and the consent asked for it went with it. Say so; the chair may ask again.
+    // archive). Say so; the new node then says where the room's recording stands (it continues
+    // it as a new recording, consent standing, when the lost node had kept the room's state).
     if (state.recording.recording) {
       recordingState({
         recording: false,
@@ -504,8 +520,14 @@ export class Call {
       this.resuming = false;
       this.session = null;
       if (code === CLOSE.resumeRefused) code = CLOSE.abnormal;
-    } else if (code === CLOSE.abnormal && this.session && !this.leaving && state.screen === "room") {
-      // The room, my media sessions and my tile stay; the socket comes back under me.
+    } else if (
+      (code === CLOSE.abnormal || code === CLOSE.goingAway) &&
+      this.session &&
+      !this.leaving &&
+      state.screen === "room"
+    ) {
+      // The room, my media sessions and my tile stay; the socket comes back under me (a node
+      // stopping for an upgrade, 1001, has handed me over: another node takes me on).
       this.resuming = true;
       state.notice = "room.reconnecting";
       changed();

@@ -89,7 +89,7 @@ export const SERVER_MESSAGES = {
     ice_transport_policy: "all",
     resume_token: "",
   },
-  resumed: { participant_id: REQUIRED, last_seq: REQUIRED },
+  resumed: { participant_id: REQUIRED, last_seq: REQUIRED, replayed: true },
   participant_reconnecting: { participant_id: REQUIRED, reconnecting: REQUIRED, media: false },
   media_moved: { reason: REQUIRED },
   lobby: { room: REQUIRED, reason: REQUIRED, participant_id: REQUIRED },
@@ -158,6 +158,7 @@ export const OBJECTS = {
     audio_muted: false,
     video_muted: false,
     waiting: false,
+    reconnecting: false,
   },
   RoomState: {
     room_id: REQUIRED,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 
 from aiohttp import web
+from prometheus_client import exposition
 
 from core import __version__
 from core.errors import PolicyDenied
 from signaling.http import drain as drain_node
 from signaling.http.node import NODE
+from signaling.http.node_metrics import METRICS_REGISTRY
 from signaling.settings import is_loopback
 
 
@@ -72,7 +74,8 @@ async def drain(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text metrics: from loopback, or with `Authorization: Bearer <metrics_token>`."""
+    """Prometheus metrics (`signaling.http.node_metrics`): from loopback, or with
+    `Authorization: Bearer <metrics_token>`."""
     node = request.app[NODE]
     token = node.settings.metrics_token
     given = request.headers.get("Authorization", "").partition(" ")[2].strip()
@@ -81,31 +84,7 @@ async def metrics(request: web.Request) -> web.Response:
         raise PolicyDenied(
             "metrics are served to direct loopback clients, or with the metrics token"
         )
-    values: dict[str, float] = {
-        "consilium_ready": 1.0 if node.ready else 0.0,
-        "consilium_connections": float(len(node.rooms.connections)),
-        "consilium_rooms_on_node": float(len(node.rooms.by_room)),
-        "consilium_pending_connections": float(node.door.pending),
-        "consilium_audit_entries": float(node.audit.count),
-        "consilium_webhooks_delivered_total": float(node.webhooks.delivered),
-        "consilium_webhooks_dead_lettered_total": float(node.webhooks.dead_lettered),
-        "consilium_webhooks_dropped_total": float(node.webhooks.dropped),
-    }
-    if node.witness is not None:
-        values["consilium_audit_witness_sent_total"] = float(node.witness.sent)
-        values["consilium_audit_witness_queued"] = float(node.witness.queued)
-        values["consilium_audit_witness_dropped_entries_total"] = float(
-            node.witness.dropped_entries
-        )
-    for cause, count in node.rooms.media_failures.items():
-        values[f'consilium_media_failures_total{{cause="{cause}"}}'] = float(count)
-    if node.rooms.media is not None:
-        for name, value in node.rooms.media.stats().items():
-            values[f"consilium_sfu_{name}"] = float(value)
-    # Counters are integers: printed whole, never in exponent form (Prometheus reads both, but
-    # "1.23457e+06" would lose precision).
-    lines = [
-        f"{name} {int(value) if value.is_integer() else value}"
-        for name, value in sorted(values.items())
-    ]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    registry = request.app[METRICS_REGISTRY]
+    # Read in the event loop: the collector reads the SFU's and the rooms' live state.
+    body = exposition.generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE_LATEST})
