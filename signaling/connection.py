@@ -67,6 +67,7 @@ class Connection:
         "state",
         "transport",
         "waiting_reason",
+        "withheld",
         "writer",
         "ws",
     )
@@ -108,6 +109,9 @@ class Connection:
         self.held_since: float | None = None
         """Monotonic time the socket was lost and the participant held for a resume (None: the
         socket is live). Messages are then kept in `replay` only."""
+        self.withheld: list[str] | None = None
+        """Messages kept back until this participant's `joined` is out (another node's
+        participant taken over here: the room and the SFU talk to them before it), or None."""
         # Created at the first message: most participants idle with nothing queued.
         self.outbox: deque[str] | None = None
         self.writer: asyncio.Task[Any] | None = None
@@ -115,6 +119,9 @@ class Connection:
     def send(self, text: str) -> None:
         """Queue one message (numbered and kept for a resume once joined); a client that cannot
         keep up is dropped (4408)."""
+        if self.withheld is not None:
+            self.withheld.append(text)
+            return
         if self.replay is not None:
             self.replay.record(text)
             if self.held_since is not None:

@@ -746,6 +746,9 @@ class Rooms:
         record.resume_digest = resume.token_digest(conn.resume_token)
         await self.store.update_participant(room_id, record)
         conn.permissions = self.policy.permissions(conn.identity, room_scope(room, room_id))
+        # Theirs from now on (the SFU's offers reach them), but nothing before `joined`.
+        conn.withheld = []
+        self._attach(conn, ConnectionState.JOINED)
         if self.media is not None:
             conn.media_node = await self._media_node_for(room_id)
             if not lost_media:
@@ -754,11 +757,12 @@ class Rooms:
                 await self.relay.call(conn, "leave")
             await self._join_media(conn, record)
         joined = await self._joined_message(conn, room, record)
-        # From here to `joined`, no await: nothing the room sends can come before them.
-        self._attach(conn, ConnectionState.JOINED)
+        withheld, conn.withheld = conn.withheld, None
         conn.write(p.encode(p.Resumed(conn.participant_id, last_seq=0, replayed=False)))
         conn.send(joined)
         conn.replay = ReplayBuffer()  # numbered from the message after `joined`
+        for text in withheld or ():
+            conn.send(text)
         self.audit.append("resume", "allow", sub=identity.sub, room=room_id, replayed=False,
                           lost_node=lost_node, **where)  # fmt: skip
         await self.messenger.announce(
