@@ -320,20 +320,39 @@ class Rooms:
         ):
             await self._apply(m.room_full(identity, room.room_id, conn.peer))
         conn.permissions = self.policy.permissions(identity, room_scope(room, room.room_id))
+        # In the room from now on (the SFU's first offer reaches them), but nothing before
+        # `joined`.
+        conn.withheld = []
         self._attach(conn, ConnectionState.JOINED)
-        # Media first: the client may offer as soon as it reads `joined`.
-        if self.media is not None:
-            conn.media_node = await self._media_node_for(room.room_id)
-            await self._join_media(conn, record)
-        conn.send(await self._joined_message(conn, room, record))
-        if conn.resume_token:
-            conn.replay = ReplayBuffer()  # numbered from the message after `joined`
+        try:
+            # Media first: the client may offer as soon as it reads `joined`.
+            if self.media is not None:
+                conn.media_node = await self._media_node_for(room.room_id)
+                await self._join_media(conn, record)
+            joined = await self._joined_message(conn, room, record)
+        except BaseException:
+            conn.withheld = None  # what fails is told as it would have been
+            raise
+        self._release(conn, joined)
         announced, audited = m.entered(record, identity, room.room_id, conn.peer, admitted_by)
         await self._apply([announced])
         if self.media is not None:
             # Where the room's recording stands, and the notice if it asks for consent.
             await self.relay.call(conn, "rec", action="hello", fields={})
         await self._apply([audited])
+
+    def _release(self, conn: Connection, joined: str, resumed: str = "") -> None:
+        """Send `joined` (after `resumed`, for a participant taken over from another node), then
+        what was withheld meanwhile (`Connection.withheld`), numbered from after `joined` when
+        the participant can resume (`Connection.replay`)."""
+        withheld, conn.withheld = conn.withheld, None
+        if resumed:
+            conn.write(resumed)
+        conn.send(joined)
+        if conn.resume_token:
+            conn.replay = ReplayBuffer()
+        for text in withheld or ():
+            conn.send(text)
 
     async def _joined_message(
         self, conn: Connection, room: RoomRecord, record: ParticipantRecord
@@ -749,20 +768,20 @@ class Rooms:
         # Theirs from now on (the SFU's offers reach them), but nothing before `joined`.
         conn.withheld = []
         self._attach(conn, ConnectionState.JOINED)
-        if self.media is not None:
-            conn.media_node = await self._media_node_for(room_id)
-            if not lost_media:
-                # Off the SFU that kept their sessions (their answers to consent stay with the
-                # room), then on again, as this node's: their client opens new sessions.
-                await self.relay.call(conn, "leave")
-            await self._join_media(conn, record)
-        joined = await self._joined_message(conn, room, record)
-        withheld, conn.withheld = conn.withheld, None
-        conn.write(p.encode(p.Resumed(conn.participant_id, last_seq=0, replayed=False)))
-        conn.send(joined)
-        conn.replay = ReplayBuffer()  # numbered from the message after `joined`
-        for text in withheld or ():
-            conn.send(text)
+        try:
+            if self.media is not None:
+                conn.media_node = await self._media_node_for(room_id)
+                if not lost_media:
+                    # Off the SFU that kept their sessions (their answers to consent stay with
+                    # the room), then on again, as this node's: their client opens new ones.
+                    await self.relay.call(conn, "leave")
+                await self._join_media(conn, record)
+            joined = await self._joined_message(conn, room, record)
+        except BaseException:
+            conn.withheld = None
+            raise
+        resumed = p.encode(p.Resumed(conn.participant_id, last_seq=0, replayed=False))
+        self._release(conn, joined, resumed)
         self.audit.append("resume", "allow", sub=identity.sub, room=room_id, replayed=False,
                           lost_node=lost_node, **where)  # fmt: skip
         await self.messenger.announce(
@@ -779,6 +798,8 @@ class Rooms:
         media was on `dead` there (`cluster.MediaMoved`)
         (1: the room moved; 0: it had nobody left, or no live node has an SFU.)"""
         if not await self.store.list_participants(room_id):
+            # Nobody left to continue with: the next meeting here starts afresh.
+            await self.store.keep_consent(room_id, None, 0)
             return 0
         chosen = choose_media_node(live, dead)
         if chosen is None:
