@@ -110,6 +110,9 @@ class Recorder:
         """Whether the node is draining (its rooms' media is moving on purpose)."""
         self._kept: set[str] = set()
         """Rooms whose state this node has kept (and forgets when their media ends here)."""
+        self._moved_away: set[str] = set()
+        """Rooms whose media a drain moved to another node (`hand_off`): their recording here
+        runs on until the room's media ends here, but the room hears only the new node's."""
         self._keeper: asyncio.Task[None] | None = None
         """Keeps the recorded rooms' state every `KEEP_EVERY_S`, while anything is recorded."""
         self.sinks: dict[str, RecordingSink] = {}
@@ -186,6 +189,13 @@ class Recorder:
             log.warning("the room's consent state could not be kept", extra={"room": room_id},
                         exc_info=True)  # fmt: skip
 
+    async def hand_off(self, room_id: str) -> None:
+        """A drain moves the room's media to another node, which continues its recording (from
+        what `keep` kept, with this node draining): from now on this node tells the room
+        nothing more about its recording (the new node's `recording_state` stands)."""
+        await self.keep(room_id)
+        self._moved_away.add(room_id)
+
     async def _keep_recorded(self) -> None:
         """Every `KEEP_EVERY_S` while anything is recorded: keep the recorded rooms' state."""
         try:
@@ -208,6 +218,8 @@ class Recorder:
             await self._left(participant_id)
         finally:
             await self.keep(room_id)
+            if room_id not in self.consent.rooms:
+                self._moved_away.discard(room_id or "")  # its media ended here
 
     async def _left(self, participant_id: str) -> None:
         effects = self.consent.left(participant_id)
@@ -288,7 +300,8 @@ class Recorder:
                 case c.Send(participant_id, message):
                     self.notify(participant_id, message)
                 case c.Broadcast(room_id, message):
-                    await self.broadcast(room_id, message)
+                    if room_id not in self._moved_away:
+                        await self.broadcast(room_id, message)
                 case c.Audit(action, outcome, fields):
                     self.audit.append(action, outcome, **fields)
                 case c.Refuse(participant_id, code, message, request):

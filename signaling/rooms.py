@@ -862,7 +862,7 @@ class Rooms:
                 return moved
             if self.recorder is not None:
                 # What the next node takes over, marked as a drain's (its recording continues).
-                await self.recorder.keep(room_id)
+                await self.recorder.hand_off(room_id)
             await self.store.release_media_node(room_id, own)
             holder = await self.store.claim_media_node(room_id, chosen, MEDIA_CLAIM_TTL_S)
             await self._publish(cluster.MediaMoved(room=room_id, gone=own, to=holder,
