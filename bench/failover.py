@@ -71,7 +71,7 @@ if str(REPO) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bot.client import MediaClient  # noqa: E402
+from bot.member import Member  # noqa: E402
 from bot.testsource import ReplayAudioTrack, ReplayVideoTrack  # noqa: E402
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP  # noqa: E402
 
@@ -88,55 +88,24 @@ NEW_FRAMES = 3
 """Frames of a sender that must arrive after the kill for its media to count as back."""
 
 
-class Person:
-    """A participant over the WebSocket, with its aiortc media client."""
+class Person(Member):
+    """A participant over the WebSocket, with its aiortc media client (replayed test media,
+    not decoded: frames are counted as they arrive)."""
 
     def __init__(self, sub: str, ws: aiohttp.ClientWebSocketResponse, joined: dict[str, Any]):
+        super().__init__(ws, joined, self._tracks(), track_factory=self._tracks, decode=False)
         self.sub = sub
-        self.ws = ws
-        self.joined = joined
-        self.pid = str(joined["participant_id"])
+        self.pid = self.participant_id
         self.moved_at: float | None = None
-        self.client = MediaClient(
-            self._send, self._tracks(), decode=False, track_factory=self._tracks
-        )
         self.client.begin_window(time.monotonic())
-        self.reader = asyncio.ensure_future(self._read())
 
     @staticmethod
     def _tracks() -> list[Any]:
         return [ReplayAudioTrack(), ReplayVideoTrack()]
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await self.ws.send_json(message)
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            data = json.loads(msg.data)
-            if data["type"] == "media_moved" and self.moved_at is None:
-                self.moved_at = time.monotonic()
-            if data["type"] in ("offer", "answer", "tracks", "media_moved"):
-                await self.client.handle(data)
-
-    async def resume(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
-        """Their node died: resume on the node at `url` (which takes them over once it found
-        the node dead: no replay, a new `joined`), and open new media sessions."""
-        ws = await http.ws_connect(url.replace("http", "ws", 1) + "/ws")
-        await ws.send_json({
-            "type": "resume", "token": token, "participant_id": self.pid,
-            "resume_token": self.joined["resume_token"], "last_seq": 0,
-        })  # fmt: skip
-        resumed = json.loads((await ws.receive(timeout=15)).data)
-        if resumed.get("replayed", True) is not False:
-            raise RuntimeError(f"{self.sub} was not taken over: {resumed}")
-        self.joined = json.loads((await ws.receive(timeout=10)).data)
-        self.ws = ws
-        # Renewed first: the new sessions must be there for the offers that follow.
-        await self.client.handle(resumed)
-        self.reader = asyncio.ensure_future(self._read())
+    def received(self, message: dict[str, Any]) -> None:
+        if message["type"] == "media_moved" and self.moved_at is None:
+            self.moved_at = time.monotonic()
 
     def last_frame_from(self, sender: Person) -> float | None:
         """When the latest frame of `sender`'s camera arrived, on any session so far."""
@@ -157,14 +126,6 @@ class Person:
             for t in tracks
             if t.kind == "video" and t.participant_id == sender.pid
         )
-
-    async def close(self) -> None:
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
-        await self.client.close()
-        with contextlib.suppress(Exception):
-            await self.ws.close()
 
 
 async def join(http: aiohttp.ClientSession, url: str, sub: str, token: str, room: str) -> Person:

@@ -291,29 +291,21 @@ class Bot:
         from bot.simulcast import SimulcastSender, encode_layers
         from bot.testsource import ReplayAudioTrack, ReplayVideoTrack, encode_test_pattern
 
-        simulcast = None
+        simulcast = clip = None
+        width, height = self.settings.video_size
         if self.settings.publish and self.settings.simulcast:
-            width, height = self.settings.video_size
-            layers = encode_layers(width, height, self.settings.video_bitrate)
-            simulcast = SimulcastSender(layers)
-
-            def tracks() -> list[MediaStreamTrack]:
-                return [ReplayAudioTrack()]
-
-            self._local_tracks = tracks()
+            simulcast = SimulcastSender(encode_layers(width, height, self.settings.video_bitrate))
         elif self.settings.publish:
-            width, height = self.settings.video_size
             clip = encode_test_pattern(width, height, bitrate=self.settings.video_bitrate)
 
-            def tracks() -> list[MediaStreamTrack]:
+        def tracks() -> list[MediaStreamTrack]:
+            """What each new publish session sends (the simulcast layers go beside it)."""
+            if clip is not None:
                 return [ReplayVideoTrack(clip), ReplayAudioTrack()]
+            return [ReplayAudioTrack()] if simulcast is not None else []
 
+        if self.settings.publish:
             self._local_tracks = tracks()
-        else:
-
-            def tracks() -> list[MediaStreamTrack]:
-                return []
-
         servers = [
             RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in ice_servers

@@ -527,7 +527,8 @@ class Rooms:
         restarted Redis that lost data, or a replica promoted before it had the last writes,
         gets this node's records back from it (`StateStore`'s rebuild) meanwhile."""
         own = self.store.node_id
-        server = await self.store.server_identity()
+        # As the liveness watch last asked it (every quarter second), not asked again.
+        server = await self.store.server_identity(max_age_s=OWN_CHECK_S / 4)
         missing = self._missing if server == self._server else set()
         self._missing, self._server = set(), server
         for room_id, members in list(self.by_room.items()):
@@ -700,18 +701,23 @@ class Rooms:
         node looks gone (no connection to the shared state, or no heartbeat) the record is
         asked again until then. None: not there, or their node is alive."""
         deadline = time.monotonic() + self.settings.node_dead_after_s + 1.0
-        while True:
-            found = None
-            for room_id in [r.room_id for r in await self.store.list_rooms()]:
-                record = await self.store.get_participant(room_id, participant_id)
-                if record is not None:
-                    found = (room_id, record)
-                    break
-            if found is None or found[1].lost_at or found[1].node == self.store.node_id:
+        found = None
+        for room_id in [r.room_id for r in await self.store.list_rooms()]:
+            record = await self.store.get_participant(room_id, participant_id)
+            if record is not None:
+                found = (room_id, record)
+                break
+        # Their room stays theirs: only their record is asked again.
+        while found is not None:
+            room_id, record = found
+            if record.lost_at or record.node == self.store.node_id:
                 return found
-            if time.monotonic() >= deadline or await self._looks_alive(found[1].node):
+            if time.monotonic() >= deadline or await self._looks_alive(record.node):
                 return None
             await asyncio.sleep(0.1)
+            again = await self.store.get_participant(room_id, participant_id)
+            found = None if again is None else (room_id, again)
+        return None
 
     async def _looks_alive(self, node_id: str) -> bool:
         """Whether a node both heartbeats and holds a connection to the shared state (a killed

@@ -9,13 +9,16 @@ a continuation, consent standing (no dialog again), and the page shows it runnin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from signaling.devidp import DevelopmentIdP
 from tests.fixtures.browser import (
     ROOM,
     BrowserTab,
@@ -27,9 +30,9 @@ from tests.fixtures.browser import (
     schedule_room,
 )
 from tests.fixtures.haproxy import start_load_balancer
-from tests.fixtures.media import join_over_ws, last, pid, send, video_frames_from
+from tests.fixtures.media import Participant, join_over_ws, last, pid, send, video_frames_from
 from tests.fixtures.media import state as recording_of
-from tests.fixtures.servers import LOOPBACK_ICE, eventually, two_nodes
+from tests.fixtures.servers import LOOPBACK_ICE, ServeProcess, eventually, two_nodes
 
 DEAD_AFTER_S = 4.0
 """`node_dead_after_s`, its default."""
@@ -43,76 +46,94 @@ async def _page_decodes(tab: BrowserTab, sender: str) -> bool:
     return bool(after > before)
 
 
-async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_another(
-    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, chromium: OpenTab
-) -> None:
-    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
-    started = time.monotonic()
+@contextlib.asynccontextmanager
+async def _meeting(
+    http: aiohttp.ClientSession,
+    a: ServeProcess,
+    b: ServeProcess,
+    idp: DevelopmentIdP,
+    chromium: OpenTab,
+    page_origin: str,
+) -> AsyncIterator[tuple[Participant, Participant, BrowserTab, str]]:
+    """Dr A on node A (who opens the room: its media lives on A) and Dr B on node B, both
+    aiortc, and Dr Chen, the chair, in Chromium reaching the nodes at `page_origin`, each
+    decoding the others' video. (Dr A, Dr B, Dr Chen's tab, Dr Chen's participant id.)"""
 
     def token(sub: str, role: str) -> str:
         return idp.mint(sub=sub, role=role, depts=["oncology"], rooms=[ROOM])
 
     chair = token("dr-chen", "chair")
     schedule_room(a.url, chair, ROOM, lobby=False)
-    async with aiohttp.ClientSession() as http:
-        on_a = await join_over_ws(http, a.url, token("dr-a", "chair"), ROOM)  # opens it
-        on_b = await join_over_ws(http, b.url, token("dr-b", "specialist"), ROOM)
-        try:
-            tab = await chromium(f"{b.url}/join/{ROOM}#token={chair}")
-            await join_from_the_prejoin_screen(tab)
-            me = await tab.until("window.consilium.state().participantId")
-            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
-            await eventually(lambda: video_frames_from(on_b, me, current=True) > 5, timeout=30)
-            # The chair on A records, with everyone's consent (the recording runs on A).
-            await send(on_a, "request_consent")
-            await tab.until("document.getElementById('consent-dialog').open")
-            await tab.page.click("#consent-agree")
-            for person in (on_a, on_b):
-                await eventually(lambda p=person: last(p, "consent_requested"), timeout=5)
-                await send(person, "consent", decision="granted")
-            everyone = (pid(on_a), pid(on_b), me)
-            await eventually(
-                lambda: all(
-                    recording_of(on_a).get("consent", {}).get(x) == "granted" for x in everyone
-                ),
-                timeout=10,
-            )
-            await send(on_a, "start_recording")
-            await tab.until("!document.getElementById('recording-indicator').hidden")
-            recording_id = (await page_state(tab))["recording"]["recording_id"]
+    on_a = await join_over_ws(http, a.url, token("dr-a", "chair"), ROOM)  # opens it
+    on_b = await join_over_ws(http, b.url, token("dr-b", "specialist"), ROOM)
+    try:
+        tab = await chromium(f"{page_origin}/join/{ROOM}#token={chair}")
+        await join_from_the_prejoin_screen(tab)
+        me = await tab.until("window.consilium.state().participantId")
+        await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
+        await eventually(lambda: video_frames_from(on_b, me, current=True) > 5, timeout=30)
+        yield on_a, on_b, tab, me
+    finally:
+        await on_a.close()
+        await on_b.close()
 
-            await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
-            a.stop(signal.SIGKILL)
-            killed_at = time.monotonic()
-            await tab.until("window.consilium.state().mediaMoves === 1", timeout_s=15)
-            frames_before = video_frames_from(on_b, me, current=True)
-            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
-            await eventually(
-                lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
-            )
-            print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
-                  " the kill")  # fmt: skip
 
-            # The recording goes on at B, as a continuation of the one A was making (consent
-            # stood: no dialog again); the page shows it running under its new id.
-            await tab.until(
-                f"!['', '{recording_id}'].includes(window.consilium.state().recording"
-                ".recording_id) && window.consilium.state().recording.recording"
-            )
-            await tab.until("!document.getElementById('recording-indicator').hidden")
-            seen = await page_state(tab)
-            assert seen["recording"]["failure"] == ""
-            assert not await tab.page.evaluate("document.getElementById('consent-dialog').open")
-            assert seen["screen"] == "room"
-            assert seen["reconnects"] == 0 and seen["resumes"] == 0, "no rejoin, no resume"
-            present = {person["participant_id"] for person in seen["participants"]}
-            assert present == {me, pid(on_a), pid(on_b)}, "nobody else"
-            # The lost node's participant is held for a resume elsewhere: shown reconnecting.
-            assert seen["reconnecting"] == [pid(on_a)]
-            no_page_problems(tab)
-        finally:
-            await on_a.close()
-            await on_b.close()
+async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_another(
+    serve_process: Any, redis_url: str, tmp_path: Path, loopback_ice: None, chromium: OpenTab
+) -> None:
+    a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
+    started = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as http,
+        _meeting(http, a, b, idp, chromium, b.url) as (on_a, on_b, tab, me),
+    ):
+        # The chair on A records, with everyone's consent (the recording runs on A).
+        await send(on_a, "request_consent")
+        await tab.until("document.getElementById('consent-dialog').open")
+        await tab.page.click("#consent-agree")
+        for person in (on_a, on_b):
+            await eventually(lambda p=person: last(p, "consent_requested"), timeout=5)
+            await send(person, "consent", decision="granted")
+        everyone = (pid(on_a), pid(on_b), me)
+        await eventually(
+            lambda: all(
+                recording_of(on_a).get("consent", {}).get(x) == "granted" for x in everyone
+            ),
+            timeout=10,
+        )
+        await send(on_a, "start_recording")
+        await tab.until("!document.getElementById('recording-indicator').hidden")
+        recording_id = (await page_state(tab))["recording"]["recording_id"]
+
+        await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
+        a.stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await tab.until("window.consilium.state().mediaMoves === 1", timeout_s=15)
+        frames_before = video_frames_from(on_b, me, current=True)
+        await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
+        await eventually(
+            lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
+        )
+        print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
+              " the kill")  # fmt: skip
+
+        # The recording goes on at B, as a continuation of the one A was making (consent
+        # stood: no dialog again); the page shows it running under its new id.
+        await tab.until(
+            f"!['', '{recording_id}'].includes(window.consilium.state().recording"
+            ".recording_id) && window.consilium.state().recording.recording"
+        )
+        await tab.until("!document.getElementById('recording-indicator').hidden")
+        seen = await page_state(tab)
+        assert seen["recording"]["failure"] == ""
+        assert not await tab.page.evaluate("document.getElementById('consent-dialog').open")
+        assert seen["screen"] == "room"
+        assert seen["reconnects"] == 0 and seen["resumes"] == 0, "no rejoin, no resume"
+        present = {person["participant_id"] for person in seen["participants"]}
+        assert present == {me, pid(on_a), pid(on_b)}, "nobody else"
+        # The lost node's participant is held for a resume elsewhere: shown reconnecting.
+        assert seen["reconnecting"] == [pid(on_a)]
+        no_page_problems(tab)
 
 
 async def test_a_browser_whose_own_node_dies_resumes_through_the_load_balancer(
@@ -126,22 +147,11 @@ async def test_a_browser_whose_own_node_dies_resumes_through_the_load_balancer(
     a, b, idp = two_nodes(serve_process, redis_url, tmp_path, LOOPBACK_ICE)
     balancer = start_load_balancer(tmp_path / "balancer", a.url, b.url)
     started = time.monotonic()
-
-    def token(sub: str, role: str) -> str:
-        return idp.mint(sub=sub, role=role, depts=["oncology"], rooms=[ROOM])
-
-    chair = token("dr-chen", "chair")
-    schedule_room(a.url, chair, ROOM, lobby=False)
-    async with aiohttp.ClientSession() as http:
-        on_a = await join_over_ws(http, a.url, token("dr-a", "chair"), ROOM)  # media on A
-        on_b = await join_over_ws(http, b.url, token("dr-b", "specialist"), ROOM)
+    async with (
+        aiohttp.ClientSession() as http,
+        _meeting(http, a, b, idp, chromium, balancer.url) as (on_a, on_b, tab, me),
+    ):
         try:
-            tab = await chromium(f"{balancer.url}/join/{ROOM}#token={chair}")
-            await join_from_the_prejoin_screen(tab)
-            me = await tab.until("window.consilium.state().participantId")
-            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=30, interval=0.2)
-            await eventually(lambda: video_frames_from(on_b, me, current=True) > 5, timeout=30)
-
             await asyncio.sleep(max(0.0, started + DEAD_AFTER_S + 1.5 - time.monotonic()))
             a.stop(signal.SIGKILL)
             killed_at = time.monotonic()
@@ -171,6 +181,4 @@ async def test_a_browser_whose_own_node_dies_resumes_through_the_load_balancer(
             ]  # fmt: skip
             no_page_problems(tab)
         finally:
-            await on_a.close()
-            await on_b.close()
             balancer.stop()

@@ -192,6 +192,8 @@ class RedisStore(StateStore):
         """The Sentinels' client when `url` names Sentinels (`signaling.state.sentinel`)."""
         self._server: str | None = None
         """The run id of the Redis server at the last (re)connection (`_resync`)."""
+        self._server_asked: tuple[float, str | None] = (-1e9, None)
+        """When the server's run id was last asked (monotonic), and the answer."""
         # Connections are made on first use, so building the client here does no I/O.
         self._redis = self._client(url)
         self._create_room = self._redis.register_script(_CREATE_ROOM)
@@ -610,7 +612,10 @@ class RedisStore(StateStore):
             if name.startswith(marker)
         }
 
-    async def server_identity(self) -> str | None:
+    async def server_identity(self, max_age_s: float = 0.0) -> str | None:
+        asked_at, server = self._server_asked
+        if max_age_s > 0 and time.monotonic() - asked_at <= max_age_s:
+            return server
         try:
             return await self._run_id()
         except (RedisError, OSError) as exc:
@@ -618,11 +623,15 @@ class RedisStore(StateStore):
 
     async def _run_id(self) -> str | None:
         """The answering server's run id (new at each start), None if it does not say."""
+        asked_at = time.monotonic()
         try:
             info = await self._redis.info("server")
         except ResponseError:
-            return None  # INFO refused (an ACL without it) or not served (a proxy)
-        return str(info.get("run_id") or "") or None
+            server = None  # INFO refused (an ACL without it) or not served (a proxy)
+        else:
+            server = str(info.get("run_id") or "") or None
+        self._server_asked = (asked_at, server)
+        return server
 
     def _client_name(self, node_id: str) -> str:
         """The connection name of a node (Redis names hold no spaces)."""

@@ -259,9 +259,10 @@ class StateStore(abc.ABC):
         shared state, or it does not say)."""
         return None
 
-    async def server_identity(self) -> str | None:
+    async def server_identity(self, max_age_s: float = 0.0) -> str | None:
         """Which server holds the shared state now (Redis: the run id of the one answering,
-        new after a restart or a failover to a replica); None: not known here. Right after it
+        new after a restart or a failover to a replica; an answer got at most `max_age_s`
+        ago will do); None: not known here. Right after it
         changes, what the shared state says of the other nodes (heartbeats last written to
         the previous server, connections not remade yet) is not to be believed
         (`signaling.liveness.LivenessWatch.server_seen`)."""

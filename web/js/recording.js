@@ -63,15 +63,18 @@ export function initRecording(theCall) {
     changed();
   });
   // Escape closes the notice unanswered: I stay "not answered" and may answer from the bar.
-  dialog.addEventListener("cancel", () => {
+  dialog.addEventListener("cancel", (event) => {
+    event.preventDefault();
     state.consentNotice = null;
+    closeNotice();
     changed();
   });
+  // Closed some other way than `closeNotice`: the keyboard goes back all the same. The close
+  // event comes late (with an animation frame, which a background tab may not have for a
+  // while): one arriving after `closeNotice` gave the focus back, or after the notice opened
+  // again, changes nothing.
   dialog.addEventListener("close", () => {
-    if (dialog.open) return; // a queued close that arrives after the notice opened again
-    const back = returnFocus?.isConnected && !returnFocus.closest("[hidden]") ? returnFocus : null;
-    returnFocus = null;
-    (back ?? (answerButton.hidden ? null : answerButton))?.focus();
+    if (!dialog.open) giveFocusBack();
   });
   dialog.addEventListener("keydown", trapFocus);
   dataChannels.on("storage", (msg) => {
@@ -102,6 +105,21 @@ function answer(decision) {
   call.signalling.consent(decision, version);
   state.consentNotice = null;
   changed();
+}
+
+/** Close the notice and give the keyboard back at once: to where it was before the notice
+ * opened, or to the bar's answer button where that is gone. */
+function closeNotice() {
+  if (!dialog.open) return;
+  dialog.close();
+  giveFocusBack();
+}
+
+function giveFocusBack() {
+  if (!returnFocus) return;
+  const back = returnFocus.isConnected && !returnFocus.closest("[hidden]") ? returnFocus : null;
+  returnFocus = null;
+  (back ?? (answerButton.hidden ? null : answerButton))?.focus();
 }
 
 /** Tab and Shift+Tab stay inside the notice while it is open. */
@@ -224,7 +242,7 @@ export function renderRecording(s) {
 function renderNotice(s, mine) {
   const notice = s.consentNotice;
   if (!notice) {
-    if (dialog.open) dialog.close();
+    closeNotice();
     return;
   }
   const key = `recording.notice.${notice.version}`;
