@@ -25,7 +25,9 @@ closed (after the web client's 300 ms), as the same participants. `drain_max_fra
 run) is the longest any of B's two went without a frame of the other, sampled every 10 ms from
 just before the SIGTERM until a second after everyone is back (the aim: 1 s);
 `drain_rejoined_media_back_s` (the name kept: other tools read it) when A's two had everyone's
-media again, after the SIGTERM.
+media again, after the SIGTERM; `drain_handed_over_max_frame_gap_s` the longest A's two went
+without a frame of anyone meanwhile (their media moves with the room, then their sessions are
+opened again as B takes them over: two gaps, each measured on its own against the aim).
 
 Prints one JSON line. The keys `runs`, `participants`, `sigkill_media_back_s` (per run, for
 everyone), `sigkill_media_back_p50_s`, `sigkill_media_back_max_s`, `aim_s`,
@@ -173,13 +175,19 @@ class Node(ServerProcess):
         )  # fmt: skip
 
 
-async def watch_gaps(group: list[Person], stop: asyncio.Event) -> float:
-    """The longest time any participant of `group` went without a new frame from any other,
-    sampled every 10 ms until `stop` is set."""
+async def watch_gaps(
+    group: list[Person], stop: asyncio.Event, receivers: list[Person] | None = None
+) -> float:
+    """The longest time any participant of `group` (or of `receivers`, from anyone in
+    `group`) went without a new frame from any other, sampled every 10 ms until `stop` is
+    set."""
+    watched = pairs(group) if receivers is None else [
+        (r, s) for r in receivers for s in group if r is not s
+    ]  # fmt: skip
     longest = 0.0
     while not stop.is_set():
         now = time.monotonic()
-        for r, s in pairs(group):
+        for r, s in watched:
             last = r.last_frame_from(s)
             if last is not None:
                 longest = max(longest, now - last)
@@ -260,6 +268,7 @@ async def drain_a(
     survivors, on_a = people[2:], people[:2]
     stop = asyncio.Event()
     gaps = asyncio.ensure_future(watch_gaps(survivors, stop))
+    handed_over_gaps = asyncio.ensure_future(watch_gaps(people, stop, receivers=on_a))
     await asyncio.sleep(0.5)
     a.proc.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
@@ -277,6 +286,7 @@ async def drain_a(
     a.proc.wait(timeout=30)
     return {
         "gap_s": gap,
+        "handed_over_gap_s": await handed_over_gaps,
         "closed_after_s": closed_at - stopped_at,
         "rejoined_back_s": back - stopped_at,
     }
@@ -340,6 +350,7 @@ async def main(runs: int) -> dict[str, Any]:
         "drain_frame_gap_aim_s": DRAIN_GAP_AIM_S,
         "drain_connections_closed_after_s": _round([r["closed_after_s"] for r in drains]),
         "drain_rejoined_media_back_s": _round([r["rejoined_back_s"] for r in drains]),
+        "drain_handed_over_max_frame_gap_s": _round([r["handed_over_gap_s"] for r in drains]),
     }
 
 
