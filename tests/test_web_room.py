@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,12 @@ async def _still_decoding(
     """Video frames from `sender` keep being decoded by `tab`: more than `frames` over two
     seconds."""
     sources = (source, "microphone")
-    before = (await received_from(tab, sender, sources))["video"]["framesDecoded"]
+    # The page's statistics may lag its video element by a moment (Chromium caches them).
+    deadline = time.monotonic() + 10
+    while "video" not in (received := await received_from(tab, sender, sources)):
+        assert time.monotonic() < deadline, f"no inbound video stats from {sender}'s {source}"
+        await asyncio.sleep(0.2)
+    before = received["video"]["framesDecoded"]
     await asyncio.sleep(2.0)
     after = await received_from(tab, sender, sources)
     assert after["video"]["framesDecoded"] > before + frames, (before, after)
