@@ -320,20 +320,7 @@ class Rooms:
         ):
             await self._apply(m.room_full(identity, room.room_id, conn.peer))
         conn.permissions = self.policy.permissions(identity, room_scope(room, room.room_id))
-        # In the room from now on (the SFU's first offer reaches them), but nothing before
-        # `joined`.
-        conn.withheld = []
-        self._attach(conn, ConnectionState.JOINED)
-        try:
-            # Media first: the client may offer as soon as it reads `joined`.
-            if self.media is not None:
-                conn.media_node = await self._media_node_for(room.room_id)
-                await self._join_media(conn, record)
-            joined = await self._joined_message(conn, room, record)
-        except BaseException:
-            conn.withheld = None  # what fails is told as it would have been
-            raise
-        self._release(conn, joined)
+        await self._seat(conn, room, record)
         announced, audited = m.entered(record, identity, room.room_id, conn.peer, admitted_by)
         await self._apply([announced])
         if self.media is not None:
@@ -341,17 +328,41 @@ class Rooms:
             await self.relay.call(conn, "rec", action="hello", fields={})
         await self._apply([audited])
 
-    def _release(self, conn: Connection, joined: str, resumed: str = "") -> None:
-        """Send `joined` (after `resumed`, for a participant taken over from another node), then
-        what was withheld meanwhile (`Connection.withheld`), numbered from after `joined` when
-        the participant can resume (`Connection.replay`)."""
+    async def _seat(
+        self,
+        conn: Connection,
+        room: RoomRecord,
+        record: ParticipantRecord,
+        *,
+        off_old_sfu: bool = False,
+        resumed: str = "",
+    ) -> None:
+        """Make the connection the participant's (`JOINED`), join them to the room's SFU
+        (`off_old_sfu`: first off the SFU that kept their sessions, for a participant taken
+        over from another node), then send `resumed` (if given) and `joined`, and after them
+        what the room and the SFU sent meanwhile (`Connection.withheld`): nothing reaches the
+        client before `joined`. What is sent after it is numbered for a resume
+        (`Connection.replay`)."""
+        conn.withheld = []
+        self._attach(conn, ConnectionState.JOINED)
+        try:
+            # Media first: the client may offer as soon as it reads `joined`.
+            if self.media is not None:
+                conn.media_node = await self._media_node_for(room.room_id)
+                if off_old_sfu:
+                    await self.relay.call(conn, "leave")
+                await self._join_media(conn, record)
+            joined = await self._joined_message(conn, room, record)
+        except BaseException:
+            conn.withheld = None  # what fails is told as it would have been
+            raise
         withheld, conn.withheld = conn.withheld, None
         if resumed:
             conn.write(resumed)
         conn.send(joined)
         if conn.resume_token:
             conn.replay = ReplayBuffer()
-        for text in withheld or ():
+        for text in withheld:
             conn.send(text)
 
     async def _joined_message(
@@ -771,23 +782,10 @@ class Rooms:
         record.resume_digest = resume.token_digest(conn.resume_token)
         await self.store.update_participant(room_id, record)
         conn.permissions = self.policy.permissions(conn.identity, room_scope(room, room_id))
-        # Theirs from now on (the SFU's offers reach them), but nothing before `joined`.
-        conn.withheld = []
-        self._attach(conn, ConnectionState.JOINED)
-        try:
-            if self.media is not None:
-                conn.media_node = await self._media_node_for(room_id)
-                if not lost_media:
-                    # Off the SFU that kept their sessions (their answers to consent stay with
-                    # the room), then on again, as this node's: their client opens new ones.
-                    await self.relay.call(conn, "leave")
-                await self._join_media(conn, record)
-            joined = await self._joined_message(conn, room, record)
-        except BaseException:
-            conn.withheld = None
-            raise
+        # Off the SFU that kept their sessions (their answers to consent stay with the room),
+        # then on again, as this node's: their client opens new ones.
         resumed = p.encode(p.Resumed(conn.participant_id, last_seq=0, replayed=False))
-        self._release(conn, joined, resumed)
+        await self._seat(conn, room, record, off_old_sfu=not lost_media, resumed=resumed)
         self.audit.append("resume", "allow", sub=identity.sub, room=room_id, replayed=False,
                           lost_node=lost_node, **where)  # fmt: skip
         await self.messenger.announce(

@@ -46,6 +46,16 @@ async def _page_decodes(tab: BrowserTab, sender: str) -> bool:
     return bool(after > before)
 
 
+async def _both_ways_again(tab: BrowserTab, on_b: Participant, me: str) -> None:
+    """After the kill: the page decodes Dr B's video again, and Dr B decodes the page's camera
+    again (on their current media sessions)."""
+    frames_before = video_frames_from(on_b, me, current=True)
+    await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
+    await eventually(
+        lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
+    )
+
+
 @contextlib.asynccontextmanager
 async def _meeting(
     http: aiohttp.ClientSession,
@@ -109,11 +119,7 @@ async def test_a_browser_whose_rooms_media_node_dies_gets_its_media_back_on_anot
         a.stop(signal.SIGKILL)
         killed_at = time.monotonic()
         await tab.until("window.consilium.state().mediaMoves === 1", timeout_s=15)
-        frames_before = video_frames_from(on_b, me, current=True)
-        await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
-        await eventually(
-            lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
-        )
+        await _both_ways_again(tab, on_b, me)
         print(f"\nthe page's media back both ways {time.monotonic() - killed_at:.2f} s after"
               " the kill")  # fmt: skip
 
@@ -157,11 +163,7 @@ async def test_a_browser_whose_own_node_dies_resumes_through_the_load_balancer(
             killed_at = time.monotonic()
             await on_a.close()
             await tab.until("window.consilium.state().resumes === 1", timeout_s=20)
-            frames_before = video_frames_from(on_b, me, current=True)
-            await eventually(lambda: _page_decodes(tab, pid(on_b)), timeout=20, interval=0.1)
-            await eventually(
-                lambda: video_frames_from(on_b, me, current=True) > frames_before + 5, timeout=20
-            )
+            await _both_ways_again(tab, on_b, me)
             print(f"\nthe page resumed on B, its media back both ways"
                   f" {time.monotonic() - killed_at:.2f} s after the kill")  # fmt: skip
 
