@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.scim",
     "tests.fixtures.orthanc",
     "tests.fixtures.oidc_provider",
+    "tests.fixtures.watchdog",
 ]
