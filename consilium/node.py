@@ -24,6 +24,7 @@ from signaling.directory import Directory, DirectoryVerifier
 from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
 from signaling.http.door import Door
+from signaling.http.forwarding import Forwarder, load_cluster_key
 from signaling.http.node import ImageWork, Node
 from signaling.keysources import JwksFile, JwksUrl, OidcDiscovery
 from signaling.messenger import Messenger
@@ -208,6 +209,24 @@ def build_node(settings: Settings) -> Node:
     if recorder is not None:
         recorder.draining = lambda: rooms.draining  # what it keeps says why the media moved
     watermark_key = load_or_create_watermark_key(data_dir)
+    archive = ArchiveService(
+        recordings_dir,
+        room_keys.keyring,
+        audit_key,
+        audit,
+        retention_settings(settings.retention_classes()),
+        kek_location(settings),
+        data_dir / "audit",
+        settings.export_scratch(),
+        watermark_key,
+    )
+    forwarder = Forwarder(
+        settings.node_id,
+        settings.node_url,
+        None if settings.cluster_key_file is None else load_cluster_key(settings.cluster_key_file),
+        store,
+        archive.held_ids,
+    )
     return Node(
         settings=settings,
         store=store,
@@ -229,17 +248,8 @@ def build_node(settings: Settings) -> Node:
         image_work=ImageWork(settings.image_workers),
         watermark_key=watermark_key,
         audit_key=audit_key,
-        archive=ArchiveService(
-            recordings_dir,
-            room_keys.keyring,
-            audit_key,
-            audit,
-            retention_settings(settings.retention_classes()),
-            kek_location(settings),
-            data_dir / "audit",
-            settings.export_scratch(),
-            watermark_key,
-        ),
+        archive=archive,
+        forwarder=forwarder,
         webhooks=webhooks,
         witness=witness,
         signin=OidcClient(settings, ROLES) if settings.oidc_client_id is not None else None,

@@ -21,6 +21,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.codes import ErrorCode
+from core.errors import Unavailable
 from recorder.diskspace import DiskLevel, DiskSpace, DiskWatcher, failure_code
 from recorder.keyring import Keyring
 from recorder.manifest import AuditCallback, RecordedParticipant
@@ -357,6 +358,12 @@ class Recorder:
             self.consent.abandoned(room_id, recording_id)
             raise
         self.sinks[recording_id] = sink
+        if self.store is not None and self.node_id:
+            # Every node forwards the archive's requests for it here (signaling.http.forwarding).
+            try:
+                await self.store.set_recording_holders(self.node_id, [recording_id])
+            except Unavailable:
+                log.warning("recording %s: not announced (shared state out of reach)", recording_id)
         await self._carry_out(self.consent.opened(room_id, recording_id, self._now(room_id)))
         if self.store is not None and self._keeper is None:
             self._keeper = asyncio.get_running_loop().create_task(self._keep_recorded())

@@ -54,6 +54,14 @@ class Settings:
     """Browser origins allowed to open `/ws`; empty means only the server's own origin."""
     node_id: str = ""
     """Stable name of this node in a cluster; default `<hostname>:<port>`."""
+    node_url: str | None = None
+    """The URL the other nodes of a cluster reach this one at (e.g.
+    `https://node-a.hospital.local:8443`): they forward to it the archive requests for the
+    recordings held here. Unset: none are forwarded to this node."""
+    cluster_key_file: Path | None = None
+    """A file holding a secret shared by every node of a cluster (at least 32 random bytes, e.g.
+    `head -c 32 /dev/urandom`, mode 0600): it authenticates what one node forwards to another.
+    Unset: nothing is forwarded."""
 
     jwks: str | None = None
     """Trusted signing keys: a JWKS file path or an https URL. None with no OIDC issuer: dev IdP."""
@@ -423,6 +431,7 @@ class Settings:
                 f"not {self.scim_subject_attribute!r}"
             )
         self._validate_pacs()
+        self._validate_node_url()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and is_sentinel_url(self.redis):
@@ -436,6 +445,20 @@ class Settings:
             raise ConfigError(
                 "redis must be a redis://, rediss://, unix:// or sentinel:// (sentinels://) URL"
             )
+
+    def _validate_node_url(self) -> None:
+        """`node_url`: an https:// URL (plain http only to a loopback address)."""
+        if self.node_url is None:
+            return
+        try:
+            parts = urlsplit(self.node_url)
+            scheme, host = parts.scheme, parts.hostname or ""
+        except ValueError:
+            scheme, host = "", ""
+        if scheme not in ("http", "https") or not host or parts.path not in ("", "/"):
+            raise ConfigError("node_url must be an https:// URL with no path (this node's root)")
+        if scheme == "http" and not is_loopback(host):
+            raise ConfigError("node_url must be https:// (plain http only to a loopback address)")
 
     def _validate_pacs(self) -> None:
         """The PACS settings: a URL the node may reach safely, one way to authenticate."""

@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.fixtures.scim",
     "tests.fixtures.orthanc",
     "tests.fixtures.oidc_provider",
+    "tests.fixtures.s3_server",
     "tests.fixtures.watchdog",
 ]

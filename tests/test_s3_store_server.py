@@ -8,56 +8,16 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from tests.fixtures.s3_server import S3Server, s3_server
-
-__all__ = ["s3_server"]  # the fixture, imported for this module
+from tests.fixtures.s3_server import S3Server, client
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB
 """S3's smallest part of a multipart upload, but for the last."""
-SESSION = get_session()
-"""One botocore session for every client: it reads the S3 service description once."""
-
-
-def client(server: S3Server, access_key: str = "", secret_key: str = "") -> Any:
-    """An S3 client of `server` (with its keys unless others are given), path-style (the
-    endpoint is an address, not a domain) and without retries, so nothing flaky is hidden."""
-    config = AioConfig(
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": 1},
-    )
-    return SESSION.create_client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        region_name=server.region,
-        aws_access_key_id=access_key or server.access_key,
-        aws_secret_access_key=secret_key or server.secret_key,
-        config=config,
-    )
-
-
-@pytest.fixture
-async def s3(s3_server: S3Server) -> AsyncIterator[Any]:
-    """A client signing with the server's keys."""
-    async with client(s3_server) as s3_client:
-        yield s3_client
-
-
-@pytest.fixture
-async def bucket(s3: Any) -> str:
-    """A bucket of this test alone (the server lives for the session)."""
-    name = f"archive-{uuid.uuid4().hex[:16]}"
-    await s3.create_bucket(Bucket=name)
-    return name
 
 
 def error_code(error: pytest.ExceptionInfo[ClientError]) -> str:

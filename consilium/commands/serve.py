@@ -49,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "allowed_origins": args.allowed_origin,
         "policy_file": args.policy,
         "node_id": args.node_id,
+        "node_url": args.node_url,
+        "cluster_key_file": args.cluster_key_file,
         "log_level": args.log_level,
     }
     settings = load_settings(flags, config_file=args.config)
@@ -134,6 +136,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     serve.add_argument("--policy", help="policy table (TOML); default: the packaged one")
     serve.add_argument("--node-id", help="stable node name in a cluster")
+    serve.add_argument("--node-url", help="the URL the other nodes reach this one at")
+    serve.add_argument(
+        "--cluster-key-file", help="secret shared by the cluster's nodes (32+ random bytes)"
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file (or CONSILIUM_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

@@ -21,7 +21,7 @@ from signaling.http.drain import drain
 from signaling.http.node import NODE, Node
 from signaling.http.node_metrics import METRICS_REGISTRY, node_registry
 from signaling.http.routes import audit, images, metrics, pages, revocations, rooms, signin
-from signaling.http.routes.archive import add_archive_routes
+from signaling.http.routes.archive import add_archive_routes, forward_to_holder
 from signaling.http.routes.dev import add_dev_routes
 from signaling.http.routes.meetings import add_meeting_routes
 from signaling.http.routes.pacs import add_pacs_routes
@@ -177,6 +177,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     meeting_sweeper = asyncio.get_running_loop().create_task(sweep_meeting_ends(node))
     lost_sweeper = asyncio.get_running_loop().create_task(sweep_lost_participants(node))
     node_watch = asyncio.get_running_loop().create_task(watch_nodes(node))
+    announcer = asyncio.get_running_loop().create_task(node.forwarder.keep_announcing())
     node.ready = True
     yield
     node.ready = False
@@ -185,6 +186,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     meeting_sweeper.cancel()
     lost_sweeper.cancel()
     node_watch.cancel()
+    announcer.cancel()
     try:
         if node.rooms.recorder is not None:
             # Recordings end cleanly (complete, final segments sealed) before the media goes.
@@ -203,6 +205,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await node.store.close()
         with contextlib.suppress(Exception):
             await node.webhooks.close()
+        with contextlib.suppress(Exception):
+            await node.forwarder.close()
         await asyncio.to_thread(node.image_work.close)
     finally:
         # Whatever failed above, the audit log gets its final signed checkpoint.
@@ -213,7 +217,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 def create_app(node: Node) -> web.Application:
     """The whole HTTP surface of one node (wired by `consilium.node.build_node`)."""
     app = web.Application(
-        middlewares=[errors_and_headers], client_max_size=node.settings.max_request_bytes
+        middlewares=[errors_and_headers, forward_to_holder],
+        client_max_size=node.settings.max_request_bytes,
     )
     app[NODE] = node
     app.on_response_prepare.append(security_headers)

@@ -20,7 +20,7 @@ from core.errors import BadMessage, IntegrityError, NotFound
 from imaging.watermark import Mark, watermark
 from recorder.archive import Archive
 from recorder.bundle import build_bundle
-from recorder.catalogue import RecordingSummary
+from recorder.catalogue import SHREDDED_DIR, RecordingSummary, valid_recording_id
 from recorder.export import export_annotations, export_recording
 from recorder.keyring import Keyring
 from recorder.manifest import MANIFEST_NAME, RecordingManifest
@@ -74,6 +74,25 @@ class ArchiveService:
     def directory(self, recording_id: str) -> Path:
         """A recording's directory (after `Archive.summary` proved it exists)."""
         return self.archive.recordings_dir / recording_id
+
+    def holds(self, recording_id: str) -> bool:
+        """Whether the recording is on this node's disk: its directory, or its tombstone."""
+        recordings = self.archive.recordings_dir
+        if not valid_recording_id(recording_id):
+            return False
+        return (recordings / recording_id).is_dir() or (
+            recordings / SHREDDED_DIR / f"{recording_id}.json"
+        ).is_file()
+
+    def held_ids(self) -> list[str]:
+        """The ids of every recording on this node's disk (directories and tombstones)."""
+        recordings = self.archive.recordings_dir
+        try:
+            names = [p.name for p in recordings.iterdir() if p.is_dir()]
+            names += [p.stem for p in (recordings / SHREDDED_DIR).glob("*.json")]
+        except FileNotFoundError:
+            return []
+        return sorted({name for name in names if valid_recording_id(name)})
 
     async def run(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking archive work in a worker thread, at most two heavy jobs at once."""

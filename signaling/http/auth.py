@@ -11,6 +11,7 @@ from core.errors import AuthenticationError, PolicyDenied
 from signaling import dpop
 from signaling import protocol as p
 from signaling.http import device_binding
+from signaling.http.forwarding import forwarded_caller
 from signaling.http.node import NODE
 from signaling.http.sessions import REQUEST_SESSION, current_session
 from signaling.identity import Identity
@@ -34,12 +35,19 @@ def audit_refusal(request: web.Request, reason: str, **fields: Any) -> None:
 async def authenticate(request: web.Request, action: str | None) -> Identity:
     """The identity behind `Authorization: Bearer <token>` (a DPoP-bound token: `Authorization:
     DPoP <token>` and its proof), or, with no Authorization header, the sign-in session the
-    cookie names (a device-bound one with its key's `DPoP` proof), allowed to do `action`."""
+    cookie names (a device-bound one with its key's `DPoP` proof), or the caller another node
+    of the cluster authenticated and forwarded (verified by `forward_to_holder`), allowed to do
+    `action`."""
     node = request.app[NODE]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    session = None if header else await current_session(request)
-    if session is not None:
+    forwarded = forwarded_caller(request)
+    session = None if header or forwarded else await current_session(request)
+    if forwarded is not None:
+        # Authenticated by the node that forwarded the request (signaling.http.forwarding);
+        # revocation and the policy are still decided here.
+        identity = forwarded.identity
+    elif session is not None:
         # Signed in at the hospital's provider (a cookie, no bearer token): the session's
         # identity goes through the same checks below as a token's.
         identity = session.identity

@@ -20,6 +20,7 @@ from signaling.directory import Directory
 from signaling.dpop import SeenProofs
 from signaling.http.archive_service import ArchiveService
 from signaling.http.door import Door
+from signaling.http.forwarding import Forwarder
 from signaling.oidc_client import OidcClient
 from signaling.policy import Policy
 from signaling.rooms import Rooms
@@ -111,6 +112,8 @@ class Node:
     """Signed webhook events to the hospital's systems (none without subscribers)."""
     witness: SyslogWitness | None
     """The audit log's syslog-over-TLS witness and SIEM stream, if configured (its counters)."""
+    forwarder: Forwarder
+    """Archive requests to and from the other nodes (`signaling.http.forwarding`)."""
     signin: OidcClient | None = None
     """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
     seen_proofs: SeenProofs = field(default_factory=SeenProofs)

@@ -15,6 +15,7 @@ import time
 from aiohttp import web
 
 from signaling import oidc
+from signaling.http.forwarding import forwarded_caller
 from signaling.http.node import NODE
 from signaling.logs import scrub
 
@@ -110,14 +111,20 @@ def require_recent_authentication(request: web.Request) -> None:
     `max_age`), audited. A bearer token's request is the token issuer's to bound (short-lived
     tokens minted for the visit), as before."""
     session = request.get(REQUEST_SESSION)
-    if session is None:
-        return
+    forwarded = forwarded_caller(request)
     node = request.app[NODE]
     max_age_s = node.settings.step_up_max_age_min * 60
-    if session.recent_enough(time.time(), max_age_s):
+    if session is not None:
+        sub, recent = session.identity.sub, session.recent_enough(time.time(), max_age_s)
+    elif forwarded is not None and forwarded.auth_time is not None:
+        # A session's request another node forwarded: when its user signed in came with it.
+        sub, recent = forwarded.identity.sub, time.time() - forwarded.auth_time <= max_age_s
+    else:
+        return
+    if recent:
         return
     node.audit.append(
-        "api_refused", "deny", reason=oidc.STEP_UP_ERROR, sub=session.identity.sub,
+        "api_refused", "deny", reason=oidc.STEP_UP_ERROR, sub=sub,
         path=scrub(request.path)[:200],
     )  # fmt: skip
     raise oidc.StepUpRequired("this needs a recent sign-in; sign in again", max_age=max_age_s)

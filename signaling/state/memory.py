@@ -39,6 +39,10 @@ class MemoryStore(StateStore):
         """Node id -> when its last heartbeat runs out (monotonic)."""
         self._loads: dict[str, int | None] = {}
         """Node id -> the load its last heartbeat reported."""
+        self._node_urls: dict[str, str] = {}
+        """Node id -> the URL other nodes reach it at."""
+        self._recording_holders: dict[str, str] = {}
+        """Recording id -> the node holding it."""
         self.directory = MemoryDirectory()
         self.meetings = MemoryMeetingBook()
         self._expiring: dict[str, tuple[str, float]] = {}
@@ -158,6 +162,22 @@ class MemoryStore(StateStore):
     async def forget_node(self, node_id: str) -> None:
         self._heartbeats.pop(node_id, None)
         self._loads.pop(node_id, None)
+
+    async def set_node_url(self, node_id: str, url: str | None) -> None:
+        if url is None:
+            self._node_urls.pop(node_id, None)
+        else:
+            self._node_urls[node_id] = url
+
+    async def node_urls(self) -> dict[str, str]:
+        return dict(self._node_urls)
+
+    async def set_recording_holders(self, node_id: str, recording_ids: Iterable[str]) -> None:
+        for recording_id in recording_ids:
+            self._recording_holders[recording_id] = node_id
+
+    async def recording_holder(self, recording_id: str) -> str | None:
+        return self._recording_holders.get(recording_id)
 
     async def claim_media_node(self, room_id: str, node_id: str, ttl_s: float) -> str:
         now = time.monotonic()

@@ -13,7 +13,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -570,6 +570,39 @@ class RedisStore(StateStore):
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    # `node-urls` (hash: node id -> URL), `recording-holders` (hash: recording id -> node id)
+
+    async def set_node_url(self, node_id: str, url: str | None) -> None:
+        try:
+            if url is None:
+                await self._redis.hdel(self._prefix + "node-urls", node_id)
+            else:
+                await self._redis.hset(self._prefix + "node-urls", node_id, url)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def node_urls(self) -> dict[str, str]:
+        try:
+            return cast(dict[str, str], await self._redis.hgetall(self._prefix + "node-urls"))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def set_recording_holders(self, node_id: str, recording_ids: Iterable[str]) -> None:
+        mapping: dict[Any, Any] = dict.fromkeys(recording_ids, node_id)
+        if not mapping:
+            return
+        try:
+            await self._redis.hset(self._prefix + "recording-holders", mapping=mapping)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def recording_holder(self, recording_id: str) -> str | None:
+        try:
+            holder = await self._redis.hget(self._prefix + "recording-holders", recording_id)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        return None if holder is None else str(holder)
 
     async def dead_nodes(self) -> list[str]:
         try:

@@ -253,6 +253,24 @@ class StateStore(abc.ABC):
     async def dead_nodes(self) -> list[str]:
         """Nodes that have heartbeated and whose last heartbeat ran out, until `forget_node`."""
 
+    # where a node is reached and which recordings it holds (signaling.http.forwarding)
+
+    @abc.abstractmethod
+    async def set_node_url(self, node_id: str, url: str | None) -> None:
+        """The URL other nodes reach `node_id` at (its `node_url` setting); None: none."""
+
+    @abc.abstractmethod
+    async def node_urls(self) -> dict[str, str]:
+        """Every node's URL as it last set it (live or not: `live_nodes` says which are)."""
+
+    @abc.abstractmethod
+    async def set_recording_holders(self, node_id: str, recording_ids: Iterable[str]) -> None:
+        """`node_id` holds these recordings (their directory is on its disk)."""
+
+    @abc.abstractmethod
+    async def recording_holder(self, recording_id: str) -> str | None:
+        """The node that last said it holds `recording_id`; None: no node did."""
+
     async def connected_nodes(self) -> set[str] | None:
         """The nodes that hold a connection to the shared state now (a node whose process
         ended holds none, while its heartbeat has seconds to run); None: not known here (no

@@ -259,9 +259,14 @@ async function search() {
     archive.recordings = body.recordings;
     archive.searched = true;
     archive.screen = "archive";
-    archive.searchMessage = archive.recordings.length
+    const found = archive.recordings.length
       ? message("archive.found", { count: archive.recordings.length })
       : message("archive.found_none");
+    // In a cluster, a server that did not answer holds recordings this list cannot show.
+    const unreachable = body.unreachable_nodes ?? [];
+    archive.searchMessage = unreachable.length
+      ? [found, message("archive.unreachable", { nodes: unreachable.join(", ") })]
+      : found;
   } catch (err) {
     if (err.status === 401 || err.status === 403) {
       deny(err.status === 401 ? "not_authenticated" : "not_allowed");

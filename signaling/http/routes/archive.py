@@ -42,6 +42,8 @@ import hashlib
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -49,15 +51,23 @@ from typing import Any
 
 from aiohttp import web
 
-from core.errors import BadMessage, PolicyDenied
+from core.errors import AuthenticationError, BadMessage, PolicyDenied
 from recorder.catalogue import RecordingSummary
 from recorder.roomkeys import rotate_kek
 from recorder.streams import TrackStream
 from signaling.audit import parse_time
-from signaling.http.auth import authenticate
+from signaling.http.auth import audit_refusal, authenticate, peer_address
 from signaling.http.bodies import json_body
+from signaling.http.forwarding import (
+    FORWARDED_HEADER,
+    REQUEST_CALLER,
+    SIGNATURE_HEADER,
+    ForwardedCaller,
+    forwarded_caller,
+    verify,
+)
 from signaling.http.node import NODE
-from signaling.http.sessions import require_recent_authentication
+from signaling.http.sessions import REQUEST_SESSION, require_recent_authentication
 from signaling.identity import Identity
 from signaling.logs import scrub
 from signaling.policy import RecordingScope
@@ -192,7 +202,66 @@ async def list_recordings(request: web.Request) -> web.Response:
     service.audit.append(
         "recordings_listed", "allow", sub=identity.sub, filters=filters, count=len(found)
     )
-    return web.json_response({"recordings": [summary_json(s) for s in found]})
+    listed = [summary_json(s) for s in found]
+    if forwarded_caller(request) is not None:
+        return web.json_response({"recordings": listed})  # this node's own, for the asker
+    # The other live nodes' recordings, asked for this caller, each decided by its holder.
+    others, unreachable = await node.forwarder.list_everywhere(request, _caller(request, identity))
+    ids = {r["recording_id"] for r in listed}
+    for summary in others:
+        if summary.get("recording_id") not in ids:
+            ids.add(summary.get("recording_id"))
+            listed.append(summary)
+    listed.sort(key=lambda r: (r.get("started") or "", r.get("recording_id") or ""), reverse=True)
+    return web.json_response({"recordings": listed, "unreachable_nodes": unreachable})
+
+
+def _caller(request: web.Request, identity: Identity) -> ForwardedCaller:
+    """The caller authenticated here, as this node vouches for them to another."""
+    session = request.get(REQUEST_SESSION)
+    auth_time = None if session is None else session.auth_time
+    return ForwardedCaller(identity, request.app[NODE].settings.node_id, auth_time)
+
+
+def _archive_route(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical.startswith("/api/recordings")
+
+
+@web.middleware
+async def forward_to_holder(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The recordings' routes, in a cluster (`signaling.http.forwarding`): a request another
+    node forwarded is verified, and its caller authenticated as that node vouches; a request
+    for a recording another node holds is authenticated here and forwarded there."""
+    if not _archive_route(request):
+        return await handler(request)
+    node = request.app[NODE]
+    forwarder = node.forwarder
+    if FORWARDED_HEADER in request.headers or SIGNATURE_HEADER in request.headers:
+        body = await request.read()
+        try:
+            request[REQUEST_CALLER] = verify(
+                forwarder.key, request.method, request.path_qs, request.headers, body,
+                node.settings.node_id, forwarder.seen, time.time(),
+            )  # fmt: skip
+        except AuthenticationError as exc:
+            audit_refusal(request, "forwarding_refused", ip=peer_address(request), why=exc.message)
+            raise
+        return await handler(request)
+    recording_id = request.match_info.get("recording")
+    if recording_id is None or node.archive.holds(recording_id):
+        return await handler(request)
+    holder = await forwarder.holder(recording_id)
+    if holder is None:
+        return await handler(request)  # held nowhere: this node's answer (not found)
+    identity = await authenticate(request, None)
+    node.audit.append(
+        "archive_forwarded", "info", sub=identity.sub, recording=recording_id, node=holder,
+        path=scrub(request.path)[:200],
+    )  # fmt: skip
+    return await forwarder.forward(request, _caller(request, identity), holder)
 
 
 async def get_recording(request: web.Request) -> web.Response:
