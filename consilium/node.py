@@ -13,6 +13,7 @@ from imaging.sniff import ImageLimits
 from imaging.store import ImageStore
 from imaging.watermark import load_or_create_watermark_key
 from recorder.diskspace import MIB, DiskSpace
+from recorder.objectstore import ObjectStoreSettings
 from recorder.recovery import recover_interrupted
 from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
@@ -23,6 +24,7 @@ from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.directory import Directory, DirectoryVerifier
 from signaling.http import app as http_app
 from signaling.http.archive_service import ArchiveService, retention_settings
+from signaling.http.archive_store import ArchiveStore
 from signaling.http.door import Door
 from signaling.http.forwarding import Forwarder, load_cluster_key
 from signaling.http.node import ImageWork, Node
@@ -220,6 +222,18 @@ def build_node(settings: Settings) -> Node:
         settings.export_scratch(),
         watermark_key,
     )
+    archive_store = None
+    if settings.archive_store_url is not None:
+        archive_store = copies = ArchiveStore(
+            object_store_settings(settings),
+            archive,
+            room_keys.keyring,
+            audit_key.public_key(),
+            audit,
+            data_dir / "archive-store",
+        )
+        if recorder is not None:
+            recorder.on_closed = lambda recording_id: copies.nudge()
     forwarder = Forwarder(
         settings.node_id,
         settings.node_url,
@@ -227,6 +241,8 @@ def build_node(settings: Settings) -> Node:
         store,
         archive.held_ids,
     )
+    if archive_store is not None:
+        archive_store.restored = forwarder.announce
     return Node(
         settings=settings,
         store=store,
@@ -250,9 +266,33 @@ def build_node(settings: Settings) -> Node:
         audit_key=audit_key,
         archive=archive,
         forwarder=forwarder,
+        archive_store=archive_store,
         webhooks=webhooks,
         witness=witness,
         signin=OidcClient(settings, ROLES) if settings.oidc_client_id is not None else None,
+    )
+
+
+def object_store_settings(settings: Settings) -> ObjectStoreSettings:
+    """Where the object store of `archive_store_url` is, with its secret key read from its file."""
+    assert settings.archive_store_url is not None
+    assert settings.archive_store_access_key_id is not None
+    assert settings.archive_store_secret_key_file is not None
+    try:
+        secret = settings.archive_store_secret_key_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"archive_store_secret_key_file: cannot read it ({exc})") from None
+    if not secret:
+        raise ConfigError("archive_store_secret_key_file is empty")
+    return ObjectStoreSettings(
+        endpoint_url=settings.archive_store_url,
+        bucket=settings.archive_store_bucket,
+        region=settings.archive_store_region,
+        access_key_id=settings.archive_store_access_key_id,
+        secret_access_key=secret,
+        prefix=settings.archive_store_prefix,
+        # Above a segment's size (8 MiB of media and its sealing): one request per segment.
+        part_size=16 * MIB,
     )
 
 

@@ -306,6 +306,26 @@ class Keyring:
                 raise KeyringError(f"recording {recording_id} already has a data key") from None
         return data_key
 
+    def restore(self, entry: WrappedKey) -> bool:
+        """Put back an entry kept elsewhere (the object store's copy, `recorder.objectstore`):
+        it must unwrap under a loaded KEK. False if the same entry is already here;
+        `RecordingShredded` if the recording was shredded here; `KeyringError` if another
+        entry holds its place."""
+        path = self._entry_path(entry.recording_id)
+        self._refuse_if_shredded(entry.recording_id)
+        self._unwrap_entry(entry)  # ours, and intact
+        with self._locked():
+            self._refuse_if_shredded(entry.recording_id)
+            try:
+                write_atomically(path, entry.to_json(), replace=False)
+            except FileExistsError:
+                if WrappedKey.from_json(path.read_bytes()) == entry:
+                    return False
+                raise KeyringError(
+                    f"recording {entry.recording_id} already has another data key"
+                ) from None
+        return True
+
     def entry(self, recording_id: str) -> WrappedKey:
         """The recording's keyring entry (still wrapped)."""
         path = self._entry_path(recording_id)

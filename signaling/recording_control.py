@@ -109,6 +109,9 @@ class Recorder:
         self.node_id = node_id
         self.draining = draining
         """Whether the node is draining (its rooms' media is moving on purpose)."""
+        self.on_closed: Callable[[str], None] = lambda recording_id: None
+        """Told the id of each recording once it is closed (its manifest final): the object
+        store copies it (`signaling.http.archive_store`)."""
         self._kept: set[str] = set()
         """Rooms whose state this node has kept (and forgets when their media ends here)."""
         self._moved_away: set[str] = set()
@@ -395,6 +398,7 @@ class Recorder:
         else:
             manifest = await asyncio.to_thread(sink.stop)
         self.closed_bytes += sink.bytes_written - written  # its last segments
+        self.on_closed(effect.recording_id)
         if self.disk_watcher is not None and not self.sinks:
             await self.disk_watcher.stop()  # nothing is recorded any more
         await self._carry_out(

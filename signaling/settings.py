@@ -258,6 +258,21 @@ class Settings:
     `recording_class_retention`); then it is shredded, unless it is under legal hold."""
     recording_class_retention: list[str] = field(default_factory=list)
     """Other retention classes, `class=days` each (e.g. `teaching=365`)."""
+    archive_store_url: str | None = None
+    """An S3-compatible object store (e.g. `https://s3.hospital.local`) where this node copies
+    every closed recording (its segments, its wrapped data key, its signed manifest), and from
+    which a replacement node holding this node's keys reads them back; shreds reach it too.
+    Unset: recordings stay on this node's disk only."""
+    archive_store_bucket: str = "consilium-archive"
+    """The object store's bucket (created beforehand by whoever runs the store)."""
+    archive_store_region: str = "us-east-1"
+    """The region requests are signed for (SigV4)."""
+    archive_store_access_key_id: str | None = None
+    """The object store's access key id (with `archive_store_secret_key_file`)."""
+    archive_store_secret_key_file: Path | None = None
+    """A file holding the object store's secret key."""
+    archive_store_prefix: str = "consilium/"
+    """Every object's key starts with this (empty, or ending with `/`)."""
     disk_reserve_mb: int = 1024
     """Free space (MiB) the data folder keeps in reserve: below it, the chair of each recording
     room is warned (`storage_low`); below a quarter of it, recordings stop, marked `failed`."""
@@ -432,6 +447,7 @@ class Settings:
             )
         self._validate_pacs()
         self._validate_node_url()
+        self._validate_archive_store()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"unknown log_level {self.log_level!r}")
         if self.redis is not None and is_sentinel_url(self.redis):
@@ -446,33 +462,31 @@ class Settings:
                 "redis must be a redis://, rediss://, unix:// or sentinel:// (sentinels://) URL"
             )
 
-    def _validate_node_url(self) -> None:
-        """`node_url`: an https:// URL (plain http only to a loopback address)."""
-        if self.node_url is None:
+    def _validate_archive_store(self) -> None:
+        """`archive_store_url`: an https:// URL (plain http only to a loopback address), with
+        its access key id and secret key file."""
+        if self.archive_store_url is None:
             return
-        try:
-            parts = urlsplit(self.node_url)
-            scheme, host = parts.scheme, parts.hostname or ""
-        except ValueError:
-            scheme, host = "", ""
-        if scheme not in ("http", "https") or not host or parts.path not in ("", "/"):
-            raise ConfigError("node_url must be an https:// URL with no path (this node's root)")
-        if scheme == "http" and not is_loopback(host):
-            raise ConfigError("node_url must be https:// (plain http only to a loopback address)")
+        check_service_url("archive_store_url", self.archive_store_url, "the S3 endpoint")
+        if self.archive_store_access_key_id is None or self.archive_store_secret_key_file is None:
+            raise ConfigError(
+                "archive_store_url needs archive_store_access_key_id and "
+                "archive_store_secret_key_file"
+            )
+        prefix = self.archive_store_prefix
+        if prefix.startswith("/") or (prefix and not prefix.endswith("/")):
+            raise ConfigError("archive_store_prefix must be empty or end with '/'")
+
+    def _validate_node_url(self) -> None:
+        """`node_url`: an https:// URL (plain http only to a loopback address), no path."""
+        if self.node_url is not None:
+            check_service_url("node_url", self.node_url, "this node's root", with_path=False)
 
     def _validate_pacs(self) -> None:
         """The PACS settings: a URL the node may reach safely, one way to authenticate."""
         if self.pacs_url is None:
             return
-        try:
-            parts = urlsplit(self.pacs_url)
-            scheme, host = parts.scheme, parts.hostname or ""
-        except ValueError:
-            scheme, host = "", ""
-        if scheme not in ("http", "https") or not host:
-            raise ConfigError("pacs_url must be an https:// URL (the PACS's DICOMweb root)")
-        if scheme == "http" and not is_loopback(host):
-            raise ConfigError("pacs_url must be https:// (plain http only to a loopback address)")
+        check_service_url("pacs_url", self.pacs_url, "the PACS's DICOMweb root")
         if self.pacs_token_file is not None and self.pacs_username is not None:
             raise ConfigError("give pacs_token_file or pacs_username, not both")
         if (self.pacs_username is None) != (self.pacs_password_file is None):
@@ -522,12 +536,28 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("redis", "pacs_url") and value:
+            if f.name in ("redis", "pacs_url", "archive_store_url", "node_url") and value:
                 value = _redact_url(value)
             if f.name in ("turn_secret", "metrics_token") and value:
                 value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def check_service_url(name: str, url: str, what: str, *, with_path: bool = True) -> None:
+    """A URL the node sends requests to: https:// (plain http only to a loopback address), and
+    with no path unless `with_path`; ConfigError naming the setting and `what` it is."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, path = parts.scheme, parts.hostname or "", parts.path
+    except ValueError:
+        scheme, host, path = "", "", ""
+    if scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{name} must be an https:// URL ({what})")
+    if not with_path and path not in ("", "/"):
+        raise ConfigError(f"{name} must be an https:// URL with no path ({what})")
+    if scheme == "http" and not is_loopback(host):
+        raise ConfigError(f"{name} must be https:// (plain http only to a loopback address)")
 
 
 def is_loopback(host: str) -> bool:

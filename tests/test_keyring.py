@@ -294,3 +294,31 @@ def test_a_kms_plugs_in_through_the_interface(tmp_path: Path) -> None:
     data_key = keyring.create("rec-1")
     assert keyring.unwrap("rec-1") == data_key
     assert keyring.list()[0].kek_id == "kms:projects/h/keys/recordings/1"
+
+
+def test_an_entry_kept_elsewhere_is_restored_once_and_only_under_a_loaded_kek(
+    tmp_path: Path, keyring: Keyring, kek: KeyFileKEK
+) -> None:
+    data_key = keyring.create("rec-1")
+    entry = keyring.entry("rec-1")
+    # A replacement node: an empty keyring under the same KEK takes the entry back.
+    replacement = Keyring(tmp_path / "replacement", kek)
+    assert replacement.restore(entry) is True
+    assert replacement.unwrap("rec-1") == data_key
+    assert replacement.restore(entry) is False  # the same entry: nothing to do
+    other = WrappedKey("rec-1", entry.kek_id, kek.wrap(os.urandom(32), "rec-1"), entry.created)
+    with pytest.raises(KeyringError, match="another data key"):
+        replacement.restore(other)
+    # Under a KEK this node does not have: refused, nothing written.
+    stranger = Keyring(tmp_path / "stranger", KeyFileKEK.generate(tmp_path / "other-kek.json"))
+    with pytest.raises(KeyringError, match="not loaded"):
+        stranger.restore(entry)
+    assert stranger.list() == []
+    # Altered on the way (another recording's entry under this id): refused.
+    moved = WrappedKey("rec-2", entry.kek_id, entry.wrapped_key, entry.created)
+    with pytest.raises(IntegrityError):
+        replacement.restore(moved)
+    # Shredded here: a copy from elsewhere does not bring it back.
+    replacement.shred("rec-1")
+    with pytest.raises(RecordingShredded):
+        replacement.restore(entry)

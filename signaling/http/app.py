@@ -96,6 +96,9 @@ async def errors_and_headers(
     return response
 
 
+STORE_AT_STOP_S = 30.0
+"""How long a stopping node spends copying its last recordings to the object store."""
+
 HSTS = "max-age=31536000"
 """Strict-Transport-Security when the node is reached over HTTPS: browsers refuse plain HTTP to
 it for a year. Without includeSubDomains: other hospital hosts under the same domain may still
@@ -178,6 +181,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     lost_sweeper = asyncio.get_running_loop().create_task(sweep_lost_participants(node))
     node_watch = asyncio.get_running_loop().create_task(watch_nodes(node))
     announcer = asyncio.get_running_loop().create_task(node.forwarder.keep_announcing())
+    stored = None
+    if node.archive_store is not None:
+        stored = asyncio.get_running_loop().create_task(node.archive_store.keep_in_step())
     node.ready = True
     yield
     node.ready = False
@@ -187,11 +193,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     lost_sweeper.cancel()
     node_watch.cancel()
     announcer.cancel()
+    if stored is not None:
+        stored.cancel()
     try:
         if node.rooms.recorder is not None:
             # Recordings end cleanly (complete, final segments sealed) before the media goes.
             with contextlib.suppress(Exception):
                 await node.rooms.recorder.close()
+        if node.archive_store is not None:
+            # What just closed goes to the object store before the node goes (a planned stop),
+            # within bounds: what does not make it goes at the next start.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.archive_store.sync(), STORE_AT_STOP_S)
         with contextlib.suppress(Exception):
             await node.rooms.close_all()
         if node.rooms.media is not None:

@@ -224,6 +224,13 @@ class ArchiveService:
                 "manifest_sha256"
             ):
                 last = entry
+        if last is not None and last.action == "recording_restored":
+            problems.append(
+                f"restored from the object store at {last.ts} (its manifest's SHA-256 entered "
+                "this node's audit log then): the entry the recorder wrote when it stopped is in "
+                "the audit log of the node that recorded it, and in that log's witness"
+            )
+            return False
         if last is None or last.fields["manifest_sha256"] != digest:
             problems.append(
                 "the manifest's SHA-256 is not in the audit log: it is not the manifest the "

@@ -19,6 +19,7 @@ from signaling.devidp import DevelopmentIdP
 from signaling.directory import Directory
 from signaling.dpop import SeenProofs
 from signaling.http.archive_service import ArchiveService
+from signaling.http.archive_store import ArchiveStore
 from signaling.http.door import Door
 from signaling.http.forwarding import Forwarder
 from signaling.oidc_client import OidcClient
@@ -114,6 +115,8 @@ class Node:
     """The audit log's syslog-over-TLS witness and SIEM stream, if configured (its counters)."""
     forwarder: Forwarder
     """Archive requests to and from the other nodes (`signaling.http.forwarding`)."""
+    archive_store: ArchiveStore | None
+    """The recordings' copies in the object store (`archive_store_url`), else None."""
     signin: OidcClient | None = None
     """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
     seen_proofs: SeenProofs = field(default_factory=SeenProofs)

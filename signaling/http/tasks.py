@@ -85,6 +85,8 @@ async def sweep_retention(node: Node) -> None:
             last_recordings = time.monotonic()
             try:
                 shredded = await archive.run(archive.archive.run_retention)
+                if shredded and node.archive_store is not None:
+                    node.archive_store.nudge()  # their copies in the object store go too
                 if shredded:
                     node.audit.append("retention_run", "info", shredded=len(shredded),
                                       recordings=shredded)  # fmt: skip

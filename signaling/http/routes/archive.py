@@ -485,6 +485,8 @@ async def run_retention(request: web.Request) -> web.Response:
     service = request.app[NODE].archive
     identity = await authenticate(request, "run_retention")
     shredded = await service.run(service.archive.run_retention)
+    if shredded and (store := request.app[NODE].archive_store) is not None:
+        store.nudge()  # their copies in the object store go too
     service.audit.append(
         "retention_run", "allow", sub=identity.sub, shredded=len(shredded),
         recordings=shredded,
