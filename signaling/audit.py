@@ -351,7 +351,9 @@ class AuditLog:
         self._checkpointed = last.count
         self._last_statement = {"count": last.count, "head": last.head, "ts": last.ts,
                                 "sig": last.sig}  # fmt: skip
-        if known is None and self._heads_file is not None:
+        if self._heads_file is not None and (known is None or known.closed):
+            # Open from now on: entries after this head are this run's, signed at its close,
+            # or adopted at the next start if it crashes (not "appended while stopped").
             self._append_head(self._last_statement, closed=False)
         self._checkpoint_fd = open_for_append(checkpoints_path, _FILE_MODE)
         segment_path = self._segment_path(self._segment_number)

@@ -74,6 +74,26 @@ def test_a_clean_restart_extends_the_log(tmp_path: Path) -> None:
     assert json.loads(heads.read_text().splitlines()[-1])["closed"] is True
 
 
+def test_a_node_killed_after_a_clean_restart_starts_again(tmp_path: Path) -> None:
+    """Stopped cleanly, started again, then killed mid-run: the next start adopts what the
+    killed run wrote (it is not "appended while the node was stopped")."""
+    audit_dir, heads = tmp_path / "audit", tmp_path / "keys" / HEADS_FILE
+    write_log(audit_dir, heads, 4)
+    killed = AuditLog(audit_dir, KEY, checkpoint_every=100, heads_file=heads)
+    for i in range(3):
+        killed.append("join", "allow", sub=f"dr-late-{i}", room="mdt-1")
+    killed._release_files()  # SIGKILL: the files closed by the kernel, no closing checkpoint
+    with AuditLog(audit_dir, KEY, heads_file=heads) as log:
+        assert log.count == 4 + 3 + 1  # and its note of the adopted entries
+    report = verify_log(audit_dir, KEY.public_key())
+    assert report.ok and report.entries == 4 + 3 + 1
+    assert json.loads(heads.read_text().splitlines()[-1])["closed"] is True
+    # A forged entry after that clean close is still refused.
+    append_forged_entry(audit_dir)
+    with pytest.raises(ConfigError, match="appended while the node was stopped"):
+        AuditLog(audit_dir, KEY, heads_file=heads)
+
+
 def test_a_tail_cut_with_its_checkpoints_is_refused_at_start(tmp_path: Path) -> None:
     audit_dir, heads = tmp_path / "audit", tmp_path / "keys" / HEADS_FILE
     write_log(audit_dir, heads, 10)

@@ -178,6 +178,7 @@ async def test_the_holder_gone_is_a_503_that_names_it(redis_url: str, tmp_path: 
         assert status == 503 and body["node"] == a_id
         status, listing, _, _ = await _call(b, "GET", "/api/recordings")
         assert status == 200 and listing["recordings"] == []
+        assert listing["unreachable_nodes"] == [a_id]  # said, not hidden
 
 
 async def test_without_a_cluster_key_nothing_is_forwarded(redis_url: str, tmp_path: Path) -> None:

@@ -215,6 +215,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):  # stopped cleanly: nothing left to clean up after
             await node.store.forget_node(node.settings.node_id)
         with contextlib.suppress(Exception):
+            await node.forwarder.retire()
+        with contextlib.suppress(Exception):
             await node.store.close()
         with contextlib.suppress(Exception):
             await node.webhooks.close()

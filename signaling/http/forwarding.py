@@ -232,6 +232,12 @@ class Forwarder:
         await self.store.set_node_url(self.node_id, self.node_url)
         await self.store.set_recording_holders(self.node_id, await asyncio.to_thread(self.held_ids))
 
+    async def retire(self) -> None:
+        """At a clean stop: a node holding no recordings is forgotten (a node holding some
+        stays named, and the others say so while it is not running)."""
+        if not await asyncio.to_thread(self.held_ids):
+            await self.store.set_node_url(self.node_id, None)
+
     async def keep_announcing(self) -> None:
         """`announce` now and every `ANNOUNCE_EVERY_S` (a Redis that restarted empty learns it
         again), until cancelled."""
@@ -332,15 +338,16 @@ class Forwarder:
     async def list_everywhere(
         self, request: web.Request, caller: ForwardedCaller
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Every other live node's answer to this `GET /api/recordings` (its own recordings
-        only), and the nodes that did not answer."""
+        """Every other node's answer to this `GET /api/recordings` (its own recordings only),
+        and the nodes that did not answer: those that are not running (stopped or lost with
+        recordings on their disk) or did not answer in time."""
         if self.key is None:
             return [], []
-        live = set(await self.store.live_nodes()) - {self.node_id}
+        live = set(await self.store.live_nodes())
         urls = await self.store.node_urls()
 
         async def ask(node_id: str) -> list[dict[str, Any]] | None:
-            if node_id not in urls:
+            if node_id not in live:
                 return None
             try:
                 async with self.request(node_id, "GET", request.path_qs, caller) as response:
@@ -352,7 +359,7 @@ class Forwarder:
                 log.warning("node %s did not list its recordings: %s", node_id, exc)
                 return None
 
-        order = sorted(live)
+        order = sorted(set(urls) - {self.node_id})
         answers = await asyncio.gather(*(ask(n) for n in order))
         found = [r for answer in answers if answer is not None for r in answer]
         return found, [n for n, a in zip(order, answers, strict=True) if a is None]
