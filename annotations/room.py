@@ -9,12 +9,16 @@ message to the authority, writes each stamped event to the log (never raising: s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import msgspec
 
 from annotations.authority import AnnotationAuthority, AnnotationBounds, Delivery, Recipients
 from annotations.log import AnnotationLog, utc_now
-from annotations.messages import Snapshot, StorageNotice, encode
+from annotations.messages import Event, Snapshot, StorageNotice, encode
 from core.imageref import ImageRef
+
+_event_decoder = msgspec.json.Decoder(Event)
 
 
 class RoomAnnotations:
@@ -28,9 +32,13 @@ class RoomAnnotations:
         log_file: AnnotationLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], str] = utc_now,
+        mirror: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.authority = AnnotationAuthority(room_id, settings, image_info)
         self.log = log_file
+        self.mirror = mirror
+        """Told every stamped event (seq, JSON) as it is stamped: the copy another node takes
+        the room over from when this one is lost (`signaling.annotation_mirror`)."""
         self.clock = clock
         """Monotonic seconds, for the rate limits."""
         self.wall_clock = wall_clock
@@ -42,6 +50,26 @@ class RoomAnnotations:
                 self.authority.apply(event)
             # A gap can be the last thing on disk (the disk filled again right after it).
             self.authority.skip_to(log_file.last_seq)
+
+    def adopt(self, records: Iterable[tuple[int, bytes]]) -> int:
+        """Take over the events another node stamped in this room after this one's last (its
+        media moved here): applied in order and written to this node's log. Returns how many;
+        records that do not decode are skipped (`LogError` is for this node's own log)."""
+        adopted = 0
+        for seq, text in sorted(records):
+            if seq <= self.authority.seq:
+                continue
+            try:
+                event = _event_decoder.decode(text)
+            except msgspec.DecodeError:
+                continue
+            if event.seq != seq:
+                continue
+            self.authority.apply(event)
+            if self.log is not None:
+                self.log.append(seq, text)
+            adopted += 1
+        return adopted
 
     @property
     def seq(self) -> int:
@@ -58,6 +86,8 @@ class RoomAnnotations:
         annotation op: watched by bench/annotations.py."""
         deliveries = self.authority.handle(sender, permissions, raw, self.clock(),
                                            self.wall_clock())  # fmt: skip
+        if self.mirror is not None and deliveries and deliveries[0].kind == "event":
+            self.mirror(deliveries[0].seq, deliveries[0].text.encode())
         log_file = self.log
         if log_file is None or not deliveries:
             return deliveries

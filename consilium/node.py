@@ -19,6 +19,7 @@ from recorder.roomkeys import KEK_FILE_NAME, RoomKeys, open_keyring
 from recorder.sink import RecordingSettings
 from sfu.ice import IceSettings, client_ice_servers
 from sfu.server import MediaServer, MediaSettings
+from signaling.annotation_mirror import AnnotationMirror, mirror_key
 from signaling.audit import HEADS_FILE, AuditLog, generate_audit_key
 from signaling.devidp import DEV_AUDIENCE, DEV_ISSUER, DevelopmentIdP
 from signaling.directory import Directory, DirectoryVerifier
@@ -165,6 +166,11 @@ def build_node(settings: Settings) -> Node:
     recover_interrupted(recordings_dir, audit_key, recorder_audit(audit))
     # Built before the SFU, the recorder and the rooms, which all send through it.
     messenger = Messenger(store)
+    cluster_key = (
+        None if settings.cluster_key_file is None else load_cluster_key(settings.cluster_key_file)
+    )
+    # A cluster's rooms hand their annotations and chat to the node their media moves to.
+    mirror = None if cluster_key is None else AnnotationMirror(store, mirror_key(cluster_key))
     media: MediaServer | None = None
     recorder: Recorder | None = None
     if settings.media:
@@ -179,6 +185,7 @@ def build_node(settings: Settings) -> Node:
                 retransmit_share=settings.retransmit_share,
                 retransmit_max_age_s=settings.retransmit_max_age_s,
                 max_delay_s=settings.media_max_delay_s,
+                annotation_mirror=None if mirror is None else mirror.record,
             ),
             messenger.notify,
         )
@@ -208,6 +215,7 @@ def build_node(settings: Settings) -> Node:
         recorder=recorder,
         ice_servers=lambda identity: client_ice_servers(ice, identity.sub),
     )
+    rooms.relay.annotations = mirror
     if recorder is not None:
         recorder.draining = lambda: rooms.draining  # what it keeps says why the media moved
     watermark_key = load_or_create_watermark_key(data_dir)
@@ -237,7 +245,7 @@ def build_node(settings: Settings) -> Node:
     forwarder = Forwarder(
         settings.node_id,
         settings.node_url,
-        None if settings.cluster_key_file is None else load_cluster_key(settings.cluster_key_file),
+        cluster_key,
         store,
         archive.held_ids,
     )
@@ -267,6 +275,7 @@ def build_node(settings: Settings) -> Node:
         archive=archive,
         forwarder=forwarder,
         archive_store=archive_store,
+        annotation_mirror=mirror,
         webhooks=webhooks,
         witness=witness,
         signin=OidcClient(settings, ROLES) if settings.oidc_client_id is not None else None,

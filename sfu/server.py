@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,9 @@ class MediaSettings:
     image_info: Callable[[str, str], ImageRef | None] | None = None
     """Looks up a shared image of a room (`room_id, image_id`): annotations refer to it. None:
     no image store, every image id is unknown (`unknown_image`)."""
+    annotation_mirror: Callable[[str, int, bytes], None] | None = None
+    """Told every stamped annotation and chat event (`room_id, seq, JSON`) as it is stamped,
+    for the node a room's media may move to (`seed_annotations` there). None: not copied."""
     annotation_max_bytes: int = 32 * 1024
     """Largest message on the reliable data channel (an op, a chat message), in UTF-8 bytes;
     larger ones are refused with `too_large`."""
@@ -105,6 +109,9 @@ class MediaServer:
         }  # fmt: skip
         self._ended_refused: dict[Refusal, int] = dict.fromkeys(Refusal, 0)
         """Retransmissions refused to participants who left, by reason."""
+        self._seeds: dict[str, list[tuple[int, bytes]]] = {}
+        """Events another node stamped in a room whose media comes here (`seed_annotations`),
+        taken over when the room is created on this SFU."""
         install(settings.ice)
         codec_guard.install()
         queue_delay.max_ms = round(settings.max_delay_s * 1000)
@@ -146,9 +153,16 @@ class MediaServer:
         if room is not None and sink in room.sinks:
             room.sinks.remove(sink)
 
+    def seed_annotations(self, room_id: str, records: list[tuple[int, bytes]]) -> None:
+        """Events (seq, JSON) other nodes stamped in `room_id` (its media was theirs): the room,
+        when it is created here, takes over those past its own log's last."""
+        if room_id not in self.rooms and records:
+            self._seeds[room_id] = records
+
     def _annotations(self, room_id: str) -> RoomAnnotations:
         """A room's annotations, rebuilt from its log when it has one (a restart, or the room
-        emptied and entered again)."""
+        emptied and entered again), then brought up to date with what other nodes stamped
+        while they hosted it (`seed_annotations`)."""
         settings = self.settings
         log_file = None
         if settings.data_dir is not None and settings.room_key is not None:
@@ -160,7 +174,17 @@ class MediaServer:
                 raise MediaError(f"the room's annotation log cannot be opened: {exc}") from None
         elif settings.data_dir is not None:
             log.warning("no room key: annotations kept in memory only", extra={"room": room_id})
-        return RoomAnnotations(room_id, settings, settings.image_info, log_file)
+        mirror = settings.annotation_mirror
+        annotations = RoomAnnotations(
+            room_id, settings, settings.image_info, log_file,
+            mirror=None if mirror is None else functools.partial(mirror, room_id),
+        )  # fmt: skip
+        seed = self._seeds.pop(room_id, None)
+        if seed:
+            adopted = annotations.adopt(seed)
+            if adopted:
+                log.info("annotations taken over", extra={"room": room_id, "events": adopted})
+        return annotations
 
     async def join(
         self,

@@ -22,6 +22,7 @@ from sfu.server import MediaServer
 from sfu.types import MediaError
 from signaling import cluster
 from signaling import protocol as p
+from signaling.annotation_mirror import AnnotationMirror
 from signaling.connection import Connection
 from signaling.membership import type_of
 from signaling.messenger import Messenger
@@ -53,6 +54,9 @@ class MediaRelay:
         """The node's SFU (None: signalling only)."""
         self.recorder = recorder
         """Records the rooms whose media this node hosts (None without `media`)."""
+        self.annotations: AnnotationMirror | None = None
+        """The rooms' annotation and chat events in the shared state (a cluster with
+        `cluster_key_file`): a room whose media comes here takes them over."""
 
     async def message(
         self, conn: Connection, msg: p.Offer | p.Answer | p.Candidate | p.RestartIce | p.RenderSizes
@@ -115,6 +119,9 @@ class MediaRelay:
                 if self.recorder is not None:
                     # The room's media may come from a node lost or drained: its consent too.
                     await self.recorder.arrive(op.room)
+                if self.annotations is not None and op.room not in media.rooms:
+                    # ...and its shapes and chat, as the node(s) hosting it before stamped them.
+                    media.seed_annotations(op.room, await self.annotations.history(op.room))
                 await media.join(
                     op.room, pid, frozenset(op.permissions),
                     audio_muted=op.audio_muted is True, video_muted=op.video_muted is True,

@@ -181,6 +181,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     lost_sweeper = asyncio.get_running_loop().create_task(sweep_lost_participants(node))
     node_watch = asyncio.get_running_loop().create_task(watch_nodes(node))
     announcer = asyncio.get_running_loop().create_task(node.forwarder.keep_announcing())
+    mirrored = None
+    if node.annotation_mirror is not None:
+        mirrored = asyncio.get_running_loop().create_task(node.annotation_mirror.run())
     stored = None
     if node.archive_store is not None:
         stored = asyncio.get_running_loop().create_task(node.archive_store.keep_in_step())
@@ -195,6 +198,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     announcer.cancel()
     if stored is not None:
         stored.cancel()
+    if mirrored is not None:
+        mirrored.cancel()
     try:
         if node.rooms.recorder is not None:
             # Recordings end cleanly (complete, final segments sealed) before the media goes.
@@ -207,6 +212,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await asyncio.wait_for(node.archive_store.sync(), STORE_AT_STOP_S)
         with contextlib.suppress(Exception):
             await node.rooms.close_all()
+        if node.annotation_mirror is not None:
+            # The last events copied before the node goes (the drain moved the rooms already).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.annotation_mirror.flush(), 5.0)
         if node.rooms.media is not None:
             with contextlib.suppress(Exception):
                 await node.rooms.media.close()

@@ -14,6 +14,7 @@ from core.errors import RateLimited
 from imaging.store import ImageStore
 from imaging.worker import ImageWorkers
 from recorder.roomkeys import RoomKeys
+from signaling.annotation_mirror import AnnotationMirror
 from signaling.audit import AuditLog
 from signaling.devidp import DevelopmentIdP
 from signaling.directory import Directory
@@ -117,6 +118,8 @@ class Node:
     """Archive requests to and from the other nodes (`signaling.http.forwarding`)."""
     archive_store: ArchiveStore | None
     """The recordings' copies in the object store (`archive_store_url`), else None."""
+    annotation_mirror: AnnotationMirror | None
+    """The rooms' annotation and chat events copied to the shared state (a cluster), else None."""
     signin: OidcClient | None = None
     """Sign-in at the hospital's OpenID provider (`oidc_client_id` set), else None."""
     seen_proofs: SeenProofs = field(default_factory=SeenProofs)

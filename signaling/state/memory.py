@@ -43,6 +43,8 @@ class MemoryStore(StateStore):
         """Node id -> the URL other nodes reach it at."""
         self._recording_holders: dict[str, str] = {}
         """Recording id -> the node holding it."""
+        self._annotations: dict[str, list[bytes]] = {}
+        """Room id -> its sealed annotation events."""
         self.directory = MemoryDirectory()
         self.meetings = MemoryMeetingBook()
         self._expiring: dict[str, tuple[str, float]] = {}
@@ -162,6 +164,16 @@ class MemoryStore(StateStore):
     async def forget_node(self, node_id: str) -> None:
         self._heartbeats.pop(node_id, None)
         self._loads.pop(node_id, None)
+
+    async def append_annotations(
+        self, room_id: str, records: list[bytes], max_records: int, keep_s: float
+    ) -> None:
+        kept = self._annotations.setdefault(room_id, [])
+        kept.extend(records)
+        del kept[:-max_records]
+
+    async def annotation_records(self, room_id: str) -> list[bytes]:
+        return list(self._annotations.get(room_id, ()))
 
     async def set_node_url(self, node_id: str, url: str | None) -> None:
         if url is None:

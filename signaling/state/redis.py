@@ -7,6 +7,7 @@ on the same server, old and new versions alike during a rolling upgrade: change 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -570,6 +571,29 @@ class RedisStore(StateStore):
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    # `room:{<id>}:annotations` (list of base64 sealed events, signaling.annotation_mirror)
+
+    async def append_annotations(
+        self, room_id: str, records: list[bytes], max_records: int, keep_s: float
+    ) -> None:
+        key = self._room_key(room_id) + ":annotations"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *(base64.b64encode(r).decode() for r in records))
+                pipe.ltrim(key, -max_records, -1)
+                pipe.pexpire(key, max(1, int(keep_s * 1000)))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+
+    async def annotation_records(self, room_id: str) -> list[bytes]:
+        key = self._room_key(room_id) + ":annotations"
+        try:
+            raw = cast(list[str], await self._redis.lrange(key, 0, -1))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the shared state (Redis) is out of reach") from exc
+        return [base64.b64decode(r) for r in raw]
 
     # `node-urls` (hash: node id -> URL), `recording-holders` (hash: recording id -> node id)
 

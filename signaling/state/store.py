@@ -253,6 +253,19 @@ class StateStore(abc.ABC):
     async def dead_nodes(self) -> list[str]:
         """Nodes that have heartbeated and whose last heartbeat ran out, until `forget_node`."""
 
+    # each room's annotation and chat events, sealed (signaling.annotation_mirror)
+
+    @abc.abstractmethod
+    async def append_annotations(
+        self, room_id: str, records: list[bytes], max_records: int, keep_s: float
+    ) -> None:
+        """Append sealed event records to the room's list, keeping its newest `max_records`,
+        for `keep_s` after this append."""
+
+    @abc.abstractmethod
+    async def annotation_records(self, room_id: str) -> list[bytes]:
+        """The room's sealed event records, oldest first."""
+
     # where a node is reached and which recordings it holds (signaling.http.forwarding)
 
     @abc.abstractmethod
