@@ -274,8 +274,10 @@ async def test_a_retry_that_lands_on_another_node_finds_the_meeting(
         )
         async with running_node(settings_b) as b:
             headers = {**_his(a), "Idempotency-Key": "his-appt-88"}
-            first = await _call(a, "POST", MEETINGS, headers, json=booking())
-            again = await _call(b, "POST", MEETINGS, headers, json=booking())
+            # The same request twice (two `booking()`s a second apart would differ in time).
+            body = booking()
+            first = await _call(a, "POST", MEETINGS, headers, json=body)
+            again = await _call(b, "POST", MEETINGS, headers, json=body)
             assert (first.status, again.status) == (201, 200)
             meeting_id = (await first.json())["meeting_id"]
             read = await _call(b, "GET", f"{MEETINGS}/{meeting_id}", headers)
