@@ -263,9 +263,13 @@ class MediaClient:
         return self.stats.by_label.get(label, [])
 
     async def channels_open(self, timeout: float = 10.0) -> None:
-        """Wait until every data channel is open."""
+        """Wait until every data channel is open (made, too: while `renew` reopens the
+        sessions there are none for a moment)."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while not all(c.readyState == "open" for c in self.channels.values()):
+        while not (
+            (self.channels or not self.data_channels)
+            and all(c.readyState == "open" for c in self.channels.values())
+        ):
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("data channels did not open")
             await asyncio.sleep(0.02)

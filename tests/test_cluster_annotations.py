@@ -71,8 +71,8 @@ async def test_chat_said_before_the_media_node_died_is_there_after(
             a.stop(signal.SIGKILL)
             await eventually(lambda: onb.client.renewals == 1, DEAD_AFTER_S + 10, 0.05)
             known = len(_snapshots(onb))
-            await onb.client.sync()
-            await eventually(lambda: len(_snapshots(onb)) > known, 15)
+            await onb.client.sync(30)
+            await eventually(lambda: len(_snapshots(onb)) > known, 30)
             snapshot = _snapshots(onb)[-1]
             assert [(c["seq"], c["text"]) for c in snapshot["chat"]] == before
             assert snapshot["seq"] >= before[-1][0]
