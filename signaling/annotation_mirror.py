@@ -82,28 +82,37 @@ class AnnotationMirror:
         self.store = store
         self.key = key
         """The sealing key (`mirror_key`)."""
-        self._queue: dict[str, list[bytes]] = defaultdict(list)
+        self._queue: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        """Each room's events not yet written, as stamped (sealed when written)."""
         self._queued = 0
         self._wake = asyncio.Event()
 
     def record(self, room_id: str, seq: int, text: bytes) -> None:
-        """Queue one stamped event (the SFU's `annotation_mirror`; never blocks, never raises)."""
+        """Queue one stamped event (the SFU's `annotation_mirror`, per event: no crypto and no
+        I/O here; never blocks, never raises)."""
         if self._queued >= MAX_QUEUED:
             oldest = max(self._queue, key=lambda r: len(self._queue[r]))
             self._queue[oldest].pop(0)
             self._queued -= 1
-        self._queue[room_id].append(seal(self.key, room_id, seq, text))
+        self._queue[room_id].append((seq, text))
         self._queued += 1
         self._wake.set()
 
     async def flush(self) -> None:
-        """Write what is queued (Unavailable: the shared state is out of reach; kept queued)."""
+        """Write what is queued (Unavailable: the shared state is out of reach; kept queued).
+        Events stamped while a room's batch is being written wait for the next batch."""
         while self._queue:
             room_id = next(iter(self._queue))
-            records = self._queue[room_id]
-            await self.store.append_annotations(room_id, records, MAX_RECORDS, KEEP_S)
-            self._queued -= len(records)
-            del self._queue[room_id]
+            events = self._queue.pop(room_id)
+            self._queued -= len(events)
+            records = [seal(self.key, room_id, seq, text) for seq, text in events]
+            try:
+                await self.store.append_annotations(room_id, records, MAX_RECORDS, KEEP_S)
+            except BaseException:
+                # Back at the head of the room's queue, before what came meanwhile.
+                self._queue[room_id][:0] = events
+                self._queued += len(events)
+                raise
 
     async def run(self) -> None:
         """Write the queue as events come, until cancelled."""
